@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh clone: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Local development secrets are generated once into .env.local (never committed);
+# the process itself has no defaults for secrets.
+.env.local:
+	$(BIN)/python -c "import secrets;print(f'STRIPE_WEBHOOK_SECRET=whsec_{secrets.token_hex(24)}\nPLATFORM_WEBHOOK_SECRET={secrets.token_hex(24)}\nADMIN_TOKEN={secrets.token_urlsafe(24)}')" > .env.local
+	@echo "generated development secrets in .env.local"
+
+run: $(STAMP) .env.local
+	set -a && . ./.env.local && set +a && $(BIN)/coursepipe db upgrade && exec $(BIN)/coursepipe serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache coursepipe.db

@@ -1,0 +1,1 @@
+"""coursepipe: glue (settings, CLI, runtime wiring) around the domain packages."""

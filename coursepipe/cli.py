@@ -1,0 +1,217 @@
+"""The `coursepipe` command (CONTRACT §1)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from coursepipe.settings import INGRESS_SECRETS, ConfigError, Settings
+
+
+def _settings(*required: str) -> Settings:
+    try:
+        return Settings.from_env().require(*required)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _runtime(settings: Settings):
+    from coursepipe.runtime import init_runtime
+
+    return init_runtime(settings)
+
+
+def _setup_logging() -> None:
+    from coursepipe.logs import configure_logging
+
+    configure_logging()
+
+
+@click.group()
+def main() -> None:
+    """coursepipe: course-program fulfilment pipeline."""
+    _setup_logging()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="HTTP port (default: PORT or 8000)")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--threads", type=int, default=4, show_default=True, help="worker threads")
+def serve(port: int | None, host: str, threads: int) -> None:
+    """Everything in one process: ingress + worker threads + scheduler."""
+    from werkzeug.serving import make_server
+
+    from ingress.app import create_app
+    from scheduler.service import start_background_scheduler
+    from workers.actors import send
+    from workers.broker import start_embedded_worker
+
+    settings = _settings(*INGRESS_SECRETS)
+    runtime = _runtime(settings)
+    runtime.db.ping()
+    app = create_app(settings, runtime=runtime)
+    worker = start_embedded_worker(runtime.broker, threads=threads)
+    # messages of the embedded broker die with the process: re-send whatever is still pending
+    send("sweep_inbox", 0)
+    scheduler = start_background_scheduler(runtime)
+    server = make_server(host, port or settings.port, app, threaded=True)
+    mode = "redis" if settings.redis_url else "embedded broker"
+    click.echo(f"coursepipe serve: http://{host}:{server.server_port} ({runtime.db.dialect}, {mode})")
+
+    def _stop(*_):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.serve_forever()
+    finally:
+        scheduler.shutdown(wait=False)
+        worker.stop()
+        runtime.db.dispose()
+
+
+@main.command()
+@click.option("--port", type=int, default=None)
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--workers", "n_workers", type=int, default=2, show_default=True)
+def ingress(port: int | None, host: str, n_workers: int) -> None:
+    """The Flask ingress alone, under gunicorn."""
+    settings = _settings(*INGRESS_SECRETS)
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
+    args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            "--bind", f"{host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
+    os.execv(sys.executable, args)
+
+
+@main.command()
+@click.option("--processes", type=int, default=2, show_default=True)
+@click.option("--threads", type=int, default=8, show_default=True)
+def worker(processes: int, threads: int) -> None:
+    """Dramatiq worker processes (needs REDIS_URL)."""
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL is required for `coursepipe worker`")
+    args = [sys.executable, "-m", "dramatiq", "workers.app", "--processes", str(processes),
+            "--threads", str(threads)]
+    os.execv(sys.executable, args)
+
+
+@main.command()
+def scheduler() -> None:
+    """APScheduler process; several may run, one leader acts."""
+    from scheduler.service import run_blocking_scheduler
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL is required for a separate scheduler (`serve` embeds one)")
+    run_blocking_scheduler(_runtime(settings))
+
+
+# --------------------------------------------------------------------------- database
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Alembic migrations to head (or REVISION)."""
+    from db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision", default="base")
+def db_downgrade(revision: str) -> None:
+    """Alembic migrations down to REVISION (default: base, removing every table)."""
+    from db.migrate import downgrade
+
+    settings = _settings()
+    downgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+@main.group()
+def events() -> None:
+    """Inbox inspection and replay."""
+
+
+@events.command("list")
+@click.option("--status", type=click.Choice(["pending", "processing", "processed", "ignored", "waiting", "failed"]))
+@click.option("--limit", type=int, default=50, show_default=True)
+def events_list(status: str | None, limit: int) -> None:
+    from db.enums import InboxStatus
+    from tasks import inbox
+
+    runtime = _runtime(_settings())
+    with runtime.db.session_scope() as session:
+        rows = inbox.list_events(session=session, status=InboxStatus(status) if status else None, limit=limit)
+        views = [inbox.event_view(e) for e in rows]
+    for view in views:
+        click.echo(json.dumps(view))
+
+
+@events.command("replay")
+@click.argument("inbox_id", type=int)
+def events_replay(inbox_id: int) -> None:
+    """Put an event back to pending and process it (in-process when no REDIS_URL)."""
+    from tasks import inbox
+    from tasks.errors import NotFound
+    from workers.actors import enqueue_inbox
+
+    settings = _settings()
+    runtime = _runtime(settings)
+    try:
+        with runtime.db.session_scope() as session:
+            inbox.replay(session=session, inbox_id=inbox_id)
+    except (NotFound, inbox.NotReplayable) as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.redis_url:
+        enqueue_inbox([inbox_id])
+        click.echo(f"event {inbox_id} queued for replay")
+        return
+    with runtime.db.session_scope() as session:
+        result = inbox.process_event(session=session, inbox_id=inbox_id)
+    click.echo(f"event {inbox_id}: {result.outcome.value}" + (f" ({result.error})" if result.error else ""))
+    if result.outcome.value not in ("processed", "ignored"):
+        sys.exit(1)
+
+
+def _load_plugins() -> None:
+    """Sub-commands of later concerns (courses, refulfill, jobs) attach here as they land."""
+    import importlib
+
+    for name in ("coursepipe.cli_catalog", "coursepipe.cli_fulfilment", "coursepipe.cli_jobs"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(main)
+
+
+_load_plugins()
+
+
+if __name__ == "__main__":
+    main()

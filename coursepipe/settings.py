@@ -1,0 +1,103 @@
+"""Settings read once from the environment (CONTRACT §2), typed and checked at start-up."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
+DEFAULT_LOW_SEAT_THRESHOLD = 3
+DEFAULT_REMINDER_WINDOW_DAYS = 7
+DEFAULT_PORT = 8000
+
+
+class ConfigError(Exception):
+    """Raised when the environment is missing a required value or holds a malformed one."""
+
+
+def _bool(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(name: str, raw: str | None, default: int, minimum: int = 0) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _opt(raw: str | None) -> str | None:
+    return raw if raw else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    platform_webhook_secret: str | None = None
+    platform_callback_url: str | None = None
+    admin_token: str | None = None
+    smtp_url: str | None = None
+    mail_from: str = "coursepipe@localhost"
+    admin_alert_emails: tuple[str, ...] = field(default_factory=tuple)
+    low_seat_threshold: int = DEFAULT_LOW_SEAT_THRESHOLD
+    reminders_enabled: bool = False
+    reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        emails = tuple(e.strip() for e in env.get("ADMIN_ALERT_EMAILS", "").split(",") if e.strip())
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=_opt(env.get("REDIS_URL")),
+            stripe_webhook_secret=_opt(env.get("STRIPE_WEBHOOK_SECRET")),
+            stripe_api_key=_opt(env.get("STRIPE_API_KEY")),
+            stripe_api_base=_opt(env.get("STRIPE_API_BASE")),
+            platform_webhook_secret=_opt(env.get("PLATFORM_WEBHOOK_SECRET")),
+            platform_callback_url=_opt(env.get("PLATFORM_CALLBACK_URL")),
+            admin_token=_opt(env.get("ADMIN_TOKEN")),
+            smtp_url=_opt(env.get("SMTP_URL")),
+            mail_from=env.get("MAIL_FROM") or "coursepipe@localhost",
+            admin_alert_emails=emails,
+            low_seat_threshold=_int("LOW_SEAT_THRESHOLD", env.get("LOW_SEAT_THRESHOLD"), DEFAULT_LOW_SEAT_THRESHOLD),
+            reminders_enabled=_bool("REMINDERS_ENABLED", env.get("REMINDERS_ENABLED"), False),
+            reminder_window_days=_int(
+                "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
+            ),
+            port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+        )
+
+    def require(self, *names: str) -> "Settings":
+        """Check that each named secret is set; raise naming the first missing variable."""
+        for name in names:
+            if not getattr(self, name.lower()):
+                raise ConfigError(f"{name} is required but not set")
+        return self
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+# Which secrets each process refuses to start without.
+INGRESS_SECRETS = ("STRIPE_WEBHOOK_SECRET", "PLATFORM_WEBHOOK_SECRET", "ADMIN_TOKEN")

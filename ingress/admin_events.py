@@ -1,0 +1,51 @@
+"""Inbox inspection and replay for admins: GET /admin/events, POST /admin/events/<id>/replay."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from db.enums import InboxStatus
+from ingress.auth import require_admin
+from ingress.errors import ApiError
+from tasks import inbox
+from tasks.errors import NotFound
+from workers.actors import enqueue_inbox
+
+bp = Blueprint("admin_events", __name__, url_prefix="/admin")
+
+MAX_LIMIT = 500
+
+
+@bp.get("/events")
+@require_admin
+def list_events():
+    status_raw = request.args.get("status")
+    try:
+        status = InboxStatus(status_raw) if status_raw else None
+    except ValueError:
+        raise ApiError(400, "invalid_status", f"status must be one of {[s.value for s in InboxStatus]}") from None
+    try:
+        limit = int(request.args.get("limit", 50))
+    except ValueError:
+        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    with runtime.db.session_scope() as session:
+        events = [inbox.event_view(e) for e in inbox.list_events(session=session, status=status, limit=limit)]
+    return jsonify({"events": events})
+
+
+@bp.post("/events/<int:inbox_id>/replay")
+@require_admin
+def replay_event(inbox_id: int):
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    try:
+        with runtime.db.session_scope() as session:
+            event = inbox.replay(session=session, inbox_id=inbox_id)
+            view = inbox.event_view(event)
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except inbox.NotReplayable as exc:
+        raise ApiError(409, "already_processed", str(exc)) from None
+    enqueue_inbox([inbox_id])
+    return jsonify({"replayed": True, "event": view}), 202

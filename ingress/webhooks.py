@@ -1,0 +1,65 @@
+"""POST /webhooks/stripe and POST /webhooks/platform: verify, store once, enqueue after commit, answer."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import stripe
+from flask import Blueprint, current_app, request
+
+from db.enums import InboxSource
+from ingress.errors import ApiError
+from ingress.receive import accept_event
+from tasks import signatures
+from tasks.events import InvalidEvent, parse_platform_event, platform_subject, stripe_subject
+
+bp = Blueprint("webhooks", __name__)
+
+STRIPE_TOLERANCE_SECONDS = 300
+
+
+def _settings():
+    return current_app.config["COURSEPIPE_SETTINGS"]
+
+
+def _json_body(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+
+
+@bp.post("/webhooks/stripe")
+def stripe_webhook():
+    raw = request.get_data(cache=False)
+    try:
+        # verify_header is what construct_event runs first; we store the raw JSON, not a StripeObject
+        stripe.WebhookSignature.verify_header(raw.decode("utf-8"), request.headers.get("Stripe-Signature"),
+                                              _settings().stripe_webhook_secret, STRIPE_TOLERANCE_SECONDS)
+    except (stripe.SignatureVerificationError, ValueError, IndexError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_signature", "Stripe-Signature verification failed") from None
+    event = _json_body(raw)
+    obj = event.get("data", {}).get("object") if isinstance(event, dict) else None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str) \
+            or not isinstance(obj, dict):
+        raise ApiError(400, "invalid_event", "not a Stripe event (id, type, data.object)")
+    created = event.get("created")
+    occurred_at = datetime.fromtimestamp(created, timezone.utc) if isinstance(created, int) else None
+    return accept_event(source=InboxSource.STRIPE, event_id=event["id"], type=event["type"], payload=event,
+                        subject=stripe_subject(event["type"], obj), occurred_at=occurred_at)
+
+
+@bp.post("/webhooks/platform")
+def platform_webhook():
+    raw = request.get_data(cache=False)
+    try:
+        signatures.verify(raw, request.headers.get("Platform-Signature"), _settings().platform_webhook_secret)
+    except signatures.SignatureError as exc:
+        raise ApiError(400, "invalid_signature", str(exc)) from None
+    try:
+        envelope, _data = parse_platform_event(_json_body(raw))
+    except InvalidEvent as exc:
+        raise ApiError(400, "invalid_event", str(exc)) from None
+    return accept_event(source=InboxSource.PLATFORM, event_id=envelope.id, type=envelope.type,
+                        payload=envelope.model_dump(mode="json"),
+                        subject=platform_subject(envelope.type, envelope.data), occurred_at=envelope.occurred_at)

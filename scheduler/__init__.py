@@ -1,0 +1,1 @@
+"""APScheduler jobs. Jobs only send messages; the work happens in actors."""

@@ -1,0 +1,242 @@
+"""The credit ledger: append-only entries per student and credit type; balances are sums.
+
+Every entry is keyed by its cause (`idempotency_key`), so the same purchase, booking or refund can
+never count twice. Grants are lots; consume / release / revoke / expire entries point at the lot
+they draw on, so "remaining on a lot" is a sum too. Package purchases and course bundles both
+grant through `issue_credits`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, aliased
+
+from db.enums import CreditType, LedgerEntryType
+from db.models import CreditLedgerEntry, Student
+from db.types import utcnow
+from tasks.errors import TaskError
+
+
+class NoCredit(TaskError):
+    """Raised when a student has no unexpired credit of the asked type left."""
+
+
+@dataclass(frozen=True)
+class Lot:
+    grant: CreditLedgerEntry
+    remaining: int
+
+
+def lock_student(session: Session, student_id: str) -> Student | None:
+    """Serialize ledger changes per student (row lock on PostgreSQL; SQLite writers are serial)."""
+    return session.scalar(select(Student).where(Student.id == student_id).with_for_update())
+
+
+def _existing(session: Session, key: str) -> CreditLedgerEntry | None:
+    return session.scalar(select(CreditLedgerEntry).where(CreditLedgerEntry.idempotency_key == key))
+
+
+def _add(session: Session, **fields) -> CreditLedgerEntry:
+    entry = CreditLedgerEntry(**fields)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def issue_credits(
+    *,
+    session: Session,
+    student_id: str,
+    credit_type: CreditType,
+    quantity: int,
+    cause: str,
+    enrollment_id: int | None = None,
+    package_purchase_id: int | None = None,
+    expires_at: datetime | None = None,
+) -> CreditLedgerEntry:
+    """Grant a lot of credits once per (cause, credit type); a repeat returns the first grant."""
+    key = f"grant:{cause}:{credit_type.value}"
+    existing = _existing(session, key)
+    if existing is not None:
+        return existing
+    return _add(
+        session,
+        idempotency_key=key,
+        student_id=student_id,
+        credit_type=credit_type,
+        entry_type=LedgerEntryType.GRANT,
+        quantity=quantity,
+        cause=cause,
+        enrollment_id=enrollment_id,
+        package_purchase_id=package_purchase_id,
+        expires_at=expires_at,
+    )
+
+
+def lots(
+    *,
+    session: Session,
+    student_id: str | None = None,
+    credit_type: CreditType | None = None,
+    enrollment_id: int | None = None,
+    package_purchase_id: int | None = None,
+) -> list[Lot]:
+    """Grants with what remains on each (grant + every entry drawing on it)."""
+    child = aliased(CreditLedgerEntry)
+    remaining = (
+        select(func.coalesce(func.sum(child.quantity), 0))
+        .where(child.grant_id == CreditLedgerEntry.id)
+        .scalar_subquery()
+    )
+    query = select(CreditLedgerEntry, CreditLedgerEntry.quantity + remaining).where(
+        CreditLedgerEntry.entry_type == LedgerEntryType.GRANT
+    )
+    if student_id is not None:
+        query = query.where(CreditLedgerEntry.student_id == student_id)
+    if credit_type is not None:
+        query = query.where(CreditLedgerEntry.credit_type == credit_type)
+    if enrollment_id is not None:
+        query = query.where(CreditLedgerEntry.enrollment_id == enrollment_id)
+    if package_purchase_id is not None:
+        query = query.where(CreditLedgerEntry.package_purchase_id == package_purchase_id)
+    # soonest-expiring first; never-expiring last; then oldest
+    query = query.order_by(
+        case((CreditLedgerEntry.expires_at.is_(None), 1), else_=0),
+        CreditLedgerEntry.expires_at,
+        CreditLedgerEntry.id,
+    )
+    return [Lot(grant, int(left)) for grant, left in session.execute(query)]
+
+
+def balances(*, session: Session, student_id: str, now: datetime | None = None) -> dict[str, int]:
+    """Usable balance by credit type: unexpired remaining on every lot, packages and bundles together."""
+    now = now or utcnow()
+    totals = {t.value: 0 for t in CreditType}
+    for lot in lots(session=session, student_id=student_id):
+        if lot.remaining > 0 and (lot.grant.expires_at is None or lot.grant.expires_at > now):
+            totals[lot.grant.credit_type.value] += lot.remaining
+    return totals
+
+
+def consume_credit(
+    *, session: Session, student_id: str, credit_type: CreditType, booking_id: str, now: datetime | None = None
+) -> CreditLedgerEntry:
+    """Spend one credit for a booking from the soonest-expiring usable lot. Once per booking."""
+    key = f"consume:booking:{booking_id}"
+    existing = _existing(session, key)
+    if existing is not None:
+        return existing
+    now = now or utcnow()
+    lock_student(session, student_id)
+    for lot in lots(session=session, student_id=student_id, credit_type=credit_type):
+        if lot.remaining > 0 and (lot.grant.expires_at is None or lot.grant.expires_at > now):
+            return _add(
+                session,
+                idempotency_key=key,
+                student_id=student_id,
+                credit_type=credit_type,
+                entry_type=LedgerEntryType.CONSUME,
+                quantity=-1,
+                grant_id=lot.grant.id,
+                cause=f"booking:{booking_id}",
+                booking_id=booking_id,
+                enrollment_id=lot.grant.enrollment_id,
+                package_purchase_id=lot.grant.package_purchase_id,
+            )
+    raise NoCredit(f"no {credit_type.value} credit left for student {student_id}")
+
+
+def consumption_for(session: Session, booking_id: str) -> CreditLedgerEntry | None:
+    return _existing(session, f"consume:booking:{booking_id}")
+
+
+def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | None:
+    """Give back the credit a booking consumed (cancel within policy). Once per booking.
+
+    If the lot was revoked meanwhile (its purchase refunded), the released credit is revoked
+    again at once, so a refund can never be undone by a later cancellation.
+    """
+    consumed = consumption_for(session, booking_id)
+    if consumed is None:
+        return None
+    key = f"release:booking:{booking_id}"
+    existing = _existing(session, key)
+    if existing is not None:
+        return existing
+    released = _add(
+        session,
+        idempotency_key=key,
+        student_id=consumed.student_id,
+        credit_type=consumed.credit_type,
+        entry_type=LedgerEntryType.RELEASE,
+        quantity=1,
+        grant_id=consumed.grant_id,
+        cause=f"booking:{booking_id}",
+        booking_id=booking_id,
+        enrollment_id=consumed.enrollment_id,
+        package_purchase_id=consumed.package_purchase_id,
+    )
+    lot_revoked = session.scalar(
+        select(func.count())
+        .select_from(CreditLedgerEntry)
+        .where(
+            CreditLedgerEntry.grant_id == consumed.grant_id,
+            CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
+        )
+    )
+    if lot_revoked:
+        _add(
+            session,
+            idempotency_key=f"revoke:release:{booking_id}",
+            student_id=consumed.student_id,
+            credit_type=consumed.credit_type,
+            entry_type=LedgerEntryType.REVOKE,
+            quantity=-1,
+            grant_id=consumed.grant_id,
+            cause=f"booking:{booking_id}",
+            booking_id=booking_id,
+            enrollment_id=consumed.enrollment_id,
+            package_purchase_id=consumed.package_purchase_id,
+        )
+    return released
+
+
+def revoke_unconsumed(
+    *,
+    session: Session,
+    cause: str,
+    enrollment_id: int | None = None,
+    package_purchase_id: int | None = None,
+    fraction: float = 1.0,
+) -> list[CreditLedgerEntry]:
+    """Revoke what is left on a purchase's lots (all of it, or `fraction` of each grant, rounded down).
+
+    Consumed credits stay on record. One revoke entry per (cause, lot): a repeat adds nothing.
+    """
+    if enrollment_id is None and package_purchase_id is None:
+        raise ValueError("revoke_unconsumed needs an enrollment or a package purchase")
+    entries = []
+    for lot in lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id):
+        key = f"revoke:{cause}:{lot.grant.id}"
+        if _existing(session, key) is not None:
+            continue
+        amount = lot.remaining if fraction >= 1.0 else min(lot.remaining, int(lot.grant.quantity * fraction))
+        if amount <= 0:
+            continue
+        entries.append(
+            _add(
+                session,
+                idempotency_key=key,
+                student_id=lot.grant.student_id,
+                credit_type=lot.grant.credit_type,
+                entry_type=LedgerEntryType.REVOKE,
+                quantity=-amount,
+                grant_id=lot.grant.id,
+                cause=cause,
+                enrollment_id=lot.grant.enrollment_id,
+                package_purchase_id=lot.grant.package_purchase_id,
+            )
+        )
+    return entries

@@ -1,0 +1,49 @@
+"""One error root for the domain; the runner decides retry / fail / park from the class."""
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Root of every error raised by `tasks/`."""
+
+
+class PermanentError(TaskError):
+    """Raised when retrying cannot help (unknown ids, malformed data): the event ends `failed`."""
+
+
+class TransientError(TaskError):
+    """Raised when a retry may succeed (a remote service down): retried with backoff."""
+
+
+class NotFound(PermanentError):
+    """Raised when a named record does not exist."""
+
+
+class ValidationFailed(PermanentError):
+    """Raised when input breaks a domain rule; `field` names the first offending field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IllegalTransition(PermanentError):
+    """Raised when a state machine is asked for a move its table does not allow."""
+
+    def __init__(self, entity: str, current: str, target: str) -> None:
+        super().__init__(f"{entity}: {current} -> {target} is not allowed")
+        self.entity, self.current, self.target = entity, current, target
+
+
+class WaitFor(TaskError):
+    """Raised to park an event until another one arrives (e.g. a cancel before its booking).
+
+    `key` names what is awaited, e.g. "booking:bk_1"; whoever provides it wakes the event.
+    """
+
+    def __init__(self, key: str, reason: str | None = None) -> None:
+        super().__init__(reason or f"waiting for {key}")
+        self.key = key
+
+
+class Ignored(TaskError):
+    """Raised when a verified event needs no action (an unhandled type, an unpaid-and-unknown session)."""

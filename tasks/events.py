@@ -1,0 +1,161 @@
+"""Inbound event shapes: the platform's (validated with pydantic) and the subject of each event.
+
+The subject is what an event is about; events with the same subject are processed one at a time.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must include a timezone offset")
+    return value
+
+
+class StudentUpserted(_Data):
+    student_id: Id
+    email: str | None = Field(default=None, max_length=320)
+    name: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r}") from None
+        return value
+
+
+class ClassUpserted(_Data):
+    class_id: Id
+    title: str | None = Field(default=None, max_length=200)
+    starts_at: datetime
+    ends_at: datetime | None = None
+    capacity: int = Field(ge=0)
+    seats_taken: int = Field(ge=0)
+    status: Literal["scheduled", "cancelled"] = "scheduled"
+    timezone: str | None = Field(default=None, max_length=64)
+
+    _aware_start = field_validator("starts_at")(_aware)
+
+
+class BookingCreated(_Data):
+    booking_id: Id
+    student_id: Id
+    class_id: Id
+    course_step_id: int | None = Field(default=None, ge=1)
+    credit_type: Literal["group", "private"] | None = None
+
+
+class BookingCancelled(_Data):
+    booking_id: Id
+    cancelled_at: datetime
+    within_policy: bool
+
+    _aware_cancel = field_validator("cancelled_at")(_aware)
+
+
+class AttendanceMarked(_Data):
+    booking_id: Id
+    outcome: Literal["attended", "no_show"]
+    marked_at: datetime
+
+    _aware_mark = field_validator("marked_at")(_aware)
+
+
+PLATFORM_DATA: dict[str, type[_Data]] = {
+    "student.upserted": StudentUpserted,
+    "class.upserted": ClassUpserted,
+    "booking.created": BookingCreated,
+    "booking.cancelled": BookingCancelled,
+    "attendance.marked": AttendanceMarked,
+}
+
+
+class PlatformEnvelope(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: Id
+    type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    occurred_at: datetime
+    data: dict[str, Any]
+
+    _aware_occurred = field_validator("occurred_at")(_aware)
+
+
+class InvalidEvent(ValueError):
+    """Raised when an inbound body is not a valid event; `field` names the first bad field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    name = f"{prefix}{loc}" if loc else prefix.rstrip(".") or None
+    return InvalidEvent(f"{name}: {err.get('msg')}" if name else str(err.get("msg")), name)
+
+
+def parse_platform_event(body: Any) -> tuple[PlatformEnvelope, _Data | None]:
+    """Validate the envelope and, for a known type, its data. Unknown types are accepted (ignored later)."""
+    if not isinstance(body, dict):
+        raise InvalidEvent("body must be a JSON object")
+    try:
+        envelope = PlatformEnvelope.model_validate(body)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    model = PLATFORM_DATA.get(envelope.type)
+    if model is None:
+        return envelope, None
+    try:
+        return envelope, model.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise _first_error(exc, "data.") from None
+
+
+def platform_data(type_: str, data: dict[str, Any]) -> _Data:
+    """Re-read a stored platform event's data (it was validated at the door)."""
+    return PLATFORM_DATA[type_].model_validate(data)
+
+
+def platform_subject(type_: str, data: dict[str, Any]) -> str | None:
+    if type_ == "student.upserted":
+        return f"student:{data.get('student_id')}"
+    if type_ == "class.upserted":
+        return f"class:{data.get('class_id')}"
+    if type_ == "booking.created":
+        return f"student:{data.get('student_id')}"
+    if type_ in ("booking.cancelled", "attendance.marked"):
+        return f"booking:{data.get('booking_id')}"
+    return None
+
+
+def stripe_subject(type_: str, obj: dict[str, Any]) -> str | None:
+    """Stripe events about one payment share a subject: the payment intent when known."""
+    if type_.startswith("checkout.session."):
+        return f"payment:{obj.get('payment_intent') or obj.get('id')}"
+    if type_.startswith("charge.dispute."):
+        return f"payment:{obj.get('payment_intent') or obj.get('charge')}"
+    if type_.startswith("charge.") or type_.startswith("refund."):
+        return f"payment:{obj.get('payment_intent') or obj.get('charge') or obj.get('id')}"
+    if type_.startswith("product.") or type_.startswith("price."):
+        return f"stripe:{obj.get('id')}"
+    return None

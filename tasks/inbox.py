@@ -1,0 +1,289 @@
+"""The durable inbox: store verified events once, then process each exactly once in effect.
+
+`store_event` is what the ingress calls (insert keyed on (source, event id), ON CONFLICT DO NOTHING).
+`process_event` is what the runner actor calls inside one transaction: it locks the row, serializes
+on the event's subject, runs the registered handler in a savepoint and records the outcome on the
+row, so a handler's effects and the row's new status commit together or not at all.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db.enums import InboxSource, InboxStatus
+from db.models import InboxEvent
+from db.types import utcnow
+from tasks.errors import Ignored, PermanentError, TaskError, WaitFor
+
+log = logging.getLogger("coursepipe.inbox")
+
+DEFAULT_MAX_ATTEMPTS = 5
+PROVIDES_KEY = "coursepipe.provides"
+
+Handler = Callable[[Session, InboxEvent], None]
+_HANDLERS: dict[tuple[str, str], Handler] = {}
+
+
+def handles(source: InboxSource, *types: str) -> Callable[[Handler], Handler]:
+    """Register a handler for (source, type). A handler takes (session, event) and never commits."""
+
+    def register(fn: Handler) -> Handler:
+        for type_ in types:
+            _HANDLERS[(source.value, type_)] = fn
+        return fn
+
+    return register
+
+
+def handler_for(source: str, type_: str) -> Handler | None:
+    _load_handlers()
+    return _HANDLERS.get((source, type_))
+
+
+def _load_handlers() -> None:
+    # handler modules register themselves on import; import them once, lazily
+    import tasks.handlers  # noqa: F401
+
+
+def provides(session: Session, *keys: str) -> None:
+    """Declare that this unit of work makes `keys` available (wakes events waiting for them)."""
+    session.info.setdefault(PROVIDES_KEY, set()).update(keys)
+
+
+# --------------------------------------------------------------------------- storing
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+
+
+def store_event(
+    *,
+    session: Session,
+    source: InboxSource,
+    event_id: str,
+    type: str,
+    payload: dict[str, Any],
+    subject: str | None,
+    occurred_at: datetime | None,
+) -> Stored:
+    """Insert the event once per (source, event id). A redelivery returns the first row's id."""
+    values = dict(
+        source=source.value,
+        event_id=event_id,
+        type=type,
+        payload=payload,
+        subject=subject,
+        occurred_at=occurred_at,
+        status=InboxStatus.PENDING.value,
+        attempts=0,
+        received_at=utcnow(),
+    )
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = InboxEvent.__table__
+    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=["source", "event_id"])
+    new_id = session.execute(stmt.returning(table.c.id)).scalar()
+    if new_id is not None:
+        return Stored(int(new_id), False)
+    existing = session.execute(
+        select(table.c.id).where(table.c.source == source.value, table.c.event_id == event_id)
+    ).scalar_one()
+    return Stored(int(existing), True)
+
+
+# --------------------------------------------------------------------------- processing
+
+
+class Outcome(str, enum.Enum):
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    WAITING = "waiting"
+    FAILED = "failed"
+    RETRY = "retry"  # transient failure recorded; the caller should retry with backoff
+    SKIPPED = "skipped"  # not ours to run now (already final, or locked by another worker)
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    error: str | None = None
+    woken: list[int] = field(default_factory=list)
+
+
+def _lock_subject(session: Session, subject: str | None) -> None:
+    """Two events about the same thing never race (PostgreSQL advisory lock until commit)."""
+    if subject and session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(subject.encode()))))
+
+
+RUNNABLE = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+
+
+def process_event(*, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Result:
+    """Run the handler for one inbox row, recording its outcome in the same transaction."""
+    query = select(InboxEvent).where(InboxEvent.id == inbox_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    event = session.scalar(query)
+    if event is None:
+        # unknown id, or another worker holds it right now (it will finish or roll back and be swept)
+        return Result(Outcome.SKIPPED)
+    if event.status not in RUNNABLE:
+        return Result(Outcome.SKIPPED)
+    _lock_subject(session, event.subject)
+
+    event.attempts += 1
+    handler = handler_for(event.source.value, event.type)
+    now = utcnow()
+    if handler is None:
+        _finish(event, InboxStatus.IGNORED, now)
+        return Result(Outcome.IGNORED)
+
+    session.info.pop(PROVIDES_KEY, None)
+    savepoint = session.begin_nested()
+    try:
+        handler(session, event)
+        savepoint.commit()
+    except Ignored as exc:
+        savepoint.rollback()
+        _finish(event, InboxStatus.IGNORED, now, str(exc) or None)
+        return Result(Outcome.IGNORED, str(exc) or None)
+    except WaitFor as exc:
+        savepoint.rollback()
+        event.status = InboxStatus.WAITING
+        event.waiting_for = exc.key
+        event.last_error = str(exc)
+        return Result(Outcome.WAITING, str(exc))
+    except PermanentError as exc:
+        savepoint.rollback()
+        _finish(event, InboxStatus.FAILED, now, f"{type(exc).__name__}: {exc}")
+        log.warning("event %s (%s) failed permanently: %s", event.event_id, event.type, exc)
+        return Result(Outcome.FAILED, str(exc))
+    except Exception as exc:  # transient: anything not known to be permanent
+        savepoint.rollback()
+        message = f"{type(exc).__name__}: {exc}"
+        if event.attempts >= max_attempts:
+            _finish(event, InboxStatus.FAILED, now, f"retries exhausted; {message}")
+            log.error("event %s (%s) failed after %d attempts: %s", event.event_id, event.type, event.attempts,
+                      "".join(traceback.format_exception_only(exc)).strip())
+            return Result(Outcome.FAILED, message)
+        event.status = InboxStatus.PENDING
+        event.last_error = message
+        return Result(Outcome.RETRY, message)
+
+    _finish(event, InboxStatus.PROCESSED, now)
+    woken = wake_waiting(session=session, keys=session.info.pop(PROVIDES_KEY, set()))
+    return Result(Outcome.PROCESSED, woken=woken)
+
+
+def _finish(event: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None) -> None:
+    event.status = status
+    event.processed_at = now
+    event.last_error = error
+    event.waiting_for = None
+
+
+def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
+    """Return parked events waiting for any of `keys` to `pending`; the caller enqueues them after commit."""
+    if not keys:
+        return []
+    rows = session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.status == InboxStatus.WAITING, InboxEvent.waiting_for.in_(sorted(keys)))
+        .values(status=InboxStatus.PENDING, waiting_for=None)
+        .returning(InboxEvent.id)
+    ).scalars()
+    return sorted(rows)
+
+
+def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), limit: int = 500) -> list[int]:
+    """The scheduled retry of parked events (in case what they wait for came by another path)."""
+    cutoff = utcnow() - older_than
+    ids = session.scalars(
+        select(InboxEvent.id)
+        .where(InboxEvent.status == InboxStatus.WAITING, InboxEvent.received_at <= cutoff)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+    ).all()
+    if ids:
+        session.execute(
+            update(InboxEvent).where(InboxEvent.id.in_(ids)).values(status=InboxStatus.PENDING, waiting_for=None)
+        )
+    return list(ids)
+
+
+def stale_pending(*, session: Session, older_than: timedelta, limit: int = 1000) -> list[int]:
+    """Rows that stayed `pending` too long (their message was lost, or sending failed): the sweeper's list."""
+    cutoff = utcnow() - older_than
+    return list(
+        session.scalars(
+            select(InboxEvent.id)
+            .where(
+                InboxEvent.status.in_(RUNNABLE),
+                func.coalesce(InboxEvent.enqueued_at, InboxEvent.received_at) <= cutoff,
+            )
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def mark_enqueued(*, session: Session, ids: list[int]) -> None:
+    if ids:
+        session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids)).values(enqueued_at=utcnow()))
+
+
+class NotReplayable(TaskError):
+    """Raised when an admin asks to replay an event that is already processed."""
+
+
+def replay(*, session: Session, inbox_id: int) -> InboxEvent:
+    """Put a failed / waiting / ignored event back to `pending` with a fresh attempt count."""
+    event = session.scalar(select(InboxEvent).where(InboxEvent.id == inbox_id).with_for_update())
+    if event is None:
+        from tasks.errors import NotFound
+
+        raise NotFound(f"no inbox event {inbox_id}")
+    if event.status == InboxStatus.PROCESSED:
+        raise NotReplayable(f"inbox event {inbox_id} is already processed")
+    event.status = InboxStatus.PENDING
+    event.attempts = 0
+    event.waiting_for = None
+    event.processed_at = None
+    return event
+
+
+def list_events(*, session: Session, status: InboxStatus | None = None, limit: int = 50) -> list[InboxEvent]:
+    query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(InboxEvent.status == status)
+    return list(session.scalars(query))
+
+
+def event_view(event: InboxEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "source": event.source.value,
+        "event_id": event.event_id,
+        "type": event.type,
+        "subject": event.subject,
+        "status": event.status.value,
+        "received_at": event.received_at.isoformat(),
+        "processed_at": event.processed_at.isoformat() if event.processed_at else None,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+        "waiting_for": event.waiting_for,
+    }

@@ -1,0 +1,71 @@
+"""Writing outbox messages in the caller's transaction. Delivery is `tasks/delivery` + workers."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.enums import OutboxChannel
+from db.models import OutboxMessage
+
+
+def add_message(
+    *,
+    session: Session,
+    channel: OutboxChannel,
+    topic: str,
+    payload: dict[str, Any],
+    dedupe_key: str,
+    recipient: str | None = None,
+    enrollment_id: int | None = None,
+) -> OutboxMessage:
+    """Record a message once per dedupe key (its cause); a repeat returns the existing row."""
+    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key))
+    if existing is not None:
+        return existing
+    message = OutboxMessage(
+        channel=channel,
+        topic=topic,
+        payload=payload,
+        dedupe_key=dedupe_key,
+        recipient=recipient,
+        enrollment_id=enrollment_id,
+    )
+    session.add(message)
+    session.flush()
+    return message
+
+
+def add_platform_event(
+    *, session: Session, type: str, data: dict[str, Any], dedupe_key: str, enrollment_id: int | None = None
+) -> OutboxMessage:
+    """An outbound platform event (CONTRACT §3.3); its outbox id becomes the event id the receiver dedupes on."""
+    return add_message(
+        session=session,
+        channel=OutboxChannel.PLATFORM,
+        topic=type,
+        payload={"type": type, "data": data},
+        dedupe_key=f"platform:{dedupe_key}",
+        enrollment_id=enrollment_id,
+    )
+
+
+def add_mail(
+    *,
+    session: Session,
+    template: str,
+    recipient: str,
+    context: dict[str, Any],
+    dedupe_key: str,
+    enrollment_id: int | None = None,
+) -> OutboxMessage:
+    return add_message(
+        session=session,
+        channel=OutboxChannel.MAIL,
+        topic=template,
+        payload={"template": template, "context": context},
+        dedupe_key=f"mail:{dedupe_key}:{recipient}",
+        recipient=recipient,
+        enrollment_id=enrollment_id,
+    )

@@ -1,0 +1,55 @@
+"""Explicit state machines: one table of allowed moves; a re-applied move is a no-op."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from db.models import TransitionLog
+from db.types import utcnow
+from tasks.errors import IllegalTransition
+
+S = TypeVar("S", bound=Enum)
+
+
+@dataclass(frozen=True)
+class StateMachine(Generic[S]):
+    entity: str
+    allowed: dict[S, frozenset[S]]
+
+    def can(self, current: S, target: S) -> bool:
+        return current == target or target in self.allowed.get(current, frozenset())
+
+    def move(
+        self,
+        obj,
+        target: S,
+        *,
+        session: Session,
+        cause: str | None = None,
+        enrollment_id: int | None = None,
+        at: datetime | None = None,
+        attr: str = "status",
+    ) -> bool:
+        """Move `obj` to `target`. Returns False if it was already there (a no-op)."""
+        current = getattr(obj, attr)
+        if current == target:
+            return False
+        if target not in self.allowed.get(current, frozenset()):
+            raise IllegalTransition(self.entity, str(current.value), str(target.value))
+        setattr(obj, attr, target)
+        session.add(
+            TransitionLog(
+                entity=self.entity,
+                entity_id=str(obj.id) if obj.id is not None else "?",
+                from_status=current.value,
+                to_status=target.value,
+                cause=cause,
+                enrollment_id=enrollment_id,
+                at=at or utcnow(),
+            )
+        )
+        return True

@@ -1,0 +1,60 @@
+"""`coursepipe serve` starts on the embedded default and answers /healthz; a missing secret stops it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
+
+CLI = [sys.executable, "-m", "coursepipe.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+               PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET, ADMIN_TOKEN=ADMIN_TOKEN)
+    env.update(extra)
+    return env
+
+
+def test_missing_secret_stops_startup_with_one_line(tmp_path):
+    env = _env(tmp_path)
+    del env["PLATFORM_WEBHOOK_SECRET"]
+    proc = subprocess.run([*CLI, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "Error: PLATFORM_WEBHOOK_SECRET is required but not set"
+
+
+def test_serve_embedded_answers_healthz_and_readyz(tmp_path):
+    env = _env(tmp_path)
+    subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
+    port = _free_port()
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--host", "127.0.0.1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError(proc.stdout.read())
+                time.sleep(0.1)
+        assert body is not None and b'"ok"' in body
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
+        assert b'"ready"' in ready
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

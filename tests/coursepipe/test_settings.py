@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from coursepipe.settings import INGRESS_SECRETS, ConfigError, Settings
+
+
+def test_defaults_are_the_embedded_mode_and_secrets_have_none():
+    s = Settings.from_env({})
+    assert s.database_url == "sqlite:///coursepipe.db"
+    assert s.redis_url is None and s.stripe_webhook_secret is None and s.admin_token is None
+    assert s.low_seat_threshold == 3 and s.reminder_window_days == 7 and s.reminders_enabled is False
+    assert s.port == 8000
+
+
+def test_missing_secret_names_the_variable():
+    env = {"STRIPE_WEBHOOK_SECRET": "whsec_x", "ADMIN_TOKEN": "t"}
+    with pytest.raises(ConfigError, match="^PLATFORM_WEBHOOK_SECRET is required but not set$"):
+        Settings.from_env(env).require(*INGRESS_SECRETS)
+
+
+@pytest.mark.parametrize("name,value", [("LOW_SEAT_THRESHOLD", "lots"), ("REMINDERS_ENABLED", "perhaps"),
+                                        ("PORT", "0"), ("REMINDER_WINDOW_DAYS", "-1")])
+def test_malformed_values_are_refused_with_the_name(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_typed_values():
+    s = Settings.from_env({"LOW_SEAT_THRESHOLD": "5", "REMINDERS_ENABLED": "true",
+                           "ADMIN_ALERT_EMAILS": "a@x.test, b@x.test,", "REDIS_URL": "redis://h:6379/0"})
+    assert s.low_seat_threshold == 5 and s.reminders_enabled is True
+    assert s.admin_alert_emails == ("a@x.test", "b@x.test") and s.redis_url == "redis://h:6379/0"

@@ -1,0 +1,102 @@
+"""Thin actors. Each takes ids, opens one transaction, calls one `tasks/` function.
+
+Actors are declared on the broker at start-up (`declare_actors`), never at import time.
+Messages go out only after the transaction that made them necessary has committed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable
+
+import dramatiq
+from dramatiq.errors import Retry
+
+from coursepipe import runtime
+from tasks import inbox
+
+log = logging.getLogger("coursepipe.workers")
+
+INBOX_QUEUE = "inbox"
+SWEEP_STALE_SECONDS = 30
+
+_ACTOR_FUNCTIONS: dict[str, tuple[Callable, dict]] = {}
+
+
+def actor(queue_name: str = "default", **options):
+    """Collect an actor function; `declare_actors` binds it to the broker at start-up."""
+
+    def collect(fn: Callable) -> Callable:
+        _ACTOR_FUNCTIONS[fn.__name__] = (fn, {"queue_name": queue_name, **options})
+        return fn
+
+    return collect
+
+
+def declare_actors(broker: dramatiq.Broker) -> dict[str, dramatiq.Actor]:
+    import workers.jobs  # noqa: F401  (registers the scheduled-job actors)
+
+    declared = {}
+    for name, (fn, options) in _ACTOR_FUNCTIONS.items():
+        options = dict(options)
+        queue_name = options.pop("queue_name")
+        if name in broker.actors:
+            broker.actors.pop(name)
+        declared[name] = dramatiq.Actor(
+            fn, broker=broker, actor_name=name, queue_name=queue_name, priority=0, options=options
+        )
+    return declared
+
+
+def send(actor_name: str, *args) -> bool:
+    """Send a message; a broker failure is logged and swallowed (the sweepers re-send from the database)."""
+    try:
+        runtime.current().actors[actor_name].send(*args)
+        return True
+    except Exception as exc:  # Redis down: the row is durable, the sweeper will re-send it
+        log.warning("could not enqueue %s%r: %s", actor_name, args, exc)
+        return False
+
+
+def enqueue_inbox(ids: Iterable[int]) -> int:
+    sent = 0
+    for inbox_id in ids:
+        sent += send("process_inbox_event", inbox_id)
+    return sent
+
+
+class RetryLater(Exception):
+    """Raised by an actor after committing a transient failure, so Dramatiq retries with backoff."""
+
+
+@actor(queue_name=INBOX_QUEUE, max_retries=20, throws=())
+def process_inbox_event(inbox_id: int) -> str:
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        result = inbox.process_event(session=session, inbox_id=inbox_id)
+    enqueue_inbox(result.woken)
+    if result.outcome is inbox.Outcome.RETRY:
+        raise RetryLater(f"inbox event {inbox_id}: {result.error}")
+    return result.outcome.value
+
+
+@actor(queue_name="maintenance", max_retries=0)
+def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
+    """Re-send rows that stayed pending too long (their message was lost or never sent)."""
+    from datetime import timedelta
+
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        ids = inbox.stale_pending(session=session, older_than=timedelta(seconds=older_than_seconds))
+        inbox.mark_enqueued(session=session, ids=ids)
+    return enqueue_inbox(ids)
+
+
+@actor(queue_name="maintenance", max_retries=0)
+def retry_waiting() -> int:
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        ids = inbox.requeue_waiting(session=session)
+    return enqueue_inbox(ids)
+
+
+__all__ = ["Retry", "actor", "declare_actors", "send", "enqueue_inbox"]
