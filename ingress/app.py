@@ -43,8 +43,8 @@ def _optional_blueprints():
     import importlib
 
     modules = []
-    for name in ("ingress.admin_catalog", "ingress.admin_enrollments", "ingress.read_api", "ingress.dashboard",
-                 "ingress.metrics"):
+    for name in ("ingress.admin_catalog", "ingress.admin_enrollments", "ingress.read_courses",
+                 "ingress.read_students", "ingress.read_bookings", "ingress.dashboard", "ingress.metrics"):
         try:
             modules.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:

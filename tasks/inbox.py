@@ -29,6 +29,7 @@ log = logging.getLogger("coursepipe.inbox")
 
 DEFAULT_MAX_ATTEMPTS = 5
 PROVIDES_KEY = "coursepipe.provides"
+SETTINGS_KEY = "coursepipe.settings"
 
 Handler = Callable[[Session, InboxEvent], None]
 _HANDLERS: dict[tuple[str, str], Handler] = {}
@@ -58,6 +59,11 @@ def _load_handlers() -> None:
 def provides(session: Session, *keys: str) -> None:
     """Declare that this unit of work makes `keys` available (wakes events waiting for them)."""
     session.info.setdefault(PROVIDES_KEY, set()).update(keys)
+
+
+def settings_of(session: Session):
+    """The process settings the runner attached to this unit of work (None outside the runner)."""
+    return session.info.get(SETTINGS_KEY)
 
 
 # --------------------------------------------------------------------------- storing
@@ -132,8 +138,15 @@ def _lock_subject(session: Session, subject: str | None) -> None:
 RUNNABLE = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
 
-def process_event(*, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Result:
-    """Run the handler for one inbox row, recording its outcome in the same transaction."""
+def process_event(
+    *, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS, settings: Any = None
+) -> Result:
+    """Run the handler for one inbox row, recording its outcome in the same transaction.
+
+    `settings` (thresholds, alert recipients) is handed to handlers through `settings_of(session)`.
+    """
+    if settings is not None:
+        session.info[SETTINGS_KEY] = settings
     query = select(InboxEvent).where(InboxEvent.id == inbox_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)

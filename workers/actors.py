@@ -72,7 +72,7 @@ class RetryLater(Exception):
 def process_inbox_event(inbox_id: int) -> str:
     rt = runtime.current()
     with rt.db.session_scope() as session:
-        result = inbox.process_event(session=session, inbox_id=inbox_id)
+        result = inbox.process_event(session=session, inbox_id=inbox_id, settings=rt.settings)
     enqueue_inbox(result.woken)
     if result.outcome is inbox.Outcome.RETRY:
         raise RetryLater(f"inbox event {inbox_id}: {result.error}")
