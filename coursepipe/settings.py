@@ -46,6 +46,7 @@ def _opt(raw: str | None) -> str | None:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    redis_namespace: str = "coursepipe"
     stripe_webhook_secret: str | None = None
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
@@ -67,6 +68,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=_opt(env.get("REDIS_URL")),
+            redis_namespace=env.get("REDIS_NAMESPACE") or "coursepipe",
             stripe_webhook_secret=_opt(env.get("STRIPE_WEBHOOK_SECRET")),
             stripe_api_key=_opt(env.get("STRIPE_API_KEY")),
             stripe_api_base=_opt(env.get("STRIPE_API_BASE")),

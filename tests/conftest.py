@@ -181,7 +181,12 @@ def runtime(settings, database):
     """The embedded runtime: the test database and an in-process (stub) broker."""
     from coursepipe.runtime import init_runtime, reset_runtime
 
+    from dramatiq.middleware import Retries
+
     rt = init_runtime(settings, db=database)
+    for middleware in rt.broker.middleware:  # fast retries in tests
+        if isinstance(middleware, Retries):
+            middleware.min_backoff, middleware.max_backoff = 20, 200
     yield rt
     rt.broker.flush_all()
     reset_runtime()
@@ -199,11 +204,11 @@ def worker(runtime):
 
 def drain(runtime, *queues: str, timeout_ms: int = 20_000) -> None:
     """Wait until the stub broker's queues are empty and every message has been handled."""
-    queues = queues or tuple(runtime.broker.queues)
+    queues = queues or tuple(q for q in runtime.broker.queues if not q.endswith(".DQ"))
     for _ in range(3):  # a handled message may enqueue more (woken events)
         for queue in queues:
             if queue in runtime.broker.queues:
-                runtime.broker.join(queue, timeout=timeout_ms)
+                runtime.broker.join(queue, timeout=timeout_ms, fail_fast=False)
 
 
 @pytest.fixture

@@ -7,17 +7,16 @@ from dramatiq.middleware import Retries
 
 from coursepipe.settings import Settings
 
-REDIS_NAMESPACE = "coursepipe"
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 60_000
 MAX_RETRIES = 8
 
 
-def make_broker(settings: Settings, *, namespace: str = REDIS_NAMESPACE) -> dramatiq.Broker:
+def make_broker(settings: Settings) -> dramatiq.Broker:
     if settings.redis_url:
         from dramatiq.brokers.redis import RedisBroker
 
-        broker = RedisBroker(url=settings.redis_url, namespace=namespace)
+        broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)
     else:
         # The embedded default: messages live in this process; the inbox is still the source of truth.
         broker = StubBroker()

@@ -1,0 +1,197 @@
+"""The front door: verify, store once, enqueue after commit; every bad input a 400 that stores nothing."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from db.enums import InboxStatus
+from db.models import InboxEvent
+from tests.signing import platform_event, platform_headers, stripe_event, stripe_headers
+
+
+def _count(runtime) -> int:
+    with runtime.db.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(InboxEvent))
+
+
+def _error(response):
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return body["error"]["code"]
+
+
+FIXTURE_EVENTS = ["checkout.session.completed", "charge.refunded", "charge.dispute.created",
+                  "charge.dispute.closed", "product.updated", "price.updated", "customer.created"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_EVENTS)
+def test_stripe_fixture_events_are_accepted_and_stored_once(client, runtime, name):
+    body = json.dumps(stripe_event(name))
+    first = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert first.status_code == 200 and first.get_json() == {"received": True, "duplicate": False}
+    again = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert again.status_code == 200 and again.get_json() == {"received": True, "duplicate": True}
+    assert _count(runtime) == 1
+    with runtime.db.session_scope() as s:
+        row = s.scalar(select(InboxEvent))
+        assert row.type == name and row.source.value == "stripe" and row.status == InboxStatus.PENDING
+        assert row.payload["id"] == json.loads(body)["id"]
+    # the message carries the inbox row id, not the payload
+    messages = runtime.broker.queues["inbox"]
+    assert messages.qsize() == 1
+    message = messages.get_nowait()
+    import dramatiq
+
+    assert dramatiq.Message.decode(message).args == (row.id,)
+
+
+def _bad_stripe_cases():
+    body = json.dumps(stripe_event())
+    return {
+        "missing signature": (body, {"Content-Type": "application/json"}),
+        "garbled signature": (body, {"Stripe-Signature": "garbage"}),
+        "wrong secret": (body, stripe_headers(body, secret="whsec_other")),
+        "stale timestamp": (body, stripe_headers(body, timestamp=int(time.time()) - 301)),
+        "tampered body": (body.replace("cs_", "cx_", 1), stripe_headers(body)),
+        "not json": ("{not json", stripe_headers("{not json")),
+        "not an event": ('{"hello": 1}', stripe_headers('{"hello": 1}')),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_stripe_cases()))
+def test_bad_stripe_input_is_400_and_stores_nothing(client, runtime, case):
+    body, headers = _bad_stripe_cases()[case]
+    response = client.post("/webhooks/stripe", data=body, headers=headers)
+    assert response.status_code == 400
+    assert _error(response) in ("invalid_signature", "invalid_json", "invalid_event")
+    assert _count(runtime) == 0
+    assert runtime.broker.queues.get("inbox") is None or runtime.broker.queues["inbox"].qsize() == 0
+
+
+def test_platform_event_is_accepted_once(client, runtime):
+    event = platform_event("student.upserted", {"student_id": "stu_1", "email": "a@b.test", "name": "A",
+                                                "timezone": "Europe/Berlin"})
+    body = json.dumps(event).encode()
+    first = client.post("/webhooks/platform", data=body, headers=platform_headers(body))
+    assert first.status_code == 200 and first.get_json() == {"received": True, "duplicate": False}
+    second = client.post("/webhooks/platform", data=body, headers=platform_headers(body))
+    assert second.get_json() == {"received": True, "duplicate": True}
+    with runtime.db.session_scope() as s:
+        row = s.scalar(select(InboxEvent))
+        assert (row.event_id, row.type, row.subject) == (event["id"], "student.upserted", "student:stu_1")
+
+
+def test_platform_signature_allows_several_v1_values_for_rotation(client, runtime):
+    body = json.dumps(platform_event("class.upserted", {
+        "class_id": "gc_1", "title": "T", "starts_at": "2026-12-01T10:00:00+00:00",
+        "ends_at": "2026-12-01T11:00:00+00:00", "capacity": 8, "seats_taken": 1, "status": "scheduled"})).encode()
+    old = platform_headers(body, secret="old-secret")["Platform-Signature"]
+    new = platform_headers(body)["Platform-Signature"]
+    header = old + ",v1=" + new.split("v1=")[1]
+    response = client.post("/webhooks/platform", data=body, headers={"Platform-Signature": header})
+    assert response.status_code == 200 and _count(runtime) == 1
+
+
+def _bad_platform_cases():
+    good = platform_event("booking.created", {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1"})
+    body = json.dumps(good).encode()
+
+    def signed(raw: bytes):
+        return raw, platform_headers(raw)
+
+    missing_data = dict(good, data={"booking_id": "bk_1", "class_id": "gc_1"})
+    naive_time = dict(good, occurred_at="2026-11-24T10:00:00")
+    bad_outcome = platform_event("attendance.marked", {"booking_id": "b", "outcome": "maybe",
+                                                       "marked_at": "2026-11-24T10:00:00Z"})
+    return {
+        "missing signature": (body, {}),
+        "garbled header": (body, {"Platform-Signature": "t=abc,v1=zz"}),
+        "wrong secret": (body, platform_headers(body, secret="nope")),
+        "stale": (body, platform_headers(body, timestamp=int(time.time()) - 400)),
+        "future": (body, platform_headers(body, timestamp=int(time.time()) + 400)),
+        "tampered": (body.replace(b"bk_1", b"bk_2"), platform_headers(body)),
+        "not json": signed(b"{oops"),
+        "array body": signed(b"[1,2]"),
+        "missing student_id": signed(json.dumps(missing_data).encode()),
+        "naive occurred_at": signed(json.dumps(naive_time).encode()),
+        "bad enum": signed(json.dumps(bad_outcome).encode()),
+        "no id": signed(json.dumps({k: v for k, v in good.items() if k != "id"}).encode()),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_platform_cases()))
+def test_bad_platform_input_is_400_and_stores_nothing(client, runtime, case):
+    body, headers = _bad_platform_cases()[case]
+    response = client.post("/webhooks/platform", data=body, headers=headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert _error(response) in ("invalid_signature", "invalid_json", "invalid_event")
+    assert _count(runtime) == 0
+
+
+def test_schema_violation_names_the_field(client):
+    event = platform_event("class.upserted", {"class_id": "gc_1", "starts_at": "2026-12-01T10:00:00Z",
+                                              "capacity": -1, "seats_taken": 0})
+    body = json.dumps(event).encode()
+    response = client.post("/webhooks/platform", data=body, headers=platform_headers(body))
+    assert response.status_code == 400
+    assert "data.capacity" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/webhooks/stripe", "/webhooks/platform"])
+def test_body_over_256_kib_is_413_before_parsing(client, runtime, path):
+    body = b"x" * (256 * 1024 + 1)
+    response = client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and _error(response) == "payload_too_large"
+    assert _count(runtime) == 0
+
+
+def test_unknown_verified_type_is_stored_and_ignored(client, runtime, worker):
+    from tests.conftest import drain
+
+    body = json.dumps(stripe_event("customer.created"))
+    client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    drain(runtime)
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(InboxEvent.status)) == InboxStatus.IGNORED
+
+
+def test_broker_down_still_acknowledges_and_the_sweeper_resends(client, runtime, monkeypatch):
+    """Sending fails after the commit: the event is durable and acknowledged; the sweeper re-sends it."""
+    from workers import actors
+
+    def broken_send(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(runtime.actors["process_inbox_event"], "send", broken_send)
+    body = json.dumps(stripe_event("customer.created"))
+    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert response.status_code == 200 and response.get_json()["duplicate"] is False
+    monkeypatch.undo()
+    assert actors.sweep_inbox(0) == 1
+    assert runtime.broker.queues["inbox"].qsize() == 1
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(runtime):
+    from coursepipe.settings import Settings
+    from db.database import Database
+    from ingress.app import create_app
+
+    settings = runtime.settings.with_(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    runtime.db = Database(settings.database_url, connect_args={"connect_timeout": 1})
+    app = create_app(settings, runtime=runtime)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and "database" in response.get_json()["error"]["message"]
+    assert isinstance(settings, Settings)
+
+
+def test_unknown_route_is_json_404(client):
+    response = client.get("/nope")
+    assert response.status_code == 404 and _error(response) == "not_found"

@@ -1,0 +1,138 @@
+"""The runner core: outcomes, retries, parking and waking, replay — on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+import tests.workers.support as support
+from db.enums import InboxSource, InboxStatus
+from db.models import AlertLog, InboxEvent
+from tasks import inbox
+from tests.conftest import drain
+from tests.signing import platform_event
+
+
+def store(database, type_, data=None, event_id=None, subject=None) -> int:
+    event = platform_event(type_, data or {}, event_id=event_id)
+    with database.session_scope() as s:
+        return inbox.store_event(session=s, source=InboxSource.PLATFORM, event_id=event["id"], type=type_,
+                                 payload=event, subject=subject, occurred_at=None).id
+
+
+def run(database, inbox_id, **kw) -> inbox.Result:
+    with database.session_scope() as s:
+        return inbox.process_event(session=s, inbox_id=inbox_id, **kw)
+
+
+def effects(database) -> int:
+    with database.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(AlertLog).where(AlertLog.kind == "test"))
+
+
+def row(database, inbox_id) -> InboxEvent:
+    with database.session_scope() as s:
+        return s.get(InboxEvent, inbox_id)
+
+
+def test_store_is_idempotent_per_source_and_event_id(database):
+    first = store(database, "test.effect", event_id="e1")
+    with database.session_scope() as s:
+        again = inbox.store_event(session=s, source=InboxSource.PLATFORM, event_id="e1", type="test.effect",
+                                  payload={}, subject=None, occurred_at=None)
+    assert again.duplicate and again.id == first
+
+
+def test_processed_once_and_a_rerun_is_a_no_op(database):
+    inbox_id = store(database, "test.effect")
+    assert run(database, inbox_id).outcome is inbox.Outcome.PROCESSED
+    assert run(database, inbox_id).outcome is inbox.Outcome.SKIPPED
+    assert effects(database) == 1
+    r = row(database, inbox_id)
+    assert r.status == InboxStatus.PROCESSED and r.attempts == 1 and r.processed_at is not None
+
+
+def test_unknown_type_is_ignored(database):
+    inbox_id = store(database, "something.else")
+    assert run(database, inbox_id).outcome is inbox.Outcome.IGNORED
+    assert row(database, inbox_id).status == InboxStatus.IGNORED
+
+
+def test_transient_failure_rolls_back_effects_and_retries_until_success(database):
+    inbox_id = store(database, "test.flaky", event_id="flaky-1")
+    support.BEHAVIOUR["flaky-1"] = {"fail_times": 2}
+    assert run(database, inbox_id).outcome is inbox.Outcome.RETRY
+    assert run(database, inbox_id).outcome is inbox.Outcome.RETRY
+    assert effects(database) == 0 and row(database, inbox_id).status == InboxStatus.PENDING
+    assert "flaky failure on attempt 2" in row(database, inbox_id).last_error
+    assert run(database, inbox_id).outcome is inbox.Outcome.PROCESSED
+    assert effects(database) == 1
+
+
+def test_exhausted_retries_end_failed_and_a_replay_after_the_fix_processes(database):
+    inbox_id = store(database, "test.flaky", event_id="broken-1")
+    support.BEHAVIOUR["broken-1"] = {"broken": True}
+    outcomes = [run(database, inbox_id, max_attempts=3).outcome for _ in range(3)]
+    assert outcomes == [inbox.Outcome.RETRY, inbox.Outcome.RETRY, inbox.Outcome.FAILED]
+    failed = row(database, inbox_id)
+    assert failed.status == InboxStatus.FAILED and "retries exhausted" in failed.last_error
+    assert run(database, inbox_id).outcome is inbox.Outcome.SKIPPED  # failed stays failed
+    support.BEHAVIOUR["broken-1"] = {}  # the fix
+    with database.session_scope() as s:
+        inbox.replay(session=s, inbox_id=inbox_id)
+    assert run(database, inbox_id).outcome is inbox.Outcome.PROCESSED
+    assert effects(database) == 1
+
+
+def test_permanent_error_fails_at_once_with_the_reason(database):
+    inbox_id = store(database, "test.permanent")
+    assert run(database, inbox_id).outcome is inbox.Outcome.FAILED
+    r = row(database, inbox_id)
+    assert r.status == InboxStatus.FAILED and "unknown course XYZ" in r.last_error and r.attempts == 1
+    assert effects(database) == 0
+
+
+def test_replay_refuses_processed_and_unknown(database):
+    inbox_id = store(database, "test.effect")
+    run(database, inbox_id)
+    with pytest.raises(inbox.NotReplayable):
+        with database.session_scope() as s:
+            inbox.replay(session=s, inbox_id=inbox_id)
+    from tasks.errors import NotFound
+
+    with pytest.raises(NotFound):
+        with database.session_scope() as s:
+            inbox.replay(session=s, inbox_id=987654)
+
+
+def test_wrong_order_parks_then_wakes_when_the_prerequisite_arrives(database):
+    waiter = store(database, "test.wait", {"needs": "thing:1"})
+    assert run(database, waiter).outcome is inbox.Outcome.WAITING
+    parked = row(database, waiter)
+    assert parked.status == InboxStatus.WAITING and parked.waiting_for == "thing:1"
+    provider = store(database, "test.provide", {"key": "thing:1"})
+    result = run(database, provider)
+    assert result.outcome is inbox.Outcome.PROCESSED and result.woken == [waiter]
+    assert row(database, waiter).status == InboxStatus.PENDING
+    assert run(database, waiter).outcome is inbox.Outcome.PROCESSED
+    assert effects(database) == 1
+
+
+def test_scheduled_retry_of_waiting_events(database):
+    waiter = store(database, "test.wait", {"needs": "thing:2"})
+    run(database, waiter)
+    with database.session_scope() as s:  # the prerequisite arrived by another path
+        s.add(AlertLog(kind="other", dedupe_key="x", subject="thing:2"))
+    with database.session_scope() as s:
+        assert inbox.requeue_waiting(session=s) == [waiter]
+    assert run(database, waiter).outcome is inbox.Outcome.PROCESSED
+
+
+def test_end_to_end_through_the_embedded_broker(runtime, worker):
+    support.BEHAVIOUR["e2e-flaky"] = {"fail_times": 1}
+    ids = [store(runtime.db, "test.effect"), store(runtime.db, "test.flaky", event_id="e2e-flaky")]
+    from workers.actors import enqueue_inbox
+
+    enqueue_inbox(ids)
+    drain(runtime)
+    assert [row(runtime.db, i).status for i in ids] == [InboxStatus.PROCESSED, InboxStatus.PROCESSED]
+    assert effects(runtime.db) == 2

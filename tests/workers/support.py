@@ -1,0 +1,63 @@
+"""Handlers used only by the runner tests. Each visible effect is one alert_log row per run."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from db.enums import InboxSource
+from db.models import AlertLog
+from tasks.errors import PermanentError, WaitFor
+from tasks.inbox import handles, provides
+
+BEHAVIOUR: dict[str, dict] = {}  # event_id -> {"fail_times": n} or {"broken": True}
+
+
+def _effect(session, event, tag="effect"):
+    session.add(AlertLog(kind="test", dedupe_key=f"{tag}:{event.event_id}:{uuid.uuid4().hex}",
+                         subject=event.event_id))
+    session.flush()
+
+
+@handles(InboxSource.PLATFORM, "test.effect")
+def effect(session, event):
+    _effect(session, event)
+
+
+@handles(InboxSource.PLATFORM, "test.flaky")
+def flaky(session, event):
+    _effect(session, event)  # rolled back with the savepoint when we raise
+    behaviour = BEHAVIOUR.get(event.event_id, {})
+    if behaviour.get("broken") or event.attempts <= behaviour.get("fail_times", 0):
+        raise RuntimeError(f"flaky failure on attempt {event.attempts}")
+
+
+@handles(InboxSource.PLATFORM, "test.permanent")
+def permanent(session, event):
+    _effect(session, event)
+    raise PermanentError("unknown course XYZ")
+
+
+@handles(InboxSource.PLATFORM, "test.wait")
+def wait(session, event):
+    key = event.payload["data"]["needs"]
+    if session.query(AlertLog).filter(AlertLog.subject == key).count() == 0:
+        raise WaitFor(key)
+    _effect(session, event)
+
+
+@handles(InboxSource.PLATFORM, "test.provide")
+def provide(session, event):
+    session.add(AlertLog(kind="provided", dedupe_key=f"provide:{event.event_id}", subject=event.payload["data"]["key"]))
+    provides(session, event.payload["data"]["key"])
+
+
+@handles(InboxSource.PLATFORM, "test.slow")
+def slow(session, event):
+    """Writes its effect, signals through a file that it is inside the transaction, then blocks."""
+    _effect(session, event)
+    marker = os.environ.get("COURSEPIPE_TEST_MARKER")
+    if marker and not Path(marker + ".done").exists():
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(120)  # the test SIGKILLs us here, mid-transaction
