@@ -13,13 +13,14 @@ from workers.actors import enqueue_inbox
 
 def accept_event(
     *, source: InboxSource, event_id: str, type: str, payload: dict[str, Any], subject: str | None,
-    occurred_at: datetime | None,
+    occurred_at: datetime | None, raw: str | None = None,
 ):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
-    with runtime.db.session_scope() as session:
+    # one statement, committed on its own: durable before we answer, one round trip
+    with runtime.db.autocommit() as conn:
         stored = store_event(
-            session=session, source=source, event_id=event_id, type=type, payload=payload,
-            subject=subject, occurred_at=occurred_at,
+            session=conn, source=source, event_id=event_id, type=type, payload=payload,
+            subject=subject, occurred_at=occurred_at, raw=raw,
         )
     # only after the commit: a worker must find the row it is told about
     if not stored.duplicate:

@@ -33,8 +33,9 @@ def _json_body(raw: bytes):
 def stripe_webhook():
     raw = request.get_data(cache=False)
     try:
+        text = raw.decode("utf-8")
         # verify_header is what construct_event runs first; we store the raw JSON, not a StripeObject
-        stripe.WebhookSignature.verify_header(raw.decode("utf-8"), request.headers.get("Stripe-Signature"),
+        stripe.WebhookSignature.verify_header(text, request.headers.get("Stripe-Signature"),
                                               _settings().stripe_webhook_secret, STRIPE_TOLERANCE_SECONDS)
     except (stripe.SignatureVerificationError, ValueError, IndexError, UnicodeDecodeError):
         raise ApiError(400, "invalid_signature", "Stripe-Signature verification failed") from None
@@ -46,7 +47,7 @@ def stripe_webhook():
     created = event.get("created")
     occurred_at = datetime.fromtimestamp(created, timezone.utc) if isinstance(created, int) else None
     return accept_event(source=InboxSource.STRIPE, event_id=event["id"], type=event["type"], payload=event,
-                        subject=stripe_subject(event["type"], obj), occurred_at=occurred_at)
+                        subject=stripe_subject(event["type"], obj), occurred_at=occurred_at, raw=text)
 
 
 @bp.post("/webhooks/platform")
@@ -56,10 +57,12 @@ def platform_webhook():
         signatures.verify(raw, request.headers.get("Platform-Signature"), _settings().platform_webhook_secret)
     except signatures.SignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
+    body = _json_body(raw)
     try:
-        envelope, _data = parse_platform_event(_json_body(raw))
+        envelope, _data = parse_platform_event(body)
     except InvalidEvent as exc:
         raise ApiError(400, "invalid_event", str(exc)) from None
-    return accept_event(source=InboxSource.PLATFORM, event_id=envelope.id, type=envelope.type,
-                        payload=envelope.model_dump(mode="json"),
-                        subject=platform_subject(envelope.type, envelope.data), occurred_at=envelope.occurred_at)
+    # stored as received (verified bytes); handlers re-read `data` with the same models
+    return accept_event(source=InboxSource.PLATFORM, event_id=envelope.id, type=envelope.type, payload=body,
+                        subject=platform_subject(envelope.type, envelope.data), occurred_at=envelope.occurred_at,
+                        raw=raw.decode("utf-8"))

@@ -1,0 +1,100 @@
+"""Shared set-up for the benchmarks: a fresh PostgreSQL database, env, gunicorn, wrk parsing."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRETS = {"STRIPE_WEBHOOK_SECRET": "whsec_bench", "PLATFORM_WEBHOOK_SECRET": "bench-platform-secret",
+           "ADMIN_TOKEN": "bench-admin"}
+
+
+def fresh_database(name: str) -> str:
+    from db.migrate import upgrade
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    return url
+
+
+def env_for(database_url: str, namespace: str) -> dict:
+    env = {**os.environ, **SECRETS, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL,
+           "REDIS_NAMESPACE": namespace, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(app: str, env: dict, workers: int, threads: int = 1):
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
+           "--workers", str(workers), "--log-level", "warning"]
+    if threads > 1:
+        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
+    proc = subprocess.Popen([*cmd, app], env=env, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break  # the bare app has no /healthz: a 404 means it is up
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"gunicorn {app} did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("bench needs wrk (Debian package 'wrk'): apt-get install -y wrk")
+    return wrk
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, lua_args: list[str], seconds: int, connections: int, threads: int = 2) -> dict:
+    wrk = require_wrk()
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", str(ROOT / "bench" / "signed.lua"), url, "--", *lua_args],
+                         capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rate": rate, "p50_ms": p50, "p99_ms": p99, "errors": int(non2xx.group(1)) if non2xx else 0}

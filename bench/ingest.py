@@ -1,0 +1,93 @@
+"""Ingest benchmark: verified-and-stored platform webhooks/s and latency through gunicorn on
+PostgreSQL + Redis, next to a bare Flask endpoint measured in the same run with the same config.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--workers 4] [--connections 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import SECRETS, env_for, fresh_database, gunicorn, run_wrk  # noqa: E402
+from tasks.signatures import sign  # noqa: E402
+
+
+def write_events(path: Path, count: int) -> None:
+    secret = SECRETS["PLATFORM_WEBHOOK_SECRET"]
+    now = datetime.now(timezone.utc).isoformat()
+    t = int(time.time())
+    with path.open("w") as f:
+        for n in range(count):
+            body = json.dumps({"id": f"bench_{uuid.uuid4().hex}", "type": "student.upserted", "occurred_at": now,
+                               "data": {"student_id": f"stu_{n % 5000}", "email": f"s{n}@bench.test",
+                                        "name": f"Student {n}", "timezone": "Europe/Berlin"}})
+            f.write(f"{sign(body.encode(), secret, t)}\t{body}\n")
+
+
+def count_rows(url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM inbox_event")).scalar()
+    engine.dispose()
+    return n
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    url = fresh_database("coursepipe_bench_ingest")
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    env = env_for(url, namespace)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        events = Path(tmp) / "events.tsv"
+        write_events(events, 8000 * args.seconds)
+        lua_args = [str(events), "2"]
+        with gunicorn("bench.bare_app:app", env, args.workers, args.threads) as base:
+            run_wrk(base, lua_args, 2, args.connections)  # warm-up
+            results["bare"] = run_wrk(base, lua_args, args.seconds, args.connections)
+        with gunicorn("ingress.wsgi:app", env, args.workers, args.threads) as base:
+            results["ingest"] = run_wrk(base, lua_args, args.seconds, args.connections)
+    results["rows_stored"] = count_rows(url)
+    _cleanup_redis(namespace)
+    ratio = results["ingest"]["rate"] / results["bare"]["rate"]
+    print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+    for name, label in (("ingest", "verify+store+enqueue"), ("bare", "bare Flask (reference)")):
+        r = results[name]
+        print(f"{label:<28}{r['rate']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>10}")
+    print(f"ratio ingest/bare: {ratio:.2f}   rows stored: {results['rows_stored']}   "
+          f"(gunicorn {args.workers} workers x {args.threads} threads, {args.connections} connections, "
+          f"{os.cpu_count()} cores)")
+    results["ratio"] = ratio
+    return results
+
+
+def _cleanup_redis(namespace: str) -> None:
+    import redis
+
+    from bench.common import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{namespace}*"))
+    if keys:
+        client.delete(*keys)
+
+
+if __name__ == "__main__":
+    main()
