@@ -213,7 +213,9 @@ def process_event(
         return Result(Outcome.RETRY, message)
 
     _finish(event, InboxStatus.PROCESSED, now)
-    woken = wake_waiting(session=session, keys=session.info.pop(PROVIDES_KEY, set()))
+    # what the handler provided, and the event's own subject, may be what a parked event waits for
+    keys = session.info.pop(PROVIDES_KEY, set()) | ({event.subject} if event.subject else set())
+    woken = wake_waiting(session=session, keys=keys)
     return Result(Outcome.PROCESSED, woken=woken)
 
 

@@ -136,3 +136,12 @@ def test_end_to_end_through_the_embedded_broker(runtime, worker):
     drain(runtime)
     assert [row(runtime.db, i).status for i in ids] == [InboxStatus.PROCESSED, InboxStatus.PROCESSED]
     assert effects(runtime.db) == 2
+
+
+def test_an_event_of_the_awaited_subject_wakes_the_parked_one(database):
+    waiter = store(database, "test.wait", {"needs": "payment:pi_1"})
+    run(database, waiter)
+    with database.session_scope() as s:
+        s.add(AlertLog(kind="other", dedupe_key="p", subject="payment:pi_1"))
+    other = store(database, "test.effect", subject="payment:pi_1")
+    assert run(database, other).woken == [waiter]
