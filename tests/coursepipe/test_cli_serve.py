@@ -1,6 +1,7 @@
 """`coursepipe serve` starts on the embedded default and answers /healthz; a missing secret stops it."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 import urllib.request
 
 from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
+from tests.signing import platform_event, platform_headers
 
 CLI = [sys.executable, "-m", "coursepipe.cli"]
 
@@ -55,6 +57,23 @@ def test_serve_embedded_answers_healthz_and_readyz(tmp_path):
         assert body is not None and b'"ok"' in body
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
         assert b'"ready"' in ready
+        # the embedded pipeline end to end: a signed event is stored, processed by a worker thread
+        event = platform_event("something.new", {"x": 1})
+        body = json.dumps(event).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/platform", data=body,
+                                         headers=platform_headers(body), method="POST")
+        assert json.loads(urllib.request.urlopen(request, timeout=5).read()) == {"received": True,
+                                                                                 "duplicate": False}
+
+        def status():
+            listing = urllib.request.Request(f"http://127.0.0.1:{port}/admin/events",
+                                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            return json.loads(urllib.request.urlopen(listing, timeout=5).read())["events"][0]["status"]
+
+        deadline = time.monotonic() + 30
+        while status() != "ignored" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status() == "ignored"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
