@@ -23,7 +23,7 @@ def accept_event(
             subject=subject, occurred_at=occurred_at, raw=raw,
         )
     # only after the commit: a worker must find the row it is told about
-    if not stored.duplicate:
+    if not stored.duplicate or stored.resend:
         enqueue_inbox([stored.id])
     current_app.logger.info(
         "event received", extra={"event": {"source": source.value, "event_id": event_id, "type": type,

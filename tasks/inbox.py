@@ -13,7 +13,7 @@ import logging
 import traceback
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sqlalchemy import func, select, text, update
@@ -74,10 +74,16 @@ def _dialect_name(bind: Session | Connection) -> str:
     return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
 
 
+REDELIVERY_RESEND_AFTER = timedelta(seconds=5)
+
+
 @dataclass(frozen=True)
 class Stored:
     id: int
     duplicate: bool
+    # a redelivery of an event still pending well after it was stored: its message may be lost
+    # (an ingress killed between commit and send), so the caller sends it again
+    resend: bool = False
 
 
 _PG_STORE = text(
@@ -120,9 +126,19 @@ def store_event(
     if new_id is not None:
         return Stored(int(new_id), False)
     existing = session.execute(
-        select(table.c.id).where(table.c.source == source.value, table.c.event_id == event_id)
-    ).scalar_one()
-    return Stored(int(existing), True)
+        select(table.c.id, table.c.status, func.coalesce(table.c.enqueued_at, table.c.received_at)).where(
+            table.c.source == source.value, table.c.event_id == event_id
+        )
+    ).one()
+    stale = existing[1] == InboxStatus.PENDING.value and _aware(existing[2]) < utcnow() - REDELIVERY_RESEND_AFTER
+    return Stored(int(existing[0]), True, resend=stale)
+
+
+def _aware(value: datetime) -> datetime:
+    # a Core select of coalesce() bypasses the column type: SQLite hands back a naive string/datetime
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- processing

@@ -195,3 +195,21 @@ def test_readyz_is_503_when_the_database_is_unreachable(runtime):
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404 and _error(response) == "not_found"
+
+
+def test_a_redelivery_of_a_long_pending_event_re_sends_its_message(client, runtime):
+    """An ingress killed between its commit and the send: the sender's retry re-enqueues the row."""
+    from datetime import timedelta
+
+    from db.types import utcnow
+
+    body = json.dumps(stripe_event("customer.created"))
+    client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    runtime.broker.flush_all()  # the message is lost
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).get_json()["duplicate"]
+    assert runtime.broker.queues["inbox"].qsize() == 0  # fresh: the first message may still be on its way
+    with runtime.db.session_scope() as s:
+        s.scalar(select(InboxEvent)).received_at = utcnow() - timedelta(seconds=30)
+    again = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert again.get_json() == {"received": True, "duplicate": True}
+    assert runtime.broker.queues["inbox"].qsize() == 1
