@@ -1,6 +1,7 @@
 """Shared set-up for the benchmarks: a fresh PostgreSQL database, env, gunicorn, wrk parsing."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -98,3 +99,73 @@ def run_wrk(url: str, lua_args: list[str], seconds: int, connections: int, threa
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {"rate": rate, "p50_ms": p50, "p99_ms": p99, "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+# --------------------------------------------------------------------------- purchases
+
+
+def seed_course(url: str, code: str = "BENCH", steps: int = 5) -> None:
+    """A published course with `steps` steps (one option each) and a bundle of 2 private credits."""
+    from db.database import Database
+    from db.enums import BundleKind, ProgramStatus
+    from db.models import CourseBundleComponent, CourseProgram, CourseStep, CourseStepOption
+
+    database = Database(url)
+    with database.session_scope() as s:
+        program = CourseProgram(code=code, title=f"{code} course", timezone="UTC", price_amount=12000,
+                                price_currency="usd", status=ProgramStatus.PUBLISHED,
+                                stripe_product_id=f"prod_{code}", stripe_price_id=f"price_{code}")
+        s.add(program)
+        s.flush()
+        for position in range(1, steps + 1):
+            step = CourseStep(program_id=program.id, position=position, label=f"{code}-{position}")
+            s.add(step)
+            s.flush()
+            s.add(CourseStepOption(program_id=program.id, step_id=step.id, group_class_id=f"gc_{code}_{position}"))
+        s.add(CourseBundleComponent(program_id=program.id, kind=BundleKind.PRIVATE_CREDIT, quantity=2))
+    database.dispose()
+
+
+_CHECKOUT_TEMPLATE = None
+
+
+def purchase_event(n: int, code: str = "BENCH", run: str = "r") -> dict:
+    """A paid checkout.session.completed for student bench_<run>_<n>, from the Stripe fixture envelope."""
+    import copy
+
+    global _CHECKOUT_TEMPLATE
+    if _CHECKOUT_TEMPLATE is None:
+        _CHECKOUT_TEMPLATE = json.loads(
+            (ROOT / "tests" / "fixtures" / "stripe" / "events" / "checkout.session.completed.json").read_text())
+    event = copy.deepcopy(_CHECKOUT_TEMPLATE)
+    event["id"] = f"evt_{run}_{n}"
+    event["created"] = int(time.time())
+    obj = event["data"]["object"]
+    obj.update({"id": f"cs_{run}_{n}", "payment_intent": f"pi_{run}_{n}", "payment_status": "paid",
+                "status": "complete", "client_reference_id": f"stu_{run}_{n}", "amount_total": 12000,
+                "currency": "usd", "metadata": {"kind": "course", "course_code": code}})
+    obj["customer_details"] = {**(obj.get("customer_details") or {}), "email": f"stu_{run}_{n}@bench.test"}
+    return event
+
+
+@contextmanager
+def dramatiq_workers(env: dict, processes: int, threads: int):
+    cmd = [sys.executable, "-m", "dramatiq", "workers.app", "--processes", str(processes), "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def inbox_counts(url: str) -> dict:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, count(*) FROM inbox_event GROUP BY status")).all()
+    engine.dispose()
+    return {status: n for status, n in rows}
