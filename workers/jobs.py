@@ -1,1 +1,89 @@
-"""Actors run by the scheduler's jobs (registered on import by `declare_actors`)."""
+"""Actors run by the scheduler's jobs (registered on import by `declare_actors`).
+
+Each is thin: open a unit of work, call one `tasks/` function, send follow-up messages after commit.
+Delivery is the one actor with two units of work, on purpose: claim → network call → outcome, so
+no SMTP or HTTP call ever runs inside a transaction.
+"""
+from __future__ import annotations
+
+import logging
+
+from coursepipe import runtime
+from workers.actors import actor, enqueue_inbox, send
+
+log = logging.getLogger("coursepipe.jobs")
+
+OUTBOX_QUEUE = "outbox"
+JOBS_QUEUE = "maintenance"
+
+
+@actor(queue_name=OUTBOX_QUEUE, max_retries=0)
+def relay_outbox() -> None:
+    """Release abandoned `sending` rows and send one delivery message per due outbox row."""
+    from tasks import delivery
+
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        ids = delivery.prepare_relay(session=session, settings=rt.settings)
+    for message_id in ids:
+        send("deliver_outbox_message", message_id)
+
+
+# Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.
+@actor(queue_name=OUTBOX_QUEUE, max_retries=0)
+def deliver_outbox_message(message_id: int) -> None:
+    from tasks import delivery
+
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        job = delivery.claim(session=session, message_id=message_id, settings=rt.settings)
+    if job is None:
+        return  # not due, held, or another worker has it
+    outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
+    with rt.db.session_scope() as session:
+        status = delivery.record(session=session, job=job, outcome=outcome)
+    log.debug("outbox %s attempt %d: %s", message_id, job.attempts, status)
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def low_seat_scan() -> None:
+    from tasks import alerts
+
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        raised = alerts.check_low_seats(session=session, class_id=None, threshold=rt.settings.low_seat_threshold)
+    if raised:
+        send("relay_outbox")
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def send_reminders() -> None:
+    from tasks import reminders
+
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        sent = reminders.send_reminders(session=session, settings=rt.settings)
+    if sent:
+        send("relay_outbox")
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def reconcile(lookback_hours: int | None = None) -> None:
+    """Ask Stripe (network, no transaction), then store the missing fulfilments as inbox events."""
+    from tasks import reconcile as reconciliation
+
+    rt = runtime.current()
+    if not rt.settings.stripe_api_key:
+        log.warning("reconcile skipped: STRIPE_API_KEY is not set")
+        return
+    sessions = reconciliation.completed_sessions(
+        settings=rt.settings, lookback=reconciliation.lookback(lookback_hours)
+    )
+    with rt.db.session_scope() as session:
+        report = reconciliation.record_missing(session=session, checkout_sessions=sessions)
+    enqueue_inbox(report.inbox_ids)
+    if report.missing:
+        log.warning("reconcile: %d paid checkout session(s) had no fulfilment: %s", len(report.missing),
+                    ", ".join(report.missing))
+    else:
+        log.info("reconcile: %d paid checkout session(s) checked, none missing", report.checked)

@@ -1,0 +1,137 @@
+"""Real receivers for outbound traffic: an SMTP server (aiosmtpd) and a platform endpoint that verifies
+every `Platform-Signature` with `tasks.signatures.verify`. Import the fixtures into a test module."""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tasks import signatures
+from tests.conftest import PLATFORM_SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met within %.1fs" % timeout)
+
+
+class SmtpSink:
+    """An aiosmtpd server on a fixed free port that can be stopped ("down") and started again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        self.messages.append(message)
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+    def start(self) -> None:
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def to(self, address: str) -> list:
+        return [m for m, (_, rcpts) in zip(self.messages, self.envelopes) if address in rcpts]
+
+
+class PlatformReceiver:
+    """POST endpoint: verifies the signature of every request; `fail_next` answers 503 that many times."""
+
+    def __init__(self, secret: str = PLATFORM_SECRET) -> None:
+        self.secret = secret
+        self.events: list[dict] = []
+        self.rejected: list[str] = []
+        self.fail_next = 0
+        self.status_next: int | None = None
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    signatures.verify(body, self.headers.get("Platform-Signature"), receiver.secret)
+                except signatures.SignatureError as exc:
+                    receiver.rejected.append(str(exc))
+                    return self._answer(400)
+                if receiver.status_next is not None:
+                    status, receiver.status_next = receiver.status_next, None
+                    return self._answer(status)
+                if receiver.fail_next > 0:
+                    receiver.fail_next -= 1
+                    return self._answer(503)
+                event = json.loads(body)
+                event["_headers"] = {"Platform-Event-Id": self.headers.get("Platform-Event-Id")}
+                receiver.events.append(event)
+                self._answer(200)
+
+            def _answer(self, status: int) -> None:
+                payload = json.dumps({"received": status == 200}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/coursepipe/events"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def smtp_sink():
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def platform_receiver():
+    receiver = PlatformReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
