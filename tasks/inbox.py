@@ -169,70 +169,82 @@ def _lock_subject(session: Session, subject: str | None) -> None:
 RUNNABLE = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
 
+def _claim(session: Session, inbox_id: int, *, skip_locked: bool) -> InboxEvent | None:
+    query = select(InboxEvent).where(InboxEvent.id == inbox_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=skip_locked)
+    event = session.scalar(query)
+    return event if event is not None and event.status in RUNNABLE else None
+
+
 def process_event(
     *, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS, settings: Any = None
 ) -> Result:
-    """Run the handler for one inbox row, recording its outcome in the same transaction.
+    """Run the handler for one inbox row; its effects and the row's new status commit together.
 
-    `settings` (thresholds, alert recipients) is handed to handlers through `settings_of(session)`.
+    This owns the whole transaction of `session` (the caller commits it): when the handler raises,
+    its effects are rolled back and the outcome is recorded on the row in a fresh transaction.
+    `settings` (thresholds, alert recipients) reach handlers through `settings_of(session)`.
     """
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
-    query = select(InboxEvent).where(InboxEvent.id == inbox_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    event = session.scalar(query)
+    event = _claim(session, inbox_id, skip_locked=True)
     if event is None:
-        # unknown id, or another worker holds it right now (it will finish or roll back and be swept)
-        return Result(Outcome.SKIPPED)
-    if event.status not in RUNNABLE:
+        # unknown id, already final, or another worker holds it now (it finishes, or rolls back and is swept)
         return Result(Outcome.SKIPPED)
     _lock_subject(session, event.subject)
-
-    event.attempts += 1
-    handler = handler_for(event.source.value, event.type)
+    attempts = event.attempts + 1
     now = utcnow()
+    handler = handler_for(event.source.value, event.type)
     if handler is None:
+        event.attempts = attempts
         _finish(event, InboxStatus.IGNORED, now)
         return Result(Outcome.IGNORED)
 
     session.info.pop(PROVIDES_KEY, None)
-    savepoint = session.begin_nested()
+    event.attempts = attempts  # the handler sees which attempt this is
     try:
         handler(session, event)
-        savepoint.commit()
-    except Ignored as exc:
-        savepoint.rollback()
-        _finish(event, InboxStatus.IGNORED, now, str(exc) or None)
-        return Result(Outcome.IGNORED, str(exc) or None)
-    except WaitFor as exc:
-        savepoint.rollback()
-        event.status = InboxStatus.WAITING
-        event.waiting_for = exc.key
-        event.last_error = str(exc)
-        return Result(Outcome.WAITING, str(exc))
-    except PermanentError as exc:
-        savepoint.rollback()
-        _finish(event, InboxStatus.FAILED, now, f"{type(exc).__name__}: {exc}")
-        log.warning("event %s (%s) failed permanently: %s", event.event_id, event.type, exc)
-        return Result(Outcome.FAILED, str(exc))
-    except Exception as exc:  # transient: anything not known to be permanent
-        savepoint.rollback()
-        message = f"{type(exc).__name__}: {exc}"
-        if event.attempts >= max_attempts:
-            _finish(event, InboxStatus.FAILED, now, f"retries exhausted; {message}")
-            log.error("event %s (%s) failed after %d attempts: %s", event.event_id, event.type, event.attempts,
-                      "".join(traceback.format_exception_only(exc)).strip())
-            return Result(Outcome.FAILED, message)
-        event.status = InboxStatus.PENDING
-        event.last_error = message
-        return Result(Outcome.RETRY, message)
+        session.flush()  # constraint violations surface here, inside the handler's failure path
+    except Exception as exc:
+        session.rollback()  # none of the handler's effects survive
+        session.info.pop(PROVIDES_KEY, None)
+        event = _claim(session, inbox_id, skip_locked=False)
+        if event is None:
+            return Result(Outcome.SKIPPED)
+        event.attempts = attempts
+        return _record_failure(event, exc, now, max_attempts)
 
     _finish(event, InboxStatus.PROCESSED, now)
     # what the handler provided, and the event's own subject, may be what a parked event waits for
     keys = session.info.pop(PROVIDES_KEY, set()) | ({event.subject} if event.subject else set())
     woken = wake_waiting(session=session, keys=keys)
     return Result(Outcome.PROCESSED, woken=woken)
+
+
+def _record_failure(event: InboxEvent, exc: Exception, now: datetime, max_attempts: int) -> Result:
+    if isinstance(exc, Ignored):
+        _finish(event, InboxStatus.IGNORED, now, str(exc) or None)
+        return Result(Outcome.IGNORED, str(exc) or None)
+    if isinstance(exc, WaitFor):
+        event.status = InboxStatus.WAITING
+        event.waiting_for = exc.key
+        event.last_error = str(exc)
+        return Result(Outcome.WAITING, str(exc))
+    if isinstance(exc, PermanentError):
+        _finish(event, InboxStatus.FAILED, now, f"{type(exc).__name__}: {exc}")
+        log.warning("event %s (%s) failed permanently: %s", event.event_id, event.type, exc)
+        return Result(Outcome.FAILED, str(exc))
+    # transient: anything not known to be permanent
+    message = f"{type(exc).__name__}: {exc}"
+    if event.attempts >= max_attempts:
+        _finish(event, InboxStatus.FAILED, now, f"retries exhausted; {message}")
+        log.error("event %s (%s) failed after %d attempts: %s", event.event_id, event.type, event.attempts,
+                  "".join(traceback.format_exception_only(exc)).strip())
+        return Result(Outcome.FAILED, message)
+    event.status = InboxStatus.PENDING
+    event.last_error = message
+    return Result(Outcome.RETRY, message)
 
 
 def _finish(event: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None) -> None:
@@ -246,11 +258,12 @@ def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
     """Return parked events waiting for any of `keys` to `pending`; the caller enqueues them after commit."""
     if not keys:
         return []
+    table = InboxEvent.__table__  # Core, not ORM: no session synchronisation needed for rows not loaded
     rows = session.execute(
-        update(InboxEvent)
-        .where(InboxEvent.status == InboxStatus.WAITING, InboxEvent.waiting_for.in_(sorted(keys)))
-        .values(status=InboxStatus.PENDING, waiting_for=None)
-        .returning(InboxEvent.id)
+        update(table)
+        .where(table.c.status == InboxStatus.WAITING.value, table.c.waiting_for.in_(sorted(keys)))
+        .values(status=InboxStatus.PENDING.value, waiting_for=None)
+        .returning(table.c.id)
     ).scalars()
     return sorted(rows)
 
