@@ -1,0 +1,86 @@
+"""`coursepipe jobs list` / `coursepipe jobs run NAME`: the scheduler's jobs, and one run now, once."""
+from __future__ import annotations
+
+import json
+
+import click
+
+DRAIN_TIMEOUT_MS = 120_000
+
+
+def _drain(broker) -> None:
+    """Wait until the in-process broker's queues are empty (a handled message may enqueue more)."""
+    for _ in range(5):
+        busy = False
+        for queue in list(broker.queues):
+            if queue.endswith(".DQ") or queue.endswith(".XQ"):
+                continue
+            if broker.queues[queue].unfinished_tasks:
+                busy = True
+            broker.join(queue, timeout=DRAIN_TIMEOUT_MS, fail_fast=False)
+        if not busy:
+            return
+
+
+def register(main: click.Group) -> None:
+    from coursepipe.cli import _runtime, _settings
+
+    @main.group()
+    def jobs() -> None:
+        """The scheduler's jobs."""
+
+    @jobs.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+    def jobs_list(as_json: bool) -> None:
+        """Each job, its interval and its last run."""
+        from scheduler.service import JOBS, last_runs
+
+        runtime = _runtime(_settings())
+        try:
+            runs = last_runs(runtime.db)
+        except Exception:  # a fresh database without tables still lists the jobs
+            runs = {}
+        for job in JOBS.values():
+            last = runs.get(job.name)
+            row = {
+                "name": job.name,
+                "actor": job.actor,
+                "every_seconds": job.seconds,
+                "last_run": last.started_at.isoformat() if last else None,
+                "description": job.description,
+            }
+            if as_json:
+                click.echo(json.dumps(row))
+            else:
+                click.echo(f"{job.name:<14} every {job.seconds:>5}s  last {row['last_run'] or '-':<32}  {job.description}")
+
+    @jobs.command("run")
+    @click.argument("name")
+    def jobs_run(name: str) -> None:
+        """Run job NAME now, once, as the scheduler would (in-process with the embedded broker)."""
+        from scheduler.service import JOBS, run_now
+        from tasks import delivery
+        from workers.actors import send
+        from workers.broker import start_embedded_worker
+
+        if name not in JOBS:
+            raise click.ClickException(f"unknown job {name!r}; one of: {', '.join(JOBS)}")
+        settings = _settings()
+        runtime = _runtime(settings)
+        if settings.redis_url:
+            run_now(runtime, name)
+            click.echo(f"job {name}: {JOBS[name].actor} queued")
+            return
+        # embedded broker: run it here with worker threads, then relay what it queued, so its mail leaves
+        worker = start_embedded_worker(runtime.broker, threads=4)
+        try:
+            run_now(runtime, name)
+            _drain(runtime.broker)
+            if name != "relay":
+                send("relay_outbox")
+                _drain(runtime.broker)
+        finally:
+            worker.stop()
+        with runtime.db.session_scope() as session:
+            counts = delivery.counts(session=session)
+        click.echo(f"job {name}: done; outbox {json.dumps(counts, sort_keys=True)}")

@@ -1,0 +1,55 @@
+"""`coursepipe jobs list` and `coursepipe jobs run NAME` (a real subprocess, embedded broker, real SMTP)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+from db.database import Database
+from db.migrate import upgrade
+from tests import factories
+from tests.tasks.outbox_servers import smtp_sink  # noqa: F401  (fixture)
+
+CLI = [sys.executable, "-m", "coursepipe.cli"]
+
+
+def _env(url, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SMTP_URL")}
+    env.update(DATABASE_URL=url, **extra)
+    return env
+
+
+def test_jobs_run_delivers_its_mail_in_process_and_jobs_list_shows_the_run(tmp_path, smtp_sink):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.session_scope() as s:
+        program = factories.program(s, steps=2)
+        factories.group_class(s, id="gc_SFZ_1_0", title="Basics", starts_in=timedelta(days=2))
+        student = factories.student(s, email="ann@example.test", timezone="Europe/Paris")
+        factories.enrollment(s, student, program)
+    db.dispose()
+    env = _env(url, SMTP_URL=smtp_sink.url, REMINDERS_ENABLED="true", MAIL_FROM="courses@example.test")
+
+    run = subprocess.run([*CLI, "jobs", "run", "reminders"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert 'job reminders: done; outbox {"sent": 1}' in run.stdout
+    assert len(smtp_sink.messages) == 1
+    message = smtp_sink.messages[0]
+    assert message["To"] == "ann@example.test" and "SFZ-1" in message["Subject"]
+
+    again = subprocess.run([*CLI, "jobs", "run", "reminders"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and len(smtp_sink.messages) == 1  # once per step per window
+
+    listed = subprocess.run([*CLI, "jobs", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    rows = {r["name"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert {"sweep", "relay", "low-seats", "reminders", "reconcile"} <= set(rows)
+    assert rows["reminders"]["last_run"] and rows["reconcile"]["last_run"] is None
+
+
+def test_jobs_run_rejects_an_unknown_job(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    proc = subprocess.run([*CLI, "jobs", "run", "nope"], env=_env(url), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown job 'nope'" in proc.stderr

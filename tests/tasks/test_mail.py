@@ -1,0 +1,68 @@
+"""Mail templates: wording in one place, times in the reader's timezone, tolerant of missing keys."""
+from __future__ import annotations
+
+import pytest
+
+from tasks import mail
+
+STARTS = "2026-07-01T16:30:00+00:00"
+
+
+def test_booking_confirmation_names_the_step_and_the_local_time():
+    rendered = mail.render("booking_confirmed", dict(student_name="Ann", course_code="SFZ", step_label="SFZ-2",
+                                                     class_title="Turns", starts_at=STARTS,
+                                                     timezone="America/Los_Angeles"))
+    assert rendered.subject == "Booked: SFZ-2, Wed 1 Jul 09:30 PDT"
+    assert "step SFZ-2 of SFZ" in rendered.text
+    assert "Wednesday 1 July 2026, 09:30 PDT (America/Los_Angeles)" in rendered.text
+    assert "<strong>SFZ-2</strong>" in rendered.html and "09:30 PDT" in rendered.html
+
+
+def test_cancellation_outside_policy_says_missed():
+    base = dict(step_label="SFZ-1", starts_at=STARTS, timezone="Europe/Berlin")
+    assert "counts as missed" in mail.render("booking_cancelled", {**base, "within_policy": False}).text
+    inside = mail.render("booking_cancelled", {**base, "within_policy": True}).text
+    assert "open again" in inside and "SFZ-1" in inside and "18:30 CEST" in inside
+
+
+def test_welcome_lists_steps_and_bundle():
+    text = mail.render("enrollment_welcome", dict(
+        student_name="Ann", course_title="Salsa", course_code="SFZ",
+        steps=[{"label": "SFZ-1", "title": "Basics"}, {"label": "SFZ-2"}],
+        bundle=[{"kind": "private_credit", "quantity": 2}, {"kind": "group_credit", "quantity": 1}])).text
+    assert "SFZ-1 - Basics" in text and "  SFZ-2\n" in text
+    assert "2 x private lesson credits" in text and "1 x group class credit\n" in text
+
+
+@pytest.mark.parametrize("template", mail.TEMPLATES)
+def test_every_template_renders_with_an_empty_context(template):
+    rendered = mail.render(template, {})
+    assert rendered.subject and "\n" not in rendered.subject
+    assert rendered.text.strip() and "<html" in rendered.html
+    assert "None" not in rendered.text and "Undefined" not in rendered.text
+
+
+def test_html_is_escaped_and_text_is_not():
+    rendered = mail.render("class_cancelled", dict(student_name="<Ann & Bob>", class_title="Rock & Roll"))
+    assert "&lt;Ann &amp; Bob&gt;" in rendered.html and "Rock &amp; Roll" in rendered.html
+    assert "<Ann & Bob>" in rendered.text
+
+
+def test_bad_times_and_zones_degrade_gracefully():
+    assert mail.local_time("not a time", "Europe/Berlin") == "not a time"
+    assert mail.local_time(STARTS, "Not/AZone").endswith("UTC")
+    assert mail.local_time("2026-07-01T16:30:00", None) == "Wednesday 1 July 2026, 16:30 UTC"  # naive = UTC
+    assert mail.money(12345, "eur") == "123.45 EUR" and mail.money(None) == "-"
+
+
+def test_an_unknown_template_is_a_permanent_error():
+    with pytest.raises(mail.UnknownTemplate):
+        mail.render("no_such_mail", {})
+
+
+def test_the_message_carries_both_parts_and_our_message_id():
+    message = mail.build_message(mail.render("step_reminder", {"step_label": "SFZ-3"}), sender="a@example.test",
+                                 recipients=["b@example.test", "c@example.test"], message_id="<outbox-9@coursepipe>")
+    assert message["Message-ID"] == "<outbox-9@coursepipe>" and message["To"] == "b@example.test, c@example.test"
+    assert message.get_content_type() == "multipart/alternative"
+    assert "SFZ-3" in message.get_body(("plain",)).get_content()

@@ -1,0 +1,124 @@
+"""Reconciliation: paid sessions without a fulfilment become synthetic inbox events, once."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from db.enums import InboxSource, InboxStatus
+from db.models import InboxEvent, StudentCourseEnrollment
+from tasks import reconcile
+from tasks.inbox import handler_for, process_event, store_event
+from tests import factories
+from tests.conftest import drain, make_settings
+from tests.tasks.stripe_sessions import checkout_session, stripe_sessions  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def settings(database, stripe_sessions):
+    return make_settings(database.url, stripe_api_key="sk_test_reconcile", stripe_api_base=stripe_sessions.url)
+
+
+def _course_session(**changes):
+    return checkout_session(client_reference_id="stu_1", metadata={"kind": "course", "course_code": "SFZ"},
+                            amount_total=12000, **changes)
+
+
+def test_the_real_client_pages_through_recent_completed_sessions(settings, stripe_sessions, monkeypatch):
+    monkeypatch.setattr(reconcile, "PAGE_SIZE", 2)
+    old = int(time.time()) - 10 * 86400
+    stripe_sessions.sessions = [_course_session() for _ in range(3)] + [
+        _course_session(payment_status="unpaid"),  # async payment not settled: not ours to fulfil yet
+        _course_session(status="open", payment_status="unpaid"),
+        _course_session(created=old),  # outside the look-back
+    ]
+    found = reconcile.completed_sessions(settings=settings, lookback=timedelta(hours=72))
+    assert sorted(s["id"] for s in found) == sorted(s["id"] for s in stripe_sessions.sessions[:3])
+    first = stripe_sessions.requests[0]
+    assert first["auth"] == "Bearer sk_test_reconcile"
+    assert first["query"]["status"] == "complete" and first["query"]["limit"] == "2"
+    assert abs(int(first["query"]["created[gte]"]) - (time.time() - 72 * 3600)) < 60
+    # 4 complete sessions in range, 2 per page
+    assert len(stripe_sessions.requests) == 2 and "starting_after" in stripe_sessions.requests[1]["query"]
+
+
+def test_a_paid_session_without_enrollment_is_stored_once_as_a_synthetic_event(database, settings, stripe_sessions):
+    missing, fulfilled, in_flight = _course_session(), _course_session(), _course_session()
+    stripe_sessions.sessions = [missing, fulfilled, in_flight]
+    with database.session_scope() as s:
+        student = factories.student(s)
+        program = factories.program(s)
+        factories.enrollment(s, student, program, session_id=fulfilled["id"])
+        # the webhook for this one arrived and is still in the inbox: leave it to run
+        store_event(session=s, source=InboxSource.STRIPE, event_id="evt_inflight", type="checkout.session.completed",
+                    payload={"data": {"object": in_flight}}, subject=f"payment:{in_flight['payment_intent']}",
+                    occurred_at=None)
+    sessions = reconcile.completed_sessions(settings=settings)
+    with database.session_scope() as s:
+        report = reconcile.record_missing(session=s, checkout_sessions=sessions)
+    assert report.checked == 3 and report.missing == [missing["id"]] and len(report.inbox_ids) == 1
+    with database.session_scope() as s:
+        event = s.get(InboxEvent, report.inbox_ids[0])
+        assert (event.source, event.event_id, event.type) == (
+            InboxSource.STRIPE, f"reconcile:{missing['id']}", "checkout.session.completed")
+        assert event.status is InboxStatus.PENDING and event.subject == f"payment:{missing['payment_intent']}"
+        assert event.payload["object"] == "event" and event.payload["type"] == "checkout.session.completed"
+        assert event.payload["data"]["object"]["id"] == missing["id"]
+        assert event.payload["data"]["object"]["metadata"] == {"kind": "course", "course_code": "SFZ"}
+    # a second run hands nothing over again
+    with database.session_scope() as s:
+        again = reconcile.record_missing(session=s, checkout_sessions=reconcile.completed_sessions(settings=settings))
+    assert again.missing == [] and again.checked == 3
+    with database.session_scope() as s:
+        assert s.scalar(select(InboxEvent.id).where(InboxEvent.event_id.like("reconcile:%"))) == report.inbox_ids[0]
+
+
+def test_the_reconcile_actor_hands_the_session_to_the_normal_fulfilment_path(database, runtime, worker,
+                                                                            stripe_sessions):
+    paid = _course_session()
+    stripe_sessions.sessions = [paid]
+    with database.session_scope() as s:
+        factories.student(s)
+        factories.program(s)
+    runtime.actors["reconcile"].send()
+    drain(runtime)
+    with database.session_scope() as s:
+        event = s.scalar(select(InboxEvent).where(InboxEvent.event_id == f"reconcile:{paid['id']}"))
+        assert event is not None
+        if handler_for("stripe", "checkout.session.completed") is None:
+            pytest.skip("no checkout.session.completed handler registered yet: the synthetic event is stored")
+        assert event.status is InboxStatus.PROCESSED, event.last_error
+        enrollment = s.scalar(select(StudentCourseEnrollment)
+                              .where(StudentCourseEnrollment.stripe_checkout_session_id == paid["id"]))
+        assert enrollment is not None and enrollment.student_id == "stu_1"
+
+
+def test_reconcile_without_an_api_key_does_nothing(database, runtime, worker, stripe_sessions):
+    runtime.settings = runtime.settings.with_(stripe_api_key=None)
+    stripe_sessions.sessions = [_course_session()]
+    runtime.actors["reconcile"].send()
+    drain(runtime)
+    assert stripe_sessions.requests == []
+    with database.session_scope() as s:
+        assert s.scalar(select(InboxEvent.id)) is None
+
+
+def test_processing_the_synthetic_event_twice_has_one_effect(database, settings, stripe_sessions):
+    paid = _course_session()
+    with database.session_scope() as s:
+        factories.student(s)
+        factories.program(s)
+        report = reconcile.record_missing(session=s, checkout_sessions=[paid])
+    inbox_id = report.inbox_ids[0]
+    with database.session_scope() as s:
+        first = process_event(session=s, inbox_id=inbox_id, settings=settings)
+    with database.session_scope() as s:
+        second = process_event(session=s, inbox_id=inbox_id, settings=settings)
+    assert second.outcome.value == "skipped"
+    with database.session_scope() as s:
+        count = len(s.scalars(select(StudentCourseEnrollment.id)
+                              .where(StudentCourseEnrollment.stripe_checkout_session_id == paid["id"])).all())
+    expected = 1 if handler_for("stripe", "checkout.session.completed") and first.outcome.value == "processed" else 0
+    assert count == expected
