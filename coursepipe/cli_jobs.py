@@ -84,3 +84,44 @@ def register(main: click.Group) -> None:
         with runtime.db.session_scope() as session:
             counts = delivery.counts(session=session)
         click.echo(f"job {name}: done; outbox {json.dumps(counts, sort_keys=True)}")
+
+    @main.group()
+    def outbox() -> None:
+        """Outbound mail and platform events: inspect and retry."""
+
+    @outbox.command("list")
+    @click.option("--status", type=click.Choice(["pending", "sending", "sent", "dead", "problems"]),
+                  default="problems", show_default=True, help="'problems': dead or failed at least once")
+    @click.option("--limit", type=int, default=50, show_default=True)
+    def outbox_list(status: str, limit: int) -> None:
+        from sqlalchemy import select
+
+        from db.enums import OutboxStatus
+        from db.models import OutboxMessage
+        from tasks import delivery
+
+        runtime = _runtime(_settings())
+        with runtime.db.session_scope() as session:
+            if status == "problems":
+                rows = delivery.problems(session=session, limit=limit)
+            else:
+                rows = list(session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus(status))
+                                            .order_by(OutboxMessage.id.desc()).limit(limit)))
+            views = [delivery.message_view(m) for m in rows]
+        for view in views:
+            click.echo(json.dumps(view))
+
+    @outbox.command("retry")
+    @click.argument("message_id", type=int)
+    def outbox_retry(message_id: int) -> None:
+        """Make a dead (or backing-off) message due now with a fresh attempt count."""
+        from tasks import delivery
+        from tasks.errors import TaskError
+
+        runtime = _runtime(_settings())
+        try:
+            with runtime.db.session_scope() as session:
+                delivery.retry(session=session, message_id=message_id)
+        except TaskError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"outbox message {message_id} is due again (the relay sends it within seconds)")

@@ -398,3 +398,19 @@ def problems(*, session: Session, limit: int = 50) -> list[OutboxMessage]:
             .limit(limit)
         )
     )
+
+
+def message_view(message: OutboxMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "channel": message.channel.value,
+        "topic": message.topic,
+        "recipient": message.recipient,
+        "status": message.status.value,
+        "attempts": message.attempts,
+        "last_error": message.last_error,
+        "created_at": message.created_at.isoformat(),
+        "next_attempt_at": message.next_attempt_at.isoformat() if message.next_attempt_at else None,
+        "sent_at": message.sent_at.isoformat() if message.sent_at else None,
+        "enrollment_id": message.enrollment_id,
+    }

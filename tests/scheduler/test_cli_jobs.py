@@ -53,3 +53,32 @@ def test_jobs_run_rejects_an_unknown_job(tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     proc = subprocess.run([*CLI, "jobs", "run", "nope"], env=_env(url), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown job 'nope'" in proc.stderr
+
+
+def test_outbox_list_and_retry_a_dead_message(tmp_path):
+    from db.enums import OutboxStatus
+    from db.models import OutboxMessage
+    from tasks.outbox import add_mail
+
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.session_scope() as s:
+        message = add_mail(session=s, template="step_reminder", recipient="a@example.test", context={},
+                           dedupe_key="dead")
+        message.status, message.attempts, message.last_error = OutboxStatus.DEAD, 8, "SMTP 550"
+        message_id = message.id
+    listed = subprocess.run([*CLI, "outbox", "list"], env=_env(url), capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["id"], r["status"], r["last_error"]) for r in rows] == [(message_id, "dead", "SMTP 550")]
+    retried = subprocess.run([*CLI, "outbox", "retry", str(message_id)], env=_env(url), capture_output=True,
+                             text=True, timeout=60)
+    assert retried.returncode == 0, retried.stderr
+    with db.session_scope() as s:
+        row = s.get(OutboxMessage, message_id)
+        assert (row.status, row.attempts) == (OutboxStatus.PENDING, 0)
+    missing = subprocess.run([*CLI, "outbox", "retry", "999"], env=_env(url), capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode != 0 and "no outbox message 999" in missing.stderr
+    db.dispose()
