@@ -47,6 +47,7 @@ BACKOFF_CAP = timedelta(hours=1)
 SENDING_LEASE = timedelta(minutes=5)  # a `sending` row older than this is presumed abandoned
 NETWORK_TIMEOUT_SECONDS = 15
 RELAY_BATCH = 500
+CLAIM_BATCH = 10  # per relay run: 10 × NETWORK_TIMEOUT_SECONDS stays well inside SENDING_LEASE
 ADMINS = "@admins"
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
@@ -144,33 +145,95 @@ def release_stuck(*, session: Session, now: datetime | None = None) -> int:
     return released
 
 
+def _ready_filter(settings):
+    """SQL condition for rows whose channel can leave now (held ones are left untouched)."""
+    from sqlalchemy import and_, false
+
+    conditions = []
+    if _held_reason(settings, OutboxChannel.MAIL, None) is None:
+        mail_ok = OutboxMessage.channel == OutboxChannel.MAIL
+        if not settings.admin_alert_emails:
+            mail_ok = and_(mail_ok, or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient != ADMINS))
+        conditions.append(mail_ok)
+    if _held_reason(settings, OutboxChannel.PLATFORM, None) is None:
+        conditions.append(OutboxMessage.channel == OutboxChannel.PLATFORM)
+    return or_(*conditions) if conditions else false()
+
+
+def _log_held_rows(session: Session, settings, now: datetime) -> None:
+    held = session.execute(
+        select(OutboxMessage.channel, OutboxMessage.recipient)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               ~_ready_filter(settings))
+        .limit(RELAY_BATCH)
+    ).all()
+    reasons: dict[str, int] = {}
+    for channel, recipient in held:
+        reason = _held_reason(settings, channel, recipient) or "held"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        _log_held(reason, count)
+
+
 def due_ids(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
     """Ids of `pending` rows due now on a configured channel; held ones are counted and logged."""
     now = now or utcnow()
-    rows = session.execute(
-        select(OutboxMessage.id, OutboxMessage.channel, OutboxMessage.recipient)
-        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
+    _log_held_rows(session, settings, now)
+    return list(session.scalars(
+        select(OutboxMessage.id)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               _ready_filter(settings))
         .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
         .limit(limit)
-    ).all()
-    ready: list[int] = []
-    held: dict[str, int] = {}
-    for id_, channel, recipient in rows:
-        reason = _held_reason(settings, channel, recipient)
-        if reason:
-            held[reason] = held.get(reason, 0) + 1
-        else:
-            ready.append(id_)
-    for reason, count in held.items():
-        _log_held(reason, count)
-    return ready
+    ))
 
 
 def prepare_relay(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
-    """The relay's unit of work: free abandoned `sending` rows, then list what is due."""
+    """Free abandoned `sending` rows, then list what is due (for inspection and tests)."""
     now = now or utcnow()
     release_stuck(session=session, now=now)
     return due_ids(session=session, settings=settings, now=now, limit=limit)
+
+
+def _take(session: Session, message: OutboxMessage, settings, now: datetime, lease: timedelta) -> Job:
+    message.attempts += 1
+    OUTBOX.move(message, OutboxStatus.SENDING, session=session, cause=f"attempt {message.attempts}",
+                enrollment_id=message.enrollment_id, at=now)
+    message.next_attempt_at = now + lease
+    recipients = _recipients(settings, message.recipient) if message.channel is OutboxChannel.MAIL else ()
+    return Job(
+        id=message.id,
+        channel=message.channel,
+        topic=message.topic,
+        recipients=recipients,
+        payload=dict(message.payload or {}),
+        created_at=message.created_at,
+        attempts=message.attempts,
+    )
+
+
+def claim_due(
+    *, session: Session, settings, now: datetime | None = None, limit: int = CLAIM_BATCH,
+    lease: timedelta = SENDING_LEASE,
+) -> list[Job]:
+    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows.
+
+    Rows another relay has locked are skipped (SKIP LOCKED on PostgreSQL), so concurrent relays
+    share the backlog; rows of a channel that is not configured are left alone.
+    """
+    now = now or utcnow()
+    release_stuck(session=session, now=now)
+    _log_held_rows(session, settings, now)
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               _ready_filter(settings))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [_take(session, message, settings, now, lease) for message in session.scalars(query).all()]
 
 
 def claim(
@@ -188,20 +251,7 @@ def claim(
     if reason:
         _log_held(reason, 1)
         return None
-    message.attempts += 1
-    OUTBOX.move(message, OutboxStatus.SENDING, session=session, cause=f"attempt {message.attempts}",
-                enrollment_id=message.enrollment_id, at=now)
-    message.next_attempt_at = now + lease
-    recipients = _recipients(settings, message.recipient) if message.channel is OutboxChannel.MAIL else ()
-    return Job(
-        id=message.id,
-        channel=message.channel,
-        topic=message.topic,
-        recipients=recipients,
-        payload=dict(message.payload or {}),
-        created_at=message.created_at,
-        attempts=message.attempts,
-    )
+    return _take(session, message, settings, now, lease)
 
 
 # --------------------------------------------------------------------------- 2. transmit (network)

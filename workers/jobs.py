@@ -1,8 +1,8 @@
 """Actors run by the scheduler's jobs (registered on import by `declare_actors`).
 
 Each is thin: open a unit of work, call one `tasks/` function, send follow-up messages after commit.
-Delivery is the one actor with two units of work, on purpose: claim → network call → outcome, so
-no SMTP or HTTP call ever runs inside a transaction.
+Delivery is the exception, on purpose: claim (one unit of work) → network call (none) → outcome (one
+unit of work per message), so no SMTP or HTTP call ever runs inside a transaction.
 """
 from __future__ import annotations
 
@@ -19,14 +19,20 @@ JOBS_QUEUE = "maintenance"
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox() -> None:
-    """Release abandoned `sending` rows and send one delivery message per due outbox row."""
+    """Claim a small batch of due outbox rows (one transaction), send each, record each outcome."""
     from tasks import delivery
 
     rt = runtime.current()
     with rt.db.session_scope() as session:
-        ids = delivery.prepare_relay(session=session, settings=rt.settings)
-    for message_id in ids:
-        send("deliver_outbox_message", message_id)
+        jobs = delivery.claim_due(session=session, settings=rt.settings)
+    delivered = 0
+    for job in jobs:
+        outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
+        with rt.db.session_scope() as session:
+            delivery.record(session=session, job=job, outcome=outcome)
+        delivered += outcome.ok
+    if len(jobs) == delivery.CLAIM_BATCH and delivered:
+        send("relay_outbox")  # a backlog, and the far side is up: keep draining without waiting for the tick
 
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.

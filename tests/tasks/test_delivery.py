@@ -280,3 +280,46 @@ def test_smtp_url_forms():
 def test_backoff_doubles_and_is_capped():
     assert [delivery.backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
     assert delivery.backoff(30) == delivery.BACKOFF_CAP
+
+
+def test_a_backlog_larger_than_one_batch_drains_through_chained_relays(database, runtime, worker, smtp_sink):
+    count = delivery.CLAIM_BATCH * 2 + 3
+    with database.session_scope() as s:
+        for n in range(count):
+            add_mail(session=s, template="step_reminder", recipient=f"s{n}@example.test",
+                     context={"step_label": f"SFZ-{n}"}, dedupe_key=f"backlog:{n}")
+    runtime.actors["relay_outbox"].send()
+    drain(runtime)
+    wait_until(lambda: len(smtp_sink.messages) == count)
+    with database.session_scope() as s:
+        assert delivery.counts(session=s) == {"sent": count}
+
+
+def test_held_rows_do_not_block_a_batch(database, settings, platform_receiver):
+    no_smtp = settings.with_(smtp_url=None)
+    with database.session_scope() as s:
+        for n in range(delivery.CLAIM_BATCH + 2):
+            add_mail(session=s, template="step_reminder", recipient="a@example.test", context={},
+                     dedupe_key=f"held:{n}")
+        event_id = add_platform_event(session=s, type="enrollment.created", data={}, dedupe_key="go").id
+    with database.session_scope() as s:
+        jobs = delivery.claim_due(session=s, settings=no_smtp)
+    assert [j.id for j in jobs] == [event_id]
+
+
+@pytest.mark.postgres
+def test_concurrent_relays_share_the_backlog(pg_database):
+    settings = make_settings(pg_database.url, smtp_url="smtp://127.0.0.1:1")
+    with pg_database.session_scope() as s:
+        ids = [add_mail(session=s, template="step_reminder", recipient="a@example.test", context={},
+                        dedupe_key=f"share:{n}").id for n in range(15)]
+    first_session = pg_database.sessions()
+    try:
+        first = delivery.claim_due(session=first_session, settings=settings)  # holds its row locks
+        with pg_database.session_scope() as s:
+            second = delivery.claim_due(session=s, settings=settings)
+        first_session.commit()
+    finally:
+        first_session.close()
+    assert len(first) == delivery.CLAIM_BATCH and len(second) == 15 - delivery.CLAIM_BATCH
+    assert sorted(j.id for j in first + second) == ids
