@@ -240,3 +240,34 @@ def revoke_unconsumed(
             )
         )
     return entries
+
+
+def revoke_from_lot(
+    *, session: Session, grant: CreditLedgerEntry, quantity: int, key: str, cause: str
+) -> CreditLedgerEntry | None:
+    """Revoke up to `quantity` of what remains on one lot, once per `key` (e.g. a partial refund's step).
+
+    Never more than remains: consumed credits stay on record. A repeat of the key adds nothing.
+    """
+    idempotency_key = f"revoke:{key}"
+    if quantity <= 0 or _existing(session, idempotency_key) is not None:
+        return None
+    remaining = grant.quantity + int(
+        session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0))
+                       .where(CreditLedgerEntry.grant_id == grant.id))
+    )
+    amount = min(quantity, remaining)
+    if amount <= 0:
+        return None
+    return _add(
+        session,
+        idempotency_key=idempotency_key,
+        student_id=grant.student_id,
+        credit_type=grant.credit_type,
+        entry_type=LedgerEntryType.REVOKE,
+        quantity=-amount,
+        grant_id=grant.id,
+        cause=cause,
+        enrollment_id=grant.enrollment_id,
+        package_purchase_id=grant.package_purchase_id,
+    )

@@ -2,3 +2,4 @@
 
 One module per concern; each registers its (source, type) pairs on import.
 """
+from tasks.handlers import stripe_payments  # noqa: F401,E402

@@ -1,0 +1,129 @@
+"""Disputes: a `payment_dispute` row per Stripe dispute; the purchase is settled from all of them.
+
+`charge.dispute.created` opens the row and alerts admins; `charge.dispute.closed` closes it as won
+or lost. A closed dispute never reopens, so a `created` that arrives after its `closed` changes
+nothing. What open / won / lost mean for the enrollment (suspend / reinstate / revoke) is
+`tasks.payments.settle`. A dispute that arrives before its purchase waits for `payment:<pi>`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.enums import DisputeStatus
+from db.models import CourseProgram, PaymentDispute
+from tasks import outbox, payments
+from tasks.errors import PermanentError, WaitFor
+
+ADMINS = "@admins"
+# Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
+# that never became a chargeback) leave it with us
+LOST_STATUSES = ("lost",)
+
+
+@dataclass
+class Applied:
+    dispute_id: str
+    dispute_status: str
+    purchase_kind: str
+    purchase_id: int
+    purchase_status: str
+
+
+def dispute_key(dispute: dict[str, Any]) -> str:
+    key = dispute.get("id") or (f"charge:{dispute['charge']}" if dispute.get("charge") else None)
+    if not key:
+        raise PermanentError("dispute without an id or a charge")
+    return key
+
+
+def _payment_intent(dispute: dict[str, Any]) -> str:
+    pi = dispute.get("payment_intent")
+    if isinstance(pi, dict):
+        pi = pi.get("id")
+    if not pi:
+        raise PermanentError(f"dispute {dispute.get('id')} has no payment_intent: it cannot be matched")
+    return pi
+
+
+def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, bool]:
+    query = select(PaymentDispute).where(PaymentDispute.stripe_dispute_id == key).with_for_update()
+    row = session.scalar(query)
+    if row is not None:
+        return row, False
+    try:
+        with session.begin_nested():
+            row = make()
+            session.add(row)
+        return row, True
+    except IntegrityError:
+        return session.scalar(query.execution_options(populate_existing=True)), False
+
+
+def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
+    pi = _payment_intent(dispute)
+    purchase = payments.purchase_for_payment(session, pi, lock=True)
+    if not purchase.found:
+        raise WaitFor(f"payment:{pi}", f"no purchase paid by {pi} yet")
+    charge = dispute.get("charge")
+    row, created = _lock_or_create(session, dispute_key(dispute), lambda: PaymentDispute(
+        stripe_dispute_id=dispute_key(dispute),
+        stripe_charge_id=charge if isinstance(charge, str) else None,
+        stripe_payment_intent_id=pi,
+        enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
+        status=status,
+        amount=dispute.get("amount"),
+        reason=dispute.get("reason"),
+    ))
+    if not created and row.status == DisputeStatus.OPEN and status != DisputeStatus.OPEN:
+        row.status = status  # closed once; a closed dispute never reopens
+    session.flush()
+    return purchase, row
+
+
+def _applied(purchase: payments.Purchase, row: PaymentDispute) -> Applied:
+    return Applied(row.stripe_dispute_id, row.status.value,
+                   "course" if purchase.enrollment is not None else "package", purchase.row.id,
+                   purchase.row.status.value)
+
+
+def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+    """`charge.dispute.created`: suspend the enrollment and alert admins (once per dispute)."""
+    purchase, row = _record(session, dispute, DisputeStatus.OPEN)
+    payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
+    enrollment = purchase.enrollment
+    course_code = session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id)) \
+        if enrollment is not None else None
+    outbox.add_mail(
+        session=session,
+        template="dispute_alert",
+        recipient=ADMINS,
+        context={
+            "course_code": course_code,
+            "student_id": purchase.row.student_id,
+            "enrollment_id": enrollment.id if enrollment is not None else None,
+            "package_purchase_id": purchase.package_purchase.id if purchase.package_purchase is not None else None,
+            "dispute_id": row.stripe_dispute_id,
+            "amount": dispute.get("amount"),
+            "currency": dispute.get("currency"),
+            "reason": dispute.get("reason"),
+            "status": dispute.get("status"),
+        },
+        dedupe_key=f"dispute_alert:{row.stripe_dispute_id}",
+        enrollment_id=enrollment.id if enrollment is not None else None,
+    )
+    session.flush()
+    return _applied(purchase, row)
+
+
+def close_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+    """`charge.dispute.closed`: won → reinstated (unless another dispute is open), lost → revoked."""
+    status = DisputeStatus.LOST if dispute.get("status") in LOST_STATUSES else DisputeStatus.WON
+    purchase, row = _record(session, dispute, status)
+    payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}:closed")
+    session.flush()
+    return _applied(purchase, row)

@@ -1,0 +1,365 @@
+"""Fulfilment of Stripe Checkout Sessions: money in → entitlements out, exactly once.
+
+`fulfil_checkout` identifies the buyer (`client_reference_id`) and the product (`metadata.kind`
+with `course_code` / `package_code`; without metadata, the session's line-item price ids), then,
+in the caller's one transaction:
+
+- a course: the `student_course_enrollment` row (unique per checkout session), one progress row per
+  step and the bundle's credits (`tasks.enrollments.provision`), `enrollment.created` and the
+  welcome mail through the outbox;
+- a package: the `package_purchase` row (unique per checkout session) and its credits, through the
+  same `tasks.credits.issue_credits` the bundles use.
+
+An unpaid session (async payment) records a `pending` purchase; `async_payment_succeeded` fulfils
+it, `async_payment_failed` marks it `failed`. A paid checkout is fulfilled even if its course was
+unpublished (or soft-deleted) since. A buyer we do not know is created from the session. No buyer
+or an unknown product raises a permanent error: the event stays `failed`, visible and replayable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.enums import EnrollmentStatus, PurchaseStatus
+from db.models import CourseProgram, CreditPackage, PackagePurchase, Student, StudentCourseEnrollment
+from db.types import utcnow
+from tasks import credits, enrollments, payments
+from tasks.errors import NotFound, PermanentError, TransientError
+from tasks.machines import ENROLLMENT
+
+COMPLETED = "checkout.session.completed"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
+CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
+PAID_STATUSES = ("paid", "no_payment_required")
+STRIPE_TIMEOUT_SECONDS = 10
+
+E = EnrollmentStatus
+
+
+class UnknownProduct(NotFound):
+    """Raised when a checkout names no course or package we know (fix the catalog, then replay)."""
+
+
+class UnknownBuyer(PermanentError):
+    """Raised when a checkout names no student (no client_reference_id, no matching e-mail)."""
+
+
+@dataclass(frozen=True)
+class Product:
+    program: CourseProgram | None = None
+    package: CreditPackage | None = None
+    price_id: str | None = None
+    product_id: str | None = None
+    identified_by: str = "metadata"
+
+
+@dataclass
+class Fulfilled:
+    kind: str  # course | package
+    id: int  # enrollment id or package purchase id
+    status: str
+    created: bool
+    provisioned: enrollments.Provisioned | None = None
+
+
+# --------------------------------------------------------------------------- identifying
+
+
+def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
+    """`paid`, `pending` (async payment not settled) or `failed`."""
+    if event_type == ASYNC_FAILED:
+        return "failed"
+    if event_type == ASYNC_SUCCEEDED or checkout.get("payment_status") in PAID_STATUSES:
+        return "paid"
+    return "pending"
+
+
+def _email(checkout: dict[str, Any]) -> str | None:
+    return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
+
+
+def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
+    """`client_reference_id`; else `metadata.student_id`; else the one student with the customer's e-mail."""
+    student_id = checkout.get("client_reference_id") or (checkout.get("metadata") or {}).get("student_id")
+    if student_id:
+        return str(student_id)
+    email = _email(checkout)
+    if email:
+        matches = session.scalars(select(Student.id).where(Student.email == email).limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+    raise UnknownBuyer(f"checkout session {checkout.get('id')} has no client_reference_id and its e-mail "
+                       f"({email or 'none'}) matches no single known student")
+
+
+def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) -> Student:
+    """The buyer's mirror row; a student first seen on a purchase is created (completed by `student.upserted`)."""
+    student = session.get(Student, student_id)
+    if student is not None:
+        return student
+    details = checkout.get("customer_details") or {}
+    try:
+        with session.begin_nested():
+            session.add(Student(id=student_id, email=_email(checkout), name=details.get("name")))
+    except IntegrityError:  # created meanwhile by a concurrent transaction
+        pass
+    student = session.get(Student, student_id)
+    if student is None:
+        raise TransientError(f"student {student_id} could not be created")
+    return student
+
+
+def _program_by_code(session: Session, code: str) -> CourseProgram | None:
+    # the live course first; a paid checkout of a course deleted since still fulfils against its last row
+    return session.scalar(
+        select(CourseProgram).where(CourseProgram.code == code)
+        .order_by(CourseProgram.deleted_at.is_not(None), CourseProgram.deleted_at.desc(), CourseProgram.id.desc())
+        .limit(1)
+    )
+
+
+def _package_by_code(session: Session, code: str) -> CreditPackage | None:
+    return session.scalar(
+        select(CreditPackage).where(CreditPackage.code == code)
+        .order_by(CreditPackage.deleted_at.is_not(None), CreditPackage.deleted_at.desc(), CreditPackage.id.desc())
+        .limit(1)
+    )
+
+
+def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any = None) -> list[tuple[str, str | None]]:
+    """(price id, product id) of the session's line items: embedded in the payload, else fetched from Stripe.
+
+    The fetch is a read-only GET with a short timeout; it is the one network call fulfilment makes.
+    """
+    embedded = (checkout.get("line_items") or {}).get("data")
+    items = embedded
+    if items is None:
+        items = _fetch_line_items(checkout["id"], settings, client)
+    prices = []
+    for item in items:
+        price = item.get("price") or {}
+        price_id = price.get("id") if isinstance(price, dict) else price
+        product = price.get("product") if isinstance(price, dict) else None
+        if isinstance(product, dict):
+            product = product.get("id")
+        if price_id:
+            prices.append((price_id, product))
+    return prices
+
+
+def stripe_client(settings: Any):
+    import stripe
+
+    if settings is None or not settings.stripe_api_key:
+        raise PermanentError("STRIPE_API_KEY is not set: a checkout without metadata cannot be identified")
+    kwargs: dict[str, Any] = {"http_client": stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS)}
+    if settings.stripe_api_base:
+        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
+    return stripe.StripeClient(settings.stripe_api_key, **kwargs)
+
+
+def _fetch_line_items(checkout_session_id: str, settings: Any, client: Any) -> list[dict[str, Any]]:
+    import stripe
+
+    client = client or stripe_client(settings)
+    try:
+        page = client.v1.checkout.sessions.line_items.list(checkout_session_id, params={"limit": 100})
+        return [item.to_dict() for item in page.auto_paging_iter()]
+    except stripe.InvalidRequestError as exc:
+        raise PermanentError(f"Stripe has no line items for {checkout_session_id}: {exc.user_message}") from None
+    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+        raise TransientError(f"Stripe line items for {checkout_session_id}: {exc}") from None
+    except stripe.StripeError as exc:  # authentication, permission: retrying will not help
+        raise PermanentError(f"Stripe line items for {checkout_session_id}: {exc}") from None
+
+
+def identify_product(session: Session, checkout: dict[str, Any], *, settings: Any = None,
+                     client: Any = None) -> Product:
+    metadata = checkout.get("metadata") or {}
+    kind = metadata.get("kind") or ("course" if metadata.get("course_code") else
+                                    "package" if metadata.get("package_code") else None)
+    if kind == "course":
+        code = metadata.get("course_code")
+        program = _program_by_code(session, code) if code else None
+        if program is None:
+            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown course {code!r}")
+        return Product(program=program, price_id=program.stripe_price_id, product_id=program.stripe_product_id)
+    if kind == "package":
+        code = metadata.get("package_code")
+        package = _package_by_code(session, code) if code else None
+        if package is None:
+            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown package {code!r}")
+        return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
+    if kind is not None:
+        raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
+    prices = line_item_prices(checkout, settings, client)
+    for price_id, product_id in prices:
+        program = session.scalar(select(CourseProgram).where(CourseProgram.stripe_price_id == price_id))
+        if program is not None:
+            return Product(program=program, price_id=price_id, product_id=product_id or program.stripe_product_id,
+                           identified_by="line_items")
+        package = session.scalar(select(CreditPackage).where(CreditPackage.stripe_price_id == price_id))
+        if package is not None:
+            return Product(package=package, price_id=price_id, product_id=product_id or package.stripe_product_id,
+                           identified_by="line_items")
+    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
+                         f"{[p for p, _ in prices]}")
+
+
+# --------------------------------------------------------------------------- fulfilling
+
+
+def _lock_or_create(session: Session, model, checkout_session_id: str, make):
+    """The purchase row of a checkout session, row-locked; created once (unique session id)."""
+    query = select(model).where(model.stripe_checkout_session_id == checkout_session_id).with_for_update()
+    row = session.scalar(query)
+    if row is not None:
+        return row, False
+    try:
+        with session.begin_nested():
+            row = make()
+            session.add(row)
+        return row, True
+    except IntegrityError:  # a concurrent fulfilment committed it first
+        row = session.scalar(query.execution_options(populate_existing=True))
+        if row is None:
+            raise TransientError(f"purchase of {checkout_session_id} vanished") from None
+        return row, False
+
+
+def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, product: Product,
+              outcome: str) -> dict[str, Any]:
+    return {
+        "checkout_session_id": checkout.get("id"),
+        "event_type": event_type,
+        "event_id": event_id,
+        "payment_status": checkout.get("payment_status"),
+        "outcome": outcome,
+        "metadata": checkout.get("metadata") or {},
+        "customer": checkout.get("customer"),
+        "customer_email": _email(checkout),
+        "identified_by": product.identified_by,
+        "recorded_at": utcnow().isoformat(),
+    }
+
+
+def fulfil_checkout(*, session: Session, checkout: dict[str, Any], event_type: str = COMPLETED,
+                    event_id: str | None = None, settings: Any = None, stripe_client: Any = None) -> Fulfilled:
+    """Fulfil (or record) one Checkout Session. Idempotent: a repeat creates nothing new."""
+    if event_type not in CHECKOUT_TYPES:
+        raise ValueError(f"not a checkout event type: {event_type}")
+    if not checkout.get("id"):
+        raise PermanentError("checkout session without an id")
+    outcome = payment_outcome(checkout, event_type)
+    product = identify_product(session, checkout, settings=settings, client=stripe_client)
+    student = ensure_student(session, buyer_id(session, checkout), checkout)
+    if product.program is not None:
+        return _fulfil_course(session, checkout, event_type, event_id, product, student, outcome)
+    return _fulfil_package(session, checkout, event_type, event_id, product, student, outcome)
+
+
+def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, event_id: str | None,
+                   product: Product, student: Student, outcome: str) -> Fulfilled:
+    program = product.program
+    initial = {"paid": E.ACTIVE, "pending": E.PENDING, "failed": E.FAILED}[outcome]
+    now = utcnow()
+
+    def make() -> StudentCourseEnrollment:
+        metadata = _metadata(checkout, event_type, event_id, product, outcome)
+        metadata["bundle"] = enrollments.bundle_snapshot(program)  # what was sold, kept as sold
+        metadata["program_status_at_fulfilment"] = program.status.value
+        return StudentCourseEnrollment(
+            student_id=student.id,
+            program_id=program.id,
+            status=initial,
+            stripe_checkout_session_id=checkout["id"],
+            stripe_payment_intent_id=checkout.get("payment_intent"),
+            stripe_product_id=product.product_id,
+            stripe_price_id=product.price_id,
+            amount_total=checkout.get("amount_total") or 0,
+            currency=checkout.get("currency"),
+            fulfilment_metadata=metadata,
+            activated_at=now if initial == E.ACTIVE else None,
+        )
+
+    enrollment, created = _lock_or_create(session, StudentCourseEnrollment, checkout["id"], make)
+    cause = f"checkout:{checkout['id']}"
+    if created:
+        session.flush()
+        enrollments.log_created(session, enrollment, cause)
+    else:
+        if enrollment.stripe_payment_intent_id is None and checkout.get("payment_intent"):
+            enrollment.stripe_payment_intent_id = checkout["payment_intent"]
+        if outcome == "paid" and enrollment.status in (E.PENDING, E.FAILED):
+            ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+            enrollment.activated_at = now
+            enrollment.fulfilment_metadata = {**(enrollment.fulfilment_metadata or {}),
+                                              "activated_by": event_type, "activated_event_id": event_id}
+        elif outcome == "failed" and enrollment.status == E.PENDING:
+            ENROLLMENT.move(enrollment, E.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+    provisioned = None
+    if enrollment.status in enrollments.ENTITLED:
+        provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause)
+        enrollments.announce_created(session=session, enrollment=enrollment, program=program)
+    # refunds or disputes recorded before this moment apply now
+    payments.settle_enrollment(session=session, enrollment=enrollment, cause=cause)
+    session.flush()
+    return Fulfilled("course", enrollment.id, enrollment.status.value, created, provisioned)
+
+
+def package_expiry(package: CreditPackage, granted_at: datetime) -> datetime | None:
+    return granted_at + timedelta(days=package.validity_days) if package.validity_days else None
+
+
+def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str, event_id: str | None,
+                    product: Product, student: Student, outcome: str) -> Fulfilled:
+    package = product.package
+    initial = {"paid": PurchaseStatus.PAID, "pending": PurchaseStatus.PENDING, "failed": PurchaseStatus.FAILED}[outcome]
+
+    def make() -> PackagePurchase:
+        return PackagePurchase(
+            student_id=student.id,
+            package_id=package.id,
+            status=initial,
+            stripe_checkout_session_id=checkout["id"],
+            stripe_payment_intent_id=checkout.get("payment_intent"),
+            amount_total=checkout.get("amount_total") or 0,
+            currency=checkout.get("currency"),
+        )
+
+    purchase, created = _lock_or_create(session, PackagePurchase, checkout["id"], make)
+    if not created:
+        if purchase.stripe_payment_intent_id is None and checkout.get("payment_intent"):
+            purchase.stripe_payment_intent_id = checkout["payment_intent"]
+        if outcome == "paid" and purchase.status in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
+            purchase.status = PurchaseStatus.PAID
+        elif outcome == "failed" and purchase.status == PurchaseStatus.PENDING:
+            purchase.status = PurchaseStatus.FAILED
+    session.flush()
+    if purchase.status == PurchaseStatus.PAID:
+        credits.issue_credits(session=session, student_id=student.id, credit_type=package.credit_type,
+                              quantity=package.quantity, cause=f"package_purchase:{purchase.id}",
+                              package_purchase_id=purchase.id, expires_at=package_expiry(package, utcnow()))
+    payments.settle_package(session=session, purchase=purchase, cause=f"checkout:{checkout['id']}")
+    session.flush()
+    return Fulfilled("package", purchase.id, purchase.status.value, created)
+
+
+def stored_checkouts(session: Session, checkout_session_id: str) -> list:
+    """The inbox events about one Checkout Session, oldest first (for re-fulfilment by session id)."""
+    from db.models import InboxEvent
+    from db.enums import InboxSource
+
+    return list(session.scalars(
+        select(InboxEvent).where(
+            InboxEvent.source == InboxSource.STRIPE,
+            InboxEvent.type.in_(CHECKOUT_TYPES),
+            InboxEvent.payload["data"]["object"]["id"].as_string() == checkout_session_id,
+        ).order_by(InboxEvent.id)
+    ))

@@ -1,0 +1,115 @@
+"""Refunds: record each Stripe refund once, then settle the purchase from all recorded facts.
+
+`charge.refunded` carries the charge's cumulative `amount_refunded` and (in older API versions)
+`refunds.data` with each refund's id; `refund.created` / `refund.updated` carry one refund. Each
+refund is a `payment_refund` row keyed by its refund id, so the two event kinds never count the
+same refund twice, and the purchase's refunded total is the highest of Stripe's cumulative figure
+and the sum of distinct refunds. What the total means (full → revoke, partial → proportional
+credit revocation) is `tasks.payments`. A refund that arrives before its purchase waits for
+`payment:<payment intent>`, which the fulfilment handler provides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import PaymentRefund
+from tasks import payments
+from tasks.errors import Ignored, PermanentError, WaitFor
+
+NOT_COUNTED = ("failed", "canceled")  # a refund in these states returned no money
+
+
+@dataclass
+class Applied:
+    purchase_kind: str
+    purchase_id: int
+    refunded_total: int
+    status: str
+    recorded: list[str]
+
+
+def _payment_intent(obj: dict[str, Any], what: str) -> str:
+    pi = obj.get("payment_intent")
+    if isinstance(pi, dict):
+        pi = pi.get("id")
+    if not pi:
+        raise PermanentError(f"{what} {obj.get('id')} has no payment_intent: it cannot be matched to a purchase")
+    return pi
+
+
+def _purchase(session: Session, pi: str) -> payments.Purchase:
+    purchase = payments.purchase_for_payment(session, pi, lock=True)
+    if not purchase.found:
+        raise WaitFor(f"payment:{pi}", f"no purchase paid by {pi} yet")
+    return purchase
+
+
+def record_refund(session: Session, purchase: payments.Purchase, refund: dict[str, Any], *, charge_id: str | None,
+                  payment_intent: str, purchase_total: int) -> bool:
+    """One `payment_refund` row per Stripe refund id; a repeat records nothing."""
+    refund_id = refund.get("id")
+    amount = int(refund.get("amount") or 0)
+    if not refund_id or amount <= 0 or refund.get("status") in NOT_COUNTED:
+        return False
+    if session.scalar(select(PaymentRefund.id).where(PaymentRefund.refund_key == refund_id)) is not None:
+        return False
+    row = PaymentRefund(
+        refund_key=refund_id,
+        stripe_charge_id=refund.get("charge") if isinstance(refund.get("charge"), str) else charge_id,
+        stripe_payment_intent_id=payment_intent,
+        enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
+        package_purchase_id=purchase.package_purchase.id if purchase.package_purchase is not None else None,
+        amount=amount,
+        currency=refund.get("currency"),
+        full=purchase_total > 0 and amount >= purchase_total,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
+        return False
+    return True
+
+
+def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded: list[str]) -> Applied:
+    payments.settle(session=session, purchase=purchase, cause=cause)
+    session.flush()
+    row = purchase.row
+    return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
+                   row.status.value, recorded)
+
+
+def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applied:
+    """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own."""
+    pi = _payment_intent(charge, "charge")
+    purchase = _purchase(session, pi)
+    row = purchase.row
+    recorded = []
+    for refund in (charge.get("refunds") or {}).get("data") or []:
+        if record_refund(session, purchase, refund, charge_id=charge.get("id"), payment_intent=pi,
+                         purchase_total=row.amount_total):
+            recorded.append(refund["id"])
+    total = int(charge.get("amount_refunded") or 0)
+    if charge.get("refunded") is True:  # Stripe's word that the charge is refunded in full
+        total = max(total, row.amount_total)
+    row.amount_refunded = max(row.amount_refunded or 0, total)
+    return _finish(session, purchase, f"refund:{charge.get('id')}", recorded)
+
+
+def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
+    """`refund.created` / `refund.updated`: one refund, keyed by its id."""
+    if refund.get("status") in NOT_COUNTED:
+        raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
+    pi = _payment_intent(refund, "refund")
+    purchase = _purchase(session, pi)
+    charge = refund.get("charge")
+    recorded = []
+    if record_refund(session, purchase, refund, charge_id=charge if isinstance(charge, str) else None,
+                     payment_intent=pi, purchase_total=purchase.row.amount_total):
+        recorded.append(refund["id"])
+    return _finish(session, purchase, f"refund:{refund.get('id')}", recorded)

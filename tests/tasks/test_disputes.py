@@ -1,0 +1,108 @@
+"""Disputes: opened → suspended + admin alert; won → reinstated; lost → revoked; in any order, twice."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from db.enums import BundleKind, InboxStatus
+from db.models import OutboxMessage, PaymentDispute
+from tasks import inbox
+from tests import factories
+from tests.tasks.payments_support import (
+    charge_refunded,
+    checkout,
+    deliver,
+    dispute_closed,
+    dispute_created,
+    inbox_row,
+    state,
+)
+
+
+def _purchase(database, cs="cs_1", pi="pi_1"):
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    assert deliver(database, checkout(cs=cs, pi=pi)).outcome is inbox.Outcome.PROCESSED
+
+
+def _topics(database) -> list[tuple[str, str | None]]:
+    with database.session_scope() as s:
+        return sorted((m.topic, m.recipient) for m in s.scalars(select(OutboxMessage)))
+
+
+def test_dispute_created_suspends_and_alerts_admins_once(database):
+    _purchase(database)
+    event = dispute_created()
+    assert deliver(database, event).outcome is inbox.Outcome.PROCESSED
+    after = state(database)
+    enrollment = after["enrollments"][0]
+    assert enrollment["status"] == "suspended"
+    assert enrollment["steps"] == ["unbooked"] * 3 and enrollment["lots"] == [("private", 2, 2)]  # kept
+    assert after["disputes"] == [("dp_1", "open")]
+    with database.session_scope() as s:
+        alert = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "dispute_alert"))
+        assert alert.recipient == "@admins"
+        assert alert.payload["context"]["course_code"] == "SFZ"
+        assert alert.payload["context"]["dispute_id"] == "dp_1"
+        suspended = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment.suspended"))
+        assert suspended.payload["data"]["status"] == "suspended"
+    topics = _topics(database)
+    assert deliver(database, event).outcome is inbox.Outcome.SKIPPED
+    assert deliver(database, dispute_created()).outcome is inbox.Outcome.PROCESSED  # same dispute, new event id
+    assert state(database) == after and _topics(database) == topics
+
+
+def test_dispute_won_reinstates(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    deliver(database, dispute_closed(status="won"))
+    after = state(database)
+    assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]
+    assert after["balances"] == {"group": 0, "private": 2}
+    assert ("enrollment.reinstated", None) in _topics(database)
+    deliver(database, dispute_closed(status="won"))  # twice
+    assert state(database) == after
+
+
+def test_dispute_lost_revokes(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    deliver(database, dispute_closed(status="lost"))
+    after = state(database)
+    enrollment = after["enrollments"][0]
+    assert enrollment["status"] == "revoked" and enrollment["steps"] == ["cancelled"] * 3
+    assert after["balances"] == {"group": 0, "private": 0} and after["disputes"] == [("dp_1", "lost")]
+    with database.session_scope() as s:
+        revoked = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment.revoked"))
+        assert revoked.payload["data"]["reason"] == "dispute_lost"
+    deliver(database, dispute_closed(status="lost"))
+    deliver(database, dispute_closed(status="won"))  # a closed dispute does not change its outcome
+    assert state(database) == after
+
+
+def test_wrong_order_closed_before_created_never_suspends(database):
+    _purchase(database)
+    deliver(database, dispute_closed(status="won"))
+    deliver(database, dispute_created())
+    after = state(database)
+    assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]
+
+
+def test_wrong_order_dispute_before_purchase_waits(database):
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    early = dispute_created(pi="pi_e")
+    assert deliver(database, early).outcome is inbox.Outcome.WAITING
+    assert inbox_row(database, early).waiting_for == "payment:pi_e"
+    deliver(database, checkout(cs="cs_e", pi="pi_e"))
+    assert inbox_row(database, early).status == InboxStatus.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "suspended"
+
+
+def test_a_won_dispute_does_not_undo_a_full_refund(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    deliver(database, charge_refunded())
+    deliver(database, dispute_closed(status="won"))
+    assert state(database)["enrollments"][0]["status"] == "revoked"
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentDispute)) == 1

@@ -1,0 +1,211 @@
+"""Checkout fulfilment through the inbox runner, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from db.enums import BundleKind, CreditType, InboxStatus, ProgramStatus
+from db.models import (
+    CourseStep,
+    CreditLedgerEntry,
+    CreditPackage,
+    OutboxMessage,
+    PackagePurchase,
+    Student,
+    StudentCourseEnrollment,
+    StudentCourseProgress,
+    TransitionLog,
+)
+from db.types import utcnow
+from tasks import credits, inbox
+from tests import factories
+from tests.tasks.payments_support import checkout, deliver, inbox_row, run, state, store
+
+
+def _catalog(database, **kw):
+    with database.session_scope() as s:
+        program = factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2), (BundleKind.GROUP_CREDIT, 1)), **kw)
+        return program.id
+
+
+def _package(database, code="P10", quantity=10, credit_type=CreditType.GROUP, validity_days=None, price_id=None):
+    with database.session_scope() as s:
+        s.add(CreditPackage(code=code, title=f"{code} pack", price_amount=9000, credit_type=credit_type,
+                            quantity=quantity, validity_days=validity_days, stripe_price_id=price_id))
+
+
+def _count(database, model, *where) -> int:
+    with database.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_paid_checkout_becomes_one_active_enrollment_with_steps_and_bundle(database):
+    program_id = _catalog(database)
+    event = checkout(cs="cs_a", pi="pi_a")
+    result = deliver(database, event)
+    assert result.outcome is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment.status.value == "active" and enrollment.program_id == program_id
+        assert enrollment.stripe_checkout_session_id == "cs_a" and enrollment.stripe_payment_intent_id == "pi_a"
+        assert enrollment.amount_total == 12000 and enrollment.currency == "usd"
+        assert enrollment.activated_at is not None
+        meta = enrollment.fulfilment_metadata
+        assert meta["event_id"] == event["id"] and meta["metadata"]["course_code"] == "SFZ"
+        assert sorted((b["kind"], b["quantity"]) for b in meta["bundle"]) == [("group_credit", 1),
+                                                                            ("private_credit", 2)]
+        progress = s.scalars(select(StudentCourseProgress).where(StudentCourseProgress.enrollment_id == enrollment.id)
+                             ).all()
+        steps = s.scalars(select(CourseStep.id).where(CourseStep.program_id == program_id)).all()
+        assert sorted(p.step_id for p in progress) == sorted(steps) and len(steps) == 3
+        assert {p.status.value for p in progress} == {"unbooked"}
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 1, "private": 2}
+        # the buyer was unknown: created from the session
+        student = s.get(Student, "stu_1")
+        assert student.email == "buyer@example.test"
+        topics = sorted((m.channel.value, m.topic) for m in s.scalars(select(OutboxMessage)))
+        assert topics == [("mail", "enrollment_welcome"), ("platform", "enrollment.created")]
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome"))
+        assert mail.recipient == "buyer@example.test"
+        ctx = mail.payload["context"]
+        assert ctx["course_code"] == "SFZ" and [st["label"] for st in ctx["steps"]] == ["SFZ-1", "SFZ-2", "SFZ-3"]
+        assert {b["kind"]: b["quantity"] for b in ctx["bundle"]} == {"private_credit": 2, "group_credit": 1}
+        created = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment.created"))
+        assert created.payload["data"]["enrollment_id"] == enrollment.id
+        assert created.payload["data"]["course_code"] == "SFZ"
+        assert s.scalar(select(TransitionLog).where(TransitionLog.entity == "enrollment")).to_status == "active"
+
+
+def test_the_same_event_twice_and_a_second_event_for_the_session_change_nothing(database):
+    _catalog(database)
+    event = checkout(cs="cs_a", pi="pi_a")
+    first = store(database, event)
+    assert store(database, event) == first  # a redelivery is the same inbox row
+    run(database, first)
+    assert run(database, first).outcome is inbox.Outcome.SKIPPED
+    before = state(database)
+    # another event about the same session (e.g. the reconciliation job's synthetic one)
+    again = checkout(cs="cs_a", pi="pi_a")
+    assert deliver(database, again).outcome is inbox.Outcome.PROCESSED
+    assert state(database) == before
+    assert _count(database, StudentCourseEnrollment) == 1
+    assert _count(database, StudentCourseProgress) == 3
+    assert _count(database, CreditLedgerEntry) == 2
+    assert _count(database, OutboxMessage) == 2
+
+
+def test_package_and_course_by_one_student_give_one_combined_balance(database):
+    _catalog(database)
+    _package(database, quantity=10, credit_type=CreditType.GROUP, validity_days=90)
+    deliver(database, checkout(cs="cs_course", pi="pi_course"))
+    deliver(database, checkout(cs="cs_pack", pi="pi_pack", package="P10", amount=9000))
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 11, "private": 2}
+        purchase = s.scalar(select(PackagePurchase))
+        assert purchase.status.value == "paid" and purchase.amount_total == 9000
+        grant = s.scalar(select(CreditLedgerEntry).where(CreditLedgerEntry.package_purchase_id == purchase.id))
+        assert grant.quantity == 10 and grant.expires_at is not None
+        assert timedelta(days=89) < grant.expires_at - utcnow() <= timedelta(days=90)
+    deliver(database, checkout(cs="cs_pack", pi="pi_pack", package="P10", amount=9000))  # a second event
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 11, "private": 2}
+
+
+def test_unpaid_session_is_pending_until_the_async_payment_succeeds(database):
+    _catalog(database)
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))
+    assert state(database)["enrollments"] == [
+        {"session": "cs_async", "status": "pending", "refunded": 0, "steps": [], "lots": []}]
+    assert _count(database, OutboxMessage) == 0
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="paid",
+                               type_="checkout.session.async_payment_succeeded"))
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "active" and enrollment["steps"] == ["unbooked"] * 3
+    assert enrollment["lots"] == [("group", 1, 1), ("private", 2, 2)]
+
+
+def test_async_payment_failed_marks_the_enrollment_failed(database):
+    _catalog(database)
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid",
+                               type_="checkout.session.async_payment_failed"))
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "failed" and enrollment["steps"] == [] and enrollment["lots"] == []
+
+
+def test_wrong_order_async_success_before_completed_stays_active(database):
+    _catalog(database)
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="paid",
+                               type_="checkout.session.async_payment_succeeded"))
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))  # the late `completed`
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid",
+                               type_="checkout.session.async_payment_failed"))  # cannot undo a settled payment
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "active" and enrollment["lots"] == [("group", 1, 1), ("private", 2, 2)]
+
+
+def test_pending_package_is_credited_only_when_paid(database):
+    _package(database)
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000, payment_status="unpaid"))
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 0, "private": 0}
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000,
+                               type_="checkout.session.async_payment_succeeded"))
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 0}
+
+
+def test_unknown_course_fails_visibly_and_a_replay_after_the_fix_fulfils(database):
+    event = checkout(cs="cs_x", pi="pi_x", course="NEW")
+    result = deliver(database, event)
+    assert result.outcome is inbox.Outcome.FAILED and "unknown course 'NEW'" in result.error
+    row = inbox_row(database, event)
+    assert row.status == InboxStatus.FAILED and "NEW" in row.last_error
+    assert _count(database, StudentCourseEnrollment) == 0 and _count(database, Student) == 0
+    _catalog(database, code="NEW")  # the admin creates the course
+    with database.session_scope() as s:
+        inbox.replay(session=s, inbox_id=row.id)
+    assert run(database, row.id).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "active"
+
+
+def test_checkout_without_student_id_fails_until_the_student_is_known(database):
+    _catalog(database)
+    event = checkout(cs="cs_anon", pi="pi_anon", student=None, email="who@example.test")
+    result = deliver(database, event)
+    assert result.outcome is inbox.Outcome.FAILED and "client_reference_id" in result.error
+    with database.session_scope() as s:  # the platform tells us who that is (student.upserted)
+        factories.student(s, id="stu_known", email="who@example.test")
+    row = inbox_row(database, event)
+    with database.session_scope() as s:
+        inbox.replay(session=s, inbox_id=row.id)
+    assert run(database, row.id).outcome is inbox.Outcome.PROCESSED
+    assert state(database, "stu_known")["enrollments"][0]["status"] == "active"
+
+
+def test_an_unpublished_course_is_still_fulfilled_when_paid(database):
+    _catalog(database, status=ProgramStatus.DRAFT)
+    deliver(database, checkout(cs="cs_u", pi="pi_u"))
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "active" and len(enrollment["steps"]) == 3
+
+
+def test_a_known_student_is_kept_as_the_platform_described_them(database):
+    _catalog(database)
+    with database.session_scope() as s:
+        factories.student(s, id="stu_1", email="real@example.test", name="Real Name")
+    deliver(database, checkout(cs="cs_k", pi="pi_k", email="other@example.test"))
+    with database.session_scope() as s:
+        student = s.get(Student, "stu_1")
+        assert (student.email, student.name) == ("real@example.test", "Real Name")
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome"))
+        assert mail.recipient == "real@example.test" and mail.payload["context"]["student_name"] == "Real Name"
+
+
+def test_subscription_mode_sessions_are_ignored(database):
+    _catalog(database)
+    event = checkout(cs="cs_sub", pi=None)
+    event["data"]["object"]["mode"] = "subscription"
+    assert deliver(database, event).outcome is inbox.Outcome.IGNORED
+    assert _count(database, StudentCourseEnrollment) == 0

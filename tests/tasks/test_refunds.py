@@ -1,0 +1,160 @@
+"""Refunds: full, partial, before the purchase, and refund.created vs charge.refunded — each twice."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from db.enums import BookingStatus, BundleKind, CreditType, InboxStatus, ProgressStatus
+from db.models import (
+    Booking,
+    CreditLedgerEntry,
+    CreditPackage,
+    OutboxMessage,
+    PaymentRefund,
+    StudentCourseEnrollment,
+    StudentCourseProgress,
+)
+from tasks import credits, inbox
+from tests import factories
+from tests.tasks.payments_support import (
+    charge_refunded,
+    checkout,
+    deliver,
+    inbox_row,
+    refund_created,
+    state,
+)
+
+
+def _catalog(database):
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 4), (BundleKind.GROUP_CREDIT, 1)))
+
+
+def _purchase(database, cs="cs_1", pi="pi_1"):
+    _catalog(database)
+    assert deliver(database, checkout(cs=cs, pi=pi)).outcome is inbox.Outcome.PROCESSED
+
+
+def _use_some(database):
+    """Step 1 attended, step 2 booked (an active booking), one private credit consumed."""
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        rows = s.scalars(select(StudentCourseProgress).where(StudentCourseProgress.enrollment_id == enrollment.id)
+                         .order_by(StudentCourseProgress.step_id)).all()
+        rows[0].status = ProgressStatus.COMPLETED
+        rows[1].status, rows[1].booking_id = ProgressStatus.BOOKED, "bk_step2"
+        s.add(Booking(id="bk_step2", student_id="stu_1", class_id="gc_x", course_step_id=rows[1].step_id,
+                      enrollment_id=enrollment.id, status=BookingStatus.ACTIVE))
+        s.add(Booking(id="bk_private", student_id="stu_1", class_id="pc_1", credit_type=CreditType.PRIVATE,
+                      status=BookingStatus.ATTENDED))
+        s.flush()
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.PRIVATE, booking_id="bk_private")
+
+
+def _ledger_count(database) -> int:
+    with database.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(CreditLedgerEntry))
+
+
+def test_full_refund_revokes_and_keeps_what_was_used(database):
+    _purchase(database)
+    _use_some(database)
+    event = charge_refunded()
+    assert deliver(database, event).outcome is inbox.Outcome.PROCESSED
+    after = state(database)
+    enrollment = after["enrollments"][0]
+    assert enrollment["status"] == "revoked" and enrollment["refunded"] == 12000
+    assert enrollment["steps"] == ["completed", "cancelled", "cancelled"]
+    # 4 private granted, 1 consumed (kept on record), 3 revoked; the group credit revoked
+    assert enrollment["lots"] == [("group", 1, 0), ("private", 4, 0)]
+    assert after["balances"] == {"group": 0, "private": 0}
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(CreditLedgerEntry)
+                        .where(CreditLedgerEntry.entry_type == "consume")) == 1
+        assert s.get(Booking, "bk_step2").status == BookingStatus.ACTIVE  # the platform decides about it
+        revoked = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment.revoked"))
+        assert revoked.payload["data"]["reason"] == "refunded"
+        assert revoked.payload["data"]["active_booking_ids"] == ["bk_step2"]
+        refund = s.scalar(select(PaymentRefund))
+        assert (refund.refund_key, refund.amount, refund.full) == ("re_1", 12000, True)
+    ledger = _ledger_count(database)
+    # twice: the same delivery, and another event with the same content
+    assert deliver(database, event).outcome is inbox.Outcome.SKIPPED
+    assert deliver(database, charge_refunded()).outcome is inbox.Outcome.PROCESSED
+    assert state(database) == after and _ledger_count(database) == ledger
+
+
+def test_partial_refund_keeps_the_enrollment_and_revokes_credits_in_proportion(database):
+    _purchase(database)
+    half = charge_refunded(refunded=6000, refunds=[("re_1", 6000)])
+    deliver(database, half)
+    after = state(database)
+    enrollment = after["enrollments"][0]
+    assert enrollment["status"] == "active" and enrollment["refunded"] == 6000
+    assert enrollment["steps"] == ["unbooked"] * 3
+    assert enrollment["lots"] == [("group", 1, 1), ("private", 4, 2)]  # floor(4 / 2) and floor(1 / 2) revoked
+    with database.session_scope() as s:
+        refund = s.scalar(select(PaymentRefund))
+        assert (refund.amount, refund.full, refund.enrollment_id is not None) == (6000, False, True)
+    deliver(database, charge_refunded(refunded=6000, refunds=[("re_1", 6000)]))  # twice
+    assert state(database) == after
+    # the rest refunded later: now in full
+    deliver(database, charge_refunded(refunded=12000, refunds=[("re_1", 6000), ("re_2", 6000)]))
+    final = state(database)["enrollments"][0]
+    assert final["status"] == "revoked" and final["lots"] == [("group", 1, 0), ("private", 4, 0)]
+
+
+def test_two_partial_refunds_in_either_order_revoke_as_their_sum(database):
+    _purchase(database)
+    # charge.refunded after the second refund arrives first (cumulative 9000), then the first (3000)
+    deliver(database, charge_refunded(refunded=9000, refunds=[("re_1", 3000), ("re_2", 6000)]))
+    deliver(database, charge_refunded(refunded=3000, refunds=[("re_1", 3000)]))
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["refunded"] == 9000 and enrollment["status"] == "active"
+    assert enrollment["lots"] == [("group", 1, 1), ("private", 4, 1)]  # floor(4 * 0.75) = 3 revoked
+
+
+def test_refund_created_and_charge_refunded_count_one_refund_once(database):
+    _purchase(database)
+    deliver(database, refund_created(refund_id="re_9", amount=3000))
+    deliver(database, charge_refunded(refunded=3000, refunds=[("re_9", 3000)]))
+    deliver(database, refund_created(refund_id="re_9", amount=3000))  # another event for the same refund
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 1
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["refunded"] == 3000 and enrollment["lots"] == [("group", 1, 1), ("private", 4, 3)]
+
+
+def test_wrong_order_refund_before_purchase_waits_then_applies(database):
+    _catalog(database)
+    refund = charge_refunded(pi="pi_early")
+    result = deliver(database, refund)
+    assert result.outcome is inbox.Outcome.WAITING
+    row = inbox_row(database, refund)
+    assert row.status == InboxStatus.WAITING and row.waiting_for == "payment:pi_early"
+    deliver(database, checkout(cs="cs_early", pi="pi_early"))  # wakes and runs the refund
+    assert inbox_row(database, refund).status == InboxStatus.PROCESSED
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "revoked" and enrollment["steps"] == ["cancelled"] * 3
+    assert state(database)["balances"] == {"group": 0, "private": 0}
+
+
+def test_refund_of_a_package_revokes_its_unconsumed_credits(database):
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="P5", title="Five", price_amount=5000, credit_type=CreditType.GROUP, quantity=5))
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P5", amount=5000))
+    deliver(database, charge_refunded(pi="pi_p", amount=5000, refunded=2000, refunds=[("re_p1", 2000)]))
+    assert state(database)["balances"]["group"] == 3  # floor(5 * 0.4) = 2 revoked
+    deliver(database, charge_refunded(pi="pi_p", amount=5000, refunded=5000,
+                                      refunds=[("re_p1", 2000), ("re_p2", 3000)]))
+    after = state(database)
+    assert after["balances"]["group"] == 0 and after["packages"][0]["status"] == "refunded"
+
+
+def test_failed_refund_is_ignored_and_a_charge_without_payment_intent_fails_visibly(database):
+    _purchase(database)
+    assert deliver(database, refund_created(status="failed")).outcome is inbox.Outcome.IGNORED
+    orphan = charge_refunded(pi=None)
+    assert deliver(database, orphan).outcome is inbox.Outcome.FAILED
+    assert "payment_intent" in inbox_row(database, orphan).last_error
+    assert state(database)["enrollments"][0]["status"] == "active"
