@@ -362,7 +362,16 @@ def _releasing(shutdown, leadership: Leadership):
 
 
 def run_blocking_scheduler(runtime: Runtime) -> None:
+    """`coursepipe scheduler`: runs until SIGTERM/SIGINT, then hands leadership over at once."""
+    import signal
+
     service = SchedulerService(runtime, blocking=True)
+
+    def _stop(*_):
+        service.scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         service.start()
     except (KeyboardInterrupt, SystemExit):
