@@ -13,6 +13,7 @@ from tasks import reconcile
 from tasks.inbox import handler_for, process_event, store_event
 from tests import factories
 from tests.conftest import drain, make_settings
+from tests.tasks.outbox_servers import smtp_sink  # noqa: F401  (fixture)
 from tests.tasks.stripe_sessions import checkout_session, stripe_sessions  # noqa: F401  (fixture)
 
 
@@ -122,3 +123,40 @@ def test_processing_the_synthetic_event_twice_has_one_effect(database, settings,
                               .where(StudentCourseEnrollment.stripe_checkout_session_id == paid["id"])).all())
     expected = 1 if handler_for("stripe", "checkout.session.completed") and first.outcome.value == "processed" else 0
     assert count == expected
+
+
+def test_a_reconciled_purchase_is_fulfilled_and_welcomed_by_mail(database, stripe_sessions, smtp_sink):
+    """The whole path: Stripe knows a paid session, the webhook never came; the job finds it, the normal
+    checkout handler enrolls the student, and the welcome mail reaches the SMTP server."""
+    from coursepipe.runtime import init_runtime, reset_runtime
+    from tests.tasks.outbox_servers import wait_until
+
+    if handler_for("stripe", "checkout.session.completed") is None:
+        pytest.skip("no checkout.session.completed handler registered yet")
+    settings = make_settings(database.url, stripe_api_key="sk_test_reconcile", stripe_api_base=stripe_sessions.url,
+                             smtp_url=smtp_sink.url)
+    paid = _course_session()
+    stripe_sessions.sessions = [paid]
+    with database.session_scope() as s:
+        factories.student(s, email="ann@example.test", name="Ann")
+        factories.program(s, steps=2)
+    import dramatiq
+
+    rt = init_runtime(settings, db=database)
+    worker = dramatiq.Worker(rt.broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        rt.actors["reconcile"].send()
+        drain(rt)
+        rt.actors["relay_outbox"].send()
+        drain(rt)
+        welcome = wait_until(lambda: smtp_sink.to("ann@example.test"))
+    finally:
+        worker.stop()
+        rt.broker.flush_all()
+        reset_runtime()
+    assert "SFZ" in welcome[0]["Subject"] or "SFZ" in welcome[0].get_body(("plain",)).get_content()
+    assert "SFZ-1" in welcome[0].get_body(("plain",)).get_content()
+    with database.session_scope() as s:
+        assert s.scalar(select(StudentCourseEnrollment.student_id)
+                        .where(StudentCourseEnrollment.stripe_checkout_session_id == paid["id"])) == "stu_1"
