@@ -25,7 +25,7 @@ from scheduler.service import (
 )
 from tests.conftest import make_settings
 
-RUN_SECONDS = 6.5
+RUN_SECONDS = 5.5
 FAST_JOBS = {"fast": Job("fast", "relay_outbox", 1, "every second"), "slow": Job("slow", "low_seat_scan", 2, "every 2 s")}
 
 
