@@ -273,6 +273,8 @@ class SchedulerService:
         self.fired: list[tuple[str, str]] = []  # (job, period) this process sent, for tests and logs
         self._was_leader = False
         self._lock = threading.Lock()
+        # a line per tick every few seconds is noise; failures still log at WARNING/ERROR
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         cls = BlockingScheduler if blocking else BackgroundScheduler
         self.scheduler = cls(timezone=timezone.utc)
         self._add_jobs()
