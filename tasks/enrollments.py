@@ -309,8 +309,8 @@ def enrollment_view(session: Session, enrollment: StudentCourseEnrollment) -> di
         .order_by(CourseStep.position, CourseStep.id)
     ).all()
     booking_ids = [p.booking_id for p, _ in rows if p.booking_id]
-    booking_classes = dict(session.execute(select(Booking.id, Booking.class_id)
-                                           .where(Booking.id.in_(booking_ids)))) if booking_ids else {}
+    booking_classes = {row.id: row.class_id for row in session.execute(
+        select(Booking.id, Booking.class_id).where(Booking.id.in_(booking_ids)))} if booking_ids else {}
     steps = []
     next_step = None
     for progress, step in rows:

@@ -363,3 +363,64 @@ def stored_checkouts(session: Session, checkout_session_id: str) -> list:
             InboxEvent.payload["data"]["object"]["id"].as_string() == checkout_session_id,
         ).order_by(InboxEvent.id)
     ))
+
+
+@dataclass
+class SessionRefulfilled:
+    checkout_session_id: str
+    kind: str | None
+    id: int | None
+    status: str | None
+    details: dict[str, Any]
+    woken: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkout_session_id": self.checkout_session_id, "kind": self.kind, "id": self.id,
+                "status": self.status, **self.details, "woken_events": self.woken}
+
+
+def refulfill_checkout_session(*, session: Session, checkout_session_id: str, settings: Any = None,
+                               stripe_client: Any = None) -> SessionRefulfilled:
+    """Admin re-fulfilment by Checkout Session id: the purchase's missing parts, or the purchase itself.
+
+    If the purchase exists it is re-provisioned (`tasks.enrollments.refulfill`; a package purchase's
+    grant is re-issued if missing). If it does not (its event failed: unknown course, no buyer), it is
+    fulfilled from the stored Stripe events, and refunds or disputes parked on its payment are woken
+    (the caller enqueues the returned ids after commit).
+    """
+    from tasks import inbox
+
+    enrollment = enrollments.by_checkout_session(session, checkout_session_id)
+    if enrollment is not None:
+        done = enrollments.refulfill(session=session, enrollment_id=enrollment.id)
+        return SessionRefulfilled(checkout_session_id, "course", enrollment.id, done.status,
+                                  done.provisioned.as_dict(), [])
+    package_purchase = session.scalar(select(PackagePurchase).where(
+        PackagePurchase.stripe_checkout_session_id == checkout_session_id).with_for_update())
+    if package_purchase is not None:
+        granted = {}
+        if package_purchase.status == PurchaseStatus.PAID:
+            package = session.get(CreditPackage, package_purchase.package_id)
+            cause = f"package_purchase:{package_purchase.id}"
+            had = credits.lots(session=session, package_purchase_id=package_purchase.id)
+            if not had:
+                credits.issue_credits(session=session, student_id=package_purchase.student_id,
+                                      credit_type=package.credit_type, quantity=package.quantity, cause=cause,
+                                      package_purchase_id=package_purchase.id,
+                                      expires_at=package_expiry(package, utcnow()))
+                granted[package.credit_type.value] = package.quantity
+            payments.settle_package(session=session, purchase=package_purchase, cause="refulfill")
+        return SessionRefulfilled(checkout_session_id, "package", package_purchase.id, package_purchase.status.value,
+                                  {"credits_granted": granted}, [])
+    events = stored_checkouts(session, checkout_session_id)
+    if not events:
+        raise NotFound(f"no purchase and no stored Stripe event for checkout session {checkout_session_id}")
+    result = None
+    for event in events:
+        result = fulfil_checkout(session=session, checkout=event.payload["data"]["object"], event_type=event.type,
+                                 event_id=event.event_id, settings=settings, stripe_client=stripe_client)
+    pis = {e.payload["data"]["object"].get("payment_intent") for e in events} - {None}
+    woken = inbox.wake_waiting(session=session, keys={f"payment:{pi}" for pi in pis})
+    details = result.provisioned.as_dict() if result.provisioned is not None else {}
+    return SessionRefulfilled(checkout_session_id, result.kind, result.id, result.status,
+                              {"created_purchase": result.created, **details}, woken)

@@ -1,0 +1,42 @@
+"""`coursepipe refulfill (--enrollment ID | --checkout-session cs_…)`: admin re-fulfilment, idempotent."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def register(main: click.Group) -> None:
+    from coursepipe.cli import _runtime, _settings
+
+    @main.command()
+    @click.option("--enrollment", "enrollment_id", type=int, help="enrollment id")
+    @click.option("--checkout-session", "checkout_session_id", help="Stripe Checkout Session id (cs_…)")
+    def refulfill(enrollment_id: int | None, checkout_session_id: str | None) -> None:
+        """Re-run fulfilment: create only what is missing (steps added later, lost credits), never double."""
+        from tasks import enrollments, fulfilment, inbox
+        from tasks.errors import TaskError
+
+        if (enrollment_id is None) == (checkout_session_id is None):
+            raise click.UsageError("give exactly one of --enrollment or --checkout-session")
+        settings = _settings()
+        runtime = _runtime(settings)
+        try:
+            with runtime.db.session_scope() as session:
+                if enrollment_id is not None:
+                    result = enrollments.refulfill(session=session, enrollment_id=enrollment_id).as_dict()
+                else:
+                    result = fulfilment.refulfill_checkout_session(
+                        session=session, checkout_session_id=checkout_session_id, settings=settings).as_dict()
+        except TaskError as exc:
+            raise click.ClickException(str(exc)) from None
+        woken = result.get("woken_events") or []
+        if woken and settings.redis_url:
+            from workers.actors import enqueue_inbox
+
+            enqueue_inbox(woken)
+        else:  # embedded: run what was waiting for this purchase now, in-process
+            for inbox_id in woken:
+                with runtime.db.session_scope() as session:
+                    inbox.process_event(session=session, inbox_id=inbox_id, settings=settings)
+        click.echo(json.dumps(result))

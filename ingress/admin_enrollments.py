@@ -1,0 +1,26 @@
+"""POST /admin/enrollments/<id>/refulfill: re-run fulfilment, creating only what is missing."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from ingress.auth import require_admin
+from ingress.errors import ApiError
+from tasks import enrollments
+from tasks.errors import NotFound
+
+bp = Blueprint("admin_enrollments", __name__, url_prefix="/admin")
+
+
+@bp.post("/enrollments/<int:enrollment_id>/refulfill")
+@require_admin
+def refulfill(enrollment_id: int):
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    try:
+        with runtime.db.session_scope() as session:
+            done = enrollments.refulfill(session=session, enrollment_id=enrollment_id)
+            view = enrollments.enrollment_view(session, enrollments.get_enrollment(session, enrollment_id))
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except enrollments.NotFulfillable as exc:
+        raise ApiError(409, "not_fulfillable", str(exc)) from None
+    return jsonify({"refulfilled": True, "created": done.provisioned.as_dict(), "enrollment": view})
