@@ -202,7 +202,6 @@ def process_event(
         return Result(Outcome.IGNORED)
 
     session.info.pop(PROVIDES_KEY, None)
-    event.attempts = attempts  # the handler sees which attempt this is
     try:
         handler(session, event)
         session.flush()  # constraint violations surface here, inside the handler's failure path
@@ -215,6 +214,7 @@ def process_event(
         event.attempts = attempts
         return _record_failure(event, exc, now, max_attempts)
 
+    event.attempts = attempts  # set after the handler: one UPDATE of the row, with its status
     _finish(event, InboxStatus.PROCESSED, now)
     # what the handler provided, and the event's own subject, may be what a parked event waits for
     keys = session.info.pop(PROVIDES_KEY, set()) | ({event.subject} if event.subject else set())

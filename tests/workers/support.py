@@ -29,8 +29,9 @@ def effect(session, event):
 def flaky(session, event):
     _effect(session, event)  # rolled back with the savepoint when we raise
     behaviour = BEHAVIOUR.get(event.event_id, {})
-    if behaviour.get("broken") or event.attempts <= behaviour.get("fail_times", 0):
-        raise RuntimeError(f"flaky failure on attempt {event.attempts}")
+    attempt = event.attempts + 1  # the row records this attempt after the handler returns or raises
+    if behaviour.get("broken") or attempt <= behaviour.get("fail_times", 0):
+        raise RuntimeError(f"flaky failure on attempt {attempt}")
 
 
 @handles(InboxSource.PLATFORM, "test.permanent")
