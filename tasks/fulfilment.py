@@ -158,7 +158,9 @@ def stripe_client(settings: Any):
 
     if settings is None or not settings.stripe_api_key:
         raise PermanentError("STRIPE_API_KEY is not set: a checkout without metadata cannot be identified")
-    kwargs: dict[str, Any] = {"http_client": stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS)}
+    # one quick retry at most: the runner's backoff handles longer outages without holding the transaction
+    kwargs: dict[str, Any] = {"http_client": stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
+                              "max_network_retries": 1}
     if settings.stripe_api_base:
         kwargs["base_addresses"] = {"api": settings.stripe_api_base}
     return stripe.StripeClient(settings.stripe_api_key, **kwargs)
