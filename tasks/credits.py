@@ -184,6 +184,8 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
         .where(
             CreditLedgerEntry.grant_id == consumed.grant_id,
             CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
+            # a partial refund took a share of the lot, not all of it: a released credit stays usable
+            CreditLedgerEntry.cause.not_like("partial-refund:%"),
         )
     )
     if lot_revoked:

@@ -158,3 +158,21 @@ def test_failed_refund_is_ignored_and_a_charge_without_payment_intent_fails_visi
     assert deliver(database, orphan).outcome is inbox.Outcome.FAILED
     assert "payment_intent" in inbox_row(database, orphan).last_error
     assert state(database)["enrollments"][0]["status"] == "active"
+
+
+def test_a_credit_released_after_a_refund_is_revoked_only_if_the_refund_was_full(database):
+    _purchase(database)
+    with database.session_scope() as s:
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.PRIVATE, booking_id="bk_a")
+    deliver(database, charge_refunded(refunded=6000, refunds=[("re_1", 6000)]))  # half: 2 of 4 revoked
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1")["private"] == 1
+        credits.release_credit(session=s, booking_id="bk_a")  # cancelled within policy
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1")["private"] == 2
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.PRIVATE, booking_id="bk_b")
+    deliver(database, charge_refunded(refunded=12000, refunds=[("re_1", 6000), ("re_2", 6000)]))
+    with database.session_scope() as s:
+        credits.release_credit(session=s, booking_id="bk_b")  # released after a full refund: revoked again
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1")["private"] == 0
