@@ -1,0 +1,80 @@
+"""Our copies of the platform's students and group classes (`student.upserted`, `class.upserted`).
+
+The platform may deliver upserts late, twice or out of order. Each row remembers the `occurred_at`
+of the newest upsert applied (`source_updated_at`); an upsert that is not newer changes nothing, so
+the mirror always holds the newest state the platform told us, whatever the arrival order.
+A row first created as a stub (a booking or a purchase naming an unknown student) has no
+`source_updated_at`, so the first real upsert always fills it in.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.enums import ClassStatus
+from db.models import GroupClass, Student
+from tasks.errors import TransientError
+from tasks.events import ClassUpserted, StudentUpserted
+
+
+def _is_stale(row, occurred_at: datetime) -> bool:
+    return row.source_updated_at is not None and occurred_at <= row.source_updated_at
+
+
+def _insert_once(session: Session, row) -> bool:
+    """Insert `row` unless a concurrent transaction created it first. True when this one inserted."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+        return True
+    except IntegrityError:
+        return False
+
+
+def ensure_student(*, session: Session, student_id: str) -> Student:
+    """The student's row, created as a stub when first seen (a booking before its `student.upserted`)."""
+    student = session.get(Student, student_id)
+    if student is None:
+        _insert_once(session, Student(id=student_id))
+        student = session.get(Student, student_id)
+        if student is None:
+            raise TransientError(f"student {student_id} could not be created")
+    return student
+
+
+def upsert_student(*, session: Session, data: StudentUpserted, occurred_at: datetime) -> tuple[Student, bool]:
+    """Apply a `student.upserted`. Returns (row, applied); an older or repeated upsert is not applied."""
+    student = session.scalar(select(Student).where(Student.id == data.student_id).with_for_update())
+    if student is None:
+        fresh = Student(id=data.student_id, email=data.email, name=data.name, timezone=data.timezone,
+                        source_updated_at=occurred_at)
+        if _insert_once(session, fresh):
+            return fresh, True
+        student = session.scalar(select(Student).where(Student.id == data.student_id).with_for_update())
+    if _is_stale(student, occurred_at):
+        return student, False
+    student.email, student.name, student.timezone = data.email, data.name, data.timezone
+    student.source_updated_at = occurred_at
+    return student, True
+
+
+def upsert_class(*, session: Session, data: ClassUpserted, occurred_at: datetime) -> tuple[GroupClass, bool]:
+    """Apply a `class.upserted`. Returns (row, applied); an older or repeated upsert is not applied."""
+    fields = dict(title=data.title, starts_at=data.starts_at, ends_at=data.ends_at, timezone=data.timezone,
+                  capacity=data.capacity, seats_taken=data.seats_taken, status=ClassStatus(data.status),
+                  source_updated_at=occurred_at)
+    group_class = session.scalar(select(GroupClass).where(GroupClass.id == data.class_id).with_for_update())
+    if group_class is None:
+        fresh = GroupClass(id=data.class_id, **fields)
+        if _insert_once(session, fresh):
+            return fresh, True
+        group_class = session.scalar(select(GroupClass).where(GroupClass.id == data.class_id).with_for_update())
+    if _is_stale(group_class, occurred_at):
+        return group_class, False
+    for name, value in fields.items():
+        setattr(group_class, name, value)
+    return group_class, True
