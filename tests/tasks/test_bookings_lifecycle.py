@@ -1,0 +1,247 @@
+"""After the booking: cancellations, attendance, credit bookings, cancelled classes — each rule with its
+"same event twice" and "wrong order" twins, on SQLite and PostgreSQL, through the real inbox."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from db.enums import InboxStatus
+from db.models import CreditLedgerEntry, TransitionLog
+from tasks.inbox import Outcome
+from tests.tasks.bookings_support import (
+    T0,
+    at,
+    attendance,
+    balances,
+    booking,
+    booking_cancelled,
+    booking_created,
+    class_upserted,
+    count,
+    deliver,
+    enrollment_status,
+    inbox_row,
+    outbox_rows,
+    progress,
+    rejections,
+    state,
+    twin,
+    world,
+)
+
+
+def book(database, w, booking_id="bk_1", position=1, when=None):
+    deliver(database, booking_created(booking_id, w.option(position), step_id=w.step_ids[position - 1],
+                                      when=when or at(0)))
+
+
+def transitions(database, entity, entity_id) -> list[tuple[str | None, str]]:
+    with database.session_scope() as s:
+        return [(r.from_status, r.to_status) for r in s.scalars(
+            select(TransitionLog).where(TransitionLog.entity == entity, TransitionLog.entity_id == str(entity_id))
+            .order_by(TransitionLog.id))]
+
+
+# --------------------------------------------------------------------------- cancellation of a step booking
+
+
+def test_cancel_within_policy_reopens_the_step_keeping_history_and_it_can_be_rebooked(database):
+    w = world(database)
+    book(database, w)
+    cancel = booking_cancelled("bk_1", within_policy=True, when=at(10))
+    deliver(database, cancel)
+    p = progress(database, w, 1)
+    assert p["status"].value == "unbooked" and p["booking_id"] is None and p["unbooked_at"] == at(10)
+    b = booking(database, "bk_1")
+    assert b.status.value == "cancelled" and b.cancelled_at == at(10) and b.within_policy is True
+    with database.session_scope() as s:
+        from db.models import StudentCourseProgress
+
+        pid = s.scalar(select(StudentCourseProgress.id).where(StudentCourseProgress.step_id == w.step_ids[0]))
+    assert transitions(database, "progress", pid) == [("unbooked", "booked"), ("booked", "unbooked")]
+    [mail] = outbox_rows(database, "booking_cancelled")
+    assert mail.payload["context"]["step_label"] == "SFZ-1" and mail.payload["context"]["within_policy"] is True
+    # twice: nothing more
+    deliver(database, twin(cancel))
+    assert len(outbox_rows(database, "booking_cancelled")) == 1
+    assert len(transitions(database, "progress", pid)) == 2
+    # rebookable
+    book(database, w, "bk_2", when=at(20))
+    assert progress(database, w, 1)["booking_id"] == "bk_2"
+
+
+def test_cancel_outside_policy_marks_the_step_missed(database):
+    w = world(database)
+    book(database, w)
+    cancel = booking_cancelled("bk_1", within_policy=False, when=at(10))
+    deliver(database, cancel)
+    deliver(database, twin(cancel))
+    p = progress(database, w, 1)
+    assert p["status"].value == "missed" and p["missed_at"] == at(10) and p["booking_id"] == "bk_1"
+    assert len(outbox_rows(database, "booking_cancelled")) == 1
+
+
+def test_cancel_before_its_booking_waits_then_applies(database):
+    w = world(database)
+    cancel = booking_cancelled("bk_1", within_policy=False, when=at(10))
+    assert deliver(database, cancel).outcome is Outcome.WAITING
+    assert inbox_row(database, cancel).waiting_for == "booking:bk_1"
+    book(database, w)  # wakes the cancel
+    assert inbox_row(database, cancel).status == InboxStatus.PROCESSED
+    assert progress(database, w, 1)["status"].value == "missed"
+    assert booking(database, "bk_1").status.value == "cancelled"
+
+
+def test_cancel_of_a_rejected_booking_changes_nothing(database):
+    w = world(database)
+    deliver(database, booking_created("bk_1", w.option(2), step_id=w.step_ids[0]))  # not an option
+    before = state(database, w)
+    assert deliver(database, booking_cancelled("bk_1")).outcome is Outcome.PROCESSED
+    assert state(database, w) == before
+
+
+# --------------------------------------------------------------------------- attendance
+
+
+def test_attended_completes_the_step_and_the_last_one_completes_the_enrollment(database):
+    w = world(database, steps=2)
+    book(database, w, "bk_1", 1)
+    book(database, w, "bk_2", 2)
+    first = attendance("bk_1", "attended", when=at(100))
+    deliver(database, first)
+    deliver(database, twin(first))
+    p = progress(database, w, 1)
+    assert p["status"].value == "completed" and p["completed_at"] == at(100)
+    assert booking(database, "bk_1").status.value == "attended"
+    assert enrollment_status(database, w) == "active"
+    deliver(database, attendance("bk_2", "attended", when=at(200)))
+    assert enrollment_status(database, w) == "completed"
+    assert transitions(database, "enrollment", w.enrollment_id)[-1] == ("active", "completed")
+
+
+def test_no_show_marks_the_step_missed_and_it_can_be_booked_again(database):
+    w = world(database)
+    book(database, w)
+    no_show = attendance("bk_1", "no_show", when=at(100))
+    deliver(database, no_show)
+    deliver(database, twin(no_show))
+    p = progress(database, w, 1)
+    assert p["status"].value == "missed" and p["missed_at"] == at(100)
+    assert booking(database, "bk_1").status.value == "no_show"
+    book(database, w, "bk_2", when=at(200))
+    assert progress(database, w, 1)["status"].value == "booked"
+
+
+def test_attendance_before_its_booking_waits_then_applies(database):
+    w = world(database, steps=1)
+    mark = attendance("bk_1", "attended", when=at(100))
+    assert deliver(database, mark).outcome is Outcome.WAITING
+    book(database, w)
+    assert progress(database, w, 1)["status"].value == "completed"
+    assert enrollment_status(database, w) == "completed"
+
+
+def test_an_impossible_transition_is_a_handled_failure_not_a_crash_loop(database):
+    w = world(database)
+    book(database, w)
+    deliver(database, booking_cancelled("bk_1", when=at(10)))
+    before = state(database, w)
+    late = attendance("bk_1", "attended", when=at(100))
+    assert deliver(database, late).outcome is Outcome.FAILED
+    row = inbox_row(database, late)
+    assert row.status == InboxStatus.FAILED and row.attempts == 1
+    assert "IllegalTransition" in row.last_error and "cancelled -> attended" in row.last_error
+    assert state(database, w) == before
+
+
+# --------------------------------------------------------------------------- credit bookings
+
+
+def test_a_credit_booking_consumes_one_credit_of_its_type_once(database):
+    w = world(database, group_credits=2)
+    event = booking_created("bk_c", "gc_plain", credit_type="group")
+    deliver(database, event)
+    deliver(database, twin(event))
+    assert balances(database) == {"group": 1, "private": 0}
+    assert booking(database, "bk_c").status.value == "active"
+    assert count(database, CreditLedgerEntry, CreditLedgerEntry.entry_type == "consume") == 1
+
+
+def test_a_credit_booking_without_credit_is_refused_no_credit(database):
+    w = world(database, private_credits=1)
+    event = booking_created("bk_c", "gc_plain", credit_type="group")
+    deliver(database, event)
+    deliver(database, twin(event))
+    assert rejections(database) == {"bk_c": "no_credit"}
+    assert balances(database) == {"group": 0, "private": 1}
+
+
+def test_a_course_step_booking_with_a_credit_type_still_consumes_nothing(database):
+    w = world(database, group_credits=1)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], credit_type="group"))
+    assert balances(database) == {"group": 1, "private": 0}
+    assert progress(database, w, 1)["status"].value == "booked"
+
+
+def test_credit_cancel_within_policy_releases_it_outside_keeps_it_spent(database):
+    w = world(database, group_credits=2)
+    deliver(database, booking_created("bk_a", "gc_plain", credit_type="group"))
+    deliver(database, booking_created("bk_b", "gc_plain", credit_type="group"))
+    assert balances(database)["group"] == 0
+    within = booking_cancelled("bk_a", within_policy=True)
+    deliver(database, within)
+    deliver(database, twin(within))
+    assert balances(database)["group"] == 1
+    deliver(database, booking_cancelled("bk_b", within_policy=False))
+    assert balances(database)["group"] == 1
+
+
+def test_credit_cancel_before_its_booking_waits_and_ends_as_if_in_order(database):
+    w = world(database, group_credits=1)
+    cancel = booking_cancelled("bk_a", within_policy=True)
+    assert deliver(database, cancel).outcome is Outcome.WAITING
+    deliver(database, booking_created("bk_a", "gc_plain", credit_type="group"))
+    assert balances(database)["group"] == 1
+    assert booking(database, "bk_a").status.value == "cancelled"
+
+
+# --------------------------------------------------------------------------- a cancelled class
+
+
+def test_a_cancelled_class_cancels_its_bookings_reopens_steps_releases_credits_and_mails(database):
+    w = world(database, group_credits=1)
+    book(database, w, "bk_1", 1)
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group"))  # a drop-in on the same class
+    assert balances(database)["group"] == 0
+    cancelled = class_upserted(w.option(1), status="cancelled", when=at(50))
+    deliver(database, cancelled)
+    deliver(database, twin(cancelled))
+    p = progress(database, w, 1)
+    assert p["status"].value == "unbooked" and p["booking_id"] is None
+    assert booking(database, "bk_1").status.value == "cancelled"
+    assert booking(database, "bk_c").status.value == "cancelled"
+    assert balances(database)["group"] == 1
+    mails = outbox_rows(database, "class_cancelled")
+    assert len(mails) == 2 and {m.payload["context"]["booking_id"] for m in mails} == {"bk_1", "bk_c"}
+    assert {m.payload["context"]["step_label"] for m in mails} == {"SFZ-1", None}
+
+
+def test_a_booking_on_a_class_already_cancelled_is_refused(database):
+    """Wrong order: the class was cancelled (we know) and a booking on it arrives afterwards."""
+    w = world(database, group_credits=1)
+    deliver(database, class_upserted(w.option(1), status="cancelled", when=at(50)))
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(0)))
+    assert rejections(database) == {"bk_1": "class_cancelled", "bk_c": "class_cancelled"}
+    assert progress(database, w, 1)["status"].value == "unbooked"
+    assert balances(database)["group"] == 1
+    # the students still hear of the cancellation
+    assert len(outbox_rows(database, "class_cancelled")) == 2
+
+
+def test_an_older_scheduled_upsert_does_not_revive_a_cancelled_class(database):
+    w = world(database)
+    book(database, w)
+    deliver(database, class_upserted(w.option(1), status="cancelled", when=at(50)))
+    deliver(database, class_upserted(w.option(1), status="scheduled", when=at(40)))
+    book(database, w, "bk_2", when=at(60))
+    assert rejections(database) == {"bk_2": "class_cancelled"}
