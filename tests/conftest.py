@@ -232,3 +232,6 @@ def admin_headers():
 
 # copied from ../shared/fixtures/stripe (MIT; see the LICENSE files there) so a clean clone has them
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe"
+
+# the local Stripe API (real HTTP) for the real `stripe` client: fixture `stripe_server`
+from tests.stripe_server import stripe_server  # noqa: E402,F401
