@@ -113,7 +113,7 @@ class Provisioned:
 
 
 def provision(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram | None = None,
-              cause: str | None = None) -> Provisioned:
+              cause: str | None = None, fresh: bool = False) -> Provisioned:
     """Create what an entitled enrollment is owed and lacks. The caller holds the enrollment's row lock.
 
     A progress row per live step (a step added after the purchase gets one too) and one bundle grant
@@ -123,14 +123,15 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
     if enrollment.status not in ENTITLED:
         return done
     program = program or program_of(session, enrollment)
-    have = set(session.scalars(select(StudentCourseProgress.step_id)
-                               .where(StudentCourseProgress.enrollment_id == enrollment.id)))
+    # `fresh`: the enrollment row was inserted in this transaction, so it has nothing yet
+    have = set() if fresh else set(session.scalars(select(StudentCourseProgress.step_id)
+                                                   .where(StudentCourseProgress.enrollment_id == enrollment.id)))
     for step in program.steps:
         if step.id not in have:
             session.add(StudentCourseProgress(enrollment_id=enrollment.id, step_id=step.id,
                                               status=P.UNBOOKED))
             done.progress_created.append(step.id)
-    granted = set(session.scalars(
+    granted = set() if fresh else set(session.scalars(
         select(CreditLedgerEntry.credit_type).where(
             CreditLedgerEntry.enrollment_id == enrollment.id,
             CreditLedgerEntry.entry_type == LedgerEntryType.GRANT,

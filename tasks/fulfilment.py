@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -104,11 +106,11 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
     if student is not None:
         return student
     details = checkout.get("customer_details") or {}
-    try:
-        with session.begin_nested():
-            session.add(Student(id=student_id, email=_email(checkout), name=details.get("name")))
-    except IntegrityError:  # created meanwhile by a concurrent transaction
-        pass
+    # ON CONFLICT DO NOTHING: a concurrent transaction may create the same student first
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(Student).values(id=student_id, email=_email(checkout), name=details.get("name"),
+                                           created_at=utcnow(), updated_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["id"]))
     student = session.get(Student, student_id)
     if student is None:
         raise TransientError(f"student {student_id} could not be created")
@@ -307,10 +309,13 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
             ENROLLMENT.move(enrollment, E.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
     provisioned = None
     if enrollment.status in enrollments.ENTITLED:
-        provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause)
+        provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
+                                            fresh=created)
         enrollments.announce_created(session=session, enrollment=enrollment, program=program)
-    # refunds or disputes recorded before this moment apply now
-    payments.settle_enrollment(session=session, enrollment=enrollment, cause=cause)
+    if not created:
+        # refunds or disputes recorded against this purchase before now apply (a new row has none:
+        # they wait until it exists)
+        payments.settle_enrollment(session=session, enrollment=enrollment, cause=cause)
     session.flush()
     return Fulfilled("course", enrollment.id, enrollment.status.value, created, provisioned)
 
