@@ -1,6 +1,10 @@
 """create_app(): the Flask ingress. Extensions and the runtime are bound here, not at import."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+from datetime import timedelta
+
 from flask import Flask
 
 from coursepipe.runtime import Runtime, current, init_runtime
@@ -24,7 +28,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         COURSEPIPE_SETTINGS=settings,
         COURSEPIPE_RUNTIME=runtime,
-        SECRET_KEY=settings.admin_token,
+        # the dashboard's session cookie is signed with a key derived from the admin token (never the
+        # token itself); rotating ADMIN_TOKEN logs every dashboard session out
+        SECRET_KEY=hmac.new(settings.admin_token.encode(), b"coursepipe dashboard session v1", hashlib.sha256).hexdigest(),
+        SESSION_COOKIE_NAME="coursepipe_admin",
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         JSON_SORT_KEYS=False,
     )
     register_error_handlers(app)

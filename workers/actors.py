@@ -11,7 +11,9 @@ from typing import Callable, Iterable
 import dramatiq
 from dramatiq.errors import Retry
 
-from coursepipe import runtime
+from coursepipe import metrics, runtime
+from db.models import InboxEvent
+from db.types import utcnow
 from tasks import inbox
 
 log = logging.getLogger("coursepipe.workers")
@@ -73,6 +75,13 @@ def process_inbox_event(inbox_id: int) -> str:
     rt = runtime.current()
     with rt.db.session_scope() as session:
         result = inbox.process_event(session=session, inbox_id=inbox_id, settings=rt.settings)
+        # the row as the runner left it (in the identity map: no query), for the log line after commit
+        event = session.get(InboxEvent, inbox_id) if result.outcome is not inbox.Outcome.SKIPPED else None
+        seen = event and (event.source.value, event.event_id, event.type, event.subject, event.received_at)
+    if seen:
+        metrics.event_processed(inbox_id=inbox_id, source=seen[0], event_id=seen[1], type_=seen[2],
+                                subject=seen[3], outcome=result.outcome.value, received_at=seen[4],
+                                committed_at=utcnow(), error=result.error)
     enqueue_inbox(result.woken)
     if result.outcome is inbox.Outcome.RETRY:
         raise RetryLater(f"inbox event {inbox_id}: {result.error}")

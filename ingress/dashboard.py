@@ -1,0 +1,282 @@
+"""The ops dashboard: server-rendered pages under /admin/ behind a login, and the course report.
+
+- `GET|POST /admin/login` checks ADMIN_TOKEN (constant time) and sets a signed session cookie;
+  `POST /admin/logout` clears it. HTML pages use the cookie; the JSON API keeps the bearer token.
+- Every POST here carries the session's CSRF token in a hidden field (checked before the view runs).
+- Actions commit first, then send the message that gets the row moving (never inside the transaction):
+  Replay (inbox), Retry (dead outbox row), Re-fulfil (an enrollment).
+- `GET /admin/reports/courses` is the JSON report (CONTRACT §3.5; bearer token, or the dashboard
+  cookie), `?format=csv` the same as CSV.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+from functools import wraps
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from db.enums import InboxStatus
+from db.models import InboxEvent, OutboxMessage
+from db.types import utcnow
+from ingress.auth import _matches, bearer_token
+from ingress.errors import ApiError
+from tasks import ops, reports
+from tasks.errors import NotFound, TaskError
+from workers.actors import enqueue_inbox, send
+
+bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates")
+
+CSRF_FIELD = "csrf_token"
+SESSION_ADMIN = "admin"
+SESSION_CSRF = "csrf"
+REFRESH_WHILE = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+
+
+def _runtime():
+    return current_app.config["COURSEPIPE_RUNTIME"]
+
+
+def _settings():
+    return current_app.config["COURSEPIPE_SETTINGS"]
+
+
+def csrf_token() -> str:
+    token = session.get(SESSION_CSRF)
+    if not token:
+        token = session[SESSION_CSRF] = secrets.token_urlsafe(32)
+    return token
+
+
+@bp.app_context_processor
+def _template_globals():
+    return {"csrf_token": csrf_token, "CSRF_FIELD": CSRF_FIELD}
+
+
+@bp.before_request
+def _check_csrf():
+    if request.method != "POST":
+        return None
+    expected = session.get(SESSION_CSRF)
+    given = request.form.get(CSRF_FIELD, "")
+    if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(403, "csrf_failed", "the form's CSRF token is missing or does not match this session")
+    return None
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not session.get(SESSION_ADMIN):
+            return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _safe_next(target: str | None) -> str:
+    # only a path on this site: never an absolute or scheme-relative URL (no open redirect)
+    if target and target.startswith("/admin") and not target.startswith("//") and not urlsplit(target).netloc:
+        return target
+    return url_for("dashboard.home")
+
+
+# --------------------------------------------------------------------------- login
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        token = request.form.get("token", "")
+        if _matches(token, _settings().admin_token):
+            session.clear()
+            session.permanent = True
+            session[SESSION_ADMIN] = True
+            session[SESSION_CSRF] = secrets.token_urlsafe(32)  # a fresh token after login
+            return redirect(_safe_next(request.form.get("next")))
+        error = "That token is not valid."
+        current_app.logger.warning("dashboard login refused", extra={"event": {"remote": request.remote_addr}})
+    status = 401 if error else 200
+    return render_template("dashboard/login.html", error=error, next=request.values.get("next", "")), status
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("dashboard.login"))
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("/")
+@login_required
+def home():
+    rt = _runtime()
+    query = request.args.get("q", "").strip()
+    try:
+        queues, queue_error = [q.as_dict() for q in ops.queue_depths(rt.broker)], None
+    except Exception as exc:  # the broker is down: the page still shows what the database knows
+        queues, queue_error = [], f"{type(exc).__name__}: {exc}"
+    with rt.db.session_scope() as s:
+        inbox = ops.inbox_summary(session=s)
+        problems = [_event_row(e) for e in ops.problem_events(session=s)]
+        outbox = ops.outbox_summary(session=s)
+        dead = [_message_row(m) for m in ops.dead_messages(session=s)]
+        enrollments = ops.search_enrollments(session=s, query=query, limit=ops.SEARCH_LIMIT if query else 20)
+        report = reports.course_report(session=s)
+    return render_template(
+        "dashboard/home.html", queues=queues, queue_error=queue_error, inbox=inbox, problems=problems,
+        outbox=outbox, dead=dead, enrollments=enrollments, query=query, report=report, now=utcnow(),
+    )
+
+
+@bp.get("/ui/events/<int:inbox_id>")
+@login_required
+def event_page(inbox_id: int):
+    with _runtime().db.session_scope() as s:
+        event = s.get(InboxEvent, inbox_id)
+        if event is None:
+            raise ApiError(404, "not_found", f"no inbox event {inbox_id}")
+        row = _event_row(event)
+        payload = event.payload
+    return render_template("dashboard/event.html", event=row, payload=payload,
+                           refresh=row["status"] in REFRESH_WHILE)
+
+
+@bp.get("/ui/enrollments/<int:enrollment_id>")
+@login_required
+def enrollment_page(enrollment_id: int):
+    from tasks import enrollments
+
+    with _runtime().db.session_scope() as s:
+        enrollment = enrollments.get_enrollment(s, enrollment_id)
+        if enrollment is None:
+            raise ApiError(404, "not_found", f"no enrollment {enrollment_id}")
+        view = enrollments.enrollment_view(s, enrollment)
+        row = ops.search_enrollments(session=s, query=str(enrollment_id), limit=1)[0]
+        timeline = ops.enrollment_timeline(session=s, enrollment_id=enrollment_id)
+    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=timeline)
+
+
+@bp.get("/ui/reports")
+@login_required
+def report_page():
+    with _runtime().db.session_scope() as s:
+        report = reports.course_report(session=s)
+    return render_template("dashboard/reports.html", report=report)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@bp.post("/ui/events/<int:inbox_id>/replay")
+@login_required
+def replay(inbox_id: int):
+    from tasks import inbox
+
+    try:
+        with _runtime().db.session_scope() as s:
+            ops.replay_event(session=s, inbox_id=inbox_id)
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except inbox.NotReplayable as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("dashboard.event_page", inbox_id=inbox_id))
+    enqueue_inbox([inbox_id])  # after the commit; if the broker is down the sweeper re-sends it
+    current_app.logger.info("dashboard replay", extra={"event": {"inbox_id": inbox_id, "outcome": "replayed"}})
+    flash(f"Event {inbox_id} queued for replay.", "ok")
+    return redirect(url_for("dashboard.event_page", inbox_id=inbox_id))
+
+
+@bp.post("/ui/outbox/<int:message_id>/retry")
+@login_required
+def retry(message_id: int):
+    try:
+        with _runtime().db.session_scope() as s:
+            message = ops.retry_message(session=s, message_id=message_id)
+            status = message.status.value
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except TaskError as exc:  # e.g. an illegal move (already sent)
+        flash(f"Message {message_id} cannot be retried: {exc}", "error")
+        return redirect(url_for("dashboard.home"))
+    send("relay_outbox")
+    current_app.logger.info("dashboard outbox retry", extra={"event": {"outbox_id": message_id, "outcome": status}})
+    flash(f"Message {message_id} is {status}; the relay was asked to send it.", "ok")
+    return redirect(url_for("dashboard.home"))
+
+
+@bp.post("/ui/enrollments/<int:enrollment_id>/refulfill")
+@login_required
+def refulfill(enrollment_id: int):
+    """Issue 5's `tasks.enrollments.refulfill` (idempotent: creates only what is missing)."""
+    from tasks import enrollments
+
+    try:
+        with _runtime().db.session_scope() as s:
+            done = enrollments.refulfill(session=s, enrollment_id=enrollment_id).as_dict()
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except TaskError as exc:  # NotFulfillable: pending, failed, revoked
+        flash(f"Enrollment {enrollment_id} was not re-fulfilled: {exc}", "error")
+        return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
+    send("relay_outbox")  # a re-announced enrollment may have written outbox rows
+    created = {k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v}
+    current_app.logger.info("dashboard refulfill", extra={"event": {"enrollment_id": enrollment_id,
+                                                                    "outcome": "refulfilled", "created": created}})
+    flash(f"Enrollment {enrollment_id} re-fulfilled: "
+          + (", ".join(f"{k} {v}" for k, v in created.items()) or "nothing was missing") + ".", "ok")
+    return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
+
+
+# --------------------------------------------------------------------------- report API
+
+
+@bp.get("/reports/courses")
+def reports_courses():
+    """JSON (or `?format=csv`): bearer ADMIN_TOKEN, or a logged-in dashboard session."""
+    if not (_matches(bearer_token(), _settings().admin_token) or session.get(SESSION_ADMIN)):
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "invalid_format", "format must be json or csv")
+    with _runtime().db.session_scope() as s:
+        report = reports.course_report(session=s)
+    if fmt == "csv":
+        return Response(reports.report_csv(report), content_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="course-report.csv"'})
+    return jsonify({"generated_at": utcnow().isoformat(), "courses": report})
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _event_row(event: InboxEvent) -> dict:
+    return {
+        "id": event.id, "source": event.source.value, "event_id": event.event_id, "type": event.type,
+        "subject": event.subject, "status": event.status.value, "attempts": event.attempts,
+        "last_error": event.last_error, "waiting_for": event.waiting_for, "received_at": event.received_at,
+        "processed_at": event.processed_at,
+    }
+
+
+def _message_row(message: OutboxMessage) -> dict:
+    return {
+        "id": message.id, "channel": message.channel.value, "topic": message.topic, "recipient": message.recipient,
+        "status": message.status.value, "attempts": message.attempts, "last_error": message.last_error,
+        "created_at": message.created_at, "enrollment_id": message.enrollment_id,
+    }

@@ -1,0 +1,84 @@
+"""The course report: enrollments by status, completion, revenue net of refunds, the step funnel; CSV."""
+from __future__ import annotations
+
+import csv
+import io
+
+from db.enums import EnrollmentStatus, ProgressStatus
+from db.models import StudentCourseProgress
+from tasks import reports
+from tests import factories
+
+E, P = EnrollmentStatus, ProgressStatus
+
+
+def _set_progress(session, enrollment, statuses, ahead=()):
+    rows = sorted(session.query(StudentCourseProgress).filter_by(enrollment_id=enrollment.id),
+                  key=lambda p: p.step_id)
+    for n, (row, status) in enumerate(zip(rows, statuses)):
+        row.status = status
+        row.skipped_ahead = n in ahead
+    session.flush()
+
+
+def _seed(session):
+    sfz = factories.program(session, code="SFZ", steps=3, price=10000)
+    factories.program(session, code="EMPTY", steps=0, price=5000)
+    students = [factories.student(session, id=f"stu_{n}", email=f"s{n}@example.test") for n in range(6)]
+    active = factories.enrollment(session, students[0], sfz, session_id="cs_1")
+    _set_progress(session, active, [P.COMPLETED, P.BOOKED, P.UNBOOKED])
+    done = factories.enrollment(session, students[1], sfz, status=E.COMPLETED, session_id="cs_2")
+    _set_progress(session, done, [P.COMPLETED, P.COMPLETED, P.COMPLETED])
+    ahead = factories.enrollment(session, students[2], sfz, session_id="cs_3")
+    _set_progress(session, ahead, [P.UNBOOKED, P.UNBOOKED, P.BOOKED], ahead=(2,))
+    refunded = factories.enrollment(session, students[3], sfz, status=E.REVOKED, session_id="cs_4")
+    refunded.amount_refunded = 10000
+    _set_progress(session, refunded, [P.MISSED, P.CANCELLED, P.CANCELLED])
+    partly = factories.enrollment(session, students[4], sfz, session_id="cs_5")
+    partly.amount_refunded = 2500
+    factories.enrollment(session, students[5], sfz, status=E.PENDING, session_id="cs_6")  # not revenue
+    session.flush()
+
+
+def test_course_report(session):
+    _seed(session)
+    report = {c["course_code"]: c for c in reports.course_report(session=session)}
+    assert list(report) == ["EMPTY", "SFZ"]
+    sfz = report["SFZ"]
+    assert sfz["enrollments"] == {"pending": 1, "active": 3, "suspended": 0, "revoked": 1, "completed": 1,
+                                  "failed": 0}
+    assert sfz["enrollments_total"] == 6 and sfz["paid"] == 5
+    assert sfz["completion_rate"] == 0.2
+    assert sfz["revenue"] == {"gross": 50000, "refunded": 12500, "net": 37500}
+    assert [(s["label"], s["booked"], s["completed"], s["missed"], s["skipped_ahead"]) for s in sfz["steps"]] == [
+        ("SFZ-1", 3, 2, 1, 0), ("SFZ-2", 2, 1, 0, 0), ("SFZ-3", 2, 1, 0, 1),
+    ]
+    assert sfz["skipped_ahead"] == 1
+    empty = report["EMPTY"]
+    assert empty["enrollments_total"] == 0 and empty["completion_rate"] == 0.0 and empty["steps"] == []
+    assert empty["revenue"] == {"gross": 0, "refunded": 0, "net": 0}
+
+
+def test_report_csv_has_one_row_per_course_step(session):
+    _seed(session)
+    text = reports.report_csv(reports.course_report(session=session))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == list(reports.CSV_COLUMNS)
+    assert [(r["course_code"], r["step_label"]) for r in rows] == [
+        ("EMPTY", ""), ("SFZ", "SFZ-1"), ("SFZ", "SFZ-2"), ("SFZ", "SFZ-3")]
+    sfz1 = rows[1]
+    assert (sfz1["revenue_net"], sfz1["completion_rate"], sfz1["step_booked"], sfz1["enrollments_revoked"]) == (
+        "37500", "0.2000", "3", "1")
+
+
+def test_csv_cells_cannot_become_spreadsheet_formulas(session):
+    program = factories.program(session, code="EVIL", steps=1)
+    program.title = "=HYPERLINK(\"http://x\")"
+    session.flush()
+    rows = list(csv.DictReader(io.StringIO(reports.report_csv(reports.course_report(session=session)))))
+    assert rows[0]["course_title"].startswith("'=")
+
+
+def test_empty_catalog(session):
+    assert reports.course_report(session=session) == []
+    assert reports.report_csv([]).splitlines() == [",".join(reports.CSV_COLUMNS)]
