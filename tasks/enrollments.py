@@ -214,7 +214,7 @@ def revoke(*, session: Session, enrollment: StudentCourseEnrollment, cause: str,
         if progress.status in OPEN_STEPS:
             PROGRESS.move(progress, P.CANCELLED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
             progress.cancelled_at = now
-    if moved:
+    if moved and enrollment.activated_at is not None:  # the platform never heard of one that was not activated
         program = program_of(session, enrollment)
         active_bookings = list(session.scalars(select(Booking.id).where(
             Booking.enrollment_id == enrollment.id, Booking.status == BookingStatus.ACTIVE).order_by(Booking.id)))

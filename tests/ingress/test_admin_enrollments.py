@@ -121,3 +121,14 @@ def test_cli_refulfill_by_checkout_session_fulfils_a_failed_purchase_and_wakes_i
     assert again["progress_created"] == 0 and again["credits_granted"] == {}
     unknown = _cli(runtime.settings.database_url, "--checkout-session", "cs_nope")
     assert unknown.returncode != 0 and "cs_nope" in unknown.stderr
+
+
+def test_refulfill_keeps_the_bundle_as_sold(client, runtime, admin_headers):
+    from db.models import CourseBundleComponent
+
+    db = runtime.db
+    program_id = _purchase(db)
+    with db.session_scope() as s:  # the course's bundle grows after this purchase
+        s.add(CourseBundleComponent(program_id=program_id, kind=BundleKind.GROUP_CREDIT, quantity=5))
+    body = client.post(f"/admin/enrollments/{_enrollment_id(db)}/refulfill", headers=admin_headers).get_json()
+    assert body["created"]["credits_granted"] == {} and body["enrollment"]["credits"] == {"group": 0, "private": 2}

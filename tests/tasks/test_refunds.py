@@ -176,3 +176,15 @@ def test_a_credit_released_after_a_refund_is_revoked_only_if_the_refund_was_full
         credits.release_credit(session=s, booking_id="bk_b")  # released after a full refund: revoked again
     with database.session_scope() as s:
         assert credits.balances(session=s, student_id="stu_1")["private"] == 0
+
+
+def test_full_refund_of_a_pending_purchase_revokes_it_and_a_later_success_grants_nothing(database):
+    _catalog(database)
+    deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))
+    deliver(database, charge_refunded(pi="pi_async"))
+    deliver(database, checkout(cs="cs_async", pi="pi_async", type_="checkout.session.async_payment_succeeded"))
+    after = state(database)
+    assert after["enrollments"][0]["status"] == "revoked" and after["enrollments"][0]["lots"] == []
+    assert after["balances"] == {"group": 0, "private": 0}
+    with database.session_scope() as s:  # the platform was never told about it, so it is not told now
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
