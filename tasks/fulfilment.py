@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -93,7 +93,8 @@ def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
         return str(student_id)
     email = _email(checkout)
     if email:
-        matches = session.scalars(select(Student.id).where(Student.email == email).limit(2)).all()
+        matches = session.scalars(select(Student.id).where(func.lower(Student.email) == email.strip().lower())
+                                  .limit(2)).all()
         if len(matches) == 1:
             return matches[0]
     raise UnknownBuyer(f"checkout session {checkout.get('id')} has no client_reference_id and its e-mail "

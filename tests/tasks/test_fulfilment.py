@@ -172,7 +172,7 @@ def test_unknown_course_fails_visibly_and_a_replay_after_the_fix_fulfils(databas
 
 def test_checkout_without_student_id_fails_until_the_student_is_known(database):
     _catalog(database)
-    event = checkout(cs="cs_anon", pi="pi_anon", student=None, email="who@example.test")
+    event = checkout(cs="cs_anon", pi="pi_anon", student=None, email="Who@Example.test")
     result = deliver(database, event)
     assert result.outcome is inbox.Outcome.FAILED and "client_reference_id" in result.error
     with database.session_scope() as s:  # the platform tells us who that is (student.upserted)
