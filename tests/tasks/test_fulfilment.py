@@ -209,3 +209,18 @@ def test_subscription_mode_sessions_are_ignored(database):
     event["data"]["object"]["mode"] = "subscription"
     assert deliver(database, event).outcome is inbox.Outcome.IGNORED
     assert _count(database, StudentCourseEnrollment) == 0
+
+
+def test_the_welcome_and_dispute_mails_render_from_the_context_written(database):
+    from tasks import mail
+    from tests.tasks.payments_support import dispute_created
+
+    _catalog(database)
+    deliver(database, checkout(cs="cs_m", pi="pi_m"))
+    deliver(database, dispute_created(pi="pi_m"))
+    with database.session_scope() as s:
+        messages = {m.topic: m for m in s.scalars(select(OutboxMessage).where(OutboxMessage.channel == "mail"))}
+    welcome = mail.render("enrollment_welcome", messages["enrollment_welcome"].payload["context"])
+    assert "SFZ course" in welcome.subject and "SFZ-1" in welcome.text and "2 x private" in welcome.text.lower()
+    alert = mail.render("dispute_alert", messages["dispute_alert"].payload["context"])
+    assert "dp_1" in alert.subject and "SFZ" in alert.text and "stu_1" in alert.text
