@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from coursepipe import runtime
+from tasks.errors import PermanentError
 from workers.actors import actor, enqueue_inbox, send
 
 log = logging.getLogger("coursepipe.jobs")
@@ -93,3 +94,20 @@ def reconcile(lookback_hours: int | None = None) -> None:
                     ", ".join(report.missing))
     else:
         log.info("reconcile: %d paid checkout session(s) checked, none missing", report.checked)
+
+
+CATALOG_QUEUE = "catalog"
+
+
+# PermanentError (Stripe refused, no API key, unknown course) is not retried; a PublishRetry is, and
+# the retry replays the pending intent with its Idempotency-Key, so nothing is created twice.
+@actor(queue_name=CATALOG_QUEUE, max_retries=10, throws=(PermanentError,))
+def publish_listing(kind: str, code: str) -> None:
+    """Bring a course's (or package's) Stripe product and price in line, then mark it published."""
+    from tasks import publishing
+
+    rt = runtime.current()
+    result = publishing.publish(kind, code, unit_of_work=rt.db.session_scope, settings=rt.settings)
+    enqueue_inbox(result.woken)
+    log.info("published %s %s: %d Stripe call(s), product %s, price %s", kind, code, len(result.calls),
+             result.product_id, result.price_id)

@@ -1,0 +1,214 @@
+"""Publishing to Stripe with the real `stripe` client against the local Stripe server: what Stripe
+receives (form fields, metadata, Idempotency-Key), crash-and-retry, price and title changes, failures."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from db.enums import ProgramStatus, PublicationStatus
+from db.models import StripePublication
+from tasks import catalog, publishing
+from tasks.errors import PermanentError
+from tasks.stripe_api import StripeNotConfigured
+from tests.conftest import make_settings
+from tests.tasks.test_catalog import course, save
+
+
+@pytest.fixture
+def stripe_settings(database, stripe_server):
+    return make_settings(database.url, **stripe_server.settings_changes())
+
+
+def publish(database, settings, code="SFZ", kind=publishing.COURSE) -> publishing.Published:
+    return publishing.publish(kind, code, unit_of_work=database.session_scope, settings=settings)
+
+
+def program_state(database, code="SFZ"):
+    with database.session_scope() as s:
+        p = catalog.get_program(s, code)
+        return p.id, p.status, p.stripe_product_id, p.stripe_price_id
+
+
+def publications(database) -> list[tuple]:
+    with database.session_scope() as s:
+        return [(r.object_type, r.request["action"], r.status.value, r.idempotency_key)
+                for r in s.scalars(select(StripePublication).order_by(StripePublication.id))]
+
+
+def test_first_publish_creates_product_and_price_with_metadata_and_keys(database, stripe_server, stripe_settings):
+    save(database, course())
+    result = publish(database, stripe_settings)
+
+    program_id, status, product_id, price_id = program_state(database)
+    assert status is ProgramStatus.PUBLISHED
+    assert (result.product_id, result.price_id) == (product_id, price_id)
+    assert list(stripe_server.products) == [product_id] and list(stripe_server.prices) == [price_id]
+    product_call, price_call = stripe_server.calls("POST")
+    assert product_call.path == "/v1/products"
+    assert product_call.form["name"] == "Sforzando: accents in ensemble playing"
+    assert product_call.form["description"] == "Three sessions."
+    assert product_call.form["metadata[course_code]"] == "SFZ"
+    assert product_call.form["metadata[kind]"] == "course"
+    assert product_call.form["metadata[bundle]"] == "private_credit:2,group_credit:1"
+    assert product_call.idempotency_key == f"coursepipe:course:{program_id}:1:product-create"
+    assert price_call.path == "/v1/prices"
+    assert price_call.form == {"product": product_id, "currency": "eur", "unit_amount": "12000",
+                               "metadata[kind]": "course", "metadata[course_code]": "SFZ",
+                               "metadata[bundle]": "private_credit:2,group_credit:1"}
+    assert price_call.idempotency_key == f"coursepipe:course:{program_id}:2:price-create"
+    assert stripe_server.prices[price_id]["unit_amount"] == 12000
+
+    # published and in line: publishing again asks Stripe nothing
+    again = publish(database, stripe_settings)
+    assert again.calls == [] and len(stripe_server.calls("POST")) == 2
+    with database.session_scope() as s:
+        assert publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))["in_sync"] is True
+
+
+@pytest.mark.parametrize("crash_on", ["product", "price"])
+def test_publish_interrupted_after_stripe_answered_then_retried_leaves_one_product_and_one_price(
+        database, stripe_server, stripe_settings, monkeypatch, crash_on):
+    save(database, course())
+    real = publishing.record_outcome
+
+    def crash_once(*, session, intent, **kw):
+        if intent.object_type == crash_on and not crashed:
+            crashed.append(intent.idempotency_key)
+            raise ConnectionError("process died before committing the outcome")
+        return real(session=session, intent=intent, **kw)
+
+    crashed: list[str] = []
+    monkeypatch.setattr(publishing, "record_outcome", crash_once)
+    with pytest.raises(ConnectionError):
+        publish(database, stripe_settings)
+    assert program_state(database)[1] is ProgramStatus.DRAFT
+    assert [p[2] for p in publications(database)][-1] == "pending"
+
+    publish(database, stripe_settings)  # the retry
+
+    _, status, product_id, price_id = program_state(database)
+    assert status is ProgramStatus.PUBLISHED
+    assert list(stripe_server.products) == [product_id]
+    assert list(stripe_server.prices) == [price_id]
+    replayed = [c for c in stripe_server.calls("POST") if c.replayed]
+    assert [c.idempotency_key for c in replayed] == crashed
+    assert [p[2] for p in publications(database)] == ["succeeded", "succeeded"]
+
+
+def test_price_change_creates_a_new_price_and_archives_the_old_one(database, stripe_server, stripe_settings):
+    save(database, course())
+    publish(database, stripe_settings)
+    _, _, product_id, old_price = program_state(database)
+    data = course()
+    data["price"] = {"amount": 15000, "currency": "eur"}
+    save(database, data)
+    with database.session_scope() as s:
+        assert publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))["in_sync"] is False
+
+    result = publish(database, stripe_settings)
+
+    _, _, same_product, new_price = program_state(database)
+    assert same_product == product_id and new_price != old_price
+    assert [(c["object_type"], c["action"]) for c in result.calls] == [("price", "create"), ("price", "archive")]
+    assert stripe_server.prices[new_price]["unit_amount"] == 15000 and stripe_server.prices[new_price]["active"]
+    assert stripe_server.prices[old_price]["active"] is False
+    archive = stripe_server.calls("POST", f"/v1/prices/{old_price}")[0]
+    assert archive.form == {"active": "false"}
+    assert not stripe_server.calls("POST", f"/v1/products/{product_id}")  # the product did not change
+
+
+def test_title_change_updates_the_product_and_keeps_the_price(database, stripe_server, stripe_settings):
+    save(database, course())
+    publish(database, stripe_settings)
+    _, _, product_id, price_id = program_state(database)
+    save(database, course(title="Sforzando II"))
+    result = publish(database, stripe_settings)
+    assert [(c["object_type"], c["action"]) for c in result.calls] == [("product", "update")]
+    update = stripe_server.calls("POST", f"/v1/products/{product_id}")[0]
+    assert update.form["name"] == "Sforzando II" and update.form["metadata[course_code]"] == "SFZ"
+    assert stripe_server.products[product_id]["name"] == "Sforzando II"
+    assert program_state(database)[3] == price_id and len(stripe_server.prices) == 1
+
+
+def test_bundle_change_updates_product_and_price_metadata(database, stripe_server, stripe_settings):
+    save(database, course())
+    publish(database, stripe_settings)
+    _, _, product_id, price_id = program_state(database)
+    save(database, course(bundle=[{"kind": "group_credit", "quantity": 4}]))
+    result = publish(database, stripe_settings)
+    assert [(c["object_type"], c["action"]) for c in result.calls] == [("product", "update"), ("price", "update")]
+    assert stripe_server.products[product_id]["metadata"]["bundle"] == "group_credit:4"
+    assert stripe_server.prices[price_id]["metadata"]["bundle"] == "group_credit:4"
+    assert len(stripe_server.prices) == 1
+
+
+def test_without_api_key_publishing_fails_clearly_and_the_course_stays_draft(database, stripe_server):
+    save(database, course())
+    with pytest.raises(StripeNotConfigured, match="STRIPE_API_KEY is not set: publishing to Stripe is disabled"):
+        publish(database, make_settings(database.url, stripe_api_base=stripe_server.url))
+    assert program_state(database)[1] is ProgramStatus.DRAFT
+    assert publications(database) == [] and stripe_server.requests == []
+
+
+def test_stripe_refusal_is_permanent_and_a_later_publish_starts_afresh(database, stripe_server, stripe_settings):
+    save(database, course())
+    stripe_server.fail_next("POST", r"/v1/products", status=400,
+                            body={"error": {"type": "invalid_request_error", "message": "Name too long"}})
+    with pytest.raises(publishing.PublishFailed, match="Name too long"):
+        publish(database, stripe_settings)
+    assert program_state(database)[1] is ProgramStatus.DRAFT
+    with database.session_scope() as s:
+        state = publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))
+    assert "Name too long" in state["last_error"] and state["in_sync"] is False
+    publish(database, stripe_settings)
+    assert [p[2] for p in publications(database)] == ["failed", "succeeded", "succeeded"]
+    keys = [c.idempotency_key for c in stripe_server.calls("POST", "/v1/products")]
+    assert keys[0] != keys[1]  # a refused request is not replayed: a fresh intent, a fresh key
+    assert program_state(database)[1] is ProgramStatus.PUBLISHED
+
+
+def test_stripe_outage_keeps_the_intent_and_the_retry_reuses_its_key(database, stripe_server, stripe_settings):
+    save(database, course())
+    stripe_server.fail_next("POST", r"/v1/prices", status=503, times=2)  # the client retries once itself
+    with pytest.raises(publishing.PublishRetry):
+        publish(database, stripe_settings)
+    assert isinstance(publishing.PublishRetry("x"), Exception) and not issubclass(publishing.PublishRetry,
+                                                                                  PermanentError)
+    publish(database, stripe_settings)
+    price_keys = {c.idempotency_key for c in stripe_server.calls("POST", "/v1/prices")}
+    assert len(price_keys) == 1 and len(stripe_server.prices) == 1
+    assert [p[2] for p in publications(database)] == ["succeeded", "succeeded"]
+
+
+def test_package_publishes_with_package_metadata(database, stripe_server, stripe_settings):
+    data = {"title": "Ten group classes", "price": {"amount": 9000, "currency": "usd"},
+            "credits": {"kind": "group", "quantity": 10}}
+    with database.session_scope() as s:
+        catalog.save_package(session=s, package=catalog.parse_package(data, code="TEN"))
+    result = publish(database, stripe_settings, code="TEN", kind=publishing.PACKAGE)
+    product_call = stripe_server.calls("POST", "/v1/products")[0]
+    assert product_call.metadata == {"kind": "package", "package_code": "TEN", "credits": "group_credit:10"}
+    with database.session_scope() as s:
+        package = catalog.get_package(s, "TEN")
+        assert (package.stripe_product_id, package.stripe_price_id) == (result.product_id, result.price_id)
+
+
+def test_package_linked_to_a_hand_made_price_is_not_replaced(database, stripe_server, stripe_settings):
+    data = {"title": "Five", "price": {"amount": 5000, "currency": "usd"},
+            "credits": {"kind": "private", "quantity": 5}, "stripe_price_id": "price_handmade1"}
+    with database.session_scope() as s:
+        catalog.save_package(session=s, package=catalog.parse_package(data, code="FIVE"))
+    with pytest.raises(publishing.PublishFailed, match="price_handmade1"):
+        publish(database, stripe_settings, code="FIVE", kind=publishing.PACKAGE)
+    assert stripe_server.requests == []
+
+
+def test_deleted_course_cannot_be_published(database, stripe_server, stripe_settings):
+    save(database, course())
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+    with pytest.raises(PermanentError, match="does not exist"):
+        publish(database, stripe_settings)
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(StripePublication)) == 0
+    assert PublicationStatus.PENDING.value == "pending"
