@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 
-from db.enums import BundleKind, CreditType, EnrollmentStatus, InboxSource
+from db.enums import CreditType, EnrollmentStatus, InboxSource
 from db.models import (
     Booking,
     CourseStep,

@@ -18,7 +18,6 @@ from tests.tasks.bookings_support import (
     booking_created,
     count,
     deliver,
-    enrollment_status,
     inbox_row,
     outbox_rows,
     progress,

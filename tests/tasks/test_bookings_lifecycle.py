@@ -8,7 +8,6 @@ from db.enums import InboxStatus
 from db.models import CreditLedgerEntry, TransitionLog
 from tasks.inbox import Outcome
 from tests.tasks.bookings_support import (
-    T0,
     at,
     attendance,
     balances,
