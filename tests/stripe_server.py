@@ -152,6 +152,10 @@ class StripeServer:
         """Keyword arguments for `Settings.with_(...)` / `make_settings(...)`: key and base address."""
         return {"stripe_api_key": self.api_key, "stripe_api_base": self.url}
 
+    def settings_changes_env(self) -> dict[str, str]:
+        """The same as environment variables, for a `coursepipe` subprocess."""
+        return {"STRIPE_API_KEY": self.api_key, "STRIPE_API_BASE": self.url}
+
     # ---- extension -------------------------------------------------------------------------------
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:

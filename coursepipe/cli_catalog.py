@@ -1,0 +1,104 @@
+"""`coursepipe courses import FILE` / `coursepipe courses publish CODE` / `coursepipe courses list`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def load_file(path: Path):
+    """JSON (`.json`) or YAML (anything else: YAML also reads JSON)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{path}: not valid JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise click.ClickException(f"{path}: not valid YAML: {exc}") from None
+
+
+def register(main: click.Group) -> None:
+    from coursepipe.cli import _runtime, _settings
+
+    @main.group()
+    def courses() -> None:
+        """Course authoring: import from a file, publish to Stripe."""
+
+    @courses.command("import")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    def import_(file: Path) -> None:
+        """Create or replace the courses (and packages) of FILE: all of them, or none.
+
+        FILE holds one course, a list of courses, or {"courses": [...], "packages": [...]}.
+        Importing the same file again changes nothing."""
+        from tasks import catalog
+        from tasks.errors import TaskError
+
+        data = load_file(file)
+        try:
+            parsed = catalog.parse_catalog(data)  # every entry is checked before anything is written
+        except TaskError as exc:
+            raise click.ClickException(f"{file}: {exc}") from None
+        runtime = _runtime(_settings())
+        try:
+            with runtime.db.session_scope() as session:
+                results = catalog.save_catalog(session=session, catalog=parsed)
+        except TaskError as exc:
+            raise click.ClickException(f"{file}: {exc} (nothing was imported)") from None
+        for row in results:
+            click.echo(f"{row['kind']} {row['code']}: {row['change']}")
+
+    @courses.command()
+    @click.argument("code")
+    @click.option("--package", "is_package", is_flag=True, help="CODE names a credit package")
+    def publish(code: str, is_package: bool) -> None:
+        """Create or update the Stripe product and price of CODE, then mark it published.
+
+        With REDIS_URL the publish is queued for the workers; without it (embedded) it runs here."""
+        from tasks import inbox, publishing
+        from tasks.errors import TaskError
+
+        kind = publishing.PACKAGE if is_package else publishing.COURSE
+        settings = _settings()
+        if not settings.stripe_api_key:
+            raise click.ClickException(f"STRIPE_API_KEY is not set: publishing to Stripe is disabled; "
+                                       f"the {kind} {code} stays as it is")
+        runtime = _runtime(settings)
+        if settings.redis_url:
+            from tasks import catalog
+            from workers.actors import send
+
+            with runtime.db.session_scope() as session:
+                try:
+                    (catalog.get_program if kind == publishing.COURSE else catalog.get_package)(session, code)
+                except TaskError as exc:
+                    raise click.ClickException(str(exc)) from None
+            if not send("publish_listing", kind, code):
+                raise click.ClickException("could not queue the publish (is Redis up?)")
+            click.echo(json.dumps({"kind": kind, "code": code, "queued": True}))
+            return
+        try:
+            result = publishing.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
+        except TaskError as exc:
+            raise click.ClickException(str(exc)) from None
+        for inbox_id in result.woken:  # embedded: drift checks that waited for these objects run now
+            with runtime.db.session_scope() as session:
+                inbox.process_event(session=session, inbox_id=inbox_id, settings=settings)
+        click.echo(json.dumps(result.as_dict()))
+
+    @courses.command("list")
+    def list_() -> None:
+        """The live courses: code, status, Stripe ids, whether Stripe is in line."""
+        from tasks import catalog, publishing
+
+        runtime = _runtime(_settings())
+        with runtime.db.session_scope() as session:
+            for program in catalog.live_programs(session):
+                state = publishing.stripe_state(session, publishing.COURSE, program)
+                click.echo(f"{program.code}\t{program.status.value}\t{state['product_id'] or '-'}\t"
+                           f"{state['price_id'] or '-'}\t{'in sync' if state['in_sync'] else 'needs publish'}")

@@ -1,0 +1,165 @@
+"""Admin catalog API (CONTRACT §3.5): courses and credit packages, publishing to Stripe.
+
+PUT writes a whole course or package (create or replace; 201 when created, 200 otherwise);
+a validation failure is 400 with the error object naming the field (`error.field`). Publishing
+answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ingress.auth import require_admin
+from ingress.errors import ApiError, error_response
+from tasks import catalog, drift, publishing
+from tasks.errors import NotFound, ValidationFailed
+
+bp = Blueprint("admin_catalog", __name__, url_prefix="/admin")
+
+
+def _runtime():
+    return current_app.config["COURSEPIPE_RUNTIME"]
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ValidationFailed("body: must be a JSON object", field="body")
+    return data
+
+
+@bp.errorhandler(ValidationFailed)
+def _invalid(exc: ValidationFailed):
+    response = jsonify({"error": {"code": "validation_failed", "message": str(exc), "field": exc.field}})
+    response.status_code = 400
+    return response
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound):
+    return error_response(404, "not_found", str(exc))
+
+
+@bp.errorhandler(catalog.StepInUse)
+def _in_use(exc: catalog.StepInUse):
+    response = jsonify({"error": {"code": "step_in_use", "message": str(exc), "field": exc.field}})
+    response.status_code = 409
+    return response
+
+
+def _course(session, program) -> dict:
+    view = catalog.course_view(session, program)
+    view["stripe"] = publishing.stripe_state(session, publishing.COURSE, program)
+    return view
+
+
+def _package(session, package) -> dict:
+    view = catalog.package_view(package)
+    view["stripe"] = publishing.stripe_state(session, publishing.PACKAGE, package)
+    return view
+
+
+# --------------------------------------------------------------------------- courses
+
+
+@bp.get("/courses")
+@require_admin
+def list_courses():
+    with _runtime().db.session_scope() as session:
+        return jsonify({"courses": [_course(session, p) for p in catalog.live_programs(session)]})
+
+
+@bp.put("/courses/<code>")
+@require_admin
+def put_course(code: str):
+    course = catalog.parse_course(_body(), code=code)
+    with _runtime().db.session_scope() as session:
+        saved = catalog.save_course(session=session, course=course)
+        view = _course(session, catalog.get_program(session, code))
+    return jsonify({"change": saved.change, "course": view}), 201 if saved.change == "created" else 200
+
+
+@bp.get("/courses/<code>")
+@require_admin
+def get_course(code: str):
+    with _runtime().db.session_scope() as session:
+        return jsonify(_course(session, catalog.get_program(session, code)))
+
+
+@bp.delete("/courses/<code>")
+@require_admin
+def delete_course(code: str):
+    with _runtime().db.session_scope() as session:
+        catalog.delete_course(session=session, code=code)
+    return jsonify({"code": code, "deleted": True})
+
+
+@bp.post("/courses/<code>/publish")
+@require_admin
+def publish_course(code: str):
+    return _publish(publishing.COURSE, code)
+
+
+# --------------------------------------------------------------------------- packages
+
+
+@bp.get("/packages")
+@require_admin
+def list_packages():
+    with _runtime().db.session_scope() as session:
+        return jsonify({"packages": [_package(session, p) for p in catalog.live_packages(session)]})
+
+
+@bp.put("/packages/<code>")
+@require_admin
+def put_package(code: str):
+    package = catalog.parse_package(_body(), code=code)
+    with _runtime().db.session_scope() as session:
+        saved = catalog.save_package(session=session, package=package)
+        view = _package(session, catalog.get_package(session, code))
+    return jsonify({"change": saved.change, "package": view}), 201 if saved.change == "created" else 200
+
+
+@bp.get("/packages/<code>")
+@require_admin
+def get_package(code: str):
+    with _runtime().db.session_scope() as session:
+        return jsonify(_package(session, catalog.get_package(session, code)))
+
+
+@bp.delete("/packages/<code>")
+@require_admin
+def delete_package(code: str):
+    with _runtime().db.session_scope() as session:
+        catalog.delete_package(session=session, code=code)
+    return jsonify({"code": code, "deleted": True})
+
+
+@bp.post("/packages/<code>/publish")
+@require_admin
+def publish_package(code: str):
+    return _publish(publishing.PACKAGE, code)
+
+
+# --------------------------------------------------------------------------- publishing and drift
+
+
+def _publish(kind: str, code: str):
+    from workers.actors import send
+
+    runtime = _runtime()
+    if not runtime.settings.stripe_api_key:
+        raise ApiError(503, "publishing_disabled", "STRIPE_API_KEY is not set: publishing to Stripe is disabled; "
+                                                   f"the {kind} stays as it is")
+    with runtime.db.session_scope() as session:
+        (catalog.get_program if kind == publishing.COURSE else catalog.get_package)(session, code)
+    if not send("publish_listing", kind, code):
+        raise ApiError(503, "queue_unavailable", "the publish could not be queued; try again")
+    return jsonify({"kind": kind, "code": code, "publishing": True,
+                    "status_url": f"/admin/{kind}s/{code}"}), 202
+
+
+@bp.get("/stripe/drift")
+@require_admin
+def list_drift():
+    with _runtime().db.session_scope() as session:
+        return jsonify({"drift": [publishing.drift_view(d) for d in drift.open_drift(session)]})

@@ -1,0 +1,41 @@
+"""Read API for courses (CONTRACT §3.4): published courses, and one course's steps with their options
+(mirrored class, start, seats left)."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from db.enums import ProgramStatus
+from ingress.auth import require_reader
+from ingress.errors import ApiError
+from tasks import catalog
+
+bp = Blueprint("read_courses", __name__, url_prefix="/v1")
+
+
+def _summary(view: dict) -> dict:
+    return {k: view[k] for k in ("code", "title", "description", "marketing_copy", "timezone", "price",
+                                 "published", "bundle")} | {
+        "steps": [{"id": s["id"], "label": s["label"], "position": s["position"], "title": s["title"]}
+                  for s in view["steps"]]}
+
+
+@bp.get("/courses")
+@require_reader
+def list_courses():
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    with runtime.db.session_scope() as session:
+        courses = [_summary(catalog.course_view(session, p)) for p in catalog.published_programs(session)]
+    return jsonify({"courses": courses})
+
+
+@bp.get("/courses/<code>")
+@require_reader
+def get_course(code: str):
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    with runtime.db.session_scope() as session:
+        program = catalog.live_program(session, code)
+        if program is None or program.status is not ProgramStatus.PUBLISHED:
+            raise ApiError(404, "not_found", f"course {code!r} is not published")
+        view = catalog.course_view(session, program, with_classes=True)
+    view.pop("status", None)
+    return jsonify(view)

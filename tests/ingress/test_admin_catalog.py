@@ -1,0 +1,162 @@
+"""Admin catalog API over the Flask test client; publishing runs on the worker against the local Stripe server."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import CourseProgram, CourseStep, StripePublication
+from tests import factories
+from tests.conftest import drain, make_settings
+from tests.tasks.test_catalog import course
+
+
+@pytest.fixture
+def settings(database, stripe_server):
+    return make_settings(database.url, **stripe_server.settings_changes())
+
+
+def test_put_creates_then_replaces_then_repeats_as_unchanged(client, admin_headers):
+    created = client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    assert created.status_code == 201, created.json
+    body = created.json
+    assert body["change"] == "created" and body["course"]["status"] == "draft"
+    assert [s["label"] for s in body["course"]["steps"]] == ["SFZ-1", "SFZ-2", "SFZ-3"]
+    assert body["course"]["stripe"] == {**body["course"]["stripe"], "product_id": None, "in_sync": False}
+    assert client.put("/admin/courses/SFZ", json=course(), headers=admin_headers).json["change"] == "unchanged"
+    replaced = client.put("/admin/courses/SFZ", json=course(title="New title"), headers=admin_headers)
+    assert replaced.status_code == 200 and replaced.json["change"] == "updated"
+    got = client.get("/admin/courses/SFZ", headers=admin_headers)
+    assert got.status_code == 200 and got.json["title"] == "New title"
+    assert [c["code"] for c in client.get("/admin/courses", headers=admin_headers).json["courses"]] == ["SFZ"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({**course(), "steps": []}, "steps"),
+    ({**course(), "timezone": "Nowhere/Land"}, "timezone"),
+    ({**course(), "price": {"amount": 100, "currency": "EURO"}}, "price.currency"),
+    ({**course(), "bundle": [{"kind": "group_credit", "quantity": 0}]}, "bundle[0].quantity"),
+    ({**course(), "colour": "red"}, "colour"),
+])
+def test_validation_failure_is_400_naming_the_field_and_writes_nothing(client, admin_headers, runtime, body, field):
+    response = client.put("/admin/courses/SFZ", json=body, headers=admin_headers)
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "validation_failed" and error["field"] == field and field in error["message"]
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(CourseProgram)) == 0
+
+
+def test_non_json_body_bad_code_and_missing_course(client, admin_headers):
+    response = client.put("/admin/courses/SFZ", data="not json", headers=admin_headers)
+    assert response.status_code == 400 and response.json["error"]["field"] == "body"
+    assert client.put("/admin/courses/bad%20code", json=course(), headers=admin_headers).json["error"]["field"] \
+        == "code"
+    missing = client.get("/admin/courses/NOPE", headers=admin_headers)
+    assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found"
+    assert client.get("/admin/courses/SFZ").status_code == 401
+    assert client.put("/admin/courses/SFZ", json=course(), headers={"Authorization": "Bearer nope"}).status_code \
+        == 401
+
+
+def test_removing_a_step_enrollments_have_is_409(client, admin_headers, runtime):
+    with runtime.db.session_scope() as s:
+        factories.enrollment(s, factories.student(s), factories.program(s, code="SFZ", steps=3))
+        labels = [st.label for st in s.scalars(select(CourseStep).order_by(CourseStep.position))]
+    body = course(steps=[{"label": label, "options": []} for label in labels[:2]])
+    response = client.put("/admin/courses/SFZ", json=body, headers=admin_headers)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "step_in_use" and "SFZ-3" in response.json["error"]["message"]
+
+
+def test_soft_delete(client, admin_headers, runtime):
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    assert client.delete("/admin/courses/SFZ", headers=admin_headers).json == {"code": "SFZ", "deleted": True}
+    assert client.get("/admin/courses/SFZ", headers=admin_headers).status_code == 404
+    assert client.delete("/admin/courses/SFZ", headers=admin_headers).status_code == 404
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(CourseProgram.deleted_at)) is not None
+
+
+def test_publish_is_202_and_the_worker_publishes(client, admin_headers, runtime, worker, stripe_server):
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    response = client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    assert response.status_code == 202 and response.json["publishing"] is True
+    drain(runtime)
+    got = client.get("/admin/courses/SFZ", headers=admin_headers).json
+    assert got["status"] == "published" and got["published"] is True
+    assert got["stripe"]["product_id"] in stripe_server.products
+    assert got["stripe"]["price_id"] in stripe_server.prices and got["stripe"]["in_sync"] is True
+    assert [p["status"] for p in got["stripe"]["publications"]] == ["succeeded", "succeeded"]
+    # options added after publishing need no Stripe call; a second publish is a no-op
+    body = course()
+    body["steps"][2]["options"] = ["gc_new"]
+    assert client.put("/admin/courses/SFZ", json=body, headers=admin_headers).json["course"]["stripe"]["in_sync"]
+    client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    drain(runtime)
+    assert len(stripe_server.calls("POST")) == 2
+    assert client.post("/admin/courses/NOPE/publish", headers=admin_headers).status_code == 404
+
+
+def test_publish_without_api_key_is_a_clear_error_and_the_course_stays_draft(database, admin_headers, runtime):
+    from ingress.app import create_app
+
+    runtime.settings = runtime.settings.with_(stripe_api_key=None)
+    client = create_app(runtime.settings, runtime=runtime).test_client()
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    response = client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "publishing_disabled"
+    assert "STRIPE_API_KEY" in response.json["error"]["message"]
+    assert client.get("/admin/courses/SFZ", headers=admin_headers).json["status"] == "draft"
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(StripePublication)) == 0
+
+
+def test_packages_put_get_delete_and_validation(client, admin_headers):
+    body = {"title": "Ten group classes", "price": {"amount": 9000, "currency": "usd"},
+            "credits": {"kind": "group", "quantity": 10}}
+    created = client.put("/admin/packages/TEN", json=body, headers=admin_headers)
+    assert created.status_code == 201 and created.json["package"]["credits"] == {"kind": "group", "quantity": 10}
+    assert client.put("/admin/packages/TEN", json=body, headers=admin_headers).json["change"] == "unchanged"
+    bad = client.put("/admin/packages/TEN", json={**body, "credits": {"kind": "gold", "quantity": 1}},
+                     headers=admin_headers)
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "credits.kind"
+    assert client.get("/admin/packages/TEN", headers=admin_headers).json["title"] == "Ten group classes"
+    assert [p["code"] for p in client.get("/admin/packages", headers=admin_headers).json["packages"]] == ["TEN"]
+    assert client.delete("/admin/packages/TEN", headers=admin_headers).status_code == 200
+    assert client.get("/admin/packages/TEN", headers=admin_headers).status_code == 404
+
+
+def test_package_publish_via_the_worker(client, admin_headers, runtime, worker, stripe_server):
+    body = {"title": "Five private lessons", "price": {"amount": 30000, "currency": "usd"},
+            "credits": {"kind": "private", "quantity": 5}}
+    client.put("/admin/packages/FIVE", json=body, headers=admin_headers)
+    assert client.post("/admin/packages/FIVE/publish", headers=admin_headers).status_code == 202
+    drain(runtime)
+    got = client.get("/admin/packages/FIVE", headers=admin_headers).json
+    assert got["stripe_price_id"] in stripe_server.prices and got["stripe"]["in_sync"] is True
+    assert stripe_server.calls("POST", "/v1/products")[0].metadata["package_code"] == "FIVE"
+
+
+def test_dashboard_edit_arrives_by_signed_webhook_and_shows_as_drift(client, admin_headers, runtime, worker,
+                                                                     stripe_server):
+    import copy
+    import json
+
+    from tests.signing import stripe_event, stripe_headers
+
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    drain(runtime)
+    product_id = client.get("/admin/courses/SFZ", headers=admin_headers).json["stripe"]["product_id"]
+    event = stripe_event("product.updated")
+    event["data"]["object"] = {**copy.deepcopy(stripe_server.products[product_id]), "name": "Edited in Stripe"}
+    body = json.dumps(event)
+    for _ in range(2):  # a redelivery is stored once and changes nothing
+        assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    drain(runtime)
+    drift = client.get("/admin/courses/SFZ", headers=admin_headers).json["stripe"]["drift"]
+    assert [(d["field"], d["expected"], d["actual"]) for d in drift] == [
+        ("name", "Sforzando: accents in ensemble playing", "Edited in Stripe")]
+    listed = client.get("/admin/stripe/drift", headers=admin_headers).json["drift"]
+    assert [(d["stripe_object_id"], d["event_id"]) for d in listed] == [(product_id, event["id"])]

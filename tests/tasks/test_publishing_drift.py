@@ -1,0 +1,137 @@
+"""product.updated / price.updated: drift between Stripe and what we published, through the inbox runner.
+Same event twice, a stale event after a newer one, and an event that beats our own outcome to the inbox."""
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+from sqlalchemy import select
+
+from db.enums import InboxStatus
+from db.models import InboxEvent, StripeDrift
+from tasks import catalog, publishing
+from tests.conftest import make_settings
+from tests.signing import stripe_event
+from tests.tasks.payments_support import run, store
+from tests.tasks.test_catalog import course, save
+
+
+@pytest.fixture
+def published(database, stripe_server):
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    save(database, course())
+    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    return result
+
+
+def updated(stripe_server, object_id, created=None, **changes) -> dict:
+    """A `product.updated` / `price.updated` event carrying Stripe's current object, with changes."""
+    store_ = stripe_server.products if object_id.startswith("prod_") else stripe_server.prices
+    obj = copy.deepcopy(store_[object_id])
+    obj.update(changes)
+    kind = "product.updated" if obj["object"] == "product" else "price.updated"
+    event = stripe_event(kind)
+    event["data"]["object"] = obj
+    event["created"] = created or int(time.time())
+    return event
+
+
+def deliver(database, event) -> InboxEvent:
+    inbox_id = store(database, event)
+    run(database, inbox_id)
+    with database.session_scope() as s:
+        row = s.get(InboxEvent, inbox_id)
+        s.expunge(row)
+        return row
+
+
+def drift(database, open_only=True) -> list[tuple]:
+    with database.session_scope() as s:
+        q = select(StripeDrift).order_by(StripeDrift.id)
+        if open_only:
+            q = q.where(StripeDrift.resolved_at.is_(None))
+        return [(d.stripe_object_id, d.field, d.expected, d.actual) for d in s.scalars(q)]
+
+
+def test_an_unchanged_object_is_no_drift(database, stripe_server, published):
+    assert deliver(database, updated(stripe_server, published.product_id)).status is InboxStatus.PROCESSED
+    assert deliver(database, updated(stripe_server, published.price_id)).status is InboxStatus.PROCESSED
+    assert drift(database) == []
+
+
+def test_a_dashboard_edit_is_recorded_once_and_shown_then_resolved(database, stripe_server, published):
+    product = published.product_id
+    event = updated(stripe_server, product, name="Renamed in the dashboard",
+                    metadata={"kind": "course", "course_code": "SFZ", "bundle": "private_credit:9"})
+    deliver(database, event)
+    expected = [(product, "name", "Sforzando: accents in ensemble playing", "Renamed in the dashboard"),
+                (product, "metadata.bundle", "private_credit:2,group_credit:1", "private_credit:9")]
+    assert drift(database) == expected
+    # the same event again (a redelivery), and the same state under a new event id: nothing new
+    assert deliver(database, event).status is InboxStatus.PROCESSED
+    deliver(database, {**copy.deepcopy(event), "id": "evt_same_state_again", "created": event["created"] + 1})
+    assert drift(database, open_only=False) == expected
+    with database.session_scope() as s:
+        state = publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))
+    assert [(d["field"], d["actual"]) for d in state["drift"]] == [("name", "Renamed in the dashboard"),
+                                                                   ("metadata.bundle", "private_credit:9")]
+    # put back in the dashboard: resolved
+    deliver(database, updated(stripe_server, product, created=event["created"] + 2))
+    assert drift(database) == []
+
+
+def test_price_edits_and_our_own_archive_are_told_apart(database, stripe_server, published):
+    event = updated(stripe_server, published.price_id, active=False)
+    deliver(database, event)
+    assert drift(database) == [(published.price_id, "active", "true", "false")]
+    # a price change: the old price is archived by us, so its "inactive" is expected
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    data = course()
+    data["price"] = {"amount": 13000, "currency": "eur"}
+    save(database, data)
+    publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    deliver(database, updated(stripe_server, published.price_id, created=event["created"] + 5))
+    assert drift(database) == []
+
+
+def test_a_stale_event_after_a_newer_one_is_ignored(database, stripe_server, published):
+    now = int(time.time())
+    newer = updated(stripe_server, published.product_id, created=now)
+    older = updated(stripe_server, published.product_id, created=now - 60, name="An old name")
+    assert deliver(database, newer).status is InboxStatus.PROCESSED
+    row = deliver(database, older)
+    assert row.status is InboxStatus.IGNORED and "stale" in row.last_error
+    assert drift(database) == []
+
+
+def test_an_object_not_made_by_us_is_ignored(database, stripe_server):
+    foreign = stripe_server.add_product(name="Shop T-shirt")
+    row = deliver(database, updated(stripe_server, foreign["id"]))
+    assert row.status is InboxStatus.IGNORED
+    assert drift(database) == []
+
+
+def test_an_event_that_beats_our_outcome_waits_for_it(database, stripe_server, monkeypatch):
+    """Stripe's webhook for the new price can arrive before we commit the price's id: it parks, and the
+    outcome wakes it; then it is checked against what we published (no drift)."""
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    save(database, course())
+    real = publishing.record_outcome
+    parked: list[int] = []
+
+    def webhook_first(*, session, intent, result=None, **kw):
+        if intent.object_type == "price" and result is not None and not parked:
+            session.rollback()  # nothing of ours committed yet; the webhook lands in between
+            row = deliver(database, updated(stripe_server, result["id"]))
+            assert row.status is InboxStatus.WAITING and row.waiting_for == f"stripe:{result['id']}"
+            parked.append(row.id)
+        return real(session=session, intent=intent, result=result, **kw)
+
+    monkeypatch.setattr(publishing, "record_outcome", webhook_first)
+    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    assert result.woken == parked
+    run(database, parked[0])  # as the actor enqueues the woken events
+    with database.session_scope() as s:
+        assert s.get(InboxEvent, parked[0]).status is InboxStatus.PROCESSED
+    assert drift(database) == []
