@@ -18,6 +18,7 @@ from db.enums import InboxStatus, OutboxStatus
 from db.models import (
     Booking,
     CourseProgram,
+    CreditLedgerEntry,
     InboxEvent,
     OutboxMessage,
     StudentCourseEnrollment,
@@ -224,7 +225,7 @@ def enrollment_row(enrollment: StudentCourseEnrollment, course_code: str) -> dic
 @dataclass(frozen=True)
 class TimelineEntry:
     at: datetime
-    kind: str  # transition | event | outbox
+    kind: str  # transition | event | outbox | credit
     what: str
     detail: str = ""
     ref: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +233,8 @@ class TimelineEntry:
 
 def enrollment_timeline(*, session: Session, enrollment_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineEntry]:
     """Everything that touched one enrollment, oldest first: state transitions (its own, its steps',
-    its bookings', its messages'), the inbox events about its payment and bookings, its outbox rows."""
+    its bookings', its messages'), the inbox events about its payment and bookings, its outbox rows,
+    and its bundle's ledger entries."""
     enrollment = session.get(StudentCourseEnrollment, enrollment_id)
     if enrollment is None:
         return []
@@ -272,6 +274,14 @@ def enrollment_timeline(*, session: Session, enrollment_id: int, limit: int = TI
         entries.append(TimelineEntry(
             m.created_at, "outbox", f"{m.channel.value} {m.topic} ({m.status.value}, {m.attempts} attempt(s))",
             m.last_error or (m.recipient or ""), {"outbox_id": m.id, "status": m.status.value},
+        ))
+    for c in session.scalars(
+        select(CreditLedgerEntry).where(CreditLedgerEntry.enrollment_id == enrollment_id)
+        .order_by(CreditLedgerEntry.id).limit(limit)
+    ):
+        entries.append(TimelineEntry(
+            c.created_at, "credit", f"{c.entry_type.value} {c.quantity:+d} {c.credit_type.value}", c.cause,
+            {"ledger_id": c.id},
         ))
     entries.sort(key=lambda entry: (entry.at, entry.kind))
     return entries

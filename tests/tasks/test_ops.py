@@ -92,6 +92,10 @@ def test_timeline_collects_transitions_events_and_messages(session):
     program = factories.program(session)
     enrollment = factories.enrollment(session, student, program, session_id="cs_t", status=EnrollmentStatus.ACTIVE)
     enrollment.stripe_payment_intent_id = "pi_t"
+    from db.enums import CreditType
+    from tasks import credits
+    credits.issue_credits(session=session, student_id=student.id, credit_type=CreditType.PRIVATE, quantity=2,
+                          cause=f"enrollment:{enrollment.id}", enrollment_id=enrollment.id)
     ENROLLMENT.move(enrollment, EnrollmentStatus.SUSPENDED, session=session, cause="dispute dp_1",
                     enrollment_id=enrollment.id)
     session.add(Booking(id="bk_t", student_id=student.id, class_id="gc_1", enrollment_id=enrollment.id,
@@ -115,6 +119,7 @@ def test_timeline_collects_transitions_events_and_messages(session):
     assert {("event", "stripe charge.dispute.created"), ("event", "platform booking.cancelled"),
             ("event", "platform booking.created")} <= kinds
     assert ("outbox", "platform enrollment.suspended") in kinds
+    assert ("credit", "grant +2 private") in kinds
     assert not any("pev_other" in t.detail for t in timeline)
     assert [t.at for t in timeline] == sorted(t.at for t in timeline)
     assert ops.enrollment_timeline(session=session, enrollment_id=999) == []
