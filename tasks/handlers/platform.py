@@ -46,6 +46,13 @@ def on_class_upserted(session, event: InboxEvent) -> None:
 
 def after_class_upserted(session, group_class: GroupClass) -> None:
     """Hook for what else a newer class state triggers (the low-seat check belongs here)."""
+    from coursepipe.settings import DEFAULT_LOW_SEAT_THRESHOLD
+    from tasks import alerts
+    from tasks.inbox import settings_of
+
+    settings = settings_of(session)
+    threshold = settings.low_seat_threshold if settings is not None else DEFAULT_LOW_SEAT_THRESHOLD
+    alerts.check_low_seats(session=session, class_id=group_class.id, threshold=threshold)
 
 
 @handles(InboxSource.PLATFORM, "booking.created")
