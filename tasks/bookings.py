@@ -42,7 +42,7 @@ from db.models import (
 from tasks import credits, outbox, progress as progress_moves
 from tasks.errors import WaitFor
 from tasks.events import AttendanceMarked, BookingCancelled, BookingCreated
-from tasks.machines import BOOKING, ENROLLMENT
+from tasks.machines import PROGRESS, BOOKING, ENROLLMENT
 from tasks.mirrors import ensure_student
 
 log = logging.getLogger("coursepipe.bookings")
@@ -116,14 +116,32 @@ def _holder(session: Session, enrollment_id: int, step_id: int) -> Booking | Non
                                                 Booking.status == B.ACTIVE))
 
 
+def _bookable_at(enrollment: StudentCourseEnrollment, as_of: datetime | None) -> bool:
+    """Could the enrollment be booked at `as_of`? Now, or — for a booking delivered late — back then:
+    a suspension or revocation we applied after the booking happened does not refuse it."""
+    if enrollment.status in BOOKABLE_ENROLLMENT:
+        return True
+    if as_of is None or (enrollment.activated_at is not None and enrollment.activated_at > as_of):
+        return False
+    if enrollment.status == E.SUSPENDED:
+        return enrollment.suspended_at is not None and enrollment.suspended_at > as_of
+    if enrollment.status == E.REVOKED:
+        return enrollment.activated_at is not None and enrollment.revoked_at is not None \
+            and enrollment.revoked_at > as_of
+    return False
+
+
 def step_guard(
-    *, session: Session, student_id: str, course_step_id: int, class_id: str | None = None, lock: bool = False
+    *, session: Session, student_id: str, course_step_id: int, class_id: str | None = None, lock: bool = False,
+    as_of: datetime | None = None,
 ) -> Verdict:
     """May this student book this step (in this class, when given)? The one rule for both paths.
 
     With `lock`, the student's enrollments in the course are locked (FOR UPDATE on PostgreSQL) so
     two bookings of one enrollment are decided one after the other; the partial unique index
-    `uq_booking_active_step` stays the last word.
+    `uq_booking_active_step` stays the last word. `as_of` (the event path: the booking's time)
+    judges the enrollment's status as it was then, so a suspension or revocation processed after
+    the booking happened does not refuse it.
     """
     step = _live_step(session, course_step_id)
     if step is None:
@@ -135,7 +153,7 @@ def step_guard(
     if lock:
         query = query.with_for_update()
     enrollments = list(session.scalars(query))
-    bookable = [e for e in enrollments if e.status in BOOKABLE_ENROLLMENT]
+    bookable = [e for e in enrollments if _bookable_at(e, as_of)]
     if not bookable:
         if any(e.status == E.SUSPENDED for e in enrollments):
             return Verdict(False, ENROLLMENT_SUSPENDED, step, next(e for e in enrollments if e.status == E.SUSPENDED))
@@ -225,8 +243,11 @@ def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: Cour
 
 def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool, lock: bool) -> Booking:
     verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
-                         class_id=data.class_id, lock=lock)
+                         class_id=data.class_id, lock=lock, as_of=at)
     step, enrollment = verdict.step, verdict.enrollment
+    if verdict.reason == STEP_CANCELLED and enrollment.status == E.REVOKED and verdict.progress.booking_id is None:
+        # booked before the refund we processed first: as in order, it holds the (now cancelled) step
+        return _attach_to_revoked(session, data, at, enrollment, step, verdict.progress)
     maybe_history = verdict.eligible or verdict.reason in (STEP_ALREADY_BOOKED, STEP_ALREADY_COMPLETED)
     if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at):
         # history overtaken (delivered late): kept for the record, detached from the enrollment's progress
@@ -268,6 +289,18 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
     progress_moves.move(session=session, progress=progress, target=P.BOOKED, cause=f"booking.created:{booking.id}",
                         at=at, enrollment=enrollment)
     _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step)
+    return booking
+
+
+def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enrollment: StudentCourseEnrollment,
+                       step: CourseStep, progress: StudentCourseProgress) -> Booking:
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                      course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
+    if not _insert(session, booking):
+        return _existing_or_fail(session, data)
+    progress.booking_id, progress.group_class_id = booking.id, data.class_id
+    log.info("booking %s predates the revocation of enrollment %s: recorded on the cancelled step", booking.id,
+             enrollment.id)
     return booking
 
 
@@ -353,6 +386,9 @@ def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
             progress_moves.move(session=session, progress=progress, target=P.MISSED, cause=cause,
                                 at=data.cancelled_at)
         _mail(session, "booking_cancelled", booking, progress=progress, within_policy=data.within_policy)
+    elif progress is not None and progress.status == P.CANCELLED and data.within_policy:
+        # revoked meanwhile: the step stays cancelled, but (as in order) no longer names this booking
+        progress.booking_id = progress.group_class_id = None
     elif booking.credit_type is not None and data.within_policy:
         credits.release_credit(session=session, booking_id=booking.id)
     return booking
@@ -378,9 +414,9 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
         return booking
     booking.attendance_marked_at = data.marked_at
     progress = _attached_progress(session, booking)
-    if progress is not None:
-        progress_moves.move(session=session, progress=progress, target=P.COMPLETED if attended else P.MISSED,
-                            cause=cause, at=data.marked_at)
+    target = P.COMPLETED if attended else P.MISSED
+    if progress is not None and PROGRESS.can(progress.status, target):  # a no-show on a revoked step stays cancelled
+        progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at)
         if attended:
             complete_if_done(session=session, enrollment_id=progress.enrollment_id, at=data.marked_at, cause=cause)
     return booking

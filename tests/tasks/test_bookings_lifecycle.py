@@ -244,3 +244,66 @@ def test_an_older_scheduled_upsert_does_not_revive_a_cancelled_class(database):
     deliver(database, class_upserted(w.option(1), status="scheduled", when=at(40)))
     book(database, w, "bk_2", when=at(60))
     assert rejections(database) == {"bk_2": "class_cancelled"}
+
+
+# --------------------------------------------------------------------------- a booking delivered after the money moved
+
+
+def _money(database, w, move):
+    from datetime import timedelta
+
+    from db.models import StudentCourseEnrollment
+    from tasks import enrollments
+
+    with database.session_scope() as s:
+        enrollment = s.get(StudentCourseEnrollment, w.enrollment_id)
+        enrollment.activated_at = at(0) - timedelta(days=1)
+        getattr(enrollments, move)(session=s, enrollment=enrollment, cause=f"test:{move}", reason="test")
+
+
+def test_a_booking_made_before_a_suspension_but_delivered_after_it_stands(database):
+    """Wrong order across sources: the dispute (processed now) came after the booking (made at T0)."""
+    w = world(database)
+    _money(database, w, "suspend")
+    event = booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0))
+    deliver(database, event)
+    deliver(database, twin(event))
+    assert progress(database, w, 1)["booking_id"] == "bk_1" and rejections(database) == {}
+
+
+def test_a_booking_made_after_the_suspension_is_refused(database):
+    from datetime import datetime, timedelta, timezone
+
+    w = world(database)
+    _money(database, w, "suspend")
+    later = datetime.now(timezone.utc) + timedelta(minutes=1)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=later))
+    assert rejections(database) == {"bk_1": "enrollment_suspended"}
+
+
+def test_a_booking_made_before_a_revocation_but_delivered_after_it_ends_as_in_order(database):
+    """Booked at T0, attended, then refunded — delivered refund, booking, attendance: the attended step
+    stays on record, exactly as when delivered in order."""
+    in_order, shuffled = world(database), None
+    deliver(database, booking_created("bk_1", in_order.option(1), step_id=in_order.step_ids[0], when=at(0)))
+    deliver(database, booking_created("bk_2", in_order.option(2), step_id=in_order.step_ids[1], when=at(1)))
+    deliver(database, booking_created("bk_3", in_order.option(3), step_id=in_order.step_ids[2], when=at(2)))
+    deliver(database, attendance("bk_1", "attended", when=at(100)))
+    deliver(database, booking_cancelled("bk_2", within_policy=True, when=at(101)))
+    _money(database, in_order, "revoke")
+    want = state(database, in_order)
+    from tests.conftest import _truncate
+
+    _truncate(database)
+    shuffled = world(database)
+    _money(database, shuffled, "revoke")
+    deliver(database, attendance("bk_1", "attended", when=at(100)))
+    deliver(database, booking_cancelled("bk_2", within_policy=True, when=at(101)))
+    for n in (3, 2, 1):
+        deliver(database, booking_created(f"bk_{n}", shuffled.option(n), step_id=shuffled.step_ids[n - 1],
+                                          when=at(n - 1)))
+    got = state(database, shuffled)
+    assert got == want
+    assert want["steps"] == {1: ("completed", "bk_1", shuffled.option(1)), 2: ("cancelled", None, None),
+                             3: ("cancelled", "bk_3", shuffled.option(3))}
+    assert rejections(database) == {}
