@@ -55,10 +55,15 @@ def issue_credits(
     enrollment_id: int | None = None,
     package_purchase_id: int | None = None,
     expires_at: datetime | None = None,
+    fresh: bool = False,
 ) -> CreditLedgerEntry:
-    """Grant a lot of credits once per (cause, credit type); a repeat returns the first grant."""
+    """Grant a lot of credits once per (cause, credit type); a repeat returns the first grant.
+
+    `fresh`: the cause was created in this transaction, so no grant can exist yet (the look-up is
+    skipped; the unique key still refuses a second grant).
+    """
     key = f"grant:{cause}:{credit_type.value}"
-    existing = _existing(session, key)
+    existing = None if fresh else _existing(session, key)
     if existing is not None:
         return existing
     return _add(

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from db.enums import BookingStatus, BundleKind, CreditType, EnrollmentStatus, LedgerEntryType, ProgressStatus
@@ -126,11 +126,14 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
     # `fresh`: the enrollment row was inserted in this transaction, so it has nothing yet
     have = set() if fresh else set(session.scalars(select(StudentCourseProgress.step_id)
                                                    .where(StudentCourseProgress.enrollment_id == enrollment.id)))
-    for step in program.steps:
-        if step.id not in have:
-            session.add(StudentCourseProgress(enrollment_id=enrollment.id, step_id=step.id,
-                                              status=P.UNBOOKED))
-            done.progress_created.append(step.id)
+    missing = [step.id for step in program.steps if step.id not in have]
+    if missing:
+        now = utcnow()
+        # one multi-row INSERT; the unique (enrollment, step) key refuses a double
+        session.execute(insert(StudentCourseProgress), [
+            {"enrollment_id": enrollment.id, "step_id": step_id, "status": P.UNBOOKED, "skipped_ahead": False,
+             "created_at": now, "updated_at": now} for step_id in missing])
+        done.progress_created.extend(missing)
     granted = set() if fresh else set(session.scalars(
         select(CreditLedgerEntry.credit_type).where(
             CreditLedgerEntry.enrollment_id == enrollment.id,
@@ -142,14 +145,18 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
         if quantity > 0 and credit_type not in granted:
             credits.issue_credits(session=session, student_id=enrollment.student_id, credit_type=credit_type,
                                   quantity=quantity, cause=bundle_cause(enrollment.id),
-                                  enrollment_id=enrollment.id)
+                                  enrollment_id=enrollment.id, fresh=fresh)
             done.credits_granted[credit_type.value] = quantity
     session.flush()
     return done
 
 
-def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram) -> None:
-    """`enrollment.created` for the platform and the welcome mail; each once per enrollment."""
+def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram,
+                     fresh: bool = False) -> None:
+    """`enrollment.created` for the platform and the welcome mail; each once per enrollment.
+
+    `fresh`: the enrollment row was inserted in this transaction (no message can exist yet).
+    """
     student = session.get(Student, enrollment.student_id)
     steps = program.steps
     outbox.add_platform_event(
@@ -165,6 +172,7 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
         },
         dedupe_key=f"enrollment.created:{enrollment.id}",
         enrollment_id=enrollment.id,
+        fresh=fresh,
     )
     if student is not None and student.email:
         outbox.add_mail(
@@ -182,6 +190,7 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
             },
             dedupe_key=f"enrollment_welcome:{enrollment.id}",
             enrollment_id=enrollment.id,
+            fresh=fresh,
         )
 
 

@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, PurchaseStatus
@@ -102,17 +101,22 @@ def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
 
 
 def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) -> Student:
-    """The buyer's mirror row; a student first seen on a purchase is created (completed by `student.upserted`)."""
-    student = session.get(Student, student_id)
-    if student is not None:
-        return student
+    """The buyer's mirror row; a student first seen on a purchase is created (completed by `student.upserted`).
+
+    INSERT … ON CONFLICT DO NOTHING RETURNING: one statement for a new student; a known one (or one
+    a concurrent transaction created first) is then read as it is, never overwritten.
+    """
     details = checkout.get("customer_details") or {}
-    # ON CONFLICT DO NOTHING: a concurrent transaction may create the same student first
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Student).values(id=student_id, email=_email(checkout), name=details.get("name"),
-                                           created_at=utcnow(), updated_at=utcnow())
-                    .on_conflict_do_nothing(index_elements=["id"]))
-    student = session.get(Student, student_id)
+    now = utcnow()
+    student = session.scalars(
+        _dialect_insert(session)(Student)
+        .values(id=student_id, email=_email(checkout), name=details.get("name"), created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Student),
+        execution_options={"populate_existing": True},
+    ).first()
+    if student is None:
+        student = session.get(Student, student_id)
     if student is None:
         raise TransientError(f"student {student_id} could not be created")
     return student
@@ -220,22 +224,30 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
 # --------------------------------------------------------------------------- fulfilling
 
 
+def _dialect_insert(session: Session):
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
 def _lock_or_create(session: Session, model, checkout_session_id: str, make):
-    """The purchase row of a checkout session, row-locked; created once (unique session id)."""
+    """The purchase row of a checkout session, row-locked; created once (unique session id).
+
+    One INSERT … ON CONFLICT DO NOTHING RETURNING: a new row comes back (locked, as ours); on a
+    conflict (a redelivery, or a concurrent fulfilment that committed first) the existing row is
+    read under FOR UPDATE.
+    """
+    created = session.scalars(
+        _dialect_insert(session)(model).values(**make())
+        .on_conflict_do_nothing(index_elements=["stripe_checkout_session_id"])
+        .returning(model),
+        execution_options={"populate_existing": True},
+    ).first()
+    if created is not None:
+        return created, True
     query = select(model).where(model.stripe_checkout_session_id == checkout_session_id).with_for_update()
-    row = session.scalar(query)
-    if row is not None:
-        return row, False
-    try:
-        with session.begin_nested():
-            row = make()
-            session.add(row)
-        return row, True
-    except IntegrityError:  # a concurrent fulfilment committed it first
-        row = session.scalar(query.execution_options(populate_existing=True))
-        if row is None:
-            raise TransientError(f"purchase of {checkout_session_id} vanished") from None
-        return row, False
+    row = session.scalar(query.execution_options(populate_existing=True))
+    if row is None:
+        raise TransientError(f"purchase of {checkout_session_id} vanished")
+    return row, False
 
 
 def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, product: Product,
@@ -275,11 +287,11 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
     initial = {"paid": E.ACTIVE, "pending": E.PENDING, "failed": E.FAILED}[outcome]
     now = utcnow()
 
-    def make() -> StudentCourseEnrollment:
+    def make() -> dict[str, Any]:
         metadata = _metadata(checkout, event_type, event_id, product, outcome)
         metadata["bundle"] = enrollments.bundle_snapshot(program)  # what was sold, kept as sold
         metadata["program_status_at_fulfilment"] = program.status.value
-        return StudentCourseEnrollment(
+        return dict(
             student_id=student.id,
             program_id=program.id,
             status=initial,
@@ -312,7 +324,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
     if enrollment.status in enrollments.ENTITLED:
         provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
                                             fresh=created)
-        enrollments.announce_created(session=session, enrollment=enrollment, program=program)
+        enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created)
     if not created:
         # refunds or disputes recorded against this purchase before now apply (a new row has none:
         # they wait until it exists)
@@ -330,8 +342,8 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
     package = product.package
     initial = {"paid": PurchaseStatus.PAID, "pending": PurchaseStatus.PENDING, "failed": PurchaseStatus.FAILED}[outcome]
 
-    def make() -> PackagePurchase:
-        return PackagePurchase(
+    def make() -> dict[str, Any]:
+        return dict(
             student_id=student.id,
             package_id=package.id,
             status=initial,

@@ -19,9 +19,14 @@ def add_message(
     dedupe_key: str,
     recipient: str | None = None,
     enrollment_id: int | None = None,
+    fresh: bool = False,
 ) -> OutboxMessage:
-    """Record a message once per dedupe key (its cause); a repeat returns the existing row."""
-    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key))
+    """Record a message once per dedupe key (its cause); a repeat returns the existing row.
+
+    `fresh`: the cause was created in this transaction, so no message can exist for it yet (the
+    look-up is skipped; the unique dedupe key still refuses a second row).
+    """
+    existing = None if fresh else session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key))
     if existing is not None:
         return existing
     message = OutboxMessage(
@@ -38,7 +43,8 @@ def add_message(
 
 
 def add_platform_event(
-    *, session: Session, type: str, data: dict[str, Any], dedupe_key: str, enrollment_id: int | None = None
+    *, session: Session, type: str, data: dict[str, Any], dedupe_key: str, enrollment_id: int | None = None,
+    fresh: bool = False,
 ) -> OutboxMessage:
     """An outbound platform event (CONTRACT §3.3); its outbox id becomes the event id the receiver dedupes on."""
     return add_message(
@@ -48,6 +54,7 @@ def add_platform_event(
         payload={"type": type, "data": data},
         dedupe_key=f"platform:{dedupe_key}",
         enrollment_id=enrollment_id,
+        fresh=fresh,
     )
 
 
@@ -59,6 +66,7 @@ def add_mail(
     context: dict[str, Any],
     dedupe_key: str,
     enrollment_id: int | None = None,
+    fresh: bool = False,
 ) -> OutboxMessage:
     return add_message(
         session=session,
@@ -68,4 +76,5 @@ def add_mail(
         dedupe_key=f"mail:{dedupe_key}:{recipient}",
         recipient=recipient,
         enrollment_id=enrollment_id,
+        fresh=fresh,
     )
