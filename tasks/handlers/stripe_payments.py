@@ -36,7 +36,7 @@ def on_charge_refunded(session, event: InboxEvent) -> None:
     refunds.apply_charge_refunded(session=session, charge=_object(event))
 
 
-@handles(InboxSource.STRIPE, "refund.created", "refund.updated")
+@handles(InboxSource.STRIPE, "refund.created", "refund.updated", "charge.refund.updated")
 def on_refund(session, event: InboxEvent) -> None:
     refunds.apply_refund(session=session, refund=_object(event))
 

@@ -188,3 +188,13 @@ def test_full_refund_of_a_pending_purchase_revokes_it_and_a_later_success_grants
     assert after["balances"] == {"group": 0, "private": 0}
     with database.session_scope() as s:  # the platform was never told about it, so it is not told now
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_charge_refund_updated_counts_like_refund_created(database):
+    from tests.signing import stripe_event
+
+    _purchase(database)
+    event = stripe_event("charge.refund.updated", id="re_u", payment_intent="pi_1", amount=3000, charge="ch_1")
+    assert deliver(database, event).outcome is inbox.Outcome.PROCESSED
+    deliver(database, refund_created(refund_id="re_u", amount=3000))  # the same refund again
+    assert state(database)["enrollments"][0]["refunded"] == 3000
