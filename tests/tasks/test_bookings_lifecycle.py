@@ -307,3 +307,19 @@ def test_a_booking_made_before_a_revocation_but_delivered_after_it_ends_as_in_or
     assert want["steps"] == {1: ("completed", "bk_1", shuffled.option(1)), 2: ("cancelled", None, None),
                              3: ("cancelled", "bk_3", shuffled.option(3))}
     assert rejections(database) == {}
+
+
+def test_the_booking_mails_render_with_the_context_we_write(database):
+    """The contexts written here render with the real templates (tasks.mail), naming the step label."""
+    from tasks import mail
+
+    w = world(database, group_credits=1)
+    book(database, w)
+    deliver(database, booking_cancelled("bk_1", within_policy=True))
+    book(database, w, "bk_2", when=at(40))
+    deliver(database, class_upserted(w.option(1), status="cancelled", title="Class 1", when=at(50)))
+    topics = {"booking_confirmed", "booking_cancelled", "class_cancelled"}
+    for topic in topics:
+        for row in outbox_rows(database, topic):
+            rendered = mail.render(row.payload["template"], row.payload["context"])
+            assert "SFZ-1" in rendered.subject + rendered.text, (topic, rendered.subject)
