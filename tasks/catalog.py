@@ -161,7 +161,7 @@ def _first_error(exc: ValidationError, prefix: str) -> ValidationFailed:
     # a tagged/union member name may appear in loc; keep only the data path
     loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     field = field_path(loc, prefix) or prefix or "body"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field"
     elif error["type"] == "missing":

@@ -381,3 +381,21 @@ def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = N
         listing = _listing(session, kind, code, lock=False)
         product_id, price_id = listing.row.stripe_product_id, listing.row.stripe_price_id
     return Published(kind=kind, code=code, calls=calls, product_id=product_id, price_id=price_id, woken=woken)
+
+
+def listing_for_price(session: Session, price_id: str) -> CourseProgram | CreditPackage | None:
+    """The course or package a Stripe price belongs to: its current price, or one we created earlier
+    and archived after a price change (a checkout opened before the change still names it)."""
+    program = session.scalar(select(CourseProgram).where(CourseProgram.stripe_price_id == price_id))
+    if program is not None:
+        return program
+    package = session.scalar(select(CreditPackage).where(CreditPackage.stripe_price_id == price_id))
+    if package is not None:
+        return package
+    row = session.scalar(select(StripePublication).where(
+        StripePublication.object_type == PRICE, StripePublication.stripe_id == price_id,
+        StripePublication.status == PublicationStatus.SUCCEEDED))
+    if row is None:
+        return None
+    return session.get(CourseProgram, row.program_id) if row.program_id else session.get(CreditPackage,
+                                                                                        row.package_id)

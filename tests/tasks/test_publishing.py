@@ -211,3 +211,52 @@ def test_deleted_course_cannot_be_published(database, stripe_server, stripe_sett
         publish(database, stripe_settings)
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(StripePublication)) == 0
+
+
+def test_concurrent_publishes_of_one_course_create_one_product_and_one_price(database, stripe_server,
+                                                                              stripe_settings):
+    """Four workers publish at once (a double click, a retry racing the first run); each retries on a
+    transient error as the actor would. Stripe ends with one product and one price."""
+    import threading
+
+    from sqlalchemy.exc import DBAPIError
+
+    save(database, course())
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker():
+        start.wait()
+        for _ in range(10):
+            try:
+                publish(database, stripe_settings)
+                return
+            except (publishing.PublishRetry, DBAPIError):
+                continue  # the actor's retry
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+        errors.append(AssertionError("did not converge"))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    _, status, product_id, price_id = program_state(database)
+    assert status is ProgramStatus.PUBLISHED
+    assert list(stripe_server.products) == [product_id] and list(stripe_server.prices) == [price_id]
+
+
+def test_an_archived_price_still_names_its_course(database, stripe_server, stripe_settings):
+    save(database, course())
+    old_price = publish(database, stripe_settings).price_id
+    data = course()
+    data["price"] = {"amount": 99, "currency": "eur"}
+    save(database, data)
+    new_price = publish(database, stripe_settings).price_id
+    with database.session_scope() as s:
+        assert publishing.listing_for_price(s, old_price).code == "SFZ"
+        assert publishing.listing_for_price(s, new_price).code == "SFZ"
+        assert publishing.listing_for_price(s, "price_unknown") is None
