@@ -123,7 +123,26 @@ def check_object(*, session: Session, obj: dict[str, Any], event_id: str | None 
         session.add(drift)
         recorded.append(drift)
     session.flush()
+    if recorded:
+        _alert_admins(session, rows[0], obj, recorded, event_id)
     return recorded
+
+
+def _alert_admins(session: Session, row: StripePublication, obj: dict[str, Any], recorded: list[StripeDrift],
+                  event_id: str | None) -> None:
+    """One mail per check that found something new (the outbox dedupes a re-run of the same check)."""
+    from tasks.outbox import add_mail
+
+    if row.program_id is not None:
+        kind, code = publishing.COURSE, session.get(CourseProgram, row.program_id).code
+    else:
+        kind, code = publishing.PACKAGE, session.get(CreditPackage, row.package_id).code
+    add_mail(session=session, template="stripe_drift_alert", recipient="@admins",
+             context={"listing_kind": kind, "listing_code": code, "stripe_object_id": obj["id"],
+                      "object_type": obj.get("object"), "event_id": event_id,
+                      "differences": [{"field": d.field, "expected": d.expected, "actual": d.actual}
+                                      for d in recorded]},
+             dedupe_key=f"stripe_drift:{obj['id']}:{recorded[0].id}")
 
 
 def newer_event_checked(session: Session, event: InboxEvent) -> InboxEvent | None:

@@ -30,6 +30,7 @@ TEMPLATES = (
     "step_reminder",
     "dispute_alert",
     "low_seat_alert",
+    "stripe_drift_alert",
 )
 SIGNATURE = "coursepipe - course programs"
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from db.enums import InboxStatus
-from db.models import InboxEvent, StripeDrift
-from tasks import catalog, publishing
+from db.models import InboxEvent, OutboxMessage, StripeDrift
+from tasks import catalog, mail, publishing
 from tests.conftest import make_settings
 from tests.signing import stripe_event
 from tests.tasks.payments_support import run, store
@@ -72,6 +72,11 @@ def test_a_dashboard_edit_is_recorded_once_and_shown_then_resolved(database, str
     assert deliver(database, event).status is InboxStatus.PROCESSED
     deliver(database, {**copy.deepcopy(event), "id": "evt_same_state_again", "created": event["created"] + 1})
     assert drift(database, open_only=False) == expected
+    with database.session_scope() as s:
+        mails = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "stripe_drift_alert")).all()
+        assert [(m.recipient, m.payload["context"]["listing_code"]) for m in mails] == [("@admins", "SFZ")]
+        text = mail.render("stripe_drift_alert", mails[0].payload["context"]).text
+    assert "name: we published Sforzando: accents in ensemble playing, Stripe now has Renamed" in text
     with database.session_scope() as s:
         state = publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))
     assert [(d["field"], d["actual"]) for d in state["drift"]] == [("name", "Renamed in the dashboard"),
