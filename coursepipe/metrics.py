@@ -5,12 +5,15 @@ use (not at import): prometheus_client picks its multi-process mode from PROMETH
 when it is first imported, and Dramatiq's Prometheus middleware sets that variable at worker boot,
 so nothing here may import prometheus_client before then.
 
-Backlogs (inbox by status, outbox by channel and status) are not counted in the process: they are
-read from the database at scrape time (`DatabaseCollector`), so every process reports the same truth.
+Backlogs (inbox and outbox rows in an open status) are not counted in the process: they are read
+from the database at scrape time (`DatabaseCollector`, index ranges whose cost follows the backlog,
+not the history), so every process reports the same truth.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 from datetime import datetime
 from types import SimpleNamespace
@@ -24,11 +27,31 @@ _lock = threading.Lock()
 _metrics: SimpleNamespace | None = None
 
 
+def _never_raises(fn):
+    """Counting must never break what it counts (a webhook, a runner pass): failures are logged, once."""
+    failed = []
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not failed:
+                failed.append(True)
+                logging.getLogger("coursepipe.metrics").error("metrics: %s failed: %s", fn.__name__, exc)
+            return None
+
+    return wrapped
+
+
 def _m() -> SimpleNamespace:
     global _metrics
     if _metrics is None:
         with _lock:
             if _metrics is None:
+                multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                if multiproc_dir:  # multi-process mode writes one file per process there
+                    os.makedirs(multiproc_dir, exist_ok=True)
                 from prometheus_client import Counter, Histogram
 
                 _metrics = SimpleNamespace(
@@ -41,6 +64,9 @@ def _m() -> SimpleNamespace:
                     processed=Counter("coursepipe_events_processed",
                                       "Runs of the inbox runner by outcome (retry = a transient failure, "
                                       "failed = retries exhausted or permanent).", ["source", "type", "outcome"]),
+                    deliveries=Counter("coursepipe_outbox_deliveries",
+                                       "Outbox send attempts by outcome: sent, retry (backing off), dead.",
+                                       ["channel", "result"]),
                     latency=Histogram("coursepipe_event_processing_seconds",
                                       "From receipt (inbox received_at) to the commit of its effects.",
                                       ["source", "type"], buckets=LATENCY_BUCKETS),
@@ -51,10 +77,12 @@ def _m() -> SimpleNamespace:
 # --------------------------------------------------------------------------- ingress
 
 
+@_never_raises
 def event_received(source: str, type_: str, duplicate: bool) -> None:
     (_m().duplicate if duplicate else _m().received).labels(source, type_).inc()
 
 
+@_never_raises
 def event_rejected(source: str, reason: str) -> None:
     # by reason, not by type: the type of a request that failed verification is not to be trusted
     _m().rejected.labels(source, reason).inc()
@@ -63,6 +91,7 @@ def event_rejected(source: str, reason: str) -> None:
 # --------------------------------------------------------------------------- runner
 
 
+@_never_raises
 def event_processed(
     *, inbox_id: int, source: str, event_id: str, type_: str, subject: str | None, outcome: str,
     received_at: datetime | None, committed_at: datetime, error: str | None = None,
@@ -79,6 +108,18 @@ def event_processed(
         "outcome": outcome, "latency_ms": round(latency * 1000, 1) if latency is not None else None,
         "error": error,
     }})
+
+
+# --------------------------------------------------------------------------- outbox relay
+
+
+DELIVERY_RESULTS = {"sent": "sent", "pending": "retry", "dead": "dead"}
+
+
+@_never_raises
+def outbox_attempt(channel: str, status: str | None) -> None:
+    """After the relay recorded one attempt: the row's new status says how it went."""
+    _m().deliveries.labels(channel, DELIVERY_RESULTS.get(status or "", "lost")).inc()
 
 
 # --------------------------------------------------------------------------- scrape time
@@ -111,7 +152,9 @@ class DatabaseCollector:
             return
         up.add_metric([], 1)
         yield up
-        by_status = GaugeMetricFamily("coursepipe_inbox_events", "Inbox events by status.", labels=["status"])
+        by_status = GaugeMetricFamily("coursepipe_inbox_events",
+                                      "Inbox events in an open status (pending, processing, waiting, failed).",
+                                      labels=["status"])
         for status, n in sorted(inbox.by_status.items()):
             by_status.add_metric([status], n)
         yield by_status
@@ -120,7 +163,7 @@ class DatabaseCollector:
         age.add_metric([], inbox.oldest_pending_age_seconds or 0.0)
         yield age
         messages = GaugeMetricFamily("coursepipe_outbox_messages",
-                                     "Outbox messages (mail, platform callbacks) by status; sent = delivered.",
+                                     "Outbox messages (mail, platform callbacks) pending, sending or dead.",
                                      labels=["channel", "status"])
         for channel, statuses in sorted(outbox.items()):
             for status, n in sorted(statuses.items()):
@@ -146,8 +189,6 @@ class ProcessCollector:
 
 def exposition(database) -> tuple[bytes, str]:
     """The /metrics body: this process's (or, in multi-process mode, every process's) counters + backlogs."""
-    import os
-
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)

@@ -132,7 +132,7 @@ def home():
     except Exception as exc:  # the broker is down: the page still shows what the database knows
         queues, queue_error = [], f"{type(exc).__name__}: {exc}"
     with rt.db.session_scope() as s:
-        inbox = ops.inbox_summary(session=s)
+        inbox = ops.inbox_summary(session=s, recent=True)
         problems = [_event_row(e) for e in ops.problem_events(session=s)]
         outbox = ops.outbox_summary(session=s)
         dead = [_message_row(m) for m in ops.dead_messages(session=s)]

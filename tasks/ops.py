@@ -8,13 +8,13 @@ commits, then sends the message that gets the row moving again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session
 
-from db.enums import InboxStatus, OutboxStatus
+from db.enums import InboxStatus, OutboxChannel, OutboxStatus
 from db.models import (
     Booking,
     CourseProgram,
@@ -105,17 +105,27 @@ def _redis_depths(broker) -> list[QueueDepth]:
 # --------------------------------------------------------------------------- inbox and outbox
 
 
+# Open statuses are counted exactly (a range of the (status, …) index: cost grows with the backlog,
+# not with history); final ones (processed, ignored, sent) only within a recent window, or by counters.
+OPEN_INBOX = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING, InboxStatus.FAILED)
+OPEN_OUTBOX = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.DEAD)
+RECENT = timedelta(hours=24)
+
+
 @dataclass(frozen=True)
 class InboxSummary:
-    by_status: dict[str, int]
+    by_status: dict[str, int]  # the open statuses
     oldest_pending_at: datetime | None
     oldest_pending_age_seconds: float | None
+    processed_recently: int | None = None  # processed in the last RECENT (when asked for)
 
 
-def inbox_summary(*, session: Session, now: datetime | None = None) -> InboxSummary:
+def inbox_summary(*, session: Session, now: datetime | None = None, recent: bool = False) -> InboxSummary:
     now = now or utcnow()
-    rows = session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all()
-    by_status = {s.value: 0 for s in InboxStatus}
+    rows = session.execute(
+        select(InboxEvent.status, func.count()).where(InboxEvent.status.in_(OPEN_INBOX)).group_by(InboxEvent.status)
+    ).all()
+    by_status = {s.value: 0 for s in OPEN_INBOX}
     by_status.update({status.value: n for status, n in rows})
     oldest = session.scalar(
         select(InboxEvent.received_at)
@@ -124,7 +134,11 @@ def inbox_summary(*, session: Session, now: datetime | None = None) -> InboxSumm
         .limit(1)
     )
     age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
-    return InboxSummary(by_status, oldest, age)
+    processed = None
+    if recent:
+        processed = session.scalar(select(func.count()).select_from(InboxEvent).where(
+            InboxEvent.status == InboxStatus.PROCESSED, InboxEvent.received_at >= now - RECENT))
+    return InboxSummary(by_status, oldest, age, processed)
 
 
 def problem_events(*, session: Session, limit: int = PROBLEM_LIMIT) -> list[InboxEvent]:
@@ -138,13 +152,14 @@ def problem_events(*, session: Session, limit: int = PROBLEM_LIMIT) -> list[Inbo
 
 
 def outbox_summary(*, session: Session) -> dict[str, dict[str, int]]:
-    """Outbox rows by channel and status (sent mail and callbacks are the deliveries)."""
-    out: dict[str, dict[str, int]] = {}
+    """Outbox rows in an open status (pending, sending, dead) by channel; deliveries are counted by the relay."""
+    out: dict[str, dict[str, int]] = {c.value: {s.value: 0 for s in OPEN_OUTBOX} for c in OutboxChannel}
     for channel, status, n in session.execute(
         select(OutboxMessage.channel, OutboxMessage.status, func.count())
+        .where(OutboxMessage.status.in_(OPEN_OUTBOX))
         .group_by(OutboxMessage.channel, OutboxMessage.status)
     ):
-        out.setdefault(channel.value, {s.value: 0 for s in OutboxStatus})[status.value] = n
+        out[channel.value][status.value] = n
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from coursepipe import runtime
+from coursepipe import metrics, runtime
 from tasks.errors import PermanentError
 from workers.actors import actor, enqueue_inbox, send
 
@@ -30,7 +30,8 @@ def relay_outbox() -> None:
     for job in jobs:
         outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
         with rt.db.session_scope() as session:
-            delivery.record(session=session, job=job, outcome=outcome)
+            status = delivery.record(session=session, job=job, outcome=outcome)
+        metrics.outbox_attempt(job.channel.value, status and status.value)
         delivered += outcome.ok
     if len(jobs) == delivery.CLAIM_BATCH and delivered:
         send("relay_outbox")  # a backlog, and the far side is up: keep draining without waiting for the tick
@@ -49,6 +50,7 @@ def deliver_outbox_message(message_id: int) -> None:
     outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
     with rt.db.session_scope() as session:
         status = delivery.record(session=session, job=job, outcome=outcome)
+    metrics.outbox_attempt(job.channel.value, status and status.value)
     log.debug("outbox %s attempt %d: %s", message_id, job.attempts, status)
 
 

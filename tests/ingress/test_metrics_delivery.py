@@ -1,0 +1,38 @@
+"""coursepipe_outbox_deliveries_total: the relay counts each attempt's outcome (real SMTP, real HTTP receiver)."""
+from __future__ import annotations
+
+import pytest
+
+from db.models import OutboxMessage
+from tasks.outbox import add_mail, add_platform_event
+from tests.conftest import drain, make_settings
+from tests.ingress.test_metrics import scrape, value
+from tests.tasks.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def settings(database, smtp_sink, platform_receiver):
+    return make_settings(database.url, smtp_url=smtp_sink.url, platform_callback_url=platform_receiver.url)
+
+
+def test_deliveries_are_counted_by_channel_and_result(client, runtime, worker, smtp_sink, platform_receiver):
+    before = scrape(client)
+    platform_receiver.status_next = 410  # the platform refuses the first callback for good: dead
+    with runtime.db.session_scope() as s:
+        add_mail(session=s, template="enrollment_welcome", recipient="stu@example.test", dedupe_key="m1",
+                 context={"student_name": "S", "course_title": "SFZ", "course_code": "SFZ", "steps": [], "bundle": []})
+        add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 1}, dedupe_key="p1")
+        add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 2}, dedupe_key="p2")
+    runtime.actors["relay_outbox"].send()
+    drain(runtime)
+    wait_until(lambda: len(smtp_sink.messages) == 1 and len(platform_receiver.events) == 1)
+    after = scrape(client)
+
+    def moved(**labels):
+        return value(after, "coursepipe_outbox_deliveries_total", **labels) - \
+            value(before, "coursepipe_outbox_deliveries_total", **labels)
+
+    assert moved(channel="mail", result="sent") == 1
+    assert moved(channel="platform", result="sent") == 1
+    assert moved(channel="platform", result="dead") == 1
+    assert value(after, "coursepipe_outbox_messages", channel="platform", status="dead") == 1
