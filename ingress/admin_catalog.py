@@ -7,6 +7,7 @@ answers 202: the `publish_listing` actor makes the Stripe calls (outside any req
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import IntegrityError
 
 from ingress.auth import require_admin
 from ingress.errors import ApiError, error_response
@@ -37,6 +38,12 @@ def _invalid(exc: ValidationFailed):
 @bp.errorhandler(NotFound)
 def _not_found(exc: NotFound):
     return error_response(404, "not_found", str(exc))
+
+
+@bp.errorhandler(IntegrityError)
+def _concurrent(exc: IntegrityError):
+    # two writers created the same code (or class option) at once: the loser retries and sees the winner
+    return error_response(409, "conflict", "a concurrent change to the same course or package; retry")
 
 
 @bp.errorhandler(catalog.StepInUse)

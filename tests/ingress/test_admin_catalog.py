@@ -160,3 +160,50 @@ def test_dashboard_edit_arrives_by_signed_webhook_and_shows_as_drift(client, adm
         ("name", "Sforzando: accents in ensemble playing", "Edited in Stripe")]
     listed = client.get("/admin/stripe/drift", headers=admin_headers).json["drift"]
     assert [(d["stripe_object_id"], d["event_id"]) for d in listed] == [(product_id, event["id"])]
+
+
+def test_publish_actor_retries_a_stripe_outage_with_the_same_key(client, admin_headers, runtime, worker,
+                                                                  stripe_server):
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    stripe_server.fail_next("POST", r"/v1/prices", status=503, times=3)  # > one actor attempt (client retries once)
+    assert client.post("/admin/courses/SFZ/publish", headers=admin_headers).status_code == 202
+    drain(runtime)
+    got = client.get("/admin/courses/SFZ", headers=admin_headers).json
+    assert got["status"] == "published" and got["stripe"]["in_sync"] is True
+    price_calls = stripe_server.calls("POST", "/v1/prices")
+    assert [c.status for c in price_calls] == [503, 503, 503, 200]
+    assert len({c.idempotency_key for c in price_calls}) == 1 and len(stripe_server.prices) == 1
+
+
+def test_publish_refused_by_stripe_leaves_a_draft_with_the_error_shown(client, admin_headers, runtime, worker,
+                                                                       stripe_server):
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    stripe_server.fail_next("POST", r"/v1/products", status=400, body={"error": {
+        "type": "invalid_request_error", "message": "Invalid string: name is too long", "param": "name"}})
+    assert client.post("/admin/courses/SFZ/publish", headers=admin_headers).status_code == 202
+    drain(runtime)
+    got = client.get("/admin/courses/SFZ", headers=admin_headers).json
+    assert got["status"] == "draft" and "name is too long" in got["stripe"]["last_error"]
+    assert len(stripe_server.calls("POST", "/v1/products")) == 1  # a refusal is not retried
+
+
+def test_concurrent_puts_of_a_new_course_leave_one_course(app, admin_headers, runtime):
+    import threading
+
+    statuses: list[int] = []
+    start = threading.Barrier(6)
+
+    def put():
+        client = app.test_client()
+        start.wait()
+        statuses.append(client.put("/admin/courses/SFZ", json=course(), headers=admin_headers).status_code)
+
+    threads = [threading.Thread(target=put) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert statuses.count(201) == 1 and set(statuses) <= {200, 201, 409}, statuses
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(CourseProgram)) == 1
+        assert s.scalar(select(func.count()).select_from(CourseStep).where(CourseStep.deleted_at.is_(None))) == 3
