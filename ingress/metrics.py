@@ -1,4 +1,4 @@
-"""GET /metrics (Prometheus text format) and the count of refused webhook requests.
+"""GET /metrics (Prometheus text format); refused webhook requests are counted and logged here.
 
 Unauthenticated, like most exporters: it carries counts, never ids or payloads. Keep it off the
 public internet (bind the scrape to the private network, or filter /metrics at the proxy).
@@ -28,4 +28,7 @@ def count_rejected(response):
         body = response.get_json(silent=True) if response.is_json else None
         reason = ((body or {}).get("error") or {}).get("code") or f"http_{response.status_code}"
         metrics.event_rejected(source, str(reason))
+        current_app.logger.warning("webhook rejected", extra={"event": {
+            "source": source, "outcome": "rejected", "reason": str(reason), "status": response.status_code,
+            "error": ((body or {}).get("error") or {}).get("message"), "remote": request.remote_addr}})
     return response

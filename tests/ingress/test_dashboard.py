@@ -167,3 +167,14 @@ def test_dashboard_shows_queue_depths_of_the_embedded_broker(client, runtime):
     home = client.get("/admin/").get_data(True)
     row = re.search(r"<tr><td>inbox</td>(.*?)</tr>", home, re.S).group(1)
     assert re.findall(r'class="num">(\d+)<', row) == ["1", "0", "1", "0"]  # ready, in flight, delayed, dead
+
+
+def test_pages_cannot_be_framed_run_no_script_and_are_not_cached(client):
+    for response in (client.get("/admin/login"), client.get("/admin/")):
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert "script-src" not in response.headers["Content-Security-Policy"]  # default-src 'none' covers it
+        assert response.headers["Cache-Control"] == "no-store"
+    login(client)
+    cookie = client.get_cookie("coursepipe_admin")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"

@@ -99,7 +99,11 @@ def test_one_json_line_per_event_received_and_processed(client, runtime, worker,
     with caplog.at_level(logging.INFO):
         assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
         drain(runtime)
+        bad = json.dumps(checkout(cs="cs_m_5"))
+        client.post("/webhooks/stripe", data=bad, headers={"Stripe-Signature": "t=1,v1=00"})
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "event", None)]
+    (rejected,) = [line for line in lines if line["msg"] == "webhook rejected"]
+    assert (rejected["source"], rejected["reason"], rejected["status"]) == ("stripe", "invalid_signature", 400)
     mine = [line for line in lines if line.get("event_id") == "evt_log_1"]
     assert [line["msg"] for line in mine] == ["event received", "event processed"]
     received, processed = mine
