@@ -152,12 +152,14 @@ def home():
     with rt.db.session_scope() as s:
         inbox = ops.inbox_summary(session=s, recent=True)
         problems = [_event_row(e) for e in ops.problem_events(session=s)]
+        failed_types = ops.failed_types(session=s)
         outbox = ops.outbox_summary(session=s)
         dead = [_message_row(m) for m in ops.dead_messages(session=s)]
         enrollments = ops.search_enrollments(session=s, query=query, limit=ops.SEARCH_LIMIT if query else 20)
         report = reports.course_report(session=s)
     return render_template(
         "dashboard/home.html", queues=queues, queue_error=queue_error, inbox=inbox, problems=problems,
+        failed_types=failed_types,
         outbox=outbox, dead=dead, enrollments=enrollments, query=query, report=report, now=utcnow(),
     )
 
@@ -218,6 +220,19 @@ def replay(inbox_id: int):
     current_app.logger.info("dashboard replay", extra={"event": {"inbox_id": inbox_id, "outcome": "replayed"}})
     flash(f"Event {inbox_id} queued for replay.", "ok")
     return redirect(url_for("dashboard.event_page", inbox_id=inbox_id))
+
+
+@bp.post("/ui/events/replay-failed")
+@login_required
+def replay_failed():
+    type_ = request.form.get("type") or None
+    with _runtime().db.session_scope() as s:
+        ids = ops.replay_failed(session=s, type_=type_)
+    enqueue_inbox(ids)
+    current_app.logger.info("dashboard bulk replay", extra={"event": {"type": type_, "inbox_ids": ids,
+                                                                      "outcome": "replayed"}})
+    flash(f"{len(ids)} failed event(s){' of type ' + type_ if type_ else ''} queued for replay.", "ok")
+    return redirect(url_for("dashboard.home"))
 
 
 @bp.post("/ui/outbox/<int:message_id>/retry")

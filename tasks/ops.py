@@ -189,6 +189,32 @@ def replay_event(*, session: Session, inbox_id: int) -> InboxEvent:
     return inbox.replay(session=session, inbox_id=inbox_id)
 
 
+BULK_REPLAY_LIMIT = 500
+
+
+def replay_failed(*, session: Session, type_: str | None = None, limit: int = BULK_REPLAY_LIMIT) -> list[int]:
+    """Every failed event (of one type, if given), oldest first, back to `pending`: after a fix is deployed.
+    The caller sends them after commit; handlers are idempotent, so a second press is harmless."""
+    from tasks import inbox
+
+    query = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.FAILED)
+    if type_:
+        query = query.where(InboxEvent.type == type_)
+    ids = list(session.scalars(query.order_by(InboxEvent.id).limit(limit)))
+    for inbox_id in ids:
+        inbox.replay(session=session, inbox_id=inbox_id)
+    return ids
+
+
+def failed_types(*, session: Session) -> dict[str, int]:
+    """Failed events by type (for the bulk replay's choice)."""
+    rows = session.execute(
+        select(InboxEvent.type, func.count()).where(InboxEvent.status == InboxStatus.FAILED)
+        .group_by(InboxEvent.type).order_by(InboxEvent.type)
+    ).all()
+    return {t: n for t, n in rows}
+
+
 def retry_message(*, session: Session, message_id: int) -> OutboxMessage:
     """The dashboard's Retry: a dead row back to `pending`, due now (the caller sends the relay after commit)."""
     from tasks import delivery

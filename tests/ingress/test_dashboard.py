@@ -178,3 +178,21 @@ def test_pages_cannot_be_framed_run_no_script_and_are_not_cached(client):
     login(client)
     cookie = client.get_cookie("coursepipe_admin")
     assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+
+
+def test_replay_all_failed_of_one_type(client, runtime, worker):
+    with runtime.db.session_scope() as s:
+        s.add_all([InboxEvent(source="stripe", event_id=f"evt_f{n}", type=t, payload={}, status=InboxStatus.FAILED,
+                              last_error="boom", attempts=5)
+                   for n, t in enumerate(["no.handler.a", "no.handler.a", "no.handler.b"])])
+    csrf = login(client)
+    home = client.get("/admin/").get_data(True)
+    assert "no.handler.a (2)" in home and "of any type (3)" in home
+    response = client.post("/admin/ui/events/replay-failed", data={"csrf_token": csrf, "type": "no.handler.a"},
+                           follow_redirects=True)
+    assert "2 failed event(s) of type no.handler.a queued for replay." in response.get_data(True)
+    drain(runtime)
+    with runtime.db.session_scope() as s:
+        assert sorted((e.type, e.status.value) for e in s.scalars(select(InboxEvent))) == [
+            ("no.handler.a", "ignored"), ("no.handler.a", "ignored"), ("no.handler.b", "failed")]
+    assert client.post("/admin/ui/events/replay-failed", data={}).status_code == 403
