@@ -69,7 +69,7 @@ def completed_sessions(*, settings, lookback: timedelta = DEFAULT_LOOKBACK, now:
     )
     sessions = []
     for checkout_session in page.auto_paging_iter():
-        data = checkout_session.to_dict()
+        data = checkout_session.to_dict(for_json=True)  # Decimal fields back to their wire strings
         if data.get("payment_status") in PAID:
             sessions.append(data)
     return sessions

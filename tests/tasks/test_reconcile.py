@@ -1,7 +1,10 @@
-"""Reconciliation: paid sessions without a fulfilment become synthetic inbox events, once."""
+"""Reconciliation: paid sessions without a fulfilment become synthetic inbox events, once.
+
+Stripe is the shared local Stripe server (tests/stripe_server.py) over real HTTP, asked by the real client."""
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,41 +16,61 @@ from tasks import reconcile
 from tasks.inbox import handler_for, process_event, store_event
 from tests import factories
 from tests.conftest import drain, make_settings
+from tests.stripe_server import StripeServer
 from tests.tasks.outbox_servers import smtp_sink  # noqa: F401  (fixture)
-from tests.tasks.stripe_sessions import checkout_session, stripe_sessions  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def stripe_sessions():
+    server = StripeServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
 def settings(database, stripe_sessions):
-    return make_settings(database.url, stripe_api_key="sk_test_reconcile", stripe_api_base=stripe_sessions.url)
+    return make_settings(database.url, **stripe_sessions.settings_changes())
+
+
+_server: list[StripeServer] = []
+
+
+@pytest.fixture(autouse=True)
+def _current_server(stripe_sessions):
+    _server[:] = [stripe_sessions]
+    yield
+    _server.clear()
 
 
 def _course_session(**changes):
-    return checkout_session(client_reference_id="stu_1", metadata={"kind": "course", "course_code": "SFZ"},
-                            amount_total=12000, **changes)
+    """A completed, paid course purchase, seeded on the local Stripe server."""
+    values = dict(status="complete", payment_status="paid", mode="payment", client_reference_id="stu_1",
+                  metadata={"kind": "course", "course_code": "SFZ"}, amount_total=12000, currency="usd",
+                  payment_intent=f"pi_{uuid.uuid4().hex[:24]}")
+    values.update(changes)
+    return _server[0].add_checkout_session(**values)
 
 
 def test_the_real_client_pages_through_recent_completed_sessions(settings, stripe_sessions, monkeypatch):
     monkeypatch.setattr(reconcile, "PAGE_SIZE", 2)
     old = int(time.time()) - 10 * 86400
-    stripe_sessions.sessions = [_course_session() for _ in range(3)] + [
-        _course_session(payment_status="unpaid"),  # async payment not settled: not ours to fulfil yet
-        _course_session(status="open", payment_status="unpaid"),
-        _course_session(created=old),  # outside the look-back
-    ]
+    paid = [_course_session() for _ in range(3)]
+    _course_session(payment_status="unpaid")  # async payment not settled: not ours to fulfil yet
+    _course_session(status="open", payment_status="unpaid")
+    _course_session(created=old)  # outside the look-back
     found = reconcile.completed_sessions(settings=settings, lookback=timedelta(hours=72))
-    assert sorted(s["id"] for s in found) == sorted(s["id"] for s in stripe_sessions.sessions[:3])
-    first = stripe_sessions.requests[0]
-    assert first["auth"] == "Bearer sk_test_reconcile"
-    assert first["query"]["status"] == "complete" and first["query"]["limit"] == "2"
-    assert abs(int(first["query"]["created[gte]"]) - (time.time() - 72 * 3600)) < 60
+    assert sorted(s["id"] for s in found) == sorted(s["id"] for s in paid)
+    calls = stripe_sessions.calls("GET", "/v1/checkout/sessions")
+    first = calls[0]
+    assert first.headers.get("Authorization") == f"Bearer {stripe_sessions.api_key}"
+    assert first.params["status"] == "complete" and first.params["limit"] == "2"
+    assert abs(int(first.params["created"]["gte"]) - (time.time() - 72 * 3600)) < 60
     # 4 complete sessions in range, 2 per page
-    assert len(stripe_sessions.requests) == 2 and "starting_after" in stripe_sessions.requests[1]["query"]
+    assert len(calls) == 2 and "starting_after" in calls[1].params
 
 
 def test_a_paid_session_without_enrollment_is_stored_once_as_a_synthetic_event(database, settings, stripe_sessions):
     missing, fulfilled, in_flight = _course_session(), _course_session(), _course_session()
-    stripe_sessions.sessions = [missing, fulfilled, in_flight]
     with database.session_scope() as s:
         student = factories.student(s)
         program = factories.program(s)
@@ -79,7 +102,6 @@ def test_a_paid_session_without_enrollment_is_stored_once_as_a_synthetic_event(d
 def test_the_reconcile_actor_hands_the_session_to_the_normal_fulfilment_path(database, runtime, worker,
                                                                             stripe_sessions):
     paid = _course_session()
-    stripe_sessions.sessions = [paid]
     with database.session_scope() as s:
         factories.student(s)
         factories.program(s)
@@ -98,10 +120,10 @@ def test_the_reconcile_actor_hands_the_session_to_the_normal_fulfilment_path(dat
 
 def test_reconcile_without_an_api_key_does_nothing(database, runtime, worker, stripe_sessions):
     runtime.settings = runtime.settings.with_(stripe_api_key=None)
-    stripe_sessions.sessions = [_course_session()]
+    _course_session()
     runtime.actors["reconcile"].send()
     drain(runtime)
-    assert stripe_sessions.requests == []
+    assert stripe_sessions.calls() == []
     with database.session_scope() as s:
         assert s.scalar(select(InboxEvent.id)) is None
 
@@ -133,10 +155,8 @@ def test_a_reconciled_purchase_is_fulfilled_and_welcomed_by_mail(database, strip
 
     if handler_for("stripe", "checkout.session.completed") is None:
         pytest.skip("no checkout.session.completed handler registered yet")
-    settings = make_settings(database.url, stripe_api_key="sk_test_reconcile", stripe_api_base=stripe_sessions.url,
-                             smtp_url=smtp_sink.url)
+    settings = make_settings(database.url, smtp_url=smtp_sink.url, **stripe_sessions.settings_changes())
     paid = _course_session()
-    stripe_sessions.sessions = [paid]
     with database.session_scope() as s:
         factories.student(s, email="ann@example.test", name="Ann")
         factories.program(s, steps=2)
