@@ -134,6 +134,10 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
             {"enrollment_id": enrollment.id, "step_id": step_id, "status": P.UNBOOKED, "skipped_ahead": False,
              "created_at": now, "updated_at": now} for step_id in missing])
         done.progress_created.extend(missing)
+        if enrollment.status == E.COMPLETED:  # a step added later reopens a finished course
+            ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=cause or "step added",
+                            enrollment_id=enrollment.id)
+            enrollment.completed_at = None
     granted = set() if fresh else set(session.scalars(
         select(CreditLedgerEntry.credit_type).where(
             CreditLedgerEntry.enrollment_id == enrollment.id,
@@ -255,8 +259,12 @@ def reinstate(*, session: Session, enrollment: StudentCourseEnrollment, cause: s
     """Every dispute closed in our favour: back to active (a documented extra event tells the platform)."""
     if enrollment.status != E.SUSPENDED:
         return False
-    ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id)
+    from tasks.bookings import complete_if_done
+
+    now = utcnow()
+    ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
     enrollment.suspended_at = None
+    complete_if_done(session=session, enrollment_id=enrollment.id, at=now, cause=cause)  # finished while suspended
     outbox.add_platform_event(
         session=session, type="enrollment.reinstated",
         data=_event_data(enrollment, program_of(session, enrollment), reason=reason),

@@ -132,3 +132,18 @@ def test_refulfill_keeps_the_bundle_as_sold(client, runtime, admin_headers):
         s.add(CourseBundleComponent(program_id=program_id, kind=BundleKind.GROUP_CREDIT, quantity=5))
     body = client.post(f"/admin/enrollments/{_enrollment_id(db)}/refulfill", headers=admin_headers).get_json()
     assert body["created"]["credits_granted"] == {} and body["enrollment"]["credits"] == {"group": 0, "private": 2}
+
+
+def test_a_step_added_to_a_completed_course_reopens_it(client, runtime, admin_headers):
+    from db.enums import ProgressStatus
+    from db.models import StudentCourseEnrollment as Enrollment
+
+    db = runtime.db
+    program_id = _purchase(db)
+    with db.session_scope() as s:
+        for row in s.scalars(select(StudentCourseProgress)):
+            row.status = ProgressStatus.COMPLETED
+        s.scalar(select(Enrollment)).status = EnrollmentStatus.COMPLETED
+        s.add(CourseStep(program_id=program_id, position=4, label="SFZ-4"))
+    body = client.post(f"/admin/enrollments/{_enrollment_id(db)}/refulfill", headers=admin_headers).get_json()
+    assert body["enrollment"]["status"] == "active" and body["enrollment"]["next_step"]["label"] == "SFZ-4"

@@ -106,3 +106,16 @@ def test_a_won_dispute_does_not_undo_a_full_refund(database):
     assert state(database)["enrollments"][0]["status"] == "revoked"
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(PaymentDispute)) == 1
+
+
+def test_a_course_finished_while_suspended_is_completed_when_reinstated(database):
+    from db.enums import ProgressStatus
+    from db.models import StudentCourseProgress
+
+    _purchase(database)
+    deliver(database, dispute_created())
+    with database.session_scope() as s:
+        for row in s.scalars(select(StudentCourseProgress)):
+            row.status = ProgressStatus.COMPLETED
+    deliver(database, dispute_closed(status="won"))
+    assert state(database)["enrollments"][0]["status"] == "completed"
