@@ -94,8 +94,8 @@ def check_object(*, session: Session, obj: dict[str, Any], event_id: str | None 
     if not object_id or obj.get("object") not in ("product", "price"):
         raise Ignored("not a product or price")
     rows = _rows_about(session, object_id)
-    if any(r.status is PublicationStatus.PENDING for r in rows):
-        # our own call is in flight: its outcome says what to expect; check then
+    if any(r.status is PublicationStatus.PENDING and r.request.get("target") == object_id for r in rows):
+        # our own change to this object is in flight: its outcome (which wakes this key) says what to expect
         raise WaitFor(f"stripe:{object_id}", f"a publishing call about {object_id} is in flight")
     expected = expected_fields(rows, obj)
     if not expected:

@@ -115,3 +115,17 @@ def test_publish_without_api_key_fails_clearly_and_stays_draft(database):
     assert result.returncode == 1 and "STRIPE_API_KEY is not set" in result.stderr
     with database.session_scope() as s:
         assert catalog.get_program(s, "SFZ").status is ProgramStatus.DRAFT
+
+
+def test_publish_with_redis_queues_the_actor(database, redis_url, redis_namespace, stripe_server):
+    import redis
+
+    cli(database.url, "import", str(EXAMPLE))
+    result = cli(database.url, "publish", "SFZ", REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace,
+                 **stripe_server.settings_changes_env())
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"kind": "course", "code": "SFZ", "queued": True}
+    messages = redis.Redis.from_url(redis_url).hvals(f"{redis_namespace}:catalog.msgs")
+    assert [json.loads(m)["actor_name"] for m in messages] == ["publish_listing"]
+    assert [json.loads(m)["args"] for m in messages] == [["course", "SFZ"]]
+    assert stripe_server.requests == []  # the workers make the calls, not the CLI

@@ -76,7 +76,7 @@ def test_a_dashboard_edit_is_recorded_once_and_shown_then_resolved(database, str
         mails = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "stripe_drift_alert")).all()
         assert [(m.recipient, m.payload["context"]["listing_code"]) for m in mails] == [("@admins", "SFZ")]
         text = mail.render("stripe_drift_alert", mails[0].payload["context"]).text
-    assert "name: we published Sforzando: accents in ensemble playing, Stripe now has Renamed" in text
+    assert "SFZ" in text and "Sforzando: accents in ensemble playing" in text and "Renamed in the dashboard" in text
     with database.session_scope() as s:
         state = publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))
     assert [(d["field"], d["actual"]) for d in state["drift"]] == [("name", "Renamed in the dashboard"),
@@ -139,4 +139,30 @@ def test_an_event_that_beats_our_outcome_waits_for_it(database, stripe_server, m
     run(database, parked[0])  # as the actor enqueues the woken events
     with database.session_scope() as s:
         assert s.get(InboxEvent, parked[0]).status is InboxStatus.PROCESSED
+    assert drift(database) == []
+
+
+def test_our_own_title_change_in_flight_is_not_drift(database, stripe_server, published, monkeypatch):
+    """The webhook of our product update lands before its outcome is stored: it waits (a price event
+    meanwhile is checked at once), and once woken it matches what we published."""
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    save(database, course(title="Sforzando II"))
+    real = publishing.record_outcome
+    seen: dict[str, InboxEvent] = {}
+
+    def webhooks_first(*, session, intent, result=None, **kw):
+        if intent.object_type == "product" and intent.action == "update" and not seen:
+            session.rollback()
+            seen["product"] = deliver(database, updated(stripe_server, published.product_id))
+            seen["price"] = deliver(database, updated(stripe_server, published.price_id))
+        return real(session=session, intent=intent, result=result, **kw)
+
+    monkeypatch.setattr(publishing, "record_outcome", webhooks_first)
+    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    assert seen["product"].status is InboxStatus.WAITING
+    assert seen["price"].status is InboxStatus.PROCESSED
+    assert result.woken == [seen["product"].id]
+    run(database, seen["product"].id)
+    with database.session_scope() as s:
+        assert s.get(InboxEvent, seen["product"].id).status is InboxStatus.PROCESSED
     assert drift(database) == []
