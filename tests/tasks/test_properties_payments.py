@@ -1,4 +1,4 @@
-"""Property: one student's purchase / refund / dispute events, in any order and any number of times,
+"""Property: one student's purchase / refund / dispute events (a course, or a package), in any order and any
 leave the same final state — the one the documented policy (docs/fulfilment.md) derives from the facts.
 
 Runs on SQLite and PostgreSQL (the `database` fixture); each example starts from empty tables.
@@ -11,7 +11,8 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from db.enums import BundleKind
+from db.enums import BundleKind, CreditType
+from db.models import CreditPackage
 from tests import factories
 from tests.conftest import _truncate
 from tests.tasks.payments_support import (
@@ -55,9 +56,9 @@ def scenarios(draw):
     return refunds, dispute, draw(st.permutations(plan)) if draw(st.booleans()) else plan
 
 
-def _event(name: str) -> dict:
+def _event(name: str, kind: str = "course") -> dict:
     if name == "purchase":
-        return checkout(cs="cs_prop", pi="pi_1", amount=PAID)
+        return checkout(cs="cs_prop", pi="pi_1", amount=PAID, package="P4" if kind == "package" else None)
     if name in REFUND_EVENTS:
         return REFUND_EVENTS[name]()
     if name == "dispute_created":
@@ -86,14 +87,16 @@ def expected(refunds: set[str], dispute: str) -> dict:
                      ("private", PRIVATE, PRIVATE - PRIVATE * refunded // PAID)]}
 
 
-def _play(database, plan) -> dict:
+def _play(database, plan, kind: str = "course") -> dict:
     _truncate(database)
     with database.session_scope() as s:
         factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, PRIVATE), (BundleKind.GROUP_CREDIT, GROUP)))
+        s.add(CreditPackage(code="P4", title="Four", price_amount=PAID, credit_type=CreditType.PRIVATE,
+                            quantity=PRIVATE))
     firsts: dict[str, dict] = {}
     for name, how in plan:
         if name not in firsts:
-            event = firsts[name] = _event(name)
+            event = firsts[name] = _event(name, kind)
         elif how == "redelivery":
             event = firsts[name]
         else:
@@ -115,3 +118,19 @@ def test_final_state_depends_on_the_facts_not_on_order_or_repetition(database, s
         got = {k: enrollment[k] for k in ("status", "refunded", "steps", "lots")}
         assert got == want, (order, got, want)
         assert final["balances"] == {"group": want["lots"][0][2], "private": want["lots"][1][2]}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_a_package_purchase_converges_the_same_way(database, scenario):
+    """Packages: refunded in full or a lost dispute → `refunded`, credits revoked; partial → proportional."""
+    refunds, dispute, plan = scenario
+    course = expected(refunds, dispute)
+    revoked = course["status"] == "revoked"
+    want = {"status": "refunded" if revoked else "paid", "refunded": course["refunded"],
+            "private": 0 if revoked else PRIVATE - PRIVATE * course["refunded"] // PAID}
+    for order in (plan, plan[::-1]):
+        final = _play(database, order, kind="package")
+        [package] = final["packages"]
+        got = {"status": package["status"], "refunded": package["refunded"], "private": final["balances"]["private"]}
+        assert got == want, (order, got, want)
