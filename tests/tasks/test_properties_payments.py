@@ -1,5 +1,5 @@
-"""Property: one student's purchase / refund / dispute events (a course, or a package), in any order and any
-leave the same final state — the one the documented policy (docs/fulfilment.md) derives from the facts.
+"""Property: one student's purchase / refund / dispute events (for a course, or a package), in any order
+and any number of times, leave the same final state: the one docs/fulfilment.md derives from the facts.
 
 Runs on SQLite and PostgreSQL (the `database` fixture); each example starts from empty tables.
 """
