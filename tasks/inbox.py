@@ -58,8 +58,15 @@ def _load_handlers() -> None:
 
 
 def provides(session: Session, *keys: str) -> None:
-    """Declare that this unit of work makes `keys` available (wakes events waiting for them)."""
+    """Declare that this unit of work makes `keys` available (wakes events waiting for them).
+
+    It also takes each key's advisory lock until commit: an event parking itself on that key holds
+    the same lock while it decides to wait, so a provider can never wake the parked rows just before
+    the waiter's `waiting` status commits (a lost wake-up).
+    """
     session.info.setdefault(PROVIDES_KEY, set()).update(keys)
+    for key in sorted(keys):
+        _lock_subject(session, key)
 
 
 def settings_of(session: Session):
@@ -201,19 +208,50 @@ def process_event(
         _finish(event, InboxStatus.IGNORED, now)
         return Result(Outcome.IGNORED)
 
+    error = _attempt(session, handler, event)
+    if error is None:
+        return _processed(session, event, attempts, now)
+    event = _reclaim(session, inbox_id, error)
+    if event is None:
+        return Result(Outcome.SKIPPED)
+    if isinstance(error, WaitFor):
+        # Look once more, now under the awaited key's lock: a provider that committed meanwhile is
+        # visible, and one still to come waits for our `waiting` to commit before it wakes parked rows.
+        # A savepoint, so that undoing this second try keeps the locks.
+        savepoint = session.begin_nested()
+        error = _attempt(session, handler, event, savepoint=savepoint)
+        if error is None:
+            return _processed(session, event, attempts, now)
+    event.attempts = attempts
+    return _record_failure(event, error, now, max_attempts)
+
+
+def _attempt(session: Session, handler: Handler, event: InboxEvent, savepoint=None) -> Exception | None:
+    """Run the handler; on an error undo its effects (the transaction, or just the savepoint)."""
     session.info.pop(PROVIDES_KEY, None)
     try:
         handler(session, event)
-        session.flush()  # constraint violations surface here, inside the handler's failure path
+        session.flush()  # constraint violations surface here, inside the failure path
     except Exception as exc:
-        session.rollback()  # none of the handler's effects survive
+        (savepoint or session).rollback()
         session.info.pop(PROVIDES_KEY, None)
-        event = _claim(session, inbox_id, skip_locked=False)
-        if event is None:
-            return Result(Outcome.SKIPPED)
-        event.attempts = attempts
-        return _record_failure(event, exc, now, max_attempts)
+        return exc
+    if savepoint is not None:
+        savepoint.commit()
+    return None
 
+
+def _reclaim(session: Session, inbox_id: int, error: Exception) -> InboxEvent | None:
+    """After a rollback: the row and its locks again (and the awaited key's, for a parked event)."""
+    event = _claim(session, inbox_id, skip_locked=False)
+    if event is not None:
+        _lock_subject(session, event.subject)
+        if isinstance(error, WaitFor):
+            _lock_subject(session, error.key)
+    return event
+
+
+def _processed(session: Session, event: InboxEvent, attempts: int, now: datetime) -> Result:
     event.attempts = attempts  # set after the handler: one UPDATE of the row, with its status
     _finish(event, InboxStatus.PROCESSED, now)
     # what the handler provided, and the event's own subject, may be what a parked event waits for

@@ -30,7 +30,9 @@ PROGRESS = StateMachine(
         P.BOOKED: frozenset({P.UNBOOKED, P.COMPLETED, P.MISSED, P.CANCELLED}),
         P.MISSED: frozenset({P.BOOKED, P.CANCELLED}),  # a missed step may be booked again
         P.COMPLETED: frozenset(),  # attended steps stay on record, even after a refund
-        P.CANCELLED: frozenset(),
+        # a step deactivated by a revocation whose class was attended anyway (the refund was processed
+        # before the attendance): the attendance is recorded, whatever order the two arrived in
+        P.CANCELLED: frozenset({P.COMPLETED}),
     },
 )
 

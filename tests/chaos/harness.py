@@ -21,6 +21,7 @@ from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
 from tests.signing import platform_headers, stripe_headers
 
 ROOT = Path(__file__).resolve().parents[2]
+APP_NAME = "coursepipe-chaos"  # the stack's connections, so a fault can terminate them and no others
 
 
 def free_port() -> int:
@@ -62,7 +63,7 @@ class Stack:
         env = {**os.environ, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                "REDIS_NAMESPACE": self.namespace, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                "PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "ADMIN_TOKEN": ADMIN_TOKEN,
-               "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+               "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", "PGAPPNAME": APP_NAME}
         env.update(self.extra_env)
         return env
 
@@ -134,12 +135,12 @@ class Stack:
     # ------------------------------------------------------------------ database faults
 
     def terminate_backends(self) -> int:
-        """pg_terminate_backend on every connection to this test's database but ours."""
+        """pg_terminate_backend on every connection the stack's processes hold (not the test's own)."""
         engine = sa.create_engine(self.database_url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             n = conn.execute(sa.text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+                "WHERE datname = current_database() AND application_name = :app"), {"app": APP_NAME}).scalar()
         engine.dispose()
         return int(n or 0)
 

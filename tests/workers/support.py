@@ -62,3 +62,20 @@ def slow(session, event):
     if marker and not Path(marker + ".done").exists():
         Path(marker).write_text(str(os.getpid()))
         time.sleep(120)  # the test SIGKILLs us here, mid-transaction
+
+
+GATES: dict[str, dict] = {}  # event_id -> {"checked": threading.Event, "go": threading.Event}
+
+
+@handles(InboxSource.PLATFORM, "test.wait_gated")
+def wait_gated(session, event):
+    """Like test.wait, but pauses after finding nothing, so a provider can commit in between."""
+    key = event.payload["data"]["needs"]
+    found = session.query(AlertLog).filter(AlertLog.subject == key).count()
+    gate = GATES.get(event.event_id)
+    if gate is not None and not gate["checked"].is_set():
+        gate["checked"].set()
+        gate["go"].wait(timeout=30)
+    if not found:
+        raise WaitFor(key)
+    _effect(session, event)

@@ -198,3 +198,38 @@ def test_worker_sigkilled_mid_transaction_leaves_no_partial_effect_and_is_proces
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert effects(redis_runtime.db) == 1
+
+
+def test_no_lost_wake_up_when_the_provider_commits_while_the_waiter_decides(pg_database):
+    """The waiter saw nothing; the provider commits and wakes (nobody is parked yet); the waiter must
+    not then park forever: it looks again under the key's lock and is processed."""
+    from db.enums import InboxSource
+    from tasks import inbox as inbox_core
+    from tests.workers.support import GATES
+
+    def store(type_, data):
+        event = platform_event(type_, data)
+        with pg_database.session_scope() as s:
+            return event["id"], inbox_core.store_event(session=s, source=InboxSource.PLATFORM, event_id=event["id"],
+                                                       type=type_, payload=event, subject=None,
+                                                       occurred_at=None).id
+
+    waiter_event, waiter = store("test.wait_gated", {"needs": "thing:race"})
+    _, provider = store("test.provide", {"key": "thing:race"})
+    gate = GATES[waiter_event] = {"checked": threading.Event(), "go": threading.Event()}
+    results = {}
+
+    def run_waiter():
+        with pg_database.session_scope() as s:
+            results["waiter"] = inbox_core.process_event(session=s, inbox_id=waiter)
+
+    thread = threading.Thread(target=run_waiter)
+    thread.start()
+    assert gate["checked"].wait(timeout=30)
+    with pg_database.session_scope() as s:  # the provider commits while the waiter is deciding
+        results["provider"] = inbox_core.process_event(session=s, inbox_id=provider)
+    gate["go"].set()
+    thread.join(timeout=30)
+    assert results["provider"].outcome.value == "processed"
+    assert results["waiter"].outcome.value == "processed"
+    assert statuses(pg_database) == [InboxStatus.PROCESSED, InboxStatus.PROCESSED]
