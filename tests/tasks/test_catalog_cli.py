@@ -107,6 +107,8 @@ def test_publish_in_embedded_mode_runs_in_process(database, stripe_server):
     package = cli(database.url, "publish", "--package", "TEN-GROUP", **stripe_server.settings_changes_env())
     assert package.returncode == 0, package.stderr
     assert len(stripe_server.products) == 2
+    listed = cli(database.url, "list")
+    assert listed.stdout.split() == ["SFZ", "published", out["product_id"], out["price_id"], "in", "sync"]
 
 
 def test_publish_without_api_key_fails_clearly_and_stays_draft(database):
