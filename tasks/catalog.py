@@ -25,7 +25,7 @@ from pydantic import (
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.enums import BookingStatus, BundleKind, CreditType, ProgramStatus
+from db.enums import BookingStatus, BundleKind, ClassStatus, CreditType, ProgramStatus
 from db.models import (
     Booking,
     CourseBundleComponent,
@@ -538,7 +538,9 @@ def option_view(class_id: str, group_class: GroupClass | None) -> dict[str, Any]
         return {"class_id": class_id, "starts_at": None, "ends_at": None, "seats_left": None, "status": None}
     return {"class_id": class_id, "starts_at": group_class.starts_at.isoformat(),
             "ends_at": group_class.ends_at.isoformat() if group_class.ends_at else None,
-            "seats_left": group_class.seats_left, "status": group_class.status.value}
+            # a cancelled class has nothing left to book, whatever its counters say
+            "seats_left": 0 if group_class.status is ClassStatus.CANCELLED else group_class.seats_left,
+            "status": group_class.status.value}
 
 
 def package_view(package: CreditPackage) -> dict[str, Any]:

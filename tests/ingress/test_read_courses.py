@@ -33,8 +33,8 @@ def test_course_detail_in_contract_shape_with_seats_left(client, admin_headers, 
     # options ordered by start; seats_left from the class mirror
     assert [(o["class_id"], o["seats_left"]) for o in steps[0]["options"]] == [("gc_a2", 0), ("gc_a1", 5)]
     assert steps[0]["options"][0]["starts_at"].endswith("+00:00")
-    assert steps[1]["options"] == [{**steps[1]["options"][0], "class_id": "gc_b1", "seats_left": 5,
-                                    "status": "cancelled"}]
+    assert steps[1]["options"] == [{**steps[1]["options"][0], "class_id": "gc_b1", "seats_left": 0,
+                                    "status": "cancelled"}]  # cancelled: nothing to book
     assert steps[2]["options"] == []
 
 
