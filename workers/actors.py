@@ -71,7 +71,7 @@ class RetryLater(Exception):
 
 
 @actor(queue_name=INBOX_QUEUE, max_retries=20, throws=())
-def process_inbox_event(inbox_id: int) -> str:
+def process_inbox_event(inbox_id: int) -> None:
     rt = runtime.current()
     with rt.db.session_scope() as session:
         result = inbox.process_event(session=session, inbox_id=inbox_id, settings=rt.settings)
@@ -85,12 +85,10 @@ def process_inbox_event(inbox_id: int) -> str:
     enqueue_inbox(result.woken)
     if result.outcome is inbox.Outcome.RETRY:
         raise RetryLater(f"inbox event {inbox_id}: {result.error}")
-    return result.outcome.value
 
 
-@actor(queue_name="maintenance", max_retries=0)
-def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
-    """Re-send rows that stayed pending too long (their message was lost or never sent)."""
+def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
+    """Re-send rows that stayed pending too long (their message was lost or never sent); how many."""
     from datetime import timedelta
 
     rt = runtime.current()
@@ -100,12 +98,23 @@ def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
     return enqueue_inbox(ids)
 
 
-@actor(queue_name="maintenance", max_retries=0)
-def retry_waiting() -> int:
+def requeue_parked() -> int:
+    """Put parked events back to pending and send them (the scheduled retry); how many."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
         ids = inbox.requeue_waiting(session=session)
     return enqueue_inbox(ids)
+
+
+# Actors return None: without a results backend Dramatiq warns about every returned value.
+@actor(queue_name="maintenance", max_retries=0)
+def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS) -> None:
+    resend_stale(older_than_seconds)
+
+
+@actor(queue_name="maintenance", max_retries=0)
+def retry_waiting() -> None:
+    requeue_parked()
 
 
 __all__ = ["Retry", "actor", "declare_actors", "send", "enqueue_inbox"]

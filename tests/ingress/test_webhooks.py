@@ -170,7 +170,7 @@ def test_broker_down_still_acknowledges_and_the_sweeper_resends(client, runtime,
     response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
     assert response.status_code == 200 and response.get_json()["duplicate"] is False
     monkeypatch.undo()
-    assert actors.sweep_inbox(0) == 1
+    assert actors.resend_stale(0) == 1
     assert runtime.broker.queues["inbox"].qsize() == 1
 
 

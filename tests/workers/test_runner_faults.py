@@ -133,7 +133,7 @@ def test_redis_down_while_events_arrive_all_acknowledged_then_processed_once(red
     import dramatiq
 
     from ingress.app import create_app
-    from workers.actors import sweep_inbox
+    from workers.actors import resend_stale
 
     app = create_app(redis_runtime.settings, runtime=redis_runtime)
     events = [platform_event("test.effect", {"n": n}) for n in range(20)]
@@ -146,7 +146,7 @@ def test_redis_down_while_events_arrive_all_acknowledged_then_processed_once(red
         assert post(url, events[0]).json()["duplicate"] is True
     assert statuses(redis_runtime.db) == [InboxStatus.PENDING] * 20
     own_redis.start()
-    assert sweep_inbox(0) == 20  # the scheduler's sweeper, run now
+    assert resend_stale(0) == 20  # the scheduler's sweeper, run now
     worker = dramatiq.Worker(redis_runtime.broker, worker_threads=4, worker_timeout=100)
     worker.start()
     try:
@@ -160,7 +160,7 @@ def test_worker_sigkilled_mid_transaction_leaves_no_partial_effect_and_is_proces
         redis_runtime, tmp_path):
     from tasks.inbox import store_event
     from db.enums import InboxSource
-    from workers.actors import enqueue_inbox, sweep_inbox
+    from workers.actors import enqueue_inbox, resend_stale
 
     marker = tmp_path / "in-handler"
     event = platform_event("test.slow", {})
@@ -189,7 +189,7 @@ def test_worker_sigkilled_mid_transaction_leaves_no_partial_effect_and_is_proces
     assert statuses(redis_runtime.db) == [InboxStatus.PENDING]
 
     Path(str(marker) + ".done").write_text("ok")  # the next run passes straight through
-    assert wait_until(lambda: sweep_inbox(0) == 1, timeout=30)  # its lock is gone once PostgreSQL notices
+    assert wait_until(lambda: resend_stale(0) == 1, timeout=30)  # its lock is gone once PostgreSQL notices
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
