@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from db.enums import BookingStatus, BundleKind, CreditType, EnrollmentStatus, LedgerEntryType, ProgressStatus
 from db.models import (
     Booking,
+    CourseBundleComponent,
     CourseProgram,
     CourseStep,
     CreditLedgerEntry,
@@ -73,9 +74,22 @@ def program_of(session: Session, enrollment: StudentCourseEnrollment) -> CourseP
     return session.get(CourseProgram, enrollment.program_id)
 
 
-def bundle_snapshot(program: CourseProgram) -> list[dict[str, Any]]:
+def live_steps(session: Session, program_id: int) -> list[CourseStep]:
+    """The course's live steps in order (a plain query: cheaper than the relationship's lazy load)."""
+    return list(session.scalars(select(CourseStep)
+                                .where(CourseStep.program_id == program_id, CourseStep.deleted_at.is_(None))
+                                .order_by(CourseStep.position)))
+
+
+def bundle_snapshot(program: CourseProgram, session: Session | None = None) -> list[dict[str, Any]]:
     """The bundle as sold, kept on the enrollment: a later catalog edit does not change what was bought."""
-    return [{"component_id": c.id, "kind": c.kind.value, "quantity": c.quantity} for c in program.bundle]
+    if session is None:
+        components = program.bundle
+    else:
+        components = session.scalars(select(CourseBundleComponent).where(
+            CourseBundleComponent.program_id == program.id, CourseBundleComponent.deleted_at.is_(None))
+            .order_by(CourseBundleComponent.id))
+    return [{"component_id": c.id, "kind": c.kind.value, "quantity": c.quantity} for c in components]
 
 
 def bundle_owed(enrollment: StudentCourseEnrollment, program: CourseProgram) -> dict[CreditType, int]:
@@ -113,7 +127,7 @@ class Provisioned:
 
 
 def provision(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram | None = None,
-              cause: str | None = None, fresh: bool = False) -> Provisioned:
+              cause: str | None = None, fresh: bool = False, steps: list[CourseStep] | None = None) -> Provisioned:
     """Create what an entitled enrollment is owed and lacks. The caller holds the enrollment's row lock.
 
     A progress row per live step (a step added after the purchase gets one too) and one bundle grant
@@ -126,7 +140,8 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
     # `fresh`: the enrollment row was inserted in this transaction, so it has nothing yet
     have = set() if fresh else set(session.scalars(select(StudentCourseProgress.step_id)
                                                    .where(StudentCourseProgress.enrollment_id == enrollment.id)))
-    missing = [step.id for step in program.steps if step.id not in have]
+    steps = live_steps(session, program.id) if steps is None else steps
+    missing = [step.id for step in steps if step.id not in have]
     if missing:
         now = utcnow()
         # one multi-row INSERT; the unique (enrollment, step) key refuses a double
@@ -156,13 +171,13 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
 
 
 def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram,
-                     fresh: bool = False) -> None:
+                     fresh: bool = False, steps: list[CourseStep] | None = None) -> None:
     """`enrollment.created` for the platform and the welcome mail; each once per enrollment.
 
     `fresh`: the enrollment row was inserted in this transaction (no message can exist yet).
     """
     student = session.get(Student, enrollment.student_id)
-    steps = program.steps
+    steps = live_steps(session, program.id) if steps is None else steps
     outbox.add_platform_event(
         session=session,
         type="enrollment.created",

@@ -289,7 +289,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
 
     def make() -> dict[str, Any]:
         metadata = _metadata(checkout, event_type, event_id, product, outcome)
-        metadata["bundle"] = enrollments.bundle_snapshot(program)  # what was sold, kept as sold
+        metadata["bundle"] = enrollments.bundle_snapshot(program, session)  # what was sold, kept as sold
         metadata["program_status_at_fulfilment"] = program.status.value
         return dict(
             student_id=student.id,
@@ -322,9 +322,11 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
             ENROLLMENT.move(enrollment, E.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
     provisioned = None
     if enrollment.status in enrollments.ENTITLED:
+        steps = enrollments.live_steps(session, program.id)
         provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
-                                            fresh=created)
-        enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created)
+                                            fresh=created, steps=steps)
+        enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created,
+                                     steps=steps)
     if not created:
         # refunds or disputes recorded against this purchase before now apply (a new row has none:
         # they wait until it exists)
