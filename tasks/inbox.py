@@ -167,10 +167,18 @@ class Result:
     woken: list[int] = field(default_factory=list)
 
 
+LOCKS_KEY = "coursepipe.locks"
+
+
 def _lock_subject(session: Session, subject: str | None) -> None:
     """Two events about the same thing never race (PostgreSQL advisory lock until commit)."""
-    if subject and session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(subject.encode()))))
+    if not subject or session.get_bind().dialect.name != "postgresql":
+        return
+    held = session.info.setdefault(LOCKS_KEY, set())
+    if subject in held:  # already ours in this transaction (e.g. a handler provides its own subject)
+        return
+    session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(subject.encode()))))
+    held.add(subject)
 
 
 RUNNABLE = (InboxStatus.PENDING, InboxStatus.PROCESSING)
@@ -195,6 +203,7 @@ def process_event(
     """
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
+    session.info[LOCKS_KEY] = set()
     event = _claim(session, inbox_id, skip_locked=True)
     if event is None:
         # unknown id, already final, or another worker holds it now (it finishes, or rolls back and is swept)
@@ -235,6 +244,8 @@ def _attempt(session: Session, handler: Handler, event: InboxEvent, savepoint=No
     except Exception as exc:
         (savepoint or session).rollback()
         session.info.pop(PROVIDES_KEY, None)
+        if savepoint is None:  # the transaction ended: its advisory locks are gone
+            session.info[LOCKS_KEY] = set()
         return exc
     if savepoint is not None:
         savepoint.commit()
