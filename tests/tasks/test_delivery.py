@@ -63,12 +63,17 @@ MAILS = [
     ("low_seat_alert", "@admins",
      dict(course_code="SFZ", step_label="SFZ-2", class_id="gc_2", class_title="Turns", starts_at=STARTS,
           timezone="Europe/Berlin", seats_left=2, capacity=10, threshold=3), ["SFZ-2", "2 left", "gc_2"]),
+    ("stripe_drift_alert", "@admins",
+     dict(listing_kind="course", listing_code="SFZ", stripe_object_id="price_1", object_type="price",
+          event_id="evt_1", differences=[{"field": "unit_amount", "expected": "12000", "actual": "9900"}]),
+     ["price_1", "unit_amount: expected 12000, Stripe has 9900"]),
 ]
 
 
 SUBJECTS = {"enrollment_welcome": "Welcome to Salsa Foundations", "booking_confirmed": "Booked: SFZ-2",
             "booking_cancelled": "Cancelled: SFZ-2", "class_cancelled": "Class cancelled: Turns",
-            "step_reminder": "book SFZ-1", "dispute_alert": "Dispute opened on SFZ", "low_seat_alert": "SFZ-2"}
+            "step_reminder": "book SFZ-1", "dispute_alert": "Dispute opened on SFZ", "low_seat_alert": "SFZ-2",
+            "stripe_drift_alert": "Stripe drift on course SFZ"}
 
 
 def test_every_mail_reaches_the_smtp_server(database, runtime, worker, smtp_sink):
@@ -323,3 +328,21 @@ def test_concurrent_relays_share_the_backlog(pg_database):
         first_session.close()
     assert len(first) == delivery.CLAIM_BATCH and len(second) == 15 - delivery.CLAIM_BATCH
     assert sorted(j.id for j in first + second) == ids
+
+
+def test_a_late_success_after_the_row_went_dead_is_recorded_as_sent(database, settings):
+    with database.session_scope() as s:
+        message_id = add_mail(session=s, template="step_reminder", recipient="a@example.test", context={},
+                              dedupe_key="late").id
+    now = utcnow()
+    with database.session_scope() as s:
+        slow = delivery.claim(session=s, message_id=message_id, settings=settings, now=now)
+    later = now + delivery.SENDING_LEASE + timedelta(seconds=1)
+    with database.session_scope() as s:  # the lease runs out; another attempt fails permanently
+        delivery.release_stuck(session=s, now=later)
+        other = delivery.claim(session=s, message_id=message_id, settings=settings, now=later)
+    with database.session_scope() as s:
+        assert delivery.record(session=s, job=other, outcome=delivery.Outcome(False, "550", permanent=True),
+                               now=later) is OutboxStatus.DEAD
+    with database.session_scope() as s:  # the slow first attempt reports that it got through
+        assert delivery.record(session=s, job=slow, outcome=delivery.Outcome(True), now=later) is OutboxStatus.SENT

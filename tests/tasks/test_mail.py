@@ -66,3 +66,18 @@ def test_the_message_carries_both_parts_and_our_message_id():
     assert message["Message-ID"] == "<outbox-9@coursepipe>" and message["To"] == "b@example.test, c@example.test"
     assert message.get_content_type() == "multipart/alternative"
     assert "SFZ-3" in message.get_body(("plain",)).get_content()
+
+
+def test_every_template_named_in_the_code_exists():
+    """Outbox rows name templates by string; an unknown one would end `dead` at delivery. Catch it here."""
+    import re
+    from pathlib import Path
+
+    root = Path(mail.__file__).resolve().parent
+    named = set()
+    for path in root.rglob("*.py"):
+        source = path.read_text()
+        named |= set(re.findall(r'template="([a-z_]+)"', source))
+        named |= set(re.findall(r'_mail\(\s*session,\s*"([a-z_]+)"', source))
+    assert named, "the scan found no template names at all"
+    assert named <= set(mail.TEMPLATES), sorted(named - set(mail.TEMPLATES))
