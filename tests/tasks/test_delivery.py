@@ -66,14 +66,14 @@ MAILS = [
     ("stripe_drift_alert", "@admins",
      dict(listing_kind="course", listing_code="SFZ", stripe_object_id="price_1", object_type="price",
           event_id="evt_1", differences=[{"field": "unit_amount", "expected": "12000", "actual": "9900"}]),
-     ["price_1", "unit_amount: expected 12000, Stripe has 9900"]),
+     ["price_1", "unit_amount: we published 12000, Stripe now has 9900"]),
 ]
 
 
 SUBJECTS = {"enrollment_welcome": "Welcome to Salsa Foundations", "booking_confirmed": "Booked: SFZ-2",
             "booking_cancelled": "Cancelled: SFZ-2", "class_cancelled": "Class cancelled: Turns",
             "step_reminder": "book SFZ-1", "dispute_alert": "Dispute opened on SFZ", "low_seat_alert": "SFZ-2",
-            "stripe_drift_alert": "Stripe drift on course SFZ"}
+            "stripe_drift_alert": "Stripe drift: price price_1 (SFZ)"}
 
 
 def test_every_mail_reaches_the_smtp_server(database, runtime, worker, smtp_sink):
