@@ -351,7 +351,16 @@ class StudentCourseEnrollment(Timestamped, Base):
 
 class StudentCourseProgress(Timestamped, Base):
     __tablename__ = "student_course_progress"
-    __table_args__ = (UniqueConstraint("enrollment_id", "step_id"),)
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id"),
+        # the reminder scan: unbooked rows of the few steps with a class coming up
+        Index(
+            "ix_student_course_progress_step_unbooked",
+            "step_id",
+            sqlite_where=text("status = 'unbooked'"),
+            postgresql_where=text("status = 'unbooked'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("student_course_enrollment.id"))

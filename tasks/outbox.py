@@ -4,10 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel
 from db.models import OutboxMessage
+from db.types import utcnow
 
 
 def add_message(
@@ -78,3 +81,29 @@ def add_mail(
         enrollment_id=enrollment_id,
         fresh=fresh,
     )
+
+
+def add_mails(
+    *, session: Session, template: str, mails: list[tuple[str, dict[str, Any], str, int | None]]
+) -> int:
+    """Many mails of one template at once — (recipient, context, dedupe key, enrollment id) each — in
+    multi-row inserts; a dedupe key already present is skipped. Returns how many rows were new."""
+    if not mails:
+        return 0
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = OutboxMessage.__table__
+    now = utcnow()
+    written = 0
+    for start in range(0, len(mails), BULK_CHUNK):
+        rows = [dict(channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
+                     payload={"template": template, "context": context},
+                     dedupe_key=f"mail:{dedupe_key}:{recipient}", enrollment_id=enrollment_id, status="pending",
+                     attempts=0, created_at=now, next_attempt_at=now)
+                for recipient, context, dedupe_key, enrollment_id in mails[start:start + BULK_CHUNK]]
+        result = session.execute(insert(table).values(rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                                 .returning(table.c.id))
+        written += len(result.all())
+    return written
+
+
+BULK_CHUNK = 500

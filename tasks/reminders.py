@@ -29,7 +29,7 @@ from db.models import (
     StudentCourseProgress,
 )
 from db.types import utcnow
-from tasks.outbox import add_mail
+from tasks.outbox import add_mails
 
 log = logging.getLogger("coursepipe.reminders")
 
@@ -41,35 +41,22 @@ def window_key(earliest_start: datetime) -> str:
 
 
 def send_reminders(*, session: Session, settings, now: datetime | None = None) -> int:
-    """Queue one `step_reminder` mail per eligible (enrollment, step, window). Returns how many were queued."""
+    """Queue one `step_reminder` mail per eligible (enrollment, step, window). Returns how many were queued.
+
+    Set-based, for 100,000s of enrollments: first the steps that have an option starting inside the
+    window (few), then only those steps' unbooked progress rows, then one multi-row insert into
+    `reminder_log` (ON CONFLICT DO NOTHING RETURNING: what was not reminded yet) and one into the outbox.
+    """
     if not settings.reminders_enabled:
         return 0
     now = now or utcnow()
     horizon = now + timedelta(days=settings.reminder_window_days)
 
-    candidates = session.execute(
-        select(StudentCourseProgress, StudentCourseEnrollment, Student, CourseStep, CourseProgram)
-        .join(StudentCourseEnrollment, StudentCourseEnrollment.id == StudentCourseProgress.enrollment_id)
-        .join(Student, Student.id == StudentCourseEnrollment.student_id)
-        .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
-        .join(CourseProgram, CourseProgram.id == StudentCourseEnrollment.program_id)
-        .where(
-            StudentCourseEnrollment.status == EnrollmentStatus.ACTIVE,
-            StudentCourseProgress.status == ProgressStatus.UNBOOKED,
-            CourseStep.deleted_at.is_(None),
-        )
-        .order_by(StudentCourseEnrollment.id, CourseStep.position)
-    ).all()
-    if not candidates:
-        return 0
-
-    step_ids = {step.id for _, _, _, step, _ in candidates}
-    upcoming: dict[int, list[GroupClass]] = defaultdict(list)
-    for step_id, group_class in session.execute(
-        select(CourseStepOption.step_id, GroupClass)
+    upcoming: dict[int, list] = defaultdict(list)
+    for step_id, class_id, title, starts_at, class_tz in session.execute(
+        select(CourseStepOption.step_id, GroupClass.id, GroupClass.title, GroupClass.starts_at, GroupClass.timezone)
         .join(GroupClass, GroupClass.id == CourseStepOption.group_class_id)
         .where(
-            CourseStepOption.step_id.in_(step_ids),
             CourseStepOption.deleted_at.is_(None),
             GroupClass.status == ClassStatus.SCHEDULED,
             GroupClass.starts_at > now,
@@ -77,54 +64,75 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
         )
         .order_by(GroupClass.starts_at, GroupClass.id)
     ).all():
-        upcoming[step_id].append(group_class)
+        upcoming[step_id].append((class_id, title, starts_at, class_tz))
+    if not upcoming:
+        return 0
+
+    candidates = session.execute(
+        select(StudentCourseProgress.enrollment_id, StudentCourseProgress.step_id, CourseStep.label, CourseStep.title,
+               Student.email, Student.name, Student.timezone, CourseProgram.code, CourseProgram.title,
+               CourseProgram.timezone)
+        .join(StudentCourseEnrollment, StudentCourseEnrollment.id == StudentCourseProgress.enrollment_id)
+        .join(Student, Student.id == StudentCourseEnrollment.student_id)
+        .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
+        .join(CourseProgram, CourseProgram.id == StudentCourseEnrollment.program_id)
+        .where(
+            StudentCourseProgress.step_id.in_(sorted(upcoming)),
+            StudentCourseProgress.status == ProgressStatus.UNBOOKED,
+            StudentCourseEnrollment.status == EnrollmentStatus.ACTIVE,
+            CourseStep.deleted_at.is_(None),
+            Student.email.is_not(None),
+        )
+        .order_by(StudentCourseProgress.enrollment_id, CourseStep.position)
+    ).all()
 
     queued = 0
-    for progress, enrollment, student, step, program in candidates:
-        classes = upcoming.get(step.id)
-        if not classes or not student.email:
-            continue
-        earliest = classes[0]
-        key = window_key(earliest.starts_at)
-        if not _log_once(session, enrollment_id=enrollment.id, step_id=step.id, key=key, now=now):
-            continue
-        timezone = student.timezone or earliest.timezone or program.timezone
-        add_mail(
-            session=session,
-            template="step_reminder",
-            recipient=student.email,
-            context={
-                "student_name": student.name,
-                "course_code": program.code,
-                "course_title": program.title,
-                "step_label": step.label,
-                "step_title": step.title,
-                "class_id": earliest.id,
-                "class_title": earliest.title,
-                "starts_at": earliest.starts_at.isoformat(),
-                "timezone": timezone,
-                "options": [
-                    {"class_id": c.id, "class_title": c.title, "starts_at": c.starts_at.isoformat()}
-                    for c in classes[:OPTIONS_LISTED]
-                ],
-            },
-            dedupe_key=f"reminder:{enrollment.id}:{step.id}:{key}",
-            enrollment_id=enrollment.id,
-        )
-        queued += 1
+    for start in range(0, len(candidates), CHUNK):
+        chunk = candidates[start:start + CHUNK]
+        keys = {(row[0], row[1]): window_key(upcoming[row[1]][0][2]) for row in chunk}
+        fresh = _log_once_many(session, keys, now)
+        mails = []
+        for enrollment_id, step_id, label, step_title, email, name, student_tz, code, course_title, course_tz in chunk:
+            if (enrollment_id, step_id) not in fresh:
+                continue
+            classes = upcoming[step_id]
+            class_id, class_title, starts_at, class_tz = classes[0]
+            key = keys[(enrollment_id, step_id)]
+            mails.append((email, {
+                "student_name": name,
+                "course_code": code,
+                "course_title": course_title,
+                "step_label": label,
+                "step_title": step_title,
+                "class_id": class_id,
+                "class_title": class_title,
+                "starts_at": starts_at.isoformat(),
+                "timezone": student_tz or class_tz or course_tz,
+                "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
+                            for c in classes[:OPTIONS_LISTED]],
+            }, f"reminder:{enrollment_id}:{step_id}:{key}", enrollment_id))
+        add_mails(session=session, template="step_reminder", mails=mails)
+        queued += len(mails)
     if queued:
         log.info("queued %d step reminder(s)", queued)
     return queued
 
 
-def _log_once(session: Session, *, enrollment_id: int, step_id: int, key: str, now: datetime) -> bool:
-    """Insert the reminder_log row; False if this (enrollment, step, window) was already reminded."""
+CHUNK = 1000
+
+
+def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> set[tuple[int, int]]:
+    """Insert reminder_log rows; returns the (enrollment, step) pairs not reminded in that window before."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     table = ReminderLog.__table__
-    new_id = session.execute(
-        insert(table)
-        .values(enrollment_id=enrollment_id, step_id=step_id, window_key=key, created_at=now)
-        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "window_key"])
-        .returning(table.c.id)
-    ).scalar()
-    return new_id is not None
+    fresh: set[tuple[int, int]] = set()
+    items = list(keys.items())
+    for start in range(0, len(items), 500):
+        rows = [dict(enrollment_id=e, step_id=s, window_key=k, created_at=now) for (e, s), k in items[start:start + 500]]
+        result = session.execute(
+            insert(table).values(rows)
+            .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "window_key"])
+            .returning(table.c.enrollment_id, table.c.step_id)
+        )
+        fresh.update((e, s) for e, s in result.all())
+    return fresh
