@@ -34,8 +34,9 @@ TEMPLATES = (
 )
 SIGNATURE = "coursepipe - course programs"
 
-# minor units per major unit, for the few zero-decimal currencies we may meet
-ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "isk", "huf_zero"}
+# Stripe's zero-decimal currencies: the amount is already in major units
+ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+                          "xaf", "xof", "xpf"})
 
 
 class UnknownTemplate(PermanentError):

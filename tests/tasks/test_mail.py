@@ -53,6 +53,7 @@ def test_bad_times_and_zones_degrade_gracefully():
     assert mail.local_time(STARTS, "Not/AZone").endswith("UTC")
     assert mail.local_time("2026-07-01T16:30:00", None) == "Wednesday 1 July 2026, 16:30 UTC"  # naive = UTC
     assert mail.money(12345, "eur") == "123.45 EUR" and mail.money(None) == "-"
+    assert mail.money(1500, "jpy") == "1500 JPY"
 
 
 def test_an_unknown_template_is_a_permanent_error():
