@@ -196,21 +196,15 @@ def events_replay(inbox_id: int) -> None:
         sys.exit(1)
 
 
-def _load_plugins() -> None:
-    """Sub-commands of later concerns (courses, refulfill, jobs) attach here as they land."""
-    import importlib
+def _register_subcommands() -> None:
+    """Course authoring, re-fulfilment and the scheduler's jobs live in modules of their own."""
+    from coursepipe import cli_catalog, cli_fulfilment, cli_jobs
 
-    for name in ("coursepipe.cli_catalog", "coursepipe.cli_fulfilment", "coursepipe.cli_jobs"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in (cli_catalog, cli_fulfilment, cli_jobs):
         module.register(main)
 
 
-_load_plugins()
+_register_subcommands()
 
 
 if __name__ == "__main__":

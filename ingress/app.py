@@ -38,25 +38,21 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     register_error_handlers(app)
 
-    from ingress import admin_events, health, webhooks
+    from ingress import (
+        admin_catalog,
+        admin_enrollments,
+        admin_events,
+        dashboard,
+        health,
+        metrics,
+        read_bookings,
+        read_courses,
+        read_students,
+        webhooks,
+    )
 
-    for module in (health, webhooks, admin_events):
-        app.register_blueprint(module.bp)
-    for module in _optional_blueprints():
+    # one blueprint per concern: sources, admin API, read API, dashboard, metrics
+    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
+                   read_bookings, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app
-
-
-def _optional_blueprints():
-    """Blueprints of later concerns register here as they land (catalog, read API, dashboard)."""
-    import importlib
-
-    modules = []
-    for name in ("ingress.admin_catalog", "ingress.admin_enrollments", "ingress.read_courses",
-                 "ingress.read_students", "ingress.read_bookings", "ingress.dashboard", "ingress.metrics"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
