@@ -45,7 +45,7 @@ def fulfil_rate(url: str, purchases: int) -> float:
     return rate
 
 
-def seed_enrollments(url: str, count: int, *, booked_fraction: float = 0.9) -> float:
+def seed_enrollments(url: str, count: int, *, batch: str = "a", booked_fraction: float = 0.9) -> float:
     """`count` active enrollments with a progress row per step and a bundle grant, in bulk SQL.
     Step 2 is booked for `booked_fraction` of them; its class starts within the reminder window."""
     started = time.perf_counter()
@@ -55,24 +55,24 @@ def seed_enrollments(url: str, count: int, *, booked_fraction: float = 0.9) -> f
         program_id, = conn.execute(sa.text("SELECT id FROM course_program WHERE code = 'BENCH'")).one()
         conn.execute(sa.text(
             "INSERT INTO student (id, email, name, timezone, created_at, updated_at) "
-            "SELECT 'scale_' || g, 'scale_' || g || '@bench.test', 'Scale ' || g, 'UTC', now(), now() "
-            "FROM generate_series(1, :n) g"), {"n": count})
+            "SELECT 'scale_' || :b || '_' || g, 'scale_' || :b || '_' || g || '@bench.test', 'Scale ' || g, 'UTC', now(), now() "
+            "FROM generate_series(1, :n) g"), {"n": count, "b": batch})
         conn.execute(sa.text(
             "INSERT INTO student_course_enrollment (student_id, program_id, status, stripe_checkout_session_id, "
             "stripe_payment_intent_id, amount_total, currency, amount_refunded, fulfilment_metadata, activated_at, "
-            "created_at, updated_at) SELECT 'scale_' || g, :p, 'active', 'cs_scale_' || g, 'pi_scale_' || g, 12000, "
-            "'usd', 0, '{}', now(), now(), now() FROM generate_series(1, :n) g"), {"n": count, "p": program_id})
+            "created_at, updated_at) SELECT 'scale_' || :b || '_' || g, :p, 'active', 'cs_scale_' || :b || '_' || g, 'pi_scale_' || :b || '_' || g, 12000, "
+            "'usd', 0, '{}', now(), now(), now() FROM generate_series(1, :n) g"), {"n": count, "p": program_id, "b": batch})
         conn.execute(sa.text(
             "INSERT INTO student_course_progress (enrollment_id, step_id, status, skipped_ahead, created_at, updated_at)"
             " SELECT e.id, s.id, CASE WHEN s.position = 2 AND random() < :booked THEN 'booked' ELSE 'unbooked' END,"
             " false, now(), now() FROM student_course_enrollment e CROSS JOIN course_step s"
-            " WHERE s.program_id = :p AND e.stripe_checkout_session_id LIKE 'cs_scale_%'"),
-            {"p": program_id, "booked": booked_fraction})
+            " WHERE s.program_id = :p AND e.stripe_checkout_session_id LIKE 'cs_scale_' || :b || '_%'"),
+            {"p": program_id, "booked": booked_fraction, "b": batch})
         conn.execute(sa.text(
             "INSERT INTO credit_ledger_entry (idempotency_key, student_id, credit_type, entry_type, quantity, cause, "
             "enrollment_id, created_at) SELECT 'grant:scale:' || e.id, e.student_id, 'private', 'grant', 2, "
             "'enrollment:' || e.id, e.id, now() FROM student_course_enrollment e "
-            "WHERE e.stripe_checkout_session_id LIKE 'cs_scale_%'"))
+            "WHERE e.stripe_checkout_session_id LIKE 'cs_scale_' || :b || '_%'"), {"b": batch})
         # class mirror: step 2's option starts in 3 days (inside the window), the others in 30 days
         for position in range(1, STEPS + 1):
             days = 3 if position == 2 else 30
@@ -104,11 +104,11 @@ def reminder_scan(url: str) -> tuple[float, int]:
 
 PLANS = {
     "fulfil: enrollment by checkout session":
-        "SELECT id FROM student_course_enrollment WHERE stripe_checkout_session_id = 'cs_scale_77'",
+        "SELECT id FROM student_course_enrollment WHERE stripe_checkout_session_id = 'cs_scale_a_77'",
     "fulfil: inbox row claim": "SELECT * FROM inbox_event WHERE id = 5 FOR UPDATE SKIP LOCKED",
     "booking: progress of one enrollment":
         "SELECT * FROM student_course_progress WHERE enrollment_id = 77",
-    "credits: lots of a student": "SELECT * FROM credit_ledger_entry WHERE student_id = 'scale_77'",
+    "credits: lots of a student": "SELECT * FROM credit_ledger_entry WHERE student_id = 'scale_a_77'",
     "reminders: unbooked rows of the steps with a class coming up":
         "SELECT p.enrollment_id FROM student_course_progress p JOIN student_course_enrollment e "
         "ON e.id = p.enrollment_id WHERE p.step_id IN (SELECT step_id FROM course_step_option o JOIN group_class c "
@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
     seeded = seed_enrollments(url, args.reminder_enrollments)
     scan_s, queued = reminder_scan(url)
     if args.enrollments > args.reminder_enrollments:
-        seeded += seed_enrollments(url, args.enrollments - args.reminder_enrollments, booked_fraction=1.0)
+        seeded += seed_enrollments(url, args.enrollments - args.reminder_enrollments, batch="b",
+                                   booked_fraction=1.0)
     loaded_rate = fulfil_rate(url, args.purchases)
     print(f"seeded {args.enrollments} enrollments ({args.enrollments * STEPS} progress rows) in {seeded:.0f} s")
     print(f"fulfilment (runner core, 1 process): empty {empty_rate:.0f}/s, with {args.enrollments} enrollments "
