@@ -437,12 +437,15 @@ def refulfill_checkout_session(*, session: Session, checkout_session_id: str, se
     events = stored_checkouts(session, checkout_session_id)
     if not events:
         raise NotFound(f"no purchase and no stored Stripe event for checkout session {checkout_session_id}")
+    pis = {e.payload["data"]["object"].get("payment_intent") for e in events} - {None}
+    keys = {f"payment:{pi}" for pi in pis}
+    # the payment's lock, as the runner takes it: no event about it runs, or parks, while we fulfil
+    inbox.provides(session, *keys)
     result = None
     for event in events:
         result = fulfil_checkout(session=session, checkout=event.payload["data"]["object"], event_type=event.type,
                                  event_id=event.event_id, settings=settings, stripe_client=stripe_client)
-    pis = {e.payload["data"]["object"].get("payment_intent") for e in events} - {None}
-    woken = inbox.wake_waiting(session=session, keys={f"payment:{pi}" for pi in pis})
+    woken = inbox.wake_waiting(session=session, keys=keys)
     details = result.provisioned.as_dict() if result.provisioned is not None else {}
     return SessionRefulfilled(checkout_session_id, result.kind, result.id, result.status,
                               {"created_purchase": result.created, **details}, woken)
