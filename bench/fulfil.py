@@ -7,7 +7,6 @@ with psycopg by the same number of processes and threads, measured in the same r
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 import threading

@@ -20,7 +20,6 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session

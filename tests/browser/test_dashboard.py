@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from db.enums import InboxStatus
 from db.models import InboxEvent
 from tests import factories
 from tests.conftest import ADMIN_TOKEN, IN_CI, drain
+from tests.netutil import http_server
 from tests.signing import stripe_headers
 from tests.tasks.payments_support import checkout
 
@@ -44,19 +44,6 @@ def _chromium() -> str:
             pytest.fail(problem)
         pytest.skip(problem)
     return path
-
-
-@contextlib.contextmanager
-def http_server(app):
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,25 +17,11 @@ import requests
 import sqlalchemy as sa
 
 from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
+from tests.netutil import free_port, wait_until
 from tests.signing import platform_headers, stripe_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "coursepipe-chaos"  # the stack's connections, so a fault can terminate them and no others
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 @dataclass
