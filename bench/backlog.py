@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dramatiq_workers, env_for, fresh_database, inbox_counts, seed_course  # noqa: E402
+from bench.common import drop_namespace, dramatiq_workers, env_for, fresh_database, inbox_counts, seed_course  # noqa: E402
 from bench.fulfil import enqueue, store_purchases  # noqa: E402
 
 
@@ -33,6 +33,7 @@ def main(argv=None) -> dict:
             time.sleep(0.5)
         elapsed = time.monotonic() - started
     counts = inbox_counts(url)
+    drop_namespace(env["REDIS_NAMESPACE"])
     print(f"backlog of {args.count} purchases drained in {elapsed:.1f} s ({args.count / elapsed:.0f}/s, "
           f"worker start-up included); inbox {counts}")
     return {"count": args.count, "seconds": elapsed, "counts": counts}

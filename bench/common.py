@@ -169,3 +169,13 @@ def inbox_counts(url: str) -> dict:
         rows = conn.execute(sa.text("SELECT status, count(*) FROM inbox_event GROUP BY status")).all()
     engine.dispose()
     return {status: n for status, n in rows}
+
+
+def drop_namespace(namespace: str) -> None:
+    """Remove a benchmark's Dramatiq keys from Redis (queues, heartbeats) once it is done."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{namespace}*"))
+    if keys:
+        client.delete(*keys)

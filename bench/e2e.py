@@ -19,7 +19,7 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 import stripe  # noqa: E402
 
-from bench.common import SECRETS, dramatiq_workers, env_for, fresh_database, gunicorn, purchase_event, seed_course  # noqa: E402,E501
+from bench.common import drop_namespace, SECRETS, dramatiq_workers, env_for, fresh_database, gunicorn, purchase_event, seed_course  # noqa: E402,E501
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,6 +101,7 @@ def main(argv=None) -> dict:
             lat = latencies(url, acked)
             results[f"{rate:.0f}/s"] = {"n": len(lat), "sent": int(rate * args.seconds),
                                         "p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)}
+    drop_namespace(env["REDIS_NAMESPACE"])
     print(f"{'load':<10}{'events':>8}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in results.items():
         print(f"{name:<10}{r['n']:>8}{r['p50']:>10.1f}{r['p99']:>10.1f}")

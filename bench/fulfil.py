@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlalchemy as sa  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    drop_namespace,
     dramatiq_workers,
     env_for,
     fresh_database,
@@ -190,6 +191,7 @@ def main(argv=None) -> dict:
     env = env_for(url, f"bench-{uuid.uuid4().hex[:8]}")
     pipeline = measure_pipeline(url, env, args.count, args.processes, args.threads)
     reference = measure_reference(url, args.count, args.processes, args.threads)
+    drop_namespace(env["REDIS_NAMESPACE"])
     ratio = pipeline["rate"] / reference["rate"] if reference["rate"] else 0.0
     print(f"{'path':<44}{'purchases/s':>12}")
     print(f"{'pipeline (Redis -> Dramatiq -> PostgreSQL)':<44}{pipeline['rate']:>12.0f}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SECRETS, env_for, fresh_database, gunicorn, run_wrk  # noqa: E402
+from bench.common import SECRETS, drop_namespace, env_for, fresh_database, gunicorn, run_wrk  # noqa: E402
 from tasks.signatures import sign  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
         with gunicorn("ingress.wsgi:app", env, args.workers, args.threads) as base:
             results["ingest"] = run_wrk(base, lua_args, args.seconds, args.connections)
     results["rows_stored"] = count_rows(url)
-    _cleanup_redis(namespace)
+    drop_namespace(namespace)
     ratio = results["ingest"]["rate"] / results["bare"]["rate"]
     print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
     for name, label in (("ingest", "verify+store+enqueue"), ("bare", "bare Flask (reference)")):
@@ -76,17 +76,6 @@ def main(argv=None) -> dict:
           f"{os.cpu_count()} cores)")
     results["ratio"] = ratio
     return results
-
-
-def _cleanup_redis(namespace: str) -> None:
-    import redis
-
-    from bench.common import REDIS_URL
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{namespace}*"))
-    if keys:
-        client.delete(*keys)
 
 
 if __name__ == "__main__":
