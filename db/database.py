@@ -82,7 +82,3 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def session_scope_for(database: Database):
-    return database.session_scope()
