@@ -188,8 +188,7 @@ def events_replay(inbox_id: int) -> None:
         enqueue_inbox([inbox_id])
         click.echo(f"event {inbox_id} queued for replay")
         return
-    with runtime.db.session_scope() as session:
-        result = inbox.process_event(session=session, inbox_id=inbox_id, settings=settings)
+    result = inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
     click.echo(f"event {inbox_id}: {result.outcome.value}" + (f" ({result.error})" if result.error else ""))
     if result.outcome.value not in ("processed", "ignored"):
         sys.exit(1)

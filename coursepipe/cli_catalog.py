@@ -87,8 +87,7 @@ def register(main: click.Group) -> None:
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         for inbox_id in result.woken:  # embedded: drift checks that waited for these objects run now
-            with runtime.db.session_scope() as session:
-                inbox.process_event(session=session, inbox_id=inbox_id, settings=settings)
+            inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
         click.echo(json.dumps(result.as_dict()))
 
     @courses.command("list")

@@ -37,6 +37,5 @@ def register(main: click.Group) -> None:
             enqueue_inbox(woken)
         else:  # embedded: run what was waiting for this purchase now, in-process
             for inbox_id in woken:
-                with runtime.db.session_scope() as session:
-                    inbox.process_event(session=session, inbox_id=inbox_id, settings=settings)
+                inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
         click.echo(json.dumps(result))

@@ -45,5 +45,17 @@ class WaitFor(TaskError):
         self.key = key
 
 
+class NeedsRemote(TaskError):
+    """Raised when a handler needs data from a remote service (Stripe) that it has not been given.
+
+    The runner rolls the handler back, the caller runs `fetch` outside any transaction, and the
+    handler runs again with the answer (see `tasks.inbox.fetched` and `tasks.inbox.run_event`).
+    """
+
+    def __init__(self, key: str, fetch) -> None:
+        super().__init__(f"needs {key} from a remote service")
+        self.key, self.fetch = key, fetch
+
+
 class Ignored(TaskError):
     """Raised when a verified event needs no action (an unhandled type, an unpaid-and-unknown session)."""

@@ -32,6 +32,7 @@ from db.types import utcnow
 from tasks import credits, enrollments, payments
 from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT
+from tasks.stripe_api import stripe_client
 
 COMPLETED = "checkout.session.completed"
 ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
@@ -139,15 +140,19 @@ def _package_by_code(session: Session, code: str) -> CreditPackage | None:
     )
 
 
-def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any = None) -> list[tuple[str, str | None]]:
+def line_item_prices(session: Session, checkout: dict[str, Any], settings: Any = None,
+                     client: Any = None) -> list[tuple[str, str | None]]:
     """(price id, product id) of the session's line items: embedded in the payload, else fetched from Stripe.
 
-    The fetch is a read-only GET with a short timeout; it is the one network call fulfilment makes.
+    The fetch is the one network call fulfilment makes; it runs outside the transaction
+    (`inbox.fetched`: the runner's caller fetches, then the handler runs again with the answer).
     """
-    embedded = (checkout.get("line_items") or {}).get("data")
-    items = embedded
+    from tasks import inbox
+
+    items = (checkout.get("line_items") or {}).get("data")
     if items is None:
-        items = _fetch_line_items(checkout["id"], settings, client)
+        items = inbox.fetched(session, f"stripe:line_items:{checkout['id']}",
+                              lambda: _fetch_line_items(checkout["id"], settings, client))
     prices = []
     for item in items:
         price = item.get("price") or {}
@@ -160,23 +165,11 @@ def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any
     return prices
 
 
-def stripe_client(settings: Any):
-    import stripe
-
-    if settings is None or not settings.stripe_api_key:
-        raise PermanentError("STRIPE_API_KEY is not set: a checkout without metadata cannot be identified")
-    # one quick retry at most: the runner's backoff handles longer outages without holding the transaction
-    kwargs: dict[str, Any] = {"http_client": stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
-                              "max_network_retries": 1}
-    if settings.stripe_api_base:
-        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
-    return stripe.StripeClient(settings.stripe_api_key, **kwargs)
-
-
 def _fetch_line_items(checkout_session_id: str, settings: Any, client: Any) -> list[dict[str, Any]]:
     import stripe
 
-    client = client or stripe_client(settings)
+    client = client or stripe_client(settings, purpose="a checkout without metadata cannot be identified",
+                                     timeout=STRIPE_TIMEOUT_SECONDS)
     try:
         page = client.v1.checkout.sessions.line_items.list(checkout_session_id, params={"limit": 100})
         return [item.to_dict() for item in page.auto_paging_iter()]
@@ -207,7 +200,7 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
     if kind is not None:
         raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
-    prices = line_item_prices(checkout, settings, client)
+    prices = line_item_prices(session, checkout, settings, client)
     for price_id, product_id in prices:
         program = session.scalar(select(CourseProgram).where(CourseProgram.stripe_price_id == price_id))
         if program is not None:

@@ -24,13 +24,15 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from db.types import utcnow
-from tasks.errors import Ignored, PermanentError, TaskError, WaitFor
+from tasks.errors import Ignored, NeedsRemote, PermanentError, TaskError, WaitFor
 
 log = logging.getLogger("coursepipe.inbox")
 
 DEFAULT_MAX_ATTEMPTS = 5
 PROVIDES_KEY = "coursepipe.provides"
 SETTINGS_KEY = "coursepipe.settings"
+REMOTE_KEY = "coursepipe.remote"
+MAX_REMOTE_ROUNDS = 3
 
 Handler = Callable[[Session, InboxEvent], None]
 _HANDLERS: dict[tuple[str, str], Handler] = {}
@@ -72,6 +74,22 @@ def provides(session: Session, *keys: str) -> None:
 def settings_of(session: Session):
     """The process settings the runner attached to this unit of work (None outside the runner)."""
     return session.info.get(SETTINGS_KEY)
+
+
+def fetched(session: Session, key: str, fetch: Callable[[], Any]) -> Any:
+    """What a remote service answered for `key` (fetched by the caller outside the transaction).
+
+    Not fetched yet: raises NeedsRemote, so no network call ever runs inside the handler's
+    transaction. A fetch that failed re-raises its error here, where the runner classifies it.
+    `fetch` runs after the transaction ended: it must close over plain values, not ORM objects.
+    """
+    answers = session.info.get(REMOTE_KEY) or {}
+    if key not in answers:
+        raise NeedsRemote(key, fetch)
+    answer = answers[key]
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
 
 
 # --------------------------------------------------------------------------- storing
@@ -156,6 +174,7 @@ class Outcome(str, enum.Enum):
     IGNORED = "ignored"
     WAITING = "waiting"
     FAILED = "failed"
+    FETCH = "fetch"  # the handler needs remote data: fetch it outside the transaction, then run again
     RETRY = "retry"  # transient failure recorded; the caller should retry with backoff
     SKIPPED = "skipped"  # not ours to run now (already final, or locked by another worker)
 
@@ -165,6 +184,9 @@ class Result:
     outcome: Outcome
     error: str | None = None
     woken: list[int] = field(default_factory=list)
+    needs: NeedsRemote | None = None
+    # what the row was (source, event id, type, subject, received_at), for the caller's log line
+    summary: tuple | None = None
 
 
 LOCKS_KEY = "coursepipe.locks"
@@ -193,7 +215,8 @@ def _claim(session: Session, inbox_id: int, *, skip_locked: bool) -> InboxEvent 
 
 
 def process_event(
-    *, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS, settings: Any = None
+    *, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS, settings: Any = None,
+    remote: dict[str, Any] | None = None,
 ) -> Result:
     """Run the handler for one inbox row; its effects and the row's new status commit together.
 
@@ -203,12 +226,20 @@ def process_event(
     """
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
+    session.info[REMOTE_KEY] = remote or {}
     session.info[LOCKS_KEY] = set()
     event = _claim(session, inbox_id, skip_locked=True)
     if event is None:
         # unknown id, already final, or another worker holds it now (it finishes, or rolls back and is swept)
         return Result(Outcome.SKIPPED)
     _lock_subject(session, event.subject)
+    summary = (event.source.value, event.event_id, event.type, event.subject, event.received_at)
+    result = _run_claimed(session, event, inbox_id, max_attempts)
+    result.summary = summary
+    return result
+
+
+def _run_claimed(session: Session, event: InboxEvent, inbox_id: int, max_attempts: int) -> Result:
     attempts = event.attempts + 1
     now = utcnow()
     handler = handler_for(event.source.value, event.type)
@@ -220,6 +251,8 @@ def process_event(
     error = _attempt(session, handler, event)
     if error is None:
         return _processed(session, event, attempts, now)
+    if isinstance(error, NeedsRemote):  # rolled back, the row untouched: the caller fetches and calls again
+        return Result(Outcome.FETCH, str(error), needs=error)
     event = _reclaim(session, inbox_id, error)
     if event is None:
         return Result(Outcome.SKIPPED)
@@ -260,6 +293,27 @@ def _reclaim(session: Session, inbox_id: int, error: Exception) -> InboxEvent | 
         if isinstance(error, WaitFor):
             _lock_subject(session, error.key)
     return event
+
+
+def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Result:
+    """`process_event` in units of work of its own (`unit_of_work()` opens one transaction), with the
+    remote look-ups a handler asks for fetched between them, outside any transaction.
+
+    Like `publishing.publish`, this owns its transactions: intent → network call → outcome.
+    """
+    remote: dict[str, Any] = {}
+    for _ in range(MAX_REMOTE_ROUNDS):
+        with unit_of_work() as session:
+            result = process_event(session=session, inbox_id=inbox_id, max_attempts=max_attempts,
+                                   settings=settings, remote=remote)
+        if result.outcome is not Outcome.FETCH:
+            return result
+        try:
+            remote[result.needs.key] = result.needs.fetch()
+        except Exception as exc:  # recorded on the row by the next run, where the handler re-raises it
+            remote[result.needs.key] = exc
+    raise RuntimeError(f"inbox event {inbox_id}: handler kept asking for remote data")
 
 
 def _processed(session: Session, event: InboxEvent, attempts: int, now: datetime) -> Result:

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent, PackagePurchase, StudentCourseEnrollment
 from db.types import utcnow
-from tasks.errors import PermanentError
 from tasks.events import stripe_subject
+from tasks.stripe_api import stripe_client
 from tasks.inbox import store_event
 
 log = logging.getLogger("coursepipe.reconcile")
@@ -47,22 +47,11 @@ def lookback(hours: int | None) -> timedelta:
     return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
-def stripe_client(settings):
-    import stripe
-
-    if not settings.stripe_api_key:
-        raise PermanentError("STRIPE_API_KEY is not set")
-    kwargs: dict[str, Any] = {}
-    if settings.stripe_api_base:
-        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
-    return stripe.StripeClient(settings.stripe_api_key, **kwargs)
-
-
 def completed_sessions(*, settings, lookback: timedelta = DEFAULT_LOOKBACK, now: datetime | None = None,
                        client=None) -> list[dict[str, Any]]:
     """Paid, completed Checkout Sessions created since `now - lookback`, as plain dicts (network call)."""
     now = now or utcnow()
-    client = client or stripe_client(settings)
+    client = client or stripe_client(settings, purpose="reconciliation needs it")
     since = int((now - lookback).timestamp())
     page = client.v1.checkout.sessions.list(
         params={"created": {"gte": since}, "status": "complete", "limit": PAGE_SIZE}

@@ -12,7 +12,6 @@ import dramatiq
 from dramatiq.errors import Retry
 
 from coursepipe import metrics, runtime
-from db.models import InboxEvent
 from db.types import utcnow
 from tasks import inbox
 
@@ -73,11 +72,8 @@ class RetryLater(Exception):
 @actor(queue_name=INBOX_QUEUE, max_retries=20, throws=())
 def process_inbox_event(inbox_id: int) -> None:
     rt = runtime.current()
-    with rt.db.session_scope() as session:
-        result = inbox.process_event(session=session, inbox_id=inbox_id, settings=rt.settings)
-        # the row as the runner left it (in the identity map: no query), for the log line after commit
-        event = session.get(InboxEvent, inbox_id) if result.outcome is not inbox.Outcome.SKIPPED else None
-        seen = event and (event.source.value, event.event_id, event.type, event.subject, event.received_at)
+    result = inbox.run_event(unit_of_work=rt.db.session_scope, inbox_id=inbox_id, settings=rt.settings)
+    seen = result.summary
     if seen:
         metrics.event_processed(inbox_id=inbox_id, source=seen[0], event_id=seen[1], type_=seen[2],
                                 subject=seen[3], outcome=result.outcome.value, received_at=seen[4],

@@ -74,8 +74,7 @@ def store(database, event) -> int:
 
 def run(database, inbox_id, settings=None) -> inbox.Result:
     """Process one row, then whatever it woke (as the actor would enqueue them)."""
-    with database.session_scope() as s:
-        result = inbox.process_event(session=s, inbox_id=inbox_id, settings=settings)
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings)
     for woken in result.woken:
         run(database, woken, settings)
     return result

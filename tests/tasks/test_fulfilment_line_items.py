@@ -80,8 +80,8 @@ def test_stripe_unavailable_is_retried_and_no_api_key_is_permanent(database, str
     stripe_api.fail_next("GET", LINE_ITEMS, status=500, times=2)  # the client's one retry fails too
     event = _bare_checkout("cs_flaky", "pi_flaky")
     assert deliver(database, event, stripe_settings).outcome is inbox.Outcome.RETRY
-    with database.session_scope() as s:
-        result = inbox.process_event(session=s, inbox_id=inbox_row(database, event).id, settings=stripe_settings)
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_row(database, event).id,
+                             settings=stripe_settings)
     assert result.outcome is inbox.Outcome.PROCESSED
     unknown = _bare_checkout("cs_unknown_to_stripe", "pi_u")  # Stripe: no such session → permanent
     result = deliver(database, unknown, stripe_settings)

@@ -145,3 +145,29 @@ def test_an_event_of_the_awaited_subject_wakes_the_parked_one(database):
         s.add(AlertLog(kind="other", dedupe_key="p", subject="payment:pi_1"))
     other = store(database, "test.effect", subject="payment:pi_1")
     assert run(database, other).woken == [waiter]
+
+
+def test_a_remote_look_up_runs_outside_any_transaction_and_once(database):
+    inbox_id = store(database, "test.remote", event_id="remote-1")
+    support.REMOTE_CALLS.clear()
+    # the fetch must find no connection checked out of the pool: no transaction is open around it
+    support.REMOTE_PROBE["open_connections"] = database.engine.pool.checkedout
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id)
+    assert result.outcome is inbox.Outcome.PROCESSED
+    assert support.REMOTE_CALLS == [{"event_id": "remote-1", "open_connections": 0}]
+    assert effects(database) == 1 and row(database, inbox_id).attempts == 1
+
+
+def test_a_failed_remote_look_up_is_recorded_on_the_row_and_retried(database):
+    inbox_id = store(database, "test.remote", {"remote_fails": True}, event_id="remote-2")
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id)
+    assert result.outcome is inbox.Outcome.RETRY and "remote service down" in result.error
+    assert row(database, inbox_id).status == InboxStatus.PENDING and effects(database) == 0
+
+
+def test_process_event_alone_asks_for_the_look_up_and_changes_nothing(database):
+    inbox_id = store(database, "test.remote", event_id="remote-3")
+    result = run(database, inbox_id)
+    assert result.outcome is inbox.Outcome.FETCH and result.needs.key == "remote:remote-3"
+    r = row(database, inbox_id)
+    assert r.status == InboxStatus.PENDING and r.attempts == 0 and effects(database) == 0

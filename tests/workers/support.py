@@ -79,3 +79,24 @@ def wait_gated(session, event):
     if not found:
         raise WaitFor(key)
     _effect(session, event)
+
+
+REMOTE_CALLS: list[dict] = []  # what each remote fetch saw
+REMOTE_PROBE = {"open_connections": lambda: None}  # a test sets how to count open connections
+
+
+@handles(InboxSource.PLATFORM, "test.remote")
+def remote(session, event):
+    """Needs a remote answer; its effect records what came back."""
+    from tasks.inbox import fetched
+
+    event_id, fails = event.event_id, event.payload["data"].get("remote_fails")  # plain values: no ORM outside
+
+    def fetch():
+        REMOTE_CALLS.append({"event_id": event_id, "open_connections": REMOTE_PROBE["open_connections"]()})
+        if fails:
+            raise RuntimeError("remote service down")
+        return {"price": "price_1"}
+
+    answer = fetched(session, f"remote:{event.event_id}", fetch)
+    session.add(AlertLog(kind="test", dedupe_key=f"remote:{event.event_id}", subject=answer["price"]))
