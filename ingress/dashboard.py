@@ -33,7 +33,7 @@ from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
 from ingress.auth import _matches, bearer_token
 from ingress.errors import ApiError
-from tasks import ops, reports
+from tasks import delivery, ops, reports
 from tasks.errors import NotFound, TaskError
 from workers.actors import enqueue_inbox, send
 
@@ -210,7 +210,7 @@ def replay(inbox_id: int):
 
     try:
         with _runtime().db.session_scope() as s:
-            ops.replay_event(session=s, inbox_id=inbox_id)
+            inbox.replay(session=s, inbox_id=inbox_id)
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except inbox.NotReplayable as exc:
@@ -240,7 +240,7 @@ def replay_failed():
 def retry(message_id: int):
     try:
         with _runtime().db.session_scope() as s:
-            message = ops.retry_message(session=s, message_id=message_id)
+            message = delivery.retry(session=s, message_id=message_id)
             status = message.status.value
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None

@@ -1,9 +1,9 @@
 """What ops look at: queue depths, the inbox and outbox backlog, enrollments and their timeline.
 
 Read-only functions taking `*, session` (and, for queues, the broker object itself: it is read
-through its public attributes, duck-typed, so this module needs no Dramatiq import). The two
-admin actions (`replay_event`, `retry_message`) change state but never commit or send: the caller
-commits, then sends the message that gets the row moving again.
+through its public attributes, duck-typed, so this module needs no Dramatiq import). The one
+admin action here (`replay_failed`) changes state but never commits or sends: the caller
+commits, then sends the messages that get the rows moving again.
 """
 from __future__ import annotations
 
@@ -182,13 +182,6 @@ def dead_messages(*, session: Session, limit: int = PROBLEM_LIMIT) -> list[Outbo
     ))
 
 
-def replay_event(*, session: Session, inbox_id: int) -> InboxEvent:
-    """The dashboard's Replay: the inbox's own replay (the caller sends `process_inbox_event` after commit)."""
-    from tasks import inbox
-
-    return inbox.replay(session=session, inbox_id=inbox_id)
-
-
 BULK_REPLAY_LIMIT = 500
 
 
@@ -213,13 +206,6 @@ def failed_types(*, session: Session) -> dict[str, int]:
         .group_by(InboxEvent.type).order_by(InboxEvent.type)
     ).all()
     return {t: n for t, n in rows}
-
-
-def retry_message(*, session: Session, message_id: int) -> OutboxMessage:
-    """The dashboard's Retry: a dead row back to `pending`, due now (the caller sends the relay after commit)."""
-    from tasks import delivery
-
-    return delivery.retry(session=session, message_id=message_id)
 
 
 # --------------------------------------------------------------------------- enrollments
