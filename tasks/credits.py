@@ -45,6 +45,11 @@ def _add(session: Session, **fields) -> CreditLedgerEntry:
     return entry
 
 
+def grant_key(cause: str, credit_type: CreditType) -> str:
+    """The idempotency key of a grant: one lot per (cause, credit type)."""
+    return f"grant:{cause}:{credit_type.value}"
+
+
 def issue_credits(
     *,
     session: Session,
@@ -62,7 +67,7 @@ def issue_credits(
     `fresh`: the cause was created in this transaction, so no grant can exist yet (the look-up is
     skipped; the unique key still refuses a second grant).
     """
-    key = f"grant:{cause}:{credit_type.value}"
+    key = grant_key(cause, credit_type)
     existing = None if fresh else _existing(session, key)
     if existing is not None:
         return existing

@@ -95,8 +95,10 @@ def bundle_snapshot(program: CourseProgram, session: Session | None = None) -> l
 def bundle_owed(enrollment: StudentCourseEnrollment, program: CourseProgram) -> dict[CreditType, int]:
     """Credits by type the purchase included (the snapshot; the live bundle for rows made without one)."""
     snapshot = (enrollment.fulfilment_metadata or {}).get("bundle")
-    if snapshot is None:
-        snapshot = bundle_snapshot(program)
+    return owed_by_snapshot(bundle_snapshot(program) if snapshot is None else snapshot)
+
+
+def owed_by_snapshot(snapshot: list[dict[str, Any]]) -> dict[CreditType, int]:
     owed: dict[CreditType, int] = defaultdict(int)
     for item in snapshot:
         owed[BUNDLE_CREDIT_TYPES[BundleKind(item["kind"])]] += int(item["quantity"])
@@ -170,6 +172,35 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
     return done
 
 
+def created_event_data(*, enrollment_id: int, student_id: str, course_code: str, status: str,
+                       steps: list[tuple[int, str, int]], bundle: dict[str, int]) -> dict[str, Any]:
+    """The data of `enrollment.created` (CONTRACT §3.3); steps as (id, label, position)."""
+    return {
+        "enrollment_id": enrollment_id,
+        "student_id": student_id,
+        "course_code": course_code,
+        "status": status,
+        "steps": [{"course_step_id": id_, "label": label, "position": position} for id_, label, position in steps],
+        "bundle": bundle,
+    }
+
+
+def welcome_context(*, student_name: str | None, course_title: str, course_code: str,
+                    steps: list[tuple[str, str | None]], bundle: list[dict[str, Any]]) -> dict[str, Any]:
+    """The welcome mail's template context; steps as (label, title), bundle as sold (the snapshot)."""
+    return {
+        "student_name": student_name,
+        "course_title": course_title,
+        "course_code": course_code,
+        "steps": [{"label": label, "title": title} for label, title in steps],
+        "bundle": [{"kind": item["kind"], "quantity": item["quantity"]} for item in bundle],
+    }
+
+
+CREATED_DEDUPE = "enrollment.created:{}"
+WELCOME_DEDUPE = "enrollment_welcome:{}"
+
+
 def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram,
                      fresh: bool = False, steps: list[CourseStep] | None = None) -> None:
     """`enrollment.created` for the platform and the welcome mail; each once per enrollment.
@@ -181,15 +212,11 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
     outbox.add_platform_event(
         session=session,
         type="enrollment.created",
-        data={
-            "enrollment_id": enrollment.id,
-            "student_id": enrollment.student_id,
-            "course_code": program.code,
-            "status": enrollment.status.value,
-            "steps": [{"course_step_id": s.id, "label": s.label, "position": s.position} for s in steps],
-            "bundle": {t.value: q for t, q in bundle_owed(enrollment, program).items()},
-        },
-        dedupe_key=f"enrollment.created:{enrollment.id}",
+        data=created_event_data(
+            enrollment_id=enrollment.id, student_id=enrollment.student_id, course_code=program.code,
+            status=enrollment.status.value, steps=[(s.id, s.label, s.position) for s in steps],
+            bundle={t.value: q for t, q in bundle_owed(enrollment, program).items()}),
+        dedupe_key=CREATED_DEDUPE.format(enrollment.id),
         enrollment_id=enrollment.id,
         fresh=fresh,
     )
@@ -198,16 +225,11 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
             session=session,
             template="enrollment_welcome",
             recipient=student.email,
-            context={
-                "student_name": student.name,
-                "course_title": program.title,
-                "course_code": program.code,
-                "steps": [{"label": s.label, "title": s.title} for s in steps],
-                "bundle": [{"kind": item["kind"], "quantity": item["quantity"]}
-                           for item in (enrollment.fulfilment_metadata or {}).get("bundle")
-                           or bundle_snapshot(program)],
-            },
-            dedupe_key=f"enrollment_welcome:{enrollment.id}",
+            context=welcome_context(
+                student_name=student.name, course_title=program.title, course_code=program.code,
+                steps=[(s.label, s.title) for s in steps],
+                bundle=(enrollment.fulfilment_metadata or {}).get("bundle") or bundle_snapshot(program)),
+            dedupe_key=WELCOME_DEDUPE.format(enrollment.id),
             enrollment_id=enrollment.id,
             fresh=fresh,
         )

@@ -39,6 +39,7 @@ ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 ASYNC_FAILED = "checkout.session.async_payment_failed"
 CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
 PAID_STATUSES = ("paid", "no_payment_required")
+NOT_ONE_TIME = ("subscription", "setup")  # checkout modes that are not a course or package purchase
 STRIPE_TIMEOUT_SECONDS = 10
 
 E = EnrollmentStatus

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from db.types import utcnow
+from tasks import fast_purchase
 from tasks.errors import Ignored, NeedsRemote, PermanentError, TaskError, WaitFor
 
 log = logging.getLogger("coursepipe.inbox")
@@ -216,18 +217,25 @@ def _claim(session: Session, inbox_id: int, *, skip_locked: bool) -> InboxEvent 
 
 def process_event(
     *, session: Session, inbox_id: int, max_attempts: int = DEFAULT_MAX_ATTEMPTS, settings: Any = None,
-    remote: dict[str, Any] | None = None,
+    remote: dict[str, Any] | None = None, fast: bool = True,
 ) -> Result:
     """Run the handler for one inbox row; its effects and the row's new status commit together.
 
     This owns the whole transaction of `session` (the caller commits it): when the handler raises,
     its effects are rolled back and the outcome is recorded on the row in a fresh transaction.
     `settings` (thresholds, alert recipients) reach handlers through `settings_of(session)`.
+    On PostgreSQL a new paid course purchase takes `tasks.fast_purchase` (same effects, four
+    statements); `fast=False` forces the general path.
     """
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
     session.info[REMOTE_KEY] = remote or {}
     session.info[LOCKS_KEY] = set()
+    if fast and session.get_bind().dialect.name == "postgresql":
+        done = fast_purchase.process(session, inbox_id, locks_key=LOCKS_KEY)
+        if done is not None:
+            outcome, woken, summary = done
+            return Result(Outcome(outcome), woken=woken, summary=summary)
     event = _claim(session, inbox_id, skip_locked=True)
     if event is None:
         # unknown id, already final, or another worker holds it now (it finishes, or rolls back and is swept)
@@ -296,7 +304,7 @@ def _reclaim(session: Session, inbox_id: int, error: Exception) -> InboxEvent | 
 
 
 def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
-              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Result:
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS, fast: bool = True) -> Result:
     """`process_event` in units of work of its own (`unit_of_work()` opens one transaction), with the
     remote look-ups a handler asks for fetched between them, outside any transaction.
 
@@ -306,7 +314,7 @@ def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
     for _ in range(MAX_REMOTE_ROUNDS):
         with unit_of_work() as session:
             result = process_event(session=session, inbox_id=inbox_id, max_attempts=max_attempts,
-                                   settings=settings, remote=remote)
+                                   settings=settings, remote=remote, fast=fast)
         if result.outcome is not Outcome.FETCH:
             return result
         try:

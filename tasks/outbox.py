@@ -13,6 +13,22 @@ from db.models import OutboxMessage
 from db.types import utcnow
 
 
+def platform_payload(type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": type, "data": data}
+
+
+def platform_dedupe(dedupe_key: str) -> str:
+    return f"platform:{dedupe_key}"
+
+
+def mail_payload(template: str, context: dict[str, Any]) -> dict[str, Any]:
+    return {"template": template, "context": context}
+
+
+def mail_dedupe(dedupe_key: str, recipient: str) -> str:
+    return f"mail:{dedupe_key}:{recipient}"
+
+
 def add_message(
     *,
     session: Session,
@@ -54,8 +70,8 @@ def add_platform_event(
         session=session,
         channel=OutboxChannel.PLATFORM,
         topic=type,
-        payload={"type": type, "data": data},
-        dedupe_key=f"platform:{dedupe_key}",
+        payload=platform_payload(type, data),
+        dedupe_key=platform_dedupe(dedupe_key),
         enrollment_id=enrollment_id,
         fresh=fresh,
     )
@@ -75,8 +91,8 @@ def add_mail(
         session=session,
         channel=OutboxChannel.MAIL,
         topic=template,
-        payload={"template": template, "context": context},
-        dedupe_key=f"mail:{dedupe_key}:{recipient}",
+        payload=mail_payload(template, context),
+        dedupe_key=mail_dedupe(dedupe_key, recipient),
         recipient=recipient,
         enrollment_id=enrollment_id,
         fresh=fresh,
@@ -96,8 +112,8 @@ def add_mails(
     written = 0
     for start in range(0, len(mails), BULK_CHUNK):
         rows = [dict(channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
-                     payload={"template": template, "context": context},
-                     dedupe_key=f"mail:{dedupe_key}:{recipient}", enrollment_id=enrollment_id, status="pending",
+                     payload=mail_payload(template, context),
+                     dedupe_key=mail_dedupe(dedupe_key, recipient), enrollment_id=enrollment_id, status="pending",
                      attempts=0, created_at=now, next_attempt_at=now)
                 for recipient, context, dedupe_key, enrollment_id in mails[start:start + BULK_CHUNK]]
         result = session.execute(insert(table).values(rows).on_conflict_do_nothing(index_elements=["dedupe_key"])

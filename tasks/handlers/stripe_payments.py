@@ -13,9 +13,6 @@ from tasks import disputes, fulfilment, refunds
 from tasks.errors import Ignored
 from tasks.inbox import handles, provides, settings_of
 
-NOT_ONE_TIME = ("subscription", "setup")
-
-
 def _object(event: InboxEvent) -> dict:
     return event.payload["data"]["object"]
 
@@ -23,7 +20,7 @@ def _object(event: InboxEvent) -> dict:
 @handles(InboxSource.STRIPE, *fulfilment.CHECKOUT_TYPES)
 def on_checkout(session, event: InboxEvent) -> None:
     checkout = _object(event)
-    if checkout.get("mode") in NOT_ONE_TIME:
+    if checkout.get("mode") in fulfilment.NOT_ONE_TIME:
         raise Ignored(f"checkout session in {checkout.get('mode')} mode is not a course or package purchase")
     fulfilment.fulfil_checkout(session=session, checkout=checkout, event_type=event.type,
                                event_id=event.event_id, settings=settings_of(session))

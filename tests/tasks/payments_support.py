@@ -72,16 +72,16 @@ def store(database, event) -> int:
                                  occurred_at=None).id
 
 
-def run(database, inbox_id, settings=None) -> inbox.Result:
+def run(database, inbox_id, settings=None, fast=True) -> inbox.Result:
     """Process one row, then whatever it woke (as the actor would enqueue them)."""
-    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings)
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings, fast=fast)
     for woken in result.woken:
-        run(database, woken, settings)
+        run(database, woken, settings, fast)
     return result
 
 
-def deliver(database, event, settings=None) -> inbox.Result:
-    return run(database, store(database, event), settings)
+def deliver(database, event, settings=None, fast=True) -> inbox.Result:
+    return run(database, store(database, event), settings, fast)
 
 
 def inbox_row(database, event) -> InboxEvent:

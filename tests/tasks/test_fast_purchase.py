@@ -1,0 +1,132 @@
+"""The purchase fast path (`tasks.fast_purchase`) writes exactly what the general path writes.
+
+Each history is run twice on a fresh PostgreSQL database — once as the worker runs it (fast path
+on), once with `fast=False` (the ORM path, the specification) — and every row of every table the
+purchase touches is compared, timestamps aside.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+
+from db.enums import BundleKind, InboxStatus
+from db.models import CourseStep
+from db.types import utcnow
+from tasks import fast_purchase, inbox
+from tests import factories
+from tests.conftest import _truncate
+from tests.tasks.payments_support import checkout, deliver, refund_created, store
+
+pytestmark = pytest.mark.postgres
+
+TABLES = ["student", "student_course_enrollment", "student_course_progress", "credit_ledger_entry",
+          "outbox_message", "transition_log", "inbox_event", "payment_refund"]
+
+
+def _catalog(database):
+    with database.session_scope() as s:
+        program = factories.program(s, steps=4, bundle=((BundleKind.PRIVATE_CREDIT, 2), (BundleKind.GROUP_CREDIT, 1),
+                                                        (BundleKind.PRIVATE_CREDIT, 1)))
+        step = s.scalar(sa.select(CourseStep).where(CourseStep.program_id == program.id, CourseStep.position == 2))
+        step.deleted_at = utcnow()  # a removed step is not provisioned
+        factories.student(s, id="stu_known", email="stored@example.test", name="Stored Name")
+        factories.program(s, code="OTHER", steps=2, bundle=())
+
+
+def _normal(value):
+    if isinstance(value, datetime):
+        return "<time>"
+    if isinstance(value, dict):
+        return {k: ("<time>" if k == "recorded_at" else _normal(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def _snapshot(database) -> dict:
+    out = {}
+    with database.engine.connect() as conn:
+        for table in TABLES:
+            rows = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1")).mappings().all()
+            out[table] = [{k: _normal(v) for k, v in row.items()} for row in rows]
+    return out
+
+
+def _history(database, events, fast: bool) -> tuple[dict, list]:
+    _truncate(database)
+    _catalog(database)
+    outcomes = [deliver(database, event, fast=fast).outcome for event in events]
+    return _snapshot(database), outcomes
+
+
+HISTORIES = {
+    "new buyer": [checkout(cs="cs_1", pi="pi_1", student="stu_new", event_id="evt_1")],
+    "known buyer (mail to the stored address)": [checkout(cs="cs_1", pi="pi_1", student="stu_known",
+                                                          email="other@example.test", event_id="evt_1")],
+    "buyer without e-mail": [checkout(cs="cs_1", pi="pi_1", student="stu_new", email=None, event_id="evt_1")],
+    "course without bundle": [checkout(cs="cs_1", pi="pi_1", course="OTHER", event_id="evt_1")],
+    "two purchases, one buyer": [checkout(cs="cs_1", pi="pi_1", event_id="evt_1"),
+                                 checkout(cs="cs_2", pi="pi_2", event_id="evt_2")],
+    "refund parked before the purchase": [refund_created(refund_id="re_1", pi="pi_1", event_id="evt_r"),
+                                          checkout(cs="cs_1", pi="pi_1", event_id="evt_1")],
+    "redelivery under a new event id": [checkout(cs="cs_1", pi="pi_1", event_id="evt_1"),
+                                        checkout(cs="cs_1", pi="pi_1", event_id="evt_1b")],
+    "unknown course": [checkout(cs="cs_1", pi="pi_1", course="NOPE", event_id="evt_1")],
+    "unpaid, then paid": [checkout(cs="cs_1", pi="pi_1", payment_status="unpaid", event_id="evt_1"),
+                          checkout(cs="cs_1", pi="pi_1", type_="checkout.session.async_payment_succeeded",
+                                   event_id="evt_2")],
+}
+
+
+@pytest.mark.parametrize("name", list(HISTORIES))
+def test_fast_path_writes_what_the_general_path_writes(pg_database, name):
+    events = HISTORIES[name]
+    fast, fast_outcomes = _history(pg_database, events, fast=True)
+    general, general_outcomes = _history(pg_database, events, fast=False)
+    assert fast_outcomes == general_outcomes
+    for table in TABLES:
+        assert fast[table] == general[table], table
+    assert fast["inbox_event"], "the history stored its events"
+
+
+def test_a_new_paid_purchase_takes_the_fast_path(pg_database):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
+    with pg_database.session_scope() as s:
+        done = fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY)
+    assert done is not None and done[0] == "processed" and done[1] == []
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
+            == InboxStatus.PROCESSED.value
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar() == 3
+
+
+@pytest.mark.parametrize("event", [
+    checkout(cs="cs_1", package="P10"),
+    checkout(cs="cs_1", payment_status="unpaid"),
+    checkout(cs="cs_1", metadata={}),
+    checkout(cs="cs_1", student=None),
+    checkout(cs="cs_1", course="NOPE"),
+], ids=["package", "unpaid", "no metadata", "buyer by e-mail only", "unknown course"])
+def test_anything_else_is_left_to_the_general_path_with_nothing_written(pg_database, event):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, event)
+    before = _snapshot(pg_database)
+    with pg_database.session_scope() as s:
+        assert fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY) is None
+        s.rollback()
+    assert _snapshot(pg_database) == before
+
+
+def test_a_redelivery_is_left_to_the_general_path(pg_database):
+    _catalog(pg_database)
+    deliver(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_1"))
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_2"))
+    with pg_database.session_scope() as s:
+        assert fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY) is None
+    result = inbox.run_event(unit_of_work=pg_database.session_scope, inbox_id=inbox_id)
+    assert result.outcome is inbox.Outcome.PROCESSED
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_enrollment")).scalar() == 1
