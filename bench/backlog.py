@@ -1,6 +1,6 @@
 """Backlog drain: N purchases stored and queued while no worker runs, then drained; time to empty.
 
-    .venv/bin/python bench/backlog.py [--count 60000] [--processes 2] [--threads 8]
+    .venv/bin/python bench/backlog.py [--count 60000] [--processes 2] [--threads 4]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=60000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
     url = fresh_database("coursepipe_bench_backlog")
     seed_course(url)

@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--idle", type=int, default=20, help="single purchases sent one at a time, 0.5 s apart")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
 
     url = fresh_database("coursepipe_bench_e2e")
