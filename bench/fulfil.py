@@ -178,7 +178,7 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
 
     lock = threading.Lock()
     queue = list(work)
-    payload = json.dumps({"type": "enrollment.created", "data": {"steps": [], "bundle": {"private": 2}}})
+    payload = {"type": "enrollment.created", "data": {"steps": [], "bundle": {"private": 2}}}
 
     def one_thread():
         with psycopg.connect(dsn) as conn:
@@ -197,12 +197,13 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
                     conn.execute(fp._FULFIL, {
                         "id": eid, "student": student, "program": found[0], "cs": f"cs_reff_{run}_{inbox_id}",
                         "pi": f"pi_reff_{run}_{inbox_id}", "product": found[9], "price": found[10], "amount": 12000,
-                        "currency": "usd", "metadata": payload, "now": utcnow(), "cause": f"checkout:{inbox_id}",
+                        "currency": "usd", "metadata": json.dumps(payload), "now": utcnow(), "cause": f"checkout:{inbox_id}",
                         "steps": [s[0] for s in found[4]], "bundle_cause": f"enrollment:{eid}",
-                        "grant_keys": [f"grant:enrollment:{eid}:private"], "grant_types": ["private"],
-                        "grant_quantities": [2], "out_keys": [f"reff1:{eid}", f"reff2:{eid}"],
-                        "out_channels": ["platform", "mail"], "out_topics": ["enrollment.created", "enrollment_welcome"],
-                        "out_recipients": [None, f"{student}@bench.test"], "out_payloads": [payload, payload],
+                        "grants": json.dumps([{"k": f"grant:enrollment:{eid}:private", "t": "private", "q": 2}]),
+                        "messages": json.dumps([
+                            {"d": f"reff1:{eid}", "c": "platform", "t": "enrollment.created", "r": None, "p": payload},
+                            {"d": f"reff2:{eid}", "c": "mail", "t": "enrollment_welcome",
+                             "r": f"{student}@bench.test", "p": payload}]),
                         "inbox_id": inbox_id, "keys": [row[3]]}).fetchone()
 
     pool = [threading.Thread(target=one_thread) for _ in range(threads)]

@@ -87,13 +87,12 @@ WITH e AS (
     INSERT INTO credit_ledger_entry (idempotency_key, student_id, credit_type, entry_type, quantity, cause,
         enrollment_id, created_at)
     SELECT g.k, %(student)s, g.t, 'grant', g.q, %(bundle_cause)s, e.id, %(now)s
-    FROM e, unnest(%(grant_keys)s::text[], %(grant_types)s::text[], %(grant_quantities)s::int[]) AS g(k, t, q)
+    FROM e, jsonb_to_recordset(%(grants)s::jsonb) AS g(k text, t text, q int)
 ), o AS (
     INSERT INTO outbox_message (dedupe_key, channel, topic, recipient, payload, status, attempts, enrollment_id,
         created_at, next_attempt_at)
-    SELECT m.d, m.c, m.t, m.r, m.p::jsonb, 'pending', 0, e.id, %(now)s, %(now)s
-    FROM e, unnest(%(out_keys)s::text[], %(out_channels)s::text[], %(out_topics)s::text[],
-                   %(out_recipients)s::text[], %(out_payloads)s::text[]) AS m(d, c, t, r, p)
+    SELECT m.d, m.c, m.t, m.r, m.p, 'pending', 0, e.id, %(now)s, %(now)s
+    FROM e, jsonb_to_recordset(%(messages)s::jsonb) AS m(d text, c text, t text, r text, p jsonb)
 ), i AS (
     UPDATE inbox_event SET status = 'processed', attempts = attempts + 1, processed_at = %(now)s,
         last_error = NULL, waiting_for = NULL
@@ -176,33 +175,30 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     fulfilment_metadata["program_status_at_fulfilment"] = program_status
     owed = sorted((t.value, q) for t, q in enrollments.owed_by_snapshot(bundle).items() if q > 0)
     bundle_cause = enrollments.bundle_cause(enrollment_id)
-    grants = [(credits.grant_key(bundle_cause, CreditType(t)), t, q) for t, q in owed]
+    grants = [{"k": credits.grant_key(bundle_cause, CreditType(t)), "t": t, "q": q} for t, q in owed]
 
-    messages = [(
-        outbox.platform_dedupe(enrollments.CREATED_DEDUPE.format(enrollment_id)), "platform", "enrollment.created",
-        None, outbox.platform_payload("enrollment.created", enrollments.created_event_data(
+    messages = [{
+        "d": outbox.platform_dedupe(enrollments.CREATED_DEDUPE.format(enrollment_id)), "c": "platform",
+        "t": "enrollment.created", "r": None,
+        "p": outbox.platform_payload("enrollment.created", enrollments.created_event_data(
             enrollment_id=enrollment_id, student_id=student_id, course_code=code, status="active",
             steps=[(s[0], s[1], s[3]) for s in steps], bundle=dict(owed))),
-    )]
+    }]
     if buyer_email:
-        messages.append((
-            outbox.mail_dedupe(enrollments.WELCOME_DEDUPE.format(enrollment_id), buyer_email), "mail",
-            "enrollment_welcome", buyer_email, outbox.mail_payload("enrollment_welcome", enrollments.welcome_context(
+        messages.append({
+            "d": outbox.mail_dedupe(enrollments.WELCOME_DEDUPE.format(enrollment_id), buyer_email), "c": "mail",
+            "t": "enrollment_welcome", "r": buyer_email,
+            "p": outbox.mail_payload("enrollment_welcome", enrollments.welcome_context(
                 student_name=buyer_name, course_title=title, course_code=code,
                 steps=[(s[1], s[2]) for s in steps], bundle=bundle)),
-        ))
+        })
     pi = checkout.get("payment_intent")
     created, woken = conn.execute(_FULFIL, {
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
         "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
         "currency": checkout.get("currency"), "metadata": json.dumps(fulfilment_metadata), "now": now,
         "cause": cause, "steps": [s[0] for s in steps], "bundle_cause": bundle_cause,
-        "grant_keys": [g[0] for g in grants], "grant_types": [g[1] for g in grants],
-        "grant_quantities": [g[2] for g in grants],
-        "out_keys": [m[0] for m in messages], "out_channels": [m[1] for m in messages],
-        "out_topics": [m[2] for m in messages], "out_recipients": [m[3] for m in messages],
-        "out_payloads": [json.dumps(m[4]) for m in messages],
-        "inbox_id": inbox_id, "keys": keys,
+        "grants": json.dumps(grants), "messages": json.dumps(messages), "inbox_id": inbox_id, "keys": keys,
     }).fetchone()
     if created is None:
         return None  # a redelivery: the enrollment exists, the general path settles it
