@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -112,10 +112,11 @@ class Stored:
     resend: bool = False
 
 
-_PG_STORE = text(
+# psycopg's own placeholders: the ingress runs this on the driver connection, past SQLAlchemy
+_PG_STORE = (
     "INSERT INTO inbox_event (source, event_id, type, payload, subject, occurred_at, status, attempts, received_at)"
-    " VALUES (:source, :event_id, :type, CAST(:payload AS jsonb), :subject, :occurred_at, 'pending', 0, now())"
-    " ON CONFLICT (source, event_id) DO NOTHING RETURNING id"
+    " VALUES (%(source)s, %(event_id)s, %(type)s, %(payload)s::jsonb, %(subject)s, %(occurred_at)s, 'pending', 0,"
+    " now()) ON CONFLICT (source, event_id) DO NOTHING RETURNING id"
 )
 
 
@@ -138,12 +139,14 @@ def store_event(
     """
     table = InboxEvent.__table__
     if _dialect_name(session) == "postgresql":
-        # the hot path, as plain SQL: SQLAlchemy's statement compilation costs more than the insert itself
-        new_id = session.execute(
+        # the hot path, on the driver connection: SQLAlchemy's statement handling costs as much as the insert
+        driver = (session if isinstance(session, Connection) else session.connection()).connection.driver_connection
+        row = driver.execute(
             _PG_STORE,
             dict(source=source.value, event_id=event_id, type=type, payload=raw or json.dumps(payload),
                  subject=subject, occurred_at=occurred_at),
-        ).scalar()
+        ).fetchone()
+        new_id = row[0] if row else None
     else:
         values = dict(source=source.value, event_id=event_id, type=type, payload=payload, subject=subject,
                       occurred_at=occurred_at, status=InboxStatus.PENDING.value, attempts=0, received_at=utcnow())
