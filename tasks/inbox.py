@@ -140,7 +140,12 @@ def store_event(
     table = InboxEvent.__table__
     if _dialect_name(session) == "postgresql":
         # the hot path, on the driver connection: SQLAlchemy's statement handling costs as much as the insert
-        driver = (session if isinstance(session, Connection) else session.connection()).connection.driver_connection
+        if isinstance(session, Connection):
+            if not session.in_transaction():
+                session.begin()  # so that a caller's commit() commits (a no-op under AUTOCOMMIT)
+            driver = session.connection.driver_connection
+        else:
+            driver = session.connection().connection.driver_connection
         row = driver.execute(
             _PG_STORE,
             dict(source=source.value, event_id=event_id, type=type, payload=raw or json.dumps(payload),

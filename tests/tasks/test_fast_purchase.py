@@ -130,3 +130,15 @@ def test_a_redelivery_is_left_to_the_general_path(pg_database):
     assert result.outcome is inbox.Outcome.PROCESSED
     with pg_database.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM student_course_enrollment")).scalar() == 1
+
+
+def test_malformed_metadata_is_recorded_by_the_general_path(pg_database):
+    _catalog(pg_database)
+    event = checkout(cs="cs_1", pi="pi_1")
+    event["data"]["object"]["metadata"] = "course=SFZ"
+    result = deliver(pg_database, event)
+    # recorded on the row, not raised out of the runner (the general path retries what it cannot classify)
+    assert result.outcome is inbox.Outcome.RETRY and "AttributeError" in result.error
+    with pg_database.engine.connect() as conn:
+        status, attempts, error = conn.execute(sa.text("SELECT status, attempts, last_error FROM inbox_event")).one()
+    assert (status, attempts) == ("pending", 1) and "AttributeError" in error

@@ -171,3 +171,13 @@ def test_process_event_alone_asks_for_the_look_up_and_changes_nothing(database):
     assert result.outcome is inbox.Outcome.FETCH and result.needs.key == "remote:remote-3"
     r = row(database, inbox_id)
     assert r.status == InboxStatus.PENDING and r.attempts == 0 and effects(database) == 0
+
+
+def test_store_event_on_a_plain_connection_is_kept_by_its_commit(database):
+    """The PostgreSQL insert runs on the driver connection; a Connection's own commit must still commit it."""
+    with database.engine.connect() as conn:
+        stored = inbox.store_event(session=conn, source=InboxSource.PLATFORM, event_id="evt_conn", type="x.y",
+                                   payload={"id": "evt_conn"}, subject=None, occurred_at=None)
+        conn.commit()
+    with database.session_scope() as s:
+        assert s.scalar(select(InboxEvent.id).where(InboxEvent.event_id == "evt_conn")) == stored.id
