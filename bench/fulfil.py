@@ -29,6 +29,7 @@ from bench.common import (  # noqa: E402
     dramatiq_workers,
     env_for,
     fresh_database,
+    tree_cpu_seconds,
     inbox_counts,
     purchase_event,
     seed_course,
@@ -80,16 +81,23 @@ def measure_pipeline(url: str, env: dict, count: int, processes: int, threads: i
     ids = store_purchases(url, count, run)
     enqueue(env, ids)
     started = time.monotonic()
-    with dramatiq_workers(env, processes, threads):
+    with dramatiq_workers(env, processes, threads) as workers:
+        # worker CPU per purchase, start-up excluded: from the first processed row to the last
+        while not inbox_counts(url).get("processed") and time.monotonic() - started < 60:
+            time.sleep(0.05)
+        cpu_start, done_start = tree_cpu_seconds(workers.pid), inbox_counts(url).get("processed", 0)
         while inbox_counts(url).get("pending", 0) > 0 and time.monotonic() - started < 600:
             time.sleep(0.2)
+        cpu = tree_cpu_seconds(workers.pid) - cpu_start
     counts = inbox_counts(url)
+    worker_ms = cpu * 1000 / max(1, counts.get("processed", 0) - done_start)
     n, window = processed_window(url)
     with sa.create_engine(url).connect() as conn:
         enrollments = conn.execute(sa.text("SELECT count(*) FROM student_course_enrollment")).scalar()
         progress = conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar()
         grants = conn.execute(sa.text("SELECT count(*) FROM credit_ledger_entry")).scalar()
-    return {"rate": n / window if window else 0.0, "processed": n, "counts": counts, "enrollments": enrollments,
+    return {"rate": n / window if window else 0.0, "processed": n, "counts": counts, "worker_cpu_ms": worker_ms,
+            "enrollments": enrollments,
             "progress_rows": progress, "ledger_rows": grants}
 
 
@@ -252,6 +260,7 @@ def main(argv=None) -> dict:
     print(f"{'pipeline (Redis -> Dramatiq -> PostgreSQL)':<52}{pipeline['rate']:>12.0f}")
     print(f"{'reference: the purchase as 14 statements, psycopg':<52}{reference['rate']:>12.0f}")
     print(f"{'reference: the pipeline own 4 statements, psycopg':<52}{own_sql['rate']:>12.0f}")
+    print(f"worker CPU per purchase (all worker processes, start-up excluded): {pipeline['worker_cpu_ms']:.2f} ms")
     print(f"ratio vs 14-statement reference: {ratio:.2f}   vs own statements: {own_ratio:.2f}   processed {pipeline['processed']}/{args.count}   inbox {pipeline['counts']}   "
           f"enrollments {pipeline['enrollments']}, progress rows {pipeline['progress_rows']}, "
           f"ledger rows {pipeline['ledger_rows']}   ({args.processes} processes x {args.threads} threads)")
