@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark on PostgreSQL + Redis, each figure next to its same-run reference."""
+"""`make bench`: every benchmark on PostgreSQL + Redis, each figure next to its same-run reference,
+then one table of the figures against the targets of issue #9."""
 from __future__ import annotations
 
 import sys
@@ -6,18 +7,48 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import backlog, e2e, fulfil, ingest  # noqa: E402
+from bench import backlog, e2e, fulfil, ingest, scale  # noqa: E402
+
+
+def _row(name: str, figure: str, reference: str, target: str, met: bool) -> str:
+    return f"{name:<22}{figure:<34}{reference:<30}{target:<34}{'met' if met else 'NOT MET'}"
+
+
+def summary(r: dict) -> list[str]:
+    i, f, e, b, s = r["ingest"], r["fulfil"], r["e2e"], r["backlog"], r["scale"]
+    under_load = [v for k, v in e.items() if k != "idle"]
+    rows = [
+        _row("ingest", f"{i['ingest']['rate']:.0f}/s", f"bare Flask {i['bare']['rate']:.0f}/s (x{i['ratio']:.2f})",
+             ">= 2000/s and >= 0.35x", i["ingest"]["rate"] >= 2000 and i["ratio"] >= 0.35),
+        _row("ingest p99, paced", f"{i['paced']['p99_ms']:.1f} ms at {i['paced']['rate']:.0f}/s", "",
+             "<= 20 ms at 800/s", i["paced"]["p99_ms"] <= 20),
+        _row("fulfil", f"{f['pipeline']['rate']:.0f}/s",
+             f"psycopg {f['reference']['rate']:.0f}/s (x{f['ratio']:.2f})", ">= 1000/s and >= 0.3x",
+             f["pipeline"]["rate"] >= 1000 and f["ratio"] >= 0.3),
+        _row("fulfil, own SQL", f"{f['pipeline']['rate']:.0f}/s",
+             f"its 4 statements {f['own_sql']['rate']:.0f}/s (x{f['own_ratio']:.2f})", "(context)", True),
+        _row("e2e under load", " / ".join(f"{k} {v['p50']:.0f}/{v['p99']:.0f} ms" for k, v in e.items() if k != "idle"),
+             "", "p50 <= 25, p99 <= 100 ms",
+             all(v["p50"] <= 25 and v["p99"] <= 100 for v in under_load)),
+        _row("e2e idle", f"p99 {e['idle']['p99']:.0f} ms", "", "p99 <= 250 ms", e["idle"]["p99"] <= 250),
+        _row("backlog", f"{b['count']} in {b['seconds']:.0f} s", "", "60000 in <= 90 s", b["seconds"] <= 90),
+        _row("scale: fulfil", f"{s['loaded_rate']:.0f}/s with 1M", f"empty {s['empty_rate']:.0f}/s",
+             "<= 1.2x slower", s["empty_rate"] / s["loaded_rate"] <= 1.2),
+        _row("scale: reminder scan", f"{s['scan_s']:.1f} s", "", "<= 10 s over 100k", s["scan_s"] <= 10),
+    ]
+    return rows
 
 
 def main() -> None:
-    print("== ingest ==")
-    ingest.main([])
-    print("\n== fulfil ==")
-    fulfil.main([])
-    print("\n== end-to-end ==")
-    e2e.main([])
-    print("\n== backlog ==")
-    backlog.main([])
+    results = {}
+    for name, module in (("ingest", ingest), ("fulfil", fulfil), ("e2e", e2e), ("backlog", backlog),
+                         ("scale", scale)):
+        print(f"\n== {name} ==", flush=True)
+        results[name] = module.main([])
+    print("\n== against the targets ==")
+    print(f"{'benchmark':<22}{'figure':<34}{'same-run reference':<30}{'target':<34}")
+    for row in summary(results):
+        print(row)
 
 
 if __name__ == "__main__":

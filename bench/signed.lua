@@ -1,4 +1,5 @@
 -- Replays pre-signed requests; each wrk thread takes every Nth line so no two threads send the same event.
+-- Optional third argument: a pause in ms before each connection's next request (a paced load).
 local threads = {}
 local counter = 0
 
@@ -10,6 +11,7 @@ end
 
 function init(args)
   local file, nthreads = args[1], tonumber(args[2])
+  pause = tonumber(args[3] or "0")
   reqs = {}
   i = 0
   local n = 0
@@ -27,4 +29,8 @@ function request()
   i = i + 1
   if i > #reqs then i = 1 end
   return reqs[i]
+end
+
+function delay()
+  return pause
 end
