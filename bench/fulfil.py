@@ -134,7 +134,8 @@ REFERENCE_SQL = [
 ]
 
 
-def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results) -> None:
+def _drain(dsn: str, work: list[int], threads: int, results, purchase) -> None:
+    """`threads` connections take inbox ids from `work` and run `purchase(conn, inbox_id)` in a transaction each."""
     import psycopg
 
     lock = threading.Lock()
@@ -142,30 +143,13 @@ def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results
 
     def one_thread():
         with psycopg.connect(dsn) as conn:
-            program_id = conn.execute("SELECT id FROM course_program WHERE code = 'BENCH'").fetchone()[0]
-            conn.commit()
             while True:
                 with lock:
                     if not queue:
                         return
                     inbox_id = queue.pop()
-                p = {"inbox_id": inbox_id, "subject": f"payment:ref_{run}_{inbox_id}", "program_id": program_id,
-                     "student": f"ref_{run}_{inbox_id}", "email": f"ref{inbox_id}@bench.test",
-                     "cs": f"cs_ref_{run}_{inbox_id}", "pi": f"pi_ref_{run}_{inbox_id}",
-                     "grant_key": f"grant:ref:{run}:{inbox_id}", "cause": f"enrollment:ref{inbox_id}",
-                     "out1": f"ref1:{run}:{inbox_id}", "out2": f"ref2:{run}:{inbox_id}"}
                 with conn.transaction():
-                    steps = []
-                    for sql, kind in REFERENCE_SQL:
-                        if kind == "per_step":
-                            for step_id in steps:
-                                conn.execute(sql, {**p, "step_id": step_id})
-                            continue
-                        cur = conn.execute(sql, p)
-                        if "FROM course_step" in sql:
-                            steps = [r[0] for r in cur.fetchall()]
-                        elif kind is True:
-                            p["enrollment_id"] = cur.fetchone()[0]
+                    purchase(conn, inbox_id)
 
     pool = [threading.Thread(target=one_thread) for _ in range(threads)]
     for t in pool:
@@ -173,6 +157,34 @@ def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results
     for t in pool:
         t.join()
     results.put(len(work))
+
+
+def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results) -> None:
+    """The purchase written plainly: 14 statements (REFERENCE_SQL)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        program_id = conn.execute("SELECT id FROM course_program WHERE code = 'BENCH'").fetchone()[0]
+
+    def purchase(conn, inbox_id: int) -> None:
+        p = {"inbox_id": inbox_id, "subject": f"payment:ref_{run}_{inbox_id}", "program_id": program_id,
+             "student": f"ref_{run}_{inbox_id}", "email": f"ref{inbox_id}@bench.test",
+             "cs": f"cs_ref_{run}_{inbox_id}", "pi": f"pi_ref_{run}_{inbox_id}",
+             "grant_key": f"grant:ref:{run}:{inbox_id}", "cause": f"enrollment:ref{inbox_id}",
+             "out1": f"ref1:{run}:{inbox_id}", "out2": f"ref2:{run}:{inbox_id}"}
+        steps = []
+        for sql, kind in REFERENCE_SQL:
+            if kind == "per_step":
+                for step_id in steps:
+                    conn.execute(sql, {**p, "step_id": step_id})
+                continue
+            cur = conn.execute(sql, p)
+            if "FROM course_step" in sql:
+                steps = [r[0] for r in cur.fetchall()]
+            elif kind is True:
+                p["enrollment_id"] = cur.fetchone()[0]
+
+    _drain(dsn, work, threads, results, purchase)
 
 
 def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, results) -> None:
@@ -180,46 +192,30 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
     import json
     import zlib
 
-    import psycopg
-
     from tasks import fast_purchase as fp
 
-    lock = threading.Lock()
-    queue = list(work)
     payload = {"type": "enrollment.created", "data": {"steps": [], "bundle": {"private": 2}}}
 
-    def one_thread():
-        with psycopg.connect(dsn) as conn:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    inbox_id = queue.pop()
-                with conn.transaction():
-                    row = conn.execute(fp._CLAIM, (inbox_id,)).fetchone()
-                    conn.execute(fp._LOCK, (zlib.crc32(row[3].encode()),))
-                    student = f"reff_{run}_{inbox_id}"
-                    found = conn.execute(fp._PREPARE, {"student": student, "email": f"{student}@bench.test",
-                                                       "name": None, "now": utcnow(), "code": "BENCH"}).fetchone()
-                    eid = found[6]
-                    conn.execute(fp._FULFIL, {
-                        "id": eid, "student": student, "program": found[0], "cs": f"cs_reff_{run}_{inbox_id}",
-                        "pi": f"pi_reff_{run}_{inbox_id}", "product": found[9], "price": found[10], "amount": 12000,
-                        "currency": "usd", "metadata": json.dumps(payload), "now": utcnow(), "cause": f"checkout:{inbox_id}",
-                        "steps": [s[0] for s in found[4]], "bundle_cause": f"enrollment:{eid}",
-                        "grants": json.dumps([{"k": f"grant:enrollment:{eid}:private", "t": "private", "q": 2}]),
-                        "messages": json.dumps([
-                            {"d": f"reff1:{eid}", "c": "platform", "t": "enrollment.created", "r": None, "p": payload},
-                            {"d": f"reff2:{eid}", "c": "mail", "t": "enrollment_welcome",
-                             "r": f"{student}@bench.test", "p": payload}]),
-                        "inbox_id": inbox_id, "keys": [row[3]]}).fetchone()
+    def purchase(conn, inbox_id: int) -> None:
+        row = conn.execute(fp._CLAIM, (inbox_id,)).fetchone()
+        conn.execute(fp._LOCK, (zlib.crc32(row[3].encode()),))
+        student = f"reff_{run}_{inbox_id}"
+        found = conn.execute(fp._PREPARE, {"student": student, "email": f"{student}@bench.test",
+                                           "name": None, "now": utcnow(), "code": "BENCH"}).fetchone()
+        eid = found[6]
+        conn.execute(fp._FULFIL, {
+            "id": eid, "student": student, "program": found[0], "cs": f"cs_reff_{run}_{inbox_id}",
+            "pi": f"pi_reff_{run}_{inbox_id}", "product": found[9], "price": found[10], "amount": 12000,
+            "currency": "usd", "metadata": json.dumps(payload), "now": utcnow(), "cause": f"checkout:{inbox_id}",
+            "steps": [s[0] for s in found[4]], "bundle_cause": f"enrollment:{eid}",
+            "grants": json.dumps([{"k": f"grant:enrollment:{eid}:private", "t": "private", "q": 2}]),
+            "messages": json.dumps([
+                {"d": f"reff1:{eid}", "c": "platform", "t": "enrollment.created", "r": None, "p": payload},
+                {"d": f"reff2:{eid}", "c": "mail", "t": "enrollment_welcome",
+                 "r": f"{student}@bench.test", "p": payload}]),
+            "inbox_id": inbox_id, "keys": [row[3]]}).fetchone()
 
-    pool = [threading.Thread(target=one_thread) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    results.put(len(work))
+    _drain(dsn, work, threads, results, purchase)
 
 
 def measure_reference(url: str, count: int, processes: int, threads: int, worker=None) -> dict:
