@@ -230,32 +230,31 @@ def _check_code(item: CourseIn | PackageIn, code: str | None, prefix: str) -> No
 # --------------------------------------------------------------------------- lookups
 
 
+def _live_by_code(session: Session, model, code: str, lock: bool):
+    query = select(model).where(model.code == code, model.deleted_at.is_(None))
+    return session.scalar(query.with_for_update() if lock else query)
+
+
 def live_program(session: Session, code: str, *, lock: bool = False) -> CourseProgram | None:
-    query = select(CourseProgram).where(CourseProgram.code == code, CourseProgram.deleted_at.is_(None))
-    if lock:
-        query = query.with_for_update()
-    return session.scalar(query)
+    return _live_by_code(session, CourseProgram, code, lock)
 
 
 def get_program(session: Session, code: str, *, lock: bool = False) -> CourseProgram:
-    program = live_program(session, code, lock=lock)
-    if program is None:
-        raise NotFound(f"course {code!r} does not exist")
-    return program
+    return _required(live_program(session, code, lock=lock), "course", code)
 
 
 def live_package(session: Session, code: str, *, lock: bool = False) -> CreditPackage | None:
-    query = select(CreditPackage).where(CreditPackage.code == code, CreditPackage.deleted_at.is_(None))
-    if lock:
-        query = query.with_for_update()
-    return session.scalar(query)
+    return _live_by_code(session, CreditPackage, code, lock)
 
 
 def get_package(session: Session, code: str, *, lock: bool = False) -> CreditPackage:
-    package = live_package(session, code, lock=lock)
-    if package is None:
-        raise NotFound(f"package {code!r} does not exist")
-    return package
+    return _required(live_package(session, code, lock=lock), "package", code)
+
+
+def _required(row, what: str, code: str):
+    if row is None:
+        raise NotFound(f"{what} {code!r} does not exist")
+    return row
 
 
 def _live_steps(session: Session, program_id: int) -> list[CourseStep]:

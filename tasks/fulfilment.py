@@ -124,19 +124,12 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
     return student
 
 
-def _program_by_code(session: Session, code: str) -> CourseProgram | None:
-    # the live course first; a paid checkout of a course deleted since still fulfils against its last row
+def _sold_by_code(session: Session, model, code: str):
+    """The live course or package with this code; a paid checkout of one deleted since fulfils against its
+    last row."""
     return session.scalar(
-        select(CourseProgram).where(CourseProgram.code == code)
-        .order_by(CourseProgram.deleted_at.is_not(None), CourseProgram.deleted_at.desc(), CourseProgram.id.desc())
-        .limit(1)
-    )
-
-
-def _package_by_code(session: Session, code: str) -> CreditPackage | None:
-    return session.scalar(
-        select(CreditPackage).where(CreditPackage.code == code)
-        .order_by(CreditPackage.deleted_at.is_not(None), CreditPackage.deleted_at.desc(), CreditPackage.id.desc())
+        select(model).where(model.code == code)
+        .order_by(model.deleted_at.is_not(None), model.deleted_at.desc(), model.id.desc())
         .limit(1)
     )
 
@@ -189,13 +182,13 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
                                     "package" if metadata.get("package_code") else None)
     if kind == "course":
         code = metadata.get("course_code")
-        program = _program_by_code(session, code) if code else None
+        program = _sold_by_code(session, CourseProgram, code) if code else None
         if program is None:
             raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown course {code!r}")
         return Product(program=program, price_id=program.stripe_price_id, product_id=program.stripe_product_id)
     if kind == "package":
         code = metadata.get("package_code")
-        package = _package_by_code(session, code) if code else None
+        package = _sold_by_code(session, CreditPackage, code) if code else None
         if package is None:
             raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown package {code!r}")
         return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
