@@ -190,15 +190,15 @@ def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results
 def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, results) -> None:
     """The pipeline's own four statements (tasks.fast_purchase), by psycopg directly, payloads pre-built."""
     import json
-    import zlib
 
     from tasks import fast_purchase as fp
+    from tasks.inbox import lock_key
 
     payload = {"type": "enrollment.created", "data": {"steps": [], "bundle": {"private": 2}}}
 
     def purchase(conn, inbox_id: int) -> None:
         row = conn.execute(fp._CLAIM, (inbox_id,)).fetchone()
-        conn.execute(fp._LOCK, (zlib.crc32(row[3].encode()),))
+        conn.execute(fp._LOCK, (lock_key(row[3]),))
         student = f"reff_{run}_{inbox_id}"
         found = conn.execute(fp._PREPARE, {"student": student, "email": f"{student}@bench.test",
                                            "name": None, "now": utcnow(), "code": "BENCH"}).fetchone()

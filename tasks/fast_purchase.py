@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.enums import CreditType, InboxStatus
+from db.enums import CreditType
 from db.types import utcnow
 from tasks import credits, enrollments, outbox
+from tasks.inbox import LOCKS_KEY, RUNNABLE, Outcome, Result, lock_key
 from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
-RUNNABLE = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+RUNNABLE_VALUES = {status.value for status in RUNNABLE}
 
 _CLAIM = ("SELECT source, event_id, type, subject, payload, status, attempts, received_at"
           " FROM inbox_event WHERE id = %s FOR UPDATE SKIP LOCKED")
@@ -117,16 +117,16 @@ def candidate(event_type: str, checkout: dict[str, Any]) -> bool:
             and bool(checkout.get("client_reference_id") or metadata.get("student_id")))
 
 
-def process(session: Session, inbox_id: int, *, locks_key: str) -> Any:
+def process(session: Session, inbox_id: int) -> Result | None:
     """Run a fresh paid course purchase; None if this event is not one (the caller runs the general path).
 
-    Returns `(outcome, woken ids, summary)`; outcome is "processed" or "skipped" (row final or locked
-    by another worker). Locks taken are added to `session.info[locks_key]`.
+    The result is PROCESSED, or SKIPPED (row final or locked by another worker). Locks taken are added
+    to `session.info[LOCKS_KEY]`, as the runner's own are.
     """
     conn = session.connection().connection.driver_connection  # the session's own transaction
     row = conn.execute(_CLAIM, (inbox_id,)).fetchone()
-    if row is None or row[5] not in RUNNABLE:
-        return ("skipped", [], None)
+    if row is None or row[5] not in RUNNABLE_VALUES:
+        return Result(Outcome.SKIPPED)
     source, event_id, type_, subject, payload, _status, _attempts, received_at = row
     summary = (source, event_id, type_, subject, received_at)
     checkout = (_json(payload).get("data") or {}).get("object") or {}
@@ -134,11 +134,11 @@ def process(session: Session, inbox_id: int, *, locks_key: str) -> Any:
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
-    held = session.info.setdefault(locks_key, set())
+    held = session.info.setdefault(LOCKS_KEY, set())
     try:
         for key in keys:  # the subject's lock, and the payment's that `provides` takes in the general path
             if key not in held:
-                conn.execute(_LOCK, (zlib.crc32(key.encode()),))
+                conn.execute(_LOCK, (lock_key(key),))
                 held.add(key)
         done = _fulfil(conn, checkout, event_id, inbox_id, keys)
     except Exception as exc:  # noqa: BLE001 — the general path runs again from the start and records it
@@ -149,7 +149,7 @@ def process(session: Session, inbox_id: int, *, locks_key: str) -> Any:
         return None
     if done is None:
         return None
-    return ("processed", done, summary)
+    return Result(Outcome.PROCESSED, woken=done, summary=summary)
 
 
 def _json(value: Any) -> Any:

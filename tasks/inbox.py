@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from db.types import utcnow
-from tasks import fast_purchase
 from tasks.errors import Ignored, NeedsRemote, PermanentError, TaskError, WaitFor
 
 log = logging.getLogger("coursepipe.inbox")
@@ -201,6 +200,11 @@ class Result:
 LOCKS_KEY = "coursepipe.locks"
 
 
+def lock_key(subject: str) -> int:
+    """The advisory-lock key of a subject (the runner, `provides` and the purchase fast path agree on it)."""
+    return zlib.crc32(subject.encode())
+
+
 def _lock_subject(session: Session, subject: str | None) -> None:
     """Two events about the same thing never race (PostgreSQL advisory lock until commit)."""
     if not subject or session.get_bind().dialect.name != "postgresql":
@@ -208,7 +212,7 @@ def _lock_subject(session: Session, subject: str | None) -> None:
     held = session.info.setdefault(LOCKS_KEY, set())
     if subject in held:  # already ours in this transaction (e.g. a handler provides its own subject)
         return
-    session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(subject.encode()))))
+    session.execute(select(func.pg_advisory_xact_lock(lock_key(subject))))
     held.add(subject)
 
 
@@ -240,10 +244,11 @@ def process_event(
     session.info[REMOTE_KEY] = remote or {}
     session.info[LOCKS_KEY] = set()
     if fast and session.get_bind().dialect.name == "postgresql":
-        done = fast_purchase.process(session, inbox_id, locks_key=LOCKS_KEY)
+        from tasks import fast_purchase  # it builds on this module
+
+        done = fast_purchase.process(session, inbox_id)
         if done is not None:
-            outcome, woken, summary = done
-            return Result(Outcome(outcome), woken=woken, summary=summary)
+            return done
     event = _claim(session, inbox_id, skip_locked=True)
     if event is None:
         # unknown id, already final, or another worker holds it now (it finishes, or rolls back and is swept)

@@ -95,8 +95,8 @@ def test_a_new_paid_purchase_takes_the_fast_path(pg_database):
     _catalog(pg_database)
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
     with pg_database.session_scope() as s:
-        done = fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY)
-    assert done is not None and done[0] == "processed" and done[1] == []
+        done = fast_purchase.process(s, inbox_id)
+    assert done is not None and done.outcome is inbox.Outcome.PROCESSED and done.woken == []
     with pg_database.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
             == InboxStatus.PROCESSED.value
@@ -115,7 +115,7 @@ def test_anything_else_is_left_to_the_general_path_with_nothing_written(pg_datab
     inbox_id = store(pg_database, event)
     before = _snapshot(pg_database)
     with pg_database.session_scope() as s:
-        assert fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY) is None
+        assert fast_purchase.process(s, inbox_id) is None
         s.rollback()
     assert _snapshot(pg_database) == before
 
@@ -125,7 +125,7 @@ def test_a_redelivery_is_left_to_the_general_path(pg_database):
     deliver(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_1"))
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_2"))
     with pg_database.session_scope() as s:
-        assert fast_purchase.process(s, inbox_id, locks_key=inbox.LOCKS_KEY) is None
+        assert fast_purchase.process(s, inbox_id) is None
     result = inbox.run_event(unit_of_work=pg_database.session_scope, inbox_id=inbox_id)
     assert result.outcome is inbox.Outcome.PROCESSED
     with pg_database.engine.connect() as conn:
