@@ -224,3 +224,35 @@ def test_the_welcome_and_dispute_mails_render_from_the_context_written(database)
     assert "SFZ course" in welcome.subject and "SFZ-1" in welcome.text and "2 x private" in welcome.text.lower()
     alert = mail.render("dispute_alert", messages["dispute_alert"].payload["context"])
     assert "dp_1" in alert.subject and "SFZ" in alert.text and "stu_1" in alert.text
+
+
+def test_async_success_twice_fulfils_once(database):
+    _catalog(database)
+    deliver(database, checkout(cs="cs_as", pi="pi_as", payment_status="unpaid"))
+    success = checkout(cs="cs_as", pi="pi_as", type_="checkout.session.async_payment_succeeded")
+    first = store(database, success)
+    assert store(database, success) == first  # a redelivery is the same inbox row
+    assert run(database, first).outcome is inbox.Outcome.PROCESSED
+    assert run(database, first).outcome is inbox.Outcome.SKIPPED
+    before = state(database)
+    again = checkout(cs="cs_as", pi="pi_as", type_="checkout.session.async_payment_succeeded")  # a new event id
+    assert deliver(database, again).outcome is inbox.Outcome.PROCESSED
+    assert state(database) == before
+    assert before["enrollments"][0]["status"] == "active"
+    assert _count(database, CreditLedgerEntry) == 2 and _count(database, OutboxMessage) == 2
+
+
+def test_async_failure_twice_and_before_its_completed_leaves_one_failed_purchase(database):
+    _catalog(database)
+    failed = checkout(cs="cs_af", pi="pi_af", payment_status="unpaid", type_="checkout.session.async_payment_failed")
+    # wrong order: the failure arrives before the unpaid `completed`
+    assert deliver(database, failed).outcome is inbox.Outcome.PROCESSED
+    assert deliver(database, checkout(cs="cs_af", pi="pi_af", payment_status="unpaid")).outcome \
+        is inbox.Outcome.PROCESSED
+    # twice: the same event again, and a copy under a new event id
+    assert run(database, store(database, failed)).outcome is inbox.Outcome.SKIPPED
+    deliver(database, checkout(cs="cs_af", pi="pi_af", payment_status="unpaid",
+                               type_="checkout.session.async_payment_failed"))
+    [enrollment] = state(database)["enrollments"]
+    assert enrollment["status"] == "failed" and enrollment["lots"] == [] and enrollment["steps"] == []
+    assert _count(database, StudentCourseEnrollment) == 1 and _count(database, OutboxMessage) == 0

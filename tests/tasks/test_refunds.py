@@ -198,3 +198,39 @@ def test_charge_refund_updated_counts_like_refund_created(database):
     assert deliver(database, event).outcome is inbox.Outcome.PROCESSED
     deliver(database, refund_created(refund_id="re_u", amount=3000))  # the same refund again
     assert state(database)["enrollments"][0]["refunded"] == 3000
+
+
+def _refund_event(type_: str, refund_id: str, pi: str, amount: int) -> dict:
+    event = refund_created(refund_id=refund_id, pi=pi, amount=amount)
+    event["type"] = type_
+    return event
+
+
+def test_refund_updated_twice_counts_once(database):
+    from tests.tasks.payments_support import run, store
+
+    _purchase(database)
+    event = _refund_event("refund.updated", "re_upd", "pi_1", 3000)
+    first = store(database, event)
+    assert store(database, event) == first  # a redelivery is the same inbox row
+    assert run(database, first).outcome is inbox.Outcome.PROCESSED
+    assert run(database, first).outcome is inbox.Outcome.SKIPPED
+    deliver(database, _refund_event("refund.updated", "re_upd", "pi_1", 3000))  # a new event id, same refund
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 1
+    assert state(database)["enrollments"][0]["refunded"] == 3000
+
+
+def test_refund_updates_before_their_purchase_wait_then_apply_once(database):
+    _catalog(database)
+    early = [_refund_event("refund.updated", "re_e", "pi_e", 3000),
+             _refund_event("charge.refund.updated", "re_e", "pi_e", 3000)]
+    for event in early:
+        assert deliver(database, event).outcome is inbox.Outcome.WAITING
+        assert inbox_row(database, event).waiting_for == "payment:pi_e"
+    deliver(database, checkout(cs="cs_e", pi="pi_e"))  # wakes and runs both
+    assert [inbox_row(database, e).status for e in early] == [InboxStatus.PROCESSED] * 2
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "active" and enrollment["refunded"] == 3000
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 1
