@@ -21,13 +21,16 @@ def register(main: click.Group) -> None:
             raise click.UsageError("give exactly one of --enrollment or --checkout-session")
         settings = _settings()
         runtime = _runtime(settings)
+
+        def work(session):
+            if enrollment_id is not None:
+                return enrollments.refulfill(session=session, enrollment_id=enrollment_id).as_dict()
+            # a checkout without metadata may need its line items from Stripe: fetched between attempts
+            return fulfilment.refulfill_checkout_session(
+                session=session, checkout_session_id=checkout_session_id, settings=settings).as_dict()
+
         try:
-            with runtime.db.session_scope() as session:
-                if enrollment_id is not None:
-                    result = enrollments.refulfill(session=session, enrollment_id=enrollment_id).as_dict()
-                else:
-                    result = fulfilment.refulfill_checkout_session(
-                        session=session, checkout_session_id=checkout_session_id, settings=settings).as_dict()
+            result = inbox.with_remote(runtime.db.session_scope, work)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         woken = result.get("woken_events") or []

@@ -330,11 +330,36 @@ def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
                                    settings=settings, remote=remote, fast=fast)
         if result.outcome is not Outcome.FETCH:
             return result
+        remote[result.needs.key] = _fetch(result.needs)
+    # a handler that keeps asking for more is a defect: recorded on the row, visible and replayable
+    with unit_of_work() as session:
+        event = _claim(session, inbox_id, skip_locked=True)
+        if event is None:
+            return Result(Outcome.SKIPPED)
+        event.attempts += 1
+        return _record_failure(event, PermanentError(
+            f"the handler kept asking for remote data ({MAX_REMOTE_ROUNDS} rounds)"), utcnow(), max_attempts)
+
+
+def with_remote(unit_of_work: Callable, work: Callable[[Session], Any]) -> Any:
+    """`work(session)` in a unit of work of its own, for callers outside the runner (admin re-fulfilment):
+    remote look-ups it asks for (`fetched`) are made between attempts, outside any transaction."""
+    remote: dict[str, Any] = {}
+    for _ in range(MAX_REMOTE_ROUNDS):
         try:
-            remote[result.needs.key] = result.needs.fetch()
-        except Exception as exc:  # recorded on the row by the next run, where the handler re-raises it
-            remote[result.needs.key] = exc
-    raise RuntimeError(f"inbox event {inbox_id}: handler kept asking for remote data")
+            with unit_of_work() as session:
+                session.info[REMOTE_KEY] = remote
+                return work(session)
+        except NeedsRemote as needs:  # rolled back by the unit of work
+            remote[needs.key] = _fetch(needs)
+    raise PermanentError(f"kept asking for remote data ({MAX_REMOTE_ROUNDS} rounds)")
+
+
+def _fetch(needs: NeedsRemote) -> Any:
+    try:
+        return needs.fetch()
+    except Exception as exc:  # handed back to the handler, which raises it where it is classified
+        return exc
 
 
 def _processed(session: Session, event: InboxEvent, attempts: int, now: datetime) -> Result:

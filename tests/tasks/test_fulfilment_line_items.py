@@ -89,3 +89,21 @@ def test_stripe_unavailable_is_retried_and_no_api_key_is_permanent(database, str
     no_key = _bare_checkout("cs_nokey", "pi_nokey")
     result = deliver(database, no_key, make_settings(database.url))
     assert result.outcome is inbox.Outcome.FAILED and "STRIPE_API_KEY" in result.error
+
+
+def test_refulfilment_by_session_fetches_the_line_items_it_needs(database, stripe_api, stripe_settings):
+    """A checkout without metadata that failed (price not yet linked) is fulfilled by the admin's
+    re-fulfilment once the course carries the price; the line items come from Stripe between attempts."""
+    from tasks import fulfilment
+
+    with database.session_scope() as s:
+        program = factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+        program_id = program.id
+    _sell(stripe_api, "cs_rf", "price_rf", "prod_rf", 12000)
+    assert deliver(database, _bare_checkout("cs_rf", "pi_rf"), stripe_settings).outcome is inbox.Outcome.FAILED
+    with database.session_scope() as s:
+        s.get(type(program), program_id).stripe_price_id = "price_rf"
+    done = inbox.with_remote(database.session_scope, lambda s: fulfilment.refulfill_checkout_session(
+        session=s, checkout_session_id="cs_rf", settings=stripe_settings))
+    assert done.kind == "course" and done.details["created_purchase"] is True
+    assert state(database)["enrollments"][0]["lots"] == [("private", 2, 2)]

@@ -181,3 +181,22 @@ def test_store_event_on_a_plain_connection_is_kept_by_its_commit(database):
         conn.commit()
     with database.session_scope() as s:
         assert s.scalar(select(InboxEvent.id).where(InboxEvent.event_id == "evt_conn")) == stored.id
+
+
+def test_a_handler_that_keeps_asking_for_remote_data_fails_visibly(database):
+    inbox_id = store(database, "test.greedy", event_id="greedy-1")
+    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id)
+    assert result.outcome is inbox.Outcome.FAILED and "kept asking for remote data" in result.error
+    r = row(database, inbox_id)
+    assert r.status == InboxStatus.FAILED and r.attempts == 1 and "kept asking" in r.last_error
+
+
+def test_with_remote_fetches_between_units_of_work_for_callers_outside_the_runner(database):
+    calls = []
+
+    def work(session):
+        answer = inbox.fetched(session, "k", lambda: calls.append(database.engine.pool.checkedout()) or "v")
+        return answer
+
+    assert inbox.with_remote(database.session_scope, work) == "v"
+    assert calls == [0]  # fetched once, with no connection checked out

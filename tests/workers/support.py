@@ -100,3 +100,11 @@ def remote(session, event):
 
     answer = fetched(session, f"remote:{event.event_id}", fetch)
     session.add(AlertLog(kind="test", dedupe_key=f"remote:{event.event_id}", subject=answer["price"]))
+
+
+@handles(InboxSource.PLATFORM, "test.greedy")
+def greedy(session, event):
+    """Asks for one more remote answer every time it runs (a defect the runner must record, not loop on)."""
+    from tasks.inbox import REMOTE_KEY, fetched
+
+    fetched(session, f"greedy:{len(session.info.get(REMOTE_KEY) or {})}", lambda: "answer")
