@@ -34,14 +34,16 @@ from db.enums import CreditType
 from db.types import utcnow
 from tasks import credits, enrollments, outbox
 from tasks.inbox import LOCKS_KEY, RUNNABLE, Outcome, Result, lock_key
-from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata
+from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
 RUNNABLE_VALUES = {status.value for status in RUNNABLE}
 
+# only a paid-checkout candidate is claimed here: any other event is left to the runner's own claim untouched
 _CLAIM = ("SELECT source, event_id, type, subject, payload, status, attempts, received_at"
-          " FROM inbox_event WHERE id = %s FOR UPDATE SKIP LOCKED")
+          " FROM inbox_event WHERE id = %s AND source = 'stripe' AND type = 'checkout.session.completed'"
+          " FOR UPDATE SKIP LOCKED")
 
 _LOCK = "SELECT pg_advisory_xact_lock(%s)"
 
@@ -52,7 +54,7 @@ WITH st AS (
     VALUES (%(student)s, %(email)s, %(name)s, %(now)s, %(now)s)
     ON CONFLICT (id) DO NOTHING RETURNING email, name
 ), pr AS (
-    SELECT id, code, title, status FROM course_program WHERE code = %(code)s
+    SELECT id, code, title, status, stripe_product_id, stripe_price_id FROM course_program WHERE code = %(code)s
     ORDER BY deleted_at IS NOT NULL, deleted_at DESC, id DESC LIMIT 1
 )
 SELECT pr.id, pr.code, pr.title, pr.status,
@@ -64,8 +66,7 @@ SELECT pr.id, pr.code, pr.title, pr.status,
     nextval(pg_get_serial_sequence('student_course_enrollment', 'id')),
     (SELECT json_build_array(email, name) FROM st),
     (SELECT json_build_array(email, name) FROM student WHERE id = %(student)s),
-    (SELECT stripe_product_id FROM course_program WHERE id = pr.id),
-    (SELECT stripe_price_id FROM course_program WHERE id = pr.id)
+    pr.stripe_product_id, pr.stripe_price_id
 FROM pr
 """
 
@@ -120,17 +121,19 @@ def candidate(event_type: str, checkout: dict[str, Any]) -> bool:
 def process(session: Session, inbox_id: int) -> Result | None:
     """Run a fresh paid course purchase; None if this event is not one (the caller runs the general path).
 
-    The result is PROCESSED, or SKIPPED (row final or locked by another worker). Locks taken are added
+    The result is PROCESSED, or SKIPPED (the row is already final). Locks taken are added
     to `session.info[LOCKS_KEY]`, as the runner's own are.
     """
     conn = session.connection().connection.driver_connection  # the session's own transaction
     row = conn.execute(_CLAIM, (inbox_id,)).fetchone()
-    if row is None or row[5] not in RUNNABLE_VALUES:
+    if row is None:
+        return None  # another type, an unknown id, or locked by another worker: the runner's claim decides
+    if row[5] not in RUNNABLE_VALUES:
         return Result(Outcome.SKIPPED)
     source, event_id, type_, subject, payload, _status, _attempts, received_at = row
     summary = (source, event_id, type_, subject, received_at)
     checkout = (_json(payload).get("data") or {}).get("object") or {}
-    if source != "stripe" or not candidate(type_, checkout):
+    if not candidate(type_, checkout):
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
@@ -160,10 +163,9 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     metadata = checkout.get("metadata") or {}
     student_id = str(checkout.get("client_reference_id") or metadata.get("student_id"))
     details = checkout.get("customer_details") or {}
-    email = details.get("email") or checkout.get("customer_email")
     now = utcnow()
-    found = conn.execute(_PREPARE, {"student": student_id, "email": email, "name": details.get("name"),
-                                    "now": now, "code": metadata["course_code"]}).fetchone()
+    found = conn.execute(_PREPARE, {"student": student_id, "email": checkout_email(checkout),
+                                    "name": details.get("name"), "now": now, "code": metadata["course_code"]}).fetchone()
     if found is None:
         return None  # unknown course: the general path records it
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found

@@ -83,7 +83,7 @@ def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
     return "pending"
 
 
-def _email(checkout: dict[str, Any]) -> str | None:
+def checkout_email(checkout: dict[str, Any]) -> str | None:
     return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
 
 
@@ -92,7 +92,7 @@ def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
     student_id = checkout.get("client_reference_id") or (checkout.get("metadata") or {}).get("student_id")
     if student_id:
         return str(student_id)
-    email = _email(checkout)
+    email = checkout_email(checkout)
     if email:
         matches = session.scalars(select(Student.id).where(func.lower(Student.email) == email.strip().lower())
                                   .limit(2)).all()
@@ -112,7 +112,8 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
     now = utcnow()
     student = session.scalars(
         _dialect_insert(session)(Student)
-        .values(id=student_id, email=_email(checkout), name=details.get("name"), created_at=now, updated_at=now)
+        .values(id=student_id, email=checkout_email(checkout), name=details.get("name"), created_at=now,
+                updated_at=now)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(Student),
         execution_options={"populate_existing": True},
@@ -247,7 +248,7 @@ def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, p
         "outcome": outcome,
         "metadata": checkout.get("metadata") or {},
         "customer": checkout.get("customer"),
-        "customer_email": _email(checkout),
+        "customer_email": checkout_email(checkout),
         "identified_by": product.identified_by,
         "recorded_at": utcnow().isoformat(),
     }
