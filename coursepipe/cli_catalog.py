@@ -9,7 +9,10 @@ import click
 
 def load_file(path: Path):
     """JSON (`.json`) or YAML (anything else: YAML also reads JSON)."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot be read as UTF-8 text: {exc}") from None
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
@@ -36,6 +39,8 @@ def register(main: click.Group) -> None:
 
         FILE holds one course, a list of courses, or {"courses": [...], "packages": [...]}.
         Importing the same file again changes nothing."""
+        from sqlalchemy.exc import IntegrityError
+
         from tasks import catalog
         from tasks.errors import TaskError
 
@@ -50,6 +55,9 @@ def register(main: click.Group) -> None:
                 results = catalog.save_catalog(session=session, catalog=parsed)
         except TaskError as exc:
             raise click.ClickException(f"{file}: {exc} (nothing was imported)") from None
+        except IntegrityError:  # another import or admin edit created the same code meanwhile
+            raise click.ClickException(f"{file}: a concurrent change to the same course or package "
+                                       "(nothing was imported); run the import again") from None
         for row in results:
             click.echo(f"{row['kind']} {row['code']}: {row['change']}")
 
@@ -65,24 +73,17 @@ def register(main: click.Group) -> None:
 
         kind = publishing.PACKAGE if is_package else publishing.COURSE
         settings = _settings()
-        if not settings.stripe_api_key:
-            raise click.ClickException(f"STRIPE_API_KEY is not set: publishing to Stripe is disabled; "
-                                       f"the {kind} {code} stays as it is")
         runtime = _runtime(settings)
-        if settings.redis_url:
-            from tasks import catalog
-            from workers.actors import send
-
-            with runtime.db.session_scope() as session:
-                try:
-                    (catalog.get_program if kind == publishing.COURSE else catalog.get_package)(session, code)
-                except TaskError as exc:
-                    raise click.ClickException(str(exc)) from None
-            if not send("publish_listing", kind, code):
-                raise click.ClickException("could not queue the publish (is Redis up?)")
-            click.echo(json.dumps({"kind": kind, "code": code, "queued": True}))
-            return
         try:
+            if settings.redis_url:
+                from workers.actors import send
+
+                if not publishing.request_publish(unit_of_work=runtime.db.session_scope, settings=settings,
+                                                  kind=kind, code=code, send=send):
+                    raise click.ClickException("could not queue the publish (is Redis up?)")
+                click.echo(json.dumps({"kind": kind, "code": code, "queued": True}))
+                return
+            publishing.require_api_key(settings, kind, code)
             result = publishing.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None

@@ -82,3 +82,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def is_unique_violation(exc: Exception) -> bool:
+    """Whether an IntegrityError is a unique-key conflict (a concurrent writer won), not a broken invariant."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
+        return True
+    return "UNIQUE constraint failed" in str(orig or "")  # SQLite

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
+from db.database import is_unique_violation
 from ingress.auth import require_admin
 from ingress.errors import ApiError, error_response
 from tasks import catalog, drift, publishing
@@ -42,6 +43,9 @@ def _not_found(exc: NotFound):
 
 @bp.errorhandler(IntegrityError)
 def _concurrent(exc: IntegrityError):
+    if not is_unique_violation(exc):  # a broken invariant: retrying would fail the same way
+        current_app.logger.exception("integrity error")
+        return error_response(500, "internal_error", "internal error; the change was not saved")
     # two writers created the same code (or class option) at once: the loser retries and sees the winner
     return error_response(409, "conflict", "a concurrent change to the same course or package; retry")
 
@@ -154,12 +158,14 @@ def _publish(kind: str, code: str):
     from workers.actors import send
 
     runtime = _runtime()
-    if not runtime.settings.stripe_api_key:
-        raise ApiError(503, "publishing_disabled", "STRIPE_API_KEY is not set: publishing to Stripe is disabled; "
-                                                   f"the {kind} stays as it is")
-    with runtime.db.session_scope() as session:
-        (catalog.get_program if kind == publishing.COURSE else catalog.get_package)(session, code)
-    if not send("publish_listing", kind, code):
+    try:
+        queued = publishing.request_publish(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
+                                            kind=kind, code=code, send=send)
+    except publishing.PublishingDisabled as exc:
+        raise ApiError(503, "publishing_disabled", str(exc)) from None
+    except publishing.PublishFailed as exc:
+        raise ApiError(409, "not_publishable", str(exc)) from None
+    if not queued:
         raise ApiError(503, "queue_unavailable", "the publish could not be queued; try again")
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202

@@ -433,7 +433,7 @@ def save_package(*, session: Session, package: PackageIn) -> Saved:
     changed = _assign(row, title=package.title, price_amount=package.price.amount,
                       price_currency=package.price.currency, credit_type=package.credits.credit_type,
                       quantity=package.credits.quantity, validity_days=package.validity_days)
-    if package.stripe_price_id is not None:  # linked to a price made by hand in Stripe
+    if "stripe_price_id" in package.model_fields_set:  # linked to a price made by hand in Stripe; null unlinks
         changed |= _assign(row, stripe_price_id=package.stripe_price_id)
     session.flush()
     return Saved(code=code, change="created" if created else ("updated" if changed else "unchanged"), id=row.id)

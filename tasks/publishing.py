@@ -219,15 +219,38 @@ def next_intent(*, session: Session, kind: str, code: str) -> Intent | None:
     return Intent.of(row, listing)
 
 
+class PublishingDisabled(PermanentError):
+    """Raised when publishing is asked for without STRIPE_API_KEY."""
+
+
+def require_api_key(settings: Any, kind: str, code: str) -> None:
+    if not settings.stripe_api_key:
+        raise PublishingDisabled(f"STRIPE_API_KEY is not set: publishing to Stripe is disabled; "
+                                 f"the {kind} {code} stays as it is")
+
+
+def request_publish(*, unit_of_work: Callable, settings: Any, kind: str, code: str,
+                    send: Callable[..., bool]) -> bool:
+    """Queue the publish of KIND CODE after checking it can run: an unknown listing (NotFound) or one that
+    cannot be published as it is (PublishFailed) is refused here, to the admin, not in a worker's log.
+    Returns False when the queue is unavailable."""
+    require_api_key(settings, kind, code)
+    with unit_of_work() as session:
+        listing = _listing(session, kind, code, lock=False)
+        _plan(listing, _rows(session, listing))
+    return send("publish_listing", kind, code)
+
+
 def stripe_state(session: Session, kind: str, row: CourseProgram | CreditPackage) -> dict[str, Any]:
     """What the admin sees: ids, whether Stripe is in line with our data, recent calls, open drift."""
     listing = _listing(session, kind, row.code, lock=False)
     rows = _rows(session, listing)
     pending = [r for r in rows if r.status is PublicationStatus.PENDING]
+    blocked = None
     try:
         in_sync = not pending and _plan(listing, rows) is None
-    except PublishFailed:
-        in_sync = False
+    except PublishFailed as exc:  # shown, not swallowed: the admin must act before a publish can run
+        in_sync, blocked = False, str(exc)
     ids = {row.stripe_product_id, row.stripe_price_id} | {r.stripe_id for r in rows if r.stripe_id}
     ids.discard(None)
     drift = list(session.scalars(select(StripeDrift).where(StripeDrift.stripe_object_id.in_(ids),
@@ -238,8 +261,8 @@ def stripe_state(session: Session, kind: str, row: CourseProgram | CreditPackage
         "price_id": row.stripe_price_id,
         "in_sync": in_sync,
         "pending": len(pending),
-        "last_error": pending[0].last_error if pending else (
-            rows[-1].last_error if rows and rows[-1].status is PublicationStatus.FAILED else None),
+        "last_error": blocked or (pending[0].last_error if pending else (
+            rows[-1].last_error if rows and rows[-1].status is PublicationStatus.FAILED else None)),
         "publications": [publication_view(r) for r in rows[-10:]],
         "drift": [drift_view(d) for d in drift],
     }

@@ -119,3 +119,22 @@ def test_outbox_dedupe_key_is_unique(database):
     with database.session_scope() as s:
         s.add(OutboxMessage(dedupe_key="k", channel="mail", topic="t", payload={}))
     _refused(database, lambda s: s.add(OutboxMessage(dedupe_key="k", channel="mail", topic="t", payload={})))
+
+
+def test_a_unique_conflict_is_told_apart_from_a_broken_foreign_key(database):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from db.database import is_unique_violation
+    from db.models import Student
+
+    with database.session_scope() as s:
+        factories.student(s, id="stu_u")
+    with pytest.raises(IntegrityError) as unique:
+        with database.session_scope() as s:
+            s.add(Student(id="stu_u", email="again@example.test"))
+    with pytest.raises(IntegrityError) as foreign:
+        with database.session_scope() as s:
+            s.add(StudentCourseProgress(enrollment_id=999_999, step_id=999_999))
+    assert is_unique_violation(unique.value) is True
+    assert is_unique_violation(foreign.value) is False

@@ -207,3 +207,22 @@ def test_concurrent_puts_of_a_new_course_leave_one_course(app, admin_headers, ru
     with runtime.db.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(CourseProgram)) == 1
         assert s.scalar(select(func.count()).select_from(CourseStep).where(CourseStep.deleted_at.is_(None))) == 3
+
+
+def test_a_hand_linked_price_is_refused_at_publish_shown_and_can_be_unlinked(client, admin_headers, runtime, worker,
+                                                                             stripe_server):
+    body = {"title": "Five private lessons", "price": {"amount": 30000, "currency": "usd"},
+            "credits": {"kind": "private", "quantity": 5}, "stripe_price_id": "price_byhand"}
+    client.put("/admin/packages/FIVE", json=body, headers=admin_headers)
+    refused = client.post("/admin/packages/FIVE/publish", headers=admin_headers)
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "not_publishable"
+    assert "price_byhand" in refused.json["error"]["message"]
+    shown = client.get("/admin/packages/FIVE", headers=admin_headers).json["stripe"]
+    assert shown["in_sync"] is False and "price_byhand" in shown["last_error"]
+    # the admin unlinks it (an explicit null), then publishing runs
+    unlinked = client.put("/admin/packages/FIVE", json={**body, "stripe_price_id": None}, headers=admin_headers)
+    assert unlinked.json["change"] == "updated" and unlinked.json["package"]["stripe_price_id"] is None
+    assert client.post("/admin/packages/FIVE/publish", headers=admin_headers).status_code == 202
+    drain(runtime)
+    got = client.get("/admin/packages/FIVE", headers=admin_headers).json
+    assert got["stripe_price_id"] in stripe_server.prices and got["stripe"]["in_sync"] is True

@@ -131,3 +131,11 @@ def test_publish_with_redis_queues_the_actor(database, redis_url, redis_namespac
     assert [json.loads(m)["actor_name"] for m in messages] == ["publish_listing"]
     assert [json.loads(m)["args"] for m in messages] == [["course", "SFZ"]]
     assert stripe_server.requests == []  # the workers make the calls, not the CLI
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(database, tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("title: Caf\xe9 salsa\n".encode("latin-1"))
+    result = cli(database.url, "import", str(path))
+    assert result.returncode == 1 and "cannot be read as UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
