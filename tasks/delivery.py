@@ -391,8 +391,6 @@ def record(
         if message.status is OutboxStatus.DEAD:
             # our lease ran out and a later attempt gave up; ours got through after all
             log.warning("outbox %s was delivered by a late attempt after it was marked dead", message.id)
-            OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="late delivery",
-                        enrollment_id=message.enrollment_id, at=now)
         if message.status is not OutboxStatus.SENT:
             OUTBOX.move(message, OutboxStatus.SENT, session=session, cause=f"attempt {job.attempts}",
                         enrollment_id=message.enrollment_id, at=now)

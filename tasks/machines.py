@@ -52,7 +52,7 @@ OUTBOX = StateMachine(
     {
         O.PENDING: frozenset({O.SENDING, O.SENT, O.DEAD}),
         O.SENDING: frozenset({O.SENT, O.PENDING, O.DEAD}),
-        O.DEAD: frozenset({O.PENDING}),  # an admin's Retry
+        O.DEAD: frozenset({O.PENDING, O.SENT}),  # an admin's Retry; a slow attempt that got through after all
         O.SENT: frozenset(),
     },
 )

@@ -346,3 +346,10 @@ def test_a_late_success_after_the_row_went_dead_is_recorded_as_sent(database, se
                                now=later) is OutboxStatus.DEAD
     with database.session_scope() as s:  # the slow first attempt reports that it got through
         assert delivery.record(session=s, job=slow, outcome=delivery.Outcome(True), now=later) is OutboxStatus.SENT
+    with database.session_scope() as s:  # the timeline says what happened: dead, then sent, no made-up pending
+        from db.models import TransitionLog
+
+        moves = s.execute(select(TransitionLog.from_status, TransitionLog.to_status).where(
+            TransitionLog.entity == "outbox", TransitionLog.entity_id == str(message_id))
+            .order_by(TransitionLog.id)).all()
+    assert [tuple(m) for m in moves][-1] == ("dead", "sent")
