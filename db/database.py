@@ -90,3 +90,11 @@ def is_unique_violation(exc: Exception) -> bool:
     if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
         return True
     return "UNIQUE constraint failed" in str(orig or "")  # SQLite
+
+
+def upsert_insert(session):
+    """The dialect's INSERT construct (with on_conflict_do_nothing / do_update) for this session's database."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -26,10 +26,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from coursepipe.runtime import Runtime
+from db.database import upsert_insert
 from db.models import JobRun
 from db.types import utcnow
 
@@ -207,7 +206,7 @@ def choose_leadership(runtime: Runtime, identity: str) -> Leadership:
 def claim_period(db, *, job: str, period: str, runner: str) -> bool:
     """Insert the (job, period) row; False if some process already fired this period."""
     with db.session_scope() as session:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        insert = upsert_insert(session)
         table = JobRun.__table__
         new_id = session.execute(
             insert(table)

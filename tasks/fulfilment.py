@@ -22,10 +22,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from db.database import upsert_insert
 from db.enums import EnrollmentStatus, PurchaseStatus
 from db.models import CourseProgram, CreditPackage, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
@@ -111,7 +110,7 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
     details = checkout.get("customer_details") or {}
     now = utcnow()
     student = session.scalars(
-        _dialect_insert(session)(Student)
+        upsert_insert(session)(Student)
         .values(id=student_id, email=checkout_email(checkout), name=details.get("name"), created_at=now,
                 updated_at=now)
         .on_conflict_do_nothing(index_elements=["id"])
@@ -212,10 +211,6 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
 # --------------------------------------------------------------------------- fulfilling
 
 
-def _dialect_insert(session: Session):
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def _lock_or_create(session: Session, model, checkout_session_id: str, make):
     """The purchase row of a checkout session, row-locked; created once (unique session id).
 
@@ -224,7 +219,7 @@ def _lock_or_create(session: Session, model, checkout_session_id: str, make):
     read under FOR UPDATE.
     """
     created = session.scalars(
-        _dialect_insert(session)(model).values(**make())
+        upsert_insert(session)(model).values(**make())
         .on_conflict_do_nothing(index_elements=["stripe_checkout_session_id"])
         .returning(model),
         execution_options={"populate_existing": True},

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from db.database import upsert_insert
 from db.enums import OutboxChannel
 from db.models import OutboxMessage
 from db.types import utcnow
@@ -106,7 +105,7 @@ def add_mails(
     multi-row inserts; a dedupe key already present is skipped. Returns how many rows were new."""
     if not mails:
         return 0
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = upsert_insert(session)
     table = OutboxMessage.__table__
     now = utcnow()
     written = 0

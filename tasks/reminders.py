@@ -13,10 +13,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from db.database import upsert_insert
 from db.enums import ClassStatus, EnrollmentStatus, ProgressStatus
 from db.models import (
     CourseProgram,
@@ -111,8 +110,7 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
                 "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
                             for c in classes[:OPTIONS_LISTED]],
             }, f"reminder:{enrollment_id}:{step_id}:{key}", enrollment_id))
-        add_mails(session=session, template="step_reminder", mails=mails)
-        queued += len(mails)
+        queued += add_mails(session=session, template="step_reminder", mails=mails)
     if queued:
         log.info("queued %d step reminder(s)", queued)
     return queued
@@ -123,7 +121,7 @@ CHUNK = 1000
 
 def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> set[tuple[int, int]]:
     """Insert reminder_log rows; returns the (enrollment, step) pairs not reminded in that window before."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = upsert_insert(session)
     table = ReminderLog.__table__
     fresh: set[tuple[int, int]] = set()
     items = list(keys.items())
