@@ -257,7 +257,8 @@ def _required(row, what: str, code: str):
     return row
 
 
-def _live_steps(session: Session, program_id: int) -> list[CourseStep]:
+def live_steps(session: Session, program_id: int) -> list[CourseStep]:
+    """The course's live steps in order (a plain query: cheaper than the relationship's lazy load)."""
     return list(session.scalars(select(CourseStep).where(CourseStep.program_id == program_id,
                                                          CourseStep.deleted_at.is_(None))
                                 .order_by(CourseStep.position)))
@@ -328,7 +329,7 @@ def save_course(*, session: Session, course: CourseIn) -> Saved:
 def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> bool:
     now = utcnow()
     changed = False
-    existing = {step.label: step for step in _live_steps(session, program.id)}
+    existing = {step.label: step for step in live_steps(session, program.id)}
     wanted = {step.label for step in course.steps}
     options = _live_options(session, program.id)
 
@@ -499,7 +500,7 @@ def save_catalog(*, session: Session, catalog: Catalog) -> list[dict[str, Any]]:
 
 def course_view(session: Session, program: CourseProgram, *, with_classes: bool = False) -> dict[str, Any]:
     """The admin view (ids, options as class ids); `with_classes` adds each option's mirrored class."""
-    steps = _live_steps(session, program.id)
+    steps = live_steps(session, program.id)
     options = _live_options(session, program.id)
     classes: dict[str, GroupClass] = {}
     if with_classes and options:

@@ -28,6 +28,7 @@ from db.models import (
 )
 from db.types import utcnow
 from tasks import credits, outbox
+from tasks.catalog import live_steps
 from tasks.errors import NotFound, PermanentError
 from tasks.machines import ENROLLMENT, PROGRESS
 
@@ -72,13 +73,6 @@ def by_checkout_session(session: Session, checkout_session_id: str, *, lock: boo
 
 def program_of(session: Session, enrollment: StudentCourseEnrollment) -> CourseProgram:
     return session.get(CourseProgram, enrollment.program_id)
-
-
-def live_steps(session: Session, program_id: int) -> list[CourseStep]:
-    """The course's live steps in order (a plain query: cheaper than the relationship's lazy load)."""
-    return list(session.scalars(select(CourseStep)
-                                .where(CourseStep.program_id == program_id, CourseStep.deleted_at.is_(None))
-                                .order_by(CourseStep.position)))
 
 
 def bundle_snapshot(program: CourseProgram, session: Session | None = None) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from db.database import upsert_insert
 from db.enums import EnrollmentStatus, PurchaseStatus
 from db.models import CourseProgram, CreditPackage, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
-from tasks import credits, enrollments, payments
+from tasks import catalog, credits, enrollments, payments
 from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT
 from tasks.stripe_api import stripe_client
@@ -305,7 +305,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
             ENROLLMENT.move(enrollment, E.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
     provisioned = None
     if enrollment.status in enrollments.ENTITLED:
-        steps = enrollments.live_steps(session, program.id)
+        steps = catalog.live_steps(session, program.id)
         provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
                                             fresh=created, steps=steps)
         enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created,

@@ -467,11 +467,20 @@ def replay(*, session: Session, inbox_id: int) -> InboxEvent:
         raise NotFound(f"no inbox event {inbox_id}")
     if event.status == InboxStatus.PROCESSED:
         raise NotReplayable(f"inbox event {inbox_id} is already processed")
-    event.status = InboxStatus.PENDING
-    event.attempts = 0
-    event.waiting_for = None
-    event.processed_at = None
+    for column, value in REPLAYED.items():
+        setattr(event, column, value)
     return event
+
+
+# a replayed event starts over: pending, no attempts, waiting for nothing, not processed
+REPLAYED = {"status": InboxStatus.PENDING, "attempts": 0, "waiting_for": None, "processed_at": None}
+
+
+def replay_failed(*, session: Session, ids: list[int]) -> None:
+    """Put these failed events back to `pending` in one statement (the bulk replay)."""
+    if ids:
+        session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.FAILED)
+                        .values(**REPLAYED))
 
 
 def list_events(*, session: Session, status: InboxStatus | None = None, limit: int = 50) -> list[InboxEvent]:

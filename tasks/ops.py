@@ -193,9 +193,8 @@ def replay_failed(*, session: Session, type_: str | None = None, limit: int = BU
     query = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.FAILED)
     if type_:
         query = query.where(InboxEvent.type == type_)
-    ids = list(session.scalars(query.order_by(InboxEvent.id).limit(limit)))
-    for inbox_id in ids:
-        inbox.replay(session=session, inbox_id=inbox_id)
+    ids = list(session.scalars(query.order_by(InboxEvent.id).limit(limit).with_for_update()))
+    inbox.replay_failed(session=session, ids=ids)
     return ids
 
 
