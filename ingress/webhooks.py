@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import stripe
 from flask import Blueprint, current_app, request
@@ -44,10 +43,9 @@ def stripe_webhook():
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str) \
             or not isinstance(obj, dict):
         raise ApiError(400, "invalid_event", "not a Stripe event (id, type, data.object)")
-    created = event.get("created")
-    occurred_at = datetime.fromtimestamp(created, timezone.utc) if isinstance(created, int) else None
+    # occurred_at: store_event takes Stripe's `created`
     return accept_event(source=InboxSource.STRIPE, event_id=event["id"], type=event["type"], payload=event,
-                        subject=stripe_subject(event["type"], obj), occurred_at=occurred_at, raw=text)
+                        subject=stripe_subject(event["type"], obj), occurred_at=None, raw=text)
 
 
 @bp.post("/webhooks/platform")

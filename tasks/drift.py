@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus, PublicationStatus
 from db.models import CourseProgram, CreditPackage, InboxEvent, StripeDrift, StripePublication
 from db.types import utcnow
-from tasks import publishing
+from tasks import catalog, publishing
 from tasks.errors import Ignored, WaitFor
 
 
@@ -35,17 +35,15 @@ def _pending_for_listing_of(session: Session, obj: dict[str, Any]) -> bool:
     """An object we do not know yet, whose metadata names a listing with a call in flight."""
     metadata = obj.get("metadata") or {}
     if metadata.get("kind") == publishing.COURSE and metadata.get("course_code"):
-        listing = session.scalar(select(CourseProgram.id).where(CourseProgram.code == metadata["course_code"],
-                                                               CourseProgram.deleted_at.is_(None)))
+        listing = catalog.live_program(session, metadata["course_code"])
         column = StripePublication.program_id
     elif metadata.get("kind") == publishing.PACKAGE and metadata.get("package_code"):
-        listing = session.scalar(select(CreditPackage.id).where(CreditPackage.code == metadata["package_code"],
-                                                               CreditPackage.deleted_at.is_(None)))
+        listing = catalog.live_package(session, metadata["package_code"])
         column = StripePublication.package_id
     else:
         return False
     return listing is not None and session.scalar(select(StripePublication.id).where(
-        column == listing, StripePublication.status == PublicationStatus.PENDING).limit(1)) is not None
+        column == listing.id, StripePublication.status == PublicationStatus.PENDING).limit(1)) is not None
 
 
 def expected_fields(rows: list[StripePublication], obj: dict[str, Any]) -> dict[str, Any]:
@@ -146,15 +144,13 @@ def _alert_admins(session: Session, row: StripePublication, obj: dict[str, Any],
 
 
 def newer_event_checked(session: Session, event: InboxEvent) -> InboxEvent | None:
-    """A processed event about the same object created after this one (Stripe's `created`): this one
-    is stale and must not overwrite what the newer one showed."""
-    created = (event.payload or {}).get("created") or 0
-    for other in session.scalars(select(InboxEvent).where(
-            InboxEvent.source == InboxSource.STRIPE, InboxEvent.subject == event.subject,
-            InboxEvent.id != event.id, InboxEvent.status == InboxStatus.PROCESSED)):
-        if ((other.payload or {}).get("created") or 0) > created:
-            return other
-    return None
+    """A processed event about the same object created after this one (Stripe's `created`, stored as
+    `occurred_at`): this one is stale and must not overwrite what the newer one showed."""
+    if event.occurred_at is None:
+        return None  # no time to compare (never the case for a verified Stripe event)
+    return session.scalar(select(InboxEvent).where(
+        InboxEvent.source == InboxSource.STRIPE, InboxEvent.subject == event.subject, InboxEvent.id != event.id,
+        InboxEvent.status == InboxStatus.PROCESSED, InboxEvent.occurred_at > event.occurred_at).limit(1))
 
 
 def open_drift(session: Session, limit: int = 100) -> list[StripeDrift]:

@@ -137,6 +137,8 @@ def store_event(
     PostgreSQL it is stored as received, without serializing the payload again.
     """
     table = InboxEvent.__table__
+    if occurred_at is None and source is InboxSource.STRIPE and isinstance(payload.get("created"), int):
+        occurred_at = datetime.fromtimestamp(payload["created"], timezone.utc)  # Stripe's own event time
     if _dialect_name(session) == "postgresql":
         # the hot path, on the driver connection: SQLAlchemy's statement handling costs as much as the insert
         if isinstance(session, Connection):
