@@ -28,7 +28,7 @@ from db.database import upsert_insert
 from db.enums import EnrollmentStatus, PurchaseStatus
 from db.models import CourseProgram, CreditPackage, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
-from tasks import catalog, credits, enrollments, payments
+from tasks import catalog, credits, enrollments, payments, publishing
 from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT
 from tasks.stripe_api import stripe_client
@@ -196,14 +196,13 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
     prices = line_item_prices(session, checkout, settings, client)
     for price_id, product_id in prices:
-        program = session.scalar(select(CourseProgram).where(CourseProgram.stripe_price_id == price_id))
-        if program is not None:
-            return Product(program=program, price_id=price_id, product_id=product_id or program.stripe_product_id,
-                           identified_by="line_items")
-        package = session.scalar(select(CreditPackage).where(CreditPackage.stripe_price_id == price_id))
-        if package is not None:
-            return Product(package=package, price_id=price_id, product_id=product_id or package.stripe_product_id,
-                           identified_by="line_items")
+        # the current price of a course or package, or one we archived after a price change
+        listing = publishing.listing_for_price(session, price_id)
+        if listing is None:
+            continue
+        kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
+        return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
+                       identified_by="line_items")
     raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
                          f"{[p for p, _ in prices]}")
 

@@ -364,8 +364,8 @@ class Published:
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 
-def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = None, client: Any = None,
-            max_calls: int = MAX_CALLS_PER_PUBLISH) -> Published:
+def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = None,
+            client: Any = None) -> Published:
     """Bring Stripe in line with the listing, one recorded call at a time, then mark it published.
 
     `unit_of_work` is `Database.session_scope`: this is the one `tasks/` function that commits, because
@@ -382,8 +382,9 @@ def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = N
             intent = next_intent(session=session, kind=kind, code=code)
         if intent is None:
             break
-        if len(calls) >= max_calls:
-            raise PublishRetry(f"{kind} {code!r}: still not in line with Stripe after {max_calls} calls")
+        if len(calls) >= MAX_CALLS_PER_PUBLISH:
+            raise PublishRetry(f"{kind} {code!r}: still not in line with Stripe after "
+                               f"{MAX_CALLS_PER_PUBLISH} calls")
         try:
             result, error = call_stripe(intent, client=client), None  # outside any transaction
         except stripe.StripeError as exc:

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from db.enums import ProgramStatus
 from db.models import StripePublication
-from tasks import catalog, publishing
+from tasks import catalog, inbox, publishing
 from tasks.errors import PermanentError
 from tasks.stripe_api import StripeNotConfigured
 from tests.conftest import make_settings
@@ -260,3 +260,20 @@ def test_an_archived_price_still_names_its_course(database, stripe_server, strip
         assert publishing.listing_for_price(s, old_price).code == "SFZ"
         assert publishing.listing_for_price(s, new_price).code == "SFZ"
         assert publishing.listing_for_price(s, "price_unknown") is None
+
+
+def test_a_checkout_opened_before_a_price_change_fulfils_its_course(database, stripe_server, stripe_settings):
+    """A Payment Link checkout (no metadata) naming the archived price is still this course's purchase."""
+    from tests.tasks.payments_support import checkout, deliver, state
+
+    save(database, course())
+    old_price = publish(database, stripe_settings).price_id
+    data = course()
+    data["price"] = {"amount": 99, "currency": "eur"}
+    save(database, data)
+    publish(database, stripe_settings)
+    stripe_server.add_checkout_session(id="cs_old", amount_total=12000, line_items=[{"price": old_price, "quantity": 1}])
+    assert deliver(database, checkout(cs="cs_old", pi="pi_old", metadata={}), stripe_settings).outcome \
+        is inbox.Outcome.PROCESSED
+    [enrollment] = state(database)["enrollments"]
+    assert enrollment["session"] == "cs_old" and enrollment["status"] == "active"
