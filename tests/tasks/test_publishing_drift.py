@@ -166,3 +166,17 @@ def test_our_own_title_change_in_flight_is_not_drift(database, stripe_server, pu
     with database.session_scope() as s:
         assert s.get(InboxEvent, seen["product"].id).status is InboxStatus.PROCESSED
     assert drift(database) == []
+
+
+def test_a_price_deactivated_in_the_dashboard_is_recorded_once(database, stripe_server, published):
+    event = updated(stripe_server, published.price_id, active=False)
+    assert deliver(database, event).status is InboxStatus.PROCESSED
+    first = drift(database, open_only=False)
+    assert [(d[0], d[1]) for d in first] == [(published.price_id, "active")]
+    # the same event again (a redelivery), and the same state under a new event id: nothing new
+    assert deliver(database, event).status is InboxStatus.PROCESSED
+    deliver(database, {**copy.deepcopy(event), "id": "evt_price_again", "created": event["created"] + 1})
+    assert drift(database, open_only=False) == first
+    with database.session_scope() as s:
+        mails = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "stripe_drift_alert")).all()
+    assert len(mails) == 1
