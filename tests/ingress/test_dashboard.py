@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import select
 
 from db.enums import InboxStatus, OutboxChannel, OutboxStatus

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from db.models import OutboxMessage
 from tasks.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
 from tests.ingress.test_metrics import scrape, value

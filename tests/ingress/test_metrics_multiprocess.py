@@ -3,7 +3,6 @@ process sums the counters of every process. Each process here is a real interpre
 chosen when prometheus_client is first imported)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

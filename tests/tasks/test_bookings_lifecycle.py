@@ -156,7 +156,7 @@ def test_an_impossible_transition_is_a_handled_failure_not_a_crash_loop(database
 
 
 def test_a_credit_booking_consumes_one_credit_of_its_type_once(database):
-    w = world(database, group_credits=2)
+    world(database, group_credits=2)
     event = booking_created("bk_c", "gc_plain", credit_type="group")
     deliver(database, event)
     deliver(database, twin(event))
@@ -166,7 +166,7 @@ def test_a_credit_booking_consumes_one_credit_of_its_type_once(database):
 
 
 def test_a_credit_booking_without_credit_is_refused_no_credit(database):
-    w = world(database, private_credits=1)
+    world(database, private_credits=1)
     event = booking_created("bk_c", "gc_plain", credit_type="group")
     deliver(database, event)
     deliver(database, twin(event))
@@ -182,7 +182,7 @@ def test_a_course_step_booking_with_a_credit_type_still_consumes_nothing(databas
 
 
 def test_credit_cancel_within_policy_releases_it_outside_keeps_it_spent(database):
-    w = world(database, group_credits=2)
+    world(database, group_credits=2)
     deliver(database, booking_created("bk_a", "gc_plain", credit_type="group"))
     deliver(database, booking_created("bk_b", "gc_plain", credit_type="group"))
     assert balances(database)["group"] == 0
@@ -195,7 +195,7 @@ def test_credit_cancel_within_policy_releases_it_outside_keeps_it_spent(database
 
 
 def test_credit_cancel_before_its_booking_waits_and_ends_as_if_in_order(database):
-    w = world(database, group_credits=1)
+    world(database, group_credits=1)
     cancel = booking_cancelled("bk_a", within_policy=True)
     assert deliver(database, cancel).outcome is Outcome.WAITING
     deliver(database, booking_created("bk_a", "gc_plain", credit_type="group"))
