@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -37,6 +36,7 @@ from db.models import (
 )
 from db.types import utcnow
 from tasks.errors import NotFound, PermanentError, ValidationFailed
+from tasks.events import known_timezone
 
 # ISO 4217 codes in circulation (Stripe takes them lower-case).
 ISO_CURRENCIES = frozenset("""
@@ -109,11 +109,7 @@ class CourseIn(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA timezone {value!r}") from None
-        return value
+        return known_timezone(value)
 
     @field_validator("bundle", mode="before")
     @classmethod

@@ -232,8 +232,7 @@ def test_every_accepted_event_is_accounted_for(fault, pg_database, redis_url, tm
         stack.start_redis()
         stack.start_ingress(workers=2)
         stack.start_worker(processes=1, threads=4)
-        init_runtime(make_settings(pg_database.url, redis_url=stack.redis_url,
-                                             redis_namespace=stack.namespace))
+        init_runtime(make_settings(pg_database.url, redis_url=stack.redis_url, redis_namespace=stack.namespace))
 
         def deliver(phase, *, copies=1):
             jobs = [item for item in phase for _ in range(copies)]
