@@ -79,12 +79,16 @@ class Listing:
 
 def _listing(session: Session, kind: str, code: str, *, lock: bool) -> Listing:
     if kind == COURSE:
-        program = catalog.get_program(session, code, lock=lock)
-        return Listing(COURSE, program, catalog.bundle_summary(catalog._live_bundle(session, program.id)))
+        return _listing_of(session, COURSE, catalog.get_program(session, code, lock=lock))
     if kind == PACKAGE:
-        package = catalog.get_package(session, code, lock=lock)
-        return Listing(PACKAGE, package, f"{package.credit_type.value}_credit:{package.quantity}")
+        return _listing_of(session, PACKAGE, catalog.get_package(session, code, lock=lock))
     raise ValidationFailed(f"kind: must be one of {KINDS}", field="kind")
+
+
+def _listing_of(session: Session, kind: str, row: CourseProgram | CreditPackage) -> Listing:
+    if kind == COURSE:
+        return Listing(COURSE, row, catalog.bundle_summary(catalog._live_bundle(session, row.id)))
+    return Listing(PACKAGE, row, f"{row.credit_type.value}_credit:{row.quantity}")
 
 
 def _owner(listing: Listing) -> dict[str, int]:
@@ -243,7 +247,7 @@ def request_publish(*, unit_of_work: Callable, settings: Any, kind: str, code: s
 
 def stripe_state(session: Session, kind: str, row: CourseProgram | CreditPackage) -> dict[str, Any]:
     """What the admin sees: ids, whether Stripe is in line with our data, recent calls, open drift."""
-    listing = _listing(session, kind, row.code, lock=False)
+    listing = _listing_of(session, kind, row)  # the row the caller holds: not looked up again
     rows = _rows(session, listing)
     pending = [r for r in rows if r.status is PublicationStatus.PENDING]
     blocked = None
