@@ -166,13 +166,7 @@ def _first_error(exc: ValidationError, prefix: str) -> ValidationFailed:
 
 def parse_course(data: Any, *, code: str | None = None, prefix: str = "") -> CourseIn:
     """Validate one course; raise ValidationFailed naming the first bad field (a dotted path)."""
-    if not isinstance(data, dict):
-        raise ValidationFailed(f"{prefix or 'body'}: must be an object", field=prefix or "body")
-    try:
-        course = CourseIn.model_validate(data)
-    except ValidationError as exc:
-        raise _first_error(exc, prefix) from None
-    _check_code(course, code, prefix)
+    course = _validated(CourseIn, data, code, prefix)
     labels: dict[str, int] = {}
     classes: dict[str, str] = {}
     for i, step in enumerate(course.steps):
@@ -200,14 +194,19 @@ def parse_course(data: Any, *, code: str | None = None, prefix: str = "") -> Cou
 
 
 def parse_package(data: Any, *, code: str | None = None, prefix: str = "") -> PackageIn:
+    return _validated(PackageIn, data, code, prefix)
+
+
+def _validated(model, data: Any, code: str | None, prefix: str):
+    """`data` as `model`, its code checked against the URL's; ValidationFailed names the first bad field."""
     if not isinstance(data, dict):
         raise ValidationFailed(f"{prefix or 'body'}: must be an object", field=prefix or "body")
     try:
-        package = PackageIn.model_validate(data)
+        item = model.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, prefix) from None
-    _check_code(package, code, prefix)
-    return package
+    _check_code(item, code, prefix)
+    return item
 
 
 def _check_code(item: CourseIn | PackageIn, code: str | None, prefix: str) -> None:

@@ -249,13 +249,18 @@ def test_concurrent_publishes_of_one_course_create_one_product_and_one_price(dat
     assert list(stripe_server.products) == [product_id] and list(stripe_server.prices) == [price_id]
 
 
-def test_an_archived_price_still_names_its_course(database, stripe_server, stripe_settings):
+def _price_changed(database, stripe_settings) -> tuple[str, str]:
+    """SFZ published, then re-priced and published again: (the archived price, the current one)."""
     save(database, course())
     old_price = publish(database, stripe_settings).price_id
     data = course()
     data["price"] = {"amount": 99, "currency": "eur"}
     save(database, data)
-    new_price = publish(database, stripe_settings).price_id
+    return old_price, publish(database, stripe_settings).price_id
+
+
+def test_an_archived_price_still_names_its_course(database, stripe_server, stripe_settings):
+    old_price, new_price = _price_changed(database, stripe_settings)
     with database.session_scope() as s:
         assert publishing.listing_for_price(s, old_price).code == "SFZ"
         assert publishing.listing_for_price(s, new_price).code == "SFZ"
@@ -266,12 +271,7 @@ def test_a_checkout_opened_before_a_price_change_fulfils_its_course(database, st
     """A Payment Link checkout (no metadata) naming the archived price is still this course's purchase."""
     from tests.tasks.payments_support import checkout, deliver, state
 
-    save(database, course())
-    old_price = publish(database, stripe_settings).price_id
-    data = course()
-    data["price"] = {"amount": 99, "currency": "eur"}
-    save(database, data)
-    publish(database, stripe_settings)
+    old_price, _ = _price_changed(database, stripe_settings)
     stripe_server.add_checkout_session(id="cs_old", amount_total=12000, line_items=[{"price": old_price, "quantity": 1}])
     assert deliver(database, checkout(cs="cs_old", pi="pi_old", metadata={}), stripe_settings).outcome \
         is inbox.Outcome.PROCESSED
