@@ -1,8 +1,9 @@
 """Engine and unit-of-work set-up. Nothing is created at import time."""
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
@@ -52,6 +53,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._direct = threading.local()
+        self._direct_lock = threading.Lock()
+        self._direct_open: list[Any] = []
 
     @property
     def dialect(self) -> str:
@@ -76,11 +80,40 @@ class Database:
         with self.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    @contextmanager
+    def direct_autocommit(self) -> Iterator[Any]:
+        """For one-statement units of work on a hot path (the ingress insert).
+
+        On PostgreSQL: this thread's own psycopg connection in autocommit mode, kept open between
+        calls: no pool checkout, no reset on return, no SQLAlchemy statement handling (~80 µs of CPU
+        per call). A connection that broke (failover, terminated backend) fails its statement once,
+        as a pooled one does, and is replaced on the next call. On SQLite: `autocommit()`.
+        """
+        if self.dialect != "postgresql":
+            with self.autocommit() as conn:
+                yield conn
+            return
+        conn = getattr(self._direct, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            fairy = self.engine.raw_connection()  # the dialect's own connect arguments and set-up
+            conn = fairy.driver_connection
+            fairy.detach()  # ours from now on: closed by dispose(), never returned to the pool
+            conn.autocommit = True
+            self._direct.conn = conn
+            with self._direct_lock:
+                self._direct_open = [c for c in self._direct_open if not c.closed] + [conn]
+        yield conn
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        with self._direct_lock:
+            opened, self._direct_open = self._direct_open, []
+        for conn in opened:
+            conn.close()
+        self._direct = threading.local()
         self.engine.dispose()
 
 

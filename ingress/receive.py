@@ -18,7 +18,7 @@ def accept_event(
 ):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     # one statement, committed on its own: durable before we answer, one round trip
-    with runtime.db.autocommit() as conn:
+    with runtime.db.direct_autocommit() as conn:
         stored = store_event(
             session=conn, source=source, event_id=event_id, type=type, payload=payload,
             subject=subject, occurred_at=occurred_at, raw=raw,

@@ -211,3 +211,20 @@ def test_a_redelivery_of_a_long_pending_event_re_sends_its_message(client, runti
     again = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
     assert again.get_json() == {"received": True, "duplicate": True}
     assert runtime.broker.queues["inbox"].qsize() == 1
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(client, runtime):
+    """The ingress keeps one connection per thread; losing it costs one 500 (the sender retries), no more."""
+    first = json.dumps(stripe_event("customer.created"))
+    assert client.post("/webhooks/stripe", data=first, headers=stripe_headers(first)).status_code == 200
+    with runtime.db.direct_autocommit() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with runtime.db.engine.connect() as admin:
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+    second = json.dumps(stripe_event("customer.created"))
+    failed = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
+    assert failed.status_code == 500 and _error(failed) == "internal_error"
+    retried = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
+    assert retried.get_json() == {"received": True, "duplicate": False}
+    assert _count(runtime) == 2
