@@ -34,7 +34,7 @@ from db.enums import CreditType
 from db.types import utcnow
 from tasks import credits, enrollments, outbox
 from tasks.inbox import LOCKS_KEY, RUNNABLE, Outcome, Result, lock_key
-from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
+from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email, shape_problem
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
@@ -109,9 +109,9 @@ SELECT (SELECT id FROM e), ARRAY(SELECT id FROM w ORDER BY id)
 
 def candidate(event_type: str, checkout: dict[str, Any]) -> bool:
     """Whether the event can only be the common purchase (the rest is decided by the database)."""
-    metadata = checkout.get("metadata") or {}
-    if not isinstance(metadata, dict) or not isinstance(checkout.get("customer_details") or {}, dict):
+    if shape_problem(checkout):
         return False  # malformed: the general path records it
+    metadata = checkout.get("metadata") or {}
     return (event_type == COMPLETED and checkout.get("payment_status") == "paid"
             and checkout.get("mode") not in NOT_ONE_TIME and bool(checkout.get("id"))
             and metadata.get("kind", "course") == "course" and bool(metadata.get("course_code"))

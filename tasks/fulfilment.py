@@ -82,6 +82,36 @@ def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
     return "pending"
 
 
+_OBJECT_FIELDS = ("metadata", "customer_details")
+_STRING_FIELDS = ("id", "client_reference_id", "payment_intent", "currency", "customer_email", "payment_status", "mode")
+_METADATA_STRINGS = ("kind", "course_code", "package_code", "student_id")  # Stripe metadata values are strings
+
+
+def shape_problem(checkout: dict[str, Any]) -> str | None:
+    """What makes a Checkout Session one Stripe never sends (a field of the wrong JSON type), or None.
+
+    Such an event fails on its first attempt with this reason: retrying cannot mend it.
+    """
+    for field in _OBJECT_FIELDS:
+        if checkout.get(field) is not None and not isinstance(checkout[field], dict):
+            return f"{field} is not an object"
+    for field in _STRING_FIELDS:
+        if checkout.get(field) is not None and not isinstance(checkout[field], str):
+            return f"{field} is not a string"
+    amount = checkout.get("amount_total")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount < 0):
+        return "amount_total is not a non-negative integer"
+    metadata = checkout.get("metadata") or {}
+    for key in _METADATA_STRINGS:
+        if metadata.get(key) is not None and not isinstance(metadata[key], str):
+            return f"metadata.{key} is not a string"
+    details = checkout.get("customer_details") or {}
+    for key in ("email", "name"):
+        if details.get(key) is not None and not isinstance(details[key], str):
+            return f"customer_details.{key} is not a string"
+    return None
+
+
 def checkout_email(checkout: dict[str, Any]) -> str | None:
     return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
 
@@ -255,6 +285,9 @@ def fulfil_checkout(*, session: Session, checkout: dict[str, Any], event_type: s
         raise ValueError(f"not a checkout event type: {event_type}")
     if not checkout.get("id"):
         raise PermanentError("checkout session without an id")
+    problem = shape_problem(checkout)
+    if problem:
+        raise PermanentError(f"checkout session {checkout['id']!r}: {problem}")
     outcome = payment_outcome(checkout, event_type)
     product = identify_product(session, checkout, settings=settings, client=stripe_client)
     student = ensure_student(session, buyer_id(session, checkout), checkout)

@@ -137,8 +137,8 @@ def test_malformed_metadata_is_recorded_by_the_general_path(pg_database):
     event = checkout(cs="cs_1", pi="pi_1")
     event["data"]["object"]["metadata"] = "course=SFZ"
     result = deliver(pg_database, event)
-    # recorded on the row, not raised out of the runner (the general path retries what it cannot classify)
-    assert result.outcome is inbox.Outcome.RETRY and "AttributeError" in result.error
+    # recorded on the row by the general path, not raised out of the runner, and not retried
+    assert result.outcome is inbox.Outcome.FAILED and "metadata is not an object" in result.error
     with pg_database.engine.connect() as conn:
         status, attempts, error = conn.execute(sa.text("SELECT status, attempts, last_error FROM inbox_event")).one()
-    assert (status, attempts) == ("pending", 1) and "AttributeError" in error
+    assert (status, attempts) == ("failed", 1) and "metadata is not an object" in error

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from sqlalchemy import func, select
 
 from db.enums import BundleKind, CreditType, InboxStatus, ProgramStatus
@@ -256,3 +258,28 @@ def test_async_failure_twice_and_before_its_completed_leaves_one_failed_purchase
     [enrollment] = state(database)["enrollments"]
     assert enrollment["status"] == "failed" and enrollment["lots"] == [] and enrollment["steps"] == []
     assert _count(database, StudentCourseEnrollment) == 1 and _count(database, OutboxMessage) == 0
+
+
+MALFORMED_CHECKOUTS = [
+    ("metadata", "course=SFZ", "metadata is not an object"),
+    ("customer_details", ["buyer@example.test"], "customer_details is not an object"),
+    ("client_reference_id", {"id": "stu_1"}, "client_reference_id is not a string"),
+    ("payment_intent", 42, "payment_intent is not a string"),
+    ("amount_total", "12000", "amount_total is not a non-negative integer"),
+    ("amount_total", -5, "amount_total is not a non-negative integer"),
+    ("currency", 840, "currency is not a string"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", MALFORMED_CHECKOUTS)
+def test_a_malformed_checkout_fails_at_once_with_its_reason_and_creates_nothing(database, field, value, message):
+    """A verified event of the wrong shape will never succeed: failed on the first attempt, not retried."""
+    _catalog(database)
+    event = checkout(cs="cs_bad", pi="pi_bad")
+    event["data"]["object"][field] = value
+    result = deliver(database, event)
+    assert result.outcome is inbox.Outcome.FAILED and message in result.error
+    row = inbox_row(database, event)
+    assert row.status == InboxStatus.FAILED and row.attempts == 1 and message in row.last_error
+    assert _count(database, StudentCourseEnrollment) == 0 and _count(database, Student) == 0
+    assert _count(database, OutboxMessage) == 0
