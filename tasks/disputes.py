@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus
 from db.models import CourseProgram, PaymentDispute
-from tasks import outbox, payments
+from tasks import outbox, payments, shapes
 from tasks.errors import PermanentError, WaitFor
 
 ADMINS = "@admins"
@@ -65,6 +65,7 @@ def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, b
 
 
 def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
+    shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     pi = _payment_intent(dispute)
     purchase = payments.purchase_for_payment(session, pi, lock=True)
     if not purchase.found:

@@ -28,7 +28,7 @@ from db.database import upsert_insert
 from db.enums import EnrollmentStatus, PurchaseStatus
 from db.models import CourseProgram, CreditPackage, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
-from tasks import catalog, credits, enrollments, payments, publishing
+from tasks import catalog, credits, enrollments, payments, publishing, shapes
 from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT
 from tasks.stripe_api import stripe_client
@@ -82,34 +82,19 @@ def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
     return "pending"
 
 
-_OBJECT_FIELDS = ("metadata", "customer_details")
-_STRING_FIELDS = ("id", "client_reference_id", "payment_intent", "currency", "customer_email", "payment_status", "mode")
-_METADATA_STRINGS = ("kind", "course_code", "package_code", "student_id")  # Stripe metadata values are strings
-
-
 def shape_problem(checkout: dict[str, Any]) -> str | None:
     """What makes a Checkout Session one Stripe never sends (a field of the wrong JSON type), or None.
 
     Such an event fails on its first attempt with this reason: retrying cannot mend it.
     """
-    for field in _OBJECT_FIELDS:
-        if checkout.get(field) is not None and not isinstance(checkout[field], dict):
-            return f"{field} is not an object"
-    for field in _STRING_FIELDS:
-        if checkout.get(field) is not None and not isinstance(checkout[field], str):
-            return f"{field} is not a string"
-    amount = checkout.get("amount_total")
-    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount < 0):
-        return "amount_total is not a non-negative integer"
-    metadata = checkout.get("metadata") or {}
-    for key in _METADATA_STRINGS:
-        if metadata.get(key) is not None and not isinstance(metadata[key], str):
-            return f"metadata.{key} is not a string"
-    details = checkout.get("customer_details") or {}
-    for key in ("email", "name"):
-        if details.get(key) is not None and not isinstance(details[key], str):
-            return f"customer_details.{key} is not a string"
-    return None
+    return (shapes.problem(checkout, objects=("metadata", "customer_details"), amounts=("amount_total",),
+                           strings=("id", "client_reference_id", "payment_intent", "currency", "customer_email",
+                                    "payment_status", "mode"))
+            # Stripe metadata values are strings
+            or shapes.problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code",
+                                                                         "student_id"), prefix="metadata.")
+            or shapes.problem(checkout.get("customer_details") or {}, strings=("email", "name"),
+                              prefix="customer_details."))
 
 
 def checkout_email(checkout: dict[str, Any]) -> str | None:

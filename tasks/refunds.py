@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import PaymentRefund
-from tasks import payments
+from tasks import payments, shapes
 from tasks.errors import Ignored, PermanentError, WaitFor
 
 NOT_COUNTED = ("failed", "canceled")  # a refund in these states returned no money
@@ -86,6 +86,7 @@ def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded:
 
 def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applied:
     """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own."""
+    shapes.require("charge", charge, shapes.charge_problem(charge))
     pi = _payment_intent(charge, "charge")
     purchase = _purchase(session, pi)
     row = purchase.row
@@ -103,6 +104,7 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
 
 def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
+    shapes.require("refund", refund, shapes.refund_problem(refund))
     if refund.get("status") in NOT_COUNTED:
         raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
     pi = _payment_intent(refund, "refund")

@@ -1,6 +1,7 @@
 """Refunds: full, partial, before the purchase, and refund.created vs charge.refunded — each twice."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from db.enums import BookingStatus, BundleKind, CreditType, InboxStatus, ProgressStatus
@@ -19,6 +20,8 @@ from tests.tasks.payments_support import (
     charge_refunded,
     checkout,
     deliver,
+    dispute_closed,
+    dispute_created,
     inbox_row,
     refund_created,
     state,
@@ -234,3 +237,41 @@ def test_refund_updates_before_their_purchase_wait_then_apply_once(database):
     assert enrollment["status"] == "active" and enrollment["refunded"] == 3000
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 1
+
+
+def _malformed(event, path, value):
+    target = event["data"]["object"]
+    *parents, last = path.split(".")
+    for key in parents:
+        target = target[key][0] if key == "data" else target[key]
+    target[last] = value
+    return event
+
+
+MALFORMED = [
+    (lambda: refund_created(), "amount", "500", "amount is not a non-negative integer"),
+    (lambda: refund_created(), "amount", -500, "amount is not a non-negative integer"),
+    (lambda: refund_created(), "status", ["succeeded"], "status is not a string"),
+    (lambda: refund_created(), "payment_intent", 7, "payment_intent is not an id"),
+    (lambda: charge_refunded(), "amount_refunded", 12000.5, "amount_refunded is not a non-negative integer"),
+    (lambda: charge_refunded(), "refunded", "yes", "refunded is not a boolean"),
+    (lambda: charge_refunded(), "refunds.data.amount", "all", "refunds.data[0].amount is not a non-negative integer"),
+    (lambda: dispute_created(), "amount", "12000", "amount is not a non-negative integer"),
+    (lambda: dispute_closed(status="lost"), "status", {"lost": True}, "status is not a string"),
+]
+
+
+@pytest.mark.parametrize("make, path, value, message", MALFORMED)
+def test_a_malformed_refund_charge_or_dispute_fails_at_once_and_changes_nothing(database, make, path, value,
+                                                                                  message):
+    """A shape Stripe never sends is failed on its first attempt with the field named, not retried or applied."""
+    _purchase(database)
+    before = state(database)
+    event = _malformed(make(), path, value)
+    result = deliver(database, event)
+    assert result.outcome is inbox.Outcome.FAILED and message in result.error
+    row = inbox_row(database, event)
+    assert row.status == InboxStatus.FAILED and row.attempts == 1 and message in row.last_error
+    assert state(database) == before
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 0

@@ -1,0 +1,72 @@
+"""Stripe objects in a shape Stripe never sends: named once, failed permanently, never retried.
+
+Stripe's own webhook payloads always have these JSON types; a payload that does not (a hand-made
+request with a valid signature, a test tool, a future API change) cannot be mended by retrying, and
+read as if valid it would write wrong amounts or ids. Each check returns what is wrong, or None.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from tasks.errors import PermanentError
+
+
+def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterable[str] = (),
+            amounts: Iterable[str] = (), ids: Iterable[str] = (), prefix: str = "") -> str | None:
+    """The first field of `obj` with the wrong JSON type (absent or null fields are not checked).
+
+    objects: JSON objects; strings: strings; amounts: non-negative integers (Stripe's minor units);
+    ids: a Stripe id, or the expanded object carrying it.
+    """
+    for field in objects:
+        if obj.get(field) is not None and not isinstance(obj[field], dict):
+            return f"{prefix}{field} is not an object"
+    for field in strings:
+        if obj.get(field) is not None and not isinstance(obj[field], str):
+            return f"{prefix}{field} is not a string"
+    for field in amounts:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"{prefix}{field} is not a non-negative integer"
+    for field in ids:
+        value = obj.get(field)
+        if isinstance(value, dict):
+            value = value.get("id")
+        if value is not None and not isinstance(value, str):
+            return f"{prefix}{field} is not an id"
+    return None
+
+
+def require(kind: str, obj: dict[str, Any], found: str | None) -> None:
+    """Raise the permanent failure for `found` (a `problem` result) about a Stripe `kind` object."""
+    if found:
+        raise PermanentError(f"{kind} {obj.get('id')!r}: {found}")
+
+
+def refund_problem(refund: Any, prefix: str = "") -> str | None:
+    if not isinstance(refund, dict):
+        return f"{prefix.rstrip('.') or 'refund'} is not an object"
+    return problem(refund, strings=("id", "status", "currency"), amounts=("amount",),
+                   ids=("payment_intent", "charge"), prefix=prefix)
+
+
+def charge_problem(charge: dict[str, Any]) -> str | None:
+    found = problem(charge, objects=("refunds",), strings=("id",), amounts=("amount", "amount_refunded"),
+                    ids=("payment_intent",))
+    if found:
+        return found
+    if charge.get("refunded") is not None and not isinstance(charge["refunded"], bool):
+        return "refunded is not a boolean"
+    listed = (charge.get("refunds") or {}).get("data")
+    if listed is not None and not isinstance(listed, list):
+        return "refunds.data is not a list"
+    for n, refund in enumerate(listed or []):
+        found = refund_problem(refund, prefix=f"refunds.data[{n}].")
+        if found:
+            return found
+    return None
+
+
+def dispute_problem(dispute: dict[str, Any]) -> str | None:
+    return problem(dispute, strings=("id", "status", "reason", "currency"), amounts=("amount",),
+                   ids=("payment_intent", "charge"))
