@@ -408,6 +408,9 @@ class PaymentRefund(Base):
     amount: Mapped[int]
     currency: Mapped[str | None] = mapped_column(String(3))
     full: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Stripe's status when last seen; NULL (rows from before it was kept) counts like `succeeded`.
+    # `failed` / `canceled` here means the refund failed after it had been counted.
+    status: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

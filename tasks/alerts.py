@@ -17,12 +17,11 @@ from sqlalchemy.orm import Session
 from db.enums import ClassStatus, EnrollmentStatus, ProgramStatus
 from db.models import AlertLog, CourseProgram, CourseStep, CourseStepOption, GroupClass, StudentCourseEnrollment
 from db.types import utcnow
-from tasks.outbox import add_mail
+from tasks.outbox import ADMINS, add_mail
 
 log = logging.getLogger("coursepipe.alerts")
 
 LOW_SEAT = "low_seat"
-ADMINS = "@admins"
 
 
 def _watched():

@@ -38,6 +38,7 @@ from db.types import utcnow
 from tasks import mail, signatures
 from tasks.errors import NotFound, TaskError
 from tasks.machines import OUTBOX
+from tasks.outbox import ADMINS
 
 log = logging.getLogger("coursepipe.delivery")
 
@@ -48,7 +49,6 @@ SENDING_LEASE = timedelta(minutes=5)  # a `sending` row older than this is presu
 NETWORK_TIMEOUT_SECONDS = 15
 RELAY_BATCH = 500
 CLAIM_BATCH = 10  # per relay run: 10 × NETWORK_TIMEOUT_SECONDS stays well inside SENDING_LEASE
-ADMINS = "@admins"
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
 # platform answers that retrying cannot change (anything else 4xx/5xx is retried)

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from db.enums import DisputeStatus
 from db.models import CourseProgram, PaymentDispute
 from tasks import outbox, payments, shapes
+from tasks.outbox import ADMINS
 from tasks.errors import PermanentError, WaitFor
 
-ADMINS = "@admins"
 # Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
 # that never became a chargeback) leave it with us
 LOST_STATUSES = ("lost",)

@@ -129,13 +129,13 @@ def check_object(*, session: Session, obj: dict[str, Any], event_id: str | None 
 def _alert_admins(session: Session, row: StripePublication, obj: dict[str, Any], recorded: list[StripeDrift],
                   event_id: str | None) -> None:
     """One mail per check that found something new (the outbox dedupes a re-run of the same check)."""
-    from tasks.outbox import add_mail
+    from tasks.outbox import ADMINS, add_mail
 
     if row.program_id is not None:
         kind, code = publishing.COURSE, session.get(CourseProgram, row.program_id).code
     else:
         kind, code = publishing.PACKAGE, session.get(CreditPackage, row.package_id).code
-    add_mail(session=session, template="stripe_drift_alert", recipient="@admins",
+    add_mail(session=session, template="stripe_drift_alert", recipient=ADMINS,
              context={"listing_kind": kind, "listing_code": code, "stripe_object_id": obj["id"],
                       "object_type": obj.get("object"), "event_id": event_id,
                       "differences": [{"field": d.field, "expected": d.expected, "actual": d.actual}

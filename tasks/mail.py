@@ -29,6 +29,7 @@ TEMPLATES = (
     "class_cancelled",
     "step_reminder",
     "dispute_alert",
+    "refund_failed_alert",
     "low_seat_alert",
     "stripe_drift_alert",
 )

@@ -11,6 +11,8 @@ from db.enums import OutboxChannel
 from db.models import OutboxMessage
 from db.types import utcnow
 
+ADMINS = "@admins"  # a mail recipient: every address in ADMIN_ALERT_EMAILS, resolved at delivery
+
 
 def platform_payload(type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type, "data": data}

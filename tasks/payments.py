@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus, LedgerEntryType, PurchaseStatus
@@ -58,11 +58,20 @@ def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = 
     return Purchase(package_purchase=session.scalar(query.order_by(PackagePurchase.id).limit(1)))
 
 
+REFUND_NOT_COUNTED = ("failed", "canceled")  # a Stripe refund in these states returned no money
+
+
 def refunded_total(session: Session, purchase: Purchase) -> int:
-    """The highest refunded total known: Stripe's cumulative figure, or the sum of refunds by id."""
+    """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id.
+
+    A refund that failed after it was counted is left out of the sum; the stored total keeps what
+    was once reached (what a refund took back stays taken back: `tasks.refunds`).
+    """
     row = purchase.row
     column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
-    summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0)).where(column == row.id)))
+    counted = or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED))
+    summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
+                                .where(column == row.id, counted)))
     return max(row.amount_refunded or 0, summed)
 
 

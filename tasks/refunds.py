@@ -7,6 +7,10 @@ same refund twice, and the purchase's refunded total is the highest of Stripe's 
 and the sum of distinct refunds. What the total means (full → revoke, partial → proportional
 credit revocation) is `tasks.payments`. A refund that arrives before its purchase waits for
 `payment:<payment intent>`, which the fulfilment handler provides.
+
+A refund that Stripe reports `failed` or `canceled` after we counted it returned no money, but what
+it took back stays taken back (a revocation is final; the studio may refund the student another
+way): the refund's row is marked and the admins get one `refund_failed_alert` mail to decide.
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import PaymentRefund
-from tasks import payments, shapes
+from db.models import CourseProgram, PaymentRefund
+from tasks import outbox, payments, shapes
 from tasks.errors import Ignored, PermanentError, WaitFor
 
-NOT_COUNTED = ("failed", "canceled")  # a refund in these states returned no money
+NOT_COUNTED = payments.REFUND_NOT_COUNTED
 
 
 @dataclass
@@ -56,10 +60,14 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     amount = int(refund.get("amount") or 0)
     if not refund_id or amount <= 0 or refund.get("status") in NOT_COUNTED:
         return False
-    if session.scalar(select(PaymentRefund.id).where(PaymentRefund.refund_key == refund_id)) is not None:
+    existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id))
+    if existing is not None:
+        if refund.get("status") == "succeeded" and existing.status not in NOT_COUNTED:
+            existing.status = "succeeded"  # a pending refund went through
         return False
     row = PaymentRefund(
         refund_key=refund_id,
+        status=refund.get("status"),
         stripe_charge_id=refund.get("charge") if isinstance(refund.get("charge"), str) else charge_id,
         stripe_payment_intent_id=payment_intent,
         enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
@@ -73,6 +81,40 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
             session.add(row)
     except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
         return False
+    return True
+
+
+def record_failure(session: Session, purchase: payments.Purchase, refund: dict[str, Any]) -> bool:
+    """A counted refund that Stripe now reports failed / canceled: marked, admins alerted, once.
+
+    Returns False when there is nothing to do (never counted, or already marked).
+    """
+    row = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund.get("id")).with_for_update())
+    if row is None or row.status in NOT_COUNTED:
+        return False
+    row.status = refund.get("status")
+    enrollment, package = purchase.enrollment, purchase.package_purchase
+    course_code = session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id)) \
+        if enrollment is not None else None
+    outbox.add_mail(
+        session=session,
+        template="refund_failed_alert",
+        recipient=outbox.ADMINS,
+        context={
+            "course_code": course_code,
+            "student_id": purchase.row.student_id,
+            "enrollment_id": enrollment.id if enrollment is not None else None,
+            "package_purchase_id": package.id if package is not None else None,
+            "purchase_status": purchase.row.status.value,
+            "refund_id": row.refund_key,
+            "amount": row.amount,
+            "currency": row.currency,
+            "status": row.status,
+            "failure_reason": refund.get("failure_reason"),
+        },
+        dedupe_key=f"refund_failed_alert:{row.refund_key}",
+        enrollment_id=enrollment.id if enrollment is not None else None,
+    )
     return True
 
 
@@ -95,6 +137,8 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
         if record_refund(session, purchase, refund, charge_id=charge.get("id"), payment_intent=pi,
                          purchase_total=row.amount_total):
             recorded.append(refund["id"])
+        elif refund.get("status") in NOT_COUNTED:
+            record_failure(session, purchase, refund)
     total = int(charge.get("amount_refunded") or 0)
     if charge.get("refunded") is True:  # Stripe's word that the charge is refunded in full
         total = max(total, row.amount_total)
@@ -105,9 +149,14 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
 def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
     shapes.require("refund", refund, shapes.refund_problem(refund))
-    if refund.get("status") in NOT_COUNTED:
-        raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
     pi = _payment_intent(refund, "refund")
+    if refund.get("status") in NOT_COUNTED:
+        purchase = payments.purchase_for_payment(session, pi, lock=True)
+        if not purchase.found or not record_failure(session, purchase, refund):
+            raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
+        row = purchase.row
+        return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
+                       row.status.value, [])
     purchase = _purchase(session, pi)
     charge = refund.get("charge")
     recorded = []

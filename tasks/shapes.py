@@ -46,7 +46,7 @@ def require(kind: str, obj: dict[str, Any], found: str | None) -> None:
 def refund_problem(refund: Any, prefix: str = "") -> str | None:
     if not isinstance(refund, dict):
         return f"{prefix.rstrip('.') or 'refund'} is not an object"
-    return problem(refund, strings=("id", "status", "currency"), amounts=("amount",),
+    return problem(refund, strings=("id", "status", "currency", "failure_reason"), amounts=("amount",),
                    ids=("payment_intent", "charge"), prefix=prefix)
 
 

@@ -275,3 +275,62 @@ def test_a_malformed_refund_charge_or_dispute_fails_at_once_and_changes_nothing(
     assert state(database) == before
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 0
+
+
+def _alerts(database) -> list[OutboxMessage]:
+    with database.session_scope() as s:
+        return list(s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "refund_failed_alert")))
+
+
+def _refund_status(database, refund_id="re_1"):
+    with database.session_scope() as s:
+        return s.scalar(select(PaymentRefund.status).where(PaymentRefund.refund_key == refund_id))
+
+
+def test_a_counted_refund_that_fails_later_alerts_the_admins_once_and_undoes_nothing(database):
+    """The student was revoked by a refund that Stripe then failed: the studio must be told, once."""
+    from tasks import mail
+
+    _purchase(database)
+    assert deliver(database, refund_created(status="pending")).outcome is inbox.Outcome.PROCESSED
+    revoked = state(database)
+    assert revoked["enrollments"][0]["status"] == "revoked" and _refund_status(database) == "pending"
+
+    failed = refund_created(status="failed")
+    failed["type"] = "refund.updated"
+    failed["data"]["object"]["failure_reason"] = "expired_or_canceled_card"
+    assert deliver(database, failed).outcome is inbox.Outcome.PROCESSED
+    assert _refund_status(database) == "failed"
+    assert state(database) == revoked  # what the refund took back stays taken back
+    (alert,) = _alerts(database)
+    assert alert.recipient == "@admins" and alert.channel == "mail"
+    rendered = mail.render("refund_failed_alert", alert.payload["context"])
+    assert "re_1" in rendered.subject and "failed" in rendered.subject and "SFZ" in rendered.subject
+    assert "stu_1" in rendered.text and "expired_or_canceled_card" in rendered.text and "revoked" in rendered.text
+
+    again = refund_created(status="failed")  # the same news under another event id (charge.refund.updated)
+    again["type"] = "charge.refund.updated"
+    assert deliver(database, again).outcome is inbox.Outcome.IGNORED
+    stale = refund_created(status="succeeded")  # an older event arriving late does not revive it
+    stale["type"] = "refund.updated"
+    deliver(database, stale)
+    assert _refund_status(database) == "failed" and len(_alerts(database)) == 1 and state(database) == revoked
+
+
+def test_a_failed_refund_listed_by_charge_refunded_alerts_once(database):
+    _purchase(database)
+    deliver(database, charge_refunded(refunded=6000, refunds=[("re_1", 6000)]))  # partial: counted
+    listed = charge_refunded(refunded=6000, refunds=[("re_1", 6000)])
+    listed["data"]["object"]["refunds"]["data"][0]["status"] = "failed"
+    assert deliver(database, listed).outcome is inbox.Outcome.PROCESSED
+    assert _refund_status(database) == "failed" and len(_alerts(database)) == 1
+
+
+def test_a_pending_refund_that_succeeds_is_counted_once(database):
+    _purchase(database)
+    deliver(database, refund_created(amount=6000, status="pending"))
+    after_pending = state(database)
+    succeeded = refund_created(amount=6000, status="succeeded")
+    succeeded["type"] = "refund.updated"
+    assert deliver(database, succeeded).outcome is inbox.Outcome.PROCESSED
+    assert _refund_status(database) == "succeeded" and state(database) == after_pending and not _alerts(database)
