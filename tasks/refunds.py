@@ -53,21 +53,39 @@ def _purchase(session: Session, pi: str) -> payments.Purchase:
     return purchase
 
 
+COUNTED = "counted"  # a new refund that returned money: it counts from now on
+NOT_COUNTED_YET = "not_counted"  # first seen failed / canceled: kept, so that an older copy arriving late cannot count it
+FAILED_AFTER_COUNTING = "failed_after_counting"  # counted, now failed: marked, admins alerted
+WENT_THROUGH = "went_through"  # pending → succeeded
+
+
 def record_refund(session: Session, purchase: payments.Purchase, refund: dict[str, Any], *, charge_id: str | None,
-                  payment_intent: str, purchase_total: int) -> bool:
-    """One `payment_refund` row per Stripe refund id; a repeat records nothing."""
+                  payment_intent: str, purchase_total: int) -> str | None:
+    """One `payment_refund` row per Stripe refund id, with Stripe's latest word on it.
+
+    Returns what changed (`COUNTED`, `NOT_COUNTED_YET`, `FAILED_AFTER_COUNTING`, `WENT_THROUGH`), or
+    None: a repeat, or an older state arriving late (failed / canceled is final).
+    """
     refund_id = refund.get("id")
     amount = int(refund.get("amount") or 0)
-    if not refund_id or amount <= 0 or refund.get("status") in NOT_COUNTED:
-        return False
-    existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id))
+    status = refund.get("status")
+    if not refund_id or amount <= 0:
+        return None
+    existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id).with_for_update())
     if existing is not None:
-        if refund.get("status") == "succeeded" and existing.status not in NOT_COUNTED:
-            existing.status = "succeeded"  # a pending refund went through
-        return False
+        if existing.status in NOT_COUNTED:
+            return None
+        if status in NOT_COUNTED:
+            existing.status = status
+            _alert_failed(session, purchase, existing, refund)
+            return FAILED_AFTER_COUNTING
+        if status == "succeeded" and existing.status != "succeeded":
+            existing.status = status
+            return WENT_THROUGH
+        return None
     row = PaymentRefund(
         refund_key=refund_id,
-        status=refund.get("status"),
+        status=status,
         stripe_charge_id=refund.get("charge") if isinstance(refund.get("charge"), str) else charge_id,
         stripe_payment_intent_id=payment_intent,
         enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
@@ -80,19 +98,12 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
         with session.begin_nested():
             session.add(row)
     except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
-        return False
-    return True
+        return None
+    return NOT_COUNTED_YET if status in NOT_COUNTED else COUNTED
 
 
-def record_failure(session: Session, purchase: payments.Purchase, refund: dict[str, Any]) -> bool:
-    """A counted refund that Stripe now reports failed / canceled: marked, admins alerted, once.
-
-    Returns False when there is nothing to do (never counted, or already marked).
-    """
-    row = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund.get("id")).with_for_update())
-    if row is None or row.status in NOT_COUNTED:
-        return False
-    row.status = refund.get("status")
+def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRefund, refund: dict[str, Any]) -> None:
+    """One mail to the admins: the refund returned no money, what it took back stays taken back."""
     enrollment, package = purchase.enrollment, purchase.package_purchase
     course_code = session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id)) \
         if enrollment is not None else None
@@ -115,7 +126,6 @@ def record_failure(session: Session, purchase: payments.Purchase, refund: dict[s
         dedupe_key=f"refund_failed_alert:{row.refund_key}",
         enrollment_id=enrollment.id if enrollment is not None else None,
     )
-    return True
 
 
 def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded: list[str]) -> Applied:
@@ -135,10 +145,8 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
     recorded = []
     for refund in (charge.get("refunds") or {}).get("data") or []:
         if record_refund(session, purchase, refund, charge_id=charge.get("id"), payment_intent=pi,
-                         purchase_total=row.amount_total):
+                         purchase_total=row.amount_total) == COUNTED:
             recorded.append(refund["id"])
-        elif refund.get("status") in NOT_COUNTED:
-            record_failure(session, purchase, refund)
     total = int(charge.get("amount_refunded") or 0)
     if charge.get("refunded") is True:  # Stripe's word that the charge is refunded in full
         total = max(total, row.amount_total)
@@ -150,17 +158,14 @@ def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
     shapes.require("refund", refund, shapes.refund_problem(refund))
     pi = _payment_intent(refund, "refund")
-    if refund.get("status") in NOT_COUNTED:
-        purchase = payments.purchase_for_payment(session, pi, lock=True)
-        if not purchase.found or not record_failure(session, purchase, refund):
-            raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
-        row = purchase.row
-        return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
-                       row.status.value, [])
     purchase = _purchase(session, pi)
     charge = refund.get("charge")
-    recorded = []
-    if record_refund(session, purchase, refund, charge_id=charge if isinstance(charge, str) else None,
-                     payment_intent=pi, purchase_total=purchase.row.amount_total):
-        recorded.append(refund["id"])
-    return _finish(session, purchase, f"refund:{refund.get('id')}", recorded)
+    change = record_refund(session, purchase, refund, charge_id=charge if isinstance(charge, str) else None,
+                           payment_intent=pi, purchase_total=purchase.row.amount_total)
+    if refund.get("status") in NOT_COUNTED:
+        if change is None:  # nothing written (Ignored would roll a write back)
+            raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
+        row = purchase.row  # nothing to settle: what a counted refund took back stays taken back
+        return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
+                       row.status.value, [])
+    return _finish(session, purchase, f"refund:{refund.get('id')}", [refund["id"]] if change == COUNTED else [])

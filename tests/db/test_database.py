@@ -1,4 +1,4 @@
-"""Database.direct_autocommit: the ingress's kept-open, per-thread connection."""
+"""Database.direct_autocommit: the ingress's kept-open connections (a free list, not per thread)."""
 from __future__ import annotations
 
 import threading
@@ -14,23 +14,29 @@ def _backend_pid(conn) -> int:
     return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
 
-def test_one_connection_per_thread_kept_between_calls(pg_database):
+def test_a_connection_is_kept_between_calls_and_threads_and_each_call_at_once_has_its_own(pg_database):
     with pg_database.direct_autocommit() as first:
         pid = _backend_pid(first)
-    with pg_database.direct_autocommit() as again:
-        assert again is first and _backend_pid(again) == pid
-        assert again.autocommit  # each statement durable on its own
+        assert first.autocommit  # each statement durable on its own
+        with pg_database.direct_autocommit() as second:  # two calls at once: two connections
+            assert _backend_pid(second) != pid
+    seen = []
 
-    other = {}
-
-    def in_another_thread():
+    def in_a_new_thread():  # a threaded server's short-lived request thread
         with pg_database.direct_autocommit() as conn:
-            other["pid"] = _backend_pid(conn)
+            seen.append(_backend_pid(conn))
 
-    thread = threading.Thread(target=in_another_thread)
-    thread.start()
-    thread.join()
-    assert other["pid"] != pid
+    for _ in range(5):
+        thread = threading.Thread(target=in_a_new_thread)
+        thread.start()
+        thread.join()
+    with pg_database.engine.connect() as admin:
+        open_here = admin.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).scalar()
+    # no connection per thread: the threads reused the two kept open
+    assert set(seen) <= {pid, _backend_pid(second)} and len(pg_database._direct_idle) == 2
+    assert open_here <= 2 + pg_database.engine.pool.checkedin()
 
 
 def test_a_terminated_backend_fails_one_statement_and_is_replaced(pg_database):
@@ -41,15 +47,19 @@ def test_a_terminated_backend_fails_one_statement_and_is_replaced(pg_database):
     with pytest.raises(psycopg.OperationalError):
         with pg_database.direct_autocommit() as conn:
             conn.execute("SELECT 1")
+    assert conn.closed and pg_database._direct_idle == []  # dropped, not kept
     with pg_database.direct_autocommit() as fresh:
         assert fresh is not conn and _backend_pid(fresh) != pid
 
 
-def test_dispose_closes_the_direct_connections(pg_database):
-    with pg_database.direct_autocommit() as conn:
-        pass
-    pg_database.dispose()
-    assert conn.closed
+def test_dispose_closes_kept_connections_and_those_in_use_when_they_return(pg_database):
+    with pg_database.direct_autocommit() as in_use:
+        with pg_database.direct_autocommit() as kept:
+            pass
+        assert pg_database._direct_idle == [kept]
+        pg_database.dispose()
+        assert kept.closed and not in_use.closed
+    assert in_use.closed and pg_database._direct_idle == []
     with pg_database.direct_autocommit() as fresh:  # usable again after dispose
         assert fresh.execute("SELECT 1").fetchone() == (1,)
 

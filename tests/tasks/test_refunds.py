@@ -154,9 +154,15 @@ def test_refund_of_a_package_revokes_its_unconsumed_credits(database):
     assert after["balances"]["group"] == 0 and after["packages"][0]["status"] == "refunded"
 
 
-def test_failed_refund_is_ignored_and_a_charge_without_payment_intent_fails_visibly(database):
+def test_failed_refund_counts_nothing_and_a_charge_without_payment_intent_fails_visibly(database):
     _purchase(database)
+    before = state(database)
+    # kept as not counted (so that a late copy of its pending state cannot count it); a repeat is ignored
+    assert deliver(database, refund_created(status="failed")).outcome is inbox.Outcome.PROCESSED
     assert deliver(database, refund_created(status="failed")).outcome is inbox.Outcome.IGNORED
+    late = deliver(database, refund_created(status="pending"))  # older news, processed last
+    assert late.outcome is inbox.Outcome.PROCESSED and state(database) == before
+    assert _refund_status(database) == "failed" and not _alerts(database)
     orphan = charge_refunded(pi=None)
     assert deliver(database, orphan).outcome is inbox.Outcome.FAILED
     assert "payment_intent" in inbox_row(database, orphan).last_error
@@ -334,3 +340,15 @@ def test_a_pending_refund_that_succeeds_is_counted_once(database):
     succeeded["type"] = "refund.updated"
     assert deliver(database, succeeded).outcome is inbox.Outcome.PROCESSED
     assert _refund_status(database) == "succeeded" and state(database) == after_pending and not _alerts(database)
+
+
+def test_a_failed_refund_parked_before_its_purchase_is_recorded_when_the_purchase_arrives(database):
+    """Failed, then its older pending copy, both before the purchase: the purchase wakes both; nothing counts."""
+    _catalog(database)
+    failed = refund_created(status="failed")
+    assert deliver(database, failed).outcome is inbox.Outcome.WAITING
+    assert deliver(database, checkout(cs="cs_1", pi="pi_1")).outcome is inbox.Outcome.PROCESSED
+    assert inbox_row(database, failed).status == InboxStatus.PROCESSED
+    assert deliver(database, refund_created(status="pending")).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "active" and _refund_status(database) == "failed"
+    assert not _alerts(database)
