@@ -3,6 +3,7 @@ every `Platform-Signature` with `tasks.signatures.verify`. Import the fixtures i
 from __future__ import annotations
 
 import email
+import errno
 import email.policy
 import json
 import socket
@@ -33,6 +34,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
     raise AssertionError("condition not met within %.1fs" % timeout)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
 class SmtpSink:
     """An aiosmtpd server on a fixed free port that can be stopped ("down") and started again."""
 
@@ -41,9 +54,11 @@ class SmtpSink:
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.controller: Controller | None = None
+        self._published = False
 
     @property
     def url(self) -> str:
+        self._published = True  # from now on the port is the server's address: a restart must keep it
         return f"smtp://127.0.0.1:{self.port}"
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
@@ -53,8 +68,29 @@ class SmtpSink:
         return "250 OK"
 
     def start(self) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
-        self.controller.start()
+        """Listen on `self.port`. A free port is only reserved while bound, so another process can take
+        it (as the local port of an outgoing connection) before we listen: then, while nobody has been
+        told the URL, another is drawn; a restart keeps its port and waits, bounded, for it to be free.
+        The port is checked first because aiosmtpd reports a failed bind only after its ready timeout."""
+        deadline = time.monotonic() + 30
+        while True:
+            while not _port_free(self.port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"SMTP sink: port {self.port} stayed taken")
+                if self._published:
+                    time.sleep(0.05)
+                else:
+                    self.port = free_port()
+            controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+            try:
+                controller.start()
+            except OSError as exc:  # taken in the instant between the check and the bind
+                controller.loop.close()
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                continue
+            self.controller = controller
+            return
 
     def stop(self) -> None:
         if self.controller is not None:
