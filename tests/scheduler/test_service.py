@@ -59,7 +59,7 @@ def _side_by_side(runtime, leaderships, ttl=3.0):
         service.start()
     time.sleep(RUN_SECONDS)
     for service in services:
-        service.shutdown()
+        service.shutdown(wait=True)  # a job in flight finishes (its job_run row and `fired` entry) before we look
     return services, recorder, time.time() - started
 
 
