@@ -60,10 +60,18 @@ class Stack:
         return proc
 
     def start_redis(self) -> None:
-        self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"])
+        # The port is already in every process's REDIS_URL. While Redis is down, a client's reconnect can
+        # hold it for an instant as the local port of an outgoing connection, and redis-server then exits
+        # ("Address already in use"): start it again, bounded.
         client = redis.Redis(port=self.redis_port)
-        assert wait_until(lambda: _pings(client), timeout=10), "redis did not start"
+        deadline = time.monotonic() + 20
+        while True:
+            proc = self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no"])
+            if wait_until(lambda: _pings(client) or proc.poll() is not None, timeout=10) and _pings(client):
+                return
+            assert proc.poll() is not None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.2)
 
     def stop_redis(self) -> None:
         self._kill("redis", signal.SIGKILL)
