@@ -47,12 +47,18 @@ def register(main: click.Group) -> None:
                 "actor": job.actor,
                 "every_seconds": job.seconds,
                 "last_run": last.started_at.isoformat() if last else None,
+                # None: still running, or its worker failed (the row says when it was sent, not that it ran)
+                "last_finished": last.finished_at.isoformat() if last and last.finished_at else None,
+                "last_result": last.result if last and last.finished_at else None,
                 "description": job.description,
             }
             if as_json:
                 click.echo(json.dumps(row))
             else:
-                click.echo(f"{job.name:<14} every {job.seconds:>5}s  last {row['last_run'] or '-':<32}  {job.description}")
+                done = (" ".join(f"{k}={v}" for k, v in row["last_result"].items()) or "done") \
+                    if row["last_finished"] else "-"
+                click.echo(f"{job.name:<14} every {job.seconds:>5}s  last {row['last_run'] or '-':<32}  "
+                           f"{done:<28}  {job.description}")
 
     @jobs.command("run")
     @click.argument("name")

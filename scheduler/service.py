@@ -20,12 +20,12 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from coursepipe.runtime import Runtime
 from db.database import upsert_insert
@@ -203,8 +203,8 @@ def choose_leadership(runtime: Runtime, identity: str) -> Leadership:
 # --------------------------------------------------------------------------- job runs
 
 
-def claim_period(db, *, job: str, period: str, runner: str) -> bool:
-    """Insert the (job, period) row; False if some process already fired this period."""
+def claim_period(db, *, job: str, period: str, runner: str) -> int | None:
+    """Insert the (job, period) row and return its id; None if some process already fired this period."""
     with db.session_scope() as session:
         insert = upsert_insert(session)
         table = JobRun.__table__
@@ -214,7 +214,15 @@ def claim_period(db, *, job: str, period: str, runner: str) -> bool:
             .on_conflict_do_nothing(index_elements=["job", "period_key"])
             .returning(table.c.id)
         ).scalar()
-    return new_id is not None
+    return int(new_id) if new_id is not None else None
+
+
+def finish_job_run(db, run_id: int | None, result: dict[str, Any]) -> None:
+    """The job's actor is done: `finished_at` and what it did (a run without it never finished)."""
+    if run_id is None:  # sent by something other than the scheduler (a relay chaining itself)
+        return
+    with db.session_scope() as session:
+        session.execute(update(JobRun).where(JobRun.id == run_id).values(finished_at=utcnow(), result=result))
 
 
 def prune_job_runs(db, *, older_than: timedelta = JOB_RUN_RETENTION) -> int:
@@ -239,8 +247,8 @@ def run_now(runtime: Runtime, name: str, *, sender: Callable[..., bool] | None =
 
     job = JOBS[name]
     stamp = utcnow().strftime("%Y%m%dT%H%M%S.%f")
-    claim_period(runtime.db, job=name, period=f"manual:{stamp}", runner=f"cli:{runner_id()}")
-    (sender or send)(job.actor, *job.args)
+    run_id = claim_period(runtime.db, job=name, period=f"manual:{stamp}", runner=f"cli:{runner_id()}")
+    (sender or send)(job.actor, *job.args, job_run=run_id)
     return job
 
 
@@ -315,13 +323,14 @@ class SchedulerService:
             return False
         period = period_key(job, now or utcnow())
         try:
-            if not claim_period(self.runtime.db, job=name, period=period, runner=self.identity):
-                return False
+            run_id = claim_period(self.runtime.db, job=name, period=period, runner=self.identity)
         except Exception as exc:
             log.warning("job %s: could not record its run (%s); not sending", name, exc)
             return False
+        if run_id is None:
+            return False
         self.fired.append((name, period))
-        self.sender(job.actor, *job.args)
+        self.sender(job.actor, *job.args, job_run=run_id)
         return True
 
     def prune(self) -> None:

@@ -48,10 +48,10 @@ def declare_actors(broker: dramatiq.Broker) -> dict[str, dramatiq.Actor]:
     return declared
 
 
-def send(actor_name: str, *args) -> bool:
+def send(actor_name: str, *args, **kwargs) -> bool:
     """Send a message; a broker failure is logged and swallowed (the sweepers re-send from the database)."""
     try:
-        runtime.current().actors[actor_name].send(*args)
+        runtime.current().actors[actor_name].send(*args, **kwargs)
         return True
     except Exception as exc:  # Redis down: the row is durable, the sweeper will re-send it
         log.warning("could not enqueue %s%r: %s", actor_name, args, exc)
@@ -102,15 +102,23 @@ def requeue_parked() -> int:
     return enqueue_inbox(ids)
 
 
+def finish_job_run(job_run: int | None, **result) -> None:
+    """A scheduled job's actor records on its `job_run` row that it finished, and what it did."""
+    from scheduler.service import finish_job_run as finish
+
+    finish(runtime.current().db, job_run, result)
+
+
 # Actors return None: without a results backend Dramatiq warns about every returned value.
+# `job_run` is the scheduler's row for this run (None when sent by anything else).
 @actor(queue_name="maintenance", max_retries=0)
-def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS) -> None:
-    resend_stale(older_than_seconds)
+def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS, job_run: int | None = None) -> None:
+    finish_job_run(job_run, resent=resend_stale(older_than_seconds))
 
 
 @actor(queue_name="maintenance", max_retries=0)
-def retry_waiting() -> None:
-    requeue_parked()
+def retry_waiting(job_run: int | None = None) -> None:
+    finish_job_run(job_run, requeued=requeue_parked())
 
 
 __all__ = ["Retry", "actor", "declare_actors", "send", "enqueue_inbox"]

@@ -10,7 +10,7 @@ import logging
 
 from coursepipe import metrics, runtime
 from tasks.errors import PermanentError
-from workers.actors import actor, enqueue_inbox, send
+from workers.actors import actor, enqueue_inbox, finish_job_run, send
 
 log = logging.getLogger("coursepipe.jobs")
 
@@ -19,7 +19,7 @@ JOBS_QUEUE = "maintenance"
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
-def relay_outbox() -> None:
+def relay_outbox(job_run: int | None = None) -> None:
     """Claim a small batch of due outbox rows (one transaction), send each, record each outcome."""
     from tasks import delivery
 
@@ -35,6 +35,7 @@ def relay_outbox() -> None:
         delivered += outcome.ok
     if len(jobs) == delivery.CLAIM_BATCH and delivered:
         send("relay_outbox")  # a backlog, and the far side is up: keep draining without waiting for the tick
+    finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
 
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.
@@ -55,7 +56,7 @@ def deliver_outbox_message(message_id: int) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
-def low_seat_scan() -> None:
+def low_seat_scan(job_run: int | None = None) -> None:
     from tasks import alerts
 
     rt = runtime.current()
@@ -63,10 +64,11 @@ def low_seat_scan() -> None:
         raised = alerts.check_low_seats(session=session, class_id=None, threshold=rt.settings.low_seat_threshold)
     if raised:
         send("relay_outbox")
+    finish_job_run(job_run, alerts_raised=raised)
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
-def send_reminders() -> None:
+def send_reminders(job_run: int | None = None) -> None:
     from tasks import reminders
 
     rt = runtime.current()
@@ -74,16 +76,18 @@ def send_reminders() -> None:
         sent = reminders.send_reminders(session=session, settings=rt.settings)
     if sent:
         send("relay_outbox")
+    finish_job_run(job_run, reminders_queued=sent)
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
-def reconcile(lookback_hours: int | None = None) -> None:
+def reconcile(lookback_hours: int | None = None, job_run: int | None = None) -> None:
     """Ask Stripe (network, no transaction), then store the missing fulfilments as inbox events."""
     from tasks import reconcile as reconciliation
 
     rt = runtime.current()
     if not rt.settings.stripe_api_key:
         log.warning("reconcile skipped: STRIPE_API_KEY is not set")
+        finish_job_run(job_run, skipped="STRIPE_API_KEY is not set")
         return
     sessions = reconciliation.completed_sessions(
         settings=rt.settings, lookback=reconciliation.lookback(lookback_hours)
@@ -96,6 +100,7 @@ def reconcile(lookback_hours: int | None = None) -> None:
                     ", ".join(report.missing))
     else:
         log.info("reconcile: %d paid checkout session(s) checked, none missing", report.checked)
+    finish_job_run(job_run, checked=report.checked, missing=len(report.missing))
 
 
 CATALOG_QUEUE = "catalog"

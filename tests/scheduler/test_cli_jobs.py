@@ -47,6 +47,10 @@ def test_jobs_run_delivers_its_mail_in_process_and_jobs_list_shows_the_run(tmp_p
     rows = {r["name"]: r for r in map(json.loads, listed.stdout.splitlines())}
     assert {"sweep", "relay", "low-seats", "reminders", "reconcile"} <= set(rows)
     assert rows["reminders"]["last_run"] and rows["reconcile"]["last_run"] is None
+    # the actor recorded that it finished, and what it did (the second run found nothing new to remind)
+    assert rows["reminders"]["last_finished"] and rows["reminders"]["last_result"] == {"reminders_queued": 0}
+    table = subprocess.run([*CLI, "jobs", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert "reminders_queued=0" in table.stdout
 
 
 def test_jobs_run_rejects_an_unknown_job(tmp_path):

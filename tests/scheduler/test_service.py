@@ -35,7 +35,8 @@ class Recorder:
         self.lock = threading.Lock()
 
     def sender(self, who):
-        def send(actor, *args):
+        def send(actor, *args, job_run=None):
+            assert isinstance(job_run, int)  # each send names its job_run row
             with self.lock:
                 self.sent.append((who, actor, time.time()))
             return True
@@ -140,7 +141,7 @@ def test_advisory_leadership_moves_when_the_leader_releases(pg_database):
 
 def test_claim_period_is_once_per_job_and_period(database):
     assert claim_period(database, job="sweep", period="100", runner="a")
-    assert not claim_period(database, job="sweep", period="100", runner="b")
+    assert claim_period(database, job="sweep", period="100", runner="b") is None
     assert claim_period(database, job="sweep", period="101", runner="b")
     assert claim_period(database, job="relay", period="100", runner="b")
 
@@ -156,10 +157,22 @@ def test_the_job_table_names_the_contract_jobs_and_only_sends(database):
     assert {"reminders", "low-seats", "sweep", "reconcile", "relay", "retry-waiting"} <= set(JOBS)
     sent = []
     runtime = _runtime(database)
-    job = run_now(runtime, "reminders", sender=lambda actor, *args: sent.append((actor, args)))
-    assert job.actor == "send_reminders" and sent == [("send_reminders", ())]
+    job = run_now(runtime, "reminders", sender=lambda actor, *args, **kwargs: sent.append((actor, args, kwargs)))
     with database.session_scope() as s:
-        assert s.scalar(select(JobRun.job)) == "reminders"
+        run = s.scalar(select(JobRun))
+    assert job.actor == "send_reminders" and sent == [("send_reminders", (), {"job_run": run.id})]
+    assert run.job == "reminders" and run.finished_at is None  # sent, not yet run
+
+
+def test_a_job_actor_records_on_its_run_that_it_finished_and_what_it_did(database):
+    from scheduler.service import finish_job_run
+
+    run_id = claim_period(database, job="reminders", period="7", runner="a")
+    finish_job_run(database, run_id, {"reminders_queued": 3})
+    finish_job_run(database, None, {"ignored": True})  # a message not sent by the scheduler
+    with database.session_scope() as s:
+        run = s.get(JobRun, run_id)
+        assert run.finished_at is not None and run.result == {"reminders_queued": 3}
 
 
 def test_the_real_scheduler_registers_timezone_aware_jobs_with_ids(database):
