@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus
-from db.models import CourseProgram, PaymentDispute
+from db.models import PaymentDispute
 from tasks import outbox, payments, shapes
 from tasks.outbox import ADMINS
 from tasks.errors import PermanentError, WaitFor
@@ -97,17 +97,12 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
     purchase, row = _record(session, dispute, DisputeStatus.OPEN)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
     enrollment = purchase.enrollment
-    course_code = session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id)) \
-        if enrollment is not None else None
     outbox.add_mail(
         session=session,
         template="dispute_alert",
         recipient=ADMINS,
         context={
-            "course_code": course_code,
-            "student_id": purchase.row.student_id,
-            "enrollment_id": enrollment.id if enrollment is not None else None,
-            "package_purchase_id": purchase.package_purchase.id if purchase.package_purchase is not None else None,
+            **payments.alert_context(session, purchase),
             "dispute_id": row.stripe_dispute_id,
             "amount": dispute.get("amount"),
             "currency": dispute.get("currency"),

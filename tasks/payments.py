@@ -15,12 +15,14 @@ Pending (unsettled) and failed purchases are owed nothing, so only revocation ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus, LedgerEntryType, PurchaseStatus
 from db.models import (
+    CourseProgram,
     CreditLedgerEntry,
     PackagePurchase,
     PaymentDispute,
@@ -42,6 +44,18 @@ class Purchase:
     @property
     def row(self):
         return self.enrollment if self.enrollment is not None else self.package_purchase
+
+
+def alert_context(session: Session, purchase: Purchase) -> dict[str, Any]:
+    """What every admin alert about a purchase names: the course, the student, the purchase's row."""
+    enrollment, package = purchase.enrollment, purchase.package_purchase
+    return {
+        "course_code": session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id))
+        if enrollment is not None else None,
+        "student_id": purchase.row.student_id,
+        "enrollment_id": enrollment.id if enrollment is not None else None,
+        "package_purchase_id": package.id if package is not None else None,
+    }
 
 
 def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = True) -> Purchase:

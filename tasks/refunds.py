@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import CourseProgram, PaymentRefund
+from db.models import PaymentRefund
 from tasks import outbox, payments, shapes
 from tasks.errors import Ignored, PermanentError, WaitFor
 
@@ -104,18 +104,12 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
 
 def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRefund, refund: dict[str, Any]) -> None:
     """One mail to the admins: the refund returned no money, what it took back stays taken back."""
-    enrollment, package = purchase.enrollment, purchase.package_purchase
-    course_code = session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id)) \
-        if enrollment is not None else None
     outbox.add_mail(
         session=session,
         template="refund_failed_alert",
         recipient=outbox.ADMINS,
         context={
-            "course_code": course_code,
-            "student_id": purchase.row.student_id,
-            "enrollment_id": enrollment.id if enrollment is not None else None,
-            "package_purchase_id": package.id if package is not None else None,
+            **payments.alert_context(session, purchase),
             "purchase_status": purchase.row.status.value,
             "refund_id": row.refund_key,
             "amount": row.amount,
@@ -124,16 +118,20 @@ def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRef
             "failure_reason": refund.get("failure_reason"),
         },
         dedupe_key=f"refund_failed_alert:{row.refund_key}",
-        enrollment_id=enrollment.id if enrollment is not None else None,
+        enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
     )
+
+
+def _applied(purchase: payments.Purchase, recorded: list[str]) -> Applied:
+    row = purchase.row
+    return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
+                   row.status.value, recorded)
 
 
 def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded: list[str]) -> Applied:
     payments.settle(session=session, purchase=purchase, cause=cause)
     session.flush()
-    row = purchase.row
-    return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
-                   row.status.value, recorded)
+    return _applied(purchase, recorded)
 
 
 def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applied:
@@ -165,7 +163,5 @@ def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
     if refund.get("status") in NOT_COUNTED:
         if change is None:  # nothing written (Ignored would roll a write back)
             raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
-        row = purchase.row  # nothing to settle: what a counted refund took back stays taken back
-        return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
-                       row.status.value, [])
+        return _applied(purchase, [])  # nothing to settle: what a counted refund took back stays taken back
     return _finish(session, purchase, f"refund:{refund.get('id')}", [refund["id"]] if change == COUNTED else [])
