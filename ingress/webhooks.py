@@ -39,7 +39,8 @@ def stripe_webhook():
     except (stripe.SignatureVerificationError, ValueError, IndexError, UnicodeDecodeError):
         raise ApiError(400, "invalid_signature", "Stripe-Signature verification failed") from None
     event = _json_body(raw)
-    obj = event.get("data", {}).get("object") if isinstance(event, dict) else None
+    data = event.get("data") if isinstance(event, dict) else None
+    obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str) \
             or not isinstance(obj, dict):
         raise ApiError(400, "invalid_event", "not a Stripe event (id, type, data.object)")

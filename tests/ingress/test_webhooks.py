@@ -58,6 +58,9 @@ def _bad_stripe_cases():
         "tampered body": (body.replace("cs_", "cx_", 1), stripe_headers(body)),
         "not json": ("{not json", stripe_headers("{not json")),
         "not an event": ('{"hello": 1}', stripe_headers('{"hello": 1}')),
+        "data not an object": ('{"id": "evt_1", "type": "charge.refunded", "data": "x"}',
+                               stripe_headers('{"id": "evt_1", "type": "charge.refunded", "data": "x"}')),
+        "a JSON list": ("[1, 2]", stripe_headers("[1, 2]")),
     }
 
 
