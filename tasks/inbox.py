@@ -19,6 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus
@@ -391,7 +392,7 @@ def _record_failure(event: InboxEvent, exc: Exception, now: datetime, max_attemp
         event.waiting_for = exc.key
         event.last_error = str(exc)
         return Result(Outcome.WAITING, str(exc))
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, (PermanentError, DataError)):  # DataError: a value the column cannot hold, every time
         _finish(event, InboxStatus.FAILED, now, f"{type(exc).__name__}: {exc}")
         log.warning("event %s (%s) failed permanently: %s", event.event_id, event.type, exc)
         return Result(Outcome.FAILED, str(exc))

@@ -352,3 +352,16 @@ def test_a_failed_refund_parked_before_its_purchase_is_recorded_when_the_purchas
     assert deliver(database, refund_created(status="pending")).outcome is inbox.Outcome.PROCESSED
     assert state(database)["enrollments"][0]["status"] == "active" and _refund_status(database) == "failed"
     assert not _alerts(database)
+
+
+def test_a_value_the_database_cannot_hold_fails_at_once_not_retried(pg_database):
+    """PostgreSQL refuses a 9-letter currency (varchar(3)): a DataError is the same on every attempt."""
+    _purchase(pg_database)
+    before = state(pg_database)
+    event = refund_created(amount=6000)
+    event["data"]["object"]["currency"] = "usdollars"
+    result = deliver(pg_database, event)
+    assert result.outcome is inbox.Outcome.FAILED and "value too long" in result.error
+    row = inbox_row(pg_database, event)
+    assert row.status == InboxStatus.FAILED and row.attempts == 1 and row.last_error.startswith("DataError")
+    assert state(pg_database) == before
