@@ -23,6 +23,7 @@ from tasks.errors import PermanentError, WaitFor
 # Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
 # that never became a chargeback) leave it with us
 LOST_STATUSES = ("lost",)
+CLOSED_STATUSES = ("won", "lost", "warning_closed")  # Stripe's statuses of a closed dispute
 
 
 @dataclass
@@ -35,7 +36,10 @@ class Applied:
 
 
 def dispute_key(dispute: dict[str, Any]) -> str:
-    key = dispute.get("id") or (f"charge:{dispute['charge']}" if dispute.get("charge") else None)
+    charge = dispute.get("charge")
+    if isinstance(charge, dict):  # expanded
+        charge = charge.get("id")
+    key = dispute.get("id") or (f"charge:{charge}" if charge else None)
     if not key:
         raise PermanentError("dispute without an id or a charge")
     return key
@@ -65,7 +69,6 @@ def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, b
 
 
 def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
-    shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     pi = _payment_intent(dispute)
     purchase = payments.purchase_for_payment(session, pi, lock=True)
     if not purchase.found:
@@ -94,6 +97,7 @@ def _applied(purchase: payments.Purchase, row: PaymentDispute) -> Applied:
 
 def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
     """`charge.dispute.created`: suspend the enrollment and alert admins (once per dispute)."""
+    shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     purchase, row = _record(session, dispute, DisputeStatus.OPEN)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
     enrollment = purchase.enrollment
@@ -118,6 +122,10 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
 
 def close_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
     """`charge.dispute.closed`: won → reinstated (unless another dispute is open), lost → revoked."""
+    shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
+    if dispute.get("status") not in CLOSED_STATUSES:  # an open status here would reinstate the student
+        raise PermanentError(f"dispute {dispute.get('id')!r}: closed with status {dispute.get('status')!r}, "
+                             f"not one of {', '.join(CLOSED_STATUSES)}")
     status = DisputeStatus.LOST if dispute.get("status") in LOST_STATUSES else DisputeStatus.WON
     purchase, row = _record(session, dispute, status)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}:closed")

@@ -66,11 +66,7 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     Returns what changed (`COUNTED`, `NOT_COUNTED_YET`, `FAILED_AFTER_COUNTING`, `WENT_THROUGH`), or
     None: a repeat, or an older state arriving late (failed / canceled is final).
     """
-    refund_id = refund.get("id")
-    amount = int(refund.get("amount") or 0)
-    status = refund.get("status")
-    if not refund_id or amount <= 0:
-        return None
+    refund_id, amount, status = refund["id"], refund["amount"], refund.get("status")  # shapes.refund_problem checked
     existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id).with_for_update())
     if existing is not None:
         if existing.status in NOT_COUNTED:

@@ -46,6 +46,10 @@ def require(kind: str, obj: dict[str, Any], found: str | None) -> None:
 def refund_problem(refund: Any, prefix: str = "") -> str | None:
     if not isinstance(refund, dict):
         return f"{prefix.rstrip('.') or 'refund'} is not an object"
+    if not refund.get("id"):
+        return f"{prefix}id is missing"
+    if not refund.get("amount"):  # Stripe refunds at least one minor unit
+        return f"{prefix}amount is missing or zero"
     return problem(refund, strings=("id", "status", "currency", "failure_reason"), amounts=("amount",),
                    ids=("payment_intent", "charge"), prefix=prefix)
 

@@ -262,7 +262,12 @@ MALFORMED = [
     (lambda: charge_refunded(), "amount_refunded", 12000.5, "amount_refunded is not a non-negative integer"),
     (lambda: charge_refunded(), "refunded", "yes", "refunded is not a boolean"),
     (lambda: charge_refunded(), "refunds.data.amount", "all", "refunds.data[0].amount is not a non-negative integer"),
+    (lambda: refund_created(), "id", None, "id is missing"),
+    (lambda: refund_created(), "amount", 0, "amount is missing or zero"),
+    (lambda: charge_refunded(), "refunds.data.amount", 0, "refunds.data[0].amount is missing or zero"),
+    (lambda: charge_refunded(), "refunds", [], "refunds is not an object"),
     (lambda: dispute_created(), "amount", "12000", "amount is not a non-negative integer"),
+    (lambda: dispute_closed(status="needs_response"), "status", "needs_response", "closed with status"),
     (lambda: dispute_closed(status="lost"), "status", {"lost": True}, "status is not a string"),
 ]
 
