@@ -41,6 +41,7 @@ def register(main: click.Group) -> None:
         Importing the same file again changes nothing."""
         from sqlalchemy.exc import IntegrityError
 
+        from db.database import is_unique_violation
         from tasks import catalog
         from tasks.errors import TaskError
 
@@ -55,7 +56,9 @@ def register(main: click.Group) -> None:
                 results = catalog.save_catalog(session=session, catalog=parsed)
         except TaskError as exc:
             raise click.ClickException(f"{file}: {exc} (nothing was imported)") from None
-        except IntegrityError:  # another import or admin edit created the same code meanwhile
+        except IntegrityError as exc:  # another import or admin edit created the same code meanwhile
+            if not is_unique_violation(exc):
+                raise
             raise click.ClickException(f"{file}: a concurrent change to the same course or package "
                                        "(nothing was imported); run the import again") from None
         for row in results:
