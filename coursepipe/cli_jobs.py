@@ -42,21 +42,21 @@ def register(main: click.Group) -> None:
             runs = {}
         for job in JOBS.values():
             last = runs.get(job.name)
+            # not finished: still running, or its worker failed (the row says when it was sent, not that it ran)
+            finished = last if last is not None and last.finished_at is not None else None
             row = {
                 "name": job.name,
                 "actor": job.actor,
                 "every_seconds": job.seconds,
                 "last_run": last.started_at.isoformat() if last else None,
-                # None: still running, or its worker failed (the row says when it was sent, not that it ran)
-                "last_finished": last.finished_at.isoformat() if last and last.finished_at else None,
-                "last_result": last.result if last and last.finished_at else None,
+                "last_finished": finished.finished_at.isoformat() if finished else None,
+                "last_result": finished.result if finished else None,
                 "description": job.description,
             }
             if as_json:
                 click.echo(json.dumps(row))
             else:
-                done = (" ".join(f"{k}={v}" for k, v in row["last_result"].items()) or "done") \
-                    if row["last_finished"] else "-"
+                done = (" ".join(f"{k}={v}" for k, v in finished.result.items()) or "done") if finished else "-"
                 click.echo(f"{job.name:<14} every {job.seconds:>5}s  last {row['last_run'] or '-':<32}  "
                            f"{done:<28}  {job.description}")
 

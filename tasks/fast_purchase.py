@@ -32,9 +32,9 @@ from sqlalchemy.orm import Session
 
 from db.enums import CreditType
 from db.types import utcnow
-from tasks import credits, enrollments, outbox
+from tasks import credits, enrollments, outbox, shapes
 from tasks.inbox import LOCKS_KEY, RUNNABLE, Outcome, Result, lock_key
-from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email, shape_problem
+from tasks.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
@@ -109,7 +109,7 @@ SELECT (SELECT id FROM e), ARRAY(SELECT id FROM w ORDER BY id)
 
 def candidate(event_type: str, checkout: dict[str, Any]) -> bool:
     """Whether the event can only be the common purchase (the rest is decided by the database)."""
-    if shape_problem(checkout):
+    if shapes.checkout_problem(checkout):
         return False  # malformed: the general path records it
     metadata = checkout.get("metadata") or {}
     return (event_type == COMPLETED and checkout.get("payment_status") == "paid"

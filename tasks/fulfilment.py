@@ -82,21 +82,6 @@ def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
     return "pending"
 
 
-def shape_problem(checkout: dict[str, Any]) -> str | None:
-    """What makes a Checkout Session one Stripe never sends (a field of the wrong JSON type), or None.
-
-    Such an event fails on its first attempt with this reason: retrying cannot mend it.
-    """
-    return (shapes.problem(checkout, objects=("metadata", "customer_details"), amounts=("amount_total",),
-                           strings=("id", "client_reference_id", "payment_intent", "currency", "customer_email",
-                                    "payment_status", "mode"))
-            # Stripe metadata values are strings
-            or shapes.problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code",
-                                                                         "student_id"), prefix="metadata.")
-            or shapes.problem(checkout.get("customer_details") or {}, strings=("email", "name"),
-                              prefix="customer_details."))
-
-
 def checkout_email(checkout: dict[str, Any]) -> str | None:
     return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
 
@@ -270,9 +255,7 @@ def fulfil_checkout(*, session: Session, checkout: dict[str, Any], event_type: s
         raise ValueError(f"not a checkout event type: {event_type}")
     if not checkout.get("id"):
         raise PermanentError("checkout session without an id")
-    problem = shape_problem(checkout)
-    if problem:
-        raise PermanentError(f"checkout session {checkout['id']!r}: {problem}")
+    shapes.require("checkout session", checkout, shapes.checkout_problem(checkout))
     outcome = payment_outcome(checkout, event_type)
     product = identify_product(session, checkout, settings=settings, client=stripe_client)
     student = ensure_student(session, buyer_id(session, checkout), checkout)

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus, LedgerEntryType, PurchaseStatus
 from db.models import (
-    CourseProgram,
     CreditLedgerEntry,
     PackagePurchase,
     PaymentDispute,
@@ -50,8 +49,7 @@ def alert_context(session: Session, purchase: Purchase) -> dict[str, Any]:
     """What every admin alert about a purchase names: the course, the student, the purchase's row."""
     enrollment, package = purchase.enrollment, purchase.package_purchase
     return {
-        "course_code": session.scalar(select(CourseProgram.code).where(CourseProgram.id == enrollment.program_id))
-        if enrollment is not None else None,
+        "course_code": enrollments.program_of(session, enrollment).code if enrollment is not None else None,
         "student_id": purchase.row.student_id,
         "enrollment_id": enrollment.id if enrollment is not None else None,
         "package_purchase_id": package.id if package is not None else None,

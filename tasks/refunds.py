@@ -54,16 +54,15 @@ def _purchase(session: Session, pi: str) -> payments.Purchase:
 
 
 COUNTED = "counted"  # a new refund that returned money: it counts from now on
-NOT_COUNTED_YET = "not_counted"  # first seen failed / canceled: kept, so that an older copy arriving late cannot count it
-FAILED_AFTER_COUNTING = "failed_after_counting"  # counted, now failed: marked, admins alerted
-WENT_THROUGH = "went_through"  # pending → succeeded
+CHANGED = "changed"  # recorded, counting nothing new: first seen failed, failed after counting, or went through
 
 
 def record_refund(session: Session, purchase: payments.Purchase, refund: dict[str, Any], *, charge_id: str | None,
                   payment_intent: str, purchase_total: int) -> str | None:
     """One `payment_refund` row per Stripe refund id, with Stripe's latest word on it.
 
-    Returns what changed (`COUNTED`, `NOT_COUNTED_YET`, `FAILED_AFTER_COUNTING`, `WENT_THROUGH`), or
+    A refund first seen failed / canceled is kept too, so that an older copy arriving late cannot count
+    it; a counted one that fails is marked and the admins alerted. Returns `COUNTED`, `CHANGED`, or
     None: a repeat, or an older state arriving late (failed / canceled is final).
     """
     refund_id, amount, status = refund["id"], refund["amount"], refund.get("status")  # shapes.refund_problem checked
@@ -74,10 +73,10 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
         if status in NOT_COUNTED:
             existing.status = status
             _alert_failed(session, purchase, existing, refund)
-            return FAILED_AFTER_COUNTING
+            return CHANGED
         if status == "succeeded" and existing.status != "succeeded":
             existing.status = status
-            return WENT_THROUGH
+            return CHANGED
         return None
     row = PaymentRefund(
         refund_key=refund_id,
@@ -95,7 +94,7 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
             session.add(row)
     except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
         return None
-    return NOT_COUNTED_YET if status in NOT_COUNTED else COUNTED
+    return CHANGED if status in NOT_COUNTED else COUNTED
 
 
 def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRefund, refund: dict[str, Any]) -> None:

@@ -74,3 +74,13 @@ def charge_problem(charge: dict[str, Any]) -> str | None:
 def dispute_problem(dispute: dict[str, Any]) -> str | None:
     return problem(dispute, strings=("id", "status", "reason", "currency"), amounts=("amount",),
                    ids=("payment_intent", "charge"))
+
+
+def checkout_problem(checkout: dict[str, Any]) -> str | None:
+    return (problem(checkout, objects=("metadata", "customer_details"), amounts=("amount_total",),
+                    strings=("id", "client_reference_id", "payment_intent", "currency", "customer_email",
+                             "payment_status", "mode"))
+            # Stripe metadata values are strings
+            or problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code", "student_id"),
+                       prefix="metadata.")
+            or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details."))
