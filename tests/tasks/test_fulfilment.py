@@ -283,3 +283,16 @@ def test_a_malformed_checkout_fails_at_once_with_its_reason_and_creates_nothing(
     assert row.status == InboxStatus.FAILED and row.attempts == 1 and message in row.last_error
     assert _count(database, StudentCourseEnrollment) == 0 and _count(database, Student) == 0
     assert _count(database, OutboxMessage) == 0
+    assert deliver(database, event).outcome is inbox.Outcome.SKIPPED  # delivered twice: still failed, once
+    assert inbox_row(database, event).attempts == 1
+
+
+def test_a_malformed_copy_after_a_good_fulfilment_changes_nothing(database):
+    _catalog(database)
+    good = checkout(cs="cs_1", pi="pi_1")
+    assert deliver(database, good).outcome is inbox.Outcome.PROCESSED
+    before = state(database)
+    bad = checkout(cs="cs_1", pi="pi_1")
+    bad["data"]["object"]["amount_total"] = "12000"
+    assert deliver(database, bad).outcome is inbox.Outcome.FAILED
+    assert state(database) == before

@@ -17,6 +17,7 @@ from db.models import (
 from tasks import credits, inbox
 from tests import factories
 from tests.tasks.payments_support import (
+    COURSE_PRICE,
     charge_refunded,
     checkout,
     deliver,
@@ -286,6 +287,11 @@ def test_a_malformed_refund_charge_or_dispute_fails_at_once_and_changes_nothing(
     assert state(database) == before
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 0
+    # the same event again (a redelivery), and the same facts under a new event id: the same answer
+    assert deliver(database, event).outcome is inbox.Outcome.SKIPPED
+    again = _malformed(make(), path, value)
+    assert deliver(database, again).outcome is inbox.Outcome.FAILED and inbox_row(database, again).attempts == 1
+    assert state(database) == before
 
 
 def _alerts(database) -> list[OutboxMessage]:
@@ -370,3 +376,56 @@ def test_a_value_the_database_cannot_hold_fails_at_once_not_retried(pg_database)
     row = inbox_row(pg_database, event)
     assert row.status == InboxStatus.FAILED and row.attempts == 1 and row.last_error.startswith("DataError")
     assert state(pg_database) == before
+
+
+def _failed(status="failed", type_="refund.updated", **kw):
+    event = refund_created(status=status, **kw)
+    event["type"] = type_
+    return event
+
+
+@pytest.mark.parametrize("charge_first", [True, False])
+def test_failed_through_charge_refunded_and_through_refund_updated_alerts_once_either_order(database, charge_first):
+    _purchase(database)
+    deliver(database, refund_created(status="succeeded"))  # full: counted, revoked
+    listed = charge_refunded(refunds=[("re_1", COURSE_PRICE)])
+    listed["data"]["object"]["refunds"]["data"][0]["status"] = "failed"
+    for event in ([listed, _failed()] if charge_first else [_failed(), listed]):
+        deliver(database, event)
+    assert _refund_status(database) == "failed" and len(_alerts(database)) == 1
+
+
+def test_a_canceled_refund_counts_like_a_failed_one(database):
+    _purchase(database)
+    deliver(database, refund_created(amount=6000, status="pending"))
+    partial = state(database)
+    assert deliver(database, _failed(status="canceled", amount=6000)).outcome is inbox.Outcome.PROCESSED
+    assert _refund_status(database) == "canceled" and len(_alerts(database)) == 1 and state(database) == partial
+
+
+def test_a_package_refund_failing_after_it_was_counted_alerts_without_a_course(database):
+    from tasks import mail
+
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="P5", title="P5 pack", price_amount=5000, credit_type=CreditType.GROUP, quantity=5))
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P5", amount=5000))
+    deliver(database, refund_created(pi="pi_p", amount=5000))
+    refunded = state(database)
+    assert refunded["packages"][0]["status"] == "refunded"
+    deliver(database, _failed(pi="pi_p", amount=5000))
+    assert state(database) == refunded
+    (alert,) = _alerts(database)
+    context = alert.payload["context"]
+    assert context["course_code"] is None and context["package_purchase_id"] and context["enrollment_id"] is None
+    assert "Package purchase" in mail.render("refund_failed_alert", context).text
+
+
+def test_failed_and_its_pending_copy_both_parked_before_the_purchase_count_nothing(database):
+    """Both wait for the purchase, which wakes them in arrival order: the failure is kept first, so the
+    older pending copy counts nothing (the student keeps the course, nothing to alert)."""
+    _catalog(database)
+    assert deliver(database, _failed()).outcome is inbox.Outcome.WAITING
+    assert deliver(database, refund_created(status="pending")).outcome is inbox.Outcome.WAITING
+    deliver(database, checkout(cs="cs_1", pi="pi_1"))
+    assert state(database)["enrollments"][0]["status"] == "active" and _refund_status(database) == "failed"
+    assert not _alerts(database)

@@ -1,0 +1,28 @@
+"""Each scheduled job's actor records on its job_run row that it finished, and what it did."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from db.models import JobRun
+from scheduler.service import claim_period
+from workers import actors, jobs
+
+RUNS = [
+    ("sweep", actors.sweep_inbox, {"resent": 0}),
+    ("retry-waiting", actors.retry_waiting, {"requeued": 0}),
+    ("relay", jobs.relay_outbox, {"claimed": 0, "delivered": 0}),
+    ("low-seats", jobs.low_seat_scan, {"alerts_raised": 0}),
+    ("reminders", jobs.send_reminders, {"reminders_queued": 0}),
+    ("reconcile", jobs.reconcile, {"skipped": "STRIPE_API_KEY is not set"}),
+]
+
+
+@pytest.mark.parametrize("name, run, result", RUNS, ids=[r[0] for r in RUNS])
+def test_a_job_actor_finishes_its_run_and_a_message_without_one_records_nothing(runtime, name, run, result):
+    run_id = claim_period(runtime.db, job=name, period="1", runner="test")
+    run(job_run=run_id)
+    run()  # sent by something other than the scheduler (a relay chaining itself): no row to finish
+    with runtime.db.session_scope() as s:
+        rows = s.scalars(select(JobRun)).all()
+        assert len(rows) == 1 and rows[0].finished_at is not None and rows[0].result == result
