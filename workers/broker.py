@@ -11,12 +11,34 @@ MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 60_000
 MAX_RETRIES = 8
 
+# A Redis consumer that finds its queue empty backs off, up to its worker timeout, before it polls
+# again (`workers/app.py` lowers the timeout to 100 ms). On the inbox queue that back-off is the wait
+# between a quiet system's acknowledged webhook and its fulfilment, so its consumer polls at most this
+# far apart; the other queues (mail and callbacks out, jobs) keep the worker's timeout.
+INBOX_IDLE_POLL_MS = 20
+
+
+class QueuePollIntervals(dramatiq.Middleware):
+    """Per-queue idle poll ceilings (ms) for consumer threads; Dramatiq has one for the whole worker."""
+
+    def __init__(self, ceilings: dict[str, int]):
+        self.ceilings = ceilings
+
+    def after_consumer_thread_boot(self, broker, thread):
+        # runs in the consumer thread before it opens its consumer, which reads the timeout once
+        ceiling = self.ceilings.get(thread.queue_name)
+        if ceiling is not None:
+            thread.worker_timeout = min(thread.worker_timeout, ceiling)
+
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
     if settings.redis_url:
         from dramatiq.brokers.redis import RedisBroker
 
+        from workers.actors import INBOX_QUEUE
+
         broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)
+        broker.add_middleware(QueuePollIntervals({INBOX_QUEUE: INBOX_IDLE_POLL_MS}))
     else:
         # The embedded default: messages live in this process; the inbox is still the source of truth.
         broker = StubBroker()

@@ -73,3 +73,24 @@ def test_purchase_redelivered_thirty_times_with_a_partial_refund_first_and_a_dis
     enrollment = state(db)["enrollments"][0]
     assert enrollment["status"] == "suspended" and enrollment["refunded"] == 6000
     assert enrollment["steps"] == ["unbooked"] * 3 and enrollment["lots"] == [("private", 4, 2)]
+
+
+def test_inbox_consumer_polls_an_empty_queue_more_often_than_the_others(redis_runtime):
+    """A quiet system's webhook waits for the inbox consumer's next poll: its back-off ceiling is lower."""
+    import dramatiq
+
+    from workers.actors import INBOX_QUEUE
+    from workers.broker import INBOX_IDLE_POLL_MS
+    from workers.jobs import OUTBOX_QUEUE
+
+    worker = dramatiq.Worker(redis_runtime.broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        consumers = worker.consumers
+        assert _wait_until(lambda: all(getattr(c, "consumer", None) for c in consumers.values()))
+        timeouts = {name: thread.consumer.timeout for name, thread in consumers.items()}
+    finally:
+        worker.stop()
+    assert INBOX_IDLE_POLL_MS < 100
+    assert timeouts[INBOX_QUEUE] == INBOX_IDLE_POLL_MS
+    assert timeouts[OUTBOX_QUEUE] == 100 and timeouts[f"{INBOX_QUEUE}.DQ"] == 100
