@@ -30,6 +30,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from db import jsoncodec
+
 from db.enums import CreditType
 from db.types import utcnow
 from tasks import credits, enrollments, outbox, shapes
@@ -201,9 +203,9 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     created, woken = conn.execute(_FULFIL, {
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
         "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
-        "currency": checkout.get("currency"), "metadata": json.dumps(fulfilment_metadata), "now": now,
+        "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
         "cause": cause, "steps": [s[0] for s in steps], "bundle_cause": bundle_cause,
-        "grants": json.dumps(grants), "messages": json.dumps(messages), "inbox_id": inbox_id, "keys": keys,
+        "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id, "keys": keys,
     }).fetchone()
     if created is None:
         return None  # a redelivery: the enrollment exists, the general path settles it
