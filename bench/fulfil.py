@@ -63,7 +63,7 @@ def enqueue(env: dict, ids: list[int]) -> None:
     runtime = init_runtime(Settings.from_env(env))
     actor = runtime.actors["process_inbox_event"]
     for inbox_id in ids:
-        actor.send(inbox_id)
+        actor.send(inbox_id, purchase=True)  # marked, as the ingress marks a paid course checkout
 
 
 def processed_window(url: str) -> tuple[int, float]:

@@ -8,6 +8,7 @@ from flask import current_app, jsonify
 
 from coursepipe import metrics
 from db.enums import InboxSource
+from tasks.fast_purchase import is_purchase
 from tasks.inbox import store_event
 from workers.actors import enqueue_inbox
 
@@ -25,7 +26,7 @@ def accept_event(
         )
     # only after the commit: a worker must find the row it is told about
     if not stored.duplicate or stored.resend:
-        enqueue_inbox([stored.id])
+        enqueue_inbox([stored.id], purchase=is_purchase(source.value, type, payload))
     metrics.event_received(source.value, type, stored.duplicate)
     current_app.logger.info(
         "event received", extra={"event": {"source": source.value, "event_id": event_id, "type": type,

@@ -19,6 +19,8 @@ package, an unknown course, a buyer known only by e-mail, a redelivery whose enr
 ORM path settles recorded refunds and disputes), an error — and the caller runs the general path in
 the same transaction (the row and subject locks are kept). After an error the transaction is rolled
 back and the general path starts over, claiming the row again.
+`run` does the same in a transaction of its own without an ORM session, for the messages the ingress
+marks as purchases (`is_purchase`); when it answers None it has written nothing.
 What the general path does for these events is the specification; `tests/tasks/test_fast_purchase.py`
 checks that both write the same rows.
 """
@@ -31,6 +33,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db import jsoncodec
+from db.database import Database
 
 from db.enums import CreditType
 from db.types import utcnow
@@ -127,6 +130,50 @@ def process(session: Session, inbox_id: int) -> Result | None:
     to `session.info[LOCKS_KEY]`, as the runner's own are.
     """
     conn = session.connection().connection.driver_connection  # the session's own transaction
+    held = session.info.setdefault(LOCKS_KEY, set())
+    try:
+        return _process(conn, inbox_id, held)
+    except Exception as exc:  # noqa: BLE001 — the general path runs again from the start and records it
+        _gave_up(inbox_id, exc)
+        session.rollback()
+        held.clear()
+        return None
+
+
+def run(database: Database, inbox_id: int) -> Result | None:
+    """`process` in a transaction of its own on a pooled connection, without an ORM session (~50 µs
+    less worker CPU): for a message the ingress marked as a purchase (`is_purchase`).
+
+    None: nothing was written (rolled back) and the caller runs the general path, as for `process`.
+    """
+    if database.dialect != "postgresql":
+        return None
+    with database.engine.connect() as connection:
+        transaction = connection.begin()  # SQLAlchemy's own: the statements below go to the driver
+        try:
+            done = _process(connection.connection.driver_connection, inbox_id, set())
+        except Exception as exc:  # noqa: BLE001 — as in `process`
+            _gave_up(inbox_id, exc)
+            done = None
+        if done is None:
+            transaction.rollback()
+            return None
+        transaction.commit()
+        return done
+
+
+def is_purchase(source: str, event_type: str, payload: dict[str, Any]) -> bool:
+    """What the ingress tells the worker with the message: this event looks like a new purchase."""
+    return source == "stripe" and candidate(event_type, (payload.get("data") or {}).get("object") or {})
+
+
+def _gave_up(inbox_id: int, exc: Exception) -> None:
+    # loud: a fast path that fails every time (a new NOT NULL column it does not write) costs speed only
+    log.warning("fast path gave inbox event %s to the general path after an error: %s", inbox_id, exc)
+
+
+def _process(conn, inbox_id: int, held: set[str]) -> Result | None:
+    """The fast path on a psycopg connection in a transaction; raises on any error (the caller rolls back)."""
     row = conn.execute(_CLAIM, (inbox_id,)).fetchone()
     if row is None:
         return None  # another type, an unknown id, or locked by another worker: the runner's claim decides
@@ -139,19 +186,11 @@ def process(session: Session, inbox_id: int) -> Result | None:
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
-    held = session.info.setdefault(LOCKS_KEY, set())
-    try:
-        for key in keys:  # the subject's lock, and the payment's that `provides` takes in the general path
-            if key not in held:
-                conn.execute(_LOCK, (lock_key(key),))
-                held.add(key)
-        done = _fulfil(conn, checkout, event_id, inbox_id, keys)
-    except Exception as exc:  # noqa: BLE001 — the general path runs again from the start and records it
-        # loud: a fast path that fails every time (a new NOT NULL column it does not write) costs speed only
-        log.warning("fast path gave inbox event %s to the general path after an error: %s", inbox_id, exc)
-        session.rollback()
-        held.clear()
-        return None
+    for key in keys:  # the subject's lock, and the payment's that `provides` takes in the general path
+        if key not in held:
+            conn.execute(_LOCK, (lock_key(key),))
+            held.add(key)
+    done = _fulfil(conn, checkout, event_id, inbox_id, keys)
     if done is None:
         return None
     return Result(Outcome.PROCESSED, woken=done, summary=summary)

@@ -353,6 +353,18 @@ def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
             f"the handler kept asking for remote data ({MAX_REMOTE_ROUNDS} rounds)"), utcnow(), max_attempts)
 
 
+def run_message(*, database: Any, inbox_id: int, settings: Any = None, purchase: bool = False) -> Result:
+    """What a worker runs for one message. One the ingress marked as a purchase tries
+    `fast_purchase.run` first (no ORM session); whatever that does not finish goes to `run_event`."""
+    if purchase:
+        from tasks import fast_purchase  # it builds on this module
+
+        done = fast_purchase.run(database, inbox_id)
+        if done is not None:
+            return done
+    return run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings, fast=not purchase)
+
+
 def with_remote(unit_of_work: Callable, work: Callable[[Session], Any]) -> Any:
     """`work(session)` in a unit of work of its own, for callers outside the runner (admin re-fulfilment):
     remote look-ups it asks for (`fetched`) are made between attempts, outside any transaction."""

@@ -58,10 +58,12 @@ def send(actor_name: str, *args, **kwargs) -> bool:
         return False
 
 
-def enqueue_inbox(ids: Iterable[int]) -> int:
+def enqueue_inbox(ids: Iterable[int], *, purchase: bool = False) -> int:
+    """`purchase`: the ingress saw a new paid course checkout (`fast_purchase.is_purchase`)."""
     sent = 0
     for inbox_id in ids:
-        sent += send("process_inbox_event", inbox_id)
+        sent += send("process_inbox_event", inbox_id, purchase=True) if purchase else \
+            send("process_inbox_event", inbox_id)
     return sent
 
 
@@ -70,9 +72,9 @@ class RetryLater(Exception):
 
 
 @actor(queue_name=INBOX_QUEUE, max_retries=20, throws=())
-def process_inbox_event(inbox_id: int) -> None:
+def process_inbox_event(inbox_id: int, purchase: bool = False) -> None:
     rt = runtime.current()
-    result = inbox.run_event(unit_of_work=rt.db.session_scope, inbox_id=inbox_id, settings=rt.settings)
+    result = inbox.run_message(database=rt.db, inbox_id=inbox_id, settings=rt.settings, purchase=purchase)
     seen = result.summary
     if seen:
         metrics.event_processed(inbox_id=inbox_id, source=seen[0], event_id=seen[1], type_=seen[2],

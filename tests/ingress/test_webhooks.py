@@ -48,6 +48,23 @@ def test_stripe_fixture_events_are_accepted_and_stored_once(client, runtime, nam
     assert dramatiq.Message.decode(message).args == (row.id,)
 
 
+@pytest.mark.parametrize(("changes", "marked"), [
+    ({"metadata": {"kind": "course", "course_code": "YOGA"}, "client_reference_id": "stu_1"}, True),
+    ({"metadata": {"kind": "course", "course_code": "YOGA"}, "client_reference_id": "stu_1",
+      "payment_status": "unpaid"}, False),
+    ({"metadata": {"kind": "package", "package_code": "P10"}, "client_reference_id": "stu_1"}, False),
+    ({}, False),  # the fixture as Stripe sent it: no course in its metadata
+])
+def test_a_new_paid_course_purchase_is_marked_in_its_message(client, runtime, changes, marked):
+    import dramatiq
+
+    body = json.dumps(stripe_event("checkout.session.completed", **changes))
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    message = dramatiq.Message.decode(runtime.broker.queues["inbox"].get_nowait())
+    # the worker runs a marked purchase on the fast path without an ORM session (inbox.run_message)
+    assert message.kwargs == ({"purchase": True} if marked else {})
+
+
 def _bad_stripe_cases():
     body = json.dumps(stripe_event())
     return {

@@ -19,6 +19,7 @@ from db.models import (
 )
 from tasks import credits, inbox
 from tasks.events import stripe_subject
+from tasks.fast_purchase import is_purchase
 from tests.signing import stripe_event
 
 COURSE_PRICE = 12000
@@ -72,16 +73,25 @@ def store(database, event) -> int:
                                  occurred_at=None).id
 
 
-def run(database, inbox_id, settings=None, fast=True) -> inbox.Result:
-    """Process one row, then whatever it woke (as the actor would enqueue them)."""
-    result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings, fast=fast)
+def run(database, inbox_id, settings=None, fast=True, purchase=False) -> inbox.Result:
+    """Process one row, then whatever it woke (as the actor would enqueue them: unmarked).
+
+    `purchase`: the message is marked as a purchase, as the ingress marks it (`inbox.run_message`).
+    """
+    if purchase:
+        result = inbox.run_message(database=database, inbox_id=inbox_id, settings=settings, purchase=True)
+    else:
+        result = inbox.run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, settings=settings,
+                                 fast=fast)
     for woken in result.woken:
         run(database, woken, settings, fast)
     return result
 
 
-def deliver(database, event, settings=None, fast=True) -> inbox.Result:
-    return run(database, store(database, event), settings, fast)
+def deliver(database, event, settings=None, fast=True, marked=False) -> inbox.Result:
+    """Store and process `event`; `marked`: its message says purchase when the ingress would say so."""
+    purchase = marked and is_purchase("stripe", event["type"], event)
+    return run(database, store(database, event), settings, fast, purchase=purchase)
 
 
 def inbox_row(database, event) -> InboxEvent:

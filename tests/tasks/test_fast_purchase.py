@@ -1,8 +1,9 @@
 """The purchase fast path (`tasks.fast_purchase`) writes exactly what the general path writes.
 
-Each history is run twice on a fresh PostgreSQL database — once as the worker runs it (fast path
-on), once with `fast=False` (the ORM path, the specification) — and every row of every table the
-purchase touches is compared, timestamps aside.
+Each history is run three times on a fresh PostgreSQL database — as the worker runs an unmarked
+message (fast path inside the runner's session), as it runs a message the ingress marked as a
+purchase (`fast_purchase.run`, no ORM session), and with `fast=False` (the ORM path, the
+specification) — and every row of every table the purchase touches is compared, timestamps aside.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+from db.database import Database
 from db.enums import BundleKind, InboxStatus
 from db.models import CourseStep
 from db.types import utcnow
@@ -54,10 +56,10 @@ def _snapshot(database) -> dict:
     return out
 
 
-def _history(database, events, fast: bool) -> tuple[dict, list]:
+def _history(database, events, fast: bool, marked: bool = False) -> tuple[dict, list]:
     _truncate(database)
     _catalog(database)
-    outcomes = [deliver(database, event, fast=fast).outcome for event in events]
+    outcomes = [deliver(database, event, fast=fast, marked=marked).outcome for event in events]
     return _snapshot(database), outcomes
 
 
@@ -84,10 +86,12 @@ HISTORIES = {
 def test_fast_path_writes_what_the_general_path_writes(pg_database, name):
     events = HISTORIES[name]
     fast, fast_outcomes = _history(pg_database, events, fast=True)
+    marked, marked_outcomes = _history(pg_database, events, fast=True, marked=True)
     general, general_outcomes = _history(pg_database, events, fast=False)
-    assert fast_outcomes == general_outcomes
+    assert fast_outcomes == marked_outcomes == general_outcomes
     for table in TABLES:
         assert fast[table] == general[table], table
+        assert marked[table] == general[table], table
     assert fast["inbox_event"], "the history stored its events"
 
 
@@ -142,3 +146,79 @@ def test_malformed_metadata_is_recorded_by_the_general_path(pg_database):
     with pg_database.engine.connect() as conn:
         status, attempts, error = conn.execute(sa.text("SELECT status, attempts, last_error FROM inbox_event")).one()
     assert (status, attempts) == ("failed", 1) and "metadata is not an object" in error
+
+
+# --------------------------------------------------------------------------- messages marked as purchases
+
+
+def test_a_marked_purchase_is_fulfilled_without_an_orm_session(pg_database, monkeypatch):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
+    opened = []
+    monkeypatch.setattr(pg_database, "session_scope", lambda: opened.append(1))  # would fail if called
+    done = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
+    assert done.outcome is inbox.Outcome.PROCESSED and opened == []
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
+            == InboxStatus.PROCESSED.value
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar() == 3
+
+
+@pytest.mark.parametrize("event", [
+    checkout(cs="cs_1", package="P10"),
+    checkout(cs="cs_1", payment_status="unpaid"),
+    checkout(cs="cs_1", course="NOPE"),
+    refund_created(refund_id="re_1", pi="pi_1"),
+], ids=["package", "unpaid", "unknown course", "another type"])
+def test_a_marked_message_that_is_no_purchase_writes_nothing_and_the_general_path_runs_it(pg_database, event):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, event)
+    before = _snapshot(pg_database)
+    assert fast_purchase.run(pg_database, inbox_id) is None
+    assert _snapshot(pg_database) == before
+    marked = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
+    assert marked.outcome is not inbox.Outcome.SKIPPED
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
+            != InboxStatus.PENDING.value
+
+
+def test_a_marked_purchase_whose_fast_path_fails_is_run_by_the_general_path(pg_database, monkeypatch, caplog):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fast_purchase, "_fulfil", broken)
+    before = _snapshot(pg_database)
+    assert fast_purchase.run(pg_database, inbox_id) is None
+    assert _snapshot(pg_database) == before  # the buyer's insert and the locks were rolled back
+    assert "gave inbox event" in caplog.text
+    result = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
+    assert result.outcome is inbox.Outcome.PROCESSED
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_enrollment")).scalar() == 1
+
+
+def test_a_marked_message_on_sqlite_takes_the_general_path(sqlite_url):
+    sqlite_db = Database(sqlite_url)
+    _truncate(sqlite_db)
+    _catalog(sqlite_db)
+    inbox_id = store(sqlite_db, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
+    assert fast_purchase.run(sqlite_db, inbox_id) is None
+    assert inbox.run_message(database=sqlite_db, inbox_id=inbox_id, purchase=True).outcome \
+        is inbox.Outcome.PROCESSED
+    sqlite_db.dispose()
+
+
+@pytest.mark.parametrize(("source", "event", "marked"), [
+    ("stripe", checkout(cs="cs_1", pi="pi_1"), True),
+    ("stripe", checkout(cs="cs_1", payment_status="unpaid"), False),
+    ("stripe", checkout(cs="cs_1", package="P10"), False),
+    ("stripe", checkout(cs="cs_1", metadata={}), False),
+    ("stripe", refund_created(refund_id="re_1", pi="pi_1"), False),
+    ("platform", checkout(cs="cs_1", pi="pi_1"), False),
+])
+def test_the_ingress_marks_only_what_looks_like_a_new_paid_course_purchase(source, event, marked):
+    assert fast_purchase.is_purchase(source, event["type"], event) is marked
