@@ -34,7 +34,6 @@ from sqlalchemy.orm import Session
 
 from db import jsoncodec
 from db.database import Database
-
 from db.enums import CreditType
 from db.types import utcnow
 from tasks import credits, enrollments, outbox, shapes
@@ -244,7 +243,8 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
         "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
         "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
         "cause": cause, "steps": [s[0] for s in steps], "bundle_cause": bundle_cause,
-        "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id, "keys": keys,
+        "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,
+        "keys": keys,
     }).fetchone()
     if created is None:
         return None  # a redelivery: the enrollment exists, the general path settles it

@@ -95,16 +95,20 @@ def test_fast_path_writes_what_the_general_path_writes(pg_database, name):
     assert fast["inbox_event"], "the history stored its events"
 
 
+def _assert_fulfilled(database, inbox_id):
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
+            == InboxStatus.PROCESSED.value
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar() == 3
+
+
 def test_a_new_paid_purchase_takes_the_fast_path(pg_database):
     _catalog(pg_database)
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
     with pg_database.session_scope() as s:
         done = fast_purchase.process(s, inbox_id)
     assert done is not None and done.outcome is inbox.Outcome.PROCESSED and done.woken == []
-    with pg_database.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
-            == InboxStatus.PROCESSED.value
-        assert conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar() == 3
+    _assert_fulfilled(pg_database, inbox_id)
 
 
 @pytest.mark.parametrize("event", [
@@ -158,10 +162,7 @@ def test_a_marked_purchase_is_fulfilled_without_an_orm_session(pg_database, monk
     monkeypatch.setattr(pg_database, "session_scope", lambda: opened.append(1))  # would fail if called
     done = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
     assert done.outcome is inbox.Outcome.PROCESSED and opened == []
-    with pg_database.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT status FROM inbox_event WHERE id = :i"), {"i": inbox_id}).scalar() \
-            == InboxStatus.PROCESSED.value
-        assert conn.execute(sa.text("SELECT count(*) FROM student_course_progress")).scalar() == 3
+    _assert_fulfilled(pg_database, inbox_id)
 
 
 @pytest.mark.parametrize("event", [
