@@ -1,4 +1,4 @@
-"""The common purchase in four statements: a new, paid course checkout on PostgreSQL.
+"""The common purchase in three statements: a new, paid course checkout on PostgreSQL.
 
 Most events the pipeline sees are `checkout.session.completed` for a course, paid, with
 `metadata.course_code` and a `client_reference_id`, seen for the first time. For those, this module
@@ -7,9 +7,9 @@ same keys, the same payloads, built by the same functions — in plain SQL on th
 connection and transaction:
 
 1. claim the inbox row (`FOR UPDATE SKIP LOCKED`);
-2. take the subject's advisory lock;
-3. create the buyer if new, read the course (steps, bundle) and draw the enrollment's id;
-4. one statement with data-modifying CTEs: the enrollment (`ON CONFLICT DO NOTHING`), its first
+2. take the subject's and the payment's advisory locks, create the buyer if new, read the course
+   (steps, bundle) and draw the enrollment's id;
+3. one statement with data-modifying CTEs: the enrollment (`ON CONFLICT DO NOTHING`), its first
    transition, a progress row per step, the bundle grants, `enrollment.created` and the welcome mail,
    the inbox row `processed`, and parked events about the payment woken — all of it only if the
    enrollment row was new.
@@ -49,11 +49,16 @@ _CLAIM = ("SELECT source, event_id, type, subject, payload, status, attempts, re
           " FROM inbox_event WHERE id = %s AND source = 'stripe' AND type = 'checkout.session.completed'"
           " FOR UPDATE SKIP LOCKED")
 
-_LOCK = "SELECT pg_advisory_xact_lock(%s)"
-
-# the buyer (created if new; a known one is read as stored), the course as it is now, a new id
+# the subject's and the payment's advisory locks (in the order given); the buyer (created if new; a
+# known one is read as stored), the course as it is now, a new id. One round trip: the locks guard
+# the next statement (it runs on a snapshot taken after them), not this one's reads — the course is
+# not the subject's, and a buyer inserted concurrently and not yet visible here sends the purchase
+# to the general path (`buyer is None` below). The locks are taken even when the course is unknown
+# (the LEFT JOIN keeps the aggregate's one row), so the general path may count on them.
 _PREPARE = """
-WITH st AS (
+WITH lk AS (
+    SELECT count(pg_advisory_xact_lock(k.key)) AS n FROM unnest(%(locks)s::bigint[]) AS k(key)  -- in array order
+), st AS (
     INSERT INTO student (id, email, name, created_at, updated_at)
     VALUES (%(student)s, %(email)s, %(name)s, %(now)s, %(now)s)
     ON CONFLICT (id) DO NOTHING RETURNING email, name
@@ -71,7 +76,7 @@ SELECT pr.id, pr.code, pr.title, pr.status,
     (SELECT json_build_array(email, name) FROM st),
     (SELECT json_build_array(email, name) FROM student WHERE id = %(student)s),
     pr.stripe_product_id, pr.stripe_price_id
-FROM pr
+FROM lk LEFT JOIN pr ON true
 """
 
 _FULFIL = """
@@ -185,11 +190,10 @@ def _process(conn, inbox_id: int, held: set[str]) -> Result | None:
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
-    for key in keys:  # the subject's lock, and the payment's that `provides` takes in the general path
-        if key not in held:
-            conn.execute(_LOCK, (lock_key(key),))
-            held.add(key)
-    done = _fulfil(conn, checkout, event_id, inbox_id, keys)
+    # the subject's lock, and the payment's that `provides` takes in the general path: taken by _PREPARE
+    locks = [lock_key(key) for key in keys if key not in held]
+    held.update(keys)
+    done = _fulfil(conn, checkout, event_id, inbox_id, keys, locks)
     if done is None:
         return None
     return Result(Outcome.PROCESSED, woken=done, summary=summary)
@@ -199,15 +203,16 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: list[str]) -> list[int] | None:
+def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: list[str],
+            locks: list[int]) -> list[int] | None:
     metadata = checkout.get("metadata") or {}
     student_id = str(checkout.get("client_reference_id") or metadata.get("student_id"))
     details = checkout.get("customer_details") or {}
     now = utcnow()
-    found = conn.execute(_PREPARE, {"student": student_id, "email": checkout_email(checkout),
+    found = conn.execute(_PREPARE, {"locks": locks, "student": student_id, "email": checkout_email(checkout),
                                     "name": details.get("name"), "now": now, "code": metadata["course_code"]}).fetchone()
-    if found is None:
-        return None  # unknown course: the general path records it
+    if found[0] is None:
+        return None  # unknown course: the general path records it (the locks are held)
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)
     if buyer is None:

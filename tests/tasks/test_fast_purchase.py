@@ -223,3 +223,26 @@ def test_a_marked_message_on_sqlite_takes_the_general_path(sqlite_url):
 ])
 def test_the_ingress_marks_only_what_looks_like_a_new_paid_course_purchase(source, event, marked):
     assert fast_purchase.is_purchase(source, event["type"], event) is marked
+
+
+def _advisory_locks(session) -> set[int]:
+    rows = session.execute(sa.text(
+        "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks"
+        " WHERE locktype = 'advisory' AND pid = pg_backend_pid()")).scalars()
+    return set(rows)
+
+
+@pytest.mark.parametrize(("course", "outcome"), [("SFZ", inbox.Outcome.PROCESSED), ("NOPE", None)],
+                         ids=["fulfilled", "unknown course, left to the general path"])
+def test_the_fast_path_holds_the_subject_and_payment_locks_it_reports(pg_database, course, outcome):
+    from tasks.inbox import LOCKS_KEY, lock_key
+
+    _catalog(pg_database)
+    event = checkout(cs="cs_1", pi="pi_1", course=course)
+    inbox_id = store(pg_database, event)
+    with pg_database.session_scope() as s:
+        done = fast_purchase.process(s, inbox_id)
+        assert (done.outcome if done else None) is outcome
+        held = s.info[LOCKS_KEY]
+        assert "payment:pi_1" in held  # the general path, in the same transaction, will not lock it again
+        assert _advisory_locks(s) == {lock_key(key) for key in held}
