@@ -2,10 +2,12 @@
 the standard library where orjson refuses.
 
 orjson writes the same documents from dict, list, str, int, float, bool and None about ten times
-faster (a purchase's metadata, grants and messages: ~25 µs of worker CPU). It refuses non-string
-keys and integers beyond 64 bits; those are written by `json`. For values read from JSON documents
-(orjson writes a float NaN as null, which jsonb could not have held anyway). Reading stays with
-`json`: orjson reads an integer beyond 64 bits as a float.
+faster (a purchase's metadata, grants and messages: ~25 µs of worker CPU). What orjson refuses —
+non-string keys, integers beyond 64 bits — or would write where `json` refuses — datetimes,
+dataclasses, subclasses of str/int/dict/list such as enums (passed through here) — is left to
+`json`, which writes it or raises as before. Meant for values read from JSON documents: orjson
+still writes a float NaN as null and a UUID as a string, neither of which occurs there. Reading
+stays with `json`: orjson reads an integer beyond 64 bits as a float.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Any
 
 import orjson
 
+_LIKE_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
 
 def dumps(value: Any) -> str:
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value, option=_LIKE_JSON).decode()
     except TypeError:  # orjson.JSONEncodeError: non-string keys, integers beyond 64 bits
         return json.dumps(value)

@@ -3,8 +3,8 @@
 Most events the pipeline sees are `checkout.session.completed` for a course, paid, with
 `metadata.course_code` and a `client_reference_id`, seen for the first time. For those, this module
 does what `tasks.inbox.process_event` + `tasks.fulfilment.fulfil_checkout` do — the same rows, the
-same keys, the same payloads, built by the same functions — in plain SQL on the session's own
-connection and transaction:
+same keys, the same payloads, built by the same functions — in plain SQL, on the runner's own
+connection and transaction (`process`) or in a transaction of its own (`run`):
 
 1. claim the inbox row (`FOR UPDATE SKIP LOCKED`);
 2. take the subject's and the payment's advisory locks, create the buyer if new, read the course
@@ -20,7 +20,8 @@ ORM path settles recorded refunds and disputes), an error — and the caller run
 the same transaction (the row and subject locks are kept). After an error the transaction is rolled
 back and the general path starts over, claiming the row again.
 `run` does the same in a transaction of its own without an ORM session, for the messages the ingress
-marks as purchases (`is_purchase`); when it answers None it has written nothing.
+marks as purchases (`is_purchase`); when it answers None it has rolled back (at most an enrollment id
+was drawn from the sequence, as any rolled-back insert draws one).
 What the general path does for these events is the specification; `tests/tasks/test_fast_purchase.py`
 checks that both write the same rows.
 """
@@ -72,7 +73,7 @@ SELECT pr.id, pr.code, pr.title, pr.status,
     (SELECT coalesce(json_agg(json_build_object('component_id', c.id, 'kind', c.kind, 'quantity', c.quantity)
                               ORDER BY c.id), '[]')
        FROM course_bundle_component c WHERE c.program_id = pr.id AND c.deleted_at IS NULL),
-    nextval(pg_get_serial_sequence('student_course_enrollment', 'id')),
+    CASE WHEN pr.id IS NOT NULL THEN nextval(pg_get_serial_sequence('student_course_enrollment', 'id')) END,
     (SELECT json_build_array(email, name) FROM st),
     (SELECT json_build_array(email, name) FROM student WHERE id = %(student)s),
     pr.stripe_product_id, pr.stripe_price_id

@@ -248,7 +248,7 @@ def process_event(
     This owns the whole transaction of `session` (the caller commits it): when the handler raises,
     its effects are rolled back and the outcome is recorded on the row in a fresh transaction.
     `settings` (thresholds, alert recipients) reach handlers through `settings_of(session)`.
-    On PostgreSQL a new paid course purchase takes `tasks.fast_purchase` (same effects, four
+    On PostgreSQL a new paid course purchase takes `tasks.fast_purchase` (same effects, three
     statements); `fast=False` forces the general path.
     """
     if settings is not None:

@@ -188,13 +188,14 @@ def test_a_marked_purchase_whose_fast_path_fails_is_run_by_the_general_path(pg_d
     _catalog(pg_database)
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(fast_purchase, "_fulfil", broken)
+    # the last statement fails, after the claim, the locks and the buyer's insert have run
+    monkeypatch.setattr(fast_purchase, "_FULFIL", "SELECT %(inbox_id)s::bigint / 0")
     before = _snapshot(pg_database)
     assert fast_purchase.run(pg_database, inbox_id) is None
-    assert _snapshot(pg_database) == before  # the buyer's insert and the locks were rolled back
+    assert _snapshot(pg_database) == before  # the buyer's insert was rolled back
+    with pg_database.engine.connect() as conn:  # and nothing of that transaction is still open or held
+        assert conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar() == 0
+    monkeypatch.undo()
     assert "gave inbox event" in caplog.text
     result = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
     assert result.outcome is inbox.Outcome.PROCESSED
