@@ -200,6 +200,17 @@ def _process(conn, inbox_id: int, held: set[str]) -> Result | None:
     return Result(Outcome.PROCESSED, woken=done, summary=summary)
 
 
+# Arrays go as PostgreSQL array literals (cast in the SQL): psycopg would inspect a Python list's
+# elements to choose a dumper on every call (~20 µs of a purchase's worker CPU for three lists).
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
+
+
+def _text_array(values: list[str]) -> str:
+    # every element quoted, with backslash and double quote escaped (PostgreSQL's array input syntax)
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -210,7 +221,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     student_id = str(checkout.get("client_reference_id") or metadata.get("student_id"))
     details = checkout.get("customer_details") or {}
     now = utcnow()
-    found = conn.execute(_PREPARE, {"locks": locks, "student": student_id, "email": checkout_email(checkout),
+    found = conn.execute(_PREPARE, {"locks": _int_array(locks), "student": student_id, "email": checkout_email(checkout),
                                     "name": details.get("name"), "now": now, "code": metadata["course_code"]}).fetchone()
     if found[0] is None:
         return None  # unknown course: the general path records it (the locks are held)
@@ -248,9 +259,9 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
         "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
         "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
-        "cause": cause, "steps": [s[0] for s in steps], "bundle_cause": bundle_cause,
+        "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": bundle_cause,
         "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,
-        "keys": keys,
+        "keys": _text_array(keys),
     }).fetchone()
     if created is None:
         return None  # a redelivery: the enrollment exists, the general path settles it

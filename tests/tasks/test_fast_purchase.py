@@ -247,3 +247,13 @@ def test_the_fast_path_holds_the_subject_and_payment_locks_it_reports(pg_databas
         held = s.info[LOCKS_KEY]
         assert "payment:pi_1" in held  # the general path, in the same transaction, will not lock it again
         assert _advisory_locks(s) == {lock_key(key) for key in held}
+
+
+def test_array_parameters_reach_postgresql_as_they_were(pg_database):
+    keys = ["payment:pi_1", 'a"b', "back\\slash", "comma,{brace}", " space ", "NULL", "", "é"]
+    with pg_database.engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        row = driver.execute("SELECT %s::text[], %s::bigint[], %s::bigint[]", (
+            fast_purchase._text_array(keys), fast_purchase._int_array([1, -2, 2**62]),
+            fast_purchase._int_array([]))).fetchone()
+    assert row == (keys, [1, -2, 2**62], [])
