@@ -2,11 +2,14 @@
 PostgreSQL (Dramatiq worker processes), next to the same SQL transaction shape executed directly
 with psycopg by the same number of processes and threads, measured in the same run.
 
-    .venv/bin/python bench/fulfil.py [--count 6000] [--processes 2] [--threads 4]
+    .venv/bin/python bench/fulfil.py [--count 6000] [--processes 2] [--threads 4] [--repeat 3]
 
 Two references: the purchase written plainly as 14 statements (claim, lock, look-ups, inserts,
 status), and the very statements the pipeline's fast path sends (`tasks.fast_purchase`) with
 pre-built payloads — the second shows what the broker, the actor and the Python around the SQL cost.
+The three alternate for `--repeat` rounds (each on a fresh database) and the medians are compared: the
+machine's speed drifts by ±15 % within minutes, which had made one pipeline run against one
+reference run read anywhere from 0.70 to 0.93.
 """
 from __future__ import annotations
 
@@ -236,31 +239,45 @@ def measure_reference(url: str, count: int, processes: int, threads: int, worker
     return {"rate": count / elapsed, "elapsed_s": elapsed}
 
 
+def _median(runs: list[dict]) -> dict:
+    return dict(sorted(runs, key=lambda r: r["rate"])[len(runs) // 2], rates=[r["rate"] for r in runs])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=6000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds of the three; medians shown")
     args = parser.parse_args(argv)
 
-    url = fresh_database("coursepipe_bench_fulfil")
-    seed_course(url, steps=STEPS)
-    env = env_for(url, f"bench-{uuid.uuid4().hex[:8]}")
-    pipeline = measure_pipeline(url, env, args.count, args.processes, args.threads)
-    reference = measure_reference(url, args.count, args.processes, args.threads)
-    own_sql = measure_reference(url, args.count, args.processes, args.threads, worker=_reference_fast_worker)
-    drop_namespace(env["REDIS_NAMESPACE"])
+    runs = {"pipeline": [], "reference": [], "own_sql": []}
+    for _ in range(args.repeat):  # each round on a fresh database: the same table sizes every round
+        url = fresh_database("coursepipe_bench_fulfil")
+        seed_course(url, steps=STEPS)
+        env = env_for(url, f"bench-{uuid.uuid4().hex[:8]}")
+        runs["pipeline"].append(measure_pipeline(url, env, args.count, args.processes, args.threads))
+        runs["reference"].append(measure_reference(url, args.count, args.processes, args.threads))
+        runs["own_sql"].append(measure_reference(url, args.count, args.processes, args.threads,
+                                                 worker=_reference_fast_worker))
+        drop_namespace(env["REDIS_NAMESPACE"])
+    pipeline, reference, own_sql = (_median(runs[name]) for name in ("pipeline", "reference", "own_sql"))
+    worker_ms = sorted(r["worker_cpu_ms"] for r in runs["pipeline"])[args.repeat // 2]
     ratio = pipeline["rate"] / reference["rate"] if reference["rate"] else 0.0
     own_ratio = pipeline["rate"] / own_sql["rate"] if own_sql["rate"] else 0.0
-    print(f"{'path':<52}{'purchases/s':>12}")
-    print(f"{'pipeline (Redis -> Dramatiq -> PostgreSQL)':<52}{pipeline['rate']:>12.0f}")
-    print(f"{'reference: the purchase as 14 statements, psycopg':<52}{reference['rate']:>12.0f}")
-    print(f"{'reference: the pipeline own 3 statements, psycopg':<52}{own_sql['rate']:>12.0f}")
-    print(f"worker CPU per purchase (all worker processes, start-up excluded): {pipeline['worker_cpu_ms']:.2f} ms")
-    print(f"ratio vs 14-statement reference: {ratio:.2f}   vs own statements: {own_ratio:.2f}   processed {pipeline['processed']}/{args.count}   inbox {pipeline['counts']}   "
-          f"enrollments {pipeline['enrollments']}, progress rows {pipeline['progress_rows']}, "
-          f"ledger rows {pipeline['ledger_rows']}   ({args.processes} processes x {args.threads} threads)")
-    return {"pipeline": pipeline, "reference": reference, "own_sql": own_sql, "ratio": ratio, "own_ratio": own_ratio}
+    print(f"{'path':<52}{'purchases/s (median)':>22}   runs")
+    for label, r in (("pipeline (Redis -> Dramatiq -> PostgreSQL)", pipeline),
+                     ("reference: the purchase as 14 statements, psycopg", reference),
+                     ("reference: the pipeline own 3 statements, psycopg", own_sql)):
+        print(f"{label:<52}{r['rate']:>22.0f}   " + ", ".join(f"{rate:.0f}" for rate in r["rates"]))
+    print(f"worker CPU per purchase (all worker processes, start-up excluded, median): {worker_ms:.2f} ms")
+    last = runs["pipeline"][-1]
+    print(f"ratio vs 14-statement reference: {ratio:.2f}   vs own statements: {own_ratio:.2f}   last round: processed "
+          f"{last['processed']}/{args.count}, inbox {last['counts']}, enrollments {last['enrollments']}, progress rows "
+          f"{last['progress_rows']}, ledger rows {last['ledger_rows']}   ({args.processes} processes x {args.threads} "
+          f"threads, {args.repeat} rounds)")
+    return {"pipeline": pipeline, "reference": reference, "own_sql": own_sql, "ratio": ratio, "own_ratio": own_ratio,
+            "worker_cpu_ms": worker_ms}
 
 
 if __name__ == "__main__":
