@@ -203,3 +203,67 @@ def test_no_lost_wake_up_when_the_provider_commits_while_the_waiter_decides(pg_d
     assert results["provider"].outcome.value == "processed"
     assert results["waiter"].outcome.value == "processed"
     assert statuses(pg_database) == [InboxStatus.PROCESSED, InboxStatus.PROCESSED]
+
+
+def test_worker_sigkilled_inside_the_marked_purchase_fast_path_leaves_nothing_and_fulfils_once_later(
+        redis_runtime):
+    """The fast path's own transaction (a message the ingress marked as a purchase) killed while it
+    holds the claimed row and waits for the payment's lock: nothing of it stays, the purchase is
+    fulfilled once by the next run."""
+    import sqlalchemy as sa
+
+    from tasks.inbox import lock_key
+    from tests import factories
+    from tests.tasks.payments_support import checkout, store
+    from workers.actors import enqueue_inbox, resend_stale
+
+    db = redis_runtime.db
+    with db.session_scope() as s:
+        factories.program(s, code="SFZ", steps=3)
+    inbox_id = store(db, checkout(cs="cs_k", pi="pi_k", student="stu_k"))
+    enqueue_inbox([inbox_id], purchase=True)
+
+    def count(sql: str) -> int:
+        with db.engine.connect() as conn:
+            return conn.execute(sa.text(sql)).scalar()
+
+    here = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+
+    def waiting_for_our_lock() -> bool:
+        return count(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND {here}") == 1
+
+    env = {**os.environ, "DATABASE_URL": redis_runtime.settings.database_url,
+           "REDIS_URL": redis_runtime.settings.redis_url, "REDIS_NAMESPACE": redis_runtime.settings.redis_namespace,
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "dramatiq", "tests.workers.worker_app", "--processes", "1", "--threads", "1"]
+    holder = db.engine.connect()  # holds the payment's advisory lock: the fast path stops inside its transaction
+    holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("payment:pi_k")})
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert wait_until(waiting_for_our_lock, timeout=60), "the worker never reached the lock"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        holder.rollback()
+        holder.close()
+    # PostgreSQL ends the dead worker's transaction when it notices the connection is gone
+    assert wait_until(lambda: count(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND {here}") == 0,
+                      timeout=30)
+    assert count("SELECT count(*) FROM student WHERE id = 'stu_k'") == 0
+    assert count("SELECT count(*) FROM student_course_enrollment") == 0
+    assert statuses(db) == [InboxStatus.PENDING]
+
+    assert wait_until(lambda: resend_stale(0) == 1, timeout=30)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert wait_until(lambda: statuses(db) == [InboxStatus.PROCESSED], timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert count("SELECT count(*) FROM student_course_enrollment") == 1
+    assert count("SELECT count(*) FROM student_course_progress") == 3
+    assert count("SELECT count(*) FROM outbox_message WHERE topic = 'enrollment.created'") == 1
