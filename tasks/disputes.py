@@ -18,7 +18,8 @@ from db.enums import DisputeStatus
 from db.models import PaymentDispute
 from tasks import outbox, payments, shapes
 from tasks.outbox import ADMINS
-from tasks.errors import PermanentError, WaitFor
+from tasks.errors import PermanentError
+from tasks.events import stripe_id
 
 # Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
 # that never became a chargeback) leave it with us
@@ -36,22 +37,11 @@ class Applied:
 
 
 def dispute_key(dispute: dict[str, Any]) -> str:
-    charge = dispute.get("charge")
-    if isinstance(charge, dict):  # expanded
-        charge = charge.get("id")
+    charge = stripe_id(dispute.get("charge"))
     key = dispute.get("id") or (f"charge:{charge}" if charge else None)
     if not key:
         raise PermanentError("dispute without an id or a charge")
     return key
-
-
-def _payment_intent(dispute: dict[str, Any]) -> str:
-    pi = dispute.get("payment_intent")
-    if isinstance(pi, dict):
-        pi = pi.get("id")
-    if not pi:
-        raise PermanentError(f"dispute {dispute.get('id')} has no payment_intent: it cannot be matched")
-    return pi
 
 
 def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, bool]:
@@ -69,14 +59,11 @@ def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, b
 
 
 def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
-    pi = _payment_intent(dispute)
-    purchase = payments.purchase_for_payment(session, pi, lock=True)
-    if not purchase.found:
-        raise WaitFor(f"payment:{pi}", f"no purchase paid by {pi} yet")
-    charge = dispute.get("charge")
+    pi = payments.payment_intent_of(dispute, "dispute")
+    purchase = payments.purchase_or_wait(session, pi)
     row, created = _lock_or_create(session, dispute_key(dispute), lambda: PaymentDispute(
         stripe_dispute_id=dispute_key(dispute),
-        stripe_charge_id=charge if isinstance(charge, str) else None,
+        stripe_charge_id=stripe_id(dispute.get("charge")),
         stripe_payment_intent_id=pi,
         enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
         status=status,

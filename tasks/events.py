@@ -149,14 +149,20 @@ def platform_subject(type_: str, data: dict[str, Any]) -> str | None:
     return None
 
 
+def stripe_id(value: Any) -> Any:
+    """A Stripe reference as an id: the id itself, or the id of the expanded object given in its place."""
+    return value.get("id") if isinstance(value, dict) else value
+
+
 def stripe_subject(type_: str, obj: dict[str, Any]) -> str | None:
     """Stripe events about one payment share a subject: the payment intent when known."""
+    pi, charge = stripe_id(obj.get("payment_intent")), stripe_id(obj.get("charge"))
     if type_.startswith("checkout.session."):
-        return f"payment:{obj.get('payment_intent') or obj.get('id')}"
+        return f"payment:{pi or obj.get('id')}"
     if type_.startswith("charge.dispute."):
-        return f"payment:{obj.get('payment_intent') or obj.get('charge')}"
+        return f"payment:{pi or charge}"
     if type_.startswith("charge.") or type_.startswith("refund."):
-        return f"payment:{obj.get('payment_intent') or obj.get('charge') or obj.get('id')}"
+        return f"payment:{pi or charge or obj.get('id')}"
     if type_.startswith("product.") or type_.startswith("price."):
         return f"stripe:{obj.get('id')}"
     return None

@@ -29,6 +29,8 @@ from db.models import (
     StudentCourseEnrollment,
 )
 from tasks import credits, enrollments
+from tasks.errors import PermanentError, WaitFor
+from tasks.events import stripe_id
 
 
 @dataclass
@@ -54,6 +56,22 @@ def alert_context(session: Session, purchase: Purchase) -> dict[str, Any]:
         "enrollment_id": enrollment.id if enrollment is not None else None,
         "package_purchase_id": package.id if package is not None else None,
     }
+
+
+def payment_intent_of(obj: dict[str, Any], what: str) -> str:
+    """The payment intent a Stripe refund, charge or dispute is about (an id, or expanded)."""
+    pi = stripe_id(obj.get("payment_intent"))
+    if not pi:
+        raise PermanentError(f"{what} {obj.get('id')} has no payment_intent: it cannot be matched to a purchase")
+    return pi
+
+
+def purchase_or_wait(session: Session, payment_intent: str) -> Purchase:
+    """The purchase paid by `payment_intent` (row-locked); an event about it waits until it exists."""
+    purchase = purchase_for_payment(session, payment_intent, lock=True)
+    if not purchase.found:
+        raise WaitFor(f"payment:{payment_intent}", f"no purchase paid by {payment_intent} yet")
+    return purchase
 
 
 def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = True) -> Purchase:

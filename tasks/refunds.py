@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from db.models import PaymentRefund
 from tasks import outbox, payments, shapes
-from tasks.errors import Ignored, PermanentError, WaitFor
+from tasks.errors import Ignored
+from tasks.events import stripe_id
 
-NOT_COUNTED = payments.REFUND_NOT_COUNTED
 
 
 @dataclass
@@ -35,22 +35,6 @@ class Applied:
     refunded_total: int
     status: str
     recorded: list[str]
-
-
-def _payment_intent(obj: dict[str, Any], what: str) -> str:
-    pi = obj.get("payment_intent")
-    if isinstance(pi, dict):
-        pi = pi.get("id")
-    if not pi:
-        raise PermanentError(f"{what} {obj.get('id')} has no payment_intent: it cannot be matched to a purchase")
-    return pi
-
-
-def _purchase(session: Session, pi: str) -> payments.Purchase:
-    purchase = payments.purchase_for_payment(session, pi, lock=True)
-    if not purchase.found:
-        raise WaitFor(f"payment:{pi}", f"no purchase paid by {pi} yet")
-    return purchase
 
 
 COUNTED = "counted"  # a new refund that returned money: it counts from now on
@@ -68,9 +52,9 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     refund_id, amount, status = refund["id"], refund["amount"], refund.get("status")  # shapes.refund_problem checked
     existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id).with_for_update())
     if existing is not None:
-        if existing.status in NOT_COUNTED:
+        if existing.status in payments.REFUND_NOT_COUNTED:
             return None
-        if status in NOT_COUNTED:
+        if status in payments.REFUND_NOT_COUNTED:
             existing.status = status
             _alert_failed(session, purchase, existing, refund)
             return CHANGED
@@ -81,7 +65,7 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     row = PaymentRefund(
         refund_key=refund_id,
         status=status,
-        stripe_charge_id=refund.get("charge") if isinstance(refund.get("charge"), str) else charge_id,
+        stripe_charge_id=stripe_id(refund.get("charge")) or charge_id,
         stripe_payment_intent_id=payment_intent,
         enrollment_id=purchase.enrollment.id if purchase.enrollment is not None else None,
         package_purchase_id=purchase.package_purchase.id if purchase.package_purchase is not None else None,
@@ -94,7 +78,7 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
             session.add(row)
     except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
         return None
-    return CHANGED if status in NOT_COUNTED else COUNTED
+    return CHANGED if status in payments.REFUND_NOT_COUNTED else COUNTED
 
 
 def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRefund, refund: dict[str, Any]) -> None:
@@ -132,8 +116,8 @@ def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded:
 def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applied:
     """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own."""
     shapes.require("charge", charge, shapes.charge_problem(charge))
-    pi = _payment_intent(charge, "charge")
-    purchase = _purchase(session, pi)
+    pi = payments.payment_intent_of(charge, "charge")
+    purchase = payments.purchase_or_wait(session, pi)
     row = purchase.row
     recorded = []
     for refund in (charge.get("refunds") or {}).get("data") or []:
@@ -150,12 +134,11 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
 def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
     shapes.require("refund", refund, shapes.refund_problem(refund))
-    pi = _payment_intent(refund, "refund")
-    purchase = _purchase(session, pi)
-    charge = refund.get("charge")
-    change = record_refund(session, purchase, refund, charge_id=charge if isinstance(charge, str) else None,
+    pi = payments.payment_intent_of(refund, "refund")
+    purchase = payments.purchase_or_wait(session, pi)
+    change = record_refund(session, purchase, refund, charge_id=None,
                            payment_intent=pi, purchase_total=purchase.row.amount_total)
-    if refund.get("status") in NOT_COUNTED:
+    if refund.get("status") in payments.REFUND_NOT_COUNTED:
         if change is None:  # nothing written (Ignored would roll a write back)
             raise Ignored(f"refund {refund.get('id')} is {refund.get('status')}: no money returned")
         return _applied(purchase, [])  # nothing to settle: what a counted refund took back stays taken back

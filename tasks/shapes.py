@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tasks.errors import PermanentError
+from tasks.events import stripe_id
 
 
 def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterable[str] = (),
@@ -29,9 +30,7 @@ def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterab
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             return f"{prefix}{field} is not a non-negative integer"
     for field in ids:
-        value = obj.get(field)
-        if isinstance(value, dict):
-            value = value.get("id")
+        value = stripe_id(obj.get(field))
         if value is not None and not isinstance(value, str):
             return f"{prefix}{field} is not an id"
     return None

@@ -429,3 +429,30 @@ def test_failed_and_its_pending_copy_both_parked_before_the_purchase_count_nothi
     deliver(database, checkout(cs="cs_1", pi="pi_1"))
     assert state(database)["enrollments"][0]["status"] == "active" and _refund_status(database) == "failed"
     assert not _alerts(database)
+
+
+def test_expanded_payment_intent_and_charge_are_read_as_their_ids_twice_and_before_the_purchase(database):
+    """An expanded reference (the object in place of its id) is the same payment: one subject, one refund,
+    one dispute — also when it arrives before the purchase and when delivered twice."""
+    from db.models import PaymentDispute
+    from tasks.events import stripe_subject
+
+    _catalog(database)
+    refund = refund_created(refund_id="re_x", amount=3000, pi={"id": "pi_1", "object": "payment_intent"},
+                            charge={"id": "ch_1", "object": "charge"})
+    dispute = dispute_created(pi={"id": "pi_1", "object": "payment_intent"}, charge={"id": "ch_1", "object": "charge"})
+    assert stripe_subject(refund["type"], refund["data"]["object"]) == "payment:pi_1"
+    assert stripe_subject(dispute["type"], dispute["data"]["object"]) == "payment:pi_1"
+    assert deliver(database, refund).outcome is inbox.Outcome.WAITING  # waits for payment:pi_1
+    assert deliver(database, checkout(cs="cs_1", pi="pi_1")).outcome is inbox.Outcome.PROCESSED
+    assert inbox_row(database, refund).status == InboxStatus.PROCESSED
+    deliver(database, refund_created(refund_id="re_x", amount=3000, pi={"id": "pi_1"}, charge={"id": "ch_1"}))
+    for _ in range(2):
+        deliver(database, dispute)
+    with database.session_scope() as s:
+        assert [(r.refund_key, r.stripe_charge_id, r.stripe_payment_intent_id) for r in s.scalars(
+            select(PaymentRefund))] == [("re_x", "ch_1", "pi_1")]
+        assert [(d.stripe_dispute_id, d.stripe_charge_id) for d in s.scalars(select(PaymentDispute))] \
+            == [("dp_1", "ch_1")]
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["refunded"] == 3000 and enrollment["status"] == "suspended"
