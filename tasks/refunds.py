@@ -10,14 +10,17 @@ credit revocation) is `tasks.payments`. A refund that arrives before its purchas
 
 A refund that Stripe reports `failed` or `canceled` after we counted it returned no money, but what
 it took back stays taken back (a revocation is final; the studio may refund the student another
-way): the refund's row is marked and the admins get one `refund_failed_alert` mail to decide.
+way): the refund's row is marked and the admins get one `refund_failed_alert` mail to decide. An
+older `charge.refunded` arriving after the failure, still listing the refund as going through, does
+not count it again through the charge's cumulative figure (`_failed_since`); one that lists no
+refunds (newer Stripe API versions) cannot be told apart and its figure is taken as it is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -101,6 +104,20 @@ def _alert_failed(session: Session, purchase: payments.Purchase, row: PaymentRef
     )
 
 
+def _failed_since(session: Session, listed: list[dict[str, Any]]) -> int:
+    """What an older `charge.refunded` still counts of refunds known to have failed since.
+
+    The charge lists such a refund as pending or succeeded: its cumulative `amount_refunded` (and
+    `refunded`) is from before the failure and includes money that never went back. A charge that
+    lists the refund as failed is from after it, and Stripe's figure already leaves it out.
+    """
+    going = {r["id"] for r in listed if r.get("status") not in payments.REFUND_NOT_COUNTED}
+    if not going:
+        return 0
+    return int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0)).where(
+        PaymentRefund.refund_key.in_(going), PaymentRefund.status.in_(payments.REFUND_NOT_COUNTED))))
+
+
 def _applied(purchase: payments.Purchase, recorded: list[str]) -> Applied:
     row = purchase.row
     return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
@@ -120,13 +137,15 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
     purchase = payments.purchase_or_wait(session, pi)
     row = purchase.row
     recorded = []
-    for refund in (charge.get("refunds") or {}).get("data") or []:
+    listed = (charge.get("refunds") or {}).get("data") or []
+    for refund in listed:
         if record_refund(session, purchase, refund, charge_id=charge.get("id"), payment_intent=pi,
                          purchase_total=row.amount_total) == COUNTED:
             recorded.append(refund["id"])
     total = int(charge.get("amount_refunded") or 0)
     if charge.get("refunded") is True:  # Stripe's word that the charge is refunded in full
         total = max(total, row.amount_total)
+    total -= _failed_since(session, listed)
     row.amount_refunded = max(row.amount_refunded or 0, total)
     return _finish(session, purchase, f"refund:{charge.get('id')}", recorded)
 

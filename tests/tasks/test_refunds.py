@@ -456,3 +456,24 @@ def test_expanded_payment_intent_and_charge_are_read_as_their_ids_twice_and_befo
             == [("dp_1", "ch_1")]
     enrollment = state(database)["enrollments"][0]
     assert enrollment["refunded"] == 3000 and enrollment["status"] == "suspended"
+
+
+@pytest.mark.parametrize(("amount", "refunded"), [(COURSE_PRICE, COURSE_PRICE), (6000, 6000)],
+                         ids=["full", "partial"])
+def test_an_older_charge_refunded_after_the_failure_does_not_count_the_failed_refund(database, amount, refunded):
+    _purchase(database)
+    assert deliver(database, _failed(amount=amount)).outcome is inbox.Outcome.PROCESSED
+    # Stripe's snapshot from before the failure: re_1 still succeeded, its amount in the cumulative figure
+    deliver(database, charge_refunded(refunded=refunded, refunds=[("re_1", amount)]))
+    enrollment = state(database)["enrollments"][0]
+    assert enrollment["status"] == "active" and enrollment["refunded"] == 0
+    assert enrollment["lots"] == [("group", 1, 1), ("private", 4, 4)]
+
+
+def test_a_charge_refunded_listing_the_failure_and_another_refund_counts_only_the_other(database):
+    _purchase(database)
+    deliver(database, _failed(amount=3000))
+    charge = charge_refunded(refunded=6000, refunds=[("re_1", 3000), ("re_2", 6000)])
+    charge["data"]["object"]["refunds"]["data"][0]["status"] = "failed"  # after the failure: not in the 6000
+    deliver(database, charge)
+    assert state(database)["enrollments"][0]["refunded"] == 6000
