@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import stripe
 from flask import Blueprint, current_app, request
@@ -10,7 +11,7 @@ from db.enums import InboxSource
 from ingress.errors import ApiError
 from ingress.receive import accept_event
 from tasks import signatures
-from tasks.events import InvalidEvent, parse_platform_event, platform_subject, stripe_subject
+from tasks.events import InvalidEvent, parse_platform_event, parse_stripe_event, platform_subject
 
 bp = Blueprint("webhooks", __name__)
 
@@ -21,11 +22,17 @@ def _settings():
     return current_app.config["COURSEPIPE_SETTINGS"]
 
 
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # the JSON escape of a NUL character, not an escaped backslash
+
+
 def _json_body(raw: bytes):
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+    if b"\\u0000" in raw and _NUL.search(raw):  # PostgreSQL's jsonb holds no NUL character
+        raise ApiError(400, "invalid_json", "body contains a NUL character (\\u0000), which cannot be stored")
+    return body
 
 
 @bp.post("/webhooks/stripe")
@@ -38,15 +45,13 @@ def stripe_webhook():
                                               _settings().stripe_webhook_secret, STRIPE_TOLERANCE_SECONDS)
     except (stripe.SignatureVerificationError, ValueError, IndexError, UnicodeDecodeError):
         raise ApiError(400, "invalid_signature", "Stripe-Signature verification failed") from None
-    event = _json_body(raw)
-    data = event.get("data") if isinstance(event, dict) else None
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str) \
-            or not isinstance(obj, dict):
-        raise ApiError(400, "invalid_event", "not a Stripe event (id, type, data.object)")
+    try:
+        event, _obj, subject = parse_stripe_event(_json_body(raw))
+    except InvalidEvent as exc:
+        raise ApiError(400, "invalid_event", f"not a Stripe event we can store: {exc}") from None
     # occurred_at: store_event takes Stripe's `created`
     return accept_event(source=InboxSource.STRIPE, event_id=event["id"], type=event["type"], payload=event,
-                        subject=stripe_subject(event["type"], obj), occurred_at=None, raw=text)
+                        subject=subject, occurred_at=None, raw=text)
 
 
 @bp.post("/webhooks/platform")

@@ -166,3 +166,35 @@ def stripe_subject(type_: str, obj: dict[str, Any]) -> str | None:
     if type_.startswith("product.") or type_.startswith("price."):
         return f"stripe:{obj.get('id')}"
     return None
+
+
+# what `inbox_event` can hold (db.models.InboxEvent): a longer value would fail the insert
+EVENT_ID_MAX, TYPE_MAX, SUBJECT_MAX = 255, 128, 128
+LAST_UNIX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
+
+
+def parse_stripe_event(body: Any) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """A verified Stripe event's envelope: (event, data.object, subject), or InvalidEvent naming the field.
+
+    Only what the inbox stores is checked here (id, type, `created`, the subject); the object itself
+    is checked by the handler that reads it (`tasks.shapes`), where a bad one fails visibly.
+    """
+    if not isinstance(body, dict):
+        raise InvalidEvent("body must be a JSON object")
+    data = body.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("data.object: not an object", "data.object")
+    for field, longest in (("id", EVENT_ID_MAX), ("type", TYPE_MAX)):
+        value = body.get(field)
+        if not isinstance(value, str) or not value or len(value) > longest:
+            raise InvalidEvent(f"{field}: a string of 1 to {longest} characters is required", field)
+    created = body.get("created")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, int)
+                                or not 0 <= created <= LAST_UNIX_TIME):
+        raise InvalidEvent("created: not a Unix time", "created")
+    subject = stripe_subject(body["type"], obj)
+    if subject is not None and len(subject) > SUBJECT_MAX:
+        raise InvalidEvent(f"data.object: the id it is about is longer than {SUBJECT_MAX - 8} characters",
+                           "data.object")
+    return body, obj, subject

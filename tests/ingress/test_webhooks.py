@@ -65,9 +65,32 @@ def test_a_new_paid_course_purchase_is_marked_in_its_message(client, runtime, ch
     assert message.kwargs == ({"purchase": True} if marked else {})
 
 
+def _signed(event: dict) -> tuple[str, dict]:
+    body = json.dumps(event)
+    return body, stripe_headers(body)
+
+
+def _with(**changes) -> dict:
+    event = stripe_event("charge.refunded")
+    for path, value in changes.items():
+        if path == "pi":
+            event["data"]["object"]["payment_intent"] = value
+        else:
+            event[path] = value
+    return event
+
+
 def _bad_stripe_cases():
     body = json.dumps(stripe_event())
+    nul = json.dumps(stripe_event()).replace('"cs_', '"cs_\\u0000', 1)
     return {
+        # more than the inbox can hold: a 500 on PostgreSQL before, and Stripe retrying for days
+        "id of 256 characters": _signed(_with(id="evt_" + "x" * 252)),
+        "type of 129 characters": _signed(_with(type="charge." + "x" * 122)),
+        "payment intent of 200 characters": _signed(_with(pi="pi_" + "x" * 197)),
+        "created beyond a datetime": _signed(_with(created=10**12)),
+        "created as a string": _signed(_with(created="1700000000")),
+        "a NUL character": (nul, stripe_headers(nul)),
         "missing signature": (body, {"Content-Type": "application/json"}),
         "garbled signature": (body, {"Stripe-Signature": "garbage"}),
         "wrong secret": (body, stripe_headers(body, secret="whsec_other")),
@@ -79,6 +102,19 @@ def _bad_stripe_cases():
                                stripe_headers('{"id": "evt_1", "type": "charge.refunded", "data": "x"}')),
         "a JSON list": ("[1, 2]", stripe_headers("[1, 2]")),
     }
+
+
+def test_the_longest_storable_stripe_event_is_accepted_and_an_escaped_backslash_is_no_nul(client, runtime):
+    event = _with(id="evt_" + "x" * 251, type="charge." + "x" * 121, pi="pi_" + "x" * 117)
+    event["data"]["object"]["description"] = "a path: C:\\u0000dir"  # a backslash, then the text u0000
+    body, headers = _signed(event)
+    assert '\\\\u0000' in body
+    response = client.post("/webhooks/stripe", data=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    with runtime.db.session_scope() as s:
+        row = s.scalar(select(InboxEvent))
+        assert (len(row.event_id), len(row.type), len(row.subject)) == (255, 128, 128)
+        assert row.payload["data"]["object"]["description"] == "a path: C:\\u0000dir"
 
 
 @pytest.mark.parametrize("case", list(_bad_stripe_cases()))
@@ -126,7 +162,9 @@ def _bad_platform_cases():
     naive_time = dict(good, occurred_at="2026-11-24T10:00:00")
     bad_outcome = platform_event("attendance.marked", {"booking_id": "b", "outcome": "maybe",
                                                        "marked_at": "2026-11-24T10:00:00Z"})
+    nul = json.dumps(dict(good, note="a\u0000b")).encode()  # jsonb cannot hold it: a 500 on PostgreSQL before
     return {
+        "a NUL character": signed(nul),
         "missing signature": (body, {}),
         "garbled header": (body, {"Platform-Signature": "t=abc,v1=zz"}),
         "wrong secret": (body, platform_headers(body, secret="nope")),
