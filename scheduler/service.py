@@ -222,7 +222,9 @@ def finish_job_run(db, run_id: int | None, result: dict[str, Any]) -> None:
     if run_id is None:  # sent by something other than the scheduler (a relay chaining itself)
         return
     with db.session_scope() as session:
-        session.execute(update(JobRun).where(JobRun.id == run_id).values(finished_at=utcnow(), result=result))
+        done = session.execute(update(JobRun).where(JobRun.id == run_id).values(finished_at=utcnow(), result=result))
+    if done.rowcount == 0:  # pruned meanwhile, or a message not made by this scheduler: the job ran all the same
+        log.warning("job run %s finished, but no job_run row has that id: nothing recorded", run_id)
 
 
 def prune_job_runs(db, *, older_than: timedelta = JOB_RUN_RETENTION) -> int:

@@ -119,10 +119,12 @@ SELECT (SELECT id FROM e), ARRAY(SELECT id FROM w ORDER BY id)
 
 def candidate(event_type: str, checkout: dict[str, Any]) -> bool:
     """Whether the event can only be the common purchase (the rest is decided by the database)."""
+    if event_type != COMPLETED:
+        return False  # checked first: the ingress asks this of every Stripe event
     if shapes.checkout_problem(checkout):
         return False  # malformed: the general path records it
     metadata = checkout.get("metadata") or {}
-    return (event_type == COMPLETED and checkout.get("payment_status") == "paid"
+    return (checkout.get("payment_status") == "paid"
             and checkout.get("mode") not in NOT_ONE_TIME and bool(checkout.get("id"))
             and metadata.get("kind", "course") == "course" and bool(metadata.get("course_code"))
             and bool(checkout.get("client_reference_id") or metadata.get("student_id")))

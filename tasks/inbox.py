@@ -356,6 +356,9 @@ def run_event(*, unit_of_work: Callable, inbox_id: int, settings: Any = None,
 def run_message(*, database: Any, inbox_id: int, settings: Any = None, purchase: bool = False) -> Result:
     """What a worker runs for one message. One the ingress marked as a purchase tries
     `fast_purchase.run` first (no ORM session); whatever that does not finish goes to `run_event`."""
+    if isinstance(inbox_id, bool) or not isinstance(inbox_id, int):  # no row to record it on: said, then dropped
+        log.error("a message names inbox row %r, which is not a row id: dropped", inbox_id)
+        return Result(Outcome.SKIPPED, f"not an inbox row id: {inbox_id!r}")
     if purchase:
         from tasks import fast_purchase  # it builds on this module
 

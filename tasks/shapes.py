@@ -42,6 +42,9 @@ def require(kind: str, obj: dict[str, Any], found: str | None) -> None:
         raise PermanentError(f"{kind} {obj.get('id')!r}: {found}")
 
 
+REFUND_STATUSES = ("pending", "requires_action", "succeeded", "failed", "canceled")  # Stripe's
+
+
 def refund_problem(refund: Any, prefix: str = "") -> str | None:
     if not isinstance(refund, dict):
         return f"{prefix.rstrip('.') or 'refund'} is not an object"
@@ -49,8 +52,12 @@ def refund_problem(refund: Any, prefix: str = "") -> str | None:
         return f"{prefix}id is missing"
     if not refund.get("amount"):  # Stripe refunds at least one minor unit
         return f"{prefix}amount is missing or zero"
-    return problem(refund, strings=("id", "status", "currency", "failure_reason"), amounts=("amount",),
-                   ids=("payment_intent", "charge"), prefix=prefix)
+    found = problem(refund, strings=("id", "status", "currency", "failure_reason"), amounts=("amount",),
+                    ids=("payment_intent", "charge"), prefix=prefix)
+    if found is None and refund.get("status") is not None and refund["status"] not in REFUND_STATUSES:
+        # an unknown state would otherwise be counted as money returned
+        return f"{prefix}status {refund['status']!r} is not one of {', '.join(REFUND_STATUSES)}"
+    return found
 
 
 def charge_problem(charge: dict[str, Any]) -> str | None:

@@ -60,10 +60,10 @@ def send(actor_name: str, *args, **kwargs) -> bool:
 
 def enqueue_inbox(ids: Iterable[int], *, purchase: bool = False) -> int:
     """`purchase`: the ingress saw a new paid course checkout (`fast_purchase.is_purchase`)."""
+    marked = {"purchase": True} if purchase else {}  # unmarked messages carry no keyword: any worker version runs them
     sent = 0
     for inbox_id in ids:
-        sent += send("process_inbox_event", inbox_id, purchase=True) if purchase else \
-            send("process_inbox_event", inbox_id)
+        sent += send("process_inbox_event", inbox_id, **marked)
     return sent
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from coursepipe.runtime import Runtime
 from db.models import JobRun
@@ -173,6 +173,17 @@ def test_a_job_actor_records_on_its_run_that_it_finished_and_what_it_did(databas
     with database.session_scope() as s:
         run = s.get(JobRun, run_id)
         assert run.finished_at is not None and run.result == {"reminders_queued": 3}
+
+
+def test_finishing_a_run_that_is_gone_records_nothing_and_says_so(database, caplog):
+    from scheduler.service import finish_job_run
+
+    run_id = claim_period(database, job="reminders", period="8", runner="a")
+    finish_job_run(database, run_id + 1000, {"reminders_queued": 1})  # pruned meanwhile
+    assert "no job_run row has that id" in caplog.text
+    with database.session_scope() as s:
+        assert s.get(JobRun, run_id).finished_at is None
+        assert s.scalar(select(func.count()).select_from(JobRun)) == 1
 
 
 def test_the_real_scheduler_registers_timezone_aware_jobs_with_ids(database):

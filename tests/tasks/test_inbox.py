@@ -200,3 +200,14 @@ def test_with_remote_fetches_between_units_of_work_for_callers_outside_the_runne
 
     assert inbox.with_remote(database.session_scope, work) == "v"
     assert calls == [0]  # fetched once, with no connection checked out
+
+
+@pytest.mark.parametrize("bad", ["12", 1.5, None, True])
+def test_a_message_naming_no_row_id_is_dropped_with_an_error_not_retried(database, caplog, bad):
+    """Messages come from the pipeline itself; one that names no row cannot succeed on a retry."""
+    inbox_id = store(database, "test.effect", event_id="bad-id-1")
+    for purchase in (False, True):
+        result = inbox.run_message(database=database, inbox_id=bad, purchase=purchase)
+        assert result.outcome is inbox.Outcome.SKIPPED and "not an inbox row id" in result.error
+    assert "not a row id: dropped" in caplog.text
+    assert row(database, inbox_id).status == InboxStatus.PENDING and effects(database) == 0

@@ -259,6 +259,8 @@ MALFORMED = [
     (lambda: refund_created(), "amount", "500", "amount is not a non-negative integer"),
     (lambda: refund_created(), "amount", -500, "amount is not a non-negative integer"),
     (lambda: refund_created(), "status", ["succeeded"], "status is not a string"),
+    (lambda: refund_created(), "status", "bogus", "status 'bogus' is not one of"),
+    (lambda: charge_refunded(), "refunds.data.status", "reversed", "refunds.data[0].status 'reversed' is not one of"),
     (lambda: refund_created(), "payment_intent", 7, "payment_intent is not an id"),
     (lambda: charge_refunded(), "amount_refunded", 12000.5, "amount_refunded is not a non-negative integer"),
     (lambda: charge_refunded(), "refunded", "yes", "refunded is not a boolean"),
