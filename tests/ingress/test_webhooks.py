@@ -271,6 +271,24 @@ def test_a_redelivery_of_a_long_pending_event_re_sends_its_message(client, runti
     assert runtime.broker.queues["inbox"].qsize() == 1
 
 
+def test_a_re_sent_purchase_is_marked_as_its_first_message_was(client, runtime):
+    from datetime import timedelta
+
+    import dramatiq
+
+    from db.types import utcnow
+
+    body = json.dumps(stripe_event("checkout.session.completed", client_reference_id="stu_1",
+                                   metadata={"kind": "course", "course_code": "YOGA"}))
+    client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    runtime.broker.flush_all()  # the message is lost
+    with runtime.db.session_scope() as s:
+        s.scalar(select(InboxEvent)).received_at = utcnow() - timedelta(seconds=30)
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).get_json()["duplicate"]
+    message = dramatiq.Message.decode(runtime.broker.queues["inbox"].get_nowait())
+    assert message.kwargs == {"purchase": True}
+
+
 @pytest.mark.parametrize("db_backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(client, runtime):
     """The ingress keeps one connection per thread; losing it costs one 500 (the sender retries), no more."""

@@ -119,3 +119,24 @@ def test_a_course_finished_while_suspended_is_completed_when_reinstated(database
             row.status = ProgressStatus.COMPLETED
     deliver(database, dispute_closed(status="won"))
     assert state(database)["enrollments"][0]["status"] == "completed"
+
+
+def test_a_dispute_closed_with_an_open_status_fails_and_leaves_the_student_suspended(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    before = state(database)
+    event = dispute_closed(status="needs_response")
+    for _ in range(2):  # and delivered twice
+        result = deliver(database, event)
+    assert inbox_row(database, event).status == InboxStatus.FAILED and "closed with status" in \
+        inbox_row(database, event).last_error
+    assert result.outcome is inbox.Outcome.SKIPPED
+    assert state(database) == before and before["enrollments"][0]["status"] == "suspended"
+
+
+def test_a_dispute_closed_as_warning_closed_counts_as_won(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    deliver(database, dispute_closed(status="warning_closed"))
+    after = state(database)
+    assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]

@@ -257,3 +257,14 @@ def test_array_parameters_reach_postgresql_as_they_were(pg_database):
             fast_purchase._text_array(keys), fast_purchase._int_array([1, -2, 2**62]),
             fast_purchase._int_array([]))).fetchone()
     assert row == (keys, [1, -2, 2**62], [])
+
+
+def test_a_marked_message_delivered_twice_fulfils_once(pg_database):
+    _catalog(pg_database)
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
+    first = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
+    again = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
+    assert (first.outcome, again.outcome) == (inbox.Outcome.PROCESSED, inbox.Outcome.SKIPPED)
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM student_course_enrollment")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM outbox_message")).scalar() == 2

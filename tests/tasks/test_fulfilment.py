@@ -296,3 +296,18 @@ def test_a_malformed_copy_after_a_good_fulfilment_changes_nothing(database):
     bad["data"]["object"]["amount_total"] = "12000"
     assert deliver(database, bad).outcome is inbox.Outcome.FAILED
     assert state(database) == before
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["unmarked", "marked as a purchase"])
+def test_a_malformed_copy_first_then_the_good_event_under_a_new_id_fulfils_once(database, marked):
+    """Wrong order: the bad copy fails on its own; the good one that follows is fulfilled, once."""
+    _catalog(database)
+    bad = checkout(cs="cs_1", pi="pi_1")
+    bad["data"]["object"]["amount_total"] = "12000"
+    assert deliver(database, bad, marked=marked).outcome is inbox.Outcome.FAILED
+    good = checkout(cs="cs_1", pi="pi_1")
+    assert deliver(database, good, marked=marked).outcome is inbox.Outcome.PROCESSED
+    assert deliver(database, good, marked=marked).outcome is inbox.Outcome.SKIPPED  # twice
+    [enrollment] = state(database)["enrollments"]
+    assert enrollment["status"] == "active" and _count(database, StudentCourseEnrollment) == 1
+    assert inbox_row(database, bad).status == InboxStatus.FAILED
