@@ -34,8 +34,10 @@ def _broker(namespace: str):
 if os.environ.get("FLOOR_NAMESPACE"):
     import dramatiq
 
-    dramatiq.Worker.__init__.__kwdefaults__["worker_timeout"] = 100  # as workers/app.py
+    from workers.broker import IDLE_POLL_MS, QueuePollIntervals
+
     broker = _broker(os.environ["FLOOR_NAMESPACE"])
+    broker.add_middleware(QueuePollIntervals({}, default=IDLE_POLL_MS))  # as the project's own workers poll
 
     @dramatiq.actor(queue_name=QUEUE, broker=broker)
     def noop(n: int) -> None:

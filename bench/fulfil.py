@@ -5,7 +5,7 @@ with psycopg by the same number of processes and threads, measured in the same r
     .venv/bin/python bench/fulfil.py [--count 6000] [--processes 2] [--threads 4] [--repeat 3]
 
 Two references: the purchase written plainly as 14 statements (claim, lock, look-ups, inserts,
-status), and the very statements the pipeline's fast path sends (`tasks.fast_purchase`) with
+status), and the very statements the pipeline's fast path sends (`tasks.purchases.fast_purchase`) with
 pre-built payloads — the second shows what the broker, the actor and the Python around the SQL cost.
 The three alternate for `--repeat` rounds (each on a fresh database) and the medians are compared: the
 machine's speed drifts by ±15 % within minutes, which had made one pipeline run against one
@@ -45,7 +45,7 @@ def store_purchases(url: str, count: int, run: str) -> list[int]:
     from db.database import Database
     from db.enums import InboxSource
     from tasks.events import stripe_subject
-    from tasks.inbox import store_event
+    from tasks.inbox.store import store_event
 
     database = Database(url)
     ids = []
@@ -191,11 +191,11 @@ def _reference_worker(dsn: str, work: list[int], threads: int, run: str, results
 
 
 def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, results) -> None:
-    """The pipeline's own three statements (tasks.fast_purchase), by psycopg directly, payloads pre-built."""
+    """The pipeline's own three statements (tasks.purchases.fast_purchase), by psycopg directly, payloads pre-built."""
     import json
 
-    from tasks import fast_purchase as fp
-    from tasks.inbox import lock_key
+    from tasks.purchases import fast_purchase as fp
+    from tasks.inbox.context import lock_key
 
     payload = {"type": "enrollment.created", "data": {"steps": [], "bundle": {"private": 2}}}
 

@@ -28,18 +28,20 @@ STEPS = 5
 def fulfil_rate(url: str, purchases: int) -> float:
     from coursepipe.settings import Settings
     from db.database import Database
-    from tasks import inbox
+    from coursepipe.runtime import handler_table
+    from tasks.inbox.runner import process_event
 
     ids = store_purchases(url, purchases, uuid.uuid4().hex[:6])
+    handlers = handler_table()
     database = Database(url)
     settings = Settings(database_url=url)
     for inbox_id in ids[:100]:  # warm-up: statement caches, prepared statements
         with database.session_scope() as s:
-            inbox.process_event(session=s, inbox_id=inbox_id, settings=settings)
+            process_event(session=s, inbox_id=inbox_id, handlers=handlers, settings=settings)
     started = time.perf_counter()
     for inbox_id in ids[100:]:
         with database.session_scope() as s:
-            inbox.process_event(session=s, inbox_id=inbox_id, settings=settings)
+            process_event(session=s, inbox_id=inbox_id, handlers=handlers, settings=settings)
     rate = (len(ids) - 100) / (time.perf_counter() - started)
     database.dispose()
     return rate
@@ -99,7 +101,7 @@ def seed_enrollments(url: str, count: int, *, batch: str = "a", booked_fraction:
 def reminder_scan(url: str) -> tuple[float, int]:
     from coursepipe.settings import Settings
     from db.database import Database
-    from tasks import reminders
+    from tasks.enrollments import reminders
 
     database = Database(url)
     settings = Settings(database_url=url, reminders_enabled=True, reminder_window_days=7)

@@ -1,4 +1,5 @@
-"""The `coursepipe` command (CONTRACT §1)."""
+"""The `coursepipe` command: processes, migrations, the inbox; course authoring, re-fulfilment and
+the scheduler's jobs are registered from modules of their own."""
 from __future__ import annotations
 
 import json
@@ -9,20 +10,9 @@ import threading
 
 import click
 
-from coursepipe.settings import INGRESS_SECRETS, ConfigError, Settings
-
-
-def _settings(*required: str) -> Settings:
-    try:
-        return Settings.from_env().require(*required)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _runtime(settings: Settings):
-    from coursepipe.runtime import init_runtime
-
-    return init_runtime(settings)
+from coursepipe.cli_support import runtime_for as _runtime
+from coursepipe.cli_support import settings_for as _settings
+from coursepipe.settings import INGRESS_SECRETS
 
 
 def _setup_logging() -> None:
@@ -159,7 +149,7 @@ def events() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 def events_list(status: str | None, limit: int) -> None:
     from db.enums import InboxStatus
-    from tasks import inbox
+    from tasks.inbox import admin as inbox
 
     runtime = _runtime(_settings())
     with runtime.db.session_scope() as session:
@@ -173,8 +163,9 @@ def events_list(status: str | None, limit: int) -> None:
 @click.argument("inbox_id", type=int)
 def events_replay(inbox_id: int) -> None:
     """Put an event back to pending and process it (in-process when no REDIS_URL)."""
-    from tasks import inbox
     from tasks.errors import NotFound
+    from tasks.inbox import admin as inbox
+    from workers import inbox_runs
     from workers.actors import enqueue_inbox
 
     settings = _settings()
@@ -188,7 +179,8 @@ def events_replay(inbox_id: int) -> None:
         enqueue_inbox([inbox_id])
         click.echo(f"event {inbox_id} queued for replay")
         return
-    result = inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
+    result = inbox_runs.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id,
+                                  handlers=runtime.handlers, settings=settings)
     click.echo(f"event {inbox_id}: {result.outcome.value}" + (f" ({result.error})" if result.error else ""))
     if result.outcome.value not in ("processed", "ignored"):
         sys.exit(1)

@@ -26,7 +26,8 @@ def load_file(path: Path):
 
 
 def register(main: click.Group) -> None:
-    from coursepipe.cli import _runtime, _settings
+    from coursepipe.cli_support import runtime_for as _runtime
+    from coursepipe.cli_support import settings_for as _settings
 
     @main.group()
     def courses() -> None:
@@ -42,7 +43,7 @@ def register(main: click.Group) -> None:
         from sqlalchemy.exc import IntegrityError
 
         from db.database import is_unique_violation
-        from tasks import catalog
+        from tasks.catalog import services as catalog
         from tasks.errors import TaskError
 
         data = load_file(file)
@@ -71,8 +72,10 @@ def register(main: click.Group) -> None:
         """Create or update the Stripe product and price of CODE, then mark it published.
 
         With REDIS_URL the publish is queued for the workers; without it (embedded) it runs here."""
-        from tasks import inbox, publishing
+        from tasks.catalog import publishing
         from tasks.errors import TaskError
+        from workers import inbox_runs
+        from workers import publishing as publish_calls
 
         kind = publishing.PACKAGE if is_package else publishing.COURSE
         settings = _settings()
@@ -81,23 +84,25 @@ def register(main: click.Group) -> None:
             if settings.redis_url:
                 from workers.actors import send
 
-                if not publishing.request_publish(unit_of_work=runtime.db.session_scope, settings=settings,
-                                                  kind=kind, code=code, send=send):
+                if not publish_calls.request_publish(unit_of_work=runtime.db.session_scope, settings=settings,
+                                                     kind=kind, code=code, send=send):
                     raise click.ClickException("could not queue the publish (is Redis up?)")
                 click.echo(json.dumps({"kind": kind, "code": code, "queued": True}))
                 return
             publishing.require_api_key(settings, kind, code)
-            result = publishing.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
+            result = publish_calls.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         for inbox_id in result.woken:  # embedded: drift checks that waited for these objects run now
-            inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
+            inbox_runs.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id,
+                                 handlers=runtime.handlers, settings=settings)
         click.echo(json.dumps(result.as_dict()))
 
     @courses.command("list")
     def list_() -> None:
         """The live courses: code, status, Stripe ids, whether Stripe is in line."""
-        from tasks import catalog, publishing
+        from tasks.catalog import services as catalog
+        from tasks.catalog import publishing
 
         runtime = _runtime(_settings())
         with runtime.db.session_scope() as session:

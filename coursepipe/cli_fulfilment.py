@@ -7,30 +7,31 @@ import click
 
 
 def register(main: click.Group) -> None:
-    from coursepipe.cli import _runtime, _settings
+    from coursepipe.cli_support import runtime_for as _runtime
+    from coursepipe.cli_support import settings_for as _settings
 
     @main.command()
     @click.option("--enrollment", "enrollment_id", type=int, help="enrollment id")
     @click.option("--checkout-session", "checkout_session_id", help="Stripe Checkout Session id (cs_…)")
     def refulfill(enrollment_id: int | None, checkout_session_id: str | None) -> None:
         """Re-run fulfilment: create only what is missing (steps added later, lost credits), never double."""
-        from tasks import enrollments, fulfilment, inbox
         from tasks.errors import TaskError
+        from tasks.purchases import fulfilment
+        from workers import inbox_runs
 
         if (enrollment_id is None) == (checkout_session_id is None):
             raise click.UsageError("give exactly one of --enrollment or --checkout-session")
         settings = _settings()
         runtime = _runtime(settings)
 
-        def work(session):
+        def work(ctx):
             if enrollment_id is not None:
-                return enrollments.refulfill(session=session, enrollment_id=enrollment_id).as_dict()
+                return fulfilment.refulfill(session=ctx.session, enrollment_id=enrollment_id).as_dict()
             # a checkout without metadata may need its line items from Stripe: fetched between attempts
-            return fulfilment.refulfill_checkout_session(
-                session=session, checkout_session_id=checkout_session_id, settings=settings).as_dict()
+            return fulfilment.refulfill_checkout_session(ctx=ctx, checkout_session_id=checkout_session_id).as_dict()
 
         try:
-            result = inbox.with_remote(runtime.db.session_scope, work)
+            result = inbox_runs.with_remote(runtime.db.session_scope, work, settings=settings)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         woken = result.get("woken_events") or []
@@ -40,5 +41,6 @@ def register(main: click.Group) -> None:
             enqueue_inbox(woken)
         else:  # embedded: run what was waiting for this purchase now, in-process
             for inbox_id in woken:
-                inbox.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id, settings=settings)
+                inbox_runs.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id,
+                                     handlers=runtime.handlers, settings=settings)
         click.echo(json.dumps(result))

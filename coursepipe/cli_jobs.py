@@ -23,7 +23,8 @@ def _drain(broker) -> None:
 
 
 def register(main: click.Group) -> None:
-    from coursepipe.cli import _runtime, _settings
+    from coursepipe.cli_support import runtime_for as _runtime
+    from coursepipe.cli_support import settings_for as _settings
 
     @main.group()
     def jobs() -> None:
@@ -33,7 +34,8 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
     def jobs_list(as_json: bool) -> None:
         """Each job, its interval and its last run."""
-        from scheduler.service import JOBS, last_runs
+        from scheduler.service import JOBS
+        from workers.job_runs import last_runs
 
         runtime = _runtime(_settings())
         try:
@@ -65,7 +67,7 @@ def register(main: click.Group) -> None:
     def jobs_run(name: str) -> None:
         """Run job NAME now, once, as the scheduler would (in-process with the embedded broker)."""
         from scheduler.service import JOBS, run_now
-        from tasks import delivery
+        from tasks.messaging import delivery
         from workers.actors import send
         from workers.broker import start_embedded_worker
 
@@ -104,7 +106,7 @@ def register(main: click.Group) -> None:
 
         from db.enums import OutboxStatus
         from db.models import OutboxMessage
-        from tasks import delivery
+        from tasks.messaging import delivery
 
         runtime = _runtime(_settings())
         with runtime.db.session_scope() as session:
@@ -121,7 +123,7 @@ def register(main: click.Group) -> None:
     @click.argument("message_id", type=int)
     def outbox_retry(message_id: int) -> None:
         """Make a dead (or backing-off) message due now with a fresh attempt count."""
-        from tasks import delivery
+        from tasks.messaging import delivery
         from tasks.errors import TaskError
 
         runtime = _runtime(_settings())

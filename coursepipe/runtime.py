@@ -1,43 +1,49 @@
-"""The process-wide wiring: settings, database and broker, built once at start-up (never at import)."""
+"""The composition root: settings, database, broker, the inbox's handler table and the actors, wired
+once at start-up (never at import)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from db.database import Database
+from tasks.bookings import handlers as booking_handlers
+from tasks.catalog import handlers as catalog_handlers
+from tasks.inbox.context import HandlerTable
+from tasks.purchases import handlers as purchase_handlers
+from workers import actors, jobs
+from workers import runtime as worker_runtime
+from workers.broker import make_broker
+from workers.runtime import Runtime
 
 from coursepipe.settings import Settings
-from db.database import Database
+
+# every domain package's handlers; a (source, type) pair named twice is a wiring defect
+HANDLER_MODULES = (purchase_handlers, booking_handlers, catalog_handlers)
+ACTOR_MODULES = (actors, jobs)
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    db: Database
-    broker: object  # dramatiq.Broker
-    actors: dict
+def handler_table(*extra) -> HandlerTable:
+    """The table of every domain package's handlers (and `extra` modules', e.g. a test's own)."""
+    table: dict = {}
+    for module in (*HANDLER_MODULES, *extra):
+        for key, handler in module.HANDLERS.items():
+            if key in table:
+                raise RuntimeError(f"two handlers for {key}: {table[key].__qualname__} and {handler.__qualname__}")
+            table[key] = handler
+    return table
 
 
-_current: Runtime | None = None
-
-
-def init_runtime(settings: Settings, *, db: Database | None = None, broker=None) -> Runtime:
-    """Build (or rebuild, in tests) the runtime: database, broker and declared actors."""
-    global _current
-    from workers.broker import make_broker
-    from workers.actors import declare_actors
-
-    database = db or Database(settings.database_url)
+def init_runtime(settings: Settings, *, db: Database | None = None, broker=None,
+                 handlers: HandlerTable | None = None) -> Runtime:
+    """Build (or rebuild, in tests) the runtime: database, broker, handler table and declared actors."""
     broker = broker or make_broker(settings)
-    runtime = Runtime(settings=settings, db=database, broker=broker, actors={})
-    _current = runtime
-    runtime.actors = declare_actors(broker)
+    runtime = Runtime(settings=settings, db=db or Database(settings.database_url), broker=broker,
+                      handlers=handler_table() if handlers is None else handlers)
+    worker_runtime.install(runtime)
+    runtime.actors = actors.declare_actors(broker, ACTOR_MODULES)
     return runtime
 
 
 def current() -> Runtime:
-    if _current is None:
-        raise RuntimeError("coursepipe runtime is not initialised (call init_runtime at start-up)")
-    return _current
+    return worker_runtime.current()
 
 
 def reset_runtime() -> None:
-    global _current
-    _current = None
+    worker_runtime.reset()

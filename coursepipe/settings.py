@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
-DEFAULT_LOW_SEAT_THRESHOLD = 3
+from tasks.bookings.alerts import DEFAULT_LOW_SEAT_THRESHOLD
 DEFAULT_REMINDER_WINDOW_DAYS = 7
 DEFAULT_PORT = 8000
 

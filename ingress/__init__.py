@@ -1,4 +1,1 @@
-"""The Flask ingress: an app factory with one blueprint per source."""
-from ingress.app import create_app
-
-__all__ = ["create_app"]
+"""The Flask ingress: an app factory (`ingress.app.create_app`) with one blueprint per source."""

@@ -12,8 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from db.database import is_unique_violation
 from ingress.auth import require_admin
 from ingress.errors import ApiError, error_response
-from tasks import catalog, drift, publishing
+from tasks.catalog import services as catalog
+from tasks.catalog import drift
+from tasks.catalog import publishing
 from tasks.errors import NotFound, ValidationFailed
+from workers import publishing as publish_calls
+from workers.actors import send
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/admin")
 
@@ -155,12 +159,10 @@ def publish_package(code: str):
 
 
 def _publish(kind: str, code: str):
-    from workers.actors import send
-
     runtime = _runtime()
     try:
-        queued = publishing.request_publish(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
-                                            kind=kind, code=code, send=send)
+        queued = publish_calls.request_publish(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
+                                               kind=kind, code=code, send=send)
     except publishing.PublishingDisabled as exc:
         raise ApiError(503, "publishing_disabled", str(exc)) from None
     except publishing.PublishFailed as exc:

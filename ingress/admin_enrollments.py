@@ -5,8 +5,9 @@ from flask import Blueprint, current_app, jsonify
 
 from ingress.auth import require_admin
 from ingress.errors import ApiError
-from tasks import enrollments
+from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound
+from tasks.purchases import fulfilment
 
 bp = Blueprint("admin_enrollments", __name__, url_prefix="/admin")
 
@@ -17,7 +18,7 @@ def refulfill(enrollment_id: int):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     try:
         with runtime.db.session_scope() as session:
-            done = enrollments.refulfill(session=session, enrollment_id=enrollment_id)
+            done = fulfilment.refulfill(session=session, enrollment_id=enrollment_id)
             view = enrollments.enrollment_view(session, enrollments.get_enrollment(session, enrollment_id))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from db.enums import InboxStatus
 from ingress.auth import require_admin
 from ingress.errors import ApiError
-from tasks import inbox
+from tasks.inbox import admin as inbox
 from tasks.errors import NotFound
 from workers.actors import enqueue_inbox
 

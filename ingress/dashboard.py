@@ -33,9 +33,14 @@ from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
 from ingress.auth import _matches, bearer_token
 from ingress.errors import ApiError
-from tasks import delivery, ops, reports
+from tasks.messaging import delivery
+from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
+from tasks.inbox import admin as inbox
+from tasks.purchases import fulfilment
+from tasks.reporting import ops, reports
 from workers.actors import enqueue_inbox, send
+from workers.queue_depths import queue_depths
 
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates")
 
@@ -146,7 +151,7 @@ def home():
     rt = _runtime()
     query = request.args.get("q", "").strip()
     try:
-        queues, queue_error = [q.as_dict() for q in ops.queue_depths(rt.broker)], None
+        queues, queue_error = [q.as_dict() for q in queue_depths(rt.broker)], None
     except Exception as exc:  # the broker is down: the page still shows what the database knows
         queues, queue_error = [], f"{type(exc).__name__}: {exc}"
     with rt.db.session_scope() as s:
@@ -180,8 +185,6 @@ def event_page(inbox_id: int):
 @bp.get("/ui/enrollments/<int:enrollment_id>")
 @login_required
 def enrollment_page(enrollment_id: int):
-    from tasks import enrollments
-
     with _runtime().db.session_scope() as s:
         enrollment = enrollments.get_enrollment(s, enrollment_id)
         if enrollment is None:
@@ -206,8 +209,6 @@ def report_page():
 @bp.post("/ui/events/<int:inbox_id>/replay")
 @login_required
 def replay(inbox_id: int):
-    from tasks import inbox
-
     try:
         with _runtime().db.session_scope() as s:
             inbox.replay(session=s, inbox_id=inbox_id)
@@ -256,12 +257,11 @@ def retry(message_id: int):
 @bp.post("/ui/enrollments/<int:enrollment_id>/refulfill")
 @login_required
 def refulfill(enrollment_id: int):
-    """Issue 5's `tasks.enrollments.refulfill` (idempotent: creates only what is missing)."""
-    from tasks import enrollments
+    """`tasks.purchases.fulfilment.refulfill` (idempotent: creates only what is missing)."""
 
     try:
         with _runtime().db.session_scope() as s:
-            done = enrollments.refulfill(session=s, enrollment_id=enrollment_id).as_dict()
+            done = fulfilment.refulfill(session=s, enrollment_id=enrollment_id).as_dict()
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except TaskError as exc:  # NotFulfillable: pending, failed, revoked

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from coursepipe import metrics
+from workers import metrics
 
 bp = Blueprint("metrics", __name__)
 

@@ -1,7 +1,7 @@
 """GET /v1/students/<id>/steps/<step_id>/eligibility and GET /v1/calendar (CONTRACT §3.4).
 
 Eligibility is answered synchronously from the same rule the event path applies
-(`tasks.bookings.step_guard`), without the queue. The calendar lists mirrored classes in a window,
+(`tasks.bookings.services.step_guard`), without the queue. The calendar lists mirrored classes in a window,
 each tagged with the course steps (of published courses) it serves.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ingress.auth import require_reader
 from ingress.errors import ApiError
-from tasks import bookings, calendar
+from tasks.bookings import services as bookings
+from tasks.reporting import calendar
 
 bp = Blueprint("read_bookings", __name__, url_prefix="/v1")
 

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from db.enums import ProgramStatus
 from ingress.auth import require_reader
 from ingress.errors import ApiError
-from tasks import catalog
+from tasks.catalog import services as catalog
 
 bp = Blueprint("read_courses", __name__, url_prefix="/v1")
 

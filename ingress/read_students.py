@@ -8,7 +8,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from ingress.auth import require_reader
-from tasks import credits, enrollments
+from tasks.ledger import credits
+from tasks.enrollments import services as enrollments
 
 bp = Blueprint("read_students", __name__, url_prefix="/v1")
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import current_app, jsonify
 
-from coursepipe import metrics
+from workers import metrics
 from db.enums import InboxSource
-from tasks.fast_purchase import is_purchase
-from tasks.inbox import store_event
+from tasks.purchases.fast_purchase import is_purchase
+from tasks.inbox.store import store_event
 from workers.actors import enqueue_inbox
 
 

@@ -25,18 +25,17 @@ from typing import Any, Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import delete, select, update
+from sqlalchemy import func, select
 
-from coursepipe.runtime import Runtime
-from db.database import upsert_insert
-from db.models import JobRun
 from db.types import utcnow
+from workers.actors import send
+from workers.job_runs import claim_period, prune_job_runs
+from workers.runtime import Runtime
 
 log = logging.getLogger("coursepipe.scheduler")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LEADER_TTL_SECONDS = 15
-JOB_RUN_RETENTION = timedelta(days=3)
 LEADER_LOCK_NAME = "coursepipe:scheduler-leader"
 
 
@@ -150,8 +149,6 @@ class PostgresLeader(Leadership):
         self.leading = False
 
     def check(self) -> bool:
-        from sqlalchemy import func
-
         try:
             if self.connection is None:
                 self.connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -175,8 +172,6 @@ class PostgresLeader(Leadership):
             self.connection = None
 
     def release(self) -> None:
-        from sqlalchemy import func
-
         if self.connection is not None and self.leading:
             try:
                 self.connection.execute(select(func.pg_advisory_unlock(self.lock_id)))
@@ -200,53 +195,8 @@ def choose_leadership(runtime: Runtime, identity: str) -> Leadership:
     return SingleProcess()
 
 
-# --------------------------------------------------------------------------- job runs
-
-
-def claim_period(db, *, job: str, period: str, runner: str) -> int | None:
-    """Insert the (job, period) row and return its id; None if some process already fired this period."""
-    with db.session_scope() as session:
-        insert = upsert_insert(session)
-        table = JobRun.__table__
-        new_id = session.execute(
-            insert(table)
-            .values(job=job, period_key=period, runner=runner, started_at=utcnow(), result={})
-            .on_conflict_do_nothing(index_elements=["job", "period_key"])
-            .returning(table.c.id)
-        ).scalar()
-    return int(new_id) if new_id is not None else None
-
-
-def finish_job_run(db, run_id: int | None, result: dict[str, Any]) -> None:
-    """The job's actor is done: `finished_at` and what it did (a run without it never finished)."""
-    if run_id is None:  # sent by something other than the scheduler (a relay chaining itself)
-        return
-    with db.session_scope() as session:
-        done = session.execute(update(JobRun).where(JobRun.id == run_id).values(finished_at=utcnow(), result=result))
-    if done.rowcount == 0:  # pruned meanwhile, or a message not made by this scheduler: the job ran all the same
-        log.warning("job run %s finished, but no job_run row has that id: nothing recorded", run_id)
-
-
-def prune_job_runs(db, *, older_than: timedelta = JOB_RUN_RETENTION) -> int:
-    with db.session_scope() as session:
-        result = session.execute(delete(JobRun).where(JobRun.started_at < utcnow() - older_than))
-        return result.rowcount or 0
-
-
-def last_runs(db) -> dict[str, JobRun]:
-    """The newest job_run per job (for `coursepipe jobs list`)."""
-    with db.session_scope() as session:
-        rows = session.scalars(select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(2000))
-        newest: dict[str, JobRun] = {}
-        for row in rows:
-            newest.setdefault(row.job, row)
-        return newest
-
-
 def run_now(runtime: Runtime, name: str, *, sender: Callable[..., bool] | None = None) -> Job:
     """Fire one job now, once, outside its schedule (`coursepipe jobs run NAME`)."""
-    from workers.actors import send
-
     job = JOBS[name]
     stamp = utcnow().strftime("%Y%m%dT%H%M%S.%f")
     run_id = claim_period(runtime.db, job=name, period=f"manual:{stamp}", runner=f"cli:{runner_id()}")
@@ -271,8 +221,6 @@ class SchedulerService:
         identity: str | None = None,
         leader_ttl_seconds: float = LEADER_TTL_SECONDS,
     ) -> None:
-        from workers.actors import send
-
         self.runtime = runtime
         self.jobs = dict(JOBS if jobs is None else jobs)
         self.identity = identity or runner_id()

@@ -177,7 +177,7 @@ def parse_stripe_event(body: Any) -> tuple[dict[str, Any], dict[str, Any], str |
     """A verified Stripe event's envelope: (event, data.object, subject), or InvalidEvent naming the field.
 
     Only what the inbox stores is checked here (id, type, `created`, the subject); the object itself
-    is checked by the handler that reads it (`tasks.shapes`), where a bad one fails visibly.
+    is checked by the handler that reads it (`tasks.purchases.shapes`), where a bad one fails visibly.
     """
     if not isinstance(body, dict):
         raise InvalidEvent("body must be a JSON object")

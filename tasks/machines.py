@@ -5,54 +5,54 @@ A re-applied move is a no-op (`StateMachine.move` returns False); an illegal one
 """
 from __future__ import annotations
 
-from db.enums import BookingStatus as B
-from db.enums import EnrollmentStatus as E
-from db.enums import OutboxStatus as O
-from db.enums import ProgressStatus as P
+from db.enums import BookingStatus
+from db.enums import EnrollmentStatus
+from db.enums import OutboxStatus
+from db.enums import ProgressStatus
 from tasks.state import StateMachine
 
 ENROLLMENT = StateMachine(
     "enrollment",
     {
-        E.PENDING: frozenset({E.ACTIVE, E.FAILED, E.REVOKED}),
-        E.ACTIVE: frozenset({E.SUSPENDED, E.REVOKED, E.COMPLETED}),
-        E.SUSPENDED: frozenset({E.ACTIVE, E.REVOKED}),
-        E.COMPLETED: frozenset({E.REVOKED, E.SUSPENDED, E.ACTIVE}),  # ACTIVE: a completed step reopened
-        E.FAILED: frozenset({E.ACTIVE}),  # a later successful payment for the same session
-        E.REVOKED: frozenset(),
+        EnrollmentStatus.PENDING: frozenset({EnrollmentStatus.ACTIVE, EnrollmentStatus.FAILED, EnrollmentStatus.REVOKED}),
+        EnrollmentStatus.ACTIVE: frozenset({EnrollmentStatus.SUSPENDED, EnrollmentStatus.REVOKED, EnrollmentStatus.COMPLETED}),
+        EnrollmentStatus.SUSPENDED: frozenset({EnrollmentStatus.ACTIVE, EnrollmentStatus.REVOKED}),
+        EnrollmentStatus.COMPLETED: frozenset({EnrollmentStatus.REVOKED, EnrollmentStatus.SUSPENDED, EnrollmentStatus.ACTIVE}),  # ACTIVE: a completed step reopened
+        EnrollmentStatus.FAILED: frozenset({EnrollmentStatus.ACTIVE}),  # a later successful payment for the same session
+        EnrollmentStatus.REVOKED: frozenset(),
     },
 )
 
 PROGRESS = StateMachine(
     "progress",
     {
-        P.UNBOOKED: frozenset({P.BOOKED, P.CANCELLED}),
-        P.BOOKED: frozenset({P.UNBOOKED, P.COMPLETED, P.MISSED, P.CANCELLED}),
-        P.MISSED: frozenset({P.BOOKED, P.CANCELLED}),  # a missed step may be booked again
-        P.COMPLETED: frozenset(),  # attended steps stay on record, even after a refund
+        ProgressStatus.UNBOOKED: frozenset({ProgressStatus.BOOKED, ProgressStatus.CANCELLED}),
+        ProgressStatus.BOOKED: frozenset({ProgressStatus.UNBOOKED, ProgressStatus.COMPLETED, ProgressStatus.MISSED, ProgressStatus.CANCELLED}),
+        ProgressStatus.MISSED: frozenset({ProgressStatus.BOOKED, ProgressStatus.CANCELLED}),  # a missed step may be booked again
+        ProgressStatus.COMPLETED: frozenset(),  # attended steps stay on record, even after a refund
         # a step deactivated by a revocation whose class was attended anyway (the refund was processed
         # before the attendance): the attendance is recorded, whatever order the two arrived in
-        P.CANCELLED: frozenset({P.COMPLETED}),
+        ProgressStatus.CANCELLED: frozenset({ProgressStatus.COMPLETED}),
     },
 )
 
 BOOKING = StateMachine(
     "booking",
     {
-        B.ACTIVE: frozenset({B.CANCELLED, B.ATTENDED, B.NO_SHOW}),
-        B.ATTENDED: frozenset(),
-        B.NO_SHOW: frozenset(),
-        B.CANCELLED: frozenset(),
-        B.REJECTED: frozenset(),
+        BookingStatus.ACTIVE: frozenset({BookingStatus.CANCELLED, BookingStatus.ATTENDED, BookingStatus.NO_SHOW}),
+        BookingStatus.ATTENDED: frozenset(),
+        BookingStatus.NO_SHOW: frozenset(),
+        BookingStatus.CANCELLED: frozenset(),
+        BookingStatus.REJECTED: frozenset(),
     },
 )
 
 OUTBOX = StateMachine(
     "outbox",
     {
-        O.PENDING: frozenset({O.SENDING, O.SENT, O.DEAD}),
-        O.SENDING: frozenset({O.SENT, O.PENDING, O.DEAD}),
-        O.DEAD: frozenset({O.PENDING, O.SENT}),  # an admin's Retry; a slow attempt that got through after all
-        O.SENT: frozenset(),
+        OutboxStatus.PENDING: frozenset({OutboxStatus.SENDING, OutboxStatus.SENT, OutboxStatus.DEAD}),
+        OutboxStatus.SENDING: frozenset({OutboxStatus.SENT, OutboxStatus.PENDING, OutboxStatus.DEAD}),
+        OutboxStatus.DEAD: frozenset({OutboxStatus.PENDING, OutboxStatus.SENT}),  # an admin's Retry; a slow attempt that got through after all
+        OutboxStatus.SENT: frozenset(),
     },
 )

@@ -183,7 +183,9 @@ def runtime(settings, database):
 
     from dramatiq.middleware import Retries
 
-    rt = init_runtime(settings, db=database)
+    from tests.inbox_api import HANDLERS
+
+    rt = init_runtime(settings, db=database, handlers=HANDLERS)
     for middleware in rt.broker.middleware:  # fast retries in tests
         if isinstance(middleware, Retries):
             middleware.min_backoff, middleware.max_backoff = 20, 200

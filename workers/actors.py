@@ -1,44 +1,49 @@
 """Thin actors. Each takes ids, opens one transaction, calls one `tasks/` function.
 
-Actors are declared on the broker at start-up (`declare_actors`), never at import time.
+`@actor` only marks a function with its options; the composition root declares the marked functions
+of the modules it names on the broker at start-up (`declare_actors`), never at import time.
 Messages go out only after the transaction that made them necessary has committed.
 """
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+from types import ModuleType
 from typing import Callable, Iterable
 
 import dramatiq
 from dramatiq.errors import Retry
 
-from coursepipe import metrics, runtime
 from db.types import utcnow
-from tasks import inbox
+from tasks.inbox import parking, store
+from tasks.inbox.runner import Outcome
+from workers import inbox_runs, job_runs, metrics, runtime
+from workers.queues import INBOX_QUEUE
 
 log = logging.getLogger("coursepipe.workers")
 
-INBOX_QUEUE = "inbox"
 SWEEP_STALE_SECONDS = 30
-
-_ACTOR_FUNCTIONS: dict[str, tuple[Callable, dict]] = {}
+ACTOR_OPTIONS = "_actor_options"
 
 
 def actor(queue_name: str = "default", **options):
-    """Collect an actor function; `declare_actors` binds it to the broker at start-up."""
+    """Mark a function as an actor with its options; `declare_actors` binds it to a broker at start-up."""
 
-    def collect(fn: Callable) -> Callable:
-        _ACTOR_FUNCTIONS[fn.__name__] = (fn, {"queue_name": queue_name, **options})
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, ACTOR_OPTIONS, {"queue_name": queue_name, **options})
         return fn
 
-    return collect
+    return mark
 
 
-def declare_actors(broker: dramatiq.Broker) -> dict[str, dramatiq.Actor]:
-    import workers.jobs  # noqa: F401  (registers the scheduled-job actors)
-
+def declare_actors(broker: dramatiq.Broker, modules: Iterable[ModuleType]) -> dict[str, dramatiq.Actor]:
+    """Declare every function marked `@actor` in `modules` on `broker`."""
+    marked = [fn for module in modules for fn in vars(module).values()
+              if callable(fn) and hasattr(fn, ACTOR_OPTIONS) and fn.__module__ == module.__name__]
     declared = {}
-    for name, (fn, options) in _ACTOR_FUNCTIONS.items():
-        options = dict(options)
+    for fn in marked:
+        name = fn.__name__
+        options = dict(getattr(fn, ACTOR_OPTIONS))
         queue_name = options.pop("queue_name")
         if name in broker.actors:
             broker.actors.pop(name)
@@ -74,25 +79,24 @@ class RetryLater(Exception):
 @actor(queue_name=INBOX_QUEUE, max_retries=20, throws=())
 def process_inbox_event(inbox_id: int, purchase: bool = False) -> None:
     rt = runtime.current()
-    result = inbox.run_message(database=rt.db, inbox_id=inbox_id, settings=rt.settings, purchase=purchase)
+    result = inbox_runs.run_message(database=rt.db, inbox_id=inbox_id, handlers=rt.handlers, settings=rt.settings,
+                                    purchase=purchase)
     seen = result.summary
     if seen:
         metrics.event_processed(inbox_id=inbox_id, source=seen[0], event_id=seen[1], type_=seen[2],
                                 subject=seen[3], outcome=result.outcome.value, received_at=seen[4],
                                 committed_at=utcnow(), error=result.error)
     enqueue_inbox(result.woken)
-    if result.outcome is inbox.Outcome.RETRY:
+    if result.outcome is Outcome.RETRY:
         raise RetryLater(f"inbox event {inbox_id}: {result.error}")
 
 
 def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
     """Re-send rows that stayed pending too long (their message was lost or never sent); how many."""
-    from datetime import timedelta
-
     rt = runtime.current()
     with rt.db.session_scope() as session:
-        ids = inbox.stale_pending(session=session, older_than=timedelta(seconds=older_than_seconds))
-        inbox.mark_enqueued(session=session, ids=ids)
+        ids = parking.stale_pending(session=session, older_than=timedelta(seconds=older_than_seconds))
+        store.mark_enqueued(session=session, ids=ids)
     return enqueue_inbox(ids)
 
 
@@ -100,15 +104,13 @@ def requeue_parked() -> int:
     """Put parked events back to pending and send them (the scheduled retry); how many."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
-        ids = inbox.requeue_waiting(session=session)
+        ids = parking.requeue_waiting(session=session)
     return enqueue_inbox(ids)
 
 
 def finish_job_run(job_run: int | None, **result) -> None:
     """A scheduled job's actor records on its `job_run` row that it finished, and what it did."""
-    from scheduler.service import finish_job_run as finish
-
-    finish(runtime.current().db, job_run, result)
+    job_runs.finish_job_run(runtime.current().db, job_run, result)
 
 
 # Actors return None: without a results backend Dramatiq warns about every returned value.

@@ -5,40 +5,42 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 
-from coursepipe.settings import Settings
+from workers.queues import INBOX_QUEUE
 
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 60_000
 MAX_RETRIES = 8
 
-# A Redis consumer that finds its queue empty backs off, up to its worker timeout, before it polls
-# again (`workers/app.py` lowers the timeout to 100 ms). On the inbox queue that back-off is the wait
-# between a quiet system's acknowledged webhook and its fulfilment, so its consumer polls at most this
-# far apart; the other queues (mail and callbacks out, jobs) keep the worker's timeout.
+# A Redis consumer that finds its queue empty backs off, up to its worker timeout (Dramatiq's default:
+# 1 s), before it polls again. On the inbox queue that back-off is the wait between a quiet system's
+# acknowledged webhook and its fulfilment, so its consumer polls at most INBOX_IDLE_POLL_MS apart; the
+# other queues (mail and callbacks out, jobs) at most IDLE_POLL_MS apart (idle cost: a few Redis calls
+# per second per queue).
 INBOX_IDLE_POLL_MS = 20
+IDLE_POLL_MS = 100
 
 
 class QueuePollIntervals(dramatiq.Middleware):
-    """Per-queue idle poll ceilings (ms) for consumer threads; Dramatiq has one for the whole worker."""
+    """Idle poll ceilings (ms) for consumer threads, per queue with a default; Dramatiq has one timeout
+    for the whole worker, and the `dramatiq` command line has no option for it."""
 
-    def __init__(self, ceilings: dict[str, int]):
+    def __init__(self, ceilings: dict[str, int], default: int | None = None):
         self.ceilings = ceilings
+        self.default = default
 
     def after_consumer_thread_boot(self, broker, thread):
         # runs in the consumer thread before it opens its consumer, which reads the timeout once
-        ceiling = self.ceilings.get(thread.queue_name)
+        ceiling = self.ceilings.get(thread.queue_name, self.default)
         if ceiling is not None:
             thread.worker_timeout = min(thread.worker_timeout, ceiling)
 
 
-def make_broker(settings: Settings) -> dramatiq.Broker:
+def make_broker(settings) -> dramatiq.Broker:
     if settings.redis_url:
         from dramatiq.brokers.redis import RedisBroker
 
-        from workers.actors import INBOX_QUEUE
-
         broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)
-        broker.add_middleware(QueuePollIntervals({INBOX_QUEUE: INBOX_IDLE_POLL_MS}))
+        broker.add_middleware(QueuePollIntervals({INBOX_QUEUE: INBOX_IDLE_POLL_MS}, default=IDLE_POLL_MS))
     else:
         # The embedded default: messages live in this process; the inbox is still the source of truth.
         broker = StubBroker()
@@ -53,6 +55,6 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
 
 
 def start_embedded_worker(broker: dramatiq.Broker, *, threads: int = 4) -> dramatiq.Worker:
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=IDLE_POLL_MS)
     worker.start()
     return worker

@@ -1,4 +1,4 @@
-"""Actors run by the scheduler's jobs (registered on import by `declare_actors`).
+"""Actors run by the scheduler's jobs (declared on the broker by the composition root).
 
 Each is thin: open a unit of work, call one `tasks/` function, send follow-up messages after commit.
 Delivery is the exception, on purpose: claim (one unit of work) → network call (none) → outcome (one
@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import logging
 
-from coursepipe import metrics, runtime
+from tasks.bookings import alerts
+from tasks.enrollments import reminders
 from tasks.errors import PermanentError
+from tasks.messaging import delivery
+from tasks.purchases import reconcile as reconciliation
+from workers import metrics, publishing, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
+from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
 
 log = logging.getLogger("coursepipe.jobs")
 
-OUTBOX_QUEUE = "outbox"
-JOBS_QUEUE = "maintenance"
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox(job_run: int | None = None) -> None:
     """Claim a small batch of due outbox rows (one transaction), send each, record each outcome."""
-    from tasks import delivery
-
     rt = runtime.current()
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings)
@@ -41,8 +42,6 @@ def relay_outbox(job_run: int | None = None) -> None:
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def deliver_outbox_message(message_id: int) -> None:
-    from tasks import delivery
-
     rt = runtime.current()
     with rt.db.session_scope() as session:
         job = delivery.claim(session=session, message_id=message_id, settings=rt.settings)
@@ -57,8 +56,6 @@ def deliver_outbox_message(message_id: int) -> None:
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 def low_seat_scan(job_run: int | None = None) -> None:
-    from tasks import alerts
-
     rt = runtime.current()
     with rt.db.session_scope() as session:
         raised = alerts.check_low_seats(session=session, class_id=None, threshold=rt.settings.low_seat_threshold)
@@ -69,8 +66,6 @@ def low_seat_scan(job_run: int | None = None) -> None:
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 def send_reminders(job_run: int | None = None) -> None:
-    from tasks import reminders
-
     rt = runtime.current()
     with rt.db.session_scope() as session:
         sent = reminders.send_reminders(session=session, settings=rt.settings)
@@ -82,8 +77,6 @@ def send_reminders(job_run: int | None = None) -> None:
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 def reconcile(lookback_hours: int | None = None, job_run: int | None = None) -> None:
     """Ask Stripe (network, no transaction), then store the missing fulfilments as inbox events."""
-    from tasks import reconcile as reconciliation
-
     rt = runtime.current()
     if not rt.settings.stripe_api_key:
         log.warning("reconcile skipped: STRIPE_API_KEY is not set")
@@ -103,16 +96,11 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None) -> 
     finish_job_run(job_run, checked=report.checked, missing=len(report.missing))
 
 
-CATALOG_QUEUE = "catalog"
-
-
 # PermanentError (Stripe refused, no API key, unknown course) is not retried; a PublishRetry is, and
 # the retry replays the pending intent with its Idempotency-Key, so nothing is created twice.
 @actor(queue_name=CATALOG_QUEUE, max_retries=10, throws=(PermanentError,))
 def publish_listing(kind: str, code: str) -> None:
     """Bring a course's (or package's) Stripe product and price in line, then mark it published."""
-    from tasks import publishing
-
     rt = runtime.current()
     result = publishing.publish(kind, code, unit_of_work=rt.db.session_scope, settings=rt.settings)
     enqueue_inbox(result.woken)

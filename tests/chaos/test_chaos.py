@@ -33,7 +33,7 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from tasks import credits
+from tasks.ledger import credits
 from tests.chaos.harness import Stack, wait_until
 from tests.conftest import make_settings
 from tests.tasks.outbox_servers import PlatformReceiver, SmtpSink

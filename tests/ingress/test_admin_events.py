@@ -11,7 +11,7 @@ import pytest
 import tests.workers.support as support
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
-from tasks import inbox
+from tests import inbox_api as inbox
 from tests.conftest import drain
 from tests.signing import platform_event
 
@@ -70,7 +70,8 @@ def test_cli_events_list_and_replay_in_embedded_mode(runtime):
     _fail(runtime.db, inbox_id)
     env = {**os.environ, "DATABASE_URL": runtime.settings.database_url}
     env.pop("REDIS_URL", None)
-    cli = [sys.executable, "-c", "import tests.workers.support; from coursepipe.cli import main; main()"]
+    cli = [sys.executable, "-c", "import coursepipe.runtime as r, tests.workers.support as s; "
+           "r.HANDLER_MODULES = (*r.HANDLER_MODULES, s); from coursepipe.cli import main; main()"]
     listed = subprocess.run([*cli, "events", "list", "--status", "failed"], env=env, capture_output=True, text=True,
                             check=True)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]

@@ -114,7 +114,7 @@ def test_one_json_line_per_event_received_and_processed(client, runtime, worker,
 
 
 def test_metrics_answer_when_the_database_does_not(client, runtime, monkeypatch):
-    from tasks import ops
+    from tasks.reporting import ops
 
     def broken(**_):
         raise RuntimeError("database down")
@@ -125,7 +125,7 @@ def test_metrics_answer_when_the_database_does_not(client, runtime, monkeypatch)
 
 
 def test_a_broken_metrics_backend_never_breaks_a_webhook(client, runtime, monkeypatch):
-    from coursepipe import metrics
+    from workers import metrics
 
     class Broken:
         def __getattr__(self, name):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.outbox import add_mail, add_platform_event
+from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
 from tests.ingress.test_metrics import scrape, value
 from tests.tasks.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from db.enums import ClassStatus, ProgramStatus
-from tasks import catalog
+from tasks.catalog import services as catalog
 from tests import factories
 from tests.tasks.test_catalog import course
 

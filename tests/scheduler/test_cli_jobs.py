@@ -62,7 +62,7 @@ def test_jobs_run_rejects_an_unknown_job(tmp_path):
 def test_outbox_list_and_retry_a_dead_message(tmp_path):
     from db.enums import OutboxStatus
     from db.models import OutboxMessage
-    from tasks.outbox import add_mail
+    from tasks.messaging.outbox import add_mail
 
     url = f"sqlite:///{tmp_path / 'outbox.db'}"
     upgrade(url)

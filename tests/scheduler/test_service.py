@@ -165,7 +165,7 @@ def test_the_job_table_names_the_contract_jobs_and_only_sends(database):
 
 
 def test_a_job_actor_records_on_its_run_that_it_finished_and_what_it_did(database):
-    from scheduler.service import finish_job_run
+    from workers.job_runs import finish_job_run
 
     run_id = claim_period(database, job="reminders", period="7", runner="a")
     finish_job_run(database, run_id, {"reminders_queued": 3})
@@ -176,7 +176,7 @@ def test_a_job_actor_records_on_its_run_that_it_finished_and_what_it_did(databas
 
 
 def test_finishing_a_run_that_is_gone_records_nothing_and_says_so(database, caplog):
-    from scheduler.service import finish_job_run
+    from workers.job_runs import finish_job_run
 
     run_id = claim_period(database, job="reminders", period="8", runner="a")
     finish_job_run(database, run_id + 1000, {"reminders_queued": 1})  # pruned meanwhile

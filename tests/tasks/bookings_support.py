@@ -16,7 +16,8 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from tasks import credits, inbox
+from tests import inbox_api as inbox
+from tasks.ledger import credits
 from tests import factories
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)

@@ -17,9 +17,10 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from tasks import credits, inbox
+from tests import inbox_api as inbox
+from tasks.ledger import credits
 from tasks.events import stripe_subject
-from tasks.fast_purchase import is_purchase
+from tasks.purchases.fast_purchase import is_purchase
 from tests.signing import stripe_event
 
 COURSE_PRICE = 12000

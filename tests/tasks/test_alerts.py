@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from db.enums import ClassStatus, EnrollmentStatus, OutboxChannel, ProgramStatus
 from db.models import AlertLog, CourseStepOption, GroupClass, OutboxMessage
-from tasks.alerts import check_low_seats
+from tasks.bookings.alerts import check_low_seats
 from tests import factories
 
 THRESHOLD = 3

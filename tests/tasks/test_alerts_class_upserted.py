@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from db.enums import InboxSource
 from db.models import AlertLog, CourseStepOption, OutboxMessage
-from tasks.inbox import handler_for, process_event, store_event
+from tasks.inbox.store import store_event
+from tests.inbox_api import HANDLERS, process_event
 from tests import factories
 from tests.conftest import make_settings
 
@@ -18,7 +19,7 @@ BASE = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
 
 @pytest.fixture(autouse=True)
 def _needs_handler():
-    if handler_for("platform", "class.upserted") is None:
+    if HANDLERS.get(("platform", "class.upserted")) is None:
         pytest.skip("no class.upserted handler registered yet")
 
 

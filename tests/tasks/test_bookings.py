@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db.enums import EnrollmentStatus, InboxStatus
 from db.models import Booking, CreditLedgerEntry, OutboxMessage, TransitionLog
-from tasks.inbox import Outcome
+from tasks.inbox.runner import Outcome
 from tests.tasks.bookings_support import (
     at,
     booking,
@@ -213,7 +213,7 @@ def test_a_newer_booking_is_refused_once_the_hold_window_passed(database):
 
     from db.models import InboxEvent
     from db.types import utcnow
-    from tasks import inbox
+    from tests import inbox_api as inbox
     from tests.tasks.bookings_support import run
 
     w = world(database)
@@ -247,7 +247,7 @@ def test_an_older_booking_arriving_after_a_newer_one_is_history_and_changes_no_p
 
 def test_the_partial_unique_index_is_the_last_word(database):
     """A second active booking of the step slipping past the guard (no lock) is refused by the index."""
-    from tasks import bookings
+    from tasks.bookings import services as bookings
     from tasks.events import BookingCreated
 
     w = world(database)

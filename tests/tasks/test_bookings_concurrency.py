@@ -10,7 +10,9 @@ from sqlalchemy import func, select
 
 from db.enums import InboxStatus
 from db.models import Booking, InboxEvent
-from tasks import bookings, inbox, signatures
+from tasks import signatures
+from tests import inbox_api as inbox
+from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
 from tests.conftest import PLATFORM_SECRET
 from tests.tasks.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world

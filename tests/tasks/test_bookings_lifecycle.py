@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from db.enums import InboxStatus
 from db.models import CreditLedgerEntry, TransitionLog
-from tasks.inbox import Outcome
+from tasks.inbox.runner import Outcome
 from tests.tasks.bookings_support import (
     at,
     attendance,
@@ -253,7 +253,7 @@ def _money(database, w, move):
     from datetime import timedelta
 
     from db.models import StudentCourseEnrollment
-    from tasks import enrollments
+    from tasks.enrollments import services as enrollments
 
     with database.session_scope() as s:
         enrollment = s.get(StudentCourseEnrollment, w.enrollment_id)
@@ -310,8 +310,8 @@ def test_a_booking_made_before_a_revocation_but_delivered_after_it_ends_as_in_or
 
 
 def test_the_booking_mails_render_with_the_context_we_write(database):
-    """The contexts written here render with the real templates (tasks.mail), naming the step label."""
-    from tasks import mail
+    """The contexts written here render with the real templates (tasks.messaging.mail), naming the step label."""
+    from tasks.messaging import mail
 
     w = world(database, group_credits=1)
     book(database, w)

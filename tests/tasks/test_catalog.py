@@ -16,7 +16,7 @@ from db.models import (
     CourseStepOption,
     CreditPackage,
 )
-from tasks import catalog
+from tasks.catalog import services as catalog
 from tasks.errors import ValidationFailed
 from tests import factories
 

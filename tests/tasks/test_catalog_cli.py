@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from db.enums import ProgramStatus
 from db.models import CourseProgram, CreditPackage
-from tasks import catalog
+from tasks.catalog import services as catalog
 from tests.tasks.test_catalog import course, snapshot
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from db.enums import OutboxStatus
 from db.models import OutboxMessage, TransitionLog
 from db.types import utcnow
-from tasks import delivery
-from tasks.outbox import add_mail, add_platform_event
+from tasks.messaging import delivery
+from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
 from tests.tasks.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
 

@@ -5,7 +5,7 @@ from sqlalchemy import func, select
 
 from db.enums import BundleKind, InboxStatus
 from db.models import OutboxMessage, PaymentDispute
-from tasks import inbox
+from tests import inbox_api as inbox
 from tests import factories
 from tests.tasks.payments_support import (
     charge_refunded,

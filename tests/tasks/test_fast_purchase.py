@@ -1,8 +1,8 @@
-"""The purchase fast path (`tasks.fast_purchase`) writes exactly what the general path writes.
+"""The purchase fast path (`tasks.purchases.fast_purchase`) writes exactly what the general path writes.
 
 Each history is run three times on a fresh PostgreSQL database — as the worker runs an unmarked
 message (fast path inside the runner's session), as it runs a message the ingress marked as a
-purchase (`fast_purchase.run`, no ORM session), and with `fast=False` (the ORM path, the
+purchase (`workers.inbox_runs.run_fast_purchase`, no ORM session), and with `fast=False` (the ORM path, the
 specification) — and every row of every table the purchase touches is compared, timestamps aside.
 """
 from __future__ import annotations
@@ -16,7 +16,10 @@ from db.database import Database
 from db.enums import BundleKind, InboxStatus
 from db.models import CourseStep
 from db.types import utcnow
-from tasks import fast_purchase, inbox
+from tasks.inbox.context import HandlerContext, lock_key
+from tests import inbox_api as inbox
+from workers import inbox_runs
+from tasks.purchases import fast_purchase
 from tests import factories
 from tests.conftest import _truncate
 from tests.tasks.payments_support import checkout, deliver, refund_created, store
@@ -106,7 +109,7 @@ def test_a_new_paid_purchase_takes_the_fast_path(pg_database):
     _catalog(pg_database)
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
     with pg_database.session_scope() as s:
-        done = fast_purchase.process(s, inbox_id)
+        done = fast_purchase.process(HandlerContext(session=s), inbox_id)
     assert done is not None and done.outcome is inbox.Outcome.PROCESSED and done.woken == []
     _assert_fulfilled(pg_database, inbox_id)
 
@@ -123,7 +126,7 @@ def test_anything_else_is_left_to_the_general_path_with_nothing_written(pg_datab
     inbox_id = store(pg_database, event)
     before = _snapshot(pg_database)
     with pg_database.session_scope() as s:
-        assert fast_purchase.process(s, inbox_id) is None
+        assert fast_purchase.process(HandlerContext(session=s), inbox_id) is None
         s.rollback()
     assert _snapshot(pg_database) == before
 
@@ -133,7 +136,7 @@ def test_a_redelivery_is_left_to_the_general_path(pg_database):
     deliver(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_1"))
     inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", event_id="evt_2"))
     with pg_database.session_scope() as s:
-        assert fast_purchase.process(s, inbox_id) is None
+        assert fast_purchase.process(HandlerContext(session=s), inbox_id) is None
     result = inbox.run_event(unit_of_work=pg_database.session_scope, inbox_id=inbox_id)
     assert result.outcome is inbox.Outcome.PROCESSED
     with pg_database.engine.connect() as conn:
@@ -175,7 +178,7 @@ def test_a_marked_message_that_is_no_purchase_writes_nothing_and_the_general_pat
     _catalog(pg_database)
     inbox_id = store(pg_database, event)
     before = _snapshot(pg_database)
-    assert fast_purchase.run(pg_database, inbox_id) is None
+    assert inbox_runs.run_fast_purchase(pg_database, inbox_id) is None
     assert _snapshot(pg_database) == before
     marked = inbox.run_message(database=pg_database, inbox_id=inbox_id, purchase=True)
     assert marked.outcome is not inbox.Outcome.SKIPPED
@@ -191,7 +194,7 @@ def test_a_marked_purchase_whose_fast_path_fails_is_run_by_the_general_path(pg_d
     # the last statement fails, after the claim, the locks and the buyer's insert have run
     monkeypatch.setattr(fast_purchase, "_FULFIL", "SELECT %(inbox_id)s::bigint / 0")
     before = _snapshot(pg_database)
-    assert fast_purchase.run(pg_database, inbox_id) is None
+    assert inbox_runs.run_fast_purchase(pg_database, inbox_id) is None
     assert _snapshot(pg_database) == before  # the buyer's insert was rolled back
     with pg_database.engine.connect() as conn:  # and nothing of that transaction is still open or held
         assert conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar() == 0
@@ -208,7 +211,7 @@ def test_a_marked_message_on_sqlite_takes_the_general_path(sqlite_url):
     _truncate(sqlite_db)
     _catalog(sqlite_db)
     inbox_id = store(sqlite_db, checkout(cs="cs_1", pi="pi_1", student="stu_new"))
-    assert fast_purchase.run(sqlite_db, inbox_id) is None
+    assert inbox_runs.run_fast_purchase(sqlite_db, inbox_id) is None
     assert inbox.run_message(database=sqlite_db, inbox_id=inbox_id, purchase=True).outcome \
         is inbox.Outcome.PROCESSED
     sqlite_db.dispose()
@@ -236,15 +239,14 @@ def _advisory_locks(session) -> set[int]:
 @pytest.mark.parametrize(("course", "outcome"), [("SFZ", inbox.Outcome.PROCESSED), ("NOPE", None)],
                          ids=["fulfilled", "unknown course, left to the general path"])
 def test_the_fast_path_holds_the_subject_and_payment_locks_it_reports(pg_database, course, outcome):
-    from tasks.inbox import LOCKS_KEY, lock_key
-
     _catalog(pg_database)
     event = checkout(cs="cs_1", pi="pi_1", course=course)
     inbox_id = store(pg_database, event)
     with pg_database.session_scope() as s:
-        done = fast_purchase.process(s, inbox_id)
+        ctx = HandlerContext(session=s)
+        done = fast_purchase.process(ctx, inbox_id)
         assert (done.outcome if done else None) is outcome
-        held = s.info[LOCKS_KEY]
+        held = ctx.locks
         assert "payment:pi_1" in held  # the general path, in the same transaction, will not lock it again
         assert _advisory_locks(s) == {lock_key(key) for key in held}
 

@@ -20,7 +20,8 @@ from db.models import (
     TransitionLog,
 )
 from db.types import utcnow
-from tasks import credits, inbox
+from tests import inbox_api as inbox
+from tasks.ledger import credits
 from tests import factories
 from tests.tasks.payments_support import checkout, deliver, inbox_row, run, state, store
 
@@ -214,7 +215,7 @@ def test_subscription_mode_sessions_are_ignored(database):
 
 
 def test_the_welcome_and_dispute_mails_render_from_the_context_written(database):
-    from tasks import mail
+    from tasks.messaging import mail
     from tests.tasks.payments_support import dispute_created
 
     _catalog(database)

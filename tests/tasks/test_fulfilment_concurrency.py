@@ -16,7 +16,8 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from tasks import fulfilment, inbox
+from tests import inbox_api as inbox
+from tasks.purchases import fulfilment
 from tests import factories
 from tests.conftest import drain
 from tests.signing import stripe_headers

@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from db.enums import BundleKind, CreditType, InboxStatus
 from db.models import CreditPackage, StudentCourseEnrollment
-from tasks import credits, inbox
+from tests import inbox_api as inbox
+from tasks.ledger import credits
 from tests import factories
 from tests.conftest import make_settings
 from tests.stripe_server import StripeServer
@@ -94,7 +95,7 @@ def test_stripe_unavailable_is_retried_and_no_api_key_is_permanent(database, str
 def test_refulfilment_by_session_fetches_the_line_items_it_needs(database, stripe_api, stripe_settings):
     """A checkout without metadata that failed (price not yet linked) is fulfilled by the admin's
     re-fulfilment once the course carries the price; the line items come from Stripe between attempts."""
-    from tasks import fulfilment
+    from tasks.purchases import fulfilment
 
     with database.session_scope() as s:
         program = factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
@@ -103,7 +104,7 @@ def test_refulfilment_by_session_fetches_the_line_items_it_needs(database, strip
     assert deliver(database, _bare_checkout("cs_rf", "pi_rf"), stripe_settings).outcome is inbox.Outcome.FAILED
     with database.session_scope() as s:
         s.get(type(program), program_id).stripe_price_id = "price_rf"
-    done = inbox.with_remote(database.session_scope, lambda s: fulfilment.refulfill_checkout_session(
-        session=s, checkout_session_id="cs_rf", settings=stripe_settings))
+    done = inbox.with_remote(database.session_scope, lambda ctx: fulfilment.refulfill_checkout_session(
+        ctx=ctx, checkout_session_id="cs_rf"), settings=stripe_settings)
     assert done.kind == "course" and done.details["created_purchase"] is True
     assert state(database)["enrollments"][0]["lots"] == [("private", 2, 2)]

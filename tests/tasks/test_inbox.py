@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 import tests.workers.support as support
 from db.enums import InboxSource, InboxStatus
 from db.models import AlertLog, InboxEvent
-from tasks import inbox
+from tests import inbox_api as inbox
 from tests.conftest import drain
 from tests.signing import platform_event
 
@@ -194,9 +194,8 @@ def test_a_handler_that_keeps_asking_for_remote_data_fails_visibly(database):
 def test_with_remote_fetches_between_units_of_work_for_callers_outside_the_runner(database):
     calls = []
 
-    def work(session):
-        answer = inbox.fetched(session, "k", lambda: calls.append(database.engine.pool.checkedout()) or "v")
-        return answer
+    def work(ctx):
+        return ctx.fetched("k", lambda: calls.append(database.engine.pool.checkedout()) or "v")
 
     assert inbox.with_remote(database.session_scope, work) == "v"
     assert calls == [0]  # fetched once, with no connection checked out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import mail
+from tasks.messaging import mail
 
 STARTS = "2026-07-01T16:30:00+00:00"
 
@@ -74,7 +74,7 @@ def test_every_template_named_in_the_code_exists():
     import re
     from pathlib import Path
 
-    root = Path(mail.__file__).resolve().parent
+    root = Path(mail.__file__).resolve().parents[1]  # all of tasks/
     named = set()
     for path in root.rglob("*.py"):
         source = path.read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from db.models import GroupClass, Student
-from tasks.inbox import Outcome
+from tasks.inbox.runner import Outcome
 from tests.tasks.bookings_support import T0, at, booking_created, class_upserted, deliver, student_upserted, twin
 
 
@@ -72,7 +72,7 @@ def test_class_upsert_mirrors_every_field_and_ignores_older(database):
 def test_stored_envelope_without_the_occurred_at_column_still_orders(database):
     """The handler falls back to the envelope's occurred_at when the column is empty."""
     from db.enums import InboxSource
-    from tasks import inbox
+    from tests import inbox_api as inbox
     from tests.tasks.bookings_support import run
 
     newer = student_upserted(email="new@example.test", when=at(10))

@@ -8,7 +8,8 @@ import pytest
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from db.types import utcnow
-from tasks import ops
+from tasks.reporting import ops
+from workers.queue_depths import queue_depths
 from tests import factories
 
 
@@ -36,10 +37,10 @@ def test_redis_queue_depths(redis_broker):
     message = next(consumer)
     assert message is not None
     try:
-        depth = {d.queue: d for d in ops.queue_depths(redis_broker)}["ops_test"]
+        depth = {d.queue: d for d in queue_depths(redis_broker)}["ops_test"]
         assert (depth.ready, depth.in_flight, depth.delayed, depth.dead) == (2, 1, 1, 0)
         consumer.nack(message)  # dead-lettered
-        depth = {d.queue: d for d in ops.queue_depths(redis_broker)}["ops_test"]
+        depth = {d.queue: d for d in queue_depths(redis_broker)}["ops_test"]
         assert (depth.ready, depth.in_flight, depth.dead) == (2, 0, 1)
     finally:
         consumer.close()
@@ -57,7 +58,7 @@ def test_stub_queue_depths_and_dead_letters():
         raise ValueError("boom")
 
     boom.send()
-    assert [d.as_dict() for d in ops.queue_depths(broker)] == [
+    assert [d.as_dict() for d in queue_depths(broker)] == [
         {"queue": "q1", "ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}]
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
@@ -65,7 +66,7 @@ def test_stub_queue_depths_and_dead_letters():
         broker.join("q1", fail_fast=False)
     finally:
         worker.stop()
-    assert ops.queue_depths(broker)[0].dead == 1
+    assert queue_depths(broker)[0].dead == 1
 
 
 def test_inbox_summary_oldest_pending(session):
@@ -93,7 +94,7 @@ def test_timeline_collects_transitions_events_and_messages(session):
     enrollment = factories.enrollment(session, student, program, session_id="cs_t", status=EnrollmentStatus.ACTIVE)
     enrollment.stripe_payment_intent_id = "pi_t"
     from db.enums import CreditType
-    from tasks import credits
+    from tasks.ledger import credits
     credits.issue_credits(session=session, student_id=student.id, credit_type=CreditType.PRIVATE, quantity=2,
                           cause=f"enrollment:{enrollment.id}", enrollment_id=enrollment.id)
     ENROLLMENT.move(enrollment, EnrollmentStatus.SUSPENDED, session=session, cause="dispute dp_1",

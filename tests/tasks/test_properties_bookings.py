@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from db.enums import InboxSource
-from tasks import inbox
+from tests import inbox_api as inbox
 from tasks.events import platform_subject
 from tests.conftest import _truncate
 from tests.tasks.bookings_support import (

@@ -7,7 +7,10 @@ from sqlalchemy import func, select
 
 from db.enums import ProgramStatus
 from db.models import StripePublication
-from tasks import catalog, inbox, publishing
+from tests import inbox_api as inbox
+from tasks.catalog import services as catalog
+from tasks.catalog import publishing
+from workers import publishing as publish_calls
 from tasks.errors import PermanentError
 from tasks.stripe_api import StripeNotConfigured
 from tests.conftest import make_settings
@@ -20,7 +23,7 @@ def stripe_settings(database, stripe_server):
 
 
 def publish(database, settings, code="SFZ", kind=publishing.COURSE) -> publishing.Published:
-    return publishing.publish(kind, code, unit_of_work=database.session_scope, settings=settings)
+    return publish_calls.publish(kind, code, unit_of_work=database.session_scope, settings=settings)
 
 
 def program_state(database, code="SFZ"):

@@ -10,7 +10,10 @@ from sqlalchemy import select
 
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage, StripeDrift
-from tasks import catalog, mail, publishing
+from tasks.catalog import services as catalog
+from tasks.messaging import mail
+from tasks.catalog import publishing
+from workers import publishing as publish_calls
 from tests.conftest import make_settings
 from tests.signing import stripe_event
 from tests.tasks.payments_support import run, store
@@ -21,7 +24,7 @@ from tests.tasks.test_catalog import course, save
 def published(database, stripe_server):
     settings = make_settings(database.url, **stripe_server.settings_changes())
     save(database, course())
-    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    result = publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
     return result
 
 
@@ -95,7 +98,7 @@ def test_price_edits_and_our_own_archive_are_told_apart(database, stripe_server,
     data = course()
     data["price"] = {"amount": 13000, "currency": "eur"}
     save(database, data)
-    publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
     deliver(database, updated(stripe_server, published.price_id, created=event["created"] + 5))
     assert drift(database) == []
 
@@ -134,7 +137,7 @@ def test_an_event_that_beats_our_outcome_waits_for_it(database, stripe_server, m
         return real(session=session, intent=intent, result=result, **kw)
 
     monkeypatch.setattr(publishing, "record_outcome", webhook_first)
-    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    result = publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
     assert result.woken == parked
     run(database, parked[0])  # as the actor enqueues the woken events
     with database.session_scope() as s:
@@ -158,7 +161,7 @@ def test_our_own_title_change_in_flight_is_not_drift(database, stripe_server, pu
         return real(session=session, intent=intent, result=result, **kw)
 
     monkeypatch.setattr(publishing, "record_outcome", webhooks_first)
-    result = publishing.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    result = publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
     assert seen["product"].status is InboxStatus.WAITING
     assert seen["price"].status is InboxStatus.PROCESSED
     assert result.woken == [seen["product"].id]

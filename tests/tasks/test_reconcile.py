@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent, StudentCourseEnrollment
-from tasks import reconcile
-from tasks.inbox import handler_for, process_event, store_event
+from tasks.purchases import reconcile
+from tasks.inbox.store import store_event
+from tests.inbox_api import HANDLERS, process_event
 from tests import factories
 from tests.conftest import drain, make_settings
 from tests.stripe_server import StripeServer
@@ -110,7 +111,7 @@ def test_the_reconcile_actor_hands_the_session_to_the_normal_fulfilment_path(dat
     with database.session_scope() as s:
         event = s.scalar(select(InboxEvent).where(InboxEvent.event_id == f"reconcile:{paid['id']}"))
         assert event is not None
-        if handler_for("stripe", "checkout.session.completed") is None:
+        if HANDLERS.get(("stripe", "checkout.session.completed")) is None:
             pytest.skip("no checkout.session.completed handler registered yet: the synthetic event is stored")
         assert event.status is InboxStatus.PROCESSED, event.last_error
         enrollment = s.scalar(select(StudentCourseEnrollment)
@@ -143,7 +144,7 @@ def test_processing_the_synthetic_event_twice_has_one_effect(database, settings,
     with database.session_scope() as s:
         count = len(s.scalars(select(StudentCourseEnrollment.id)
                               .where(StudentCourseEnrollment.stripe_checkout_session_id == paid["id"])).all())
-    expected = 1 if handler_for("stripe", "checkout.session.completed") and first.outcome.value == "processed" else 0
+    expected = 1 if HANDLERS.get(("stripe", "checkout.session.completed")) and first.outcome.value == "processed" else 0
     assert count == expected
 
 
@@ -153,7 +154,7 @@ def test_a_reconciled_purchase_is_fulfilled_and_welcomed_by_mail(database, strip
     from coursepipe.runtime import init_runtime, reset_runtime
     from tests.tasks.outbox_servers import wait_until
 
-    if handler_for("stripe", "checkout.session.completed") is None:
+    if HANDLERS.get(("stripe", "checkout.session.completed")) is None:
         pytest.skip("no checkout.session.completed handler registered yet")
     settings = make_settings(database.url, smtp_url=smtp_sink.url, **stripe_sessions.settings_changes())
     paid = _course_session()

@@ -14,7 +14,8 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from tasks import credits, inbox
+from tests import inbox_api as inbox
+from tasks.ledger import credits
 from tests import factories
 from tests.tasks.payments_support import (
     COURSE_PRICE,
@@ -308,7 +309,7 @@ def _refund_status(database, refund_id="re_1"):
 
 def test_a_counted_refund_that_fails_later_alerts_the_admins_once_and_undoes_nothing(database):
     """The student was revoked by a refund that Stripe then failed: the studio must be told, once."""
-    from tasks import mail
+    from tasks.messaging import mail
 
     _purchase(database)
     assert deliver(database, refund_created(status="pending")).outcome is inbox.Outcome.PROCESSED
@@ -406,7 +407,7 @@ def test_a_canceled_refund_counts_like_a_failed_one(database):
 
 
 def test_a_package_refund_failing_after_it_was_counted_alerts_without_a_course(database):
-    from tasks import mail
+    from tasks.messaging import mail
 
     with database.session_scope() as s:
         s.add(CreditPackage(code="P5", title="P5 pack", price_amount=5000, credit_type=CreditType.GROUP, quantity=5))

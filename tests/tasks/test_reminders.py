@@ -16,7 +16,7 @@ from db.models import (
     StudentCourseProgress,
 )
 from db.types import utcnow
-from tasks.reminders import send_reminders
+from tasks.enrollments.reminders import send_reminders
 from tests import factories
 from tests.conftest import make_settings
 

@@ -6,7 +6,7 @@ import io
 
 from db.enums import EnrollmentStatus, ProgressStatus
 from db.models import StudentCourseProgress
-from tasks import reports
+from tasks.reporting import reports
 from tests import factories
 
 E, P = EnrollmentStatus, ProgressStatus

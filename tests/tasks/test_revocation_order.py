@@ -5,7 +5,7 @@ import pytest
 
 from db.enums import ProgressStatus
 from db.models import StudentCourseEnrollment
-from tasks.enrollments import revoke
+from tasks.enrollments.services import revoke
 from tests.tasks.bookings_support import attendance, booking_cancelled, booking_created, deliver, progress, world
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from db.enums import InboxSource
 from db.models import AlertLog
 from tasks.errors import PermanentError, WaitFor
-from tasks.inbox import handles, provides
+from tasks.inbox.context import HandlerContext
 
 BEHAVIOUR: dict[str, dict] = {}  # event_id -> {"fail_times": n} or {"broken": True}
 
@@ -20,13 +20,13 @@ def _effect(session, event, tag="effect"):
     session.flush()
 
 
-@handles(InboxSource.PLATFORM, "test.effect")
-def effect(session, event):
+def effect(ctx: HandlerContext, event):
+    session = ctx.session
     _effect(session, event)
 
 
-@handles(InboxSource.PLATFORM, "test.flaky")
-def flaky(session, event):
+def flaky(ctx: HandlerContext, event):
+    session = ctx.session
     _effect(session, event)  # rolled back with the savepoint when we raise
     behaviour = BEHAVIOUR.get(event.event_id, {})
     attempt = event.attempts + 1  # the row records this attempt after the handler returns or raises
@@ -34,29 +34,29 @@ def flaky(session, event):
         raise RuntimeError(f"flaky failure on attempt {attempt}")
 
 
-@handles(InboxSource.PLATFORM, "test.permanent")
-def permanent(session, event):
+def permanent(ctx: HandlerContext, event):
+    session = ctx.session
     _effect(session, event)
     raise PermanentError("unknown course XYZ")
 
 
-@handles(InboxSource.PLATFORM, "test.wait")
-def wait(session, event):
+def wait(ctx: HandlerContext, event):
+    session = ctx.session
     key = event.payload["data"]["needs"]
     if session.query(AlertLog).filter(AlertLog.subject == key).count() == 0:
         raise WaitFor(key)
     _effect(session, event)
 
 
-@handles(InboxSource.PLATFORM, "test.provide")
-def provide(session, event):
+def provide(ctx: HandlerContext, event):
+    session = ctx.session
     session.add(AlertLog(kind="provided", dedupe_key=f"provide:{event.event_id}", subject=event.payload["data"]["key"]))
-    provides(session, event.payload["data"]["key"])
+    ctx.provides(event.payload["data"]["key"])
 
 
-@handles(InboxSource.PLATFORM, "test.slow")
-def slow(session, event):
+def slow(ctx: HandlerContext, event):
     """Writes its effect, signals through a file that it is inside the transaction, then blocks."""
+    session = ctx.session
     _effect(session, event)
     marker = os.environ.get("COURSEPIPE_TEST_MARKER")
     if marker and not Path(marker + ".done").exists():
@@ -67,9 +67,9 @@ def slow(session, event):
 GATES: dict[str, dict] = {}  # event_id -> {"checked": threading.Event, "go": threading.Event}
 
 
-@handles(InboxSource.PLATFORM, "test.wait_gated")
-def wait_gated(session, event):
+def wait_gated(ctx: HandlerContext, event):
     """Like test.wait, but pauses after finding nothing, so a provider can commit in between."""
+    session = ctx.session
     key = event.payload["data"]["needs"]
     found = session.query(AlertLog).filter(AlertLog.subject == key).count()
     gate = GATES.get(event.event_id)
@@ -85,11 +85,9 @@ REMOTE_CALLS: list[dict] = []  # what each remote fetch saw
 REMOTE_PROBE = {"open_connections": lambda: None}  # a test sets how to count open connections
 
 
-@handles(InboxSource.PLATFORM, "test.remote")
-def remote(session, event):
+def remote(ctx: HandlerContext, event):
     """Needs a remote answer; its effect records what came back."""
-    from tasks.inbox import fetched
-
+    session = ctx.session
     event_id, fails = event.event_id, event.payload["data"].get("remote_fails")  # plain values: no ORM outside
 
     def fetch():
@@ -98,13 +96,24 @@ def remote(session, event):
             raise RuntimeError("remote service down")
         return {"price": "price_1"}
 
-    answer = fetched(session, f"remote:{event.event_id}", fetch)
+    answer = ctx.fetched(f"remote:{event.event_id}", fetch)
     session.add(AlertLog(kind="test", dedupe_key=f"remote:{event.event_id}", subject=answer["price"]))
 
 
-@handles(InboxSource.PLATFORM, "test.greedy")
-def greedy(session, event):
+def greedy(ctx: HandlerContext, event):
     """Asks for one more remote answer every time it runs (a defect the runner must record, not loop on)."""
-    from tasks.inbox import REMOTE_KEY, fetched
+    session = ctx.session
+    ctx.fetched(f"greedy:{len(ctx.remote)}", lambda: "answer")
 
-    fetched(session, f"greedy:{len(session.info.get(REMOTE_KEY) or {})}", lambda: "answer")
+
+HANDLERS = {
+    (InboxSource.PLATFORM.value, "test.effect"): effect,
+    (InboxSource.PLATFORM.value, "test.flaky"): flaky,
+    (InboxSource.PLATFORM.value, "test.permanent"): permanent,
+    (InboxSource.PLATFORM.value, "test.wait"): wait,
+    (InboxSource.PLATFORM.value, "test.provide"): provide,
+    (InboxSource.PLATFORM.value, "test.slow"): slow,
+    (InboxSource.PLATFORM.value, "test.wait_gated"): wait_gated,
+    (InboxSource.PLATFORM.value, "test.remote"): remote,
+    (InboxSource.PLATFORM.value, "test.greedy"): greedy,
+}

@@ -14,7 +14,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-import tests.workers.support  # noqa: F401  (registers the test handlers)
+from tests import inbox_api
 from db.enums import InboxStatus
 from db.models import AlertLog, InboxEvent
 from tests.conftest import drain, make_settings
@@ -94,7 +94,7 @@ def redis_runtime(pg_database, own_redis, redis_namespace):
     from coursepipe.runtime import init_runtime, reset_runtime
 
     settings = make_settings(pg_database.url, redis_url=own_redis.url, redis_namespace=redis_namespace)
-    rt = init_runtime(settings, db=pg_database)
+    rt = init_runtime(settings, db=pg_database, handlers=inbox_api.HANDLERS)
     yield rt
     reset_runtime()
 
@@ -128,7 +128,7 @@ def test_redis_down_while_events_arrive_all_acknowledged_then_processed_once(red
 
 def test_worker_sigkilled_mid_transaction_leaves_no_partial_effect_and_is_processed_later(
         redis_runtime, tmp_path):
-    from tasks.inbox import store_event
+    from tasks.inbox.store import store_event
     from db.enums import InboxSource
     from workers.actors import enqueue_inbox, resend_stale
 
@@ -174,7 +174,7 @@ def test_no_lost_wake_up_when_the_provider_commits_while_the_waiter_decides(pg_d
     """The waiter saw nothing; the provider commits and wakes (nobody is parked yet); the waiter must
     not then park forever: it looks again under the key's lock and is processed."""
     from db.enums import InboxSource
-    from tasks import inbox as inbox_core
+    from tests import inbox_api as inbox_core
     from tests.workers.support import GATES
 
     def store(type_, data):
@@ -212,7 +212,7 @@ def test_worker_sigkilled_inside_the_marked_purchase_fast_path_leaves_nothing_an
     fulfilled once by the next run."""
     import sqlalchemy as sa
 
-    from tasks.inbox import lock_key
+    from tasks.inbox.context import lock_key
     from tests import factories
     from tests.tasks.payments_support import checkout, store
     from workers.actors import enqueue_inbox, resend_stale

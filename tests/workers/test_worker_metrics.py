@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db.enums import InboxSource
 from db.migrate import upgrade
-from tasks.inbox import store_event
+from tasks.inbox.store import store_event
 from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET, make_settings
 from tests.workers.test_runner_faults import free_port
 

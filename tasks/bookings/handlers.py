@@ -1,0 +1,71 @@
+"""Platform events: mirrors and the booking lifecycle.
+
+Each handler re-reads the stored event's `data` with the models the ingress validated it with and
+calls one service function; the runner owns the transaction. A booking's arrival provides
+`booking:<id>` (waking a cancel or attendance that came first); a booking's end provides
+`booking-ended:<id>` (waking a newer booking of the same step that waited for it).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from db.enums import ClassStatus, InboxSource
+from db.models import InboxEvent
+from db.types import utcnow
+from tasks.bookings import alerts, mirrors
+from tasks.bookings import services as bookings
+from tasks.events import platform_data
+from tasks.inbox.context import HandlerContext
+
+
+def _data(event: InboxEvent):
+    return platform_data(event.type, event.payload["data"])
+
+
+def occurred_at(event: InboxEvent) -> datetime:
+    """When the platform says it happened (the column, else the stored envelope)."""
+    if event.occurred_at is not None:
+        return event.occurred_at
+    return datetime.fromisoformat(str(event.payload["occurred_at"]).replace("Z", "+00:00"))
+
+
+def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
+    mirrors.upsert_student(session=ctx.session, data=_data(event), occurred_at=occurred_at(event))
+
+
+def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
+    at = occurred_at(event)
+    group_class, applied = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
+    if group_class.status == ClassStatus.CANCELLED:
+        ended = bookings.cancel_class(session=ctx.session, group_class=group_class, at=at)
+        ctx.provides(*(bookings.booking_ended_key(b) for b in ended))
+    if applied:  # a newer class state: the seats left may have crossed the alert threshold
+        threshold = getattr(ctx.settings, "low_seat_threshold", alerts.DEFAULT_LOW_SEAT_THRESHOLD)
+        alerts.check_low_seats(session=ctx.session, class_id=group_class.id, threshold=threshold)
+
+
+def on_booking_created(ctx: HandlerContext, event: InboxEvent) -> None:
+    data = _data(event)
+    young = utcnow() - event.received_at < bookings.HOLD_WINDOW
+    bookings.record_booking(session=ctx.session, data=data, at=occurred_at(event), may_wait=young)
+    ctx.provides(bookings.booking_key(data.booking_id))
+
+
+def on_booking_cancelled(ctx: HandlerContext, event: InboxEvent) -> None:
+    booking = bookings.cancel_booking(session=ctx.session, data=_data(event))
+    ctx.provides(bookings.booking_ended_key(booking.id))
+
+
+def on_attendance_marked(ctx: HandlerContext, event: InboxEvent) -> None:
+    booking = bookings.mark_attendance(session=ctx.session, data=_data(event))
+    ctx.provides(bookings.booking_ended_key(booking.id))
+
+
+_PLATFORM = InboxSource.PLATFORM.value
+HANDLERS = {
+    (_PLATFORM, "student.upserted"): on_student_upserted,
+    (_PLATFORM, "class.upserted"): on_class_upserted,
+    (_PLATFORM, "booking.created"): on_booking_created,
+    (_PLATFORM, "booking.cancelled"): on_booking_cancelled,
+    (_PLATFORM, "attendance.marked"): on_attendance_marked,
+}

@@ -1,0 +1,484 @@
+"""The booking lifecycle from platform events: the step guard, progress, cancellations, attendance, credits.
+
+`step_guard` is THE rule for course-step bookings. The eligibility endpoint asks it (read only) and
+`record_booking` asks it (under the enrollment's row lock) — one function, so the answer the
+platform gets before booking is the answer the event path applies after.
+
+Order of the checks, first failing one wins (its name is the `reason`):
+    unknown_course_step → no_active_enrollment / enrollment_suspended → not_a_step_option →
+    class_cancelled → step_already_completed → step_already_booked
+
+Out-of-order delivery (see docs/bookings.md):
+- a cancel or an attendance before its booking parks (`WaitFor("booking:<id>")`) and is applied
+  when the booking arrives;
+- a booking for a step still held by an *older* booking waits a while (`HOLD_WINDOW`) for that
+  booking's cancel / attendance, which may be in flight; after the window it is refused;
+- a booking older than one already accepted for the same step is history overtaken: it is recorded
+  detached from the enrollment (no progress effect), so its own cancel / attendance still apply.
+Nothing here commits; the runner owns the transaction.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.enums import BookingStatus, ClassStatus, CreditType, EnrollmentStatus, ProgressStatus
+from db.models import (
+    Booking,
+    CourseProgram,
+    CourseStep,
+    CourseStepOption,
+    GroupClass,
+    Student,
+    StudentCourseEnrollment,
+    StudentCourseProgress,
+    TransitionLog,
+)
+from tasks.ledger import credits
+from tasks.messaging import outbox
+from tasks.enrollments import progress as progress_moves
+from tasks.enrollments.services import complete_if_done
+from tasks.errors import WaitFor
+from tasks.events import AttendanceMarked, BookingCancelled, BookingCreated
+from tasks.machines import PROGRESS, BOOKING, ENROLLMENT
+from tasks.bookings.mirrors import ensure_student
+
+log = logging.getLogger("coursepipe.bookings")
+
+B, E, P = BookingStatus, EnrollmentStatus, ProgressStatus
+
+# reasons (CONTRACT §3.3 `booking.rejected`)
+UNKNOWN_COURSE_STEP = "unknown_course_step"
+NO_ACTIVE_ENROLLMENT = "no_active_enrollment"
+ENROLLMENT_SUSPENDED = "enrollment_suspended"
+NOT_A_STEP_OPTION = "not_a_step_option"
+CLASS_CANCELLED = "class_cancelled"
+STEP_ALREADY_COMPLETED = "step_already_completed"
+STEP_ALREADY_BOOKED = "step_already_booked"
+STEP_CANCELLED = "step_cancelled"  # the step was deactivated (revocation) on an otherwise active enrollment
+NO_CREDIT = "no_credit"
+
+# enrollments whose steps can be booked; COMPLETED reopens if a new step is booked
+BOOKABLE_ENROLLMENT = (E.ACTIVE, E.COMPLETED)
+BOOKABLE_PROGRESS = (P.UNBOOKED, P.MISSED)
+
+# how long a newer booking waits for the cancel/attendance of the older booking holding its step
+HOLD_WINDOW = timedelta(minutes=10)
+
+
+def booking_key(booking_id: str) -> str:
+    """What a cancel / attendance that arrived before its booking waits for."""
+    return f"booking:{booking_id}"
+
+
+def booking_ended_key(booking_id: str) -> str:
+    """What a newer booking waits for while an older booking holds its step."""
+    return f"booking-ended:{booking_id}"
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+@dataclass(frozen=True)
+class Verdict:
+    eligible: bool
+    reason: str | None
+    step: CourseStep | None = None
+    enrollment: StudentCourseEnrollment | None = None
+    progress: StudentCourseProgress | None = None
+    holder: Booking | None = None  # the active booking holding the step, when that is the reason
+
+    def as_dict(self) -> dict:
+        return {"eligible": self.eligible, "reason": self.reason}
+
+
+def _live_step(session: Session, course_step_id: int) -> CourseStep | None:
+    return session.scalar(
+        select(CourseStep)
+        .join(CourseProgram, CourseProgram.id == CourseStep.program_id)
+        .where(CourseStep.id == course_step_id, CourseStep.deleted_at.is_(None), CourseProgram.deleted_at.is_(None))
+    )
+
+
+def _progress_of(session: Session, enrollment_id: int, step_id: int, *, lock: bool) -> StudentCourseProgress | None:
+    query = select(StudentCourseProgress).where(StudentCourseProgress.enrollment_id == enrollment_id,
+                                                StudentCourseProgress.step_id == step_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def _holder(session: Session, enrollment_id: int, step_id: int) -> Booking | None:
+    return session.scalar(select(Booking).where(Booking.enrollment_id == enrollment_id,
+                                                Booking.course_step_id == step_id,
+                                                Booking.status == B.ACTIVE))
+
+
+def _bookable_at(enrollment: StudentCourseEnrollment, as_of: datetime | None) -> bool:
+    """Could the enrollment be booked at `as_of`? Now, or — for a booking delivered late — back then:
+    a suspension or revocation we applied after the booking happened does not refuse it."""
+    if enrollment.status in BOOKABLE_ENROLLMENT:
+        return True
+    if as_of is None or (enrollment.activated_at is not None and enrollment.activated_at > as_of):
+        return False
+    if enrollment.status == E.SUSPENDED:
+        return enrollment.suspended_at is not None and enrollment.suspended_at > as_of
+    if enrollment.status == E.REVOKED:
+        return enrollment.activated_at is not None and enrollment.revoked_at is not None \
+            and enrollment.revoked_at > as_of
+    return False
+
+
+def step_guard(
+    *, session: Session, student_id: str, course_step_id: int, class_id: str | None = None, lock: bool = False,
+    as_of: datetime | None = None,
+) -> Verdict:
+    """May this student book this step (in this class, when given)? The one rule for both paths.
+
+    With `lock`, the student's enrollments in the course are locked (FOR UPDATE on PostgreSQL) so
+    two bookings of one enrollment are decided one after the other; the partial unique index
+    `uq_booking_active_step` stays the last word. `as_of` (the event path: the booking's time)
+    judges the enrollment's status as it was then, so a suspension or revocation processed after
+    the booking happened does not refuse it.
+    """
+    step = _live_step(session, course_step_id)
+    if step is None:
+        return Verdict(False, UNKNOWN_COURSE_STEP)
+    query = (select(StudentCourseEnrollment)
+             .where(StudentCourseEnrollment.student_id == student_id,
+                    StudentCourseEnrollment.program_id == step.program_id)
+             .order_by(StudentCourseEnrollment.id))
+    if lock:
+        query = query.with_for_update()
+    enrollments = list(session.scalars(query))
+    bookable = [e for e in enrollments if _bookable_at(e, as_of)]
+    if not bookable:
+        if any(e.status == E.SUSPENDED for e in enrollments):
+            return Verdict(False, ENROLLMENT_SUSPENDED, step, next(e for e in enrollments if e.status == E.SUSPENDED))
+        return Verdict(False, NO_ACTIVE_ENROLLMENT, step)
+    # a student who bought the course twice books on the first enrollment where the step is open
+    rows = [(e, _progress_of(session, e.id, step.id, lock=lock)) for e in bookable]
+    enrollment, progress = next(((e, p) for e, p in rows if p is None or p.status in BOOKABLE_PROGRESS), rows[0])
+    if class_id is not None:
+        option = session.scalar(select(CourseStepOption.id).where(CourseStepOption.step_id == step.id,
+                                                                  CourseStepOption.group_class_id == class_id,
+                                                                  CourseStepOption.deleted_at.is_(None)))
+        if option is None:
+            return Verdict(False, NOT_A_STEP_OPTION, step, enrollment, progress)
+        group_class = session.get(GroupClass, class_id)
+        if group_class is not None and group_class.status == ClassStatus.CANCELLED:
+            return Verdict(False, CLASS_CANCELLED, step, enrollment, progress)
+    status = progress.status if progress is not None else P.UNBOOKED
+    if status == P.COMPLETED:
+        return Verdict(False, STEP_ALREADY_COMPLETED, step, enrollment, progress)
+    if status == P.CANCELLED:
+        return Verdict(False, STEP_CANCELLED, step, enrollment, progress)
+    holder = _holder(session, enrollment.id, step.id)
+    if status == P.BOOKED or holder is not None:
+        return Verdict(False, STEP_ALREADY_BOOKED, step, enrollment, progress, holder)
+    return Verdict(True, None, step, enrollment, progress)
+
+
+# --------------------------------------------------------------------------- booking.created
+
+
+def _insert(session: Session, booking: Booking) -> bool:
+    """Insert in a savepoint. False when a constraint refused it (the same booking id, or the step taken)."""
+    try:
+        with session.begin_nested():
+            session.add(booking)
+            session.flush()
+    except IntegrityError:
+        return False
+    session.add(TransitionLog(entity="booking", entity_id=booking.id, from_status=None,
+                              to_status=booking.status.value, cause=f"booking.created:{booking.id}",
+                              enrollment_id=booking.enrollment_id, at=booking.booked_at))
+    return True
+
+
+def _class_cancelled(session: Session, class_id: str) -> GroupClass | None:
+    group_class = session.get(GroupClass, class_id)
+    return group_class if group_class is not None and group_class.status == ClassStatus.CANCELLED else None
+
+
+def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_wait: bool = False,
+                   lock: bool = True) -> Booking:
+    """Apply a `booking.created` that occurred at `at`. Re-applying the same booking id changes nothing.
+
+    `may_wait`: the event is young enough to wait for an older booking's end (see `HOLD_WINDOW`).
+    `lock=False` skips the enrollment row lock (tests use it to show the unique index holds alone).
+    """
+    existing = session.get(Booking, data.booking_id)
+    if existing is not None:
+        return existing
+    ensure_student(session=session, student_id=data.student_id)
+    if data.course_step_id is not None:  # a course-step booking never consumes a credit
+        return _book_step(session, data, at, may_wait=may_wait, lock=lock)
+    if _class_cancelled(session, data.class_id):
+        return _reject(session, data, CLASS_CANCELLED, at)
+    if data.credit_type is not None:
+        return _book_with_credit(session, data, at)
+    # a plain booking (paid on the platform): recorded so its cancel / attendance have something to apply to
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id, status=B.ACTIVE,
+                      booked_at=at)
+    return booking if _insert(session, booking) else _existing_or_fail(session, data)
+
+
+def _existing_or_fail(session: Session, data: BookingCreated) -> Booking:
+    existing = session.get(Booking, data.booking_id)
+    if existing is None:  # pragma: no cover - only a broken constraint gets here
+        raise RuntimeError(f"booking {data.booking_id} was refused by a constraint but does not exist")
+    return existing
+
+
+def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep, at: datetime) -> bool:
+    """Is an accepted booking of this step newer than `at`? Then this booking's whole life came before it."""
+    return session.scalar(
+        select(Booking.id).where(Booking.enrollment_id == enrollment.id, Booking.course_step_id == step.id,
+                                 Booking.status != B.REJECTED, Booking.booked_at > at).limit(1)
+    ) is not None
+
+
+def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool, lock: bool) -> Booking:
+    verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
+                         class_id=data.class_id, lock=lock, as_of=at)
+    step, enrollment = verdict.step, verdict.enrollment
+    if verdict.reason == STEP_CANCELLED and enrollment.status == E.REVOKED and verdict.progress.booking_id is None:
+        # booked before the refund we processed first: as in order, it holds the (now cancelled) step
+        return _attach_to_revoked(session, data, at, enrollment, step, verdict.progress)
+    maybe_history = verdict.eligible or verdict.reason in (STEP_ALREADY_BOOKED, STEP_ALREADY_COMPLETED)
+    if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at):
+        # history overtaken (delivered late): kept for the record, detached from the enrollment's progress
+        booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                          course_step_id=step.id, status=B.ACTIVE, booked_at=at)
+        log.info("booking %s on %s is older than an accepted booking of the step: recorded detached",
+                 data.booking_id, step.label)
+        return booking if _insert(session, booking) else _existing_or_fail(session, data)
+    if not verdict.eligible:
+        holder = verdict.holder
+        if verdict.reason == STEP_ALREADY_BOOKED and holder is not None and may_wait \
+                and holder.booked_at is not None and holder.booked_at < at:
+            # the platform books a step only after its previous booking ended: that end may be in flight
+            raise WaitFor(booking_ended_key(holder.id),
+                          f"step {step.label} is held by the older booking {holder.id}; waiting for its end")
+        return _reject(session, data, verdict.reason, at, enrollment=enrollment, step=step)
+
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                      course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
+    if not _insert(session, booking):
+        existing = session.get(Booking, data.booking_id)
+        if existing is not None:
+            return existing  # a concurrent twin of this very booking
+        # uq_booking_active_step: another booking of this step won a race the guard could not see
+        return _reject(session, data, STEP_ALREADY_BOOKED, at, enrollment=enrollment, step=step)
+
+    progress = verdict.progress
+    if progress is None:  # a step added to the course after the purchase
+        progress = StudentCourseProgress(enrollment_id=enrollment.id, step_id=step.id, status=P.UNBOOKED)
+        session.add(progress)
+        session.flush()
+    if enrollment.status == E.COMPLETED:
+        ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=f"booking.created:{booking.id}",
+                        enrollment_id=enrollment.id, at=at)
+        enrollment.completed_at = None
+    progress.booking_id = booking.id
+    progress.group_class_id = data.class_id
+    progress.skipped_ahead = _earlier_step_unbooked(session, enrollment, step)
+    progress_moves.move(session=session, progress=progress, target=P.BOOKED, cause=f"booking.created:{booking.id}",
+                        at=at, enrollment=enrollment)
+    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step)
+    return booking
+
+
+def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enrollment: StudentCourseEnrollment,
+                       step: CourseStep, progress: StudentCourseProgress) -> Booking:
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                      course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
+    if not _insert(session, booking):
+        return _existing_or_fail(session, data)
+    progress.booking_id, progress.group_class_id = booking.id, data.class_id
+    log.info("booking %s predates the revocation of enrollment %s: recorded on the cancelled step", booking.id,
+             enrollment.id)
+    return booking
+
+
+def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep) -> bool:
+    return session.scalar(
+        select(StudentCourseProgress.id)
+        .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
+        .where(StudentCourseProgress.enrollment_id == enrollment.id, CourseStep.deleted_at.is_(None),
+               CourseStep.position < step.position, StudentCourseProgress.status == P.UNBOOKED)
+        .limit(1)
+    ) is not None
+
+
+def _book_with_credit(session: Session, data: BookingCreated, at: datetime) -> Booking:
+    try:
+        credits.consume_credit(session=session, student_id=data.student_id,
+                               credit_type=CreditType(data.credit_type), booking_id=data.booking_id, now=at)
+    except credits.NoCredit:
+        return _reject(session, data, NO_CREDIT, at)
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                      credit_type=CreditType(data.credit_type), status=B.ACTIVE, booked_at=at)
+    return booking if _insert(session, booking) else _existing_or_fail(session, data)
+
+
+def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *,
+            enrollment: StudentCourseEnrollment | None = None, step: CourseStep | None = None) -> Booking:
+    """Refused: nothing else changes; the booking is kept as `rejected` and the platform is told."""
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
+                      course_step_id=step.id if step is not None else None,
+                      enrollment_id=enrollment.id if enrollment is not None else None,
+                      credit_type=CreditType(data.credit_type) if data.credit_type else None,
+                      status=B.REJECTED, rejection_reason=reason, booked_at=at)
+    if not _insert(session, booking):
+        return _existing_or_fail(session, data)
+    outbox.add_platform_event(session=session, type="booking.rejected",
+                              data={"booking_id": data.booking_id, "reason": reason},
+                              dedupe_key=f"booking.rejected:{data.booking_id}",
+                              enrollment_id=enrollment.id if enrollment is not None else None)
+    log.info("booking %s rejected: %s", data.booking_id, reason)
+    if reason == CLASS_CANCELLED:  # the class was cancelled before we heard of the booking: tell the student too
+        _mail(session, "class_cancelled", booking, enrollment=enrollment, step=step)
+    return booking
+
+
+# --------------------------------------------------------------------------- cancellation and attendance
+
+
+def _locked_booking(session: Session, booking_id: str) -> Booking:
+    booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
+    if booking is None:
+        raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
+    if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
+        session.scalar(select(StudentCourseEnrollment.id)
+                       .where(StudentCourseEnrollment.id == booking.enrollment_id).with_for_update())
+    return booking
+
+
+def _attached_progress(session: Session, booking: Booking) -> StudentCourseProgress | None:
+    """The progress row this booking holds (None for credit/plain/detached bookings, or once released)."""
+    if booking.enrollment_id is None or booking.course_step_id is None:
+        return None
+    progress = _progress_of(session, booking.enrollment_id, booking.course_step_id, lock=True)
+    return progress if progress is not None and progress.booking_id == booking.id else None
+
+
+def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
+    """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
+    step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op."""
+    booking = _locked_booking(session, data.booking_id)
+    if booking.status == B.REJECTED:
+        return booking  # never stood: nothing to undo
+    cause = f"booking.cancelled:{booking.id}"
+    if not BOOKING.move(booking, B.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id,
+                        at=data.cancelled_at):
+        return booking
+    booking.cancelled_at = data.cancelled_at
+    booking.within_policy = data.within_policy
+    progress = _attached_progress(session, booking)
+    if progress is not None and progress.status == P.BOOKED:
+        if data.within_policy:
+            _reopen(session, progress, cause, data.cancelled_at)
+        else:
+            progress_moves.move(session=session, progress=progress, target=P.MISSED, cause=cause,
+                                at=data.cancelled_at)
+        _mail(session, "booking_cancelled", booking, progress=progress, within_policy=data.within_policy)
+    elif progress is not None and progress.status == P.CANCELLED and data.within_policy:
+        # revoked meanwhile: the step stays cancelled, but (as in order) no longer names this booking
+        progress.booking_id = progress.group_class_id = None
+    elif booking.credit_type is not None and data.within_policy:
+        credits.release_credit(session=session, booking_id=booking.id)
+    return booking
+
+
+def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime) -> None:
+    """Back to unbooked, rebookable; the booking stays in the transition log and on the booking row."""
+    progress_moves.move(session=session, progress=progress, target=P.UNBOOKED, cause=cause, at=at)
+    progress.booking_id = None
+    progress.group_class_id = None
+    progress.skipped_ahead = False
+
+
+def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
+    """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed."""
+    booking = _locked_booking(session, data.booking_id)
+    if booking.status == B.REJECTED:
+        return booking
+    attended = data.outcome == "attended"
+    cause = f"attendance.marked:{booking.id}"
+    if not BOOKING.move(booking, B.ATTENDED if attended else B.NO_SHOW, session=session, cause=cause,
+                        enrollment_id=booking.enrollment_id, at=data.marked_at):
+        return booking
+    booking.attendance_marked_at = data.marked_at
+    progress = _attached_progress(session, booking)
+    target = P.COMPLETED if attended else P.MISSED
+    if progress is not None and PROGRESS.can(progress.status, target):  # a no-show on a revoked step stays cancelled
+        progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at)
+        if attended:
+            complete_if_done(session=session, enrollment_id=progress.enrollment_id, at=data.marked_at, cause=cause)
+    return booking
+
+
+# --------------------------------------------------------------------------- a cancelled class
+
+
+def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> list[str]:
+    """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
+    credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none."""
+    bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
+                                                          Booking.status == B.ACTIVE)
+                                    .order_by(Booking.id).with_for_update()))
+    cause = f"class_cancelled:{group_class.id}"
+    for booking in bookings:
+        BOOKING.move(booking, B.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
+        booking.cancelled_at = at
+        booking.within_policy = True
+        progress = _attached_progress(session, booking)
+        if progress is not None and progress.status == P.BOOKED:
+            _reopen(session, progress, f"{cause}:{booking.id}", at)
+        if booking.credit_type is not None:
+            credits.release_credit(session=session, booking_id=booking.id)
+        step = session.get(CourseStep, booking.course_step_id) if booking.course_step_id else None
+        enrollment = session.get(StudentCourseEnrollment, booking.enrollment_id) if booking.enrollment_id else None
+        _mail(session, "class_cancelled", booking, enrollment=enrollment, step=step)
+    return [b.id for b in bookings]
+
+
+# --------------------------------------------------------------------------- mail
+
+
+def _mail(session: Session, template: str, booking: Booking, *, enrollment: StudentCourseEnrollment | None = None,
+          step: CourseStep | None = None, progress: StudentCourseProgress | None = None, **extra) -> None:
+    """One mail per (template, booking) to the student, if we know their address."""
+    student = session.get(Student, booking.student_id)
+    if student is None or not student.email:
+        log.info("no address for student %s: %s mail for booking %s not sent", booking.student_id, template,
+                 booking.id)
+        return
+    if step is None and booking.course_step_id is not None:
+        step = session.get(CourseStep, booking.course_step_id)
+    enrollment_id = booking.enrollment_id or (progress.enrollment_id if progress else None)
+    if enrollment is None and enrollment_id is not None:
+        enrollment = session.get(StudentCourseEnrollment, enrollment_id)
+    program = session.get(CourseProgram, step.program_id) if step is not None else None
+    group_class = session.get(GroupClass, booking.class_id)
+    context = {
+        "student_name": student.name,
+        "course_code": program.code if program else None,
+        "step_label": step.label if step else None,
+        "class_title": group_class.title if group_class else None,
+        "starts_at": group_class.starts_at.isoformat() if group_class else None,
+        "timezone": student.timezone or (program.timezone if program else None) or
+        (group_class.timezone if group_class else None) or "UTC",
+        "booking_id": booking.id,
+        "class_id": booking.class_id,
+        **extra,
+    }
+    outbox.add_mail(session=session, template=template, recipient=student.email, context=context,
+                    dedupe_key=f"{template}:{booking.id}", enrollment_id=enrollment.id if enrollment else None)

@@ -1,0 +1,117 @@
+"""Storing verified events: one row per (source, event id), durable before the ingress answers.
+
+`store_event` is the ingress's one write (insert ON CONFLICT DO NOTHING); a redelivery returns the first
+row's id. On PostgreSQL it runs on the driver connection: SQLAlchemy's statement handling costs as much
+as the insert.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from db.enums import InboxSource, InboxStatus
+from db.models import InboxEvent
+from db.types import utcnow
+
+
+def _dialect_name(bind: Session | Connection) -> str:
+    return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
+
+
+REDELIVERY_RESEND_AFTER = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+    # a redelivery of an event still pending well after it was stored: its message may be lost
+    # (an ingress killed between commit and send), so the caller sends it again
+    resend: bool = False
+
+
+# psycopg's own placeholders: the ingress runs this on the driver connection, past SQLAlchemy
+_PG_STORE = (
+    "INSERT INTO inbox_event (source, event_id, type, payload, subject, occurred_at, status, attempts, received_at)"
+    " VALUES (%(source)s, %(event_id)s, %(type)s, %(payload)s::jsonb, %(subject)s, %(occurred_at)s, 'pending', 0,"
+    " now()) ON CONFLICT (source, event_id) DO NOTHING RETURNING id"
+)
+_PG_EXISTING = "SELECT id, status, coalesce(enqueued_at, received_at) FROM inbox_event WHERE source = %s AND event_id = %s"
+
+
+def store_event(
+    *,
+    session: Session | Connection | Any,
+    source: InboxSource,
+    event_id: str,
+    type: str,
+    payload: dict[str, Any],
+    subject: str | None,
+    occurred_at: datetime | None,
+    raw: str | None = None,
+) -> Stored:
+    """Insert the event once per (source, event id). A redelivery returns the first row's id.
+
+    `session` may be a Connection in autocommit mode, or on PostgreSQL a psycopg connection in
+    autocommit mode (`Database.direct_autocommit`, the ingress's hot path): the insert is then one
+    durable statement, one round trip. `raw` is the verified JSON text of `payload`; on
+    PostgreSQL it is stored as received, without serializing the payload again.
+    """
+    table = InboxEvent.__table__
+    if occurred_at is None and source is InboxSource.STRIPE and isinstance(payload.get("created"), int):
+        occurred_at = datetime.fromtimestamp(payload["created"], timezone.utc)  # Stripe's own event time
+    if not isinstance(session, (Session, Connection)):
+        driver = session  # a psycopg connection in autocommit mode (Database.direct_autocommit)
+    elif _dialect_name(session) == "postgresql":
+        if isinstance(session, Connection):
+            if not session.in_transaction():
+                session.begin()  # so that a caller's commit() commits (a no-op under AUTOCOMMIT)
+            driver = session.connection.driver_connection
+        else:
+            driver = session.connection().connection.driver_connection
+    else:
+        driver = None
+    if driver is not None:
+        # the hot path, on the driver connection: SQLAlchemy's statement handling costs as much as the insert
+        row = driver.execute(
+            _PG_STORE,
+            dict(source=source.value, event_id=event_id, type=type, payload=raw or json.dumps(payload),
+                 subject=subject, occurred_at=occurred_at),
+        ).fetchone()
+        if row:
+            return Stored(int(row[0]), False)
+        existing = driver.execute(_PG_EXISTING, (source.value, event_id)).fetchone()
+    else:
+        values = dict(source=source.value, event_id=event_id, type=type, payload=payload, subject=subject,
+                      occurred_at=occurred_at, status=InboxStatus.PENDING.value, attempts=0, received_at=utcnow())
+        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=["source", "event_id"])
+        new_id = session.execute(stmt.returning(table.c.id)).scalar()
+        if new_id is not None:
+            return Stored(int(new_id), False)
+        existing = session.execute(
+            select(table.c.id, table.c.status, func.coalesce(table.c.enqueued_at, table.c.received_at)).where(
+                table.c.source == source.value, table.c.event_id == event_id
+            )
+        ).one()
+    stale = existing[1] == InboxStatus.PENDING.value and _aware(existing[2]) < utcnow() - REDELIVERY_RESEND_AFTER
+    return Stored(int(existing[0]), True, resend=stale)
+
+
+def _aware(value: datetime) -> datetime:
+    # a Core select of coalesce() bypasses the column type: SQLite hands back a naive string/datetime
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def mark_enqueued(*, session: Session, ids: list[int]) -> None:
+    """Record that these rows' messages were (re)sent now."""
+    if ids:
+        session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids)).values(enqueued_at=utcnow()))

@@ -1,0 +1,470 @@
+"""The outbox relay: intent → call → outcome, each step in its own unit of work.
+
+1. `claim` (one short transaction): lock a due `pending` row (SKIP LOCKED on PostgreSQL), move it to
+   `sending` through `tasks.machines.OUTBOX`, count the attempt and take a lease; return a `Job` of
+   plain values.
+2. `transmit` (no transaction, no session): SMTP for mail, a signed POST for platform events.
+3. `record` (one short transaction): `sent`; or back to `pending` with exponential backoff; or
+   `dead` after `MAX_ATTEMPTS` (or at once for a permanent failure). Dead rows are the admins' to retry.
+
+Idempotency for the receiver: a platform event carries `cp_out_<outbox id>` as its event id and a
+mail carries `Message-ID: <outbox-<id>@coursepipe>`, the same on every attempt, so a message sent
+twice (a worker killed between the call and the outcome) can be deduplicated on the other side.
+
+A channel that is not configured (no `SMTP_URL`, no `PLATFORM_CALLBACK_URL`, no admin addresses
+for `@admins`) is never claimed: its rows stay `pending` and are delivered once it is configured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from db.enums import OutboxChannel, OutboxStatus
+from db.models import OutboxMessage
+from db.types import utcnow
+from tasks import signatures
+from tasks.messaging import mail
+from tasks.errors import NotFound, TaskError
+from tasks.machines import OUTBOX
+from tasks.messaging.outbox import ADMINS
+
+log = logging.getLogger("coursepipe.delivery")
+
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_CAP = timedelta(hours=1)
+SENDING_LEASE = timedelta(minutes=5)  # a `sending` row older than this is presumed abandoned
+NETWORK_TIMEOUT_SECONDS = 15
+RELAY_BATCH = 500
+CLAIM_BATCH = 10  # per relay run: 10 × NETWORK_TIMEOUT_SECONDS stays well inside SENDING_LEASE
+EVENT_ID_PREFIX = "cp_out_"
+HELD_LOG_EVERY_SECONDS = 300
+# platform answers that retrying cannot change (anything else 4xx/5xx is retried)
+PERMANENT_HTTP = frozenset({400, 401, 403, 404, 405, 410, 413, 415, 422})
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed message, as plain values usable outside any transaction."""
+
+    id: int
+    channel: OutboxChannel
+    topic: str
+    recipients: tuple[str, ...]
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str | None = None
+    permanent: bool = False
+
+
+def event_id(message_id: int) -> str:
+    return f"{EVENT_ID_PREFIX}{message_id}"
+
+
+def mail_message_id(message_id: int) -> str:
+    return f"<outbox-{message_id}@coursepipe>"
+
+
+def backoff(attempts: int, *, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
+    """30 s, 1 min, 2 min, 4 min … capped at an hour, after the n-th failed attempt."""
+    return min(base * (2 ** max(attempts - 1, 0)), cap)
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def _held_reason(settings, channel: OutboxChannel, recipient: str | None) -> str | None:
+    """Why a message of this channel cannot leave now (None: it can)."""
+    if channel is OutboxChannel.MAIL:
+        if not settings.smtp_url:
+            return "SMTP_URL is not set"
+        if recipient == ADMINS and not settings.admin_alert_emails:
+            return "ADMIN_ALERT_EMAILS is empty"
+        return None
+    if not settings.platform_callback_url:
+        return "PLATFORM_CALLBACK_URL is not set"
+    if not settings.platform_webhook_secret:
+        return "PLATFORM_WEBHOOK_SECRET is not set"
+    return None
+
+
+_last_held_log: dict[str, float] = {}
+
+
+def _log_held(reason: str, count: int) -> None:
+    now = time.monotonic()
+    if now - _last_held_log.get(reason, -HELD_LOG_EVERY_SECONDS) >= HELD_LOG_EVERY_SECONDS:
+        _last_held_log[reason] = now
+        log.warning("%d outbox message(s) held in the outbox: %s", count, reason)
+
+
+def _recipients(settings, recipient: str | None) -> tuple[str, ...]:
+    if recipient == ADMINS:
+        return tuple(settings.admin_alert_emails)
+    return tuple(r.strip() for r in (recipient or "").split(",") if r.strip())
+
+
+# --------------------------------------------------------------------------- 1. claim
+
+
+def release_stuck(*, session: Session, now: datetime | None = None) -> int:
+    """`sending` rows whose lease ran out (their worker died mid-call) go back to `pending`."""
+    now = now or utcnow()
+    query = select(OutboxMessage).where(
+        OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.next_attempt_at <= now
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    released = 0
+    for message in session.scalars(query):
+        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="sending lease expired",
+                    enrollment_id=message.enrollment_id, at=now)
+        message.last_error = "sending lease expired (worker lost mid-send); will retry"
+        message.next_attempt_at = now
+        released += 1
+    if released:
+        log.warning("released %d outbox message(s) stuck in sending", released)
+    return released
+
+
+def _ready_filter(settings):
+    """SQL condition for rows whose channel can leave now (held ones are left untouched)."""
+    from sqlalchemy import and_, false
+
+    conditions = []
+    if _held_reason(settings, OutboxChannel.MAIL, None) is None:
+        mail_ok = OutboxMessage.channel == OutboxChannel.MAIL
+        if not settings.admin_alert_emails:
+            mail_ok = and_(mail_ok, or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient != ADMINS))
+        conditions.append(mail_ok)
+    if _held_reason(settings, OutboxChannel.PLATFORM, None) is None:
+        conditions.append(OutboxMessage.channel == OutboxChannel.PLATFORM)
+    return or_(*conditions) if conditions else false()
+
+
+def _log_held_rows(session: Session, settings, now: datetime) -> None:
+    held = session.execute(
+        select(OutboxMessage.channel, OutboxMessage.recipient)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               ~_ready_filter(settings))
+        .limit(RELAY_BATCH)
+    ).all()
+    reasons: dict[str, int] = {}
+    for channel, recipient in held:
+        reason = _held_reason(settings, channel, recipient) or "held"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        _log_held(reason, count)
+
+
+def due_ids(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
+    """Ids of `pending` rows due now on a configured channel; held ones are counted and logged."""
+    now = now or utcnow()
+    _log_held_rows(session, settings, now)
+    return list(session.scalars(
+        select(OutboxMessage.id)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               _ready_filter(settings))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+    ))
+
+
+def prepare_relay(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
+    """Free abandoned `sending` rows, then list what is due (for inspection and tests)."""
+    now = now or utcnow()
+    release_stuck(session=session, now=now)
+    return due_ids(session=session, settings=settings, now=now, limit=limit)
+
+
+def _take(session: Session, message: OutboxMessage, settings, now: datetime, lease: timedelta) -> Job:
+    message.attempts += 1
+    OUTBOX.move(message, OutboxStatus.SENDING, session=session, cause=f"attempt {message.attempts}",
+                enrollment_id=message.enrollment_id, at=now)
+    message.next_attempt_at = now + lease
+    recipients = _recipients(settings, message.recipient) if message.channel is OutboxChannel.MAIL else ()
+    return Job(
+        id=message.id,
+        channel=message.channel,
+        topic=message.topic,
+        recipients=recipients,
+        payload=dict(message.payload or {}),
+        created_at=message.created_at,
+        attempts=message.attempts,
+    )
+
+
+def claim_due(
+    *, session: Session, settings, now: datetime | None = None, limit: int = CLAIM_BATCH,
+    lease: timedelta = SENDING_LEASE,
+) -> list[Job]:
+    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows.
+
+    Rows another relay has locked are skipped (SKIP LOCKED on PostgreSQL), so concurrent relays
+    share the backlog; rows of a channel that is not configured are left alone.
+    """
+    now = now or utcnow()
+    release_stuck(session=session, now=now)
+    _log_held_rows(session, settings, now)
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
+               _ready_filter(settings))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [_take(session, message, settings, now, lease) for message in session.scalars(query).all()]
+
+
+def claim(
+    *, session: Session, message_id: int, settings, now: datetime | None = None, lease: timedelta = SENDING_LEASE
+) -> Job | None:
+    """Take one due message for sending; None if it is not due, not ours, or its channel is held."""
+    now = now or utcnow()
+    query = select(OutboxMessage).where(OutboxMessage.id == message_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # another worker has it: leave it to them
+    message = session.scalar(query)
+    if message is None or message.status is not OutboxStatus.PENDING or message.next_attempt_at > now:
+        return None
+    reason = _held_reason(settings, message.channel, message.recipient)
+    if reason:
+        _log_held(reason, 1)
+        return None
+    return _take(session, message, settings, now, lease)
+
+
+# --------------------------------------------------------------------------- 2. transmit (network)
+
+
+def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) -> Outcome:
+    """Send one claimed message. Never raises: every failure becomes an Outcome."""
+    try:
+        if job.channel is OutboxChannel.MAIL:
+            return _send_mail(job, settings, timeout)
+        return _post_platform_event(job, settings, timeout)
+    except TaskError as exc:  # a permanent domain error (unknown template…)
+        return Outcome(False, f"{type(exc).__name__}: {exc}", permanent=True)
+    except Exception as exc:  # anything unexpected is retried
+        return Outcome(False, f"{type(exc).__name__}: {exc}")
+
+
+def platform_body(job: Job) -> bytes:
+    """The outbound event envelope (CONTRACT §3.2 shape); its id is stable across attempts."""
+    envelope = {
+        "id": event_id(job.id),
+        "type": job.payload.get("type") or job.topic,
+        "occurred_at": job.created_at.isoformat(),
+        "data": job.payload.get("data") or {},
+    }
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def _post_platform_event(job: Job, settings, timeout: float) -> Outcome:
+    body = platform_body(job)
+    request = urllib.request.Request(
+        settings.platform_callback_url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Platform-Signature": signatures.sign(body, settings.platform_webhook_secret),
+            "Platform-Event-Id": event_id(job.id),
+            "User-Agent": "coursepipe-outbox/1",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return Outcome(True)
+    except urllib.error.HTTPError as exc:
+        detail = f"platform answered HTTP {exc.code}"
+        return Outcome(False, detail, permanent=exc.code in PERMANENT_HTTP)
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+        return Outcome(False, f"platform unreachable: {getattr(exc, 'reason', exc)}")
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    mode: str  # plain | starttls | ssl
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """smtp://host:port (plain), smtp://…?starttls=true or smtp+starttls://…, smtps://… (TLS); user:pass@ optional."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = parse_qs(parts.query)
+    if scheme == "smtps":
+        mode, default_port = "ssl", 465
+    elif scheme == "smtp+starttls" or query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"):
+        mode, default_port = "starttls", 587
+    elif scheme == "smtp":
+        mode, default_port = "plain", 25
+    else:
+        raise ValueError(f"SMTP_URL scheme must be smtp, smtp+starttls or smtps, not {parts.scheme!r}")
+    return SmtpTarget(
+        host=parts.hostname or "localhost",
+        port=parts.port or default_port,
+        mode=mode,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _send_mail(job: Job, settings, timeout: float) -> Outcome:
+    if not job.recipients:
+        return Outcome(False, "mail has no recipient", permanent=True)
+    template = job.payload.get("template") or job.topic
+    rendered = mail.render(template, job.payload.get("context") or {})
+    message = mail.build_message(rendered, sender=settings.mail_from, recipients=job.recipients,
+                                 message_id=mail_message_id(job.id))
+    target = parse_smtp_url(settings.smtp_url)
+    try:
+        if target.mode == "ssl":
+            client = smtplib.SMTP_SSL(target.host, target.port, timeout=timeout,
+                                      context=ssl.create_default_context())
+        else:
+            client = smtplib.SMTP(target.host, target.port, timeout=timeout)
+        with client:
+            if target.mode == "starttls":
+                client.starttls(context=ssl.create_default_context())
+            if target.username:
+                client.login(target.username, target.password or "")
+            refused = client.send_message(message, from_addr=settings.mail_from, to_addrs=list(job.recipients))
+    except smtplib.SMTPRecipientsRefused as exc:
+        return Outcome(False, f"all recipients refused: {exc.recipients}", permanent=True)
+    except smtplib.SMTPResponseException as exc:
+        # 5xx is the server's final word; 4xx (greylisting, full mailbox) is worth another try
+        return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600)
+    except (smtplib.SMTPException, OSError) as exc:
+        return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
+    if refused:
+        log.warning("outbox %s: some recipients refused: %s", job.id, refused)
+    return Outcome(True)
+
+
+# --------------------------------------------------------------------------- 3. record
+
+
+def record(
+    *,
+    session: Session,
+    job: Job,
+    outcome: Outcome,
+    now: datetime | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> OutboxStatus | None:
+    """Write the outcome of one attempt. Returns the row's new status (None if the row is gone)."""
+    now = now or utcnow()
+    query = select(OutboxMessage).where(OutboxMessage.id == job.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    message = session.scalar(query)
+    if message is None:
+        return None
+    if outcome.ok:
+        # it left: record it even if our lease ran out meanwhile (a re-send would carry the same id)
+        if message.status is OutboxStatus.DEAD:
+            # our lease ran out and a later attempt gave up; ours got through after all
+            log.warning("outbox %s was delivered by a late attempt after it was marked dead", message.id)
+        if message.status is not OutboxStatus.SENT:
+            OUTBOX.move(message, OutboxStatus.SENT, session=session, cause=f"attempt {job.attempts}",
+                        enrollment_id=message.enrollment_id, at=now)
+            message.sent_at = now
+            message.last_error = None
+        return message.status
+    if message.status is not OutboxStatus.SENDING or message.attempts != job.attempts:
+        return message.status  # the lease expired and another attempt owns the row now
+    message.last_error = outcome.error
+    if outcome.permanent or message.attempts >= max_attempts:
+        OUTBOX.move(message, OutboxStatus.DEAD, session=session,
+                    cause="permanent failure" if outcome.permanent else "retries exhausted",
+                    enrollment_id=message.enrollment_id, at=now)
+        log.error("outbox %s (%s %s) is dead after %d attempt(s): %s", message.id, message.channel.value,
+                  message.topic, message.attempts, outcome.error)
+    else:
+        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause=f"attempt {job.attempts} failed",
+                    enrollment_id=message.enrollment_id, at=now)
+        message.next_attempt_at = now + backoff(message.attempts)
+        log.info("outbox %s attempt %d failed, next at %s: %s", message.id, message.attempts,
+                 message.next_attempt_at.isoformat(), outcome.error)
+    return message.status
+
+
+# --------------------------------------------------------------------------- admin
+
+
+def retry(*, session: Session, message_id: int, now: datetime | None = None) -> OutboxMessage:
+    """An admin's Retry on a dead (or backing-off) message: due now, with a fresh attempt count."""
+    now = now or utcnow()
+    message = session.scalar(select(OutboxMessage).where(OutboxMessage.id == message_id).with_for_update())
+    if message is None:
+        raise NotFound(f"no outbox message {message_id}")
+    OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin retry",
+                enrollment_id=message.enrollment_id, at=now)
+    if message.status is OutboxStatus.PENDING:
+        message.attempts = 0
+        message.next_attempt_at = now
+    return message
+
+
+def counts(*, session: Session) -> dict[str, int]:
+    """Messages by status, for dashboards."""
+    from sqlalchemy import func
+
+    rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()
+    return {status.value: n for status, n in rows}
+
+
+def problems(*, session: Session, limit: int = 50) -> list[OutboxMessage]:
+    """Dead messages and ones that have failed at least once, newest first."""
+    return list(
+        session.scalars(
+            select(OutboxMessage)
+            .where(or_(OutboxMessage.status == OutboxStatus.DEAD, OutboxMessage.last_error.is_not(None)),
+                   OutboxMessage.status != OutboxStatus.SENT)
+            .order_by(OutboxMessage.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def message_view(message: OutboxMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "channel": message.channel.value,
+        "topic": message.topic,
+        "recipient": message.recipient,
+        "status": message.status.value,
+        "attempts": message.attempts,
+        "last_error": message.last_error,
+        "created_at": message.created_at.isoformat(),
+        "next_attempt_at": message.next_attempt_at.isoformat() if message.next_attempt_at else None,
+        "sent_at": message.sent_at.isoformat() if message.sent_at else None,
+        "enrollment_id": message.enrollment_id,
+    }

@@ -1,0 +1,173 @@
+"""Mail rendering: one Jinja2 file per mail under `tasks/messaging/templates/mail/`, the one place to edit wording.
+
+Each `<name>.jinja` holds three blocks: `subject`, `text` (plain text) and `html` (the body, framed by
+`_layout.html`). Contexts come from outbox rows written by other modules (`tasks.messaging.outbox.add_mail`),
+possibly by older code, so a missing optional key renders as empty text, never as an error.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import formatdate
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from markupsafe import Markup
+
+from tasks.errors import PermanentError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "mail"
+TEMPLATES = (
+    "enrollment_welcome",
+    "booking_confirmed",
+    "booking_cancelled",
+    "class_cancelled",
+    "step_reminder",
+    "dispute_alert",
+    "refund_failed_alert",
+    "low_seat_alert",
+    "stripe_drift_alert",
+)
+SIGNATURE = "coursepipe - course programs"
+
+# Stripe's zero-decimal currencies: the amount is already in major units
+ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+                          "xaf", "xof", "xpf"})
+
+
+class UnknownTemplate(PermanentError):
+    """Raised when an outbox row names a mail template that does not exist."""
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    subject: str
+    text: str
+    html: str
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _zone(name: str | None):
+    if not name:
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return timezone.utc
+
+
+def _parse_when(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def local_time(value: Any, tz: str | None = None, style: str = "long") -> str:
+    """An ISO instant shown in the reader's timezone: 'Tuesday 1 December 2026, 18:00 CET (Europe/Berlin)'."""
+    moment = _parse_when(value)
+    if moment is None:
+        return "" if value is None or isinstance(value, jinja2.Undefined) else str(value)
+    zone = _zone(tz if isinstance(tz, str) else None)
+    local = moment.astimezone(zone)
+    abbreviation = local.tzname() or ""
+    if style == "short":
+        return f"{local:%a} {local.day} {local:%b} {local:%H:%M} {abbreviation}".strip()
+    zone_name = getattr(zone, "key", "UTC")
+    suffix = f" ({zone_name})" if zone_name != abbreviation else ""
+    return f"{local:%A} {local.day} {local:%B %Y}, {local:%H:%M} {abbreviation}{suffix}".strip()
+
+
+def money(amount: Any, currency: Any = None) -> str:
+    if amount is None or isinstance(amount, jinja2.Undefined):
+        return "-"
+    code = (currency if isinstance(currency, str) else "").lower()
+    try:
+        minor = int(amount)
+    except (TypeError, ValueError):
+        return str(amount)
+    if code in ZERO_DECIMAL:
+        return f"{minor} {code.upper()}"
+    return f"{minor / 100:,.2f} {code.upper()}".strip()
+
+
+def credit_kind(kind: Any, quantity: Any = 1) -> str:
+    words = {"private_credit": "private lesson credit", "group_credit": "group class credit",
+             "private": "private lesson credit", "group": "group class credit"}
+    word = words.get(str(kind), str(kind).replace("_", " "))
+    try:
+        plural = int(quantity) != 1
+    except (TypeError, ValueError):
+        plural = False
+    return word + ("s" if plural else "")
+
+
+# --------------------------------------------------------------------------- environments
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=autoescape,
+        undefined=jinja2.ChainableUndefined,  # tolerant: a missing key (or a key of one) renders empty
+        trim_blocks=False,
+        keep_trailing_newline=False,
+    )
+    env.filters.update(local_time=local_time, money=money, credit_kind=credit_kind)
+    return env
+
+
+@lru_cache(maxsize=1)
+def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
+    # the same files twice: plain text unescaped, the HTML block autoescaped
+    return _environment(False), _environment(True)
+
+
+def _block(env: jinja2.Environment, name: str, block: str, context: dict[str, Any]) -> str:
+    template = env.get_template(f"{name}.jinja")
+    render = template.blocks.get(block)
+    if render is None:
+        return ""
+    return "".join(render(template.new_context(context)))
+
+
+def render(template: str, context: dict[str, Any] | None) -> RenderedMail:
+    """Render one mail. Raises UnknownTemplate (permanent) for a name with no file."""
+    if template not in TEMPLATES:
+        raise UnknownTemplate(f"no mail template {template!r}")
+    context = dict(context or {})
+    text_env, html_env = _environments()
+    subject = re.sub(r"\s+", " ", _block(text_env, template, "subject", context)).strip()
+    text = _block(text_env, template, "text", context).strip() + f"\n\n-- \n{SIGNATURE}\n"
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    body = Markup(_block(html_env, template, "html", context).strip())
+    html = html_env.get_template("_layout.html").render(subject=subject, body=body, signature=SIGNATURE)
+    return RenderedMail(subject=subject, text=text, html=html)
+
+
+def build_message(
+    mail: RenderedMail, *, sender: str, recipients: list[str] | tuple[str, ...], message_id: str
+) -> EmailMessage:
+    """A multipart/alternative message (plain text first) carrying our stable Message-ID."""
+    message = EmailMessage()
+    message["Subject"] = mail.subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = message_id
+    message.set_content(mail.text)
+    message.add_alternative(mail.html, subtype="html")
+    return message

@@ -1,0 +1,467 @@
+"""Fulfilment of Stripe Checkout Sessions: money in → entitlements out, exactly once.
+
+`fulfil_checkout` identifies the buyer (`client_reference_id`) and the product (`metadata.kind`
+with `course_code` / `package_code`; without metadata, the session's line-item price ids), then,
+in the caller's one transaction:
+
+- a course: the `student_course_enrollment` row (unique per checkout session), one progress row per
+  step and the bundle's credits (`tasks.enrollments.services.provision`), `enrollment.created` and the
+  welcome mail through the outbox;
+- a package: the `package_purchase` row (unique per checkout session) and its credits, through the
+  same `tasks.ledger.credits.issue_credits` the bundles use.
+
+An unpaid session (async payment) records a `pending` purchase; `async_payment_succeeded` fulfils
+it, `async_payment_failed` marks it `failed`. A paid checkout is fulfilled even if its course was
+unpublished (or soft-deleted) since. A buyer we do not know is created from the session. No buyer
+or an unknown product raises a permanent error: the event stays `failed`, visible and replayable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.database import upsert_insert
+from db.enums import EnrollmentStatus, InboxSource, PurchaseStatus
+from db.models import CourseProgram, CreditPackage, InboxEvent, PackagePurchase, Student, StudentCourseEnrollment
+from db.types import utcnow
+from tasks.catalog import services as catalog
+from tasks.ledger import credits
+from tasks.enrollments import services as enrollments
+from tasks.purchases import payments
+from tasks.catalog import publishing
+from tasks.purchases import shapes
+from tasks.errors import NotFound, PermanentError, TransientError
+from tasks.machines import ENROLLMENT
+from tasks.stripe_api import stripe_client
+from tasks.inbox.context import Fetched, HandlerContext, not_fetched
+from tasks.inbox.parking import wake_waiting
+
+COMPLETED = "checkout.session.completed"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
+CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
+PAID_STATUSES = ("paid", "no_payment_required")
+NOT_ONE_TIME = ("subscription", "setup")  # checkout modes that are not a course or package purchase
+STRIPE_TIMEOUT_SECONDS = 10
+
+
+
+class UnknownProduct(NotFound):
+    """Raised when a checkout names no course or package we know (fix the catalog, then replay)."""
+
+
+class UnknownBuyer(PermanentError):
+    """Raised when a checkout names no student (no client_reference_id, no matching e-mail)."""
+
+
+@dataclass(frozen=True)
+class Product:
+    program: CourseProgram | None = None
+    package: CreditPackage | None = None
+    price_id: str | None = None
+    product_id: str | None = None
+    identified_by: str = "metadata"
+
+
+@dataclass
+class Fulfilled:
+    kind: str  # course | package
+    id: int  # enrollment id or package purchase id
+    status: str
+    created: bool
+    provisioned: enrollments.Provisioned | None = None
+
+
+# --------------------------------------------------------------------------- identifying
+
+
+def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
+    """`paid`, `pending` (async payment not settled) or `failed`."""
+    if event_type == ASYNC_FAILED:
+        return "failed"
+    if event_type == ASYNC_SUCCEEDED or checkout.get("payment_status") in PAID_STATUSES:
+        return "paid"
+    return "pending"
+
+
+def checkout_email(checkout: dict[str, Any]) -> str | None:
+    return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
+
+
+def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
+    """`client_reference_id`; else `metadata.student_id`; else the one student with the customer's e-mail."""
+    student_id = checkout.get("client_reference_id") or (checkout.get("metadata") or {}).get("student_id")
+    if student_id:
+        return str(student_id)
+    email = checkout_email(checkout)
+    if email:
+        matches = session.scalars(select(Student.id).where(func.lower(Student.email) == email.strip().lower())
+                                  .limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+    raise UnknownBuyer(f"checkout session {checkout.get('id')} has no client_reference_id and its e-mail "
+                       f"({email or 'none'}) matches no single known student")
+
+
+def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) -> Student:
+    """The buyer's mirror row; a student first seen on a purchase is created (completed by `student.upserted`).
+
+    INSERT … ON CONFLICT DO NOTHING RETURNING: one statement for a new student; a known one (or one
+    a concurrent transaction created first) is then read as it is, never overwritten.
+    """
+    details = checkout.get("customer_details") or {}
+    now = utcnow()
+    student = session.scalars(
+        upsert_insert(session)(Student)
+        .values(id=student_id, email=checkout_email(checkout), name=details.get("name"), created_at=now,
+                updated_at=now)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Student),
+        execution_options={"populate_existing": True},
+    ).first()
+    if student is None:
+        student = session.get(Student, student_id)
+    if student is None:
+        raise TransientError(f"student {student_id} could not be created")
+    return student
+
+
+def _sold_by_code(session: Session, model, code: str):
+    """The live course or package with this code; a paid checkout of one deleted since fulfils against its
+    last row."""
+    return session.scalar(
+        select(model).where(model.code == code)
+        .order_by(model.deleted_at.is_not(None), model.deleted_at.desc(), model.id.desc())
+        .limit(1)
+    )
+
+
+def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any = None,
+                     fetched: Fetched = not_fetched) -> list[tuple[str, str | None]]:
+    """(price id, product id) of the session's line items: embedded in the payload, else fetched from Stripe.
+
+    The fetch is the one network call fulfilment makes; it runs outside the transaction
+    (`fetched`, the handler context's: the runner's caller fetches, then the handler runs again with the
+    answer).
+    """
+    items = (checkout.get("line_items") or {}).get("data")
+    if items is None:
+        items = fetched(f"stripe:line_items:{checkout['id']}",
+                        lambda: _fetch_line_items(checkout["id"], settings, client))
+    prices = []
+    for item in items:
+        price = item.get("price") or {}
+        price_id = price.get("id") if isinstance(price, dict) else price
+        product = price.get("product") if isinstance(price, dict) else None
+        if isinstance(product, dict):
+            product = product.get("id")
+        if price_id:
+            prices.append((price_id, product))
+    return prices
+
+
+def _fetch_line_items(checkout_session_id: str, settings: Any, client: Any) -> list[dict[str, Any]]:
+    import stripe
+
+    client = client or stripe_client(settings, purpose="a checkout without metadata cannot be identified",
+                                     timeout=STRIPE_TIMEOUT_SECONDS)
+    try:
+        page = client.v1.checkout.sessions.line_items.list(checkout_session_id, params={"limit": 100})
+        return [item.to_dict() for item in page.auto_paging_iter()]
+    except stripe.InvalidRequestError as exc:
+        raise PermanentError(f"Stripe has no line items for {checkout_session_id}: {exc.user_message}") from None
+    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+        raise TransientError(f"Stripe line items for {checkout_session_id}: {exc}") from None
+    except stripe.StripeError as exc:  # authentication, permission: retrying will not help
+        raise PermanentError(f"Stripe line items for {checkout_session_id}: {exc}") from None
+
+
+def identify_product(session: Session, checkout: dict[str, Any], *, settings: Any = None,
+                     client: Any = None, fetched: Fetched = not_fetched) -> Product:
+    metadata = checkout.get("metadata") or {}
+    kind = metadata.get("kind") or ("course" if metadata.get("course_code") else
+                                    "package" if metadata.get("package_code") else None)
+    if kind == "course":
+        code = metadata.get("course_code")
+        program = _sold_by_code(session, CourseProgram, code) if code else None
+        if program is None:
+            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown course {code!r}")
+        return Product(program=program, price_id=program.stripe_price_id, product_id=program.stripe_product_id)
+    if kind == "package":
+        code = metadata.get("package_code")
+        package = _sold_by_code(session, CreditPackage, code) if code else None
+        if package is None:
+            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown package {code!r}")
+        return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
+    if kind is not None:
+        raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
+    prices = line_item_prices(checkout, settings, client, fetched)
+    for price_id, product_id in prices:
+        # the current price of a course or package, or one we archived after a price change
+        listing = publishing.listing_for_price(session, price_id)
+        if listing is None:
+            continue
+        kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
+        return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
+                       identified_by="line_items")
+    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
+                         f"{[p for p, _ in prices]}")
+
+
+# --------------------------------------------------------------------------- fulfilling
+
+
+def _lock_or_create(session: Session, model, checkout_session_id: str, make):
+    """The purchase row of a checkout session, row-locked; created once (unique session id).
+
+    One INSERT … ON CONFLICT DO NOTHING RETURNING: a new row comes back (locked, as ours); on a
+    conflict (a redelivery, or a concurrent fulfilment that committed first) the existing row is
+    read under FOR UPDATE.
+    """
+    created = session.scalars(
+        upsert_insert(session)(model).values(**make())
+        .on_conflict_do_nothing(index_elements=["stripe_checkout_session_id"])
+        .returning(model),
+        execution_options={"populate_existing": True},
+    ).first()
+    if created is not None:
+        return created, True
+    query = select(model).where(model.stripe_checkout_session_id == checkout_session_id).with_for_update()
+    row = session.scalar(query.execution_options(populate_existing=True))
+    if row is None:
+        raise TransientError(f"purchase of {checkout_session_id} vanished")
+    return row, False
+
+
+def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, product: Product,
+              outcome: str) -> dict[str, Any]:
+    return {
+        "checkout_session_id": checkout.get("id"),
+        "event_type": event_type,
+        "event_id": event_id,
+        "payment_status": checkout.get("payment_status"),
+        "outcome": outcome,
+        "metadata": checkout.get("metadata") or {},
+        "customer": checkout.get("customer"),
+        "customer_email": checkout_email(checkout),
+        "identified_by": product.identified_by,
+        "recorded_at": utcnow().isoformat(),
+    }
+
+
+def fulfil_checkout(*, session: Session, checkout: dict[str, Any], event_type: str = COMPLETED,
+                    event_id: str | None = None, settings: Any = None, stripe_client: Any = None,
+                    fetched: Fetched = not_fetched) -> Fulfilled:
+    """Fulfil (or record) one Checkout Session. Idempotent: a repeat creates nothing new.
+
+    `fetched(key, fetch)` answers remote look-ups made outside the transaction (the handler context's).
+    """
+    if event_type not in CHECKOUT_TYPES:
+        raise ValueError(f"not a checkout event type: {event_type}")
+    if not checkout.get("id"):
+        raise PermanentError("checkout session without an id")
+    shapes.require("checkout session", checkout, shapes.checkout_problem(checkout))
+    outcome = payment_outcome(checkout, event_type)
+    product = identify_product(session, checkout, settings=settings, client=stripe_client, fetched=fetched)
+    student = ensure_student(session, buyer_id(session, checkout), checkout)
+    if product.program is not None:
+        return _fulfil_course(session, checkout, event_type, event_id, product, student, outcome)
+    return _fulfil_package(session, checkout, event_type, event_id, product, student, outcome)
+
+
+def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, event_id: str | None,
+                   product: Product, student: Student, outcome: str) -> Fulfilled:
+    program = product.program
+    initial = {"paid": EnrollmentStatus.ACTIVE, "pending": EnrollmentStatus.PENDING, "failed": EnrollmentStatus.FAILED}[outcome]
+    now = utcnow()
+
+    def make() -> dict[str, Any]:
+        metadata = _metadata(checkout, event_type, event_id, product, outcome)
+        metadata["bundle"] = enrollments.bundle_snapshot(program, session)  # what was sold, kept as sold
+        metadata["program_status_at_fulfilment"] = program.status.value
+        return dict(
+            student_id=student.id,
+            program_id=program.id,
+            status=initial,
+            stripe_checkout_session_id=checkout["id"],
+            stripe_payment_intent_id=checkout.get("payment_intent"),
+            stripe_product_id=product.product_id,
+            stripe_price_id=product.price_id,
+            amount_total=checkout.get("amount_total") or 0,
+            currency=checkout.get("currency"),
+            fulfilment_metadata=metadata,
+            activated_at=now if initial == EnrollmentStatus.ACTIVE else None,
+        )
+
+    enrollment, created = _lock_or_create(session, StudentCourseEnrollment, checkout["id"], make)
+    cause = f"checkout:{checkout['id']}"
+    if created:
+        session.flush()
+        enrollments.log_created(session, enrollment, cause)
+    else:
+        if enrollment.stripe_payment_intent_id is None and checkout.get("payment_intent"):
+            enrollment.stripe_payment_intent_id = checkout["payment_intent"]
+        if outcome == "paid" and enrollment.status in (EnrollmentStatus.PENDING, EnrollmentStatus.FAILED):
+            ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+            enrollment.activated_at = now
+            enrollment.fulfilment_metadata = {**(enrollment.fulfilment_metadata or {}),
+                                              "activated_by": event_type, "activated_event_id": event_id}
+        elif outcome == "failed" and enrollment.status == EnrollmentStatus.PENDING:
+            ENROLLMENT.move(enrollment, EnrollmentStatus.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+    provisioned = None
+    if enrollment.status in enrollments.ENTITLED:
+        steps = catalog.live_steps(session, program.id)
+        provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
+                                            fresh=created, steps=steps)
+        enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created,
+                                     steps=steps)
+    if not created:
+        # refunds or disputes recorded against this purchase before now apply (a new row has none:
+        # they wait until it exists)
+        payments.settle_enrollment(session=session, enrollment=enrollment, cause=cause)
+    session.flush()
+    return Fulfilled("course", enrollment.id, enrollment.status.value, created, provisioned)
+
+
+def package_expiry(package: CreditPackage, granted_at: datetime) -> datetime | None:
+    return granted_at + timedelta(days=package.validity_days) if package.validity_days else None
+
+
+def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str, event_id: str | None,
+                    product: Product, student: Student, outcome: str) -> Fulfilled:
+    package = product.package
+    initial = {"paid": PurchaseStatus.PAID, "pending": PurchaseStatus.PENDING, "failed": PurchaseStatus.FAILED}[outcome]
+
+    def make() -> dict[str, Any]:
+        return dict(
+            student_id=student.id,
+            package_id=package.id,
+            status=initial,
+            stripe_checkout_session_id=checkout["id"],
+            stripe_payment_intent_id=checkout.get("payment_intent"),
+            amount_total=checkout.get("amount_total") or 0,
+            currency=checkout.get("currency"),
+        )
+
+    purchase, created = _lock_or_create(session, PackagePurchase, checkout["id"], make)
+    if not created:
+        if purchase.stripe_payment_intent_id is None and checkout.get("payment_intent"):
+            purchase.stripe_payment_intent_id = checkout["payment_intent"]
+        if outcome == "paid" and purchase.status in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
+            purchase.status = PurchaseStatus.PAID
+        elif outcome == "failed" and purchase.status == PurchaseStatus.PENDING:
+            purchase.status = PurchaseStatus.FAILED
+    session.flush()
+    if purchase.status == PurchaseStatus.PAID:
+        credits.issue_credits(session=session, student_id=student.id, credit_type=package.credit_type,
+                              quantity=package.quantity, cause=f"package_purchase:{purchase.id}",
+                              package_purchase_id=purchase.id, expires_at=package_expiry(package, utcnow()))
+    payments.settle_package(session=session, purchase=purchase, cause=f"checkout:{checkout['id']}")
+    session.flush()
+    return Fulfilled("package", purchase.id, purchase.status.value, created)
+
+
+@dataclass
+class Refulfilled:
+    enrollment_id: int
+    status: str
+    provisioned: Provisioned
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"enrollment_id": self.enrollment_id, "status": self.status, **self.provisioned.as_dict()}
+
+
+def refulfill(*, session: Session, enrollment_id: int) -> Refulfilled:
+    """Re-run fulfilment for an enrollment: create only what is missing, never double.
+
+    Then re-apply the payment facts (partial refunds) to any grant that was just re-created.
+    """
+    enrollment = enrollments.get_enrollment(session, enrollment_id, lock=True)
+    if enrollment is None:
+        raise NotFound(f"no enrollment {enrollment_id}")
+    if enrollment.status not in enrollments.ENTITLED:
+        raise enrollments.NotFulfillable(f"enrollment {enrollment_id} is {enrollment.status.value}: nothing is owed")
+    program = enrollments.program_of(session, enrollment)
+    done = enrollments.provision(session=session, enrollment=enrollment, program=program, cause="refulfill")
+    enrollments.announce_created(session=session, enrollment=enrollment, program=program)
+    payments.settle_enrollment(session=session, enrollment=enrollment, cause="refulfill")
+    return Refulfilled(enrollment.id, enrollment.status.value, done)
+
+
+def stored_checkouts(session: Session, checkout_session_id: str) -> list:
+    """The inbox events about one Checkout Session, oldest first (for re-fulfilment by session id)."""
+    return list(session.scalars(
+        select(InboxEvent).where(
+            InboxEvent.source == InboxSource.STRIPE,
+            InboxEvent.type.in_(CHECKOUT_TYPES),
+            InboxEvent.payload["data"]["object"]["id"].as_string() == checkout_session_id,
+        ).order_by(InboxEvent.id)
+    ))
+
+
+@dataclass
+class SessionRefulfilled:
+    checkout_session_id: str
+    kind: str | None
+    id: int | None
+    status: str | None
+    details: dict[str, Any]
+    woken: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkout_session_id": self.checkout_session_id, "kind": self.kind, "id": self.id,
+                "status": self.status, **self.details, "woken_events": self.woken}
+
+
+def refulfill_checkout_session(*, ctx: HandlerContext, checkout_session_id: str,
+                               stripe_client: Any = None) -> SessionRefulfilled:
+    """Admin re-fulfilment by Checkout Session id: the purchase's missing parts, or the purchase itself.
+
+    If the purchase exists it is re-provisioned (`tasks.enrollments.services.refulfill`; a package purchase's
+    grant is re-issued if missing). If it does not (its event failed: unknown course, no buyer), it is
+    fulfilled from the stored Stripe events, and refunds or disputes parked on its payment are woken
+    (the caller enqueues the returned ids after commit).
+    """
+    session, settings = ctx.session, ctx.settings
+    enrollment = enrollments.by_checkout_session(session, checkout_session_id)
+    if enrollment is not None:
+        done = refulfill(session=session, enrollment_id=enrollment.id)
+        return SessionRefulfilled(checkout_session_id, "course", enrollment.id, done.status,
+                                  done.provisioned.as_dict(), [])
+    package_purchase = session.scalar(select(PackagePurchase).where(
+        PackagePurchase.stripe_checkout_session_id == checkout_session_id).with_for_update())
+    if package_purchase is not None:
+        granted = {}
+        if package_purchase.status == PurchaseStatus.PAID:
+            package = session.get(CreditPackage, package_purchase.package_id)
+            cause = f"package_purchase:{package_purchase.id}"
+            had = credits.lots(session=session, package_purchase_id=package_purchase.id)
+            if not had:
+                credits.issue_credits(session=session, student_id=package_purchase.student_id,
+                                      credit_type=package.credit_type, quantity=package.quantity, cause=cause,
+                                      package_purchase_id=package_purchase.id,
+                                      expires_at=package_expiry(package, utcnow()))
+                granted[package.credit_type.value] = package.quantity
+            payments.settle_package(session=session, purchase=package_purchase, cause="refulfill")
+        return SessionRefulfilled(checkout_session_id, "package", package_purchase.id, package_purchase.status.value,
+                                  {"credits_granted": granted}, [])
+    events = stored_checkouts(session, checkout_session_id)
+    if not events:
+        raise NotFound(f"no purchase and no stored Stripe event for checkout session {checkout_session_id}")
+    pis = {e.payload["data"]["object"].get("payment_intent") for e in events} - {None}
+    keys = {f"payment:{pi}" for pi in pis}
+    # the payment's lock, as the runner takes it: no event about it runs, or parks, while we fulfil
+    ctx.provides(*keys)
+    result = None
+    for event in events:
+        result = fulfil_checkout(session=session, checkout=event.payload["data"]["object"], event_type=event.type,
+                                 event_id=event.event_id, settings=settings, stripe_client=stripe_client,
+                                 fetched=ctx.fetched)
+    woken = wake_waiting(session=session, keys=keys)
+    details = result.provisioned.as_dict() if result.provisioned is not None else {}
+    return SessionRefulfilled(checkout_session_id, result.kind, result.id, result.status,
+                              {"created_purchase": result.created, **details}, woken)

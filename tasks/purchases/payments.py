@@ -1,0 +1,190 @@
+"""What a purchase converges to, derived from its recorded payment facts.
+
+Refund and dispute handlers first record a fact idempotently (a `payment_refund` row per Stripe
+refund id, a `payment_dispute` row per dispute id, the highest refunded total Stripe reported on
+the purchase) and then call `settle_*`, which derives the state from all the facts at once. The
+outcome therefore does not depend on the order the events arrived in, nor on how often they came:
+
+- refunded in full, or any dispute lost      → revoked (unconsumed credits revoked, open steps cancelled)
+- otherwise, refunded in part                 → kept; each lot loses floor(quantity × refunded / paid)
+- otherwise, a dispute open                   → suspended
+- otherwise, suspended with no dispute open   → reinstated (active)
+
+Pending (unsettled) and failed purchases are owed nothing, so only revocation applies to them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from db.enums import DisputeStatus, LedgerEntryType, PurchaseStatus
+from db.models import (
+    CreditLedgerEntry,
+    PackagePurchase,
+    PaymentDispute,
+    PaymentRefund,
+    StudentCourseEnrollment,
+)
+from tasks.ledger import credits
+from tasks.enrollments import services as enrollments
+from tasks.errors import PermanentError, WaitFor
+from tasks.events import stripe_id
+
+
+@dataclass
+class Purchase:
+    enrollment: StudentCourseEnrollment | None = None
+    package_purchase: PackagePurchase | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.enrollment is not None or self.package_purchase is not None
+
+    @property
+    def row(self):
+        return self.enrollment if self.enrollment is not None else self.package_purchase
+
+
+def alert_context(session: Session, purchase: Purchase) -> dict[str, Any]:
+    """What every admin alert about a purchase names: the course, the student, the purchase's row."""
+    enrollment, package = purchase.enrollment, purchase.package_purchase
+    return {
+        "course_code": enrollments.program_of(session, enrollment).code if enrollment is not None else None,
+        "student_id": purchase.row.student_id,
+        "enrollment_id": enrollment.id if enrollment is not None else None,
+        "package_purchase_id": package.id if package is not None else None,
+    }
+
+
+def payment_intent_of(obj: dict[str, Any], what: str) -> str:
+    """The payment intent a Stripe refund, charge or dispute is about (an id, or expanded)."""
+    pi = stripe_id(obj.get("payment_intent"))
+    if not pi:
+        raise PermanentError(f"{what} {obj.get('id')} has no payment_intent: it cannot be matched to a purchase")
+    return pi
+
+
+def purchase_or_wait(session: Session, payment_intent: str) -> Purchase:
+    """The purchase paid by `payment_intent` (row-locked); an event about it waits until it exists."""
+    purchase = purchase_for_payment(session, payment_intent, lock=True)
+    if not purchase.found:
+        raise WaitFor(f"payment:{payment_intent}", f"no purchase paid by {payment_intent} yet")
+    return purchase
+
+
+def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = True) -> Purchase:
+    """The enrollment or package purchase paid by this payment intent (row-locked)."""
+    query = select(StudentCourseEnrollment).where(StudentCourseEnrollment.stripe_payment_intent_id == payment_intent)
+    if lock:
+        query = query.with_for_update()
+    enrollment = session.scalar(query.order_by(StudentCourseEnrollment.id).limit(1))
+    if enrollment is not None:
+        return Purchase(enrollment=enrollment)
+    query = select(PackagePurchase).where(PackagePurchase.stripe_payment_intent_id == payment_intent)
+    if lock:
+        query = query.with_for_update()
+    return Purchase(package_purchase=session.scalar(query.order_by(PackagePurchase.id).limit(1)))
+
+
+REFUND_NOT_COUNTED = ("failed", "canceled")  # a Stripe refund in these states returned no money
+
+
+def refunded_total(session: Session, purchase: Purchase) -> int:
+    """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id.
+
+    A refund that failed after it was counted is left out of the sum; the stored total keeps what
+    was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
+    """
+    row = purchase.row
+    column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
+    counted = or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED))
+    summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
+                                .where(column == row.id, counted)))
+    return max(row.amount_refunded or 0, summed)
+
+
+def _disputes(session: Session, purchase: Purchase) -> list[PaymentDispute]:
+    if purchase.enrollment is not None:
+        where = PaymentDispute.enrollment_id == purchase.enrollment.id
+    else:
+        # a package purchase has no column on the dispute: match by its payment intent
+        where = PaymentDispute.stripe_payment_intent_id == purchase.package_purchase.stripe_payment_intent_id
+    return list(session.scalars(select(PaymentDispute).where(where).order_by(PaymentDispute.id)))
+
+
+def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded: int, paid: int,
+                          cause: str) -> None:
+    """Partial refund: each lot ends with floor(quantity × refunded / paid) revoked under this cause.
+
+    The target is computed from the cumulative refunded total, so two partial refunds in either
+    order revoke the same as one of their sum; what was consumed is never taken back.
+    """
+    if paid <= 0 or refunded <= 0:
+        return
+    for lot in lots:
+        target = lot.grant.quantity * min(refunded, paid) // paid
+        already = -int(session.scalar(
+            select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
+                CreditLedgerEntry.grant_id == lot.grant.id,
+                CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
+                CreditLedgerEntry.cause == cause,
+            )
+        ))
+        credits.revoke_from_lot(session=session, grant=lot.grant, quantity=target - already,
+                                key=f"{cause}:{lot.grant.id}:{target}", cause=cause)
+
+
+def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:
+    """Apply every recorded refund and dispute of this enrollment (caller holds its row lock)."""
+    purchase = Purchase(enrollment=enrollment)
+    refunded = refunded_total(session, purchase)
+    enrollment.amount_refunded = refunded
+    disputes = _disputes(session, purchase)
+    lost = [d for d in disputes if d.status == DisputeStatus.LOST]
+    still_open = [d for d in disputes if d.status == DisputeStatus.OPEN]
+    if enrollment.amount_total > 0 and refunded >= enrollment.amount_total:
+        enrollments.revoke(session=session, enrollment=enrollment, cause=cause, reason="refunded")
+        return
+    if lost:
+        enrollments.revoke(session=session, enrollment=enrollment, cause=f"dispute:{lost[0].stripe_dispute_id}",
+                           reason="dispute_lost")
+        return
+    if enrollment.status not in enrollments.ENTITLED:
+        return
+    _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
+                          refunded=refunded, paid=enrollment.amount_total,
+                          cause=f"partial-refund:enrollment:{enrollment.id}")
+    if still_open:
+        enrollments.suspend(session=session, enrollment=enrollment,
+                            cause=f"dispute:{still_open[0].stripe_dispute_id}", reason="dispute_opened")
+    else:
+        enrollments.reinstate(session=session, enrollment=enrollment, cause=cause, reason="dispute_won")
+
+
+def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -> None:
+    """A package purchase: refunded in full or a dispute lost → unconsumed credits revoked, `refunded`."""
+    wrapped = Purchase(package_purchase=purchase)
+    refunded = refunded_total(session, wrapped)
+    purchase.amount_refunded = refunded
+    lost = any(d.status == DisputeStatus.LOST for d in _disputes(session, wrapped))
+    if (purchase.amount_total > 0 and refunded >= purchase.amount_total) or lost:
+        credits.revoke_unconsumed(session=session, cause=f"revocation:package_purchase:{purchase.id}",
+                                  package_purchase_id=purchase.id)
+        if purchase.status in (PurchaseStatus.PAID, PurchaseStatus.PENDING):
+            purchase.status = PurchaseStatus.REFUNDED
+        return
+    if purchase.status != PurchaseStatus.PAID:
+        return
+    _revoke_in_proportion(session, lots=credits.lots(session=session, package_purchase_id=purchase.id),
+                          refunded=refunded, paid=purchase.amount_total,
+                          cause=f"partial-refund:package_purchase:{purchase.id}")
+
+
+def settle(*, session: Session, purchase: Purchase, cause: str) -> None:
+    if purchase.enrollment is not None:
+        settle_enrollment(session=session, enrollment=purchase.enrollment, cause=cause)
+    elif purchase.package_purchase is not None:
+        settle_package(session=session, purchase=purchase.package_purchase, cause=cause)

@@ -1,0 +1,73 @@
+"""Publishing a course or package to Stripe: intent → call → outcome, each in a unit of work of its own.
+
+`tasks.catalog.publishing` decides each call (`next_intent`) and records what Stripe answered
+(`record_outcome`); this module owns the transactions around them, so no Stripe call ever runs inside one.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from typing import Any, Callable
+
+from sqlalchemy.orm import Session
+
+from db.enums import PublicationStatus
+from tasks.catalog import publishing
+from tasks.stripe_api import stripe_client
+
+log = logging.getLogger("coursepipe.publishing")
+
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
+
+
+def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = None,
+            client: Any = None) -> publishing.Published:
+    """Bring Stripe in line with the listing, one recorded call at a time, then mark it published.
+
+    `unit_of_work` is `Database.session_scope`: intent, call and outcome each commit on their own.
+    Raises PublishFailed (Stripe refused), PublishRetry (try again later, same keys), StripeNotConfigured
+    (no STRIPE_API_KEY: nothing changes).
+    """
+    import stripe
+
+    client = client or stripe_client(settings, purpose="publishing to Stripe is disabled")
+    calls: list[dict[str, Any]] = []
+    woken: list[int] = []
+    while True:
+        with unit_of_work() as session:
+            intent = publishing.next_intent(session=session, kind=kind, code=code)
+        if intent is None:
+            break
+        if len(calls) >= publishing.MAX_CALLS_PER_PUBLISH:
+            raise publishing.PublishRetry(f"{kind} {code!r}: still not in line with Stripe after "
+                                          f"{publishing.MAX_CALLS_PER_PUBLISH} calls")
+        try:
+            result, error = publishing.call_stripe(intent, client=client), None  # outside any transaction
+        except stripe.StripeError as exc:
+            result, error = None, exc
+        with unit_of_work() as session:
+            outcome = publishing.record_outcome(session=session, intent=intent, result=result, error=error)
+        woken += outcome.woken
+        calls.append({"object_type": intent.object_type, "action": intent.action, "target": intent.target,
+                      "idempotency_key": intent.idempotency_key, "status": outcome.status.value,
+                      "stripe_id": outcome.stripe_id})
+        if error is not None:
+            log.warning("publishing %s %s: %s %s failed: %s", kind, code, intent.object_type, intent.action, error)
+            if outcome.status is PublicationStatus.PENDING:
+                raise publishing.PublishRetry(f"{kind} {code!r}: Stripe {intent.object_type} {intent.action} "
+                                              f"failed, will retry with the same key: {error}")
+            raise publishing.PublishFailed(
+                f"{kind} {code!r}: Stripe refused {intent.object_type} {intent.action}: {error}")
+    with unit_of_work() as session:
+        product_id, price_id = publishing.published_ids(session, kind, code)
+    return publishing.Published(kind=kind, code=code, calls=calls, product_id=product_id, price_id=price_id,
+                                woken=woken)
+
+
+def request_publish(*, unit_of_work: UnitOfWork, settings: Any, kind: str, code: str,
+                    send: Callable[..., bool]) -> bool:
+    """Queue the publish of KIND CODE after checking it can run (`check_publishable`): what cannot run is
+    refused here, to the admin, not in a worker's log. Returns False when the queue is unavailable."""
+    with unit_of_work() as session:
+        publishing.check_publishable(session=session, settings=settings, kind=kind, code=code)
+    return send("publish_listing", kind, code)
