@@ -7,21 +7,18 @@ from datetime import timedelta
 
 from flask import Flask
 
-from coursepipe.runtime import Runtime, current, init_runtime
 from coursepipe.settings import INGRESS_SECRETS, Settings
 from ingress.errors import register_error_handlers
+from workers.runtime import Runtime, current
 
 MAX_BODY_BYTES = 256 * 1024
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
-    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    """The app on a runtime the caller built (`coursepipe.runtime.init_runtime`), or on this process's."""
+    runtime = runtime or current()
+    settings = settings or runtime.settings
     settings.require(*INGRESS_SECRETS)
-    if runtime is None:
-        try:
-            runtime = current()
-        except RuntimeError:
-            runtime = init_runtime(settings)
 
     app = Flask(__name__)
     app.config.update(

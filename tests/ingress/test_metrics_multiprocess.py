@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, sys
+from coursepipe.runtime import init_runtime
 from coursepipe.settings import Settings
 from ingress.app import create_app
 from tests.signing import platform_event, platform_headers
 
-app = create_app(Settings.from_env())
+settings = Settings.from_env()
+app = create_app(settings, runtime=init_runtime(settings))
 client = app.test_client()
 body = json.dumps(platform_event("student.upserted", {"student_id": sys.argv[1], "email": "a@example.test",
                                                        "name": "A", "timezone": "UTC"})).encode()
