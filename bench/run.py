@@ -1,5 +1,5 @@
 """`make bench`: every benchmark on PostgreSQL + Redis, each figure next to its same-run reference,
-then one table of the figures against the targets of issue #9."""
+then one table of the figures against the targets in docs/performance.md."""
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,4 @@
-"""Settings read once from the environment (CONTRACT §2), typed and checked at start-up."""
+"""Settings read once from the environment, typed and checked at start-up."""
 from __future__ import annotations
 
 import os

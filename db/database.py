@@ -85,8 +85,8 @@ class Database:
         """For one-statement units of work on a hot path (the ingress insert).
 
         On PostgreSQL: a psycopg connection in autocommit mode from a small free list of kept-open
-        connections — no SQLAlchemy pool checkout, reset on return or statement handling (~80 µs of
-        CPU per call). It holds as many connections as calls ever ran at once (one per gunicorn
+        connections — no SQLAlchemy pool checkout, reset on return or statement handling (their
+        cost is in docs/performance.md). It holds as many connections as calls ever ran at once (one per gunicorn
         worker thread), whatever the threads are. A connection that broke (failover, terminated
         backend) fails its statement once, as a pooled one does, and is dropped. On SQLite:
         `autocommit()`.

@@ -2,7 +2,7 @@
 the standard library where orjson refuses.
 
 orjson writes the same documents from dict, list, str, int, float, bool and None about ten times
-faster (a purchase's metadata, grants and messages: ~25 µs of worker CPU). What orjson refuses —
+faster (docs/performance.md has the figures). What orjson refuses —
 non-string keys, integers beyond 64 bits — or would write where `json` refuses — datetimes,
 dataclasses, subclasses of str/int/dict/list such as enums (passed through here) — is left to
 `json`, which writes it or raises as before. Meant for values read from JSON documents: orjson

@@ -1,4 +1,4 @@
-"""Admin catalog API (CONTRACT §3.5): courses and credit packages, publishing to Stripe.
+"""Admin catalog API: courses and credit packages, publishing to Stripe.
 
 PUT writes a whole course or package (create or replace; 201 when created, 200 otherwise);
 a validation failure is 400 with the error object naming the field (`error.field`). Publishing

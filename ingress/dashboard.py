@@ -5,7 +5,7 @@
 - Every POST here carries the session's CSRF token in a hidden field (checked before the view runs).
 - Actions commit first, then send the message that gets the row moving (never inside the transaction):
   Replay (inbox), Retry (dead outbox row), Re-fulfil (an enrollment).
-- `GET /admin/reports/courses` is the JSON report (CONTRACT §3.5; bearer token, or the dashboard
+- `GET /admin/reports/courses` is the JSON report (bearer token, or the dashboard
   cookie), `?format=csv` the same as CSV.
 """
 from __future__ import annotations

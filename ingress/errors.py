@@ -1,4 +1,4 @@
-"""The error object of CONTRACT §3: {"error": {"code": …, "message": …}} with a 4xx/5xx status."""
+"""The error object every route answers with: {"error": {"code": …, "message": …}} with a 4xx/5xx status."""
 from __future__ import annotations
 
 from flask import Flask, jsonify

@@ -1,4 +1,4 @@
-"""GET /v1/students/<id>/steps/<step_id>/eligibility and GET /v1/calendar (CONTRACT §3.4).
+"""GET /v1/students/<id>/steps/<step_id>/eligibility and GET /v1/calendar.
 
 Eligibility is answered synchronously from the same rule the event path applies
 (`tasks.bookings.services.step_guard`), without the queue. The calendar lists mirrored classes in a window,

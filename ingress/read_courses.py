@@ -1,4 +1,4 @@
-"""Read API for courses (CONTRACT §3.4): published courses, and one course's steps with their options
+"""Read API for courses: published courses, and one course's steps with their options
 (mirrored class, start, seats left)."""
 from __future__ import annotations
 

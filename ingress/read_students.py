@@ -1,4 +1,4 @@
-"""GET /v1/students/<id>/courses and /v1/students/<id>/credits (CONTRACT §3.4).
+"""GET /v1/students/<id>/courses and /v1/students/<id>/credits.
 
 A student we have never heard of simply has no enrollments and zero balances (200, not 404): the
 frontend asks for any logged-in student, whether or not they bought anything yet.

@@ -48,7 +48,7 @@ class Job:
     args: tuple = ()
 
 
-# The scheduler's jobs (CONTRACT §1: `coursepipe jobs list`). Each sends one message.
+# The scheduler's jobs (`coursepipe jobs list`). Each sends one message.
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (

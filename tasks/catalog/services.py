@@ -1,4 +1,4 @@
-"""Course programs and credit packages: authoring, validation and views (CONTRACT §3.4, §3.5).
+"""Course programs and credit packages: authoring, validation and views.
 
 A course is written whole (create or replace). Steps keep their identity by label, so an edit of a
 published course keeps the step ids that enrollments point at; options keep theirs by class id.

@@ -1,7 +1,7 @@
 """Step progress moves: through `tasks.machines.PROGRESS`, timestamped, and told to the platform.
 
 Every move is logged (`transition_log`) by the machine, stamps the matching timestamp column and
-writes one `course_step.progress_changed` platform event (CONTRACT §3.3) in the same transaction.
+writes one `course_step.progress_changed` platform event in the same transaction.
 A re-applied move is a no-op; an impossible one raises `IllegalTransition` (a permanent error: the
 event that asked for it ends `failed` with the reason, it is never retried in a loop).
 """

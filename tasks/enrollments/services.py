@@ -167,7 +167,7 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
 
 def created_event_data(*, enrollment_id: int, student_id: str, course_code: str, status: str,
                        steps: list[tuple[int, str, int]], bundle: dict[str, int]) -> dict[str, Any]:
-    """The data of `enrollment.created` (CONTRACT §3.3); steps as (id, label, position)."""
+    """The data of `enrollment.created`; steps as (id, label, position)."""
     return {
         "enrollment_id": enrollment_id,
         "student_id": student_id,
@@ -334,7 +334,7 @@ def _remaining_by_type(session: Session, enrollment_id: int) -> dict[str, int]:
 
 
 def enrollment_view(session: Session, enrollment: StudentCourseEnrollment) -> dict[str, Any]:
-    """One enrollment in the shape of CONTRACT §3.4 (`GET /v1/students/<id>/courses`)."""
+    """One enrollment in the read API's shape (`GET /v1/students/<id>/courses`)."""
     program = program_of(session, enrollment)
     rows = session.execute(
         select(StudentCourseProgress, CourseStep)

@@ -271,7 +271,7 @@ def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) ->
 
 
 def platform_body(job: Job) -> bytes:
-    """The outbound event envelope (CONTRACT §3.2 shape); its id is stable across attempts."""
+    """The outbound event envelope (the inbound envelope's shape); its id is stable across attempts."""
     envelope = {
         "id": event_id(job.id),
         "type": job.payload.get("type") or job.topic,

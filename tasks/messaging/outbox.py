@@ -66,7 +66,7 @@ def add_platform_event(
     *, session: Session, type: str, data: dict[str, Any], dedupe_key: str, enrollment_id: int | None = None,
     fresh: bool = False,
 ) -> OutboxMessage:
-    """An outbound platform event (CONTRACT §3.3); its outbox id becomes the event id the receiver dedupes on."""
+    """An outbound platform event; its outbox id becomes the event id the receiver dedupes on."""
     return add_message(
         session=session,
         channel=OutboxChannel.PLATFORM,

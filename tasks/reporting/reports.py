@@ -1,4 +1,4 @@
-"""The course report: how each course sells and how its students progress (CONTRACT §3.5).
+"""The course report: how each course sells and how its students progress.
 
 Definitions (also in docs/runbook.md):
 - `enrollments`: count per enrollment status (every status present, zeros included).

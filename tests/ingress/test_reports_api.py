@@ -1,4 +1,4 @@
-"""GET /admin/reports/courses (CONTRACT §3.5): JSON with the bearer token, CSV with ?format=csv."""
+"""GET /admin/reports/courses: JSON with the bearer token, CSV with ?format=csv."""
 from __future__ import annotations
 
 import csv
