@@ -95,6 +95,16 @@ class OutboxStatus(StrEnum):
     DEAD = "dead"
 
 
+class RefundStatus(StrEnum):
+    """Stripe's refund statuses, stored as Stripe says them (`payment_refund.status`)."""
+
+    PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 class DisputeStatus(StrEnum):
     OPEN = "open"
     WON = "won"

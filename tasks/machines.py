@@ -5,10 +5,16 @@ A re-applied move is a no-op (`StateMachine.move` returns False); an illegal one
 """
 from __future__ import annotations
 
-from db.enums import BookingStatus
-from db.enums import EnrollmentStatus
-from db.enums import OutboxStatus
-from db.enums import ProgressStatus
+from db.enums import (
+    BookingStatus,
+    DisputeStatus,
+    EnrollmentStatus,
+    InboxStatus,
+    OutboxStatus,
+    ProgressStatus,
+    PurchaseStatus,
+    RefundStatus,
+)
 from tasks.state import StateMachine
 
 ENROLLMENT = StateMachine(
@@ -55,4 +61,53 @@ OUTBOX = StateMachine(
         OutboxStatus.DEAD: frozenset({OutboxStatus.PENDING, OutboxStatus.SENT}),  # an admin's Retry; a slow attempt that got through after all
         OutboxStatus.SENT: frozenset(),
     },
+)
+
+PACKAGE_PURCHASE = StateMachine(
+    "package_purchase",
+    {
+        PurchaseStatus.PENDING: frozenset({PurchaseStatus.PAID, PurchaseStatus.FAILED, PurchaseStatus.REFUNDED}),
+        PurchaseStatus.FAILED: frozenset({PurchaseStatus.PAID}),  # a later successful payment for the same session
+        PurchaseStatus.PAID: frozenset({PurchaseStatus.REFUNDED}),
+        PurchaseStatus.REFUNDED: frozenset(),
+    },
+)
+
+# Stripe's refund statuses. A refund that went through may still fail later; failed and canceled are final.
+REFUND = StateMachine(
+    "refund",
+    {
+        RefundStatus.PENDING: frozenset({RefundStatus.REQUIRES_ACTION, RefundStatus.SUCCEEDED, RefundStatus.FAILED,
+                                         RefundStatus.CANCELED}),
+        RefundStatus.REQUIRES_ACTION: frozenset({RefundStatus.PENDING, RefundStatus.SUCCEEDED, RefundStatus.FAILED,
+                                                 RefundStatus.CANCELED}),
+        RefundStatus.SUCCEEDED: frozenset({RefundStatus.FAILED, RefundStatus.CANCELED}),
+        RefundStatus.FAILED: frozenset(),
+        RefundStatus.CANCELED: frozenset(),
+    },
+)
+
+DISPUTE = StateMachine(
+    "dispute",
+    {
+        DisputeStatus.OPEN: frozenset({DisputeStatus.WON, DisputeStatus.LOST}),
+        DisputeStatus.WON: frozenset(),  # a closed dispute never reopens
+        DisputeStatus.LOST: frozenset(),
+    },
+)
+
+# Inbox rows: far too many to log each move; the table still guards every change of status.
+INBOX = StateMachine(
+    "inbox_event",
+    {
+        InboxStatus.PENDING: frozenset({InboxStatus.PROCESSING, InboxStatus.PROCESSED, InboxStatus.IGNORED,
+                                        InboxStatus.WAITING, InboxStatus.FAILED}),
+        InboxStatus.PROCESSING: frozenset({InboxStatus.PENDING, InboxStatus.PROCESSED, InboxStatus.IGNORED,
+                                           InboxStatus.WAITING, InboxStatus.FAILED}),
+        InboxStatus.WAITING: frozenset({InboxStatus.PENDING, InboxStatus.FAILED}),  # woken; or given up on
+        InboxStatus.FAILED: frozenset({InboxStatus.PENDING}),  # an admin's replay
+        InboxStatus.IGNORED: frozenset({InboxStatus.PENDING}),  # an admin's replay
+        InboxStatus.PROCESSED: frozenset(),
+    },
+    logged=False,
 )

@@ -17,11 +17,27 @@ S = TypeVar("S", bound=Enum)
 
 @dataclass(frozen=True)
 class StateMachine(Generic[S]):
+    """`entity` names the rows in `transition_log`; `logged=False` for rows too many to log one line per
+    move (the inbox), whose table of moves still guards every change."""
+
     entity: str
     allowed: dict[S, frozenset[S]]
+    logged: bool = True
 
     def can(self, current: S, target: S) -> bool:
         return current == target or target in self.allowed.get(current, frozenset())
+
+    def sources(self, target: S) -> tuple[S, ...]:
+        """Every status from which `target` may be reached (for bulk moves written as one UPDATE)."""
+        return tuple(s for s, targets in self.allowed.items() if target in targets)
+
+    def begin(self, obj, *, session: Session, cause: str | None = None, enrollment_id: int | None = None,
+              at: datetime | None = None, attr: str = "status") -> None:
+        """The first line of `obj`'s history: created in its current status (the row must have its id)."""
+        if self.logged:
+            session.add(TransitionLog(entity=self.entity, entity_id=str(obj.id), from_status=None,
+                                      to_status=getattr(obj, attr).value, cause=cause,
+                                      enrollment_id=enrollment_id, at=at or utcnow()))
 
     def move(
         self,
@@ -41,6 +57,8 @@ class StateMachine(Generic[S]):
         if target not in self.allowed.get(current, frozenset()):
             raise IllegalTransition(self.entity, str(current.value), str(target.value))
         setattr(obj, attr, target)
+        if not self.logged:
+            return True
         session.add(
             TransitionLog(
                 entity=self.entity,

@@ -37,7 +37,6 @@ from db.models import (
     Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
-    TransitionLog,
 )
 from tasks.ledger import credits
 from tasks.messaging import outbox
@@ -195,9 +194,8 @@ def _insert(session: Session, booking: Booking) -> bool:
             session.flush()
     except IntegrityError:
         return False
-    session.add(TransitionLog(entity="booking", entity_id=booking.id, from_status=None,
-                              to_status=booking.status.value, cause=f"booking.created:{booking.id}",
-                              enrollment_id=booking.enrollment_id, at=booking.booked_at))
+    BOOKING.begin(booking, session=session, cause=f"booking.created:{booking.id}",
+                  enrollment_id=booking.enrollment_id, at=booking.booked_at)
     return True
 
 

@@ -24,7 +24,6 @@ from db.models import (
     Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
-    TransitionLog,
 )
 from db.types import utcnow
 from tasks.ledger import credits
@@ -96,12 +95,6 @@ def owed_by_snapshot(snapshot: list[dict[str, Any]]) -> dict[CreditType, int]:
     for item in snapshot:
         owed[BUNDLE_CREDIT_TYPES[BundleKind(item["kind"])]] += int(item["quantity"])
     return dict(owed)
-
-
-def log_created(session: Session, enrollment: StudentCourseEnrollment, cause: str | None) -> None:
-    """The first line of an enrollment's timeline (the state machine logs every later move)."""
-    session.add(TransitionLog(entity="enrollment", entity_id=str(enrollment.id), from_status=None,
-                              to_status=enrollment.status.value, cause=cause, enrollment_id=enrollment.id))
 
 
 # --------------------------------------------------------------------------- provisioning

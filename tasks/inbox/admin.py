@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from db.enums import InboxStatus
 from db.models import InboxEvent
 from tasks.errors import NotFound, TaskError
+from tasks.machines import INBOX
 
 
 class NotReplayable(TaskError):
@@ -22,6 +23,7 @@ def replay(*, session: Session, inbox_id: int) -> InboxEvent:
         raise NotFound(f"no inbox event {inbox_id}")
     if event.status == InboxStatus.PROCESSED:
         raise NotReplayable(f"inbox event {inbox_id} is already processed")
+    INBOX.move(event, InboxStatus.PENDING, session=None)  # from failed, waiting or ignored
     for column, value in REPLAYED.items():
         setattr(event, column, value)
     return event

@@ -25,6 +25,7 @@ from db.types import utcnow
 from tasks.errors import Ignored, NeedsRemote, PermanentError, WaitFor
 from tasks.inbox.context import Handler, HandlerContext, HandlerTable
 from tasks.inbox.parking import RUNNABLE, wake_waiting
+from tasks.machines import INBOX
 
 log = logging.getLogger("coursepipe.inbox")
 
@@ -173,7 +174,7 @@ def _record_failure(event: InboxEvent, exc: Exception, now: datetime, max_attemp
         _finish(event, InboxStatus.IGNORED, now, str(exc) or None)
         return Result(Outcome.IGNORED, str(exc) or None)
     if isinstance(exc, WaitFor):
-        event.status = InboxStatus.WAITING
+        _move(event, InboxStatus.WAITING)
         event.waiting_for = exc.key
         event.last_error = str(exc)
         return Result(Outcome.WAITING, str(exc))
@@ -188,13 +189,17 @@ def _record_failure(event: InboxEvent, exc: Exception, now: datetime, max_attemp
         log.error("event %s (%s) failed after %d attempts: %s", event.event_id, event.type, event.attempts,
                   "".join(traceback.format_exception_only(exc)).strip())
         return Result(Outcome.FAILED, message)
-    event.status = InboxStatus.PENDING
+    _move(event, InboxStatus.PENDING)
     event.last_error = message
     return Result(Outcome.RETRY, message)
 
 
+def _move(event: InboxEvent, status: InboxStatus) -> None:
+    INBOX.move(event, status, session=None)  # not logged: the table of moves guards it
+
+
 def _finish(event: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None) -> None:
-    event.status = status
+    _move(event, status)
     event.processed_at = now
     event.last_error = error
     event.waiting_for = None

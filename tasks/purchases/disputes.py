@@ -22,6 +22,7 @@ from tasks.purchases import shapes
 from tasks.messaging.outbox import ADMINS
 from tasks.errors import PermanentError
 from tasks.events import stripe_id
+from tasks.machines import DISPUTE
 
 # Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
 # that never became a chargeback) leave it with us
@@ -30,7 +31,7 @@ CLOSED_STATUSES = ("won", "lost", "warning_closed")  # Stripe's statuses of a cl
 
 
 @dataclass
-class Applied:
+class DisputeApplied:
     dispute_id: str
     dispute_status: str
     purchase_kind: str
@@ -72,19 +73,23 @@ def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) ->
         amount=dispute.get("amount"),
         reason=dispute.get("reason"),
     ))
-    if not created and row.status == DisputeStatus.OPEN and status != DisputeStatus.OPEN:
-        row.status = status  # closed once; a closed dispute never reopens
+    cause = f"dispute:{row.stripe_dispute_id}"
+    if created:
+        DISPUTE.begin(row, session=session, cause=cause, enrollment_id=row.enrollment_id)
+    elif row.status == DisputeStatus.OPEN and status != DisputeStatus.OPEN:
+        DISPUTE.move(row, status, session=session, cause=cause, enrollment_id=row.enrollment_id)
+    # a `created` arriving after its `closed` changes nothing: a closed dispute never reopens
     session.flush()
     return purchase, row
 
 
-def _applied(purchase: payments.Purchase, row: PaymentDispute) -> Applied:
-    return Applied(row.stripe_dispute_id, row.status.value,
+def _applied(purchase: payments.Purchase, row: PaymentDispute) -> DisputeApplied:
+    return DisputeApplied(row.stripe_dispute_id, row.status.value,
                    "course" if purchase.enrollment is not None else "package", purchase.row.id,
                    purchase.row.status.value)
 
 
-def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+def open_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied:
     """`charge.dispute.created`: suspend the enrollment and alert admins (once per dispute)."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     purchase, row = _record(session, dispute, DisputeStatus.OPEN)
@@ -109,7 +114,7 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
     return _applied(purchase, row)
 
 
-def close_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+def close_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied:
     """`charge.dispute.closed`: won → reinstated (unless another dispute is open), lost → revoked."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     if dispute.get("status") not in CLOSED_STATUSES:  # an open status here would reinstate the student

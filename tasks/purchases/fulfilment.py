@@ -35,7 +35,7 @@ from tasks.purchases import payments
 from tasks.catalog import publishing
 from tasks.purchases import shapes
 from tasks.errors import NotFound, PermanentError, TransientError
-from tasks.machines import ENROLLMENT
+from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
 from tasks.stripe_api import stripe_client
 from tasks.inbox.context import Fetched, HandlerContext, not_fetched
 from tasks.inbox.parking import wake_waiting
@@ -301,7 +301,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
     cause = f"checkout:{checkout['id']}"
     if created:
         session.flush()
-        enrollments.log_created(session, enrollment, cause)
+        ENROLLMENT.begin(enrollment, session=session, cause=cause, enrollment_id=enrollment.id)
     else:
         if enrollment.stripe_payment_intent_id is None and checkout.get("payment_intent"):
             enrollment.stripe_payment_intent_id = checkout["payment_intent"]
@@ -348,13 +348,16 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
         )
 
     purchase, created = _lock_or_create(session, PackagePurchase, checkout["id"], make)
-    if not created:
+    cause = f"checkout:{checkout['id']}"
+    if created:
+        PACKAGE_PURCHASE.begin(purchase, session=session, cause=cause)
+    else:
         if purchase.stripe_payment_intent_id is None and checkout.get("payment_intent"):
             purchase.stripe_payment_intent_id = checkout["payment_intent"]
         if outcome == "paid" and purchase.status in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
-            purchase.status = PurchaseStatus.PAID
+            PACKAGE_PURCHASE.move(purchase, PurchaseStatus.PAID, session=session, cause=cause)
         elif outcome == "failed" and purchase.status == PurchaseStatus.PENDING:
-            purchase.status = PurchaseStatus.FAILED
+            PACKAGE_PURCHASE.move(purchase, PurchaseStatus.FAILED, session=session, cause=cause)
     session.flush()
     if purchase.status == PurchaseStatus.PAID:
         credits.issue_credits(session=session, student_id=student.id, credit_type=package.credit_type,

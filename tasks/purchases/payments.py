@@ -32,6 +32,7 @@ from tasks.ledger import credits
 from tasks.enrollments import services as enrollments
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
+from tasks.machines import PACKAGE_PURCHASE
 
 
 @dataclass
@@ -174,7 +175,7 @@ def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -
         credits.revoke_unconsumed(session=session, cause=f"revocation:package_purchase:{purchase.id}",
                                   package_purchase_id=purchase.id)
         if purchase.status in (PurchaseStatus.PAID, PurchaseStatus.PENDING):
-            purchase.status = PurchaseStatus.REFUNDED
+            PACKAGE_PURCHASE.move(purchase, PurchaseStatus.REFUNDED, session=session, cause=cause)
         return
     if purchase.status != PurchaseStatus.PAID:
         return

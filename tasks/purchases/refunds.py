@@ -24,17 +24,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.enums import RefundStatus
 from db.models import PaymentRefund
 from tasks.messaging import outbox
 from tasks.purchases import payments
 from tasks.purchases import shapes
 from tasks.errors import Ignored
 from tasks.events import stripe_id
+from tasks.machines import REFUND
 
 
 
 @dataclass
-class Applied:
+class RefundApplied:
     purchase_kind: str
     purchase_id: int
     refunded_total: int
@@ -57,16 +59,17 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     refund_id, amount, status = refund["id"], refund["amount"], refund.get("status")  # shapes.refund_problem checked
     existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id).with_for_update())
     if existing is not None:
-        if existing.status in payments.REFUND_NOT_COUNTED:
-            return None
-        if status in payments.REFUND_NOT_COUNTED:
-            existing.status = status
+        # a NULL status (a row from before statuses were kept) counts as succeeded
+        current = RefundStatus(existing.status or RefundStatus.SUCCEEDED)
+        target = RefundStatus(status) if status is not None else None
+        if target is None or not REFUND.can(current, target) or current == target:
+            return None  # a repeat, or an older state arriving late (failed / canceled is final)
+        existing.status = current
+        REFUND.move(existing, target, session=session, cause=f"refund:{refund_id}", enrollment_id=existing.enrollment_id)
+        if target.value in payments.REFUND_NOT_COUNTED:
             _alert_failed(session, purchase, existing, refund)
             return CHANGED
-        if status == "succeeded" and existing.status != "succeeded":
-            existing.status = status
-            return CHANGED
-        return None
+        return CHANGED if target is RefundStatus.SUCCEEDED else None
     row = PaymentRefund(
         refund_key=refund_id,
         status=status,
@@ -83,6 +86,9 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
             session.add(row)
     except IntegrityError:  # the same refund recorded meanwhile by a concurrent event
         return None
+    if row.status is not None:
+        row.status = RefundStatus(row.status)
+        REFUND.begin(row, session=session, cause=f"refund:{refund_id}", enrollment_id=row.enrollment_id)
     return CHANGED if status in payments.REFUND_NOT_COUNTED else COUNTED
 
 
@@ -120,19 +126,19 @@ def _failed_since(session: Session, listed: list[dict[str, Any]]) -> int:
         PaymentRefund.refund_key.in_(going), PaymentRefund.status.in_(payments.REFUND_NOT_COUNTED))))
 
 
-def _applied(purchase: payments.Purchase, recorded: list[str]) -> Applied:
+def _applied(purchase: payments.Purchase, recorded: list[str]) -> RefundApplied:
     row = purchase.row
-    return Applied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
+    return RefundApplied("course" if purchase.enrollment is not None else "package", row.id, row.amount_refunded,
                    row.status.value, recorded)
 
 
-def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded: list[str]) -> Applied:
+def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded: list[str]) -> RefundApplied:
     payments.settle(session=session, purchase=purchase, cause=cause)
     session.flush()
     return _applied(purchase, recorded)
 
 
-def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applied:
+def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> RefundApplied:
     """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own."""
     shapes.require("charge", charge, shapes.charge_problem(charge))
     pi = payments.payment_intent_of(charge, "charge")
@@ -152,7 +158,7 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Applie
     return _finish(session, purchase, f"refund:{charge.get('id')}", recorded)
 
 
-def apply_refund(*, session: Session, refund: dict[str, Any]) -> Applied:
+def apply_refund(*, session: Session, refund: dict[str, Any]) -> RefundApplied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
     shapes.require("refund", refund, shapes.refund_problem(refund))
     pi = payments.payment_intent_of(refund, "refund")
