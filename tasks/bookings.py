@@ -461,6 +461,9 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
         progress = _attached_progress(session, booking)
         if progress is not None and progress.status == P.BOOKED:
             _reopen(session, progress, f"{cause}:{booking.id}", at)
+        elif progress is not None and progress.status == P.CANCELLED:
+            # revoked meanwhile: as a within-policy cancel, the step stays cancelled but no longer names it
+            progress.booking_id = progress.group_class_id = None
         if booking.credit_type is not None:
             credits.release_credit(session=session, booking_id=booking.id)
         step = session.get(CourseStep, booking.course_step_id) if booking.course_step_id else None

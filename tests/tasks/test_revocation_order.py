@@ -18,6 +18,7 @@ from tests.tasks.bookings_support import (
     booking,
     booking_cancelled,
     booking_created,
+    class_upserted,
     deliver,
     enrollment_status,
     inbox_row,
@@ -159,3 +160,20 @@ def test_a_missed_step_rebooked_ends_the_same_in_real_order_and_with_the_refund_
         _full_refund(database)
     assert _final(database, w) == ((ProgressStatus.COMPLETED, "bk_2"), {"bk_1": "cancelled", "bk_2": "attended"},
                                    {}, "revoked")
+
+
+@pytest.mark.parametrize("refund_first", [False, True])
+def test_a_class_cancelled_after_the_refund_releases_the_cancelled_step_as_in_order(database, refund_first):
+    """b1 booked; its class cancelled; refunded. In order the class reopens the step, the refund cancels it
+    naming no booking; the class cancellation processed after the refund leaves the same."""
+    w = _purchased(database)
+    b1, _ = _bookings(w)
+    _ok(deliver(database, b1))
+    if refund_first:
+        _full_refund(database)
+    _ok(deliver(database, class_upserted(w.option(1, 0), status="cancelled", when=at(10))))
+    if not refund_first:
+        _full_refund(database)
+    row = progress(database, w, 1)
+    assert (row["status"], row["booking_id"], row["group_class_id"]) == (ProgressStatus.CANCELLED, None, None)
+    assert booking(database, "bk_1").status.value == "cancelled" and rejections(database) == {}
