@@ -14,7 +14,9 @@ Out-of-order delivery (see docs/bookings.md):
 - a booking for a step still held by an *older* booking waits a while (`HOLD_WINDOW`) for that
   booking's cancel / attendance, which may be in flight; after the window it is refused;
 - a booking older than one already accepted for the same step is history overtaken: it is recorded
-  detached from the enrollment (no progress effect), so its own cancel / attendance still apply.
+  detached from the enrollment (no progress effect), so its own cancel / attendance still apply;
+- all three hold for a booking made before a refund we processed first: it is then left on the step
+  the revocation cancelled, as the revocation would have left it.
 Nothing here commits; the runner owns the transaction.
 """
 from __future__ import annotations
