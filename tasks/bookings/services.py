@@ -14,7 +14,9 @@ Out-of-order delivery (see docs/bookings.md):
 - a booking for a step still held by an *older* booking waits a while (`HOLD_WINDOW`) for that
   booking's cancel / attendance, which may be in flight; after the window it is refused;
 - a booking older than one already accepted for the same step is history overtaken: it is recorded
-  detached from the enrollment (no progress effect), so its own cancel / attendance still apply.
+  detached from the enrollment (no progress effect), so its own cancel / attendance still apply;
+- all three hold for a booking made before a refund we processed first: it is then left on the step
+  the revocation cancelled, as the revocation would have left it.
 Nothing here commits; the runner owns the transaction.
 """
 from __future__ import annotations
@@ -246,10 +248,11 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
     verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
                          class_id=data.class_id, lock=lock, as_of=at)
     step, enrollment = verdict.step, verdict.enrollment
-    if verdict.reason == STEP_CANCELLED and enrollment.status == E.REVOKED and verdict.progress.booking_id is None:
-        # booked before the refund we processed first: as in order, it holds the (now cancelled) step
-        return _attach_to_revoked(session, data, at, enrollment, step, verdict.progress)
-    maybe_history = verdict.eligible or verdict.reason in (STEP_ALREADY_BOOKED, STEP_ALREADY_COMPLETED)
+    # booked before the refund we processed first (`as_of` let it through): decided as on the active step
+    # it was then, and left on the (now cancelled) step as the revocation would have left it
+    revoked_step = verdict.reason == STEP_CANCELLED and enrollment.status == E.REVOKED
+    maybe_history = verdict.eligible or revoked_step or verdict.reason in (STEP_ALREADY_BOOKED,
+                                                                           STEP_ALREADY_COMPLETED)
     if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at):
         # history overtaken (delivered late): kept for the record, detached from the enrollment's progress
         booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
@@ -257,14 +260,17 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
         log.info("booking %s on %s is older than an accepted booking of the step: recorded detached",
                  data.booking_id, step.label)
         return booking if _insert(session, booking) else _existing_or_fail(session, data)
+    holder = verdict.holder if not revoked_step else _holder(session, enrollment.id, step.id)
+    if revoked_step and holder is None:
+        return _attach_to_revoked(session, data, at, enrollment, step, verdict.progress)
     if not verdict.eligible:
-        holder = verdict.holder
-        if verdict.reason == STEP_ALREADY_BOOKED and holder is not None and may_wait \
+        reason = STEP_ALREADY_BOOKED if revoked_step else verdict.reason
+        if reason == STEP_ALREADY_BOOKED and holder is not None and may_wait \
                 and holder.booked_at is not None and holder.booked_at < at:
             # the platform books a step only after its previous booking ended: that end may be in flight
             raise WaitFor(booking_ended_key(holder.id),
                           f"step {step.label} is held by the older booking {holder.id}; waiting for its end")
-        return _reject(session, data, verdict.reason, at, enrollment=enrollment, step=step)
+        return _reject(session, data, reason, at, enrollment=enrollment, step=step)
 
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
                       course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
@@ -299,6 +305,7 @@ def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enr
                       course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
     if not _insert(session, booking):
         return _existing_or_fail(session, data)
+    # the step names this booking now, as a rebooking of a missed step would have before the revocation
     progress.booking_id, progress.group_class_id = booking.id, data.class_id
     log.info("booking %s predates the revocation of enrollment %s: recorded on the cancelled step", booking.id,
              enrollment.id)
@@ -440,6 +447,9 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
         progress = _attached_progress(session, booking)
         if progress is not None and progress.status == P.BOOKED:
             _reopen(session, progress, f"{cause}:{booking.id}", at)
+        elif progress is not None and progress.status == P.CANCELLED:
+            # revoked meanwhile: as a within-policy cancel, the step stays cancelled but no longer names it
+            progress.booking_id = progress.group_class_id = None
         if booking.credit_type is not None:
             credits.release_credit(session=session, booking_id=booking.id)
         step = session.get(CourseStep, booking.course_step_id) if booking.course_step_id else None
