@@ -16,6 +16,21 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
 
+def mail_address(value: str) -> str:
+    """A pydantic validator body: exactly one addr-spec (`name@domain`), no display name, list or header.
+
+    Syntax only (no DNS). `.test` and other special-use domains pass: they are what test and local
+    set-ups (Mailpit) use, and deliverability is the mail server's to judge.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(value, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not one email address: {exc}") from None
+    return value
+
+
 def known_timezone(value: str) -> str:
     """A pydantic validator body: the value if it names an IANA timezone."""
     try:
@@ -44,6 +59,11 @@ class StudentUpserted(_Data):
     @classmethod
     def _known_timezone(cls, value: str | None) -> str | None:
         return None if value is None else known_timezone(value)
+
+    @field_validator("email")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        return None if value is None else mail_address(value)
 
 
 class ClassUpserted(_Data):
