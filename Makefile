@@ -28,7 +28,8 @@ test: $(STAMP) chromium
 
 # the dashboard's browser test drives Debian's chromium (Playwright's own browser download is never used)
 chromium:
-	command -v chromium >/dev/null || apt-get install -y chromium || (apt-get update && apt-get install -y chromium) \
+	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium) \
 		|| echo "could not install chromium: the browser test skips (and fails with CI=true)"
 
 bench: $(STAMP)

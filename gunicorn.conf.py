@@ -1,26 +1,61 @@
-"""gunicorn settings for the ingress (`coursepipe ingress` / docker-compose)."""
-import os
+"""gunicorn settings for the ingress (`coursepipe ingress` / docker-compose).
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+Slow clients: `gthread` workers hand each connection to a thread only once it has sent data (gunicorn
+parks idle ones in its poller), and a request's body must arrive within BODY_READ_TIMEOUT seconds
+(`pre_request` below) or it is a 400 that frees the thread. With WEB_CONCURRENCY × WEB_THREADS
+threads, that many slow senders at once are needed to delay anyone, for at most that timeout.
+Facing the internet, put a buffering proxy in front as well (docs/runbook.md, "The edge").
+"""
+import os
+import secrets
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "64"))
 keepalive = 5
 timeout = 30
 graceful_timeout = 20
+# the request line and headers are small: a webhook's are well under these
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
 accesslog = None  # one structured line per event comes from the app itself
 errorlog = "-"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "coursepipe.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+    },
+}
 # each worker builds its own engine and broker connection after the fork
 preload_app = False
 
+BODY_READ_TIMEOUT = float(os.environ.get("BODY_READ_TIMEOUT", "5"))
+
 
 def on_starting(server):
-    """Multi-process Prometheus metrics: start each run with an empty directory."""
+    """Multi-process Prometheus metrics: start each run with an empty directory. One session key per
+    server, shared by its workers (inherited through the environment), unless SESSION_SECRET is set."""
+    os.environ.setdefault("SESSION_SECRET", secrets.token_urlsafe(32))
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
+
+
+def pre_request(worker, req):
+    """A body that trickles in gets BODY_READ_TIMEOUT per read, then the read fails (a 400), freeing the thread."""
+    sock = getattr(req.unreader, "sock", None)
+    if sock is not None:
+        sock.settimeout(BODY_READ_TIMEOUT)
 
 
 def child_exit(server, worker):

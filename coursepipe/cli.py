@@ -32,9 +32,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--port", type=int, default=None, help="HTTP port (default: PORT or 8000)")
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default=None, help="address to listen on (default: HOST or 127.0.0.1; 0.0.0.0 for all)")
 @click.option("--threads", type=int, default=4, show_default=True, help="worker threads")
-def serve(port: int | None, host: str, threads: int) -> None:
+def serve(port: int | None, host: str | None, threads: int) -> None:
     """Everything in one process: ingress + worker threads + scheduler."""
     from werkzeug.serving import make_server
 
@@ -51,6 +51,7 @@ def serve(port: int | None, host: str, threads: int) -> None:
     # messages of the embedded broker die with the process: re-send whatever is still pending
     send("sweep_inbox", 0)
     scheduler = start_background_scheduler(runtime)
+    host = host or settings.host
     server = make_server(host, port or settings.port, app, threaded=True)
     mode = "redis" if settings.redis_url else "embedded broker"
     click.echo(f"coursepipe serve: http://{host}:{server.server_port} ({runtime.db.dialect}, {mode})")
@@ -70,15 +71,15 @@ def serve(port: int | None, host: str, threads: int) -> None:
 
 @main.command()
 @click.option("--port", type=int, default=None)
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default=None, help="address to listen on (default: HOST or 127.0.0.1; 0.0.0.0 for all)")
 @click.option("--workers", "n_workers", type=int, default=2, show_default=True)
-def ingress(port: int | None, host: str, n_workers: int) -> None:
+def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     """The Flask ingress alone, under gunicorn."""
     settings = _settings(*INGRESS_SECRETS)
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
     args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-            "--bind", f"{host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
+            "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
 
 

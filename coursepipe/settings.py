@@ -9,6 +9,11 @@ DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
 from tasks.bookings.alerts import DEFAULT_LOW_SEAT_THRESHOLD
 DEFAULT_REMINDER_WINDOW_DAYS = 7
 DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+# a secret shorter, or made of fewer different characters, is refused at start-up (`make run`'s
+# generated ones have 32 to 54 characters)
+MIN_SECRET_LENGTH = 24
+MIN_SECRET_DISTINCT = 8
 
 
 class ConfigError(Exception):
@@ -53,6 +58,7 @@ class Settings:
     platform_webhook_secret: str | None = None
     platform_callback_url: str | None = None
     admin_token: str | None = None
+    session_secret: str | None = None
     smtp_url: str | None = None
     mail_from: str = "coursepipe@localhost"
     admin_alert_emails: tuple[str, ...] = field(default_factory=tuple)
@@ -60,6 +66,7 @@ class Settings:
     reminders_enabled: bool = False
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -75,6 +82,7 @@ class Settings:
             platform_webhook_secret=_opt(env.get("PLATFORM_WEBHOOK_SECRET")),
             platform_callback_url=_opt(env.get("PLATFORM_CALLBACK_URL")),
             admin_token=_opt(env.get("ADMIN_TOKEN")),
+            session_secret=_opt(env.get("SESSION_SECRET")),
             smtp_url=_opt(env.get("SMTP_URL")),
             mail_from=env.get("MAIL_FROM") or "coursepipe@localhost",
             admin_alert_emails=emails,
@@ -84,13 +92,19 @@ class Settings:
                 "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            host=env.get("HOST") or DEFAULT_HOST,
         )
 
     def require(self, *names: str) -> "Settings":
-        """Check that each named secret is set; raise naming the first missing variable."""
+        """Check that each named secret is set and strong enough; raise naming the first variable that is not."""
         for name in names:
             if not getattr(self, name.lower()):
                 raise ConfigError(f"{name} is required but not set")
+        for name in (*names, "SESSION_SECRET"):
+            value = getattr(self, name.lower())
+            if value and (len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT):
+                raise ConfigError(f"{name} is too weak: use at least {MIN_SECRET_LENGTH} random characters "
+                                  f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return self
 
     def with_(self, **changes) -> "Settings":

@@ -6,11 +6,12 @@ answers 202: the `publish_listing` actor makes the Stripe calls (outside any req
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from sqlalchemy.exc import IntegrityError
 
 from db.database import is_unique_violation
 from ingress.auth import require_admin
+from ingress.bodies import json_value
 from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
 from tasks.catalog import drift
@@ -27,7 +28,12 @@ def _runtime():
 
 
 def _body() -> dict:
-    data = request.get_json(silent=True)
+    try:
+        data = json_value()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        raise ValidationFailed(f"body: {exc.message}", field="body") from None
     if not isinstance(data, dict):
         raise ValidationFailed("body: must be a JSON object", field="body")
     return data

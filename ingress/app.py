@@ -1,13 +1,13 @@
 """create_app(): the Flask ingress. Extensions and the runtime are bound here, not at import."""
 from __future__ import annotations
 
-import hashlib
-import hmac
+import secrets
 from datetime import timedelta
 
 from flask import Flask
 
 from coursepipe.settings import INGRESS_SECRETS, Settings
+from ingress import guards, limits
 from ingress.errors import register_error_handlers
 from workers.runtime import Runtime, current
 
@@ -25,15 +25,18 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         COURSEPIPE_SETTINGS=settings,
         COURSEPIPE_RUNTIME=runtime,
-        # the dashboard's session cookie is signed with a key derived from the admin token (never the
-        # token itself); rotating ADMIN_TOKEN logs every dashboard session out
-        SECRET_KEY=hmac.new(settings.admin_token.encode(), b"coursepipe dashboard session v1", hashlib.sha256).hexdigest(),
+        # the dashboard's session cookie is signed with a key of its own, never derived from a token (a
+        # signed cookie would be an offline oracle for it): SESSION_SECRET, or random per process
+        # (gunicorn.conf.py draws one per server, shared by its workers); a restart then logs users out
+        SECRET_KEY=settings.session_secret or secrets.token_hex(32),
         SESSION_COOKIE_NAME="coursepipe_admin",
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         JSON_SORT_KEYS=False,
     )
     register_error_handlers(app)
+    guards.install(app)
+    limits.install(app, settings)
 
     from ingress import (
         admin_catalog,

@@ -111,7 +111,9 @@ def login_required(view):
 
 def _safe_next(target: str | None) -> str:
     # only a path on this site: never an absolute or scheme-relative URL (no open redirect)
-    if target and target.startswith("/admin") and not target.startswith("//") and not urlsplit(target).netloc:
+    # nor one with a control character (CR/LF would split the Location header)
+    if (target and target.startswith("/admin") and not target.startswith("//") and target.isprintable()
+            and not urlsplit(target).netloc):
         return target
     return url_for("dashboard.home")
 

@@ -35,8 +35,11 @@ def register_error_handlers(app: Flask) -> None:
             409: "conflict",
             413: "payload_too_large",
             415: "unsupported_media_type",
+            429: "rate_limited",
         }.get(exc.code or 500, "http_error")
-        message = "body exceeds 256 KiB" if exc.code == 413 else (exc.description or exc.name)
+        message = {413: "body exceeds 256 KiB",
+                   429: "too many failed authentications from this address; wait a minute"}.get(
+            exc.code or 500, exc.description or exc.name)
         return error_response(exc.code or 500, code, message)
 
     @app.errorhandler(Exception)

@@ -1,7 +1,13 @@
-"""GET /healthz (process up) and GET /readyz (database and broker reachable)."""
+"""GET /healthz (process up) and GET /readyz (database and broker reachable).
+
+/readyz answers anyone with ready or not; what failed (which carries hosts, ports and role names)
+only to a bearer ADMIN_TOKEN.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
+
+from ingress.auth import _matches, bearer_token
 
 bp = Blueprint("health", __name__)
 
@@ -26,8 +32,13 @@ def readyz():
         except Exception as exc:
             problems["broker"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     if problems:
-        response = jsonify({"status": "unavailable", "error": {"code": "not_ready", "message": "; ".join(
-            f"{k}: {v}" for k, v in problems.items())}, "checks": problems})
+        if _matches(bearer_token(), current_app.config["COURSEPIPE_SETTINGS"].admin_token):
+            body = {"status": "unavailable", "error": {"code": "not_ready", "message": "; ".join(
+                f"{k}: {v}" for k, v in problems.items())}, "checks": problems}
+        else:
+            body = {"status": "unavailable", "error": {"code": "not_ready", "message": "not ready: "
+                    + ", ".join(sorted(problems)) + " unavailable"}}
+        response = jsonify(body)
         response.status_code = 503
         return response
     return jsonify({"status": "ready"})

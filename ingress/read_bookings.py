@@ -41,10 +41,11 @@ def _instant(name: str) -> datetime:
         raise ApiError(400, "invalid_parameter", f"{name}: an ISO 8601 date-time is required")
     try:
         parsed = datetime.fromisoformat(value.strip().replace(" ", "+").replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name}: {value!r} is not an ISO 8601 date-time") from None
-    # a date-time without an offset is read as UTC
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        # a date-time without an offset is read as UTC; one in year 1 ahead of UTC lies before any date
+        return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise ApiError(400, "invalid_parameter", f"{name}: {value!r} is not an ISO 8601 date-time "
+                                                 "within the years 1 to 9999 (UTC)") from None
 
 
 @bp.get("/calendar")

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 DEFAULT_TOLERANCE_SECONDS = 300
+
+# a Unix time written as Python's str(int) writes it (no sign, no leading zero, no `_`); 12 digits
+# reach the year 33658, so a longer value is never a time
+TIMESTAMP = re.compile(r"(?:0|[1-9][0-9]{0,11})")
+HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureError(ValueError):
@@ -30,11 +36,10 @@ def verify(body: bytes, header: str | None, secret: str, *, tolerance: int = DEF
         if not sep:
             continue
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise SignatureError("malformed timestamp in Platform-Signature") from None
-        elif key == "v1":
+            if not TIMESTAMP.fullmatch(value):
+                raise SignatureError("malformed timestamp in Platform-Signature")
+            timestamp = int(value)
+        elif key == "v1" and HEX_SHA256.fullmatch(value):  # anything else cannot match: not compared
             candidates.append(value)
     if timestamp is None or not candidates:
         raise SignatureError("Platform-Signature needs t= and at least one v1=")

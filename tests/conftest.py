@@ -25,8 +25,8 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 WEBHOOK_SECRET = "whsec_test_" + "a" * 24
-PLATFORM_SECRET = "platform_test_secret"
-ADMIN_TOKEN = "admin-test-token"
+PLATFORM_SECRET = "platform_test_secret_0123456789"
+ADMIN_TOKEN = "admin-test-token-0123456789"
 
 
 def _probe_postgres() -> str | None:

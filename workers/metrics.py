@@ -18,6 +18,8 @@ import threading
 from datetime import datetime
 from types import SimpleNamespace
 
+from workers import runtime
+
 log = logging.getLogger("coursepipe.events")
 
 # receipt → commit: from a few milliseconds (hot path) to minutes (retries, parked events)
@@ -79,10 +81,21 @@ def _m() -> SimpleNamespace:
 
 # --------------------------------------------------------------------------- ingress
 
+OTHER_TYPE = "other"
+
+
+def type_label(source: str, type_: str) -> str:
+    """The type as a label: one we handle, or "other" (a signed sender's free text must not mint series)."""
+    try:
+        handled = (source, type_) in runtime.current().handlers
+    except RuntimeError:  # no runtime in this process: nothing is known to be handled
+        handled = False
+    return type_ if handled else OTHER_TYPE
+
 
 @_never_raises
 def event_received(source: str, type_: str, duplicate: bool) -> None:
-    (_m().duplicate if duplicate else _m().received).labels(source, type_).inc()
+    (_m().duplicate if duplicate else _m().received).labels(source, type_label(source, type_)).inc()
 
 
 @_never_raises
@@ -102,9 +115,10 @@ def event_processed(
     """After the runner's commit: one JSON log line, the outcome counter, the latency histogram."""
     latency = (committed_at - received_at).total_seconds() if received_at is not None else None
     m = _m()
-    m.processed.labels(source, type_, outcome).inc()
+    label = type_label(source, type_)
+    m.processed.labels(source, label, outcome).inc()
     if latency is not None and outcome in ("processed", "ignored"):
-        m.latency.labels(source, type_).observe(max(latency, 0.0))
+        m.latency.labels(source, label).observe(max(latency, 0.0))
     level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
     log.log(level, "event processed", extra={"event": {
         "inbox_id": inbox_id, "source": source, "event_id": event_id, "type": type_, "subject": subject,

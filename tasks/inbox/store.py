@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -32,8 +32,9 @@ REDELIVERY_RESEND_AFTER = timedelta(seconds=5)
 class Stored:
     id: int
     duplicate: bool
-    # a redelivery of an event still pending well after it was stored: its message may be lost
-    # (an ingress killed between commit and send), so the caller sends it again
+    # a redelivery of an event still pending well after it was stored (or last re-sent): its message may
+    # be lost (an ingress killed between commit and send), so the caller sends it again. The resend is
+    # recorded (enqueued_at) in the same statement, so it happens at most once per interval, whoever asks
     resend: bool = False
 
 
@@ -43,7 +44,12 @@ _PG_STORE = (
     " VALUES (%(source)s, %(event_id)s, %(type)s, %(payload)s::jsonb, %(subject)s, %(occurred_at)s, 'pending', 0,"
     " now()) ON CONFLICT (source, event_id) DO NOTHING RETURNING id"
 )
-_PG_EXISTING = "SELECT id, status, coalesce(enqueued_at, received_at) FROM inbox_event WHERE source = %s AND event_id = %s"
+_PG_EXISTING = "SELECT id FROM inbox_event WHERE source = %s AND event_id = %s"
+# a redelivery claims the resend by moving enqueued_at: of concurrent redeliveries one row update wins
+_PG_RESEND = (
+    "UPDATE inbox_event SET enqueued_at = now() WHERE source = %s AND event_id = %s AND status = 'pending'"
+    " AND coalesce(enqueued_at, received_at) < now() - %s RETURNING id"
+)
 
 
 def store_event(
@@ -87,7 +93,11 @@ def store_event(
         ).fetchone()
         if row:
             return Stored(int(row[0]), False)
+        resent = driver.execute(_PG_RESEND, (source.value, event_id, REDELIVERY_RESEND_AFTER)).fetchone()
+        if resent:
+            return Stored(int(resent[0]), True, resend=True)
         existing = driver.execute(_PG_EXISTING, (source.value, event_id)).fetchone()
+        return Stored(int(existing[0]), True)
     else:
         values = dict(source=source.value, event_id=event_id, type=type, payload=payload, subject=subject,
                       occurred_at=occurred_at, status=InboxStatus.PENDING.value, attempts=0, received_at=utcnow())
@@ -95,20 +105,21 @@ def store_event(
         new_id = session.execute(stmt.returning(table.c.id)).scalar()
         if new_id is not None:
             return Stored(int(new_id), False)
+        now = utcnow()
+        cutoff = now - REDELIVERY_RESEND_AFTER
+        resent = session.execute(
+            update(table).where(
+                table.c.source == source.value, table.c.event_id == event_id,
+                table.c.status == InboxStatus.PENDING.value,
+                or_(table.c.enqueued_at < cutoff, and_(table.c.enqueued_at.is_(None), table.c.received_at < cutoff)),
+            ).values(enqueued_at=now).returning(table.c.id)
+        ).scalar()
+        if resent is not None:
+            return Stored(int(resent), True, resend=True)
         existing = session.execute(
-            select(table.c.id, table.c.status, func.coalesce(table.c.enqueued_at, table.c.received_at)).where(
-                table.c.source == source.value, table.c.event_id == event_id
-            )
-        ).one()
-    stale = existing[1] == InboxStatus.PENDING.value and _aware(existing[2]) < utcnow() - REDELIVERY_RESEND_AFTER
-    return Stored(int(existing[0]), True, resend=stale)
-
-
-def _aware(value: datetime) -> datetime:
-    # a Core select of coalesce() bypasses the column type: SQLite hands back a naive string/datetime
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            select(table.c.id).where(table.c.source == source.value, table.c.event_id == event_id)
+        ).scalar_one()
+        return Stored(int(existing), True)
 
 
 def mark_enqueued(*, session: Session, ids: list[int]) -> None:

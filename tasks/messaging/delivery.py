@@ -120,7 +120,8 @@ def _log_held(reason: str, count: int) -> None:
 def _recipients(settings, recipient: str | None) -> tuple[str, ...]:
     if recipient == ADMINS:
         return tuple(settings.admin_alert_emails)
-    return tuple(r.strip() for r in (recipient or "").split(",") if r.strip())
+    # a stored address is one recipient, never a list: "a@x,b@y" or "N <b@y>" must not reach b@y
+    return (recipient,) if recipient else ()
 
 
 # --------------------------------------------------------------------------- 1. claim

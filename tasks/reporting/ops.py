@@ -149,7 +149,7 @@ def search_enrollments(*, session: Session, query: str, limit: int = SEARCH_LIMI
             StudentCourseEnrollment.stripe_checkout_session_id == query,
             StudentCourseEnrollment.stripe_payment_intent_id == query,
         ]
-        if query.isdigit():
+        if query.isascii() and query.isdigit() and len(query) <= 18:  # an id a BIGINT holds ("²" is a digit too)
             conditions.append(StudentCourseEnrollment.id == int(query))
     rows = session.execute(
         select(StudentCourseEnrollment, CourseProgram.code)

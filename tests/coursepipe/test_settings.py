@@ -31,3 +31,31 @@ def test_typed_values():
                            "ADMIN_ALERT_EMAILS": "a@x.test, b@x.test,", "REDIS_URL": "redis://h:6379/0"})
     assert s.low_seat_threshold == 5 and s.reminders_enabled is True
     assert s.admin_alert_emails == ("a@x.test", "b@x.test") and s.redis_url == "redis://h:6379/0"
+
+
+STRONG = {"STRIPE_WEBHOOK_SECRET": "whsec_" + "0123456789abcdef" * 3, "PLATFORM_WEBHOOK_SECRET": "p0-" + "a1b2c3d4" * 4,
+          "ADMIN_TOKEN": "Zq8-xW3_kP0mR7tY2vB9nL4cJ6"}
+
+
+@pytest.mark.parametrize("name,value", [("ADMIN_TOKEN", "a"), ("STRIPE_WEBHOOK_SECRET", "b"),
+                                        ("PLATFORM_WEBHOOK_SECRET", "c"), ("ADMIN_TOKEN", "x" * 40),
+                                        ("PLATFORM_WEBHOOK_SECRET", "abcabcabcabcabcabcabcabcabc"),
+                                        ("SESSION_SECRET", "short")])
+def test_a_weak_secret_stops_startup_naming_the_variable(name, value):
+    with pytest.raises(ConfigError, match=f"^{name} is too weak: use at least 24 random characters"):
+        Settings.from_env({**STRONG, name: value}).require(*INGRESS_SECRETS)
+
+
+def test_strong_secrets_and_the_generated_ones_pass():
+    import secrets
+
+    Settings.from_env(STRONG).require(*INGRESS_SECRETS)
+    # what `make run` writes into .env.local
+    Settings.from_env({"STRIPE_WEBHOOK_SECRET": f"whsec_{secrets.token_hex(24)}",
+                       "PLATFORM_WEBHOOK_SECRET": secrets.token_hex(24), "ADMIN_TOKEN": secrets.token_urlsafe(24),
+                       "SESSION_SECRET": secrets.token_urlsafe(32)}).require(*INGRESS_SECRETS)
+
+
+def test_serve_binds_loopback_unless_host_is_set():
+    assert Settings.from_env({}).host == "127.0.0.1"
+    assert Settings.from_env({"HOST": "0.0.0.0"}).host == "0.0.0.0"

@@ -5,6 +5,7 @@ import csv
 import io
 
 from db.enums import EnrollmentStatus
+from tests.conftest import ADMIN_TOKEN
 from tests import factories
 from tests.ingress.test_dashboard import login
 
@@ -49,7 +50,7 @@ def test_needs_the_token_or_a_dashboard_session(client, runtime):
     assert client.get("/admin/reports/courses").status_code == 401
     assert client.get("/admin/reports/courses", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/admin/reports/courses?format=xml",
-                      headers={"Authorization": "Bearer admin-test-token"}).status_code == 400
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 400
     login(client)
     assert client.get("/admin/reports/courses?format=csv").status_code == 200
     page = client.get("/admin/ui/reports").get_data(True)

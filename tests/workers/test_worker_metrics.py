@@ -47,7 +47,7 @@ def test_worker_processes_export_dramatiq_and_coursepipe_metrics(tmp_path, redis
                                  payload={}, subject=None, occurred_at=None)
         runtime.actors["process_inbox_event"].send(stored.id)
         key = ("coursepipe_events_processed_total",
-               (("outcome", "ignored"), ("source", "platform"), ("type", "no.handler")))
+               (("outcome", "ignored"), ("source", "platform"), ("type", "other")))
         deadline, samples = time.monotonic() + 30, {}
         while time.monotonic() < deadline and samples.get(key) != 1:
             try:
@@ -57,7 +57,7 @@ def test_worker_processes_export_dramatiq_and_coursepipe_metrics(tmp_path, redis
             time.sleep(0.2)
         assert samples.get(key) == 1, sorted(k[0] for k in samples)[:20]
         assert samples[("coursepipe_event_processing_seconds_count",
-                        (("source", "platform"), ("type", "no.handler")))] == 1
+                        (("source", "platform"), ("type", "other")))] == 1
         assert samples[("dramatiq_messages_total", (("actor_name", "process_inbox_event"),
                                                     ("queue_name", "inbox")))] == 1
     finally:

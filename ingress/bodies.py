@@ -1,0 +1,100 @@
+"""Reading request bodies strictly: what we accept is what both databases can store.
+
+A body is JSON in UTF-8 without a byte-order mark (RFC 8259 §8.1), with no `NaN`/`Infinity`, no
+lone surrogate, no NUL character (PostgreSQL's jsonb and text hold none of these; SQLite would keep
+them, so refusing them at the door keeps the two alike) and at most MAX_DEPTH levels of nesting.
+Anything else is a 400 `invalid_json` naming what is wrong; nothing is stored.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+
+from ingress.errors import ApiError
+
+# a Stripe event nests about ten levels; deep bodies cost recursion in every reader after us
+MAX_DEPTH = 64
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_strings(value: Any) -> None:
+    """Walk the parsed value once (iteratively): depth, NUL characters and lone surrogates."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_DEPTH:
+                raise ApiError(400, "invalid_json", f"body nests deeper than {MAX_DEPTH} levels")
+            for key, item in node.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            if depth > MAX_DEPTH:
+                raise ApiError(400, "invalid_json", f"body nests deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise ApiError(400, "invalid_json", "body contains a NUL character (\\u0000), which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_json", "body contains a lone surrogate (\\ud800-\\udfff), "
+                                            "which is not a character") from None
+
+
+def parse_json(raw: bytes) -> tuple[Any, str]:
+    """(value, text) of a JSON body, or ApiError 400 `invalid_json`."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "body is not UTF-8 text") from None
+    if text.startswith("\ufeff"):
+        raise ApiError(400, "invalid_json", "body starts with a byte-order mark")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", f"body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+    # NUL and surrogates can only arrive as \u escapes (raw ones fail above); depth needs many brackets
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_strings(value)
+    return value, text
+
+
+try:  # what gunicorn's body reader raises for a malformed chunked body
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # pragma: no cover - gunicorn is a dependency
+    _ServerParseError = OSError
+
+
+def read_body() -> bytes:
+    """The raw request body, within MAX_CONTENT_LENGTH: 413 beyond it, 400 for a broken chunked body."""
+    try:
+        raw = request.get_data(cache=False)
+    except (OSError, ValueError, _ServerParseError):  # a bad chunk size, a connection cut mid-body
+        raise ApiError(400, "invalid_body", "the request body could not be read (malformed chunked encoding)") \
+            from None
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    # a chunked body (no Content-Length) is read up to the limit and no further: reaching it means more
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        raise ApiError(413, "payload_too_large", "body exceeds 256 KiB")
+    return raw
+
+
+def json_value() -> Any:
+    """An admin request's JSON body (strict, as above), or 400."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and (request.content_length or 0) > limit:
+        raise ApiError(413, "payload_too_large", "body exceeds 256 KiB")
+    value, _text = parse_json(read_body())
+    return value

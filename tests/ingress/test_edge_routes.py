@@ -1,0 +1,141 @@
+"""Odd parameters on the authenticated routes: a 4xx with the error object, never a 500, on both databases."""
+from __future__ import annotations
+
+import json
+
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import CourseProgram, InboxEvent, GroupClass
+from tests.conftest import ADMIN_TOKEN
+from tests.ingress.test_dashboard import csrf_of, login
+from tests.signing import platform_event, platform_headers, stripe_event, stripe_headers
+from tests.tasks.test_catalog import course
+
+
+def _error(response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:300])
+    error = response.get_json()["error"]
+    assert {"code", "message"} <= set(error)
+    return error["code"]
+
+
+TWENTY_FIVE = "1" * 25
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/admin/?q=%C2%B2", 200),  # "²" is a digit to str.isdigit, not to int()
+    ("/admin/?q=" + "9" * 30, 200),
+    ("/admin/?q=%00", 400),
+    (f"/admin/ui/events/{TWENTY_FIVE}", 404),
+    (f"/admin/ui/enrollments/{TWENTY_FIVE}", 404),
+    (f"/admin/ui/events/{2**63}", 404),
+    (f"/admin/ui/events/{2**63 - 1}", 404),
+])
+def test_dashboard_pages_with_odd_parameters(client, path, status):
+    login(client)
+    response = client.get(path)
+    if status == 200:
+        assert response.status_code == 200
+    else:
+        _error(response, status)
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    (f"/v1/students/x/steps/{TWENTY_FIVE}/eligibility", 404),
+    ("/v1/calendar?from=0001-01-01T00:00:00%2B14:00&to=0001-01-02T00:00:00%2B00:00", 400),
+    ("/v1/calendar?from=9999-12-31T23:00:00-14:00&to=9999-12-31T23:30:00-14:00", 400),
+    ("/v1/students/%00/credits", 400),
+    ("/v1/students/%00/courses", 400),
+    ("/v1/courses/%00", 400),
+    ("/v1/courses?x=%00", 400),
+    ("/admin/courses/%00", 400),
+    ("/admin/events?status=%00", 400),
+    (f"/admin/events/{TWENTY_FIVE}/replay", 404),
+])
+def test_api_routes_with_odd_parameters(client, admin_headers, path, status):
+    method = client.post if path.endswith("/replay") else client.get
+    _error(method(path, headers=admin_headers), status)
+
+
+@pytest.mark.parametrize("body", [
+    lambda: json.dumps(course(title="a\u0000b")),
+    lambda: json.dumps(course(title="\udc00")),
+    lambda: '{"title": ' + "[" * 5000 + "]" * 5000 + "}",
+    lambda: json.dumps(course()).replace('"title"', '"x": NaN, "title"', 1),
+])
+def test_put_course_with_unstorable_json_is_400_and_writes_nothing(client, admin_headers, runtime, body):
+    response = client.put("/admin/courses/SFZ", data=body(), headers={**admin_headers,
+                                                                     "Content-Type": "application/json"})
+    assert _error(response, 400) == "validation_failed"
+    assert response.get_json()["error"]["field"] == "body"
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(CourseProgram)) == 0
+
+
+@pytest.mark.parametrize("next_", ["/admin/\r\nSet-Cookie: x=1", "/admin/\nX", "/admin/\x00"])
+def test_login_with_a_control_character_in_next_goes_home(client, next_):
+    page = client.get("/admin/login")
+    response = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
+                                                  "next": next_})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/admin/")
+    assert "Set-Cookie: x" not in str(response.headers)
+
+
+# --------------------------------------------------------------------------- validated at the door
+
+
+def _count(runtime) -> int:
+    with runtime.db.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(InboxEvent))
+
+
+@pytest.mark.parametrize("changes", [
+    {"id": 12345},
+    {"id": {"nested": "prod_1"}},
+    {"metadata": "course_code=SFZ"},
+    {"metadata": ["SFZ"]},
+    {"metadata": {"course_code": {"x": 1}}},
+])
+@pytest.mark.parametrize("name", ["product.updated", "price.updated"])
+def test_catalog_events_of_the_wrong_shape_are_refused_at_the_door(client, runtime, name, changes):
+    event = stripe_event(name)
+    event["data"]["object"].update(changes)
+    body = json.dumps(event)
+    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert _error(response, 400) == "invalid_event"
+    assert _count(runtime) == 0
+
+
+def _class(**changes) -> dict:
+    data = {"class_id": "gc_1", "title": "Yoga", "starts_at": "2030-01-01T10:00:00+00:00", "capacity": 10,
+            "seats_taken": 0, "status": "scheduled"}
+    return data | changes
+
+
+@pytest.mark.parametrize("changes", [{"capacity": 2**31}, {"seats_taken": 2**31}, {"capacity": 10**30}])
+def test_class_numbers_beyond_a_32_bit_column_are_refused_at_the_door(client, runtime, changes):
+    raw = json.dumps(platform_event("class.upserted", _class(**changes))).encode()
+    response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
+    assert _error(response, 400) == "invalid_event"
+    assert _count(runtime) == 0
+
+
+def test_the_largest_32_bit_capacity_is_stored_and_processed(client, runtime, worker):
+    from tests.conftest import drain
+
+    raw = json.dumps(platform_event("class.upserted", _class(capacity=2**31 - 1))).encode()
+    assert client.post("/webhooks/platform", data=raw, headers=platform_headers(raw)).status_code == 200
+    drain(runtime)
+    with runtime.db.session_scope() as s:
+        assert s.get(GroupClass, "gc_1").capacity == 2**31 - 1
+        assert s.scalar(select(InboxEvent.status)).value == "processed"
+
+
+def test_a_booking_naming_a_step_id_beyond_bigint_is_refused(client, runtime):
+    data = {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1", "course_step_id": 2**63}
+    raw = json.dumps(platform_event("booking.created", data)).encode()
+    assert _error(client.post("/webhooks/platform", data=raw, headers=platform_headers(raw)), 400) == "invalid_event"
+    assert _count(runtime) == 0
+

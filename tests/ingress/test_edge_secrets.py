@@ -1,0 +1,70 @@
+"""Secrets and sessions: a session key of its own, failed authentications rate limited, /readyz's details for
+admins only, a private SQLite file."""
+from __future__ import annotations
+
+import os
+import stat
+
+from db.database import Database
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.ingress.test_dashboard import csrf_of
+
+
+def test_the_session_key_is_not_derived_from_the_admin_token(app, runtime):
+    import hashlib
+    import hmac
+
+    derived = hmac.new(ADMIN_TOKEN.encode(), b"coursepipe dashboard session v1", hashlib.sha256).hexdigest()
+    assert app.config["SECRET_KEY"] not in (derived, ADMIN_TOKEN)
+    from ingress.app import create_app
+
+    # random per process (per app) unless SESSION_SECRET is set
+    assert create_app(runtime.settings, runtime=runtime).config["SECRET_KEY"] != app.config["SECRET_KEY"]
+    fixed = runtime.settings.with_(session_secret="s3ss10n-" + "k3y-0123456789abcdef")
+    assert create_app(fixed, runtime=runtime).config["SECRET_KEY"] == fixed.session_secret
+
+
+def test_failed_bearer_tokens_are_rate_limited_then_even_the_right_one_waits(client):
+    codes = [client.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}"}).status_code
+             for i in range(20)]
+    assert codes == [401] * 20
+    refused = client.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "rate_limited"
+    assert client.get("/healthz").status_code == 200  # only /admin and /v1 are limited
+
+
+def test_successful_requests_do_not_count(client, admin_headers):
+    for _ in range(40):
+        assert client.get("/admin/events", headers=admin_headers).status_code == 200
+
+
+def test_failed_dashboard_logins_are_rate_limited(client):
+    csrf = csrf_of(client.get("/admin/login").get_data(True))
+    codes = [client.post("/admin/login", data={"token": f"guess-{i}", "csrf_token": csrf}).status_code
+             for i in range(21)]
+    assert codes[:20] == [401] * 20 and codes[20] == 429
+    right = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf})
+    assert right.status_code == 429
+
+
+def test_readyz_hides_the_details_from_anonymous_callers(database, runtime, app, monkeypatch):
+    def down():
+        raise OSError("connection to server at 10.1.2.3, port 5432 failed: role secret_role")
+
+    monkeypatch.setattr(runtime.db, "ping", down)
+    client = app.test_client()
+    anonymous = client.get("/readyz")
+    assert anonymous.status_code == 503
+    text = anonymous.get_data(as_text=True)
+    assert "10.1.2.3" not in text and "secret_role" not in text and "database" in text
+    admin = client.get("/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert admin.status_code == 503 and "secret_role" in admin.get_data(as_text=True)
+
+
+def test_a_new_sqlite_file_is_private(tmp_path):
+    path = tmp_path / "new.db"
+    db = Database(f"sqlite:///{path}")
+    db.ping()
+    db.dispose()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert make_settings("sqlite://").host == "127.0.0.1"
