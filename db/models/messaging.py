@@ -1,0 +1,63 @@
+"""The outbox, and the memories of alerts and reminders sent.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.enums import OutboxChannel, OutboxStatus
+from db.models.base import Base, BigId
+from db.types import enum_column, utcnow
+
+
+class OutboxMessage(Base):
+    """A mail or platform callback to send; written in the same transaction as its cause."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (
+        Index("ix_outbox_message_status_next", "status", "next_attempt_at"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    channel: Mapped[OutboxChannel] = mapped_column(enum_column(OutboxChannel, "outbox_channel"))
+    topic: Mapped[str] = mapped_column(String(64))  # event type or mail template
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus, "outbox_status"), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    enrollment_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class AlertLog(Base):
+    """An admin alert raised (low seats, dispute, drift); the key makes each crossing alert once."""
+
+    __tablename__ = "alert_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    subject: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReminderLog(Base):
+    """One reminder per (enrollment, step, window): never twice."""
+
+    __tablename__ = "reminder_log"
+    __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "window_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("student_course_enrollment.id"))
+    step_id: Mapped[int] = mapped_column(ForeignKey("course_step.id"))
+    window_key: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

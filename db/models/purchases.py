@@ -1,0 +1,61 @@
+"""Payment facts: package purchases, and each Stripe refund and dispute recorded once.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.enums import DisputeStatus, PurchaseStatus
+from db.models.base import Base, BigId, Timestamped
+from db.types import enum_column, utcnow
+
+
+class PackagePurchase(Timestamped, Base):
+    __tablename__ = "package_purchase"
+    __table_args__ = (Index("ix_package_purchase_payment_intent", "stripe_payment_intent_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    student_id: Mapped[str] = mapped_column(ForeignKey("student.id"), index=True)
+    package_id: Mapped[int] = mapped_column(ForeignKey("credit_package.id"))
+    status: Mapped[PurchaseStatus] = mapped_column(enum_column(PurchaseStatus, "purchase_status"))
+    stripe_checkout_session_id: Mapped[str] = mapped_column(String(255), unique=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64))
+    amount_total: Mapped[int] = mapped_column(default=0)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    amount_refunded: Mapped[int] = mapped_column(default=0)
+
+
+class PaymentRefund(Base):
+    """A refund applied to a purchase, keyed by Stripe's refund id (or charge id + amount)."""
+
+    __tablename__ = "payment_refund"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    refund_key: Mapped[str] = mapped_column(String(128), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"))
+    package_purchase_id: Mapped[int | None] = mapped_column(ForeignKey("package_purchase.id"))
+    amount: Mapped[int]
+    currency: Mapped[str | None] = mapped_column(String(3))
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Stripe's status when last seen; NULL (rows from before it was kept) counts like `succeeded`.
+    # `failed` / `canceled` here means the refund failed after it had been counted.
+    status: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PaymentDispute(Timestamped, Base):
+    __tablename__ = "payment_dispute"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_dispute_id: Mapped[str] = mapped_column(String(64), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"))
+    status: Mapped[DisputeStatus] = mapped_column(enum_column(DisputeStatus, "dispute_status"))
+    amount: Mapped[int | None]
+    reason: Mapped[str | None] = mapped_column(String(64))
