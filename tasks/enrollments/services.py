@@ -27,6 +27,7 @@ from db.models import (
 )
 from db.types import utcnow
 from tasks.ledger import credits
+from tasks.ledger.causes import ENROLLMENT_OWNER, Cause
 from tasks.messaging import outbox
 from tasks.catalog.services import live_steps
 from tasks.errors import NotFound, PermanentError
@@ -45,9 +46,9 @@ class NotFulfillable(PermanentError):
     """Raised when re-fulfilment is asked for an enrollment that is not paid for (pending, failed, revoked)."""
 
 
-def bundle_cause(enrollment_id: int) -> str:
+def bundle_cause(enrollment_id: int) -> Cause:
     """The ledger cause of an enrollment's bundle grants: one lot per credit type."""
-    return f"enrollment:{enrollment_id}"
+    return Cause.bundle(enrollment_id)
 
 
 # --------------------------------------------------------------------------- look-ups
@@ -145,7 +146,7 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
         select(CreditLedgerEntry.credit_type).where(
             CreditLedgerEntry.enrollment_id == enrollment.id,
             CreditLedgerEntry.entry_type == LedgerEntryType.GRANT,
-            CreditLedgerEntry.cause == bundle_cause(enrollment.id),
+            CreditLedgerEntry.cause == str(bundle_cause(enrollment.id)),
         )
     ))
     for credit_type, quantity in sorted(bundle_owed(enrollment, program).items()):
@@ -242,7 +243,7 @@ def revoke(*, session: Session, enrollment: StudentCourseEnrollment, cause: str,
                             at=now)
     if moved:
         enrollment.revoked_at = now
-    credits.revoke_unconsumed(session=session, cause=f"revocation:enrollment:{enrollment.id}",
+    credits.revoke_unconsumed(session=session, cause=Cause.revocation(ENROLLMENT_OWNER, enrollment.id),
                               enrollment_id=enrollment.id)
     for progress in session.scalars(select(StudentCourseProgress)
                                     .where(StudentCourseProgress.enrollment_id == enrollment.id)

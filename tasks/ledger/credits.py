@@ -17,6 +17,7 @@ from db.enums import CreditType, LedgerEntryType
 from db.models import CreditLedgerEntry, Student
 from db.types import utcnow
 from tasks.errors import TaskError
+from tasks.ledger.causes import Cause, Keys
 
 
 class NoCredit(TaskError):
@@ -45,18 +46,13 @@ def _add(session: Session, **fields) -> CreditLedgerEntry:
     return entry
 
 
-def grant_key(cause: str, credit_type: CreditType) -> str:
-    """The idempotency key of a grant: one lot per (cause, credit type)."""
-    return f"grant:{cause}:{credit_type.value}"
-
-
 def issue_credits(
     *,
     session: Session,
     student_id: str,
     credit_type: CreditType,
     quantity: int,
-    cause: str,
+    cause: Cause,
     enrollment_id: int | None = None,
     package_purchase_id: int | None = None,
     expires_at: datetime | None = None,
@@ -67,7 +63,7 @@ def issue_credits(
     `fresh`: the cause was created in this transaction, so no grant can exist yet (the look-up is
     skipped; the unique key still refuses a second grant).
     """
-    key = grant_key(cause, credit_type)
+    key = Keys.grant(cause, credit_type)
     existing = None if fresh else _existing(session, key)
     if existing is not None:
         return existing
@@ -78,7 +74,7 @@ def issue_credits(
         credit_type=credit_type,
         entry_type=LedgerEntryType.GRANT,
         quantity=quantity,
-        cause=cause,
+        cause=str(cause),
         enrollment_id=enrollment_id,
         package_purchase_id=package_purchase_id,
         expires_at=expires_at,
@@ -134,7 +130,7 @@ def consume_credit(
     *, session: Session, student_id: str, credit_type: CreditType, booking_id: str, now: datetime | None = None
 ) -> CreditLedgerEntry:
     """Spend one credit for a booking from the soonest-expiring usable lot. Once per booking."""
-    key = f"consume:booking:{booking_id}"
+    key = Keys.consume(booking_id)
     existing = _existing(session, key)
     if existing is not None:
         return existing
@@ -150,7 +146,7 @@ def consume_credit(
                 entry_type=LedgerEntryType.CONSUME,
                 quantity=-1,
                 grant_id=lot.grant.id,
-                cause=f"booking:{booking_id}",
+                cause=str(Cause.booking(booking_id)),
                 booking_id=booking_id,
                 enrollment_id=lot.grant.enrollment_id,
                 package_purchase_id=lot.grant.package_purchase_id,
@@ -159,7 +155,7 @@ def consume_credit(
 
 
 def consumption_for(session: Session, booking_id: str) -> CreditLedgerEntry | None:
-    return _existing(session, f"consume:booking:{booking_id}")
+    return _existing(session, Keys.consume(booking_id))
 
 
 def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | None:
@@ -171,7 +167,7 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     consumed = consumption_for(session, booking_id)
     if consumed is None:
         return None
-    key = f"release:booking:{booking_id}"
+    key = Keys.release(booking_id)
     existing = _existing(session, key)
     if existing is not None:
         return existing
@@ -183,31 +179,24 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
         entry_type=LedgerEntryType.RELEASE,
         quantity=1,
         grant_id=consumed.grant_id,
-        cause=f"booking:{booking_id}",
+        cause=str(Cause.booking(booking_id)),
         booking_id=booking_id,
         enrollment_id=consumed.enrollment_id,
         package_purchase_id=consumed.package_purchase_id,
     )
-    lot_revoked = session.scalar(
-        select(func.count())
-        .select_from(CreditLedgerEntry)
-        .where(
-            CreditLedgerEntry.grant_id == consumed.grant_id,
-            CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
-            # a partial refund took a share of the lot, not all of it: a released credit stays usable
-            CreditLedgerEntry.cause.not_like("partial-refund:%"),
-        )
-    )
-    if lot_revoked:
+    revoked_by = session.scalars(select(CreditLedgerEntry.cause).where(
+        CreditLedgerEntry.grant_id == consumed.grant_id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE))
+    # a partial refund took a share of the lot, not all of it: a released credit stays usable
+    if any(not Cause.parse(cause).takes_a_share for cause in revoked_by):
         _add(
             session,
-            idempotency_key=f"revoke:release:{booking_id}",
+            idempotency_key=Keys.revoke_release(booking_id),
             student_id=consumed.student_id,
             credit_type=consumed.credit_type,
             entry_type=LedgerEntryType.REVOKE,
             quantity=-1,
             grant_id=consumed.grant_id,
-            cause=f"booking:{booking_id}",
+            cause=str(Cause.booking(booking_id)),
             booking_id=booking_id,
             enrollment_id=consumed.enrollment_id,
             package_purchase_id=consumed.package_purchase_id,
@@ -218,7 +207,7 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
 def revoke_unconsumed(
     *,
     session: Session,
-    cause: str,
+    cause: Cause,
     enrollment_id: int | None = None,
     package_purchase_id: int | None = None,
     fraction: float = 1.0,
@@ -231,7 +220,7 @@ def revoke_unconsumed(
         raise ValueError("revoke_unconsumed needs an enrollment or a package purchase")
     entries = []
     for lot in lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id):
-        key = f"revoke:{cause}:{lot.grant.id}"
+        key = Keys.revoke(cause, lot.grant.id)
         if _existing(session, key) is not None:
             continue
         amount = lot.remaining if fraction >= 1.0 else min(lot.remaining, int(lot.grant.quantity * fraction))
@@ -246,7 +235,7 @@ def revoke_unconsumed(
                 entry_type=LedgerEntryType.REVOKE,
                 quantity=-amount,
                 grant_id=lot.grant.id,
-                cause=cause,
+                cause=str(cause),
                 enrollment_id=lot.grant.enrollment_id,
                 package_purchase_id=lot.grant.package_purchase_id,
             )
@@ -255,13 +244,14 @@ def revoke_unconsumed(
 
 
 def revoke_from_lot(
-    *, session: Session, grant: CreditLedgerEntry, quantity: int, key: str, cause: str
+    *, session: Session, grant: CreditLedgerEntry, quantity: int, key: str, cause: Cause
 ) -> CreditLedgerEntry | None:
-    """Revoke up to `quantity` of what remains on one lot, once per `key` (e.g. a partial refund's step).
+    """Revoke up to `quantity` of what remains on one lot, once per idempotency `key` (e.g. a partial
+    refund's step, `Keys.revoke_share`).
 
     Never more than remains: consumed credits stay on record. A repeat of the key adds nothing.
     """
-    idempotency_key = f"revoke:{key}"
+    idempotency_key = key
     if quantity <= 0 or _existing(session, idempotency_key) is not None:
         return None
     remaining = grant.quantity + int(
@@ -279,7 +269,7 @@ def revoke_from_lot(
         entry_type=LedgerEntryType.REVOKE,
         quantity=-amount,
         grant_id=grant.id,
-        cause=cause,
+        cause=str(cause),
         enrollment_id=grant.enrollment_id,
         package_purchase_id=grant.package_purchase_id,
     )

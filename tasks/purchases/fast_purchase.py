@@ -35,7 +35,7 @@ import psycopg
 from db import jsoncodec
 from db.enums import CreditType
 from db.types import utcnow
-from tasks.ledger import credits
+from tasks.ledger.causes import Keys
 from tasks.enrollments import services as enrollments
 from tasks.messaging import outbox
 from tasks.purchases import shapes
@@ -226,7 +226,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     fulfilment_metadata["program_status_at_fulfilment"] = program_status
     owed = sorted((t.value, q) for t, q in enrollments.owed_by_snapshot(bundle).items() if q > 0)
     bundle_cause = enrollments.bundle_cause(enrollment_id)
-    grants = [{"k": credits.grant_key(bundle_cause, CreditType(t)), "t": t, "q": q} for t, q in owed]
+    grants = [{"k": Keys.grant(bundle_cause, CreditType(t)), "t": t, "q": q} for t, q in owed]
 
     messages = [{
         "d": outbox.platform_dedupe(enrollments.CREATED_DEDUPE.format(enrollment_id)), "c": "platform",
@@ -248,7 +248,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
         "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
         "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
-        "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": bundle_cause,
+        "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": str(bundle_cause),
         "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,
         "keys": _text_array(keys),
     }).fetchone()

@@ -30,6 +30,7 @@ from db.models import CourseProgram, CreditPackage, InboxEvent, PackagePurchase,
 from db.types import utcnow
 from tasks.catalog import services as catalog
 from tasks.ledger import credits
+from tasks.ledger.causes import Cause
 from tasks.enrollments import services as enrollments
 from tasks.purchases import payments
 from tasks.catalog import publishing
@@ -361,7 +362,7 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
     session.flush()
     if purchase.status == PurchaseStatus.PAID:
         credits.issue_credits(session=session, student_id=student.id, credit_type=package.credit_type,
-                              quantity=package.quantity, cause=f"package_purchase:{purchase.id}",
+                              quantity=package.quantity, cause=Cause.package(purchase.id),
                               package_purchase_id=purchase.id, expires_at=package_expiry(package, utcnow()))
     payments.settle_package(session=session, purchase=purchase, cause=f"checkout:{checkout['id']}")
     session.flush()
@@ -441,7 +442,7 @@ def refulfill_checkout_session(*, ctx: HandlerContext, checkout_session_id: str,
         granted = {}
         if package_purchase.status == PurchaseStatus.PAID:
             package = session.get(CreditPackage, package_purchase.package_id)
-            cause = f"package_purchase:{package_purchase.id}"
+            cause = Cause.package(package_purchase.id)
             had = credits.lots(session=session, package_purchase_id=package_purchase.id)
             if not had:
                 credits.issue_credits(session=session, student_id=package_purchase.student_id,

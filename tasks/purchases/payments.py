@@ -29,6 +29,7 @@ from db.models import (
     StudentCourseEnrollment,
 )
 from tasks.ledger import credits
+from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, Keys
 from tasks.enrollments import services as enrollments
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
@@ -117,7 +118,7 @@ def _disputes(session: Session, purchase: Purchase) -> list[PaymentDispute]:
 
 
 def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded: int, paid: int,
-                          cause: str) -> None:
+                          cause: Cause) -> None:
     """Partial refund: each lot ends with floor(quantity × refunded / paid) revoked under this cause.
 
     The target is computed from the cumulative refunded total, so two partial refunds in either
@@ -131,11 +132,11 @@ def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded
             select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
                 CreditLedgerEntry.grant_id == lot.grant.id,
                 CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
-                CreditLedgerEntry.cause == cause,
+                CreditLedgerEntry.cause == str(cause),
             )
         ))
         credits.revoke_from_lot(session=session, grant=lot.grant, quantity=target - already,
-                                key=f"{cause}:{lot.grant.id}:{target}", cause=cause)
+                                key=Keys.revoke_share(cause, lot.grant.id, target), cause=cause)
 
 
 def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:
@@ -157,7 +158,7 @@ def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, 
         return
     _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
                           refunded=refunded, paid=enrollment.amount_total,
-                          cause=f"partial-refund:enrollment:{enrollment.id}")
+                          cause=Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id))
     if still_open:
         enrollments.suspend(session=session, enrollment=enrollment,
                             cause=f"dispute:{still_open[0].stripe_dispute_id}", reason="dispute_opened")
@@ -172,7 +173,7 @@ def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -
     purchase.amount_refunded = refunded
     lost = any(d.status == DisputeStatus.LOST for d in _disputes(session, wrapped))
     if (purchase.amount_total > 0 and refunded >= purchase.amount_total) or lost:
-        credits.revoke_unconsumed(session=session, cause=f"revocation:package_purchase:{purchase.id}",
+        credits.revoke_unconsumed(session=session, cause=Cause.revocation(PACKAGE_OWNER, purchase.id),
                                   package_purchase_id=purchase.id)
         if purchase.status in (PurchaseStatus.PAID, PurchaseStatus.PENDING):
             PACKAGE_PURCHASE.move(purchase, PurchaseStatus.REFUNDED, session=session, cause=cause)
@@ -181,7 +182,7 @@ def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -
         return
     _revoke_in_proportion(session, lots=credits.lots(session=session, package_purchase_id=purchase.id),
                           refunded=refunded, paid=purchase.amount_total,
-                          cause=f"partial-refund:package_purchase:{purchase.id}")
+                          cause=Cause.partial_refund(PACKAGE_OWNER, purchase.id))
 
 
 def settle(*, session: Session, purchase: Purchase, cause: str) -> None:

@@ -18,6 +18,7 @@ from db.models import (
 )
 from tests import inbox_api as inbox
 from tasks.ledger import credits
+from tasks.ledger.causes import Cause
 from tests import factories
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
@@ -51,7 +52,7 @@ def world(database, *, steps=3, status=EnrollmentStatus.ACTIVE, enrolled=True, g
         for credit_type, quantity in ((CreditType.GROUP, group_credits), (CreditType.PRIVATE, private_credits)):
             if quantity:
                 credits.issue_credits(session=s, student_id=student.id, credit_type=credit_type, quantity=quantity,
-                                      cause=f"test:{credit_type.value}")
+                                      cause=Cause.adjustment(f"test-{credit_type.value}"))
         step_ids = [step.id for step in program.steps]
         return World(student.id, program.id, enrollment.id if enrollment else None, step_ids)
 

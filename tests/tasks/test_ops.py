@@ -95,8 +95,9 @@ def test_timeline_collects_transitions_events_and_messages(session):
     enrollment.stripe_payment_intent_id = "pi_t"
     from db.enums import CreditType
     from tasks.ledger import credits
+    from tasks.ledger.causes import Cause
     credits.issue_credits(session=session, student_id=student.id, credit_type=CreditType.PRIVATE, quantity=2,
-                          cause=f"enrollment:{enrollment.id}", enrollment_id=enrollment.id)
+                          cause=Cause.bundle(enrollment.id), enrollment_id=enrollment.id)
     ENROLLMENT.move(enrollment, EnrollmentStatus.SUSPENDED, session=session, cause="dispute dp_1",
                     enrollment_id=enrollment.id)
     session.add(Booking(id="bk_t", student_id=student.id, class_id="gc_1", enrollment_id=enrollment.id,
