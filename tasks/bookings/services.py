@@ -51,7 +51,6 @@ from tasks.bookings.mirrors import ensure_student
 
 log = logging.getLogger("coursepipe.bookings")
 
-B, E, P = BookingStatus, EnrollmentStatus, ProgressStatus
 
 # reasons (`booking.rejected`)
 UNKNOWN_COURSE_STEP = "unknown_course_step"
@@ -65,8 +64,8 @@ STEP_CANCELLED = "step_cancelled"  # the step was deactivated (revocation) on an
 NO_CREDIT = "no_credit"
 
 # enrollments whose steps can be booked; COMPLETED reopens if a new step is booked
-BOOKABLE_ENROLLMENT = (E.ACTIVE, E.COMPLETED)
-BOOKABLE_PROGRESS = (P.UNBOOKED, P.MISSED)
+BOOKABLE_ENROLLMENT = (EnrollmentStatus.ACTIVE, EnrollmentStatus.COMPLETED)
+BOOKABLE_PROGRESS = (ProgressStatus.UNBOOKED, ProgressStatus.MISSED)
 
 # how long a newer booking waits for the cancel/attendance of the older booking holding its step
 HOLD_WINDOW = timedelta(minutes=10)
@@ -117,7 +116,7 @@ def _progress_of(session: Session, enrollment_id: int, step_id: int, *, lock: bo
 def _holder(session: Session, enrollment_id: int, step_id: int) -> Booking | None:
     return session.scalar(select(Booking).where(Booking.enrollment_id == enrollment_id,
                                                 Booking.course_step_id == step_id,
-                                                Booking.status == B.ACTIVE))
+                                                Booking.status == BookingStatus.ACTIVE))
 
 
 def _bookable_at(enrollment: StudentCourseEnrollment, as_of: datetime | None) -> bool:
@@ -127,9 +126,9 @@ def _bookable_at(enrollment: StudentCourseEnrollment, as_of: datetime | None) ->
         return True
     if as_of is None or (enrollment.activated_at is not None and enrollment.activated_at > as_of):
         return False
-    if enrollment.status == E.SUSPENDED:
+    if enrollment.status == EnrollmentStatus.SUSPENDED:
         return enrollment.suspended_at is not None and enrollment.suspended_at > as_of
-    if enrollment.status == E.REVOKED:
+    if enrollment.status == EnrollmentStatus.REVOKED:
         return enrollment.activated_at is not None and enrollment.revoked_at is not None \
             and enrollment.revoked_at > as_of
     return False
@@ -159,8 +158,8 @@ def step_guard(
     enrollments = list(session.scalars(query))
     bookable = [e for e in enrollments if _bookable_at(e, as_of)]
     if not bookable:
-        if any(e.status == E.SUSPENDED for e in enrollments):
-            return Verdict(False, ENROLLMENT_SUSPENDED, step, next(e for e in enrollments if e.status == E.SUSPENDED))
+        if any(e.status == EnrollmentStatus.SUSPENDED for e in enrollments):
+            return Verdict(False, ENROLLMENT_SUSPENDED, step, next(e for e in enrollments if e.status == EnrollmentStatus.SUSPENDED))
         return Verdict(False, NO_ACTIVE_ENROLLMENT, step)
     # a student who bought the course twice books on the first enrollment where the step is open
     rows = [(e, _progress_of(session, e.id, step.id, lock=lock)) for e in bookable]
@@ -174,13 +173,13 @@ def step_guard(
         group_class = session.get(GroupClass, class_id)
         if group_class is not None and group_class.status == ClassStatus.CANCELLED:
             return Verdict(False, CLASS_CANCELLED, step, enrollment, progress)
-    status = progress.status if progress is not None else P.UNBOOKED
-    if status == P.COMPLETED:
+    status = progress.status if progress is not None else ProgressStatus.UNBOOKED
+    if status == ProgressStatus.COMPLETED:
         return Verdict(False, STEP_ALREADY_COMPLETED, step, enrollment, progress)
-    if status == P.CANCELLED:
+    if status == ProgressStatus.CANCELLED:
         return Verdict(False, STEP_CANCELLED, step, enrollment, progress)
     holder = _holder(session, enrollment.id, step.id)
-    if status == P.BOOKED or holder is not None:
+    if status == ProgressStatus.BOOKED or holder is not None:
         return Verdict(False, STEP_ALREADY_BOOKED, step, enrollment, progress, holder)
     return Verdict(True, None, step, enrollment, progress)
 
@@ -224,7 +223,7 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     if data.credit_type is not None:
         return _book_with_credit(session, data, at)
     # a plain booking (paid on the platform): recorded so its cancel / attendance have something to apply to
-    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id, status=B.ACTIVE,
+    booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id, status=BookingStatus.ACTIVE,
                       booked_at=at)
     return booking if _insert(session, booking) else _existing_or_fail(session, data)
 
@@ -240,7 +239,7 @@ def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: Cour
     """Is an accepted booking of this step newer than `at`? Then this booking's whole life came before it."""
     return session.scalar(
         select(Booking.id).where(Booking.enrollment_id == enrollment.id, Booking.course_step_id == step.id,
-                                 Booking.status != B.REJECTED, Booking.booked_at > at).limit(1)
+                                 Booking.status != BookingStatus.REJECTED, Booking.booked_at > at).limit(1)
     ) is not None
 
 
@@ -250,13 +249,13 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
     step, enrollment = verdict.step, verdict.enrollment
     # booked before the refund we processed first (`as_of` let it through): decided as on the active step
     # it was then, and left on the (now cancelled) step as the revocation would have left it
-    revoked_step = verdict.reason == STEP_CANCELLED and enrollment.status == E.REVOKED
+    revoked_step = verdict.reason == STEP_CANCELLED and enrollment.status == EnrollmentStatus.REVOKED
     maybe_history = verdict.eligible or revoked_step or verdict.reason in (STEP_ALREADY_BOOKED,
                                                                            STEP_ALREADY_COMPLETED)
     if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at):
         # history overtaken (delivered late): kept for the record, detached from the enrollment's progress
         booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
-                          course_step_id=step.id, status=B.ACTIVE, booked_at=at)
+                          course_step_id=step.id, status=BookingStatus.ACTIVE, booked_at=at)
         log.info("booking %s on %s is older than an accepted booking of the step: recorded detached",
                  data.booking_id, step.label)
         return booking if _insert(session, booking) else _existing_or_fail(session, data)
@@ -273,7 +272,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
         return _reject(session, data, reason, at, enrollment=enrollment, step=step)
 
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
-                      course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
+                      course_step_id=step.id, enrollment_id=enrollment.id, status=BookingStatus.ACTIVE, booked_at=at)
     if not _insert(session, booking):
         existing = session.get(Booking, data.booking_id)
         if existing is not None:
@@ -283,17 +282,17 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
 
     progress = verdict.progress
     if progress is None:  # a step added to the course after the purchase
-        progress = StudentCourseProgress(enrollment_id=enrollment.id, step_id=step.id, status=P.UNBOOKED)
+        progress = StudentCourseProgress(enrollment_id=enrollment.id, step_id=step.id, status=ProgressStatus.UNBOOKED)
         session.add(progress)
         session.flush()
-    if enrollment.status == E.COMPLETED:
-        ENROLLMENT.move(enrollment, E.ACTIVE, session=session, cause=f"booking.created:{booking.id}",
+    if enrollment.status == EnrollmentStatus.COMPLETED:
+        ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=f"booking.created:{booking.id}",
                         enrollment_id=enrollment.id, at=at)
         enrollment.completed_at = None
     progress.booking_id = booking.id
     progress.group_class_id = data.class_id
     progress.skipped_ahead = _earlier_step_unbooked(session, enrollment, step)
-    progress_moves.move(session=session, progress=progress, target=P.BOOKED, cause=f"booking.created:{booking.id}",
+    progress_moves.move(session=session, progress=progress, target=ProgressStatus.BOOKED, cause=f"booking.created:{booking.id}",
                         at=at, enrollment=enrollment)
     _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step)
     return booking
@@ -302,7 +301,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
 def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enrollment: StudentCourseEnrollment,
                        step: CourseStep, progress: StudentCourseProgress) -> Booking:
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
-                      course_step_id=step.id, enrollment_id=enrollment.id, status=B.ACTIVE, booked_at=at)
+                      course_step_id=step.id, enrollment_id=enrollment.id, status=BookingStatus.ACTIVE, booked_at=at)
     if not _insert(session, booking):
         return _existing_or_fail(session, data)
     # the step names this booking now, as a rebooking of a missed step would have before the revocation
@@ -317,7 +316,7 @@ def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment
         select(StudentCourseProgress.id)
         .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
         .where(StudentCourseProgress.enrollment_id == enrollment.id, CourseStep.deleted_at.is_(None),
-               CourseStep.position < step.position, StudentCourseProgress.status == P.UNBOOKED)
+               CourseStep.position < step.position, StudentCourseProgress.status == ProgressStatus.UNBOOKED)
         .limit(1)
     ) is not None
 
@@ -329,7 +328,7 @@ def _book_with_credit(session: Session, data: BookingCreated, at: datetime) -> B
     except credits.NoCredit:
         return _reject(session, data, NO_CREDIT, at)
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
-                      credit_type=CreditType(data.credit_type), status=B.ACTIVE, booked_at=at)
+                      credit_type=CreditType(data.credit_type), status=BookingStatus.ACTIVE, booked_at=at)
     return booking if _insert(session, booking) else _existing_or_fail(session, data)
 
 
@@ -340,7 +339,7 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
                       course_step_id=step.id if step is not None else None,
                       enrollment_id=enrollment.id if enrollment is not None else None,
                       credit_type=CreditType(data.credit_type) if data.credit_type else None,
-                      status=B.REJECTED, rejection_reason=reason, booked_at=at)
+                      status=BookingStatus.REJECTED, rejection_reason=reason, booked_at=at)
     if not _insert(session, booking):
         return _existing_or_fail(session, data)
     outbox.add_platform_event(session=session, type="booking.rejected",
@@ -378,23 +377,23 @@ def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op."""
     booking = _locked_booking(session, data.booking_id)
-    if booking.status == B.REJECTED:
+    if booking.status == BookingStatus.REJECTED:
         return booking  # never stood: nothing to undo
     cause = f"booking.cancelled:{booking.id}"
-    if not BOOKING.move(booking, B.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id,
+    if not BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id,
                         at=data.cancelled_at):
         return booking
     booking.cancelled_at = data.cancelled_at
     booking.within_policy = data.within_policy
     progress = _attached_progress(session, booking)
-    if progress is not None and progress.status == P.BOOKED:
+    if progress is not None and progress.status == ProgressStatus.BOOKED:
         if data.within_policy:
             _reopen(session, progress, cause, data.cancelled_at)
         else:
-            progress_moves.move(session=session, progress=progress, target=P.MISSED, cause=cause,
+            progress_moves.move(session=session, progress=progress, target=ProgressStatus.MISSED, cause=cause,
                                 at=data.cancelled_at)
         _mail(session, "booking_cancelled", booking, progress=progress, within_policy=data.within_policy)
-    elif progress is not None and progress.status == P.CANCELLED and data.within_policy:
+    elif progress is not None and progress.status == ProgressStatus.CANCELLED and data.within_policy:
         # revoked meanwhile: the step stays cancelled, but (as in order) no longer names this booking
         progress.booking_id = progress.group_class_id = None
     elif booking.credit_type is not None and data.within_policy:
@@ -404,7 +403,7 @@ def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
 
 def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime) -> None:
     """Back to unbooked, rebookable; the booking stays in the transition log and on the booking row."""
-    progress_moves.move(session=session, progress=progress, target=P.UNBOOKED, cause=cause, at=at)
+    progress_moves.move(session=session, progress=progress, target=ProgressStatus.UNBOOKED, cause=cause, at=at)
     progress.booking_id = None
     progress.group_class_id = None
     progress.skipped_ahead = False
@@ -413,16 +412,16 @@ def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: d
 def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
     """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed."""
     booking = _locked_booking(session, data.booking_id)
-    if booking.status == B.REJECTED:
+    if booking.status == BookingStatus.REJECTED:
         return booking
     attended = data.outcome == "attended"
     cause = f"attendance.marked:{booking.id}"
-    if not BOOKING.move(booking, B.ATTENDED if attended else B.NO_SHOW, session=session, cause=cause,
+    if not BOOKING.move(booking, BookingStatus.ATTENDED if attended else BookingStatus.NO_SHOW, session=session, cause=cause,
                         enrollment_id=booking.enrollment_id, at=data.marked_at):
         return booking
     booking.attendance_marked_at = data.marked_at
     progress = _attached_progress(session, booking)
-    target = P.COMPLETED if attended else P.MISSED
+    target = ProgressStatus.COMPLETED if attended else ProgressStatus.MISSED
     if progress is not None and PROGRESS.can(progress.status, target):  # a no-show on a revoked step stays cancelled
         progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at)
         if attended:
@@ -437,17 +436,17 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
     """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
     credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none."""
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
-                                                          Booking.status == B.ACTIVE)
+                                                          Booking.status == BookingStatus.ACTIVE)
                                     .order_by(Booking.id).with_for_update()))
     cause = f"class_cancelled:{group_class.id}"
     for booking in bookings:
-        BOOKING.move(booking, B.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
+        BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
         booking.cancelled_at = at
         booking.within_policy = True
         progress = _attached_progress(session, booking)
-        if progress is not None and progress.status == P.BOOKED:
+        if progress is not None and progress.status == ProgressStatus.BOOKED:
             _reopen(session, progress, f"{cause}:{booking.id}", at)
-        elif progress is not None and progress.status == P.CANCELLED:
+        elif progress is not None and progress.status == ProgressStatus.CANCELLED:
             # revoked meanwhile: as a within-policy cancel, the step stays cancelled but no longer names it
             progress.booking_id = progress.group_class_id = None
         if booking.credit_type is not None:
