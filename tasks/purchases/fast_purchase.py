@@ -21,7 +21,7 @@ ORM path settles recorded refunds and disputes) — and the caller runs the gene
 transaction (the row and subject locks are kept). After a refusal by the database the transaction is
 rolled back, the fallback is counted, and the general path starts over, claiming the row again (at most
 an enrollment id was drawn from the sequence, as any rolled-back insert draws one).
-What the general path does for these events is the specification; `tests/tasks/test_fast_purchase.py`
+What the general path does for these events is the specification; `tests/tasks/purchases/test_fast_purchase.py`
 checks that both write the same rows.
 """
 from __future__ import annotations

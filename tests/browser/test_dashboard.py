@@ -23,7 +23,7 @@ from tests import factories
 from tests.conftest import ADMIN_TOKEN, IN_CI, drain
 from tests.netutil import http_server
 from tests.signing import stripe_headers
-from tests.tasks.payments_support import checkout
+from tests.tasks.purchases.payments_support import checkout
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

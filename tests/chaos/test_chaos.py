@@ -36,8 +36,8 @@ from db.models import (
 from tasks.ledger import credits
 from tests.chaos.harness import Stack, wait_until
 from tests.conftest import make_settings
-from tests.tasks.outbox_servers import PlatformReceiver, SmtpSink
-from tests.tasks.payments_support import charge_refunded, checkout
+from tests.tasks.messaging.outbox_servers import PlatformReceiver, SmtpSink
+from tests.tasks.purchases.payments_support import charge_refunded, checkout
 
 STUDENTS = 24
 STEPS = 3

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from db.models import CourseProgram, CourseStep, StripePublication
 from tests import factories
 from tests.conftest import drain, make_settings
-from tests.tasks.test_catalog import course
+from tests.tasks.catalog.test_catalog import course
 
 
 @pytest.fixture

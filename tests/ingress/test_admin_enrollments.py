@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from db.enums import BundleKind, EnrollmentStatus, InboxStatus
 from db.models import CourseStep, CreditLedgerEntry, OutboxMessage, StudentCourseEnrollment, StudentCourseProgress
 from tests import factories
-from tests.tasks.payments_support import charge_refunded, checkout, deliver, inbox_row, state
+from tests.tasks.purchases.payments_support import charge_refunded, checkout, deliver, inbox_row, state
 
 
 def _purchase(db):

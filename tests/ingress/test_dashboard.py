@@ -10,7 +10,7 @@ from db.models import InboxEvent, OutboxMessage, StudentCourseProgress
 from tests import factories
 from tests.conftest import ADMIN_TOKEN, drain
 from tests.signing import stripe_headers
-from tests.tasks.payments_support import checkout
+from tests.tasks.purchases.payments_support import checkout
 
 import json
 

@@ -11,7 +11,7 @@ from db.models import CourseProgram, InboxEvent, GroupClass
 from tests.conftest import ADMIN_TOKEN
 from tests.ingress.test_dashboard import csrf_of, login
 from tests.signing import platform_event, platform_headers, stripe_event, stripe_headers
-from tests.tasks.test_catalog import course
+from tests.tasks.catalog.test_catalog import course
 
 
 def _error(response, status: int) -> str:

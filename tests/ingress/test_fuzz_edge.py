@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from db.models import CourseProgram, CreditPackage, InboxEvent
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.signing import platform_event, platform_headers, stripe_event, stripe_headers
-from tests.tasks.test_catalog import course
+from tests.tasks.catalog.test_catalog import course
 
 pytestmark = pytest.mark.postgres
 

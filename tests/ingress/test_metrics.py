@@ -11,7 +11,7 @@ from db.models import OutboxMessage
 from tests import factories
 from tests.conftest import drain
 from tests.signing import platform_event, platform_headers, stripe_headers
-from tests.tasks.payments_support import checkout
+from tests.tasks.purchases.payments_support import checkout
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:

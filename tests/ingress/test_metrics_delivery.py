@@ -6,7 +6,7 @@ import pytest
 from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
 from tests.ingress.test_metrics import scrape, value
-from tests.tasks.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
+from tests.tasks.messaging.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

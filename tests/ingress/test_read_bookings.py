@@ -13,7 +13,7 @@ from db.models import Booking, InboxEvent, OutboxMessage
 from tests import factories
 from tests.conftest import drain
 from tests.signing import platform_headers
-from tests.tasks.bookings_support import (
+from tests.tasks.bookings.bookings_support import (
     T0,
     at,
     attendance,
@@ -47,7 +47,7 @@ def test_eligibility_answers_from_the_same_rule_as_the_event_path(client, runtim
     assert _eligibility(client, admin_headers, "stu_1", 987654) == (False, "unknown_course_step")
     assert _eligibility(client, admin_headers, "stu_nobody", step1) == (False, "no_active_enrollment")
     # the event path decides the same way, after which the answer changes to "already booked"
-    from tests.tasks.bookings_support import deliver, rejections
+    from tests.tasks.bookings.bookings_support import deliver, rejections
 
     deliver(db, booking_created("bk_bad", w.option(2), step_id=step1))
     assert rejections(db) == {"bk_bad": "not_a_step_option"}
@@ -86,7 +86,7 @@ def test_calendar_lists_classes_in_the_window_tagged_with_course_steps(client, r
         program = factories.program(s, steps=2, bundle=())
         factories.program(s, code="DRAFT", steps=1, bundle=(), status=ProgramStatus.DRAFT)
         step1 = program.steps[0]
-    from tests.tasks.bookings_support import deliver
+    from tests.tasks.bookings.bookings_support import deliver
 
     deliver(db, class_upserted("gc_SFZ_1_0", title="Salsa 1", capacity=10, seats_taken=7, starts_at=at(60)))
     deliver(db, class_upserted("gc_plain", title="Open class", capacity=5, seats_taken=5, starts_at=at(30)))

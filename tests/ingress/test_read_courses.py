@@ -7,7 +7,7 @@ from datetime import timedelta
 from db.enums import ClassStatus, ProgramStatus
 from tasks.catalog import services as catalog
 from tests import factories
-from tests.tasks.test_catalog import course
+from tests.tasks.catalog.test_catalog import course
 
 
 def _setup(db, status=ProgramStatus.PUBLISHED):

@@ -10,7 +10,7 @@ from db.models import Booking, CreditPackage, InboxEvent, StudentCourseProgress
 from tests import factories
 from tests.conftest import drain
 from tests.signing import stripe_headers
-from tests.tasks.payments_support import charge_refunded, checkout, dispute_closed, dispute_created
+from tests.tasks.purchases.payments_support import charge_refunded, checkout, dispute_closed, dispute_created
 
 
 def _post(client, event) -> dict:

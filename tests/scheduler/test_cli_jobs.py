@@ -10,7 +10,7 @@ from datetime import timedelta
 from db.database import Database
 from db.migrate import upgrade
 from tests import factories
-from tests.tasks.outbox_servers import smtp_sink  # noqa: F401  (fixture)
+from tests.tasks.messaging.outbox_servers import smtp_sink  # noqa: F401  (fixture)
 
 CLI = [sys.executable, "-m", "coursepipe.cli"]
 

@@ -11,8 +11,8 @@ from tasks.errors import IllegalTransition
 from tasks.inbox import admin as inbox_admin
 from tasks.inbox.store import store_event
 from tasks.machines import DISPUTE, INBOX, PACKAGE_PURCHASE, REFUND
-from tests.tasks.payments_support import checkout, deliver, refund_created
-from tests.tasks.test_fulfilment import _package
+from tests.tasks.purchases.payments_support import checkout, deliver, refund_created
+from tests.tasks.purchases.test_fulfilment import _package
 
 
 def test_refunds_move_forward_only_and_failed_or_canceled_is_final():

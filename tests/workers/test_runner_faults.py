@@ -214,7 +214,7 @@ def test_worker_sigkilled_inside_the_marked_purchase_fast_path_leaves_nothing_an
 
     from tasks.inbox.context import lock_key
     from tests import factories
-    from tests.tasks.payments_support import checkout, store
+    from tests.tasks.purchases.payments_support import checkout, store
     from workers.actors import enqueue_inbox, resend_stale
 
     db = redis_runtime.db

@@ -23,7 +23,7 @@ from db.types import utcnow
 from tests import inbox_api as inbox
 from tasks.ledger import credits
 from tests import factories
-from tests.tasks.payments_support import checkout, deliver, inbox_row, run, state, store
+from tests.tasks.purchases.payments_support import checkout, deliver, inbox_row, run, state, store
 
 
 def _catalog(database, **kw):
@@ -216,7 +216,7 @@ def test_subscription_mode_sessions_are_ignored(database):
 
 def test_the_welcome_and_dispute_mails_render_from_the_context_written(database):
     from tasks.messaging import mail
-    from tests.tasks.payments_support import dispute_created
+    from tests.tasks.purchases.payments_support import dispute_created
 
     _catalog(database)
     deliver(database, checkout(cs="cs_m", pi="pi_m"))

@@ -13,7 +13,7 @@ from db.types import utcnow
 from tasks.messaging import delivery
 from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
-from tests.tasks.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
+from tests.tasks.messaging.outbox_servers import platform_receiver, smtp_sink, wait_until  # noqa: F401  (fixtures)
 
 STARTS = "2026-12-01T17:00:00+00:00"
 

@@ -10,8 +10,8 @@ from db.models import StudentCourseEnrollment
 from tests import inbox_api as inbox
 from tasks.enrollments.services import revoke
 from tests import factories
-from tests.tasks import payments_support
-from tests.tasks.bookings_support import (
+from tests.tasks.purchases import payments_support
+from tests.tasks.bookings.bookings_support import (
     World,
     at,
     attendance,

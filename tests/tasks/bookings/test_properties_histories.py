@@ -25,8 +25,8 @@ from tasks.ledger import credits
 from tasks.events import platform_subject, stripe_subject
 from tests import factories
 from tests.conftest import _truncate
-from tests.tasks import payments_support
-from tests.tasks.bookings_support import at, attendance, booking_cancelled, booking_created, class_upserted
+from tests.tasks.purchases import payments_support
+from tests.tasks.bookings.bookings_support import at, attendance, booking_cancelled, booking_created, class_upserted
 
 STEPS = 3
 OPTIONS = 3  # classes per step: each booking of a step takes the next one, so a cancelled class is one booking's

@@ -17,7 +17,7 @@ from db.models import (
 from tests import inbox_api as inbox
 from tasks.ledger import credits
 from tests import factories
-from tests.tasks.payments_support import (
+from tests.tasks.purchases.payments_support import (
     COURSE_PRICE,
     charge_refunded,
     checkout,
@@ -218,7 +218,7 @@ def _refund_event(type_: str, refund_id: str, pi: str, amount: int) -> dict:
 
 
 def test_refund_updated_twice_counts_once(database):
-    from tests.tasks.payments_support import run, store
+    from tests.tasks.purchases.payments_support import run, store
 
     _purchase(database)
     event = _refund_event("refund.updated", "re_upd", "pi_1", 3000)

@@ -15,7 +15,7 @@ from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
 from tests.conftest import PLATFORM_SECRET
-from tests.tasks.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
+from tests.tasks.bookings.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
 
 N = 20
 

@@ -15,7 +15,7 @@ from db.enums import BundleKind, CreditType
 from db.models import CreditPackage
 from tests import factories
 from tests.conftest import _truncate
-from tests.tasks.payments_support import (
+from tests.tasks.purchases.payments_support import (
     charge_refunded,
     checkout,
     deliver,

@@ -21,7 +21,7 @@ from tasks.purchases import fulfilment
 from tests import factories
 from tests.conftest import drain
 from tests.signing import stripe_headers
-from tests.tasks.payments_support import checkout, run, state, store
+from tests.tasks.purchases.payments_support import checkout, run, state, store
 
 N = 30
 

@@ -12,7 +12,7 @@ from tasks.ledger import credits
 from tests import factories
 from tests.conftest import make_settings
 from tests.stripe_server import StripeServer
-from tests.tasks.payments_support import checkout, deliver, inbox_row, state
+from tests.tasks.purchases.payments_support import checkout, deliver, inbox_row, state
 
 LINE_ITEMS = r"/v1/checkout/sessions/[^/]+/line_items"
 

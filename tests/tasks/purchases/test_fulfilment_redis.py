@@ -14,7 +14,7 @@ from db.models import InboxEvent
 from tests import factories
 from tests.conftest import make_settings
 from tests.signing import stripe_headers
-from tests.tasks.payments_support import charge_refunded, checkout, dispute_created, state
+from tests.tasks.purchases.payments_support import charge_refunded, checkout, dispute_created, state
 
 
 @pytest.fixture

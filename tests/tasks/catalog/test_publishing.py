@@ -14,7 +14,7 @@ from workers import publishing as publish_calls
 from tasks.errors import PermanentError
 from tasks.stripe_api import StripeNotConfigured
 from tests.conftest import make_settings
-from tests.tasks.test_catalog import course, save
+from tests.tasks.catalog.test_catalog import course, save
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_an_archived_price_still_names_its_course(database, stripe_server, strip
 
 def test_a_checkout_opened_before_a_price_change_fulfils_its_course(database, stripe_server, stripe_settings):
     """A Payment Link checkout (no metadata) naming the archived price is still this course's purchase."""
-    from tests.tasks.payments_support import checkout, deliver, state
+    from tests.tasks.purchases.payments_support import checkout, deliver, state
 
     old_price, _ = _price_changed(database, stripe_settings)
     stripe_server.add_checkout_session(id="cs_old", amount_total=12000, line_items=[{"price": old_price, "quantity": 1}])

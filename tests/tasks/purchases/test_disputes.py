@@ -7,7 +7,7 @@ from db.enums import BundleKind, InboxStatus
 from db.models import OutboxMessage, PaymentDispute
 from tests import inbox_api as inbox
 from tests import factories
-from tests.tasks.payments_support import (
+from tests.tasks.purchases.payments_support import (
     charge_refunded,
     checkout,
     deliver,

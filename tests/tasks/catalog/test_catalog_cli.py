@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from db.enums import ProgramStatus
 from db.models import CourseProgram, CreditPackage
 from tasks.catalog import services as catalog
-from tests.tasks.test_catalog import course, snapshot
+from tests.tasks.catalog.test_catalog import course, snapshot
 
 @pytest.fixture
 def db_backend():
@@ -23,7 +23,7 @@ def db_backend():
     return "sqlite"
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "courses.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "courses.yaml"
 
 
 def cli(db_url: str, *args: str, **env_changes: str | None) -> subprocess.CompletedProcess:

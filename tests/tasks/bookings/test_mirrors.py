@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from db.models import GroupClass, Student
 from tasks.inbox.runner import Outcome
-from tests.tasks.bookings_support import T0, at, booking_created, class_upserted, deliver, student_upserted, twin
+from tests.tasks.bookings.bookings_support import T0, at, booking_created, class_upserted, deliver, student_upserted, twin
 
 
 def _student(database, student_id="stu_1"):
@@ -73,7 +73,7 @@ def test_stored_envelope_without_the_occurred_at_column_still_orders(database):
     """The handler falls back to the envelope's occurred_at when the column is empty."""
     from db.enums import InboxSource
     from tests import inbox_api as inbox
-    from tests.tasks.bookings_support import run
+    from tests.tasks.bookings.bookings_support import run
 
     newer = student_upserted(email="new@example.test", when=at(10))
     deliver(database, newer)

@@ -16,8 +16,8 @@ from tasks.catalog import publishing
 from workers import publishing as publish_calls
 from tests.conftest import make_settings
 from tests.signing import stripe_event
-from tests.tasks.payments_support import run, store
-from tests.tasks.test_catalog import course, save
+from tests.tasks.purchases.payments_support import run, store
+from tests.tasks.catalog.test_catalog import course, save
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from workers import inbox_runs
 from tasks.purchases import fast_purchase
 from tests import factories
 from tests.conftest import _truncate
-from tests.tasks.payments_support import checkout, deliver, refund_created, store
+from tests.tasks.purchases.payments_support import checkout, deliver, refund_created, store
 
 pytestmark = pytest.mark.postgres
 

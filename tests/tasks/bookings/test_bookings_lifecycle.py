@@ -7,7 +7,7 @@ from sqlalchemy import select
 from db.enums import InboxStatus
 from db.models import CreditLedgerEntry, TransitionLog
 from tasks.inbox.runner import Outcome
-from tests.tasks.bookings_support import (
+from tests.tasks.bookings.bookings_support import (
     at,
     attendance,
     balances,

@@ -18,7 +18,7 @@ from tests.inbox_api import HANDLERS, process_event
 from tests import factories
 from tests.conftest import drain, make_settings
 from tests.stripe_server import StripeServer
-from tests.tasks.outbox_servers import smtp_sink  # noqa: F401  (fixture)
+from tests.tasks.messaging.outbox_servers import smtp_sink  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_a_reconciled_purchase_is_fulfilled_and_welcomed_by_mail(database, strip
     """The whole path: Stripe knows a paid session, the webhook never came; the job finds it, the normal
     checkout handler enrolls the student, and the welcome mail reaches the SMTP server."""
     from coursepipe.runtime import init_runtime, reset_runtime
-    from tests.tasks.outbox_servers import wait_until
+    from tests.tasks.messaging.outbox_servers import wait_until
 
     if HANDLERS.get(("stripe", "checkout.session.completed")) is None:
         pytest.skip("no checkout.session.completed handler registered yet")

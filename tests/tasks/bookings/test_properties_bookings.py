@@ -15,7 +15,7 @@ from db.enums import InboxSource
 from tests import inbox_api as inbox
 from tasks.events import platform_subject
 from tests.conftest import _truncate
-from tests.tasks.bookings_support import (
+from tests.tasks.bookings.bookings_support import (
     at,
     attendance,
     booking_cancelled,

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from db.enums import EnrollmentStatus, InboxStatus
 from db.models import Booking, CreditLedgerEntry, OutboxMessage, TransitionLog
 from tasks.inbox.runner import Outcome
-from tests.tasks.bookings_support import (
+from tests.tasks.bookings.bookings_support import (
     at,
     booking,
     booking_cancelled,
@@ -169,7 +169,7 @@ def test_a_second_booking_of_a_booked_step_is_refused(database):
 def test_a_completed_step_is_refused(database):
     w = world(database)
     _book(database, w, "bk_1")
-    from tests.tasks.bookings_support import attendance
+    from tests.tasks.bookings.bookings_support import attendance
 
     deliver(database, attendance("bk_1", "attended", when=at(100)))
     _refused(database, booking_created("bk_2", w.option(1), step_id=w.step_ids[0], when=at(200)),
@@ -214,7 +214,7 @@ def test_a_newer_booking_is_refused_once_the_hold_window_passed(database):
     from db.models import InboxEvent
     from db.types import utcnow
     from tests import inbox_api as inbox
-    from tests.tasks.bookings_support import run
+    from tests.tasks.bookings.bookings_support import run
 
     w = world(database)
     _book(database, w, "bk_1", when=at(0))

@@ -5,7 +5,7 @@ import smtplib
 import socket
 import threading
 
-from tests.tasks.outbox_servers import SmtpSink
+from tests.tasks.messaging.outbox_servers import SmtpSink
 
 
 def _occupy(port: int) -> socket.socket:
