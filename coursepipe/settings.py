@@ -1,4 +1,4 @@
-"""Settings read once from the environment (CONTRACT §2), typed and checked at start-up."""
+"""Settings read once from the environment, typed and checked at start-up (the table is in README.md)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
 DEFAULT_LOW_SEAT_THRESHOLD = 3
 DEFAULT_REMINDER_WINDOW_DAYS = 7
 DEFAULT_PORT = 8000
+DEFAULT_RETENTION_DAYS = 400
 
 
 class ConfigError(Exception):
@@ -53,6 +54,7 @@ class Settings:
     platform_webhook_secret: str | None = None
     platform_callback_url: str | None = None
     admin_token: str | None = None
+    read_api_tokens: tuple[str, ...] = field(default_factory=tuple)  # READ_API_TOKEN, comma-separated
     smtp_url: str | None = None
     mail_from: str = "coursepipe@localhost"
     admin_alert_emails: tuple[str, ...] = field(default_factory=tuple)
@@ -60,11 +62,16 @@ class Settings:
     reminders_enabled: bool = False
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         emails = tuple(e.strip() for e in env.get("ADMIN_ALERT_EMAILS", "").split(",") if e.strip())
+        # several read tokens at once: add the new one, move the clients over, then drop the old one
+        read_tokens = tuple(t.strip() for t in env.get("READ_API_TOKEN", "").split(",") if t.strip())
+        if env.get("ADMIN_TOKEN") and env["ADMIN_TOKEN"] in read_tokens:
+            raise ConfigError("READ_API_TOKEN must not contain ADMIN_TOKEN (a read token cannot be the admin's)")
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=_opt(env.get("REDIS_URL")),
@@ -75,6 +82,7 @@ class Settings:
             platform_webhook_secret=_opt(env.get("PLATFORM_WEBHOOK_SECRET")),
             platform_callback_url=_opt(env.get("PLATFORM_CALLBACK_URL")),
             admin_token=_opt(env.get("ADMIN_TOKEN")),
+            read_api_tokens=read_tokens,
             smtp_url=_opt(env.get("SMTP_URL")),
             mail_from=env.get("MAIL_FROM") or "coursepipe@localhost",
             admin_alert_emails=emails,
@@ -84,6 +92,7 @@ class Settings:
                 "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1),
         )
 
     def require(self, *names: str) -> "Settings":

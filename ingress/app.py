@@ -9,6 +9,7 @@ from flask import Flask
 
 from coursepipe.runtime import Runtime, current, init_runtime
 from coursepipe.settings import INGRESS_SECRETS, Settings
+from ingress.auth import refuse_read_token_elsewhere
 from ingress.errors import register_error_handlers
 
 MAX_BODY_BYTES = 256 * 1024
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         JSON_SORT_KEYS=False,
     )
     register_error_handlers(app)
+    app.before_request(refuse_read_token_elsewhere)
 
     from ingress import (
         admin_catalog,
