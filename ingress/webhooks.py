@@ -11,7 +11,8 @@ from db.enums import InboxSource
 from ingress.errors import ApiError
 from ingress.receive import accept_event
 from tasks import signatures
-from tasks.events import InvalidEvent, parse_platform_event, parse_stripe_event, platform_subject
+from tasks.events import InvalidEvent, UnknownEventType, parse_platform_event, parse_stripe_event, platform_subject
+from tasks.inbox import handler_for
 
 bp = Blueprint("webhooks", __name__)
 
@@ -64,6 +65,10 @@ def platform_webhook():
     body = _json_body(raw)
     try:
         envelope, _data = parse_platform_event(body)
+    except UnknownEventType as exc:
+        if handler_for(InboxSource.PLATFORM.value, exc.envelope.type) is None:
+            raise ApiError(400, "unknown_event_type", str(exc)) from None
+        envelope = exc.envelope  # a type an extension registered a handler for
     except InvalidEvent as exc:
         raise ApiError(400, "invalid_event", str(exc)) from None
     # stored as received (verified bytes); handlers re-read `data` with the same models

@@ -304,3 +304,13 @@ def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(
     retried = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
     assert retried.get_json() == {"received": True, "duplicate": False}
     assert _count(runtime) == 2
+
+
+@pytest.mark.parametrize("type_", ["student.upsert", "booking.canceled", "Student.Upserted"])
+def test_platform_event_of_unknown_type_is_400_and_nothing_stored(client, runtime, type_):
+    body = json.dumps(platform_event(type_, {"student_id": "stu_1"})).encode()
+    response = client.post("/webhooks/platform", data=body, headers=platform_headers(body))
+    assert response.status_code == 400 and _error(response) == "unknown_event_type"
+    assert "student.upserted" in response.get_json()["error"]["message"]  # the known types are listed
+    assert _count(runtime) == 0
+    assert runtime.broker.queues.get("inbox") is None or runtime.broker.queues["inbox"].qsize() == 0
