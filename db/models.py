@@ -43,7 +43,7 @@ from db.enums import (
     PublicationStatus,
     PurchaseStatus,
 )
-from db.types import JSONType, UTCDateTime, enum_column, utcnow
+from db.types import JSONType, UTCDateTime, enum_column, new_public_id, utcnow
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -345,6 +345,8 @@ class StudentCourseEnrollment(Timestamped, Base):
     suspended_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # the `sequence` of the last outbound platform event about this enrollment (tasks.outbox.next_sequence)
+    last_event_sequence: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
     progress: Mapped[list["StudentCourseProgress"]] = relationship(viewonly=True)
 
@@ -511,9 +513,13 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_message_status_next", "status", "next_attempt_at"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("uq_outbox_message_enrollment_sequence", "enrollment_id", "sequence", unique=True,
+              sqlite_where=text("sequence IS NOT NULL"), postgresql_where=text("sequence IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # random, made at insert: the outbound event id, the mail Message-ID; unique across installations
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
     channel: Mapped[OutboxChannel] = mapped_column(enum_column(OutboxChannel, "outbox_channel"))
     topic: Mapped[str] = mapped_column(String(64))  # event type or mail template
@@ -523,6 +529,7 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     enrollment_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    sequence: Mapped[int | None]  # platform events: strictly increasing per enrollment
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

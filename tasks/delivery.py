@@ -7,9 +7,11 @@
 3. `record` (one short transaction): `sent`; or back to `pending` with exponential backoff; or
    `dead` after `MAX_ATTEMPTS` (or at once for a permanent failure). Dead rows are the admins' to retry.
 
-Idempotency for the receiver: a platform event carries `cp_out_<outbox id>` as its event id and a
-mail carries `Message-ID: <outbox-<id>@coursepipe>`, the same on every attempt, so a message sent
-twice (a worker killed between the call and the outcome) can be deduplicated on the other side.
+Idempotency for the receiver: a platform event carries `cp_out_<public id>` as its event id and a
+mail carries `Message-ID: <<public id>@coursepipe>`, the same on every attempt, so a message sent
+twice (a worker killed between the call and the outcome) can be deduplicated on the other side. The
+public id is random (made at insert), so two installations (production, staging, a restore) never
+send the same id.
 
 A channel that is not configured (no `SMTP_URL`, no `PLATFORM_CALLBACK_URL`, no admin addresses
 for `@admins`) is never claimed: its rows stay `pending` and are delivered once it is configured.
@@ -66,6 +68,8 @@ class Job:
     payload: dict[str, Any]
     created_at: datetime
     attempts: int
+    public_id: str = ""
+    sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,12 @@ class Outcome:
     permanent: bool = False
 
 
-def event_id(message_id: int) -> str:
-    return f"{EVENT_ID_PREFIX}{message_id}"
+def event_id(public_id: str) -> str:
+    return f"{EVENT_ID_PREFIX}{public_id}"
 
 
-def mail_message_id(message_id: int) -> str:
-    return f"<outbox-{message_id}@coursepipe>"
+def mail_message_id(public_id: str) -> str:
+    return f"<{public_id}@coursepipe>"
 
 
 def backoff(attempts: int, *, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
@@ -209,6 +213,8 @@ def _take(session: Session, message: OutboxMessage, settings, now: datetime, lea
         payload=dict(message.payload or {}),
         created_at=message.created_at,
         attempts=message.attempts,
+        public_id=message.public_id,
+        sequence=message.sequence,
     )
 
 
@@ -269,14 +275,23 @@ def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) ->
         return Outcome(False, f"{type(exc).__name__}: {exc}")
 
 
-def platform_body(job: Job) -> bytes:
-    """The outbound event envelope (CONTRACT §3.2 shape); its id is stable across attempts."""
-    envelope = {
-        "id": event_id(job.id),
-        "type": job.payload.get("type") or job.topic,
-        "occurred_at": job.created_at.isoformat(),
-        "data": job.payload.get("data") or {},
+def outbound_event(*, public_id: str, topic: str, payload: dict[str, Any], created_at: datetime,
+                   sequence: int | None) -> dict[str, Any]:
+    """The outbound event envelope, pushed and served by `GET /v1/events` alike; stable across attempts.
+    `occurred_at` repeats `created_at` (the inbound envelope's name for it)."""
+    return {
+        "id": event_id(public_id),
+        "type": payload.get("type") or topic,
+        "created_at": created_at.isoformat(),
+        "occurred_at": created_at.isoformat(),
+        "sequence": sequence,
+        "data": payload.get("data") or {},
     }
+
+
+def platform_body(job: Job) -> bytes:
+    envelope = outbound_event(public_id=job.public_id, topic=job.topic, payload=job.payload,
+                              created_at=job.created_at, sequence=job.sequence)
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
@@ -289,7 +304,7 @@ def _post_platform_event(job: Job, settings, timeout: float) -> Outcome:
         headers={
             "Content-Type": "application/json",
             "Platform-Signature": signatures.sign(body, settings.platform_webhook_secret),
-            "Platform-Event-Id": event_id(job.id),
+            "Platform-Event-Id": event_id(job.public_id),
             "User-Agent": "coursepipe-outbox/1",
         },
     )
@@ -341,7 +356,7 @@ def _send_mail(job: Job, settings, timeout: float) -> Outcome:
     template = job.payload.get("template") or job.topic
     rendered = mail.render(template, job.payload.get("context") or {})
     message = mail.build_message(rendered, sender=settings.mail_from, recipients=job.recipients,
-                                 message_id=mail_message_id(job.id))
+                                 message_id=mail_message_id(job.public_id))
     target = parse_smtp_url(settings.smtp_url)
     try:
         if target.mode == "ssl":
