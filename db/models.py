@@ -513,6 +513,7 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_message_status_next", "status", "next_attempt_at"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("uq_outbox_message_feed_position", "feed_position", unique=True),
         Index("uq_outbox_message_enrollment_sequence", "enrollment_id", "sequence", unique=True,
               sqlite_where=text("sequence IS NOT NULL"), postgresql_where=text("sequence IS NOT NULL")),
     )
@@ -530,6 +531,8 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     enrollment_id: Mapped[int | None] = mapped_column(BigId, index=True)
     sequence: Mapped[int | None]  # platform events: strictly increasing per enrollment
+    # platform events: the place in GET /v1/events, given after commit (tasks.event_feed.assign_positions)
+    feed_position: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

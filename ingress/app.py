@@ -49,12 +49,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         metrics,
         read_bookings,
         read_courses,
+        read_events,
         read_students,
         webhooks,
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
     for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
-                   read_bookings, dashboard, metrics):
+                   read_bookings, read_events, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app
