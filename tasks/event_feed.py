@@ -64,16 +64,14 @@ def decode_cursor(cursor: str | None) -> int:
 def assign_positions(*, session: Session, limit: int = ASSIGN_BATCH) -> int:
     """Give the committed platform events that have none the next positions, in row-id order.
 
-    Run it in a transaction of its own and commit before reading. Rows another transaction holds
-    locked (the relay claiming them) are skipped and get a later position on a later run."""
+    Run it in a transaction of its own and commit before reading. A row the relay holds locked for
+    an instant is waited for, not skipped: skipping it could put an enrollment's later event first."""
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK})
     query = (select(OutboxMessage.id)
              .where(OutboxMessage.channel == OutboxChannel.PLATFORM, OutboxMessage.feed_position.is_(None))
              .order_by(OutboxMessage.id).limit(limit))
-    if postgres:
-        query = query.with_for_update(skip_locked=True)
     ids = list(session.scalars(query))
     if not ids:
         return 0
