@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         admin_catalog,
         admin_enrollments,
         admin_events,
+        admin_outbox,
         dashboard,
         health,
         metrics,
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
-    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
-                   read_bookings, read_events, dashboard, metrics):
+    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, read_courses,
+                   read_students, read_bookings, read_events, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app

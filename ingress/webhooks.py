@@ -59,7 +59,7 @@ def stripe_webhook():
 def platform_webhook():
     raw = request.get_data(cache=False)
     try:
-        signatures.verify(raw, request.headers.get("Platform-Signature"), _settings().platform_webhook_secret)
+        signatures.verify_either(raw, request.headers, _settings().platform_webhook_secret)
     except signatures.SignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
     body = _json_body(raw)

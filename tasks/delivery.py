@@ -5,7 +5,11 @@
    plain values.
 2. `transmit` (no transaction, no session): SMTP for mail, a signed POST for platform events.
 3. `record` (one short transaction): `sent`; or back to `pending` with exponential backoff; or
-   `dead` after `MAX_ATTEMPTS` (or at once for a permanent failure). Dead rows are the admins' to retry.
+   `dead` after `MAX_ATTEMPTS` — enough attempts to keep trying for `RETRY_FOR` (3 days) — or at once
+   for a permanent failure. Dead rows are the admins' to retry, one by one or all at once.
+
+The `sending` lease is short (`SENDING_LEASE`): a relay renews it before each message of its batch
+(`renew_lease`), so a message held by a sender that died is due again within a minute.
 
 Idempotency for the receiver: a platform event carries `cp_out_<public id>` as its event id and a
 mail carries `Message-ID: <<public id>@coursepipe>`, the same on every attempt, so a message sent
@@ -31,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -44,13 +48,16 @@ from tasks.outbox import ADMINS
 
 log = logging.getLogger("coursepipe.delivery")
 
-MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
-SENDING_LEASE = timedelta(minutes=5)  # a `sending` row older than this is presumed abandoned
+RETRY_FOR = timedelta(days=3)  # a receiver down for less than this gets every message when it returns
 NETWORK_TIMEOUT_SECONDS = 15
+# a `sending` row whose lease ran out is presumed abandoned; one send (≤ NETWORK_TIMEOUT_SECONDS) fits in
+# it, and the relay renews it before each message, so a dead sender's row is retried within a minute
+SENDING_LEASE = timedelta(seconds=40)
+RENEW_AFTER_SECONDS = 10  # a relay renews the next message's lease once its batch is this old
 RELAY_BATCH = 500
-CLAIM_BATCH = 10  # per relay run: 10 × NETWORK_TIMEOUT_SECONDS stays well inside SENDING_LEASE
+CLAIM_BATCH = 10
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
 # platform answers that retrying cannot change (anything else 4xx/5xx is retried)
@@ -89,7 +96,19 @@ def mail_message_id(public_id: str) -> str:
 
 def backoff(attempts: int, *, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
     """30 s, 1 min, 2 min, 4 min … capped at an hour, after the n-th failed attempt."""
-    return min(base * (2 ** max(attempts - 1, 0)), cap)
+    return min(base * (2 ** min(max(attempts - 1, 0), 30)), cap)
+
+
+def attempts_to_cover(window: timedelta) -> int:
+    """How many attempts it takes for the last one to come at least `window` after the first."""
+    attempts, waited = 1, timedelta(0)
+    while waited < window:
+        waited += backoff(attempts)
+        attempts += 1
+    return attempts
+
+
+MAX_ATTEMPTS = attempts_to_cover(RETRY_FOR)  # 79: seven within the first hour, then hourly
 
 
 # --------------------------------------------------------------------------- readiness
@@ -260,6 +279,19 @@ def claim(
     return _take(session, message, settings, now, lease)
 
 
+def renew_lease(*, session: Session, job: Job, now: datetime | None = None, lease: timedelta = SENDING_LEASE) -> bool:
+    """Extend the lease of a claimed message just before it is sent. False: the lease ran out and the
+    row went back to the queue (another relay may have it now), so this sender must leave it alone."""
+    now = now or utcnow()
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == job.id, OutboxMessage.status == OutboxStatus.SENDING,
+               OutboxMessage.attempts == job.attempts)
+        .values(next_attempt_at=now + lease)
+        .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
 # --------------------------------------------------------------------------- 2. transmit (network)
 
 
@@ -305,6 +337,8 @@ def _post_platform_event(job: Job, settings, timeout: float) -> Outcome:
             "Content-Type": "application/json",
             "Platform-Signature": signatures.sign(body, settings.platform_webhook_secret),
             "Platform-Event-Id": event_id(job.public_id),
+            **signatures.standard_headers(body, message_id=event_id(job.public_id),
+                                          secret=settings.platform_webhook_secret),
             "User-Agent": "coursepipe-outbox/1",
         },
     )
@@ -445,6 +479,24 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
         message.attempts = 0
         message.next_attempt_at = now
     return message
+
+
+def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: datetime | None = None) -> list[int]:
+    """Every dead message (of one channel, or all) due now with a fresh attempt count; returns their ids."""
+    now = now or utcnow()
+    query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD).order_by(OutboxMessage.id)
+    if channel is not None:
+        query = query.where(OutboxMessage.channel == channel)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    retried = []
+    for message in session.scalars(query).all():
+        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin bulk retry",
+                    enrollment_id=message.enrollment_id, at=now)
+        message.attempts = 0
+        message.next_attempt_at = now
+        retried.append(message.id)
+    return retried
 
 
 def counts(*, session: Session) -> dict[str, int]:

@@ -232,7 +232,7 @@ def test_a_stuck_sending_row_goes_back_to_pending_after_its_lease(database, sett
         lost_job = delivery.claim(session=s, message_id=message_id, settings=settings, now=now)
     assert lost_job is not None and _row(database, message_id).status is OutboxStatus.SENDING
     with database.session_scope() as s:
-        assert delivery.prepare_relay(session=s, settings=settings, now=now + timedelta(minutes=1)) == []
+        assert delivery.prepare_relay(session=s, settings=settings, now=now + timedelta(seconds=20)) == []
     later = now + delivery.SENDING_LEASE + timedelta(seconds=1)
     with database.session_scope() as s:
         assert delivery.prepare_relay(session=s, settings=settings, now=later) == [message_id]
