@@ -51,12 +51,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         read_bookings,
         read_courses,
         read_events,
+        read_selling,
         read_students,
         webhooks,
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
     for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, read_courses,
-                   read_students, read_bookings, read_events, dashboard, metrics):
+                   read_students, read_bookings, read_events, read_selling, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app
