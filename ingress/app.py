@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         dashboard,
         health,
         metrics,
+        openapi,
         read_bookings,
         read_courses,
         read_events,
@@ -58,6 +59,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
     for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, read_courses,
-                   read_students, read_bookings, read_events, read_selling, dashboard, metrics):
+                   read_students, read_bookings, read_events, read_selling, dashboard, metrics, openapi):
         app.register_blueprint(module.bp)
     return app

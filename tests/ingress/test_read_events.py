@@ -12,7 +12,7 @@ from db.models import OutboxMessage
 from db.types import utcnow
 from ingress.app import create_app
 from tasks.outbox import add_mail, add_platform_event
-from tests.conftest import make_settings
+from tests.conftest import assert_contract_kept, contract_checked, make_settings
 
 READ = {"Authorization": "Bearer feed-reader"}
 
@@ -20,14 +20,14 @@ READ = {"Authorization": "Bearer feed-reader"}
 @pytest.fixture
 def app(runtime):
     app = create_app(make_settings(runtime.settings.database_url, read_api_tokens=("feed-reader",)), runtime=runtime)
-    app.config["TESTING"] = True
-    return app
+    yield contract_checked(app)
+    assert_contract_kept(app)
 
 
 def _write(database, n, start=0, enrollment_id=None):
     with database.session_scope() as s:
         for i in range(start, start + n):
-            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{i}", "reason": "x"},
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{i}", "reason": "no_active_enrollment"},
                                dedupe_key=f"r:{i}", enrollment_id=enrollment_id)
         add_mail(session=s, template="booking_confirmed", recipient="a@example.test", context={},
                  dedupe_key=f"m:{start}")  # mail is not in the feed
@@ -96,7 +96,7 @@ def test_a_row_that_commits_late_is_not_skipped(client, runtime):
 
     def slow_writer():
         with runtime.db.session_scope() as s:
-            add_platform_event(session=s, type="booking.rejected", data={"booking_id": "slow", "reason": "x"},
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": "slow", "reason": "no_active_enrollment"},
                                dedupe_key="slow")
             s.flush()
             written.set()
@@ -107,7 +107,7 @@ def test_a_row_that_commits_late_is_not_skipped(client, runtime):
     try:
         assert written.wait(20)
         with runtime.db.session_scope() as s:
-            add_platform_event(session=s, type="booking.rejected", data={"booking_id": "fast", "reason": "x"},
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": "fast", "reason": "no_active_enrollment"},
                                dedupe_key="fast")
         page = client.get("/v1/events", headers=READ).json
         assert [e["data"]["booking_id"] for e in page["events"]] == ["fast"]  # "slow" is not committed yet

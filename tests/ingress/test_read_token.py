@@ -6,7 +6,7 @@ import pytest
 
 from coursepipe.settings import ConfigError, Settings
 from ingress.app import create_app
-from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, assert_contract_kept, contract_checked, make_settings
 from tests.ingress.test_dashboard import csrf_of
 
 READ_OLD, READ_NEW = "read-token-old", "read-token-new"
@@ -16,8 +16,8 @@ READ_OLD, READ_NEW = "read-token-old", "read-token-new"
 def app(runtime):
     settings = make_settings(runtime.settings.database_url, read_api_tokens=(READ_OLD, READ_NEW))
     app = create_app(settings, runtime=runtime)
-    app.config["TESTING"] = True
-    return app
+    yield contract_checked(app)
+    assert_contract_kept(app)
 
 
 def _bearer(token):

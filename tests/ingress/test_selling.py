@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from db.models import InboxEvent, OutboxMessage, PackagePurchase, StudentCourseEnrollment
 from ingress.app import create_app
 from tasks import catalog, publishing
-from tests.conftest import drain, make_settings
+from tests.conftest import assert_contract_kept, contract_checked, drain, make_settings
 from tests.signing import stripe_headers
 from tests.tasks.test_catalog import course, save
 
@@ -27,9 +27,9 @@ def settings(database, stripe_server):
 
 @pytest.fixture
 def app(runtime):
-    app = create_app(runtime.settings, runtime=runtime)
-    app.config["TESTING"] = True
-    return app
+    app = contract_checked(create_app(runtime.settings, runtime=runtime))
+    yield app
+    assert_contract_kept(app)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def settings(database, platform_receiver):  # noqa: F811
 def _events(database, n, prefix="e"):
     with database.session_scope() as s:
         return [add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"{prefix}{i}",
-                                                                               "reason": "x"},
+                                                                               "reason": "no_active_enrollment"},
                                    dedupe_key=f"{prefix}{i}").id for i in range(n)]
 
 
