@@ -49,7 +49,7 @@ log = logging.getLogger("coursepipe.bookings")
 
 B, E, P = BookingStatus, EnrollmentStatus, ProgressStatus
 
-# reasons (CONTRACT §3.3 `booking.rejected`)
+# reasons of `booking.rejected` (docs/platform.md; tasks/outbound_events.RejectionReason lists them)
 UNKNOWN_COURSE_STEP = "unknown_course_step"
 NO_ACTIVE_ENROLLMENT = "no_active_enrollment"
 ENROLLMENT_SUSPENDED = "enrollment_suspended"

@@ -88,3 +88,15 @@ def test_every_outbound_event_of_a_whole_enrollment_life_conforms(app, database)
     assert {e["type"] for e in envelopes} == set(OUTBOUND_DATA)
     for envelope in envelopes:
         assert event_errors(app, envelope) == [], envelope
+
+
+def test_the_documented_rejection_reasons_are_the_ones_the_guard_gives():
+    from typing import get_args
+
+    from tasks import bookings
+    from tasks.outbound_events import RejectionReason
+
+    reasons = {bookings.UNKNOWN_COURSE_STEP, bookings.NO_ACTIVE_ENROLLMENT, bookings.ENROLLMENT_SUSPENDED,
+               bookings.NOT_A_STEP_OPTION, bookings.CLASS_CANCELLED, bookings.STEP_ALREADY_COMPLETED,
+               bookings.STEP_ALREADY_BOOKED, bookings.STEP_CANCELLED, bookings.NO_CREDIT}
+    assert set(get_args(RejectionReason)) == reasons

@@ -1,4 +1,4 @@
-"""GET /v1/courses and /v1/courses/<code> (CONTRACT §3.4): published courses only, steps in order,
+"""GET /v1/courses and /v1/courses/<code>: published courses only, steps in order,
 options with the mirrored class's start and seats left."""
 from __future__ import annotations
 
