@@ -160,6 +160,7 @@ def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status:
         operation["responses"].update({k: v for k, v in ERRORS.items() if k not in operation["responses"]})
     else:
         operation["security"] = []
+        operation["responses"].setdefault("403", _json("Error", "a read token is refused here (send none)"))
     if body:
         operation["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
     if query:
@@ -220,7 +221,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         ok=_json("Eligibility"), query=[q("class_id", "the class the student would book")]),
     ("GET", "/v1/calendar"): op("Mirrored classes in a window, tagged with course steps", tag="read", security=READ,
                                 ok=_json("Calendar"),
-                                query=[q("from", "ISO 8601", required=True), q("to", "ISO 8601", required=True)]),
+                                query=[q("from", "ISO 8601", required=True, schema=DATETIME),
+                                       q("to", "ISO 8601, after from", required=True, schema=DATETIME)],
+                                extra={"400": _json("Error", "invalid_parameter: a bad or too wide window")}),
     ("GET", "/v1/events"): op(
         "Every outbound platform event in the order written (catch up after an outage)", tag="events",
         security=READ, ok=_json("EventFeed"),
@@ -265,7 +268,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/admin/ui/reports"): op("Course reports (page)", tag="dashboard", ok=HTML),
 }
 
-_PARAM = re.compile(r"<(?:(?P<converter>[^:<>]+):)?(?P<name>[^<>]+)>")
+_PARAM = re.compile(r"<(?:(?P<converter>[^:<>(]+)(?:\([^)]*\))?:)?(?P<name>[^<>]+)>")
 
 
 def openapi_path(rule: str) -> str:
@@ -277,7 +280,8 @@ def routes(app: Flask) -> list[tuple[str, str, list[dict]]]:
     found = []
     for rule in app.url_map.iter_rules():
         params = [{"name": m.group("name"), "in": "path", "required": True,
-                   "schema": {"type": "integer"} if m.group("converter") == "int" else {"type": "string"}}
+                   "schema": {"type": "integer", "minimum": 0} if m.group("converter") == "int"
+                   else {"type": "string"}}
                   for m in _PARAM.finditer(rule.rule)]
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             found.append((method, openapi_path(rule.rule), params))
@@ -291,6 +295,8 @@ def build_document(app: Flask) -> dict:
             "summary": "undocumented", "responses": {"default": {"description": "undocumented"}}})
         if params:
             operation["parameters"] = params + operation.get("parameters", [])
+            if any(p["schema"]["type"] == "integer" for p in params):  # out of range: no such route
+                operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -1,4 +1,4 @@
-"""GET /v1/students/<id>/steps/<step_id>/eligibility and GET /v1/calendar (CONTRACT §3.4).
+"""GET /v1/students/<id>/steps/<step_id>/eligibility and GET /v1/calendar.
 
 Eligibility is answered synchronously from the same rule the event path applies
 (`tasks.bookings.step_guard`), without the queue. The calendar lists mirrored classes in a window,
@@ -21,7 +21,7 @@ def _db():
     return current_app.config["COURSEPIPE_RUNTIME"].db
 
 
-@bp.get("/students/<student_id>/steps/<int:course_step_id>/eligibility")
+@bp.get("/students/<student_id>/steps/<int(max=9223372036854775807):course_step_id>/eligibility")
 @require_reader
 def eligibility(student_id: str, course_step_id: int):
     class_id = request.args.get("class_id") or None

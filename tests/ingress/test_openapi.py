@@ -33,7 +33,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(app, client
     assert in_app == in_doc
     assert {(m.lower(), p) for m, p in OPERATIONS} == in_app
     eligibility = doc["paths"]["/v1/students/{student_id}/steps/{course_step_id}/eligibility"]["get"]
-    assert {"name": "course_step_id", "in": "path", "required": True, "schema": {"type": "integer"}} \
+    assert {"name": "course_step_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}} \
         in eligibility["parameters"]
 
 
