@@ -293,6 +293,8 @@ def build_document(app: Flask) -> dict:
     for method, path, params in routes(app):
         operation = dict(OPERATIONS.get((method, path)) or {
             "summary": "undocumented", "responses": {"default": {"description": "undocumented"}}})
+        # any route can fail unexpectedly: `internal_error`, nothing accepted, retry later
+        operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
         if params:
             operation["parameters"] = params + operation.get("parameters", [])
             if any(p["schema"]["type"] == "integer" for p in params):  # out of range: no such route
@@ -311,6 +313,17 @@ def build_document(app: Flask) -> dict:
             "schemas": {**SCHEMAS, **event_schemas()},
         },
     }
+
+
+def route_table(doc: dict) -> str:
+    """The document's routes as the Markdown table docs/platform.md shows (kept equal by a test)."""
+    lines = ["| method | path | token | what |", "| --- | --- | --- | --- |"]
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            token = ("read or admin" if path.startswith("/v1/") else "dashboard login" if operation["tags"] == ["dashboard"]
+                     else "admin" if operation["security"] else "none")
+            lines.append(f"| {method.upper()} | `{path}` | {token} | {operation['summary']} |")
+    return "\n".join(lines)
 
 
 @lru_cache(maxsize=8)

@@ -100,3 +100,13 @@ def test_the_documented_rejection_reasons_are_the_ones_the_guard_gives():
                bookings.NOT_A_STEP_OPTION, bookings.CLASS_CANCELLED, bookings.STEP_ALREADY_COMPLETED,
                bookings.STEP_ALREADY_BOOKED, bookings.STEP_CANCELLED, bookings.NO_CREDIT}
     assert set(get_args(RejectionReason)) == reasons
+
+
+def test_the_guide_lists_every_route_of_the_document(app):
+    from pathlib import Path
+
+    from ingress.openapi import build_document, route_table
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "platform.md").read_text()
+    shown = guide.split("<!-- routes:start -->\n", 1)[1].split("\n<!-- routes:end -->", 1)[0]
+    assert shown == route_table(build_document(app))
