@@ -17,6 +17,11 @@ from tests.netutil import http_server
 CLI = [sys.executable, "-m", "coursepipe.cli", "simulate"]
 
 
+@pytest.fixture
+def db_backend():
+    return "sqlite"  # the command talks HTTP: the instance's database does not matter here
+
+
 def _run(url, *args, platform_secret=PLATFORM_SECRET):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PLATFORM_WEBHOOK_SECRET=platform_secret, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET, ADMIN_TOKEN=ADMIN_TOKEN)
