@@ -187,6 +187,35 @@ def events_replay(inbox_id: int) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("type_", metavar="TYPE")
+@click.option("--data", default=None, help="JSON object merged over the example data (Stripe: over data.object)")
+@click.option("--url", default=None, help="the running instance (default: http://127.0.0.1:PORT)")
+def simulate(type_: str, data: str | None, url: str | None) -> None:
+    """Send one correctly signed platform or Stripe test event to a running instance."""
+    from coursepipe import simulate as sim
+
+    try:
+        changes = json.loads(data) if data else {}
+    except ValueError as exc:
+        raise click.ClickException(f"--data is not JSON: {exc}") from None
+    if not isinstance(changes, dict):
+        raise click.ClickException("--data must be a JSON object")
+    try:
+        source, event = sim.build(type_, changes)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = _settings("PLATFORM_WEBHOOK_SECRET" if source == "platform" else "STRIPE_WEBHOOK_SECRET")
+    target = url or f"http://127.0.0.1:{settings.port}"
+    try:
+        status, answer = sim.send(url=target, source=source, event=event, settings=settings)
+    except OSError as exc:
+        raise click.ClickException(f"{target} unreachable: {exc}") from None
+    click.echo(json.dumps({"sent": event, "status": status, "answer": answer}, indent=2))
+    if not 200 <= status < 300:
+        sys.exit(1)
+
+
 def _register_subcommands() -> None:
     """Course authoring, re-fulfilment and the scheduler's jobs live in modules of their own."""
     from coursepipe import cli_catalog, cli_fulfilment, cli_jobs

@@ -133,3 +133,15 @@ def register(main: click.Group) -> None:
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"outbox message {message_id} is due again (the relay sends it within seconds)")
+
+    @outbox.command("retry-dead")
+    @click.option("--channel", type=click.Choice(["mail", "platform"]), default=None, help="only this channel")
+    def outbox_retry_dead(channel: str | None) -> None:
+        """Make every dead message due now with a fresh attempt count (after fixing the cause)."""
+        from db.enums import OutboxChannel
+        from tasks.messaging import delivery
+
+        runtime = _runtime(_settings())
+        with runtime.db.session_scope() as session:
+            ids = delivery.retry_dead(session=session, channel=OutboxChannel(channel) if channel else None)
+        click.echo(f"{len(ids)} dead outbox message(s) due again (the relay sends them within seconds)")

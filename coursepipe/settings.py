@@ -14,6 +14,7 @@ DEFAULT_HOST = "127.0.0.1"
 # generated ones have 32 to 54 characters)
 MIN_SECRET_LENGTH = 24
 MIN_SECRET_DISTINCT = 8
+DEFAULT_RETENTION_DAYS = 400
 
 
 class ConfigError(Exception):
@@ -59,6 +60,7 @@ class Settings:
     platform_callback_url: str | None = None
     admin_token: str | None = None
     session_secret: str | None = None
+    read_api_tokens: tuple[str, ...] = field(default_factory=tuple)  # READ_API_TOKEN, comma-separated
     smtp_url: str | None = None
     mail_from: str = "coursepipe@localhost"
     admin_alert_emails: tuple[str, ...] = field(default_factory=tuple)
@@ -67,11 +69,16 @@ class Settings:
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
     host: str = DEFAULT_HOST
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         emails = tuple(e.strip() for e in env.get("ADMIN_ALERT_EMAILS", "").split(",") if e.strip())
+        # several read tokens at once: add the new one, move the clients over, then drop the old one
+        read_tokens = tuple(t.strip() for t in env.get("READ_API_TOKEN", "").split(",") if t.strip())
+        if env.get("ADMIN_TOKEN") and env["ADMIN_TOKEN"] in read_tokens:
+            raise ConfigError("READ_API_TOKEN must not contain ADMIN_TOKEN (a read token cannot be the admin's)")
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=_opt(env.get("REDIS_URL")),
@@ -83,6 +90,7 @@ class Settings:
             platform_callback_url=_opt(env.get("PLATFORM_CALLBACK_URL")),
             admin_token=_opt(env.get("ADMIN_TOKEN")),
             session_secret=_opt(env.get("SESSION_SECRET")),
+            read_api_tokens=read_tokens,
             smtp_url=_opt(env.get("SMTP_URL")),
             mail_from=env.get("MAIL_FROM") or "coursepipe@localhost",
             admin_alert_emails=emails,
@@ -93,6 +101,7 @@ class Settings:
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
             host=env.get("HOST") or DEFAULT_HOST,
+            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, DateTime, Enum
@@ -49,3 +50,8 @@ def enum_column(enum_cls: type[enum.Enum], name: str) -> Enum:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_public_id() -> str:
+    """A random id (128 bits, hex) for what leaves this installation: never a local row id."""
+    return uuid.uuid4().hex

@@ -8,6 +8,7 @@ from flask import Flask
 
 from coursepipe.settings import INGRESS_SECRETS, Settings
 from ingress import guards, limits
+from ingress.auth import refuse_read_token_elsewhere
 from ingress.errors import register_error_handlers
 from workers.runtime import Runtime, current
 
@@ -37,22 +38,27 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     register_error_handlers(app)
     guards.install(app)
     limits.install(app, settings)
+    app.before_request(refuse_read_token_elsewhere)
 
     from ingress import (
         admin_catalog,
         admin_enrollments,
         admin_events,
+        admin_outbox,
         dashboard,
         health,
         metrics,
+        openapi,
         read_bookings,
         read_courses,
+        read_events,
+        read_selling,
         read_students,
         webhooks,
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
-    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
-                   read_bookings, dashboard, metrics):
+    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, read_courses,
+                   read_students, read_bookings, read_events, read_selling, dashboard, metrics, openapi):
         app.register_blueprint(module.bp)
     return app

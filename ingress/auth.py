@@ -1,4 +1,9 @@
-"""Bearer-token checks for /admin and /v1 (constant-time compare)."""
+"""Bearer-token checks for /admin and /v1 (constant-time compare).
+
+Two kinds of token: ADMIN_TOKEN opens everything; a read token (READ_API_TOKEN, several for
+rotation) opens `GET /v1/…` and `POST /v1/checkout-sessions` only and is refused (403 `forbidden`)
+everywhere else, so the WordPress frontend never holds a credential that can change the catalog.
+"""
 from __future__ import annotations
 
 import hmac
@@ -7,6 +12,8 @@ from functools import wraps
 from flask import current_app, request
 
 from ingress.errors import ApiError
+
+READ_WRITE_ROUTES = frozenset({("POST", "/v1/checkout-sessions")})  # what a read token may POST
 
 
 def bearer_token() -> str | None:
@@ -25,11 +32,33 @@ def _matches(token: str | None, *expected: str | None) -> bool:
     return ok
 
 
+def _settings():
+    return current_app.config["COURSEPIPE_SETTINGS"]
+
+
+def is_read_token(token: str | None) -> bool:
+    return _matches(token, *_settings().read_api_tokens)
+
+
+def read_token_allowed(method: str, path: str) -> bool:
+    """Where a read token is accepted: `GET /v1/…` (and HEAD) and `POST /v1/checkout-sessions`."""
+    if method in ("GET", "HEAD") and path.startswith("/v1/"):
+        return True
+    return (method, path.rstrip("/")) in READ_WRITE_ROUTES
+
+
+def refuse_read_token_elsewhere():
+    """A `before_request` hook: a read token on any other route is a 403, whatever the route."""
+    if request.method != "OPTIONS" and not read_token_allowed(request.method, request.path) \
+            and is_read_token(bearer_token()):
+        raise ApiError(403, "forbidden", "a read token (READ_API_TOKEN) only opens GET /v1/… and "
+                                         "POST /v1/checkout-sessions")
+
+
 def require_admin(view):
     @wraps(view)
     def wrapped(*args, **kwargs):
-        settings = current_app.config["COURSEPIPE_SETTINGS"]
-        if not _matches(bearer_token(), settings.admin_token):
+        if not _matches(bearer_token(), _settings().admin_token):
             raise ApiError(401, "unauthorized", "a valid bearer token is required")
         return view(*args, **kwargs)
 
@@ -37,13 +66,12 @@ def require_admin(view):
 
 
 def require_reader(view):
-    """The read API accepts the admin token or the read token (READ_API_TOKEN)."""
+    """The read API accepts the admin token or a read token (READ_API_TOKEN)."""
 
     @wraps(view)
     def wrapped(*args, **kwargs):
-        settings = current_app.config["COURSEPIPE_SETTINGS"]
-        read_token = current_app.config.get("READ_API_TOKEN")
-        if not _matches(bearer_token(), settings.admin_token, read_token):
+        settings = _settings()
+        if not _matches(bearer_token(), settings.admin_token, *settings.read_api_tokens):
             raise ApiError(401, "unauthorized", "a valid bearer token is required")
         return view(*args, **kwargs)
 

@@ -22,7 +22,7 @@ def _db():
     return current_app.config["COURSEPIPE_RUNTIME"].db
 
 
-@bp.get("/students/<student_id>/steps/<int:course_step_id>/eligibility")
+@bp.get("/students/<student_id>/steps/<int(max=9223372036854775807):course_step_id>/eligibility")
 @require_reader
 def eligibility(student_id: str, course_step_id: int):
     class_id = request.args.get("class_id") or None

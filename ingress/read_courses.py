@@ -1,5 +1,5 @@
-"""Read API for courses: published courses, and one course's steps with their options
-(mirrored class, start, seats left)."""
+"""Read API for courses: published courses with their price (and the Stripe price to sell them with),
+and one course's steps with their options (mirrored class, start, seats left)."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -8,8 +8,14 @@ from db.enums import ProgramStatus
 from ingress.auth import require_reader
 from ingress.errors import ApiError
 from tasks.catalog import services as catalog
+from tasks.purchases import selling
 
 bp = Blueprint("read_courses", __name__, url_prefix="/v1")
+
+
+def _priced(view: dict, program) -> dict:
+    view["price"] = selling.price_view(program.price_amount, program.price_currency, program.stripe_price_id)
+    return view
 
 
 def _summary(view: dict) -> dict:
@@ -24,7 +30,7 @@ def _summary(view: dict) -> dict:
 def list_courses():
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     with runtime.db.session_scope() as session:
-        courses = [_summary(catalog.course_view(session, p)) for p in catalog.published_programs(session)]
+        courses = [_summary(_priced(catalog.course_view(session, p), p)) for p in catalog.published_programs(session)]
     return jsonify({"courses": courses})
 
 
@@ -36,6 +42,6 @@ def get_course(code: str):
         program = catalog.live_program(session, code)
         if program is None or program.status is not ProgramStatus.PUBLISHED:
             raise ApiError(404, "not_found", f"course {code!r} is not published")
-        view = catalog.course_view(session, program, with_classes=True)
+        view = _priced(catalog.course_view(session, program, with_classes=True), program)
     view.pop("status", None)
     return jsonify(view)

@@ -131,6 +131,15 @@ class InvalidEvent(ValueError):
         self.field = field
 
 
+class UnknownEventType(InvalidEvent):
+    """Raised when a platform event's `type` is not one of PLATFORM_DATA (a typo must not pass as `ignored`);
+    `envelope` is the valid envelope, for a caller that knows more handlers than this module."""
+
+    def __init__(self, message: str, envelope: "PlatformEnvelope") -> None:
+        super().__init__(message, "type")
+        self.envelope = envelope
+
+
 def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()))
@@ -138,8 +147,8 @@ def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:
     return InvalidEvent(f"{name}: {err.get('msg')}" if name else str(err.get("msg")), name)
 
 
-def parse_platform_event(body: Any) -> tuple[PlatformEnvelope, _Data | None]:
-    """Validate the envelope and, for a known type, its data. Unknown types are accepted (ignored later)."""
+def parse_platform_event(body: Any) -> tuple[PlatformEnvelope, _Data]:
+    """Validate the envelope and its data; a type we do not handle raises UnknownEventType."""
     if not isinstance(body, dict):
         raise InvalidEvent("body must be a JSON object")
     try:
@@ -148,7 +157,8 @@ def parse_platform_event(body: Any) -> tuple[PlatformEnvelope, _Data | None]:
         raise _first_error(exc) from None
     model = PLATFORM_DATA.get(envelope.type)
     if model is None:
-        return envelope, None
+        raise UnknownEventType(f"type: unknown platform event type {envelope.type!r}; known types: "
+                               f"{', '.join(sorted(PLATFORM_DATA))}", envelope)
     try:
         return envelope, model.model_validate(envelope.data)
     except ValidationError as exc:

@@ -1,10 +1,23 @@
-"""The `Platform-Signature` scheme, both directions: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">."""
+"""Platform event signatures, both directions, in two schemes with one shared secret:
+
+- `Platform-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`;
+- Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+  "<id>.<timestamp>.<body>">`), made and checked by the `standardwebhooks` package.
+
+Both use the UTF-8 bytes of PLATFORM_WEBHOOK_SECRET as the HMAC key. A Standard Webhooks library that
+wants a `whsec_…` secret is given `"whsec_" + base64(PLATFORM_WEBHOOK_SECRET)` (`standard_secret`).
+"""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
 import time
+from datetime import datetime, timezone
+from typing import Mapping
+
+from standardwebhooks import Webhook, WebhookVerificationError
 
 DEFAULT_TOLERANCE_SECONDS = 300
 
@@ -50,3 +63,43 @@ def verify(body: bytes, header: str | None, secret: str, *, tolerance: int = DEF
     if not any(hmac.compare_digest(expected, c) for c in candidates):
         raise SignatureError("no Platform-Signature v1 value matches")
     return timestamp
+
+
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def standard_secret(secret: str) -> str:
+    """PLATFORM_WEBHOOK_SECRET in the `whsec_<base64 key>` form Standard Webhooks libraries take."""
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
+
+
+def standard_headers(body: bytes, *, message_id: str, secret: str, timestamp: int | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers for one outbound request."""
+    t = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret.encode()).sign(message_id, datetime.fromtimestamp(t, tz=timezone.utc), body.decode())
+    return {"webhook-id": message_id, "webhook-timestamp": str(t), "webhook-signature": signature}
+
+
+def verify_standard(body: bytes, headers: Mapping[str, str], secret: str) -> None:
+    """Check Standard Webhooks headers (5-minute tolerance, several signatures allowed)."""
+    try:
+        Webhook(secret.encode()).verify(body, {k: headers.get(k) or "" for k in STANDARD_HEADERS}, json_parse=False)
+    except WebhookVerificationError as exc:
+        raise SignatureError(f"webhook-signature: {exc}") from None
+    except (ValueError, TypeError):  # a garbled header or body (binascii and Unicode errors are ValueErrors)
+        raise SignatureError("webhook-signature: malformed header") from None
+
+
+def verify_either(body: bytes, headers: Mapping[str, str], secret: str) -> str:
+    """Accept a request signed in either scheme; returns the scheme that matched."""
+    if headers.get("Platform-Signature"):
+        try:
+            verify(body, headers.get("Platform-Signature"), secret)
+            return "platform"
+        except SignatureError:
+            if not headers.get("webhook-signature"):
+                raise
+    if headers.get("webhook-signature"):
+        verify_standard(body, headers, secret)
+        return "standard-webhooks"
+    raise SignatureError("missing Platform-Signature (or Standard Webhooks webhook-signature) header")

@@ -218,13 +218,38 @@ def drain(runtime, *queues: str, timeout_ms: int = 20_000) -> None:
                 runtime.broker.join(queue, timeout=timeout_ms, fail_fast=False)
 
 
+def contract_checked(app):
+    """Check every JSON answer of the platform-facing routes (`/v1/…`, `/webhooks/…`) against the app's
+    OpenAPI document while the test runs; `assert_contract_kept(app)` fails the test on any mismatch."""
+    from flask import request
+
+    from tests.contract import response_errors
+
+    app.config["TESTING"] = True
+    app.config["CONTRACT_ERRORS"] = errors = []
+
+    @app.after_request
+    def _conforms(response):
+        if request.path.startswith(("/v1/", "/webhooks/")) and response.is_json:
+            errors.extend(response_errors(app, request.method, request.path, response.status_code,
+                                          response.get_json(silent=True)))
+        return response
+
+    return app
+
+
+def assert_contract_kept(app) -> None:
+    errors = app.config.get("CONTRACT_ERRORS") or []
+    assert not errors, "answers that do not match /openapi.json:\n" + "\n".join(errors[:20])
+
+
 @pytest.fixture
 def app(runtime):
     from ingress.app import create_app
 
-    app = create_app(runtime.settings, runtime=runtime)
-    app.config["TESTING"] = True
-    return app
+    app = contract_checked(create_app(runtime.settings, runtime=runtime))
+    yield app
+    assert_contract_kept(app)
 
 
 @pytest.fixture

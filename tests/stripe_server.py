@@ -6,7 +6,8 @@ does: the same key with the same parameters replays the first answer (`Idempoten
 the same key with other parameters is a 400 `idempotency_error`.
 
 Built in: products and prices (create, retrieve, update, list), checkout sessions (create, retrieve,
-list with `created[...]`/`status`/`limit`/`starting_after`/`ending_before`, line items), refunds.
+list with `created[...]`/`status`/`limit`/`starting_after`/`ending_before`, line items; a created one
+is paid with `complete_checkout_session(id)`), refunds; `event(type, obj)` wraps an object as an event.
 Extend it from a test module:
 
     @stripe_server.route("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)/line_items")
@@ -225,6 +226,21 @@ class StripeServer:
             if line_items is not None:
                 self.line_items[session["id"]] = [self._line_item(i) for i in line_items]
         return session
+
+    def complete_checkout_session(self, session_id: str, *, paid: bool = True) -> dict:
+        """The buyer paid (or, `paid=False`, an async payment is still processing): the session as Stripe
+        then reports it — `status: complete`, `payment_status: paid|unpaid`, a payment intent."""
+        with self.lock:
+            session = self.checkout_sessions[session_id]
+            session.update(status="complete", payment_status="paid" if paid else "unpaid",
+                           payment_intent=session.get("payment_intent") or f"pi_{_rand(24)}", url=None)
+            return copy.deepcopy(session)
+
+    def event(self, type_: str, obj: dict) -> dict:
+        """A Stripe event around `obj`, as the webhook would deliver it."""
+        return {"id": f"evt_{_rand(24)}", "object": "event", "api_version": "2024-06-20",
+                "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None}, "type": type_, "data": {"object": obj}}
 
     def add_refund(self, obj: dict | None = None, **changes) -> dict:
         refund = template("refund") | {"id": f"re_{_rand(24)}", "created": int(time.time())}

@@ -7,6 +7,7 @@ unit of work per message), so no SMTP or HTTP call ever runs inside a transactio
 from __future__ import annotations
 
 import logging
+import time
 
 from tasks.bookings import alerts
 from tasks.enrollments import reminders
@@ -27,8 +28,13 @@ def relay_outbox(job_run: int | None = None) -> None:
     rt = runtime.current()
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings)
+    claimed_at = time.monotonic()
     delivered = 0
     for job in jobs:
+        if time.monotonic() - claimed_at > delivery.RENEW_AFTER_SECONDS:
+            with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
+                if not delivery.renew_lease(session=session, job=job):
+                    continue  # our lease ran out; the row is back in the queue
         outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
         with rt.db.session_scope() as session:
             status = delivery.record(session=session, job=job, outcome=outcome)

@@ -38,6 +38,8 @@ class StudentCourseEnrollment(Timestamped, Base):
     suspended_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # the `sequence` of the last outbound platform event about this enrollment (tasks.messaging.outbox.next_sequence)
+    last_event_sequence: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
     progress: Mapped[list["StudentCourseProgress"]] = relationship(viewonly=True)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import OutboxChannel, OutboxStatus
 from db.models.base import Base, BigId
-from db.types import enum_column, utcnow
+from db.types import enum_column, new_public_id, utcnow
 
 
 class OutboxMessage(Base):
@@ -20,9 +20,14 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_message_status_next", "status", "next_attempt_at"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("uq_outbox_message_feed_position", "feed_position", unique=True),
+        Index("uq_outbox_message_enrollment_sequence", "enrollment_id", "sequence", unique=True,
+              sqlite_where=text("sequence IS NOT NULL"), postgresql_where=text("sequence IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # random, made at insert: the outbound event id, the mail Message-ID; unique across installations
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
     channel: Mapped[OutboxChannel] = mapped_column(enum_column(OutboxChannel, "outbox_channel"))
     topic: Mapped[str] = mapped_column(String(64))  # event type or mail template
@@ -32,6 +37,9 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     enrollment_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    sequence: Mapped[int | None]  # platform events: strictly increasing per enrollment
+    # platform events: the place in GET /v1/events, given after commit (tasks.messaging.event_feed.assign_positions)
+    feed_position: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

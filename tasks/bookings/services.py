@@ -52,7 +52,7 @@ from tasks.bookings.mirrors import ensure_student
 log = logging.getLogger("coursepipe.bookings")
 
 
-# reasons (`booking.rejected`)
+# reasons of `booking.rejected` (docs/platform.md; tasks/outbound_events.RejectionReason lists them)
 UNKNOWN_COURSE_STEP = "unknown_course_step"
 NO_ACTIVE_ENROLLMENT = "no_active_enrollment"
 ENROLLMENT_SUSPENDED = "enrollment_suspended"

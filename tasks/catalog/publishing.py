@@ -5,7 +5,8 @@ Intent → call → outcome, each step in its own unit of work, never a Stripe c
 1. `next_intent` (one transaction, the listing row locked) compares what the listing should look like
    in Stripe with what our `stripe_publication` rows say Stripe holds, and records ONE pending row for
    the next call (create product, update product, create price, update price metadata, archive an old
-   price) with a deterministic Idempotency-Key `coursepipe:<kind>:<listing id>:<seq>:<object>-<action>`.
+   price) with an Idempotency-Key `coursepipe:<kind>:<listing id>:<seq>:<object>-<action>:<random>`, stored
+   on the row (the random part keeps two installations sharing a Stripe account from colliding).
    A pending row left by an interrupted run is returned again, with its key: the retried call gets
    Stripe's saved answer instead of a second object.
 2. `call_stripe` makes that call (no session).
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from db.enums import ProgramStatus, PublicationStatus
 from db.models import CourseProgram, CreditPackage, StripeDrift, StripePublication
-from db.types import utcnow
+from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
 from tasks.errors import PermanentError, TransientError, ValidationFailed
 from tasks.inbox.parking import wake_waiting
@@ -216,7 +217,7 @@ def next_intent(*, session: Session, kind: str, code: str) -> Intent | None:
     seq = len(rows) + 1
     row = StripePublication(
         **_owner(listing), object_type=object_type, status=PublicationStatus.PENDING,
-        idempotency_key=f"coursepipe:{kind}:{listing.row.id}:{seq}:{object_type}-{action}",
+        idempotency_key=f"coursepipe:{kind}:{listing.row.id}:{seq}:{object_type}-{action}:{new_public_id()}",
         request={"action": action, "target": target, "params": params})
     session.add(row)
     session.flush()

@@ -312,6 +312,14 @@ def complete_if_done(*, session: Session, enrollment_id: int, at: datetime, caus
         return False
     ENROLLMENT.move(enrollment, EnrollmentStatus.COMPLETED, session=session, cause=cause, enrollment_id=enrollment.id, at=at)
     enrollment.completed_at = at
+    program = session.get(CourseProgram, enrollment.program_id)
+    outbox.add_platform_event(
+        session=session, type="enrollment.completed",
+        data={"enrollment_id": enrollment.id, "student_id": enrollment.student_id,
+              "course_code": program.code if program else None, "status": EnrollmentStatus.COMPLETED.value,
+              "completed_steps": len(statuses), "completed_at": at.isoformat()},
+        dedupe_key=f"enrollment.completed:{enrollment.id}:{cause}", enrollment_id=enrollment.id,
+    )
     return True
 
 

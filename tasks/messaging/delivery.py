@@ -5,11 +5,17 @@
    plain values.
 2. `transmit` (no transaction, no session): SMTP for mail, a signed POST for platform events.
 3. `record` (one short transaction): `sent`; or back to `pending` with exponential backoff; or
-   `dead` after `MAX_ATTEMPTS` (or at once for a permanent failure). Dead rows are the admins' to retry.
+   `dead` after `MAX_ATTEMPTS` — enough attempts to keep trying for `RETRY_FOR` (3 days) — or at once
+   for a permanent failure. Dead rows are the admins' to retry, one by one or all at once.
 
-Idempotency for the receiver: a platform event carries `cp_out_<outbox id>` as its event id and a
-mail carries `Message-ID: <outbox-<id>@coursepipe>`, the same on every attempt, so a message sent
-twice (a worker killed between the call and the outcome) can be deduplicated on the other side.
+The `sending` lease is short (`SENDING_LEASE`): a relay renews it before each message of its batch
+(`renew_lease`), so a message held by a sender that died is due again within a minute.
+
+Idempotency for the receiver: a platform event carries `cp_out_<public id>` as its event id and a
+mail carries `Message-ID: <<public id>@coursepipe>`, the same on every attempt, so a message sent
+twice (a worker killed between the call and the outcome) can be deduplicated on the other side. The
+public id is random (made at insert), so two installations (production, staging, a restore) never
+send the same id.
 
 A channel that is not configured (no `SMTP_URL`, no `PLATFORM_CALLBACK_URL`, no admin addresses
 for `@admins`) is never claimed: its rows stay `pending` and are delivered once it is configured.
@@ -29,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -43,13 +49,16 @@ from tasks.messaging.outbox import ADMINS
 
 log = logging.getLogger("coursepipe.delivery")
 
-MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
-SENDING_LEASE = timedelta(minutes=5)  # a `sending` row older than this is presumed abandoned
+RETRY_FOR = timedelta(days=3)  # a receiver down for less than this gets every message when it returns
 NETWORK_TIMEOUT_SECONDS = 15
+# a `sending` row whose lease ran out is presumed abandoned; one send (≤ NETWORK_TIMEOUT_SECONDS) fits in
+# it, and the relay renews it before each message, so a dead sender's row is retried within a minute
+SENDING_LEASE = timedelta(seconds=40)
+RENEW_AFTER_SECONDS = 10  # a relay renews the next message's lease once its batch is this old
 RELAY_BATCH = 500
-CLAIM_BATCH = 10  # per relay run: 10 × NETWORK_TIMEOUT_SECONDS stays well inside SENDING_LEASE
+CLAIM_BATCH = 10
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
 # platform answers that retrying cannot change (anything else 4xx/5xx is retried)
@@ -67,6 +76,8 @@ class Job:
     payload: dict[str, Any]
     created_at: datetime
     attempts: int
+    public_id: str = ""
+    sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,17 +87,29 @@ class Outcome:
     permanent: bool = False
 
 
-def event_id(message_id: int) -> str:
-    return f"{EVENT_ID_PREFIX}{message_id}"
+def event_id(public_id: str) -> str:
+    return f"{EVENT_ID_PREFIX}{public_id}"
 
 
-def mail_message_id(message_id: int) -> str:
-    return f"<outbox-{message_id}@coursepipe>"
+def mail_message_id(public_id: str) -> str:
+    return f"<{public_id}@coursepipe>"
 
 
 def backoff(attempts: int, *, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
     """30 s, 1 min, 2 min, 4 min … capped at an hour, after the n-th failed attempt."""
-    return min(base * (2 ** max(attempts - 1, 0)), cap)
+    return min(base * (2 ** min(max(attempts - 1, 0), 30)), cap)
+
+
+def attempts_to_cover(window: timedelta) -> int:
+    """How many attempts it takes for the last one to come at least `window` after the first."""
+    attempts, waited = 1, timedelta(0)
+    while waited < window:
+        waited += backoff(attempts)
+        attempts += 1
+    return attempts
+
+
+MAX_ATTEMPTS = attempts_to_cover(RETRY_FOR)  # 79: seven within the first hour, then hourly
 
 
 # --------------------------------------------------------------------------- readiness
@@ -211,6 +234,8 @@ def _take(session: Session, message: OutboxMessage, settings, now: datetime, lea
         payload=dict(message.payload or {}),
         created_at=message.created_at,
         attempts=message.attempts,
+        public_id=message.public_id,
+        sequence=message.sequence,
     )
 
 
@@ -256,6 +281,19 @@ def claim(
     return _take(session, message, settings, now, lease)
 
 
+def renew_lease(*, session: Session, job: Job, now: datetime | None = None, lease: timedelta = SENDING_LEASE) -> bool:
+    """Extend the lease of a claimed message just before it is sent. False: the lease ran out and the
+    row went back to the queue (another relay may have it now), so this sender must leave it alone."""
+    now = now or utcnow()
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == job.id, OutboxMessage.status == OutboxStatus.SENDING,
+               OutboxMessage.attempts == job.attempts)
+        .values(next_attempt_at=now + lease)
+        .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
 # --------------------------------------------------------------------------- 2. transmit (network)
 
 
@@ -271,14 +309,23 @@ def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) ->
         return Outcome(False, f"{type(exc).__name__}: {exc}")
 
 
-def platform_body(job: Job) -> bytes:
-    """The outbound event envelope (the inbound envelope's shape); its id is stable across attempts."""
-    envelope = {
-        "id": event_id(job.id),
-        "type": job.payload.get("type") or job.topic,
-        "occurred_at": job.created_at.isoformat(),
-        "data": job.payload.get("data") or {},
+def outbound_event(*, public_id: str, topic: str, payload: dict[str, Any], created_at: datetime,
+                   sequence: int | None) -> dict[str, Any]:
+    """The outbound event envelope, pushed and served by `GET /v1/events` alike; stable across attempts.
+    `occurred_at` repeats `created_at` (the inbound envelope's name for it)."""
+    return {
+        "id": event_id(public_id),
+        "type": payload.get("type") or topic,
+        "created_at": created_at.isoformat(),
+        "occurred_at": created_at.isoformat(),
+        "sequence": sequence,
+        "data": payload.get("data") or {},
     }
+
+
+def platform_body(job: Job) -> bytes:
+    envelope = outbound_event(public_id=job.public_id, topic=job.topic, payload=job.payload,
+                              created_at=job.created_at, sequence=job.sequence)
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
@@ -291,7 +338,9 @@ def _post_platform_event(job: Job, settings, timeout: float) -> Outcome:
         headers={
             "Content-Type": "application/json",
             "Platform-Signature": signatures.sign(body, settings.platform_webhook_secret),
-            "Platform-Event-Id": event_id(job.id),
+            "Platform-Event-Id": event_id(job.public_id),
+            **signatures.standard_headers(body, message_id=event_id(job.public_id),
+                                          secret=settings.platform_webhook_secret),
             "User-Agent": "coursepipe-outbox/1",
         },
     )
@@ -343,7 +392,7 @@ def _send_mail(job: Job, settings, timeout: float) -> Outcome:
     template = job.payload.get("template") or job.topic
     rendered = mail.render(template, job.payload.get("context") or {})
     message = mail.build_message(rendered, sender=settings.mail_from, recipients=job.recipients,
-                                 message_id=mail_message_id(job.id))
+                                 message_id=mail_message_id(job.public_id))
     target = parse_smtp_url(settings.smtp_url)
     try:
         if target.mode == "ssl":
@@ -432,6 +481,24 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
         message.attempts = 0
         message.next_attempt_at = now
     return message
+
+
+def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: datetime | None = None) -> list[int]:
+    """Every dead message (of one channel, or all) due now with a fresh attempt count; returns their ids."""
+    now = now or utcnow()
+    query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD).order_by(OutboxMessage.id)
+    if channel is not None:
+        query = query.where(OutboxMessage.channel == channel)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    retried = []
+    for message in session.scalars(query).all():
+        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin bulk retry",
+                    enrollment_id=message.enrollment_id, at=now)
+        message.attempts = 0
+        message.next_attempt_at = now
+        retried.append(message.id)
+    return retried
 
 
 def counts(*, session: Session) -> dict[str, int]:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
 from db.enums import OutboxChannel
-from db.models import OutboxMessage
-from db.types import utcnow
+from db.models import OutboxMessage, StudentCourseEnrollment
+from db.types import new_public_id, utcnow
 
 ADMINS = "@admins"  # a mail recipient: every address in ADMIN_ALERT_EMAILS, resolved at delivery
 
@@ -40,8 +40,11 @@ def add_message(
     recipient: str | None = None,
     enrollment_id: int | None = None,
     fresh: bool = False,
+    sequenced: bool = False,
 ) -> OutboxMessage:
     """Record a message once per dedupe key (its cause); a repeat returns the existing row.
+
+    `sequenced`: the message takes the enrollment's next `sequence` (platform events).
 
     `fresh`: the cause was created in this transaction, so no message can exist for it yet (the
     look-up is skipped; the unique dedupe key still refuses a second row).
@@ -50,6 +53,8 @@ def add_message(
     if existing is not None:
         return existing
     message = OutboxMessage(
+        public_id=new_public_id(),
+        sequence=next_sequence(session, enrollment_id) if sequenced else None,
         channel=channel,
         topic=topic,
         payload=payload,
@@ -66,7 +71,7 @@ def add_platform_event(
     *, session: Session, type: str, data: dict[str, Any], dedupe_key: str, enrollment_id: int | None = None,
     fresh: bool = False,
 ) -> OutboxMessage:
-    """An outbound platform event; its outbox id becomes the event id the receiver dedupes on."""
+    """An outbound platform event; its random `public_id` is the event id the receiver dedupes on."""
     return add_message(
         session=session,
         channel=OutboxChannel.PLATFORM,
@@ -75,7 +80,23 @@ def add_platform_event(
         dedupe_key=platform_dedupe(dedupe_key),
         enrollment_id=enrollment_id,
         fresh=fresh,
+        sequenced=True,
     )
+
+
+FIRST_SEQUENCE = 1  # an event about no enrollment (a booking refused for want of one) is alone in its stream
+
+
+def next_sequence(session: Session, enrollment_id: int | None) -> int:
+    """The next `sequence` of the enrollment's platform events: one UPDATE … RETURNING on its row, which
+    also holds the row lock until commit, so two writers about one enrollment take turns."""
+    if enrollment_id is None:
+        return FIRST_SEQUENCE
+    table = StudentCourseEnrollment.__table__
+    value = session.execute(update(table).where(table.c.id == enrollment_id)
+                            .values(last_event_sequence=table.c.last_event_sequence + 1)
+                            .returning(table.c.last_event_sequence)).scalar_one_or_none()
+    return FIRST_SEQUENCE if value is None else value
 
 
 def add_mail(
@@ -112,7 +133,7 @@ def add_mails(
     now = utcnow()
     written = 0
     for start in range(0, len(mails), BULK_CHUNK):
-        rows = [dict(channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
+        rows = [dict(public_id=new_public_id(), channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
                      payload=mail_payload(template, context),
                      dedupe_key=mail_dedupe(dedupe_key, recipient), enrollment_id=enrollment_id, status="pending",
                      attempts=0, created_at=now, next_attempt_at=now)

@@ -34,14 +34,14 @@ import psycopg
 
 from db import jsoncodec
 from db.enums import CreditType
-from db.types import utcnow
-from tasks.ledger.causes import Keys
+from db.types import new_public_id, utcnow
 from tasks.enrollments import services as enrollments
-from tasks.messaging import outbox
-from tasks.purchases import shapes
 from tasks.inbox.context import HandlerContext, lock_key
 from tasks.inbox.parking import RUNNABLE
 from tasks.inbox.runner import Outcome, Result
+from tasks.ledger.causes import Keys
+from tasks.messaging import outbox
+from tasks.purchases import shapes
 from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
 
 log = logging.getLogger("coursepipe.fast_purchase")
@@ -87,9 +87,9 @@ _FULFIL = """
 WITH e AS (
     INSERT INTO student_course_enrollment (id, student_id, program_id, status, stripe_checkout_session_id,
         stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, currency, amount_refunded,
-        fulfilment_metadata, activated_at, created_at, updated_at)
+        fulfilment_metadata, activated_at, created_at, updated_at, last_event_sequence)
     VALUES (%(id)s, %(student)s, %(program)s, 'active', %(cs)s, %(pi)s, %(product)s, %(price)s, %(amount)s,
-        %(currency)s, 0, %(metadata)s::jsonb, %(now)s, %(now)s, %(now)s)
+        %(currency)s, 0, %(metadata)s::jsonb, %(now)s, %(now)s, %(now)s, 1)
     ON CONFLICT (stripe_checkout_session_id) DO NOTHING RETURNING id
 ), t AS (
     INSERT INTO transition_log (entity, entity_id, from_status, to_status, cause, enrollment_id, at)
@@ -103,10 +103,10 @@ WITH e AS (
     SELECT g.k, %(student)s, g.t, 'grant', g.q, %(bundle_cause)s, e.id, %(now)s
     FROM e, jsonb_to_recordset(%(grants)s::jsonb) AS g(k text, t text, q int)
 ), o AS (
-    INSERT INTO outbox_message (dedupe_key, channel, topic, recipient, payload, status, attempts, enrollment_id,
-        created_at, next_attempt_at)
-    SELECT m.d, m.c, m.t, m.r, m.p, 'pending', 0, e.id, %(now)s, %(now)s
-    FROM e, jsonb_to_recordset(%(messages)s::jsonb) AS m(d text, c text, t text, r text, p jsonb)
+    INSERT INTO outbox_message (public_id, dedupe_key, channel, topic, recipient, payload, status, attempts,
+        enrollment_id, sequence, created_at, next_attempt_at)
+    SELECT m.u, m.d, m.c, m.t, m.r, m.p, 'pending', 0, e.id, m.s, %(now)s, %(now)s
+    FROM e, jsonb_to_recordset(%(messages)s::jsonb) AS m(u text, d text, c text, t text, r text, p jsonb, s int)
 ), i AS (
     UPDATE inbox_event SET status = 'processed', attempts = attempts + 1, processed_at = %(now)s,
         last_error = NULL, waiting_for = NULL
@@ -228,8 +228,9 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     bundle_cause = enrollments.bundle_cause(enrollment_id)
     grants = [{"k": Keys.grant(bundle_cause, CreditType(t)), "t": t, "q": q} for t, q in owed]
 
+    # enrollment.created is the new enrollment's first event: sequence 1 (last_event_sequence starts at 1)
     messages = [{
-        "d": outbox.platform_dedupe(enrollments.CREATED_DEDUPE.format(enrollment_id)), "c": "platform",
+        "u": new_public_id(), "s": outbox.FIRST_SEQUENCE, "d": outbox.platform_dedupe(enrollments.CREATED_DEDUPE.format(enrollment_id)), "c": "platform",
         "t": "enrollment.created", "r": None,
         "p": outbox.platform_payload("enrollment.created", enrollments.created_event_data(
             enrollment_id=enrollment_id, student_id=student_id, course_code=code, status="active",
@@ -237,7 +238,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     }]
     if buyer_email:
         messages.append({
-            "d": outbox.mail_dedupe(enrollments.WELCOME_DEDUPE.format(enrollment_id), buyer_email), "c": "mail",
+            "u": new_public_id(), "s": None, "d": outbox.mail_dedupe(enrollments.WELCOME_DEDUPE.format(enrollment_id), buyer_email), "c": "mail",
             "t": "enrollment_welcome", "r": buyer_email,
             "p": outbox.mail_payload("enrollment_welcome", enrollments.welcome_context(
                 student_name=buyer_name, course_title=title, course_code=code,

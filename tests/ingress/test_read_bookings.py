@@ -174,3 +174,8 @@ def test_booking_lifecycle_end_to_end_over_the_signed_webhook(client, runtime, w
     p = progress(db, w, 1)
     assert p["status"].value == "booked" and p["booking_id"] == "bk_2"
     assert _eligibility(client, admin_headers, "stu_1", step1) == (False, "step_already_booked")
+
+
+def test_a_step_id_beyond_the_database_integer_is_404_not_500(client, admin_headers):
+    response = client.get("/v1/students/stu_1/steps/71757704118106284032/eligibility", headers=admin_headers)
+    assert response.status_code == 404 and response.json["error"]["code"] == "not_found"

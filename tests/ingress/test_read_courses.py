@@ -53,7 +53,8 @@ def test_list_shows_published_courses_only(client, admin_headers, runtime):
     body = client.get("/v1/courses", headers=admin_headers).json
     assert [c["code"] for c in body["courses"]] == ["SFZ"]
     summary = body["courses"][0]
-    assert summary["published"] is True and summary["price"] == {"amount": 12000, "currency": "eur"}
+    assert summary["published"] is True
+    assert summary["price"] == {"amount": 12000, "currency": "eur", "stripe_price_id": None}  # not published to Stripe
     assert [s["label"] for s in summary["steps"]] == ["SFZ-1", "SFZ-2", "SFZ-3"]
     assert client.get("/v1/courses/DRAFT", headers=admin_headers).status_code == 404
 

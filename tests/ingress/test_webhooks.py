@@ -304,3 +304,47 @@ def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(
     retried = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
     assert retried.get_json() == {"received": True, "duplicate": False}
     assert _count(runtime) == 2
+
+
+@pytest.mark.parametrize("type_", ["student.upsert", "booking.canceled", "Student.Upserted"])
+def test_platform_event_of_unknown_type_is_400_and_nothing_stored(client, runtime, type_):
+    body = json.dumps(platform_event(type_, {"student_id": "stu_1"})).encode()
+    response = client.post("/webhooks/platform", data=body, headers=platform_headers(body))
+    assert response.status_code == 400 and _error(response) == "unknown_event_type"
+    assert "student.upserted" in response.get_json()["error"]["message"]  # the known types are listed
+    assert _count(runtime) == 0
+    assert runtime.broker.queues.get("inbox") is None or runtime.broker.queues["inbox"].qsize() == 0
+
+
+def _standard_headers(body: bytes, secret=None, msg_id="msg_1", timestamp=None):
+    from standardwebhooks import Webhook
+    from datetime import datetime, timezone
+    from tasks.signatures import standard_secret
+    from tests.conftest import PLATFORM_SECRET
+
+    t = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(standard_secret(secret or PLATFORM_SECRET)).sign(
+        msg_id, datetime.fromtimestamp(t, tz=timezone.utc), body.decode())
+    return {"webhook-id": msg_id, "webhook-timestamp": str(t), "webhook-signature": signature,
+            "Content-Type": "application/json"}
+
+
+def test_platform_event_signed_with_standard_webhooks_headers_is_accepted(client, runtime):
+    body = json.dumps(platform_event("student.upserted", {"student_id": "stu_sw"})).encode()
+    response = client.post("/webhooks/platform", data=body, headers=_standard_headers(body))
+    assert response.status_code == 200 and response.get_json() == {"received": True, "duplicate": False}
+    assert _count(runtime) == 1
+
+
+@pytest.mark.parametrize("case", ["wrong secret", "stale", "garbled", "body changed"])
+def test_bad_standard_webhooks_signature_is_400_and_nothing_stored(client, runtime, case):
+    body = json.dumps(platform_event("student.upserted", {"student_id": "stu_sw"})).encode()
+    headers = _standard_headers(body, secret="other" if case == "wrong secret" else None,
+                                timestamp=int(time.time()) - 600 if case == "stale" else None)
+    if case == "garbled":
+        headers["webhook-signature"] = "v1"
+    if case == "body changed":
+        body = body.replace(b"stu_sw", b"stu_xx")
+    response = client.post("/webhooks/platform", data=body, headers=headers)
+    assert response.status_code == 400 and _error(response) == "invalid_signature"
+    assert _count(runtime) == 0

@@ -86,3 +86,31 @@ def test_outbox_list_and_retry_a_dead_message(tmp_path):
                              timeout=60)
     assert missing.returncode != 0 and "no outbox message 999" in missing.stderr
     db.dispose()
+
+
+def test_outbox_retry_dead_makes_every_dead_message_due(tmp_path):
+    from db.enums import OutboxStatus
+    from db.models import OutboxMessage
+    from tasks.messaging.outbox import add_mail, add_platform_event
+
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.session_scope() as s:
+        rows = [add_mail(session=s, template="step_reminder", recipient="a@example.test", context={},
+                         dedupe_key=f"dead{n}") for n in range(2)]
+        rows.append(add_platform_event(session=s, type="booking.rejected", data={}, dedupe_key="dead-event"))
+        for row in rows:
+            row.status, row.attempts = OutboxStatus.DEAD, 79
+        sent = add_mail(session=s, template="step_reminder", recipient="b@example.test", context={}, dedupe_key="ok")
+        sent.status = OutboxStatus.SENT
+    done = subprocess.run([*CLI, "outbox", "retry-dead", "--channel", "mail"], env=_env(url), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "2 dead outbox message(s) due again" in done.stdout
+    with db.session_scope() as s:
+        statuses = {r.dedupe_key: (r.status, r.attempts) for r in s.query(OutboxMessage)}
+    assert statuses["mail:dead0:a@example.test"] == statuses["mail:dead1:a@example.test"] == (OutboxStatus.PENDING, 0)
+    assert statuses["platform:dead-event"] == (OutboxStatus.DEAD, 79)
+    assert statuses["mail:ok:b@example.test"][0] is OutboxStatus.SENT
+    db.dispose()

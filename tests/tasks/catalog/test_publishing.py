@@ -2,6 +2,8 @@
 receives (form fields, metadata, Idempotency-Key), crash-and-retry, price and title changes, failures."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import func, select
 
@@ -53,12 +55,12 @@ def test_first_publish_creates_product_and_price_with_metadata_and_keys(database
     assert product_call.form["metadata[course_code]"] == "SFZ"
     assert product_call.form["metadata[kind]"] == "course"
     assert product_call.form["metadata[bundle]"] == "private_credit:2,group_credit:1"
-    assert product_call.idempotency_key == f"coursepipe:course:{program_id}:1:product-create"
+    assert re.fullmatch(f"coursepipe:course:{program_id}:1:product-create:[0-9a-f]{{32}}", product_call.idempotency_key)
     assert price_call.path == "/v1/prices"
     assert price_call.form == {"product": product_id, "currency": "eur", "unit_amount": "12000",
                                "metadata[kind]": "course", "metadata[course_code]": "SFZ",
                                "metadata[bundle]": "private_credit:2,group_credit:1"}
-    assert price_call.idempotency_key == f"coursepipe:course:{program_id}:2:price-create"
+    assert re.fullmatch(f"coursepipe:course:{program_id}:2:price-create:[0-9a-f]{{32}}", price_call.idempotency_key)
     assert stripe_server.prices[price_id]["unit_amount"] == 12000
 
     # published and in line: publishing again asks Stripe nothing

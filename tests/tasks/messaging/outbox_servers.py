@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from tasks import signatures
 from tests.conftest import PLATFORM_SECRET
@@ -120,7 +121,9 @@ class PlatformReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
                     signatures.verify(body, self.headers.get("Platform-Signature"), receiver.secret)
-                except signatures.SignatureError as exc:
+                    # and the Standard Webhooks headers, as a receiver using that library checks them
+                    Webhook(signatures.standard_secret(receiver.secret)).verify(body, dict(self.headers.items()))
+                except (signatures.SignatureError, WebhookVerificationError) as exc:
                     receiver.rejected.append(str(exc))
                     return self._answer(400)
                 if receiver.status_next is not None:
@@ -130,7 +133,8 @@ class PlatformReceiver:
                     receiver.fail_next -= 1
                     return self._answer(503)
                 event = json.loads(body)
-                event["_headers"] = {"Platform-Event-Id": self.headers.get("Platform-Event-Id")}
+                event["_headers"] = {"Platform-Event-Id": self.headers.get("Platform-Event-Id"),
+                                     "webhook-id": self.headers.get("webhook-id")}
                 receiver.events.append(event)
                 self._answer(200)
 

@@ -85,7 +85,7 @@ def test_every_mail_reaches_the_smtp_server(database, runtime, worker, smtp_sink
     wait_until(lambda: len(smtp_sink.messages) == len(MAILS))
     by_id = {m["Message-ID"]: (m, rcpts) for m, (_, rcpts) in zip(smtp_sink.messages, smtp_sink.envelopes)}
     for message_id, (template, recipient, _, needles) in zip(ids, MAILS):
-        message, rcpts = by_id[f"<outbox-{message_id}@coursepipe>"]
+        message, rcpts = by_id[f"<{_row(database, message_id).public_id}@coursepipe>"]
         expected = ["ops@example.test", "lead@example.test"] if recipient == "@admins" else [recipient]
         assert rcpts == expected, template
         assert message["From"] == "courses@example.test"
@@ -102,7 +102,11 @@ def test_every_mail_reaches_the_smtp_server(database, runtime, worker, smtp_sink
     assert len(smtp_sink.messages) == len(MAILS)
 
 
-def test_platform_events_are_signed_and_carry_the_outbox_id(database, runtime, worker, platform_receiver):
+def _event_id(database, message_id):
+    return f"cp_out_{_row(database, message_id).public_id}"
+
+
+def test_platform_events_are_signed_and_carry_the_outbox_public_id(database, runtime, worker, platform_receiver):
     with database.session_scope() as s:
         ids = [
             add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 5, "student_id": "stu_1"},
@@ -110,16 +114,18 @@ def test_platform_events_are_signed_and_carry_the_outbox_id(database, runtime, w
             add_platform_event(session=s, type="booking.rejected", data={"booking_id": "bk_1",
                                "reason": "no_active_enrollment"}, dedupe_key="booking.rejected:bk_1").id,
         ]
+    event_ids = [_event_id(database, i) for i in ids]
     runtime.actors["relay_outbox"].send()
     drain(runtime)
     wait_until(lambda: len(platform_receiver.events) == 2)
     assert platform_receiver.rejected == []
     received = {e["id"]: e for e in platform_receiver.events}
-    assert set(received) == {f"cp_out_{i}" for i in ids}
-    first = received[f"cp_out_{ids[0]}"]
+    assert set(received) == set(event_ids) and all(len(e) == len("cp_out_") + 32 for e in event_ids)
+    first = received[event_ids[0]]
     assert first["type"] == "enrollment.created" and first["data"] == {"enrollment_id": 5, "student_id": "stu_1"}
     assert first["occurred_at"] and first["_headers"]["Platform-Event-Id"] == first["id"]
-    assert received[f"cp_out_{ids[1]}"]["data"]["reason"] == "no_active_enrollment"
+    assert first["created_at"] == first["occurred_at"] and first["sequence"] == 1
+    assert received[event_ids[1]]["data"]["reason"] == "no_active_enrollment"
     assert all(_row(database, i).status is OutboxStatus.SENT for i in ids)
 
 
@@ -136,7 +142,7 @@ def test_a_wrong_secret_is_rejected_by_the_receiver_and_the_message_dies(databas
     with database.session_scope() as s:
         delivery.retry(session=s, message_id=message_id)
     assert _deliver(database, settings, message_id) is OutboxStatus.SENT
-    assert [e["id"] for e in platform_receiver.events] == [f"cp_out_{message_id}"]
+    assert [e["id"] for e in platform_receiver.events] == [_event_id(database, message_id)]
 
 
 def test_smtp_down_is_retried_with_backoff_and_delivered_once_when_it_returns(database, settings, smtp_sink):
@@ -164,7 +170,7 @@ def test_smtp_down_is_retried_with_backoff_and_delivered_once_when_it_returns(da
     assert _deliver(database, settings, message_id, now=row.next_attempt_at) is OutboxStatus.SENT
     assert _deliver(database, settings, message_id, now=row.next_attempt_at + timedelta(hours=2)) is None
     assert len(smtp_sink.messages) == 1
-    assert smtp_sink.messages[0]["Message-ID"] == f"<outbox-{message_id}@coursepipe>"
+    assert smtp_sink.messages[0]["Message-ID"] == f"<{_row(database, message_id).public_id}@coursepipe>"
     with database.session_scope() as s:
         moves = s.scalars(select(TransitionLog.to_status).where(TransitionLog.entity == "outbox")
                           .order_by(TransitionLog.id)).all()
@@ -226,7 +232,7 @@ def test_a_stuck_sending_row_goes_back_to_pending_after_its_lease(database, sett
         lost_job = delivery.claim(session=s, message_id=message_id, settings=settings, now=now)
     assert lost_job is not None and _row(database, message_id).status is OutboxStatus.SENDING
     with database.session_scope() as s:
-        assert delivery.prepare_relay(session=s, settings=settings, now=now + timedelta(minutes=1)) == []
+        assert delivery.prepare_relay(session=s, settings=settings, now=now + timedelta(seconds=20)) == []
     later = now + delivery.SENDING_LEASE + timedelta(seconds=1)
     with database.session_scope() as s:
         assert delivery.prepare_relay(session=s, settings=settings, now=later) == [message_id]

@@ -45,6 +45,8 @@ def _normal(value):
         return "<time>"
     if isinstance(value, dict):
         return {k: ("<time>" if k == "recorded_at" else _normal(v)) for k, v in value.items()}
+    if isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        return "<random public id>"
     if isinstance(value, list):
         return [_normal(v) for v in value]
     return value

@@ -1,0 +1,29 @@
+"""POST /admin/outbox/retry-dead: every dead outbox message (optionally of one channel) due again now."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from db.enums import OutboxChannel
+from ingress.auth import require_admin
+from ingress.errors import ApiError
+from tasks.messaging import delivery
+from workers.actors import send
+
+bp = Blueprint("admin_outbox", __name__, url_prefix="/admin")
+
+
+@bp.post("/outbox/retry-dead")
+@require_admin
+def retry_dead():
+    body = request.get_json(silent=True) or {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body, when given, is a JSON object")
+    channel = body.get("channel")
+    if channel is not None and channel not in {c.value for c in OutboxChannel}:
+        raise ApiError(400, "invalid_channel", "channel is 'mail' or 'platform' (or absent for both)")
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    with runtime.db.session_scope() as session:
+        ids = delivery.retry_dead(session=session, channel=OutboxChannel(channel) if channel else None)
+    if ids:
+        send("relay_outbox")  # after the commit
+    return jsonify({"retried": len(ids), "ids": ids})

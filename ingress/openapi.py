@@ -1,0 +1,339 @@
+"""GET /openapi.json: the OpenAPI 3.1 description of every route, built from the app itself.
+
+Paths, methods and path parameters come from Flask's url_map; each operation's words and schemas
+come from `OPERATIONS` below (a route missing there is a test failure, so the document cannot fall
+behind the code). Event schemas come from the pydantic models the code validates with:
+`PlatformEvent.<type>` (inbound, `tasks.events`) and `OutboundEvent.<type>` (`tasks.messaging.outbound_events`).
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify
+
+from tasks.events import PLATFORM_DATA
+from tasks.messaging.outbound_events import OUTBOUND_DATA
+
+bp = Blueprint("openapi", __name__)
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
+    return {"type": "object", "properties": properties, "required": required or list(properties), **extra}
+
+
+NULLABLE_STR = {"type": ["string", "null"]}
+NULLABLE_INT = {"type": ["integer", "null"]}
+DATETIME = {"type": "string", "format": "date-time"}
+PRICE = _obj({"amount": {"type": "integer", "description": "minor units"}, "currency": {"type": "string"},
+              "stripe_price_id": NULLABLE_STR})
+
+SCHEMAS: dict[str, dict] = {
+    "Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"}})}),
+    "Received": _obj({"received": {"const": True}, "duplicate": {"type": "boolean"}}),
+    "Price": PRICE,
+    "CourseSummary": _obj({
+        "code": {"type": "string"}, "title": {"type": "string"}, "description": NULLABLE_STR,
+        "marketing_copy": NULLABLE_STR, "timezone": {"type": "string"}, "price": ref("Price"),
+        "published": {"type": "boolean"},
+        "bundle": {"type": "array", "items": _obj({"kind": {"type": "string"}, "quantity": {"type": "integer"}})},
+        "steps": {"type": "array", "items": _obj({"id": {"type": "integer"}, "label": {"type": "string"},
+                                                  "position": {"type": "integer"}, "title": NULLABLE_STR})}}),
+    "CourseList": _obj({"courses": {"type": "array", "items": ref("CourseSummary")}}),
+    "StepOption": _obj({"class_id": {"type": "string"}, "starts_at": NULLABLE_STR, "ends_at": NULLABLE_STR,
+                        "seats_left": NULLABLE_INT, "status": NULLABLE_STR}),
+    "Course": _obj({
+        "code": {"type": "string"}, "title": {"type": "string"}, "published": {"type": "boolean"},
+        "price": ref("Price"),
+        "steps": {"type": "array", "items": _obj({
+            "id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
+            "title": NULLABLE_STR, "options": {"type": "array", "items": ref("StepOption")}},
+            ["id", "label", "position", "title", "options"])}},
+        ["code", "title", "published", "price", "steps"]),
+    "Package": _obj({"code": {"type": "string"}, "title": {"type": "string"}, "price": ref("Price"),
+                     "credits": {"type": "array", "items": _obj({"kind": {"enum": ["group", "private"]},
+                                                                 "quantity": {"type": "integer"}})},
+                     "validity_days": NULLABLE_INT}),
+    "PackageList": _obj({"packages": {"type": "array", "items": ref("Package")}}),
+    "StudentCourses": _obj({"student_id": {"type": "string"}, "enrollments": {"type": "array", "items": _obj({
+        "id": {"type": "integer"}, "course_code": {"type": "string"}, "status": {"type": "string"},
+        "steps": {"type": "array", "items": _obj({
+            "course_step_id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
+            "status": {"enum": ["unbooked", "booked", "completed", "missed", "cancelled"]},
+            "booking_id": NULLABLE_STR, "class_id": NULLABLE_STR, "skipped_ahead": {"type": "boolean"}},
+            ["course_step_id", "label", "position", "status", "booking_id", "class_id", "skipped_ahead"])},
+        "next_step": {"oneOf": [{"type": "null"}, _obj({"course_step_id": {"type": "integer"},
+                                                        "label": {"type": "string"}})]},
+        "completed_steps": {"type": "integer"},
+        "credits": {"type": "object", "additionalProperties": {"type": "integer"}}},
+        ["id", "course_code", "status", "steps", "next_step", "completed_steps", "credits"])}}),
+    "Credits": _obj({"student_id": {"type": "string"},
+                     "balances": {"type": "object", "additionalProperties": {"type": "integer"}}}),
+    "Eligibility": _obj({"eligible": {"type": "boolean"}, "reason": NULLABLE_STR}),
+    "Calendar": _obj({"from": DATETIME, "to": DATETIME, "classes": {"type": "array", "items": _obj({
+        "class_id": {"type": "string"}, "title": NULLABLE_STR, "starts_at": DATETIME, "ends_at": NULLABLE_STR,
+        "seats_left": {"type": "integer"}, "course_steps": {"type": "array", "items": _obj({
+            "course_code": {"type": "string"}, "course_step_id": {"type": "integer"},
+            "label": {"type": "string"}, "position": {"type": "integer"}})}},
+        ["class_id", "starts_at", "seats_left", "course_steps"])}}),
+    "CheckoutRequest": {"type": "object", "required": ["student_id", "success_url", "cancel_url"],
+                        "properties": {"student_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                                       "course_code": {"type": "string"}, "package_code": {"type": "string"},
+                                       "success_url": {"type": "string", "format": "uri"},
+                                       "cancel_url": {"type": "string", "format": "uri"}},
+                        "oneOf": [{"required": ["course_code"]}, {"required": ["package_code"]}]},
+    "CheckoutCreated": _obj({"id": {"type": "string"}, "url": {"type": "string"}}),
+    "CheckoutState": _obj({
+        "id": {"type": "string"}, "status": NULLABLE_STR, "payment_status": NULLABLE_STR,
+        "enrollment": {"oneOf": [{"type": "null"}, _obj({"id": {"type": "integer"}, "student_id": {"type": "string"},
+                                                         "course_code": NULLABLE_STR, "status": {"type": "string"}})]},
+        "credits_granted": {"oneOf": [{"type": "null"},
+                                      {"type": "object", "additionalProperties": {"type": "integer"}}]}}),
+    "EventFeed": _obj({"events": {"type": "array", "items": ref("OutboundEvent")},
+                       "next": {"type": "string", "description": "the cursor to pass as `after` next time"}}),
+    "AnyObject": {"type": "object"},
+    "RetriedDead": _obj({"retried": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}}}),
+}
+
+
+def _model_schema(model, name: str, schemas: dict) -> dict:
+    schema = model.model_json_schema(ref_template=REF)
+    for def_name, definition in schema.pop("$defs", {}).items():
+        schemas.setdefault(def_name, definition)
+    schema["title"] = name
+    return schema
+
+
+def event_schemas() -> dict[str, dict]:
+    """PlatformEvent.<type> (inbound envelope with its data) and OutboundEvent.<type> (outbound envelope)."""
+    schemas: dict[str, dict] = {}
+    for type_, model in PLATFORM_DATA.items():
+        schemas[f"PlatformEventData.{type_}"] = _model_schema(model, f"PlatformEventData.{type_}", schemas)
+        schemas[f"PlatformEvent.{type_}"] = _obj({
+            "id": {"type": "string", "minLength": 1, "maxLength": 64, "description": "unique per event"},
+            "type": {"const": type_},
+            "occurred_at": {**DATETIME, "description": "ISO 8601 with an offset"},
+            "data": ref(f"PlatformEventData.{type_}")})
+    schemas["PlatformEvent"] = {"oneOf": [ref(f"PlatformEvent.{t}") for t in PLATFORM_DATA]}
+    for type_, model in OUTBOUND_DATA.items():
+        schemas[f"OutboundEventData.{type_}"] = _model_schema(model, f"OutboundEventData.{type_}", schemas)
+        schemas[f"OutboundEvent.{type_}"] = _obj({
+            "id": {"type": "string", "pattern": "^cp_out_[0-9a-f]{32}$",
+                   "description": "globally unique; the same on every delivery (dedupe on it)"},
+            "type": {"const": type_},
+            "created_at": DATETIME,
+            "occurred_at": {**DATETIME, "description": "the same as created_at"},
+            "sequence": {"type": "integer", "minimum": 1,
+                         "description": "strictly increasing per enrollment (1 for an event about none)"},
+            "data": ref(f"OutboundEventData.{type_}")})
+    schemas["OutboundEvent"] = {"oneOf": [ref(f"OutboundEvent.{t}") for t in OUTBOUND_DATA]}
+    return schemas
+
+
+def _json(schema: str, description: str = "OK") -> dict:
+    return {"description": description, "content": {JSON: {"schema": ref(schema)}}}
+
+
+ERRORS = {"400": _json("Error", "bad input (the error code says which)"),
+          "401": _json("Error", "no valid bearer token"),
+          "403": _json("Error", "a read token on a route it does not open"),
+          # ingress/limits.py: too many refused authentications from one address in a minute
+          "429": _json("Error", "rate_limited: too many failed authentications from this address")}
+READ = [{"bearer": []}]
+ADMIN = [{"bearer": []}]
+HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+REDIRECT = {"description": "a redirect (to the login page, or back after the action)"}
+
+
+def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",
+       body: str | None = None, query: list[dict] | None = None, extra: dict | None = None) -> dict:
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag],
+                                 "responses": {status: ok or _json("AnyObject"), **(extra or {})}}
+    if security is not None:
+        operation["security"] = security
+        operation["responses"].update({k: v for k, v in ERRORS.items() if k not in operation["responses"]})
+    else:
+        operation["security"] = []
+        operation["responses"].setdefault("403", _json("Error", "a read token is refused here (send none)"))
+    if body:
+        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
+    if query:
+        operation["parameters"] = query
+    return operation
+
+
+def q(name: str, description: str, *, required: bool = False, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
+SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a bad event: nothing stored"),
+          "413": _json("Error", "body over 256 KiB")}
+
+# (method, OpenAPI path) → operation; every Flask route must be here and nothing else
+OPERATIONS: dict[tuple[str, str], dict] = {
+    ("GET", "/openapi.json"): op("This document", tag="meta", ok={"description": "OpenAPI 3.1",
+                                                                  "content": {JSON: {"schema": {"type": "object"}}}}),
+    ("GET", "/healthz"): op("The process is up", tag="meta"),
+    ("GET", "/readyz"): op("Database and broker reachable (503 when not)", tag="meta",
+                           extra={"503": _json("AnyObject", "not ready")}),
+    ("GET", "/metrics"): op("Prometheus metrics (text format)", tag="meta",
+                            ok={"description": "text/plain exposition", "content": {"text/plain": {
+                                "schema": {"type": "string"}}}}),
+    ("GET", "/static/{filename}"): op("Static files of the dashboard", tag="meta", ok={"description": "a file"},
+                                      extra=NOT_FOUND),
+    ("POST", "/webhooks/stripe"): op("Stripe events (Stripe-Signature)", tag="webhooks", ok=_json("Received"),
+                                     extra=SIGNED),
+    ("POST", "/webhooks/platform"): op(
+        "Platform events, signed with Platform-Signature or Standard Webhooks headers", tag="webhooks",
+        ok=_json("Received"), body="PlatformEvent",
+        extra={**SIGNED, "400": _json("Error", "invalid_signature, invalid_json, invalid_event or "
+                                               "unknown_event_type: nothing stored")}),
+    ("GET", "/v1/courses"): op("Published courses with their price", tag="read", security=READ,
+                               ok=_json("CourseList")),
+    ("GET", "/v1/courses/{code}"): op("One published course: steps in order with their options", tag="read",
+                                      security=READ, ok=_json("Course"), extra=NOT_FOUND),
+    ("GET", "/v1/packages"): op("Credit packages on sale", tag="selling", security=READ, ok=_json("PackageList")),
+    ("GET", "/v1/packages/{code}"): op("One credit package on sale", tag="selling", security=READ,
+                                       ok=_json("Package"), extra=NOT_FOUND),
+    ("POST", "/v1/checkout-sessions"): op(
+        "Create a Stripe Checkout Session for a student (optional Idempotency-Key header)", tag="selling",
+        security=READ, status="201", ok=_json("CheckoutCreated", "created"), body="CheckoutRequest",
+        extra={**NOT_FOUND, "409": _json("Error", "already_enrolled: the student holds the course"),
+               "502": _json("Error", "stripe_error"), "503": _json("Error", "stripe_not_configured")}),
+    ("GET", "/v1/checkout-sessions/{checkout_session_id}"): op(
+        "A session's state on the buyer's return; fulfils a paid one first", tag="selling", security=READ,
+        ok=_json("CheckoutState"), extra={**NOT_FOUND, "502": _json("Error", "stripe_error"),
+                                          "503": _json("Error", "stripe_not_configured")}),
+    ("GET", "/v1/students/{student_id}/courses"): op("A student's enrollments with step progress", tag="read",
+                                                     security=READ, ok=_json("StudentCourses")),
+    ("GET", "/v1/students/{student_id}/credits"): op("A student's credit balances", tag="read", security=READ,
+                                                     ok=_json("Credits")),
+    ("GET", "/v1/students/{student_id}/steps/{course_step_id}/eligibility"): op(
+        "May the student book this step (optionally this class)?", tag="read", security=READ,
+        ok=_json("Eligibility"), query=[q("class_id", "the class the student would book")]),
+    ("GET", "/v1/calendar"): op("Mirrored classes in a window, tagged with course steps", tag="read", security=READ,
+                                ok=_json("Calendar"),
+                                query=[q("from", "ISO 8601", required=True, schema=DATETIME),
+                                       q("to", "ISO 8601, after from", required=True, schema=DATETIME)],
+                                extra={"400": _json("Error", "invalid_parameter: a bad or too wide window")}),
+    ("GET", "/v1/events"): op(
+        "Every outbound platform event in the order written (catch up after an outage)", tag="events",
+        security=READ, ok=_json("EventFeed"),
+        query=[q("after", "the `next` cursor of the previous page; absent: from the start"),
+               q("limit", "1 to 1000 (default 100)", schema={"type": "integer", "minimum": 1, "maximum": 1000})]),
+    ("GET", "/admin/courses"): op("Courses, drafts included", tag="admin", security=ADMIN),
+    ("PUT", "/admin/courses/{code}"): op("Create or replace a course", tag="admin", security=ADMIN, body="AnyObject"),
+    ("GET", "/admin/courses/{code}"): op("One course (admin view)", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("DELETE", "/admin/courses/{code}"): op("Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe", tag="admin", security=ADMIN),
+    ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN),
+    ("PUT", "/admin/packages/{code}"): op("Create or replace a credit package", tag="admin", security=ADMIN,
+                                          body="AnyObject"),
+    ("GET", "/admin/packages/{code}"): op("One credit package", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("DELETE", "/admin/packages/{code}"): op("Soft-delete a credit package", tag="admin", security=ADMIN),
+    ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe", tag="admin", security=ADMIN),
+    ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN),
+    ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
+                                                                 security=ADMIN),
+    ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN,
+                                 query=[q("status", "inbox status"), q("limit", "how many")]),
+    ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event", tag="admin", security=ADMIN),
+    ("POST", "/admin/outbox/retry-dead"): op("Every dead outbox message due again", tag="admin", security=ADMIN,
+                                             ok=_json("RetriedDead")),
+    ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",
+                                          security=ADMIN, query=[q("format", "json (default) or csv")]),
+    ("GET", "/admin/"): op("The ops dashboard (login form session)", tag="dashboard", ok=HTML,
+                           extra={"302": REDIRECT}),
+    ("GET", "/admin/login"): op("Dashboard login form", tag="dashboard", ok=HTML),
+    ("POST", "/admin/login"): op("Log in with ADMIN_TOKEN", tag="dashboard", ok=HTML, status="302",
+                                 extra={"401": HTML, "403": _json("Error", "csrf_failed")}),
+    ("POST", "/admin/logout"): op("Log out", tag="dashboard", ok=REDIRECT, status="302"),
+    ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/events/{inbox_id}/replay"): op("Replay (form)", tag="dashboard", ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/events/replay-failed"): op("Replay every failed event (form)", tag="dashboard", ok=REDIRECT,
+                                                   status="302"),
+    ("GET", "/admin/ui/enrollments/{enrollment_id}"): op("One enrollment (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil (form)", tag="dashboard",
+                                                                    ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/outbox/{message_id}/retry"): op("Retry an outbox message (form)", tag="dashboard",
+                                                        ok=REDIRECT, status="302"),
+    ("GET", "/admin/ui/reports"): op("Course reports (page)", tag="dashboard", ok=HTML),
+}
+
+_PARAM = re.compile(r"<(?:(?P<converter>[^:<>(]+)(?:\([^)]*\))?:)?(?P<name>[^<>]+)>")
+
+
+def openapi_path(rule: str) -> str:
+    return _PARAM.sub(lambda m: "{" + m.group("name") + "}", rule)
+
+
+def routes(app: Flask) -> list[tuple[str, str, list[dict]]]:
+    """(method, OpenAPI path, path parameters) for every route of the app."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        params = [{"name": m.group("name"), "in": "path", "required": True,
+                   "schema": {"type": "integer", "minimum": 0} if m.group("converter") == "int"
+                   else {"type": "string"}}
+                  for m in _PARAM.finditer(rule.rule)]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            found.append((method, openapi_path(rule.rule), params))
+    return found
+
+
+def build_document(app: Flask) -> dict:
+    paths: dict[str, dict] = {}
+    for method, path, params in routes(app):
+        operation = dict(OPERATIONS.get((method, path)) or {
+            "summary": "undocumented", "responses": {"default": {"description": "undocumented"}}})
+        # any route can fail unexpectedly: `internal_error`, nothing accepted, retry later
+        operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
+        if params:
+            operation["parameters"] = params + operation.get("parameters", [])
+            if any(p["schema"]["type"] == "integer" for p in params):  # out of range: no such route
+                operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "coursepipe", "version": "1",
+                 "description": "Stripe and platform events in; enrollments, credits, progress and outbound "
+                                "platform events out. The integration guide is docs/platform.md."},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "ADMIN_TOKEN (every route) or a READ_API_TOKEN "
+                                                          "(GET /v1/… and POST /v1/checkout-sessions)"}},
+            "schemas": {**SCHEMAS, **event_schemas()},
+        },
+    }
+
+
+def route_table(doc: dict) -> str:
+    """The document's routes as the Markdown table docs/platform.md shows (kept equal by a test)."""
+    lines = ["| method | path | token | what |", "| --- | --- | --- | --- |"]
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            token = ("read or admin" if path.startswith("/v1/") else "dashboard login" if operation["tags"] == ["dashboard"]
+                     else "admin" if operation["security"] else "none")
+            lines.append(f"| {method.upper()} | `{path}` | {token} | {operation['summary']} |")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=8)
+def _cached(app_id: int, app: Flask) -> dict:
+    return build_document(app)
+
+
+@bp.get("/openapi.json")
+def document():
+    app = current_app._get_current_object()
+    return jsonify(_cached(id(app), app))

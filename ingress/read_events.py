@@ -1,0 +1,39 @@
+"""GET /v1/events: the catch-up feed of outbound platform events (read token or admin)."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ingress.auth import require_reader
+from ingress.errors import ApiError
+from tasks.messaging import event_feed
+
+bp = Blueprint("read_events", __name__, url_prefix="/v1")
+
+
+def _limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None or raw == "":
+        return event_feed.DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= event_feed.MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {event_feed.MAX_LIMIT}")
+    return limit
+
+
+@bp.get("/events")
+@require_reader
+def list_events():
+    limit = _limit()
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    try:
+        event_feed.decode_cursor(request.args.get("after"))
+    except event_feed.InvalidCursor as exc:
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    with runtime.db.session_scope() as session:  # committed before the read: positions are a prefix
+        event_feed.assign_positions(session=session)
+    with runtime.db.session_scope() as session:
+        page = event_feed.read(session=session, after=request.args.get("after"), limit=limit)
+    return jsonify({"events": page.events, "next": page.next})

@@ -1,0 +1,183 @@
+"""Selling through Stripe Checkout: what can be bought, the Checkout Session for one purchase, and the
+state of a session when the buyer comes back from it.
+
+A session names its buyer and product the way the Stripe webhook expects (`client_reference_id`,
+`metadata.kind`, `metadata.course_code` / `metadata.package_code`), so the webhook fulfils it. When the
+buyer lands on the success page first, `return_event` turns the session Stripe reports (complete and
+paid) into the same `checkout.session.completed` inbox event, run by the same code as the webhook's;
+the purchase row is unique per session, so whichever arrives second finds it and adds nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.enums import EnrollmentStatus as E
+from db.enums import LedgerEntryType, ProgramStatus
+from db.models import (
+    CourseProgram,
+    CreditLedgerEntry,
+    CreditPackage,
+    PackagePurchase,
+    Student,
+    StudentCourseEnrollment,
+)
+from db.types import new_public_id, utcnow
+from tasks.catalog import services as catalog
+from tasks.errors import NotFound, PermanentError, ValidationFailed
+
+COURSE, PACKAGE = "course", "package"
+HELD = (E.ACTIVE, E.PENDING, E.SUSPENDED)  # a student with one of these cannot buy the course again
+RETURN_EVENT_PREFIX = "checkout_return:"
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+
+class AlreadyEnrolled(PermanentError):
+    """Raised when the student already holds the course (active, pending payment or suspended)."""
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    student_id: str
+    kind: str
+    code: str
+    success_url: str
+    cancel_url: str
+
+
+def parse_checkout_request(body: Any) -> CheckoutRequest:
+    if not isinstance(body, dict):
+        raise ValidationFailed("body must be a JSON object")
+    student_id = body.get("student_id")
+    if not isinstance(student_id, str) or not 1 <= len(student_id.strip()) <= 64:
+        raise ValidationFailed("student_id: a string of 1 to 64 characters is required", "student_id")
+    codes = {k: body.get(f"{k}_code") for k in (COURSE, PACKAGE) if body.get(f"{k}_code") is not None}
+    if len(codes) != 1:
+        raise ValidationFailed("exactly one of course_code and package_code is required", "course_code")
+    (kind, code), = codes.items()
+    if not isinstance(code, str) or not code:
+        raise ValidationFailed(f"{kind}_code: a non-empty string is required", f"{kind}_code")
+    for name in ("success_url", "cancel_url"):
+        value = body.get(name)
+        if not isinstance(value, str) or len(value) > 2048 or not _URL.match(value):
+            raise ValidationFailed(f"{name}: an http(s) URL is required", name)
+    return CheckoutRequest(student_id.strip(), kind, code, body["success_url"], body["cancel_url"])
+
+
+def price_view(amount: int, currency: str, stripe_price_id: str | None) -> dict[str, Any]:
+    return {"amount": amount, "currency": currency, "stripe_price_id": stripe_price_id}
+
+
+def published_packages(session: Session) -> list[CreditPackage]:
+    """Packages on sale: not deleted, with a Stripe price to sell them with."""
+    return [p for p in catalog.live_packages(session) if p.stripe_price_id]
+
+
+def package_listing(package: CreditPackage) -> dict[str, Any]:
+    return {"code": package.code, "title": package.title,
+            "price": price_view(package.price_amount, package.price_currency, package.stripe_price_id),
+            "credits": [{"kind": package.credit_type.value, "quantity": package.quantity}],
+            "validity_days": package.validity_days}
+
+
+def sellable_package(session: Session, code: str) -> CreditPackage:
+    package = catalog.live_package(session, code)
+    if package is None or not package.stripe_price_id:
+        raise NotFound(f"package {code!r} is not on sale")
+    return package
+
+
+def sellable_course(session: Session, code: str) -> CourseProgram:
+    program = catalog.live_program(session, code)
+    if program is None or program.status is not ProgramStatus.PUBLISHED or not program.stripe_price_id:
+        raise NotFound(f"course {code!r} is not published")
+    return program
+
+
+def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, Any]:
+    """The Checkout Session to create, after the checks: on sale (NotFound), not already held (AlreadyEnrolled)."""
+    if request.kind == COURSE:
+        product = sellable_course(session, request.code)
+        held = session.scalar(select(StudentCourseEnrollment.id).where(
+            StudentCourseEnrollment.student_id == request.student_id,
+            StudentCourseEnrollment.program_id == product.id, StudentCourseEnrollment.status.in_(HELD)).limit(1))
+        if held is not None:
+            raise AlreadyEnrolled(f"student {request.student_id!r} already holds course {request.code!r} "
+                                  f"(enrollment {held})")
+    else:
+        product = sellable_package(session, request.code)
+    params: dict[str, Any] = {
+        "mode": "payment",
+        "line_items": [{"price": product.stripe_price_id, "quantity": 1}],
+        "client_reference_id": request.student_id,
+        "metadata": {"kind": request.kind, f"{request.kind}_code": request.code, "student_id": request.student_id},
+        "success_url": request.success_url,
+        "cancel_url": request.cancel_url,
+    }
+    student = session.get(Student, request.student_id)
+    if student is not None and student.email:
+        params["customer_email"] = student.email
+    return params
+
+
+def idempotency_key(params: dict[str, Any], client_key: str | None) -> str:
+    """A caller's Idempotency-Key repeats the same session for the same request (a retried POST); the
+    key sent to Stripe is a digest of it with the request, so it never collides with another request
+    or installation. Without one, every request is new."""
+    if not client_key:
+        return f"coursepipe:checkout:{new_public_id()}"
+    digest = hashlib.sha256(json.dumps([client_key, params], sort_keys=True).encode()).hexdigest()
+    return f"coursepipe:checkout:{digest}"
+
+
+def create_checkout_session(params: dict[str, Any], *, client: Any, key: str) -> dict[str, Any]:
+    """The Stripe call (no database session). Raises the `stripe` library's errors."""
+    created = client.v1.checkout.sessions.create(params=params, options={"idempotency_key": key})
+    return {"id": created.id, "url": created.url}
+
+
+# --------------------------------------------------------------------------- the buyer comes back
+
+
+def fulfilled(session: Session, checkout_session_id: str) -> dict[str, Any]:
+    """What the session has produced so far: the enrollment and the credits granted (None when nothing)."""
+    enrollment = session.scalar(select(StudentCourseEnrollment).where(
+        StudentCourseEnrollment.stripe_checkout_session_id == checkout_session_id))
+    purchase = session.scalar(select(PackagePurchase).where(
+        PackagePurchase.stripe_checkout_session_id == checkout_session_id))
+    view: dict[str, Any] = {"enrollment": None, "credits_granted": None}
+    owner = None
+    if enrollment is not None:
+        program = session.get(CourseProgram, enrollment.program_id)
+        view["enrollment"] = {"id": enrollment.id, "student_id": enrollment.student_id,
+                              "course_code": program.code if program else None, "status": enrollment.status.value}
+        owner = CreditLedgerEntry.enrollment_id == enrollment.id
+    elif purchase is not None:
+        owner = CreditLedgerEntry.package_purchase_id == purchase.id
+    if owner is not None:
+        grants = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity))
+                                 .where(owner, CreditLedgerEntry.entry_type == LedgerEntryType.GRANT)
+                                 .group_by(CreditLedgerEntry.credit_type)).all()
+        if grants or purchase is not None:
+            view["credits_granted"] = {t.value: int(q) for t, q in sorted(grants, key=lambda g: g[0].value)}
+    view["fulfilled"] = enrollment is not None or purchase is not None
+    return view
+
+
+def needs_fulfilment(checkout: dict[str, Any], state: dict[str, Any]) -> bool:
+    return checkout.get("status") == "complete" and checkout.get("payment_status") == "paid" \
+        and not state["fulfilled"]
+
+
+def return_event(checkout: dict[str, Any]) -> dict[str, Any]:
+    """The `checkout.session.completed` event the buyer's return stands for (the session as Stripe
+    reported it); its id is fixed per session, so repeated returns store it once."""
+    return {"id": f"{RETURN_EVENT_PREFIX}{checkout['id']}", "object": "event", "type": "checkout.session.completed",
+            "created": int(utcnow().timestamp()), "livemode": bool(checkout.get("livemode")),
+            "data": {"object": checkout}}

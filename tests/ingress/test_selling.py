@@ -1,0 +1,200 @@
+"""Selling: prices on the read API, packages on sale, Checkout Sessions created through the real `stripe`
+client (the local Stripe server), and the buyer's return fulfilling first, racing the webhook safely."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import InboxEvent, OutboxMessage, PackagePurchase, StudentCourseEnrollment
+from ingress.app import create_app
+from tasks.catalog import services as catalog
+from tasks.catalog import publishing
+from workers import publishing as publish_calls
+from tests.conftest import assert_contract_kept, contract_checked, drain, make_settings
+from tests.signing import stripe_headers
+from tests.tasks.catalog.test_catalog import course, save
+
+READ = {"Authorization": "Bearer selling-reader"}
+URLS = {"success_url": "https://shop.example.test/ok?cs={CHECKOUT_SESSION_ID}",
+        "cancel_url": "https://shop.example.test/cancel"}
+
+
+@pytest.fixture
+def settings(database, stripe_server):
+    return make_settings(database.url, read_api_tokens=("selling-reader",), **stripe_server.settings_changes())
+
+
+@pytest.fixture
+def app(runtime):
+    app = contract_checked(create_app(runtime.settings, runtime=runtime))
+    yield app
+    assert_contract_kept(app)
+
+
+@pytest.fixture
+def on_sale(runtime):
+    """SFZ published to Stripe; package TEN (10 group credits) on sale with its own Stripe price."""
+    db, settings = runtime.db, runtime.settings
+    save(db, course())
+    publish_calls.publish(publishing.COURSE, "SFZ", unit_of_work=db.session_scope, settings=settings)
+    with db.session_scope() as s:
+        catalog.save_package(session=s, package=catalog.parse_package(
+            {"title": "Ten group classes", "price": {"amount": 9000, "currency": "eur"},
+             "credits": {"kind": "group_credit", "quantity": 10}, "validity_days": 180}, code="TEN"))
+    publish_calls.publish(publishing.PACKAGE, "TEN", unit_of_work=db.session_scope, settings=settings)
+    with db.session_scope() as s:
+        return {"SFZ": catalog.get_program(s, "SFZ").stripe_price_id, "TEN": catalog.get_package(s, "TEN").stripe_price_id}
+
+
+def _buy(client, headers=READ, **body):
+    return client.post("/v1/checkout-sessions", json={"student_id": "stu_1", "course_code": "SFZ", **URLS, **body},
+                       headers=headers)
+
+
+def test_courses_and_packages_carry_the_stripe_price(client, on_sale):
+    listed = client.get("/v1/courses", headers=READ).json["courses"][0]
+    assert listed["price"] == {"amount": 12000, "currency": "eur", "stripe_price_id": on_sale["SFZ"]}
+    assert client.get("/v1/courses/SFZ", headers=READ).json["price"]["stripe_price_id"] == on_sale["SFZ"]
+    packages = client.get("/v1/packages", headers=READ).json["packages"]
+    assert packages == [{"code": "TEN", "title": "Ten group classes",
+                         "price": {"amount": 9000, "currency": "eur", "stripe_price_id": on_sale["TEN"]},
+                         "credits": [{"kind": "group", "quantity": 10}], "validity_days": 180}]
+    assert client.get("/v1/packages/TEN", headers=READ).json == packages[0]
+    assert client.get("/v1/packages/NOPE", headers=READ).status_code == 404
+
+
+def test_an_unpriced_package_is_not_on_sale(client, runtime):
+    with runtime.db.session_scope() as s:
+        catalog.save_package(session=s, package=catalog.parse_package(
+            {"title": "Draft", "price": {"amount": 1, "currency": "eur"},
+             "credits": {"kind": "group_credit", "quantity": 1}}, code="DRAFT"))
+    assert client.get("/v1/packages", headers=READ).json == {"packages": []}
+    assert client.get("/v1/packages/DRAFT", headers=READ).status_code == 404
+
+
+def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client, on_sale, stripe_server):
+    response = _buy(client)
+    assert response.status_code == 201
+    body = response.json
+    assert set(body) == {"id", "url"} and body["id"].startswith("cs_test_") and body["url"].startswith("http")
+    [call] = stripe_server.calls("POST", "/v1/checkout/sessions")
+    assert call.params["client_reference_id"] == "stu_1"
+    assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "student_id": "stu_1"}
+    assert call.params["line_items"] == [{"price": on_sale["SFZ"], "quantity": "1"}]
+    assert call.params["mode"] == "payment" and call.params["success_url"] == URLS["success_url"]
+    assert call.idempotency_key.startswith("coursepipe:checkout:")
+    package = client.post("/v1/checkout-sessions", headers=READ,
+                          json={"student_id": "stu_1", "package_code": "TEN", **URLS})
+    assert package.status_code == 201
+    assert stripe_server.calls("POST", "/v1/checkout/sessions")[-1].params["metadata"] == {
+        "kind": "package", "package_code": "TEN", "student_id": "stu_1"}
+
+
+def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe_server):
+    first = _buy(client, headers={**READ, "Idempotency-Key": "order-17"}).json
+    again = _buy(client, headers={**READ, "Idempotency-Key": "order-17"}).json
+    other = _buy(client, headers={**READ, "Idempotency-Key": "order-18"}).json
+    assert first == again and other["id"] != first["id"]
+    assert len(stripe_server.checkout_sessions) == 2
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"course_code": "NOPE"}, 404, "not_found"),
+    ({"course_code": None, "package_code": "NOPE"}, 404, "not_found"),
+    ({"package_code": "TEN"}, 400, "invalid_request"),  # both codes
+    ({"success_url": "javascript:alert(1)"}, 400, "invalid_request"),
+    ({"student_id": ""}, 400, "invalid_request"),
+])
+def test_bad_or_unknown_requests_are_refused_and_nothing_is_created(client, on_sale, stripe_server, body, status,
+                                                                    code):
+    response = _buy(client, **body)
+    assert response.status_code == status and response.json["error"]["code"] == code
+    assert stripe_server.calls("POST", "/v1/checkout/sessions") == []
+
+
+def test_a_draft_course_is_404(client, runtime, stripe_server):
+    save(runtime.db, course())
+    response = _buy(client)
+    assert response.status_code == 404 and stripe_server.calls("POST", "/v1/checkout/sessions") == []
+
+
+def _return(client, checkout_id):
+    return client.get(f"/v1/checkout-sessions/{checkout_id}", headers=READ)
+
+
+def test_return_before_the_webhook_fulfils_once_and_the_webhook_adds_nothing(client, runtime, worker, on_sale,
+                                                                             stripe_server):
+    checkout_id = _buy(client).json["id"]
+    open_state = _return(client, checkout_id).json
+    assert open_state == {"id": checkout_id, "status": "open", "payment_status": "unpaid", "enrollment": None,
+                          "credits_granted": None}
+    paid = stripe_server.complete_checkout_session(checkout_id)
+    state = _return(client, checkout_id).json
+    assert (state["status"], state["payment_status"]) == ("complete", "paid")
+    assert state["enrollment"]["course_code"] == "SFZ" and state["enrollment"]["status"] == "active"
+    assert state["enrollment"]["student_id"] == "stu_1"
+    assert state["credits_granted"] == {"group": 1, "private": 2}
+    assert _return(client, checkout_id).json == state  # again: nothing new
+    body = json.dumps(stripe_server.event("checkout.session.completed", paid))
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    drain(runtime)
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(StudentCourseEnrollment)) == 1
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.topic == "enrollment.created")) == 1
+        statuses = sorted(r.status.value for r in s.scalars(select(InboxEvent)))
+    assert statuses == ["processed", "processed"]  # the return, then the webhook as a no-op
+    assert 409 == _buy(client).status_code  # now held: not sold twice
+    assert _buy(client).json["error"]["code"] == "already_enrolled"
+
+
+def test_return_of_a_package_purchase_reports_the_credits(client, on_sale, stripe_server):
+    checkout_id = client.post("/v1/checkout-sessions", headers=READ,
+                              json={"student_id": "stu_2", "package_code": "TEN", **URLS}).json["id"]
+    stripe_server.complete_checkout_session(checkout_id)
+    state = _return(client, checkout_id).json
+    assert state["enrollment"] is None and state["credits_granted"] == {"group": 10}
+
+
+def test_return_of_an_unknown_session_is_404(client, on_sale):
+    assert _return(client, "cs_test_unknown").status_code == 404
+    assert _return(client, "not-a-session").status_code == 404
+
+
+def test_return_and_webhook_at_the_same_moment_make_one_enrollment(app, runtime, worker, on_sale, stripe_server):
+    client = app.test_client()
+    checkout_id = _buy(client).json["id"]
+    paid = stripe_server.complete_checkout_session(checkout_id)
+    body = json.dumps(stripe_server.event("checkout.session.completed", paid))
+    start = threading.Barrier(2)
+    answers = {}
+
+    def webhook():
+        c = app.test_client()
+        start.wait()
+        answers["webhook"] = c.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code
+
+    def landing():
+        c = app.test_client()
+        start.wait()
+        answers["landing"] = _return(c, checkout_id)
+
+    threads = [threading.Thread(target=webhook), threading.Thread(target=landing)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    drain(runtime)
+    assert answers["webhook"] == 200 and answers["landing"].status_code == 200
+    with runtime.db.session_scope() as s:
+        enrollments = s.scalars(select(StudentCourseEnrollment)).all()
+        assert len(enrollments) == 1 and enrollments[0].status.value == "active"
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.topic == "enrollment.created")) == 1
+        assert s.scalar(select(func.count()).select_from(PackagePurchase)) == 0
+        assert all(r.status.value == "processed" for r in s.scalars(select(InboxEvent)))
+    # whoever won, the page shows the enrollment
+    assert _return(client, checkout_id).json["enrollment"]["id"] == enrollments[0].id

@@ -1,0 +1,139 @@
+"""Push delivery that outlasts a receiver's outage: retries for at least 3 days with backoff, a dead
+sender's messages retried within 60 s, bulk retry of dead messages, Standard Webhooks headers beside
+Platform-Signature, and the catch-up feed holding the same events as the push."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from db.enums import OutboxStatus
+from db.models import OutboxMessage
+from db.types import utcnow
+from tasks.messaging import delivery
+from tasks.messaging import event_feed
+from tasks.messaging.outbox import add_platform_event
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.tasks.messaging.outbox_servers import platform_receiver  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def settings(database, platform_receiver):  # noqa: F811
+    return make_settings(database.url, platform_callback_url=platform_receiver.url)
+
+
+def _events(database, n, prefix="e"):
+    with database.session_scope() as s:
+        return [add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"{prefix}{i}",
+                                                                               "reason": "no_active_enrollment"},
+                                   dedupe_key=f"{prefix}{i}").id for i in range(n)]
+
+
+def _relay(database, settings, now):
+    """One relay run at `now`, as workers.jobs.relay_outbox does it."""
+    with database.session_scope() as s:
+        jobs = delivery.claim_due(session=s, settings=settings, now=now, limit=100)
+    for job in jobs:
+        outcome = delivery.transmit(job, settings=settings)
+        with database.session_scope() as s:
+            delivery.record(session=s, job=job, outcome=outcome, now=now)
+    return len(jobs)
+
+
+def _statuses(database):
+    with database.session_scope() as s:
+        return [r.status for r in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+
+
+def test_the_retry_schedule_spans_at_least_three_days():
+    total = sum((delivery.backoff(n) for n in range(1, delivery.MAX_ATTEMPTS)), timedelta())
+    assert total >= timedelta(days=3)
+    assert delivery.backoff(1) == timedelta(seconds=30) and delivery.backoff(200) == timedelta(hours=1)
+
+
+def test_a_receiver_down_for_two_hours_gets_every_event_once_and_the_feed_has_them_all(
+        database, settings, platform_receiver):  # noqa: F811
+    _events(database, 4)
+    platform_receiver.fail_next = 10_000  # down
+    start = utcnow()
+    now, runs = start, 0
+    while now < start + timedelta(hours=2):
+        runs += _relay(database, settings, now) > 0
+        now += timedelta(minutes=1)
+    assert platform_receiver.events == [] and runs >= 8
+    assert set(_statuses(database)) == {OutboxStatus.PENDING}  # nothing given up
+    platform_receiver.fail_next = 0  # back
+    while set(_statuses(database)) != {OutboxStatus.SENT} and now < start + timedelta(hours=4):
+        _relay(database, settings, now)
+        now += timedelta(minutes=1)
+    assert now <= start + timedelta(hours=3, minutes=1)  # an attempt at most an hour after its return
+    pushed = platform_receiver.events
+    assert sorted(e["data"]["booking_id"] for e in pushed) == ["e0", "e1", "e2", "e3"]  # each once
+    assert all(e["_headers"]["webhook-id"] == e["id"] for e in pushed)  # both signature schemes checked
+    # the feed alone reconstructs every pushed event, byte for byte the same envelope
+    with database.session_scope() as s:
+        event_feed.assign_positions(session=s)
+    with database.session_scope() as s:
+        served = event_feed.read(session=s).events
+    assert served == [{k: v for k, v in e.items() if k != "_headers"} for e in
+                      sorted(pushed, key=lambda e: e["data"]["booking_id"])]
+
+
+def test_a_message_dies_only_after_three_days_of_failures(database, settings, platform_receiver):  # noqa: F811
+    [message_id] = _events(database, 1)
+    platform_receiver.fail_next = 10_000
+    now = start = utcnow()
+    while _statuses(database) != [OutboxStatus.DEAD]:
+        _relay(database, settings, now)
+        with database.session_scope() as s:
+            row = s.get(OutboxMessage, message_id)
+            now = row.next_attempt_at if row.status is OutboxStatus.PENDING else now
+        assert now < start + timedelta(days=4)
+    assert now - start >= timedelta(days=3)
+
+
+def test_a_message_held_by_a_crashed_sender_is_sent_within_60_seconds(database, settings, platform_receiver):  # noqa: F811
+    _events(database, 3)
+    start = utcnow()
+    with database.session_scope() as s:
+        crashed = delivery.claim_due(session=s, settings=settings, now=start)  # then the process dies
+    assert len(crashed) == 3 and set(_statuses(database)) == {OutboxStatus.SENDING}
+    assert _relay(database, settings, start + timedelta(seconds=30)) == 0  # the lease still holds
+    assert _relay(database, settings, start + timedelta(seconds=60)) == 3
+    assert set(_statuses(database)) == {OutboxStatus.SENT} and len(platform_receiver.events) == 3
+
+
+def test_a_sender_renews_its_lease_and_leaves_a_message_whose_lease_ran_out(database, settings):
+    _events(database, 2)
+    start = utcnow()
+    with database.session_scope() as s:
+        first, second = delivery.claim_due(session=s, settings=settings, now=start)
+    with database.session_scope() as s:
+        assert delivery.renew_lease(session=s, job=first, now=start + timedelta(seconds=30))
+        row = s.get(OutboxMessage, first.id)
+        assert row.next_attempt_at == start + timedelta(seconds=30) + delivery.SENDING_LEASE
+    # the second's lease ran out and another relay took it over: the first sender must not send it
+    with database.session_scope() as s:
+        retaken = delivery.claim_due(session=s, settings=settings, now=start + timedelta(seconds=50))
+    assert [j.id for j in retaken] == [second.id]
+    with database.session_scope() as s:
+        assert not delivery.renew_lease(session=s, job=second, now=start + timedelta(seconds=50))
+
+
+def test_bulk_retry_of_dead_messages_over_the_admin_api(client, runtime):
+    ids = _events(runtime.db, 3)
+    with runtime.db.session_scope() as s:
+        for message_id in ids[:2]:
+            row = s.get(OutboxMessage, message_id)
+            row.status, row.attempts, row.last_error = OutboxStatus.DEAD, delivery.MAX_ATTEMPTS, "HTTP 404"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    bad = client.post("/admin/outbox/retry-dead", json={"channel": "fax"}, headers=auth)
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_channel"
+    assert client.post("/admin/outbox/retry-dead").status_code == 401
+    response = client.post("/admin/outbox/retry-dead", json={"channel": "platform"}, headers=auth)
+    assert response.status_code == 200 and response.json == {"retried": 2, "ids": ids[:2]}
+    with runtime.db.session_scope() as s:
+        assert [(r.status, r.attempts) for r in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))] == \
+            [(OutboxStatus.PENDING, 0)] * 3
+    assert client.post("/admin/outbox/retry-dead", headers=auth).json == {"retried": 0, "ids": []}
