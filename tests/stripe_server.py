@@ -17,6 +17,9 @@ A handler takes the `StripeRequest` and the pattern's named groups and returns a
 `(status, dict)`; raise `StripeServer.error(...)` for Stripe-shaped errors. Routes added later win.
 Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`.
 Fail the next matching request(s) with `fail_next("POST", "/v1/products", status=500)`.
+
+It checks what it receives: the secret key (401 otherwise) and the pinned API version — a request whose
+`Stripe-Version` is not `api_version` (by default `tasks.stripe_api.STRIPE_API_VERSION`) is a 400.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+
+from tasks.stripe_api import STRIPE_API_VERSION
 
 API_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe" / "api" / "fixtures3.json"
 TEST_API_KEY = "sk_test_local_stripe_server"
@@ -110,8 +115,9 @@ Handler = Callable[..., Any]
 
 
 class StripeServer:
-    def __init__(self, api_key: str = TEST_API_KEY) -> None:
+    def __init__(self, api_key: str = TEST_API_KEY, api_version: str | None = STRIPE_API_VERSION) -> None:
         self.api_key = api_key
+        self.api_version = api_version
         self.lock = threading.RLock()
         self.requests: list[StripeRequest] = []
         self.products: dict[str, dict] = {}
@@ -146,6 +152,7 @@ class StripeServer:
         """The real `stripe.StripeClient`, pointed here."""
         import stripe
 
+        kwargs.setdefault("stripe_version", self.api_version or STRIPE_API_VERSION)
         return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.url}, **kwargs)
 
     def settings_changes(self) -> dict[str, str]:
@@ -319,6 +326,11 @@ class StripeServer:
         if auth != f"Bearer {self.api_key}":
             return 401, {"error": {"type": "invalid_request_error",
                                    "message": f"Invalid API Key provided: {auth[7:] or '(none)'}"}}, {}
+        version = request.headers.get("Stripe-Version")
+        if self.api_version and version != self.api_version:
+            return 400, {"error": {"type": "invalid_request_error", "param": "Stripe-Version",
+                                   "message": f"this server expects Stripe-Version {self.api_version}, "
+                                              f"got {version or '(none)'}"}}, {}
         with self.lock:
             for failure in self._failures:
                 if failure["method"] == request.method and failure["pattern"].fullmatch(request.path):

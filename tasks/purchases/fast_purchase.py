@@ -43,6 +43,7 @@ from tasks.inbox.context import HandlerContext, lock_key
 from tasks.inbox.parking import RUNNABLE
 from tasks.inbox.runner import Outcome, Result
 from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
+from tasks.stripe_api import mode_mismatch
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
@@ -148,7 +149,7 @@ def process(ctx: HandlerContext, inbox_id: int) -> Result | None:
         return None
     conn = session.connection().connection.driver_connection  # the session's own transaction
     try:
-        return attempt(conn, inbox_id, ctx.locks)
+        return attempt(conn, inbox_id, ctx.locks, settings=ctx.settings)
     except DATABASE_ERRORS as exc:  # the general path runs again from the start and records it
         gave_up(inbox_id, exc)
         session.rollback()
@@ -166,8 +167,11 @@ def gave_up(inbox_id: int, exc: Exception) -> None:
     log.warning("fast path gave inbox event %s to the general path after an error: %s", inbox_id, exc)
 
 
-def attempt(conn, inbox_id: int, held: set[str]) -> Result | None:
-    """The fast path on a psycopg connection in a transaction; raises on any error (the caller rolls back)."""
+def attempt(conn, inbox_id: int, held: set[str], *, settings: Any = None) -> Result | None:
+    """The fast path on a psycopg connection in a transaction; raises on any error (the caller rolls back).
+
+    An event of the other Stripe mode than `settings`' key is left to the general path (which ignores it).
+    """
     row = conn.execute(_CLAIM, (inbox_id,)).fetchone()
     if row is None:
         return None  # another type, an unknown id, or locked by another worker: the runner's claim decides
@@ -175,8 +179,9 @@ def attempt(conn, inbox_id: int, held: set[str]) -> Result | None:
         return Result(Outcome.SKIPPED)
     source, event_id, type_, subject, payload, _status, _attempts, received_at = row
     summary = (source, event_id, type_, subject, received_at)
-    checkout = (_json(payload).get("data") or {}).get("object") or {}
-    if not candidate(type_, checkout):
+    payload = _json(payload)
+    checkout = (payload.get("data") or {}).get("object") or {}
+    if not candidate(type_, checkout) or mode_mismatch(settings, payload):
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
