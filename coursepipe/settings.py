@@ -9,6 +9,7 @@ DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
 from tasks.bookings.alerts import DEFAULT_LOW_SEAT_THRESHOLD
 DEFAULT_REMINDER_WINDOW_DAYS = 7
 DEFAULT_PORT = 8000
+DEFAULT_WAIT_HORIZON_HOURS = 72
 
 
 class ConfigError(Exception):
@@ -60,6 +61,7 @@ class Settings:
     reminders_enabled: bool = False
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
+    wait_horizon_hours: int = DEFAULT_WAIT_HORIZON_HOURS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,6 +86,8 @@ class Settings:
                 "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            wait_horizon_hours=_int("WAIT_HORIZON_HOURS", env.get("WAIT_HORIZON_HOURS"), DEFAULT_WAIT_HORIZON_HOURS,
+                                    minimum=1),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -6,7 +6,10 @@ does: the same key with the same parameters replays the first answer (`Idempoten
 the same key with other parameters is a 400 `idempotency_error`.
 
 Built in: products and prices (create, retrieve, update, list), checkout sessions (create, retrieve,
-list with `created[...]`/`status`/`limit`/`starting_after`/`ending_before`, line items), refunds.
+list with `created[...]`/`status`/`payment_intent`/`limit`/`starting_after`/`ending_before`, line items),
+refunds, payment intents and charges (retrieve), disputes (retrieve; update with `evidence[...]` and
+`submit`, checked field by field), events (retrieve; list with `type`/`types[]`, `created[...]`,
+`delivery_success` and the list cursors), webhook endpoints (list, retrieve).
 Extend it from a test module:
 
     @stripe_server.route("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)/line_items")
@@ -15,7 +18,8 @@ Extend it from a test module:
 
 A handler takes the `StripeRequest` and the pattern's named groups and returns a dict (200) or
 `(status, dict)`; raise `StripeServer.error(...)` for Stripe-shaped errors. Routes added later win.
-Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`.
+Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`,
+`add_payment_intent`, `add_charge`, `add_dispute`, `add_event(event, delivered=…)`, `add_webhook_endpoint`.
 Fail the next matching request(s) with `fail_next("POST", "/v1/products", status=500)`.
 
 It checks what it receives: the secret key (401 otherwise) and the pinned API version — a request whose
@@ -125,6 +129,12 @@ class StripeServer:
         self.checkout_sessions: dict[str, dict] = {}
         self.line_items: dict[str, list[dict]] = {}
         self.refunds: dict[str, dict] = {}
+        self.payment_intents: dict[str, dict] = {}
+        self.charges: dict[str, dict] = {}
+        self.disputes: dict[str, dict] = {}
+        self.events: dict[str, dict] = {}
+        self.delivered: dict[str, bool] = {}  # event id -> whether its webhook delivery succeeded
+        self.webhook_endpoints: dict[str, dict] = {}
         self._idempotent: dict[str, tuple[tuple, int, dict]] = {}
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._failures: list[dict] = []
@@ -240,6 +250,48 @@ class StripeServer:
         with self.lock:
             self.refunds[refund["id"]] = refund
         return refund
+
+    def add_payment_intent(self, obj: dict | None = None, **changes) -> dict:
+        intent = template("payment_intent") | {"id": f"pi_{_rand(24)}", "created": int(time.time()), "metadata": {}}
+        intent.update(obj or {})
+        intent.update(changes)
+        with self.lock:
+            self.payment_intents[intent["id"]] = intent
+        return intent
+
+    def add_charge(self, obj: dict | None = None, **changes) -> dict:
+        charge = template("charge") | {"id": f"ch_{_rand(24)}", "created": int(time.time()), "metadata": {}}
+        charge.update(obj or {})
+        charge.update(changes)
+        with self.lock:
+            self.charges[charge["id"]] = charge
+        return charge
+
+    def add_dispute(self, obj: dict | None = None, **changes) -> dict:
+        dispute = template("dispute") | {"id": f"dp_{_rand(24)}", "created": int(time.time())}
+        dispute.update(obj or {})
+        dispute.update(changes)
+        with self.lock:
+            self.disputes[dispute["id"]] = dispute
+        return dispute
+
+    def add_event(self, event: dict, *, delivered: bool = True) -> dict:
+        """An event as `GET /v1/events` lists it; `delivered`: whether its webhook delivery succeeded."""
+        event = copy.deepcopy(event)
+        event.setdefault("object", "event")
+        event.setdefault("pending_webhooks", 0 if delivered else 1)
+        with self.lock:
+            self.events[event["id"]] = event
+            self.delivered[event["id"]] = delivered
+        return event
+
+    def add_webhook_endpoint(self, obj: dict | None = None, **changes) -> dict:
+        endpoint = template("webhook_endpoint") | {"id": f"we_{_rand(24)}", "created": int(time.time())}
+        endpoint.update(obj or {})
+        endpoint.update(changes)
+        with self.lock:
+            self.webhook_endpoints[endpoint["id"]] = endpoint
+        return endpoint
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[StripeRequest]:
         """Recorded requests, optionally by method and full-match path regex."""
@@ -400,6 +452,17 @@ class StripeServer:
         r("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)")(
             lambda req, id: self._get(self.checkout_sessions, "checkout.session", id))
         r("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)/line_items")(self._list_line_items)
+        r("GET", r"/v1/payment_intents/(?P<id>[^/]+)")(
+            lambda req, id: self._get(self.payment_intents, "payment_intent", id))
+        r("GET", r"/v1/charges/(?P<id>[^/]+)")(lambda req, id: self._get(self.charges, "charge", id))
+        r("GET", r"/v1/disputes/(?P<id>[^/]+)")(lambda req, id: self._get(self.disputes, "dispute", id))
+        r("POST", r"/v1/disputes/(?P<id>[^/]+)")(self._update_dispute)
+        r("GET", r"/v1/events")(self._list_events)
+        r("GET", r"/v1/events/(?P<id>[^/]+)")(lambda req, id: self._get(self.events, "event", id))
+        r("GET", r"/v1/webhook_endpoints")(lambda req: self.list_response(
+            list(self.webhook_endpoints.values()), req, "/v1/webhook_endpoints"))
+        r("GET", r"/v1/webhook_endpoints/(?P<id>[^/]+)")(
+            lambda req, id: self._get(self.webhook_endpoints, "webhook_endpoint", id))
         r("POST", r"/v1/refunds")(self._create_refund)
         r("GET", r"/v1/refunds/(?P<id>[^/]+)")(lambda req, id: self._get(self.refunds, "refund", id))
 
@@ -534,6 +597,12 @@ class StripeServer:
             item.pop("created", None)
         return page
 
+    def _update_dispute(self, req: StripeRequest, id: str) -> dict:
+        return _update_dispute_impl(self, req, id)
+
+    def _list_events(self, req: StripeRequest) -> dict:
+        return _list_events_impl(self, req)
+
     def _create_refund(self, req: StripeRequest) -> dict:
         p = req.params
         if not (p.get("charge") or p.get("payment_intent")):
@@ -543,6 +612,78 @@ class StripeServer:
                                  amount=int(p["amount"]) if "amount" in p else 0,
                                  metadata=p.get("metadata") or {}, reason=p.get("reason"), status="succeeded")
         return copy.deepcopy(refund)
+
+
+# Stripe's dispute evidence: text fields take a string, file fields the id of a file uploaded with
+# purpose `dispute_evidence` (`file_…`)
+EVIDENCE_TEXT = {"access_activity_log", "billing_address", "cancellation_policy_disclosure", "cancellation_rebuttal",
+                 "customer_email_address", "customer_name", "customer_purchase_ip", "duplicate_charge_explanation",
+                 "duplicate_charge_id", "product_description", "refund_policy_disclosure",
+                 "refund_refusal_explanation", "service_date", "shipping_address", "shipping_carrier",
+                 "shipping_date", "shipping_tracking_number", "uncategorized_text"}
+EVIDENCE_FILES = {"cancellation_policy", "customer_communication", "customer_signature",
+                  "duplicate_charge_documentation", "receipt", "refund_policy", "service_documentation",
+                  "shipping_documentation", "uncategorized_file"}
+EVIDENCE_TEXT_LIMIT = 150_000  # characters across every text field
+EVENT_TYPES_LIMIT = 20
+
+
+def _update_dispute_impl(server: "StripeServer", req: StripeRequest, id: str) -> dict:
+    if id not in server.disputes:
+        raise server.missing("dispute", id)
+    dispute = server.disputes[id]
+    p = req.params
+    for name in p:
+        if name not in ("evidence", "metadata", "submit", "expand"):
+            raise server.error(400, f"Received unknown parameter: {name}", param=name)
+    if dispute["status"] in ("won", "lost", "warning_closed"):
+        raise server.error(400, f"This dispute is already closed: {dispute['status']}.", param="evidence")
+    evidence = p.get("evidence") or {}
+    if not isinstance(evidence, dict):
+        raise server.error(400, "Invalid object", param="evidence")
+    total = 0
+    for name, value in evidence.items():
+        if name in EVIDENCE_FILES:
+            if value and not str(value).startswith("file_"):
+                raise server.error(400, f"No such file upload: '{value}'", param=f"evidence[{name}]")
+        elif name in EVIDENCE_TEXT:
+            total += len(value)
+        else:
+            raise server.error(400, f"Received unknown parameter: evidence[{name}]", param=f"evidence[{name}]")
+    if total > EVIDENCE_TEXT_LIMIT:
+        raise server.error(400, "The evidence text is too long.", param="evidence")
+    dispute["evidence"] = {**(dispute.get("evidence") or {}), **{k: v or None for k, v in evidence.items()}}
+    if "metadata" in p:
+        dispute["metadata"] = _merge_metadata(dispute.get("metadata") or {}, p["metadata"])
+    details = dispute.setdefault("evidence_details", {})
+    details["has_evidence"] = True
+    if _bool(p.get("submit", "true")):  # Stripe submits unless told `submit=false`
+        details["submission_count"] = int(details.get("submission_count") or 0) + 1
+        dispute["status"] = "under_review"
+    return copy.deepcopy(dispute)
+
+
+def _list_events_impl(server: "StripeServer", req: StripeRequest) -> dict:
+    p = req.params
+    for name in p:
+        if name not in ("type", "types", "created", "delivery_success", "limit", "starting_after", "ending_before"):
+            raise server.error(400, f"Received unknown parameter: {name}", param=name)
+    if "type" in p and "types" in p:
+        raise server.error(400, "You may only specify one of these parameters: type, types.", param="types")
+    types = p.get("types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) > EVENT_TYPES_LIMIT:
+            raise server.error(400, f"types: at most {EVENT_TYPES_LIMIT} event types.", param="types")
+    if not 1 <= int(p.get("limit", 10)) <= 100:
+        raise server.error(400, "Invalid integer: limit must be between 1 and 100.", param="limit")
+    wanted = set(types) if types is not None else ({p["type"]} if "type" in p else None)
+    delivery = p.get("delivery_success")
+    if delivery not in (None, "true", "false"):
+        raise server.error(400, "Invalid boolean: delivery_success", param="delivery_success")
+    rows = [e for e in server.events.values()
+            if (wanted is None or e["type"] in wanted)
+            and (delivery is None or server.delivered[e["id"]] == (delivery == "true"))]
+    return server.list_response(rows, req, "/v1/events")
 
 
 def _rand(n: int) -> str:

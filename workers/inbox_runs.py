@@ -18,7 +18,7 @@ from workers import metrics
 
 log = logging.getLogger("coursepipe.inbox")
 
-MAX_REMOTE_ROUNDS = 3
+MAX_REMOTE_ROUNDS = 5  # e.g. a dispute without its payment intent: the charge, its checkout session, the intent
 
 
 def run_event(*, unit_of_work: Callable, inbox_id: int, handlers: HandlerTable, settings: Any = None,

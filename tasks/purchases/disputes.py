@@ -60,9 +60,10 @@ def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, b
         return session.scalar(query.execution_options(populate_existing=True)), False
 
 
-def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
-    pi = payments.payment_intent_of(dispute, "dispute")
-    purchase = payments.purchase_or_wait(session, pi)
+def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus,
+            ownership: Any = None) -> tuple[payments.Purchase, PaymentDispute]:
+    pi = payments.payment_intent_of(dispute, "dispute", ownership)
+    purchase = payments.purchase_or_wait(session, pi, ownership)
     row, created = _lock_or_create(session, dispute_key(dispute), lambda: PaymentDispute(
         stripe_dispute_id=dispute_key(dispute),
         stripe_charge_id=stripe_id(dispute.get("charge")),
@@ -84,10 +85,10 @@ def _applied(purchase: payments.Purchase, row: PaymentDispute) -> Applied:
                    purchase.row.status.value)
 
 
-def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+def open_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = None) -> Applied:
     """`charge.dispute.created`: suspend the enrollment and alert admins (once per dispute)."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
-    purchase, row = _record(session, dispute, DisputeStatus.OPEN)
+    purchase, row = _record(session, dispute, DisputeStatus.OPEN, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
     enrollment = purchase.enrollment
     outbox.add_mail(
@@ -109,14 +110,14 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
     return _applied(purchase, row)
 
 
-def close_dispute(*, session: Session, dispute: dict[str, Any]) -> Applied:
+def close_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = None) -> Applied:
     """`charge.dispute.closed`: won → reinstated (unless another dispute is open), lost → revoked."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     if dispute.get("status") not in CLOSED_STATUSES:  # an open status here would reinstate the student
         raise PermanentError(f"dispute {dispute.get('id')!r}: closed with status {dispute.get('status')!r}, "
                              f"not one of {', '.join(CLOSED_STATUSES)}")
     status = DisputeStatus.LOST if dispute.get("status") in LOST_STATUSES else DisputeStatus.WON
-    purchase, row = _record(session, dispute, status)
+    purchase, row = _record(session, dispute, status, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}:closed")
     session.flush()
     return _applied(purchase, row)
