@@ -39,6 +39,7 @@ from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
 from tasks.purchases import fulfilment
 from tasks.reporting import ops, reports
+from workers import job_runs
 from workers.actors import enqueue_inbox, send
 from workers.queue_depths import queue_depths
 
@@ -162,9 +163,10 @@ def home():
         dead = [_message_row(m) for m in ops.dead_messages(session=s)]
         enrollments = ops.search_enrollments(session=s, query=query, limit=ops.SEARCH_LIMIT if query else 20)
         report = reports.course_report(session=s)
+    reconciled, reconcile_result = job_runs.last_result(rt.db, "reconcile")
     return render_template(
         "dashboard/home.html", queues=queues, queue_error=queue_error, inbox=inbox, problems=problems,
-        failed_types=failed_types,
+        failed_types=failed_types, reconciled=reconciled, reconcile_result=reconcile_result,
         outbox=outbox, dead=dead, enrollments=enrollments, query=query, report=report, now=utcnow(),
     )
 
