@@ -291,10 +291,11 @@ def reports_courses():
         raise ApiError(400, "invalid_format", "format must be json or csv")
     with _runtime().db.session_scope() as s:
         report = reports.course_report(session=s)
+        packages = reports.package_report(session=s) if fmt == "json" else []
     if fmt == "csv":
         return Response(reports.report_csv(report), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="course-report.csv"'})
-    return jsonify({"generated_at": utcnow().isoformat(), "courses": report})
+    return jsonify({"generated_at": utcnow().isoformat(), "courses": report, "packages": packages})
 
 
 # --------------------------------------------------------------------------- rows

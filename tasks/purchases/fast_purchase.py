@@ -42,7 +42,7 @@ from tasks.purchases import shapes
 from tasks.inbox.context import HandlerContext, lock_key
 from tasks.inbox.parking import RUNNABLE
 from tasks.inbox.runner import Outcome, Result
-from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
+from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, amounts, checkout_email
 from tasks.stripe_api import mode_mismatch
 
 log = logging.getLogger("coursepipe.fast_purchase")
@@ -87,10 +87,11 @@ FROM lk LEFT JOIN pr ON true
 _FULFIL = """
 WITH e AS (
     INSERT INTO student_course_enrollment (id, student_id, program_id, status, stripe_checkout_session_id,
-        stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, currency, amount_refunded,
-        fulfilment_metadata, activated_at, created_at, updated_at)
-    VALUES (%(id)s, %(student)s, %(program)s, 'active', %(cs)s, %(pi)s, %(product)s, %(price)s, %(amount)s,
-        %(currency)s, 0, %(metadata)s::jsonb, %(now)s, %(now)s, %(now)s)
+        stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, amount_subtotal, amount_tax,
+        amount_discount, currency, amount_refunded, fulfilment_metadata, activated_at, created_at, updated_at)
+    VALUES (%(id)s, %(student)s, %(program)s, 'active', %(cs)s, %(pi)s, %(product)s, %(price)s, %(amount_total)s,
+        %(amount_subtotal)s, %(amount_tax)s, %(amount_discount)s, %(currency)s, 0, %(metadata)s::jsonb, %(now)s,
+        %(now)s, %(now)s)
     ON CONFLICT (stripe_checkout_session_id) DO NOTHING RETURNING id
 ), t AS (
     INSERT INTO transition_log (entity, entity_id, from_status, to_status, cause, enrollment_id, at)
@@ -251,7 +252,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     pi = checkout.get("payment_intent")
     created, woken = conn.execute(_FULFIL, {
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
-        "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
+        "product": product, "price": price, **amounts(checkout),
         "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
         "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": bundle_cause,
         "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,
