@@ -435,6 +435,17 @@ class PaymentDispute(Timestamped, Base):
     status: Mapped[DisputeStatus] = mapped_column(enum_column(DisputeStatus, "dispute_status"))
     amount: Mapped[int | None]
     reason: Mapped[str | None] = mapped_column(String(64))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    stripe_status: Mapped[str | None] = mapped_column(String(32))  # Stripe's own word (needs_response, …)
+    # the evidence answering it: drafted when it opens, submitted to Stripe by an admin before the deadline
+    evidence_due_by: Mapped[datetime | None]
+    evidence: Mapped[dict[str, Any] | None]
+    evidence_status: Mapped[str | None] = mapped_column(String(16))  # draft | submitting | submitted | failed
+    evidence_submission_key: Mapped[str | None] = mapped_column(String(100))
+    evidence_requested_at: Mapped[datetime | None]
+    evidence_submitted_at: Mapped[datetime | None]
+    evidence_files: Mapped[dict[str, Any] | None]  # evidence field -> Stripe file id uploaded for it
+    evidence_error: Mapped[str | None] = mapped_column(Text)
 
 
 class CreditLedgerEntry(Base):

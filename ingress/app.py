@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     from ingress import (
         admin_catalog,
+        admin_disputes,
         admin_enrollments,
         admin_events,
         dashboard,
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
-    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
-                   read_bookings, dashboard, metrics):
+    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_disputes, read_courses,
+                   read_students, read_bookings, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -37,7 +37,7 @@ def stripe_client(settings: Any, *, purpose: str | None = None,
     kwargs: dict[str, Any] = {"http_client": stripe.RequestsClient(timeout=timeout),
                               "max_network_retries": max_network_retries, "stripe_version": STRIPE_API_VERSION}
     if settings.stripe_api_base:
-        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
+        kwargs["base_addresses"] = {"api": settings.stripe_api_base, "files": settings.stripe_api_base}
     return stripe.StripeClient(settings.stripe_api_key, **kwargs)
 
 

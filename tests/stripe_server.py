@@ -98,6 +98,7 @@ class StripeRequest:
     server: "StripeServer" = field(repr=False)
     status: int | None = None
     replayed: bool = False
+    uploads: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # multipart files: name -> (filename, bytes)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -135,6 +136,8 @@ class StripeServer:
         self.events: dict[str, dict] = {}
         self.delivered: dict[str, bool] = {}  # event id -> whether its webhook delivery succeeded
         self.webhook_endpoints: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
+        self.file_contents: dict[str, bytes] = {}
         self._idempotent: dict[str, tuple[tuple, int, dict]] = {}
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._failures: list[dict] = []
@@ -351,14 +354,19 @@ class StripeServer:
     def _serve(self, http: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(http.path)
         length = int(http.headers.get("Content-Length") or 0)
-        raw = http.rfile.read(length).decode() if length else ""
+        body = http.rfile.read(length) if length else b""
         query_pairs = parse_qsl(parts.query, keep_blank_values=True)
-        form_pairs = parse_qsl(raw, keep_blank_values=True) if method == "POST" else []
+        uploads: dict[str, tuple[str, bytes]] = {}
+        content_type = http.headers.get("Content-Type") or ""
+        if method == "POST" and content_type.startswith("multipart/form-data"):
+            form_pairs, uploads = _multipart(content_type, body)
+        else:
+            form_pairs = parse_qsl(body.decode(), keep_blank_values=True) if method == "POST" else []
         pairs = form_pairs if method == "POST" else query_pairs
         request = StripeRequest(
             method=method, path=parts.path, query=dict(query_pairs), form=dict(form_pairs),
             params=decode_form(pairs), headers={k: v for k, v in http.headers.items()},
-            idempotency_key=http.headers.get("Idempotency-Key"), server=self)
+            idempotency_key=http.headers.get("Idempotency-Key"), server=self, uploads=uploads)
         with self.lock:
             self.requests.append(request)
         status, body, extra = self._respond(request)
@@ -391,7 +399,8 @@ class StripeServer:
                         self._failures.remove(failure)
                     return failure["status"], failure["body"], {}
         key = request.idempotency_key if request.method == "POST" else None
-        fingerprint = (request.method, request.path, tuple(sorted(request.form.items())))
+        fingerprint = (request.method, request.path, tuple(sorted(request.form.items())),
+                       tuple(sorted((k, v[1]) for k, v in request.uploads.items())))
         if key:
             # one lock over lookup and handling: a concurrent duplicate waits and then replays
             with self.lock:
@@ -463,6 +472,7 @@ class StripeServer:
             list(self.webhook_endpoints.values()), req, "/v1/webhook_endpoints"))
         r("GET", r"/v1/webhook_endpoints/(?P<id>[^/]+)")(
             lambda req, id: self._get(self.webhook_endpoints, "webhook_endpoint", id))
+        r("POST", r"/v1/files")(self._create_file)
         r("POST", r"/v1/refunds")(self._create_refund)
         r("GET", r"/v1/refunds/(?P<id>[^/]+)")(lambda req, id: self._get(self.refunds, "refund", id))
 
@@ -597,6 +607,26 @@ class StripeServer:
             item.pop("created", None)
         return page
 
+    def _create_file(self, req: StripeRequest) -> dict:
+        """`POST /v1/files` (multipart, Stripe's files address): dispute evidence must be PDF, JPEG or PNG."""
+        purpose = req.params.get("purpose")
+        if purpose not in FILE_PURPOSES:
+            raise self.error(400, f"Invalid purpose: {purpose}", param="purpose")
+        if "file" not in req.uploads:
+            raise self.error(400, "Missing required param: file.", code="parameter_missing", param="file")
+        filename, content = req.uploads["file"]
+        kind = next((k for k, magic in FILE_MAGIC.items() if content.startswith(magic)), None)
+        if purpose == "dispute_evidence" and kind not in ("pdf", "jpg", "png"):
+            raise self.error(400, "Dispute evidence must be a PDF, JPEG or PNG file.", param="file")
+        if len(content) > 5 * 1024 * 1024:
+            raise self.error(400, "The file is larger than 5 MB.", param="file")
+        file = {"id": f"file_{_rand(24)}", "object": "file", "created": int(time.time()), "expires_at": None,
+                "filename": filename, "links": None, "purpose": purpose, "size": len(content), "title": None,
+                "type": kind, "url": None}
+        self.files[file["id"]] = file
+        self.file_contents[file["id"]] = content
+        return copy.deepcopy(file)
+
     def _update_dispute(self, req: StripeRequest, id: str) -> dict:
         return _update_dispute_impl(self, req, id)
 
@@ -650,6 +680,9 @@ def _update_dispute_impl(server: "StripeServer", req: StripeRequest, id: str) ->
             total += len(value)
         else:
             raise server.error(400, f"Received unknown parameter: evidence[{name}]", param=f"evidence[{name}]")
+    for name, value in evidence.items():
+        if name in EVIDENCE_FILES and value and value not in server.files:
+            raise server.error(400, f"No such file upload: '{value}'", param=f"evidence[{name}]")
     if total > EVIDENCE_TEXT_LIMIT:
         raise server.error(400, "The evidence text is too long.", param="evidence")
     dispute["evidence"] = {**(dispute.get("evidence") or {}), **{k: v or None for k, v in evidence.items()}}
@@ -684,6 +717,28 @@ def _list_events_impl(server: "StripeServer", req: StripeRequest) -> dict:
             if (wanted is None or e["type"] in wanted)
             and (delivery is None or server.delivered[e["id"]] == (delivery == "true"))]
     return server.list_response(rows, req, "/v1/events")
+
+
+FILE_PURPOSES = ("dispute_evidence", "identity_document", "business_logo", "customer_signature", "additional_verification")
+FILE_MAGIC = {"pdf": b"%PDF-", "jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, str]], dict[str, tuple[str, bytes]]]:
+    """A multipart/form-data body: its plain fields as (name, value) pairs, its files by field name."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    pairs, files = [], {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        filename = part.get_param("filename", header="content-disposition")
+        content = part.get_payload(decode=True) or b""
+        if filename is not None:
+            files[name] = (filename, content)
+        else:
+            pairs.append((name, content.decode()))
+    return pairs, files
 
 
 def _rand(n: int) -> str:

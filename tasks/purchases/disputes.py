@@ -1,6 +1,7 @@
 """Disputes: a `payment_dispute` row per Stripe dispute; the purchase is settled from all of them.
 
-`charge.dispute.created` opens the row and alerts admins; `charge.dispute.closed` closes it as won
+`charge.dispute.created` opens the row, drafts its evidence (`tasks.purchases.evidence`) and alerts admins
+with the deadline; `charge.dispute.closed` closes it as won
 or lost. A closed dispute never reopens, so a `created` that arrives after its `closed` changes
 nothing. What open / won / lost mean for the enrollment (suspend / reinstate / revoke) is
 `tasks.purchases.payments.settle`. A dispute that arrives before its purchase waits for `payment:<pi>`.
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from db.enums import DisputeStatus
 from db.models import PaymentDispute
 from tasks.messaging import outbox
-from tasks.purchases import payments
+from tasks.purchases import evidence, payments
 from tasks.purchases import shapes
 from tasks.messaging.outbox import ADMINS
 from tasks.errors import PermanentError
@@ -90,6 +91,8 @@ def open_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = 
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     purchase, row = _record(session, dispute, DisputeStatus.OPEN, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
+    if row.status == DisputeStatus.OPEN:
+        evidence.record_opened(session=session, row=row, dispute=dispute)  # the deadline and a first draft
     enrollment = purchase.enrollment
     outbox.add_mail(
         session=session,
@@ -102,6 +105,8 @@ def open_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = 
             "currency": dispute.get("currency"),
             "reason": dispute.get("reason"),
             "status": dispute.get("status"),
+            "evidence_due_by": row.evidence_due_by.isoformat() if row.evidence_due_by else None,
+            "evidence_path": f"/admin/disputes/{row.stripe_dispute_id}/evidence",
         },
         dedupe_key=f"dispute_alert:{row.stripe_dispute_id}",
         enrollment_id=enrollment.id if enrollment is not None else None,
