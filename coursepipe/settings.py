@@ -62,6 +62,7 @@ class Settings:
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
     wait_horizon_hours: int = DEFAULT_WAIT_HORIZON_HOURS
+    public_url: str | None = None  # where Stripe and the platform reach this service, e.g. https://pipe.example.com
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -86,6 +87,7 @@ class Settings:
                 "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            public_url=_opt((env.get("PUBLIC_URL") or "").strip().rstrip("/")),
             wait_horizon_hours=_int("WAIT_HORIZON_HOURS", env.get("WAIT_HORIZON_HOURS"), DEFAULT_WAIT_HORIZON_HOURS,
                                     minimum=1),
         )

@@ -31,3 +31,11 @@ def test_typed_values():
                            "ADMIN_ALERT_EMAILS": "a@x.test, b@x.test,", "REDIS_URL": "redis://h:6379/0"})
     assert s.low_seat_threshold == 5 and s.reminders_enabled is True
     assert s.admin_alert_emails == ("a@x.test", "b@x.test") and s.redis_url == "redis://h:6379/0"
+
+
+def test_wait_horizon_and_public_url():
+    assert Settings.from_env({}).wait_horizon_hours == 72 and Settings.from_env({}).public_url is None
+    s = Settings.from_env({"WAIT_HORIZON_HOURS": "24", "PUBLIC_URL": " https://pipe.example.com/ "})
+    assert s.wait_horizon_hours == 24 and s.public_url == "https://pipe.example.com"
+    with pytest.raises(ConfigError, match="WAIT_HORIZON_HOURS"):
+        Settings.from_env({"WAIT_HORIZON_HOURS": "0"})
