@@ -216,6 +216,28 @@ def simulate(type_: str, data: str | None, url: str | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+def doctor() -> None:
+    """Check this installation: database, Redis, secrets, Stripe key, webhook endpoint, catalog (exit 1 on a fail)."""
+    from coursepipe import doctor as checks
+    from coursepipe.runtime import handler_table
+    from coursepipe.settings import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    handled = sorted(type_ for source, type_ in handler_table() if source == "stripe")
+    results = checks.run_checks(settings, handled)
+    for check in results:
+        click.echo(check.line())
+    failed = [c for c in results if c.status == checks.FAIL]
+    click.echo(f"{len(results)} checks: {len(failed)} failed, "
+               f"{sum(c.status == checks.WARN for c in results)} warned")
+    if failed:
+        sys.exit(1)
+
+
 def _register_subcommands() -> None:
     """Course authoring, re-fulfilment and the scheduler's jobs live in modules of their own."""
     from coursepipe import cli_catalog, cli_fulfilment, cli_jobs

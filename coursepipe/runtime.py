@@ -7,6 +7,7 @@ from tasks.bookings import handlers as booking_handlers
 from tasks.catalog import handlers as catalog_handlers
 from tasks.inbox.context import HandlerTable
 from tasks.purchases import handlers as purchase_handlers
+from tasks.stripe_api import mode_guarded
 from workers import actors, jobs
 from workers import runtime as worker_runtime
 from workers.broker import make_broker
@@ -20,13 +21,16 @@ ACTOR_MODULES = (actors, jobs)
 
 
 def handler_table(*extra) -> HandlerTable:
-    """The table of every domain package's handlers (and `extra` modules', e.g. a test's own)."""
+    """The table of every domain package's handlers (and `extra` modules', e.g. a test's own).
+
+    Every Stripe handler first ends an event of the other mode (`livemode` against the key's) `ignored`.
+    """
     table: dict = {}
     for module in (*HANDLER_MODULES, *extra):
         for key, handler in module.HANDLERS.items():
             if key in table:
                 raise RuntimeError(f"two handlers for {key}: {table[key].__qualname__} and {handler.__qualname__}")
-            table[key] = handler
+            table[key] = mode_guarded(handler) if key[0] == "stripe" else handler
     return table
 
 

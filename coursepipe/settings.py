@@ -15,6 +15,7 @@ DEFAULT_HOST = "127.0.0.1"
 MIN_SECRET_LENGTH = 24
 MIN_SECRET_DISTINCT = 8
 DEFAULT_RETENTION_DAYS = 400
+DEFAULT_WAIT_HORIZON_HOURS = 72
 
 
 class ConfigError(Exception):
@@ -70,6 +71,8 @@ class Settings:
     port: int = DEFAULT_PORT
     host: str = DEFAULT_HOST
     retention_days: int = DEFAULT_RETENTION_DAYS
+    wait_horizon_hours: int = DEFAULT_WAIT_HORIZON_HOURS
+    public_url: str | None = None  # where Stripe and the platform reach this service, e.g. https://pipe.example.com
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -102,6 +105,9 @@ class Settings:
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
             host=env.get("HOST") or DEFAULT_HOST,
             retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1),
+            public_url=_opt((env.get("PUBLIC_URL") or "").strip().rstrip("/")),
+            wait_horizon_hours=_int("WAIT_HORIZON_HOURS", env.get("WAIT_HORIZON_HOURS"), DEFAULT_WAIT_HORIZON_HOURS,
+                                    minimum=1),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     from ingress import (
         admin_catalog,
+        admin_disputes,
         admin_enrollments,
         admin_events,
         admin_outbox,
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
 
     # one blueprint per concern: sources, admin API, read API, dashboard, metrics
-    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, read_courses,
-                   read_students, read_bookings, read_events, read_selling, dashboard, metrics, openapi):
+    for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, admin_disputes,
+                   read_courses, read_students, read_bookings, read_events, read_selling, dashboard, metrics, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -31,14 +31,16 @@ from flask import (
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
+from ingress.admin_disputes import submit_or_error
 from ingress.auth import _matches, bearer_token
 from ingress.errors import ApiError
 from tasks.messaging import delivery
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
-from tasks.purchases import fulfilment
+from tasks.purchases import evidence, fulfilment
 from tasks.reporting import ops, reports
+from workers import job_runs
 from workers.actors import enqueue_inbox, send
 from workers.queue_depths import queue_depths
 
@@ -164,9 +166,11 @@ def home():
         dead = [_message_row(m) for m in ops.dead_messages(session=s)]
         enrollments = ops.search_enrollments(session=s, query=query, limit=ops.SEARCH_LIMIT if query else 20)
         report = reports.course_report(session=s)
+        disputes = [_dispute_row(d) for d in evidence.open_disputes(session=s)]
+    reconciled, reconcile_result = job_runs.last_result(rt.db, "reconcile")
     return render_template(
         "dashboard/home.html", queues=queues, queue_error=queue_error, inbox=inbox, problems=problems,
-        failed_types=failed_types,
+        failed_types=failed_types, disputes=disputes, reconciled=reconciled, reconcile_result=reconcile_result,
         outbox=outbox, dead=dead, enrollments=enrollments, query=query, report=report, now=utcnow(),
     )
 
@@ -205,7 +209,37 @@ def report_page():
     return render_template("dashboard/reports.html", report=report)
 
 
+@bp.get("/ui/disputes/<dispute_id>")
+@login_required
+def dispute_page(dispute_id: str):
+    with _runtime().db.session_scope() as s:
+        try:
+            dispute = evidence.view(session=s, stripe_dispute_id=dispute_id)
+        except NotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+    return render_template("dashboard/dispute.html", dispute=dispute, fields=evidence.FIELDS)
+
+
 # --------------------------------------------------------------------------- actions
+
+
+@bp.post("/ui/disputes/<dispute_id>/submit")
+@login_required
+def submit_dispute_evidence(dispute_id: str):
+    try:
+        result = submit_or_error(_runtime(), dispute_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        flash(f"Evidence for {dispute_id} not submitted: {exc.message}", "error")
+        return redirect(url_for("dashboard.dispute_page", dispute_id=dispute_id))
+    current_app.logger.info("dashboard dispute evidence", extra={"event": {
+        "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
+    if result["evidence_status"] == evidence.SUBMITTED:
+        flash(f"Evidence for {dispute_id} submitted to Stripe.", "ok")
+    else:
+        flash(f"Stripe refused the evidence for {dispute_id}: {result['error']}", "error")
+    return redirect(url_for("dashboard.dispute_page", dispute_id=dispute_id))
 
 
 @bp.post("/ui/events/<int:inbox_id>/replay")
@@ -291,13 +325,20 @@ def reports_courses():
         raise ApiError(400, "invalid_format", "format must be json or csv")
     with _runtime().db.session_scope() as s:
         report = reports.course_report(session=s)
+        packages = reports.package_report(session=s) if fmt == "json" else []
     if fmt == "csv":
         return Response(reports.report_csv(report), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="course-report.csv"'})
-    return jsonify({"generated_at": utcnow().isoformat(), "courses": report})
+    return jsonify({"generated_at": utcnow().isoformat(), "courses": report, "packages": packages})
 
 
 # --------------------------------------------------------------------------- rows
+
+
+def _dispute_row(dispute) -> dict:
+    return {"id": dispute.stripe_dispute_id, "amount": dispute.amount, "currency": dispute.currency,
+            "reason": dispute.reason, "due_by": dispute.evidence_due_by, "enrollment_id": dispute.enrollment_id,
+            "evidence_status": dispute.evidence_status or evidence.DRAFT}
 
 
 def _event_row(event: InboxEvent) -> dict:

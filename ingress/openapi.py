@@ -268,6 +268,16 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/admin/ui/outbox/{message_id}/retry"): op("Retry an outbox message (form)", tag="dashboard",
                                                         ok=REDIRECT, status="302"),
     ("GET", "/admin/ui/reports"): op("Course reports (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/disputes/{dispute_id}/evidence"): op(
+        "The evidence drafted for a dispute (service date, access log, customer communication, receipt, summary)",
+        tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("POST", "/admin/disputes/{dispute_id}/evidence/submit"): op(
+        "Submit the drafted evidence to Stripe (intent -> call -> outcome)", tag="admin", security=ADMIN,
+        extra={**NOT_FOUND, "409": _json("Error", "the dispute is closed"),
+               "502": _json("Error", "stripe_refused: Stripe refused the submission; submit again")}),
+    ("GET", "/admin/ui/disputes/{dispute_id}"): op("One dispute and its evidence (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/disputes/{dispute_id}/submit"): op("Submit the evidence (form)", tag="dashboard",
+                                                           ok=REDIRECT, status="302"),
 }
 
 _PARAM = re.compile(r"<(?:(?P<converter>[^:<>(]+)(?:\([^)]*\))?:)?(?P<name>[^<>]+)>")

@@ -57,7 +57,7 @@ JOBS: dict[str, Job] = {
         Job("relay", "relay_outbox", 5, "deliver due outbox messages (mail, platform events); free stuck ones"),
         Job("low-seats", "low_seat_scan", 300, "alert admins on course-step classes at or under LOW_SEAT_THRESHOLD"),
         Job("reminders", "send_reminders", 3600, "remind students of unbooked steps (REMINDERS_ENABLED)"),
-        Job("reconcile", "reconcile", 900, "fulfil paid Stripe checkout sessions whose webhook never arrived"),
+        Job("reconcile", "reconcile", 900, "store Stripe events of the last 30 days no webhook delivered (Events API)"),
     )
 }
 

@@ -6,8 +6,11 @@ does: the same key with the same parameters replays the first answer (`Idempoten
 the same key with other parameters is a 400 `idempotency_error`.
 
 Built in: products and prices (create, retrieve, update, list), checkout sessions (create, retrieve,
-list with `created[...]`/`status`/`limit`/`starting_after`/`ending_before`, line items; a created one
-is paid with `complete_checkout_session(id)`), refunds; `event(type, obj)` wraps an object as an event.
+list with `created[...]`/`status`/`payment_intent`/`limit`/`starting_after`/`ending_before`, line items; a
+created one is paid with `complete_checkout_session(id)`), refunds, payment intents and charges
+(retrieve), disputes (retrieve; update with `evidence[...]` and `submit`, checked field by field), events
+(retrieve; list with `type`/`types[]`, `created[...]`, `delivery_success` and the list cursors), webhook
+endpoints (list, retrieve); `event(type, obj)` wraps an object as an event.
 Extend it from a test module:
 
     @stripe_server.route("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)/line_items")
@@ -16,8 +19,12 @@ Extend it from a test module:
 
 A handler takes the `StripeRequest` and the pattern's named groups and returns a dict (200) or
 `(status, dict)`; raise `StripeServer.error(...)` for Stripe-shaped errors. Routes added later win.
-Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`.
+Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`,
+`add_payment_intent`, `add_charge`, `add_dispute`, `add_event(event, delivered=…)`, `add_webhook_endpoint`.
 Fail the next matching request(s) with `fail_next("POST", "/v1/products", status=500)`.
+
+It checks what it receives: the secret key (401 otherwise) and the pinned API version — a request whose
+`Stripe-Version` is not `api_version` (by default `tasks.stripe_api.STRIPE_API_VERSION`) is a 400.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+
+from tasks.stripe_api import STRIPE_API_VERSION
 
 API_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe" / "api" / "fixtures3.json"
 TEST_API_KEY = "sk_test_local_stripe_server"
@@ -90,6 +99,7 @@ class StripeRequest:
     server: "StripeServer" = field(repr=False)
     status: int | None = None
     replayed: bool = False
+    uploads: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # multipart files: name -> (filename, bytes)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -111,8 +121,9 @@ Handler = Callable[..., Any]
 
 
 class StripeServer:
-    def __init__(self, api_key: str = TEST_API_KEY) -> None:
+    def __init__(self, api_key: str = TEST_API_KEY, api_version: str | None = STRIPE_API_VERSION) -> None:
         self.api_key = api_key
+        self.api_version = api_version
         self.lock = threading.RLock()
         self.requests: list[StripeRequest] = []
         self.products: dict[str, dict] = {}
@@ -120,6 +131,14 @@ class StripeServer:
         self.checkout_sessions: dict[str, dict] = {}
         self.line_items: dict[str, list[dict]] = {}
         self.refunds: dict[str, dict] = {}
+        self.payment_intents: dict[str, dict] = {}
+        self.charges: dict[str, dict] = {}
+        self.disputes: dict[str, dict] = {}
+        self.events: dict[str, dict] = {}
+        self.delivered: dict[str, bool] = {}  # event id -> whether its webhook delivery succeeded
+        self.webhook_endpoints: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
+        self.file_contents: dict[str, bytes] = {}
         self._idempotent: dict[str, tuple[tuple, int, dict]] = {}
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._failures: list[dict] = []
@@ -147,6 +166,7 @@ class StripeServer:
         """The real `stripe.StripeClient`, pointed here."""
         import stripe
 
+        kwargs.setdefault("stripe_version", self.api_version or STRIPE_API_VERSION)
         return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.url}, **kwargs)
 
     def settings_changes(self) -> dict[str, str]:
@@ -250,6 +270,48 @@ class StripeServer:
             self.refunds[refund["id"]] = refund
         return refund
 
+    def add_payment_intent(self, obj: dict | None = None, **changes) -> dict:
+        intent = template("payment_intent") | {"id": f"pi_{_rand(24)}", "created": int(time.time()), "metadata": {}}
+        intent.update(obj or {})
+        intent.update(changes)
+        with self.lock:
+            self.payment_intents[intent["id"]] = intent
+        return intent
+
+    def add_charge(self, obj: dict | None = None, **changes) -> dict:
+        charge = template("charge") | {"id": f"ch_{_rand(24)}", "created": int(time.time()), "metadata": {}}
+        charge.update(obj or {})
+        charge.update(changes)
+        with self.lock:
+            self.charges[charge["id"]] = charge
+        return charge
+
+    def add_dispute(self, obj: dict | None = None, **changes) -> dict:
+        dispute = template("dispute") | {"id": f"dp_{_rand(24)}", "created": int(time.time())}
+        dispute.update(obj or {})
+        dispute.update(changes)
+        with self.lock:
+            self.disputes[dispute["id"]] = dispute
+        return dispute
+
+    def add_event(self, event: dict, *, delivered: bool = True) -> dict:
+        """An event as `GET /v1/events` lists it; `delivered`: whether its webhook delivery succeeded."""
+        event = copy.deepcopy(event)
+        event.setdefault("object", "event")
+        event.setdefault("pending_webhooks", 0 if delivered else 1)
+        with self.lock:
+            self.events[event["id"]] = event
+            self.delivered[event["id"]] = delivered
+        return event
+
+    def add_webhook_endpoint(self, obj: dict | None = None, **changes) -> dict:
+        endpoint = template("webhook_endpoint") | {"id": f"we_{_rand(24)}", "created": int(time.time())}
+        endpoint.update(obj or {})
+        endpoint.update(changes)
+        with self.lock:
+            self.webhook_endpoints[endpoint["id"]] = endpoint
+        return endpoint
+
     def calls(self, method: str | None = None, path: str | None = None) -> list[StripeRequest]:
         """Recorded requests, optionally by method and full-match path regex."""
         with self.lock:
@@ -308,14 +370,19 @@ class StripeServer:
     def _serve(self, http: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(http.path)
         length = int(http.headers.get("Content-Length") or 0)
-        raw = http.rfile.read(length).decode() if length else ""
+        body = http.rfile.read(length) if length else b""
         query_pairs = parse_qsl(parts.query, keep_blank_values=True)
-        form_pairs = parse_qsl(raw, keep_blank_values=True) if method == "POST" else []
+        uploads: dict[str, tuple[str, bytes]] = {}
+        content_type = http.headers.get("Content-Type") or ""
+        if method == "POST" and content_type.startswith("multipart/form-data"):
+            form_pairs, uploads = _multipart(content_type, body)
+        else:
+            form_pairs = parse_qsl(body.decode(), keep_blank_values=True) if method == "POST" else []
         pairs = form_pairs if method == "POST" else query_pairs
         request = StripeRequest(
             method=method, path=parts.path, query=dict(query_pairs), form=dict(form_pairs),
             params=decode_form(pairs), headers={k: v for k, v in http.headers.items()},
-            idempotency_key=http.headers.get("Idempotency-Key"), server=self)
+            idempotency_key=http.headers.get("Idempotency-Key"), server=self, uploads=uploads)
         with self.lock:
             self.requests.append(request)
         status, body, extra = self._respond(request)
@@ -335,6 +402,11 @@ class StripeServer:
         if auth != f"Bearer {self.api_key}":
             return 401, {"error": {"type": "invalid_request_error",
                                    "message": f"Invalid API Key provided: {auth[7:] or '(none)'}"}}, {}
+        version = request.headers.get("Stripe-Version")
+        if self.api_version and version != self.api_version:
+            return 400, {"error": {"type": "invalid_request_error", "param": "Stripe-Version",
+                                   "message": f"this server expects Stripe-Version {self.api_version}, "
+                                              f"got {version or '(none)'}"}}, {}
         with self.lock:
             for failure in self._failures:
                 if failure["method"] == request.method and failure["pattern"].fullmatch(request.path):
@@ -343,7 +415,8 @@ class StripeServer:
                         self._failures.remove(failure)
                     return failure["status"], failure["body"], {}
         key = request.idempotency_key if request.method == "POST" else None
-        fingerprint = (request.method, request.path, tuple(sorted(request.form.items())))
+        fingerprint = (request.method, request.path, tuple(sorted(request.form.items())),
+                       tuple(sorted((k, v[1]) for k, v in request.uploads.items())))
         if key:
             # one lock over lookup and handling: a concurrent duplicate waits and then replays
             with self.lock:
@@ -404,6 +477,18 @@ class StripeServer:
         r("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)")(
             lambda req, id: self._get(self.checkout_sessions, "checkout.session", id))
         r("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)/line_items")(self._list_line_items)
+        r("GET", r"/v1/payment_intents/(?P<id>[^/]+)")(
+            lambda req, id: self._get(self.payment_intents, "payment_intent", id))
+        r("GET", r"/v1/charges/(?P<id>[^/]+)")(lambda req, id: self._get(self.charges, "charge", id))
+        r("GET", r"/v1/disputes/(?P<id>[^/]+)")(lambda req, id: self._get(self.disputes, "dispute", id))
+        r("POST", r"/v1/disputes/(?P<id>[^/]+)")(self._update_dispute)
+        r("GET", r"/v1/events")(self._list_events)
+        r("GET", r"/v1/events/(?P<id>[^/]+)")(lambda req, id: self._get(self.events, "event", id))
+        r("GET", r"/v1/webhook_endpoints")(lambda req: self.list_response(
+            list(self.webhook_endpoints.values()), req, "/v1/webhook_endpoints"))
+        r("GET", r"/v1/webhook_endpoints/(?P<id>[^/]+)")(
+            lambda req, id: self._get(self.webhook_endpoints, "webhook_endpoint", id))
+        r("POST", r"/v1/files")(self._create_file)
         r("POST", r"/v1/refunds")(self._create_refund)
         r("GET", r"/v1/refunds/(?P<id>[^/]+)")(lambda req, id: self._get(self.refunds, "refund", id))
 
@@ -538,6 +623,32 @@ class StripeServer:
             item.pop("created", None)
         return page
 
+    def _create_file(self, req: StripeRequest) -> dict:
+        """`POST /v1/files` (multipart, Stripe's files address): dispute evidence must be PDF, JPEG or PNG."""
+        purpose = req.params.get("purpose")
+        if purpose not in FILE_PURPOSES:
+            raise self.error(400, f"Invalid purpose: {purpose}", param="purpose")
+        if "file" not in req.uploads:
+            raise self.error(400, "Missing required param: file.", code="parameter_missing", param="file")
+        filename, content = req.uploads["file"]
+        kind = next((k for k, magic in FILE_MAGIC.items() if content.startswith(magic)), None)
+        if purpose == "dispute_evidence" and kind not in ("pdf", "jpg", "png"):
+            raise self.error(400, "Dispute evidence must be a PDF, JPEG or PNG file.", param="file")
+        if len(content) > 5 * 1024 * 1024:
+            raise self.error(400, "The file is larger than 5 MB.", param="file")
+        file = {"id": f"file_{_rand(24)}", "object": "file", "created": int(time.time()), "expires_at": None,
+                "filename": filename, "links": None, "purpose": purpose, "size": len(content), "title": None,
+                "type": kind, "url": None}
+        self.files[file["id"]] = file
+        self.file_contents[file["id"]] = content
+        return copy.deepcopy(file)
+
+    def _update_dispute(self, req: StripeRequest, id: str) -> dict:
+        return _update_dispute_impl(self, req, id)
+
+    def _list_events(self, req: StripeRequest) -> dict:
+        return _list_events_impl(self, req)
+
     def _create_refund(self, req: StripeRequest) -> dict:
         p = req.params
         if not (p.get("charge") or p.get("payment_intent")):
@@ -547,6 +658,103 @@ class StripeServer:
                                  amount=int(p["amount"]) if "amount" in p else 0,
                                  metadata=p.get("metadata") or {}, reason=p.get("reason"), status="succeeded")
         return copy.deepcopy(refund)
+
+
+# Stripe's dispute evidence: text fields take a string, file fields the id of a file uploaded with
+# purpose `dispute_evidence` (`file_…`)
+EVIDENCE_TEXT = {"access_activity_log", "billing_address", "cancellation_policy_disclosure", "cancellation_rebuttal",
+                 "customer_email_address", "customer_name", "customer_purchase_ip", "duplicate_charge_explanation",
+                 "duplicate_charge_id", "product_description", "refund_policy_disclosure",
+                 "refund_refusal_explanation", "service_date", "shipping_address", "shipping_carrier",
+                 "shipping_date", "shipping_tracking_number", "uncategorized_text"}
+EVIDENCE_FILES = {"cancellation_policy", "customer_communication", "customer_signature",
+                  "duplicate_charge_documentation", "receipt", "refund_policy", "service_documentation",
+                  "shipping_documentation", "uncategorized_file"}
+EVIDENCE_TEXT_LIMIT = 150_000  # characters across every text field
+EVENT_TYPES_LIMIT = 20
+
+
+def _update_dispute_impl(server: "StripeServer", req: StripeRequest, id: str) -> dict:
+    if id not in server.disputes:
+        raise server.missing("dispute", id)
+    dispute = server.disputes[id]
+    p = req.params
+    for name in p:
+        if name not in ("evidence", "metadata", "submit", "expand"):
+            raise server.error(400, f"Received unknown parameter: {name}", param=name)
+    if dispute["status"] in ("won", "lost", "warning_closed"):
+        raise server.error(400, f"This dispute is already closed: {dispute['status']}.", param="evidence")
+    evidence = p.get("evidence") or {}
+    if not isinstance(evidence, dict):
+        raise server.error(400, "Invalid object", param="evidence")
+    total = 0
+    for name, value in evidence.items():
+        if name in EVIDENCE_FILES:
+            if value and not str(value).startswith("file_"):
+                raise server.error(400, f"No such file upload: '{value}'", param=f"evidence[{name}]")
+        elif name in EVIDENCE_TEXT:
+            total += len(value)
+        else:
+            raise server.error(400, f"Received unknown parameter: evidence[{name}]", param=f"evidence[{name}]")
+    for name, value in evidence.items():
+        if name in EVIDENCE_FILES and value and value not in server.files:
+            raise server.error(400, f"No such file upload: '{value}'", param=f"evidence[{name}]")
+    if total > EVIDENCE_TEXT_LIMIT:
+        raise server.error(400, "The evidence text is too long.", param="evidence")
+    dispute["evidence"] = {**(dispute.get("evidence") or {}), **{k: v or None for k, v in evidence.items()}}
+    if "metadata" in p:
+        dispute["metadata"] = _merge_metadata(dispute.get("metadata") or {}, p["metadata"])
+    details = dispute.setdefault("evidence_details", {})
+    details["has_evidence"] = True
+    if _bool(p.get("submit", "true")):  # Stripe submits unless told `submit=false`
+        details["submission_count"] = int(details.get("submission_count") or 0) + 1
+        dispute["status"] = "under_review"
+    return copy.deepcopy(dispute)
+
+
+def _list_events_impl(server: "StripeServer", req: StripeRequest) -> dict:
+    p = req.params
+    for name in p:
+        if name not in ("type", "types", "created", "delivery_success", "limit", "starting_after", "ending_before"):
+            raise server.error(400, f"Received unknown parameter: {name}", param=name)
+    if "type" in p and "types" in p:
+        raise server.error(400, "You may only specify one of these parameters: type, types.", param="types")
+    types = p.get("types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) > EVENT_TYPES_LIMIT:
+            raise server.error(400, f"types: at most {EVENT_TYPES_LIMIT} event types.", param="types")
+    if not 1 <= int(p.get("limit", 10)) <= 100:
+        raise server.error(400, "Invalid integer: limit must be between 1 and 100.", param="limit")
+    wanted = set(types) if types is not None else ({p["type"]} if "type" in p else None)
+    delivery = p.get("delivery_success")
+    if delivery not in (None, "true", "false"):
+        raise server.error(400, "Invalid boolean: delivery_success", param="delivery_success")
+    rows = [e for e in server.events.values()
+            if (wanted is None or e["type"] in wanted)
+            and (delivery is None or server.delivered[e["id"]] == (delivery == "true"))]
+    return server.list_response(rows, req, "/v1/events")
+
+
+FILE_PURPOSES = ("dispute_evidence", "identity_document", "business_logo", "customer_signature", "additional_verification")
+FILE_MAGIC = {"pdf": b"%PDF-", "jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, str]], dict[str, tuple[str, bytes]]]:
+    """A multipart/form-data body: its plain fields as (name, value) pairs, its files by field name."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    pairs, files = [], {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        filename = part.get_param("filename", header="content-disposition")
+        content = part.get_payload(decode=True) or b""
+        if filename is not None:
+            files[name] = (filename, content)
+        else:
+            pairs.append((name, content.decode()))
+    return pairs, files
 
 
 def _rand(n: int) -> str:

@@ -100,12 +100,17 @@ def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
     return enqueue_inbox(ids)
 
 
-def requeue_parked() -> int:
-    """Put parked events back to pending and send them (the scheduled retry); how many."""
+def requeue_parked() -> tuple[int, int]:
+    """End parked events older than WAIT_HORIZON_HOURS `failed`, put the rest back to pending and send
+    them (the scheduled retry); (how many sent, how many ended)."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
+        expired = parking.expire_waiting(session=session, horizon=timedelta(hours=rt.settings.wait_horizon_hours))
         ids = parking.requeue_waiting(session=session)
-    return enqueue_inbox(ids)
+    if expired:
+        log.warning("%d parked event(s) waited past WAIT_HORIZON_HOURS and failed: %s", len(expired),
+                    ", ".join(map(str, expired)))
+    return enqueue_inbox(ids), len(expired)
 
 
 def finish_job_run(job_run: int | None, **result) -> None:
@@ -122,7 +127,8 @@ def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS, job_run: int | No
 
 @actor(queue_name="maintenance", max_retries=0)
 def retry_waiting(job_run: int | None = None) -> None:
-    finish_job_run(job_run, requeued=requeue_parked())
+    requeued, expired = requeue_parked()
+    finish_job_run(job_run, requeued=requeued, expired=expired)
 
 
 __all__ = ["Retry", "actor", "declare_actors", "send", "enqueue_inbox"]

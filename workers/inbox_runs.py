@@ -18,7 +18,7 @@ from workers import metrics
 
 log = logging.getLogger("coursepipe.inbox")
 
-MAX_REMOTE_ROUNDS = 3
+MAX_REMOTE_ROUNDS = 5  # e.g. a dispute without its payment intent: the charge, its checkout session, the intent
 
 
 def run_event(*, unit_of_work: Callable, inbox_id: int, handlers: HandlerTable, settings: Any = None,
@@ -48,13 +48,13 @@ def run_message(*, database: Database, inbox_id: int, handlers: HandlerTable, se
         log.error("a message names inbox row %r, which is not a row id: dropped", inbox_id)
         return Result(Outcome.SKIPPED, f"not an inbox row id: {inbox_id!r}")
     if purchase:
-        done = run_fast_purchase(database, inbox_id)
+        done = run_fast_purchase(database, inbox_id, settings)
         if done is not None:
             return done
     return run_event(unit_of_work=database.session_scope, inbox_id=inbox_id, handlers=handlers, settings=settings)
 
 
-def run_fast_purchase(database: Database, inbox_id: int) -> Result | None:
+def run_fast_purchase(database: Database, inbox_id: int, settings: Any = None) -> Result | None:
     """The purchase fast path in a transaction of its own on a pooled connection (no ORM session).
 
     None: nothing was written (rolled back) and the caller runs the general path. Only a refusal by the
@@ -65,7 +65,8 @@ def run_fast_purchase(database: Database, inbox_id: int) -> Result | None:
     with database.engine.connect() as connection:
         transaction = connection.begin()  # SQLAlchemy's own: the statements go to the driver connection
         try:
-            done = fast_purchase.attempt(connection.connection.driver_connection, inbox_id, set())
+            done = fast_purchase.attempt(connection.connection.driver_connection, inbox_id, set(),
+                                        settings=settings)
         except fast_purchase.DATABASE_ERRORS as exc:
             transaction.rollback()
             fast_purchase.gave_up(inbox_id, exc)

@@ -57,3 +57,14 @@ def last_runs(db) -> dict[str, JobRun]:
         return newest
 
 
+
+
+def last_result(db, job: str) -> tuple[JobRun | None, dict[str, Any]]:
+    """The newest finished run of `job` and what it reported (e.g. where `reconcile` stopped)."""
+    with db.session_scope() as session:
+        row = session.scalar(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None))
+                             .order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(1))
+        if row is None:
+            return None, {}
+        session.expunge(row)
+        return row, dict(row.result or {})

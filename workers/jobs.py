@@ -13,8 +13,7 @@ from tasks.bookings import alerts
 from tasks.enrollments import reminders
 from tasks.errors import PermanentError
 from tasks.messaging import delivery
-from tasks.purchases import reconcile as reconciliation
-from workers import metrics, publishing, runtime
+from workers import metrics, publishing, reconciling, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
 
@@ -81,25 +80,12 @@ def send_reminders(job_run: int | None = None) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
-def reconcile(lookback_hours: int | None = None, job_run: int | None = None) -> None:
-    """Ask Stripe (network, no transaction), then store the missing fulfilments as inbox events."""
+def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max_calls: int | None = None) -> None:
+    """Ask Stripe for the handled events of the last 30 days (network, no transaction), store the ones the
+    inbox lacks as the webhook would have, and send them to the workers."""
     rt = runtime.current()
-    if not rt.settings.stripe_api_key:
-        log.warning("reconcile skipped: STRIPE_API_KEY is not set")
-        finish_job_run(job_run, skipped="STRIPE_API_KEY is not set")
-        return
-    sessions = reconciliation.completed_sessions(
-        settings=rt.settings, lookback=reconciliation.lookback(lookback_hours)
-    )
-    with rt.db.session_scope() as session:
-        report = reconciliation.record_missing(session=session, checkout_sessions=sessions)
-    enqueue_inbox(report.inbox_ids)
-    if report.missing:
-        log.warning("reconcile: %d paid checkout session(s) had no fulfilment: %s", len(report.missing),
-                    ", ".join(report.missing))
-    else:
-        log.info("reconcile: %d paid checkout session(s) checked, none missing", report.checked)
-    finish_job_run(job_run, checked=report.checked, missing=len(report.missing))
+    finish_job_run(job_run, **reconciling.run(rt, lookback_hours=lookback_hours, max_calls=max_calls,
+                                               enqueue=enqueue_inbox))
 
 
 # PermanentError (Stripe refused, no API key, unknown course) is not retried; a PublishRetry is, and

@@ -72,6 +72,9 @@ def _m() -> SimpleNamespace:
                     fallbacks=Counter("coursepipe_fast_path_fallbacks",
                                       "Marked purchases the fast path gave to the general path after the "
                                       "database refused it, by error class.", ["error"]),
+                    recovered=Counter("coursepipe_reconcile_recovered",
+                                      "Stripe events the reconcile job stored that no webhook had delivered, "
+                                      "by type.", ["type"]),
                     latency=Histogram("coursepipe_event_processing_seconds",
                                       "From receipt (inbox received_at) to the commit of its effects.",
                                       ["source", "type"], buckets=LATENCY_BUCKETS),
@@ -130,6 +133,12 @@ def event_processed(
 @_never_raises
 def fast_path_fallback(error: str) -> None:
     _m().fallbacks.labels(error).inc()
+
+
+@_never_raises
+def reconcile_recovered(by_type: dict[str, int]) -> None:
+    for type_, n in by_type.items():
+        _m().recovered.labels(type_).inc(n)
 
 
 # --------------------------------------------------------------------------- outbox relay

@@ -31,6 +31,11 @@ class StudentCourseEnrollment(Timestamped, Base):
     stripe_product_id: Mapped[str | None] = mapped_column(String(64))
     stripe_price_id: Mapped[str | None] = mapped_column(String(64))
     amount_total: Mapped[int] = mapped_column(default=0)
+    # Stripe's figures of the checkout: before discounts and (exclusive) tax; the tax (included or added);
+    # the discount. Revenue net of tax and discounts is amount_total - amount_tax.
+    amount_subtotal: Mapped[int | None]
+    amount_tax: Mapped[int] = mapped_column(default=0, server_default="0")
+    amount_discount: Mapped[int] = mapped_column(default=0, server_default="0")
     currency: Mapped[str | None] = mapped_column(String(3))
     amount_refunded: Mapped[int] = mapped_column(default=0)
     fulfilment_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import DisputeStatus, PurchaseStatus
@@ -23,6 +24,11 @@ class PackagePurchase(Timestamped, Base):
     stripe_checkout_session_id: Mapped[str] = mapped_column(String(255), unique=True)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64))
     amount_total: Mapped[int] = mapped_column(default=0)
+    # Stripe's figures of the checkout: before discounts and (exclusive) tax; the tax (included or added);
+    # the discount. Revenue net of tax and discounts is amount_total - amount_tax.
+    amount_subtotal: Mapped[int | None]
+    amount_tax: Mapped[int] = mapped_column(default=0, server_default="0")
+    amount_discount: Mapped[int] = mapped_column(default=0, server_default="0")
     currency: Mapped[str | None] = mapped_column(String(3))
     amount_refunded: Mapped[int] = mapped_column(default=0)
 
@@ -59,3 +65,14 @@ class PaymentDispute(Timestamped, Base):
     status: Mapped[DisputeStatus] = mapped_column(enum_column(DisputeStatus, "dispute_status"))
     amount: Mapped[int | None]
     reason: Mapped[str | None] = mapped_column(String(64))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    stripe_status: Mapped[str | None] = mapped_column(String(32))  # Stripe's own word (needs_response, …)
+    # the evidence answering it: drafted when it opens, submitted to Stripe by an admin before the deadline
+    evidence_due_by: Mapped[datetime | None]
+    evidence: Mapped[dict[str, Any] | None]
+    evidence_status: Mapped[str | None] = mapped_column(String(16))  # draft | submitting | submitted | failed
+    evidence_submission_key: Mapped[str | None] = mapped_column(String(100))
+    evidence_requested_at: Mapped[datetime | None]
+    evidence_submitted_at: Mapped[datetime | None]
+    evidence_files: Mapped[dict[str, Any] | None]  # evidence field -> Stripe file id uploaded for it
+    evidence_error: Mapped[str | None] = mapped_column(Text)

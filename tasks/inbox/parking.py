@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session
 
 from db.enums import InboxStatus
@@ -30,17 +30,47 @@ def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
 
 
 def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), limit: int = 500) -> list[int]:
-    """The scheduled retry of parked events (in case what they wait for came by another path)."""
-    cutoff = utcnow() - older_than
+    """The scheduled retry of parked events (in case what they wait for came by another path).
+
+    Fair at any backlog: the rows sent longest ago come first (`enqueued_at`, else `received_at`), and
+    each one taken is stamped as sent now, so a backlog larger than `limit` is walked round by round
+    instead of the oldest rows being taken every time.
+    """
+    now = utcnow()
+    cutoff = now - older_than
+    last_sent = func.coalesce(InboxEvent.enqueued_at, InboxEvent.received_at)
     ids = session.scalars(
         select(InboxEvent.id)
         .where(InboxEvent.status == InboxStatus.WAITING, InboxEvent.received_at <= cutoff)
-        .order_by(InboxEvent.id)
+        .order_by(last_sent, InboxEvent.id)
         .limit(limit)
     ).all()
     if ids:
         session.execute(
-            update(InboxEvent).where(InboxEvent.id.in_(ids)).values(status=InboxStatus.PENDING, waiting_for=None)
+            update(InboxEvent).where(InboxEvent.id.in_(ids))
+            .values(status=InboxStatus.PENDING, waiting_for=None, enqueued_at=now)
+        )
+    return list(ids)
+
+
+def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000) -> list[int]:
+    """Parked events nothing woke within `horizon` of their arrival end `failed` ("waited for …"): visible
+    on the dashboard and replayable, instead of waiting forever."""
+    table = InboxEvent.__table__
+    now = utcnow()
+    hours = round(horizon.total_seconds() / 3600, 2)
+    ids = session.scalars(
+        select(table.c.id)
+        .where(table.c.status == InboxStatus.WAITING.value, table.c.received_at <= now - horizon)
+        .order_by(table.c.id)
+        .limit(limit)
+    ).all()
+    if ids:
+        session.execute(
+            update(table).where(table.c.id.in_(ids), table.c.status == InboxStatus.WAITING.value)
+            .values(status=InboxStatus.FAILED.value, processed_at=now, waiting_for=None,
+                    last_error=literal("waited for ") + func.coalesce(table.c.waiting_for, "?")
+                    + literal(f" for more than {hours:g} hours (WAIT_HORIZON_HOURS); nothing provided it"))
         )
     return list(ids)
 

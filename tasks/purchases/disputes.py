@@ -1,6 +1,7 @@
 """Disputes: a `payment_dispute` row per Stripe dispute; the purchase is settled from all of them.
 
-`charge.dispute.created` opens the row and alerts admins; `charge.dispute.closed` closes it as won
+`charge.dispute.created` opens the row, drafts its evidence (`tasks.purchases.evidence`) and alerts admins
+with the deadline; `charge.dispute.closed` closes it as won
 or lost. A closed dispute never reopens, so a `created` that arrives after its `closed` changes
 nothing. What open / won / lost mean for the enrollment (suspend / reinstate / revoke) is
 `tasks.purchases.payments.settle`. A dispute that arrives before its purchase waits for `payment:<pi>`.
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from db.enums import DisputeStatus
 from db.models import PaymentDispute
 from tasks.messaging import outbox
-from tasks.purchases import payments
+from tasks.purchases import evidence, payments
 from tasks.purchases import shapes
 from tasks.messaging.outbox import ADMINS
 from tasks.errors import PermanentError
@@ -61,9 +62,10 @@ def _lock_or_create(session: Session, key: str, make) -> tuple[PaymentDispute, b
         return session.scalar(query.execution_options(populate_existing=True)), False
 
 
-def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus) -> tuple[payments.Purchase, PaymentDispute]:
-    pi = payments.payment_intent_of(dispute, "dispute")
-    purchase = payments.purchase_or_wait(session, pi)
+def _record(session: Session, dispute: dict[str, Any], status: DisputeStatus,
+            ownership: Any = None) -> tuple[payments.Purchase, PaymentDispute]:
+    pi = payments.payment_intent_of(dispute, "dispute", ownership)
+    purchase = payments.purchase_or_wait(session, pi, ownership)
     row, created = _lock_or_create(session, dispute_key(dispute), lambda: PaymentDispute(
         stripe_dispute_id=dispute_key(dispute),
         stripe_charge_id=stripe_id(dispute.get("charge")),
@@ -89,11 +91,13 @@ def _applied(purchase: payments.Purchase, row: PaymentDispute) -> DisputeApplied
                    purchase.row.status.value)
 
 
-def open_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied:
+def open_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = None) -> DisputeApplied:
     """`charge.dispute.created`: suspend the enrollment and alert admins (once per dispute)."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
-    purchase, row = _record(session, dispute, DisputeStatus.OPEN)
+    purchase, row = _record(session, dispute, DisputeStatus.OPEN, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
+    if row.status == DisputeStatus.OPEN:
+        evidence.record_opened(session=session, row=row, dispute=dispute)  # the deadline and a first draft
     enrollment = purchase.enrollment
     outbox.add_mail(
         session=session,
@@ -106,6 +110,8 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied
             "currency": dispute.get("currency"),
             "reason": dispute.get("reason"),
             "status": dispute.get("status"),
+            "evidence_due_by": row.evidence_due_by.isoformat() if row.evidence_due_by else None,
+            "evidence_path": f"/admin/disputes/{row.stripe_dispute_id}/evidence",
         },
         dedupe_key=f"dispute_alert:{row.stripe_dispute_id}",
         enrollment_id=enrollment.id if enrollment is not None else None,
@@ -114,14 +120,14 @@ def open_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied
     return _applied(purchase, row)
 
 
-def close_dispute(*, session: Session, dispute: dict[str, Any]) -> DisputeApplied:
+def close_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = None) -> DisputeApplied:
     """`charge.dispute.closed`: won → reinstated (unless another dispute is open), lost → revoked."""
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     if dispute.get("status") not in CLOSED_STATUSES:  # an open status here would reinstate the student
         raise PermanentError(f"dispute {dispute.get('id')!r}: closed with status {dispute.get('status')!r}, "
                              f"not one of {', '.join(CLOSED_STATUSES)}")
     status = DisputeStatus.LOST if dispute.get("status") in LOST_STATUSES else DisputeStatus.WON
-    purchase, row = _record(session, dispute, status)
+    purchase, row = _record(session, dispute, status, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}:closed")
     session.flush()
     return _applied(purchase, row)

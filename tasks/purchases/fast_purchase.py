@@ -42,7 +42,8 @@ from tasks.inbox.runner import Outcome, Result
 from tasks.ledger.causes import Keys
 from tasks.messaging import outbox
 from tasks.purchases import shapes
-from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, checkout_email
+from tasks.purchases.fulfilment import COMPLETED, NOT_ONE_TIME, Product, _metadata, amounts, checkout_email
+from tasks.stripe_api import mode_mismatch
 
 log = logging.getLogger("coursepipe.fast_purchase")
 
@@ -86,10 +87,12 @@ FROM lk LEFT JOIN pr ON true
 _FULFIL = """
 WITH e AS (
     INSERT INTO student_course_enrollment (id, student_id, program_id, status, stripe_checkout_session_id,
-        stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, currency, amount_refunded,
-        fulfilment_metadata, activated_at, created_at, updated_at, last_event_sequence)
-    VALUES (%(id)s, %(student)s, %(program)s, 'active', %(cs)s, %(pi)s, %(product)s, %(price)s, %(amount)s,
-        %(currency)s, 0, %(metadata)s::jsonb, %(now)s, %(now)s, %(now)s, 1)
+        stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, amount_subtotal, amount_tax,
+        amount_discount, currency, amount_refunded, fulfilment_metadata, activated_at, created_at, updated_at,
+        last_event_sequence)
+    VALUES (%(id)s, %(student)s, %(program)s, 'active', %(cs)s, %(pi)s, %(product)s, %(price)s, %(amount_total)s,
+        %(amount_subtotal)s, %(amount_tax)s, %(amount_discount)s, %(currency)s, 0, %(metadata)s::jsonb, %(now)s,
+        %(now)s, %(now)s, 1)
     ON CONFLICT (stripe_checkout_session_id) DO NOTHING RETURNING id
 ), t AS (
     INSERT INTO transition_log (entity, entity_id, from_status, to_status, cause, enrollment_id, at)
@@ -148,7 +151,7 @@ def process(ctx: HandlerContext, inbox_id: int) -> Result | None:
         return None
     conn = session.connection().connection.driver_connection  # the session's own transaction
     try:
-        return attempt(conn, inbox_id, ctx.locks)
+        return attempt(conn, inbox_id, ctx.locks, settings=ctx.settings)
     except DATABASE_ERRORS as exc:  # the general path runs again from the start and records it
         gave_up(inbox_id, exc)
         session.rollback()
@@ -166,8 +169,11 @@ def gave_up(inbox_id: int, exc: Exception) -> None:
     log.warning("fast path gave inbox event %s to the general path after an error: %s", inbox_id, exc)
 
 
-def attempt(conn, inbox_id: int, held: set[str]) -> Result | None:
-    """The fast path on a psycopg connection in a transaction; raises on any error (the caller rolls back)."""
+def attempt(conn, inbox_id: int, held: set[str], *, settings: Any = None) -> Result | None:
+    """The fast path on a psycopg connection in a transaction; raises on any error (the caller rolls back).
+
+    An event of the other Stripe mode than `settings`' key is left to the general path (which ignores it).
+    """
     row = conn.execute(_CLAIM, (inbox_id,)).fetchone()
     if row is None:
         return None  # another type, an unknown id, or locked by another worker: the runner's claim decides
@@ -175,8 +181,9 @@ def attempt(conn, inbox_id: int, held: set[str]) -> Result | None:
         return Result(Outcome.SKIPPED)
     source, event_id, type_, subject, payload, _status, _attempts, received_at = row
     summary = (source, event_id, type_, subject, received_at)
-    checkout = (_json(payload).get("data") or {}).get("object") or {}
-    if not candidate(type_, checkout):
+    payload = _json(payload)
+    checkout = (payload.get("data") or {}).get("object") or {}
+    if not candidate(type_, checkout) or mode_mismatch(settings, payload):
         return None
     pi = checkout.get("payment_intent")
     keys = sorted({k for k in (subject, f"payment:{pi}" if pi else None) if k})
@@ -247,7 +254,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     pi = checkout.get("payment_intent")
     created, woken = conn.execute(_FULFIL, {
         "id": enrollment_id, "student": student_id, "program": program_id, "cs": checkout["id"], "pi": pi,
-        "product": product, "price": price, "amount": checkout.get("amount_total") or 0,
+        "product": product, "price": price, **amounts(checkout),
         "currency": checkout.get("currency"), "metadata": jsoncodec.dumps(fulfilment_metadata), "now": now,
         "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": str(bundle_cause),
         "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,

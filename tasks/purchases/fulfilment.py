@@ -89,6 +89,15 @@ def payment_outcome(checkout: dict[str, Any], event_type: str) -> str:
     return "pending"
 
 
+def amounts(checkout: dict[str, Any]) -> dict[str, Any]:
+    """Stripe's figures of a session: total, subtotal (before discounts and exclusive tax), tax, discount."""
+    details = checkout.get("total_details") or {}
+    subtotal = checkout.get("amount_subtotal")
+    return {"amount_total": checkout.get("amount_total") or 0,
+            "amount_subtotal": subtotal if isinstance(subtotal, int) else None,
+            "amount_tax": details.get("amount_tax") or 0, "amount_discount": details.get("amount_discount") or 0}
+
+
 def checkout_email(checkout: dict[str, Any]) -> str | None:
     return (checkout.get("customer_details") or {}).get("email") or checkout.get("customer_email")
 
@@ -292,7 +301,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
             stripe_payment_intent_id=checkout.get("payment_intent"),
             stripe_product_id=product.product_id,
             stripe_price_id=product.price_id,
-            amount_total=checkout.get("amount_total") or 0,
+            **amounts(checkout),
             currency=checkout.get("currency"),
             fulfilment_metadata=metadata,
             activated_at=now if initial == EnrollmentStatus.ACTIVE else None,
@@ -344,7 +353,7 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
             status=initial,
             stripe_checkout_session_id=checkout["id"],
             stripe_payment_intent_id=checkout.get("payment_intent"),
-            amount_total=checkout.get("amount_total") or 0,
+            **amounts(checkout),
             currency=checkout.get("currency"),
         )
 

@@ -12,6 +12,7 @@ from db.models import InboxEvent
 from tasks.errors import Ignored
 from tasks.inbox.context import HandlerContext
 from tasks.purchases import disputes, fulfilment, refunds
+from tasks.purchases.ownership import Ownership
 
 
 def _object(event: InboxEvent) -> dict:
@@ -28,20 +29,25 @@ def on_checkout(ctx: HandlerContext, event: InboxEvent) -> None:
         ctx.provides(f"payment:{checkout['payment_intent']}")
 
 
+def _ownership(ctx: HandlerContext) -> Ownership:
+    """A payment with no purchase of ours: Stripe is asked whose it is (outside the transaction)."""
+    return Ownership(settings=ctx.settings, fetched=ctx.fetched)
+
+
 def on_charge_refunded(ctx: HandlerContext, event: InboxEvent) -> None:
-    refunds.apply_charge_refunded(session=ctx.session, charge=_object(event))
+    refunds.apply_charge_refunded(session=ctx.session, charge=_object(event), ownership=_ownership(ctx))
 
 
 def on_refund(ctx: HandlerContext, event: InboxEvent) -> None:
-    refunds.apply_refund(session=ctx.session, refund=_object(event))
+    refunds.apply_refund(session=ctx.session, refund=_object(event), ownership=_ownership(ctx))
 
 
 def on_dispute_created(ctx: HandlerContext, event: InboxEvent) -> None:
-    disputes.open_dispute(session=ctx.session, dispute=_object(event))
+    disputes.open_dispute(session=ctx.session, dispute=_object(event), ownership=_ownership(ctx))
 
 
 def on_dispute_closed(ctx: HandlerContext, event: InboxEvent) -> None:
-    disputes.close_dispute(session=ctx.session, dispute=_object(event))
+    disputes.close_dispute(session=ctx.session, dispute=_object(event), ownership=_ownership(ctx))
 
 
 _STRIPE = InboxSource.STRIPE.value

@@ -61,18 +61,24 @@ def alert_context(session: Session, purchase: Purchase) -> dict[str, Any]:
     }
 
 
-def payment_intent_of(obj: dict[str, Any], what: str) -> str:
-    """The payment intent a Stripe refund, charge or dispute is about (an id, or expanded)."""
+def payment_intent_of(obj: dict[str, Any], what: str, ownership: Any = None) -> str:
+    """The payment intent a Stripe refund, charge or dispute is about (an id, or expanded); with an
+    `ownership` (`tasks.purchases.ownership.Ownership`), asked of Stripe when the event does not say."""
+    if ownership is not None:
+        return ownership.payment_intent(obj, what)
     pi = stripe_id(obj.get("payment_intent"))
     if not pi:
         raise PermanentError(f"{what} {obj.get('id')} has no payment_intent: it cannot be matched to a purchase")
     return pi
 
 
-def purchase_or_wait(session: Session, payment_intent: str) -> Purchase:
-    """The purchase paid by `payment_intent` (row-locked); an event about it waits until it exists."""
+def purchase_or_wait(session: Session, payment_intent: str, ownership: Any = None) -> Purchase:
+    """The purchase paid by `payment_intent` (row-locked); an event about it waits until it exists, unless
+    `ownership` learns from Stripe that no course or package of ours is behind the payment (Ignored)."""
     purchase = purchase_for_payment(session, payment_intent, lock=True)
     if not purchase.found:
+        if ownership is not None:
+            ownership.check(session, payment_intent)
         raise WaitFor(f"payment:{payment_intent}", f"no purchase paid by {payment_intent} yet")
     return purchase
 

@@ -1,131 +1,155 @@
-"""Reconciliation: find paid Checkout Sessions whose webhook never arrived, and fulfil them the normal way.
+"""Reconciliation over Stripe's Events API: every handled event Stripe sent (or failed to send) in the last
+30 days that the inbox lacks is stored exactly as the webhook would have stored it.
 
 Two steps, so no Stripe call runs inside a transaction:
-1. `completed_sessions` asks Stripe (the real client, `STRIPE_API_BASE` honoured) for recently
-   completed sessions (`created[gte]`, `status=complete`, every page) that are paid.
-2. `record_missing` (one unit of work) keeps those with neither an enrollment nor a package purchase
-   and no `checkout.session.completed` still in flight in the inbox, and stores for each a synthetic
-   inbox event — source `stripe`, event id `reconcile:<cs id>`, shaped like a Stripe event envelope
-   with `data.object` = the session — so the normal checkout handler fulfils it. The inbox's unique
-   (source, event id) makes a second run a no-op.
+1. `list_events` (network, no transaction) asks `GET /v1/events` for the handled types (`types[]`) since
+   `created[gte]`: first the events whose webhook delivery failed (`delivery_success=false`), then every
+   event, newest first, resuming where the last run stopped (`starting_after`) — at most `max_calls`
+   list requests a run, so a busy account is walked over several runs instead of in one long burst.
+2. `record_missing` (one unit of work) stores each event the inbox lacks under its own Stripe event id
+   (`store_event`, the ingress's insert), with the subject the ingress gives it: an event recovered here
+   and delivered later is one row (the delivery is a duplicate), and one delivered first is never stored
+   again. The normal handlers then apply it, livemode and ownership checks included.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.enums import InboxSource, InboxStatus
-from db.models import InboxEvent, PackagePurchase, StudentCourseEnrollment
+from db.enums import InboxSource
+from db.models import InboxEvent
 from db.types import utcnow
-from tasks.events import stripe_subject
-from tasks.stripe_api import stripe_client
+from tasks.events import InvalidEvent, parse_stripe_event
 from tasks.inbox.store import store_event
+from tasks.stripe_api import stripe_client
 
 log = logging.getLogger("coursepipe.reconcile")
 
-DEFAULT_LOOKBACK = timedelta(hours=72)
-PAGE_SIZE = 100
-PAID = ("paid", "no_payment_required")
-EVENT_TYPE = "checkout.session.completed"
-EVENT_PREFIX = "reconcile:"
-IN_FLIGHT = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING)
+LOOKBACK = timedelta(days=30)  # how long Stripe keeps events listable
+PAGE_SIZE = 100  # Stripe's largest page
+MAX_CALLS = 20  # list requests a run: at most 2,000 events looked at
+TYPES_PER_CALL = 20  # Stripe's limit on `types[]`
+
+
+@dataclass
+class Listing:
+    """What one run read from Stripe (no transaction involved)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    # the last event id of the full walk when it stopped on the call budget (the next run resumes there);
+    # None when the walk reached the end of the window
+    cursor: str | None = None
+    undelivered: int = 0  # events Stripe lists as not delivered
 
 
 @dataclass
 class Report:
     checked: int = 0
-    missing: list[str] = field(default_factory=list)  # session ids newly handed to the inbox
+    recovered: list[tuple[str, str]] = field(default_factory=list)  # (event id, type) newly stored
     inbox_ids: list[int] = field(default_factory=list)  # to enqueue after commit
+    invalid: list[str] = field(default_factory=list)  # event ids the inbox cannot hold (logged)
+
+    def by_type(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, type_ in self.recovered:
+            counts[type_] = counts.get(type_, 0) + 1
+        return dict(sorted(counts.items()))
 
 
-def lookback(hours: int | None) -> timedelta:
-    return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
+def _pages(client, params: dict[str, Any], budget: int, starting_after: str | None = None):
+    """Pages of `GET /v1/events` with `params` while the budget lasts: (events, has_more) per call."""
+    cursor = starting_after
+    for _ in range(budget):
+        query = dict(params, limit=PAGE_SIZE)
+        if cursor:
+            query["starting_after"] = cursor
+        page = client.v1.events.list(params=query)
+        events = [e.to_dict(for_json=True) for e in page.data]
+        yield events, bool(page.has_more)
+        if not page.has_more or not events:
+            return
+        cursor = events[-1]["id"]
 
 
-def completed_sessions(*, settings, lookback: timedelta = DEFAULT_LOOKBACK, now: datetime | None = None,
-                       client=None) -> list[dict[str, Any]]:
-    """Paid, completed Checkout Sessions created since `now - lookback`, as plain dicts (network call)."""
-    now = now or utcnow()
+def list_events(*, settings: Any, types: Iterable[str], lookback: timedelta = LOOKBACK, max_calls: int = MAX_CALLS,
+                resume_after: str | None = None, now: datetime | None = None, client: Any = None) -> Listing:
+    """The handled events of the window, undelivered ones first (network calls, no transaction)."""
+    import stripe
+
+    types = sorted(set(types))
+    if not types:
+        return Listing()
+    if len(types) > TYPES_PER_CALL:
+        raise ValueError(f"at most {TYPES_PER_CALL} event types in one listing, got {len(types)}")
     client = client or stripe_client(settings, purpose="reconciliation needs it")
-    since = int((now - lookback).timestamp())
-    page = client.v1.checkout.sessions.list(
-        params={"created": {"gte": since}, "status": "complete", "limit": PAGE_SIZE}
-    )
-    sessions = []
-    for checkout_session in page.auto_paging_iter():
-        data = checkout_session.to_dict(for_json=True)  # Decimal fields back to their wire strings
-        if data.get("payment_status") in PAID:
-            sessions.append(data)
-    return sessions
+    since = int(((now or utcnow()) - lookback).timestamp())
+    base = {"types": types, "created": {"gte": since}}
+    listing = Listing()
+    seen: set[str] = set()
+
+    def keep(events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event.get("id") not in seen:
+                seen.add(event.get("id"))
+                listing.events.append(event)
+
+    for events, _ in _pages(client, dict(base, delivery_success="false"), max_calls):
+        listing.calls += 1
+        listing.undelivered += len(events)
+        keep(events)
+    budget = max_calls - listing.calls
+    if budget <= 0:
+        listing.cursor = resume_after
+        return listing
+    try:
+        _walk(client, base, budget, resume_after, listing, keep)
+    except stripe.InvalidRequestError:
+        if not resume_after:
+            raise
+        # the event the last run stopped at has left the window: walk again from the newest
+        _walk(client, base, budget - 1, None, listing, keep)
+    return listing
 
 
-def _fulfilled(session: Session, session_ids: list[str]) -> set[str]:
-    found = set(session.scalars(select(StudentCourseEnrollment.stripe_checkout_session_id)
-                                .where(StudentCourseEnrollment.stripe_checkout_session_id.in_(session_ids))))
-    found |= set(session.scalars(select(PackagePurchase.stripe_checkout_session_id)
-                                 .where(PackagePurchase.stripe_checkout_session_id.in_(session_ids))))
-    return found
+def _walk(client, base, budget: int, resume_after: str | None, listing: Listing, keep) -> None:
+    """The full walk from `resume_after`; leaves on `listing.cursor` where the next run resumes."""
+    listing.cursor = None
+    for events, has_more in _pages(client, base, budget, resume_after):
+        listing.calls += 1
+        keep(events)
+        listing.cursor = events[-1]["id"] if has_more and events else None
 
 
-def _in_flight(session: Session, checkout_session: dict[str, Any]) -> bool:
-    """A completion for this session is already stored and not yet finished: let it run."""
-    subject = stripe_subject(EVENT_TYPE, checkout_session)
-    return session.scalar(
-        select(InboxEvent.id).where(
-            InboxEvent.source == InboxSource.STRIPE,
-            InboxEvent.type.in_((EVENT_TYPE, "checkout.session.async_payment_succeeded")),
-            InboxEvent.subject == subject,
-            InboxEvent.status.in_(IN_FLIGHT),
-        ).limit(1)
-    ) is not None
-
-
-def synthetic_event(checkout_session: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
-    """A Stripe event envelope around the session, as the webhook would have delivered it."""
-    now = now or utcnow()
-    return {
-        "id": f"{EVENT_PREFIX}{checkout_session['id']}",
-        "object": "event",
-        "api_version": None,
-        "created": int(now.timestamp()),
-        "livemode": bool(checkout_session.get("livemode", False)),
-        "pending_webhooks": 0,
-        "request": {"id": None, "idempotency_key": None},
-        "type": EVENT_TYPE,
-        "data": {"object": checkout_session},
-        "coursepipe": {"reconciled": True},
-    }
-
-
-def record_missing(*, session: Session, checkout_sessions: Iterable[dict[str, Any]],
-                   now: datetime | None = None) -> Report:
-    """Store a synthetic completion for each paid session without a fulfilment."""
-    now = now or utcnow()
-    sessions = [cs for cs in checkout_sessions if cs.get("id") and cs.get("payment_status") in PAID]
-    report = Report(checked=len(sessions))
-    if not sessions:
+def record_missing(*, session: Session, events: Iterable[dict[str, Any]]) -> Report:
+    """Store each listed event the inbox lacks, as the webhook would have (its id, type, subject, payload)."""
+    events = [e for e in events if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    report = Report(checked=len(events))
+    if not events:
         return report
-    fulfilled = _fulfilled(session, [cs["id"] for cs in sessions])
-    for cs in sessions:
-        if cs["id"] in fulfilled or _in_flight(session, cs):
+    ids = [e["id"] for e in events]
+    have: set[str] = set()
+    for start in range(0, len(ids), 500):
+        have |= set(session.scalars(select(InboxEvent.event_id).where(
+            InboxEvent.source == InboxSource.STRIPE, InboxEvent.event_id.in_(ids[start:start + 500]))))
+    for event in sorted(events, key=lambda e: e.get("created") or 0):  # oldest first, as Stripe sent them
+        if event["id"] in have:
             continue
-        created = cs.get("created")
-        stored = store_event(
-            session=session,
-            source=InboxSource.STRIPE,
-            event_id=f"{EVENT_PREFIX}{cs['id']}",
-            type=EVENT_TYPE,
-            payload=synthetic_event(cs, now),
-            subject=stripe_subject(EVENT_TYPE, cs),
-            occurred_at=datetime.fromtimestamp(created, timezone.utc) if isinstance(created, int) else now,
-        )
+        try:
+            body, _, subject = parse_stripe_event(event)
+        except InvalidEvent as exc:
+            log.warning("reconcile: Stripe event %s cannot be stored: %s", event["id"], exc)
+            report.invalid.append(event["id"])
+            continue
+        stored = store_event(session=session, source=InboxSource.STRIPE, event_id=body["id"], type=body["type"],
+                             payload=body, subject=subject, occurred_at=None)
         if stored.duplicate:
-            continue  # handed over by an earlier run; its outcome is on that inbox row
-        report.missing.append(cs["id"])
+            continue  # delivered meanwhile: the webhook's row stands
+        report.recovered.append((body["id"], body["type"]))
         report.inbox_ids.append(stored.id)
     return report

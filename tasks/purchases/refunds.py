@@ -138,11 +138,13 @@ def _finish(session: Session, purchase: payments.Purchase, cause: str, recorded:
     return _applied(purchase, recorded)
 
 
-def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> RefundApplied:
-    """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own."""
+def apply_charge_refunded(*, session: Session, charge: dict[str, Any], ownership: Any = None) -> RefundApplied:
+    """`charge.refunded`: record the refunds it lists, raise the refunded total to the charge's own.
+
+    `ownership` (`tasks.purchases.ownership.Ownership`) ends a payment not ours `ignored` instead of waiting."""
     shapes.require("charge", charge, shapes.charge_problem(charge))
-    pi = payments.payment_intent_of(charge, "charge")
-    purchase = payments.purchase_or_wait(session, pi)
+    pi = payments.payment_intent_of(charge, "charge", ownership)
+    purchase = payments.purchase_or_wait(session, pi, ownership)
     row = purchase.row
     recorded = []
     listed = (charge.get("refunds") or {}).get("data") or []
@@ -158,11 +160,11 @@ def apply_charge_refunded(*, session: Session, charge: dict[str, Any]) -> Refund
     return _finish(session, purchase, f"refund:{charge.get('id')}", recorded)
 
 
-def apply_refund(*, session: Session, refund: dict[str, Any]) -> RefundApplied:
+def apply_refund(*, session: Session, refund: dict[str, Any], ownership: Any = None) -> RefundApplied:
     """`refund.created` / `refund.updated`: one refund, keyed by its id."""
     shapes.require("refund", refund, shapes.refund_problem(refund))
-    pi = payments.payment_intent_of(refund, "refund")
-    purchase = payments.purchase_or_wait(session, pi)
+    pi = payments.payment_intent_of(refund, "refund", ownership)
+    purchase = payments.purchase_or_wait(session, pi, ownership)
     change = record_refund(session, purchase, refund, charge_id=None,
                            payment_intent=pi, purchase_total=purchase.row.amount_total)
     if refund.get("status") in payments.REFUND_NOT_COUNTED:

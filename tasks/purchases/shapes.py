@@ -83,10 +83,13 @@ def dispute_problem(dispute: dict[str, Any]) -> str | None:
 
 
 def checkout_problem(checkout: dict[str, Any]) -> str | None:
-    return (problem(checkout, objects=("metadata", "customer_details"), amounts=("amount_total",),
+    return (problem(checkout, objects=("metadata", "customer_details", "total_details"),
+                    amounts=("amount_total", "amount_subtotal"),
                     strings=("id", "client_reference_id", "payment_intent", "currency", "customer_email",
                              "payment_status", "mode"))
             # Stripe metadata values are strings
             or problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code", "student_id"),
                        prefix="metadata.")
-            or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details."))
+            or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details.")
+            or problem(checkout.get("total_details") or {}, amounts=("amount_tax", "amount_discount"),
+                       prefix="total_details."))

@@ -1,11 +1,19 @@
-"""The course report: how each course sells and how its students progress.
+"""The course report: how each course (and each credit package) sells and how its students progress.
 
 Definitions (also in docs/runbook.md):
 - `enrollments`: count per enrollment status (every status present, zeros included).
 - `paid`: enrollments whose payment settled at some point (active, suspended, completed, revoked).
 - `completion_rate`: completed / paid (0.0 with no paid enrollment), rounded to 4 places.
-- `revenue`: Σ (amount_total − amount_refunded) over paid enrollments, in minor units of the course
-  currency; `gross` and `refunded` are the two sums. A pending or failed payment is not revenue.
+- `revenue`: Σ (amount_total − amount_refunded) over paid enrollments in the course's currency
+  (`currency`), in minor units; `gross` and `refunded` are the two sums. A pending or failed payment
+  is not revenue; a sale in another currency is in `revenue_by_currency` only.
+- `revenue_by_currency`: per currency of the sales (never summed across currencies): `sales`,
+  `subtotal` (Stripe's `amount_subtotal`: list price × quantity, before discounts and exclusive tax),
+  `discount` (`total_details.amount_discount`), `tax` (`total_details.amount_tax`, included or added),
+  `total` (what was charged), `refunded`, and `net` = total − tax − refunded: revenue net of tax,
+  discounts and refunds. A 100 %-off checkout is a sale with every figure 0.
+- packages (`package_report`): the same money figures over paid or refunded package purchases,
+  `purchases` by status.
 - per step: `booked` = enrollments that have booked the step at some point (progress booked,
   completed or missed), `completed`, `missed`, and `skipped_ahead` = bookings of the step made
   while an earlier step was still unbooked (the plan's "skipped steps" analytics flag).
@@ -19,10 +27,37 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.enums import EnrollmentStatus, ProgressStatus
-from db.models import CourseProgram, CourseStep, StudentCourseEnrollment, StudentCourseProgress
+from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
+from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase, StudentCourseEnrollment, StudentCourseProgress
 
 PAID = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED, EnrollmentStatus.REVOKED)
+PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
+
+
+def money_by_currency(session: Session, model, owner_column, owner_ids: list[int], paid) -> dict[int, dict[str, dict]]:
+    """{owner id: {currency: figures}} over the paid purchases of `model` (enrollments or package purchases)."""
+    rows = session.execute(
+        select(owner_column, model.currency, func.count(),
+               func.coalesce(func.sum(func.coalesce(model.amount_subtotal, model.amount_total)), 0),
+               func.coalesce(func.sum(model.amount_discount), 0), func.coalesce(func.sum(model.amount_tax), 0),
+               func.coalesce(func.sum(model.amount_total), 0), func.coalesce(func.sum(model.amount_refunded), 0))
+        .where(owner_column.in_(owner_ids), model.status.in_(paid))
+        .group_by(owner_column, model.currency)
+    )
+    out: dict[int, dict[str, dict]] = {oid: {} for oid in owner_ids}
+    for oid, currency, n, subtotal, discount, tax, total, refunded in rows:
+        out[oid][currency or ""] = {"sales": int(n), "subtotal": int(subtotal), "discount": int(discount),
+                                    "tax": int(tax), "total": int(total), "refunded": int(refunded),
+                                    "net": int(total) - int(tax) - int(refunded)}
+    return dict(out)
+
+
+def _in_own_currency(by_currency: dict[str, dict], currency: str | None) -> dict[str, int]:
+    """`revenue` (gross, refunded, net) of the sales in the listing's own currency (or none recorded)."""
+    figures = [f for c, f in by_currency.items() if c in ("", (currency or "").lower())]
+    gross = sum(f["total"] for f in figures)
+    refunded = sum(f["refunded"] for f in figures)
+    return {"gross": gross, "refunded": refunded, "net": gross - refunded}
 EVER_BOOKED = (ProgressStatus.BOOKED, ProgressStatus.COMPLETED, ProgressStatus.MISSED)
 
 CSV_COLUMNS = (
@@ -48,14 +83,7 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
         .group_by(StudentCourseEnrollment.program_id, StudentCourseEnrollment.status)
     ):
         by_status[pid][status.value] = n
-    money: dict[int, tuple[int, int]] = {}
-    for pid, gross, refunded in session.execute(
-        select(StudentCourseEnrollment.program_id, func.coalesce(func.sum(StudentCourseEnrollment.amount_total), 0),
-               func.coalesce(func.sum(StudentCourseEnrollment.amount_refunded), 0))
-        .where(StudentCourseEnrollment.program_id.in_(ids), StudentCourseEnrollment.status.in_(PAID))
-        .group_by(StudentCourseEnrollment.program_id)
-    ):
-        money[pid] = (int(gross), int(refunded))
+    money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID)
 
     def count_if(condition):
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
@@ -83,7 +111,6 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
     for program in programs:
         statuses = by_status[program.id]
         paid = sum(statuses[s.value] for s in PAID)
-        gross, refunded = money.get(program.id, (0, 0))
         report.append({
             "course_code": program.code,
             "title": program.title,
@@ -93,11 +120,41 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
             "enrollments_total": sum(statuses.values()),
             "paid": paid,
             "completion_rate": round(statuses[EnrollmentStatus.COMPLETED.value] / paid, 4) if paid else 0.0,
-            "revenue": {"gross": gross, "refunded": refunded, "net": gross - refunded},
+            "revenue": _in_own_currency(money[program.id], program.price_currency),
+            "revenue_by_currency": money[program.id],
             "steps": steps[program.id],
             "skipped_ahead": sum(s["skipped_ahead"] for s in steps[program.id]),
         })
     return report
+
+
+def package_report(*, session: Session) -> list[dict[str, Any]]:
+    """One dict per live credit package, ordered by code: purchases by status and the same money figures."""
+    packages = list(session.scalars(
+        select(CreditPackage).where(CreditPackage.deleted_at.is_(None)).order_by(CreditPackage.code)))
+    if not packages:
+        return []
+    ids = [p.id for p in packages]
+    by_status: dict[int, dict[str, int]] = {pid: {s.value: 0 for s in PurchaseStatus} for pid in ids}
+    for pid, status, n in session.execute(
+        select(PackagePurchase.package_id, PackagePurchase.status, func.count())
+        .where(PackagePurchase.package_id.in_(ids))
+        .group_by(PackagePurchase.package_id, PackagePurchase.status)
+    ):
+        by_status[pid][status.value] = n
+    money = money_by_currency(session, PackagePurchase, PackagePurchase.package_id, ids, PACKAGE_PAID)
+    return [{
+        "package_code": package.code,
+        "title": package.title,
+        "currency": package.price_currency,
+        "credit_type": package.credit_type.value,
+        "quantity": package.quantity,
+        "purchases": by_status[package.id],
+        "purchases_total": sum(by_status[package.id].values()),
+        "paid": sum(by_status[package.id][s.value] for s in PACKAGE_PAID),
+        "revenue": _in_own_currency(money[package.id], package.price_currency),
+        "revenue_by_currency": money[package.id],
+    } for package in packages]
 
 
 def _cell(value: Any) -> Any:

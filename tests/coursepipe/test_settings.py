@@ -59,3 +59,9 @@ def test_strong_secrets_and_the_generated_ones_pass():
 def test_serve_binds_loopback_unless_host_is_set():
     assert Settings.from_env({}).host == "127.0.0.1"
     assert Settings.from_env({"HOST": "0.0.0.0"}).host == "0.0.0.0"
+def test_wait_horizon_and_public_url():
+    assert Settings.from_env({}).wait_horizon_hours == 72 and Settings.from_env({}).public_url is None
+    s = Settings.from_env({"WAIT_HORIZON_HOURS": "24", "PUBLIC_URL": " https://pipe.example.com/ "})
+    assert s.wait_horizon_hours == 24 and s.public_url == "https://pipe.example.com"
+    with pytest.raises(ConfigError, match="WAIT_HORIZON_HOURS"):
+        Settings.from_env({"WAIT_HORIZON_HOURS": "0"})

@@ -25,7 +25,7 @@ def test_json_shape(client, runtime, admin_headers):
     response = client.get("/admin/reports/courses", headers=admin_headers)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"generated_at", "courses"}
+    assert {"generated_at", "courses"} <= set(body)
     (course,) = body["courses"]
     assert {"course_code", "title", "status", "currency", "enrollments", "enrollments_total", "paid",
             "completion_rate", "revenue", "steps", "skipped_ahead"} <= set(course)

@@ -10,7 +10,7 @@ from workers import actors, jobs
 
 RUNS = [
     ("sweep", actors.sweep_inbox, {"resent": 0}),
-    ("retry-waiting", actors.retry_waiting, {"requeued": 0}),
+    ("retry-waiting", actors.retry_waiting, {"requeued": 0, "expired": 0}),
     ("relay", jobs.relay_outbox, {"claimed": 0, "delivered": 0}),
     ("low-seats", jobs.low_seat_scan, {"alerts_raised": 0}),
     ("reminders", jobs.send_reminders, {"reminders_queued": 0}),

@@ -1,0 +1,54 @@
+"""Dispute evidence for admins: GET /admin/disputes/<id>/evidence, POST /admin/disputes/<id>/evidence/submit.
+
+`<id>` is Stripe's dispute id (`dp_…`). The evidence is drafted from the enrollment, its bookings and
+attendance and the mails sent; submitting sends it to Stripe (intent → call → outcome,
+`workers.dispute_evidence`).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from ingress.auth import require_admin
+from ingress.errors import ApiError
+from tasks.errors import NotFound
+from tasks.purchases import evidence
+from tasks.stripe_api import StripeNotConfigured
+from workers import dispute_evidence
+
+bp = Blueprint("admin_disputes", __name__, url_prefix="/admin")
+
+
+def submit_or_error(runtime, dispute_id: str) -> dict:
+    """Submit, with every refusal as the API error an admin reads (the dashboard shows the same)."""
+    try:
+        return dispute_evidence.submit(runtime.db, runtime.settings, dispute_id)
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except evidence.EvidenceError as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
+    except StripeNotConfigured as exc:
+        raise ApiError(503, "stripe_not_configured", str(exc)) from None
+
+
+@bp.get("/disputes/<dispute_id>/evidence")
+@require_admin
+def get_evidence(dispute_id: str):
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    try:
+        with runtime.db.session_scope() as session:
+            return jsonify(evidence.view(session=session, stripe_dispute_id=dispute_id))
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@bp.post("/disputes/<dispute_id>/evidence/submit")
+@require_admin
+def submit_evidence(dispute_id: str):
+    runtime = current_app.config["COURSEPIPE_RUNTIME"]
+    result = submit_or_error(runtime, dispute_id)
+    current_app.logger.info("dispute evidence submitted", extra={"event": {
+        "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
+    if result["evidence_status"] != evidence.SUBMITTED:
+        return jsonify({"error": {"code": "stripe_refused", "message": result["error"] or "not submitted"},
+                        "evidence": result}), 502
+    return jsonify(result)

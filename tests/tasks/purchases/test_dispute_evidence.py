@@ -1,0 +1,160 @@
+"""Dispute evidence: drafted when a dispute opens (from the enrollment, its bookings and attendance, the mails
+sent), shown to admins with the deadline, and submitted to Stripe (the local server, the real client):
+intent committed → files uploaded and the dispute updated → outcome."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import select, update
+
+from db.enums import OutboxStatus
+from db.models import OutboxMessage, PaymentDispute
+from db.types import utcnow
+from tests import factories
+from tests.conftest import make_settings
+from tests.ingress.test_dashboard import login
+from tests.tasks.bookings import bookings_support as bookings
+from tests.tasks.purchases.payments_support import checkout, deliver, dispute_closed, dispute_created
+
+DUE_BY = int(time.time()) + 7 * 86400
+
+
+@pytest.fixture
+def settings(database, stripe_server):
+    return make_settings(database.url, **stripe_server.settings_changes())
+
+
+def _story(database, settings) -> dict:
+    """A course bought, a step booked and attended, the welcome mail sent; then the payment disputed."""
+    with database.session_scope() as s:
+        program = factories.program(s, steps=2)
+        steps = [step.id for step in program.steps]
+        for position in (1, 2):
+            factories.group_class(s, id=f"gc_SFZ_{position}_0", title=f"Class {position}",
+                                  starts_in=timedelta(days=-10 + position))
+    deliver(database, checkout(cs="cs_d", pi="pi_d", email="ada@example.test"), settings)
+    bookings.deliver(database, bookings.booking_created("bk_1", "gc_SFZ_1_0", step_id=steps[0]))
+    bookings.deliver(database, bookings.attendance("bk_1"))
+    with database.session_scope() as s:
+        s.execute(update(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome")
+                  .values(status=OutboxStatus.SENT, sent_at=utcnow()))
+        welcome = s.scalar(select(OutboxMessage.public_id).where(OutboxMessage.topic == "enrollment_welcome"))
+    event = dispute_created(dispute="dp_1", pi="pi_d")
+    event["data"]["object"].update(evidence_details={"due_by": DUE_BY, "has_evidence": False, "past_due": False,
+                                                     "submission_count": 0}, status="needs_response",
+                                   reason="product_not_received", currency="usd")
+    deliver(database, event, settings)
+    return {"welcome": welcome}
+
+
+def test_an_opened_dispute_gets_its_evidence_drafted_and_admins_get_the_deadline(database, settings):
+    story = _story(database, settings)
+    with database.session_scope() as s:
+        row = s.scalar(select(PaymentDispute))
+        assert row.evidence_status == "draft" and int(row.evidence_due_by.timestamp()) == DUE_BY
+        assert row.stripe_status == "needs_response" and row.currency == "usd"
+        evidence = row.evidence
+        alert = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "dispute_alert"))
+    assert alert.payload["context"]["evidence_due_by"] == row.evidence_due_by.isoformat()
+    assert alert.payload["context"]["evidence_path"] == "/admin/disputes/dp_1/evidence"
+    log = evidence["access_activity_log"]
+    assert "purchase: checkout session cs_d" in log and "booked class gc_SFZ_1_0 \"Class 1\"" in log
+    assert "attended: class gc_SFZ_1_0" in log and "for step SFZ-1 (booking bk_1)" in log
+    assert f"Message-ID <{story['welcome']}@coursepipe>" in evidence["customer_communication"]
+    assert "ada@example.test" in evidence["customer_communication"]
+    assert "Total charged: 120.00 USD" in evidence["receipt"] and "cs_d" in evidence["receipt"]
+    assert "1 were attended" in evidence["uncategorized_text"] and "stu_1" in evidence["uncategorized_text"]
+    with database.session_scope() as s:  # the first attended class is the service date
+        assert evidence["service_date"] == (utcnow() - timedelta(days=9)).strftime("%Y-%m-%d")
+
+
+def test_the_admin_api_shows_the_evidence_and_submits_it_to_stripe_outside_any_transaction(
+        database, runtime, client, admin_headers, stripe_server):
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
+    shown = client.get("/admin/disputes/dp_1/evidence", headers=admin_headers)
+    assert shown.status_code == 200
+    body = shown.get_json()
+    assert body["evidence_status"] == "draft" and body["evidence_due_by"] and body["reason"] == "product_not_received"
+    assert set(body["evidence"]) == {"service_date", "access_activity_log", "customer_communication", "receipt",
+                                     "uncategorized_text", "customer_name", "customer_email_address",
+                                     "product_description"}
+    assert client.get("/admin/disputes/dp_1/evidence").status_code == 401
+    assert client.get("/admin/disputes/dp_nope/evidence", headers=admin_headers).status_code == 404
+
+    seen_during_call = []
+    original = stripe_server._update_dispute
+
+    @stripe_server.route("POST", r"/v1/disputes/(?P<id>[^/]+)")
+    def update_dispute(request, id):
+        # the intent is committed before Stripe is called, and no transaction holds the row meanwhile
+        with database.engine.connect() as conn:
+            locked = "" if database.dialect != "postgresql" else " FOR UPDATE NOWAIT"
+            seen_during_call.append(conn.execute(sa.text(
+                f"SELECT evidence_status FROM payment_dispute WHERE stripe_dispute_id = 'dp_1'{locked}")).scalar())
+            conn.rollback()
+        return original(request, id)
+
+    submitted = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert submitted.status_code == 200, submitted.get_json()
+    result = submitted.get_json()
+    assert result["evidence_status"] == "submitted" and result["stripe_status"] == "under_review"
+    assert seen_during_call == ["submitting"]
+    uploads = stripe_server.calls("POST", "/v1/files")
+    assert len(uploads) == 2 and all(u.params["purpose"] == "dispute_evidence" for u in uploads)
+    assert all(u.uploads["file"][1].startswith(b"%PDF-") for u in uploads)
+    assert all(u.status == 200 and u.idempotency_key.startswith("dispute-evidence:dp_1:") for u in uploads)
+    (call,) = stripe_server.calls("POST", "/v1/disputes/dp_1")
+    sent = call.params["evidence"]
+    assert call.params["submit"] == "true" and call.status == 200
+    assert sent["customer_communication"] == result["files"]["customer_communication"]
+    assert sent["receipt"] == result["files"]["receipt"] and sent["receipt"].startswith("file_")
+    assert sent["service_date"] == result["evidence"]["service_date"] and "bk_1" in sent["access_activity_log"]
+    on_stripe = stripe_server.disputes["dp_1"]
+    assert on_stripe["status"] == "under_review" and on_stripe["evidence_details"]["submission_count"] == 1
+    # what was sent is what the page shows from now on
+    assert client.get("/admin/disputes/dp_1/evidence", headers=admin_headers).get_json()["evidence"] == \
+        result["evidence"]
+
+
+def test_a_refusal_by_stripe_is_recorded_and_can_be_submitted_again(database, runtime, client, admin_headers,
+                                                                    stripe_server):
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
+    stripe_server.fail_next("POST", r"/v1/disputes/dp_1", status=400, body={"error": {
+        "type": "invalid_request_error", "message": "This dispute is already closed."}})
+    refused = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert refused.status_code == 502 and refused.get_json()["error"]["code"] == "stripe_refused"
+    with database.session_scope() as s:
+        row = s.scalar(select(PaymentDispute))
+        assert row.evidence_status == "failed" and "already closed" in row.evidence_error
+    again = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert again.status_code == 200 and again.get_json()["evidence_status"] == "submitted"
+    # each submission its own keys: the second is not a replay of the first
+    keys = {c.idempotency_key.rsplit(":", 1)[0] for c in stripe_server.calls("POST", "/v1/disputes/dp_1")}
+    assert len(keys) == 2
+
+
+def test_a_closed_dispute_is_not_submitted(database, runtime, client, admin_headers, stripe_server):
+    _story(database, runtime.settings)
+    deliver(database, dispute_closed(dispute="dp_1", pi="pi_d", status="lost"), runtime.settings)
+    answer = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "dispute_closed"
+    assert stripe_server.calls("POST") == []
+
+
+def test_the_dashboard_lists_open_disputes_with_their_deadline_and_submits_from_the_page(
+        database, runtime, client, stripe_server):
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
+    csrf = login(client)
+    home = client.get("/admin/").get_data(as_text=True)
+    assert 'data-dispute-id="dp_1"' in home and "product_not_received" in home
+    page = client.get("/admin/ui/disputes/dp_1").get_data(as_text=True)
+    assert "Submit evidence to Stripe" in page and 'data-field="access_activity_log"' in page and "bk_1" in page
+    done = client.post("/admin/ui/disputes/dp_1/submit", data={"csrf_token": csrf}, follow_redirects=True)
+    assert done.status_code == 200 and "submitted to Stripe" in done.get_data(as_text=True)
+    assert stripe_server.disputes["dp_1"]["status"] == "under_review"
