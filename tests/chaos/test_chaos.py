@@ -157,7 +157,8 @@ def test_every_accepted_event_is_accounted_for(fault, pg_database, redis_url, tm
         deliver(second, copies=4 if fault == "duplicate_storm" else 1)
         # some events again, later: duplicates must change nothing
         deliver(rng.sample(first, 5) + rng.sample(second, 5))
-        assert wait_until(settled, timeout=RECOVERY_TARGET_S, interval=1.0), f"stream did not settle: {open_rows(pg_database)}"
+        assert wait_until(settled, timeout=RECOVERY_TARGET_S, interval=1.0), \
+            f"stream did not settle: {open_rows(pg_database)}"
 
         # ---------------------------------------------------------------- the accounting
         sent_ids = {item[1]["id"] for phase in scenario.phases for item in phase}
