@@ -72,23 +72,24 @@ def test_loss_holds_chunks_back_for_a_retransmission_timeout(echo):
         proxy.close()
 
 
+def exchange(sock: socket.socket) -> None:
+    """One byte there and back; OSError when the connection is gone."""
+    sock.sendall(b"x")
+    if not sock.recv(64):
+        raise ConnectionResetError("closed by the proxy")
+
+
 def test_a_cut_resets_open_connections_and_refuses_new_ones_until_healed(echo):
     proxy = Proxy("t", "127.0.0.1", echo)
     try:
-        sock = connect(proxy)
-        round_trip(sock)
-        assert proxy.cut() == 1
-        with pytest.raises(OSError):  # reset by peer (or the read finds the connection gone)
-            sock.sendall(b"x")
-            if not sock.recv(64):
-                raise ConnectionResetError("closed")
-        sock.close()
-        refused = connect(proxy)
-        with pytest.raises(OSError):
-            refused.sendall(b"x")
-            if not refused.recv(64):
-                raise ConnectionResetError("closed")
-        refused.close()
+        with connect(proxy) as sock:
+            round_trip(sock)
+            assert proxy.cut() == 1
+            with pytest.raises(OSError):
+                exchange(sock)
+        with pytest.raises(OSError):  # reset as it connects, or at its first exchange
+            with connect(proxy) as refused:
+                exchange(refused)
         proxy.heal()
         with connect(proxy) as sock:
             round_trip(sock)
