@@ -9,6 +9,9 @@ DEFAULT_DATABASE_URL = "sqlite:///coursepipe.db"
 from tasks.bookings.alerts import DEFAULT_LOW_SEAT_THRESHOLD
 DEFAULT_REMINDER_WINDOW_DAYS = 7
 DEFAULT_PORT = 8000
+DEFAULT_ADMIN_SESSION_HOURS = 8
+DEFAULT_RETENTION_DAYS = 400
+COOKIE_SECURE_CHOICES = ("auto", "true", "false")
 
 
 class ConfigError(Exception):
@@ -38,6 +41,15 @@ def _int(name: str, raw: str | None, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _choice(name: str, raw: str | None, choices: tuple[str, ...], default: str) -> str:
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
 def _opt(raw: str | None) -> str | None:
     return raw if raw else None
 
@@ -60,6 +72,9 @@ class Settings:
     reminders_enabled: bool = False
     reminder_window_days: int = DEFAULT_REMINDER_WINDOW_DAYS
     port: int = DEFAULT_PORT
+    admin_session_hours: int = DEFAULT_ADMIN_SESSION_HOURS
+    cookie_secure: str = "auto"  # auto: Secure when the request came over TLS
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,6 +99,10 @@ class Settings:
                 "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
             ),
             port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            admin_session_hours=_int("ADMIN_SESSION_HOURS", env.get("ADMIN_SESSION_HOURS"),
+                                     DEFAULT_ADMIN_SESSION_HOURS, minimum=1),
+            cookie_secure=_choice("COOKIE_SECURE", env.get("COOKIE_SECURE"), COOKIE_SECURE_CHOICES, "auto"),
+            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -567,3 +567,7 @@ class JobRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# the studio's people and their actions: a module of their own, registered with the rest
+from db.models_admin import AdminAccount, AdminApiToken, AdminRefund, AdminSession, AuditEntry, WorkerHeartbeat  # noqa: E402,F401

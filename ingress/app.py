@@ -8,6 +8,7 @@ from datetime import timedelta
 from flask import Flask
 
 from coursepipe.settings import INGRESS_SECRETS, Settings
+from ingress import cookies
 from ingress.errors import register_error_handlers
 from workers.runtime import Runtime, current
 
@@ -34,9 +35,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         JSON_SORT_KEYS=False,
     )
     register_error_handlers(app)
+    cookies.install(app)  # server-side admin sessions ride in this cookie; Secure over TLS
 
     from ingress import (
         admin_catalog,
+        admin_people,
         admin_enrollments,
         admin_events,
         dashboard,
@@ -52,4 +55,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, read_courses, read_students,
                    read_bookings, dashboard, metrics):
         app.register_blueprint(module.bp)
+    app.register_blueprint(admin_people.bp)  # admin accounts, personal tokens, the audit log
     return app
