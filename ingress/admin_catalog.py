@@ -87,10 +87,13 @@ def list_courses():
 @bp.put("/courses/<code>")
 @require_role("owner")
 def put_course(code: str):
-    course = catalog.parse_course(_body(), code=code)
+    data = _body()
+    reason = roles.reason_of(data)
+    data.pop("reason", None)  # the audit log's, not the course's
+    course = catalog.parse_course(data, code=code)
     with _runtime().db.session_scope() as session:
         saved = catalog.save_course(session=session, course=course)
-        roles.record_action(session, "course.save", f"course:{code}", roles.reason_of(_body()), change=saved.change)
+        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change)
         view = _course(session, catalog.get_program(session, code))
     return jsonify({"change": saved.change, "course": view}), 201 if saved.change == "created" else 200
 
@@ -130,10 +133,13 @@ def list_packages():
 @bp.put("/packages/<code>")
 @require_role("owner")
 def put_package(code: str):
-    package = catalog.parse_package(_body(), code=code)
+    data = _body()
+    reason = roles.reason_of(data)
+    data.pop("reason", None)  # the audit log's, not the package's
+    package = catalog.parse_package(data, code=code)
     with _runtime().db.session_scope() as session:
         saved = catalog.save_package(session=session, package=package)
-        roles.record_action(session, "package.save", f"package:{code}", roles.reason_of(_body()), change=saved.change)
+        roles.record_action(session, "package.save", f"package:{code}", reason, change=saved.change)
         view = _package(session, catalog.get_package(session, code))
     return jsonify({"change": saved.change, "package": view}), 201 if saved.change == "created" else 200
 
