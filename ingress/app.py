@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     from ingress import (
         admin_catalog,
+        admin_operations,
         admin_people,
         admin_enrollments,
         admin_events,
@@ -56,4 +57,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                    read_bookings, dashboard, metrics):
         app.register_blueprint(module.bp)
     app.register_blueprint(admin_people.bp)  # admin accounts, personal tokens, the audit log
+    app.register_blueprint(admin_operations.bp)  # manual enrolments, credit adjustments, revoke, reinstate, refunds
     return app
