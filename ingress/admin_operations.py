@@ -107,10 +107,8 @@ def _datetime(data: dict, name: str) -> datetime | None:
 # --------------------------------------------------------------------------- enrol by hand
 
 
-@bp.post("/enrollments")
-@require_role("operator")
-def enroll():
-    data = _body("student_id", "course_code", "reason", "grant_bundle")
+def enroll_by_hand(data: dict) -> dict:
+    """Shared by the JSON route and the dashboard's form."""
     student_id, course_code = _string(data, "student_id"), _string(data, "course_code")
     reason, grant_bundle = audit.required_reason(data.get("reason")), _bool(data, "grant_bundle")
     with _runtime().db.session_scope() as s:
@@ -122,16 +120,19 @@ def enroll():
         entry.details = {**entry.details, "enrollment_id": enrollment.id}
         view = enrollments.enrollment_view(s, enrollment)
     send("relay_outbox")  # enrollment.created and the welcome mail
-    return jsonify({"enrollment": view, "created": provisioned.as_dict()}), 201
+    return {"enrollment": view, "created": provisioned.as_dict()}
+
+
+@bp.post("/enrollments")
+@require_role("operator")
+def enroll():
+    return jsonify(enroll_by_hand(_body("student_id", "course_code", "reason", "grant_bundle"))), 201
 
 
 # --------------------------------------------------------------------------- credits
 
 
-@bp.post("/students/<student_id>/credits")
-@require_role("operator")
-def adjust_credits(student_id: str):
-    data = _body("kind", "quantity", "reason", "expires_at")
+def adjust_credits_by_hand(student_id: str, data: dict) -> dict:
     kind, quantity = adjustments.parse_kind(data.get("kind")), adjustments.parse_quantity(data.get("quantity"))
     reason, expires_at = audit.required_reason(data.get("reason")), _datetime(data, "expires_at")
     with _runtime().db.session_scope() as s:
@@ -139,68 +140,88 @@ def adjust_credits(student_id: str):
                                     quantity=quantity, expires_at=expires_at.isoformat() if expires_at else None)
         entries = adjustments.adjust(session=s, student_id=student_id, credit_type=kind, quantity=quantity,
                                      cause=f"adjustment:{entry.id}", expires_at=expires_at)
-        body = {"student_id": student_id, "entries": [adjustments.entry_view(e) for e in entries],
+        return {"student_id": student_id, "entries": [adjustments.entry_view(e) for e in entries],
                 "balances": credits.balances(session=s, student_id=student_id)}
-    return jsonify(body), 201
+
+
+@bp.post("/students/<student_id>/credits")
+@require_role("operator")
+def adjust_credits(student_id: str):
+    return jsonify(adjust_credits_by_hand(student_id, _body("kind", "quantity", "reason", "expires_at"))), 201
 
 
 # --------------------------------------------------------------------------- revoke, reinstate
 
 
-def _move(enrollment_id: int, action: str, operation):
-    reason = audit.required_reason(_body("reason").get("reason"))
+MOVES = {"revoke": manual.revoke, "reinstate": manual.reinstate}
+
+
+def move_by_hand(enrollment_id: int, action: str, data: dict) -> dict:
+    reason = audit.required_reason(data.get("reason"))
     with _runtime().db.session_scope() as s:
         entry = roles.record_action(s, f"enrollment.{action}", f"enrollment:{enrollment_id}", reason)
-        enrollment = operation(session=s, enrollment_id=enrollment_id, cause=f"admin:{entry.id}")
+        enrollment = MOVES[action](session=s, enrollment_id=enrollment_id, cause=f"admin:{entry.id}")
         view = enrollments.enrollment_view(s, enrollment)
     send("relay_outbox")  # the platform hears of it
-    return jsonify({"enrollment": view})
+    return {"enrollment": view}
 
 
 @bp.post("/enrollments/<int:enrollment_id>/revoke")
 @require_role("operator")
 def revoke(enrollment_id: int):
-    return _move(enrollment_id, "revoke", manual.revoke)
+    return jsonify(move_by_hand(enrollment_id, "revoke", _body("reason")))
 
 
 @bp.post("/enrollments/<int:enrollment_id>/reinstate")
 @require_role("operator")
 def reinstate(enrollment_id: int):
-    return _move(enrollment_id, "reinstate", manual.reinstate)
+    return jsonify(move_by_hand(enrollment_id, "reinstate", _body("reason")))
 
 
 # --------------------------------------------------------------------------- refund
+
+
+def preview_refund(enrollment_id: int, data: dict) -> dict:
+    keep_access = _bool(data, "keep_access")
+    audit.required_reason(data.get("reason"))
+    with _runtime().db.session_scope() as s:
+        plan = manual.check_refund(session=s, enrollment_id=enrollment_id, amount=data.get("amount"))
+        return {"preview": True, **manual.preview_refund(session=s, plan=plan, keep_access=keep_access)}
+
+
+def refund_by_hand(enrollment_id: int, data: dict, request_key: str | None) -> dict:
+    """The admin refund's view (`status` succeeded, failed or pending) and, when made, the enrollment."""
+    keep_access, reason = _bool(data, "keep_access"), audit.required_reason(data.get("reason"))
+    if request_key is not None and not 1 <= len(request_key) <= 128:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key: 1 to 128 characters")
+    runtime = _runtime()
+    try:
+        result = refund_calls.refund_enrollment(
+            unit_of_work=runtime.db.session_scope, settings=runtime.settings, principal=roles.current_principal(),
+            enrollment_id=enrollment_id, amount=data.get("amount"), keep_access=keep_access, reason=reason,
+            request_key=request_key)
+    except StripeNotConfigured as exc:
+        raise ApiError(503, "stripe_not_configured", str(exc)) from None
+    send("relay_outbox")
+    answer = {"refund": result}
+    if result["status"] == "succeeded":
+        with runtime.db.session_scope() as s:
+            answer["enrollment"] = enrollments.enrollment_view(s, enrollments.get_enrollment(s, enrollment_id))
+    return answer
 
 
 @bp.post("/enrollments/<int:enrollment_id>/refund")
 @require_role("operator")
 def refund(enrollment_id: int):
     data = _body("amount", "keep_access", "reason", "preview")
-    keep_access, preview = _bool(data, "keep_access"), _bool(data, "preview", False)
-    reason = audit.required_reason(data.get("reason"))
-    runtime = _runtime()
-    if preview:
-        with runtime.db.session_scope() as s:
-            plan = manual.check_refund(session=s, enrollment_id=enrollment_id, amount=data.get("amount"))
-            answer = manual.preview_refund(session=s, plan=plan, keep_access=keep_access)
-        return jsonify({"preview": True, **answer})
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and not 1 <= len(key) <= 128:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key: 1 to 128 characters")
-    try:
-        result = refund_calls.refund_enrollment(
-            unit_of_work=runtime.db.session_scope, settings=runtime.settings, principal=roles.current_principal(),
-            enrollment_id=enrollment_id, amount=data.get("amount"), keep_access=keep_access, reason=reason,
-            request_key=key)
-    except StripeNotConfigured as exc:
-        raise ApiError(503, "stripe_not_configured", str(exc)) from None
-    send("relay_outbox")
-    if result["status"] == "failed":
-        return jsonify({"error": {"code": "stripe_refused", "message": result["last_error"]}, "refund": result}), 402
-    if result["status"] == "pending":
+    if _bool(data, "preview", False):
+        return jsonify(preview_refund(enrollment_id, data))
+    answer = refund_by_hand(enrollment_id, data, request.headers.get("Idempotency-Key") or None)
+    status = answer["refund"]["status"]
+    if status == "failed":
+        return jsonify({"error": {"code": "stripe_refused", "message": answer["refund"]["last_error"]}, **answer}), 402
+    if status == "pending":
         return jsonify({"error": {"code": "stripe_unavailable",
-                                  "message": "the refund's outcome is unknown; retry with the same Idempotency-Key",
-                                  }, "refund": result}), 502
-    with runtime.db.session_scope() as s:
-        view = enrollments.enrollment_view(s, enrollments.get_enrollment(s, enrollment_id))
-    return jsonify({"refund": result, "enrollment": view}), 201
+                                  "message": "the refund's outcome is unknown; retry with the same Idempotency-Key"},
+                        **answer}), 502
+    return jsonify(answer), 201

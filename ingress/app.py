@@ -44,10 +44,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         admin_enrollments,
         admin_events,
         dashboard,
+        dashboard_studio,
         health,
         metrics,
         read_bookings,
         read_courses,
+        read_statement,
         read_students,
         webhooks,
     )
@@ -58,4 +60,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.register_blueprint(module.bp)
     app.register_blueprint(admin_people.bp)  # admin accounts, personal tokens, the audit log
     app.register_blueprint(admin_operations.bp)  # manual enrolments, credit adjustments, revoke, reinstate, refunds
+    app.register_blueprint(read_statement.bp)  # a student's credit statement
+    app.register_blueprint(dashboard_studio.bp)  # the student page, manual operations from the dashboard
     return app
