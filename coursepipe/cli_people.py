@@ -89,3 +89,31 @@ def register(main: click.Group) -> None:
         finally:
             database.dispose()
         click.echo(f"admin {email} removed")
+
+    @main.group()
+    def students() -> None:
+        """Students' personal data."""
+
+    @students.command("erase")
+    @click.argument("student_id")
+    @click.option("--reason", default=None, help="why, for the audit log (e.g. the request's reference)")
+    @click.option("--yes", is_flag=True, help="do not ask for confirmation")
+    def students_erase(student_id: str, reason: str | None, yes: bool) -> None:
+        """Remove a student's personal data; enrollments, payments and credits stay, anonymised."""
+        from tasks.admins import audit
+        from tasks.errors import NotFound
+        from tasks.lifecycle import erasure
+
+        if not yes:
+            click.confirm(f"Erase the personal data of student {student_id}? This cannot be undone", abort=True)
+        database = _database()
+        try:
+            with database.session_scope() as s:
+                erased = erasure.erase_student(session=s, student_id=student_id)
+                audit.record(session=s, principal=_principal(), action="student.erase", target=f"student:{student_id}",
+                             reason=reason, details=erased.as_dict())
+        except NotFound as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            database.dispose()
+        click.echo(json.dumps(erased.as_dict()))
