@@ -1,4 +1,5 @@
-"""The dashboard's studio pages: a student's page (enrollments, the credit statement, adjust credits,
+"""The dashboard's studio pages: one search for any id with the pending events and the workers' heartbeats
+(`/admin/ui/find`), a student's page (enrollments, the credit statement, adjust credits,
 enrol by hand) and the manual operations on an enrollment's page (revoke, reinstate, refund with a
 preview first). The forms call the same operations as the JSON API (`ingress.admin_operations`), so the
 same checks, the same audit entries; a refused operation is a flash message and changes nothing."""
@@ -16,7 +17,8 @@ from ingress.errors import ApiError
 from ingress.roles import dashboard_role
 from tasks.catalog import services as catalog
 from tasks.errors import TaskError
-from tasks.reporting import ops, statement
+from tasks.reporting import ops, search, statement
+from workers import heartbeats
 
 bp = Blueprint("studio_ui", __name__, url_prefix="/admin/ui", template_folder="templates")
 
@@ -146,3 +148,17 @@ def refund(enrollment_id: int):
     else:
         flash(f"Refund {refund_row['status']}: {refund_row['last_error']}", "error")
     return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
+
+
+# --------------------------------------------------------------------------- find anything, watch the workers
+
+
+@bp.get("/find")
+@dashboard_role("viewer")
+def find_page():
+    query = request.args.get("q", "").strip()
+    with _runtime().db.session_scope() as s:
+        found = search.find(session=s, query=query)
+        pending = search.pending_events(session=s)
+    return render_template("dashboard/find.html", query=query, found=found, pending=pending,
+                           workers=heartbeats.workers(_runtime().db))
