@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from db.models import AdminAccount, AdminApiToken, AdminSession, AuditEntry
+from db.enums import InboxStatus
+from db.models import AdminAccount, AdminApiToken, AdminSession, AuditEntry, InboxEvent
 from db.types import utcnow
 from tests.admin_support import PASSWORD, bearer, csrf_of, login_as, make_admin, make_token
 from tests.conftest import ADMIN_TOKEN, make_settings
@@ -213,3 +214,19 @@ def test_an_operator_cannot_edit_the_catalog_or_manage_admins(app, client, datab
 def test_unauthenticated_api_calls_are_401(app, client):
     for method, path, endpoint in _api_routes(app):
         assert client.open(path, method=method, json={}).status_code == 401, (method, path)
+
+
+def test_a_viewer_sees_no_action_buttons(client, app, runtime):
+    db = runtime.db
+    with db.session_scope() as s:
+        s.add(InboxEvent(source="platform", event_id="pev_v", type="student.upserted", payload={},
+                         status=InboxStatus.FAILED, last_error="boom"))
+    make_admin(db, "viewer@studio.test", "viewer")
+    make_admin(db, "op@studio.test", "operator")
+    login_as(client, "viewer@studio.test")
+    home = client.get("/admin/").get_data(True)
+    assert "boom" in home and ">Replay<" not in home and "Replay all failed" not in home
+    operator = app.test_client()
+    login_as(operator, "op@studio.test")
+    home = operator.get("/admin/").get_data(True)
+    assert ">Replay<" in home and "Replay all failed" in home
