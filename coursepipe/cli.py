@@ -240,9 +240,9 @@ def doctor() -> None:
 
 def _register_subcommands() -> None:
     """Course authoring, re-fulfilment and the scheduler's jobs live in modules of their own."""
-    from coursepipe import cli_catalog, cli_fulfilment, cli_jobs
+    from coursepipe import cli_catalog, cli_fulfilment, cli_jobs, cli_people
 
-    for module in (cli_catalog, cli_fulfilment, cli_jobs):
+    for module in (cli_catalog, cli_fulfilment, cli_jobs, cli_people):
         module.register(main)
 
 

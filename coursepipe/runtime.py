@@ -11,6 +11,7 @@ from tasks.stripe_api import mode_guarded
 from workers import actors, jobs
 from workers import runtime as worker_runtime
 from workers.broker import make_broker
+from workers.heartbeats import Heartbeats
 from workers.runtime import Runtime
 
 from coursepipe.settings import Settings
@@ -41,6 +42,7 @@ def init_runtime(settings: Settings, *, db: Database | None = None, broker=None,
     runtime = Runtime(settings=settings, db=db or Database(settings.database_url), broker=broker,
                       handlers=handler_table() if handlers is None else handlers)
     worker_runtime.install(runtime)
+    broker.add_middleware(Heartbeats(lambda: runtime.db))  # worker liveness, shown on the dashboard
     runtime.actors = actors.declare_actors(broker, ACTOR_MODULES)
     return runtime
 

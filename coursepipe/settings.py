@@ -16,6 +16,8 @@ MIN_SECRET_LENGTH = 24
 MIN_SECRET_DISTINCT = 8
 DEFAULT_RETENTION_DAYS = 400
 DEFAULT_WAIT_HORIZON_HOURS = 72
+DEFAULT_ADMIN_SESSION_HOURS = 8
+COOKIE_SECURE_CHOICES = ("auto", "true", "false")
 
 
 class ConfigError(Exception):
@@ -42,6 +44,15 @@ def _int(name: str, raw: str | None, default: int, minimum: int = 0) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str | None, choices: tuple[str, ...], default: str) -> str:
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return value
 
 
@@ -73,6 +84,8 @@ class Settings:
     retention_days: int = DEFAULT_RETENTION_DAYS
     wait_horizon_hours: int = DEFAULT_WAIT_HORIZON_HOURS
     public_url: str | None = None  # where Stripe and the platform reach this service, e.g. https://pipe.example.com
+    admin_session_hours: int = DEFAULT_ADMIN_SESSION_HOURS
+    cookie_secure: str = "auto"  # auto: Secure when the request came over TLS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -108,6 +121,9 @@ class Settings:
             public_url=_opt((env.get("PUBLIC_URL") or "").strip().rstrip("/")),
             wait_horizon_hours=_int("WAIT_HORIZON_HOURS", env.get("WAIT_HORIZON_HOURS"), DEFAULT_WAIT_HORIZON_HOURS,
                                     minimum=1),
+            admin_session_hours=_int("ADMIN_SESSION_HOURS", env.get("ADMIN_SESSION_HOURS"),
+                                     DEFAULT_ADMIN_SESSION_HOURS, minimum=1),
+            cookie_secure=_choice("COOKIE_SECURE", env.get("COOKIE_SECURE"), COOKIE_SECURE_CHOICES, "auto"),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -6,12 +6,13 @@ answers 202: the `publish_listing` actor makes the Stripe calls (outside any req
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
 from db.database import is_unique_violation
-from ingress.auth import require_admin
+from ingress import roles
 from ingress.bodies import json_value
+from ingress.roles import require_role
 from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
 from tasks.catalog import drift
@@ -83,39 +84,44 @@ def _package(session, package) -> dict:
 
 
 @bp.get("/courses")
-@require_admin
+@require_role("viewer")
 def list_courses():
     with _runtime().db.session_scope() as session:
         return jsonify({"courses": [_course(session, p) for p in catalog.live_programs(session)]})
 
 
 @bp.put("/courses/<code>")
-@require_admin
+@require_role("owner")
 def put_course(code: str):
-    course = catalog.parse_course(_body(), code=code)
+    data = _body()
+    reason = roles.reason_of(data)
+    data.pop("reason", None)  # the audit log's, not the course's
+    course = catalog.parse_course(data, code=code)
     with _runtime().db.session_scope() as session:
         saved = catalog.save_course(session=session, course=course)
+        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change)
         view = _course(session, catalog.get_program(session, code))
     return jsonify({"change": saved.change, "course": view}), 201 if saved.change == "created" else 200
 
 
 @bp.get("/courses/<code>")
-@require_admin
+@require_role("viewer")
 def get_course(code: str):
     with _runtime().db.session_scope() as session:
         return jsonify(_course(session, catalog.get_program(session, code)))
 
 
 @bp.delete("/courses/<code>")
-@require_admin
+@require_role("owner")
 def delete_course(code: str):
     with _runtime().db.session_scope() as session:
         catalog.delete_course(session=session, code=code)
+        roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(request.get_json(silent=True) or {}))
     return jsonify({"code": code, "deleted": True})
 
 
 @bp.post("/courses/<code>/publish")
-@require_admin
+@require_role("owner")
 def publish_course(code: str):
     return _publish(publishing.COURSE, code)
 
@@ -124,39 +130,44 @@ def publish_course(code: str):
 
 
 @bp.get("/packages")
-@require_admin
+@require_role("viewer")
 def list_packages():
     with _runtime().db.session_scope() as session:
         return jsonify({"packages": [_package(session, p) for p in catalog.live_packages(session)]})
 
 
 @bp.put("/packages/<code>")
-@require_admin
+@require_role("owner")
 def put_package(code: str):
-    package = catalog.parse_package(_body(), code=code)
+    data = _body()
+    reason = roles.reason_of(data)
+    data.pop("reason", None)  # the audit log's, not the package's
+    package = catalog.parse_package(data, code=code)
     with _runtime().db.session_scope() as session:
         saved = catalog.save_package(session=session, package=package)
+        roles.record_action(session, "package.save", f"package:{code}", reason, change=saved.change)
         view = _package(session, catalog.get_package(session, code))
     return jsonify({"change": saved.change, "package": view}), 201 if saved.change == "created" else 200
 
 
 @bp.get("/packages/<code>")
-@require_admin
+@require_role("viewer")
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
         return jsonify(_package(session, catalog.get_package(session, code)))
 
 
 @bp.delete("/packages/<code>")
-@require_admin
+@require_role("owner")
 def delete_package(code: str):
     with _runtime().db.session_scope() as session:
         catalog.delete_package(session=session, code=code)
+        roles.record_action(session, "package.delete", f"package:{code}", roles.reason_of(request.get_json(silent=True) or {}))
     return jsonify({"code": code, "deleted": True})
 
 
 @bp.post("/packages/<code>/publish")
-@require_admin
+@require_role("owner")
 def publish_package(code: str):
     return _publish(publishing.PACKAGE, code)
 
@@ -175,12 +186,14 @@ def _publish(kind: str, code: str):
         raise ApiError(409, "not_publishable", str(exc)) from None
     if not queued:
         raise ApiError(503, "queue_unavailable", "the publish could not be queued; try again")
+    with runtime.db.session_scope() as session:
+        roles.record_action(session, f"{kind}.publish", f"{kind}:{code}", roles.reason_of(request.get_json(silent=True) or {}))
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202
 
 
 @bp.get("/stripe/drift")
-@require_admin
+@require_role("viewer")
 def list_drift():
     with _runtime().db.session_scope() as session:
         return jsonify({"drift": [publishing.drift_view(d) for d in drift.open_drift(session)]})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ingress.auth import require_admin
+from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.errors import NotFound
 from tasks.purchases import evidence
@@ -31,7 +31,7 @@ def submit_or_error(runtime, dispute_id: str) -> dict:
 
 
 @bp.get("/disputes/<dispute_id>/evidence")
-@require_admin
+@require_role("viewer")
 def get_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     try:
@@ -42,7 +42,7 @@ def get_evidence(dispute_id: str):
 
 
 @bp.post("/disputes/<dispute_id>/evidence/submit")
-@require_admin
+@require_role("operator")
 def submit_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     result = submit_or_error(runtime, dispute_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxStatus
-from ingress.auth import require_admin
+from ingress import roles
+from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.inbox import admin as inbox
 from tasks.errors import NotFound
@@ -16,7 +17,7 @@ MAX_LIMIT = 500
 
 
 @bp.get("/events")
-@require_admin
+@require_role("viewer")
 def list_events():
     status_raw = request.args.get("status")
     try:
@@ -36,13 +37,15 @@ def list_events():
 
 
 @bp.post("/events/<int:inbox_id>/replay")
-@require_admin
+@require_role("operator")
 def replay_event(inbox_id: int):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     try:
         with runtime.db.session_scope() as session:
             event = inbox.replay(session=session, inbox_id=inbox_id)
             view = inbox.event_view(event)
+            roles.record_action(session, "event.replay", f"inbox_event:{inbox_id}",
+                                roles.reason_of(request.get_json(silent=True) or {}))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except inbox.NotReplayable as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import OutboxChannel
-from ingress.auth import require_admin
+from ingress import roles
+from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.messaging import delivery
 from workers.actors import send
@@ -13,7 +14,7 @@ bp = Blueprint("admin_outbox", __name__, url_prefix="/admin")
 
 
 @bp.post("/outbox/retry-dead")
-@require_admin
+@require_role("operator")
 def retry_dead():
     body = request.get_json(silent=True) or {}
     if not isinstance(body, dict):
@@ -24,6 +25,8 @@ def retry_dead():
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     with runtime.db.session_scope() as session:
         ids = delivery.retry_dead(session=session, channel=OutboxChannel(channel) if channel else None)
+        roles.record_action(session, "outbox.retry_dead", f"outbox:{channel or 'all'}", roles.reason_of(body),
+                            retried=len(ids))
     if ids:
         send("relay_outbox")  # after the commit
     return jsonify({"retried": len(ids), "ids": ids})

@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Flask
 
 from coursepipe.settings import INGRESS_SECRETS, Settings
-from ingress import guards, limits
+from ingress import cookies, guards, limits
 from ingress.auth import refuse_read_token_elsewhere
 from ingress.errors import register_error_handlers
 from workers.runtime import Runtime, current
@@ -39,14 +39,18 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     guards.install(app)
     limits.install(app, settings)
     app.before_request(refuse_read_token_elsewhere)
+    cookies.install(app)  # server-side admin sessions ride in this cookie; Secure over TLS
 
     from ingress import (
         admin_catalog,
         admin_disputes,
+        admin_operations,
+        admin_people,
         admin_enrollments,
         admin_events,
         admin_outbox,
         dashboard,
+        dashboard_studio,
         health,
         metrics,
         openapi,
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         read_courses,
         read_events,
         read_selling,
+        read_statement,
         read_students,
         webhooks,
     )
@@ -62,4 +67,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     for module in (health, webhooks, admin_events, admin_catalog, admin_enrollments, admin_outbox, admin_disputes,
                    read_courses, read_students, read_bookings, read_events, read_selling, dashboard, metrics, openapi):
         app.register_blueprint(module.bp)
+    app.register_blueprint(admin_people.bp)  # admin accounts, personal tokens, the audit log
+    app.register_blueprint(admin_operations.bp)  # manual enrolments, credit adjustments, revoke, reinstate, refunds
+    app.register_blueprint(read_statement.bp)  # a student's credit statement
+    app.register_blueprint(dashboard_studio.bp)  # the student page, manual operations from the dashboard
     return app

@@ -1,7 +1,9 @@
 """The ops dashboard: server-rendered pages under /admin/ behind a login, and the course report.
 
-- `GET|POST /admin/login` checks ADMIN_TOKEN (constant time) and sets a signed session cookie;
-  `POST /admin/logout` clears it. HTML pages use the cookie; the JSON API keeps the bearer token.
+- `GET|POST /admin/login` checks an admin's e-mail and password (or, with the e-mail left empty,
+  ADMIN_TOKEN as the password: the owner's break-glass login) and opens a server-side session
+  (`ingress.roles`); `POST /admin/logout` revokes it. HTML pages use the cookie; the JSON API a bearer.
+- Pages need a viewer; every action here an operator. Each action writes its audit entry.
 - Every POST here carries the session's CSRF token in a hidden field (checked before the view runs).
 - Actions commit first, then send the message that gets the row moving (never inside the transaction):
   Replay (inbox), Retry (dead outbox row), Re-fulfil (an enrollment).
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from functools import wraps
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import (
@@ -31,9 +33,11 @@ from flask import (
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
+from ingress import roles
 from ingress.admin_disputes import submit_or_error
-from ingress.auth import _matches, bearer_token
+from ingress.auth import _matches
 from ingress.errors import ApiError
+from tasks.admins import accounts
 from tasks.messaging import delivery
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
@@ -47,7 +51,6 @@ from workers.queue_depths import queue_depths
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates")
 
 CSRF_FIELD = "csrf_token"
-SESSION_ADMIN = "admin"
 SESSION_CSRF = "csrf"
 REFRESH_WHILE = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
 
@@ -101,14 +104,7 @@ def _security_headers(response):
     return response
 
 
-def login_required(view):
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        if not session.get(SESSION_ADMIN):
-            return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
-        return view(*args, **kwargs)
-
-    return wrapped
+login_required = roles.dashboard_role()  # a live session: viewer to read, operator to act
 
 
 def _safe_next(target: str | None) -> str:
@@ -127,14 +123,25 @@ def _safe_next(target: str | None) -> str:
 def login():
     error = None
     if request.method == "POST":
-        token = request.form.get("token", "")
-        if _matches(token, _settings().admin_token):
+        email, password = request.form.get("email", "").strip(), request.form.get("password", "")
+        principal, fingerprint = None, None
+        with _runtime().db.session_scope() as s:
+            if not email and _matches(password, _settings().admin_token):  # break-glass
+                principal, fingerprint = accounts.Principal.break_glass(), roles.break_glass_fingerprint()
+            elif email:
+                account = accounts.authenticate(session=s, email=email, password=password)
+                if account is not None:
+                    principal = accounts.Principal(actor=account.email, role=account.role, admin_id=account.id)
+            if principal is not None:
+                sid = accounts.open_session(session=s, principal=principal, credential_fingerprint=fingerprint,
+                                            lifetime=timedelta(hours=_settings().admin_session_hours))
+        if principal is not None:
             session.clear()
             session.permanent = True
-            session[SESSION_ADMIN] = True
+            session[roles.SESSION_TOKEN] = sid
             session[SESSION_CSRF] = secrets.token_urlsafe(32)  # a fresh token after login
             return redirect(_safe_next(request.form.get("next")))
-        error = "That token is not valid."
+        error = "That e-mail and password (or admin token) are not valid."
         current_app.logger.warning("dashboard login refused", extra={"event": {"remote": request.remote_addr}})
     status = 401 if error else 200
     return render_template("dashboard/login.html", error=error, next=request.values.get("next", "")), status
@@ -142,6 +149,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    with _runtime().db.session_scope() as s:
+        accounts.close_session(session=s, token=session.get(roles.SESSION_TOKEN))
     session.clear()
     return redirect(url_for("dashboard.login"))
 
@@ -248,6 +257,7 @@ def replay(inbox_id: int):
     try:
         with _runtime().db.session_scope() as s:
             inbox.replay(session=s, inbox_id=inbox_id)
+            roles.record_action(s, "event.replay", f"inbox_event:{inbox_id}", roles.reason_of(request.form))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except inbox.NotReplayable as exc:
@@ -265,6 +275,8 @@ def replay_failed():
     type_ = request.form.get("type") or None
     with _runtime().db.session_scope() as s:
         ids = ops.replay_failed(session=s, type_=type_)
+        roles.record_action(s, "event.replay_failed", f"type:{type_}" if type_ else None,
+                            roles.reason_of(request.form), inbox_ids=ids)
     enqueue_inbox(ids)
     current_app.logger.info("dashboard bulk replay", extra={"event": {"type": type_, "inbox_ids": ids,
                                                                       "outcome": "replayed"}})
@@ -279,6 +291,7 @@ def retry(message_id: int):
         with _runtime().db.session_scope() as s:
             message = delivery.retry(session=s, message_id=message_id)
             status = message.status.value
+            roles.record_action(s, "outbox.retry", f"outbox_message:{message_id}", roles.reason_of(request.form))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except TaskError as exc:  # e.g. an illegal move (already sent)
@@ -298,6 +311,8 @@ def refulfill(enrollment_id: int):
     try:
         with _runtime().db.session_scope() as s:
             done = fulfilment.refulfill(session=s, enrollment_id=enrollment_id).as_dict()
+            roles.record_action(s, "enrollment.refulfill", f"enrollment:{enrollment_id}", roles.reason_of(request.form),
+                                created={k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v})
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except TaskError as exc:  # NotFulfillable: pending, failed, revoked
@@ -317,9 +332,8 @@ def refulfill(enrollment_id: int):
 
 @bp.get("/reports/courses")
 def reports_courses():
-    """JSON (or `?format=csv`): bearer ADMIN_TOKEN, or a logged-in dashboard session."""
-    if not (_matches(bearer_token(), _settings().admin_token) or session.get(SESSION_ADMIN)):
-        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    """JSON (or `?format=csv`): a bearer (ADMIN_TOKEN or a personal token), or a dashboard session."""
+    roles.any_principal("viewer")
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(400, "invalid_format", "format must be json or csv")

@@ -25,7 +25,7 @@ ENROLLMENT = StateMachine(
         EnrollmentStatus.SUSPENDED: frozenset({EnrollmentStatus.ACTIVE, EnrollmentStatus.REVOKED}),
         EnrollmentStatus.COMPLETED: frozenset({EnrollmentStatus.REVOKED, EnrollmentStatus.SUSPENDED, EnrollmentStatus.ACTIVE}),  # ACTIVE: a completed step reopened
         EnrollmentStatus.FAILED: frozenset({EnrollmentStatus.ACTIVE}),  # a later successful payment for the same session
-        EnrollmentStatus.REVOKED: frozenset(),
+        EnrollmentStatus.REVOKED: frozenset({EnrollmentStatus.ACTIVE}),  # only an admin's reinstatement
     },
 )
 
@@ -38,7 +38,9 @@ PROGRESS = StateMachine(
         ProgressStatus.COMPLETED: frozenset(),  # attended steps stay on record, even after a refund
         # a step deactivated by a revocation whose class was attended anyway (the refund was processed
         # before the attendance): the attendance is recorded, whatever order the two arrived in
-        ProgressStatus.CANCELLED: frozenset({ProgressStatus.COMPLETED}),
+        # an admin's reinstatement of a revoked enrollment reopens its cancelled steps (booked when the
+        # step's booking still stands)
+        ProgressStatus.CANCELLED: frozenset({ProgressStatus.COMPLETED, ProgressStatus.UNBOOKED, ProgressStatus.BOOKED}),
     },
 )
 

@@ -21,6 +21,8 @@ A handler takes the `StripeRequest` and the pattern's named groups and returns a
 `(status, dict)`; raise `StripeServer.error(...)` for Stripe-shaped errors. Routes added later win.
 Seed objects with `add_product`, `add_price`, `add_checkout_session(obj, line_items=[...])`, `add_refund`,
 `add_payment_intent`, `add_charge`, `add_dispute`, `add_event(event, delivered=…)`, `add_webhook_endpoint`.
+`add_payment_intent(id=…, amount=…)` (a refund against a seeded one is at most what is left on it, all of
+it when `amount` is left out, in its currency and naming its charge).
 Fail the next matching request(s) with `fail_next("POST", "/v1/products", status=500)`.
 
 It checks what it receives: the secret key (401 otherwise) and the pinned API version — a request whose
@@ -271,9 +273,14 @@ class StripeServer:
         return refund
 
     def add_payment_intent(self, obj: dict | None = None, **changes) -> dict:
-        intent = template("payment_intent") | {"id": f"pi_{_rand(24)}", "created": int(time.time()), "metadata": {}}
+        """A PaymentIntent, succeeded with its charge unless told otherwise, so refunds against it behave as on
+        Stripe (at most what is left on it)."""
+        intent = template("payment_intent") | {"id": f"pi_{_rand(24)}", "created": int(time.time()), "metadata": {},
+                                               "status": "succeeded", "latest_charge": f"ch_{_rand(24)}"}
         intent.update(obj or {})
         intent.update(changes)
+        if "amount_received" not in {**(obj or {}), **changes}:
+            intent["amount_received"] = intent.get("amount")
         with self.lock:
             self.payment_intents[intent["id"]] = intent
         return intent
@@ -491,6 +498,8 @@ class StripeServer:
         r("POST", r"/v1/files")(self._create_file)
         r("POST", r"/v1/refunds")(self._create_refund)
         r("GET", r"/v1/refunds/(?P<id>[^/]+)")(lambda req, id: self._get(self.refunds, "refund", id))
+        r("GET", r"/v1/payment_intents/(?P<id>[^/]+)")(
+            lambda req, id: self._get(self.payment_intents, "payment_intent", id))
 
     def _get(self, store: dict, resource: str, id_: str) -> dict:
         with self.lock:
@@ -654,9 +663,29 @@ class StripeServer:
         if not (p.get("charge") or p.get("payment_intent")):
             raise self.error(400, "One of the following params should be provided for this request: "
                                   "payment_intent or charge.", param="charge")
-        refund = self.add_refund(charge=p.get("charge"), payment_intent=p.get("payment_intent"),
-                                 amount=int(p["amount"]) if "amount" in p else 0,
-                                 metadata=p.get("metadata") or {}, reason=p.get("reason"), status="succeeded")
+        pi = self.payment_intents.get(p.get("payment_intent")) if p.get("payment_intent") else None
+        if p.get("payment_intent") and pi is None and self.payment_intents:
+            raise self.missing("payment_intent", p["payment_intent"])
+        if p.get("reason") not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            raise self.error(400, f"Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
+                             param="reason")
+        currency, charge = p.get("currency"), p.get("charge")
+        if pi is not None:  # as Stripe: at most what is left on the charge, all of it by default
+            left = pi["amount_received"] - pi.setdefault("amount_refunded", 0)
+            if left <= 0:
+                raise self.error(400, f"Charge {pi['latest_charge']} has already been refunded.",
+                                 code="charge_already_refunded")
+            amount = int(p.get("amount", left))
+            if amount > left:
+                raise self.error(400, f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                                      f"({left})", param="amount")
+            pi["amount_refunded"] += amount
+            currency, charge = pi["currency"], pi["latest_charge"]
+        else:
+            amount = int(p["amount"]) if "amount" in p else 0
+        refund = self.add_refund(charge=charge, payment_intent=p.get("payment_intent"), amount=amount,
+                                 currency=currency or "usd", metadata=p.get("metadata") or {},
+                                 reason=p.get("reason"), status="succeeded")
         return copy.deepcopy(refund)
 
 

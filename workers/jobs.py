@@ -12,6 +12,7 @@ import time
 from tasks.bookings import alerts
 from tasks.enrollments import reminders
 from tasks.errors import PermanentError
+from tasks.lifecycle import retention
 from tasks.messaging import delivery
 from workers import metrics, publishing, reconciling, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
@@ -86,6 +87,24 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max
     rt = runtime.current()
     finish_job_run(job_run, **reconciling.run(rt, lookback_hours=lookback_hours, max_calls=max_calls,
                                                enqueue=enqueue_inbox))
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def prune_retention(job_run: int | None = None) -> None:
+    """Prune raw payloads and mail bodies older than RETENTION_DAYS, one batch per unit of work."""
+    rt = runtime.current()
+    total = retention.Pruned()
+    while True:
+        with rt.db.session_scope() as session:
+            done = retention.prune(session=session, retention_days=rt.settings.retention_days)
+        total.events += done.events
+        total.mails += done.mails
+        if done.events < retention.BATCH and done.mails < retention.BATCH:
+            break
+    if total.events or total.mails:
+        log.info("retention: pruned %d event payload(s) and %d mail body(ies) older than %d days",
+                 total.events, total.mails, rt.settings.retention_days)
+    finish_job_run(job_run, **total.as_dict())
 
 
 # PermanentError (Stripe refused, no API key, unknown course) is not retried; a PublishRetry is, and

@@ -12,6 +12,7 @@ from db.models.ledger import CreditLedgerEntry
 from db.models.inbox import InboxEvent
 from db.models.messaging import OutboxMessage, AlertLog, ReminderLog
 from db.models.jobs import JobRun
+from db.models.admin import AdminAccount, AdminApiToken, AdminRefund, AdminSession, AuditEntry, WorkerHeartbeat
 from db.models.base import Base, BigId, NAMING_CONVENTION, Timestamped
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "InboxEvent",
     "OutboxMessage", "AlertLog", "ReminderLog",
     "JobRun",
+    "AdminAccount", "AdminApiToken", "AdminRefund", "AdminSession", "AuditEntry", "WorkerHeartbeat",
 ]

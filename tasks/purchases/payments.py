@@ -8,6 +8,7 @@ outcome therefore does not depend on the order the events arrived in, nor on how
 - refunded in full, or any dispute lost      → revoked (unconsumed credits revoked, open steps cancelled)
 - otherwise, refunded in part                 → kept; each lot loses floor(quantity × refunded / paid)
 - otherwise, a dispute open                   → suspended
+  (refunds are counted net of those the studio made keeping access: `tasks.purchases.goodwill`)
 - otherwise, suspended with no dispute open   → reinstated (active)
 
 Pending (unsettled) and failed purchases are owed nothing, so only revocation applies to them.
@@ -31,6 +32,7 @@ from db.models import (
 from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, Keys
 from tasks.enrollments import services as enrollments
+from tasks.purchases import goodwill
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
 from tasks.machines import PACKAGE_PURCHASE
@@ -148,8 +150,9 @@ def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded
 def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:
     """Apply every recorded refund and dispute of this enrollment (caller holds its row lock)."""
     purchase = Purchase(enrollment=enrollment)
-    refunded = refunded_total(session, purchase)
-    enrollment.amount_refunded = refunded
+    enrollment.amount_refunded = refunded_total(session, purchase)
+    # a refund the studio made keeping access takes nothing away (tasks.purchases.goodwill)
+    refunded = max(enrollment.amount_refunded - goodwill.kept_amount(session, enrollment.id), 0)
     disputes = _disputes(session, purchase)
     lost = [d for d in disputes if d.status == DisputeStatus.LOST]
     still_open = [d for d in disputes if d.status == DisputeStatus.OPEN]

@@ -86,10 +86,10 @@ def test_login_replay_refulfil_report(browser_page, app, runtime, worker):
 
         page.goto(f"{base}/admin/")
         expect(page).to_have_url(re.compile(r"/admin/login"))
-        page.fill("input[name=token]", "wrong-token")
+        page.fill("input[name=password]", "wrong-token")
         page.click("button[type=submit]")
         expect(page.get_by_role("alert")).to_contain_text("not valid")
-        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.fill("input[name=password]", ADMIN_TOKEN)
         page.click("button[type=submit]")
         expect(page.locator("h1")).to_have_text("Operations")
 

@@ -23,7 +23,7 @@ def csrf_of(html: str) -> str:
 
 def login(client) -> str:
     page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True))})
+    response = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True))})
     assert response.status_code == 302 and response.headers["Location"].endswith("/admin/")
     return csrf_of(client.get("/admin/").get_data(True))
 
@@ -43,14 +43,14 @@ def test_pages_need_a_login(client):
 
 def test_wrong_token_is_refused_and_sets_no_session(client):
     page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"token": "not-the-token", "csrf_token": csrf_of(page.get_data(True))})
+    response = client.post("/admin/login", data={"email": "", "password": "not-the-token", "csrf_token": csrf_of(page.get_data(True))})
     assert response.status_code == 401 and "not valid" in response.get_data(True)
     assert client.get("/admin/").status_code == 302
 
 
 def test_login_without_csrf_token_is_refused(client):
     client.get("/admin/login")
-    response = client.post("/admin/login", data={"token": ADMIN_TOKEN})
+    response = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN})
     assert response.status_code == 403 and response.get_json()["error"]["code"] == "csrf_failed"
     assert client.get("/admin/").status_code == 302
 
@@ -78,7 +78,7 @@ def test_logout_ends_the_session(client):
 
 def test_next_is_kept_but_never_leaves_the_site(client):
     page = client.get("/admin/login?next=//evil.example/x")
-    response = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
+    response = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
                                                  "next": "//evil.example/x"})
     assert response.headers["Location"].endswith("/admin/")
 

@@ -77,7 +77,7 @@ def test_put_course_with_unstorable_json_is_400_and_writes_nothing(client, admin
 @pytest.mark.parametrize("next_", ["/admin/\r\nSet-Cookie: x=1", "/admin/\nX", "/admin/\x00"])
 def test_login_with_a_control_character_in_next_goes_home(client, next_):
     page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
+    response = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
                                                   "next": next_})
     assert response.status_code == 302 and response.headers["Location"].endswith("/admin/")
     assert "Set-Cookie: x" not in str(response.headers)

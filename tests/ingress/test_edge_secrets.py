@@ -40,10 +40,10 @@ def test_successful_requests_do_not_count(client, admin_headers):
 
 def test_failed_dashboard_logins_are_rate_limited(client):
     csrf = csrf_of(client.get("/admin/login").get_data(True))
-    codes = [client.post("/admin/login", data={"token": f"guess-{i}", "csrf_token": csrf}).status_code
+    codes = [client.post("/admin/login", data={"email": "", "password": f"guess-{i}", "csrf_token": csrf}).status_code
              for i in range(21)]
     assert codes[:20] == [401] * 20 and codes[20] == 429
-    right = client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf})
+    right = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf})
     assert right.status_code == 429
 
 

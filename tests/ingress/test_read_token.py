@@ -79,6 +79,6 @@ def test_admin_token_still_opens_admin_routes(client):
 
 def test_read_token_typed_into_the_dashboard_login_does_not_log_in(client):
     page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"token": READ_OLD, "csrf_token": csrf_of(page.get_data(True))})
+    response = client.post("/admin/login", data={"email": "", "password": READ_OLD, "csrf_token": csrf_of(page.get_data(True))})
     assert response.status_code == 401 and "coursepipe_admin" not in response.headers.get("Set-Cookie", "")
     assert client.get("/admin/").status_code == 302

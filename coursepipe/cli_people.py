@@ -1,0 +1,119 @@
+"""`coursepipe admins add|list|remove` (the studio's admin accounts) and `coursepipe students erase ID`.
+
+Each change is recorded in the audit log as done by `cli:<os user>` with the owner's rights (whoever runs
+the command holds the database credentials)."""
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+
+import click
+
+
+def _principal():
+    from tasks.admins.accounts import Principal
+
+    return Principal(actor=f"cli:{getpass.getuser()}", role="owner")
+
+
+def _database():
+    from coursepipe.cli_support import settings_for
+    from db.database import Database
+
+    return Database(settings_for().database_url)
+
+
+def register(main: click.Group) -> None:
+    @main.group()
+    def admins() -> None:
+        """Admin accounts: owner, operator or viewer."""
+
+    @admins.command("add")
+    @click.argument("email")
+    @click.option("--role", type=click.Choice(["owner", "operator", "viewer"]), required=True)
+    @click.option("--password-stdin", is_flag=True, help="read the password from standard input (one line)")
+    @click.option("--reason", default=None, help="why, for the audit log")
+    def admins_add(email: str, role: str, password_stdin: bool, reason: str | None) -> None:
+        """Create an admin account; the password is prompted for (or read from standard input)."""
+        from tasks.admins import accounts, audit
+        from tasks.errors import ValidationFailed
+
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        database = _database()
+        try:
+            with database.session_scope() as s:
+                account = accounts.add_admin(session=s, email=email, role=role, password=password)
+                audit.record(session=s, principal=_principal(), action="admin.add", target=f"admin:{account.email}",
+                             reason=reason, details={"role": role})
+                email = account.email
+        except ValidationFailed as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            database.dispose()
+        click.echo(f"admin {email} added as {role}")
+
+    @admins.command("list")
+    def admins_list() -> None:
+        """One JSON line per admin account."""
+        from tasks.admins import accounts
+
+        database = _database()
+        try:
+            with database.session_scope() as s:
+                rows = [accounts.admin_view(a) for a in accounts.list_admins(session=s)]
+        finally:
+            database.dispose()
+        for row in rows:
+            click.echo(json.dumps(row))
+
+    @admins.command("remove")
+    @click.argument("email")
+    @click.option("--reason", default=None, help="why, for the audit log")
+    def admins_remove(email: str, reason: str | None) -> None:
+        """Remove an admin account with its sessions and API tokens (the audit log keeps what they did)."""
+        from tasks.admins import accounts, audit
+        from tasks.errors import NotFound
+
+        database = _database()
+        try:
+            with database.session_scope() as s:
+                account = accounts.remove_admin(session=s, email=email)
+                audit.record(session=s, principal=_principal(), action="admin.remove",
+                             target=f"admin:{account.email}", reason=reason)
+        except NotFound as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            database.dispose()
+        click.echo(f"admin {email} removed")
+
+    @main.group()
+    def students() -> None:
+        """Students' personal data."""
+
+    @students.command("erase")
+    @click.argument("student_id")
+    @click.option("--reason", default=None, help="why, for the audit log (e.g. the request's reference)")
+    @click.option("--yes", is_flag=True, help="do not ask for confirmation")
+    def students_erase(student_id: str, reason: str | None, yes: bool) -> None:
+        """Remove a student's personal data; enrollments, payments and credits stay, anonymised."""
+        from tasks.admins import audit
+        from tasks.errors import NotFound
+        from tasks.lifecycle import erasure
+
+        if not yes:
+            click.confirm(f"Erase the personal data of student {student_id}? This cannot be undone", abort=True)
+        database = _database()
+        try:
+            with database.session_scope() as s:
+                erased = erasure.erase_student(session=s, student_id=student_id)
+                audit.record(session=s, principal=_principal(), action="student.erase", target=f"student:{student_id}",
+                             reason=reason, details=erased.as_dict())
+        except NotFound as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            database.dispose()
+        click.echo(json.dumps(erased.as_dict()))

@@ -1,0 +1,203 @@
+"""The studio's people: admin accounts, personal API tokens and the audit log.
+
+JSON (bearer): `GET /admin/me`; `POST /admin/tokens` {name} → 201 with the token, shown once;
+`DELETE /admin/tokens/<id>`; `GET|POST /admin/admins`, `DELETE /admin/admins/<email>` (owner);
+`GET /admin/audit?actor=&action=&target=&limit=` (viewer).
+Dashboard: `/admin/ui/audit` (the log) and `/admin/ui/account` (your tokens: create, revoke).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from ingress import dashboard, roles
+from ingress.errors import ApiError, error_response
+from ingress.roles import dashboard_role, require_role
+from tasks.admins import accounts, audit
+from tasks.errors import NotFound, ValidationFailed
+
+bp = Blueprint("admin_people", __name__, url_prefix="/admin", template_folder="templates")
+
+
+def _runtime():
+    return current_app.config["COURSEPIPE_RUNTIME"]
+
+
+@bp.before_request
+def _dashboard_forms_carry_csrf():
+    if request.path.startswith("/admin/ui/"):
+        return dashboard._check_csrf()
+    return None
+
+
+@bp.after_request
+def _security_headers(response):
+    if request.path.startswith("/admin/ui/"):
+        return dashboard._security_headers(response)
+    return response
+
+
+@bp.errorhandler(ValidationFailed)
+def _invalid(exc: ValidationFailed):
+    status = 409 if isinstance(exc, accounts.AccountExists) else 400
+    response = jsonify({"error": {"code": "conflict" if status == 409 else "validation_failed", "message": str(exc),
+                                  "field": exc.field}})
+    response.status_code = status
+    return response
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound):
+    return error_response(404, "not_found", str(exc))
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ValidationFailed("body: must be a JSON object", field="body")
+    return data
+
+
+def _own_account_id() -> int:
+    principal = roles.current_principal()
+    if principal.admin_id is None:
+        raise ApiError(409, "no_account", "the break-glass ADMIN_TOKEN has no account: log in as an admin to "
+                                          "make personal tokens")
+    return principal.admin_id
+
+
+# --------------------------------------------------------------------------- me and my tokens
+
+
+@bp.get("/me")
+@require_role("viewer")
+def me():
+    principal = roles.current_principal()
+    tokens = []
+    if principal.admin_id is not None:
+        with _runtime().db.session_scope() as s:
+            tokens = [accounts.token_view(t) for t in accounts.list_tokens(session=s, admin_id=principal.admin_id)]
+    return jsonify({"actor": principal.actor, "role": principal.role, "tokens": tokens})
+
+
+@bp.post("/tokens")
+@require_role("viewer")
+def create_token():
+    admin_id = _own_account_id()
+    with _runtime().db.session_scope() as s:
+        row, token = accounts.create_token(session=s, admin_id=admin_id, name=_body().get("name"))
+        roles.record_action(s, "token.create", f"admin_api_token:{row.id}", name=row.name)
+        view = accounts.token_view(row)
+    return jsonify({**view, "token": token}), 201
+
+
+@bp.delete("/tokens/<int:token_id>")
+@require_role("viewer")
+def revoke_token(token_id: int):
+    admin_id = _own_account_id()
+    with _runtime().db.session_scope() as s:
+        row = accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
+        roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
+        view = accounts.token_view(row)
+    return jsonify(view)
+
+
+# --------------------------------------------------------------------------- admins (owner)
+
+
+@bp.get("/admins")
+@require_role("owner")
+def list_admins():
+    with _runtime().db.session_scope() as s:
+        return jsonify({"admins": [accounts.admin_view(a) for a in accounts.list_admins(session=s)]})
+
+
+@bp.post("/admins")
+@require_role("owner")
+def add_admin():
+    data = _body()
+    with _runtime().db.session_scope() as s:
+        account = accounts.add_admin(session=s, email=data.get("email"), role=data.get("role"),
+                                     password=data.get("password"))
+        roles.record_action(s, "admin.add", f"admin:{account.email}", roles.reason_of(data), role=account.role)
+        view = accounts.admin_view(account)
+    return jsonify(view), 201
+
+
+@bp.delete("/admins/<email>")
+@require_role("owner")
+def remove_admin(email: str):
+    with _runtime().db.session_scope() as s:
+        account = accounts.remove_admin(session=s, email=email)
+        roles.record_action(s, "admin.remove", f"admin:{account.email}",
+                            roles.reason_of(request.get_json(silent=True) or {}))
+    return jsonify({"email": account.email, "removed": True})
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def _audit_query() -> dict:
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
+    if not 1 <= limit <= audit.MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be between 1 and {audit.MAX_LIMIT}")
+    return {"actor": request.args.get("actor") or None, "action": request.args.get("action") or None,
+            "target": request.args.get("target") or None, "limit": limit}
+
+
+@bp.get("/audit")
+@require_role("viewer")
+def audit_log():
+    query = _audit_query()
+    with _runtime().db.session_scope() as s:
+        return jsonify({"entries": [audit.entry_view(e) for e in audit.entries(session=s, **query)]})
+
+
+@bp.get("/ui/audit")
+@dashboard_role("viewer")
+def audit_page():
+    query = _audit_query()
+    with _runtime().db.session_scope() as s:
+        rows = [audit.entry_view(e) for e in audit.entries(session=s, **query)]
+    return render_template("dashboard/audit.html", entries=rows, query=query)
+
+
+# --------------------------------------------------------------------------- my account (dashboard)
+
+
+def _account_page(new_token: str | None = None, status: int = 200):
+    principal = roles.current_principal()
+    tokens = []
+    if principal.admin_id is not None:
+        with _runtime().db.session_scope() as s:
+            tokens = [accounts.token_view(t) for t in accounts.list_tokens(session=s, admin_id=principal.admin_id)]
+    return render_template("dashboard/account.html", principal=principal, tokens=tokens, new_token=new_token), status
+
+
+@bp.get("/ui/account")
+@dashboard_role("viewer")
+def account_page():
+    return _account_page()
+
+
+@bp.post("/ui/account/tokens")
+@dashboard_role("viewer")
+def account_create_token():
+    admin_id = _own_account_id()
+    with _runtime().db.session_scope() as s:
+        row, token = accounts.create_token(session=s, admin_id=admin_id, name=request.form.get("name", ""))
+        roles.record_action(s, "token.create", f"admin_api_token:{row.id}", name=row.name)
+    # rendered in this answer only: never put in the (signed, not encrypted) session cookie
+    return _account_page(new_token=token, status=201)
+
+
+@bp.post("/ui/account/tokens/<int:token_id>/revoke")
+@dashboard_role("viewer")
+def account_revoke_token(token_id: int):
+    admin_id = _own_account_id()
+    with _runtime().db.session_scope() as s:
+        accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
+        roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
+    return _account_page()

@@ -1,0 +1,225 @@
+"""Admin accounts, dashboard sessions and personal API tokens.
+
+- Passwords are argon2id hashes (argon2-cffi); a login by an unknown e-mail still verifies a hash, so
+  the answer takes as long either way.
+- Sessions live in `admin_session`: the cookie carries a random token, the table its SHA-256. Logout
+  revokes the row; every session ends at its absolute `expires_at`, however active it is.
+- API tokens (`cpa_…`) are shown once; only their SHA-256 is kept (they are random, so a fast hash is
+  enough). A token acts with its owner's role; removing the owner removes their sessions and tokens.
+- ADMIN_TOKEN is the owner's break-glass credential: `Principal.break_glass()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from db.models import AdminAccount, AdminApiToken, AdminSession
+from db.types import utcnow
+from tasks.errors import NotFound, ValidationFailed
+
+ROLES = ("viewer", "operator", "owner")  # each can do what the ones before it can
+BREAK_GLASS_ACTOR = "ADMIN_TOKEN"
+TOKEN_PREFIX = "cpa_"
+MIN_PASSWORD_LENGTH = 12
+DEFAULT_SESSION_HOURS = 8
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+_hasher = PasswordHasher()
+# verified against when the e-mail is unknown, so both answers cost one argon2 verification
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountExists(ValidationFailed):
+    """Raised when an account with this e-mail already exists."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: an admin (by e-mail) with a role, or the break-glass owner."""
+
+    actor: str
+    role: str
+    admin_id: int | None = None
+
+    @classmethod
+    def break_glass(cls) -> "Principal":
+        return cls(actor=BREAK_GLASS_ACTOR, role="owner")
+
+    def can(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    if not EMAIL.match(email) or len(email) > 320:
+        raise ValidationFailed(f"email: {email!r} is not an e-mail address", field="email")
+    return email
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", field="role")
+    return role
+
+
+def check_password(password: str) -> str:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(f"password: at least {MIN_PASSWORD_LENGTH} characters", field="password")
+    return password
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+def add_admin(*, session: Session, email: str, role: str, password: str) -> AdminAccount:
+    email, role, password = normalise_email(email), check_role(role), check_password(password)
+    if session.scalar(select(AdminAccount.id).where(AdminAccount.email == email)) is not None:
+        raise AccountExists(f"email: an admin {email} already exists", field="email")
+    account = AdminAccount(email=email, role=role, password_hash=_hasher.hash(password))
+    session.add(account)
+    session.flush()
+    return account
+
+
+def get_admin(session: Session, email: str) -> AdminAccount:
+    account = session.scalar(select(AdminAccount).where(AdminAccount.email == (email or "").strip().lower()))
+    if account is None:
+        raise NotFound(f"no admin {email}")
+    return account
+
+
+def list_admins(*, session: Session) -> list[AdminAccount]:
+    return list(session.scalars(select(AdminAccount).order_by(AdminAccount.email)))
+
+
+def remove_admin(*, session: Session, email: str) -> AdminAccount:
+    """The account, its sessions and its tokens go; the audit log keeps what they did (by e-mail)."""
+    account = get_admin(session, email)
+    session.execute(delete(AdminSession).where(AdminSession.admin_id == account.id))
+    session.execute(delete(AdminApiToken).where(AdminApiToken.admin_id == account.id))
+    session.delete(account)
+    session.flush()
+    return account
+
+
+def authenticate(*, session: Session, email: str, password: str) -> AdminAccount | None:
+    """The account whose password this is, or None (unknown e-mail or wrong password: the same answer)."""
+    account = session.scalar(select(AdminAccount).where(AdminAccount.email == (email or "").strip().lower()))
+    try:
+        _hasher.verify(account.password_hash if account else _DUMMY_HASH, password or "")
+    except (VerificationError, InvalidHashError):
+        return None
+    if account is None:
+        return None
+    if _hasher.check_needs_rehash(account.password_hash):
+        account.password_hash = _hasher.hash(password)
+    account.last_login_at = utcnow()
+    return account
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def open_session(*, session: Session, principal: Principal, lifetime: timedelta,
+                 credential_fingerprint: str | None = None, now: datetime | None = None) -> str:
+    """A new dashboard session; returns the token for the cookie (only its hash is stored)."""
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    session.add(AdminSession(token_hash=sha256(token), admin_id=principal.admin_id, role=principal.role,
+                             credential_fingerprint=credential_fingerprint, created_at=now,
+                             expires_at=now + lifetime))
+    session.flush()
+    return token
+
+
+def session_principal(*, session: Session, token: str | None, break_glass_fingerprint: str | None,
+                      now: datetime | None = None) -> Principal | None:
+    """The principal of a live session: not revoked, not expired, its account (or ADMIN_TOKEN) unchanged."""
+    if not token:
+        return None
+    now = now or utcnow()
+    row = session.scalar(select(AdminSession).where(AdminSession.token_hash == sha256(token)))
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return None
+    if row.admin_id is None:  # break-glass: only while ADMIN_TOKEN is the one it was opened with
+        if not break_glass_fingerprint or row.credential_fingerprint != break_glass_fingerprint:
+            return None
+        return Principal.break_glass()
+    account = session.get(AdminAccount, row.admin_id)
+    if account is None:
+        return None
+    return Principal(actor=account.email, role=account.role, admin_id=account.id)  # the role as it is now
+
+
+def close_session(*, session: Session, token: str | None, now: datetime | None = None) -> bool:
+    if not token:
+        return False
+    result = session.execute(update(AdminSession).where(AdminSession.token_hash == sha256(token),
+                                                        AdminSession.revoked_at.is_(None))
+                             .values(revoked_at=now or utcnow()))
+    return bool(result.rowcount)
+
+
+# --------------------------------------------------------------------------- API tokens
+
+
+def create_token(*, session: Session, admin_id: int, name: str) -> tuple[AdminApiToken, str]:
+    """A new personal API token; returns the row and the token itself (shown once, never stored)."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed("name: 1 to 100 characters", field="name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = AdminApiToken(admin_id=admin_id, name=name, token_hash=sha256(token), prefix=token[:10])
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def list_tokens(*, session: Session, admin_id: int) -> list[AdminApiToken]:
+    return list(session.scalars(select(AdminApiToken).where(AdminApiToken.admin_id == admin_id)
+                                .order_by(AdminApiToken.id)))
+
+
+def revoke_token(*, session: Session, admin_id: int, token_id: int) -> AdminApiToken:
+    row = session.get(AdminApiToken, token_id)
+    if row is None or row.admin_id != admin_id:
+        raise NotFound(f"no token {token_id} of yours")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def token_principal(*, session: Session, token: str) -> Principal | None:
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    row = session.scalar(select(AdminApiToken).where(AdminApiToken.token_hash == sha256(token)))
+    if row is None or row.revoked_at is not None:
+        return None
+    account = session.get(AdminAccount, row.admin_id)
+    if account is None:
+        return None
+    row.last_used_at = utcnow()
+    return Principal(actor=account.email, role=account.role, admin_id=account.id)
+
+
+def token_view(row: AdminApiToken) -> dict:
+    return {"id": row.id, "name": row.name, "prefix": row.prefix, "created_at": row.created_at.isoformat(),
+            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+            "revoked": row.revoked_at is not None}
+
+
+def admin_view(account: AdminAccount) -> dict:
+    return {"email": account.email, "role": account.role, "created_at": account.created_at.isoformat(),
+            "last_login_at": account.last_login_at.isoformat() if account.last_login_at else None}

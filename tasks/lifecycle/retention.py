@@ -1,0 +1,108 @@
+"""RETENTION_DAYS: raw event payloads and mail bodies older than this are pruned.
+
+What stays: every row and its ids (an inbox row's source, event id, type, subject, status and times; a
+mail's topic, status and times), a SHA-256 of the pruned content (so a copy held elsewhere can still be
+matched), and the financial facts of a Stripe event's object (its id, amounts, currency, payment intent,
+charge, status, creation time, course or package code). Enrollments, purchases, refunds, disputes, the
+ledger and the transition log are the financial record and are kept as they are.
+
+Only settled rows are pruned: an inbox row `processed` or `ignored` (a `failed` one keeps its payload
+for a replay, anything pending or waiting is still to be applied), a mail `sent` or `dead`.
+Outbound platform events keep their data (the platform's catch-up feed serves them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
+from db.models import InboxEvent, OutboxMessage
+from db.types import utcnow
+
+BATCH = 500
+PRUNED = "pruned_at"
+# the fields of a Stripe object that are financial facts, kept when its payload is pruned
+STRIPE_FACTS = ("id", "object", "amount", "amount_total", "amount_subtotal", "amount_refunded", "amount_captured",
+                "currency", "payment_intent", "charge", "status", "payment_status", "created", "livemode",
+                "client_reference_id", "refunded", "reason")
+METADATA_FACTS = ("kind", "course_code", "package_code")
+
+
+@dataclass
+class Pruned:
+    events: int = 0
+    mails: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"events_pruned": self.events, "mails_pruned": self.mails}
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def is_pruned(payload: Any) -> bool:
+    return isinstance(payload, dict) and PRUNED in payload
+
+
+def _id(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def stripe_facts(payload: dict[str, Any]) -> dict[str, Any]:
+    obj = ((payload.get("data") or {}).get("object")) or {}
+    if not isinstance(obj, dict):
+        return {}
+    facts = {name: _id(obj[name]) for name in STRIPE_FACTS if name in obj}
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    facts.update({f"metadata.{k}": metadata[k] for k in METADATA_FACTS if k in metadata})
+    return facts
+
+
+def pruned_payload(payload: Any, *, now: datetime, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    kept = {PRUNED: now.isoformat(), "sha256": digest(payload)}
+    if facts:
+        kept["facts"] = facts
+    return kept
+
+
+def prune_event(event: InboxEvent, *, now: datetime) -> bool:
+    if is_pruned(event.payload):
+        return False
+    facts = stripe_facts(event.payload) if event.source == InboxSource.STRIPE else None
+    event.payload = pruned_payload(event.payload, now=now, facts=facts)
+    return True
+
+
+def prune_mail(message: OutboxMessage, *, now: datetime) -> bool:
+    if is_pruned(message.payload):
+        return False
+    message.payload = pruned_payload({"recipient": message.recipient, "payload": message.payload}, now=now)
+    message.recipient = None
+    return True
+
+
+def prune(*, session: Session, retention_days: int, now: datetime | None = None, batch: int = BATCH) -> Pruned:
+    """One batch of each kind, oldest first; the job runs again until nothing is left to prune."""
+    now = now or utcnow()
+    cutoff = now - timedelta(days=retention_days)
+    done = Pruned()
+    events = session.scalars(select(InboxEvent).where(
+        InboxEvent.received_at < cutoff, InboxEvent.status.in_((InboxStatus.PROCESSED, InboxStatus.IGNORED)),
+        InboxEvent.payload[PRUNED].as_string().is_(None))
+        .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
+    done.events = sum(prune_event(e, now=now) for e in events)
+    mails = session.scalars(select(OutboxMessage).where(
+        OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.created_at < cutoff,
+        OutboxMessage.status.in_((OutboxStatus.SENT, OutboxStatus.DEAD)),
+        OutboxMessage.payload[PRUNED].as_string().is_(None))
+        .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
+    done.mails = sum(prune_mail(m, now=now) for m in mails)
+    session.flush()
+    return done

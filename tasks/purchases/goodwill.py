@@ -1,0 +1,25 @@
+"""Refunds the studio made keeping the student's access (`keep_access`): their amount takes nothing away.
+
+Settling an enrollment (`tasks.purchases.payments.settle_enrollment`) counts refunds for access and
+credits net of this amount, so whatever Stripe event reports such a refund (`charge.refunded` with or
+without its list of refunds, `refund.created`), in any order, the studio's choice holds. A kept refund
+that Stripe later reports failed returned nothing and is no longer netted.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import AdminRefund, PaymentRefund
+
+REFUND_NOT_COUNTED = ("failed", "canceled")
+
+
+def kept_amount(session: Session, enrollment_id: int) -> int:
+    failed = select(PaymentRefund.refund_key).where(PaymentRefund.status.in_(REFUND_NOT_COUNTED))
+    return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
+        AdminRefund.enrollment_id == enrollment_id,
+        AdminRefund.keep_access.is_(True),
+        AdminRefund.status == "succeeded",
+        AdminRefund.stripe_refund_id.not_in(failed),
+    )))

@@ -1,0 +1,290 @@
+"""Manual operations on enrollments, each asked for by an admin with a reason (the ingress writes the
+audit entry in the same transaction and passes its cause, `admin:<audit entry id>`):
+
+- `enroll`: an enrollment without a payment (a comp), with or without the course's bundle;
+- `revoke` / `reinstate`: by hand. Reinstating a revoked enrollment reopens its cancelled steps and
+  grants back what the revocation took from its bundle; it is refused while its payments say revoked
+  (refunded in full or a dispute lost): refund keeping access, or enrol by hand, instead;
+- refunds: `check_refund` (what may be refunded), `preview_refund` (exactly which credits, steps and
+  bookings a refund would change: the real settlement run in a savepoint and rolled back), and the
+  intent / outcome of the Stripe call (`workers.refunds` owns the transactions around the call).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.enums import BookingStatus, DisputeStatus, EnrollmentStatus, LedgerEntryType, ProgressStatus
+from db.models import (
+    AdminRefund,
+    Booking,
+    CourseStep,
+    CreditLedgerEntry,
+    PaymentDispute,
+    PaymentRefund,
+    Student,
+    StudentCourseEnrollment,
+    StudentCourseProgress,
+)
+from db.types import utcnow
+from tasks.catalog import services as catalog
+from tasks.enrollments import progress as progress_moves
+from tasks.enrollments import services as enrollments
+from tasks.errors import NotFound, PermanentError, ValidationFailed
+from tasks.ledger import credits
+from tasks.machines import ENROLLMENT
+from tasks.messaging import outbox
+from tasks.purchases import goodwill, payments, refunds
+
+MANUAL_SESSION_PREFIX = "manual:"  # a manual enrollment's stand-in for a checkout session id
+
+
+class AlreadyEnrolled(PermanentError):
+    """Raised when the student already holds the course (active, suspended, pending or completed)."""
+
+
+class NotAllowed(PermanentError):
+    """Raised when an enrollment's state does not allow the operation (revoke a revoked one, …)."""
+
+
+class NotRefundable(PermanentError):
+    """Raised when an enrollment has no Stripe payment to refund, or nothing left to refund."""
+
+
+def _locked(session: Session, enrollment_id: int) -> StudentCourseEnrollment:
+    enrollment = enrollments.get_enrollment(session, enrollment_id, lock=True)
+    if enrollment is None:
+        raise NotFound(f"no enrollment {enrollment_id}")
+    return enrollment
+
+
+# --------------------------------------------------------------------------- enrol by hand
+
+
+def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle: bool, cause: str,
+           reason: str, actor: str) -> tuple[StudentCourseEnrollment, enrollments.Provisioned]:
+    """A comp: active at once, a progress row per step, the bundle's credits when `grant_bundle`."""
+    program = catalog.get_program(session, course_code)
+    student = session.get(Student, student_id)
+    if student is None:  # not mirrored yet: `student.upserted` completes it, as for a purchase
+        student = Student(id=student_id)
+        session.add(student)
+        session.flush()
+    held = session.scalar(select(StudentCourseEnrollment.id).where(
+        StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program.id,
+        StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING))).limit(1))
+    if held is not None:
+        raise AlreadyEnrolled(f"student {student_id} already holds {course_code} (enrollment {held})")
+    now = utcnow()
+    enrollment = StudentCourseEnrollment(
+        student_id=student_id, program_id=program.id, status=EnrollmentStatus.ACTIVE,
+        stripe_checkout_session_id=f"{MANUAL_SESSION_PREFIX}{cause}", amount_total=0,
+        currency=program.price_currency, activated_at=now,
+        fulfilment_metadata={"manual": True, "by": actor, "reason": reason, "grant_bundle": grant_bundle,
+                             "bundle": enrollments.bundle_snapshot(program, session) if grant_bundle else [],
+                             "program_status_at_fulfilment": program.status.value})
+    session.add(enrollment)
+    session.flush()
+    ENROLLMENT.begin(enrollment, session=session, cause=cause, enrollment_id=enrollment.id)
+    steps = catalog.live_steps(session, program.id)
+    provisioned = enrollments.provision(session=session, enrollment=enrollment, program=program, cause=cause,
+                                        fresh=True, steps=steps)
+    enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=True, steps=steps)
+    return enrollment, provisioned
+
+
+# --------------------------------------------------------------------------- revoke and reinstate
+
+
+def revoke(*, session: Session, enrollment_id: int, cause: str) -> StudentCourseEnrollment:
+    enrollment = _locked(session, enrollment_id)
+    if enrollment.status in (EnrollmentStatus.REVOKED, EnrollmentStatus.FAILED):
+        raise NotAllowed(f"enrollment {enrollment_id} is {enrollment.status.value}: nothing to revoke")
+    enrollments.revoke(session=session, enrollment=enrollment, cause=cause, reason="revoked_by_admin")
+    return enrollment
+
+
+def _payments_say_revoked(session: Session, enrollment: StudentCourseEnrollment) -> str | None:
+    if enrollment.stripe_payment_intent_id is None:
+        return None
+    refunded = payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
+    if enrollment.amount_total > 0 and refunded - goodwill.kept_amount(session, enrollment.id) >= enrollment.amount_total:
+        return "it was refunded in full"
+    lost = session.scalar(select(PaymentDispute.id).where(PaymentDispute.enrollment_id == enrollment.id,
+                                                          PaymentDispute.status == DisputeStatus.LOST).limit(1))
+    return "a dispute about it was lost" if lost is not None else None
+
+
+def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCourseEnrollment:
+    enrollment = _locked(session, enrollment_id)
+    if enrollment.status == EnrollmentStatus.SUSPENDED:
+        enrollments.reinstate(session=session, enrollment=enrollment, cause=cause, reason="reinstated_by_admin")
+        return enrollment
+    if enrollment.status != EnrollmentStatus.REVOKED:
+        raise NotAllowed(f"enrollment {enrollment_id} is {enrollment.status.value}: only a revoked or suspended "
+                         "enrollment can be reinstated")
+    why = _payments_say_revoked(session, enrollment)
+    if why:
+        raise NotAllowed(f"enrollment {enrollment_id} cannot be reinstated: {why} (its next payment event would "
+                         "revoke it again); enrol the student by hand instead")
+    now = utcnow()
+    ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id,
+                    at=now)
+    enrollment.revoked_at = None
+    # the steps the revocation cancelled reopen (booked again when their booking still stands)
+    for progress in session.scalars(select(StudentCourseProgress).where(
+            StudentCourseProgress.enrollment_id == enrollment.id,
+            StudentCourseProgress.status == ProgressStatus.CANCELLED).order_by(StudentCourseProgress.id)):
+        standing = progress.booking_id and session.scalar(select(Booking.status).where(
+            Booking.id == progress.booking_id)) == BookingStatus.ACTIVE
+        if not standing:
+            progress.booking_id = progress.group_class_id = None
+        progress_moves.move(session=session, progress=progress, enrollment=enrollment, cause=cause, at=now,
+                            target=ProgressStatus.BOOKED if standing else ProgressStatus.UNBOOKED)
+    # what the revocation took from the bundle comes back as a new lot (the ledger is append-only)
+    taken = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity)).where(
+        CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
+        CreditLedgerEntry.cause == f"revocation:enrollment:{enrollment.id}").group_by(CreditLedgerEntry.credit_type))
+    for credit_type, quantity in taken:
+        # what earlier reinstatements already gave back is not given twice
+        given = -int(quantity) - int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
+            CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.credit_type == credit_type,
+            CreditLedgerEntry.entry_type == LedgerEntryType.GRANT,
+            CreditLedgerEntry.cause.like(f"reinstatement:enrollment:{enrollment.id}:%"))))
+        if given > 0:
+            credits.issue_credits(session=session, student_id=enrollment.student_id, credit_type=credit_type,
+                                  quantity=given, cause=f"reinstatement:enrollment:{enrollment.id}:{cause}",
+                                  enrollment_id=enrollment.id)
+    enrollments.complete_if_done(session=session, enrollment_id=enrollment.id, at=now, cause=cause)
+    outbox.add_platform_event(
+        session=session, type="enrollment.reinstated",
+        data={"enrollment_id": enrollment.id, "student_id": enrollment.student_id,
+              "course_code": enrollments.program_of(session, enrollment).code, "status": enrollment.status.value,
+              "reason": "reinstated_by_admin"},
+        dedupe_key=f"enrollment.reinstated:{enrollment.id}:{cause}", enrollment_id=enrollment.id)
+    session.flush()
+    return enrollment
+
+
+# --------------------------------------------------------------------------- refunds
+
+
+@dataclass(frozen=True)
+class RefundPlan:
+    enrollment_id: int
+    payment_intent: str
+    amount: int
+    currency: str | None
+    refundable: int
+
+
+def check_refund(*, session: Session, enrollment_id: int, amount: Any, lock: bool = True) -> RefundPlan:
+    enrollment = _locked(session, enrollment_id) if lock else enrollments.get_enrollment(session, enrollment_id)
+    if enrollment is None:
+        raise NotFound(f"no enrollment {enrollment_id}")
+    if not enrollment.stripe_payment_intent_id or enrollment.amount_total <= 0:
+        raise NotRefundable(f"enrollment {enrollment_id} was not paid through Stripe: there is nothing to refund")
+    if enrollment.status in (EnrollmentStatus.PENDING, EnrollmentStatus.FAILED):
+        raise NotRefundable(f"enrollment {enrollment_id} is {enrollment.status.value}: its payment did not settle")
+    refundable = enrollment.amount_total - payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
+    if refundable <= 0:
+        raise NotRefundable(f"enrollment {enrollment_id} is refunded in full already")
+    if amount is None:
+        amount = refundable
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 1 <= amount <= refundable:
+        raise ValidationFailed(f"amount: an integer in minor units from 1 to {refundable} (what is left to refund)",
+                               field="amount")
+    return RefundPlan(enrollment.id, enrollment.stripe_payment_intent_id, amount, enrollment.currency, refundable)
+
+
+def _snapshot(session: Session, enrollment: StudentCourseEnrollment) -> dict[str, Any]:
+    steps = {p.id: (p.status.value, p.booking_id, label) for p, label in session.execute(
+        select(StudentCourseProgress, CourseStep.label).join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
+        .where(StudentCourseProgress.enrollment_id == enrollment.id))}
+    return {"status": enrollment.status.value, "steps": steps,
+            "ledger_max": session.scalar(select(func.coalesce(func.max(CreditLedgerEntry.id), 0))),
+            "outbox_types": None}
+
+
+def preview_refund(*, session: Session, plan: RefundPlan, keep_access: bool) -> dict[str, Any]:
+    """What the refund would change, found by settling it for real in a savepoint that is rolled back."""
+    enrollment = _locked(session, plan.enrollment_id)
+    before = _snapshot(session, enrollment)
+    fake = f"preview_{uuid.uuid4().hex}"
+    savepoint = session.begin_nested()
+    try:
+        session.add(AdminRefund(enrollment_id=enrollment.id, amount=plan.amount, currency=plan.currency,
+                                keep_access=keep_access, reason="preview", actor="preview", idempotency_key=fake,
+                                status="succeeded", stripe_refund_id=fake))
+        session.add(PaymentRefund(refund_key=fake, stripe_payment_intent_id=plan.payment_intent,
+                                  enrollment_id=enrollment.id, amount=plan.amount, currency=plan.currency,
+                                  full=plan.amount >= enrollment.amount_total, status="succeeded"))
+        session.flush()
+        payments.settle_enrollment(session=session, enrollment=enrollment, cause=f"refund:{fake}")
+        session.flush()
+        after = _snapshot(session, enrollment)
+        credits_changed = [
+            {"kind": e.credit_type.value, "quantity": e.quantity, "entry_type": e.entry_type.value, "lot": e.grant_id}
+            for e in session.scalars(select(CreditLedgerEntry).where(CreditLedgerEntry.id > before["ledger_max"])
+                                     .order_by(CreditLedgerEntry.id))]
+        active_bookings = list(session.scalars(select(Booking.id).where(
+            Booking.enrollment_id == enrollment.id, Booking.status == BookingStatus.ACTIVE).order_by(Booking.id)))
+    finally:
+        savepoint.rollback()
+    session.expire_all()
+    steps = [{"progress_id": pid, "label": was[2], "from": was[0], "to": after["steps"][pid][0],
+              "booking_id": was[1]}
+             for pid, was in sorted(before["steps"].items()) if after["steps"][pid][0] != was[0]]
+    revoked = after["status"] == EnrollmentStatus.REVOKED.value and before["status"] != after["status"]
+    return {
+        "enrollment_id": plan.enrollment_id,
+        "amount": plan.amount,
+        "currency": plan.currency,
+        "refundable": plan.refundable,
+        "keep_access": keep_access,
+        "enrollment_status": {"from": before["status"], "to": after["status"]},
+        "credits": credits_changed,
+        "steps": steps,
+        # a revocation tells the platform which of the enrollment's bookings still stand
+        "bookings": [{"booking_id": b, "change": "named in enrollment.revoked for the platform to cancel"}
+                     for b in active_bookings] if revoked else [],
+    }
+
+
+def refund_intent(*, session: Session, plan: RefundPlan, keep_access: bool, reason: str, actor: str,
+                  request_key: str | None) -> AdminRefund:
+    row = AdminRefund(enrollment_id=plan.enrollment_id, amount=plan.amount, currency=plan.currency,
+                      keep_access=keep_access, reason=reason, actor=actor, request_key=request_key,
+                      idempotency_key=f"coursepipe-refund-{uuid.uuid4().hex}", status="pending")
+    session.add(row)
+    session.flush()
+    return row
+
+
+def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, Any] | None,
+                   error: str | None, final: bool) -> AdminRefund:
+    """Record Stripe's answer. A refund made is applied at once, as its `refund.created` would be (the
+    events that follow find it recorded); a refusal is `failed`; an unknown outcome (network, 5xx) stays
+    `pending`, to be retried with the same idempotency key."""
+    row = session.scalar(select(AdminRefund).where(AdminRefund.id == admin_refund_id).with_for_update())
+    if row.status != "pending":
+        return row
+    if refund is not None:
+        row.status, row.stripe_refund_id, row.last_error, row.finished_at = "succeeded", refund["id"], None, utcnow()
+        session.flush()
+        refunds.apply_refund(session=session, refund=refund)
+    else:
+        row.last_error = error
+        if final:
+            row.status, row.finished_at = "failed", utcnow()
+    return row
+
+
+def refund_view(row: AdminRefund) -> dict[str, Any]:
+    return {"id": row.id, "enrollment_id": row.enrollment_id, "amount": row.amount, "currency": row.currency,
+            "keep_access": row.keep_access, "reason": row.reason, "actor": row.actor, "status": row.status,
+            "stripe_refund_id": row.stripe_refund_id, "last_error": row.last_error}

@@ -1,0 +1,279 @@
+"""Manual operations over HTTP: enrol by hand, credit adjustments, revoke / reinstate, refunds with a preview
+and keep_access, against the local Stripe server; each with its reason in the audit log."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from db.enums import BundleKind
+from db.models import AdminRefund, AuditEntry, CreditLedgerEntry, OutboxMessage, StudentCourseEnrollment
+from tests import factories
+from tests.admin_support import bearer, make_token
+from tests.conftest import make_settings
+from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
+
+
+@pytest.fixture
+def settings(database, stripe_server):
+    return make_settings(database.url, **stripe_server.settings_changes())
+
+
+@pytest.fixture
+def operator(database):
+    return bearer(make_token(database, "op@studio.test", "operator"))
+
+
+def _course(db, code="SFZ", bundle=((BundleKind.PRIVATE_CREDIT, 2),)):
+    with db.session_scope() as s:
+        factories.program(s, code=code, bundle=bundle)
+
+
+def _purchase(db, stripe_server, cs="cs_1", pi="pi_1") -> int:
+    _course(db)
+    stripe_server.add_payment_intent(id=pi, amount=COURSE_PRICE, currency="usd")
+    deliver(db, checkout(cs=cs, pi=pi))
+    with db.session_scope() as s:
+        return s.scalar(select(StudentCourseEnrollment.id).where(StudentCourseEnrollment.stripe_checkout_session_id == cs))
+
+
+def _count(db, model) -> int:
+    with db.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def _audit(db) -> list[tuple]:
+    with db.session_scope() as s:
+        return [(e.actor, e.action, e.target, e.reason) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+
+
+# --------------------------------------------------------------------------- enrol by hand
+
+
+def test_enrol_by_hand_with_or_without_the_bundle(client, runtime, operator):
+    db = runtime.db
+    _course(db)
+    _course(db, code="ABC", bundle=((BundleKind.GROUP_CREDIT, 3),))
+    made = client.post("/admin/enrollments", headers=operator, json={
+        "student_id": "stu_new", "course_code": "SFZ", "reason": "scholarship", "grant_bundle": True})
+    assert made.status_code == 201, made.get_json()
+    body = made.get_json()
+    assert body["enrollment"]["status"] == "active" and len(body["enrollment"]["steps"]) == 3
+    assert body["enrollment"]["credits"]["private"] == 2 and body["created"]["credits_granted"] == {"private": 2}
+    bare = client.post("/admin/enrollments", headers=operator, json={
+        "student_id": "stu_new", "course_code": "ABC", "reason": "teacher's guest", "grant_bundle": False})
+    assert bare.status_code == 201 and bare.get_json()["enrollment"]["credits"] == {"group": 0, "private": 0}
+    assert state(db, "stu_new")["balances"] == {"group": 0, "private": 2}
+    with db.session_scope() as s:
+        topics = set(s.scalars(select(OutboxMessage.topic)))
+    assert "enrollment.created" in topics  # the platform hears of a comp as of a purchase
+    assert _audit(db) == [("op@studio.test", "enrollment.create", "student:stu_new", "scholarship"),
+                          ("op@studio.test", "enrollment.create", "student:stu_new", "teacher's guest")]
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"student_id": "stu_1", "course_code": "SFZ", "grant_bundle": True}, 400, "validation_failed"),
+    ({"student_id": "stu_1", "course_code": "SFZ", "reason": " ", "grant_bundle": True}, 400, "validation_failed"),
+    ({"student_id": "stu_1", "course_code": "SFZ", "reason": "x", "grant_bundle": "yes"}, 400, "validation_failed"),
+    ({"student_id": "stu_1", "course_code": "SFZ", "reason": "x", "grant_bundle": True, "free": 1}, 400,
+     "validation_failed"),
+    ({"student_id": "stu_1", "course_code": "NOPE", "reason": "x", "grant_bundle": True}, 404, "not_found"),
+    ({"student_id": "stu_1", "course_code": "SFZ", "reason": "x", "grant_bundle": True}, 409, "already_enrolled"),
+])
+def test_enrol_by_hand_refuses_bad_input_and_changes_nothing(client, runtime, stripe_server, operator, body,
+                                                             status, code):
+    db = runtime.db
+    _purchase(db, stripe_server)
+    before = state(db)
+    response = client.post("/admin/enrollments", headers=operator, json=body)
+    assert response.status_code == status and response.get_json()["error"]["code"] == code
+    assert state(db) == before and _audit(db) == []
+
+
+# --------------------------------------------------------------------------- credits
+
+
+def test_credit_adjustments_go_through_the_ledger(client, runtime, operator):
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.student(s)
+    url = "/admin/students/stu_1/credits"
+    plus = client.post(url, headers=operator, json={"kind": "group", "quantity": 3, "reason": "goodwill",
+                                                    "expires_at": "2099-01-31T23:59:00+01:00"})
+    assert plus.status_code == 201 and plus.get_json()["balances"]["group"] == 3
+    assert plus.get_json()["entries"][0]["expires_at"].startswith("2099-01-31T22:59")
+    minus = client.post(url, headers=operator, json={"kind": "group", "quantity": -2, "reason": "booked by phone"})
+    assert minus.status_code == 201 and minus.get_json()["balances"]["group"] == 1
+    entries = _count(db, CreditLedgerEntry)
+    for body, status in (({"kind": "group", "quantity": -5, "reason": "x"}, 409),
+                         ({"kind": "group", "quantity": 0, "reason": "x"}, 400),
+                         ({"kind": "gold", "quantity": 1, "reason": "x"}, 400),
+                         ({"kind": "group", "quantity": 1}, 400),
+                         ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "2020-01-01T00:00:00+00:00"}, 400),
+                         ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "tomorrow"}, 400),
+                         ({"kind": "group", "quantity": -1, "reason": "x", "expires_at": "2099-01-01T00:00:00+00:00"}, 400)):
+        response = client.post(url, headers=operator, json=body)
+        assert response.status_code == status, (body, response.get_json())
+    assert client.post("/admin/students/nobody/credits", headers=operator,
+                       json={"kind": "group", "quantity": 1, "reason": "x"}).status_code == 404
+    assert _count(db, CreditLedgerEntry) == entries  # refused: nothing appended
+    with db.session_scope() as s:
+        rows = s.scalars(select(CreditLedgerEntry).order_by(CreditLedgerEntry.id)).all()
+        assert [(r.entry_type.value, r.quantity) for r in rows] == [("grant", 3), ("revoke", -2)]
+        audit_ids = [e.id for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+        assert [r.cause for r in rows] == [f"adjustment:{audit_ids[0]}", f"adjustment:{audit_ids[1]}"]
+
+
+# --------------------------------------------------------------------------- revoke, reinstate
+
+
+def test_revoke_then_reinstate_by_hand_round_trips(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    before = state(db)
+    assert client.post(f"/admin/enrollments/{enrollment_id}/revoke", headers=operator, json={}).status_code == 400
+    revoked = client.post(f"/admin/enrollments/{enrollment_id}/revoke", headers=operator,
+                          json={"reason": "chargeback by phone"})
+    assert revoked.status_code == 200
+    assert revoked.get_json()["enrollment"]["status"] == "revoked"
+    assert {s["status"] for s in revoked.get_json()["enrollment"]["steps"]} == {"cancelled"}
+    assert state(db)["balances"]["private"] == 0
+    again = client.post(f"/admin/enrollments/{enrollment_id}/revoke", headers=operator, json={"reason": "again"})
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "not_allowed"
+    back = client.post(f"/admin/enrollments/{enrollment_id}/reinstate", headers=operator,
+                       json={"reason": "it was a mistake"})
+    assert back.status_code == 200
+    after = state(db)
+    assert after["enrollments"][0]["status"] == "active" and after["balances"] == before["balances"]
+    assert after["enrollments"][0]["steps"] == before["enrollments"][0]["steps"]  # reopened
+    assert client.post(f"/admin/enrollments/{enrollment_id}/reinstate", headers=operator,
+                       json={"reason": "twice"}).status_code == 409
+    assert [a[1] for a in _audit(db)] == ["enrollment.revoke", "enrollment.reinstate"]
+
+
+def test_an_enrollment_refunded_in_full_is_not_reinstated(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    deliver(db, charge_refunded())
+    refused = client.post(f"/admin/enrollments/{enrollment_id}/reinstate", headers=operator, json={"reason": "x"})
+    assert refused.status_code == 409 and "refunded in full" in refused.get_json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- refunds
+
+
+def test_refund_preview_says_exactly_what_the_refund_then_does(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    before, ledger = state(db), _count(db, CreditLedgerEntry)
+    preview = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json={
+        "keep_access": False, "reason": "moved abroad", "preview": True})
+    assert preview.status_code == 200, preview.get_json()
+    told = preview.get_json()
+    assert told["amount"] == COURSE_PRICE and told["enrollment_status"] == {"from": "active", "to": "revoked"}
+    assert [(c["kind"], c["quantity"], c["entry_type"]) for c in told["credits"]] == [("private", -2, "revoke")]
+    assert [(s["label"], s["from"], s["to"]) for s in told["steps"]] == [
+        ("SFZ-1", "unbooked", "cancelled"), ("SFZ-2", "unbooked", "cancelled"), ("SFZ-3", "unbooked", "cancelled")]
+    # the preview changed nothing, wrote nothing, asked Stripe nothing
+    assert state(db) == before and _count(db, CreditLedgerEntry) == ledger and _count(db, AdminRefund) == 0
+    assert stripe_server.calls("POST", "/v1/refunds") == [] and _audit(db) == []
+
+    done = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json={
+        "keep_access": False, "reason": "moved abroad"})
+    assert done.status_code == 201, done.get_json()
+    assert done.get_json()["refund"]["status"] == "succeeded"
+    assert done.get_json()["enrollment"]["status"] == "revoked"
+    [call] = stripe_server.calls("POST", "/v1/refunds")
+    assert call.params["payment_intent"] == "pi_1" and call.params["amount"] == str(COURSE_PRICE)
+    assert call.idempotency_key.startswith("coursepipe-refund-")
+    with db.session_scope() as s:
+        new = s.scalars(select(CreditLedgerEntry).order_by(CreditLedgerEntry.id).offset(ledger)).all()
+        assert [(e.credit_type.value, e.quantity, e.entry_type.value) for e in new] == [("private", -2, "revoke")]
+    assert state(db)["enrollments"][0]["steps"] == ["cancelled"] * 3
+    assert _audit(db) == [("op@studio.test", "enrollment.refund", f"enrollment:{enrollment_id}", "moved abroad")]
+    # Stripe's own events about the refund change nothing more
+    refund_id = done.get_json()["refund"]["stripe_refund_id"]
+    after = state(db)
+    deliver(db, charge_refunded(refunds=((refund_id, COURSE_PRICE),)))
+    assert state(db) == after
+
+
+def test_a_goodwill_refund_keeps_access_when_stripe_reports_it(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    before = state(db)
+    preview = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json={
+        "keep_access": True, "reason": "teacher was ill", "preview": True}).get_json()
+    assert preview["enrollment_status"] == {"from": "active", "to": "active"}
+    assert preview["credits"] == [] and preview["steps"] == [] and preview["bookings"] == []
+    done = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json={
+        "keep_access": True, "reason": "teacher was ill"})
+    assert done.status_code == 201 and done.get_json()["enrollment"]["status"] == "active"
+    refund_id = done.get_json()["refund"]["stripe_refund_id"]
+    # charge.refunded, with and without its list of refunds (newer API versions list none)
+    deliver(db, charge_refunded(refunds=((refund_id, COURSE_PRICE),)))
+    deliver(db, charge_refunded(refunds=()))
+    after = state(db)
+    assert after["enrollments"][0]["status"] == "active" and after["enrollments"][0]["refunded"] == COURSE_PRICE
+    assert after["balances"] == before["balances"]
+    with db.session_scope() as s:
+        row = s.scalar(select(AdminRefund))
+        assert (row.keep_access, row.status, row.stripe_refund_id, row.reason) == (True, "succeeded", refund_id,
+                                                                                   "teacher was ill")
+    nothing_left = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json={
+        "keep_access": True, "reason": "again", "preview": True})
+    assert nothing_left.status_code == 409 and nothing_left.get_json()["error"]["code"] == "not_refundable"
+
+
+def test_a_partial_refund_and_bad_amounts(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    for amount in (0, -5, COURSE_PRICE + 1, "100", 1.5):
+        response = client.post(url, headers=operator, json={"amount": amount, "keep_access": False, "reason": "x"})
+        assert response.status_code == 400 and response.get_json()["error"]["field"] == "amount"
+    half = client.post(url, headers=operator, json={"amount": COURSE_PRICE // 2, "keep_access": False,
+                                                    "reason": "half the term"})
+    assert half.status_code == 201 and half.get_json()["enrollment"]["status"] == "active"
+    assert state(db)["enrollments"][0]["lots"] == [("private", 2, 1)]  # half of each lot, rounded down
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 2
+
+
+def test_a_refund_whose_outcome_is_unknown_is_retried_with_the_same_key(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    body = {"keep_access": False, "reason": "left the school"}
+    headers = {**operator, "Idempotency-Key": "support-ticket-42"}
+    stripe_server.fail_next("POST", "/v1/refunds", status=500, times=2)  # the client retries once itself
+    unknown = client.post(url, headers=headers, json=body)
+    assert unknown.status_code == 502 and unknown.get_json()["refund"]["status"] == "pending"
+    assert state(db)["enrollments"][0]["status"] == "active"
+    retried = client.post(url, headers=headers, json=body)
+    assert retried.status_code == 201 and retried.get_json()["refund"]["status"] == "succeeded"
+    keys = {c.idempotency_key for c in stripe_server.calls("POST", "/v1/refunds")}
+    assert len(keys) == 1 and _count(db, AdminRefund) == 1
+    assert client.post(url, headers=headers, json=body).get_json()["refund"]["status"] == "succeeded"  # a repeat
+    assert len([c for c in stripe_server.calls("POST", "/v1/refunds") if c.status == 200]) == 1
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+def test_a_refund_stripe_refuses_is_recorded_failed_and_changes_nothing(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    before = state(db)
+    stripe_server.fail_next("POST", "/v1/refunds", status=400, body={"error": {
+        "type": "invalid_request_error", "code": "charge_disputed", "message": "Charge ch_1 has been charged back"}})
+    refused = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator,
+                          json={"keep_access": False, "reason": "x"})
+    assert refused.status_code == 402 and "charged back" in refused.get_json()["error"]["message"]
+    assert refused.get_json()["refund"]["status"] == "failed" and state(db) == before
+
+
+def test_a_manual_enrollment_has_nothing_to_refund(client, runtime, operator):
+    db = runtime.db
+    _course(db)
+    made = client.post("/admin/enrollments", headers=operator, json={
+        "student_id": "stu_9", "course_code": "SFZ", "reason": "comp", "grant_bundle": False}).get_json()
+    refused = client.post(f"/admin/enrollments/{made['enrollment']['id']}/refund", headers=operator,
+                          json={"keep_access": False, "reason": "x", "preview": True})
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "not_refundable"

@@ -1,0 +1,65 @@
+"""GET /v1/students/<id>/credits/statement: each ledger entry in words, a running balance that ends at the
+balance the read API reports, expired lots on a line of their own."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from db.enums import BookingStatus, BundleKind, CreditType
+from db.models import Booking
+from db.types import utcnow
+from tasks.ledger import credits
+from tests import factories
+from tests.admin_support import bearer, make_token
+from tests.tasks.purchases.payments_support import charge_refunded, checkout, deliver
+
+
+def test_the_statement_explains_every_credit(client, runtime, admin_headers):
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+        factories.group_class(s, id="gc_x", title="Salsa basics")
+    deliver(db, checkout())
+    with db.session_scope() as s:
+        old = credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=2,
+                                    cause="old-promo", expires_at=utcnow() - timedelta(days=1))
+        old.created_at = utcnow() - timedelta(days=30)
+        s.add(Booking(id="bk_1", student_id="stu_1", class_id="gc_x", status=BookingStatus.ACTIVE,
+                      credit_type=CreditType.PRIVATE))
+        s.flush()
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.PRIVATE, booking_id="bk_1")
+        credits.release_credit(session=s, booking_id="bk_1")
+    operator = bearer(make_token(db, "op@studio.test", "operator"))
+    assert client.post("/admin/students/stu_1/credits", headers=operator, json={
+        "kind": "group", "quantity": 1, "reason": "birthday"}).status_code == 201
+
+    response = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    lines = [(e["entry_type"], e["quantity"], e["balance"], e["description"]) for e in body["entries"]]
+    assert lines == [
+        ("grant", 2, 2, "2 group credits grant: old-promo"),
+        ("expire", -2, 0, f"2 group credits of lot {body['entries'][0]['id']} expired unused"),
+        ("grant", 2, 2, "2 private credits in the bundle of SFZ (enrollment 1)"),
+        ("consume", -1, 1, "1 private credit used: Salsa basics on "
+         + body["entries"][3]["description"].split(" on ")[1]),
+        ("release", 1, 2, "1 private credit returned: booking bk_1 cancelled in time"),
+        ("grant", 1, 1, "1 group credit added by op@studio.test: birthday"),
+    ]
+    assert "(booking bk_1)" in body["entries"][3]["description"]
+    balances = client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]
+    assert body["balances"] == balances == {"group": 1, "private": 2}
+    assert body["entries"][-1]["balances"] == balances
+
+
+def test_a_refund_and_an_unknown_student_in_the_statement(client, runtime, admin_headers):
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.GROUP_CREDIT, 3),))
+    deliver(db, checkout())
+    deliver(db, charge_refunded())
+    body = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers).get_json()
+    assert [(e["quantity"], e["balance"]) for e in body["entries"]] == [(3, 3), (-3, 0)]
+    assert "was revoked (refund or lost dispute)" in body["entries"][1]["description"]
+    empty = client.get("/v1/students/nobody/credits/statement", headers=admin_headers)
+    assert empty.status_code == 200 and empty.get_json()["entries"] == []
+    assert client.get("/v1/students/stu_1/credits/statement").status_code == 401

@@ -1,0 +1,100 @@
+"""The studio's dashboard pages: a student's page with the credit statement and its forms, and an
+enrollment's revoke / reinstate / refund (preview first) forms."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from db.enums import BundleKind
+from db.models import AdminRefund, StudentCourseEnrollment
+from tests import factories
+from tests.admin_support import login_as, make_admin
+from tests.conftest import make_settings
+from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, state
+
+
+@pytest.fixture
+def settings(database, stripe_server):
+    return make_settings(database.url, **stripe_server.settings_changes())
+
+
+def _purchase(db, stripe_server) -> int:
+    with db.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    stripe_server.add_payment_intent(id="pi_1", amount=COURSE_PRICE, currency="usd")
+    deliver(db, checkout())
+    with db.session_scope() as s:
+        return s.scalar(select(StudentCourseEnrollment.id))
+
+
+def _text(response) -> str:
+    return re.sub(r"\s+", " ", response.get_data(True))
+
+
+def test_student_page_statement_and_forms(client, runtime, stripe_server):
+    db = runtime.db
+    _purchase(db, stripe_server)
+    with db.session_scope() as s:
+        factories.program(s, code="ABC", bundle=((BundleKind.GROUP_CREDIT, 1),))
+    make_admin(db, "op@studio.test", "operator")
+    csrf = login_as(client, "op@studio.test")
+    page = _text(client.get("/admin/ui/students/stu_1"))
+    assert "2 private credits in the bundle of SFZ (enrollment 1)" in page and 'id="adjust-credits"' in page
+    bad = client.post("/admin/ui/students/stu_1/credits", follow_redirects=True,
+                      data={"csrf_token": csrf, "kind": "group", "quantity": "", "reason": "x"})
+    assert "Not adjusted: quantity" in _text(bad) and state(db)["balances"]["group"] == 0
+    done = client.post("/admin/ui/students/stu_1/credits", follow_redirects=True,
+                       data={"csrf_token": csrf, "kind": "group", "quantity": "2", "reason": "loyalty"})
+    text = _text(done)
+    assert "Credits adjusted" in text and "2 group credits added by op@studio.test: loyalty" in text
+    enrolled = client.post("/admin/ui/students/stu_1/enrollments", follow_redirects=True,
+                           data={"csrf_token": csrf, "course_code": "ABC", "reason": "prize"})
+    assert "Enrolled in ABC" in _text(enrolled) and state(db)["balances"]["group"] == 2  # no bundle: box unticked
+    assert client.get("/admin/ui/students/nobody").status_code == 404
+
+
+def test_refund_from_the_enrollment_page_previews_then_refunds_once(client, runtime, stripe_server):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    make_admin(db, "op@studio.test", "operator")
+    csrf = login_as(client, "op@studio.test")
+    assert 'id="refund"' in _text(client.get(f"/admin/ui/enrollments/{enrollment_id}"))
+    before = state(db)
+    preview = client.post(f"/admin/ui/enrollments/{enrollment_id}/refund",
+                          data={"csrf_token": csrf, "reason": "moved away", "do": "preview"})
+    text = _text(preview)
+    assert preview.status_code == 200 and "Nothing has changed yet" in text
+    assert "active → revoked" in text and "-2 private" in text and "SFZ-1: unbooked → cancelled" in text
+    assert state(db) == before and stripe_server.calls("POST", "/v1/refunds") == []
+    form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', preview.get_data(True)))
+    confirm = {**form, "do": "refund"}
+    done = client.post(f"/admin/ui/enrollments/{enrollment_id}/refund", data=confirm, follow_redirects=True)
+    assert "Refunded 120.00 USD" in _text(done)
+    client.post(f"/admin/ui/enrollments/{enrollment_id}/refund", data=confirm)  # pressed twice
+    assert len([c for c in stripe_server.calls("POST", "/v1/refunds") if not c.replayed]) == 1
+    with db.session_scope() as s:
+        assert len(s.scalars(select(AdminRefund)).all()) == 1
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+def test_revoke_and_reinstate_forms_and_a_viewer_sees_no_forms(client, app, runtime, stripe_server):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    make_admin(db, "op@studio.test", "operator")
+    make_admin(db, "viewer@studio.test", "viewer")
+    csrf = login_as(client, "op@studio.test")
+    missing = client.post(f"/admin/ui/enrollments/{enrollment_id}/revoke", data={"csrf_token": csrf},
+                          follow_redirects=True)
+    assert "Not done: reason" in _text(missing) and state(db)["enrollments"][0]["status"] == "active"
+    client.post(f"/admin/ui/enrollments/{enrollment_id}/revoke", data={"csrf_token": csrf, "reason": "fraud"})
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+    client.post(f"/admin/ui/enrollments/{enrollment_id}/reinstate", data={"csrf_token": csrf, "reason": "not fraud"})
+    assert state(db)["enrollments"][0]["status"] == "active"
+    viewer = app.test_client()
+    login_as(viewer, "viewer@studio.test")
+    page = _text(viewer.get(f"/admin/ui/enrollments/{enrollment_id}"))
+    assert "fraud" not in page and 'id="refund"' not in page and 'id="revoke-reinstate"' not in page
+    student = _text(viewer.get("/admin/ui/students/stu_1"))
+    assert 'id="statement"' in student and 'id="adjust-credits"' not in student

@@ -1,0 +1,111 @@
+"""Data lifecycle: RETENTION_DAYS prunes raw payloads and mail bodies (keeping ids, hashes and financial
+facts); `coursepipe students erase ID` removes personal data and keeps the anonymised financial records."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
+from db.models import AuditEntry, InboxEvent, OutboxMessage, Student, StudentCourseEnrollment
+from db.types import utcnow
+from tasks.lifecycle import retention
+from tests import factories
+from tests.conftest import drain
+from tests.tasks.purchases.payments_support import checkout, deliver, state
+
+
+def _purchase(db):
+    with db.session_scope() as s:
+        factories.student(s, email="ada@example.test", name="Ada Lovelace")
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    deliver(db, checkout(email="ada@example.test"))
+
+
+def _age(db, days: int) -> None:
+    then = utcnow() - timedelta(days=days)
+    with db.session_scope() as s:
+        s.execute(update(InboxEvent).values(received_at=then))
+        s.execute(update(OutboxMessage).values(created_at=then, status=OutboxStatus.SENT))
+
+
+def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(database):
+    _purchase(database)
+    before = state(database)
+    with database.session_scope() as s:
+        original = s.scalar(select(InboxEvent)).payload
+        s.add(InboxEvent(source="platform", event_id="pev_failed", type="student.upserted",
+                         payload={"data": {"email": "x@example.test"}}, status=InboxStatus.FAILED))
+    with database.session_scope() as s:  # nothing is old yet
+        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0}
+    _age(database, 401)
+    with database.session_scope() as s:
+        done = retention.prune(session=s, retention_days=400)
+    assert done.events == 1 and done.mails >= 1
+    with database.session_scope() as s:
+        event = s.scalar(select(InboxEvent).where(InboxEvent.type == "checkout.session.completed"))
+        assert event.event_id and event.subject == "payment:pi_1" and event.status is InboxStatus.PROCESSED
+        assert set(event.payload) == {"pruned_at", "sha256", "facts"}
+        assert event.payload["sha256"] == retention.digest(original)
+        facts = event.payload["facts"]
+        assert facts["amount_total"] == 12000 and facts["payment_intent"] == "pi_1" and facts["currency"]
+        assert facts["metadata.course_code"] == "SFZ" and "customer_details" not in facts
+        assert "ada@example.test" not in str(event.payload)
+        failed = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "pev_failed"))
+        assert failed.payload == {"data": {"email": "x@example.test"}}  # kept for a replay
+        mails = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL)).all()
+        assert mails and all(m.recipient is None and set(m.payload) == {"pruned_at", "sha256"} for m in mails)
+        platform = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.PLATFORM)).all()
+        assert platform and all("pruned_at" not in m.payload for m in platform)
+    with database.session_scope() as s:  # a second run finds nothing left
+        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0}
+    assert state(database) == before  # the financial record is untouched
+
+
+def test_the_scheduled_retention_job_prunes_in_batches(runtime, worker, monkeypatch):
+    from workers.actors import send
+
+    db = runtime.db
+    monkeypatch.setattr(retention, "BATCH", 1)
+    _purchase(db)
+    with db.session_scope() as s:
+        for n in range(3):
+            s.add(InboxEvent(source="platform", event_id=f"pev_{n}", type="class.upserted", payload={"n": n},
+                             status=InboxStatus.PROCESSED))
+    _age(db, 500)
+    send("prune_retention")
+    drain(runtime)
+    with db.session_scope() as s:
+        assert all(retention.is_pruned(p) for p in s.scalars(select(InboxEvent.payload)))
+
+
+def test_retention_job_is_scheduled():
+    from scheduler.service import JOBS
+
+    assert JOBS["retention"].actor == "prune_retention"
+
+
+def test_erasing_a_student_removes_personal_data_and_keeps_the_money(database, monkeypatch):
+    from coursepipe.cli import main
+
+    _purchase(database)
+    before = state(database)
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    result = CliRunner().invoke(main, ["students", "erase", "stu_1", "--yes", "--reason", "GDPR request 7"])
+    assert result.exit_code == 0, result.output
+    assert '"mails_erased": 1' in result.output
+    with database.session_scope() as s:
+        student = s.get(Student, "stu_1")
+        assert (student.email, student.name, student.timezone) == (None, None, None)
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment.amount_total == 12000 and enrollment.fulfilment_metadata["customer_email"] is None
+        dump = " ".join(str(row) for row in s.scalars(select(InboxEvent.payload)))
+        dump += " ".join(str((m.recipient, m.payload)) for m in s.scalars(select(OutboxMessage)))
+        assert "ada@example.test" not in dump and "Ada Lovelace" not in dump
+        assert s.scalar(select(InboxEvent.payload).where(InboxEvent.subject == "payment:pi_1"))["facts"][
+            "amount_total"] == 12000
+        entry = s.scalar(select(AuditEntry))
+        assert (entry.action, entry.target, entry.reason) == ("student.erase", "student:stu_1", "GDPR request 7")
+    assert state(database) == before  # enrollments, steps, credits, purchases: all kept
+    assert CliRunner().invoke(main, ["students", "erase", "nobody", "--yes"]).exit_code == 1

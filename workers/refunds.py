@@ -1,0 +1,69 @@
+"""A refund the studio asks for: intent → Stripe call → outcome, each in a unit of work of its own.
+
+`tasks.purchases.manual` checks and records the intent (with its audit entry) and the outcome; this
+module owns the transactions around them, so the Stripe call never runs inside one. The Stripe
+idempotency key is the intent's: a caller retrying with the same `Idempotency-Key` reuses the intent
+(and so the key), and Stripe answers the same refund.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from typing import Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import AdminRefund, StudentCourseEnrollment
+from tasks.admins import audit
+from tasks.admins.accounts import Principal
+from tasks.purchases import manual
+from tasks.stripe_api import stripe_client
+
+log = logging.getLogger("coursepipe.refunds")
+
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
+
+
+def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Principal, enrollment_id: int,
+                      amount: int | None, keep_access: bool, reason: str, request_key: str | None = None,
+                      client: Any = None) -> dict[str, Any]:
+    """Returns the admin refund's view; its `status` is `succeeded`, `failed` (Stripe refused) or
+    `pending` (the outcome is unknown: retry with the same Idempotency-Key)."""
+    import stripe
+
+    client = client or stripe_client(settings, purpose="refunds need the Stripe API")
+    with unit_of_work() as session:
+        row = None
+        if request_key:
+            row = session.scalar(select(AdminRefund).where(AdminRefund.request_key == request_key))
+            if row is not None and row.enrollment_id != enrollment_id:
+                raise manual.NotAllowed(f"Idempotency-Key {request_key!r} was used for enrollment {row.enrollment_id}")
+        if row is None:
+            plan = manual.check_refund(session=session, enrollment_id=enrollment_id, amount=amount)
+            row = manual.refund_intent(session=session, plan=plan, keep_access=keep_access, reason=reason,
+                                       actor=principal.actor, request_key=request_key)
+            audit.record(session=session, principal=principal, action="enrollment.refund",
+                         target=f"enrollment:{enrollment_id}", reason=reason,
+                         details={"admin_refund_id": row.id, "amount": plan.amount, "keep_access": keep_access})
+        if row.status != "pending":
+            return manual.refund_view(row)
+        admin_refund_id, key = row.id, row.idempotency_key
+        pi = session.get(StudentCourseEnrollment, enrollment_id).stripe_payment_intent_id
+        params = {"payment_intent": pi, "amount": row.amount, "reason": "requested_by_customer",
+                  "metadata": {"enrollment_id": str(enrollment_id), "admin_refund_id": str(admin_refund_id),
+                               "keep_access": "true" if row.keep_access else "false"}}
+    refund, error, final = None, None, False
+    try:  # outside any transaction
+        refund = client.v1.refunds.create(params, {"idempotency_key": key}).to_dict()
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    except stripe.StripeError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        final = exc.http_status is not None and 400 <= exc.http_status < 500
+    if error:
+        log.warning("refund of enrollment %s (admin refund %s) failed: %s", enrollment_id, admin_refund_id, error)
+    with unit_of_work() as session:
+        row = manual.refund_outcome(session=session, admin_refund_id=admin_refund_id, refund=refund, error=error,
+                                    final=final)
+        return manual.refund_view(row)
