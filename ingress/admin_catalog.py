@@ -17,7 +17,7 @@ from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
 from tasks.catalog import drift
 from tasks.catalog import publishing
-from tasks.errors import NotFound, ValidationFailed
+from tasks.errors import ValidationFailed
 from workers import publishing as publish_calls
 from workers.actors import send
 
@@ -38,18 +38,6 @@ def _body() -> dict:
     if not isinstance(data, dict):
         raise ValidationFailed("body: must be a JSON object", field="body")
     return data
-
-
-@bp.errorhandler(ValidationFailed)
-def _invalid(exc: ValidationFailed):
-    response = jsonify({"error": {"code": "validation_failed", "message": str(exc), "field": exc.field}})
-    response.status_code = 400
-    return response
-
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound):
-    return error_response(404, "not_found", str(exc))
 
 
 @bp.errorhandler(IntegrityError)

@@ -21,7 +21,7 @@ from ingress.errors import ApiError, error_response
 from ingress.roles import require_role
 from tasks.admins import audit
 from tasks.enrollments import services as enrollments
-from tasks.errors import NotFound, ValidationFailed
+from tasks.errors import ValidationFailed
 from tasks.ledger import adjustments, credits
 from tasks.purchases import manual
 from tasks.stripe_api import StripeNotConfigured
@@ -33,18 +33,6 @@ bp = Blueprint("admin_operations", __name__, url_prefix="/admin")
 
 def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
-
-
-@bp.errorhandler(ValidationFailed)
-def _invalid(exc: ValidationFailed):
-    response = jsonify({"error": {"code": "validation_failed", "message": str(exc), "field": exc.field}})
-    response.status_code = 400
-    return response
-
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound):
-    return error_response(404, "not_found", str(exc))
 
 
 @bp.errorhandler(manual.AlreadyEnrolled)

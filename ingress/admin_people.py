@@ -13,7 +13,7 @@ from ingress import dashboard, roles
 from ingress.errors import ApiError, error_response
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
-from tasks.errors import NotFound, ValidationFailed
+from tasks.errors import ValidationFailed
 
 bp = Blueprint("admin_people", __name__, url_prefix="/admin", template_folder="templates")
 
@@ -43,11 +43,6 @@ def _invalid(exc: ValidationFailed):
                                   "field": exc.field}})
     response.status_code = status
     return response
-
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound):
-    return error_response(404, "not_found", str(exc))
 
 
 def _body() -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from tasks.errors import NotFound, ValidationFailed
+
 
 class ApiError(Exception):
     """Raised by a view to answer with the contract's error object."""
@@ -23,6 +25,16 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(ValidationFailed)
+    def _invalid(exc: ValidationFailed):
+        response = jsonify({"error": {"code": "validation_failed", "message": str(exc), "field": exc.field}})
+        response.status_code = 400
+        return response
+
+    @app.errorhandler(NotFound)
+    def _not_found(exc: NotFound):
+        return error_response(404, "not_found", str(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
