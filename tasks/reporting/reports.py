@@ -68,6 +68,16 @@ CSV_COLUMNS = (
 )
 
 
+def counts_by_status(session: Session, owner, status_column, ids: list[int], statuses) -> dict[int, dict[str, int]]:
+    """Rows per owner (course or package) and status, every status present (zeros included)."""
+    counts: dict[int, dict[str, int]] = {pid: {s.value: 0 for s in statuses} for pid in ids}
+    for pid, status, n in session.execute(
+        select(owner, status_column, func.count()).where(owner.in_(ids)).group_by(owner, status_column)
+    ):
+        counts[pid][status.value] = n
+    return counts
+
+
 def course_report(*, session: Session) -> list[dict[str, Any]]:
     """One dict per live course (draft and published), ordered by code."""
     programs = list(session.scalars(
@@ -76,13 +86,8 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
     if not programs:
         return []
     ids = [p.id for p in programs]
-    by_status: dict[int, dict[str, int]] = {pid: {s.value: 0 for s in EnrollmentStatus} for pid in ids}
-    for pid, status, n in session.execute(
-        select(StudentCourseEnrollment.program_id, StudentCourseEnrollment.status, func.count())
-        .where(StudentCourseEnrollment.program_id.in_(ids))
-        .group_by(StudentCourseEnrollment.program_id, StudentCourseEnrollment.status)
-    ):
-        by_status[pid][status.value] = n
+    by_status = counts_by_status(session, StudentCourseEnrollment.program_id, StudentCourseEnrollment.status, ids,
+                                 EnrollmentStatus)
     money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID)
 
     def count_if(condition):
@@ -135,13 +140,7 @@ def package_report(*, session: Session) -> list[dict[str, Any]]:
     if not packages:
         return []
     ids = [p.id for p in packages]
-    by_status: dict[int, dict[str, int]] = {pid: {s.value: 0 for s in PurchaseStatus} for pid in ids}
-    for pid, status, n in session.execute(
-        select(PackagePurchase.package_id, PackagePurchase.status, func.count())
-        .where(PackagePurchase.package_id.in_(ids))
-        .group_by(PackagePurchase.package_id, PackagePurchase.status)
-    ):
-        by_status[pid][status.value] = n
+    by_status = counts_by_status(session, PackagePurchase.package_id, PackagePurchase.status, ids, PurchaseStatus)
     money = money_by_currency(session, PackagePurchase, PackagePurchase.package_id, ids, PACKAGE_PAID)
     return [{
         "package_code": package.code,
