@@ -17,7 +17,8 @@ class CauseKind(str, enum.Enum):
     BOOKING = "booking"  # a booking spending, releasing or re-revoking a credit: booking:<booking id>
     REVOCATION = "revocation"  # a refund in full or a lost dispute: revocation:<owner>:<id>
     PARTIAL_REFUND = "partial-refund"  # a share of each lot taken back: partial-refund:<owner>:<id>
-    ADJUSTMENT = "adjustment"  # credits granted or taken by hand: adjustment:<reference>
+    ADJUSTMENT = "adjustment"  # credits granted or taken by hand: adjustment:<audit entry id>
+    REINSTATEMENT = "reinstatement"  # a revoked bundle given back: reinstatement:enrollment:<id>:<why>
     OTHER = "other"  # a cause this version does not know (read back, never written)
 
 
@@ -65,6 +66,24 @@ class Cause:
     @classmethod
     def adjustment(cls, reference: str) -> "Cause":
         return cls(CauseKind.ADJUSTMENT, str(reference))
+
+    @classmethod
+    def reinstatement(cls, enrollment_id: int, why: str) -> "Cause":
+        return cls(CauseKind.REINSTATEMENT, f"{ENROLLMENT_OWNER}:{enrollment_id}:{why}")
+
+    @property
+    def owner(self) -> tuple[str, int] | None:
+        """(owner, id) of a revocation, partial refund or reinstatement; the enrollment of a bundle; the
+        package purchase of a package's lot; else None."""
+        if self.kind is CauseKind.ENROLLMENT:
+            return ENROLLMENT_OWNER, int(self.ref)
+        if self.kind is CauseKind.PACKAGE_PURCHASE:
+            return PACKAGE_OWNER, int(self.ref)
+        if self.kind in (CauseKind.REVOCATION, CauseKind.PARTIAL_REFUND, CauseKind.REINSTATEMENT):
+            owner, _, rest = self.ref.partition(":")
+            number = rest.split(":", 1)[0]
+            return (owner, int(number)) if number.isdigit() else None
+        return None
 
     @property
     def takes_a_share(self) -> bool:

@@ -36,6 +36,7 @@ from tasks.enrollments import progress as progress_moves
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, PermanentError, ValidationFailed
 from tasks.ledger import credits
+from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
 from tasks.machines import ENROLLMENT
 from tasks.messaging import outbox
 from tasks.purchases import goodwill, payments, refunds
@@ -148,16 +149,18 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
     # what the revocation took from the bundle comes back as a new lot (the ledger is append-only)
     taken = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity)).where(
         CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
-        CreditLedgerEntry.cause == f"revocation:enrollment:{enrollment.id}").group_by(CreditLedgerEntry.credit_type))
+        CreditLedgerEntry.cause == str(Cause.revocation(ENROLLMENT_OWNER, enrollment.id)))
+        .group_by(CreditLedgerEntry.credit_type))
     for credit_type, quantity in taken:
         # what earlier reinstatements already gave back is not given twice
-        given = -int(quantity) - int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
+        grants = session.execute(select(CreditLedgerEntry.cause, CreditLedgerEntry.quantity).where(
             CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.credit_type == credit_type,
-            CreditLedgerEntry.entry_type == LedgerEntryType.GRANT,
-            CreditLedgerEntry.cause.like(f"reinstatement:enrollment:{enrollment.id}:%"))))
+            CreditLedgerEntry.entry_type == LedgerEntryType.GRANT))
+        given = -int(quantity) - sum(q for text, q in grants
+                                     if Cause.parse(text).kind is CauseKind.REINSTATEMENT)
         if given > 0:
             credits.issue_credits(session=session, student_id=enrollment.student_id, credit_type=credit_type,
-                                  quantity=given, cause=f"reinstatement:enrollment:{enrollment.id}:{cause}",
+                                  quantity=given, cause=Cause.reinstatement(enrollment.id, cause),
                                   enrollment_id=enrollment.id)
     enrollments.complete_if_done(session=session, enrollment_id=enrollment.id, at=now, cause=cause)
     outbox.add_platform_event(

@@ -6,7 +6,6 @@ for it: an expired lot is simply no longer usable), so the closing balance is wh
 """
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +16,7 @@ from db.enums import CreditType, LedgerEntryType
 from db.models import AuditEntry, Booking, CourseProgram, CreditLedgerEntry, CreditPackage, GroupClass, PackagePurchase, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.ledger import credits
+from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
 
 
 def _course_of(session: Session, enrollment_id: int) -> str:
@@ -49,37 +49,39 @@ def _by_admin(session: Session, audit_id: str, verb: str) -> str:
 
 def describe(session: Session, entry: CreditLedgerEntry) -> str:
     """The entry's cause in words."""
-    cause, kind = entry.cause, entry.entry_type
+    kind = entry.entry_type
     n = abs(entry.quantity)
     credit = f"{n} {entry.credit_type.value} credit{'s' if n != 1 else ''}"
-    if m := re.fullmatch(r"adjustment:(\d+)", cause):
-        return _by_admin(session, m.group(1), f"{credit} {'added' if kind == LedgerEntryType.GRANT else 'removed'}")
-    if kind == LedgerEntryType.GRANT:
-        if m := re.fullmatch(r"enrollment:(\d+)", cause):
-            return f"{credit} in the bundle of {_course_of(session, int(m.group(1)))}"
-        if m := re.fullmatch(r"package_purchase:(\d+)", cause):
-            return f"{credit} bought: {_package_of(session, int(m.group(1)))}"
-        if m := re.match(r"reinstatement:enrollment:(\d+):", cause):
-            return f"{credit} given back: {_course_of(session, int(m.group(1)))} was reinstated"
-    if m := re.fullmatch(r"booking:(.+)", cause):
-        booking = m.group(1)
+    cause = Cause.parse(entry.cause)
+    owner = cause.owner
+    of = (_course_of(session, owner[1]) if owner and owner[0] == ENROLLMENT_OWNER
+          else _package_of(session, owner[1]) if owner else None)
+    if cause.kind is CauseKind.ADJUSTMENT and cause.ref.isdigit():
+        return _by_admin(session, cause.ref, f"{credit} {'added' if kind == LedgerEntryType.GRANT else 'removed'}")
+    if kind == LedgerEntryType.GRANT and of is not None:
+        if cause.kind is CauseKind.ENROLLMENT:
+            return f"{credit} in the bundle of {of}"
+        if cause.kind is CauseKind.PACKAGE_PURCHASE:
+            return f"{credit} bought: {of}"
+        if cause.kind is CauseKind.REINSTATEMENT:
+            return f"{credit} given back: {of} was reinstated"
+    if cause.kind is CauseKind.BOOKING:
+        booking = cause.ref
         if kind == LedgerEntryType.CONSUME:
             return f"1 {entry.credit_type.value} credit used: {_class_of(session, booking)}"
         if kind == LedgerEntryType.RELEASE:
             return f"1 {entry.credit_type.value} credit returned: booking {booking} cancelled in time"
         if kind == LedgerEntryType.REVOKE:
             return f"the returned credit of booking {booking} taken back: its purchase had been refunded"
-    if m := re.fullmatch(r"revocation:enrollment:(\d+)", cause):
-        return f"{credit} unused removed: {_course_of(session, int(m.group(1)))} was revoked (refund or lost dispute)"
-    if m := re.fullmatch(r"revocation:package_purchase:(\d+)", cause):
-        return f"{credit} unused removed: {_package_of(session, int(m.group(1)))} refunded or disputed"
-    if m := re.fullmatch(r"partial-refund:enrollment:(\d+)", cause):
-        return f"{credit} removed for a partial refund of {_course_of(session, int(m.group(1)))}"
-    if m := re.fullmatch(r"partial-refund:package_purchase:(\d+)", cause):
-        return f"{credit} removed for a partial refund of {_package_of(session, int(m.group(1)))}"
+    if cause.kind is CauseKind.REVOCATION and of is not None:
+        if owner[0] == ENROLLMENT_OWNER:
+            return f"{credit} unused removed: {of} was revoked (refund or lost dispute)"
+        return f"{credit} unused removed: {of} refunded or disputed"
+    if cause.kind is CauseKind.PARTIAL_REFUND and of is not None:
+        return f"{credit} removed for a partial refund of {of}"
     if kind == LedgerEntryType.EXPIRE:
         return f"{credit} expired"
-    return f"{credit} {kind.value}: {cause}"
+    return f"{credit} {kind.value}: {entry.cause}"
 
 
 def credit_statement(*, session: Session, student_id: str, now: datetime | None = None) -> dict[str, Any]:

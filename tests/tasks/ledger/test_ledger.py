@@ -25,6 +25,10 @@ def test_a_cause_reads_back_as_it_was_written_and_an_unknown_one_is_other():
         assert Cause.parse(str(cause)) == cause
     assert str(Cause.partial_refund(ENROLLMENT_OWNER, 5)) == "partial-refund:enrollment:5"
     assert Cause.parse("something-new:1").kind is CauseKind.OTHER
+    reinstated = Cause.reinstatement(5, "admin:ops@example.test")
+    assert str(reinstated) == "reinstatement:enrollment:5:admin:ops@example.test"
+    assert Cause.parse(str(reinstated)) == reinstated and reinstated.owner == (ENROLLMENT_OWNER, 5)
+    assert Cause.package(7).owner == ("package_purchase", 7) and Cause.booking("bk_1").owner is None
     assert Keys.grant(Cause.bundle(5), CreditType.PRIVATE) == "grant:enrollment:5:private"
 
 
