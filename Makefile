@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP) .env.local
 	set -a && . ./.env.local && set +a && $(BIN)/coursepipe db upgrade && exec $(BIN)/coursepipe serve
 
+# most tests wait on subprocesses, sockets and databases: three processes keep two cores busy
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # the dashboard's browser test drives Debian's chromium (Playwright's own browser download is never used)
 chromium:
