@@ -184,6 +184,13 @@ def publish_package(code: str):
 
 
 def _publish(kind: str, code: str):
+    queue_publish(kind, code, roles.reason_of(request.get_json(silent=True) or {}))
+    return jsonify({"kind": kind, "code": code, "publishing": True,
+                    "status_url": f"/admin/{kind}s/{code}"}), 202
+
+
+def queue_publish(kind: str, code: str, reason: str | None) -> None:
+    """Queue the publish (the worker makes the Stripe calls) and record who asked; ApiError when refused."""
     runtime = _runtime()
     try:
         queued = publish_calls.request_publish(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
@@ -195,9 +202,7 @@ def _publish(kind: str, code: str):
     if not queued:
         raise ApiError(503, "queue_unavailable", "the publish could not be queued; try again")
     with runtime.db.session_scope() as session:
-        roles.record_action(session, f"{kind}.publish", f"{kind}:{code}", roles.reason_of(request.get_json(silent=True) or {}))
-    return jsonify({"kind": kind, "code": code, "publishing": True,
-                    "status_url": f"/admin/{kind}s/{code}"}), 202
+        roles.record_action(session, f"{kind}.publish", f"{kind}:{code}", reason)
 
 
 @bp.get("/stripe/drift")

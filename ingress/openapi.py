@@ -357,6 +357,24 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                     ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/enrollments/{enrollment_id}/refund"): op("Refund, or its preview (form)", tag="dashboard",
                                                                  ok=HTML),
+    # the catalog: everyone with a session reads; the forms need the owner role
+    ("GET", "/admin/ui/catalog"): op("Courses and packages with status, Stripe ids and drift (page)",
+                                     tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/courses"): op("Create a draft course (form, owner)", tag="dashboard", ok=REDIRECT,
+                                              status="302"),
+    ("GET", "/admin/ui/catalog/courses/{code}"): op("The course builder (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/courses/{code}/edit"): op(
+        "One builder edit (form, owner); on a published course the what-if page first, confirm saves",
+        tag="dashboard", ok=HTML, extra={"302": REDIRECT}),
+    ("POST", "/admin/ui/catalog/courses/{code}/publish"): op("Publish a course to Stripe (form, owner)",
+                                                             tag="dashboard", ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/catalog/packages"): op("Create a package (form, owner)", tag="dashboard", ok=REDIRECT,
+                                               status="302"),
+    ("GET", "/admin/ui/catalog/packages/{code}"): op("One package (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/packages/{code}"): op("Save a package (form, owner)", tag="dashboard",
+                                                      ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/catalog/packages/{code}/publish"): op("Publish a package to Stripe (form, owner)",
+                                                              tag="dashboard", ok=REDIRECT, status="302"),
 }
 
 _PARAM = re.compile(r"<(?:(?P<converter>[^:<>(]+)(?:\([^)]*\))?:)?(?P<name>[^<>]+)>")
