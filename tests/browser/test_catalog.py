@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import CourseProgram
+from db.enums import BookingStatus
+from db.models import Booking, CourseProgram, CourseStep, StudentCourseEnrollment
 from tests import factories
 from tests.admin_support import PASSWORD, make_admin
 from tests.browser.test_dashboard import ARTIFACTS, browser_page  # noqa: F401
@@ -114,6 +115,28 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
         page.get_by_role("button", name="Confirm: move step SFZ-2 up").click()
         expect(page.locator(".flash.ok")).to_contain_text("Saved: move step SFZ-2 up (1 enrollment(s) affected)")
         assert _labels(page) == ["SFZ-1", "SFZ-2", "SFZ-3"]
+
+        details = page.locator("#details")  # a new price: new purchases only, once published again
+        details.locator("input[name=price]").fill("135.00")
+        details.get_by_role("button", name="Save details").click()
+        expect(page.locator("#whatif-fields")).to_contain_text("120.00 EUR → 135.00 EUR")
+        expect(page.locator("#whatif-count")).to_have_text("0")
+        page.get_by_role("button", name="Confirm: change the title, price or time zone").click()
+        expect(page.locator("#stripe-status")).to_contain_text("changed since publish")
+
+        with runtime.db.session_scope() as s:  # Ann books the Tuesday class for SFZ-1
+            enrollment = s.scalar(select(StudentCourseEnrollment))
+            step = s.scalar(select(CourseStep).where(CourseStep.label == "SFZ-1"))
+            s.add(Booking(id="bk_ann_tue", student_id="stu_ann", class_id="gc_tue", course_step_id=step.id,
+                          enrollment_id=enrollment.id, status=BookingStatus.ACTIVE))
+        page.locator("tr.step-row[data-label='SFZ-1']").get_by_role("button", name="detach").click()
+        expect(page.locator("#whatif-verdict")).to_have_text("refused")
+        expect(page.locator(".blocked")).to_contain_text("class 'gc_tue' of step 'SFZ-1' cannot be removed")
+        expect(page.locator("#whatif-options")).to_contain_text("bk_ann_tue")
+        expect(page.locator("#confirm")).to_have_count(0)
+        _shot(page, "catalog-whatif-refused.png")
+        page.get_by_role("link", name="Back to the course").click()
+        expect(page.locator("tr.step-row[data-label='SFZ-1']")).to_contain_text("gc_tue")
 
         page.locator("header").get_by_role("link", name="Catalog").click()
         new = page.locator("#new-package")
