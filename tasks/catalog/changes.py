@@ -31,8 +31,8 @@ from tasks.catalog.services import (
     HOLDERS,
     OWED_NEW_STEPS,
     CourseIn,
-    _live_bundle,
-    _live_options,
+    live_bundle,
+    live_options,
     bundle_summary,
     live_program,
     live_steps,
@@ -219,7 +219,7 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
              holders: _Holders) -> None:
     steps = {s.id: s for s in live_steps(session, program.id)}
     by_label = {s.label: s for s in steps.values()}
-    have = {(o.group_class_id, steps[o.step_id].label) for o in _live_options(session, program.id)
+    have = {(o.group_class_id, steps[o.step_id].label) for o in live_options(session, program.id)
             if o.step_id in steps}
     want = {(class_id, s.label) for s in course.steps for class_id in s.options}
     removed_labels = {label for label in by_label if label not in {s.label for s in course.steps}}
@@ -257,7 +257,7 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
 
 def _bundle(session: Session, program: CourseProgram, course: CourseIn, change: CourseChange,
             holders: _Holders) -> None:
-    old = bundle_summary(_live_bundle(session, program.id))
+    old = bundle_summary(live_bundle(session, program.id))
     new = bundle_summary(course.bundle)
     if old == new:
         return

@@ -266,13 +266,13 @@ def live_steps(session: Session, program_id: int) -> list[CourseStep]:
                                 .order_by(CourseStep.position)))
 
 
-def _live_options(session: Session, program_id: int) -> list[CourseStepOption]:
+def live_options(session: Session, program_id: int) -> list[CourseStepOption]:
     return list(session.scalars(select(CourseStepOption).where(CourseStepOption.program_id == program_id,
                                                                CourseStepOption.deleted_at.is_(None))
                                 .order_by(CourseStepOption.id)))
 
 
-def _live_bundle(session: Session, program_id: int) -> list[CourseBundleComponent]:
+def live_bundle(session: Session, program_id: int) -> list[CourseBundleComponent]:
     return list(session.scalars(select(CourseBundleComponent).where(
         CourseBundleComponent.program_id == program_id, CourseBundleComponent.deleted_at.is_(None))
         .order_by(CourseBundleComponent.id)))
@@ -333,7 +333,7 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
     changed = False
     existing = {step.label: step for step in live_steps(session, program.id)}
     wanted = {step.label for step in course.steps}
-    options = _live_options(session, program.id)
+    options = live_options(session, program.id)
 
     for label, step in existing.items():
         if label in wanted:
@@ -432,7 +432,7 @@ def _save_bundle(session: Session, program: CourseProgram, course: CourseIn) -> 
     now = utcnow()
     changed = False
     wanted = {c.kind: c.quantity for c in course.bundle}
-    current = _live_bundle(session, program.id)
+    current = live_bundle(session, program.id)
     if bundle_summary(current) != bundle_summary(course.bundle):
         _record_sold_bundle(session, program, current)
     for component in current:
@@ -533,7 +533,7 @@ def save_catalog(*, session: Session, catalog: Catalog) -> list[dict[str, Any]]:
 def course_view(session: Session, program: CourseProgram, *, with_classes: bool = False) -> dict[str, Any]:
     """The admin view (ids, options as class ids); `with_classes` adds each option's mirrored class."""
     steps = live_steps(session, program.id)
-    options = _live_options(session, program.id)
+    options = live_options(session, program.id)
     classes: dict[str, GroupClass] = {}
     if with_classes and options:
         ids = [o.group_class_id for o in options]
@@ -560,7 +560,7 @@ def course_view(session: Session, program: CourseProgram, *, with_classes: bool 
         "published": program.status is ProgramStatus.PUBLISHED,
         "published_at": program.published_at.isoformat() if program.published_at else None,
         "steps": view_steps,
-        "bundle": [{"kind": c.kind.value, "quantity": c.quantity} for c in _live_bundle(session, program.id)],
+        "bundle": [{"kind": c.kind.value, "quantity": c.quantity} for c in live_bundle(session, program.id)],
     }
 
 
