@@ -104,11 +104,11 @@ def put_course(code: str):
             return jsonify({"dry_run": True, **impact.as_dict()})
     with _runtime().db.session_scope() as session:
         impact = changes.course_change(session=session, course=course)
+        summary = impact.summary() if impact.exists else None  # a new course affects nobody
         saved = catalog.save_course(session=session, course=course)
-        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change,
-                            **impact.summary())
+        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change, **(summary or {}))
         view = _course(session, catalog.get_program(session, code))
-    return jsonify({"change": saved.change, "course": view, "impact": impact.summary()}), \
+    return jsonify({"change": saved.change, "course": view, "impact": summary}), \
         201 if saved.change == "created" else 200
 
 
