@@ -171,3 +171,19 @@ def test_forms_without_csrf_and_pages_without_login(client, runtime):
     assert client.post("/admin/ui/catalog/courses/SFZ/edit", data={"edit": "add_step", "label": "X"}).status_code == 403
     assert client.get("/admin/ui/catalog/courses/NOPE").status_code == 404
     assert csrf_of(client.get("/admin/ui/catalog").get_data(True))
+
+
+def test_the_list_and_the_builder_show_stripe_ids_and_open_drift(client, runtime):
+    from db.models import StripeDrift
+
+    with runtime.db.session_scope() as s:
+        program = factories.program(s, code="SFZ", steps=1)
+        program.stripe_product_id, program.stripe_price_id = "prod_sfz", "price_sfz"
+        s.add(StripeDrift(stripe_object_id="prod_sfz", field="name", expected="SFZ course", actual="Renamed in Stripe"))
+    make_admin(runtime.db, "viewer@studio.test", "viewer")
+    login_as(client, "viewer@studio.test")
+    listing = _text(client.get("/admin/ui/catalog"))
+    assert "prod_sfz" in listing and "price_sfz" in listing and "drift: 1" in listing
+    assert "Renamed in Stripe" in listing  # the open drift section
+    page = _text(client.get("/admin/ui/catalog/courses/SFZ"))
+    assert "we have “SFZ course”, Stripe has “Renamed in Stripe”" in page and "published" in page
