@@ -147,6 +147,7 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
         new.get_by_role("button", name="New package").click()
         expect(page.locator(".flash.ok")).to_contain_text("Package TEN created")
         page.locator("#stripe").get_by_role("button", name="Publish package to Stripe").click()
+        expect(page.locator(".flash.ok")).to_contain_text("Publishing package TEN")  # queued before the drain
         drain(runtime)
         page.reload()
         expect(page.locator("#package-status")).to_have_text("published")
