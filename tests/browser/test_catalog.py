@@ -88,6 +88,7 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
         bundle = page.locator("#bundle")
         bundle.locator("input[name=private_credit]").fill("2")
         bundle.get_by_role("button", name="Save bundle").click()
+        expect(page.locator(".flash.ok")).to_contain_text("Saved: change the bundle")
         expect(page.locator("#bundle input[name=private_credit]")).to_have_value("2")
         _shot(page, "catalog-builder-draft.png")
 
@@ -163,10 +164,12 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
         expect(page.locator("#content, main")).to_contain_text("Wednesday group runs before Saturday")
 
         page.get_by_role("button", name="Log out").click()
+        expect(page.locator("input[name=email]")).to_be_visible()
         _login(page, base, "viewer@studio.test")
         page.locator("header").get_by_role("link", name="Catalog").click()
         expect(page.locator("#read-only")).to_be_visible()
         page.get_by_role("link", name="SFZ").click()
+        expect(page.locator("#steps")).to_be_visible()
         expect(page.locator("#read-only")).to_be_visible()
         assert _labels(page) == ["SFZ-1", "SFZ-2", "SFZ-3"]
         expect(page.locator("main form")).to_have_count(0)  # nothing to press
