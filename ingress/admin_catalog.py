@@ -1,7 +1,9 @@
 """Admin catalog API: courses and credit packages, publishing to Stripe.
 
 PUT writes a whole course or package (create or replace; 201 when created, 200 otherwise);
-a validation failure is 400 with the error object naming the field (`error.field`). Publishing
+a validation failure is 400 with the error object naming the field (`error.field`).
+`PUT /admin/courses/<code>?dry_run=true` answers the what-if of the edit (`tasks.catalog.changes`:
+whose progress, bookings or bundle it touches, and what the real save would refuse) and changes nothing. Publishing
 answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ingress.bodies import json_value
 from ingress.roles import require_role
 from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
+from tasks.catalog import changes
 from tasks.catalog import drift
 from tasks.catalog import publishing
 from tasks.errors import ValidationFailed
@@ -78,18 +81,35 @@ def list_courses():
         return jsonify({"courses": [_course(session, p) for p in catalog.live_programs(session)]})
 
 
+def dry_run_flag() -> bool:
+    raw = request.args.get("dry_run")
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise ValidationFailed("dry_run: must be true or false", field="dry_run")
+
+
 @bp.put("/courses/<code>")
 @require_role("owner")
 def put_course(code: str):
+    dry_run = dry_run_flag()
     data = _body()
     reason = roles.reason_of(data)
     data.pop("reason", None)  # the audit log's, not the course's
     course = catalog.parse_course(data, code=code)
+    if dry_run:
+        with _runtime().db.session_scope() as session:
+            impact = changes.course_change(session=session, course=course)
+            return jsonify({"dry_run": True, **impact.as_dict()})
     with _runtime().db.session_scope() as session:
+        impact = changes.course_change(session=session, course=course)
+        summary = impact.summary() if impact.exists else None  # a new course affects nobody
         saved = catalog.save_course(session=session, course=course)
-        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change)
+        roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change, **(summary or {}))
         view = _course(session, catalog.get_program(session, code))
-    return jsonify({"change": saved.change, "course": view}), 201 if saved.change == "created" else 200
+    return jsonify({"change": saved.change, "course": view, "impact": summary}), \
+        201 if saved.change == "created" else 200
 
 
 @bp.get("/courses/<code>")
@@ -164,6 +184,13 @@ def publish_package(code: str):
 
 
 def _publish(kind: str, code: str):
+    queue_publish(kind, code, roles.reason_of(request.get_json(silent=True) or {}))
+    return jsonify({"kind": kind, "code": code, "publishing": True,
+                    "status_url": f"/admin/{kind}s/{code}"}), 202
+
+
+def queue_publish(kind: str, code: str, reason: str | None) -> None:
+    """Queue the publish (the worker makes the Stripe calls) and record who asked; ApiError when refused."""
     runtime = _runtime()
     try:
         queued = publish_calls.request_publish(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
@@ -175,9 +202,7 @@ def _publish(kind: str, code: str):
     if not queued:
         raise ApiError(503, "queue_unavailable", "the publish could not be queued; try again")
     with runtime.db.session_scope() as session:
-        roles.record_action(session, f"{kind}.publish", f"{kind}:{code}", roles.reason_of(request.get_json(silent=True) or {}))
-    return jsonify({"kind": kind, "code": code, "publishing": True,
-                    "status_url": f"/admin/{kind}s/{code}"}), 202
+        roles.record_action(session, f"{kind}.publish", f"{kind}:{code}", reason)
 
 
 @bp.get("/stripe/drift")

@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         admin_events,
         admin_outbox,
         dashboard,
+        dashboard_catalog,
         dashboard_studio,
         health,
         metrics,
@@ -71,4 +72,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(admin_operations.bp)  # manual enrolments, credit adjustments, revoke, reinstate, refunds
     app.register_blueprint(read_statement.bp)  # a student's credit statement
     app.register_blueprint(dashboard_studio.bp)  # the student page, manual operations from the dashboard
+    app.register_blueprint(dashboard_catalog.bp)  # the catalog: course builder, packages, publishing
     return app

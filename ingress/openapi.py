@@ -154,9 +154,12 @@ REDIRECT = {"description": "a redirect (to the login page, or back after the act
 
 
 def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",
-       body: str | None = None, query: list[dict] | None = None, extra: dict | None = None) -> dict:
+       body: str | None = None, query: list[dict] | None = None, extra: dict | None = None,
+       description: str | None = None) -> dict:
     operation: dict[str, Any] = {"summary": summary, "tags": [tag],
                                  "responses": {status: ok or _json("AnyObject"), **(extra or {})}}
+    if description:
+        operation["description"] = description
     if security is not None:
         operation["security"] = security
         operation["responses"].update({k: v for k, v in ERRORS.items() if k not in operation["responses"]})
@@ -176,6 +179,27 @@ def q(name: str, description: str, *, required: bool = False, schema: dict | Non
 
 
 NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
+COURSE_CHANGE = (
+    "The body is the whole course; steps keep their identity by label, options by class id. A published course "
+    "accepts step reordering, new steps, option attach/detach and bundle changes. What a saved change does to "
+    "the enrollments the course already has:\n\n"
+    "- reordering: progress rows and bookings follow the step by id, not position; nothing of a student's "
+    "progress or bookings changes, only the order (and the skipped-ahead flag of later bookings);\n"
+    "- a new step: every active or suspended enrollment gets it, unbooked, with the change; a completed one "
+    "stays completed and reopens if it books the step;\n"
+    "- removing a step any enrollment holds (a progress row) or any booking names: refused, 409 step_in_use;\n"
+    "- attaching a class: students whose progress of that step is unbooked may book it at once;\n"
+    "- detaching a class an active booking of that step holds: refused, 409 step_in_use; past bookings and "
+    "completed progress keep their record;\n"
+    "- the bundle: new purchases only; every enrollment keeps the bundle recorded at its purchase;\n"
+    "- title and price: new purchases, once published again.\n\n"
+    "`?dry_run=true` answers the same checks without saving: `would_apply` (false when the real save would "
+    "answer 409), `blocked` (each refusal with its message), `fields`, `steps` (per step: change "
+    "added/moved/edited/removed/unchanged, positions, how many enrollments hold it and the students), "
+    "`options` (attached: who may book it; detached: the active bookings), `bundle` (from, to, how many "
+    "enrollments keep theirs) and `enrollments` (each affected enrollment with its effects in words). "
+    "A bad body is the same 400 as without dry_run. A dry run writes no audit entry; the real save records "
+    "`course.save` with the counts.")
 SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a bad event: nothing stored"),
           "413": _json("Error", "body over 256 KiB")}
 
@@ -232,7 +256,15 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         query=[q("after", "the `next` cursor of the previous page; absent: from the start"),
                q("limit", "1 to 1000 (default 100)", schema={"type": "integer", "minimum": 1, "maximum": 1000})]),
     ("GET", "/admin/courses"): op("Courses, drafts included", tag="admin", security=ADMIN),
-    ("PUT", "/admin/courses/{code}"): op("Create or replace a course", tag="admin", security=ADMIN, body="AnyObject"),
+    ("PUT", "/admin/courses/{code}"): op(
+        "Create or replace a course (dry_run=true: who the change would affect; nothing changes)", tag="admin",
+        security=ADMIN, body="AnyObject", description=COURSE_CHANGE,
+        query=[q("dry_run", "true: answer the what-if (200) and change nothing", schema={
+            "type": "string", "enum": ["true", "false", "1", "0"]})],
+        extra={"201": _json("AnyObject", "created"),
+               "409": _json("Error", "step_in_use: the change would remove a step enrollments hold or detach "
+                                     "a class with an active booking; nothing changed (the dry run lists it "
+                                     "under `blocked`)")}),
     ("GET", "/admin/courses/{code}"): op("One course (admin view)", tag="admin", security=ADMIN, extra=NOT_FOUND),
     ("DELETE", "/admin/courses/{code}"): op("Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe", tag="admin", security=ADMIN),
@@ -325,6 +357,24 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                     ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/enrollments/{enrollment_id}/refund"): op("Refund, or its preview (form)", tag="dashboard",
                                                                  ok=HTML),
+    # the catalog: everyone with a session reads; the forms need the owner role
+    ("GET", "/admin/ui/catalog"): op("Courses and packages with status, Stripe ids and drift (page)",
+                                     tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/courses"): op("Create a draft course (form, owner)", tag="dashboard", ok=REDIRECT,
+                                              status="302"),
+    ("GET", "/admin/ui/catalog/courses/{code}"): op("The course builder (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/courses/{code}/edit"): op(
+        "One builder edit (form, owner); on a published course the what-if page first, confirm saves",
+        tag="dashboard", ok=HTML, extra={"302": REDIRECT}),
+    ("POST", "/admin/ui/catalog/courses/{code}/publish"): op("Publish a course to Stripe (form, owner)",
+                                                             tag="dashboard", ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/catalog/packages"): op("Create a package (form, owner)", tag="dashboard", ok=REDIRECT,
+                                               status="302"),
+    ("GET", "/admin/ui/catalog/packages/{code}"): op("One package (page)", tag="dashboard", ok=HTML),
+    ("POST", "/admin/ui/catalog/packages/{code}"): op("Save a package (form, owner)", tag="dashboard",
+                                                      ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/catalog/packages/{code}/publish"): op("Publish a package to Stripe (form, owner)",
+                                                              tag="dashboard", ok=REDIRECT, status="302"),
 }
 
 _PARAM = re.compile(r"<(?:(?P<converter>[^:<>(]+)(?:\([^)]*\))?:)?(?P<name>[^<>]+)>")

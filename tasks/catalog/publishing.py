@@ -88,7 +88,7 @@ def _listing(session: Session, kind: str, code: str, *, lock: bool) -> Listing:
 
 def _listing_of(session: Session, kind: str, row: CourseProgram | CreditPackage) -> Listing:
     if kind == COURSE:
-        return Listing(COURSE, row, catalog.bundle_summary(catalog._live_bundle(session, row.id)))
+        return Listing(COURSE, row, catalog.bundle_summary(catalog.live_bundle(session, row.id)))
     return Listing(PACKAGE, row, f"{row.credit_type.value}_credit:{row.quantity}")
 
 

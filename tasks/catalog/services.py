@@ -2,7 +2,9 @@
 
 A course is written whole (create or replace). Steps keep their identity by label, so an edit of a
 published course keeps the step ids that enrollments point at; options keep theirs by class id.
-Removing a step that enrollments already have, or an option with an active booking, is refused.
+Removing a step that enrollments already have, or an option with an active booking, is refused; a new
+step is owed to the active and suspended enrollments at once; a bundle change applies to new purchases
+(what each edit does to existing enrollments, and its what-if, is `tasks.catalog.changes`).
 Nothing here talks to Stripe: publishing is `tasks.catalog.publishing`.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic import (
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.enums import BookingStatus, BundleKind, ClassStatus, CreditType, ProgramStatus
+from db.enums import BookingStatus, BundleKind, ClassStatus, CreditType, EnrollmentStatus, ProgramStatus, ProgressStatus
 from db.models import (
     Booking,
     CourseBundleComponent,
@@ -32,6 +34,7 @@ from db.models import (
     CourseStepOption,
     CreditPackage,
     GroupClass,
+    StudentCourseEnrollment,
     StudentCourseProgress,
 )
 from db.types import utcnow
@@ -49,6 +52,10 @@ TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW 
 """.split())
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 MAX_STEPS = 100
+# enrollments a step added later is seeded for at once (a completed one reopens when it books the step)
+OWED_NEW_STEPS = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED)
+# enrollments that bought the course (pending may still pay; failed and revoked hold nothing)
+HOLDERS = (EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED)
 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=20_000)]
@@ -259,13 +266,13 @@ def live_steps(session: Session, program_id: int) -> list[CourseStep]:
                                 .order_by(CourseStep.position)))
 
 
-def _live_options(session: Session, program_id: int) -> list[CourseStepOption]:
+def live_options(session: Session, program_id: int) -> list[CourseStepOption]:
     return list(session.scalars(select(CourseStepOption).where(CourseStepOption.program_id == program_id,
                                                                CourseStepOption.deleted_at.is_(None))
                                 .order_by(CourseStepOption.id)))
 
 
-def _live_bundle(session: Session, program_id: int) -> list[CourseBundleComponent]:
+def live_bundle(session: Session, program_id: int) -> list[CourseBundleComponent]:
     return list(session.scalars(select(CourseBundleComponent).where(
         CourseBundleComponent.program_id == program_id, CourseBundleComponent.deleted_at.is_(None))
         .order_by(CourseBundleComponent.id)))
@@ -326,7 +333,7 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
     changed = False
     existing = {step.label: step for step in live_steps(session, program.id)}
     wanted = {step.label for step in course.steps}
-    options = _live_options(session, program.id)
+    options = live_options(session, program.id)
 
     for label, step in existing.items():
         if label in wanted:
@@ -355,17 +362,21 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
         changed = True
 
     steps: dict[str, CourseStep] = {}
+    added: list[CourseStep] = []
     for i, data in enumerate(course.steps):
         step = existing.get(data.label)
         if step is None:
             step = CourseStep(program_id=program.id, position=i + 1, label=data.label, title=data.title,
                               summary=data.summary)
             session.add(step)
+            added.append(step)
             changed = True
         else:
             changed |= _assign(step, position=i + 1, title=data.title, summary=data.summary)
         steps[data.label] = step
     session.flush()
+    if added:
+        _seed_new_steps(session, program, added)
 
     # options: a class serves one step within a course, so soft-delete moved/removed ones before inserting
     want = {class_id: steps[data.label] for data in course.steps for class_id in data.options}
@@ -394,11 +405,37 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
     return changed
 
 
+def _seed_new_steps(session: Session, program: CourseProgram, steps: list[CourseStep]) -> None:
+    """A step added to a sold course is owed to its active and suspended enrollments: unbooked at once."""
+    owed = list(session.scalars(select(StudentCourseEnrollment.id).where(
+        StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(OWED_NEW_STEPS))))
+    for enrollment_id in owed:
+        for step in steps:
+            session.add(StudentCourseProgress(enrollment_id=enrollment_id, step_id=step.id,
+                                              status=ProgressStatus.UNBOOKED, skipped_ahead=False))
+    session.flush()
+
+
+def _record_sold_bundle(session: Session, program: CourseProgram, components: list[CourseBundleComponent]) -> None:
+    """Before a bundle changes, an enrollment without a record of the bundle it bought gets the old one,
+    so the change reaches new purchases only (the same shape as the record fulfilment writes)."""
+    sold = [{"component_id": c.id, "kind": c.kind.value, "quantity": c.quantity} for c in components]
+    for enrollment in session.scalars(select(StudentCourseEnrollment).where(
+            StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(HOLDERS))):
+        metadata = dict(enrollment.fulfilment_metadata or {})
+        if metadata.get("bundle") is None:
+            metadata["bundle"] = sold
+            enrollment.fulfilment_metadata = metadata
+
+
 def _save_bundle(session: Session, program: CourseProgram, course: CourseIn) -> bool:
     now = utcnow()
     changed = False
     wanted = {c.kind: c.quantity for c in course.bundle}
-    for component in _live_bundle(session, program.id):
+    current = live_bundle(session, program.id)
+    if bundle_summary(current) != bundle_summary(course.bundle):
+        _record_sold_bundle(session, program, current)
+    for component in current:
         if wanted.get(component.kind) == component.quantity:
             wanted.pop(component.kind)
         else:
@@ -496,7 +533,7 @@ def save_catalog(*, session: Session, catalog: Catalog) -> list[dict[str, Any]]:
 def course_view(session: Session, program: CourseProgram, *, with_classes: bool = False) -> dict[str, Any]:
     """The admin view (ids, options as class ids); `with_classes` adds each option's mirrored class."""
     steps = live_steps(session, program.id)
-    options = _live_options(session, program.id)
+    options = live_options(session, program.id)
     classes: dict[str, GroupClass] = {}
     if with_classes and options:
         ids = [o.group_class_id for o in options]
@@ -523,7 +560,7 @@ def course_view(session: Session, program: CourseProgram, *, with_classes: bool 
         "published": program.status is ProgramStatus.PUBLISHED,
         "published_at": program.published_at.isoformat() if program.published_at else None,
         "steps": view_steps,
-        "bundle": [{"kind": c.kind.value, "quantity": c.quantity} for c in _live_bundle(session, program.id)],
+        "bundle": [{"kind": c.kind.value, "quantity": c.quantity} for c in live_bundle(session, program.id)],
     }
 
 

@@ -226,3 +226,54 @@ def test_a_hand_linked_price_is_refused_at_publish_shown_and_can_be_unlinked(cli
     drain(runtime)
     got = client.get("/admin/packages/FIVE", headers=admin_headers).json
     assert got["stripe_price_id"] in stripe_server.prices and got["stripe"]["in_sync"] is True
+
+
+def _sold_course(runtime) -> dict:
+    """SFZ published, one active enrollment; the body that reorders its steps and attaches a class."""
+    with runtime.db.session_scope() as s:
+        factories.enrollment(s, factories.student(s), factories.program(s, code="SFZ", steps=2))
+    return course(steps=[{"label": "SFZ-2", "title": "Step 2", "options": ["gc_SFZ_2_0"]},
+                         {"label": "SFZ-1", "title": "Step 1", "options": ["gc_SFZ_1_0", "gc_extra"]}],
+                  bundle=[{"kind": "private_credit", "quantity": 2}])
+
+
+def test_dry_run_answers_who_is_affected_and_changes_nothing_then_the_save_applies(client, admin_headers, runtime):
+    from tests.tasks.catalog.test_catalog import snapshot
+
+    body = _sold_course(runtime)
+    before = snapshot(runtime.db)
+    response = client.put("/admin/courses/SFZ?dry_run=true", json=body, headers=admin_headers)
+    assert response.status_code == 200, response.json
+    answer = response.json
+    assert answer["dry_run"] is True and answer["would_apply"] is True and answer["status"] == "published"
+    assert [(s["label"], s["change"], s["to_position"]) for s in answer["steps"]] == [
+        ("SFZ-2", "moved", 1), ("SFZ-1", "moved", 2)]
+    assert answer["options"] == [{"class_id": "gc_extra", "step": "SFZ-1", "change": "attached", "may_book": 1,
+                                  "students": [{"enrollment_id": 1, "student_id": "stu_1", "progress": "unbooked",
+                                                "booking_id": None, "class_id": None}]}]
+    assert answer["enrollments"][0]["student_id"] == "stu_1" and answer["summary"]["enrollments_affected"] == 1
+    assert snapshot(runtime.db) == before
+    assert client.get("/admin/audit", headers=admin_headers).json["entries"] == []  # a dry run is no action
+
+    saved = client.put("/admin/courses/SFZ", json={**body, "reason": "Tuesday group first"}, headers=admin_headers)
+    assert saved.status_code == 200 and saved.json["impact"]["enrollments_affected"] == 1
+    assert [s["label"] for s in saved.json["course"]["steps"]] == ["SFZ-2", "SFZ-1"]
+    [entry] = client.get("/admin/audit", headers=admin_headers).json["entries"]
+    assert (entry["action"], entry["reason"], entry["details"]["enrollments_affected"]) == \
+        ("course.save", "Tuesday group first", 1)
+
+
+def test_dry_run_of_a_refused_change_and_bad_input(client, admin_headers, runtime):
+    from tests.admin_support import bearer, make_token
+
+    body = _sold_course(runtime)
+    body["steps"].pop()  # SFZ-1 is held by the enrollment
+    answer = client.put("/admin/courses/SFZ?dry_run=true", json=body, headers=admin_headers).json
+    assert answer["would_apply"] is False and answer["blocked"][0]["code"] == "step_in_use"
+    assert client.put("/admin/courses/SFZ", json=body, headers=admin_headers).status_code == 409
+    bad = client.put("/admin/courses/SFZ?dry_run=maybe", json=body, headers=admin_headers)
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "dry_run"
+    invalid = client.put("/admin/courses/SFZ?dry_run=true", json={**body, "steps": []}, headers=admin_headers)
+    assert invalid.status_code == 400 and invalid.json["error"]["field"] == "steps"
+    viewer = bearer(make_token(runtime.db, "viewer@studio.test", "viewer"))
+    assert client.put("/admin/courses/SFZ?dry_run=true", json=body, headers=viewer).status_code == 403

@@ -1,0 +1,71 @@
+"""The builder's edits and money parsing: each edit changes one thing of the course as it stands; an
+impossible one (first step up, unknown step or class, a class already in the course) is a ValidationFailed."""
+from __future__ import annotations
+
+import pytest
+
+from tasks.catalog import builder
+from tasks.catalog import services as catalog
+from tasks.errors import ValidationFailed
+
+BODY = {"title": "Sforzando", "description": None, "marketing_copy": None, "timezone": "UTC",
+        "price": {"amount": 12000, "currency": "eur"}, "bundle": [],
+        "steps": [{"label": "A", "title": None, "summary": None, "options": ["gc_1"]},
+                  {"label": "B", "title": None, "summary": None, "options": []}]}
+
+
+@pytest.mark.parametrize("raw, currency, minor", [("120", "eur", 12000), ("120.5", "eur", 12050),
+                                                   ("0,99", "usd", 99), ("1200", "jpy", 1200)])
+def test_minor_units(raw, currency, minor):
+    assert builder.minor_units(raw, currency) == minor
+    assert builder.minor_units(builder.major_units(minor, currency), currency) == minor
+
+
+@pytest.mark.parametrize("raw, currency", [("", "eur"), ("-1", "eur"), ("1.234", "eur"), ("1e3", "eur"),
+                                           ("12.50", "jpy"), (None, "eur")])
+def test_bad_money_names_the_field(raw, currency):
+    with pytest.raises(ValidationFailed, match="price"):
+        builder.minor_units(raw, currency)
+
+
+def test_each_edit_changes_one_thing_and_leaves_the_original_alone():
+    moved = builder.edited(BODY, "move", {"label": "B", "direction": "up"})
+    assert [s["label"] for s in moved["steps"]] == ["B", "A"] and [s["label"] for s in BODY["steps"]] == ["A", "B"]
+    attached = builder.edited(BODY, "attach", {"label": "B", "class_id": "gc_2"})
+    assert attached["steps"][1]["options"] == ["gc_2"]
+    assert builder.edited(attached, "detach", {"label": "B", "class_id": "gc_2"})["steps"][1]["options"] == []
+    added = builder.edited(BODY, "add_step", {"label": "C", "title": "Coda"})
+    assert added["steps"][-1] == {"label": "C", "title": "Coda", "summary": None, "options": []}
+    assert [s["label"] for s in builder.edited(BODY, "remove_step", {"label": "A"})["steps"]] == ["B"]
+    bundle = builder.edited(BODY, "bundle", {"private_credit": "2", "group_credit": "0"})
+    assert bundle["bundle"] == [{"kind": "private_credit", "quantity": 2}]
+    details = builder.edited(BODY, "details", {"title": "New", "price": "99.00", "currency": "USD"})
+    assert (details["title"], details["price"]) == ("New", {"amount": 9900, "currency": "usd"})
+    for body in (moved, attached, added, bundle, details):
+        catalog.parse_course(body, code="SFZ")  # each result is a whole, valid course
+
+
+@pytest.mark.parametrize("edit, form, field", [
+    ("move", {"label": "A", "direction": "up"}, "direction"),
+    ("move", {"label": "B", "direction": "down"}, "direction"),
+    ("move", {"label": "A", "direction": "sideways"}, "direction"),
+    ("move", {"label": "Z", "direction": "up"}, "label"),
+    ("attach", {"label": "B", "class_id": "gc_1"}, "class_id"),
+    ("attach", {"label": "B", "class_id": " "}, "class_id"),
+    ("detach", {"label": "A", "class_id": "gc_9"}, "class_id"),
+    ("add_step", {"label": "A"}, "label"),
+    ("bundle", {"private_credit": "two"}, "private_credit"),
+    ("details", {"title": "", "price": "1"}, "title"),
+    ("unknown", {}, "edit"),
+])
+def test_an_impossible_edit_names_its_field(edit, form, field):
+    with pytest.raises(ValidationFailed) as raised:
+        builder.edited(BODY, edit, form)
+    assert raised.value.field == field
+
+
+def test_the_last_step_cannot_be_removed_and_fingerprints_name_states():
+    one = builder.edited(BODY, "remove_step", {"label": "B"})
+    with pytest.raises(ValidationFailed, match="at least one step"):
+        builder.edited(one, "remove_step", {"label": "A"})
+    assert builder.fingerprint(BODY) == builder.fingerprint(dict(BODY)) != builder.fingerprint(one)
