@@ -43,7 +43,7 @@ from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
 from tasks.purchases import evidence, fulfilment
-from tasks.reporting import ops, reports
+from tasks.reporting import ops, reports, timeline
 from workers import job_runs
 from workers.actors import enqueue_inbox, send
 from workers.queue_depths import queue_depths
@@ -206,8 +206,10 @@ def enrollment_page(enrollment_id: int):
             raise ApiError(404, "not_found", f"no enrollment {enrollment_id}")
         view = enrollments.enrollment_view(s, enrollment)
         row = ops.search_enrollments(session=s, query=str(enrollment_id), limit=1)[0]
-        timeline = ops.enrollment_timeline(session=s, enrollment_id=enrollment_id)
-    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=timeline)
+        chosen = timeline.parse_kinds(request.args.getlist("kind"))
+        rows = timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id, kinds=chosen)
+    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=rows,
+                           kinds=timeline.KINDS, chosen=chosen or ())
 
 
 @bp.get("/ui/reports")
