@@ -43,7 +43,7 @@ from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
 from tasks.purchases import evidence, fulfilment
-from tasks.reporting import ops, reports, timeline
+from tasks.reporting import links, ops, reports, timeline
 from workers import job_runs
 from workers.actors import enqueue_inbox, send
 from workers.queue_depths import queue_depths
@@ -193,7 +193,8 @@ def event_page(inbox_id: int):
             raise ApiError(404, "not_found", f"no inbox event {inbox_id}")
         row = _event_row(event)
         payload = event.payload
-    return render_template("dashboard/event.html", event=row, payload=payload,
+        related = links.event_links(session=s, inbox_id=inbox_id)
+    return render_template("dashboard/event.html", event=row, payload=payload, related=related,
                            refresh=row["status"] in REFRESH_WHILE)
 
 
@@ -208,7 +209,8 @@ def enrollment_page(enrollment_id: int):
         row = ops.search_enrollments(session=s, query=str(enrollment_id), limit=1)[0]
         chosen = timeline.parse_kinds(request.args.getlist("kind"))
         rows = timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id, kinds=chosen)
-    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=rows,
+        events = links.enrollment_events(session=s, enrollment_id=enrollment_id)
+    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=rows, events=events,
                            kinds=timeline.KINDS, chosen=chosen or ())
 
 

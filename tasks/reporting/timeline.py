@@ -174,7 +174,7 @@ def _payment_subjects(*purchases) -> set[str]:
     return subjects
 
 
-def _booking_events(session: Session, enrollment: StudentCourseEnrollment, limit: int) -> list[InboxEvent]:
+def events_about(session: Session, enrollment: StudentCourseEnrollment, limit: int) -> list[InboxEvent]:
     """The inbox events about an enrollment's payment and its bookings."""
     booking_ids = list(session.scalars(select(Booking.id).where(Booking.enrollment_id == enrollment.id)))
     subjects = _payment_subjects(enrollment) | {f"booking:{b}" for b in booking_ids}
@@ -237,7 +237,7 @@ def enrollment_timeline(*, session: Session, enrollment_id: int, kinds: frozense
         return []
     labels = _step_labels(session, [enrollment_id])
     entries = _transitions(session, TransitionLog.enrollment_id == enrollment_id, labels, limit)
-    entries += _events(_booking_events(session, enrollment, limit), enrollment_id)
+    entries += _events(events_about(session, enrollment, limit), enrollment_id)
     entries += _messages(session, OutboxMessage.enrollment_id == enrollment_id, limit)
     entries += _credits(session, CreditLedgerEntry.enrollment_id == enrollment_id, limit)
     entries += _admin(session, [f"enrollment:{enrollment_id}"], limit)
@@ -266,7 +266,7 @@ def student_timeline(*, session: Session, student_id: str, kinds: frozenset[str]
                                 & TransitionLog.entity_id.in_([str(p.id) for p in purchases]), labels, limit)
     seen: set[int] = set()
     for enrollment in enrollments:
-        for row in _events(_booking_events(session, enrollment, limit), enrollment.id):
+        for row in _events(events_about(session, enrollment, limit), enrollment.id):
             if row.ref["inbox_id"] not in seen:
                 seen.add(row.ref["inbox_id"])
                 entries.append(row)

@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from db.enums import BundleKind, CreditType
-from db.models import AdminRefund, StudentCourseEnrollment
+from db.models import AdminRefund, InboxEvent, StudentCourseEnrollment
 from tasks.ledger import credits
 from tasks.ledger.causes import Cause
 from tests import factories
 from tests.admin_support import login_as, make_admin
 from tests.conftest import make_settings
-from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, state
+from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
 
 
 @pytest.fixture
@@ -122,3 +122,21 @@ def test_timeline_filters_by_kind_and_refuses_an_unknown_kind(client, runtime):
         bad = client.get(url, query_string={"kind": "outbox"})
         assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "validation_failed"
         assert "kind: unknown outbox" in bad.get_json()["error"]["message"]
+
+
+def test_an_event_links_to_its_enrollment_and_siblings_and_back(client, runtime, stripe_server):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    other = charge_refunded(pi="pi_1", amount=COURSE_PRICE, refunded=500, refunds=(("re_side", 500),))
+    deliver(db, other)
+    with db.session_scope() as s:
+        bought, refunded = s.scalars(select(InboxEvent.id).order_by(InboxEvent.id)).all()
+    make_admin(db, "viewer@studio.test", "viewer")
+    login_as(client, "viewer@studio.test")
+    page = _text(client.get(f"/admin/ui/events/{bought}"))
+    assert f'href="/admin/ui/enrollments/{enrollment_id}"' in page
+    assert 'href="/admin/ui/students/stu_1"' in page
+    assert f'href="/admin/ui/events/{refunded}"' in page  # the other event of the same payment
+    back = _text(client.get(f"/admin/ui/enrollments/{enrollment_id}"))
+    section = back[back.index('id="enrollment-events"'):back.index('id="timeline"')]
+    assert f'href="/admin/ui/events/{bought}"' in section and f'href="/admin/ui/events/{refunded}"' in section
