@@ -33,7 +33,7 @@ from flask import (
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
-from ingress import roles
+from ingress import charts, roles
 from ingress.admin_disputes import submit_or_error
 from ingress.auth import _matches
 from ingress.errors import ApiError
@@ -217,9 +217,17 @@ def enrollment_page(enrollment_id: int):
 @bp.get("/ui/reports")
 @login_required
 def report_page():
+    raw = request.args.get("weeks", "12").strip()
+    try:
+        weeks = int(raw)
+    except ValueError:
+        weeks = raw  # refused by activity_by_week, naming the field
     with _runtime().db.session_scope() as s:
+        activity = reports.activity_by_week(session=s, weeks=weeks)
         report = reports.course_report(session=s)
-    return render_template("dashboard/reports.html", report=report)
+        packages = reports.package_report(session=s)
+    return render_template("dashboard/reports.html", report=report, packages=packages, activity=activity,
+                           weeks=weeks, chart=charts.weekly_bars(activity))
 
 
 @bp.get("/ui/disputes/<dispute_id>")
