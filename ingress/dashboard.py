@@ -248,7 +248,7 @@ def dispute_page(dispute_id: str):
 @login_required
 def submit_dispute_evidence(dispute_id: str):
     try:
-        result = submit_or_error(_runtime(), dispute_id)
+        result = submit_or_error(_runtime(), dispute_id, roles.reason_of(request.form))
     except ApiError as exc:
         if exc.status == 404:
             raise
