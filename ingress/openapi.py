@@ -144,7 +144,8 @@ def _json(schema: str, description: str = "OK") -> dict:
 
 ERRORS = {"400": _json("Error", "bad input (the error code says which)"),
           "401": _json("Error", "no valid bearer token"),
-          "403": _json("Error", "a read token on a route it does not open"),
+          "403": _json("Error", "a read token on a route it does not open, or a personal token below the "
+                                "route's role"),
           # ingress/limits.py: too many refused authentications from one address in a minute
           "429": _json("Error", "rate_limited: too many failed authentications from this address")}
 READ = [{"bearer": []}]
@@ -367,8 +368,11 @@ def build_document(app: Flask) -> dict:
         "paths": dict(sorted(paths.items())),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "ADMIN_TOKEN (every route) or a READ_API_TOKEN "
-                                                          "(GET /v1/… and POST /v1/checkout-sessions)"}},
+                                           "description": "ADMIN_TOKEN (every route), a READ_API_TOKEN "
+                                                          "(GET /v1/… and POST /v1/checkout-sessions), or "
+                                                          "a personal API token (cpa_…) acting with its "
+                                                          "admin's role: any role reads /v1, an operator "
+                                                          "may also create checkout sessions"}},
             "schemas": {**SCHEMAS, **event_schemas()},
         },
     }
