@@ -8,8 +8,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 760, 300
-LEFT, RIGHT, TOP, BOTTOM = 48, 16, 40, 52
+WIDTH, HEIGHT = 1080, 320
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 40, 52
 SERIES = (("enrollments", "Enrollments", "#4a6fd1"), ("completions", "Completions", "#2f9e5b"))
 
 
@@ -35,7 +35,7 @@ def weekly_bars(activity: list[dict[str, Any]]) -> Markup:
         return TOP + plot_h - value / y_max * plot_h
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="activity-chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'width="100%" style="max-width:{WIDTH}px" font-family="system-ui, sans-serif" font-size="12" '
+             f'width="100%" font-family="system-ui, sans-serif" font-size="12" '
              f'aria-label="Enrollments and completions per week">']
     # legend
     x = LEFT
@@ -72,6 +72,8 @@ def weekly_bars(activity: list[dict[str, Any]]) -> Markup:
             parts.append(f'<text x="{LEFT + i * group + group / 2:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" '
                          f'fill="#4a5468">{day:%b} {day.day}</text>')
     parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 8}" text-anchor="middle" fill="#4a5468">'
-                 f'week starting (Monday, UTC)</text>')
+                 f'week starting (Monday, UTC)</text>'
+                 f'<text transform="translate(16 {TOP + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
+                 f'fill="#4a5468">count per week</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

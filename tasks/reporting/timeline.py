@@ -94,8 +94,8 @@ def _transitions(session: Session, where, labels: dict[str, str], limit: int) ->
         else:
             subject = f"{t.entity.replace('_', ' ')} {t.entity_id}"
         out.append(TimelineEntry(t.at, TRANSITION_KIND[t.entity], f"{subject}: {t.from_status or '∅'} → {t.to_status}",
-                                 t.cause or "", {"entity": t.entity, "entity_id": t.entity_id,
-                                                 "enrollment_id": t.enrollment_id}))
+                                 cause_in_words(t.cause), {"entity": t.entity, "entity_id": t.entity_id,
+                                                           "enrollment_id": t.enrollment_id, "cause": t.cause}))
     return out
 
 
@@ -109,14 +109,42 @@ def _step_labels(session: Session, enrollment_ids: list[int]) -> dict[str, str]:
         .where(StudentCourseProgress.enrollment_id.in_(enrollment_ids)))}
 
 
-def _cause_of(event: InboxEvent) -> str | None:
-    """The cause the moves an event made are logged under (`booking.created:bk_1`, `checkout:cs_1`)."""
+def _causes_of(event: InboxEvent) -> tuple[str, ...]:
+    """The causes the moves an event made are logged under (`booking.created:bk_1`, `checkout:cs_1`,
+    `refund:re_1`, `dispute:dp_1`)."""
     data = (event.payload or {}).get("data") or {}
-    if event.source.value == "platform" and data.get("booking_id"):
-        return f"{event.type}:{data['booking_id']}"
-    if event.type.startswith("checkout.session.") and isinstance(data.get("object"), dict):
-        return f"checkout:{data['object'].get('id')}"
-    return None
+    if event.source.value == "platform":
+        return (f"{event.type}:{data['booking_id']}",) if data.get("booking_id") else ()
+    obj = data.get("object") if isinstance(data.get("object"), dict) else {}
+    if event.type.startswith("checkout.session."):
+        return (f"checkout:{obj.get('id')}",)
+    if event.type.startswith("refund."):
+        return (f"refund:{obj.get('id')}",)
+    if event.type.startswith("charge.dispute."):
+        return (f"dispute:{obj.get('id')}", f"dispute:{obj.get('id')}:closed")
+    if event.type == "charge.refunded":
+        refunds = (obj.get("refunds") or {}).get("data") if isinstance(obj.get("refunds"), dict) else None
+        return tuple(f"refund:{r['id']}" for r in refunds or () if isinstance(r, dict) and r.get("id"))
+    return ()
+
+
+# the causes the log writes, in words: (prefix, words); the rest of the cause follows the words
+CAUSE_WORDS = (
+    ("booking.created:", "booking made: "),
+    ("booking.cancelled:", "booking cancelled: "),
+    ("attendance.marked:", "attendance marked: "),
+    ("checkout:", "checkout "),
+    ("refund:", "refund "),
+    ("dispute:", "dispute "),
+    ("admin:", "admin action #"),
+)
+
+
+def cause_in_words(cause: str | None) -> str:
+    for prefix, words in CAUSE_WORDS:
+        if cause and cause.startswith(prefix):
+            return words + cause[len(prefix):].replace(":closed", " closed")
+    return cause or ""
 
 
 def _events(events: Iterable[InboxEvent], enrollment_id: int | None = None) -> list[TimelineEntry]:
@@ -124,7 +152,7 @@ def _events(events: Iterable[InboxEvent], enrollment_id: int | None = None) -> l
         e.received_at, "payment" if e.source.value == "stripe" else "booking",
         f"{e.source.value} {e.type} ({e.status.value})", e.last_error or e.event_id,
         {"inbox_id": e.id, "event_id": e.event_id, "status": e.status.value, "enrollment_id": enrollment_id,
-         "cause": _cause_of(e)},
+         "causes": _causes_of(e)},
     ) for e in events]
 
 
@@ -190,23 +218,25 @@ def events_about(session: Session, enrollment: StudentCourseEnrollment, limit: i
 
 
 def _fold(entries: list[TimelineEntry]) -> list[TimelineEntry]:
-    """One row per thing that happened: a processed event becomes the link on the first move it made
-    (the move says what it did), and a booking's move beside its step's move under the same cause is
-    said once, on the step's row. Events that did not apply (failed, waiting, ignored) keep their row."""
+    """One row per thing that happened: a booking's move beside its step's move under the same cause is
+    said once, on the step's row; a processed event becomes the link on the first move it made (the move
+    says what it did). Events that did not apply (failed, waiting, ignored) keep their row."""
     moves = [e for e in entries if "entity" in e.ref]
-    first_move = {}
-    for move in moves:
-        first_move.setdefault(move.detail, move)
-    step_causes = {m.detail for m in moves if m.ref["entity"] == "progress"}
+    step_causes = {m.ref["cause"] for m in moves if m.ref["entity"] == "progress"}
+    kept = [e for e in entries
+            if not (e.ref.get("entity") == "booking" and e.ref["cause"] and e.ref["cause"] in step_causes)]
+    first_move: dict[str, TimelineEntry] = {}
+    for move in kept:
+        if "entity" in move.ref and move.ref["cause"]:
+            first_move.setdefault(move.ref["cause"], move)
     linked: dict[int, TimelineEntry] = {}
     out = []
-    for entry in entries:
-        cause = entry.ref.get("cause")
-        if "inbox_id" in entry.ref and entry.ref["status"] == "processed" and cause in first_move:
-            linked[id(first_move[cause])] = entry
-            continue
-        if entry.ref.get("entity") == "booking" and entry.detail in step_causes:
-            continue
+    for entry in kept:
+        if "inbox_id" in entry.ref and entry.ref["status"] == "processed":
+            made = [first_move[c] for c in entry.ref["causes"] if c in first_move]
+            if made and id(made[0]) not in linked:
+                linked[id(made[0])] = entry
+                continue
         out.append(entry)
     return [_linked(e, linked[id(e)]) if id(e) in linked else e for e in out]
 
@@ -283,8 +313,8 @@ def student_timeline(*, session: Session, student_id: str, kinds: frozenset[str]
 
 
 def _with_course(entry: TimelineEntry, codes: dict[int, str]) -> TimelineEntry:
-    """An enrollment's row on the student's timeline names its course (a step label already does)."""
+    """A row of one of the student's enrollments carries its course code (the page's enrollment column)."""
     code = codes.get(entry.ref.get("enrollment_id"))
-    if code is None or entry.kind == "progress":
+    if code is None:
         return entry
-    return TimelineEntry(entry.at, entry.kind, f"{code} · {entry.what}", entry.detail, entry.ref)
+    return TimelineEntry(entry.at, entry.kind, entry.what, entry.detail, {**entry.ref, "course_code": code})

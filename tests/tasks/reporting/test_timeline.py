@@ -93,8 +93,9 @@ def test_rows_of_every_kind_with_step_labels(session):
     assert timeline.enrollment_timeline(session=session, enrollment_id=999) == []
 
     on_student = timeline.student_timeline(session=session, student_id=student.id)
-    assert ("payment", f"SFZ · enrollment {enrollment.id}: active → suspended") in {(t.kind, t.what) for t in on_student}
-    assert all(t.ref.get("enrollment_id") == enrollment.id for t in on_student if t.kind == "progress")
+    assert ("payment", f"enrollment {enrollment.id}: active → suspended") in {(t.kind, t.what) for t in on_student}
+    assert all((t.ref.get("enrollment_id"), t.ref.get("course_code")) == (enrollment.id, "SFZ")
+               for t in on_student if t.kind in ("progress", "credit", "message"))
 
 
 def test_the_kind_filter_refuses_what_it_does_not_know():
