@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from tasks.events import PLATFORM_DATA
 from tasks.messaging.outbound_events import OUTBOUND_DATA
+from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
 
 bp = Blueprint("openapi", __name__)
 
@@ -177,6 +178,10 @@ def q(name: str, description: str, *, required: bool = False, schema: dict | Non
 
 
 NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
+# the timeline's filter: repeat `kind` for several (tasks.reporting.timeline.KINDS)
+TIMELINE_KIND = {"name": "kind", "in": "query", "required": False, "style": "form", "explode": True,
+                 "description": "only rows of these kinds (repeatable); none: every row",
+                 "schema": {"type": "array", "items": {"enum": list(TIMELINE_KINDS)}}}
 SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a bad event: nothing stored"),
           "413": _json("Error", "body over 256 KiB")}
 
@@ -259,16 +264,23 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/admin/login"): op("Log in with ADMIN_TOKEN", tag="dashboard", ok=HTML, status="302",
                                  extra={"401": HTML, "403": _json("Error", "csrf_failed")}),
     ("POST", "/admin/logout"): op("Log out", tag="dashboard", ok=REDIRECT, status="302"),
-    ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event, its enrollment and its subject's other events (page)",
+                                               tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/events/{inbox_id}/replay"): op("Replay (form)", tag="dashboard", ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/events/replay-failed"): op("Replay every failed event (form)", tag="dashboard", ok=REDIRECT,
                                                    status="302"),
-    ("GET", "/admin/ui/enrollments/{enrollment_id}"): op("One enrollment (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/enrollments/{enrollment_id}"): op(
+        "One enrollment: its events and its timeline (page)", tag="dashboard", ok=HTML, query=[TIMELINE_KIND],
+        extra={"400": _json("Error", "validation_failed: an unknown kind")}),
     ("POST", "/admin/ui/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil (form)", tag="dashboard",
                                                                     ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/outbox/{message_id}/retry"): op("Retry an outbox message (form)", tag="dashboard",
                                                         ok=REDIRECT, status="302"),
-    ("GET", "/admin/ui/reports"): op("Course reports (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/reports"): op(
+        "Course and package reports, and the weekly chart of enrollments and completions (page)", tag="dashboard",
+        ok=HTML, query=[q("weeks", "how many weeks the chart shows, 1 to 104 (default 12)",
+                          schema={"type": "integer", "minimum": 1, "maximum": 104})],
+        extra={"400": _json("Error", "validation_failed: weeks out of range")}),
     ("GET", "/admin/disputes/{dispute_id}/evidence"): op(
         "The evidence drafted for a dispute (service date, access log, customer communication, receipt, summary)",
         tag="admin", security=ADMIN, extra=NOT_FOUND),
@@ -314,8 +326,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                ok=REDIRECT, status="302"),
     ("GET", "/admin/ui/audit"): op("The audit log (page)", tag="dashboard", ok=HTML),
     ("GET", "/admin/ui/find"): op("Find any id; pending events and workers (page)", tag="dashboard", ok=HTML),
-    ("GET", "/admin/ui/students/{student_id}"): op("One student: enrollments and credit statement (page)",
-                                                   tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/students/{student_id}"): op(
+        "One student: enrollments, credit statement and timeline (page)", tag="dashboard", ok=HTML,
+        query=[TIMELINE_KIND], extra={"400": _json("Error", "validation_failed: an unknown kind")}),
     ("POST", "/admin/ui/students/{student_id}/credits"): op("Adjust credits (form)", tag="dashboard",
                                                             ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/students/{student_id}/enrollments"): op("Enrol by hand (form)", tag="dashboard",

@@ -90,8 +90,8 @@ def event_links(*, session: Session, inbox_id: int, limit: int = RELATED_LIMIT) 
     codes = _course_codes(session, list(unique))
     return {
         "enrollments": [enrollment_row(e, codes[e.id]) for e in sorted(unique.values(), key=lambda e: e.id)],
-        "package_purchases": [{"id": p.id, "status": p.status.value, "checkout_session_id": p.stripe_checkout_session_id,
-                               "student_id": p.student_id} for p in purchases],
+        "package_purchases": [{"id": p.id, "status": p.status.value, "student_id": p.student_id,
+                               "checkout_session_id": p.stripe_checkout_session_id} for p in purchases],
         "student_id": student_id,
         "events": [_event_view(e) for e in others],
     }

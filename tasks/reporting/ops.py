@@ -15,15 +15,7 @@ from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session
 
 from db.enums import InboxStatus, OutboxChannel, OutboxStatus
-from db.models import (
-    Booking,
-    CourseProgram,
-    CreditLedgerEntry,
-    InboxEvent,
-    OutboxMessage,
-    StudentCourseEnrollment,
-    TransitionLog,
-)
+from db.models import CourseProgram, InboxEvent, OutboxMessage, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.inbox import admin as inbox_admin
 

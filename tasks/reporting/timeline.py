@@ -172,7 +172,8 @@ def _messages(session: Session, where, limit: int) -> list[TimelineEntry]:
         tries = f"{m.attempts} attempt(s), last {last:%Y-%m-%d %H:%M:%S}" if m.attempts else "not sent yet"
         detail = tries + (f" · {m.last_error}" if m.last_error else "")
         out.append(TimelineEntry(
-            m.created_at, "message", f"{m.channel.value} {m.topic}{' to ' + to if to else ''}: {m.status.value}", detail,
+            m.created_at, "message", f"{m.channel.value} {m.topic}{' to ' + to if to else ''}: {m.status.value}",
+            detail,
             {"outbox_id": m.id, "status": m.status.value, "attempts": m.attempts, "last_at": last,
              "enrollment_id": m.enrollment_id},
         ))

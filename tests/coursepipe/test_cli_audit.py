@@ -84,7 +84,8 @@ def test_refused_commands_write_nothing(database, cli):
 def test_catalog_import_and_job_runs_are_audited(database, cli, tmp_path):
     file = tmp_path / "catalog.json"
     file.write_text(json.dumps({"courses": [{
-        "code": "CLI", "title": "From the CLI", "timezone": "Europe/Berlin", "price": {"amount": 9000, "currency": "eur"},
+        "code": "CLI", "title": "From the CLI", "timezone": "Europe/Berlin",
+        "price": {"amount": 9000, "currency": "eur"},
         "steps": [{"label": "CLI-1", "title": "One", "options": []}]}]}))
     imported = cli("courses", "import", str(file), "--reason", "spring term")
     assert imported.exit_code == 0, imported.output

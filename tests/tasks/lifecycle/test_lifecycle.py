@@ -74,7 +74,8 @@ def test_retention_prunes_ended_messages_delivery_moves_and_keeps_every_other_tr
         mail, platform = ids[OutboxChannel.MAIL], ids[OutboxChannel.PLATFORM]
         for message_id in (mail, platform):  # a delivery that took two attempts
             message = s.get(OutboxMessage, message_id)
-            OUTBOX.move(message, OutboxStatus.SENDING, session=s, cause="attempt 1", enrollment_id=message.enrollment_id)
+            OUTBOX.move(message, OutboxStatus.SENDING, session=s, cause="attempt 1",
+                        enrollment_id=message.enrollment_id)
             OUTBOX.move(message, OutboxStatus.PENDING, session=s, cause="attempt 1 failed",
                         enrollment_id=message.enrollment_id)
         OUTBOX.move(s.get(OutboxMessage, mail), OutboxStatus.SENDING, session=s, cause="attempt 2")
