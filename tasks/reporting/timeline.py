@@ -46,6 +46,7 @@ KINDS = {
     "credit": "credits",
     "message": "messages",
     "admin": "admin actions",
+    "profile": "profile",
 }
 
 # which kind a logged transition belongs to; outbox moves fold into their message's row, and inbox
@@ -147,9 +148,15 @@ def cause_in_words(cause: str | None) -> str:
     return cause or ""
 
 
+def _event_kind(event: InboxEvent) -> str:
+    if event.source.value == "stripe":
+        return "payment"
+    return "profile" if event.type == "student.upserted" else "booking"
+
+
 def _events(events: Iterable[InboxEvent], enrollment_id: int | None = None) -> list[TimelineEntry]:
     return [TimelineEntry(
-        e.received_at, "payment" if e.source.value == "stripe" else "booking",
+        e.received_at, _event_kind(e),
         f"{e.source.value} {e.type} ({e.status.value})", e.last_error or e.event_id,
         {"inbox_id": e.id, "event_id": e.event_id, "status": e.status.value, "enrollment_id": enrollment_id,
          "causes": _causes_of(e)},

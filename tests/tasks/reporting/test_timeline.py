@@ -85,14 +85,17 @@ def test_rows_of_every_kind_with_step_labels(session):
     assert ("admin", "enrollment.revoke by op@studio.test") in seen
     assert not any("pev_other" in t.detail for t in rows)
     assert [t.at for t in rows] == sorted(t.at for t in rows)
-    assert {t.kind for t in rows} == set(timeline.KINDS)
+    assert {t.kind for t in rows} == set(timeline.KINDS) - {"profile"}
 
     only = timeline.enrollment_timeline(session=session, enrollment_id=enrollment.id,
                                         kinds=frozenset({"progress", "admin"}))
     assert [t.what for t in only] == ["SFZ-1: unbooked → booked", "enrollment.revoke by op@studio.test"]
     assert timeline.enrollment_timeline(session=session, enrollment_id=999) == []
 
+    session.add(InboxEvent(event_id="pev_profile", type="student.upserted", subject=f"student:{student.id}", **base))
+    session.flush()
     on_student = timeline.student_timeline(session=session, student_id=student.id)
+    assert ("profile", "platform student.upserted (processed)") in {(t.kind, t.what) for t in on_student}
     assert ("payment", f"enrollment {enrollment.id}: active → suspended") in {(t.kind, t.what) for t in on_student}
     assert all((t.ref.get("enrollment_id"), t.ref.get("course_code")) == (enrollment.id, "SFZ")
                for t in on_student if t.kind in ("progress", "credit", "message"))
