@@ -194,7 +194,8 @@ def event_page(inbox_id: int):
         row = _event_row(event)
         payload = event.payload
         related = links.event_links(session=s, inbox_id=inbox_id)
-    return render_template("dashboard/event.html", event=row, payload=payload, related=related,
+        effects = timeline.event_timeline(session=s, inbox_id=inbox_id)
+    return render_template("dashboard/event.html", event=row, payload=payload, related=related, effects=effects,
                            refresh=row["status"] in REFRESH_WHILE)
 
 

@@ -1,6 +1,7 @@
 """What an inbox event is connected to, for the links on its page: the enrollment (or package purchase)
-it is about, its student, and the other events of the same subject — the same student, checkout
-session or payment intent — newest first. And the other way: an enrollment's events.
+it is about, its student, and the other events of the same subject — the same student (their profile
+and their bookings), checkout session or payment intent — newest first. And the other way: an
+enrollment's events.
 
 Read-only, taking `*, session`.
 """
@@ -78,8 +79,10 @@ def event_links(*, session: Session, inbox_id: int, limit: int = RELATED_LIMIT) 
         if row.stripe_payment_intent_id:
             payments.add(row.stripe_payment_intent_id)
     subjects |= {f"payment:{key}" for key in payments}
-    if student_id:
+    if student_id:  # the student's own events, and those about their bookings (cancellations, attendance)
         subjects.add(f"student:{student_id}")
+        subjects |= {f"booking:{b}" for b in session.scalars(
+            select(Booking.id).where(Booking.student_id == student_id).order_by(Booking.id.desc()).limit(limit))}
     if booking_id:
         subjects.add(f"booking:{booking_id}")
     others = list(session.scalars(

@@ -326,3 +326,16 @@ def _with_course(entry: TimelineEntry, codes: dict[int, str]) -> TimelineEntry:
     if code is None:
         return entry
     return TimelineEntry(entry.at, entry.kind, entry.what, entry.detail, {**entry.ref, "course_code": code})
+
+
+def event_timeline(*, session: Session, inbox_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineEntry]:
+    """What one event did: the moves logged under its cause (a step booked, an enrollment activated, a
+    refund recorded), oldest first; empty for an event that moved nothing (or whose payload was pruned)."""
+    event = session.get(InboxEvent, inbox_id)
+    causes = _causes_of(event) if event is not None else ()
+    if not causes:
+        return []
+    where = TransitionLog.cause.in_(causes)
+    enrollment_ids = [i for i in session.scalars(select(TransitionLog.enrollment_id).where(where).distinct())
+                      if i is not None]
+    return _transitions(session, where, _step_labels(session, enrollment_ids), limit)

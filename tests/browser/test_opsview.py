@@ -127,6 +127,7 @@ def test_timeline_filter_links_and_the_reports_chart(browser_page, app, runtime,
         page.locator("#enrollment-events").get_by_role("link").last.click()  # the oldest: the purchase
         expect(page.locator("h1")).to_contain_text("checkout.session.completed")
         expect(page.locator("#related-enrollments")).to_contain_text(f"{enrollment_id} (SFZ, active)")
+        expect(page.locator("#effects")).to_contain_text(f"enrollment {enrollment_id}: ∅ → active")
         siblings = page.locator("#related-events")
         expect(siblings).to_contain_text("charge.refunded")
         expect(siblings).to_contain_text("booking.created")

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from db.models import CourseStep, InboxEvent, StudentCourseEnrollment
-from tasks.reporting import links
+from tasks.reporting import links, timeline
 from tests import factories
 from tests.tasks.bookings.bookings_support import at, attendance, booking_created
 from tests.tasks.bookings.bookings_support import deliver as deliver_platform
@@ -54,14 +54,26 @@ def test_an_event_leads_to_its_enrollment_student_and_the_other_events_of_its_su
             assert found["student_id"] == "stu_1", name
             others = {e["id"] for e in found["events"]}
             assert ids[name] not in others and ids["unrelated"] not in others
-        assert {e["id"] for e in links.event_links(session=s, inbox_id=ids["bought"])["events"]} >= {
-            ids["booked"], ids["refunded"]}
+        assert {e["id"] for e in links.event_links(session=s, inbox_id=ids["bought"])["events"]} == {
+            ids["booked"], ids["attended"], ids["refunded"]}  # the student's booking's attendance too
         assert ids["bought"] in {e["id"] for e in links.event_links(session=s, inbox_id=ids["attended"])["events"]}
 
         alone = links.event_links(session=s, inbox_id=ids["unrelated"])
         assert alone["enrollments"] == [] and alone["events"] == []
         assert links.event_links(session=s, inbox_id=999_999) == {
             "enrollments": [], "package_purchases": [], "student_id": None, "events": []}
+
+        # what each event did: the moves logged under its cause
+        assert [t.what for t in timeline.event_timeline(session=s, inbox_id=ids["bought"])] == [
+            f"enrollment {enrollment_id}: ∅ → active"]
+        assert [t.what for t in timeline.event_timeline(session=s, inbox_id=ids["booked"])] == [
+            "booking bk_link: ∅ → active", "SFZ-1: unbooked → booked"]
+        assert "SFZ-1: booked → completed" in [
+            t.what for t in timeline.event_timeline(session=s, inbox_id=ids["attended"])]
+        assert [t.what for t in timeline.event_timeline(session=s, inbox_id=ids["refunded"])] == [
+            "refund 1: ∅ → succeeded"]
+        assert timeline.event_timeline(session=s, inbox_id=ids["unrelated"]) == []
+        assert timeline.event_timeline(session=s, inbox_id=999_999) == []
 
         back = [e["id"] for e in links.enrollment_events(session=s, enrollment_id=enrollment_id)]
         assert back == sorted([ids["bought"], ids["booked"], ids["attended"], ids["refunded"]], reverse=True)
