@@ -168,8 +168,9 @@ def test_a_completed_students_timeline_is_what_a_human_reads(database, relay_set
         rows = timeline.student_timeline(session=s, student_id="stu_1")
         enrollment_rows = timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id)
     after = len(rows)
-    print(f"\ncompleted student's timeline: {before + messages} rows before, {after} after")
-    assert before + messages >= 60 and after <= before // 2
+    rows_before = before + messages  # what a row per move, event, message and ledger entry made
+    print(f"\ncompleted student's timeline: {rows_before} rows before, {after} after")
+    assert rows_before >= 60 and after * 3 <= rows_before  # 66 → 21 today
     assert len({t.ref["outbox_id"] for t in rows if t.kind == "message"}) == messages  # one row per message
     assert sum(t.kind == "message" for t in rows) == messages
     retried = [t for t in rows if t.kind == "message" and t.ref["attempts"] > 1]
