@@ -10,6 +10,7 @@ import threading
 
 import click
 
+from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
 from coursepipe.cli_support import runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
@@ -162,18 +163,21 @@ def events_list(status: str | None, limit: int) -> None:
 
 @events.command("replay")
 @click.argument("inbox_id", type=int)
-def events_replay(inbox_id: int) -> None:
-    """Put an event back to pending and process it (in-process when no REDIS_URL)."""
+@reason_option
+def events_replay(inbox_id: int, reason: str | None) -> None:
+    """Put an event back to pending and process it (in-process when no REDIS_URL); audited."""
     from tasks.errors import NotFound
     from tasks.inbox import admin as inbox
     from workers import inbox_runs
     from workers.actors import enqueue_inbox
 
+    reason = checked_reason(reason)
     settings = _settings()
     runtime = _runtime(settings)
     try:
         with runtime.db.session_scope() as session:
             inbox.replay(session=session, inbox_id=inbox_id)
+            record_cli_action(session, "event.replay", f"inbox_event:{inbox_id}", reason)
     except (NotFound, inbox.NotReplayable) as exc:
         raise click.ClickException(str(exc)) from None
     if settings.redis_url:

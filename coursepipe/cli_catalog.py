@@ -26,6 +26,7 @@ def load_file(path: Path):
 
 
 def register(main: click.Group) -> None:
+    from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
     from coursepipe.cli_support import runtime_for as _runtime
     from coursepipe.cli_support import settings_for as _settings
 
@@ -35,7 +36,8 @@ def register(main: click.Group) -> None:
 
     @courses.command("import")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    def import_(file: Path) -> None:
+    @reason_option
+    def import_(file: Path, reason: str | None) -> None:
         """Create or replace the courses (and packages) of FILE: all of them, or none.
 
         FILE holds one course, a list of courses, or {"courses": [...], "packages": [...]}.
@@ -46,6 +48,7 @@ def register(main: click.Group) -> None:
         from tasks.catalog import services as catalog
         from tasks.errors import TaskError
 
+        reason = checked_reason(reason)
         data = load_file(file)
         try:
             parsed = catalog.parse_catalog(data)  # every entry is checked before anything is written
@@ -55,6 +58,9 @@ def register(main: click.Group) -> None:
         try:
             with runtime.db.session_scope() as session:
                 results = catalog.save_catalog(session=session, catalog=parsed)
+                for row in results:  # as the admin API records each save
+                    record_cli_action(session, f"{row['kind']}.save", f"{row['kind']}:{row['code']}", reason,
+                                      change=row["change"], file=file.name)
         except TaskError as exc:
             raise click.ClickException(f"{file}: {exc} (nothing was imported)") from None
         except IntegrityError as exc:  # another import or admin edit created the same code meanwhile
@@ -68,7 +74,8 @@ def register(main: click.Group) -> None:
     @courses.command()
     @click.argument("code")
     @click.option("--package", "is_package", is_flag=True, help="CODE names a credit package")
-    def publish(code: str, is_package: bool) -> None:
+    @reason_option
+    def publish(code: str, is_package: bool, reason: str | None) -> None:
         """Create or update the Stripe product and price of CODE, then mark it published.
 
         With REDIS_URL the publish is queued for the workers; without it (embedded) it runs here."""
@@ -78,8 +85,13 @@ def register(main: click.Group) -> None:
         from workers import publishing as publish_calls
 
         kind = publishing.PACKAGE if is_package else publishing.COURSE
+        reason = checked_reason(reason)
         settings = _settings()
         runtime = _runtime(settings)
+
+        def audited(**details) -> None:  # publishing is intent → Stripe call → outcome: recorded once it is done
+            with runtime.db.session_scope() as session:
+                record_cli_action(session, f"{kind}.publish", f"{kind}:{code}", reason, **details)
         try:
             if settings.redis_url:
                 from workers.actors import send
@@ -87,12 +99,14 @@ def register(main: click.Group) -> None:
                 if not publish_calls.request_publish(unit_of_work=runtime.db.session_scope, settings=settings,
                                                      kind=kind, code=code, send=send):
                     raise click.ClickException("could not queue the publish (is Redis up?)")
+                audited(queued=True)
                 click.echo(json.dumps({"kind": kind, "code": code, "queued": True}))
                 return
             publishing.require_api_key(settings, kind, code)
             result = publish_calls.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
+        audited(queued=False)
         for inbox_id in result.woken:  # embedded: drift checks that waited for these objects run now
             inbox_runs.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id,
                                  handlers=runtime.handlers, settings=settings)

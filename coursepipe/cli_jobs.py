@@ -23,6 +23,7 @@ def _drain(broker) -> None:
 
 
 def register(main: click.Group) -> None:
+    from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
     from coursepipe.cli_support import runtime_for as _runtime
     from coursepipe.cli_support import settings_for as _settings
 
@@ -64,8 +65,9 @@ def register(main: click.Group) -> None:
 
     @jobs.command("run")
     @click.argument("name")
-    def jobs_run(name: str) -> None:
-        """Run job NAME now, once, as the scheduler would (in-process with the embedded broker)."""
+    @reason_option
+    def jobs_run(name: str, reason: str | None) -> None:
+        """Run job NAME now, once, as the scheduler would (in-process with the embedded broker); audited."""
         from scheduler.service import JOBS, run_now
         from tasks.messaging import delivery
         from workers.actors import send
@@ -73,8 +75,11 @@ def register(main: click.Group) -> None:
 
         if name not in JOBS:
             raise click.ClickException(f"unknown job {name!r}; one of: {', '.join(JOBS)}")
+        reason = checked_reason(reason)
         settings = _settings()
         runtime = _runtime(settings)
+        with runtime.db.session_scope() as session:  # the job does its own work; this records who asked for it
+            record_cli_action(session, "job.run", f"job:{name}", reason, queued=bool(settings.redis_url))
         if settings.redis_url:
             run_now(runtime, name)
             click.echo(f"job {name}: {JOBS[name].actor} queued")
@@ -121,27 +126,33 @@ def register(main: click.Group) -> None:
 
     @outbox.command("retry")
     @click.argument("message_id", type=int)
-    def outbox_retry(message_id: int) -> None:
-        """Make a dead (or backing-off) message due now with a fresh attempt count."""
+    @reason_option
+    def outbox_retry(message_id: int, reason: str | None) -> None:
+        """Make a dead (or backing-off) message due now with a fresh attempt count; audited."""
         from tasks.messaging import delivery
         from tasks.errors import TaskError
 
+        reason = checked_reason(reason)
         runtime = _runtime(_settings())
         try:
             with runtime.db.session_scope() as session:
                 delivery.retry(session=session, message_id=message_id)
+                record_cli_action(session, "outbox.retry", f"outbox_message:{message_id}", reason)
         except TaskError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"outbox message {message_id} is due again (the relay sends it within seconds)")
 
     @outbox.command("retry-dead")
     @click.option("--channel", type=click.Choice(["mail", "platform"]), default=None, help="only this channel")
-    def outbox_retry_dead(channel: str | None) -> None:
-        """Make every dead message due now with a fresh attempt count (after fixing the cause)."""
+    @reason_option
+    def outbox_retry_dead(channel: str | None, reason: str | None) -> None:
+        """Make every dead message due now with a fresh attempt count (after fixing the cause); audited."""
         from db.enums import OutboxChannel
         from tasks.messaging import delivery
 
+        reason = checked_reason(reason)
         runtime = _runtime(_settings())
         with runtime.db.session_scope() as session:
             ids = delivery.retry_dead(session=session, channel=OutboxChannel(channel) if channel else None)
+            record_cli_action(session, "outbox.retry_dead", f"outbox:{channel or 'all'}", reason, retried=len(ids))
         click.echo(f"{len(ids)} dead outbox message(s) due again (the relay sends them within seconds)")

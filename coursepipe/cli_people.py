@@ -4,7 +4,6 @@ Each change is recorded in the audit log as done by `cli:<os user>` with the own
 the command holds the database credentials)."""
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 
@@ -12,9 +11,9 @@ import click
 
 
 def _principal():
-    from tasks.admins.accounts import Principal
+    from coursepipe.cli_support import cli_principal
 
-    return Principal(actor=f"cli:{getpass.getuser()}", role="owner")
+    return cli_principal()
 
 
 def _database():

@@ -6,8 +6,9 @@ attendance and the mails sent; submitting sends it to Stripe (intent â†’ call â†
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
+from ingress import roles
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.errors import NotFound
@@ -18,16 +19,21 @@ from workers import dispute_evidence
 bp = Blueprint("admin_disputes", __name__, url_prefix="/admin")
 
 
-def submit_or_error(runtime, dispute_id: str) -> dict:
-    """Submit, with every refusal as the API error an admin reads (the dashboard shows the same)."""
+def submit_or_error(runtime, dispute_id: str, reason: str | None = None) -> dict:
+    """Submit, with every refusal as the API error an admin reads (the dashboard shows the same). A
+    submission that reached Stripe is audited with its outcome (a refusal before it changes nothing)."""
     try:
-        return dispute_evidence.submit(runtime.db, runtime.settings, dispute_id)
+        result = dispute_evidence.submit(runtime.db, runtime.settings, dispute_id)
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except evidence.EvidenceError as exc:
         raise ApiError(409, exc.code, str(exc)) from None
     except StripeNotConfigured as exc:
         raise ApiError(503, "stripe_not_configured", str(exc)) from None
+    with runtime.db.session_scope() as session:
+        roles.record_action(session, "dispute.evidence_submit", f"dispute:{dispute_id}", reason,
+                            outcome=result["evidence_status"], error=result["error"])
+    return result
 
 
 @bp.get("/disputes/<dispute_id>/evidence")
@@ -45,7 +51,7 @@ def get_evidence(dispute_id: str):
 @require_role("operator")
 def submit_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
-    result = submit_or_error(runtime, dispute_id)
+    result = submit_or_error(runtime, dispute_id, roles.reason_of(request.get_json(silent=True) or {}))
     current_app.logger.info("dispute evidence submitted", extra={"event": {
         "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] != evidence.SUBMITTED:

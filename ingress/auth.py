@@ -1,13 +1,13 @@
-"""Bearer-token checks for /admin and /v1 (constant-time compare).
+"""Bearer tokens (constant-time compare): reading the header, and the shared tokens of the settings.
 
-Two kinds of token: ADMIN_TOKEN opens everything; a read token (READ_API_TOKEN, several for
-rotation) opens `GET /v1/…` and `POST /v1/checkout-sessions` only and is refused (403 `forbidden`)
-everywhere else, so the WordPress frontend never holds a credential that can change the catalog.
+ADMIN_TOKEN opens everything; a read token (READ_API_TOKEN, several for rotation) opens `GET /v1/…`
+and `POST /v1/checkout-sessions` only and is refused (403 `forbidden`) everywhere else, so the
+WordPress frontend never holds a credential that can change the catalog. Who may call which route —
+personal tokens and roles included — is `ingress.roles`.
 """
 from __future__ import annotations
 
 import hmac
-from functools import wraps
 
 from flask import current_app, request
 
@@ -53,26 +53,3 @@ def refuse_read_token_elsewhere():
             and is_read_token(bearer_token()):
         raise ApiError(403, "forbidden", "a read token (READ_API_TOKEN) only opens GET /v1/… and "
                                          "POST /v1/checkout-sessions")
-
-
-def require_admin(view):
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        if not _matches(bearer_token(), _settings().admin_token):
-            raise ApiError(401, "unauthorized", "a valid bearer token is required")
-        return view(*args, **kwargs)
-
-    return wrapped
-
-
-def require_reader(view):
-    """The read API accepts the admin token or a read token (READ_API_TOKEN)."""
-
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        settings = _settings()
-        if not _matches(bearer_token(), settings.admin_token, *settings.read_api_tokens):
-            raise ApiError(401, "unauthorized", "a valid bearer token is required")
-        return view(*args, **kwargs)
-
-    return wrapped

@@ -33,7 +33,7 @@ from flask import (
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
-from ingress import roles
+from ingress import charts, roles
 from ingress.admin_disputes import submit_or_error
 from ingress.auth import _matches
 from ingress.errors import ApiError
@@ -43,7 +43,7 @@ from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
 from tasks.purchases import evidence, fulfilment
-from tasks.reporting import ops, reports
+from tasks.reporting import links, ops, reports, timeline
 from workers import job_runs
 from workers.actors import enqueue_inbox, send
 from workers.queue_depths import queue_depths
@@ -193,7 +193,9 @@ def event_page(inbox_id: int):
             raise ApiError(404, "not_found", f"no inbox event {inbox_id}")
         row = _event_row(event)
         payload = event.payload
-    return render_template("dashboard/event.html", event=row, payload=payload,
+        related = links.event_links(session=s, inbox_id=inbox_id)
+        effects = timeline.event_timeline(session=s, inbox_id=inbox_id)
+    return render_template("dashboard/event.html", event=row, payload=payload, related=related, effects=effects,
                            refresh=row["status"] in REFRESH_WHILE)
 
 
@@ -206,16 +208,27 @@ def enrollment_page(enrollment_id: int):
             raise ApiError(404, "not_found", f"no enrollment {enrollment_id}")
         view = enrollments.enrollment_view(s, enrollment)
         row = ops.search_enrollments(session=s, query=str(enrollment_id), limit=1)[0]
-        timeline = ops.enrollment_timeline(session=s, enrollment_id=enrollment_id)
-    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=timeline)
+        chosen = timeline.parse_kinds(request.args.getlist("kind"))
+        rows = timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id, kinds=chosen)
+        events = links.enrollment_events(session=s, enrollment_id=enrollment_id)
+    return render_template("dashboard/enrollment.html", enrollment=row, view=view, timeline=rows, events=events,
+                           kinds=timeline.KINDS, chosen=chosen or ())
 
 
 @bp.get("/ui/reports")
 @login_required
 def report_page():
+    raw = request.args.get("weeks", "12").strip()
+    try:
+        weeks = int(raw)
+    except ValueError:
+        weeks = raw  # refused by activity_by_week, naming the field
     with _runtime().db.session_scope() as s:
+        activity = reports.activity_by_week(session=s, weeks=weeks)
         report = reports.course_report(session=s)
-    return render_template("dashboard/reports.html", report=report)
+        packages = reports.package_report(session=s)
+    return render_template("dashboard/reports.html", report=report, packages=packages, activity=activity,
+                           weeks=weeks, chart=charts.weekly_bars(activity))
 
 
 @bp.get("/ui/disputes/<dispute_id>")
@@ -236,7 +249,7 @@ def dispute_page(dispute_id: str):
 @login_required
 def submit_dispute_evidence(dispute_id: str):
     try:
-        result = submit_or_error(_runtime(), dispute_id)
+        result = submit_or_error(_runtime(), dispute_id, roles.reason_of(request.form))
     except ApiError as exc:
         if exc.status == 404:
             raise

@@ -17,7 +17,7 @@ from ingress.errors import ApiError
 from ingress.roles import dashboard_role
 from tasks.catalog import services as catalog
 from tasks.errors import TaskError
-from tasks.reporting import ops, search, statement
+from tasks.reporting import ops, search, statement, timeline
 from workers import heartbeats
 
 bp = Blueprint("studio_ui", __name__, url_prefix="/admin/ui", template_folder="templates")
@@ -67,10 +67,13 @@ def student_page(student_id: str):
         person = {"email": student.email, "name": student.name, "timezone": student.timezone} if known else None
         credit_statement = statement.credit_statement(session=s, student_id=student_id)
         courses = [p.code for p in catalog.live_programs(s)]
+        chosen = timeline.parse_kinds(request.args.getlist("kind"))
+        rows_of_timeline = timeline.student_timeline(session=s, student_id=student_id, kinds=chosen)
     if not known and not rows and not credit_statement["entries"]:
         raise ApiError(404, "not_found", f"no student {student_id}")
     return render_template("dashboard/student.html", student_id=student_id, person=person, enrollments=rows,
-                           statement=credit_statement, courses=courses)
+                           statement=credit_statement, courses=courses, timeline=rows_of_timeline,
+                           kinds=timeline.KINDS, chosen=chosen or ())
 
 
 @bp.post("/students/<student_id>/credits")

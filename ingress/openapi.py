@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from tasks.events import PLATFORM_DATA
 from tasks.messaging.outbound_events import OUTBOUND_DATA
+from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
 
 bp = Blueprint("openapi", __name__)
 
@@ -144,7 +145,8 @@ def _json(schema: str, description: str = "OK") -> dict:
 
 ERRORS = {"400": _json("Error", "bad input (the error code says which)"),
           "401": _json("Error", "no valid bearer token"),
-          "403": _json("Error", "a read token on a route it does not open"),
+          "403": _json("Error", "a read token on a route it does not open, or a personal token below the "
+                                "route's role"),
           # ingress/limits.py: too many refused authentications from one address in a minute
           "429": _json("Error", "rate_limited: too many failed authentications from this address")}
 READ = [{"bearer": []}]
@@ -200,6 +202,10 @@ COURSE_CHANGE = (
     "enrollments keep theirs) and `enrollments` (each affected enrollment with its effects in words). "
     "A bad body is the same 400 as without dry_run. A dry run writes no audit entry; the real save records "
     "`course.save` with the counts.")
+# the timeline's filter: repeat `kind` for several (tasks.reporting.timeline.KINDS)
+TIMELINE_KIND = {"name": "kind", "in": "query", "required": False, "style": "form", "explode": True,
+                 "description": "only rows of these kinds (repeatable); none: every row",
+                 "schema": {"type": "array", "items": {"enum": list(TIMELINE_KINDS)}}}
 SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a bad event: nothing stored"),
           "413": _json("Error", "body over 256 KiB")}
 
@@ -290,16 +296,23 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/admin/login"): op("Log in with ADMIN_TOKEN", tag="dashboard", ok=HTML, status="302",
                                  extra={"401": HTML, "403": _json("Error", "csrf_failed")}),
     ("POST", "/admin/logout"): op("Log out", tag="dashboard", ok=REDIRECT, status="302"),
-    ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event, its enrollment and its subject's other events (page)",
+                                               tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/events/{inbox_id}/replay"): op("Replay (form)", tag="dashboard", ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/events/replay-failed"): op("Replay every failed event (form)", tag="dashboard", ok=REDIRECT,
                                                    status="302"),
-    ("GET", "/admin/ui/enrollments/{enrollment_id}"): op("One enrollment (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/enrollments/{enrollment_id}"): op(
+        "One enrollment: its events and its timeline (page)", tag="dashboard", ok=HTML, query=[TIMELINE_KIND],
+        extra={"400": _json("Error", "validation_failed: an unknown kind")}),
     ("POST", "/admin/ui/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil (form)", tag="dashboard",
                                                                     ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/outbox/{message_id}/retry"): op("Retry an outbox message (form)", tag="dashboard",
                                                         ok=REDIRECT, status="302"),
-    ("GET", "/admin/ui/reports"): op("Course reports (page)", tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/reports"): op(
+        "Course and package reports, and the weekly chart of enrollments and completions (page)", tag="dashboard",
+        ok=HTML, query=[q("weeks", "how many weeks the chart shows, 1 to 104 (default 12)",
+                          schema={"type": "integer", "minimum": 1, "maximum": 104})],
+        extra={"400": _json("Error", "validation_failed: weeks out of range")}),
     ("GET", "/admin/disputes/{dispute_id}/evidence"): op(
         "The evidence drafted for a dispute (service date, access log, customer communication, receipt, summary)",
         tag="admin", security=ADMIN, extra=NOT_FOUND),
@@ -345,8 +358,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                ok=REDIRECT, status="302"),
     ("GET", "/admin/ui/audit"): op("The audit log (page)", tag="dashboard", ok=HTML),
     ("GET", "/admin/ui/find"): op("Find any id; pending events and workers (page)", tag="dashboard", ok=HTML),
-    ("GET", "/admin/ui/students/{student_id}"): op("One student: enrollments and credit statement (page)",
-                                                   tag="dashboard", ok=HTML),
+    ("GET", "/admin/ui/students/{student_id}"): op(
+        "One student: enrollments, credit statement and timeline (page)", tag="dashboard", ok=HTML,
+        query=[TIMELINE_KIND], extra={"400": _json("Error", "validation_failed: an unknown kind")}),
     ("POST", "/admin/ui/students/{student_id}/credits"): op("Adjust credits (form)", tag="dashboard",
                                                             ok=REDIRECT, status="302"),
     ("POST", "/admin/ui/students/{student_id}/enrollments"): op("Enrol by hand (form)", tag="dashboard",
@@ -417,8 +431,11 @@ def build_document(app: Flask) -> dict:
         "paths": dict(sorted(paths.items())),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "ADMIN_TOKEN (every route) or a READ_API_TOKEN "
-                                                          "(GET /v1/… and POST /v1/checkout-sessions)"}},
+                                           "description": "ADMIN_TOKEN (every route), a READ_API_TOKEN "
+                                                          "(GET /v1/… and POST /v1/checkout-sessions), or "
+                                                          "a personal API token (cpa_…) acting with its "
+                                                          "admin's role: any role reads /v1, an operator "
+                                                          "may also create checkout sessions"}},
             "schemas": {**SCHEMAS, **event_schemas()},
         },
     }

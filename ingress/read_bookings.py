@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.bookings import services as bookings
 from tasks.reporting import calendar

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from db.enums import ProgramStatus
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.catalog import services as catalog
 from tasks.purchases import selling

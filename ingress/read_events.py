@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.messaging import event_feed
 

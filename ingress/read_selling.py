@@ -8,7 +8,7 @@ import stripe
 from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxSource
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.inbox.runner import Outcome
 from tasks.inbox.store import store_event
@@ -63,7 +63,7 @@ def get_package(code: str):
 
 
 @bp.post("/checkout-sessions")
-@require_reader
+@require_reader(role="operator")  # a read token, ADMIN_TOKEN, or an operator's personal token
 def create_checkout_session():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from tasks.reporting import statement
 
 bp = Blueprint("read_statement", __name__, url_prefix="/v1")

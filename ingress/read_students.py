@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ingress.auth import require_reader
+from ingress.roles import require_reader
 from tasks.ledger import credits
 from tasks.enrollments import services as enrollments
 

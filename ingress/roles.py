@@ -4,6 +4,9 @@
   personal API token (`cpa_…`, acting with its owner's role).
 - The dashboard takes its server-side session (`tasks.admins.accounts`): the cookie names a row that
   logout revokes and that ends at an absolute time.
+- The read API (`/v1/…`) takes ADMIN_TOKEN, a read token (READ_API_TOKEN) or a personal token: any
+  role reads (`GET`); `POST /v1/checkout-sessions` creates a Stripe session on a student's behalf, so a
+  personal token needs `operator` for it (a read token may: the frontend sells with it).
 - `viewer` reads; `operator` also replays, retries, re-fulfils and makes manual adjustments; `owner`
   also edits and publishes the catalog and manages admins. Too low a role: 403 `forbidden`.
 
@@ -17,7 +20,7 @@ from functools import wraps
 
 from flask import current_app, g, redirect, request, session, url_for
 
-from ingress.auth import _matches, bearer_token
+from ingress.auth import _matches, bearer_token, is_read_token
 from ingress.errors import ApiError
 from tasks.admins import accounts
 from tasks.admins import audit
@@ -106,6 +109,25 @@ def dashboard_role(role: str | None = None):
         return wrapped
 
     return decorate
+
+
+def require_reader(view=None, *, role: str = "viewer"):
+    """The read API: ADMIN_TOKEN, a read token, or a personal token of at least `role` (401 without a
+    valid bearer, 403 for a personal token below the role)."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            if not is_read_token(bearer_token()):
+                principal = bearer_principal()
+                if principal is None:
+                    raise ApiError(401, "unauthorized", "a valid bearer token is required")
+                _authorise(principal, role)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate(view) if view is not None else decorate
 
 
 def any_principal(role: str = "viewer") -> Principal:

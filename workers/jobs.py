@@ -91,7 +91,8 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 def prune_retention(job_run: int | None = None) -> None:
-    """Prune raw payloads and mail bodies older than RETENTION_DAYS, one batch per unit of work."""
+    """Prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS, one
+    batch per unit of work."""
     rt = runtime.current()
     total = retention.Pruned()
     while True:
@@ -99,11 +100,12 @@ def prune_retention(job_run: int | None = None) -> None:
             done = retention.prune(session=session, retention_days=rt.settings.retention_days)
         total.events += done.events
         total.mails += done.mails
-        if done.events < retention.BATCH and done.mails < retention.BATCH:
+        total.transitions += done.transitions
+        if not done.full():
             break
-    if total.events or total.mails:
-        log.info("retention: pruned %d event payload(s) and %d mail body(ies) older than %d days",
-                 total.events, total.mails, rt.settings.retention_days)
+    if total.events or total.mails or total.transitions:
+        log.info("retention: pruned %d event payload(s), %d mail body(ies) and %d delivery move(s) older than %d days",
+                 total.events, total.mails, total.transitions, rt.settings.retention_days)
     finish_job_run(job_run, **total.as_dict())
 
 

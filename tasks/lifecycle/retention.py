@@ -3,8 +3,14 @@
 What stays: every row and its ids (an inbox row's source, event id, type, subject, status and times; a
 mail's topic, status and times), a SHA-256 of the pruned content (so a copy held elsewhere can still be
 matched), and the financial facts of a Stripe event's object (its id, amounts, currency, payment intent,
-charge, status, creation time, course or package code). Enrollments, purchases, refunds, disputes, the
-ledger and the transition log are the financial record and are kept as they are.
+charge, status, creation time, course or package code). Enrollments, purchases, refunds, disputes and
+the ledger are the financial record and are kept as they are.
+
+The transition log keeps every move of an enrollment, a step's progress, a booking, a package
+purchase, a refund and a dispute: the record of what a student was owed and got, and the evidence of a
+dispute. A message's delivery moves (pending → sending → pending → … → sent) are mechanics, and the
+bulk of the log: those of a message that ended (`sent` or `dead`) are deleted once older than
+RETENTION_DAYS; the message's row keeps its final status, attempts, last error and sent time.
 
 Only settled rows are pruned: an inbox row `processed` or `ignored` (a `failed` one keeps its payload
 for a replay, anything pending or waiting is still to be applied), a mail `sent` or `dead`.
@@ -18,11 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, delete, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import InboxEvent, OutboxMessage
+from db.models import InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
 
 BATCH = 500
@@ -34,13 +40,23 @@ STRIPE_FACTS = ("id", "object", "amount", "amount_total", "amount_subtotal", "am
 METADATA_FACTS = ("kind", "course_code", "package_code")
 
 
+# transitions that are delivery mechanics, not facts: pruned once their message ended
+DELIVERY_ENTITY = "outbox"
+ENDED = (OutboxStatus.SENT, OutboxStatus.DEAD)
+
+
 @dataclass
 class Pruned:
     events: int = 0
     mails: int = 0
+    transitions: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"events_pruned": self.events, "mails_pruned": self.mails}
+        return {"events_pruned": self.events, "mails_pruned": self.mails, "transitions_pruned": self.transitions}
+
+    def full(self, batch: int | None = None) -> bool:
+        """A kind filled its batch: there may be more to prune."""
+        return max(self.events, self.mails, self.transitions) >= (batch or BATCH)
 
 
 def digest(value: Any) -> str:
@@ -105,4 +121,16 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
         .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
     done.mails = sum(prune_mail(m, now=now) for m in mails)
     session.flush()
+    done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)
     return done
+
+
+def prune_delivery_moves(*, session: Session, cutoff: datetime, batch: int = BATCH) -> int:
+    """Delete one batch of delivery moves older than `cutoff` of messages that ended; never anything else."""
+    ended = select(cast(OutboxMessage.id, String)).where(OutboxMessage.status.in_(ENDED))
+    ids = list(session.scalars(select(TransitionLog.id).where(
+        TransitionLog.entity == DELIVERY_ENTITY, TransitionLog.at < cutoff, TransitionLog.entity_id.in_(ended))
+        .order_by(TransitionLog.id).limit(batch)))
+    if ids:
+        session.execute(delete(TransitionLog).where(TransitionLog.id.in_(ids)))
+    return len(ids)

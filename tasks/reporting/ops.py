@@ -1,5 +1,5 @@
-"""What ops look at: the inbox and outbox backlog, enrollments and their timeline (queue depths are
-the broker's: `workers.queue_depths`).
+"""What ops look at: the inbox and outbox backlog and the enrollments (queue depths are the broker's:
+`workers.queue_depths`; the timeline is `tasks.reporting.timeline`).
 
 Read-only functions taking `*, session`. The one
 admin action here (`replay_failed`) changes state but never commits or sends: the caller
@@ -7,7 +7,7 @@ commits, then sends the messages that get the rows moving again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,21 +15,12 @@ from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session
 
 from db.enums import InboxStatus, OutboxChannel, OutboxStatus
-from db.models import (
-    Booking,
-    CourseProgram,
-    CreditLedgerEntry,
-    InboxEvent,
-    OutboxMessage,
-    StudentCourseEnrollment,
-    TransitionLog,
-)
+from db.models import CourseProgram, InboxEvent, OutboxMessage, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.inbox import admin as inbox_admin
 
 SEARCH_LIMIT = 50
 PROBLEM_LIMIT = 100
-TIMELINE_LIMIT = 500
 
 
 # --------------------------------------------------------------------------- inbox and outbox
@@ -174,68 +165,3 @@ def enrollment_row(enrollment: StudentCourseEnrollment, course_code: str) -> dic
         "currency": enrollment.currency,
         "created_at": enrollment.created_at,
     }
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    at: datetime
-    kind: str  # transition | event | outbox | credit
-    what: str
-    detail: str = ""
-    ref: dict[str, Any] = field(default_factory=dict)
-
-
-def enrollment_timeline(*, session: Session, enrollment_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineEntry]:
-    """Everything that touched one enrollment, oldest first: state transitions (its own, its steps',
-    its bookings', its messages'), the inbox events about its payment and bookings, its outbox rows,
-    and its bundle's ledger entries."""
-    enrollment = session.get(StudentCourseEnrollment, enrollment_id)
-    if enrollment is None:
-        return []
-    entries: list[TimelineEntry] = []
-    for t in session.scalars(
-        select(TransitionLog).where(TransitionLog.enrollment_id == enrollment_id).order_by(TransitionLog.id).limit(limit)
-    ):
-        entries.append(TimelineEntry(
-            t.at, "transition", f"{t.entity} {t.entity_id}: {t.from_status or '∅'} → {t.to_status}", t.cause or "",
-            {"entity": t.entity, "entity_id": t.entity_id},
-        ))
-
-    booking_ids = list(session.scalars(select(Booking.id).where(Booking.enrollment_id == enrollment_id)))
-    subjects = {f"payment:{enrollment.stripe_checkout_session_id}"}
-    if enrollment.stripe_payment_intent_id:
-        subjects.add(f"payment:{enrollment.stripe_payment_intent_id}")
-    subjects.update(f"booking:{b}" for b in booking_ids)
-    events = list(session.scalars(
-        select(InboxEvent).where(InboxEvent.subject.in_(sorted(subjects))).order_by(InboxEvent.id).limit(limit)
-    ))
-    if booking_ids:  # booking.created is keyed on the student; keep the ones naming this enrollment's bookings
-        wanted = set(booking_ids)
-        for event in session.scalars(
-            select(InboxEvent).where(InboxEvent.subject == f"student:{enrollment.student_id}",
-                                     InboxEvent.type == "booking.created").order_by(InboxEvent.id).limit(limit)
-        ):
-            if ((event.payload or {}).get("data") or {}).get("booking_id") in wanted:
-                events.append(event)
-    for e in events:
-        entries.append(TimelineEntry(
-            e.received_at, "event", f"{e.source.value} {e.type} ({e.status.value})",
-            e.last_error or e.event_id, {"inbox_id": e.id, "event_id": e.event_id, "status": e.status.value},
-        ))
-    for m in session.scalars(
-        select(OutboxMessage).where(OutboxMessage.enrollment_id == enrollment_id).order_by(OutboxMessage.id).limit(limit)
-    ):
-        entries.append(TimelineEntry(
-            m.created_at, "outbox", f"{m.channel.value} {m.topic} ({m.status.value}, {m.attempts} attempt(s))",
-            m.last_error or (m.recipient or ""), {"outbox_id": m.id, "status": m.status.value},
-        ))
-    for c in session.scalars(
-        select(CreditLedgerEntry).where(CreditLedgerEntry.enrollment_id == enrollment_id)
-        .order_by(CreditLedgerEntry.id).limit(limit)
-    ):
-        entries.append(TimelineEntry(
-            c.created_at, "credit", f"{c.entry_type.value} {c.quantity:+d} {c.credit_type.value}", c.cause,
-            {"ledger_id": c.id},
-        ))
-    entries.sort(key=lambda entry: (entry.at, entry.kind))
-    return entries

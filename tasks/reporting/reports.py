@@ -14,6 +14,8 @@ Definitions (also in docs/runbook.md):
   discounts and refunds. A 100 %-off checkout is a sale with every figure 0.
 - packages (`package_report`): the same money figures over paid or refunded package purchases,
   `purchases` by status.
+- `activity_by_week`: per week (Monday 00:00 UTC to the next), enrollments that became active
+  (`activated_at`: paid, or enrolled by hand) and enrollments completed (`completed_at`) in it.
 - per step: `booked` = enrollments that have booked the step at some point (progress booked,
   completed or missed), `completed`, `missed`, and `skipped_ahead` = bookings of the step made
   while an earlier step was still unbooked (the plan's "skipped steps" analytics flag).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -29,6 +32,8 @@ from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
 from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase, StudentCourseEnrollment, StudentCourseProgress
+from db.types import utcnow
+from tasks.errors import ValidationFailed
 
 PAID = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED, EnrollmentStatus.REVOKED)
 PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
@@ -181,3 +186,27 @@ def report_csv(report: list[dict[str, Any]]) -> str:
                      step["skipped_ahead"]])
             writer.writerow([_cell(v) for v in (*head, *tail)])
     return out.getvalue()
+
+
+MAX_WEEKS = 104
+
+
+def _monday(moment: datetime) -> datetime:
+    moment = moment.astimezone(timezone.utc)
+    return datetime.combine(moment.date() - timedelta(days=moment.weekday()), time(0), tzinfo=timezone.utc)
+
+
+def activity_by_week(*, session: Session, weeks: int = 12, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The last `weeks` weeks, the current one included, oldest first: `{"week": Monday, "enrollments",
+    "completions"}` (every week present, zeros included)."""
+    if not isinstance(weeks, int) or isinstance(weeks, bool) or not 1 <= weeks <= MAX_WEEKS:
+        raise ValidationFailed(f"weeks: a whole number from 1 to {MAX_WEEKS}", field="weeks")
+    start = _monday(now or utcnow()) - timedelta(weeks=weeks - 1)
+    out = {start + timedelta(weeks=n): {"enrollments": 0, "completions": 0} for n in range(weeks)}
+    for column, key in ((StudentCourseEnrollment.activated_at, "enrollments"),
+                        (StudentCourseEnrollment.completed_at, "completions")):
+        for moment in session.scalars(select(column).where(column >= start)):
+            week = _monday(moment)
+            if week in out:  # a time in the future (a clock ahead) is not drawn
+                out[week][key] += 1
+    return [{"week": week, **counts} for week, counts in out.items()]

@@ -110,7 +110,7 @@ def test_login_replay_refulfil_report(browser_page, app, runtime, worker):
         enrollment_row.get_by_role("button", name="Re-fulfil").click()
         expect(page.locator(".flash.ok")).to_contain_text("nothing was missing")
         expect(page.locator("#enrollment-status")).to_have_text("active")
-        expect(page.locator("#timeline")).to_contain_text("checkout.session.completed (processed)")
+        expect(page.locator("#timeline")).to_contain_text("stripe checkout.session.completed (processed)")
 
         page.get_by_role("link", name="Course report").click()
         course = page.locator("#report tr[data-course='SFZ']")

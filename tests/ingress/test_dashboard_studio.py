@@ -7,12 +7,14 @@ import re
 import pytest
 from sqlalchemy import select
 
-from db.enums import BundleKind
-from db.models import AdminRefund, StudentCourseEnrollment
+from db.enums import BundleKind, CreditType
+from db.models import AdminRefund, InboxEvent, StudentCourseEnrollment
+from tasks.ledger import credits
+from tasks.ledger.causes import Cause
 from tests import factories
 from tests.admin_support import login_as, make_admin
 from tests.conftest import make_settings
-from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, state
+from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
 
 
 @pytest.fixture
@@ -95,6 +97,46 @@ def test_revoke_and_reinstate_forms_and_a_viewer_sees_no_forms(client, app, runt
     viewer = app.test_client()
     login_as(viewer, "viewer@studio.test")
     page = _text(viewer.get(f"/admin/ui/enrollments/{enrollment_id}"))
-    assert "fraud" not in page and 'id="refund"' not in page and 'id="revoke-reinstate"' not in page
+    assert 'id="refund"' not in page and 'id="revoke-reinstate"' not in page
+    # the timeline tells who did it and why, as the audit log (which a viewer reads) does
+    assert "enrollment.revoke by op@studio.test" in page and "not fraud" in page
     student = _text(viewer.get("/admin/ui/students/stu_1"))
     assert 'id="statement"' in student and 'id="adjust-credits"' not in student
+
+
+def test_timeline_filters_by_kind_and_refuses_an_unknown_kind(client, runtime):
+    with runtime.db.session_scope() as s:
+        student = factories.student(s)
+        enrollment = factories.enrollment(s, student, factories.program(s), session_id="cs_filter")
+        enrollment_id = enrollment.id
+        credits.issue_credits(session=s, student_id=student.id, credit_type=CreditType.GROUP, quantity=3,
+                              cause=Cause.bundle(enrollment_id), enrollment_id=enrollment_id)
+    make_admin(runtime.db, "viewer@studio.test", "viewer")
+    login_as(client, "viewer@studio.test")
+    for url in (f"/admin/ui/enrollments/{enrollment_id}", "/admin/ui/students/stu_1"):
+        everything = _text(client.get(url))
+        assert 'class="timeline-row timeline-credit"' in everything
+        page = _text(client.get(url, query_string={"kind": ["progress", "admin"]}))
+        assert 'class="timeline-row timeline-credit"' not in page
+        assert 'name="kind" value="progress" checked' in page and 'id="timeline-all"' in page
+        bad = client.get(url, query_string={"kind": "outbox"})
+        assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "validation_failed"
+        assert "kind: unknown outbox" in bad.get_json()["error"]["message"]
+
+
+def test_an_event_links_to_its_enrollment_and_siblings_and_back(client, runtime, stripe_server):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    other = charge_refunded(pi="pi_1", amount=COURSE_PRICE, refunded=500, refunds=(("re_side", 500),))
+    deliver(db, other)
+    with db.session_scope() as s:
+        bought, refunded = s.scalars(select(InboxEvent.id).order_by(InboxEvent.id)).all()
+    make_admin(db, "viewer@studio.test", "viewer")
+    login_as(client, "viewer@studio.test")
+    page = _text(client.get(f"/admin/ui/events/{bought}"))
+    assert f'href="/admin/ui/enrollments/{enrollment_id}"' in page
+    assert 'href="/admin/ui/students/stu_1"' in page
+    assert f'href="/admin/ui/events/{refunded}"' in page  # the other event of the same payment
+    back = _text(client.get(f"/admin/ui/enrollments/{enrollment_id}"))
+    section = back[back.index('id="enrollment-events"'):back.index('id="timeline"')]
+    assert f'href="/admin/ui/events/{bought}"' in section and f'href="/admin/ui/events/{refunded}"' in section

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import AuditEntry, InboxEvent, OutboxMessage, Student, StudentCourseEnrollment
+from db.models import AuditEntry, InboxEvent, OutboxMessage, Student, StudentCourseEnrollment, TransitionLog
 from db.types import utcnow
 from tasks.lifecycle import retention
+from tasks.machines import OUTBOX
+from tasks.reporting import timeline
 from tests import factories
 from tests.conftest import drain
 from tests.tasks.purchases.payments_support import checkout, deliver, state
@@ -38,7 +40,8 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         s.add(InboxEvent(source="platform", event_id="pev_failed", type="student.upserted",
                          payload={"data": {"email": "x@example.test"}}, status=InboxStatus.FAILED))
     with database.session_scope() as s:  # nothing is old yet
-        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0}
+        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
+                                                                                "transitions_pruned": 0}
     _age(database, 401)
     with database.session_scope() as s:
         done = retention.prune(session=s, retention_days=400)
@@ -59,8 +62,50 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         platform = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.PLATFORM)).all()
         assert platform and all("pruned_at" not in m.payload for m in platform)
     with database.session_scope() as s:  # a second run finds nothing left
-        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0}
+        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
+                                                                                "transitions_pruned": 0}
     assert state(database) == before  # the financial record is untouched
+
+
+def test_retention_prunes_ended_messages_delivery_moves_and_keeps_every_other_transition(database):
+    _purchase(database)
+    with database.session_scope() as s:
+        ids = {m.channel: m.id for m in s.scalars(select(OutboxMessage))}
+        mail, platform = ids[OutboxChannel.MAIL], ids[OutboxChannel.PLATFORM]
+        for message_id in (mail, platform):  # a delivery that took two attempts
+            message = s.get(OutboxMessage, message_id)
+            OUTBOX.move(message, OutboxStatus.SENDING, session=s, cause="attempt 1",
+                        enrollment_id=message.enrollment_id)
+            OUTBOX.move(message, OutboxStatus.PENDING, session=s, cause="attempt 1 failed",
+                        enrollment_id=message.enrollment_id)
+        OUTBOX.move(s.get(OutboxMessage, mail), OutboxStatus.SENDING, session=s, cause="attempt 2")
+        OUTBOX.move(s.get(OutboxMessage, mail), OutboxStatus.SENT, session=s, cause="attempt 2")
+        # the platform message is still pending (retrying): its moves are kept whatever their age
+
+    def moves() -> dict[str, int]:
+        with database.session_scope() as s:
+            return dict(s.execute(select(TransitionLog.entity, func.count()).group_by(TransitionLog.entity)).all())
+
+    before = moves()
+    assert before["outbox"] == 6 and before["enrollment"] >= 1
+    with database.session_scope() as s:  # recent: nothing pruned
+        assert retention.prune(session=s, retention_days=400).transitions == 0
+    with database.session_scope() as s:
+        s.execute(update(TransitionLog).values(at=utcnow() - timedelta(days=401)))
+    with database.session_scope() as s:
+        assert retention.prune(session=s, retention_days=400).transitions == 4  # the sent mail's moves
+    after = moves()
+    assert after == {**before, "outbox": 2}
+    with database.session_scope() as s:
+        left = s.scalars(select(TransitionLog.entity_id).where(TransitionLog.entity == "outbox")).all()
+        assert set(left) == {str(platform)}
+        sent = s.get(OutboxMessage, mail)
+        assert sent.status is OutboxStatus.SENT  # the message keeps its final state
+        assert retention.prune(session=s, retention_days=400).transitions == 0
+    with database.session_scope() as s:  # the timeline still shows the message, from its row
+        enrollment_id = s.scalar(select(StudentCourseEnrollment.id))
+        rows = [t for t in timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id) if t.kind == "message"]
+        assert {t.ref["outbox_id"] for t in rows} == {mail, platform}
 
 
 def test_the_scheduled_retention_job_prunes_in_batches(runtime, worker, monkeypatch):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import select, update
 
 from db.enums import OutboxStatus
-from db.models import OutboxMessage, PaymentDispute
+from db.models import AuditEntry, OutboxMessage, PaymentDispute
 from db.types import utcnow
 from tests import factories
 from tests.conftest import make_settings
@@ -136,6 +136,11 @@ def test_a_refusal_by_stripe_is_recorded_and_can_be_submitted_again(database, ru
     # each submission its own keys: the second is not a replay of the first
     keys = {c.idempotency_key.rsplit(":", 1)[0] for c in stripe_server.calls("POST", "/v1/disputes/dp_1")}
     assert len(keys) == 2
+    with database.session_scope() as s:  # both submissions audited with their outcome
+        assert [(e.actor, e.action, e.target, e.details["outcome"]) for e in
+                s.scalars(select(AuditEntry).order_by(AuditEntry.id))] == [
+            ("ADMIN_TOKEN", "dispute.evidence_submit", "dispute:dp_1", "failed"),
+            ("ADMIN_TOKEN", "dispute.evidence_submit", "dispute:dp_1", "submitted")]
 
 
 def test_a_closed_dispute_is_not_submitted(database, runtime, client, admin_headers, stripe_server):
@@ -144,6 +149,8 @@ def test_a_closed_dispute_is_not_submitted(database, runtime, client, admin_head
     answer = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
     assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "dispute_closed"
     assert stripe_server.calls("POST") == []
+    with database.session_scope() as s:  # refused before anything was sent: nothing to audit
+        assert s.scalar(select(AuditEntry)) is None
 
 
 def test_the_dashboard_lists_open_disputes_with_their_deadline_and_submits_from_the_page(

@@ -1,4 +1,4 @@
-"""Ops reads: queue depths from a real Redis broker, the inbox summary, the enrollment timeline."""
+"""Ops reads: queue depths from a real Redis broker, the inbox summary, the enrollment search."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -81,50 +81,6 @@ def test_inbox_summary_oldest_pending(session):
     assert summary.by_status["waiting"] == 0
     assert summary.oldest_pending_age_seconds == pytest.approx(120, abs=1)
     assert [e.event_id for e in ops.problem_events(session=session)] == ["e2"]
-
-
-def test_timeline_collects_transitions_events_and_messages(session):
-    from db.enums import EnrollmentStatus, OutboxChannel
-    from db.models import Booking, OutboxMessage
-    from db.enums import BookingStatus
-    from tasks.machines import ENROLLMENT
-
-    student = factories.student(session)
-    program = factories.program(session)
-    enrollment = factories.enrollment(session, student, program, session_id="cs_t", status=EnrollmentStatus.ACTIVE)
-    enrollment.stripe_payment_intent_id = "pi_t"
-    from db.enums import CreditType
-    from tasks.ledger import credits
-    from tasks.ledger.causes import Cause
-    credits.issue_credits(session=session, student_id=student.id, credit_type=CreditType.PRIVATE, quantity=2,
-                          cause=Cause.bundle(enrollment.id), enrollment_id=enrollment.id)
-    ENROLLMENT.move(enrollment, EnrollmentStatus.SUSPENDED, session=session, cause="dispute dp_1",
-                    enrollment_id=enrollment.id)
-    session.add(Booking(id="bk_t", student_id=student.id, class_id="gc_1", enrollment_id=enrollment.id,
-                        status=BookingStatus.ACTIVE))
-    base = dict(source=InboxSource.PLATFORM, payload={}, status=InboxStatus.PROCESSED)
-    session.add_all([
-        InboxEvent(event_id="evt_pay", type="charge.dispute.created", subject="payment:pi_t",
-                   **{**base, "source": InboxSource.STRIPE}),
-        InboxEvent(event_id="pev_cancel", type="booking.cancelled", subject="booking:bk_t", **base),
-        InboxEvent(event_id="pev_made", type="booking.created", subject=f"student:{student.id}",
-                   **{**base, "payload": {"data": {"booking_id": "bk_t"}}}),
-        InboxEvent(event_id="pev_other", type="booking.created", subject=f"student:{student.id}",
-                   **{**base, "payload": {"data": {"booking_id": "bk_elsewhere"}}}),
-        OutboxMessage(dedupe_key="d1", channel=OutboxChannel.PLATFORM, topic="enrollment.suspended", payload={},
-                      enrollment_id=enrollment.id),
-    ])
-    session.flush()
-    timeline = ops.enrollment_timeline(session=session, enrollment_id=enrollment.id)
-    kinds = {(t.kind, t.what.split(" (")[0]) for t in timeline}
-    assert ("transition", f"enrollment {enrollment.id}: active → suspended") in kinds
-    assert {("event", "stripe charge.dispute.created"), ("event", "platform booking.cancelled"),
-            ("event", "platform booking.created")} <= kinds
-    assert ("outbox", "platform enrollment.suspended") in kinds
-    assert ("credit", "grant +2 private") in kinds
-    assert not any("pev_other" in t.detail for t in timeline)
-    assert [t.at for t in timeline] == sorted(t.at for t in timeline)
-    assert ops.enrollment_timeline(session=session, enrollment_id=999) == []
 
 
 def test_search(session):

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from db.enums import EnrollmentStatus, ProgressStatus
 from db.models import StudentCourseProgress
+from tasks.errors import ValidationFailed
 from tasks.reporting import reports
 from tests import factories
 
@@ -82,3 +86,28 @@ def test_csv_cells_cannot_become_spreadsheet_formulas(session):
 def test_empty_catalog(session):
     assert reports.course_report(session=session) == []
     assert reports.report_csv([]).splitlines() == [",".join(reports.CSV_COLUMNS)]
+
+
+def test_activity_by_week_counts_enrollments_and_completions_per_monday(session):
+    now = datetime(2026, 11, 26, 15, 0, tzinfo=timezone.utc)  # a Thursday; its week starts Monday 23rd
+    sfz = factories.program(session, code="SFZ")
+    moments = {  # activated, completed
+        "old": (now - timedelta(weeks=20), now - timedelta(weeks=19)),  # before the window
+        "a": (datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc), datetime(2026, 11, 23, 0, 0, tzinfo=timezone.utc)),
+        "b": (datetime(2026, 11, 8, 23, 59, tzinfo=timezone.utc), None),  # Sunday: still the week of the 2nd
+        "c": (datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc), None),
+        "d": (datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc) + timedelta(weeks=3), None),  # future: not drawn
+    }
+    for key, (activated, completed) in moments.items():
+        row = factories.enrollment(session, factories.student(session, id=f"stu_{key}", email=f"{key}@example.test"),
+                                   sfz, session_id=f"cs_{key}", with_progress=False)
+        row.activated_at, row.completed_at = activated, completed
+    session.flush()
+
+    weeks = reports.activity_by_week(session=session, weeks=4, now=now)
+    assert [(w["week"].date().isoformat(), w["enrollments"], w["completions"]) for w in weeks] == [
+        ("2026-11-02", 2, 0), ("2026-11-09", 0, 0), ("2026-11-16", 0, 0), ("2026-11-23", 1, 1)]
+    assert len(reports.activity_by_week(session=session, now=now)) == 12
+    for bad in (0, -1, 105, "12", True, None):
+        with pytest.raises(ValidationFailed, match="weeks: a whole number from 1 to 104"):
+            reports.activity_by_week(session=session, weeks=bad, now=now)
