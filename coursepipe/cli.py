@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from coursepipe.cli_support import runtime_for as _runtime
+from coursepipe.cli_support import migrated_database, runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
 
@@ -78,6 +78,7 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     settings = _settings(*INGRESS_SECRETS)
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
+    migrated_database(settings.database_url).dispose()
     args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
@@ -91,6 +92,7 @@ def worker(processes: int, threads: int) -> None:
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for `coursepipe worker`")
+    migrated_database(settings.database_url).dispose()
     args = [sys.executable, "-m", "dramatiq", "workers.app", "--processes", str(processes),
             "--threads", str(threads)]
     os.execv(sys.executable, args)

@@ -7,6 +7,9 @@ import os
 import sys
 from datetime import datetime, timezone
 
+# set-up chatter below WARNING that is no event of ours (alembic logs a line per plugin on import)
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -32,3 +35,5 @@ def configure_logging(level: str | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
