@@ -9,6 +9,8 @@ Facing the internet, put a buffering proxy in front as well (docs/runbook.md, "T
 import os
 import secrets
 
+from coursepipe.logs import dict_config
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
@@ -22,17 +24,7 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 accesslog = None  # one structured line per event comes from the app itself
 errorlog = "-"
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "coursepipe.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-    },
-}
+logconfig_dict = dict_config()  # JSON lines, audit lines at INFO whatever LOG_LEVEL says
 # each worker builds its own engine and broker connection after the fork
 preload_app = False
 
