@@ -12,6 +12,8 @@ import os
 import sys
 from datetime import datetime, timezone
 
+from db.types import redact_emails
+
 # Admin actions (dashboard replay, refulfill, outbox retry, …) are logged here at INFO, and this logger
 # keeps INFO whatever LOG_LEVEL says: an audit line is never filtered out.
 AUDIT_LOGGER = "coursepipe.audit"
@@ -25,13 +27,14 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # no e-mail address in a log line, whoever wrote the message (a driver's error, an SMTP answer)
+            "msg": redact_emails(record.getMessage()),
         }
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             line.update(event)
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = redact_emails(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
