@@ -1,5 +1,5 @@
-"""`coursepipe serve`'s HTTP server: werkzeug's threaded server (a thread per connection), logging one JSON
-line per request — method, path without its query string (where search terms and e-mails would ride),
+"""`coursepipe serve`'s HTTP server: werkzeug's threaded server (a thread per connection, each read bounded by
+READ_TIMEOUT_SECONDS), logging one JSON line per request — method, path without its query string (where search terms and e-mails would ride),
 status — through the process's handlers, instead of werkzeug's ANSI-coloured text lines."""
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import logging
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 log = logging.getLogger("coursepipe.http")
+READ_TIMEOUT_SECONDS = 10
 
 
 class RequestHandler(WSGIRequestHandler):
+    # each read (request line, headers, body) and write on a connection waits at most this long, then the
+    # connection is dropped: a client that stops sending does not keep its thread forever
+    timeout = READ_TIMEOUT_SECONDS
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = getattr(self, "path", None)  # unset when the request line itself was bad
         log.info("request", extra={"event": {
