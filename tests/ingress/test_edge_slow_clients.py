@@ -6,23 +6,17 @@ cut slow clients do not stall the loop that accepts connections."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
-from tests.netutil import free_port, wait_until
+from tests.netutil import gunicorn_ingress
 from tests.signing import platform_event, platform_headers
 
-ROOT = Path(__file__).resolve().parents[2]
 SLOW_CLIENTS = 50
 
 
@@ -61,34 +55,6 @@ def _assert_not_delayed(base: str, port: int) -> None:
             pytest.fail("the signed webhook got no answer within 10 s behind 50 slow clients")
         assert elapsed < 1.0, f"the signed webhook took {elapsed:.2f} s behind {SLOW_CLIENTS} slow clients"
         assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
-
-
-@contextmanager
-def gunicorn_ingress(database_url: str, redis_url: str, redis_namespace: str, **settings: str):
-    """The ingress as production runs it: gunicorn with the repository's gunicorn.conf.py; yields (base URL, port)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR",)}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace,
-               STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET, PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET,
-               ADMIN_TOKEN=ADMIN_TOKEN, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2")
-    env.update(settings)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ingress.wsgi:app"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:  # still booting
-            return False
-
-    try:
-        assert wait_until(up, timeout=60)
-        yield base, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.postgres
