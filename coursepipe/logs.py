@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         }
         event = getattr(record, "event", None)
         if isinstance(event, dict):
-            line.update(event)
+            line.update({k: redact_emails(v) if isinstance(v, str) else v for k, v in event.items()})
         if record.exc_info:
             line["exc"] = redact_emails(self.formatException(record.exc_info))
         return json.dumps(line, default=str)

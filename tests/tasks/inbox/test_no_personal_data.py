@@ -82,4 +82,6 @@ def test_an_address_in_any_error_text_is_redacted_where_it_is_stored_and_logged(
         s.get(InboxEvent, inbox_id).last_error = f"SMTP 550: b'5.1.1 <{EMAIL}>: Recipient address rejected'"
     assert _last_error(database, inbox_id) == "SMTP 550: b'5.1.1 <<e-mail>>: Recipient address rejected'"
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "refused %s", (EMAIL,), None)
-    assert json.loads(JsonFormatter().format(record))["msg"] == "refused <e-mail>"
+    record.event = {"error": f"550 {EMAIL}", "inbox_id": inbox_id}
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["msg"], line["error"], line["inbox_id"]) == ("refused <e-mail>", "550 <e-mail>", inbox_id)
