@@ -63,10 +63,10 @@ def _assert_refused(args: list[str], proc: subprocess.CompletedProcess, expected
     assert len(lines) == 1 and "run `coursepipe db upgrade`" in lines[0] and expected in lines[0], (command, lines)
 
 
-def _assert_every_command_refused(database_url: str, redis_url: str, expected: str) -> None:
+def _assert_every_command_refused(database_url: str, redis_url: str, expected: str, commands=COMMANDS) -> None:
     env = _env(database_url, redis_url)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda args: (args, _run(args, env)), COMMANDS))
+        results = list(pool.map(lambda args: (args, _run(args, env)), commands))
     for args, proc in results:
         _assert_refused(args, proc, expected)
 
@@ -78,7 +78,8 @@ def test_every_command_refuses_a_sqlite_database_behind_the_head(tmp_path, redis
 
 
 @pytest.mark.postgres
-def test_every_command_refuses_an_unmigrated_postgresql_database(redis_url):
+def test_commands_refuse_an_unmigrated_postgresql_database(redis_url):
+    """The same check as on SQLite (every command goes through it): the processes and one command of each module."""
     need("postgres")
     name = f"coursepipe_guard_{os.getpid()}_{secrets.token_hex(3)}"
     admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
@@ -86,7 +87,10 @@ def test_every_command_refuses_an_unmigrated_postgresql_database(redis_url):
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         url = sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-        _assert_every_command_refused(url, redis_url, "at migration none (no tables)")
+        some = [c for c in COMMANDS if c[0] in ("serve", "ingress", "worker", "scheduler")
+                or c[:2] in (["events", "list"], ["courses", "list"], ["refulfill", "--enrollment"], ["jobs", "list"],
+                             ["admins", "list"])]
+        _assert_every_command_refused(url, redis_url, "at migration none (no tables)", some)
         upgrade(url, OLDER)
         proc = _run(["events", "list"], _env(url, redis_url))
         _assert_refused(["events", "list"], proc, f"at migration {OLDER}")
