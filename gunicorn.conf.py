@@ -1,17 +1,22 @@
 """gunicorn settings for the ingress (`coursepipe ingress` / docker-compose).
 
 Slow clients: `gthread` workers hand each connection to a thread only once it has sent data (gunicorn
-parks idle ones in its poller), and a request's body must arrive within BODY_READ_TIMEOUT seconds
-(`pre_request` below) or it is a 400 that frees the thread. With WEB_CONCURRENCY × WEB_THREADS
-threads, that many slow senders at once are needed to delay anyone, for at most that timeout.
-Facing the internet, put a buffering proxy in front as well (docs/runbook.md, "The edge").
+parks idle ones in its poller); the head (request line and headers) must then be complete within
+HEADER_READ_TIMEOUT seconds in all (`ingress.gunicorn_worker`), and each read of the body must return
+within BODY_READ_TIMEOUT seconds (`pre_request` below) or it is a 400; either way the thread is free.
+With WEB_CONCURRENCY × WEB_THREADS threads, that many slow senders at once are needed to delay anyone,
+for at most those timeouts. Facing the internet, put a buffering proxy in front as well
+(docs/runbook.md, "The edge").
 """
 import os
 import secrets
 
+from coursepipe.logs import dict_config
+from ingress.gunicorn_worker import end_head
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+worker_class = "ingress.gunicorn_worker.HeadDeadlineThreadWorker"  # gthread, with a deadline on each head
 threads = int(os.environ.get("WEB_THREADS", "64"))
 keepalive = 5
 timeout = 30
@@ -22,17 +27,7 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 accesslog = None  # one structured line per event comes from the app itself
 errorlog = "-"
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "coursepipe.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-    },
-}
+logconfig_dict = dict_config()  # JSON lines, audit lines at INFO whatever LOG_LEVEL says
 # each worker builds its own engine and broker connection after the fork
 preload_app = False
 
@@ -52,10 +47,8 @@ def on_starting(server):
 
 
 def pre_request(worker, req):
-    """A body that trickles in gets BODY_READ_TIMEOUT per read, then the read fails (a 400), freeing the thread."""
-    sock = getattr(req.unreader, "sock", None)
-    if sock is not None:
-        sock.settimeout(BODY_READ_TIMEOUT)
+    """The head is in: a body that trickles in gets BODY_READ_TIMEOUT per read, then the read fails (a 400)."""
+    end_head(req, BODY_READ_TIMEOUT)
 
 
 def child_exit(server, worker):

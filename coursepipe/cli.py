@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
+from coursepipe.cli_support import checked_reason, migrated_database, reason_option, record_cli_action
 from coursepipe.cli_support import runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
@@ -37,9 +37,8 @@ def main() -> None:
 @click.option("--threads", type=int, default=4, show_default=True, help="worker threads")
 def serve(port: int | None, host: str | None, threads: int) -> None:
     """Everything in one process: ingress + worker threads + scheduler."""
-    from werkzeug.serving import make_server
-
     from ingress.app import create_app
+    from ingress.serving import make_ingress_server
     from scheduler.service import start_background_scheduler
     from workers.actors import send
     from workers.broker import start_embedded_worker
@@ -53,7 +52,7 @@ def serve(port: int | None, host: str | None, threads: int) -> None:
     send("sweep_inbox", 0)
     scheduler = start_background_scheduler(runtime)
     host = host or settings.host
-    server = make_server(host, port or settings.port, app, threaded=True)
+    server = make_ingress_server(host, port or settings.port, app)
     mode = "redis" if settings.redis_url else "embedded broker"
     click.echo(f"coursepipe serve: http://{host}:{server.server_port} ({runtime.db.dialect}, {mode})")
 
@@ -79,6 +78,7 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     settings = _settings(*INGRESS_SECRETS)
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
+    migrated_database(settings.database_url).dispose()
     args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
@@ -87,14 +87,21 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
 @main.command()
 @click.option("--processes", type=int, default=2, show_default=True)
 @click.option("--threads", type=int, default=8, show_default=True)
-def worker(processes: int, threads: int) -> None:
+@click.option("--metrics", is_flag=True, help="also serve Prometheus metrics (workers.prometheus, :9191)")
+def worker(processes: int, threads: int, metrics: bool) -> None:
     """Dramatiq worker processes (needs REDIS_URL)."""
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for `coursepipe worker`")
-    args = [sys.executable, "-m", "dramatiq", "workers.app", "--processes", str(processes),
-            "--threads", str(threads)]
-    os.execv(sys.executable, args)
+    migrated_database(settings.database_url).dispose()
+    # Dramatiq's main process in this one: logging is set up already (JSON), so Dramatiq's own set-up,
+    # a basicConfig, leaves it alone, and each worker process re-points it at its pipe (workers.app)
+    args = make_argument_parser().parse_args(["workers.prometheus" if metrics else "workers.app",
+                                              "--processes", str(processes), "--threads", str(threads)])
+    sys.exit(dramatiq_main(args))
 
 
 @main.command()

@@ -39,10 +39,7 @@ def register(main: click.Group) -> None:
         from workers.job_runs import last_runs
 
         runtime = _runtime(_settings())
-        try:
-            runs = last_runs(runtime.db)
-        except Exception:  # a fresh database without tables still lists the jobs
-            runs = {}
+        runs = last_runs(runtime.db)
         for job in JOBS.values():
             last = runs.get(job.name)
             # not finished: still running, or its worker failed (the row says when it was sent, not that it ran)

@@ -17,10 +17,9 @@ def _principal():
 
 
 def _database():
-    from coursepipe.cli_support import settings_for
-    from db.database import Database
+    from coursepipe.cli_support import migrated_database, settings_for
 
-    return Database(settings_for().database_url)
+    return migrated_database(settings_for().database_url)
 
 
 def register(main: click.Group) -> None:

@@ -1,5 +1,6 @@
 """What every `coursepipe` command shares: settings read once (a missing secret is one clear line), the
-runtime built by the composition root, and the audit entry of a command that changes something.
+database checked at the migration head, the runtime built by the composition root, and the audit
+entry of a command that changes something.
 
 A command that changes state records who ran it (`cli:<os user>`, with the owner's rights: whoever runs
 it holds the database credentials), what it did and, with `--reason`, why — in the same transaction as
@@ -24,10 +25,35 @@ def settings_for(*required: str) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def migrated_database(database_url: str):
+    """The database, refused in one line naming `coursepipe db upgrade` (exit 1) unless it is at the migration
+    head: every command that touches it starts here, all but `db upgrade|downgrade` and `doctor`."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.database import Database
+    from db.migrate import NotAtHead, missing_sqlite_file, require_head
+
+    path = missing_sqlite_file(database_url)
+    if path:  # connecting would create an empty file
+        raise click.ClickException(f"no database file {path}: run `coursepipe db upgrade`")
+    database = Database(database_url)
+    try:
+        require_head(database.engine)
+    except NotAtHead as exc:
+        database.dispose()
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        database.dispose()
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"database unreachable: {type(cause).__name__}: "
+                                   f"{(str(cause).splitlines() or [''])[0][:200]}") from None
+    return database
+
+
 def runtime_for(settings: Settings):
     from coursepipe.runtime import init_runtime  # the wiring is built only by commands that need it
 
-    return init_runtime(settings)
+    return init_runtime(settings, db=migrated_database(settings.database_url))
 
 
 def cli_principal():
@@ -47,8 +73,13 @@ def checked_reason(value: str | None) -> str | None:
 
 
 def record_cli_action(session, action: str, target: str | None, reason: str | None, **details):
-    """The command's audit entry, in the caller's transaction."""
+    """The command's audit entry, in the caller's transaction, and its audit log line (as the web routes write)."""
+    from coursepipe.logs import audit_logger
     from tasks.admins import audit
 
-    return audit.record(session=session, principal=cli_principal(), action=action, target=target, reason=reason,
-                        details=details)
+    principal = cli_principal()
+    entry = audit.record(session=session, principal=principal, action=action, target=target, reason=reason,
+                         details=details)
+    audit_logger().info("admin action", extra={"event": {"audit_id": entry.id, "action": action, "target": target,
+                                                         "role": entry.role, "actor": principal.actor}})
+    return entry

@@ -43,6 +43,9 @@ def _create_private_file(url: str) -> None:
 
 
 def make_engine(url: str, **kwargs) -> Engine:
+    # a failed statement's message (logged, stored as an event's last_error) names no bound value: no e-mail,
+    # name or payload reaches a log through "[parameters: …]"
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         _create_private_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)

@@ -1,12 +1,15 @@
 """Run Alembic programmatically (`coursepipe db upgrade`), without an alembic.ini on disk."""
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(url: str) -> Config:
@@ -24,16 +27,45 @@ def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+class NotAtHead(Exception):
+    """Raised when the database is not at the newest migration: `coursepipe db upgrade` first."""
+
+
+@functools.cache
 def head_revision() -> str | None:
-    """The newest migration's revision."""
+    """The newest migration's revision (read from the migration scripts once per process)."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def current_revision(engine) -> str | None:
-    """The revision the database is at (None: never migrated)."""
-    from alembic.migration import MigrationContext
+    """The revision the database is at (None: never migrated).
+
+    Read from Alembic's table directly: a MigrationContext logs two INFO lines per call, and /readyz asks often.
+    """
+    from sqlalchemy import inspect, text
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist yet (connecting would create it empty)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        return path
+    return None
+
+
+def require_head(engine) -> None:
+    """Raise NotAtHead, in one line naming `coursepipe db upgrade`, unless the database is at the head."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise NotAtHead(f"the database is at migration {current or 'none (no tables)'}, not at the head {head}: "
+                        f"run `coursepipe db upgrade`")

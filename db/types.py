@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Enum
+from sqlalchemy import JSON, DateTime, Enum, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
@@ -30,6 +31,25 @@ class UTCDateTime(TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
+
+
+# an e-mail address inside free text (an error message, a log line), which is neither stored nor logged as such
+EMAIL_IN_TEXT = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def redact_emails(text: str) -> str:
+    return EMAIL_IN_TEXT.sub("<e-mail>", text)
+
+
+class ErrorText(TypeDecorator):
+    """An error message as stored (`last_error`): whatever raised it (a driver, an SMTP server quoting the
+    address it refused), e-mail addresses are replaced before the row is written."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else redact_emails(value)
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from ingress import roles
+from coursepipe.logs import audit_logger
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.errors import NotFound
@@ -52,7 +53,7 @@ def get_evidence(dispute_id: str):
 def submit_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     result = submit_or_error(runtime, dispute_id, roles.reason_of(request.get_json(silent=True) or {}))
-    current_app.logger.info("dispute evidence submitted", extra={"event": {
+    audit_logger().info("dispute evidence submitted", extra={"event": {
         "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] != evidence.SUBMITTED:
         return jsonify({"error": {"code": "stripe_refused", "message": result["error"] or "not submitted"},

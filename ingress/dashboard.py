@@ -30,6 +30,7 @@ from flask import (
     url_for,
 )
 
+from coursepipe.logs import audit_logger
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
@@ -142,7 +143,7 @@ def login():
             session[SESSION_CSRF] = secrets.token_urlsafe(32)  # a fresh token after login
             return redirect(_safe_next(request.form.get("next")))
         error = "That e-mail and password (or admin token) are not valid."
-        current_app.logger.warning("dashboard login refused", extra={"event": {"remote": request.remote_addr}})
+        audit_logger().warning("dashboard login refused", extra={"event": {"remote": request.remote_addr}})
     status = 401 if error else 200
     return render_template("dashboard/login.html", error=error, next=request.values.get("next", "")), status
 
@@ -255,7 +256,7 @@ def submit_dispute_evidence(dispute_id: str):
             raise
         flash(f"Evidence for {dispute_id} not submitted: {exc.message}", "error")
         return redirect(url_for("dashboard.dispute_page", dispute_id=dispute_id))
-    current_app.logger.info("dashboard dispute evidence", extra={"event": {
+    audit_logger().info("dashboard dispute evidence", extra={"event": {
         "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] == evidence.SUBMITTED:
         flash(f"Evidence for {dispute_id} submitted to Stripe.", "ok")
@@ -277,7 +278,7 @@ def replay(inbox_id: int):
         flash(str(exc), "error")
         return redirect(url_for("dashboard.event_page", inbox_id=inbox_id))
     enqueue_inbox([inbox_id])  # after the commit; if the broker is down the sweeper re-sends it
-    current_app.logger.info("dashboard replay", extra={"event": {"inbox_id": inbox_id, "outcome": "replayed"}})
+    audit_logger().info("dashboard replay", extra={"event": {"inbox_id": inbox_id, "outcome": "replayed"}})
     flash(f"Event {inbox_id} queued for replay.", "ok")
     return redirect(url_for("dashboard.event_page", inbox_id=inbox_id))
 
@@ -291,7 +292,7 @@ def replay_failed():
         roles.record_action(s, "event.replay_failed", f"type:{type_}" if type_ else None,
                             roles.reason_of(request.form), inbox_ids=ids)
     enqueue_inbox(ids)
-    current_app.logger.info("dashboard bulk replay", extra={"event": {"type": type_, "inbox_ids": ids,
+    audit_logger().info("dashboard bulk replay", extra={"event": {"type": type_, "inbox_ids": ids,
                                                                       "outcome": "replayed"}})
     flash(f"{len(ids)} failed event(s){' of type ' + type_ if type_ else ''} queued for replay.", "ok")
     return redirect(url_for("dashboard.home"))
@@ -311,7 +312,7 @@ def retry(message_id: int):
         flash(f"Message {message_id} cannot be retried: {exc}", "error")
         return redirect(url_for("dashboard.home"))
     send("relay_outbox")
-    current_app.logger.info("dashboard outbox retry", extra={"event": {"outbox_id": message_id, "outcome": status}})
+    audit_logger().info("dashboard outbox retry", extra={"event": {"outbox_id": message_id, "outcome": status}})
     flash(f"Message {message_id} is {status}; the relay was asked to send it.", "ok")
     return redirect(url_for("dashboard.home"))
 
@@ -333,7 +334,7 @@ def refulfill(enrollment_id: int):
         return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
     send("relay_outbox")  # a re-announced enrollment may have written outbox rows
     created = {k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v}
-    current_app.logger.info("dashboard refulfill", extra={"event": {"enrollment_id": enrollment_id,
+    audit_logger().info("dashboard refulfill", extra={"event": {"enrollment_id": enrollment_id,
                                                                     "outcome": "refulfilled", "created": created}})
     flash(f"Enrollment {enrollment_id} re-fulfilled: "
           + (", ".join(f"{k} {v}" for k, v in created.items()) or "nothing was missing") + ".", "ok")

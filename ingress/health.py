@@ -1,4 +1,4 @@
-"""GET /healthz (process up) and GET /readyz (database and broker reachable).
+"""GET /healthz (process up) and GET /readyz (database reachable and at the migration head, broker reachable).
 
 /readyz answers anyone with ready or not; what failed (which carries hosts, ports and role names)
 only to a bearer ADMIN_TOKEN.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from db.migrate import NotAtHead, require_head
 from ingress.auth import _matches, bearer_token
 
 bp = Blueprint("health", __name__)
@@ -23,6 +24,9 @@ def readyz():
     problems = {}
     try:
         runtime.db.ping()
+        require_head(runtime.db.engine)  # an unmigrated database (or one behind this code) is not ready
+    except NotAtHead as exc:
+        problems["database"] = str(exc)
     except Exception as exc:
         problems["database"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     client = getattr(runtime.broker, "client", None)

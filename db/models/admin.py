@@ -12,7 +12,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, String, Text, CheckConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.models.base import Base, BigId
-from db.types import utcnow
+from db.types import ErrorText, utcnow
 
 
 class AdminAccount(Base):
@@ -100,7 +100,7 @@ class AdminRefund(Base):
     request_key: Mapped[str | None] = mapped_column(String(128), unique=True)  # the caller's Idempotency-Key
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | succeeded | failed
     stripe_refund_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(ErrorText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from db.enums import BundleKind, CreditType, ProgramStatus, PublicationStatus
 from db.models.base import Base, BigId, Timestamped
-from db.types import enum_column, utcnow
+from db.types import enum_column, ErrorText, utcnow
 
 
 class CourseProgram(Timestamped, Base):
@@ -171,7 +171,7 @@ class StripePublication(Timestamped, Base):
         enum_column(PublicationStatus, "publication_status"), default=PublicationStatus.PENDING
     )
     stripe_id: Mapped[str | None] = mapped_column(String(64))
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(ErrorText)
 
 
 class StripeDrift(Base):

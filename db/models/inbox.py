@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, String, Text, UniqueConstraint
+from sqlalchemy import Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import InboxSource, InboxStatus
 from db.models.base import Base, BigId
-from db.types import enum_column, utcnow
+from db.types import enum_column, ErrorText, utcnow
 
 
 class InboxEvent(Base):
@@ -32,7 +32,7 @@ class InboxEvent(Base):
     payload: Mapped[dict[str, Any]]
     status: Mapped[InboxStatus] = mapped_column(enum_column(InboxStatus, "inbox_status"), default=InboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(ErrorText)
     waiting_for: Mapped[str | None] = mapped_column(String(128))
     occurred_at: Mapped[datetime | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import OutboxChannel, OutboxStatus
 from db.models.base import Base, BigId
-from db.types import enum_column, new_public_id, utcnow
+from db.types import enum_column, ErrorText, new_public_id, utcnow
 
 
 class OutboxMessage(Base):
@@ -35,7 +35,7 @@ class OutboxMessage(Base):
     payload: Mapped[dict[str, Any]]
     status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus, "outbox_status"), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(ErrorText)
     enrollment_id: Mapped[int | None] = mapped_column(BigId, index=True)
     sequence: Mapped[int | None]  # platform events: strictly increasing per enrollment
     # platform events: the place in GET /v1/events, given after commit (tasks.messaging.event_feed.assign_positions)

@@ -406,16 +406,21 @@ def _send_mail(job: Job, settings, timeout: float) -> Outcome:
             if target.username:
                 client.login(target.username, target.password or "")
             refused = client.send_message(message, from_addr=settings.mail_from, to_addrs=list(job.recipients))
-    except smtplib.SMTPRecipientsRefused as exc:
-        return Outcome(False, f"all recipients refused: {exc.recipients}", permanent=True)
+    except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
+        return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)
     except smtplib.SMTPResponseException as exc:
         # 5xx is the server's final word; 4xx (greylisting, full mailbox) is worth another try
         return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600)
     except (smtplib.SMTPException, OSError) as exc:
         return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
     if refused:
-        log.warning("outbox %s: some recipients refused: %s", job.id, refused)
+        log.warning("outbox %s: %d recipient(s) refused: SMTP %s", job.id, len(refused), _codes(refused))
     return Outcome(True)
+
+
+def _codes(refused: dict) -> str:
+    """The SMTP codes of refused recipients ({address: (code, text)}), without the addresses."""
+    return ", ".join(sorted({str(answer[0]) for answer in refused.values()}))
 
 
 # --------------------------------------------------------------------------- 3. record

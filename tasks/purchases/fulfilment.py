@@ -17,6 +17,7 @@ or an unknown product raises a permanent error: the event stays `failed`, visibl
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,7 +115,13 @@ def buyer_id(session: Session, checkout: dict[str, Any]) -> str:
         if len(matches) == 1:
             return matches[0]
     raise UnknownBuyer(f"checkout session {checkout.get('id')} has no client_reference_id and its e-mail "
-                       f"({email or 'none'}) matches no single known student")
+                       f"({email_reference(email) if email else 'none'}) matches no single known student")
+
+
+def email_reference(email: str) -> str:
+    """How an error names a customer's e-mail (stored as last_error, logged): a short hash of the normalised
+    address, which matches the same address elsewhere without spelling it out."""
+    return "sha256:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:12]
 
 
 def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) -> Student:

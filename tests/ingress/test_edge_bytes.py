@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from db.models import InboxEvent
 from tasks import signatures
 from tests.conftest import PLATFORM_SECRET
-from tests.netutil import http_server
+from tests.netutil import gunicorn_ingress, http_server
 from tests.signing import platform_event, platform_headers, stripe_event, stripe_headers
 
 
@@ -232,3 +232,18 @@ def _check_chunked(runtime, base: str, path: str, case: str) -> None:
 def test_chunked_bodies_on_the_serve_server(app, runtime, case, path):
     with http_server(app) as base:
         _check_chunked(runtime, base, path, case)
+
+
+def test_chunked_bodies_on_gunicorn(database, runtime, redis_url, redis_namespace):
+    """The production server parses chunked bodies itself: the same answers, on SQLite and PostgreSQL."""
+    with gunicorn_ingress(database.url, redis_url, redis_namespace, WEB_CONCURRENCY="1") as (base, _port):
+        for path in ("/webhooks/platform", "/webhooks/stripe"):
+            for case in CHUNKED_CASES:
+                before = _count(runtime)
+                request, status = chunked_request(path, case)
+                got, body = _raw_http(base, request)
+                assert got == status, (path, case, body)
+                assert _count(runtime) == before + (status == 200), (path, case)
+                if status != 200:
+                    error = json.loads(body)
+                    assert set(error) == {"error"} and set(error["error"]) == {"code", "message"}, (path, case)

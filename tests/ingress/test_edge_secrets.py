@@ -68,3 +68,35 @@ def test_a_new_sqlite_file_is_private(tmp_path):
     db.dispose()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert make_settings("sqlite://").host == "127.0.0.1"
+
+
+def test_with_redis_the_failures_are_counted_in_redis_across_ingress_processes(runtime, redis_url, redis_namespace):
+    """Two apps on one REDIS_URL stand for two gunicorn workers: a guesser spreading over them gains nothing."""
+    import redis
+
+    from ingress.app import create_app
+
+    settings = runtime.settings.with_(redis_url=redis_url, redis_namespace=redis_namespace)
+    first, second = (create_app(settings, runtime=runtime).test_client() for _ in range(2))
+    csrf = csrf_of(first.get("/admin/login").get_data(True))
+    codes = [client.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}"}).status_code
+             for i in range(10) for client in (first, second)]
+    assert codes == [401] * 20
+    assert list(redis.Redis.from_url(redis_url).scan_iter(f"*{redis_namespace}:limits*")), "no counter in Redis"
+    refused = second.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "rate_limited"
+    login = first.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf})
+    assert login.status_code == 429  # the dashboard's login form counts against the same address
+    # a third app (a restarted worker) starts with the same count
+    assert create_app(settings, runtime=runtime).test_client().get("/v1/courses").status_code == 429
+
+
+def test_with_redis_failed_dashboard_logins_are_limited(runtime, redis_url, redis_namespace):
+    from ingress.app import create_app
+
+    settings = runtime.settings.with_(redis_url=redis_url, redis_namespace=redis_namespace)
+    client = create_app(settings, runtime=runtime).test_client()
+    csrf = csrf_of(client.get("/admin/login").get_data(True))
+    codes = [client.post("/admin/login", data={"email": "", "password": f"guess-{i}", "csrf_token": csrf}).status_code
+             for i in range(21)]
+    assert codes[:20] == [401] * 20 and codes[20] == 429

@@ -1,36 +1,40 @@
-"""Slow clients do not take the ingress offline: 50 connections that send their headers and one byte of a
-100-byte body, held open, do not delay a signed webhook by more than a second (real gunicorn, with the
-repository's gunicorn.conf.py, and `coursepipe serve`'s server)."""
+"""Slow clients do not take the ingress offline: 50 connections, half of them sending their headers and one byte
+of a 100-byte body, half stopping in the middle of their headers, held open, do not delay a signed webhook by more
+than a second (real gunicorn, with the repository's gunicorn.conf.py, and `coursepipe serve`'s server). Under
+gunicorn a client trickling its headers a byte at a time is cut at HEADER_READ_TIMEOUT, freeing its thread, and
+cut slow clients do not stall the loop that accepts connections."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, PLATFORM_SECRET, WEBHOOK_SECRET
-from tests.netutil import free_port, http_server, wait_until
+from tests.netutil import gunicorn_ingress
 from tests.signing import platform_event, platform_headers
 
-ROOT = Path(__file__).resolve().parents[2]
 SLOW_CLIENTS = 50
 
 
+HEAD = (b"POST /webhooks/platform HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Platform-Signature: t=1,v1=00\r\nContent-Length: 100\r\n\r\n")
+SLOW_BODY = HEAD + b"{"  # the whole head, then one byte of the body
+SLOW_HEAD = HEAD[:60]  # stops in the middle of its headers
+
+
 @contextmanager
-def slow_clients(port: int, n: int = SLOW_CLIENTS):
+def slow_clients(port: int, n: int = SLOW_CLIENTS, sent: bytes = SLOW_BODY):
     with ExitStack() as stack:
+        socks = []
         for _ in range(n):
             sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
-            sock.sendall(b"POST /webhooks/platform HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Platform-Signature: t=1,v1=00\r\nContent-Length: 100\r\n\r\n{")
-        yield
+            sock.sendall(sent)
+            socks.append(sock)
+        yield socks
 
 
 def _signed_webhook_seconds(base: str) -> float:
@@ -43,8 +47,8 @@ def _signed_webhook_seconds(base: str) -> float:
 
 
 def _assert_not_delayed(base: str, port: int) -> None:
-    with slow_clients(port):
-        # the 50 are connected and mid-body; a slow reader would hold every worker now
+    with slow_clients(port, n=SLOW_CLIENTS // 2), slow_clients(port, n=SLOW_CLIENTS // 2, sent=SLOW_HEAD):
+        # 25 are connected and mid-body, 25 mid-head; a slow reader would hold every worker now
         try:
             elapsed = _signed_webhook_seconds(base)
         except requests.exceptions.Timeout:
@@ -55,31 +59,80 @@ def _assert_not_delayed(base: str, port: int) -> None:
 
 @pytest.mark.postgres
 def test_gunicorn_ingress_serves_a_webhook_past_50_slow_clients(pg_database, redis_url, redis_namespace):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR",)}
-    env.update(DATABASE_URL=pg_database.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace,
-               STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET, PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET,
-               ADMIN_TOKEN=ADMIN_TOKEN, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ingress.wsgi:app"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:  # still booting
-            return False
-
-    try:
-        assert wait_until(up, timeout=60)
+    with gunicorn_ingress(pg_database.url, redis_url, redis_namespace) as (base, port):
         _assert_not_delayed(base, port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+def _trickle(sock: socket.socket, data: bytes, every: float, until: float, cut: list) -> None:
+    """Send one byte every `every` seconds (never a whole head); note when the server cut the connection."""
+    sock.settimeout(every)
+    for byte in data * 100:
+        if time.monotonic() > until:
+            return
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(1) == b"":  # the server closed it
+                cut.append(time.monotonic())
+                return
+        except socket.timeout:
+            continue  # nothing from the server: carry on trickling
+        except OSError:  # reset
+            cut.append(time.monotonic())
+            return
+
+
+@pytest.mark.postgres
+def test_gunicorn_cuts_a_client_that_trickles_its_headers(pg_database, redis_url, redis_namespace):
+    """As many tricklers as the ingress has threads: each is cut at HEADER_READ_TIMEOUT, and a signed webhook
+    waits for that at most (without the deadline it would wait as long as they trickle)."""
+    deadline, threads = 2.0, 4
+    with gunicorn_ingress(pg_database.url, redis_url, redis_namespace, WEB_CONCURRENCY="1",
+                          WEB_THREADS=str(threads), HEADER_READ_TIMEOUT=str(deadline)) as (base, port):
+        started = time.monotonic()
+        until, cut = started + 15, []
+        with slow_clients(port, n=threads, sent=HEAD[:1]) as socks:
+            tricklers = [threading.Thread(target=_trickle, args=(sock, HEAD[1:-4], 0.2, until, cut), daemon=True)
+                         for sock in socks]
+            for trickler in tricklers:
+                trickler.start()
+            time.sleep(0.5)  # every thread now holds a trickler (the webhook queues behind them)
+            try:
+                elapsed = _signed_webhook_seconds(base)
+            except requests.exceptions.Timeout:
+                pytest.fail("the signed webhook got no answer within 10 s behind clients trickling their headers")
+            for trickler in tricklers:
+                trickler.join(timeout=20)
+        assert elapsed < deadline + 1.0, f"the signed webhook took {elapsed:.2f} s"
+        assert len(cut) == threads, f"{threads - len(cut)} trickling client(s) never cut"
+        assert max(cut) - started < deadline + 2.0, [round(t - started, 2) for t in cut]
+
+
+@pytest.mark.postgres
+def test_gunicorn_cutting_stalled_bodies_does_not_stall_accepting(pg_database, redis_url, redis_namespace):
+    """Stalled bodies fail after BODY_READ_TIMEOUT; closing their connections must not hold the one loop that
+    accepts for every thread (a lingering close waits up to 2 s for each client)."""
+    with gunicorn_ingress(pg_database.url, redis_url, redis_namespace, WEB_CONCURRENCY="1",
+                          BODY_READ_TIMEOUT="1") as (base, port):
+        with slow_clients(port, n=20) as socks:
+            for sock in socks:  # each gets its 400 once its body read times out
+                sock.settimeout(10)
+                assert sock.recv(12).startswith(b"HTTP/1.1 400"), "a stalled body was not refused"
+            try:
+                elapsed = _signed_webhook_seconds(base)
+            except requests.exceptions.Timeout:
+                pytest.fail("the signed webhook got no answer within 10 s after 20 stalled bodies were refused")
+            assert elapsed < 1.0, f"the signed webhook took {elapsed:.2f} s after 20 stalled bodies were refused"
 
 
 def test_serve_server_serves_a_webhook_past_50_slow_clients(app):
-    """`coursepipe serve` runs werkzeug's threaded server (a thread per connection)."""
-    with http_server(app) as base:
-        _assert_not_delayed(base, int(base.rsplit(":", 1)[1]))
+    """`coursepipe serve` runs werkzeug's threaded server (a thread per connection) with our request handler."""
+    from ingress.serving import make_ingress_server
+
+    server = make_ingress_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _assert_not_delayed(f"http://127.0.0.1:{server.server_port}", server.server_port)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

@@ -1,0 +1,139 @@
+"""Every command that touches the database refuses one that is not at the migration head: one line naming
+`coursepipe db upgrade`, exit 1, no traceback (real subprocesses, SQLite and PostgreSQL); /readyz is 503."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from db.migrate import downgrade, head_revision, upgrade
+from tests.conftest import ADMIN_TOKEN, PG_URL, PLATFORM_SECRET, WEBHOOK_SECRET, need
+
+CLI = [sys.executable, "-m", "coursepipe.cli"]
+OLDER = "0007"  # a revision behind the head: what a deploy that skipped `db upgrade` finds
+
+# every command that reads or writes the database (all but `db upgrade|downgrade`, `doctor` and `simulate`)
+COMMANDS = [
+    ["serve", "--port", "0"],
+    ["ingress", "--port", "0"],
+    ["worker"],
+    ["scheduler"],
+    ["events", "list"],
+    ["events", "replay", "1"],
+    ["courses", "list"],
+    ["courses", "publish", "SFZ"],
+    ["courses", "import", "examples/courses.yaml"],
+    ["refulfill", "--enrollment", "1"],
+    ["jobs", "list"],
+    ["jobs", "run", "sweep"],
+    ["outbox", "list"],
+    ["outbox", "retry", "1"],
+    ["outbox", "retry-dead"],
+    ["admins", "list"],
+    ["admins", "remove", "ann@example.test"],
+    ["students", "erase", "stu_1", "--yes"],
+]
+
+
+def _env(database_url: str, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+               PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET, ADMIN_TOKEN=ADMIN_TOKEN)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        return subprocess.run([*CLI, *args], env=env, cwd=root, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # it started (serve, ingress, worker, scheduler would run on)
+        pytest.fail(f"`coursepipe {' '.join(args)}` did not refuse the database: still running after 60 s")
+
+
+def _assert_refused(args: list[str], proc: subprocess.CompletedProcess, expected: str) -> None:
+    command = f"`coursepipe {' '.join(args)}`"
+    assert proc.returncode == 1, f"{command} exited {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, f"{command}: {proc.stderr[-2000:]}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run `coursepipe db upgrade`" in lines[0] and expected in lines[0], (command, lines)
+
+
+def _assert_every_command_refused(database_url: str, redis_url: str, expected: str, commands=COMMANDS) -> None:
+    env = _env(database_url, redis_url)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda args: (args, _run(args, env)), commands))
+    for args, proc in results:
+        _assert_refused(args, proc, expected)
+
+
+def test_every_command_refuses_a_sqlite_database_behind_the_head(tmp_path, redis_url):
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, OLDER)
+    _assert_every_command_refused(url, redis_url, f"at migration {OLDER}, not at the head {head_revision()}")
+
+
+@pytest.mark.postgres
+def test_commands_refuse_an_unmigrated_postgresql_database(redis_url):
+    """The same check as on SQLite (every command goes through it): the processes and one command of each module."""
+    need("postgres")
+    name = f"coursepipe_guard_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        some = [c for c in COMMANDS if c[0] in ("serve", "ingress", "worker", "scheduler")
+                or c[:2] in (["events", "list"], ["courses", "list"], ["refulfill", "--enrollment"], ["jobs", "list"],
+                             ["admins", "list"])]
+        _assert_every_command_refused(url, redis_url, "at migration none (no tables)", some)
+        upgrade(url, OLDER)
+        proc = _run(["events", "list"], _env(url, redis_url))
+        _assert_refused(["events", "list"], proc, f"at migration {OLDER}")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_missing_sqlite_file_is_refused_and_not_created(tmp_path, redis_url):
+    path = tmp_path / "never-migrated.db"
+    proc = _run(["serve", "--port", "0"], _env(f"sqlite:///{path}", redis_url))
+    _assert_refused(["serve"], proc, f"no database file {path}")
+    assert not path.exists()
+    # `db upgrade` is the way out, and then the same command lists (nothing)
+    upgraded = _run(["db", "upgrade"], _env(f"sqlite:///{path}", redis_url))
+    assert upgraded.returncode == 0, upgraded.stderr
+    listed = _run(["events", "list"], _env(f"sqlite:///{path}", redis_url))
+    assert listed.returncode == 0 and listed.stdout == "", listed.stderr
+
+
+def test_readyz_is_503_on_a_database_behind_the_head(database, runtime, app):
+    from db.migrate import current_revision
+
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    downgrade(database.url, OLDER)
+    try:
+        assert current_revision(database.engine) == OLDER
+        anonymous = client.get("/readyz")
+        assert anonymous.status_code == 503
+        assert anonymous.get_json()["error"] == {"code": "not_ready", "message": "not ready: database unavailable"}
+        admin = client.get("/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert admin.status_code == 503 and "run `coursepipe db upgrade`" in admin.get_json()["checks"]["database"]
+    finally:
+        upgrade(database.url)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_doctor_and_db_upgrade_still_run_on_an_unmigrated_database(tmp_path, redis_url):
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, OLDER)
+    env = _env(url, "")
+    doctor = _run(["doctor"], env)
+    assert doctor.returncode == 1 and "fail database: at migration 0007" in doctor.stdout
+    assert _run(["db", "upgrade"], env).returncode == 0
