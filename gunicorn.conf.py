@@ -3,7 +3,7 @@
 Slow clients: `gthread` workers hand each connection to a thread only once it has sent data (gunicorn
 parks idle ones in its poller); the head (request line and headers) must then be complete within
 HEADER_READ_TIMEOUT seconds in all (`ingress.gunicorn_worker`), and each read of the body must return
-within BODY_READ_TIMEOUT seconds (`pre_request` below) or it is a 400; either way the thread is free.
+within BODY_READ_TIMEOUT seconds (`pre_request` below) or it is a 408; either way the thread is free.
 With WEB_CONCURRENCY × WEB_THREADS threads, that many slow senders at once are needed to delay anyone,
 for at most those timeouts. Facing the internet, put a buffering proxy in front as well
 (docs/runbook.md, "The edge").
@@ -47,7 +47,7 @@ def on_starting(server):
 
 
 def pre_request(worker, req):
-    """The head is in: a body that trickles in gets BODY_READ_TIMEOUT per read, then the read fails (a 400)."""
+    """The head is in: a body that trickles in gets BODY_READ_TIMEOUT per read, then the read fails (a 408)."""
     end_head(req, BODY_READ_TIMEOUT)
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from flask import current_app, request
+from werkzeug.exceptions import ClientDisconnected
 
 from ingress.errors import ApiError
 
@@ -77,11 +78,24 @@ except ImportError:  # pragma: no cover - gunicorn is a dependency
     _ServerParseError = OSError
 
 
+def _stalled(exc: BaseException) -> bool:
+    """A read that timed out, or a body that ended before its length (werkzeug wraps the server's error in
+    ClientDisconnected; a malformed chunk is a parse error underneath)."""
+    chain = [exc, exc.__cause__, exc.__context__]
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return True
+    return isinstance(exc, ClientDisconnected) and exc.__cause__ is None and exc.__context__ is None
+
+
 def read_body() -> bytes:
-    """The raw request body, within MAX_CONTENT_LENGTH: 413 beyond it, 400 for a broken chunked body."""
+    """The raw request body, within MAX_CONTENT_LENGTH: 413 beyond it, 400 for a broken chunked body, 408 for
+    one that stalls or ends before its length (a sender such as Stripe retries a 408 like any non-2xx)."""
     try:
         raw = request.get_data(cache=False)
-    except (OSError, ValueError, _ServerParseError):  # a bad chunk size, a connection cut mid-body
+    except (OSError, ValueError, _ServerParseError, ClientDisconnected) as exc:
+        if _stalled(exc):
+            raise ApiError(408, "request_timeout", "the request body did not arrive in full in time; nothing "
+                                                   "was stored: send the request again") from None
         raise ApiError(400, "invalid_body", "the request body could not be read (malformed chunked encoding)") \
             from None
     limit = current_app.config.get("MAX_CONTENT_LENGTH")

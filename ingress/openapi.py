@@ -207,6 +207,8 @@ TIMELINE_KIND = {"name": "kind", "in": "query", "required": False, "style": "for
                  "description": "only rows of these kinds (repeatable); none: every row",
                  "schema": {"type": "array", "items": {"enum": list(TIMELINE_KINDS)}}}
 SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a bad event: nothing stored"),
+          "408": _json("Error", "request_timeout: the body stalled or ended before its length; nothing stored, "
+                                "send it again"),
           "413": _json("Error", "body over 256 KiB")}
 
 # (method, OpenAPI path) → operation; every Flask route must be here and nothing else

@@ -157,7 +157,7 @@ class Stack:
                 response = requests.post(self.url + path, data=body, headers=headers(), timeout=10)
                 if response.status_code == 200:
                     return response.json()
-                if 400 <= response.status_code < 500 and response.status_code != 429:
+                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
                     raise AssertionError(f"refused: {response.status_code} {response.text}")
             except requests.RequestException:
                 pass

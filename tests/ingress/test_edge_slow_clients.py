@@ -114,9 +114,9 @@ def test_gunicorn_cutting_stalled_bodies_does_not_stall_accepting(pg_database, r
     with gunicorn_ingress(pg_database.url, redis_url, redis_namespace, WEB_CONCURRENCY="1",
                           BODY_READ_TIMEOUT="1") as (base, port):
         with slow_clients(port, n=20) as socks:
-            for sock in socks:  # each gets its 400 once its body read times out
+            for sock in socks:  # each gets its 408 once its body read times out
                 sock.settimeout(10)
-                assert sock.recv(12).startswith(b"HTTP/1.1 400"), "a stalled body was not refused"
+                assert sock.recv(12).startswith(b"HTTP/1.1 408"), "a stalled body was not refused"
             try:
                 elapsed = _signed_webhook_seconds(base)
             except requests.exceptions.Timeout:
