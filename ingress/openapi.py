@@ -348,7 +348,10 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                  extra={**NOT_FOUND, "409": _json("Error")}),
     ("POST", "/admin/enrollments/{enrollment_id}/refund"): op(
         "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="AnyObject",
-        extra={**NOT_FOUND, "409": _json("Error"), "502": _json("Error", "stripe_refused")}),
+        extra={**NOT_FOUND, "409": _json("Error"),
+               "402": _json("Error", "stripe_refused: Stripe refused the refund (recorded failed)"),
+               "502": _json("Error", "stripe_unavailable: the outcome is unknown (recorded pending); send the "
+                                     "same request with the same Idempotency-Key")}),
     ("POST", "/admin/students/{student_id}/credits"): op("Adjust a student's credits (±, expiry)", tag="admin",
                                                          security=ADMIN, body="AnyObject", status="201"),
     ("GET", "/v1/students/{student_id}/credits/statement"): op(
