@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 
@@ -219,7 +218,6 @@ class SchedulerService:
         jobs: dict[str, Job] | None = None,
         leadership: Leadership | None = None,
         sender: Callable[..., bool] | None = None,
-        blocking: bool = False,
         identity: str | None = None,
         leader_ttl_seconds: float = LEADER_TTL_SECONDS,
     ) -> None:
@@ -234,8 +232,7 @@ class SchedulerService:
         self._lock = threading.Lock()
         # a line per tick every few seconds is noise; failures still log at WARNING/ERROR
         logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
-        cls = BlockingScheduler if blocking else BackgroundScheduler
-        self.scheduler = cls(timezone=timezone.utc)
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         self._add_jobs()
 
     def _add_jobs(self) -> None:
@@ -324,19 +321,21 @@ def _releasing(shutdown, leadership: Leadership):
 
 
 def run_blocking_scheduler(runtime: Runtime) -> None:
-    """`coursepipe scheduler`: runs until SIGTERM/SIGINT, then hands leadership over at once."""
+    """`coursepipe scheduler`: runs until SIGTERM/SIGINT, then hands leadership over at once.
+
+    The signal handler only sets an event: the main thread stops the scheduler. Shutting it down inside the
+    handler could deadlock (the handler runs on the main thread, which may hold the executor's lock)."""
     import signal
+    import threading
 
-    service = SchedulerService(runtime, blocking=True)
-
-    def _stop(*_):
-        service.scheduler.shutdown(wait=False)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    service = SchedulerService(runtime)  # its jobs run on the scheduler's own thread
     try:
-        service.start()
-    except (KeyboardInterrupt, SystemExit):
-        pass
+        if not stopping.is_set():
+            service.start()
+            stopping.wait()
     finally:
-        service.leadership.release()
+        service.shutdown(wait=False)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

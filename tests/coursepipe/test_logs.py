@@ -68,12 +68,13 @@ def process(args: list[str], tmp_path, **env_extra):
 
 def _json_lines(lines: list[str]) -> list[dict]:
     parsed = []
-    for line in lines:
+    for number, line in enumerate(lines):
         assert "\x1b" not in line and "\\u001b" not in line, f"an ANSI escape in {line!r}"
         try:
             parsed.append(json.loads(line))
         except ValueError:
-            raise AssertionError(f"not a JSON line: {line!r}") from None
+            raise AssertionError(f"not a JSON line: {line!r}, in:\n" + "\n".join(lines[number:number + 40])) \
+                from None
     return parsed
 
 

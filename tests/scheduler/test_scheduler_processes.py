@@ -59,3 +59,28 @@ def test_two_scheduler_processes_fire_each_period_once(pg_database, redis_url, r
     assert len({runner for _, _, runner in rows}) == 1, "both processes acted"
     took = [line for lines in errs for line in lines if "took leadership" in line]
     assert len(took) == 1, took
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_a_signal_while_the_scheduler_starts_ends_it_cleanly(pg_database, redis_url, redis_namespace):
+    """SIGTERM the moment the scheduler says it starts (its first jobs being handed to their threads): it
+    exits 0 within seconds, writing nothing but JSON lines (a shutdown inside the signal handler deadlocked)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DATABASE_URL=pg_database.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace)
+    for _ in range(3):
+        proc = subprocess.Popen(CLI, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + STARTUP_LIMIT_SECONDS
+        while not any("starting with jobs" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=15) == 0, lines
+        finally:
+            proc.kill()
+        reader.join(timeout=10)
+        assert all(line.startswith("{") for line in lines), lines
