@@ -219,6 +219,49 @@ def postgres_backends(url: str) -> list[int]:
     return list(pids)
 
 
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends whose connections carry `application_name`, sampled every
+    0.1 s from /proc while they live (a backend's last reading counts once it is gone)."""
+
+    def __init__(self, url: str, application_name: str):
+        import threading
+
+        self.url, self.name = url, application_name
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        engine = sa.create_engine(self.url)
+        with engine.connect() as conn:
+            while not self._stop.is_set():
+                pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :n"),
+                                    {"n": self.name}).scalars().all()
+                for pid in {*pids, *self.seen}:
+                    cpu = pids_cpu_seconds([pid])
+                    if cpu:
+                        self.seen[pid] = cpu
+                conn.rollback()
+                self._stop.wait(0.1)
+        engine.dispose()
+
+    def __enter__(self) -> "BackendCpu":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
+
+
+def with_application_name(url: str, name: str) -> str:
+    return sa.make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+
+
 def redis_pid() -> int | None:
     import redis
 
