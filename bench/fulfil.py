@@ -199,12 +199,13 @@ def _literal(document: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def pgbench_script(templates: dict) -> str:
-    """REFERENCE_SQL for pgbench: each transaction claims the next pending reference row (as a queue), and
-    writes the purchase's rows with the pipeline's own JSON documents."""
+def pgbench_script(templates: dict, first_id: int) -> str:
+    """REFERENCE_SQL for pgbench: each transaction claims the next stored reference row by its id (a sequence
+    hands them out, as the broker hands the pipeline its ids), and writes the purchase's rows with the
+    pipeline's own JSON documents."""
     return f"""BEGIN;
-SELECT id AS inbox_id, subject, payload AS claimed FROM inbox_event WHERE status = 'pending' AND event_id LIKE 'evt_ref%'
- ORDER BY received_at LIMIT 1 FOR UPDATE SKIP LOCKED \\gset
+SELECT id AS inbox_id, subject, payload AS claimed FROM inbox_event WHERE id = (SELECT {first_id - 1} + nextval('bench_claim'))
+ FOR UPDATE SKIP LOCKED \\gset
 SELECT pg_advisory_xact_lock(hashtext(:subject)) AS l1, pg_advisory_xact_lock(hashtext('pi_' || :inbox_id::text)) AS l2 \\gset
 INSERT INTO student (id, email, created_at, updated_at) VALUES ('ref_' || :inbox_id::text, 'ref' || :inbox_id::text || '@bench.test',
  now(), now()) ON CONFLICT (id) DO NOTHING;
@@ -246,7 +247,13 @@ def measure_pgbench(url: str, count: int, clients: int, templates: dict) -> dict
 
     pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
     run = uuid.uuid4().hex[:6]
-    store_purchases(url, count, "ref" + run)
+    ids = store_purchases(url, count, "ref" + run)
+    assert ids == list(range(ids[0], ids[0] + count)), "the reference rows' ids are not contiguous"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SEQUENCE IF EXISTS bench_claim"))
+        conn.execute(sa.text("CREATE SEQUENCE bench_claim"))
+    engine.dispose()
     name = f"bench-pgbench-{run}"
     u = sa.make_url(url)
     env = {**os.environ, "PGAPPNAME": name, "PGHOST": u.host or "127.0.0.1", "PGPORT": str(u.port or 5432),
@@ -254,7 +261,7 @@ def measure_pgbench(url: str, count: int, clients: int, templates: dict) -> dict
     if u.password:
         env["PGPASSWORD"] = u.password
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
-        script.write(pgbench_script(templates))
+        script.write(pgbench_script(templates, ids[0]))
         script.flush()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = children.ru_utime + children.ru_stime
