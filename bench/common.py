@@ -19,8 +19,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-SECRETS = {"STRIPE_WEBHOOK_SECRET": "whsec_bench", "PLATFORM_WEBHOOK_SECRET": "bench-platform-secret",
-           "ADMIN_TOKEN": "bench-admin"}
+# fixed (the benchmarks sign their events in advance) and strong enough for Settings.require
+SECRETS = {"STRIPE_WEBHOOK_SECRET": "whsec_bench_9f3Kq2Lx7Vb4Tz1Nw8Rc5Hd", "PLATFORM_WEBHOOK_SECRET":
+           "bench-platform-Q7m2Xv9Lk4Tr8Nz3Wp6Yc", "ADMIN_TOKEN": "bench-admin-Hq3Zr8Lw2Vx7Nc4Tk9Pm"}
 
 
 def fresh_database(name: str) -> str:
@@ -48,13 +49,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """A running server's base URL; `pid` is its gunicorn arbiter (the workers are its children)."""
+
+    pid: int
+
+
 @contextmanager
-def gunicorn(app: str, env: dict, workers: int, threads: int = 1):
+def gunicorn(app: str, env: dict, workers: int, threads: int = 1, worker_class: str | None = None):
+    """`worker_class` None: gunicorn.conf.py's (gthread with WEB_THREADS threads), or gthread with `threads`."""
     port = free_port()
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
            "--workers", str(workers), "--log-level", "warning"]
     if threads > 1:
         cmd += ["--worker-class", "gthread", "--threads", str(threads)]
+    elif worker_class:
+        cmd += ["--worker-class", worker_class]
     proc = subprocess.Popen([*cmd, app], env=env, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
@@ -68,7 +78,9 @@ def gunicorn(app: str, env: dict, workers: int, threads: int = 1):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"gunicorn {app} did not start")
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        server = Server(f"http://127.0.0.1:{port}")
+        server.pid = proc.pid
+        yield server
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -183,6 +195,86 @@ def tree_cpu_seconds(root_pid: int) -> float:
             total += int(stats[pid][11]) + int(stats[pid][12])  # utime, stime
         todo.extend(children.get(pid, []))
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids_cpu_seconds(pids) -> float:
+    """User + system CPU seconds of these processes (those that ended count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_backends(url: str) -> list[int]:
+    """The server processes of every connection open to this benchmark's database."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                                    " AND pid <> pg_backend_pid()")).scalars().all()
+    engine.dispose()
+    return list(pids)
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends whose connections carry `application_name`, sampled every
+    0.1 s from /proc while they live (a backend's last reading counts once it is gone)."""
+
+    def __init__(self, url: str, application_name: str):
+        import threading
+
+        self.url, self.name = url, application_name
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        engine = sa.create_engine(self.url)
+        with engine.connect() as conn:
+            while not self._stop.is_set():
+                pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :n"),
+                                    {"n": self.name}).scalars().all()
+                for pid in {*pids, *self.seen}:
+                    cpu = pids_cpu_seconds([pid])
+                    if cpu:
+                        self.seen[pid] = cpu
+                conn.rollback()
+                self._stop.wait(0.1)
+        engine.dispose()
+
+    def __enter__(self) -> "BackendCpu":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
+
+
+def with_application_name(url: str, name: str) -> str:
+    return sa.make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+
+
+def redis_pid() -> int | None:
+    import redis
+
+    try:
+        return int(redis.Redis.from_url(REDIS_URL).info("server")["process_id"])
+    except Exception:
+        return None
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of the whole machine from /proc/stat: two readings give how busy it was."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
 
 
 def inbox_counts(url: str) -> dict:

@@ -127,6 +127,17 @@ class Database:
             if not keep:
                 conn.close()
 
+    @contextmanager
+    def direct_transaction(self) -> Iterator[Any]:
+        """One transaction on a kept-open psycopg connection (`direct_autocommit`'s free list): BEGIN,
+        COMMIT when the block ends, ROLLBACK when it raises. PostgreSQL only: the worker's purchase fast
+        path, where a pooled SQLAlchemy connection's checkout, transaction and reset cost ~8 % of the
+        worker's CPU per purchase."""
+        if self.dialect != "postgresql":
+            raise RuntimeError("direct_transaction needs PostgreSQL")
+        with self.direct_autocommit() as conn, conn.transaction():
+            yield conn
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

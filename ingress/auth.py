@@ -49,7 +49,8 @@ def read_token_allowed(method: str, path: str) -> bool:
 
 def refuse_read_token_elsewhere():
     """A `before_request` hook: a read token on any other route is a 403, whatever the route."""
-    if request.method != "OPTIONS" and not read_token_allowed(request.method, request.path) \
-            and is_read_token(bearer_token()):
+    token = bearer_token()  # first: a request without one (every webhook) is done here
+    if token and request.method != "OPTIONS" and not read_token_allowed(request.method, request.path) \
+            and is_read_token(token):
         raise ApiError(403, "forbidden", "a read token (READ_API_TOKEN) only opens GET /v1/… and "
                                          "POST /v1/checkout-sessions")

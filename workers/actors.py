@@ -18,6 +18,7 @@ from db.types import utcnow
 from tasks.inbox import parking, store
 from tasks.inbox.runner import Outcome
 from workers import inbox_runs, job_runs, metrics, runtime
+from workers.broker import enqueue
 from workers.queues import INBOX_QUEUE
 
 log = logging.getLogger("coursepipe.workers")
@@ -56,7 +57,7 @@ def declare_actors(broker: dramatiq.Broker, modules: Iterable[ModuleType]) -> di
 def send(actor_name: str, *args, **kwargs) -> bool:
     """Send a message; a broker failure is logged and swallowed (the sweepers re-send from the database)."""
     try:
-        runtime.current().actors[actor_name].send(*args, **kwargs)
+        enqueue(runtime.current().actors[actor_name], *args, **kwargs)
         return True
     except Exception as exc:  # Redis down: the row is durable, the sweeper will re-send it
         log.warning("could not enqueue %s%r: %s", actor_name, args, exc)

@@ -55,28 +55,29 @@ def run_message(*, database: Database, inbox_id: int, handlers: HandlerTable, se
 
 
 def run_fast_purchase(database: Database, inbox_id: int, settings: Any = None) -> Result | None:
-    """The purchase fast path in a transaction of its own on a pooled connection (no ORM session).
+    """The purchase fast path in a transaction of its own on a kept-open driver connection (no ORM session).
 
     None: nothing was written (rolled back) and the caller runs the general path. Only a refusal by the
     database falls back (counted by reason); any other error is a defect and propagates.
     """
     if database.dialect != "postgresql":
         return None
-    with database.engine.connect() as connection:
-        transaction = connection.begin()  # SQLAlchemy's own: the statements go to the driver connection
-        try:
-            done = fast_purchase.attempt(connection.connection.driver_connection, inbox_id, set(),
-                                        settings=settings)
-        except fast_purchase.DATABASE_ERRORS as exc:
-            transaction.rollback()
-            fast_purchase.gave_up(inbox_id, exc)
-            metrics.fast_path_fallback(type(exc).__name__)
-            return None
-        if done is None:
-            transaction.rollback()
-            return None
-        transaction.commit()
-        return done
+    try:
+        with database.direct_transaction() as conn:
+            done = fast_purchase.attempt(conn, inbox_id, set(), settings=settings)
+            if done is None:
+                raise _NotAPurchase  # rolled back by the transaction block
+    except _NotAPurchase:
+        return None
+    except fast_purchase.DATABASE_ERRORS as exc:  # rolled back (a refused COMMIT included)
+        fast_purchase.gave_up(inbox_id, exc)
+        metrics.fast_path_fallback(type(exc).__name__)
+        return None
+    return done
+
+
+class _NotAPurchase(Exception):
+    """The fast path found another event: its transaction is rolled back and the general path runs."""
 
 
 def with_remote(unit_of_work: Callable, work: Callable[[HandlerContext], Any], *, settings: Any = None) -> Any:

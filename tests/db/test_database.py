@@ -70,3 +70,34 @@ def test_sqlite_gets_an_autocommit_connection(sqlite_url):
         assert isinstance(conn, Connection)
         assert conn.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
     database.dispose()
+
+
+def test_direct_transaction_commits_at_the_end_rolls_back_on_an_error_and_returns_the_connection_idle(pg_database):
+    with pg_database.direct_autocommit() as conn:
+        conn.execute("CREATE TABLE direct_tx (n int)")
+    with pg_database.direct_transaction() as conn:
+        pid = _backend_pid(conn)
+        conn.execute("INSERT INTO direct_tx VALUES (1)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # one transaction, not autocommit
+    with pytest.raises(ZeroDivisionError):
+        with pg_database.direct_transaction() as conn:
+            conn.execute("INSERT INTO direct_tx VALUES (2)")
+            1 / 0
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        with pg_database.direct_transaction() as conn:
+            conn.execute("INSERT INTO direct_tx VALUES (3)")
+            conn.execute("CREATE UNIQUE INDEX ON direct_tx ((1))")  # refused: two rows
+    with pg_database.direct_autocommit() as conn:
+        # the same kept connection, back in autocommit and idle; only the committed row is there
+        assert _backend_pid(conn) == pid and conn.autocommit
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert [r[0] for r in conn.execute("SELECT n FROM direct_tx ORDER BY n")] == [1]
+        conn.execute("DROP TABLE direct_tx")
+
+
+def test_direct_transaction_needs_postgresql(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(RuntimeError):
+        with database.direct_transaction():
+            pass
+    database.dispose()
