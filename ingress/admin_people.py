@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ingress import dashboard, roles
-from ingress.errors import ApiError, error_response
+from ingress.errors import ApiError
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
 from tasks.errors import ValidationFailed

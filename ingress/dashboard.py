@@ -108,6 +108,20 @@ def _security_headers(response):
 login_required = roles.dashboard_role()  # a live session: viewer to read, operator to act
 
 
+def page_blueprint(name: str, import_name: str, url_prefix: str) -> Blueprint:
+    """A blueprint of dashboard pages beside this one: its forms carry the session's CSRF token and its
+    answers the security headers, as here."""
+    pages = Blueprint(name, import_name, url_prefix=url_prefix, template_folder="templates")
+    pages.before_request(_check_csrf)
+    pages.after_request(_security_headers)
+    return pages
+
+
+def refusal(exc: Exception) -> str:
+    """What a page says when an action was refused (an API error's message, a domain error's text)."""
+    return exc.message if isinstance(exc, ApiError) else str(exc)
+
+
 def _safe_next(target: str | None) -> str:
     # only a path on this site: never an absolute or scheme-relative URL (no open redirect)
     # nor one with a control character (CR/LF would split the Location header)

@@ -9,7 +9,7 @@ save and publish writes its audit entry; a refused edit is a flash message and c
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 
 from db.enums import BundleKind, CreditType, ProgramStatus
 from ingress import dashboard, roles
@@ -20,25 +20,11 @@ from tasks.catalog import builder, changes, drift, publishing
 from tasks.catalog import services as catalog
 from tasks.errors import TaskError
 
-bp = Blueprint("catalog_ui", __name__, url_prefix="/admin/ui/catalog", template_folder="templates")
-
-
-@bp.before_request
-def _forms_carry_csrf():
-    return dashboard._check_csrf()
-
-
-@bp.after_request
-def _security_headers(response):
-    return dashboard._security_headers(response)
+bp = dashboard.page_blueprint("catalog_ui", __name__, "/admin/ui/catalog")
 
 
 def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
-
-
-def _refused(exc: Exception) -> str:
-    return exc.message if isinstance(exc, ApiError) else str(exc)
 
 
 def _may_edit() -> bool:
@@ -87,7 +73,7 @@ def create_course():
             roles.record_action(s, "course.save", f"course:{code}", request.form.get("reason") or None,
                                 change="created", edit="create")
     except (TaskError, ApiError) as exc:
-        flash(f"Not created: {_refused(exc)}", "error")
+        flash(f"Not created: {dashboard.refusal(exc)}", "error")
         return redirect(url_for("catalog_ui.catalog_page"))
     flash(f"Course {code} created as a draft. Add its steps, options and bundle, then publish.", "ok")
     return redirect(url_for("catalog_ui.course_page", code=code))
@@ -135,7 +121,7 @@ def edit_course(code: str):
             roles.record_action(s, "course.save", f"course:{code}", (reason or "").strip() or None,
                                 change=saved.change, edit=builder.describe(edit, form), **impact.summary())
     except (TaskError, ApiError) as exc:
-        flash(f"Not saved: {_refused(exc)}", "error")
+        flash(f"Not saved: {dashboard.refusal(exc)}", "error")
         return back
     flash(f"Saved: {builder.describe(edit, form)}"
           + (f" ({impact.summary()['enrollments_affected']} enrollment(s) affected)." if asks_first else "."), "ok")
@@ -187,7 +173,7 @@ def _save_package(code: str, *, creating: bool):
             roles.record_action(s, "package.save", f"package:{code}", request.form.get("reason") or None,
                                 change=saved.change)
     except (TaskError, ApiError) as exc:
-        flash(f"Not saved: {_refused(exc)}", "error")
+        flash(f"Not saved: {dashboard.refusal(exc)}", "error")
         return redirect(url_for("catalog_ui.package_page", code=code) if not creating
                         else url_for("catalog_ui.catalog_page"))
     flash(f"Package {code} {saved.change}." + (" Publish it to put the change on sale." if saved.change != "unchanged"
@@ -205,7 +191,7 @@ def _publish(kind: str, code: str, back: str):
     try:
         queue_publish(kind, code, (request.form.get("reason") or "").strip() or None)
     except (TaskError, ApiError) as exc:
-        flash(f"Not published: {_refused(exc)}", "error")
+        flash(f"Not published: {dashboard.refusal(exc)}", "error")
     else:
         flash(f"Publishing {kind} {code} to Stripe: the worker makes the calls; the ids appear here when done.",
               "ok")

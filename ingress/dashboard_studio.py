@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from db.models import CourseProgram, Student, StudentCourseEnrollment
@@ -20,25 +20,11 @@ from tasks.errors import TaskError
 from tasks.reporting import ops, search, statement, timeline
 from workers import heartbeats
 
-bp = Blueprint("studio_ui", __name__, url_prefix="/admin/ui", template_folder="templates")
-
-
-@bp.before_request
-def _forms_carry_csrf():
-    return dashboard._check_csrf()
-
-
-@bp.after_request
-def _security_headers(response):
-    return dashboard._security_headers(response)
+bp = dashboard.page_blueprint("studio_ui", __name__, "/admin/ui")
 
 
 def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
-
-
-def _refused(exc: Exception) -> str:
-    return exc.message if isinstance(exc, ApiError) else str(exc)
 
 
 def _form_int(name: str):
@@ -86,7 +72,7 @@ def adjust_credits(student_id: str):
         flash(f"Credits adjusted: {data['quantity']} {data['kind']}; balances now "
               + ", ".join(f"{k} {v}" for k, v in done["balances"].items()) + ".", "ok")
     except (TaskError, ApiError) as exc:
-        flash(f"Not adjusted: {_refused(exc)}", "error")
+        flash(f"Not adjusted: {dashboard.refusal(exc)}", "error")
     return redirect(url_for("studio_ui.student_page", student_id=student_id))
 
 
@@ -98,7 +84,7 @@ def enroll(student_id: str):
     try:
         done = operations.enroll_by_hand(data)
     except (TaskError, ApiError) as exc:
-        flash(f"Not enrolled: {_refused(exc)}", "error")
+        flash(f"Not enrolled: {dashboard.refusal(exc)}", "error")
         return redirect(url_for("studio_ui.student_page", student_id=student_id))
     flash(f"Enrolled in {data['course_code']} (enrollment {done['enrollment']['id']}).", "ok")
     return redirect(url_for("dashboard.enrollment_page", enrollment_id=done["enrollment"]["id"]))
@@ -112,7 +98,7 @@ def _move(enrollment_id: int, action: str):
         done = operations.move_by_hand(enrollment_id, action, {"reason": request.form.get("reason")})
         flash(f"Enrollment {enrollment_id} is {done['enrollment']['status']}.", "ok")
     except (TaskError, ApiError) as exc:
-        flash(f"Not done: {_refused(exc)}", "error")
+        flash(f"Not done: {dashboard.refusal(exc)}", "error")
     return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
 
 
@@ -142,7 +128,7 @@ def refund(enrollment_id: int):
                                    form=data, request_key=f"dashboard-{uuid.uuid4().hex}")
         done = operations.refund_by_hand(enrollment_id, data, request.form.get("request_key") or None)
     except (TaskError, ApiError) as exc:
-        flash(f"Not refunded: {_refused(exc)}", "error")
+        flash(f"Not refunded: {dashboard.refusal(exc)}", "error")
         return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
     refund_row = done["refund"]
     if refund_row["status"] == "succeeded":

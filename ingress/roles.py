@@ -79,16 +79,20 @@ def _authorise(principal: Principal, role: str) -> None:
     g.principal = principal
 
 
+def _bearer_or_401():
+    principal = bearer_principal()
+    if principal is None:
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    return principal
+
+
 def require_role(role: str):
     """JSON API: a bearer with at least `role` (401 without a valid bearer, 403 below the role)."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
-            principal = bearer_principal()
-            if principal is None:
-                raise ApiError(401, "unauthorized", "a valid bearer token is required")
-            _authorise(principal, role)
+            _authorise(_bearer_or_401(), role)
             return view(*args, **kwargs)
 
         return wrapped
@@ -122,10 +126,7 @@ def require_reader(view=None, *, role: str = "viewer"):
         @wraps(view)
         def wrapped(*args, **kwargs):
             if not is_read_token(bearer_token()):
-                principal = bearer_principal()
-                if principal is None:
-                    raise ApiError(401, "unauthorized", "a valid bearer token is required")
-                _authorise(principal, role)
+                _authorise(_bearer_or_401(), role)
             return view(*args, **kwargs)
 
         return wrapped

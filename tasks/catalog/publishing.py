@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,7 +30,6 @@ from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
 from tasks.errors import PermanentError, TransientError, ValidationFailed
 from tasks.inbox.parking import wake_waiting
-from tasks.stripe_api import stripe_client
 
 log = logging.getLogger("coursepipe.publishing")
 

@@ -8,6 +8,7 @@ platform event in the same transaction. Nothing here commits.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, Cause
 from tasks.messaging import outbox
 from tasks.catalog.services import live_steps
-from tasks.errors import NotFound, PermanentError
+from tasks.errors import PermanentError
 from tasks.machines import ENROLLMENT, PROGRESS
 
 

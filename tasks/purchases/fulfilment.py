@@ -389,7 +389,7 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
 class Refulfilled:
     enrollment_id: int
     status: str
-    provisioned: Provisioned
+    provisioned: enrollments.Provisioned
 
     def as_dict(self) -> dict[str, Any]:
         return {"enrollment_id": self.enrollment_id, "status": self.status, **self.provisioned.as_dict()}
