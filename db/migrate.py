@@ -69,3 +69,15 @@ def require_head(engine) -> None:
     if current != head:
         raise NotAtHead(f"the database is at migration {current or 'none (no tables)'}, not at the head {head}: "
                         f"run `coursepipe db upgrade`")
+
+
+def refuse_if_behind(engine) -> None:
+    """For entry modules (`gunicorn ingress.wsgi:app`, `dramatiq workers.app`): raise NotAtHead when the database
+    answers and is not at the head. One that does not answer is left to the process's own retries: a worker
+    restarted during an outage must come up and wait, not fail to boot."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        require_head(engine)
+    except SQLAlchemyError:
+        return

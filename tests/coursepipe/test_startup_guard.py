@@ -137,3 +137,21 @@ def test_doctor_and_db_upgrade_still_run_on_an_unmigrated_database(tmp_path, red
     doctor = _run(["doctor"], env)
     assert doctor.returncode == 1 and "fail database: at migration 0007" in doctor.stdout
     assert _run(["db", "upgrade"], env).returncode == 0
+
+
+@pytest.mark.parametrize("entry", [
+    [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "ingress.wsgi:app"],
+    [sys.executable, "-m", "dramatiq", "workers.app", "--processes", "1", "--threads", "1"],
+], ids=["gunicorn", "dramatiq"])
+def test_the_entry_modules_refuse_a_database_behind_the_head(tmp_path, redis_url, entry):
+    """Run without the CLI (`gunicorn ingress.wsgi:app`, `dramatiq workers.app`), the processes still refuse."""
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade(url, OLDER)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = _env(url, redis_url) | {"PYTHONPATH": root}
+    try:
+        proc = subprocess.run(entry, env=env, cwd=root, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{entry[2]} started on a database behind the head: still running after 60 s")
+    assert proc.returncode != 0
+    assert f"at migration {OLDER}, not at the head" in proc.stderr and "run `coursepipe db upgrade`" in proc.stderr
