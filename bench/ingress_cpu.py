@@ -1,7 +1,7 @@
 """In-process CPU per request of the ingress: signed `student.upserted` platform webhooks straight into
 the WSGI app (no HTTP server, no client), on PostgreSQL + Redis, CPU clock of this process only.
 
-    .venv/bin/python bench/ingress_cpu.py [--requests 3000] [--batches 5] [--profile out.prof]
+    .venv/bin/python bench/ingress_cpu.py [--requests 3000] [--batches 5] [--profile out.prof] [--app minimal]
 
 Prints the CPU µs per request of each batch (each on new events: a repeated event takes the cheaper
 duplicate path) and their median. What this leaves out (PostgreSQL's and Redis's own CPU, gunicorn)
@@ -54,12 +54,20 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--profile", help="write a cProfile (CPU clock) of the batches to this file")
+    parser.add_argument("--app", choices=("ours", "minimal"), default="ours",
+                        help="minimal: bench/minimal_ingress.py, the issue-21 reference, in the same harness")
     args = parser.parse_args(argv)
 
     url = fresh_database("coursepipe_bench_ingress_cpu")
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     os.environ.update(env_for(url, namespace))
-    from ingress.wsgi import app  # noqa: E402  (builds the runtime from the environment)
+    if args.app == "minimal":
+        from bench.ingest import create_minimal_table
+
+        create_minimal_table(url)
+        from bench.minimal_ingress import app
+    else:
+        from ingress.wsgi import app  # noqa: E402  (builds the runtime from the environment)
 
     statuses = []
 
