@@ -64,7 +64,8 @@ def gunicorn(app: str, env: dict, workers: int, threads: int = 1, worker_class: 
     if threads > 1:
         cmd += ["--worker-class", "gthread", "--threads", str(threads)]
     elif worker_class:
-        cmd += ["--worker-class", worker_class]
+        # gunicorn runs "sync" with more than one thread (gunicorn.conf.py's WEB_THREADS) as gthread
+        cmd += ["--worker-class", worker_class, "--threads", "1"]
     proc = subprocess.Popen([*cmd, app], env=env, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30

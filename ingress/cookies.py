@@ -11,7 +11,9 @@ class DashboardSessionInterface(SecureCookieSessionInterface):
     def open_session(self, app: Flask, request):
         # without a cookie (every webhook, every bearer-token call) the answer is a new empty session, as
         # Flask's own would give: skip building the signing serializer (~10 % of a webhook's Python)
-        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+        # (no Cookie header at all: not even parse the empty cookie jar)
+        if app.secret_key and ("HTTP_COOKIE" not in request.environ
+                               or not request.cookies.get(self.get_cookie_name(app))):
             return self.session_class()
         return super().open_session(app, request)
 

@@ -1,11 +1,13 @@
 """The Dramatiq broker: Redis when REDIS_URL is set, otherwise the in-process broker of `serve`."""
 from __future__ import annotations
 
+import time
 from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.message import get_encoder
 from dramatiq.middleware import Retries
 
 from workers.queues import INBOX_QUEUE
@@ -61,18 +63,52 @@ def start_embedded_worker(broker: dramatiq.Broker, *, threads: int = 4) -> drama
     return worker
 
 
+# Dramatiq's RedisBroker enqueues through its `dispatch` script, whose every call also writes the sender's
+# heartbeat (a ZADD) and may run queue maintenance: both serve consumers (their acks, dead workers' messages),
+# which run them on every fetch themselves. A sender only needs the script's "enqueue" branch: the message
+# in the queue's hash, its id at the end of the queue's list, atomically.
+_ENQUEUE_SCRIPT = "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return redis.call('rpush', KEYS[2], ARGV[1])"
+_NO_HOOK = (dramatiq.Middleware.before_enqueue, dramatiq.Middleware.after_enqueue)
+
+
+def _enqueue_hooks(broker: RedisBroker) -> bool:
+    """Whether a middleware of `broker` has enqueue hooks (none of the ingress's has; a `Message` is then
+    built for them)."""
+    cached = broker.__dict__.get("_coursepipe_enqueue_hooks")
+    if cached is None or cached[0] != len(broker.middleware):
+        hooked = any((type(m).before_enqueue, type(m).after_enqueue) != _NO_HOOK for m in broker.middleware)
+        cached = broker.__dict__["_coursepipe_enqueue_hooks"] = (len(broker.middleware), hooked)
+    return cached[1]
+
+
+def _enqueue_script(broker: RedisBroker):
+    script = broker.__dict__.get("_coursepipe_enqueue_script")
+    if script is None:
+        script = broker.__dict__["_coursepipe_enqueue_script"] = broker.client.register_script(_ENQUEUE_SCRIPT)
+    return script
+
+
 def enqueue(actor: dramatiq.Actor, *args, **kwargs) -> None:
-    """`actor.send(*args, **kwargs)`. On Redis it writes what `RedisBroker.enqueue` writes (the message with
-    its `redis_message_id`, through the same dispatch script, between the same middleware hooks) without
-    building the message twice (`Message.copy`): the ingress sends one per webhook, and the copy, the
-    option merging and the debug line cost ~15 µs of its Python there."""
+    """`actor.send(*args, **kwargs)`. On Redis it writes what `RedisBroker.enqueue` writes — the same
+    message (fields in `Message`'s order, a uuid4 `message_id`, the millisecond `message_timestamp`, a
+    uuid4 `redis_message_id` option), encoded by Dramatiq's encoder, HSET in `<namespace>:<queue>.msgs`
+    and RPUSHed on `<namespace>:<queue>` — as the dispatch script's "enqueue" does, in one atomic script
+    call without its heartbeat and maintenance (above). Middleware enqueue hooks run as `send` runs them,
+    around the write, if the broker has any. The ingress sends one message per webhook: this costs about
+    half of `RedisBroker.enqueue`'s CPU (docs/performance.md, session 6)."""
     broker = actor.broker
     if type(broker) is not RedisBroker:
         actor.send(*args, **kwargs)
         return
+    queue_name = actor.queue_name
     redis_message_id = str(uuid4())
-    message = dramatiq.Message(queue_name=actor.queue_name, actor_name=actor.actor_name, args=args, kwargs=kwargs,
-                               options={"redis_message_id": redis_message_id})
-    broker.emit_before("enqueue", message, None)
-    broker.do_enqueue(message.queue_name, redis_message_id, message.encode())
-    broker.emit_after("enqueue", message, None)
+    fields = {"queue_name": queue_name, "actor_name": actor.actor_name, "args": args, "kwargs": kwargs,
+              "options": {"redis_message_id": redis_message_id}, "message_id": str(uuid4()),
+              "message_timestamp": int(time.time() * 1000)}
+    message = dramatiq.Message(**fields) if _enqueue_hooks(broker) else None
+    if message is not None:
+        broker.emit_before("enqueue", message, None)
+    queue = f"{broker.namespace}:{queue_name}"
+    _enqueue_script(broker)(keys=[queue + ".msgs", queue], args=[redis_message_id, get_encoder().encode(fields)])
+    if message is not None:
+        broker.emit_after("enqueue", message, None)

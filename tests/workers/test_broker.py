@@ -1,7 +1,12 @@
-"""workers.broker.enqueue writes to Redis what actor.send writes, and runs the enqueue middleware hooks."""
+"""workers.broker.enqueue writes to Redis what actor.send writes (a real Dramatiq worker consumes both
+alike), runs the enqueue middleware hooks when the broker has any, and is `actor.send` on other brokers."""
+import json
+import threading
+
 import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
 
 from workers.broker import enqueue
 
@@ -14,12 +19,85 @@ def redis_broker(redis_url, redis_namespace):
 
 
 def _stored(broker, queue_name):
-    """The messages waiting on a queue, in order, decoded as a worker would."""
+    """The messages waiting on a queue, in order, as raw bytes."""
     ids = broker.client.lrange(f"{broker.namespace}:{queue_name}", 0, -1)
-    return [dramatiq.Message.decode(broker.client.hget(f"{broker.namespace}:{queue_name}.msgs", i)) for i in ids]
+    return [broker.client.hget(f"{broker.namespace}:{queue_name}.msgs", i) for i in ids], ids
+
+
+def _actor(broker, fn=None):
+    def process(inbox_id, purchase=False):
+        pass
+
+    return dramatiq.Actor(fn or process, broker=broker, actor_name="process", queue_name="inbox", priority=0,
+                          options={"max_retries": 20})
 
 
 def test_enqueue_writes_what_send_writes(redis_broker):
+    actor = _actor(redis_broker)
+    actor.send(7, purchase=True)
+    enqueue(actor, 7, purchase=True)
+    enqueue(actor, 8)
+    raw, ids = _stored(redis_broker, "inbox")
+    sent, ours, other = (json.loads(r) for r in raw)
+    # the same JSON fields in the same order, as the same types
+    assert list(ours) == list(sent) == list(dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={},
+                                                               options={}).asdict())
+    assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in sent.items()}
+    for field in ("queue_name", "actor_name", "args", "kwargs"):
+        assert ours[field] == sent[field]
+    assert ours["options"].keys() == sent["options"].keys() == {"redis_message_id"}
+    # each message's list entry is its redis_message_id; every id is new
+    assert [i.decode() for i in ids] == [m["options"]["redis_message_id"] for m in (sent, ours, other)]
+    assert len({m["message_id"] for m in (sent, ours, other)} | {i.decode() for i in ids}) == 6
+    assert ours["message_timestamp"] >= sent["message_timestamp"]
+    assert (other["args"], other["kwargs"]) == ([8], {})
+    decoded = dramatiq.Message.decode(raw[1])
+    assert (decoded.args, decoded.kwargs, decoded.message_id) == ((7,), {"purchase": True}, ours["message_id"])
+
+
+def test_enqueue_writes_no_heartbeat(redis_broker):
+    enqueue(_actor(redis_broker), 1)
+    keys = {k.decode() for k in redis_broker.client.scan_iter(f"{redis_broker.namespace}*")}
+    assert keys == {f"{redis_broker.namespace}:inbox", f"{redis_broker.namespace}:inbox.msgs"}
+
+
+def test_a_worker_consumes_enqueue_as_it_consumes_send(redis_url, redis_namespace):
+    """A real Dramatiq worker on real Redis, on a broker of its own: the same actor runs with the same
+    arguments and sees the same queue and options for a message from `enqueue` as for one from `send`."""
+    sender = RedisBroker(url=redis_url, namespace=redis_namespace)
+    consumer = RedisBroker(url=redis_url, namespace=redis_namespace)
+    consumer.add_middleware(CurrentMessage())
+    seen, done = [], threading.Event()
+
+    def process(inbox_id, purchase=False):
+        message = CurrentMessage.get_current_message()
+        seen.append((inbox_id, purchase, message.queue_name, message.actor_name, message.args, message.kwargs,
+                     sorted(message.options)))
+        if len(seen) == 4:
+            done.set()
+
+    _actor(consumer, process)
+    actor = _actor(sender)
+    actor.send(1)
+    enqueue(actor, 1)
+    actor.send(2, purchase=True)
+    enqueue(actor, 2, purchase=True)
+    worker = dramatiq.Worker(consumer, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        assert done.wait(10), seen
+        worker.join()
+    finally:
+        worker.stop()
+        sender.close()
+        consumer.close()
+    assert seen[0] == seen[1] == (1, False, "inbox", "process", (1,), {}, ["redis_message_id"])
+    assert seen[2] == seen[3] == (2, True, "inbox", "process", (2,), {"purchase": True}, ["redis_message_id"])
+    # acknowledged: nothing left in the queue, its hash or the worker's acks
+    assert not [k for k in consumer.client.scan_iter(f"{redis_namespace}:inbox*")]
+
+
+def test_enqueue_runs_the_enqueue_hooks_when_there_are_some(redis_broker):
     seen = []
 
     class Spy(dramatiq.Middleware):
@@ -29,30 +107,32 @@ def test_enqueue_writes_what_send_writes(redis_broker):
         def after_enqueue(self, broker, message, delay):
             seen.append(("after", message.message_id, delay))
 
+    actor = _actor(redis_broker)
+    enqueue(actor, 6)  # no hook yet
     redis_broker.add_middleware(Spy())
-
-    def process(inbox_id, purchase=False):
-        pass
-
-    actor = dramatiq.Actor(process, broker=redis_broker, actor_name="process", queue_name="inbox", priority=0,
-                           options={})
     actor.send(7, purchase=True)
     enqueue(actor, 7, purchase=True)
-    sent, ours = _stored(redis_broker, "inbox")
-    for field in ("queue_name", "actor_name", "args", "kwargs"):
-        assert getattr(ours, field) == getattr(sent, field)
-    assert ours.options.keys() == sent.options.keys() == {"redis_message_id"}
-    assert ours.options["redis_message_id"] != sent.options["redis_message_id"]
-    assert ours.message_id != sent.message_id and ours.message_timestamp >= sent.message_timestamp
+    raw, _ids = _stored(redis_broker, "inbox")
     assert [(kind, delay) for kind, _id, delay in seen] == [("before", None), ("after", None)] * 2
-    assert seen[2][1] == seen[3][1] == ours.message_id
+    assert seen[2][1] == seen[3][1] == json.loads(raw[2])["message_id"]
 
 
 def test_enqueue_on_another_broker_is_actor_send():
+    """The embedded mode's stub broker: `enqueue` is `actor.send`, and a worker runs the message."""
     from dramatiq.brokers.stub import StubBroker
 
     broker = StubBroker()
-    actor = dramatiq.Actor(lambda inbox_id: None, broker=broker, actor_name="p", queue_name="inbox", priority=0,
-                           options={})
-    enqueue(actor, 3)
+    broker.emit_after("process_boot")
+    ran = []
+    actor = dramatiq.Actor(lambda inbox_id, purchase=False: ran.append((inbox_id, purchase)), broker=broker,
+                           actor_name="p", queue_name="inbox", priority=0, options={})
+    enqueue(actor, 3, purchase=True)
     assert broker.queues["inbox"].qsize() == 1
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("inbox", timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+    assert ran == [(3, True)]
