@@ -323,19 +323,17 @@ def _releasing(shutdown, leadership: Leadership):
 def run_blocking_scheduler(runtime: Runtime) -> None:
     """`coursepipe scheduler`: runs until SIGTERM/SIGINT, then hands leadership over at once.
 
-    The signal handler only sets an event: the main thread stops the scheduler. Shutting it down inside the
-    handler could deadlock (the handler runs on the main thread, which may hold the executor's lock)."""
+    The signals are blocked in every thread and taken synchronously by the main thread (`sigwait`), which
+    then stops the scheduler: no handler runs in the middle of the main thread's own work. (A shutdown, or
+    even an event's `set`, inside a handler could wait on a lock the interrupted main thread holds.)"""
     import signal
-    import threading
 
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    service = SchedulerService(runtime)  # its jobs run on the scheduler's own thread
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the scheduler's threads inherit it
+    service = SchedulerService(runtime)  # its jobs run on the scheduler's own threads
     try:
-        if not stopping.is_set():
-            service.start()
-            stopping.wait()
+        service.start()
+        signal.sigwait(stop_signals)  # one sent while starting waits, pending, until here
     finally:
         service.shutdown(wait=False)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

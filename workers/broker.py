@@ -95,7 +95,7 @@ def enqueue(actor: dramatiq.Actor, *args, **kwargs) -> None:
     and RPUSHed on `<namespace>:<queue>` — as the dispatch script's "enqueue" does, in one atomic script
     call without its heartbeat and maintenance (above). Middleware enqueue hooks run as `send` runs them,
     around the write, if the broker has any. The ingress sends one message per webhook: this costs about
-    half of `RedisBroker.enqueue`'s CPU (docs/performance.md, session 6)."""
+    half of `RedisBroker.enqueue`'s CPU (docs/performance.md, "Second pass on the ingress")."""
     broker = actor.broker
     if type(broker) is not RedisBroker:
         actor.send(*args, **kwargs)
