@@ -156,6 +156,15 @@ REFERENCE_SQL = [
 ]
 
 
+# the bytes of one purchase's rows (enrollment, transitions, progress, grants, outbox), pipeline or reference
+ROW_BYTES = sa.text(
+    "SELECT (SELECT sum(pg_column_size(x.*)) FROM student_course_enrollment x WHERE id = :e)"
+    " + (SELECT coalesce(sum(pg_column_size(x.*)), 0) FROM transition_log x WHERE enrollment_id = :e)"
+    " + (SELECT sum(pg_column_size(x.*)) FROM student_course_progress x WHERE enrollment_id = :e)"
+    " + (SELECT sum(pg_column_size(x.*)) FROM credit_ledger_entry x WHERE enrollment_id = :e)"
+    " + (SELECT sum(pg_column_size(x.*)) FROM outbox_message x WHERE enrollment_id = :e)")
+
+
 def row_templates(url: str) -> dict:
     """The JSON documents one of the pipeline's purchases wrote in this round (enrollment metadata, the
     platform event, the welcome mail), and the bytes of a purchase's rows, for the reference to write alike."""
@@ -165,12 +174,7 @@ def row_templates(url: str) -> dict:
             "SELECT id, fulfilment_metadata::text FROM student_course_enrollment ORDER BY id LIMIT 1")).one()
         payloads = dict(conn.execute(sa.text(
             "SELECT channel, payload::text FROM outbox_message WHERE enrollment_id = :e"), {"e": eid}).all())
-        row_bytes = conn.execute(sa.text(
-            "SELECT (SELECT sum(pg_column_size(x.*)) FROM student_course_enrollment x WHERE id = :e)"
-            " + (SELECT coalesce(sum(pg_column_size(x.*)), 0) FROM transition_log x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM student_course_progress x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM credit_ledger_entry x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM outbox_message x WHERE enrollment_id = :e)"), {"e": eid}).scalar()
+        row_bytes = conn.execute(ROW_BYTES, {"e": eid}).scalar()
     engine.dispose()
     return {"metadata": metadata, "payload1": payloads["platform"], "payload2": payloads["mail"],
             "row_bytes": int(row_bytes)}
@@ -182,12 +186,7 @@ def reference_row_bytes(url: str) -> int:
     with engine.connect() as conn:
         eid = conn.execute(sa.text("SELECT id FROM student_course_enrollment WHERE stripe_checkout_session_id"
                                    " LIKE 'cs!_ref!_%' ESCAPE '!' ORDER BY id LIMIT 1")).scalar()
-        n = conn.execute(sa.text(
-            "SELECT (SELECT sum(pg_column_size(x.*)) FROM student_course_enrollment x WHERE id = :e)"
-            " + (SELECT coalesce(sum(pg_column_size(x.*)), 0) FROM transition_log x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM student_course_progress x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM credit_ledger_entry x WHERE enrollment_id = :e)"
-            " + (SELECT sum(pg_column_size(x.*)) FROM outbox_message x WHERE enrollment_id = :e)"), {"e": eid}).scalar()
+        n = conn.execute(ROW_BYTES, {"e": eid}).scalar()
     engine.dispose()
     return int(n or 0)
 

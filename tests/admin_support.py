@@ -36,3 +36,11 @@ def login_as(client, email: str, password: str = PASSWORD) -> str:
                                                  "csrf_token": csrf_of(page.get_data(True))})
     assert response.status_code == 302, response.get_data(True)
     return csrf_of(client.get("/admin/").get_data(True))
+
+
+def browser_login(page, base: str, email: str, password: str = PASSWORD) -> None:
+    """Log into the dashboard in a real browser (playwright page) with the login form."""
+    page.goto(f"{base}/admin/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")

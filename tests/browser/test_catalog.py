@@ -16,7 +16,7 @@ from sqlalchemy import select
 from db.enums import BookingStatus
 from db.models import Booking, CourseProgram, CourseStep, StudentCourseEnrollment
 from tests import factories
-from tests.admin_support import PASSWORD, make_admin
+from tests.admin_support import browser_login, make_admin
 from tests.browser.test_dashboard import ARTIFACTS, browser_page  # noqa: F401
 from tests.conftest import drain, make_settings
 from tests.netutil import http_server
@@ -32,13 +32,6 @@ def settings(database, stripe_server):
 def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / name), full_page=True)
-
-
-def _login(page, base: str, email: str) -> None:
-    page.goto(f"{base}/admin/login")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
 
 
 def _labels(page) -> list[str]:
@@ -59,7 +52,7 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
     make_admin(runtime.db, "owner@studio.test", "owner")
     make_admin(runtime.db, "viewer@studio.test", "viewer")
     with http_server(app) as base:
-        _login(page, base, "owner@studio.test")
+        browser_login(page, base, "owner@studio.test")
         page.locator("header").get_by_role("link", name="Catalog").click()
         new = page.locator("#new-course")
         new.locator("input[name=code]").fill("SFZ")
@@ -165,7 +158,7 @@ def test_owner_builds_publishes_and_changes_a_course_viewer_reads_only(browser_p
 
         page.get_by_role("button", name="Log out").click()
         expect(page.locator("input[name=email]")).to_be_visible()
-        _login(page, base, "viewer@studio.test")
+        browser_login(page, base, "viewer@studio.test")
         page.locator("header").get_by_role("link", name="Catalog").click()
         expect(page.locator("#read-only")).to_be_visible()
         page.get_by_role("link", name="SFZ").click()

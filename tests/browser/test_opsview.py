@@ -16,7 +16,7 @@ from db.enums import BundleKind, CreditType, EnrollmentStatus, PurchaseStatus
 from db.models import CourseProgram, CourseStep, CreditPackage, OutboxMessage, PackagePurchase, StudentCourseEnrollment
 from db.types import utcnow
 from tests import factories
-from tests.admin_support import PASSWORD, make_admin
+from tests.admin_support import browser_login, make_admin
 from tests.browser.test_dashboard import browser_page  # noqa: F401
 from tests.conftest import drain
 from tests.netutil import http_server
@@ -91,10 +91,7 @@ def test_timeline_filter_links_and_the_reports_chart(browser_page, app, runtime,
         drain(runtime)
         _history(runtime)
 
-        page.goto(f"{base}/admin/")
-        page.fill("input[name=email]", "viewer@studio.test")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        browser_login(page, base, "viewer@studio.test")
         expect(page.locator("#who")).to_have_text("viewer@studio.test · viewer")
 
         # the enrollment's timeline: step labels, one row per message, a filter by kind

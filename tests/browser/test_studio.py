@@ -10,7 +10,7 @@ import requests
 
 from db.enums import BundleKind
 from tests import factories
-from tests.admin_support import PASSWORD, make_admin
+from tests.admin_support import browser_login, make_admin
 from tests.browser.test_dashboard import ARTIFACTS, browser_page  # noqa: F401
 from tests.conftest import drain, make_settings
 from tests.netutil import http_server
@@ -39,10 +39,7 @@ def test_operator_adjusts_credits_and_refunds_keeping_access(browser_page, app, 
                              timeout=10).status_code == 200
         drain(runtime)
 
-        page.goto(f"{base}/admin/")
-        page.fill("input[name=email]", "op@studio.test")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        browser_login(page, base, "op@studio.test")
         expect(page.locator("#who")).to_have_text("op@studio.test · operator")
 
         page.fill("#find input[name=q]", "pi_studio")
