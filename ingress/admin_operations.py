@@ -35,24 +35,17 @@ def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
 
 
-@bp.errorhandler(manual.AlreadyEnrolled)
-def _enrolled(exc):
-    return error_response(409, "already_enrolled", str(exc))
+# the domain's refusals of a manual operation: each a 409 with its code
+CONFLICTS = {enrollments.AlreadyEnrolled: "already_enrolled", manual.NotAllowed: "not_allowed",
+             manual.NotRefundable: "not_refundable", adjustments.NotEnoughCredit: "not_enough_credit"}
 
 
-@bp.errorhandler(manual.NotAllowed)
-def _not_allowed(exc):
-    return error_response(409, "not_allowed", str(exc))
+def _conflict(exc):
+    return error_response(409, CONFLICTS[type(exc)], str(exc))
 
 
-@bp.errorhandler(manual.NotRefundable)
-def _not_refundable(exc):
-    return error_response(409, "not_refundable", str(exc))
-
-
-@bp.errorhandler(adjustments.NotEnoughCredit)
-def _not_enough(exc):
-    return error_response(409, "not_enough_credit", str(exc))
+for _refusal in CONFLICTS:
+    bp.register_error_handler(_refusal, _conflict)
 
 
 def _body(*allowed: str) -> dict:

@@ -13,6 +13,7 @@ from ingress.errors import ApiError
 from tasks.inbox.runner import Outcome
 from tasks.inbox.store import store_event
 from workers import inbox_runs
+from tasks.enrollments.services import AlreadyEnrolled
 from tasks.purchases import selling
 from tasks.errors import NotFound, ValidationFailed
 from tasks.events import stripe_subject
@@ -78,7 +79,7 @@ def create_checkout_session():
             params = selling.checkout_params(session=session, request=wanted)
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    except selling.AlreadyEnrolled as exc:
+    except AlreadyEnrolled as exc:
         raise ApiError(409, "already_enrolled", str(exc)) from None
     try:  # outside any transaction
         created = selling.create_checkout_session(params, client=client, key=selling.idempotency_key(params, key))

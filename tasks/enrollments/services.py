@@ -35,6 +35,10 @@ from tasks.errors import PermanentError
 from tasks.machines import ENROLLMENT, PROGRESS
 
 
+class AlreadyEnrolled(PermanentError):
+    """Raised when the student already holds the course: a second sale or a manual enrollment is refused."""
+
+
 # an enrollment in one of these states has been paid for and is owed its steps and credits
 ENTITLED = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED)
 # steps a revocation deactivates; completed ones stay on record

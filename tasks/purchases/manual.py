@@ -44,10 +44,6 @@ from tasks.purchases import goodwill, payments, refunds
 MANUAL_SESSION_PREFIX = "manual:"  # a manual enrollment's stand-in for a checkout session id
 
 
-class AlreadyEnrolled(PermanentError):
-    """Raised when the student already holds the course (active, suspended, pending or completed)."""
-
-
 class NotAllowed(PermanentError):
     """Raised when an enrollment's state does not allow the operation (revoke a revoked one, …)."""
 
@@ -79,7 +75,7 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
         StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program.id,
         StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING))).limit(1))
     if held is not None:
-        raise AlreadyEnrolled(f"student {student_id} already holds {course_code} (enrollment {held})")
+        raise enrollments.AlreadyEnrolled(f"student {student_id} already holds {course_code} (enrollment {held})")
     now = utcnow()
     enrollment = StudentCourseEnrollment(
         student_id=student_id, program_id=program.id, status=EnrollmentStatus.ACTIVE,

@@ -30,16 +30,13 @@ from db.models import (
 )
 from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
-from tasks.errors import NotFound, PermanentError, ValidationFailed
+from tasks.enrollments.services import AlreadyEnrolled
+from tasks.errors import NotFound, ValidationFailed
 
 COURSE, PACKAGE = "course", "package"
 HELD = (E.ACTIVE, E.PENDING, E.SUSPENDED)  # a student with one of these cannot buy the course again
 RETURN_EVENT_PREFIX = "checkout_return:"
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
-
-
-class AlreadyEnrolled(PermanentError):
-    """Raised when the student already holds the course (active, pending payment or suspended)."""
 
 
 @dataclass(frozen=True)
