@@ -62,14 +62,16 @@ def sha256(value: str) -> str:
 
 
 def normalise_email(email: str) -> str:
-    email = (email or "").strip().lower()
+    if not isinstance(email, str):
+        raise ValidationFailed("email: a string", field="email")
+    email = email.strip().lower()
     if not EMAIL.match(email) or len(email) > 320:
         raise ValidationFailed(f"email: {email!r} is not an e-mail address", field="email")
     return email
 
 
 def check_role(role: str) -> str:
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", field="role")
     return role
 
@@ -177,7 +179,7 @@ def close_session(*, session: Session, token: str | None, now: datetime | None =
 
 def create_token(*, session: Session, admin_id: int, name: str) -> tuple[AdminApiToken, str]:
     """A new personal API token; returns the row and the token itself (shown once, never stored)."""
-    name = (name or "").strip()
+    name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > 100:
         raise ValidationFailed("name: 1 to 100 characters", field="name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)

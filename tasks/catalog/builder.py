@@ -133,11 +133,16 @@ def _detach(body, form):
     step["options"].remove(class_id)
 
 
+def _whole(raw: str) -> bool:
+    """A whole number written in ASCII digits ("²" is a digit to str.isdigit, and int() refuses it)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 9
+
+
 def _bundle(body, form):
     bundle = []
     for kind in BundleKind:
         raw = (form.get(kind.value) or "0").strip()
-        if not raw.isdigit():
+        if not _whole(raw):
             raise ValidationFailed(f"{kind.value}: a whole number of credits, 0 for none", field=kind.value)
         if int(raw):
             bundle.append({"kind": kind.value, "quantity": int(raw)})
@@ -192,9 +197,9 @@ def package_body(form: dict[str, Any]) -> dict[str, Any]:
     if kind not in {t.value for t in CreditType}:
         raise ValidationFailed("kind: group or private", field="kind")
     quantity, validity = (form.get("quantity") or "").strip(), (form.get("validity_days") or "").strip()
-    if not quantity.isdigit():
+    if not _whole(quantity):
         raise ValidationFailed("quantity: a whole number of credits", field="quantity")
-    if validity and not validity.isdigit():
+    if validity and not _whole(validity):
         raise ValidationFailed("validity_days: a whole number of days, blank for none", field="validity_days")
     return {"title": _text(form, "title"), "price": {"amount": minor_units(form.get("price"), currency),
                                                       "currency": currency},

@@ -42,7 +42,7 @@ def find(*, session: Session, query: str, limit: int = LIMIT, now: datetime | No
     now = now or utcnow()
     if not q:
         return {"query": q, "events": [], "enrollments": [], "students": [], "outbox": []}
-    number = int(q) if q.isdigit() else None
+    number = int(q) if q.isascii() and q.isdigit() and len(q) <= 18 else None  # an id a BIGINT holds
     deep = len(q) >= PAYLOAD_MIN
 
     students = list(session.scalars(select(Student).where(

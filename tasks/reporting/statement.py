@@ -56,7 +56,7 @@ def describe(session: Session, entry: CreditLedgerEntry) -> str:
     owner = cause.owner
     of = (_course_of(session, owner[1]) if owner and owner[0] == ENROLLMENT_OWNER
           else _package_of(session, owner[1]) if owner else None)
-    if cause.kind is CauseKind.ADJUSTMENT and cause.ref.isdigit():
+    if cause.kind is CauseKind.ADJUSTMENT and cause.ref.isascii() and cause.ref.isdigit():
         return _by_admin(session, cause.ref, f"{credit} {'added' if kind == LedgerEntryType.GRANT else 'removed'}")
     if kind == LedgerEntryType.GRANT and of is not None:
         if cause.kind is CauseKind.ENROLLMENT:

@@ -141,6 +141,9 @@ def test_owner_adds_an_admin_over_http_and_bad_input_changes_nothing(client, dat
     for body, code in (({"email": "nope", "role": "viewer", "password": PASSWORD}, "validation_failed"),
                        ({"email": "a@studio.test", "role": "king", "password": PASSWORD}, "validation_failed"),
                        ({"email": "a@studio.test", "role": "viewer", "password": "short"}, "validation_failed"),
+                       ({"email": 5, "role": "viewer", "password": PASSWORD}, "validation_failed"),
+                       ({"email": ["a@studio.test"], "role": "viewer", "password": PASSWORD}, "validation_failed"),
+                       ({"email": "a@studio.test", "role": ["owner"], "password": PASSWORD}, "validation_failed"),
                        ({"email": "owner@studio.test", "role": "viewer", "password": PASSWORD}, "conflict")):
         response = client.post("/admin/admins", json=body, headers=bearer(owner))
         assert response.status_code in (400, 409) and response.get_json()["error"]["code"] == code

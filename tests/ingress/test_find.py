@@ -44,6 +44,9 @@ def test_a_stuck_purchase_is_found_by_any_of_its_ids(client, runtime):
     assert "enrollment_welcome" in by_mail["found-outbox"]
     nothing = _sections(client.get("/admin/ui/find", query_string={"q": "zz_nothing_like_it"}).get_data(True))
     assert "No events match" in nothing["found-events"] and "No messages match" in nothing["found-outbox"]
+    for odd in ("²", "9" * 30, "1" + "0" * 19):  # a digit int() refuses; numbers no BIGINT holds
+        page = client.get("/admin/ui/find", query_string={"q": odd})
+        assert page.status_code == 200 and "No events match" in _sections(page.get_data(True))["found-events"], odd
     assert 'action="/admin/ui/find"' in client.get("/admin/").get_data(True)  # the box on every page
 
 

@@ -55,6 +55,7 @@ def test_each_edit_changes_one_thing_and_leaves_the_original_alone():
     ("detach", {"label": "A", "class_id": "gc_9"}, "class_id"),
     ("add_step", {"label": "A"}, "label"),
     ("bundle", {"private_credit": "two"}, "private_credit"),
+    ("bundle", {"private_credit": "²"}, "private_credit"),  # a digit to str.isdigit, refused by int()
     ("details", {"title": "", "price": "1"}, "title"),
     ("unknown", {}, "edit"),
 ])
@@ -69,3 +70,14 @@ def test_the_last_step_cannot_be_removed_and_fingerprints_name_states():
     with pytest.raises(ValidationFailed, match="at least one step"):
         builder.edited(one, "remove_step", {"label": "A"})
     assert builder.fingerprint(BODY) == builder.fingerprint(dict(BODY)) != builder.fingerprint(one)
+
+
+@pytest.mark.parametrize("form, field", [
+    ({"kind": "group", "quantity": "²", "price": "10.00", "currency": "eur", "title": "T"}, "quantity"),
+    ({"kind": "group", "quantity": "10", "validity_days": "³", "price": "10.00", "currency": "eur", "title": "T"},
+     "validity_days"),
+])
+def test_a_package_form_with_other_digits_names_its_field(form, field):
+    with pytest.raises(ValidationFailed) as raised:
+        builder.package_body(form)
+    assert raised.value.field == field
