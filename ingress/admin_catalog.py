@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.database import is_unique_violation
 from ingress import roles
-from ingress.bodies import json_value
+from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
@@ -32,15 +32,7 @@ def _runtime():
 
 
 def _body() -> dict:
-    try:
-        data = json_value()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
-    except ApiError as exc:
-        if exc.status != 400:
-            raise
-        raise ValidationFailed(f"body: {exc.message}", field="body") from None
-    if not isinstance(data, dict):
-        raise ValidationFailed("body: must be a JSON object", field="body")
-    return data
+    return json_object()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
 
 
 @bp.errorhandler(IntegrityError)
@@ -124,7 +116,7 @@ def get_course(code: str):
 def delete_course(code: str):
     with _runtime().db.session_scope() as session:
         catalog.delete_course(session=session, code=code)
-        roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(request.get_json(silent=True) or {}))
+        roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
 
 
@@ -170,7 +162,7 @@ def get_package(code: str):
 def delete_package(code: str):
     with _runtime().db.session_scope() as session:
         catalog.delete_package(session=session, code=code)
-        roles.record_action(session, "package.delete", f"package:{code}", roles.reason_of(request.get_json(silent=True) or {}))
+        roles.record_action(session, "package.delete", f"package:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
 
 
@@ -184,7 +176,7 @@ def publish_package(code: str):
 
 
 def _publish(kind: str, code: str):
-    queue_publish(kind, code, roles.reason_of(request.get_json(silent=True) or {}))
+    queue_publish(kind, code, roles.reason_of(json_object(optional=True)))
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202
 

@@ -6,10 +6,11 @@ attendance and the mails sent; submitting sends it to Stripe (intent â†’ call â†
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from ingress import roles
 from coursepipe.logs import audit_logger
+from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.errors import NotFound
@@ -52,7 +53,7 @@ def get_evidence(dispute_id: str):
 @require_role("operator")
 def submit_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
-    result = submit_or_error(runtime, dispute_id, roles.reason_of(request.get_json(silent=True) or {}))
+    result = submit_or_error(runtime, dispute_id, roles.reason_of(json_object(optional=True)))
     audit_logger().info("dispute evidence submitted", extra={"event": {
         "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] != evidence.SUBMITTED:

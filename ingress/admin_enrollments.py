@@ -1,9 +1,10 @@
 """POST /admin/enrollments/<id>/refulfill: re-run fulfilment, creating only what is missing."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from ingress import roles
+from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.enrollments import services as enrollments
@@ -21,7 +22,7 @@ def refulfill(enrollment_id: int):
         with runtime.db.session_scope() as session:
             done = fulfilment.refulfill(session=session, enrollment_id=enrollment_id)
             roles.record_action(session, "enrollment.refulfill", f"enrollment:{enrollment_id}",
-                                roles.reason_of(request.get_json(silent=True) or {}), created=done.provisioned.as_dict())
+                                roles.reason_of(json_object(optional=True)), created=done.provisioned.as_dict())
             view = enrollments.enrollment_view(session, enrollments.get_enrollment(session, enrollment_id))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None

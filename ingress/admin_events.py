@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxStatus
 from ingress import roles
+from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.inbox import admin as inbox
@@ -45,7 +46,7 @@ def replay_event(inbox_id: int):
             event = inbox.replay(session=session, inbox_id=inbox_id)
             view = inbox.event_view(event)
             roles.record_action(session, "event.replay", f"inbox_event:{inbox_id}",
-                                roles.reason_of(request.get_json(silent=True) or {}))
+                                roles.reason_of(json_object(optional=True)))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except inbox.NotReplayable as exc:

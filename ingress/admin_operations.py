@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify, request
 
 from ingress import roles
+from ingress.bodies import json_object
 from ingress.errors import ApiError, error_response
 from ingress.roles import require_role
 from tasks.admins import audit
@@ -49,13 +50,7 @@ for _refusal in CONFLICTS:
 
 
 def _body(*allowed: str) -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ValidationFailed("body: must be a JSON object", field="body")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ValidationFailed(f"{unknown[0]}: not a field of this operation", field=unknown[0])
-    return data
+    return json_object(*allowed)
 
 
 def _bool(data: dict, name: str, default: bool | None = None) -> bool:

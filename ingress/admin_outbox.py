@@ -1,10 +1,11 @@
 """POST /admin/outbox/retry-dead: every dead outbox message (optionally of one channel) due again now."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from db.enums import OutboxChannel
 from ingress import roles
+from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.messaging import delivery
@@ -16,9 +17,7 @@ bp = Blueprint("admin_outbox", __name__, url_prefix="/admin")
 @bp.post("/outbox/retry-dead")
 @require_role("operator")
 def retry_dead():
-    body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body, when given, is a JSON object")
+    body = json_object("channel", "reason", optional=True)
     channel = body.get("channel")
     if channel is not None and channel not in {c.value for c in OutboxChannel}:
         raise ApiError(400, "invalid_channel", "channel is 'mail' or 'platform' (or absent for both)")

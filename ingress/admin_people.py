@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ingress import dashboard, roles
+from ingress.bodies import json_object
 from ingress.errors import ApiError
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
@@ -46,10 +47,7 @@ def _invalid(exc: ValidationFailed):
 
 
 def _body() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ValidationFailed("body: must be a JSON object", field="body")
-    return data
+    return json_object()
 
 
 def _own_account_id() -> int:
@@ -124,7 +122,7 @@ def remove_admin(email: str):
     with _runtime().db.session_scope() as s:
         account = accounts.remove_admin(session=s, email=email)
         roles.record_action(s, "admin.remove", f"admin:{account.email}",
-                            roles.reason_of(request.get_json(silent=True) or {}))
+                            roles.reason_of(json_object(optional=True)))
     return jsonify({"email": account.email, "removed": True})
 
 

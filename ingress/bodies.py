@@ -14,6 +14,7 @@ from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
 from ingress.errors import ApiError
+from tasks.errors import ValidationFailed
 
 # a Stripe event nests about ten levels; deep bodies cost recursion in every reader after us
 MAX_DEPTH = 64
@@ -112,3 +113,23 @@ def json_value() -> Any:
         raise ApiError(413, "payload_too_large", "body exceeds 256 KiB")
     value, _text = parse_json(read_body())
     return value
+
+
+def json_object(*allowed: str, optional: bool = False) -> dict[str, Any]:
+    """An admin request's body as a JSON object, read strictly (above), or ValidationFailed (400 `validation_failed`,
+    field `body` or the unknown field). `allowed`: the only fields it may have (none given: any). `optional`: an
+    empty body is `{}` (actions whose only field is an optional reason)."""
+    if optional and not request.content_length and not request.headers.get("Transfer-Encoding"):
+        return {}
+    try:
+        data = json_value()
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        raise ValidationFailed(f"body: {exc.message}", field="body") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("body: must be a JSON object", field="body")
+    unknown = sorted(set(data) - set(allowed)) if allowed else []
+    if unknown:
+        raise ValidationFailed(f"{unknown[0]}: not a field of this operation", field=unknown[0])
+    return data

@@ -21,11 +21,19 @@ class BoundedIntegerConverter(IntegerConverter):
         super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 def _refuse_nul() -> None:
     # the query is parsed only when there is one (a webhook has none)
     if "\x00" in request.path or (request.query_string and any("\x00" in k or "\x00" in v
                                                                for k, v in request.args.items(multi=True))):
         raise ApiError(400, "invalid_parameter", "a path or query parameter contains a NUL character")
+    # a dashboard form's fields, which actions store (the form is parsed only for a form's content type: never
+    # a webhook); the login form stores nothing, and its `next` is sanitised to a path on this site instead
+    if request.mimetype in FORM_TYPES and request.endpoint != "dashboard.login" \
+            and any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
+        raise ApiError(400, "invalid_parameter", "a form field contains a NUL character")
 
 
 def install(app: Flask) -> None:

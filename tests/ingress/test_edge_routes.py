@@ -139,3 +139,30 @@ def test_a_booking_naming_a_step_id_beyond_bigint_is_refused(client, runtime):
     assert _error(client.post("/webhooks/platform", data=raw, headers=platform_headers(raw)), 400) == "invalid_event"
     assert _count(runtime) == 0
 
+
+
+def _audit_entries(runtime) -> int:
+    from db.models import AuditEntry
+
+    with runtime.db.session_scope() as s:
+        return s.scalar(select(func.count()).select_from(AuditEntry))
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/admin/outbox/retry-dead", '{"reason": "a\\u0000b"}'),  # a NUL no text column stores
+    ("/admin/outbox/retry-dead", '{"reason": '),  # broken JSON is said so, never read as "no body"
+    ("/admin/outbox/retry-dead", '["reason"]'),
+    ("/admin/outbox/retry-dead", '{"channel": "mail", "why": "x"}'),
+    ("/admin/enrollments", '{"student_id": "stu\\u0000", "course_code": "SFZ", "reason": "r", "grant_bundle": true}'),
+])
+def test_admin_json_bodies_are_read_strictly(client, admin_headers, runtime, path, body):
+    response = client.post(path, data=body, headers={**admin_headers, "Content-Type": "application/json"})
+    assert _error(response, 400) == "validation_failed"
+    assert _audit_entries(runtime) == 0
+
+
+def test_a_nul_in_a_dashboard_form_is_refused_and_nothing_is_recorded(client, runtime):
+    csrf = login(client)
+    response = client.post("/admin/ui/events/replay-failed", data={"csrf_token": csrf, "reason": "a\x00b"})
+    assert _error(response, 400) == "invalid_parameter"
+    assert _audit_entries(runtime) == 0
