@@ -42,11 +42,8 @@ def submit_or_error(runtime, dispute_id: str, reason: str | None = None) -> dict
 @require_role("viewer")
 def get_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
-    try:
-        with runtime.db.session_scope() as session:
-            return jsonify(evidence.view(session=session, stripe_dispute_id=dispute_id))
-    except NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+    with runtime.db.session_scope() as session:  # an unknown dispute: NotFound, the app's 404
+        return jsonify(evidence.view(session=session, stripe_dispute_id=dispute_id))
 
 
 @bp.post("/disputes/<dispute_id>/evidence/submit")

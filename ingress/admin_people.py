@@ -14,7 +14,6 @@ from ingress.bodies import json_object
 from ingress.errors import ApiError
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
-from tasks.errors import ValidationFailed
 
 bp = Blueprint("admin_people", __name__, url_prefix="/admin", template_folder="templates")
 
@@ -37,12 +36,10 @@ def _security_headers(response):
     return response
 
 
-@bp.errorhandler(ValidationFailed)
-def _invalid(exc: ValidationFailed):
-    status = 409 if isinstance(exc, accounts.AccountExists) else 400
-    response = jsonify({"error": {"code": "conflict" if status == 409 else "validation_failed", "message": str(exc),
-                                  "field": exc.field}})
-    response.status_code = status
+@bp.errorhandler(accounts.AccountExists)
+def _exists(exc: accounts.AccountExists):  # any other ValidationFailed is the app's 400
+    response = jsonify({"error": {"code": "conflict", "message": str(exc), "field": exc.field}})
+    response.status_code = 409
     return response
 
 

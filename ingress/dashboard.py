@@ -250,10 +250,7 @@ def report_page():
 @login_required
 def dispute_page(dispute_id: str):
     with _runtime().db.session_scope() as s:
-        try:
-            dispute = evidence.view(session=s, stripe_dispute_id=dispute_id)
-        except NotFound as exc:
-            raise ApiError(404, "not_found", str(exc)) from None
+        dispute = evidence.view(session=s, stripe_dispute_id=dispute_id)  # unknown: the app's 404
     return render_template("dashboard/dispute.html", dispute=dispute, fields=evidence.FIELDS)
 
 
@@ -339,15 +336,15 @@ def refulfill(enrollment_id: int):
     try:
         with _runtime().db.session_scope() as s:
             done = fulfilment.refulfill(session=s, enrollment_id=enrollment_id).as_dict()
+            created = {k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v}
             roles.record_action(s, "enrollment.refulfill", f"enrollment:{enrollment_id}", roles.reason_of(request.form),
-                                created={k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v})
+                                created=created)
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except TaskError as exc:  # NotFulfillable: pending, failed, revoked
         flash(f"Enrollment {enrollment_id} was not re-fulfilled: {exc}", "error")
         return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
     send("relay_outbox")  # a re-announced enrollment may have written outbox rows
-    created = {k: v for k, v in done.items() if k not in ("enrollment_id", "status") and v}
     audit_logger().info("dashboard refulfill", extra={"event": {"enrollment_id": enrollment_id,
                                                                     "outcome": "refulfilled", "created": created}})
     flash(f"Enrollment {enrollment_id} re-fulfilled: "

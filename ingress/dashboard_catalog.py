@@ -70,7 +70,7 @@ def create_course():
             if catalog.live_program(s, code) is not None:
                 raise ApiError(409, "conflict", f"course {code!r} exists already; open it to edit")
             catalog.save_course(session=s, course=course)
-            roles.record_action(s, "course.save", f"course:{code}", request.form.get("reason") or None,
+            roles.record_action(s, "course.save", f"course:{code}", roles.reason_of(request.form),
                                 change="created", edit="create")
     except (TaskError, ApiError) as exc:
         flash(f"Not created: {dashboard.refusal(exc)}", "error")
@@ -118,7 +118,7 @@ def edit_course(code: str):
                                        edit=edit, form=form, base=builder.fingerprint(body),
                                        described=builder.describe(edit, form))
             saved = catalog.save_course(session=s, course=course)
-            roles.record_action(s, "course.save", f"course:{code}", (reason or "").strip() or None,
+            roles.record_action(s, "course.save", f"course:{code}", roles.reason_of({"reason": reason}),
                                 change=saved.change, edit=builder.describe(edit, form), **impact.summary())
     except (TaskError, ApiError) as exc:
         flash(f"Not saved: {dashboard.refusal(exc)}", "error")
@@ -170,7 +170,7 @@ def _save_package(code: str, *, creating: bool):
             if not creating:
                 catalog.get_package(s, code)  # an edit names a package that exists
             saved = catalog.save_package(session=s, package=package)
-            roles.record_action(s, "package.save", f"package:{code}", request.form.get("reason") or None,
+            roles.record_action(s, "package.save", f"package:{code}", roles.reason_of(request.form),
                                 change=saved.change)
     except (TaskError, ApiError) as exc:
         flash(f"Not saved: {dashboard.refusal(exc)}", "error")
@@ -189,7 +189,7 @@ def publish_package(code: str):
 
 def _publish(kind: str, code: str, back: str):
     try:
-        queue_publish(kind, code, (request.form.get("reason") or "").strip() or None)
+        queue_publish(kind, code, roles.reason_of(request.form))
     except (TaskError, ApiError) as exc:
         flash(f"Not published: {dashboard.refusal(exc)}", "error")
     else:
