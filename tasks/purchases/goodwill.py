@@ -11,8 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
-
-REFUND_NOT_COUNTED = ("failed", "canceled")
+from tasks.purchases.shapes import REFUND_NOT_COUNTED
 
 
 def kept_amount(session: Session, enrollment_id: int) -> int:

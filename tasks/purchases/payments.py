@@ -33,6 +33,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, Keys
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
+from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
 from tasks.machines import PACKAGE_PURCHASE
@@ -99,7 +100,6 @@ def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = 
     return Purchase(package_purchase=session.scalar(query.order_by(PackagePurchase.id).limit(1)))
 
 
-REFUND_NOT_COUNTED = ("failed", "canceled")  # a Stripe refund in these states returned no money
 
 
 def refunded_total(session: Session, purchase: Purchase) -> int:

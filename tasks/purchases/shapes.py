@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tasks.errors import PermanentError
-from tasks.events import stripe_id
+from tasks.events import LAST_UNIX_TIME, stripe_id
 
 
 def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterable[str] = (),
@@ -43,6 +43,7 @@ def require(kind: str, obj: dict[str, Any], found: str | None) -> None:
 
 
 REFUND_STATUSES = ("pending", "requires_action", "succeeded", "failed", "canceled")  # Stripe's
+REFUND_NOT_COUNTED = ("failed", "canceled")  # a Stripe refund in these states returned no money
 
 
 def refund_problem(refund: Any, prefix: str = "") -> str | None:
@@ -78,8 +79,15 @@ def charge_problem(charge: dict[str, Any]) -> str | None:
 
 
 def dispute_problem(dispute: dict[str, Any]) -> str | None:
-    return problem(dispute, strings=("id", "status", "reason", "currency"), amounts=("amount",),
-                   ids=("payment_intent", "charge"))
+    found = (problem(dispute, objects=("evidence_details",), strings=("id", "status", "reason", "currency"),
+                     amounts=("amount",), ids=("payment_intent", "charge"))
+             or problem(dispute.get("evidence_details") or {}, amounts=("due_by",), prefix="evidence_details."))
+    if found:
+        return found
+    due = (dispute.get("evidence_details") or {}).get("due_by")
+    if due is not None and due > LAST_UNIX_TIME:
+        return "evidence_details.due_by is not a Unix time"
+    return None
 
 
 def checkout_problem(checkout: dict[str, Any]) -> str | None:

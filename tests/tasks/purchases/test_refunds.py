@@ -273,7 +273,17 @@ MALFORMED = [
     (lambda: dispute_created(), "amount", "12000", "amount is not a non-negative integer"),
     (lambda: dispute_closed(status="needs_response"), "status", "needs_response", "closed with status"),
     (lambda: dispute_closed(status="lost"), "status", {"lost": True}, "status is not a string"),
+    (lambda: dispute_created(), "evidence_details", "soon", "evidence_details is not an object"),
+    (lambda: _with_evidence(dispute_created()), "evidence_details.due_by", "tomorrow",
+     "evidence_details.due_by is not a non-negative integer"),
+    (lambda: _with_evidence(dispute_created()), "evidence_details.due_by", 10 ** 13,
+     "evidence_details.due_by is not a Unix time"),
 ]
+
+
+def _with_evidence(event):
+    event["data"]["object"]["evidence_details"] = {"due_by": 1_800_000_000, "has_evidence": False}
+    return event
 
 
 @pytest.mark.parametrize("make, path, value, message", MALFORMED)
