@@ -9,11 +9,7 @@ import sys
 
 import click
 
-
-def _principal():
-    from coursepipe.cli_support import cli_principal
-
-    return cli_principal()
+from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
 
 
 def _database():
@@ -31,12 +27,13 @@ def register(main: click.Group) -> None:
     @click.argument("email")
     @click.option("--role", type=click.Choice(["owner", "operator", "viewer"]), required=True)
     @click.option("--password-stdin", is_flag=True, help="read the password from standard input (one line)")
-    @click.option("--reason", default=None, help="why, for the audit log")
+    @reason_option
     def admins_add(email: str, role: str, password_stdin: bool, reason: str | None) -> None:
         """Create an admin account; the password is prompted for (or read from standard input)."""
-        from tasks.admins import accounts, audit
+        from tasks.admins import accounts
         from tasks.errors import ValidationFailed
 
+        reason = checked_reason(reason)
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         else:
@@ -45,8 +42,7 @@ def register(main: click.Group) -> None:
         try:
             with database.session_scope() as s:
                 account = accounts.add_admin(session=s, email=email, role=role, password=password)
-                audit.record(session=s, principal=_principal(), action="admin.add", target=f"admin:{account.email}",
-                             reason=reason, details={"role": role})
+                record_cli_action(s, "admin.add", f"admin:{account.email}", reason, role=role)
                 email = account.email
         except ValidationFailed as exc:
             raise click.ClickException(str(exc)) from None
@@ -70,18 +66,18 @@ def register(main: click.Group) -> None:
 
     @admins.command("remove")
     @click.argument("email")
-    @click.option("--reason", default=None, help="why, for the audit log")
+    @reason_option
     def admins_remove(email: str, reason: str | None) -> None:
         """Remove an admin account with its sessions and API tokens (the audit log keeps what they did)."""
-        from tasks.admins import accounts, audit
+        from tasks.admins import accounts
         from tasks.errors import NotFound
 
+        reason = checked_reason(reason)
         database = _database()
         try:
             with database.session_scope() as s:
                 account = accounts.remove_admin(session=s, email=email)
-                audit.record(session=s, principal=_principal(), action="admin.remove",
-                             target=f"admin:{account.email}", reason=reason)
+                record_cli_action(s, "admin.remove", f"admin:{account.email}", reason)
         except NotFound as exc:
             raise click.ClickException(str(exc)) from None
         finally:
@@ -94,22 +90,21 @@ def register(main: click.Group) -> None:
 
     @students.command("erase")
     @click.argument("student_id")
-    @click.option("--reason", default=None, help="why, for the audit log (e.g. the request's reference)")
+    @reason_option
     @click.option("--yes", is_flag=True, help="do not ask for confirmation")
     def students_erase(student_id: str, reason: str | None, yes: bool) -> None:
         """Remove a student's personal data; enrollments, payments and credits stay, anonymised."""
-        from tasks.admins import audit
         from tasks.errors import NotFound
         from tasks.lifecycle import erasure
 
+        reason = checked_reason(reason)
         if not yes:
             click.confirm(f"Erase the personal data of student {student_id}? This cannot be undone", abort=True)
         database = _database()
         try:
             with database.session_scope() as s:
                 erased = erasure.erase_student(session=s, student_id=student_id)
-                audit.record(session=s, principal=_principal(), action="student.erase", target=f"student:{student_id}",
-                             reason=reason, details=erased.as_dict())
+                record_cli_action(s, "student.erase", f"student:{student_id}", reason, **erased.as_dict())
         except NotFound as exc:
             raise click.ClickException(str(exc)) from None
         finally:
