@@ -1,16 +1,24 @@
 """The Dramatiq broker: Redis when REDIS_URL is set, otherwise the in-process broker of `serve`."""
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 from uuid import uuid4
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.message import get_encoder
 from dramatiq.middleware import Retries
 
 from workers.queues import INBOX_QUEUE
+
+log = logging.getLogger("coursepipe.broker")
 
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 60_000
@@ -40,9 +48,115 @@ class QueuePollIntervals(dramatiq.Middleware):
             thread.worker_timeout = min(thread.worker_timeout, ceiling)
 
 
+# Consumers fetch and acknowledge in batches. Dramatiq's Redis consumer fetches again as soon as one message of
+# its prefetch is acknowledged, and each worker thread acknowledges its message with a call of its own to the
+# dispatch script: under a backlog, a fetch of a few messages and one more round trip per message. Here
+# (`BatchingConsumer`) the consumer lets the messages in hand fall to half its prefetch before it fetches the
+# other half, and a worker thread only records its acknowledgement, which the consumer thread sends with the
+# others at its next look, all in one round trip (Dramatiq's own "ack" command each). An idle or lightly loaded
+# consumer (fewer in hand than half its prefetch) fetches at once, as Dramatiq's does.
+# Acknowledging a little later never loses a message: until its ack lands a message stays in this worker's
+# ack set, and is delivered again only if the worker dies first (every actor here is idempotent).
+FULL_PAUSE_S = 0.002  # a consumer with enough in hand looks again this much later (sending acks meanwhile)
+
+
+class UnsentAcks:
+    """Acknowledgements recorded by worker threads, not yet sent; kept per queue by the broker, so that a
+    consumer that replaces one closed by a connection error sends what its predecessor could not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+
+    def add(self, redis_message_id: str) -> None:
+        with self._lock:
+            self._ids.append(redis_message_id)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            ids, self._ids = self._ids, []
+        return ids
+
+    def put_back(self, ids: list[str]) -> None:
+        with self._lock:
+            self._ids[:0] = ids
+
+
+class BatchingConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer with a low-water mark for fetches and batched acknowledgements (above)."""
+
+    def __init__(self, broker, queue_name, prefetch, timeout):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.low_water = prefetch // 2
+        self.unsent = broker.unsent_acks(queue_name)
+
+    def ack(self, message):
+        # a worker thread: the message is done here; the consumer thread sends the ack
+        self.unsent.add(message.options["redis_message_id"])
+        self.queued_message_ids.discard(message.message_id)
+
+    def send_acks(self) -> None:
+        ids = self.unsent.take()
+        if not ids:
+            return
+        try:
+            self.broker.ack_many(self.queue_name, ids)
+        except redis.ConnectionError as exc:
+            self.unsent.put_back(ids)
+            raise ConnectionClosed(exc) from None
+
+    def __next__(self):
+        self.send_acks()
+        if self.message_cache or self.outstanding_message_count <= self.low_water:
+            return super().__next__()
+        time.sleep(FULL_PAUSE_S)  # enough in hand
+        return None
+
+    def close(self):
+        try:
+            self.send_acks()  # the worker threads have stopped: their last acks
+        except ConnectionClosed:
+            log.warning("acknowledgements of %s not sent (Redis unreachable): the messages are delivered again "
+                        "after this worker stops", self.queue_name)
+        super().close()
+
+
+class CoursepipeRedisBroker(RedisBroker):
+    """Dramatiq's RedisBroker, whose consumers fetch and acknowledge in batches (`BatchingConsumer`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unsent: dict[str, UnsentAcks] = {}
+        self._unsent_lock = threading.Lock()
+
+    @property
+    def consumer_class(self):
+        return BatchingConsumer
+
+    def unsent_acks(self, queue_name: str) -> UnsentAcks:
+        with self._unsent_lock:
+            return self._unsent.setdefault(queue_name, UnsentAcks())
+
+    def ack_many(self, queue_name: str, redis_message_ids: list[str]) -> None:
+        """Dramatiq's "ack" for each message, as `do_ack` sends it, in one round trip (a pipeline)."""
+        dispatch = self.scripts["dispatch"]
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in redis_message_ids:
+            pipe.evalsha(dispatch.sha, 1, self.namespace, "ack", current_millis(), queue_name, self.broker_id,
+                         self.heartbeat_timeout, self.dead_message_ttl, 0, self._max_unpack_size(), message_id)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+            for message_id in redis_message_ids:  # the script was flushed: Dramatiq's call loads it again
+                self.do_ack(queue_name, message_id)
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+
 def make_broker(settings) -> dramatiq.Broker:
     if settings.redis_url:
-        broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)
+        broker = CoursepipeRedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)
         broker.add_middleware(QueuePollIntervals({INBOX_QUEUE: INBOX_IDLE_POLL_MS}, default=IDLE_POLL_MS))
     else:
         # The embedded default: messages live in this process; the inbox is still the source of truth.
@@ -81,11 +195,63 @@ def _enqueue_hooks(broker: RedisBroker) -> bool:
     return cached[1]
 
 
-def _enqueue_script(broker: RedisBroker):
-    script = broker.__dict__.get("_coursepipe_enqueue_script")
-    if script is None:
-        script = broker.__dict__["_coursepipe_enqueue_script"] = broker.client.register_script(_ENQUEUE_SCRIPT)
-    return script
+class _SendConnections:
+    """Kept-open Redis connections for `enqueue`, one per thread that ever sent at once (a free list, as
+    `Database.direct_autocommit` keeps psycopg ones): redis-py's pool checks a connection out and in, polls
+    its socket and records its state for every command, which cost as much CPU as the command itself."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.pool = broker.client.connection_pool
+        self.sha = broker.client.register_script(_ENQUEUE_SCRIPT).sha  # the digest: nothing is sent yet
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.idle: list = []
+
+    def run_script(self, keys: list[str], args: list[str]) -> None:
+        """The enqueue script on a kept-open connection; a broken one is dropped and the call made once more
+        on a new one (as redis-py retries), then the error is the caller's."""
+        for last_try in (False, True):
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            if conn is None:
+                conn = self.pool.connection_class(**self.pool.connection_kwargs)
+            try:
+                self._evalsha(conn, keys, args)
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                if last_try:
+                    raise
+                continue
+            except redis.ResponseError:  # an answer: the connection is fine
+                self._keep(conn)
+                raise
+            except BaseException:  # interrupted mid-command: what the socket holds is unknown
+                conn.disconnect()
+                raise
+            self._keep(conn)
+            return
+
+    def _evalsha(self, conn, keys, args) -> None:
+        conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            conn.read_response()
+        except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it, then run it
+            conn.send_command("SCRIPT", "LOAD", _ENQUEUE_SCRIPT)
+            sha = conn.read_response()
+            self.sha = sha.decode() if isinstance(sha, bytes) else sha
+            conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            conn.read_response()
+
+    def _keep(self, conn) -> None:
+        with self.lock:
+            self.idle.append(conn)
+
+
+def _send_connections(broker: RedisBroker) -> _SendConnections:
+    sender = broker.__dict__.get("_coursepipe_send_connections")
+    if sender is None or sender.pid != os.getpid():  # none yet, or inherited through a fork: new ones
+        sender = broker.__dict__["_coursepipe_send_connections"] = _SendConnections(broker)
+    return sender
 
 
 def enqueue(actor: dramatiq.Actor, *args, **kwargs) -> None:
@@ -93,11 +259,11 @@ def enqueue(actor: dramatiq.Actor, *args, **kwargs) -> None:
     message (fields in `Message`'s order, a uuid4 `message_id`, the millisecond `message_timestamp`, a
     uuid4 `redis_message_id` option), encoded by Dramatiq's encoder, HSET in `<namespace>:<queue>.msgs`
     and RPUSHed on `<namespace>:<queue>` — as the dispatch script's "enqueue" does, in one atomic script
-    call without its heartbeat and maintenance (above). Middleware enqueue hooks run as `send` runs them,
-    around the write, if the broker has any. The ingress sends one message per webhook: this costs about
+    call without its heartbeat and maintenance (above), on a kept-open connection (`_SendConnections`).
+    Middleware enqueue hooks run as `send` runs them, around the write, if the broker has any. The ingress sends one message per webhook: this costs about
     half of `RedisBroker.enqueue`'s CPU (docs/performance.md, "Second pass on the ingress")."""
     broker = actor.broker
-    if type(broker) is not RedisBroker:
+    if not isinstance(broker, RedisBroker):
         actor.send(*args, **kwargs)
         return
     queue_name = actor.queue_name
@@ -109,6 +275,6 @@ def enqueue(actor: dramatiq.Actor, *args, **kwargs) -> None:
     if message is not None:
         broker.emit_before("enqueue", message, None)
     queue = f"{broker.namespace}:{queue_name}"
-    _enqueue_script(broker)(keys=[queue + ".msgs", queue], args=[redis_message_id, get_encoder().encode(fields)])
+    _send_connections(broker).run_script([queue + ".msgs", queue], [redis_message_id, get_encoder().encode(fields)])
     if message is not None:
         broker.emit_after("enqueue", message, None)

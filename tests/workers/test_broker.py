@@ -136,3 +136,47 @@ def test_enqueue_on_another_broker_is_actor_send():
     finally:
         worker.stop()
     assert ran == [(3, True)]
+
+
+def _sender(broker):
+    from workers.broker import _send_connections
+
+    return _send_connections(broker)
+
+
+def test_enqueue_keeps_its_connection_and_replaces_one_redis_closed(redis_broker):
+    actor = _actor(redis_broker)
+    enqueue(actor, 1)
+    sender = _sender(redis_broker)
+    (conn,) = sender.idle
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    enqueue(actor, 2)
+    assert sender.idle == [conn]  # the same connection, kept
+    redis_broker.client.client_kill_filter(_id=client_id)  # as a Redis restart or an idle timeout would
+    enqueue(actor, 3)  # the dead connection fails, a new one sends it
+    assert len(sender.idle) == 1 and sender.idle[0] is not conn
+    raw, _ids = _stored(redis_broker, "inbox")
+    assert [json.loads(r)["args"] for r in raw] == [[1], [2], [3]]
+
+
+def test_enqueue_loads_its_script_when_redis_does_not_know_it(redis_broker):
+    """As after a restarted or flushed Redis (here: a digest Redis never saw, so as not to flush the scripts of
+    the other tests sharing this Redis)."""
+    actor = _actor(redis_broker)
+    enqueue(actor, 1)
+    sender = _sender(redis_broker)
+    real, sender.sha = sender.sha, "0" * 40
+    enqueue(actor, 2)
+    assert sender.sha == real
+    raw, _ids = _stored(redis_broker, "inbox")
+    assert [json.loads(r)["args"] for r in raw] == [[1], [2]]
+
+
+def test_enqueue_when_redis_is_unreachable_raises_and_keeps_no_connection(redis_url, redis_namespace):
+    broker = RedisBroker(url="redis://127.0.0.1:1/0", namespace=redis_namespace)  # nothing listens on port 1
+    import redis
+
+    with pytest.raises(redis.ConnectionError):
+        enqueue(_actor(broker), 1)
+    assert _sender(broker).idle == []
