@@ -53,8 +53,8 @@ class QueuePollIntervals(dramatiq.Middleware):
 # dispatch script: under a backlog, a fetch of a few messages and one more round trip per message. Here
 # (`BatchingConsumer`) the consumer lets the messages in hand fall to half its prefetch before it fetches the
 # other half, and a worker thread only records its acknowledgement, which the consumer thread sends with the
-# others at its next look, all in one round trip (Dramatiq's own "ack" command each). An idle or lightly loaded
-# consumer (fewer in hand than half its prefetch) fetches at once, as Dramatiq's does.
+# others at its next look, all in one script call (what Dramatiq's "ack" command does, for each). An idle or
+# lightly loaded consumer (fewer in hand than half its prefetch) fetches at once, as Dramatiq's does.
 # Acknowledging a little later never loses a message: until its ack lands a message stays in this worker's
 # ack set, and is delivered again only if the worker dies first (every actor here is idempotent).
 FULL_PAUSE_S = 0.002  # a consumer with enough in hand looks again this much later (sending acks meanwhile)
@@ -106,9 +106,11 @@ class BatchingConsumer(_RedisConsumer):
             raise ConnectionClosed(exc) from None
 
     def __next__(self):
+        if self.message_cache:
+            return super().__next__()  # the next message fetched, no call to Redis
         self.send_acks()
-        if self.message_cache or self.outstanding_message_count <= self.low_water:
-            return super().__next__()
+        if self.outstanding_message_count <= self.low_water:
+            return super().__next__()  # fetch (an empty queue: Dramatiq's back-off)
         time.sleep(FULL_PAUSE_S)  # enough in hand
         return None
 
@@ -138,20 +140,27 @@ class CoursepipeRedisBroker(RedisBroker):
             return self._unsent.setdefault(queue_name, UnsentAcks())
 
     def ack_many(self, queue_name: str, redis_message_ids: list[str]) -> None:
-        """Dramatiq's "ack" for each message, as `do_ack` sends it, in one round trip (a pipeline)."""
-        dispatch = self.scripts["dispatch"]
-        pipe = self.client.pipeline(transaction=False)
-        for message_id in redis_message_ids:
-            pipe.evalsha(dispatch.sha, 1, self.namespace, "ack", current_millis(), queue_name, self.broker_id,
-                         self.heartbeat_timeout, self.dead_message_ttl, 0, self._max_unpack_size(), message_id)
-        results = pipe.execute(raise_on_error=False)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-            for message_id in redis_message_ids:  # the script was flushed: Dramatiq's call loads it again
-                self.do_ack(queue_name, message_id)
-            return
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        """What Dramatiq's "ack" does for each message (drop it from this worker's ack set and the queue's
+        hash; beat the worker's heartbeat), for all of them in one script call."""
+        script = self.__dict__.get("_coursepipe_ack_script")
+        if script is None:
+            script = self.__dict__["_coursepipe_ack_script"] = self.client.register_script(_ACK_SCRIPT)
+        ns = self.namespace  # the keys of Dramatiq's dispatch script (dramatiq/brokers/redis/dispatch.lua)
+        script(keys=[f"{ns}:__acks__.{self.broker_id}.{queue_name}", f"{ns}:{queue_name}.msgs", f"{ns}:__heartbeats__"],
+               args=[current_millis(), self.broker_id, *redis_message_ids])
+
+
+# Dramatiq's "ack" (dispatch.lua), for many messages: KEYS = the worker's ack set for the queue, the queue's
+# message hash, the heartbeats; ARGV = the time (ms), the worker's id, the message ids
+_ACK_SCRIPT = """
+redis.call('zadd', KEYS[3], ARGV[1], ARGV[2])
+for i = 3, #ARGV do
+    if redis.call('srem', KEYS[1], ARGV[i]) > 0 then
+        redis.call('hdel', KEYS[2], ARGV[i])
+    end
+end
+return #ARGV - 2
+"""
 
 
 def make_broker(settings) -> dramatiq.Broker:
