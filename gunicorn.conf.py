@@ -25,9 +25,8 @@ graceful_timeout = 20
 limit_request_line = 4094
 limit_request_fields = 50
 limit_request_field_size = 8190
-accesslog = None  # one structured line per event comes from the app itself; `--access-logfile -` adds them
+accesslog = None  # one structured line per event comes from the app itself
 errorlog = "-"
-logger_class = "ingress.gunicorn_logging.Logger"  # access lines only when accesslog is set
 logconfig_dict = dict_config()  # JSON lines, audit lines at INFO whatever LOG_LEVEL says
 # each worker builds its own engine and broker connection after the fork
 preload_app = False

@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import requests
 
 from db.migrate import upgrade
@@ -146,32 +144,3 @@ def test_the_scheduler_logs_json(tmp_path, redis_url, redis_namespace):
         assert proc.poll() is None, lines.lines
     records = _json_lines(lines.join())
     assert any(r["logger"] == "coursepipe.scheduler" for r in records)
-
-
-@pytest.mark.parametrize("asked", [False, True], ids=["no-access-log", "access-logfile"])
-def test_the_gunicorn_ingress_writes_access_lines_only_when_asked(tmp_path, redis_url, redis_namespace, asked):
-    """gunicorn.conf.py sets `logconfig_dict` (JSON lines), with which gunicorn would write an access line for
-    every request although `accesslog` is None; the event's own line is written either way."""
-    from tasks.signatures import sign
-
-    port = free_port()
-    extra = {"GUNICORN_CMD_ARGS": "--access-logfile -"} if asked else {}
-    with process(["ingress", "--port", str(port), "--workers", "1"], tmp_path, REDIS_URL=redis_url,
-                 REDIS_NAMESPACE=redis_namespace, **extra) as (proc, lines):
-        base = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: _up(base, proc), timeout=60), lines.lines
-        body = json.dumps({"id": "evt_access_1", "type": "student.upserted", "occurred_at": "2026-11-27T10:00:00Z",
-                           "data": {"student_id": "stu_access", "email": "access@example.test", "name": "A",
-                                    "timezone": "Europe/Berlin"}}).encode()
-        answer = requests.post(f"{base}/webhooks/platform", data=body, timeout=5, headers={
-            "Content-Type": "application/json", "Platform-Signature": sign(body, PLATFORM_SECRET, int(time.time()))})
-        assert answer.status_code == 200, answer.text
-        assert wait_until(lambda: lines.has("event received"), timeout=10)
-    records = _json_lines(lines.join())
-    (received,) = [r for r in records if r["msg"] == "event received"]
-    assert (received["event_id"], received["outcome"]) == ("evt_access_1", "stored")
-    access = [r["msg"] for r in records if r["logger"] == "gunicorn.access"]
-    if asked:
-        assert [line for line in access if '"POST /webhooks/platform HTTP/1.1" 200' in line], access
-    else:
-        assert access == []
