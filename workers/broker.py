@@ -133,6 +133,7 @@ class CoursepipeRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)
         self._unsent: dict[str, UnsentAcks] = {}
         self._unsent_lock = threading.Lock()
+        self._ack_script = self.client.register_script(_ACK_SCRIPT)  # its digest only: nothing is sent yet
 
     @property
     def consumer_class(self):
@@ -145,11 +146,8 @@ class CoursepipeRedisBroker(RedisBroker):
     def ack_many(self, queue_name: str, redis_message_ids: list[str]) -> None:
         """What Dramatiq's "ack" does for each message (drop it from this worker's ack set and the queue's
         hash; beat the worker's heartbeat), for all of them in one script call."""
-        script = self.__dict__.get("_coursepipe_ack_script")
-        if script is None:
-            script = self.__dict__["_coursepipe_ack_script"] = self.client.register_script(_ACK_SCRIPT)
         ns = self.namespace  # the keys of Dramatiq's dispatch script (dramatiq/brokers/redis/dispatch.lua)
-        script(keys=[f"{ns}:__acks__.{self.broker_id}.{queue_name}", f"{ns}:{queue_name}.msgs", f"{ns}:__heartbeats__"],
+        self._ack_script(keys=[f"{ns}:__acks__.{self.broker_id}.{queue_name}", f"{ns}:{queue_name}.msgs", f"{ns}:__heartbeats__"],
                args=[current_millis(), self.broker_id, *redis_message_ids])
 
 

@@ -120,7 +120,7 @@ def test_acknowledging_when_redis_does_not_know_the_script_loads_it_again(broker
     consumer.ack(first)
     consumer.send_acks()  # the script is registered
     assert _left(broker) == {"waiting": 0, "stored": 1, "unacknowledged": 1}
-    broker._coursepipe_ack_script.sha = "0" * 40
+    broker._ack_script.sha = "0" * 40
     consumer.ack(second)
     consumer.send_acks()
     assert _left(broker) == {"waiting": 0, "stored": 0, "unacknowledged": 0}
