@@ -20,9 +20,9 @@ from db.models import CourseProgram, CreditPackage, GroupClass
 from db.types import utcnow
 from tasks.catalog.services import course_view, option_view
 from tasks.errors import ValidationFailed
+from tasks.messaging.mail import ZERO_DECIMAL
 
 # currencies Stripe counts in whole units (no cents)
-ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 MONEY = re.compile(r"^\d{1,8}(?:[.,]\d{1,2})?$")
 MAX_CLASSES = 300  # mirrored classes offered as options on the builder
 RECENT = timedelta(days=1)  # a class that started within this is still offered
@@ -220,10 +220,3 @@ def offered_classes(session: Session, *, limit: int = MAX_CLASSES) -> list[dict[
                                                     GroupClass.status == ClassStatus.SCHEDULED)
                            .order_by(GroupClass.starts_at, GroupClass.id).limit(limit))
     return [{**option_view(c.id, c), "title": c.title} for c in rows]
-
-
-def class_details(session: Session, class_ids: list[str]) -> dict[str, dict[str, Any]]:
-    found = {c.id: c for c in session.scalars(select(GroupClass).where(GroupClass.id.in_(class_ids)))} \
-        if class_ids else {}
-    return {cid: {**option_view(cid, found.get(cid)), "title": found[cid].title if cid in found else None}
-            for cid in class_ids}
