@@ -9,8 +9,12 @@ save and publish writes its audit entry; a refused edit is a flash message and c
 """
 from __future__ import annotations
 
-from flask import current_app, flash, g, redirect, render_template, request, url_for
+from contextlib import contextmanager, nullcontext
 
+from flask import current_app, flash, g, redirect, render_template, request, url_for
+from sqlalchemy.exc import IntegrityError
+
+from db.database import is_unique_violation
 from db.enums import BundleKind, CreditType, ProgramStatus
 from ingress import dashboard, roles
 from ingress.admin_catalog import queue_publish
@@ -57,6 +61,18 @@ def catalog_page():
                            may_edit=_may_edit(), credit_types=[t.value for t in CreditType])
 
 
+@contextmanager
+def _first_creator(what: str, code: str):
+    """Two owners creating the same code at once both pass the "exists already" check; the second's insert is
+    refused by the live-code unique index at commit, and answers as the check does, not a 500."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        raise ApiError(409, "conflict", f"{what} {code!r} exists already; open it to edit") from None
+
+
 # --------------------------------------------------------------------------- courses
 
 
@@ -66,7 +82,7 @@ def create_course():
     code = (request.form.get("code") or "").strip()
     try:
         course = catalog.parse_course(builder.new_course(_form()), code=code)
-        with _runtime().db.session_scope() as s:
+        with _first_creator("course", code), _runtime().db.session_scope() as s:
             if catalog.live_program(s, code) is not None:
                 raise ApiError(409, "conflict", f"course {code!r} exists already; open it to edit")
             catalog.save_course(session=s, course=course)
@@ -164,7 +180,7 @@ def save_package(code: str):
 def _save_package(code: str, *, creating: bool):
     try:
         package = catalog.parse_package(builder.package_body(_form()), code=code)
-        with _runtime().db.session_scope() as s:
+        with _first_creator("package", code) if creating else nullcontext(), _runtime().db.session_scope() as s:
             if creating and catalog.live_package(s, code) is not None:
                 raise ApiError(409, "conflict", f"package {code!r} exists already; open it to edit")
             if not creating:

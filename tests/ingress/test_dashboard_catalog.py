@@ -187,3 +187,24 @@ def test_the_list_and_the_builder_show_stripe_ids_and_open_drift(client, runtime
     assert "Renamed in Stripe" in listing  # the open drift section
     page = _text(client.get("/admin/ui/catalog/courses/SFZ"))
     assert "we have “SFZ course”, Stripe has “Renamed in Stripe”" in page and "published" in page
+
+
+@pytest.mark.parametrize("path, fields, what", [
+    ("/admin/ui/catalog/courses", {"title": "T", "price": "1.00", "first_step": "RACE-1"}, "course"),
+    ("/admin/ui/catalog/packages", {"title": "T", "quantity": "10", "kind": "group", "price": "1.00"}, "package"),
+])
+def test_creating_a_code_another_owner_created_meanwhile_is_a_flash_not_a_500(client, runtime, monkeypatch, path,
+                                                                              fields, what):
+    """The race: both requests pass the "exists already" check before either commits (here: the check and the
+    save's own look-up see no live row), and the unique index refuses the second insert at commit."""
+    make_admin(runtime.db, OWNER, "owner")
+    csrf = login_as(client, OWNER)
+    first = client.post(path, follow_redirects=True, data={"csrf_token": csrf, "code": "RACE", **fields})
+    assert "RACE" in _text(first) and "Not created" not in _text(first) and "Not saved" not in _text(first)
+    from tasks.catalog import services
+
+    monkeypatch.setattr(services, "live_program", lambda *a, **k: None)
+    monkeypatch.setattr(services, "live_package", lambda *a, **k: None)
+    second = client.post(path, follow_redirects=True, data={"csrf_token": csrf, "code": "RACE", **fields})
+    assert second.status_code == 200
+    assert f"{what} 'RACE' exists already" in _text(second)
