@@ -40,6 +40,7 @@ from ingress.auth import _matches
 from ingress.errors import ApiError
 from tasks.admins import accounts
 from tasks.messaging import delivery
+from tasks.messaging.mail import money
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
@@ -73,7 +74,8 @@ def csrf_token() -> str:
 
 @bp.app_context_processor
 def _template_globals():
-    return {"csrf_token": csrf_token, "CSRF_FIELD": CSRF_FIELD}
+    # money: minor units to "12.50 EUR" / "1200 JPY", the same words the e-mails use
+    return {"csrf_token": csrf_token, "CSRF_FIELD": CSRF_FIELD, "money": money}
 
 
 @bp.before_request

@@ -208,3 +208,22 @@ def test_creating_a_code_another_owner_created_meanwhile_is_a_flash_not_a_500(cl
     second = client.post(path, follow_redirects=True, data={"csrf_token": csrf, "code": "RACE", **fields})
     assert second.status_code == 200
     assert f"{what} 'RACE' exists already" in _text(second)
+
+
+def test_prices_are_shown_in_the_currency_s_own_units(client, runtime):
+    """A yen price of 1200 is 1200 JPY (yen has no minor unit), not 12.00 JPY; a euro price in cents is
+    shown in euros with a thousands separator, as the e-mails write it."""
+    make_admin(runtime.db, OWNER, "owner")
+    csrf = login_as(client, OWNER)
+    for code, price, currency in (("YEN", "1200", "jpy"), ("EUR", "1234.50", "eur")):
+        client.post("/admin/ui/catalog/courses", follow_redirects=True, data={
+            "csrf_token": csrf, "code": code, "title": code, "price": price, "currency": currency,
+            "first_step": f"{code}-1"})
+    with runtime.db.session_scope() as s:
+        prices = dict(s.execute(select(CourseProgram.code, CourseProgram.price_amount)).all())
+    assert prices == {"YEN": 1200, "EUR": 123450}
+    listing = _text(client.get("/admin/ui/catalog"))
+    assert "1200 JPY" in listing and "1,234.50 EUR" in listing and "12.00 JPY" not in listing
+    make_admin(runtime.db, "viewer@studio.test", "viewer")
+    login_as(client, "viewer@studio.test")  # the owner sees an edit form; a viewer sees the price as words
+    assert "<th>Price</th><td>1200 JPY</td>" in _text(client.get("/admin/ui/catalog/courses/YEN"))
