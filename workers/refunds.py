@@ -36,6 +36,9 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
     with unit_of_work() as session:
         row = None
         if request_key:
+            # the enrollment's lock first: a request sent twice at once waits here for the other's intent,
+            # then finds it by its key
+            manual.locked(session, enrollment_id)
             row = session.scalar(select(AdminRefund).where(AdminRefund.request_key == request_key))
             if row is not None and row.enrollment_id != enrollment_id:
                 raise manual.NotAllowed(f"Idempotency-Key {request_key!r} was used for enrollment {row.enrollment_id}")

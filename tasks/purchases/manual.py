@@ -52,7 +52,8 @@ class NotRefundable(PermanentError):
     """Raised when an enrollment has no Stripe payment to refund, or nothing left to refund."""
 
 
-def _locked(session: Session, enrollment_id: int) -> StudentCourseEnrollment:
+def locked(session: Session, enrollment_id: int) -> StudentCourseEnrollment:
+    """The enrollment, locked for this transaction (FOR UPDATE); NotFound when there is none."""
     enrollment = enrollments.get_enrollment(session, enrollment_id, lock=True)
     if enrollment is None:
         raise NotFound(f"no enrollment {enrollment_id}")
@@ -98,7 +99,7 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
 
 
 def revoke(*, session: Session, enrollment_id: int, cause: str) -> StudentCourseEnrollment:
-    enrollment = _locked(session, enrollment_id)
+    enrollment = locked(session, enrollment_id)
     if enrollment.status in (EnrollmentStatus.REVOKED, EnrollmentStatus.FAILED):
         raise NotAllowed(f"enrollment {enrollment_id} is {enrollment.status.value}: nothing to revoke")
     enrollments.revoke(session=session, enrollment=enrollment, cause=cause, reason="revoked_by_admin")
@@ -117,7 +118,7 @@ def _payments_say_revoked(session: Session, enrollment: StudentCourseEnrollment)
 
 
 def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCourseEnrollment:
-    enrollment = _locked(session, enrollment_id)
+    enrollment = locked(session, enrollment_id)
     if enrollment.status == EnrollmentStatus.SUSPENDED:
         enrollments.reinstate(session=session, enrollment=enrollment, cause=cause, reason="reinstated_by_admin")
         return enrollment
@@ -182,7 +183,7 @@ class RefundPlan:
 
 
 def check_refund(*, session: Session, enrollment_id: int, amount: Any, lock: bool = True) -> RefundPlan:
-    enrollment = _locked(session, enrollment_id) if lock else enrollments.get_enrollment(session, enrollment_id)
+    enrollment = locked(session, enrollment_id) if lock else enrollments.get_enrollment(session, enrollment_id)
     if enrollment is None:
         raise NotFound(f"no enrollment {enrollment_id}")
     if not enrollment.stripe_payment_intent_id or enrollment.amount_total <= 0:
@@ -211,7 +212,7 @@ def _snapshot(session: Session, enrollment: StudentCourseEnrollment) -> dict[str
 
 def preview_refund(*, session: Session, plan: RefundPlan, keep_access: bool) -> dict[str, Any]:
     """What the refund would change, found by settling it for real in a savepoint that is rolled back."""
-    enrollment = _locked(session, plan.enrollment_id)
+    enrollment = locked(session, plan.enrollment_id)
     before = _snapshot(session, enrollment)
     fake = f"preview_{uuid.uuid4().hex}"
     savepoint = session.begin_nested()

@@ -2,8 +2,11 @@
 and keep_access, against the local Stripe server; each with its reason in the audit log."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db.enums import BundleKind
 from db.models import AdminRefund, AuditEntry, CreditLedgerEntry, OutboxMessage, StudentCourseEnrollment
@@ -254,6 +257,46 @@ def test_a_refund_whose_outcome_is_unknown_is_retried_with_the_same_key(client, 
     assert len(keys) == 1 and _count(db, AdminRefund) == 1
     assert client.post(url, headers=headers, json=body).get_json()["refund"]["status"] == "succeeded"  # a repeat
     assert len([c for c in stripe_server.calls("POST", "/v1/refunds") if c.status == 200]) == 1
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+def test_the_same_key_sent_twice_at_once_makes_one_refund(app, runtime, stripe_server, operator):
+    """Two requests with one Idempotency-Key at the same moment: both answer the one refund, none is a 500.
+    On PostgreSQL the test holds the enrollment's row lock until both requests wait on it, so both looked
+    for the key before either recorded it (SQLite runs one writer at a time: the second is a plain retry)."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    headers = {**operator, "Idempotency-Key": "ticket-7"}
+    answers = []
+
+    def post():
+        answers.append(app.test_client().post(url, headers=headers, json={"keep_access": False, "reason": "moved"}))
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    with db.engine.connect() as holder:
+        if db.dialect == "postgresql":
+            holder.execute(text("SELECT id FROM student_course_enrollment WHERE id = :id FOR UPDATE"),
+                           {"id": enrollment_id})
+        for t in threads:
+            t.start()
+        if db.dialect == "postgresql":
+            for _ in range(500):  # bounded: up to 10 s for both requests to queue behind the lock
+                with db.engine.connect() as probe:  # (a transaction sees one snapshot of pg_stat_activity)
+                    waiting = probe.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()")).scalar()
+                if waiting == 2:
+                    break
+                time.sleep(0.02)
+            assert waiting == 2
+        holder.rollback()
+    for t in threads:
+        t.join(30)
+    assert sorted(a.status_code for a in answers) == [201, 201], [a.get_json() for a in answers]
+    refunds = {a.get_json()["refund"]["stripe_refund_id"] for a in answers}
+    assert len(refunds) == 1 and None not in refunds and _count(db, AdminRefund) == 1
+    assert [a[1] for a in _audit(db) if a[1] == "enrollment.refund"] == ["enrollment.refund"]
     assert state(db)["enrollments"][0]["status"] == "revoked"
 
 
