@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from coursepipe.cli_support import checked_reason, migrated_database, reason_option, record_cli_action
+from coursepipe.cli_support import checked_reason, process_database, reason_option, record_cli_action
 from coursepipe.cli_support import runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
@@ -78,7 +78,7 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     settings = _settings(*INGRESS_SECRETS)
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
-    migrated_database(settings.database_url).dispose()
+    process_database(settings.database_url).dispose()
     args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
@@ -96,7 +96,7 @@ def worker(processes: int, threads: int, metrics: bool) -> None:
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for `coursepipe worker`")
-    migrated_database(settings.database_url).dispose()
+    process_database(settings.database_url).dispose()
     # Dramatiq's main process in this one: logging is set up already (JSON), so Dramatiq's own set-up,
     # a basicConfig, leaves it alone, and each worker process re-points it at its pipe (workers.app)
     args = make_argument_parser().parse_args(["workers.prometheus" if metrics else "workers.app",
@@ -112,7 +112,7 @@ def scheduler() -> None:
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate scheduler (`serve` embeds one)")
-    run_blocking_scheduler(_runtime(settings))
+    run_blocking_scheduler(_runtime(settings, process=True))
 
 
 # --------------------------------------------------------------------------- database

@@ -8,6 +8,7 @@ the change where there is one."""
 from __future__ import annotations
 
 import getpass
+import logging
 
 import click
 
@@ -23,6 +24,10 @@ def settings_for(*required: str) -> Settings:
         return Settings.from_env().require(*required)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+class DatabaseUnreachable(click.ClickException):
+    """The database did not answer (one that answers behind the head is a plain ClickException)."""
 
 
 def migrated_database(database_url: str):
@@ -45,15 +50,32 @@ def migrated_database(database_url: str):
     except SQLAlchemyError as exc:
         database.dispose()
         cause = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"database unreachable: {type(cause).__name__}: "
+        raise DatabaseUnreachable(f"database unreachable: {type(cause).__name__}: "
                                    f"{(str(cause).splitlines() or [''])[0][:200]}") from None
     return database
 
 
-def runtime_for(settings: Settings):
+def process_database(database_url: str):
+    """For the processes that run on (`ingress`, `worker`, `scheduler`): a database behind the head or a
+    missing SQLite file is refused as every command refuses it, but one that does not answer is reported
+    in one line and the process starts and waits for it (the ingress answers 503 meanwhile, workers
+    retry), as `gunicorn ingress.wsgi:app` and `dramatiq workers.app` do: a process restarted during an
+    outage comes back with the database."""
+    try:
+        return migrated_database(database_url)
+    except DatabaseUnreachable as exc:
+        from db.database import Database
+
+        logging.getLogger("coursepipe.cli").warning("%s; starting anyway, waiting for it", exc.message)
+        return Database(database_url)
+
+
+def runtime_for(settings: Settings, *, process: bool = False):
+    """The runtime over the checked database (`process`: one that does not answer yet is waited for)."""
     from coursepipe.runtime import init_runtime  # the wiring is built only by commands that need it
 
-    return init_runtime(settings, db=migrated_database(settings.database_url))
+    database = process_database if process else migrated_database
+    return init_runtime(settings, db=database(settings.database_url))
 
 
 def cli_principal():

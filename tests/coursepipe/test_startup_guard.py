@@ -1,5 +1,6 @@
 """Every command that touches the database refuses one that is not at the migration head: one line naming
-`coursepipe db upgrade`, exit 1, no traceback (real subprocesses, SQLite and PostgreSQL); /readyz is 503."""
+`coursepipe db upgrade`, exit 1, no traceback (real subprocesses, SQLite and PostgreSQL); /readyz is 503.
+A database that does not answer stops one-shot commands, while the processes start and wait for it."""
 from __future__ import annotations
 
 import os
@@ -155,3 +156,76 @@ def test_the_entry_modules_refuse_a_database_behind_the_head(tmp_path, redis_url
         pytest.fail(f"{entry[2]} started on a database behind the head: still running after 60 s")
     assert proc.returncode != 0
     assert f"at migration {OLDER}, not at the head" in proc.stderr and "run `coursepipe db upgrade`" in proc.stderr
+
+
+def test_the_processes_start_while_the_database_does_not_answer_and_work_once_it_does(pg_database, redis_url):
+    """`coursepipe ingress`, `worker` and `scheduler`, restarted during a database outage, come up and wait
+    (one warning line; /readyz 503), and work once the database answers: an event accepted, then processed.
+    The outage is a TCP proxy in front of PostgreSQL that refuses connections until healed."""
+    import json
+    import uuid
+
+    import redis
+    import requests
+    from sqlalchemy import select
+
+    from db.enums import InboxStatus
+    from db.models import InboxEvent
+    from tests.chaos.network import Proxy
+    from tests.netutil import free_port, wait_until
+    from tests.signing import platform_event, platform_headers
+
+    url = sa.make_url(pg_database.url)
+    proxy = Proxy("postgres", "127.0.0.1", (url.host or "127.0.0.1", url.port or 5432))
+    proxy.cut()
+    through = url.set(host="127.0.0.1", port=int(proxy.address.rsplit(":", 1)[1])).render_as_string(False)
+    namespace = f"cp-outage-{uuid.uuid4().hex[:8]}"
+    env = _env(through, redis_url) | {"REDIS_NAMESPACE": namespace}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    port = free_port()
+    commands = {"ingress": ["ingress", "--port", str(port), "--workers", "1"],
+                "worker": ["worker", "--processes", "1", "--threads", "2"], "scheduler": ["scheduler"]}
+    procs = {name: subprocess.Popen([*CLI, *args], env=env, cwd=root, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True) for name, args in commands.items()}
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> int | None:
+        for name, proc in procs.items():
+            assert proc.poll() is None, f"`coursepipe {name}` exited {proc.returncode}: {proc.stderr.read()[-2000:]}"
+        try:
+            return requests.get(f"{base}/readyz", timeout=5).status_code
+        except requests.RequestException:  # still booting
+            return None
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert wait_until(lambda: ready() == 503, timeout=60)  # up, and not ready: the database is away
+        # the worker's consumer is running: Dramatiq's heartbeat for this namespace is written
+        assert wait_until(lambda: client.zcard(f"{namespace}:__heartbeats__") > 0 and ready() == 503, timeout=60)
+        one_shot = _run(["events", "list"], env)  # a one-shot command does not wait: one line, exit 1
+        lines = one_shot.stderr.strip().splitlines()
+        assert one_shot.returncode == 1 and len(lines) == 1 and "database unreachable" in lines[0], lines
+        proxy.heal()
+        assert wait_until(lambda: ready() == 200, timeout=60)
+        raw = json.dumps(platform_event("student.upserted", {"student_id": "stu_back", "name": "Ann"})).encode()
+        accepted = requests.post(f"{base}/webhooks/platform", data=raw, timeout=10,
+                                 headers={**platform_headers(raw), "Content-Type": "application/json"})
+        assert accepted.status_code == 200, accepted.text
+
+        def processed() -> bool:
+            ready()  # every process still running
+            with pg_database.session_scope() as s:
+                return s.scalar(select(InboxEvent.status)) == InboxStatus.PROCESSED
+
+        assert wait_until(processed, timeout=60)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        errors = {name: proc.communicate(timeout=30)[1] for name, proc in procs.items()}
+        proxy.close()
+        for key in client.scan_iter(f"{namespace}:*"):
+            client.delete(key)
+    for name in ("ingress", "worker", "scheduler"):
+        assert "database unreachable" in errors[name] and "starting anyway, waiting for it" in errors[name], \
+            (name, errors[name][-2000:])
+        assert "Traceback" not in errors[name].split("starting anyway")[0], (name, errors[name][-2000:])
