@@ -95,13 +95,9 @@ def checked_reason(value: str | None) -> str | None:
 
 
 def record_cli_action(session, action: str, target: str | None, reason: str | None, **details):
-    """The command's audit entry, in the caller's transaction, and its audit log line (as the web routes write)."""
-    from coursepipe.logs import audit_logger
+    """The command's audit entry, in the caller's transaction (its log line once that commits, as for the web)."""
     from tasks.admins import audit
 
     principal = cli_principal()
-    entry = audit.record(session=session, principal=principal, action=action, target=target, reason=reason,
-                         details=details)
-    audit_logger().info("admin action", extra={"event": {"audit_id": entry.id, "action": action, "target": target,
-                                                         "role": entry.role, "actor": principal.actor}})
-    return entry
+    return audit.record(session=session, principal=principal, action=action, target=target, reason=reason,
+                        details=details, log_fields={"actor": principal.actor})

@@ -9,7 +9,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from ingress import roles
-from coursepipe.logs import audit_logger
 from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
@@ -51,8 +50,6 @@ def get_evidence(dispute_id: str):
 def submit_evidence(dispute_id: str):
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     result = submit_or_error(runtime, dispute_id, roles.reason_of(json_object(optional=True)))
-    audit_logger().info("dispute evidence submitted", extra={"event": {
-        "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] != evidence.SUBMITTED:
         return jsonify({"error": {"code": "stripe_refused", "message": result["error"] or "not submitted"},
                         "evidence": result}), 502

@@ -10,8 +10,8 @@
 - `viewer` reads; `operator` also replays, retries, re-fulfils and makes manual adjustments; `owner`
   also edits and publishes the catalog and manages admins. Too low a role: 403 `forbidden`.
 
-`record_action` writes the audit entry of the acting principal in the caller's transaction, and logs it
-(`"msg": "admin action"` on the audit logger, never filtered by LOG_LEVEL) once the request succeeded.
+`record_action` writes the audit entry of the acting principal in the caller's transaction; its log line
+(`"msg": "admin action"` on the audit logger, never filtered by LOG_LEVEL) follows the commit.
 """
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ import hmac
 import hashlib
 from functools import wraps
 
-from flask import after_this_request, current_app, g, redirect, request, session, url_for
-
-from coursepipe.logs import audit_logger
+from flask import current_app, g, redirect, request, session, url_for
 
 from ingress.auth import _matches, bearer_token, is_read_token
 from ingress.errors import ApiError
@@ -144,22 +142,12 @@ def any_principal(role: str = "viewer") -> Principal:
 
 
 def record_action(db_session, action: str, target: str | None = None, reason: str | None = None, **details):
-    """The audit entry of the acting principal, in the caller's transaction; its log line once the answer is a
-    success (the transaction committed). The log names the admin by account id (the entry has the e-mail), and
-    the reason, free text, stays out of it."""
+    """The audit entry of the acting principal, in the caller's transaction (its log line once that commits).
+    The log names the admin by account id (the entry has the e-mail), and the reason, free text, stays out of it."""
     principal = current_principal()
-    entry = audit.record(session=db_session, principal=principal, action=action, target=target,
-                         reason=reason, details=details)
-    line = {"audit_id": entry.id, "action": action, "target": target, "role": entry.role,
-            "admin_id": principal.admin_id, "break_glass": principal.admin_id is None}
-
-    @after_this_request
-    def _log(response):
-        if response.status_code < 400:
-            audit_logger().info("admin action", extra={"event": line})
-        return response
-
-    return entry
+    return audit.record(session=db_session, principal=principal, action=action, target=target, reason=reason,
+                        details=details, log_fields={"admin_id": principal.admin_id,
+                                                     "break_glass": principal.admin_id is None})
 
 
 def reason_of(data) -> str | None:

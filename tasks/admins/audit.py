@@ -1,10 +1,17 @@
 """The audit log: who did what, when and why. Written in the same transaction as the action it records,
-so an action that rolled back leaves no entry and an entry always means the action happened."""
+so an action that rolled back leaves no entry and an entry always means the action happened.
+
+Each entry also gives one log line, `"msg": "admin action"` on the `coursepipe.audit` logger (which
+LOG_LEVEL never silences), written once its transaction has committed: a line exists exactly when the
+entry does, whatever the HTTP answer or the command's exit. The line names the entry, the action, the
+target and the role, plus what the caller adds (`log_fields`); never the reason (free text) or an e-mail.
+"""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from db.models import AuditEntry
@@ -13,6 +20,20 @@ from tasks.errors import ValidationFailed
 
 MAX_LIMIT = 500
 MAX_REASON = 2000
+
+log = logging.getLogger("coursepipe.audit")  # coursepipe.logs.AUDIT_LOGGER
+_PENDING = "coursepipe.audit_lines"  # in Session.info: the lines of entries not yet committed
+
+
+@event.listens_for(Session, "after_commit")
+def _log_committed(session: Session) -> None:
+    for line in session.info.pop(_PENDING, ()):
+        log.info("admin action", extra={"event": line})
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def required_reason(value: Any) -> str:
@@ -26,11 +47,15 @@ def required_reason(value: Any) -> str:
 
 
 def record(*, session: Session, principal: Principal, action: str, target: str | None = None,
-           reason: str | None = None, details: dict[str, Any] | None = None) -> AuditEntry:
+           reason: str | None = None, details: dict[str, Any] | None = None,
+           log_fields: dict[str, Any] | None = None) -> AuditEntry:
+    """The entry, in the caller's transaction; its log line once that commits."""
     entry = AuditEntry(actor=principal.actor, role=principal.role, action=action, target=target,
                        reason=(reason or None), details=details or {})
     session.add(entry)
     session.flush()
+    session.info.setdefault(_PENDING, []).append(
+        {"audit_id": entry.id, "action": action, "target": target, "role": entry.role, **(log_fields or {})})
     return entry
 
 

@@ -1,11 +1,15 @@
 """The audit log: every admin action recorded with who, when, what and why; refused actions leave nothing."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 from sqlalchemy import select
 
 from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import AuditEntry, InboxEvent, OutboxMessage, StudentCourseEnrollment
+from tasks.admins import audit
+from tasks.admins.accounts import Principal
 from tests import factories
 from tests.conftest import make_settings
 from tests.admin_support import bearer, login_as, make_admin, make_token
@@ -113,3 +117,26 @@ def test_publish_is_recorded_when_it_is_queued(stripe_settings, database):
     reset_runtime()
     assert [(e["actor"], e["target"], e["reason"]) for e in entries] == [("owner@studio.test", "course:SFZ",
                                                                            "term opens")]
+
+
+def test_an_entry_s_log_line_follows_its_commit_and_a_rollback_has_none(database, caplog):
+    caplog.set_level(logging.INFO, logger="coursepipe.audit")
+    ann = Principal(actor="ann@studio.test", role="operator", admin_id=7)
+
+    def lines():
+        return [r.event for r in caplog.records if r.msg == "admin action"]
+
+    with pytest.raises(RuntimeError):
+        with database.session_scope() as s:
+            audit.record(session=s, principal=ann, action="outbox.retry", target="outbox:1", reason="x")
+            raise RuntimeError("the action failed after its entry was written")
+    with database.session_scope() as s:
+        entry = audit.record(session=s, principal=ann, action="outbox.retry", target="outbox:2",
+                             reason="ann@studio.test asked", log_fields={"admin_id": 7})
+        s.flush()
+        assert lines() == []  # not before the commit
+    assert lines() == [{"audit_id": entry.id, "action": "outbox.retry", "target": "outbox:2", "role": "operator",
+                        "admin_id": 7}]  # neither the reason nor the e-mail
+    with database.session_scope() as s:  # a later transaction of the same kind logs only its own
+        s.scalar(select(AuditEntry.id))
+    assert len(lines()) == 1

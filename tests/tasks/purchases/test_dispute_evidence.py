@@ -3,6 +3,7 @@ sent), shown to admins with the deadline, and submitted to Stripe (the local ser
 intent committed → files uploaded and the dispute updated → outcome."""
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 
@@ -121,7 +122,8 @@ def test_the_admin_api_shows_the_evidence_and_submits_it_to_stripe_outside_any_t
 
 
 def test_a_refusal_by_stripe_is_recorded_and_can_be_submitted_again(database, runtime, client, admin_headers,
-                                                                    stripe_server):
+                                                                    stripe_server, caplog):
+    caplog.set_level(logging.INFO, logger="coursepipe.audit")
     _story(database, runtime.settings)
     stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
     stripe_server.fail_next("POST", r"/v1/disputes/dp_1", status=400, body={"error": {
@@ -133,6 +135,9 @@ def test_a_refusal_by_stripe_is_recorded_and_can_be_submitted_again(database, ru
         assert row.evidence_status == "failed" and "already closed" in row.evidence_error
     again = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
     assert again.status_code == 200 and again.get_json()["evidence_status"] == "submitted"
+    # the refused submission is audited too, so it has its log line although it answered 502
+    assert [r.event["action"] for r in caplog.records if r.msg == "admin action"] == \
+        ["dispute.evidence_submit", "dispute.evidence_submit"]
     # each submission its own keys: the second is not a replay of the first
     keys = {c.idempotency_key.rsplit(":", 1)[0] for c in stripe_server.calls("POST", "/v1/disputes/dp_1")}
     assert len(keys) == 2
