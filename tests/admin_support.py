@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+
+from sqlalchemy import text
 
 from tasks.admins import accounts
 
@@ -44,3 +48,36 @@ def browser_login(page, base: str, email: str, password: str = PASSWORD) -> None
     page.fill("input[name=email]", email)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+
+
+def at_once(app, database, calls, hold: tuple[str, dict] | None = None) -> list:
+    """Run `calls` (each takes a test client and returns its response) in threads at the same moment; the
+    responses, in order. On PostgreSQL, `hold` (a statement and its parameters) runs first in a transaction
+    of the test's own, rolled back only once every call waits on a lock it took: so each call has made its
+    checks before any of them could write. SQLite runs writers one at a time (BEGIN IMMEDIATE): no hold."""
+    answers = [None] * len(calls)
+
+    def run(k):
+        answers[k] = calls[k](app.test_client())
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    holding = hold is not None and database.dialect == "postgresql"
+    with database.engine.connect() as holder:
+        if holding:
+            holder.execute(text(hold[0]), hold[1])
+        for thread in threads:
+            thread.start()
+        if holding:
+            waiting = 0
+            for _ in range(500):  # bounded: up to 10 s for every call to queue behind the held lock
+                with database.engine.connect() as probe:  # (one transaction sees one snapshot of pg_stat_activity)
+                    waiting = probe.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                                 "'Lock' AND datname = current_database()")).scalar()
+                if waiting == len(calls):
+                    break
+                time.sleep(0.02)
+            assert waiting == len(calls), f"{waiting} of {len(calls)} calls waited on the held lock"
+        holder.rollback()
+    for thread in threads:
+        thread.join(30)
+    return answers

@@ -30,6 +30,7 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
+from db.database import upsert_insert
 from db.types import utcnow
 from tasks.catalog import services as catalog
 from tasks.enrollments import progress as progress_moves
@@ -67,11 +68,11 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
            reason: str, actor: str) -> tuple[StudentCourseEnrollment, enrollments.Provisioned]:
     """A comp: active at once, a progress row per step, the bundle's credits when `grant_bundle`."""
     program = catalog.get_program(session, course_code)
-    student = session.get(Student, student_id)
-    if student is None:  # not mirrored yet: `student.upserted` completes it, as for a purchase
-        student = Student(id=student_id)
-        session.add(student)
-        session.flush()
+    # the student's row, locked: two comps for one student run one after the other, so the second sees the
+    # first's enrollment below (a student not mirrored yet is created bare; `student.upserted` completes it)
+    if credits.lock_student(session, student_id) is None:
+        session.execute(upsert_insert(session)(Student).values(id=student_id).on_conflict_do_nothing())
+        credits.lock_student(session, student_id)
     held = session.scalar(select(StudentCourseEnrollment.id).where(
         StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program.id,
         StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING))).limit(1))

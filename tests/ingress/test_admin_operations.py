@@ -2,16 +2,13 @@
 and keep_access, against the local Stripe server; each with its reason in the audit log."""
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from db.enums import BundleKind
 from db.models import AdminRefund, AuditEntry, CreditLedgerEntry, OutboxMessage, StudentCourseEnrollment
 from tests import factories
-from tests.admin_support import bearer, make_token
+from tests.admin_support import at_once, bearer, make_token
 from tests.conftest import make_settings
 from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
 
@@ -261,43 +258,46 @@ def test_a_refund_whose_outcome_is_unknown_is_retried_with_the_same_key(client, 
 
 
 def test_the_same_key_sent_twice_at_once_makes_one_refund(app, runtime, stripe_server, operator):
-    """Two requests with one Idempotency-Key at the same moment: both answer the one refund, none is a 500.
-    On PostgreSQL the test holds the enrollment's row lock until both requests wait on it, so both looked
-    for the key before either recorded it (SQLite runs one writer at a time: the second is a plain retry)."""
+    """Two requests with one Idempotency-Key at the same moment: both answer the one refund, none is a 500
+    (both looked for the key before either recorded it)."""
     db = runtime.db
     enrollment_id = _purchase(db, stripe_server)
-    url = f"/admin/enrollments/{enrollment_id}/refund"
     headers = {**operator, "Idempotency-Key": "ticket-7"}
-    answers = []
 
-    def post():
-        answers.append(app.test_client().post(url, headers=headers, json={"keep_access": False, "reason": "moved"}))
+    def refund(client):
+        return client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=headers,
+                           json={"keep_access": False, "reason": "moved"})
 
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    with db.engine.connect() as holder:
-        if db.dialect == "postgresql":
-            holder.execute(text("SELECT id FROM student_course_enrollment WHERE id = :id FOR UPDATE"),
-                           {"id": enrollment_id})
-        for t in threads:
-            t.start()
-        if db.dialect == "postgresql":
-            for _ in range(500):  # bounded: up to 10 s for both requests to queue behind the lock
-                with db.engine.connect() as probe:  # (a transaction sees one snapshot of pg_stat_activity)
-                    waiting = probe.execute(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND datname = current_database()")).scalar()
-                if waiting == 2:
-                    break
-                time.sleep(0.02)
-            assert waiting == 2
-        holder.rollback()
-    for t in threads:
-        t.join(30)
+    answers = at_once(app, db, [refund, refund], hold=(
+        "SELECT id FROM student_course_enrollment WHERE id = :id FOR UPDATE", {"id": enrollment_id}))
     assert sorted(a.status_code for a in answers) == [201, 201], [a.get_json() for a in answers]
     refunds = {a.get_json()["refund"]["stripe_refund_id"] for a in answers}
     assert len(refunds) == 1 and None not in refunds and _count(db, AdminRefund) == 1
     assert [a[1] for a in _audit(db) if a[1] == "enrollment.refund"] == ["enrollment.refund"]
     assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known student", "student not mirrored yet"])
+def test_one_comp_sent_twice_at_once_makes_one_enrollment(app, runtime, operator, known):
+    """Two identical enrol-by-hand requests at the same moment: one enrollment, the other 409
+    `already_enrolled` (both checked before either wrote: the test holds the student's row, or the insert of
+    a student not mirrored yet)."""
+    db = runtime.db
+    _course(db)
+    if known:
+        with db.session_scope() as s:
+            factories.student(s, id="stu_twice")
+    hold = (("SELECT id FROM student WHERE id = :id FOR UPDATE", {"id": "stu_twice"}) if known else
+            ("INSERT INTO student (id, created_at, updated_at) VALUES (:id, now(), now())", {"id": "stu_twice"}))
+
+    def enrol(client):
+        return client.post("/admin/enrollments", headers=operator, json={
+            "student_id": "stu_twice", "course_code": "SFZ", "reason": "scholarship", "grant_bundle": True})
+
+    answers = at_once(app, db, [enrol, enrol], hold=hold)
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.get_json() for a in answers]
+    assert [a for a in answers if a.status_code == 409][0].get_json()["error"]["code"] == "already_enrolled"
+    assert _count(db, StudentCourseEnrollment) == 1
 
 
 def test_a_refund_stripe_refuses_is_recorded_failed_and_changes_nothing(client, runtime, stripe_server, operator):
