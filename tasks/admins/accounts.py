@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.database import is_unique_violation
 from db.models import AdminAccount, AdminApiToken, AdminSession
 from db.types import utcnow
 from tasks.errors import NotFound, ValidationFailed
@@ -91,7 +93,12 @@ def add_admin(*, session: Session, email: str, role: str, password: str) -> Admi
         raise AccountExists(f"email: an admin {email} already exists", field="email")
     account = AdminAccount(email=email, role=role, password_hash=_hasher.hash(password))
     session.add(account)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # the same address added at the same moment: the other request's won
+        if not is_unique_violation(exc):
+            raise
+        raise AccountExists(f"email: an admin {email} already exists", field="email") from None
     return account
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from db.enums import InboxStatus
 from db.models import AdminAccount, AdminApiToken, AdminSession, AuditEntry, InboxEvent
 from db.types import utcnow
-from tests.admin_support import PASSWORD, bearer, csrf_of, login_as, make_admin, make_token
+from tests.admin_support import PASSWORD, at_once, bearer, csrf_of, login_as, make_admin, make_token
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 
@@ -152,6 +152,25 @@ def test_owner_adds_an_admin_over_http_and_bad_input_changes_nothing(client, dat
                           headers=bearer(owner))
     assert created.status_code == 201
     login_as(client, "a@studio.test")
+
+
+def test_one_address_added_twice_at_once_is_one_admin_and_a_409(app, database):
+    """Both requests checked for the address before either inserted it (the test holds an uncommitted row
+    with it): the second insert's unique refusal is the same 409 as the check's, not a 500."""
+    owner = make_token(database, "owner@studio.test", "owner")
+
+    def add(client):
+        return client.post("/admin/admins", headers=bearer(owner),
+                           json={"email": "twice@studio.test", "role": "viewer", "password": PASSWORD})
+
+    answers = at_once(app, database, [add, add], hold=(
+        "INSERT INTO admin_account (email, role, password_hash, created_at) VALUES (:e, 'viewer', 'x', now())",
+        {"e": "twice@studio.test"}))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.get_json() for a in answers]
+    assert [a for a in answers if a.status_code == 409][0].get_json()["error"]["code"] == "conflict"
+    with database.session_scope() as s:
+        assert s.scalars(select(AdminAccount.email).where(AdminAccount.email == "twice@studio.test")).all() == [
+            "twice@studio.test"]
 
 
 # --------------------------------------------------------------------------- roles, route by route
