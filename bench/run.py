@@ -35,8 +35,9 @@ def summary(r: dict) -> list[str]:
              all(v["p50"] <= 25 and v["p99"] <= 100 for v in under_load)),
         _row("e2e idle", f"p99 {e['idle']['p99']:.0f} ms", "", "p99 <= 250 ms", e["idle"]["p99"] <= 250),
         _row("backlog", f"{b['count']} in {b['seconds']:.0f} s", "", "60000 in <= 90 s", b["seconds"] <= 90),
-        _row("scale: fulfil", f"{s['loaded_rate']:.0f}/s with 1M", f"empty {s['empty_rate']:.0f}/s",
-             "<= 1.2x slower", s["empty_rate"] / s["loaded_rate"] <= 1.2),
+        *(_row(f"scale: fulfil, {path} path", f"{s['loaded_rate'][path]:.0f}/s with 1M",
+               f"empty {s['empty_rate'][path]:.0f}/s", "<= 1.2x slower",
+               s["empty_rate"][path] / s["loaded_rate"][path] <= 1.2) for path in s["loaded_rate"]),
         _row("scale: reminder scan", f"{s['scan_s']:.1f} s", "", "<= 10 s over 100k", s["scan_s"] <= 10),
     ]
     return rows

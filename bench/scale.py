@@ -3,8 +3,9 @@ with the query plans that make it so.
 
     .venv/bin/python bench/scale.py [--enrollments 1000000] [--reminder-enrollments 100000] [--purchases 1500]
 
-Fulfilment here is the runner core in one process (process_event on stored purchases), so the
-comparison isolates the database's growth from broker and process effects.
+Fulfilment here is the worker's function for one message (`workers.inbox_runs.run_message`) in one
+process, on stored purchases, by both paths a purchase can take (the fast path, and the general path a
+replay takes), so the comparison isolates the database's growth from broker and process effects.
 """
 from __future__ import annotations
 
@@ -23,25 +24,31 @@ from bench.common import fresh_database, seed_course  # noqa: E402
 from bench.fulfil import store_purchases  # noqa: E402
 
 STEPS = 5
+PATHS = {"fast": "purchase fast path", "general": "general path (runner, ORM)"}
 
 
-def fulfil_rate(url: str, purchases: int) -> float:
+def fulfil_rate(url: str, purchases: int, *, fast: bool) -> float:
+    """Purchases/s through the worker's own function for one message, without the broker: the purchase
+    fast path (`fast`: what a message the ingress marked as a purchase runs) or the general path (the
+    inbox runner and the ORM: what a replayed or re-enqueued purchase runs)."""
     from coursepipe.settings import Settings
     from db.database import Database
     from coursepipe.runtime import handler_table
-    from tasks.inbox.runner import process_event
+    from workers.inbox_runs import run_message
 
     ids = store_purchases(url, purchases, uuid.uuid4().hex[:6])
     handlers = handler_table()
     database = Database(url)
     settings = Settings(database_url=url)
+
+    def run(inbox_id: int) -> None:
+        run_message(database=database, inbox_id=inbox_id, handlers=handlers, settings=settings, purchase=fast)
+
     for inbox_id in ids[:100]:  # warm-up: statement caches, prepared statements
-        with database.session_scope() as s:
-            process_event(session=s, inbox_id=inbox_id, handlers=handlers, settings=settings)
+        run(inbox_id)
     started = time.perf_counter()
     for inbox_id in ids[100:]:
-        with database.session_scope() as s:
-            process_event(session=s, inbox_id=inbox_id, handlers=handlers, settings=settings)
+        run(inbox_id)
     rate = (len(ids) - 100) / (time.perf_counter() - started)
     database.dispose()
     return rate
@@ -149,21 +156,22 @@ def main(argv=None) -> dict:
     url = fresh_database("coursepipe_bench_scale")
     seed_course(url, steps=STEPS)
     settle(url)
-    empty_rate = fulfil_rate(url, args.purchases)
+    empty = {path: fulfil_rate(url, args.purchases, fast=path == "fast") for path in PATHS}
     seeded = seed_enrollments(url, args.reminder_enrollments)
     scan_s, queued = reminder_scan(url)
     if args.enrollments > args.reminder_enrollments:
         seeded += seed_enrollments(url, args.enrollments - args.reminder_enrollments, batch="b",
                                    booked_fraction=1.0)
     settle(url)  # steady state: not the minutes right after a bulk load, while autovacuum works through it
-    loaded_rate = fulfil_rate(url, args.purchases)
+    loaded = {path: fulfil_rate(url, args.purchases, fast=path == "fast") for path in PATHS}
     print(f"seeded {args.enrollments} enrollments ({args.enrollments * STEPS} progress rows) in {seeded:.0f} s")
-    print(f"fulfilment (runner core, 1 process): empty {empty_rate:.0f}/s, with {args.enrollments} enrollments "
-          f"{loaded_rate:.0f}/s -> {empty_rate / loaded_rate:.2f}x slower")
+    for path, words in PATHS.items():
+        print(f"fulfilment, {words} (1 process, no broker): empty {empty[path]:.0f}/s, with {args.enrollments} "
+              f"enrollments {loaded[path]:.0f}/s -> {empty[path] / loaded[path]:.2f}x slower")
     print(f"reminder scan over {args.reminder_enrollments} enrollments: {scan_s:.2f} s, {queued} reminders queued")
     for name, plan in plans(url).items():
         print(f"  plan [{name}]: {plan}")
-    return {"empty_rate": empty_rate, "loaded_rate": loaded_rate, "scan_s": scan_s, "queued": queued}
+    return {"empty_rate": empty, "loaded_rate": loaded, "scan_s": scan_s, "queued": queued}
 
 
 if __name__ == "__main__":
