@@ -21,6 +21,10 @@ class OutboxMessage(Base):
         Index("ix_outbox_message_status_next", "status", "next_attempt_at"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         Index("uq_outbox_message_feed_position", "feed_position", unique=True),
+        # the platform events GET /v1/events has still to number (mail rows never get a position)
+        Index("ix_outbox_message_feed_unassigned", "id",
+              sqlite_where=text("channel = 'platform' AND feed_position IS NULL"),
+              postgresql_where=text("channel = 'platform' AND feed_position IS NULL")),
         Index("uq_outbox_message_enrollment_sequence", "enrollment_id", "sequence", unique=True,
               sqlite_where=text("sequence IS NOT NULL"), postgresql_where=text("sequence IS NOT NULL")),
     )

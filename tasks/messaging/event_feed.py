@@ -69,17 +69,15 @@ def assign_positions(*, session: Session, limit: int = ASSIGN_BATCH) -> int:
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK})
-    query = (select(OutboxMessage.id)
-             .where(OutboxMessage.channel == OutboxChannel.PLATFORM, OutboxMessage.feed_position.is_(None))
-             .order_by(OutboxMessage.id).limit(limit))
-    ids = list(session.scalars(query))
-    if not ids:
-        return 0
+    unassigned = (OutboxMessage.channel == OutboxChannel.PLATFORM, OutboxMessage.feed_position.is_(None))
     last = session.scalar(select(func.coalesce(func.max(OutboxMessage.feed_position), 0)))
-    for offset, row_id in enumerate(ids, start=1):
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == row_id)
-                        .values(feed_position=last + offset).execution_options(synchronize_session=False))
-    return len(ids)
+    numbered = (select(OutboxMessage.id.label("id"),
+                       (last + func.row_number().over(order_by=OutboxMessage.id)).label("position"))
+                .where(*unassigned).order_by(OutboxMessage.id).limit(limit).subquery())
+    # one statement for the whole batch (ix_outbox_message_feed_unassigned finds the rows)
+    return session.execute(update(OutboxMessage).where(OutboxMessage.id == numbered.c.id)
+                           .values(feed_position=numbered.c.position)
+                           .execution_options(synchronize_session=False)).rowcount
 
 
 def read(*, session: Session, after: str | None = None, limit: int = DEFAULT_LIMIT) -> Page:
