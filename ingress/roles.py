@@ -144,10 +144,8 @@ def any_principal(role: str = "viewer") -> Principal:
 def record_action(db_session, action: str, target: str | None = None, reason: str | None = None, **details):
     """The audit entry of the acting principal, in the caller's transaction (its log line once that commits).
     The log names the admin by account id (the entry has the e-mail), and the reason, free text, stays out of it."""
-    principal = current_principal()
-    return audit.record(session=db_session, principal=principal, action=action, target=target, reason=reason,
-                        details=details, log_fields={"admin_id": principal.admin_id,
-                                                     "break_glass": principal.admin_id is None})
+    return audit.record(session=db_session, principal=current_principal(), action=action, target=target,
+                        reason=reason, details=details)
 
 
 def reason_of(data) -> str | None:

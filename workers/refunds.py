@@ -63,7 +63,9 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
         error = f"{type(exc).__name__}: {exc}"
     except stripe.StripeError as exc:
         error = f"{type(exc).__name__}: {exc}"
-        final = exc.http_status is not None and 400 <= exc.http_status < 500
+        # a refusal is final; a 409 is not: the same idempotency key is in flight (the same refund asked
+        # twice at once), and Stripe saves no answer for it, so the outcome is still unknown
+        final = exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status != 409
     if error:
         log.warning("refund of enrollment %s (admin refund %s) failed: %s", enrollment_id, admin_refund_id, error)
     with unit_of_work() as session:

@@ -3,8 +3,10 @@ so an action that rolled back leaves no entry and an entry always means the acti
 
 Each entry also gives one log line, `"msg": "admin action"` on the `coursepipe.audit` logger (which
 LOG_LEVEL never silences), written once its transaction has committed: a line exists exactly when the
-entry does, whatever the HTTP answer or the command's exit. The line names the entry, the action, the
-target and the role, plus what the caller adds (`log_fields`); never the reason (free text) or an e-mail.
+entry does, whatever the HTTP answer or the command's exit (an entry written in a savepoint that is rolled
+back has none). The line names the entry, the action, the target, the role, the admin account id and
+whether it was the break-glass token, plus what the caller adds (`log_fields`); never the reason (free
+text) or an e-mail.
 """
 from __future__ import annotations
 
@@ -15,25 +17,40 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from db.models import AuditEntry
-from tasks.admins.accounts import Principal
+from tasks.admins.accounts import BREAK_GLASS_ACTOR, Principal
 from tasks.errors import ValidationFailed
 
 MAX_LIMIT = 500
 MAX_REASON = 2000
 
 log = logging.getLogger("coursepipe.audit")  # coursepipe.logs.AUDIT_LOGGER
-_PENDING = "coursepipe.audit_lines"  # in Session.info: the lines of entries not yet committed
+# in Session.info: (scope, line) of entries not committed yet; the scope is the savepoint the entry was
+# written in (None: the transaction itself), so a savepoint rolled back takes only its own lines with it
+_PENDING = "coursepipe.audit_lines"
 
 
 @event.listens_for(Session, "after_commit")
 def _log_committed(session: Session) -> None:
-    for line in session.info.pop(_PENDING, ()):
+    pending = session.info.get(_PENDING)
+    if not pending:
+        return
+    savepoint = session.get_nested_transaction()  # the one released now; None: the transaction committed
+    if savepoint is not None:  # its lines now stand or fall with the enclosing scope
+        outer = savepoint.parent if savepoint.parent is not None and savepoint.parent.nested else None
+        session.info[_PENDING] = [(outer if scope is savepoint else scope, line) for scope, line in pending]
+        return
+    del session.info[_PENDING]
+    for _scope, line in pending:
         log.info("admin action", extra={"event": line})
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_rolled_back(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+    savepoint = session.get_nested_transaction()  # the one rolled back now; None: the whole transaction
+    if savepoint is None:
+        session.info.pop(_PENDING, None)
+    elif session.info.get(_PENDING):
+        session.info[_PENDING] = [(scope, line) for scope, line in session.info[_PENDING] if scope is not savepoint]
 
 
 def required_reason(value: Any) -> str:
@@ -54,8 +71,9 @@ def record(*, session: Session, principal: Principal, action: str, target: str |
                        reason=(reason or None), details=details or {})
     session.add(entry)
     session.flush()
-    session.info.setdefault(_PENDING, []).append(
-        {"audit_id": entry.id, "action": action, "target": target, "role": entry.role, **(log_fields or {})})
+    line = {"audit_id": entry.id, "action": action, "target": target, "role": entry.role,
+            "admin_id": principal.admin_id, "break_glass": principal.actor == BREAK_GLASS_ACTOR, **(log_fields or {})}
+    session.info.setdefault(_PENDING, []).append((session.get_nested_transaction(), line))
     return entry
 
 

@@ -18,7 +18,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import BigInteger, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel
@@ -72,7 +72,8 @@ def assign_positions(*, session: Session, limit: int = ASSIGN_BATCH) -> int:
     unassigned = (OutboxMessage.channel == OutboxChannel.PLATFORM, OutboxMessage.feed_position.is_(None))
     last = session.scalar(select(func.coalesce(func.max(OutboxMessage.feed_position), 0)))
     numbered = (select(OutboxMessage.id.label("id"),
-                       (last + func.row_number().over(order_by=OutboxMessage.id)).label("position"))
+                       (literal(last, BigInteger) + func.row_number().over(order_by=OutboxMessage.id))
+                       .label("position"))
                 .where(*unassigned).order_by(OutboxMessage.id).limit(limit).subquery())
     # one statement for the whole batch (ix_outbox_message_feed_unassigned finds the rows)
     return session.execute(update(OutboxMessage).where(OutboxMessage.id == numbered.c.id)

@@ -300,6 +300,24 @@ def test_one_comp_sent_twice_at_once_makes_one_enrollment(app, runtime, operator
     assert _count(db, StudentCourseEnrollment) == 1
 
 
+def test_a_409_for_the_key_in_flight_leaves_the_refund_pending_not_failed(client, runtime, stripe_server, operator):
+    """Stripe answers 409 to a request whose idempotency key another request is still using (and saves no
+    answer for it): the outcome is unknown, so the refund stays pending and a retry with the key applies it."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    headers, body = {**operator, "Idempotency-Key": "ticket-9"}, {"keep_access": False, "reason": "moved"}
+    stripe_server.fail_next("POST", "/v1/refunds", status=409, times=2, body={"error": {  # the client retries once
+        "type": "idempotency_error", "message": "There is currently another in-progress request using this "
+                                                "Stripe-Idempotency-Key"}})
+    busy = client.post(url, headers=headers, json=body)
+    assert busy.status_code == 502 and busy.get_json()["refund"]["status"] == "pending"
+    assert state(db)["enrollments"][0]["status"] == "active"
+    retried = client.post(url, headers=headers, json=body)
+    assert retried.status_code == 201 and retried.get_json()["refund"]["status"] == "succeeded"
+    assert _count(db, AdminRefund) == 1 and state(db)["enrollments"][0]["status"] == "revoked"
+
+
 def test_a_refund_stripe_refuses_is_recorded_failed_and_changes_nothing(client, runtime, stripe_server, operator):
     db = runtime.db
     enrollment_id = _purchase(db, stripe_server)

@@ -132,11 +132,42 @@ def test_an_entry_s_log_line_follows_its_commit_and_a_rollback_has_none(database
             raise RuntimeError("the action failed after its entry was written")
     with database.session_scope() as s:
         entry = audit.record(session=s, principal=ann, action="outbox.retry", target="outbox:2",
-                             reason="ann@studio.test asked", log_fields={"admin_id": 7})
+                             reason="ann@studio.test asked", log_fields={"via": "test"})
         s.flush()
         assert lines() == []  # not before the commit
     assert lines() == [{"audit_id": entry.id, "action": "outbox.retry", "target": "outbox:2", "role": "operator",
-                        "admin_id": 7}]  # neither the reason nor the e-mail
+                        "admin_id": 7, "break_glass": False, "via": "test"}]  # neither the reason nor the e-mail
     with database.session_scope() as s:  # a later transaction of the same kind logs only its own
         s.scalar(select(AuditEntry.id))
     assert len(lines()) == 1
+
+
+def test_savepoints_keep_or_drop_only_their_own_entries_lines(database, caplog):
+    """A savepoint rolled back drops the lines of entries written in it, and only those; one released keeps
+    them until the transaction's outcome (SQLAlchemy reports a savepoint's end as a commit or a rollback)."""
+    caplog.set_level(logging.INFO, logger="coursepipe.audit")
+    ann = Principal(actor="ann@studio.test", role="operator", admin_id=7)
+
+    def record(s, target):
+        return audit.record(session=s, principal=ann, action="outbox.retry", target=target)
+
+    with database.session_scope() as s:
+        record(s, "before")
+        with s.begin_nested():
+            record(s, "released")
+            with s.begin_nested():
+                record(s, "released, inner")
+        rolled = s.begin_nested()
+        record(s, "rolled back")
+        rolled.rollback()
+        assert [r for r in caplog.records if r.msg == "admin action"] == []  # nothing before the commit
+        record(s, "after")
+        kept = {e.target for e in s.scalars(select(AuditEntry))}
+    logged = [r.event["target"] for r in caplog.records if r.msg == "admin action"]
+    assert logged == ["before", "released", "released, inner", "after"] and set(logged) == kept
+    with pytest.raises(RuntimeError):
+        with database.session_scope() as s:
+            with s.begin_nested():
+                record(s, "released, then the transaction failed")
+            raise RuntimeError("the action failed")
+    assert [r.event["target"] for r in caplog.records if r.msg == "admin action"] == logged

@@ -117,3 +117,19 @@ def test_a_row_that_commits_late_is_not_skipped(client, runtime):
     # "slow" has the lower row id but became visible later: it comes after the cursor, not before it
     page = client.get(f"/v1/events?after={page['next']}", headers=READ).json
     assert [e["data"]["booking_id"] for e in page["events"]] == ["slow"]
+
+
+def test_positions_are_given_in_batches_in_row_order_without_gaps(runtime):
+    from tasks.messaging import event_feed
+
+    _write(runtime.db, 3)
+    _write(runtime.db, 4, start=3)  # a mail row between the two runs of events: it never gets a position
+    with runtime.db.session_scope() as s:
+        assert event_feed.assign_positions(session=s, limit=4) == 4
+    with runtime.db.session_scope() as s:
+        assert event_feed.assign_positions(session=s, limit=4) == 3
+        assert event_feed.assign_positions(session=s, limit=4) == 0
+    with runtime.db.session_scope() as s:
+        rows = s.execute(select(OutboxMessage.channel, OutboxMessage.feed_position).order_by(OutboxMessage.id)).all()
+    assert [position for channel, position in rows if channel == "platform"] == [1, 2, 3, 4, 5, 6, 7]
+    assert [position for channel, position in rows if channel == "mail"] == [None, None]
