@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from ingress import limits
 from tasks.events import PLATFORM_DATA
 from tasks.messaging.outbound_events import OUTBOUND_DATA
 from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
@@ -423,6 +424,8 @@ def build_document(app: Flask) -> dict:
             "summary": "undocumented", "responses": {"default": {"description": "undocumented"}}})
         # any route can fail unexpectedly: `internal_error`, nothing accepted, retry later
         operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
+        if path.startswith(limits.PROTECTED_PREFIXES):  # an address past its failed authentications: any route
+            operation["responses"].setdefault("429", ERRORS["429"])
         if params:
             operation["parameters"] = params + operation.get("parameters", [])
             if any(p["schema"]["type"] == "integer" for p in params):  # out of range: no such route

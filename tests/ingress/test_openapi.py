@@ -38,6 +38,16 @@ def test_every_route_is_documented_and_every_documented_route_exists(app, client
         in eligibility["parameters"]
 
 
+def test_the_rate_limit_is_documented_wherever_it_can_answer(client):
+    """An address past its failed authentications gets 429 on every route under /admin and /v1, the login
+    form included; nowhere else."""
+    doc = client.get("/openapi.json").json
+    limited = {(m, path) for path, ops in doc["paths"].items() for m, o in ops.items() if "429" in o["responses"]}
+    everywhere = {(m, path) for path, ops in doc["paths"].items() for m in ops}
+    assert limited == {(m, path) for m, path in everywhere if path.startswith(("/admin", "/v1"))}
+    assert ("get", "/admin/login") in limited and ("post", "/webhooks/stripe") not in limited
+
+
 def test_both_directions_of_events_have_schemas(client):
     schemas = client.get("/openapi.json").json["components"]["schemas"]
     for type_ in PLATFORM_DATA:
