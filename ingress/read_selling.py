@@ -8,6 +8,7 @@ import stripe
 from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxSource
+from ingress.bodies import json_value
 from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.inbox.runner import Outcome
@@ -70,7 +71,13 @@ def create_checkout_session():
     if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
         raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key: 1 to {IDEMPOTENCY_KEY_MAX} characters")
     try:
-        wanted = selling.parse_checkout_request(request.get_json(silent=True))
+        body = json_value()  # strict: no NUL character, lone surrogate or deep nesting reaches the database
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        raise ApiError(400, "invalid_request", f"body: {exc.message}") from None
+    try:
+        wanted = selling.parse_checkout_request(body)
     except ValidationFailed as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
     client = _stripe()

@@ -107,6 +107,8 @@ def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe
     ({"package_code": "TEN"}, 400, "invalid_request"),  # both codes
     ({"success_url": "javascript:alert(1)"}, 400, "invalid_request"),
     ({"student_id": ""}, 400, "invalid_request"),
+    ({"course_code": "SFZ\u0000"}, 400, "invalid_request"),  # a NUL character: PostgreSQL text holds none
+    ({"student_id": "stu_\ud800"}, 400, "invalid_request"),  # a lone surrogate
 ])
 def test_bad_or_unknown_requests_are_refused_and_nothing_is_created(client, on_sale, stripe_server, body, status,
                                                                     code):
