@@ -182,6 +182,8 @@ def q(name: str, description: str, *, required: bool = False, schema: dict | Non
 
 
 NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
+NO_ACCOUNT = {"409": _json("Error", "no_account: the break-glass ADMIN_TOKEN has no account (personal tokens are "
+                                    "an admin's own)")}
 COURSE_CHANGE = (
     "The body is the whole course; steps keep their identity by label, options by class id. A published course "
     "accepts step reordering, new steps, option attach/detach and bundle changes. What a saved change does to "
@@ -333,9 +335,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("DELETE", "/admin/admins/{email}"): op("Remove an admin account (owner)", tag="admin", security=ADMIN,
                                             extra=NOT_FOUND),
     ("POST", "/admin/tokens"): op("Create a personal API token (shown once)", tag="admin", security=ADMIN,
-                                  status="201"),
+                                  status="201", extra=NO_ACCOUNT),
     ("DELETE", "/admin/tokens/{token_id}"): op("Revoke a personal API token", tag="admin", security=ADMIN,
-                                               extra=NOT_FOUND),
+                                               extra={**NOT_FOUND, **NO_ACCOUNT}),
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
                                 query=[q("actor", "an admin's email"), q("action", "the action"),
                                        q("limit", "how many")]),
@@ -426,10 +428,9 @@ def build_document(app: Flask) -> dict:
         operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
         if path.startswith(limits.PROTECTED_PREFIXES):  # an address past its failed authentications: any route
             operation["responses"].setdefault("429", ERRORS["429"])
-        if params:
+        if params:  # an unknown id or code (or an integer out of range: no such route)
             operation["parameters"] = params + operation.get("parameters", [])
-            if any(p["schema"]["type"] == "integer" for p in params):  # out of range: no such route
-                operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}
+            operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",

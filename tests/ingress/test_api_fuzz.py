@@ -1,6 +1,6 @@
 """Schemathesis against the live app on PostgreSQL (real HTTP): generated requests to every platform-facing
-route (`/v1/…`, `/webhooks/…`, `/openapi.json`) answer without a server error, with a documented status
-and a body matching its schema. (A well-formed request may still be refused by a business rule — an
+route (`/v1/…`, `/webhooks/…`, `/openapi.json`) and every admin JSON route (`/admin/…` but the dashboard's
+pages) answer without a server error, with a documented status and a body matching its schema. (A well-formed request may still be refused by a business rule — an
 unknown course, a window in the wrong order — so "schema-valid means accepted" is not checked.)"""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 import hypothesis
 from hypothesis import HealthCheck
 
-from tests.conftest import make_settings
+from ingress import limits
+from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.ingress.test_selling import READ, on_sale  # noqa: F401  (fixture)
 from tests.netutil import http_server
 
@@ -25,7 +26,10 @@ def db_backend():
 
 
 @pytest.fixture
-def settings(database, stripe_server):  # the runtime's: the local Stripe server and a read token
+def settings(database, stripe_server, monkeypatch):  # the runtime's: the local Stripe server and a read token
+    # the generated requests without a token would trip the failed-authentication limit, and every request
+    # after them would be its 429: the limit is raised for this test
+    monkeypatch.setattr(limits, "AUTH_FAILURES", "100000 per minute")
     return make_settings(database.url, read_api_tokens=("selling-reader",), **stripe_server.settings_changes())
 
 
@@ -35,21 +39,27 @@ def live_api(app, on_sale):  # noqa: F811
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
-def test_platform_routes_hold_their_contract(live_api):
+def _token_for(path: str) -> dict | None:
+    if path.startswith("/v1/"):
+        return READ
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"} if path.startswith("/admin/") else None
+
+
+def test_platform_and_admin_routes_hold_their_contract(live_api):
     operations = [result.ok() for result in
-                  live_api.include(path_regex=r"^/(v1/|webhooks/|openapi\.json)").get_all_operations()]
-    assert len(operations) >= 14
+                  live_api.include(path_regex=r"^/(v1/|webhooks/|openapi\.json|admin/(?!ui))").get_all_operations()]
+    assert len(operations) >= 45
     failures = []
     for operation in operations:
         @hypothesis.given(case=operation.as_strategy())
         @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                              suppress_health_check=list(HealthCheck))
         def holds(case):
-            case.call_and_validate(headers=READ if case.path.startswith("/v1/") else None,
+            case.call_and_validate(headers=_token_for(case.path),
                                    excluded_checks=[positive_data_acceptance])
 
         try:
             holds()
-        except Exception as exc:  # every operation is tried; all failures are reported together
+        except BaseException as exc:  # (schemathesis' FailureGroup) every operation is tried; all failures are reported together
             failures.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:2000]}")
     assert not failures, "\n\n".join(failures)
