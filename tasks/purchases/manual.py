@@ -26,11 +26,9 @@ from db.models import (
     CreditLedgerEntry,
     PaymentDispute,
     PaymentRefund,
-    Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from db.database import upsert_insert
 from db.types import utcnow
 from tasks.catalog import services as catalog
 from tasks.enrollments import progress as progress_moves
@@ -40,7 +38,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
 from tasks.machines import ENROLLMENT
 from tasks.messaging import outbox
-from tasks.purchases import goodwill, payments, refunds
+from tasks.purchases import fulfilment, goodwill, payments, refunds
 
 MANUAL_SESSION_PREFIX = "manual:"  # a manual enrollment's stand-in for a checkout session id
 
@@ -68,11 +66,10 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
            reason: str, actor: str) -> tuple[StudentCourseEnrollment, enrollments.Provisioned]:
     """A comp: active at once, a progress row per step, the bundle's credits when `grant_bundle`."""
     program = catalog.get_program(session, course_code)
-    # the student's row, locked: two comps for one student run one after the other, so the second sees the
-    # first's enrollment below (a student not mirrored yet is created bare; `student.upserted` completes it)
-    if credits.lock_student(session, student_id) is None:
-        session.execute(upsert_insert(session)(Student).values(id=student_id).on_conflict_do_nothing())
-        credits.lock_student(session, student_id)
+    # the student's row (created bare if not mirrored yet, as for a purchase; `student.upserted` completes
+    # it), locked: two comps for one student run one after the other, so the second sees the first's below
+    fulfilment.ensure_student(session, student_id, {})
+    credits.lock_student(session, student_id)
     held = session.scalar(select(StudentCourseEnrollment.id).where(
         StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program.id,
         StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING))).limit(1))
