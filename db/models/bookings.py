@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import BookingStatus, ClassStatus, CreditType
@@ -26,6 +26,10 @@ class Student(Timestamped, Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     # occurred_at of the newest upsert applied, so an older event never overwrites a newer state
     source_updated_at: Mapped[datetime | None]
+
+
+# a buyer known only by e-mail, and the dashboard's search, match the address case-insensitively
+Index("ix_student_email_lower", func.lower(Student.email))
 
 
 class GroupClass(Timestamped, Base):
@@ -69,6 +73,9 @@ class Booking(Timestamped, Base):
         ),
         Index("ix_booking_student_id", "student_id"),
         Index("ix_booking_class_id", "class_id"),
+        # an enrollment's bookings, in any status (a booking overtaken by a newer one, revocations, timelines)
+        Index("ix_booking_enrollment_step", "enrollment_id", "course_step_id",
+              sqlite_where=text("enrollment_id IS NOT NULL"), postgresql_where=text("enrollment_id IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # platform booking id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import CreditType, LedgerEntryType
@@ -25,6 +25,13 @@ class CreditLedgerEntry(Base):
         CheckConstraint("entry_type = 'grant' OR grant_id IS NOT NULL", name="non_grant_has_grant"),
         Index("ix_credit_ledger_entry_student_type", "student_id", "credit_type"),
         Index("ix_credit_ledger_entry_grant_id", "grant_id"),
+        # an enrollment's or a package purchase's entries (refunds, the read API, re-provisioning): each holds
+        # only the entries that carry its id (an adjustment by hand carries neither)
+        Index("ix_credit_ledger_entry_enrollment_id", "enrollment_id",
+              postgresql_where=text("enrollment_id IS NOT NULL"), sqlite_where=text("enrollment_id IS NOT NULL")),
+        Index("ix_credit_ledger_entry_package_purchase_id", "package_purchase_id",
+              postgresql_where=text("package_purchase_id IS NOT NULL"),
+              sqlite_where=text("package_purchase_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -43,8 +43,8 @@ class PaymentRefund(Base):
     refund_key: Mapped[str] = mapped_column(String(128), unique=True)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(64), index=True)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"))
-    package_purchase_id: Mapped[int | None] = mapped_column(ForeignKey("package_purchase.id"))
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"), index=True)
+    package_purchase_id: Mapped[int | None] = mapped_column(ForeignKey("package_purchase.id"), index=True)
     amount: Mapped[int]
     currency: Mapped[str | None] = mapped_column(String(3))
     full: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -61,7 +61,7 @@ class PaymentDispute(Timestamped, Base):
     stripe_dispute_id: Mapped[str] = mapped_column(String(64), unique=True)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(64))
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"))
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("student_course_enrollment.id"), index=True)
     status: Mapped[DisputeStatus] = mapped_column(enum_column(DisputeStatus, "dispute_status"))
     amount: Mapped[int | None]
     reason: Mapped[str | None] = mapped_column(String(64))

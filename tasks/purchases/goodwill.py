@@ -7,7 +7,7 @@ that Stripe later reports failed returned nothing and is no longer netted.
 """
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
@@ -15,10 +15,12 @@ from tasks.purchases.shapes import REFUND_NOT_COUNTED
 
 
 def kept_amount(session: Session, enrollment_id: int) -> int:
-    failed = select(PaymentRefund.refund_key).where(PaymentRefund.status.in_(REFUND_NOT_COUNTED))
+    # each refund's own record looked up by its key (unique), not every failed refund read
+    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id,
+                                     PaymentRefund.status.in_(REFUND_NOT_COUNTED))
     return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
         AdminRefund.enrollment_id == enrollment_id,
         AdminRefund.keep_access.is_(True),
         AdminRefund.status == "succeeded",
-        AdminRefund.stripe_refund_id.not_in(failed),
+        ~reported_failed,
     )))

@@ -27,11 +27,12 @@ import io
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
 from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase, StudentCourseEnrollment, StudentCourseProgress
+from db.models.enrollments import COUNTED_PROGRESS
 from db.types import utcnow
 from tasks.errors import ValidationFailed
 
@@ -83,6 +84,23 @@ def counts_by_status(session: Session, owner, status_column, ids: list[int], sta
     return counts
 
 
+def _step_counts(session: Session, step_ids: list[int]) -> dict[int, tuple[int, int, int, int]]:
+    """{step id: (booked, completed, missed, skipped ahead)}, counted by the database per step over the
+    progress rows that count towards any of them (a step none counts towards is absent): on PostgreSQL from
+    the partial index of those rows alone (`COUNTED_PROGRESS`), without reading the table."""
+    if not step_ids:
+        return {}
+    progress = StudentCourseProgress
+    return {step_id: counts for step_id, *counts in session.execute(
+        select(progress.step_id,
+               func.count().filter(progress.status.in_(EVER_BOOKED)),
+               func.count().filter(progress.status == ProgressStatus.COMPLETED),
+               func.count().filter(progress.status == ProgressStatus.MISSED),
+               func.count().filter(progress.skipped_ahead.is_(True)))
+        .where(progress.step_id.in_(step_ids), text(f"({COUNTED_PROGRESS})"))
+        .group_by(progress.step_id))}
+
+
 def course_report(*, session: Session) -> list[dict[str, Any]]:
     """One dict per live course (draft and published), ordered by code."""
     programs = list(session.scalars(
@@ -95,23 +113,13 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
                                  EnrollmentStatus)
     money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID)
 
-    def count_if(condition):
-        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
     steps: dict[int, list[dict[str, Any]]] = {pid: [] for pid in ids}
-    for step, booked, completed, missed, ahead in session.execute(
-        select(
-            CourseStep,
-            count_if(StudentCourseProgress.status.in_(EVER_BOOKED)),
-            count_if(StudentCourseProgress.status == ProgressStatus.COMPLETED),
-            count_if(StudentCourseProgress.status == ProgressStatus.MISSED),
-            count_if(StudentCourseProgress.skipped_ahead.is_(True)),
-        )
-        .outerjoin(StudentCourseProgress, StudentCourseProgress.step_id == CourseStep.id)
-        .where(CourseStep.program_id.in_(ids), CourseStep.deleted_at.is_(None))
-        .group_by(CourseStep.id)
-        .order_by(CourseStep.program_id, CourseStep.position)
-    ):
+    live_steps = list(session.scalars(
+        select(CourseStep).where(CourseStep.program_id.in_(ids), CourseStep.deleted_at.is_(None))
+        .order_by(CourseStep.program_id, CourseStep.position)))
+    per_step = _step_counts(session, [step.id for step in live_steps])
+    for step in live_steps:
+        booked, completed, missed, ahead = per_step.get(step.id, (0, 0, 0, 0))
         steps[step.program_id].append({
             "course_step_id": step.id, "label": step.label, "position": step.position, "title": step.title,
             "booked": int(booked), "completed": int(completed), "missed": int(missed), "skipped_ahead": int(ahead),

@@ -12,6 +12,7 @@ from db.models import StudentCourseProgress
 from tasks.errors import ValidationFailed
 from tasks.reporting import reports
 from tests import factories
+from tests.plans import plans_of
 
 E, P = EnrollmentStatus, ProgressStatus
 
@@ -111,3 +112,33 @@ def test_activity_by_week_counts_enrollments_and_completions_per_monday(session)
     for bad in (0, -1, 105, "12", True, None):
         with pytest.raises(ValidationFailed, match="weeks: a whole number from 1 to 104"):
             reports.activity_by_week(session=session, weeks=bad, now=now)
+
+
+def test_step_counts_follow_the_definitions_for_every_status_and_flag(session):
+    """One enrollment per (status, skipped ahead) on the course's single step: the report counts exactly the
+    rows its definitions name, whatever filter the query reads them through."""
+    program = factories.program(session, code="ALL", steps=1)
+    combos = [(status, ahead) for status in P for ahead in (False, True)]
+    for n, (status, ahead) in enumerate(combos):
+        enrollment = factories.enrollment(session, factories.student(session, id=f"stu_all_{n}"), program,
+                                          session_id=f"cs_all_{n}")
+        _set_progress(session, enrollment, [status], ahead=(0,) if ahead else ())
+    step, = {c["course_code"]: c for c in reports.course_report(session=session)}["ALL"]["steps"]
+    expected = {
+        "booked": sum(status in reports.EVER_BOOKED for status, _ in combos),
+        "completed": sum(status is P.COMPLETED for status, _ in combos),
+        "missed": sum(status is P.MISSED for status, _ in combos),
+        "skipped_ahead": sum(ahead for _, ahead in combos),
+    }
+    assert {key: step[key] for key in expected} == expected == {"booked": 6, "completed": 2, "missed": 2,
+                                                                "skipped_ahead": 5}
+
+
+@pytest.mark.postgres
+def test_step_counts_are_read_from_the_partial_index_alone(pg_database):
+    """The per-step counts' filter is the partial index's predicate, so PostgreSQL can answer from the index
+    without reading the table: a mismatch (another spelling of the predicate) makes this an ordinary scan."""
+    with pg_database.session_scope() as s:
+        factories.program(s, code="IX", steps=2)
+        plan, = plans_of(pg_database, s, lambda: reports.course_report(session=s), naming="FROM student_course_progress")
+        assert "Index Only Scan using ix_student_course_progress_counted" in plan, plan

@@ -1,0 +1,76 @@
+"""Look-ups that run on every refund, dispute, booking, checkout-status poll, read-API call or buyer known by
+e-mail are answered by an index, not by reading the whole table (docs/performance.md has what the scans cost
+over a million enrollments)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from db.enums import PurchaseStatus
+from db.models import PackagePurchase
+from db.types import utcnow
+from tasks.bookings import services as bookings
+from tasks.enrollments import services as enrollments
+from tasks.ledger import credits
+from tasks.purchases import fulfilment, payments
+from tests import factories
+from tests.plans import plans_of
+
+pytestmark = pytest.mark.postgres
+
+
+def _indexed(plans: list[str], index: str) -> None:
+    """No statement reads the table whole, and `index` answers at least one of them."""
+    assert plans, "the code ran no statement naming the table"
+    for plan in plans:
+        assert "Seq Scan" not in plan, plan
+    assert any(f"using {index}" in plan for plan in plans), plans
+
+
+def test_a_buyer_known_only_by_email_is_found_through_the_lower_email_index(pg_database):
+    with pg_database.session_scope() as s:
+        factories.student(s, id="stu_mail", email="Buyer@Example.test")
+        found = []
+        plans = plans_of(pg_database, s, lambda: found.append(fulfilment.buyer_id(
+            s, {"id": "cs_mail", "customer_details": {"email": " buyer@example.TEST"}})), naming="FROM student WHERE")
+        assert found == ["stu_mail"]
+        _indexed(plans, "ix_student_email_lower")
+
+
+def test_settling_an_enrollment_reads_its_refunds_disputes_and_grants_through_indexes(pg_database):
+    with pg_database.session_scope() as s:
+        enrollment = factories.enrollment(s, factories.student(s), factories.program(s, code="IX", steps=1))
+        work = lambda: payments.settle_enrollment(session=s, enrollment=enrollment, cause="test")  # noqa: E731
+        _indexed(plans_of(pg_database, s, work, naming="FROM payment_refund"), "ix_payment_refund_enrollment_id")
+        _indexed(plans_of(pg_database, s, work, naming="FROM payment_dispute"), "ix_payment_dispute_enrollment_id")
+        _indexed(plans_of(pg_database, s, work, naming="FROM credit_ledger_entry"),
+                 "ix_credit_ledger_entry_enrollment_id")
+
+
+def test_settling_a_package_purchase_reads_its_refunds_and_grants_through_indexes(pg_database):
+    with pg_database.session_scope() as s:
+        purchase = PackagePurchase(id=1, amount_total=5000, amount_refunded=0, status=PurchaseStatus.PAID)
+        work = lambda: payments.settle_package(session=s, purchase=purchase, cause="test")  # noqa: E731
+        _indexed(plans_of(pg_database, s, work, naming="FROM payment_refund"),
+                 "ix_payment_refund_package_purchase_id")
+        _indexed(plans_of(pg_database, s, work, naming="FROM credit_ledger_entry"),
+                 "ix_credit_ledger_entry_package_purchase_id")
+        assert credits.lots(session=s, package_purchase_id=1) == []
+
+
+def test_an_enrollments_bookings_are_read_through_an_index(pg_database):
+    """Whether a newer accepted booking overtook this one (every booking of a step), and the active bookings a
+    revocation cancels."""
+    with pg_database.session_scope() as s:
+        program = factories.program(s, code="IX", steps=1)
+        enrollment = factories.enrollment(s, factories.student(s), program)
+        enrollment.activated_at = utcnow()  # the platform knows it: its revocation names the active bookings
+        step = program.steps[0]
+        overtaken = []
+        _indexed(plans_of(pg_database, s, lambda: overtaken.append(bookings._overtaken(
+            s, enrollment, step, utcnow() - timedelta(days=1))), naming="FROM booking"), "ix_booking_enrollment_step")
+        assert overtaken == [False]
+        _indexed(plans_of(pg_database, s, lambda: enrollments.revoke(
+            session=s, enrollment=enrollment, cause="test", reason="refunded"), naming="FROM booking"),
+            "ix_booking_enrollment_step")
