@@ -18,16 +18,16 @@ answers it beforehand and changes nothing):
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from db.enums import BookingStatus, EnrollmentStatus, ProgramStatus, ProgressStatus
 from db.models import Booking, CourseProgram, StudentCourseEnrollment, StudentCourseProgress
 from tasks.catalog.services import (
+    BUNDLE_UNRECORDED,
     HOLDERS,
     OWED_NEW_STEPS,
     CourseIn,
@@ -91,7 +91,7 @@ def course_change(*, session: Session, course: CourseIn) -> CourseChange:
     if program is None:
         return CourseChange(code=course.code, exists=False, status=None)
     change = CourseChange(code=course.code, exists=True, status=program.status.value)
-    holders = _holders(session, program)
+    holders = _Holders(session, program)
     change.fields = _fields(program, course)
     _steps(session, program, course, change, holders)
     _options(session, program, course, change, holders)
@@ -107,28 +107,62 @@ class _Holder:
     enrollment_id: int
     student_id: str
     status: EnrollmentStatus
-    has_bundle_record: bool
 
 
-@dataclass
+def _holding(program: CourseProgram) -> tuple:
+    return StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(HOLDERS)
+
+
 class _Holders:
-    enrollments: dict[int, _Holder]
-    progress: dict[int, list[StudentCourseProgress]]  # step id → progress rows of holding enrollments
+    """The course's holding enrollments and their progress, read as plain rows when, and as far as, a part of
+    the change needs them: a course may have hundreds of thousands, and an edit of its texts or price needs
+    none of them. No list of their ids is sent back to the database."""
+
+    def __init__(self, session: Session, program: CourseProgram) -> None:
+        self._session, self._program = session, program
+        self._enrollments: dict[int, _Holder] | None = None
+        self._counts: dict[int, tuple[int, int]] | None = None
+        self._progress: dict[int, list[Row]] = {}
+
+    @property
+    def enrollments(self) -> dict[int, _Holder]:
+        if self._enrollments is None:
+            enrollment = StudentCourseEnrollment
+            self._enrollments = {eid: _Holder(eid, student_id, status) for eid, student_id, status in self._session.execute(
+                select(enrollment.id, enrollment.student_id, enrollment.status).where(*_holding(self._program))
+                .order_by(enrollment.id))}
+        return self._enrollments
+
+    def count(self) -> int:
+        if self._enrollments is not None:
+            return len(self._enrollments)
+        return self._session.scalar(select(func.count()).select_from(StudentCourseEnrollment)
+                                    .where(*_holding(self._program))) or 0
+
+    def counts(self, step_id: int) -> tuple[int, int]:
+        """(progress rows, booked ones) of the step among holding enrollments, counted by the database."""
+        if self._counts is None:
+            row = StudentCourseProgress
+            self._counts = {sid: (n, booked) for sid, n, booked in self._session.execute(
+                select(row.step_id, func.count(), func.count().filter(row.status == ProgressStatus.BOOKED))
+                .join(StudentCourseEnrollment, StudentCourseEnrollment.id == row.enrollment_id)
+                .where(*_holding(self._program)).group_by(row.step_id))}
+        return self._counts.get(step_id, (0, 0))
+
+    def progress(self, step_id: int) -> list[Row]:
+        """The step's progress rows among holding enrollments, each with its enrollment's student and status."""
+        if step_id not in self._progress:
+            row, enrollment = StudentCourseProgress, StudentCourseEnrollment
+            self._progress[step_id] = list(self._session.execute(
+                select(row.enrollment_id, row.status, row.booking_id, row.group_class_id, enrollment.student_id,
+                       enrollment.status.label("enrollment_status"))
+                .join(enrollment, enrollment.id == row.enrollment_id)
+                .where(row.step_id == step_id, *_holding(self._program)).order_by(row.enrollment_id)))
+        return self._progress[step_id]
 
 
-def _holders(session: Session, program: CourseProgram) -> _Holders:
-    rows = session.scalars(select(StudentCourseEnrollment).where(
-        StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(HOLDERS))
-        .order_by(StudentCourseEnrollment.id))
-    enrollments = {e.id: _Holder(e.id, e.student_id, e.status,
-                                 (e.fulfilment_metadata or {}).get("bundle") is not None) for e in rows}
-    progress: dict[int, list[StudentCourseProgress]] = defaultdict(list)
-    if enrollments:
-        for row in session.scalars(select(StudentCourseProgress).where(
-                StudentCourseProgress.enrollment_id.in_(list(enrollments)))
-                .order_by(StudentCourseProgress.enrollment_id)):
-            progress[row.step_id].append(row)
-    return _Holders(enrollments, progress)
+def _holder(row: Row) -> _Holder:
+    return _Holder(row.enrollment_id, row.student_id, row.enrollment_status)
 
 
 def _touch(change: CourseChange, holder: _Holder, effect: str) -> None:
@@ -161,9 +195,9 @@ def _steps(session: Session, program: CourseProgram, course: CourseIn, change: C
     existing = {s.label: s for s in live_steps(session, program.id)}
     wanted = {s.label: i + 1 for i, s in enumerate(course.steps)}
     for label, step in existing.items():
-        rows = holders.progress.get(step.id, [])
-        students = [_progress_entry(holders, r) for r in rows]
         if label not in wanted:
+            rows = holders.progress(step.id)
+            students = [_progress_entry(r) for r in rows]
             bookings = list(session.scalars(select(Booking).where(Booking.course_step_id == step.id)
                                             .order_by(Booking.id)))
             # any progress row counts, a revoked enrollment's too: its history names the step
@@ -177,27 +211,28 @@ def _steps(session: Session, program: CourseProgram, course: CourseIn, change: C
                                               "enrollment(s) already have it"
                                               + (f" and {len(bookings)} booking(s) name it" if bookings else "")))
                 for r in rows:
-                    _touch(change, holders.enrollments[r.enrollment_id],
-                           f"step {label}: would lose it ({r.status.value}) — refused")
+                    _touch(change, _holder(r), f"step {label}: would lose it ({r.status.value}) — refused")
             change.steps.append(entry)
             continue
         moved = step.position != wanted[label]
         data = course.steps[wanted[label] - 1]
         edited = (step.title, step.summary) != (data.title, data.summary)
+        held, booked = holders.counts(step.id)
         entry = {"label": label, "step_id": step.id,
                  "change": "moved" if moved else ("edited" if edited else "unchanged"),
-                 "from_position": step.position, "to_position": wanted[label], "enrollments": len(rows),
-                 "bookings": sum(1 for r in rows if r.status is ProgressStatus.BOOKED),
-                 "students": _listed(students) if moved else []}
+                 "from_position": step.position, "to_position": wanted[label], "enrollments": held,
+                 "bookings": booked, "students": []}
         if moved:
+            rows = holders.progress(step.id)
+            entry["students"] = _listed([_progress_entry(r) for r in rows])
             for r in rows:
-                _touch(change, holders.enrollments[r.enrollment_id],
+                _touch(change, _holder(r),
                        f"step {label}: position {step.position} → {wanted[label]} ({r.status.value}; kept)")
         change.steps.append(entry)
-    owed = [h for h in holders.enrollments.values() if h.status in OWED_NEW_STEPS]
     for label, position in wanted.items():
         if label in existing:
             continue
+        owed = [h for h in holders.enrollments.values() if h.status in OWED_NEW_STEPS]
         completed = [h for h in holders.enrollments.values() if h.status is EnrollmentStatus.COMPLETED]
         change.steps.append({"label": label, "step_id": None, "change": "added", "from_position": None,
                              "to_position": position, "enrollments": len(owed), "bookings": 0,
@@ -209,9 +244,8 @@ def _steps(session: Session, program: CourseProgram, course: CourseIn, change: C
     change.steps.sort(key=lambda s: (s["to_position"] is None, s["to_position"] or 0, s["from_position"] or 0))
 
 
-def _progress_entry(holders: _Holders, row: StudentCourseProgress) -> dict[str, Any]:
-    holder = holders.enrollments[row.enrollment_id]
-    return {"enrollment_id": holder.enrollment_id, "student_id": holder.student_id, "progress": row.status.value,
+def _progress_entry(row: Row) -> dict[str, Any]:
+    return {"enrollment_id": row.enrollment_id, "student_id": row.student_id, "progress": row.status.value,
             "booking_id": row.booking_id, "class_id": row.group_class_id}
 
 
@@ -230,7 +264,7 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
         active = list(session.scalars(select(Booking).where(
             Booking.class_id == class_id, Booking.course_step_id == step.id, Booking.status == BookingStatus.ACTIVE)
             .order_by(Booking.id)))
-        history = [r for r in holders.progress.get(step.id, []) if r.group_class_id == class_id
+        history = [r for r in holders.progress(step.id) if r.group_class_id == class_id
                    and r.status is not ProgressStatus.BOOKED]
         entry = {"class_id": class_id, "step": label, "change": "detached", "active_bookings": len(active),
                  "students": _listed([{"enrollment_id": b.enrollment_id, "student_id": b.student_id,
@@ -246,13 +280,13 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
         change.options.append(entry)
     for class_id, label in sorted(want - have):
         step = by_label.get(label)
-        open_rows = [r for r in holders.progress.get(step.id, []) if r.status is ProgressStatus.UNBOOKED] \
+        open_rows = [r for r in holders.progress(step.id) if r.status is ProgressStatus.UNBOOKED] \
             if step is not None else []
         change.options.append({"class_id": class_id, "step": label, "change": "attached",
                                "may_book": len(open_rows),
-                               "students": _listed([_progress_entry(holders, r) for r in open_rows])})
+                               "students": _listed([_progress_entry(r) for r in open_rows])})
         for r in open_rows:
-            _touch(change, holders.enrollments[r.enrollment_id], f"step {label}: may now book class {class_id}")
+            _touch(change, _holder(r), f"step {label}: may now book class {class_id}")
 
 
 def _bundle(session: Session, program: CourseProgram, course: CourseIn, change: CourseChange,
@@ -261,7 +295,8 @@ def _bundle(session: Session, program: CourseProgram, course: CourseIn, change: 
     new = bundle_summary(course.bundle)
     if old == new:
         return
-    unrecorded = [h for h in holders.enrollments.values() if not h.has_bundle_record]
+    unrecorded = session.scalar(select(func.count()).select_from(StudentCourseEnrollment)
+                                .where(*_holding(program), BUNDLE_UNRECORDED)) or 0
     change.bundle = {"from": old, "to": new, "applies_to": "new purchases",
-                     "enrollments_keeping_theirs": len(holders.enrollments),
-                     "records_written": len(unrecorded)}
+                     "enrollments_keeping_theirs": holders.count(),
+                     "records_written": unrecorded}

@@ -22,7 +22,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from db.enums import BookingStatus, BundleKind, ClassStatus, CreditType, EnrollmentStatus, ProgramStatus, ProgressStatus
@@ -37,6 +38,7 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
+from db import jsoncodec
 from db.types import utcnow
 from tasks.errors import NotFound, PermanentError, ValidationFailed
 from tasks.events import known_timezone
@@ -405,27 +407,40 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
     return changed
 
 
+# an enrollment without a record of the bundle it bought (missing or null: older purchases), in SQL
+BUNDLE_UNRECORDED = StudentCourseEnrollment.fulfilment_metadata["bundle"].as_string().is_(None)
+
+
 def _seed_new_steps(session: Session, program: CourseProgram, steps: list[CourseStep]) -> None:
-    """A step added to a sold course is owed to its active and suspended enrollments: unbooked at once."""
-    owed = list(session.scalars(select(StudentCourseEnrollment.id).where(
-        StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(OWED_NEW_STEPS))))
-    for enrollment_id in owed:
-        for step in steps:
-            session.add(StudentCourseProgress(enrollment_id=enrollment_id, step_id=step.id,
-                                              status=ProgressStatus.UNBOOKED, skipped_ahead=False))
-    session.flush()
+    """A step added to a sold course is owed to its active and suspended enrollments: unbooked at once.
+    One INSERT … SELECT a step, however many enrollments the course has."""
+    enrollment, table = StudentCourseEnrollment, StudentCourseProgress.__table__
+    now = literal(utcnow(), table.c.created_at.type)
+    for step in steps:
+        session.execute(insert(table).from_select(
+            ["enrollment_id", "step_id", "status", "skipped_ahead", "created_at", "updated_at"],
+            select(enrollment.id, literal(step.id, table.c.step_id.type),
+                   literal(ProgressStatus.UNBOOKED, table.c.status.type),
+                   literal(False, table.c.skipped_ahead.type), now, now)
+            .where(enrollment.program_id == program.id, enrollment.status.in_(OWED_NEW_STEPS))))
 
 
 def _record_sold_bundle(session: Session, program: CourseProgram, components: list[CourseBundleComponent]) -> None:
     """Before a bundle changes, an enrollment without a record of the bundle it bought gets the old one,
-    so the change reaches new purchases only (the same shape as the record fulfilment writes)."""
+    so the change reaches new purchases only (the same shape as the record fulfilment writes). One UPDATE
+    of the enrollments without a record, however many the course has."""
     sold = [{"component_id": c.id, "kind": c.kind.value, "quantity": c.quantity} for c in components]
-    for enrollment in session.scalars(select(StudentCourseEnrollment).where(
-            StudentCourseEnrollment.program_id == program.id, StudentCourseEnrollment.status.in_(HOLDERS))):
-        metadata = dict(enrollment.fulfilment_metadata or {})
-        if metadata.get("bundle") is None:
-            metadata["bundle"] = sold
-            enrollment.fulfilment_metadata = metadata
+    enrollment = StudentCourseEnrollment
+    if session.get_bind().dialect.name == "postgresql":
+        recorded = enrollment.fulfilment_metadata.op("||")(
+            func.jsonb_build_object("bundle", bindparam("sold_bundle", sold, type_=JSONB)))
+    else:
+        recorded = func.json_set(enrollment.fulfilment_metadata, "$.bundle", func.json(jsoncodec.dumps(sold)))
+    session.execute(
+        update(enrollment)
+        .where(enrollment.program_id == program.id, enrollment.status.in_(HOLDERS), BUNDLE_UNRECORDED)
+        .values(fulfilment_metadata=recorded, updated_at=utcnow())
+        .execution_options(synchronize_session=False))
 
 
 def _save_bundle(session: Session, program: CourseProgram, course: CourseIn) -> bool:
