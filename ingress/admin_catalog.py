@@ -9,13 +9,11 @@ answers 202: the `publish_listing` actor makes the Stripe calls (outside any req
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy.exc import IntegrityError
 
-from db.database import is_unique_violation
 from ingress import roles
 from ingress.bodies import json_object
 from ingress.roles import require_role
-from ingress.errors import ApiError, error_response
+from ingress.errors import ApiError
 from tasks.catalog import services as catalog
 from tasks.catalog import changes
 from tasks.catalog import drift
@@ -33,15 +31,6 @@ def _runtime():
 
 def _body() -> dict:
     return json_object()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
-
-
-@bp.errorhandler(IntegrityError)
-def _concurrent(exc: IntegrityError):
-    if not is_unique_violation(exc):  # a broken invariant: retrying would fail the same way
-        current_app.logger.exception("integrity error")
-        return error_response(500, "internal_error", "internal error; the change was not saved")
-    # two writers created the same code (or class option) at once: the loser retries and sees the winner
-    return error_response(409, "conflict", "a concurrent change to the same course or package; retry")
 
 
 @bp.errorhandler(catalog.StepInUse)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
+from db.database import is_unique_violation
 from tasks.errors import NotFound, ValidationFailed
+
+CONFLICT_MESSAGE = "a concurrent request wrote the same record; retry"
 
 
 class ApiError(Exception):
@@ -53,6 +57,15 @@ def register_error_handlers(app: Flask) -> None:
                    429: "too many failed authentications from this address; wait a minute"}.get(
             exc.code or 500, exc.description or exc.name)
         return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(IntegrityError)
+    def _integrity(exc: IntegrityError):
+        if not is_unique_violation(exc):  # a broken invariant: retrying would fail the same way
+            app.logger.exception("integrity error")
+            return error_response(500, "internal_error", "internal error; the change was not saved")
+        # two requests wrote the same unique key at once (their checks both passed before either wrote):
+        # nothing of this one was saved; retried, it sees the other's row and answers as the checks say
+        return error_response(409, "conflict", CONFLICT_MESSAGE)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

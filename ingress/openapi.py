@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from ingress import limits
+from ingress.errors import CONFLICT_MESSAGE
 from tasks.events import PLATFORM_DATA
 from tasks.messaging.outbound_events import OUTBOUND_DATA
 from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
@@ -428,6 +429,8 @@ def build_document(app: Flask) -> dict:
         operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
         if path.startswith(limits.PROTECTED_PREFIXES):  # an address past its failed authentications: any route
             operation["responses"].setdefault("429", ERRORS["429"])
+            if method != "GET":  # a write that raced another on the same unique key (ingress.errors)
+                operation["responses"].setdefault("409", _json("Error", f"conflict: {CONFLICT_MESSAGE}"))
         if params:  # an unknown id or code (or an integer out of range: no such route)
             operation["parameters"] = params + operation.get("parameters", [])
             operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}
