@@ -149,6 +149,16 @@ class _Holders:
                 .where(*_holding(self._program)).group_by(row.step_id))}
         return self._counts.get(step_id, (0, 0))
 
+    def history(self, step_id: int, class_id: str) -> int:
+        """Progress rows of the step that name this class and are past booking (completed, missed, cancelled),
+        counted by the database: what a detached class leaves on record."""
+        row = StudentCourseProgress
+        return self._session.scalar(
+            select(func.count()).select_from(row)
+            .join(StudentCourseEnrollment, StudentCourseEnrollment.id == row.enrollment_id)
+            .where(row.step_id == step_id, row.group_class_id == class_id, row.status != ProgressStatus.BOOKED,
+                   *_holding(self._program))) or 0
+
     def progress(self, step_id: int) -> list[Row]:
         """The step's progress rows among holding enrollments, each with its enrollment's student and status."""
         if step_id not in self._progress:
@@ -264,12 +274,11 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
         active = list(session.scalars(select(Booking).where(
             Booking.class_id == class_id, Booking.course_step_id == step.id, Booking.status == BookingStatus.ACTIVE)
             .order_by(Booking.id)))
-        history = [r for r in holders.progress(step.id) if r.group_class_id == class_id
-                   and r.status is not ProgressStatus.BOOKED]
+        history = holders.history(step.id, class_id)
         entry = {"class_id": class_id, "step": label, "change": "detached", "active_bookings": len(active),
                  "students": _listed([{"enrollment_id": b.enrollment_id, "student_id": b.student_id,
                                        "booking_id": b.id} for b in active]),
-                 "history_kept": len(history)}
+                 "history_kept": history}
         if active:
             change.blocked.append(Blocked("steps", f"steps: class {class_id!r} of step {label!r} cannot be removed: "
                                           f"{len(active)} active booking(s) use it"))

@@ -107,6 +107,32 @@ def test_detaching_a_class_an_active_booking_holds_is_blocked_and_refused(databa
     assert snapshot(database) == before
 
 
+def test_detaching_a_class_counts_the_history_it_leaves_on_record(database, sold):
+    """Ben completed SFZ-2 on gc_SFZ_2_0 and a third student missed it there; a fourth is booked on it (no
+    booking row: the count is of progress past booking), and a revoked one's row is not a holder's."""
+    with database.session_scope() as s:
+        step = s.scalar(select(StudentCourseProgress.step_id).where(StudentCourseProgress.enrollment_id == sold["ben"])
+                        .order_by(StudentCourseProgress.step_id).offset(1).limit(1))
+        program = catalog.get_program(s, "SFZ")
+        rows = {"ben": s.scalar(select(StudentCourseProgress).where(
+            StudentCourseProgress.enrollment_id == sold["ben"], StudentCourseProgress.step_id == step))}
+        for name, status, enrollment_status in (("cay", ProgressStatus.MISSED, EnrollmentStatus.ACTIVE),
+                                                ("dan", ProgressStatus.BOOKED, EnrollmentStatus.ACTIVE),
+                                                ("eve", ProgressStatus.COMPLETED, EnrollmentStatus.REVOKED)):
+            enrollment = factories.enrollment(s, factories.student(s, id=f"stu_{name}", email=f"{name}@example.test"),
+                                              program, status=enrollment_status, session_id=f"cs_{name}")
+            rows[name] = s.scalar(select(StudentCourseProgress).where(
+                StudentCourseProgress.enrollment_id == enrollment.id, StudentCourseProgress.step_id == step))
+            rows[name].status = status
+        for row in rows.values():
+            row.group_class_id = "gc_SFZ_2_0"
+    data = current(database)
+    data["steps"][1]["options"] = []
+    [detached] = what_if(database, data)["options"]
+    assert (detached["class_id"], detached["change"], detached["active_bookings"], detached["history_kept"]) == (
+        "gc_SFZ_2_0", "detached", 0, 2)
+
+
 def test_removing_a_held_step_is_blocked_in_the_what_if_as_in_the_save(database, sold):
     data = current(database)
     data["steps"].pop()
