@@ -36,6 +36,7 @@ from tasks.catalog.services import (
     bundle_summary,
     live_program,
     live_steps,
+    step_removal,
 )
 
 MAX_LISTED = 200  # students listed per step or option; the counts are always whole
@@ -208,18 +209,12 @@ def _steps(session: Session, program: CourseProgram, course: CourseIn, change: C
         if label not in wanted:
             rows = holders.progress(step.id)
             students = [_progress_entry(r) for r in rows]
-            bookings = list(session.scalars(select(Booking).where(Booking.course_step_id == step.id)
-                                            .order_by(Booking.id)))
-            # any progress row counts, a revoked enrollment's too: its history names the step
-            had = session.scalar(select(func.count()).select_from(StudentCourseProgress)
-                                 .where(StudentCourseProgress.step_id == step.id)) or 0
+            removal = step_removal(session, step, label)
             entry = {"label": label, "step_id": step.id, "change": "removed", "from_position": step.position,
-                     "to_position": None, "enrollments": had, "bookings": len(bookings),
+                     "to_position": None, "enrollments": removal.progress_rows, "bookings": removal.bookings,
                      "students": _listed(students)}
-            if had or bookings:
-                change.blocked.append(Blocked("steps", f"steps: step {label!r} cannot be removed: {had} "
-                                              "enrollment(s) already have it"
-                                              + (f" and {len(bookings)} booking(s) name it" if bookings else "")))
+            if removal.refusal:
+                change.blocked.append(Blocked("steps", removal.refusal))
                 for r in rows:
                     _touch(change, _holder(r), f"step {label}: would lose it ({r.status.value}) — refused")
             change.steps.append(entry)

@@ -330,6 +330,27 @@ def save_course(*, session: Session, course: CourseIn) -> Saved:
                  id=program.id)
 
 
+@dataclass(frozen=True)
+class StepRemoval:
+    """What removing a step would take away: any progress row (a revoked enrollment's too: its history names
+    the step) and any booking naming it; `refusal` says why it may not, or is None. The save and its what-if
+    (`tasks.catalog.changes`) ask this same question."""
+    progress_rows: int
+    bookings: int
+    refusal: str | None
+
+
+def step_removal(session: Session, step: CourseStep, label: str) -> StepRemoval:
+    had = session.scalar(select(func.count()).select_from(StudentCourseProgress)
+                         .where(StudentCourseProgress.step_id == step.id)) or 0
+    booked = session.scalar(select(func.count()).select_from(Booking).where(Booking.course_step_id == step.id)) or 0
+    refusal = None
+    if had or booked:
+        refusal = (f"steps: step {label!r} cannot be removed: {had} enrollment(s) already have it"
+                   + (f" and {booked} booking(s) name it" if booked else ""))
+    return StepRemoval(had, booked, refusal)
+
+
 def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> bool:
     now = utcnow()
     changed = False
@@ -340,12 +361,9 @@ def _save_steps(session: Session, program: CourseProgram, course: CourseIn) -> b
     for label, step in existing.items():
         if label in wanted:
             continue
-        holders = session.scalar(select(func.count()).select_from(StudentCourseProgress)
-                                 .where(StudentCourseProgress.step_id == step.id))
-        booked = session.scalar(select(func.count()).select_from(Booking).where(Booking.course_step_id == step.id))
-        if holders or booked:
-            raise StepInUse(f"steps: step {label!r} cannot be removed: {holders} enrollment(s) already have it"
-                            + (f" and {booked} booking(s) name it" if booked else ""), field="steps")
+        refusal = step_removal(session, step, label).refusal
+        if refusal:
+            raise StepInUse(refusal, field="steps")
         step.deleted_at = now
         for option in options:
             if option.step_id == step.id:
