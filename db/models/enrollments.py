@@ -49,9 +49,11 @@ class StudentCourseEnrollment(Timestamped, Base):
     progress: Mapped[list["StudentCourseProgress"]] = relationship(viewonly=True)
 
 
+# a step booked at some point: the course report's `booked`
+EVER_BOOKED = (ProgressStatus.BOOKED, ProgressStatus.COMPLETED, ProgressStatus.MISSED)
 # the progress rows the course report counts (booked at some point, or booked ahead); the report's query
-# repeats this text so that PostgreSQL can answer from the index below alone
-COUNTED_PROGRESS = "status IN ('booked', 'completed', 'missed') OR skipped_ahead"
+# uses this same text so that PostgreSQL can answer from the index below alone
+COUNTED_PROGRESS = f"status IN ({', '.join(repr(s.value) for s in EVER_BOOKED)}) OR skipped_ahead"
 
 
 class StudentCourseProgress(Timestamped, Base):

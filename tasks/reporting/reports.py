@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
 from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase, StudentCourseEnrollment, StudentCourseProgress
-from db.models.enrollments import COUNTED_PROGRESS
+from db.models.enrollments import COUNTED_PROGRESS, EVER_BOOKED
 from db.types import utcnow
 from tasks.errors import ValidationFailed
 
@@ -64,7 +64,6 @@ def _in_own_currency(by_currency: dict[str, dict], currency: str | None) -> dict
     gross = sum(f["total"] for f in figures)
     refunded = sum(f["refunded"] for f in figures)
     return {"gross": gross, "refunded": refunded, "net": gross - refunded}
-EVER_BOOKED = (ProgressStatus.BOOKED, ProgressStatus.COMPLETED, ProgressStatus.MISSED)
 
 CSV_COLUMNS = (
     "course_code", "course_title", "currency", "enrollments_total",
