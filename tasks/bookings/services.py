@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from db.enums import BookingStatus, ClassStatus, CreditType, EnrollmentStatus, ProgressStatus
 from db.models import (
@@ -92,15 +92,21 @@ class Verdict:
     enrollment: StudentCourseEnrollment | None = None
     progress: StudentCourseProgress | None = None
     holder: Booking | None = None  # the active booking holding the step, when that is the reason
+    group_class: GroupClass | None = None  # the class asked about, when it is a step option and mirrored
+    # the enrollment's bookings of the step that were not rejected, when the guard read them (it does
+    # unless the step is completed or cancelled): the holder is among them
+    step_bookings: tuple[Booking, ...] | None = None
 
     def as_dict(self) -> dict:
         return {"eligible": self.eligible, "reason": self.reason}
 
 
 def _live_step(session: Session, course_step_id: int) -> CourseStep | None:
+    """The step, with its course loaded in the same statement (`step.program`), if neither is deleted."""
     return session.scalar(
         select(CourseStep)
-        .join(CourseProgram, CourseProgram.id == CourseStep.program_id)
+        .join(CourseStep.program)
+        .options(contains_eager(CourseStep.program))
         .where(CourseStep.id == course_step_id, CourseStep.deleted_at.is_(None), CourseProgram.deleted_at.is_(None))
     )
 
@@ -117,6 +123,14 @@ def _holder(session: Session, enrollment_id: int, step_id: int) -> Booking | Non
     return session.scalar(select(Booking).where(Booking.enrollment_id == enrollment_id,
                                                 Booking.course_step_id == step_id,
                                                 Booking.status == BookingStatus.ACTIVE))
+
+
+def _step_bookings(session: Session, enrollment_id: int, step_id: int) -> tuple[Booking, ...]:
+    """The enrollment's bookings of the step that were not rejected: the active one holding it (at most
+    one, `uq_booking_active_step`) and those that ended. One read serves the guard and the history check."""
+    return tuple(session.scalars(select(Booking).where(Booking.enrollment_id == enrollment_id,
+                                                       Booking.course_step_id == step_id,
+                                                       Booking.status != BookingStatus.REJECTED)))
 
 
 def _bookable_at(enrollment: StudentCourseEnrollment, as_of: datetime | None) -> bool:
@@ -164,24 +178,30 @@ def step_guard(
     # a student who bought the course twice books on the first enrollment where the step is open
     rows = [(e, _progress_of(session, e.id, step.id, lock=lock)) for e in bookable]
     enrollment, progress = next(((e, p) for e, p in rows if p is None or p.status in BOOKABLE_PROGRESS), rows[0])
+    group_class = None
     if class_id is not None:
-        option = session.scalar(select(CourseStepOption.id).where(CourseStepOption.step_id == step.id,
-                                                                  CourseStepOption.group_class_id == class_id,
-                                                                  CourseStepOption.deleted_at.is_(None)))
+        # the option and the class's mirror (absent until its `class.upserted`) in one statement
+        option = session.execute(
+            select(CourseStepOption.id, GroupClass)
+            .outerjoin(GroupClass, GroupClass.id == CourseStepOption.group_class_id)
+            .where(CourseStepOption.step_id == step.id, CourseStepOption.group_class_id == class_id,
+                   CourseStepOption.deleted_at.is_(None))
+        ).first()
         if option is None:
             return Verdict(False, NOT_A_STEP_OPTION, step, enrollment, progress)
-        group_class = session.get(GroupClass, class_id)
+        group_class = option[1]
         if group_class is not None and group_class.status == ClassStatus.CANCELLED:
-            return Verdict(False, CLASS_CANCELLED, step, enrollment, progress)
+            return Verdict(False, CLASS_CANCELLED, step, enrollment, progress, group_class=group_class)
     status = progress.status if progress is not None else ProgressStatus.UNBOOKED
     if status == ProgressStatus.COMPLETED:
-        return Verdict(False, STEP_ALREADY_COMPLETED, step, enrollment, progress)
+        return Verdict(False, STEP_ALREADY_COMPLETED, step, enrollment, progress, group_class=group_class)
     if status == ProgressStatus.CANCELLED:
-        return Verdict(False, STEP_CANCELLED, step, enrollment, progress)
-    holder = _holder(session, enrollment.id, step.id)
+        return Verdict(False, STEP_CANCELLED, step, enrollment, progress, group_class=group_class)
+    step_bookings = _step_bookings(session, enrollment.id, step.id)
+    holder = next((b for b in step_bookings if b.status == BookingStatus.ACTIVE), None)
     if status == ProgressStatus.BOOKED or holder is not None:
-        return Verdict(False, STEP_ALREADY_BOOKED, step, enrollment, progress, holder)
-    return Verdict(True, None, step, enrollment, progress)
+        return Verdict(False, STEP_ALREADY_BOOKED, step, enrollment, progress, holder, group_class, step_bookings)
+    return Verdict(True, None, step, enrollment, progress, group_class=group_class, step_bookings=step_bookings)
 
 
 # --------------------------------------------------------------------------- booking.created
@@ -215,9 +235,9 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     existing = session.get(Booking, data.booking_id)
     if existing is not None:
         return existing
-    ensure_student(session=session, student_id=data.student_id)
+    student = ensure_student(session=session, student_id=data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
-        return _book_step(session, data, at, may_wait=may_wait, lock=lock)
+        return _book_step(session, data, at, student, may_wait=may_wait, lock=lock)
     if _class_cancelled(session, data.class_id):
         return _reject(session, data, CLASS_CANCELLED, at)
     if data.credit_type is not None:
@@ -235,15 +255,20 @@ def _existing_or_fail(session: Session, data: BookingCreated) -> Booking:
     return existing
 
 
-def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep, at: datetime) -> bool:
-    """Is an accepted booking of this step newer than `at`? Then this booking's whole life came before it."""
+def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep, at: datetime,
+               step_bookings: tuple[Booking, ...] | None = None) -> bool:
+    """Is an accepted booking of this step newer than `at`? Then this booking's whole life came before it.
+    `step_bookings`: the enrollment's bookings of the step that were not rejected, when already read."""
+    if step_bookings is not None:
+        return any(b.booked_at is not None and b.booked_at > at for b in step_bookings)
     return session.scalar(
         select(Booking.id).where(Booking.enrollment_id == enrollment.id, Booking.course_step_id == step.id,
                                  Booking.status != BookingStatus.REJECTED, Booking.booked_at > at).limit(1)
     ) is not None
 
 
-def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool, lock: bool) -> Booking:
+def _book_step(session: Session, data: BookingCreated, at: datetime, student: Student, *, may_wait: bool,
+               lock: bool) -> Booking:
     verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
                          class_id=data.class_id, lock=lock, as_of=at)
     step, enrollment = verdict.step, verdict.enrollment
@@ -252,7 +277,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
     revoked_step = verdict.reason == STEP_CANCELLED and enrollment.status == EnrollmentStatus.REVOKED
     maybe_history = verdict.eligible or revoked_step or verdict.reason in (STEP_ALREADY_BOOKED,
                                                                            STEP_ALREADY_COMPLETED)
-    if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at):
+    if maybe_history and enrollment is not None and _overtaken(session, enrollment, step, at, verdict.step_bookings):
         # history overtaken (delivered late): kept for the record, detached from the enrollment's progress
         booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
                           course_step_id=step.id, status=BookingStatus.ACTIVE, booked_at=at)
@@ -271,6 +296,8 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
                           f"step {step.label} is held by the older booking {holder.id}; waiting for its end")
         return _reject(session, data, reason, at, enrollment=enrollment, step=step)
 
+    # read before anything is written: the writes below then go out together, the progress row in one UPDATE
+    skipped_ahead = _earlier_step_unbooked(session, enrollment, step)
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
                       course_step_id=step.id, enrollment_id=enrollment.id, status=BookingStatus.ACTIVE, booked_at=at)
     if not _insert(session, booking):
@@ -291,10 +318,12 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
         enrollment.completed_at = None
     progress.booking_id = booking.id
     progress.group_class_id = data.class_id
-    progress.skipped_ahead = _earlier_step_unbooked(session, enrollment, step)
+    progress.skipped_ahead = skipped_ahead
+    # the booking row is new in this transaction, so nothing keyed by it can exist yet (`fresh`)
     progress_moves.move(session=session, progress=progress, target=ProgressStatus.BOOKED, cause=f"booking.created:{booking.id}",
-                        at=at, enrollment=enrollment)
-    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step)
+                        at=at, enrollment=enrollment, step=step, fresh=True)
+    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step, student=student,
+          group_class=verdict.group_class, fresh=True)
     return booking
 
 
@@ -355,44 +384,60 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
 # --------------------------------------------------------------------------- cancellation and attendance
 
 
-def _locked_booking(session: Session, booking_id: str) -> Booking:
+def _locked_booking(session: Session, booking_id: str) -> tuple[Booking, StudentCourseEnrollment | None]:
+    """The booking and its enrollment (None for a booking without one), both locked."""
     booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
     if booking is None:
         raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
+    enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
-        session.scalar(select(StudentCourseEnrollment.id)
-                       .where(StudentCourseEnrollment.id == booking.enrollment_id).with_for_update())
-    return booking
+        enrollment = session.scalar(select(StudentCourseEnrollment)
+                                    .where(StudentCourseEnrollment.id == booking.enrollment_id).with_for_update())
+    return booking, enrollment
 
 
-def _attached_progress(session: Session, booking: Booking) -> StudentCourseProgress | None:
-    """The progress row this booking holds (None for credit/plain/detached bookings, or once released)."""
+def _attached_progress(session: Session, booking: Booking) -> tuple[StudentCourseProgress | None, CourseStep | None]:
+    """The progress row this booking holds, locked, and its step with the course loaded (`step.program`), in
+    one statement; (None, None) for credit/plain/detached bookings, or once the booking released the step."""
     if booking.enrollment_id is None or booking.course_step_id is None:
-        return None
-    progress = _progress_of(session, booking.enrollment_id, booking.course_step_id, lock=True)
-    return progress if progress is not None and progress.booking_id == booking.id else None
+        return None, None
+    found = session.execute(
+        select(StudentCourseProgress, CourseStep)
+        .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
+        .join(CourseStep.program)
+        .options(contains_eager(CourseStep.program))
+        .where(StudentCourseProgress.enrollment_id == booking.enrollment_id,
+               StudentCourseProgress.step_id == booking.course_step_id)
+        .with_for_update(of=StudentCourseProgress)
+    ).first()
+    if found is None or found[0].booking_id != booking.id:
+        return None, None
+    return found[0], found[1]
 
 
 def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op."""
-    booking = _locked_booking(session, data.booking_id)
+    booking, enrollment = _locked_booking(session, data.booking_id)
     if booking.status == BookingStatus.REJECTED:
         return booking  # never stood: nothing to undo
+    progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
     cause = f"booking.cancelled:{booking.id}"
     if not BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id,
                         at=data.cancelled_at):
         return booking
+    # the booking ends in this transaction for the first time (its end is final), so what its end
+    # causes is new here too: the messages keyed by it cannot exist yet (`fresh`)
     booking.cancelled_at = data.cancelled_at
     booking.within_policy = data.within_policy
-    progress = _attached_progress(session, booking)
     if progress is not None and progress.status == ProgressStatus.BOOKED:
         if data.within_policy:
-            _reopen(session, progress, cause, data.cancelled_at)
+            _reopen(session, progress, cause, data.cancelled_at, enrollment=enrollment, step=step, fresh=True)
         else:
             progress_moves.move(session=session, progress=progress, target=ProgressStatus.MISSED, cause=cause,
-                                at=data.cancelled_at)
-        _mail(session, "booking_cancelled", booking, progress=progress, within_policy=data.within_policy)
+                                at=data.cancelled_at, enrollment=enrollment, step=step, fresh=True)
+        _mail(session, "booking_cancelled", booking, enrollment=enrollment, step=step, progress=progress,
+              fresh=True, within_policy=data.within_policy)
     elif progress is not None and progress.status == ProgressStatus.CANCELLED and data.within_policy:
         # revoked meanwhile: the step stays cancelled, but (as in order) no longer names this booking
         progress.booking_id = progress.group_class_id = None
@@ -401,9 +446,10 @@ def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
     return booking
 
 
-def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime) -> None:
-    """Back to unbooked, rebookable; the booking stays in the transition log and on the booking row."""
-    progress_moves.move(session=session, progress=progress, target=ProgressStatus.UNBOOKED, cause=cause, at=at)
+def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime, **held) -> None:
+    """Back to unbooked, rebookable; the booking stays in the transition log and on the booking row.
+    `held`: what `progress_moves.move` may be given (the enrollment and step the caller holds, `fresh`)."""
+    progress_moves.move(session=session, progress=progress, target=ProgressStatus.UNBOOKED, cause=cause, at=at, **held)
     progress.booking_id = None
     progress.group_class_id = None
     progress.skipped_ahead = False
@@ -411,19 +457,21 @@ def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: d
 
 def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
     """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed."""
-    booking = _locked_booking(session, data.booking_id)
+    booking, enrollment = _locked_booking(session, data.booking_id)
     if booking.status == BookingStatus.REJECTED:
         return booking
+    progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
     attended = data.outcome == "attended"
     cause = f"attendance.marked:{booking.id}"
     if not BOOKING.move(booking, BookingStatus.ATTENDED if attended else BookingStatus.NO_SHOW, session=session, cause=cause,
                         enrollment_id=booking.enrollment_id, at=data.marked_at):
         return booking
     booking.attendance_marked_at = data.marked_at
-    progress = _attached_progress(session, booking)
     target = ProgressStatus.COMPLETED if attended else ProgressStatus.MISSED
     if progress is not None and PROGRESS.can(progress.status, target):  # a no-show on a revoked step stays cancelled
-        progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at)
+        # the booking's attendance is final and new in this transaction: so is its cause (`fresh`)
+        progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at,
+                            enrollment=enrollment, step=step, fresh=True)
         if attended:
             complete_if_done(session=session, enrollment_id=progress.enrollment_id, at=data.marked_at, cause=cause)
     return booking
@@ -443,15 +491,16 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
         BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
         booking.cancelled_at = at
         booking.within_policy = True
-        progress = _attached_progress(session, booking)
+        progress, step = _attached_progress(session, booking)
         if progress is not None and progress.status == ProgressStatus.BOOKED:
-            _reopen(session, progress, f"{cause}:{booking.id}", at)
+            _reopen(session, progress, f"{cause}:{booking.id}", at, step=step)
         elif progress is not None and progress.status == ProgressStatus.CANCELLED:
             # revoked meanwhile: as a within-policy cancel, the step stays cancelled but no longer names it
             progress.booking_id = progress.group_class_id = None
         if booking.credit_type is not None:
             credits.release_credit(session=session, booking_id=booking.id)
-        step = session.get(CourseStep, booking.course_step_id) if booking.course_step_id else None
+        if step is None and booking.course_step_id:  # a detached or released booking: the step is still named
+            step = session.get(CourseStep, booking.course_step_id)
         enrollment = session.get(StudentCourseEnrollment, booking.enrollment_id) if booking.enrollment_id else None
         _mail(session, "class_cancelled", booking, enrollment=enrollment, step=step)
     return [b.id for b in bookings]
@@ -461,9 +510,13 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
 
 
 def _mail(session: Session, template: str, booking: Booking, *, enrollment: StudentCourseEnrollment | None = None,
-          step: CourseStep | None = None, progress: StudentCourseProgress | None = None, **extra) -> None:
-    """One mail per (template, booking) to the student, if we know their address."""
-    student = session.get(Student, booking.student_id)
+          step: CourseStep | None = None, progress: StudentCourseProgress | None = None,
+          student: Student | None = None, group_class: GroupClass | None = None, fresh: bool = False,
+          **extra) -> None:
+    """One mail per (template, booking) to the student, if we know their address. Rows the caller holds
+    (the student, the class) are passed in so they are not read again; `fresh`: the template's cause is
+    new in this transaction (`outbox.add_message`)."""
+    student = student if student is not None else session.get(Student, booking.student_id)
     if student is None or not student.email:
         log.info("no address for student %s: %s mail for booking %s not sent", booking.student_id, template,
                  booking.id)
@@ -473,8 +526,9 @@ def _mail(session: Session, template: str, booking: Booking, *, enrollment: Stud
     enrollment_id = booking.enrollment_id or (progress.enrollment_id if progress else None)
     if enrollment is None and enrollment_id is not None:
         enrollment = session.get(StudentCourseEnrollment, enrollment_id)
-    program = session.get(CourseProgram, step.program_id) if step is not None else None
-    group_class = session.get(GroupClass, booking.class_id)
+    program = step.program if step is not None else None  # a many-to-one: from the session when it holds it
+    if group_class is None or group_class.id != booking.class_id:
+        group_class = session.get(GroupClass, booking.class_id)
     context = {
         "student_name": student.name,
         "course_code": program.code if program else None,
@@ -488,4 +542,5 @@ def _mail(session: Session, template: str, booking: Booking, *, enrollment: Stud
         **extra,
     }
     outbox.add_mail(session=session, template=template, recipient=student.email, context=context,
-                    dedupe_key=f"{template}:{booking.id}", enrollment_id=enrollment.id if enrollment else None)
+                    dedupe_key=f"{template}:{booking.id}", enrollment_id=enrollment.id if enrollment else None,
+                    fresh=fresh)

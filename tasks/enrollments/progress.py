@@ -34,18 +34,21 @@ def move(
     cause: str,
     at: datetime,
     enrollment: StudentCourseEnrollment | None = None,
+    step: CourseStep | None = None,
+    fresh: bool = False,
 ) -> bool:
     """Move one step's progress to `target` at `at`. Returns False when it was already there.
 
     `cause` names what moved it (e.g. "booking.cancelled:bk_1") and keys the outbound event, so the
-    same cause never tells the platform twice.
+    same cause never tells the platform twice. `enrollment` and `step`, when the caller holds them, are
+    not read again; `fresh`: the cause is new in this transaction, so its event cannot exist yet.
     """
     previous = progress.status
     if not PROGRESS.move(progress, target, session=session, cause=cause, enrollment_id=progress.enrollment_id, at=at):
         return False
     setattr(progress, STAMPS[target], at)
     enrollment = enrollment or session.get(StudentCourseEnrollment, progress.enrollment_id)
-    step = session.get(CourseStep, progress.step_id)
+    step = step if step is not None and step.id == progress.step_id else session.get(CourseStep, progress.step_id)
     outbox.add_platform_event(
         session=session,
         type="course_step.progress_changed",
@@ -62,5 +65,6 @@ def move(
         },
         dedupe_key=f"course_step.progress_changed:{progress.id}:{target.value}:{cause}",
         enrollment_id=progress.enrollment_id,
+        fresh=fresh,
     )
     return True
