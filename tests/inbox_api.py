@@ -9,7 +9,7 @@ from __future__ import annotations
 from coursepipe.runtime import handler_table
 from tasks.inbox.admin import NotReplayable, event_view, list_events, replay, replay_failed  # noqa: F401
 from tasks.inbox.context import HandlerContext, lock_key  # noqa: F401
-from tasks.inbox.parking import requeue_waiting, stale_pending, wake_waiting  # noqa: F401
+from tasks.inbox.parking import finish_and_wake, requeue_waiting, stale_pending, wake_waiting  # noqa: F401
 from tasks.inbox.runner import Outcome, Result  # noqa: F401
 from tasks.inbox.runner import process_event as _process_event
 from tasks.inbox.store import REDELIVERY_RESEND_AFTER, Stored, mark_enqueued, store_event  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import func, inspect, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from db.enums import InboxStatus
@@ -27,6 +27,42 @@ def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
         .returning(table.c.id)
     ).scalars()
     return sorted(rows)
+
+
+# The row that ran is recorded processed and the rows parked on what it provided are woken, in one
+# statement (PostgreSQL). The two UPDATEs touch different rows: a row that ran was never `waiting`.
+_PROCESSED_AND_WAKE = text(f"""
+WITH done AS (
+    UPDATE inbox_event SET status = :status, attempts = :attempts, processed_at = :processed_at,
+        last_error = :last_error, waiting_for = :waiting_for
+    WHERE id = :id
+)
+UPDATE inbox_event SET status = '{InboxStatus.PENDING.value}', waiting_for = NULL
+WHERE status = '{InboxStatus.WAITING.value}' AND waiting_for = ANY(CAST(:keys AS text[]))
+RETURNING id
+""")
+
+# what `finish_and_wake` writes of the row that ran; any other change to it takes the ORM's own UPDATE
+FINISHED_COLUMNS = frozenset({"status", "attempts", "processed_at", "last_error", "waiting_for"})
+
+
+def finish_and_wake(*, session: Session, event: InboxEvent, keys: set[str] | list[str]) -> list[int] | None:
+    """Write the finished row `event` (its status, attempts and stamps as the runner set them on the object)
+    and wake the events parked on `keys`, in one statement; None where this does not apply (not
+    PostgreSQL, or the row has other unsaved changes): the caller flushes the row and calls `wake_waiting`.
+
+    The row is taken out of the session (its changes are written here, not by a flush).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    state = inspect(event)
+    if not set(state.committed_state) <= FINISHED_COLUMNS:
+        return None
+    values = {"id": event.id, "status": event.status.value, "attempts": event.attempts,
+              "processed_at": event.processed_at, "last_error": event.last_error, "waiting_for": event.waiting_for,
+              "keys": sorted(keys)}
+    session.expunge(event)  # before the statement's autoflush: the row's changes are the statement's
+    return sorted(session.execute(_PROCESSED_AND_WAKE, values).scalars())
 
 
 def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), limit: int = 500) -> list[int]:

@@ -24,7 +24,7 @@ from db.models import InboxEvent
 from db.types import utcnow
 from tasks.errors import Ignored, NeedsRemote, PermanentError, WaitFor
 from tasks.inbox.context import Handler, HandlerContext, HandlerTable
-from tasks.inbox.parking import RUNNABLE, wake_waiting
+from tasks.inbox.parking import RUNNABLE, finish_and_wake, wake_waiting
 from tasks.machines import INBOX
 
 log = logging.getLogger("coursepipe.inbox")
@@ -165,7 +165,9 @@ def _processed(ctx: HandlerContext, event: InboxEvent, attempts: int, now: datet
     # what the handler provided, and the event's own subject, may be what a parked event waits for
     keys = set(ctx.provided) | ({event.subject} if event.subject else set())
     ctx.provided.clear()
-    woken = wake_waiting(session=ctx.session, keys=keys)
+    woken = finish_and_wake(session=ctx.session, event=event, keys=keys)
+    if woken is None:
+        woken = wake_waiting(session=ctx.session, keys=keys)
     return Result(Outcome.PROCESSED, woken=woken)
 
 

@@ -54,6 +54,13 @@ def provide(ctx: HandlerContext, event):
     ctx.provides(event.payload["data"]["key"])
 
 
+def provide_and_prune(ctx: HandlerContext, event):
+    """Provides like `provide`, and changes its own row beyond what the runner writes (as retention's
+    payload pruning does): the row's own UPDATE must keep that change."""
+    provide(ctx, event)
+    event.payload = {**event.payload, "pruned": True}
+
+
 def slow(ctx: HandlerContext, event):
     """Writes its effect, signals through a file that it is inside the transaction, then blocks."""
     session = ctx.session
@@ -112,6 +119,7 @@ HANDLERS = {
     (InboxSource.PLATFORM.value, "test.permanent"): permanent,
     (InboxSource.PLATFORM.value, "test.wait"): wait,
     (InboxSource.PLATFORM.value, "test.provide"): provide,
+    (InboxSource.PLATFORM.value, "test.provide_and_prune"): provide_and_prune,
     (InboxSource.PLATFORM.value, "test.slow"): slow,
     (InboxSource.PLATFORM.value, "test.wait_gated"): wait_gated,
     (InboxSource.PLATFORM.value, "test.remote"): remote,

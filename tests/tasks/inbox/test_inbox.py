@@ -117,6 +117,20 @@ def test_wrong_order_parks_then_wakes_when_the_prerequisite_arrives(database):
     assert effects(database) == 1
 
 
+def test_a_handler_change_to_its_own_row_is_kept_beside_the_wake(database):
+    # on PostgreSQL the runner writes the finished row and wakes the parked rows in one statement, and the
+    # row leaves the session: a change the handler made to its own row must still be saved
+    waiter = store(database, "test.wait", {"needs": "thing:3"})
+    run(database, waiter)
+    provider = store(database, "test.provide_and_prune", {"key": "thing:3"})
+    result = run(database, provider)
+    assert result.outcome is inbox.Outcome.PROCESSED and result.woken == [waiter]
+    done = row(database, provider)
+    assert done.status == InboxStatus.PROCESSED and done.attempts == 1 and done.processed_at is not None
+    assert done.payload["pruned"] is True
+    assert row(database, waiter).status == InboxStatus.PENDING and row(database, waiter).waiting_for is None
+
+
 def test_scheduled_retry_of_waiting_events(database):
     waiter = store(database, "test.wait", {"needs": "thing:2"})
     run(database, waiter)
@@ -210,3 +224,17 @@ def test_a_message_naming_no_row_id_is_dropped_with_an_error_not_retried(databas
         assert result.outcome is inbox.Outcome.SKIPPED and "not an inbox row id" in result.error
     assert "not a row id: dropped" in caplog.text
     assert row(database, inbox_id).status == InboxStatus.PENDING and effects(database) == 0
+
+
+def test_finish_and_wake_leaves_a_row_with_other_unsaved_changes_to_the_session(database):
+    # the one-statement finish writes only the runner's columns; a row with any other change is left to
+    # the session's flush (and on SQLite the finish is always the flush and a separate wake)
+    inbox_id = store(database, "test.effect")
+    with database.session_scope() as s:
+        event = s.get(InboxEvent, inbox_id)
+        event.payload = {**event.payload, "pruned": True}
+        event.status, event.attempts = InboxStatus.PROCESSED, 1
+        assert inbox.finish_and_wake(session=s, event=event, keys={"nothing"}) is None
+        assert event in s
+    done = row(database, inbox_id)
+    assert done.status == InboxStatus.PROCESSED and done.payload["pruned"] is True
