@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import backlog, broker_floor, e2e, fulfil, ingest, scale  # noqa: E402
+from bench import backlog, broker_floor, e2e, fulfil, ingest, platform_events, scale  # noqa: E402
 
 
 def _row(name: str, figure: str, reference: str, target: str, met: bool | None) -> str:
@@ -39,6 +39,8 @@ def summary(r: dict) -> list[str]:
                f"empty {s['empty_rate'][path]:.0f}/s", "<= 1.2x slower",
                s["empty_rate"][path] / s["loaded_rate"][path] <= 1.2) for path in s["loaded_rate"]),
         _row("scale: reminder scan", f"{s['scan_s']:.1f} s", "", "<= 10 s over 100k", s["scan_s"] <= 10),
+        *(_row(type_, f"{p['rate']:.0f} events/s, {p['cpu_us'] / 1000:.1f} ms worker CPU",
+               f"{p['statements']:.0f} statements", "(context)", None) for type_, p in r["platform_events"].items()),
     ]
     return rows
 
@@ -46,7 +48,8 @@ def summary(r: dict) -> list[str]:
 def main() -> None:
     results = {}
     for name, module in (("ingest", ingest), ("fulfil", fulfil), ("broker_floor", broker_floor), ("e2e", e2e),
-                         ("backlog", backlog), ("scale", scale)):
+                         ("backlog", backlog), ("scale", scale),
+                         ("platform_events", platform_events)):
         print(f"\n== {name} ==", flush=True)
         results[name] = module.main([])
     print("\n== against the targets ==")
