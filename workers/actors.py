@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from types import ModuleType
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import dramatiq
 from dramatiq.errors import Retry
@@ -17,13 +17,17 @@ from dramatiq.errors import Retry
 from db.types import utcnow
 from tasks.inbox import parking, store
 from tasks.inbox.runner import Outcome
+from tasks.purchases import fast_purchase
 from workers import inbox_runs, job_runs, metrics, runtime
 from workers.broker import enqueue
+from workers.queue_depths import queue_depths
 from workers.queues import INBOX_QUEUE
 
 log = logging.getLogger("coursepipe.workers")
 
 SWEEP_STALE_SECONDS = 30
+SWEEP_BATCH = 1000  # rows read and sent at a time
+SWEEP_MAX_ROWS = 100_000  # re-sent by one run at most, when the queue holds fewer messages than there are stale rows
 ACTOR_OPTIONS = "_actor_options"
 
 
@@ -64,11 +68,13 @@ def send(actor_name: str, *args, **kwargs) -> bool:
         return False
 
 
-def enqueue_inbox(ids: Iterable[int], *, purchase: bool = False) -> int:
-    """`purchase`: the ingress saw a new paid course checkout (`fast_purchase.is_purchase`)."""
-    marked = {"purchase": True} if purchase else {}  # unmarked messages carry no keyword: any worker version runs them
+def enqueue_inbox(ids: Iterable[int], *, purchase: bool = False, purchases: Collection[int] = ()) -> int:
+    """`purchase`: the ingress saw a new paid course checkout (`fast_purchase.is_purchase`); `purchases`:
+    which of `ids` are such checkouts (a batch re-sent from the database)."""
     sent = 0
     for inbox_id in ids:
+        # unmarked messages carry no keyword: any worker version runs them
+        marked = {"purchase": True} if purchase or inbox_id in purchases else {}
         sent += send("process_inbox_event", inbox_id, **marked)
     return sent
 
@@ -93,12 +99,46 @@ def process_inbox_event(inbox_id: int, purchase: bool = False) -> None:
 
 
 def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
-    """Re-send rows that stayed pending too long (their message was lost or never sent); how many."""
+    """Re-send rows that stayed pending too long (their message was lost or never sent); how many.
+
+    While the inbox queue holds at least as many messages as there are such rows, they may only be waiting
+    their turn behind a backlog: one batch, the oldest, is re-sent. When it holds fewer, at least the
+    difference was lost (Redis restarted empty, a failover to an empty replica): that many are re-sent in
+    this run, batch by batch, up to SWEEP_MAX_ROWS, so recovery runs at the workers' speed instead of one
+    batch per run. A re-sent paid course checkout is marked as the ingress marks it (the fast path).
+    """
     rt = runtime.current()
+    sent_before = utcnow() - timedelta(seconds=older_than_seconds)  # fixed for the run: a row sent in it is done
     with rt.db.session_scope() as session:
-        ids = parking.stale_pending(session=session, older_than=timedelta(seconds=older_than_seconds))
-        store.mark_enqueued(session=session, ids=ids)
-    return enqueue_inbox(ids)
+        stale = parking.count_stale_pending(session=session, sent_before=sent_before)
+    if not stale:
+        return 0
+    held = _inbox_messages(rt.broker)
+    budget = SWEEP_BATCH if held is None else min(max(stale - held, SWEEP_BATCH), SWEEP_MAX_ROWS)
+    sent = 0
+    while sent < budget:
+        with rt.db.session_scope() as session:
+            ids = parking.stale_pending(session=session, sent_before=sent_before,
+                                        limit=min(SWEEP_BATCH, budget - sent))
+            purchases = fast_purchase.purchases_among(session, ids)
+            store.mark_enqueued(session=session, ids=ids)
+        done = enqueue_inbox(ids, purchases=purchases)
+        sent += done
+        if done < SWEEP_BATCH:  # the last of them, or the broker refused (the next run tries again)
+            break
+    return sent
+
+
+def _inbox_messages(broker) -> int | None:
+    """Messages the inbox queue holds: waiting, fetched and not yet acknowledged, or delayed (retries);
+    None when the broker cannot tell (it is unreachable)."""
+    try:
+        depths = {d.queue: d for d in queue_depths(broker)}
+    except Exception as exc:  # Redis down: the sends below fail too, and are logged there
+        log.debug("inbox queue depth unknown: %s", exc)
+        return None
+    inbox = depths.get(INBOX_QUEUE)
+    return inbox.ready + inbox.in_flight + inbox.delayed if inbox is not None else 0
 
 
 def requeue_parked() -> tuple[int, int]:
@@ -108,10 +148,11 @@ def requeue_parked() -> tuple[int, int]:
     with rt.db.session_scope() as session:
         expired = parking.expire_waiting(session=session, horizon=timedelta(hours=rt.settings.wait_horizon_hours))
         ids = parking.requeue_waiting(session=session)
+        purchases = fast_purchase.purchases_among(session, ids)
     if expired:
         log.warning("%d parked event(s) waited past WAIT_HORIZON_HOURS and failed: %s", len(expired),
                     ", ".join(map(str, expired)))
-    return enqueue_inbox(ids), len(expired)
+    return enqueue_inbox(ids, purchases=purchases), len(expired)
 
 
 def finish_job_run(job_run: int | None, **result) -> None:

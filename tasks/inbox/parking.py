@@ -3,7 +3,7 @@ what it waits for; the scheduled retry and the sweeper find the rest.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, inspect, literal, select, text, update
 from sqlalchemy.orm import Session
@@ -111,17 +111,18 @@ def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000) -
     return list(ids)
 
 
-def stale_pending(*, session: Session, older_than: timedelta, limit: int = 1000) -> list[int]:
-    """Rows that stayed `pending` too long (their message was lost, or sending failed): the sweeper's list."""
-    cutoff = utcnow() - older_than
-    return list(
-        session.scalars(
-            select(InboxEvent.id)
-            .where(
-                InboxEvent.status.in_(RUNNABLE),
-                func.coalesce(InboxEvent.enqueued_at, InboxEvent.received_at) <= cutoff,
-            )
-            .order_by(InboxEvent.id)
-            .limit(limit)
-        ).all()
-    )
+def _stale(sent_before: datetime):
+    return (InboxEvent.status.in_(RUNNABLE), func.coalesce(InboxEvent.enqueued_at, InboxEvent.received_at) <= sent_before)
+
+
+def stale_pending(*, session: Session, sent_before: datetime, limit: int = 1000) -> list[int]:
+    """Rows still `pending` whose message was last sent (or, never sent, which arrived) at `sent_before` or
+    earlier — their message was lost, or sending failed: the sweeper's list, oldest first. A row sent again
+    (`store.mark_enqueued`) after `sent_before` leaves the list."""
+    return list(session.scalars(select(InboxEvent.id).where(*_stale(sent_before)).order_by(InboxEvent.id)
+                                .limit(limit)).all())
+
+
+def count_stale_pending(*, session: Session, sent_before: datetime) -> int:
+    """How many rows `stale_pending` would list without a limit."""
+    return session.scalar(select(func.count()).select_from(InboxEvent).where(*_stale(sent_before)))

@@ -31,9 +31,12 @@ import logging
 from typing import Any
 
 import psycopg
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db import jsoncodec
-from db.enums import CreditType
+from db.enums import CreditType, InboxSource
+from db.models import InboxEvent
 from db.types import new_public_id, utcnow
 from tasks.enrollments import services as enrollments
 from tasks.inbox.context import HandlerContext, lock_key
@@ -162,6 +165,16 @@ def process(ctx: HandlerContext, inbox_id: int) -> Result | None:
 def is_purchase(source: str, event_type: str, payload: dict[str, Any]) -> bool:
     """What the ingress tells the worker with the message: this event looks like a new purchase."""
     return source == "stripe" and candidate(event_type, (payload.get("data") or {}).get("object") or {})
+
+
+def purchases_among(session: Session, ids: list[int]) -> set[int]:
+    """Which of these stored rows the ingress marks as purchases (`is_purchase` on the stored payload): a row
+    sent again (by the sweeper, after its message was lost) then takes the path its first message took."""
+    if not ids:
+        return set()
+    rows = session.execute(select(InboxEvent.id, InboxEvent.payload).where(
+        InboxEvent.id.in_(ids), InboxEvent.source == InboxSource.STRIPE, InboxEvent.type == COMPLETED))
+    return {inbox_id for inbox_id, payload in rows if is_purchase(InboxSource.STRIPE.value, COMPLETED, _json(payload))}
 
 
 def gave_up(inbox_id: int, exc: Exception) -> None:
