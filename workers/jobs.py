@@ -16,33 +16,65 @@ from tasks.lifecycle import retention
 from tasks.messaging import delivery
 from workers import metrics, publishing, reconciling, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
+from workers.queue_depths import queue_depths
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
 
 log = logging.getLogger("coursepipe.jobs")
+
+RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at once, at most
 
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox(job_run: int | None = None) -> None:
-    """Claim a small batch of due outbox rows (one transaction), send each, record each outcome."""
+    """Claim a small batch of due outbox rows (one transaction), send each on kept-open connections, record
+    the outcomes (one transaction; sooner when the batch runs long, so a slow receiver holds few unrecorded)."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings)
     claimed_at = time.monotonic()
     delivered = 0
-    for job in jobs:
-        if time.monotonic() - claimed_at > delivery.RENEW_AFTER_SECONDS:
-            with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
-                if not delivery.renew_lease(session=session, job=job):
-                    continue  # our lease ran out; the row is back in the queue
-        outcome = delivery.transmit(job, settings=rt.settings)  # outside any transaction
+    results: list = []
+
+    def record() -> None:
+        if not results:
+            return
         with rt.db.session_scope() as session:
-            status = delivery.record(session=session, job=job, outcome=outcome)
-        metrics.outbox_attempt(job.channel.value, status and status.value)
-        delivered += outcome.ok
+            statuses = delivery.record_all(session=session, results=results)
+        for (job, _), status in zip(results, statuses):
+            metrics.outbox_attempt(job.channel.value, status and status.value)
+        results.clear()
+
+    with delivery.Sender(rt.settings) as sender:
+        for job in jobs:
+            if time.monotonic() - claimed_at > delivery.RENEW_AFTER_SECONDS:
+                record()
+                with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
+                    if not delivery.renew_lease(session=session, job=job):
+                        continue  # our lease ran out; the row is back in the queue
+            outcome = sender.send(job)  # outside any transaction
+            results.append((job, outcome))
+            delivered += outcome.ok
+    record()
     if len(jobs) == delivery.CLAIM_BATCH and delivered:
-        send("relay_outbox")  # a backlog, and the far side is up: keep draining without waiting for the tick
+        # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
+        # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
+        send("relay_outbox")
+        if _outbox_messages(rt.broker) < RELAY_CONCURRENCY:
+            send("relay_outbox")
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
+
+
+def _outbox_messages(broker) -> int:
+    """Relays (and single deliveries) the outbox queue holds, waiting or running; a broker that cannot
+    tell counts as full, so no relay is added."""
+    try:
+        depths = {d.queue: d for d in queue_depths(broker)}
+    except Exception as exc:  # Redis down: the sends fail too, and are logged there
+        log.debug("outbox queue depth unknown: %s", exc)
+        return RELAY_CONCURRENCY
+    outbox = depths.get(OUTBOX_QUEUE)
+    return outbox.ready + outbox.in_flight if outbox is not None else 0
 
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.

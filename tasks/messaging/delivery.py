@@ -3,10 +3,13 @@
 1. `claim` (one short transaction): lock a due `pending` row (SKIP LOCKED on PostgreSQL), move it to
    `sending` through `tasks.machines.OUTBOX`, count the attempt and take a lease; return a `Job` of
    plain values.
-2. `transmit` (no transaction, no session): SMTP for mail, a signed POST for platform events.
-3. `record` (one short transaction): `sent`; or back to `pending` with exponential backoff; or
-   `dead` after `MAX_ATTEMPTS` — enough attempts to keep trying for `RETRY_FOR` (3 days) — or at once
-   for a permanent failure. Dead rows are the admins' to retry, one by one or all at once.
+2. `transmit` (no transaction, no session): SMTP for mail, a signed POST for platform events. A relay's
+   batch goes through one `Sender`, which keeps its SMTP session and its HTTP connection open from one
+   message to the next.
+3. `record` (one short transaction; `record_all` for a batch): `sent`; or back to `pending` with
+   exponential backoff; or `dead` after `MAX_ATTEMPTS` — enough attempts to keep trying for `RETRY_FOR`
+   (3 days) — or at once for a permanent failure. Dead rows are the admins' to retry, one by one or all
+   at once.
 
 The `sending` lease is short (`SENDING_LEASE`): a relay renews it before each message of its batch
 (`renew_lease`), so a message held by a sender that died is due again within a minute.
@@ -25,11 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
-import socket
 import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -298,15 +298,146 @@ def renew_lease(*, session: Session, job: Job, now: datetime | None = None, leas
 
 
 def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) -> Outcome:
-    """Send one claimed message. Never raises: every failure becomes an Outcome."""
+    """Send one claimed message on connections of its own. Never raises: every failure becomes an Outcome."""
+    with Sender(settings, timeout=timeout) as sender:
+        return sender.send(job)
+
+
+class Sender:
+    """Sends claimed messages one after the other, keeping the SMTP session and the platform's HTTP
+    connection open between them (a relay's batch), and closes both at the end.
+
+    A kept connection the far side has closed meanwhile is replaced once, and that message sent on the new
+    one (the receiver deduplicates a message sent twice, as after any retry). After any other failure the
+    connection is dropped, so the next message starts on a fresh one.
+    """
+
+    def __init__(self, settings, *, timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
+        self.settings, self.timeout = settings, timeout
+        self._smtp: smtplib.SMTP | None = None
+        self._http = None  # a requests.Session, made on the first platform event
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._drop_smtp()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def send(self, job: Job) -> Outcome:
+        """Never raises: every failure becomes an Outcome."""
+        try:
+            if job.channel is OutboxChannel.MAIL:
+                return self._send_mail(job)
+            return self._post_platform_event(job)
+        except TaskError as exc:  # a permanent domain error (unknown template…)
+            return Outcome(False, f"{type(exc).__name__}: {exc}", permanent=True)
+        except Exception as exc:  # anything unexpected is retried
+            self.close()
+            return Outcome(False, f"{type(exc).__name__}: {exc}")
+
+    # -- platform events: a signed POST on a kept-alive connection
+
+    def _post_platform_event(self, job: Job) -> Outcome:
+        import requests
+
+        if self._http is None:
+            self._http = requests.Session()
+        body = platform_body(job)
+        headers = {
+            "Content-Type": "application/json",
+            "Platform-Signature": signatures.sign(body, self.settings.platform_webhook_secret),
+            "Platform-Event-Id": event_id(job.public_id),
+            **signatures.standard_headers(body, message_id=event_id(job.public_id),
+                                          secret=self.settings.platform_webhook_secret),
+            "User-Agent": "coursepipe-outbox/1",
+        }
+        try:
+            # a redirect is not followed: the event would arrive elsewhere, or as a GET without its body
+            response = self._http.post(self.settings.platform_callback_url, data=body, headers=headers,
+                                       timeout=self.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            self._http.close()
+            self._http = None
+            return Outcome(False, f"platform unreachable: {_reason(exc)}")
+        if 200 <= response.status_code < 300:
+            return Outcome(True)
+        return Outcome(False, f"platform answered HTTP {response.status_code}",
+                       permanent=response.status_code in PERMANENT_HTTP)
+
+    # -- mail: one SMTP session for the batch
+
+    def _send_mail(self, job: Job) -> Outcome:
+        if not job.recipients:
+            return Outcome(False, "mail has no recipient", permanent=True)
+        template = job.payload.get("template") or job.topic
+        rendered = mail.render(template, job.payload.get("context") or {})
+        message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,
+                                     message_id=mail_message_id(job.public_id))
+        try:
+            kept = self._smtp is not None
+            try:
+                refused = self._deliver(message, job)
+            except smtplib.SMTPServerDisconnected:
+                if not kept:
+                    raise
+                self._drop_smtp()  # the server closed the session we kept: once more, on a new one
+                refused = self._deliver(message, job)
+        except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
+            self._drop_smtp()
+            return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)
+        except smtplib.SMTPResponseException as exc:
+            self._drop_smtp()
+            # 5xx is the server's final word; 4xx (greylisting, full mailbox) is worth another try
+            return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600)
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop_smtp()
+            return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
+        if refused:
+            log.warning("outbox %s: %d recipient(s) refused: SMTP %s", job.id, len(refused), _codes(refused))
+        return Outcome(True)
+
+    def _deliver(self, message, job: Job) -> dict:
+        if self._smtp is None:
+            self._smtp = _smtp_session(parse_smtp_url(self.settings.smtp_url), self.timeout)
+        return self._smtp.send_message(message, from_addr=self.settings.mail_from, to_addrs=list(job.recipients))
+
+    def _drop_smtp(self) -> None:
+        client, self._smtp = self._smtp, None
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+
+
+def _reason(exc: Exception) -> str:
+    """What a connection failure says, without the request repeated around it."""
+    inner = exc.args[0] if exc.args else exc
+    reason = getattr(inner, "reason", None)
+    return str(reason or inner)
+
+
+def _smtp_session(target: "SmtpTarget", timeout: float) -> smtplib.SMTP:
+    """A connected SMTP session: TLS as `target` asks, logged in when it has a user."""
+    if target.mode == "ssl":
+        client = smtplib.SMTP_SSL(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        client = smtplib.SMTP(target.host, target.port, timeout=timeout)
     try:
-        if job.channel is OutboxChannel.MAIL:
-            return _send_mail(job, settings, timeout)
-        return _post_platform_event(job, settings, timeout)
-    except TaskError as exc:  # a permanent domain error (unknown template…)
-        return Outcome(False, f"{type(exc).__name__}: {exc}", permanent=True)
-    except Exception as exc:  # anything unexpected is retried
-        return Outcome(False, f"{type(exc).__name__}: {exc}")
+        if target.mode == "starttls":
+            client.starttls(context=ssl.create_default_context())
+        if target.username:
+            client.login(target.username, target.password or "")
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def outbound_event(*, public_id: str, topic: str, payload: dict[str, Any], created_at: datetime,
@@ -327,32 +458,6 @@ def platform_body(job: Job) -> bytes:
     envelope = outbound_event(public_id=job.public_id, topic=job.topic, payload=job.payload,
                               created_at=job.created_at, sequence=job.sequence)
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, default=str).encode()
-
-
-def _post_platform_event(job: Job, settings, timeout: float) -> Outcome:
-    body = platform_body(job)
-    request = urllib.request.Request(
-        settings.platform_callback_url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Platform-Signature": signatures.sign(body, settings.platform_webhook_secret),
-            "Platform-Event-Id": event_id(job.public_id),
-            **signatures.standard_headers(body, message_id=event_id(job.public_id),
-                                          secret=settings.platform_webhook_secret),
-            "User-Agent": "coursepipe-outbox/1",
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return Outcome(True)
-    except urllib.error.HTTPError as exc:
-        detail = f"platform answered HTTP {exc.code}"
-        return Outcome(False, detail, permanent=exc.code in PERMANENT_HTTP)
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
-        return Outcome(False, f"platform unreachable: {getattr(exc, 'reason', exc)}")
 
 
 @dataclass(frozen=True)
@@ -386,38 +491,6 @@ def parse_smtp_url(url: str) -> SmtpTarget:
     )
 
 
-def _send_mail(job: Job, settings, timeout: float) -> Outcome:
-    if not job.recipients:
-        return Outcome(False, "mail has no recipient", permanent=True)
-    template = job.payload.get("template") or job.topic
-    rendered = mail.render(template, job.payload.get("context") or {})
-    message = mail.build_message(rendered, sender=settings.mail_from, recipients=job.recipients,
-                                 message_id=mail_message_id(job.public_id))
-    target = parse_smtp_url(settings.smtp_url)
-    try:
-        if target.mode == "ssl":
-            client = smtplib.SMTP_SSL(target.host, target.port, timeout=timeout,
-                                      context=ssl.create_default_context())
-        else:
-            client = smtplib.SMTP(target.host, target.port, timeout=timeout)
-        with client:
-            if target.mode == "starttls":
-                client.starttls(context=ssl.create_default_context())
-            if target.username:
-                client.login(target.username, target.password or "")
-            refused = client.send_message(message, from_addr=settings.mail_from, to_addrs=list(job.recipients))
-    except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
-        return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)
-    except smtplib.SMTPResponseException as exc:
-        # 5xx is the server's final word; 4xx (greylisting, full mailbox) is worth another try
-        return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600)
-    except (smtplib.SMTPException, OSError) as exc:
-        return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
-    if refused:
-        log.warning("outbox %s: %d recipient(s) refused: SMTP %s", job.id, len(refused), _codes(refused))
-    return Outcome(True)
-
-
 def _codes(refused: dict) -> str:
     """The SMTP codes of refused recipients ({address: (code, text)}), without the addresses."""
     return ", ".join(sorted({str(answer[0]) for answer in refused.values()}))
@@ -435,11 +508,30 @@ def record(
     max_attempts: int = MAX_ATTEMPTS,
 ) -> OutboxStatus | None:
     """Write the outcome of one attempt. Returns the row's new status (None if the row is gone)."""
+    return record_all(session=session, results=[(job, outcome)], now=now, max_attempts=max_attempts)[0]
+
+
+def record_all(
+    *,
+    session: Session,
+    results: list[tuple[Job, Outcome]],
+    now: datetime | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> list[OutboxStatus | None]:
+    """Write the outcomes of a relay's batch in one unit of work: its rows read (and locked) by one
+    statement, in id order. Returns each row's new status, in the order given (None if the row is gone)."""
+    if not results:
+        return []
     now = now or utcnow()
-    query = select(OutboxMessage).where(OutboxMessage.id == job.id)
+    query = select(OutboxMessage).where(OutboxMessage.id.in_([job.id for job, _ in results])).order_by(OutboxMessage.id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
-    message = session.scalar(query)
+    rows = {message.id: message for message in session.scalars(query)}
+    return [_record(session, rows.get(job.id), job, outcome, now, max_attempts) for job, outcome in results]
+
+
+def _record(session: Session, message: OutboxMessage | None, job: Job, outcome: Outcome, now: datetime,
+            max_attempts: int) -> OutboxStatus | None:
     if message is None:
         return None
     if outcome.ok:

@@ -54,6 +54,7 @@ class SmtpSink:
         self.port = free_port()
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.peers: list[tuple] = []  # each mail's client address: one per SMTP session
         self.controller: Controller | None = None
         self._published = False
 
@@ -66,6 +67,7 @@ class SmtpSink:
         message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
         self.messages.append(message)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.peers.append(session.peer)
         return "250 OK"
 
     def start(self) -> None:
@@ -109,15 +111,19 @@ class PlatformReceiver:
         self.secret = secret
         self.events: list[dict] = []
         self.rejected: list[str] = []
+        self.peers: list[tuple] = []  # each request's client address: one per connection
         self.fail_next = 0
         self.status_next: int | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # a connection is kept for the next request, as a web server keeps it
+
             def log_message(self, *args):  # quiet
                 pass
 
             def do_POST(self):
+                receiver.peers.append(self.client_address)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
                     signatures.verify(body, self.headers.get("Platform-Signature"), receiver.secret)
@@ -147,6 +153,7 @@ class PlatformReceiver:
                 self.wfile.write(payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True  # a kept connection's thread does not hold up the stop
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

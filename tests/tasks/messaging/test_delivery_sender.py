@@ -1,0 +1,129 @@
+"""A relay's batch through one `Sender`: the SMTP session and the platform connection are kept from one
+message to the next, a kept connection the far side dropped is replaced, outcomes are recorded together,
+and a backlog is drained by more than one relay."""
+from __future__ import annotations
+
+import pytest
+
+from db.enums import OutboxChannel, OutboxStatus
+from db.models import OutboxMessage
+from tasks.messaging import delivery
+from tasks.messaging.outbox import add_mail, add_platform_event
+from tests.conftest import make_settings
+from tests.tasks.messaging.outbox_servers import platform_receiver, smtp_sink  # noqa: F401  (fixtures)
+from workers.queues import OUTBOX_QUEUE
+
+CONTEXT = dict(student_name="Ann", course_code="SFZ", step_label="SFZ-1", class_title="Salsa 1",
+               starts_at="2026-12-01T18:00:00+00:00", timezone="UTC", booking_id="bk_1", class_id="gc_1")
+
+
+@pytest.fixture
+def settings(database, smtp_sink, platform_receiver):  # noqa: F811
+    return make_settings(database.url, smtp_url=smtp_sink.url, platform_callback_url=platform_receiver.url)
+
+
+def claimed(database, settings, *, mails: int = 0, events: int = 0) -> list[delivery.Job]:
+    with database.session_scope() as s:
+        for n in range(mails):
+            add_mail(session=s, template="booking_confirmed", recipient=f"s{n}@example.test", context=CONTEXT,
+                     dedupe_key=f"m{n}")
+        for n in range(events):
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}", "reason": "no_credit"},
+                               dedupe_key=f"e{n}")
+    with database.session_scope() as s:
+        return delivery.claim_due(session=s, settings=settings, limit=mails + events)
+
+
+def test_the_mails_of_a_batch_go_through_one_smtp_session(database, settings, smtp_sink):  # noqa: F811
+    jobs = claimed(database, settings, mails=3)
+    with delivery.Sender(settings, timeout=5) as sender:
+        assert [sender.send(job).ok for job in jobs] == [True] * 3
+    assert len(smtp_sink.messages) == 3 and len(set(smtp_sink.peers)) == 1
+    assert sorted(m["To"] for m in smtp_sink.messages) == ["s0@example.test", "s1@example.test", "s2@example.test"]
+
+
+def test_the_events_of_a_batch_go_over_one_connection(database, settings, platform_receiver):  # noqa: F811
+    jobs = claimed(database, settings, events=3)
+    with delivery.Sender(settings, timeout=5) as sender:
+        assert [sender.send(job).ok for job in jobs] == [True] * 3
+    assert len(platform_receiver.events) == 3 and len(set(platform_receiver.peers)) == 1
+    assert platform_receiver.rejected == []  # every one signed
+
+
+def test_a_kept_smtp_session_the_server_dropped_is_replaced_for_the_next_mail(database, settings, smtp_sink):  # noqa: F811
+    first, second = claimed(database, settings, mails=2)
+    with delivery.Sender(settings, timeout=5) as sender:
+        assert sender.send(first).ok
+        smtp_sink.stop()  # the server goes away with our session open, and comes back
+        smtp_sink.start()
+        assert sender.send(second).ok
+    assert len(smtp_sink.messages) == 2 and len(set(smtp_sink.peers)) == 2
+
+
+def test_after_a_failure_the_next_mail_starts_a_new_session(database, settings, smtp_sink):  # noqa: F811
+    first, second = claimed(database, settings, mails=2)
+    with delivery.Sender(settings, timeout=5) as sender:
+        smtp_sink.stop()
+        down = sender.send(first)
+        assert not down.ok and not down.permanent and "SMTP unreachable" in down.error
+        smtp_sink.start()
+        assert sender.send(second).ok
+
+
+def test_a_redirect_is_not_followed(database, settings, platform_receiver):  # noqa: F811
+    job, = claimed(database, settings, events=1)
+    platform_receiver.status_next = 307
+    outcome = delivery.transmit(job, settings=settings, timeout=5)
+    assert not outcome.ok and not outcome.permanent and outcome.error == "platform answered HTTP 307"
+    assert platform_receiver.events == []
+
+
+def test_an_unreachable_platform_is_a_retried_failure_that_names_the_cause(database, settings):
+    job, = claimed(database, settings, events=1)
+    from tests.tasks.messaging.outbox_servers import free_port
+
+    closed = make_settings(database.url, platform_callback_url=f"http://127.0.0.1:{free_port()}/events")
+    outcome = delivery.transmit(job, settings=closed, timeout=5)
+    assert not outcome.ok and not outcome.permanent
+    assert outcome.error.startswith("platform unreachable: ") and "refused" in outcome.error.lower()
+
+
+def test_record_all_writes_a_batch_of_outcomes_in_the_order_given(database, settings):
+    sent, failed, gone = claimed(database, settings, events=3)
+    with database.session_scope() as s:
+        s.delete(s.get(OutboxMessage, gone.id))
+    with database.session_scope() as s:
+        statuses = delivery.record_all(session=s, results=[
+            (failed, delivery.Outcome(False, "platform answered HTTP 503")), (gone, delivery.Outcome(True)),
+            (sent, delivery.Outcome(True))])
+    assert statuses == [OutboxStatus.PENDING, None, OutboxStatus.SENT]
+    with database.session_scope() as s:
+        assert s.get(OutboxMessage, sent.id).sent_at is not None
+        assert s.get(OutboxMessage, failed.id).last_error == "platform answered HTTP 503"
+
+
+def outbox_messages(runtime) -> list[str]:
+    from dramatiq import Message
+
+    queue = runtime.broker.queues.get(OUTBOX_QUEUE)
+    return [Message.decode(data).actor_name for data in list(queue.queue)] if queue is not None else []
+
+
+def test_a_backlog_starts_one_more_relay_until_enough_run(runtime, database, settings, platform_receiver):  # noqa: F811
+    from workers import jobs
+
+    with database.session_scope() as s:
+        for n in range(3 * delivery.CLAIM_BATCH):
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"},
+                               dedupe_key=f"e{n}")
+    jobs.relay_outbox()  # a full batch delivered, the queue empty: the follow-up and one more relay
+    assert outbox_messages(runtime) == ["relay_outbox", "relay_outbox"]
+    assert len(platform_receiver.events) == delivery.CLAIM_BATCH
+    for _ in range(jobs.RELAY_CONCURRENCY):
+        runtime.actors["relay_outbox"].send()  # as many queued as may run: only the follow-up is added
+    before = len(outbox_messages(runtime))
+    jobs.relay_outbox()
+    assert len(outbox_messages(runtime)) == before + 1
+    with database.session_scope() as s:
+        assert s.query(OutboxMessage).filter(OutboxMessage.channel == OutboxChannel.PLATFORM,
+                                             OutboxMessage.status == OutboxStatus.SENT).count() == 2 * delivery.CLAIM_BATCH
