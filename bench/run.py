@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import backlog, broker_floor, e2e, fulfil, ingest, platform_events, scale  # noqa: E402
+from bench import backlog, broker_floor, e2e, fulfil, ingest, outbox, platform_events, scale  # noqa: E402
 
 
 def _row(name: str, figure: str, reference: str, target: str, met: bool | None) -> str:
@@ -41,6 +41,8 @@ def summary(r: dict) -> list[str]:
         _row("scale: reminder scan", f"{s['scan_s']:.1f} s", "", "<= 10 s over 100k", s["scan_s"] <= 10),
         *(_row(type_, f"{p['rate']:.0f} events/s, {p['cpu_us'] / 1000:.1f} ms worker CPU",
                f"{p['statements']:.0f} statements", "(context)", None) for type_, p in r["platform_events"].items()),
+        _row("outbox delivery", f"{r['outbox']['rate']:.0f} messages/s, {r['outbox']['cpu_ms']:.1f} ms worker CPU",
+             "", "(context)", None),
     ]
     return rows
 
@@ -49,7 +51,7 @@ def main() -> None:
     results = {}
     for name, module in (("ingest", ingest), ("fulfil", fulfil), ("broker_floor", broker_floor), ("e2e", e2e),
                          ("backlog", backlog), ("scale", scale),
-                         ("platform_events", platform_events)):
+                         ("platform_events", platform_events), ("outbox", outbox)):
         print(f"\n== {name} ==", flush=True)
         results[name] = module.main([])
     print("\n== against the targets ==")
