@@ -28,7 +28,9 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox(job_run: int | None = None) -> None:
     """Claim a small batch of due outbox rows (one transaction), send each on kept-open connections, record
-    the outcomes (one transaction; sooner when the batch runs long, so a slow receiver holds few unrecorded)."""
+    the outcomes (one transaction). A batch still running RENEW_AFTER_SECONDS after its claim records what
+    it sent before the next message, whose lease it renews: a sent message never waits unrecorded until
+    its lease runs out (and another relay sends it again)."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings)

@@ -61,6 +61,7 @@ RELAY_BATCH = 500
 CLAIM_BATCH = 10
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
+PROBE_TIMEOUT = 5  # seconds a kept SMTP session has to answer a NOOP before it is replaced
 # platform answers that retrying cannot change (anything else 4xx/5xx is retried)
 PERMANENT_HTTP = frozenset({400, 401, 403, 404, 405, 410, 413, 415, 422})
 
@@ -307,9 +308,10 @@ class Sender:
     """Sends claimed messages one after the other, keeping the SMTP session and the platform's HTTP
     connection open between them (a relay's batch), and closes both at the end.
 
-    A kept connection the far side has closed meanwhile is replaced once, and that message sent on the new
-    one (the receiver deduplicates a message sent twice, as after any retry). After any other failure the
-    connection is dropped, so the next message starts on a fresh one.
+    A kept connection is checked before it is used again (SMTP: a NOOP; HTTP: the pool's check that the
+    socket is still open) and replaced when the far side has closed it, so a message is never sent twice
+    by this class. An SMTP error, or a connection that failed, is dropped: the next message starts on a
+    fresh one. One message takes at most `timeout` on the wire, plus `PROBE_TIMEOUT` for the check.
     """
 
     def __init__(self, settings, *, timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
@@ -380,14 +382,8 @@ class Sender:
         message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,
                                      message_id=mail_message_id(job.public_id))
         try:
-            kept = self._smtp is not None
-            try:
-                refused = self._deliver(message, job)
-            except smtplib.SMTPServerDisconnected:
-                if not kept:
-                    raise
-                self._drop_smtp()  # the server closed the session we kept: once more, on a new one
-                refused = self._deliver(message, job)
+            refused = self._session().send_message(message, from_addr=self.settings.mail_from,
+                                                   to_addrs=list(job.recipients))
         except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
             self._drop_smtp()
             return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)
@@ -402,10 +398,22 @@ class Sender:
             log.warning("outbox %s: %d recipient(s) refused: SMTP %s", job.id, len(refused), _codes(refused))
         return Outcome(True)
 
-    def _deliver(self, message, job: Job) -> dict:
+    def _session(self) -> smtplib.SMTP:
+        """The kept session if the server still answers it (servers close idle ones), else a new one."""
+        if self._smtp is not None and not self._answers(self._smtp):
+            self._drop_smtp()
         if self._smtp is None:
             self._smtp = _smtp_session(parse_smtp_url(self.settings.smtp_url), self.timeout)
-        return self._smtp.send_message(message, from_addr=self.settings.mail_from, to_addrs=list(job.recipients))
+        return self._smtp
+
+    def _answers(self, client: smtplib.SMTP) -> bool:
+        try:
+            client.sock.settimeout(min(self.timeout, PROBE_TIMEOUT))
+            code, _ = client.noop()
+            client.sock.settimeout(self.timeout)
+        except (smtplib.SMTPException, OSError, AttributeError):  # AttributeError: smtplib closed the socket
+            return False
+        return code == 250
 
     def _drop_smtp(self) -> None:
         client, self._smtp = self._smtp, None

@@ -127,3 +127,10 @@ def test_a_backlog_starts_one_more_relay_until_enough_run(runtime, database, set
     with database.session_scope() as s:
         assert s.query(OutboxMessage).filter(OutboxMessage.channel == OutboxChannel.PLATFORM,
                                              OutboxMessage.status == OutboxStatus.SENT).count() == 2 * delivery.CLAIM_BATCH
+
+
+def test_a_batch_is_recorded_before_its_first_leases_can_run_out():
+    # the relay records what it sent before a message that starts RENEW_AFTER_SECONDS into the batch; that
+    # message takes at most the probe and the network timeout, so nothing sent waits unrecorded past its lease
+    longest_unrecorded = delivery.RENEW_AFTER_SECONDS + delivery.PROBE_TIMEOUT + delivery.NETWORK_TIMEOUT_SECONDS
+    assert longest_unrecorded < delivery.SENDING_LEASE.total_seconds()
