@@ -134,3 +134,13 @@ def test_a_batch_is_recorded_before_its_first_leases_can_run_out():
     # message takes at most the probe and the network timeout, so nothing sent waits unrecorded past its lease
     longest_unrecorded = delivery.RENEW_AFTER_SECONDS + delivery.PROBE_TIMEOUT + delivery.NETWORK_TIMEOUT_SECONDS
     assert longest_unrecorded < delivery.SENDING_LEASE.total_seconds()
+
+
+def test_the_callback_session_takes_the_proxy_and_ca_settings_from_the_environment_once(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/our-ca.pem")
+    proxied = delivery._http_session("https://platform.example.test/coursepipe")
+    assert proxied.proxies.get("https") == "http://proxy.example.test:3128"
+    assert proxied.verify == "/etc/ssl/our-ca.pem" and proxied.trust_env is False
+    assert "https" not in delivery._http_session("https://internal.example.test/coursepipe").proxies
