@@ -61,12 +61,37 @@ def test_an_unknown_template_is_a_permanent_error():
         mail.render("no_such_mail", {})
 
 
+def _wire(message):
+    """The message as a mail client reads it."""
+    import email
+    import email.policy
+
+    return email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+
+
 def test_the_message_carries_both_parts_and_our_message_id():
-    message = mail.build_message(mail.render("step_reminder", {"step_label": "SFZ-3"}), sender="a@example.test",
-                                 recipients=["b@example.test", "c@example.test"], message_id="<outbox-9@coursepipe>")
+    message = _wire(mail.build_message(mail.render("step_reminder", {"step_label": "SFZ-3"}), sender="a@example.test",
+                                       recipients=["b@example.test", "c@example.test"],
+                                       message_id="<outbox-9@coursepipe>"))
     assert message["Message-ID"] == "<outbox-9@coursepipe>" and message["To"] == "b@example.test, c@example.test"
     assert message.get_content_type() == "multipart/alternative"
     assert "SFZ-3" in message.get_body(("plain",)).get_content()
+    assert "<html" in message.get_body(("html",)).get_content()
+
+
+def test_text_beyond_ascii_arrives_as_written():
+    rendered = mail.RenderedMail(subject="Bienvenue à Salsa — niveau 1", text="Zoë, à bientôt — 1500 ¥",
+                                 html="<p>Zoë, à bientôt — 1500 ¥</p>")
+    message = _wire(mail.build_message(rendered, sender="Studio Café <courses@example.test>",
+                                       recipients=["zoe@example.test"], message_id="<outbox-10@coursepipe>"))
+    assert message["Subject"] == "Bienvenue à Salsa — niveau 1"
+    assert message["From"].addresses[0].display_name == "Studio Café"
+    assert message["From"].addresses[0].addr_spec == "courses@example.test"
+    assert message.get_body(("plain",)).get_content().strip() == "Zoë, à bientôt — 1500 ¥"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Zoë, à bientôt — 1500 ¥</p>"
+    raw = mail.build_message(rendered, sender="courses@example.test", recipients=["zoe@example.test"],
+                             message_id="<outbox-11@coursepipe>").as_bytes()
+    assert raw.isascii()  # 7-bit on the wire: encoded words and quoted-printable
 
 
 def test_every_template_named_in_the_code_exists():
