@@ -28,9 +28,10 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox(job_run: int | None = None) -> None:
     """Claim a small batch of due outbox rows (one transaction), send each on kept-open connections, record
-    the outcomes (one transaction). A batch still running RENEW_AFTER_SECONDS after its claim records what
-    it sent before the next message, whose lease it renews: a sent message never waits unrecorded until
-    its lease runs out (and another relay sends it again)."""
+    the outcomes (one transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow
+    receiver) records what it sent before each further message, so a sent message waits unrecorded no
+    longer than the one send that follows it; from RENEW_AFTER_SECONDS on, the next message's lease is
+    renewed before it is sent."""
     rt = runtime.current()
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings)
@@ -49,8 +50,10 @@ def relay_outbox(job_run: int | None = None) -> None:
 
     with delivery.Sender(rt.settings) as sender:
         for job in jobs:
-            if time.monotonic() - claimed_at > delivery.RENEW_AFTER_SECONDS:
+            age = time.monotonic() - claimed_at
+            if age > delivery.RECORD_AFTER_SECONDS:
                 record()
+            if age > delivery.RENEW_AFTER_SECONDS:
                 with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
                     if not delivery.renew_lease(session=session, job=job):
                         continue  # our lease ran out; the row is back in the queue

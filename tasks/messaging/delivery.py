@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from email.utils import parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import or_, select, update
@@ -57,6 +58,7 @@ NETWORK_TIMEOUT_SECONDS = 15
 # it, and the relay renews it before each message, so a dead sender's row is retried within a minute
 SENDING_LEASE = timedelta(seconds=40)
 RENEW_AFTER_SECONDS = 10  # a relay renews the next message's lease once its batch is this old
+RECORD_AFTER_SECONDS = 1  # ... and records what it sent before each further message once it is this old
 RELAY_BATCH = 500
 CLAIM_BATCH = 10
 EVENT_ID_PREFIX = "cp_out_"
@@ -311,7 +313,7 @@ class Sender:
     A kept connection is checked before it is used again (SMTP: a NOOP; HTTP: the pool's check that the
     socket is still open) and replaced when the far side has closed it, so a message is never sent twice
     by this class. An SMTP error, or a connection that failed, is dropped: the next message starts on a
-    fresh one. One message takes at most `timeout` on the wire, plus `PROBE_TIMEOUT` for the check.
+    fresh one. `timeout` bounds each network operation (connect, each command and reply), as before.
     """
 
     def __init__(self, settings, *, timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
@@ -382,8 +384,9 @@ class Sender:
         message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,
                                      message_id=mail_message_id(job.public_id))
         try:
-            refused = self._session().send_message(message, from_addr=self.settings.mail_from,
-                                                   to_addrs=list(job.recipients))
+            # the envelope carries the bare address; the From header carries the name
+            refused = self._session().send_message(message, from_addr=parseaddr(self.settings.mail_from)[1]
+                                                   or self.settings.mail_from, to_addrs=list(job.recipients))
         except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
             self._drop_smtp()
             return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)

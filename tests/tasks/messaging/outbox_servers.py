@@ -84,7 +84,8 @@ class SmtpSink:
                     time.sleep(0.05)
                 else:
                     self.port = free_port()
-            controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+            controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10,
+                                    enable_SMTPUTF8=True)  # as mail servers do: addresses beyond ASCII
             try:
                 controller.start()
             except OSError as exc:  # taken in the instant between the check and the bind
