@@ -20,7 +20,7 @@ from tasks.inbox.runner import Outcome
 from tasks.purchases import fast_purchase
 from workers import inbox_runs, job_runs, metrics, runtime
 from workers.broker import enqueue
-from workers.queue_depths import queue_depths
+from workers.queue_depths import messages_held
 from workers.queues import INBOX_QUEUE
 
 log = logging.getLogger("coursepipe.workers")
@@ -113,7 +113,7 @@ def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
         stale = parking.count_stale_pending(session=session, sent_before=sent_before)
     if not stale:
         return 0
-    held = _inbox_messages(rt.broker)
+    held = messages_held(rt.broker, INBOX_QUEUE)
     budget = SWEEP_BATCH if held is None else min(max(stale - held, SWEEP_BATCH), SWEEP_MAX_ROWS)
     sent = 0
     while sent < budget:
@@ -127,18 +127,6 @@ def resend_stale(older_than_seconds: int = SWEEP_STALE_SECONDS) -> int:
         if done < SWEEP_BATCH:  # the last of them, or the broker refused (the next run tries again)
             break
     return sent
-
-
-def _inbox_messages(broker) -> int | None:
-    """Messages the inbox queue holds: waiting, fetched and not yet acknowledged, or delayed (retries);
-    None when the broker cannot tell (it is unreachable)."""
-    try:
-        depths = {d.queue: d for d in queue_depths(broker)}
-    except Exception as exc:  # Redis down: the sends below fail too, and are logged there
-        log.debug("inbox queue depth unknown: %s", exc)
-        return None
-    inbox = depths.get(INBOX_QUEUE)
-    return inbox.ready + inbox.in_flight + inbox.delayed if inbox is not None else 0
 
 
 def requeue_parked() -> tuple[int, int]:

@@ -16,7 +16,7 @@ from tasks.lifecycle import retention
 from tasks.messaging import delivery
 from workers import metrics, publishing, reconciling, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
-from workers.queue_depths import queue_depths
+from workers.queue_depths import messages_held
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
 
 log = logging.getLogger("coursepipe.jobs")
@@ -65,21 +65,10 @@ def relay_outbox(job_run: int | None = None) -> None:
         # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
         # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
         send("relay_outbox")
-        if _outbox_messages(rt.broker) < RELAY_CONCURRENCY:
+        held = messages_held(rt.broker, OUTBOX_QUEUE)  # None: the broker cannot tell, so none is added
+        if held is not None and held < RELAY_CONCURRENCY:
             send("relay_outbox")
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
-
-
-def _outbox_messages(broker) -> int:
-    """Relays (and single deliveries) the outbox queue holds, waiting or running; a broker that cannot
-    tell counts as full, so no relay is added."""
-    try:
-        depths = {d.queue: d for d in queue_depths(broker)}
-    except Exception as exc:  # Redis down: the sends fail too, and are logged there
-        log.debug("outbox queue depth unknown: %s", exc)
-        return RELAY_CONCURRENCY
-    outbox = depths.get(OUTBOX_QUEUE)
-    return outbox.ready + outbox.in_flight if outbox is not None else 0
 
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.

@@ -81,8 +81,10 @@ def test_a_platform_event_payload_is_not_read_as_a_purchase(runtime):
 def test_when_the_broker_cannot_tell_its_depth_one_batch_is_sent_again(runtime, small_batches, monkeypatch):
     stored(runtime, 25)
 
-    def unreachable(broker):
+    from workers import queue_depths
+
+    def unreachable(broker, queues=None):
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr(actors, "queue_depths", unreachable)
+    monkeypatch.setattr(queue_depths, "queue_depths", unreachable)
     assert actors.resend_stale(0) == 10

@@ -9,7 +9,7 @@ from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from db.types import utcnow
 from tasks.reporting import ops
-from workers.queue_depths import queue_depths
+from workers.queue_depths import messages_held, queue_depths
 from tests import factories
 
 
@@ -39,6 +39,7 @@ def test_redis_queue_depths(redis_broker):
     try:
         depth = {d.queue: d for d in queue_depths(redis_broker)}["ops_test"]
         assert (depth.ready, depth.in_flight, depth.delayed, depth.dead) == (2, 1, 1, 0)
+        assert messages_held(redis_broker, "ops_test") == 4  # one queue read alone: what the sweeper sizes by
         consumer.nack(message)  # dead-lettered
         depth = {d.queue: d for d in queue_depths(redis_broker)}["ops_test"]
         assert (depth.ready, depth.in_flight, depth.dead) == (2, 0, 1)
