@@ -23,7 +23,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench.common import (ROOT, drop_namespace, dramatiq_workers, env_for, free_port, fresh_database,  # noqa: E402
                           seed_course, tree_cpu_seconds)
-from bench.fulfil import store_purchases  # noqa: E402
+from bench.fulfil import fulfil_purchases  # noqa: E402
 
 RELAY_EVERY = 5  # seconds, as the scheduler sends it (scheduler/service.py)
 
@@ -68,18 +68,6 @@ def counts(url: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-def fulfil(url: str, purchases: int) -> None:
-    from coursepipe.runtime import handler_table
-    from coursepipe.settings import Settings
-    from db.database import Database
-    from workers.inbox_runs import run_message
-
-    database, settings, handlers = Database(url), Settings(database_url=url), handler_table()
-    for inbox_id in store_purchases(url, purchases, uuid.uuid4().hex[:6]):
-        run_message(database=database, inbox_id=inbox_id, handlers=handlers, settings=settings, purchase=True)
-    database.dispose()
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--purchases", type=int, default=3000)
@@ -93,7 +81,7 @@ def main(argv=None) -> dict:
 
     url = fresh_database("coursepipe_bench_outbox")
     seed_course(url)
-    fulfil(url, args.purchases)
+    fulfil_purchases(url, args.purchases, uuid.uuid4().hex[:6])
     total = sum(counts(url).values())
     http_port, smtp_port = free_port(), free_port()
     env = {**env_for(url, f"bench-{uuid.uuid4().hex[:8]}"),

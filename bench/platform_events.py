@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlalchemy as sa  # noqa: E402
 
 from bench.common import fresh_database, pids_cpu_seconds, postgres_backends, seed_course  # noqa: E402
-from bench.fulfil import store_purchases  # noqa: E402
+from bench.fulfil import fulfil_purchases  # noqa: E402
 
 STEPS = 5
 TYPES = ("class.upserted", "student.upserted", "booking.created", "attendance.marked", "booking.cancelled")
@@ -76,9 +76,8 @@ def one_round(students: int) -> dict[str, dict]:
     url = fresh_database("coursepipe_bench_platform")
     seed_course(url, steps=STEPS)
     run = uuid.uuid4().hex[:6]
+    fulfil_purchases(url, students, run)
     database, settings, handlers = Database(url), Settings(database_url=url), handler_table()
-    for inbox_id in store_purchases(url, students, run):
-        run_message(database=database, inbox_id=inbox_id, handlers=handlers, settings=settings, purchase=True)
     with database.engine.connect() as conn:
         steps = list(conn.execute(sa.text("SELECT s.id FROM course_step s JOIN course_program p ON p.id = s.program_id"
                                           " WHERE p.code = 'BENCH' ORDER BY s.position")).scalars())
