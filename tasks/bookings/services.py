@@ -120,9 +120,12 @@ def _progress_of(session: Session, enrollment_id: int, step_id: int, *, lock: bo
 
 
 def _holder(session: Session, enrollment_id: int, step_id: int) -> Booking | None:
-    return session.scalar(select(Booking).where(Booking.enrollment_id == enrollment_id,
-                                                Booking.course_step_id == step_id,
-                                                Booking.status == BookingStatus.ACTIVE))
+    return _active(_step_bookings(session, enrollment_id, step_id))
+
+
+def _active(step_bookings: tuple[Booking, ...]) -> Booking | None:
+    """The booking holding the step, among its bookings (at most one is active)."""
+    return next((b for b in step_bookings if b.status == BookingStatus.ACTIVE), None)
 
 
 def _step_bookings(session: Session, enrollment_id: int, step_id: int) -> tuple[Booking, ...]:
@@ -198,7 +201,7 @@ def step_guard(
     if status == ProgressStatus.CANCELLED:
         return Verdict(False, STEP_CANCELLED, step, enrollment, progress, group_class=group_class)
     step_bookings = _step_bookings(session, enrollment.id, step.id)
-    holder = next((b for b in step_bookings if b.status == BookingStatus.ACTIVE), None)
+    holder = _active(step_bookings)
     if status == ProgressStatus.BOOKED or holder is not None:
         return Verdict(False, STEP_ALREADY_BOOKED, step, enrollment, progress, holder, group_class, step_bookings)
     return Verdict(True, None, step, enrollment, progress, group_class=group_class, step_bookings=step_bookings)

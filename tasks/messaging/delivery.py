@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import smtplib
 import ssl
 import time
@@ -431,8 +432,6 @@ def _http_session(url: str):
     """A requests session for `url` that reads the environment's proxy and CA settings once, as requests
     would on every request (HTTPS_PROXY / NO_PROXY, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE): scanning the
     environment was a third of a callback's CPU."""
-    import os
-
     import requests
 
     session = requests.Session()
