@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Generic, TypeVar
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from db.models import TransitionLog
@@ -38,6 +39,20 @@ class StateMachine(Generic[S]):
             session.add(TransitionLog(entity=self.entity, entity_id=str(obj.id), from_status=None,
                                       to_status=getattr(obj, attr).value, cause=cause,
                                       enrollment_id=enrollment_id, at=at or utcnow()))
+
+    def log_moves(self, session: Session, moves: list[tuple[object, S, S, str | None, int | None]], *,
+                  at: datetime) -> None:
+        """Check and log the moves a set-based statement of the same unit of work makes, whose WHERE admits only
+        the `from` statuses given: (entity id, from, to, cause, enrollment id) each, the lines in one INSERT.
+        A move not in the table raises IllegalTransition, and the unit of work rolls back."""
+        for _, current, target, _, _ in moves:
+            if target not in self.allowed.get(current, frozenset()):
+                raise IllegalTransition(self.entity, str(current.value), str(target.value))
+        if self.logged and moves:
+            session.execute(insert(TransitionLog), [
+                {"entity": self.entity, "entity_id": str(entity_id), "from_status": current.value,
+                 "to_status": target.value, "cause": cause, "enrollment_id": enrollment_id, "at": at}
+                for entity_id, current, target, cause, enrollment_id in moves])
 
     def move(
         self,

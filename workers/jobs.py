@@ -26,15 +26,17 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
-def relay_outbox(job_run: int | None = None) -> None:
-    """Claim a small batch of due outbox rows (one transaction), send each on kept-open connections, record
-    the outcomes (one transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow
+def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
+    """Claim a batch of due outbox rows (one transaction), send each on kept-open connections, record the
+    outcomes (one transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow
     receiver) records what it sent before each further message, so a sent message waits unrecorded no
     longer than the one send that follows it; from RENEW_AFTER_SECONDS on, the next message's lease is
-    renewed before it is sent."""
+    renewed before it is sent. `batch`: the size a previous relay chose (`delivery.next_batch`); the
+    scheduler's ticks start at CLAIM_BATCH."""
     rt = runtime.current()
+    size = max(delivery.CLAIM_BATCH, min(delivery.CLAIM_BATCH_MAX, batch or delivery.CLAIM_BATCH))
     with rt.db.session_scope() as session:
-        jobs = delivery.claim_due(session=session, settings=rt.settings)
+        jobs = delivery.claim_due(session=session, settings=rt.settings, limit=size)
     claimed_at = time.monotonic()
     delivered = 0
     results: list = []
@@ -60,14 +62,16 @@ def relay_outbox(job_run: int | None = None) -> None:
             outcome = sender.send(job)  # outside any transaction
             results.append((job, outcome))
             delivered += outcome.ok
+    sending = time.monotonic() - claimed_at
     record()
-    if len(jobs) == delivery.CLAIM_BATCH and delivered:
+    if len(jobs) == size and delivered:
         # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
         # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
-        send("relay_outbox")
+        following = delivery.next_batch(size, claimed=len(jobs), delivered=delivered, seconds=sending)
+        send("relay_outbox", batch=following)
         held = messages_held(rt.broker, OUTBOX_QUEUE)  # None: the broker cannot tell, so none is added
         if held is not None and held < RELAY_CONCURRENCY:
-            send("relay_outbox")
+            send("relay_outbox", batch=following)
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
 
 

@@ -31,10 +31,9 @@ import os
 import smtplib
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from email.utils import parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import or_, select, update
@@ -61,7 +60,8 @@ SENDING_LEASE = timedelta(seconds=40)
 RENEW_AFTER_SECONDS = 10  # a relay renews the next message's lease once its batch is this old
 RECORD_AFTER_SECONDS = 1  # ... and records what it sent before each further message once it is this old
 RELAY_BATCH = 500
-CLAIM_BATCH = 10
+CLAIM_BATCH = 10  # messages a relay claims at first, and again after a failure
+CLAIM_BATCH_MAX = 50  # ... and at most, where its receivers answer fast
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
 PROBE_TIMEOUT = 5  # seconds a kept SMTP session has to answer a NOOP before it is replaced
@@ -155,23 +155,28 @@ def _recipients(settings, recipient: str | None) -> tuple[str, ...]:
 
 
 def release_stuck(*, session: Session, now: datetime | None = None) -> int:
-    """`sending` rows whose lease ran out (their worker died mid-call) go back to `pending`."""
+    """`sending` rows whose lease ran out (their worker died mid-call) go back to `pending`: one statement."""
     now = now or utcnow()
-    query = select(OutboxMessage).where(
-        OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.next_attempt_at <= now
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    released = 0
-    for message in session.scalars(query):
-        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="sending lease expired",
-                    enrollment_id=message.enrollment_id, at=now)
-        message.last_error = "sending lease expired (worker lost mid-send); will retry"
-        message.next_attempt_at = now
-        released += 1
+    stuck = _locked(session, select(OutboxMessage.id).where(
+        OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.next_attempt_at <= now)).cte("stuck")
+    released = session.execute(
+        update(OutboxMessage).where(OutboxMessage.id.in_(select(stuck.c.id)))
+        .values(status=OutboxStatus.PENDING, next_attempt_at=now,
+                last_error="sending lease expired (worker lost mid-send); will retry")
+        .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
+        .execution_options(synchronize_session=False)).all()
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.SENDING, OutboxStatus.PENDING, "sending lease expired",
+                                row.enrollment_id) for row in released], at=now)
     if released:
-        log.warning("released %d outbox message(s) stuck in sending", released)
-    return released
+        log.warning("released %d outbox message(s) stuck in sending", len(released))
+    return len(released)
+
+
+def _locked(session: Session, query, *, skip_locked: bool = True):
+    """`query` with its rows locked on PostgreSQL (SKIP LOCKED: another worker's rows are left to it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=skip_locked)
+    return query
 
 
 def _ready_filter(settings):
@@ -224,23 +229,43 @@ def prepare_relay(*, session: Session, settings, now: datetime | None = None, li
     return due_ids(session=session, settings=settings, now=now, limit=limit)
 
 
-def _take(session: Session, message: OutboxMessage, settings, now: datetime, lease: timedelta) -> Job:
-    message.attempts += 1
-    OUTBOX.move(message, OutboxStatus.SENDING, session=session, cause=f"attempt {message.attempts}",
-                enrollment_id=message.enrollment_id, at=now)
-    message.next_attempt_at = now + lease
-    recipients = _recipients(settings, message.recipient) if message.channel is OutboxChannel.MAIL else ()
-    return Job(
-        id=message.id,
-        channel=message.channel,
-        topic=message.topic,
-        recipients=recipients,
-        payload=dict(message.payload or {}),
-        created_at=message.created_at,
-        attempts=message.attempts,
-        public_id=message.public_id,
-        sequence=message.sequence,
-    )
+# what a claim reads back of each row it takes
+_JOB_COLUMNS = (OutboxMessage.id, OutboxMessage.channel, OutboxMessage.topic, OutboxMessage.recipient,
+                OutboxMessage.payload, OutboxMessage.created_at, OutboxMessage.attempts, OutboxMessage.public_id,
+                OutboxMessage.sequence, OutboxMessage.enrollment_id)
+
+
+def _take(session: Session, due, settings, now: datetime, lease: timedelta) -> list[Job]:
+    """Move the `pending` rows `due` (a locked id query) to `sending`, count the attempt and take the lease:
+    one UPDATE, the transition lines in one INSERT. The jobs come in id order (the order they were written)."""
+    rows = sorted(session.execute(
+        update(OutboxMessage).where(OutboxMessage.id.in_(select(due.cte("due").c.id)),
+                                    OutboxMessage.status == OutboxStatus.PENDING)
+        .values(status=OutboxStatus.SENDING, attempts=OutboxMessage.attempts + 1, next_attempt_at=now + lease)
+        .returning(*_JOB_COLUMNS)
+        .execution_options(synchronize_session=False)).all(), key=lambda row: row.id)
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.SENDING, f"attempt {row.attempts}",
+                                row.enrollment_id) for row in rows], at=now)
+    return [Job(id=row.id, channel=row.channel, topic=row.topic,
+                recipients=_recipients(settings, row.recipient) if row.channel is OutboxChannel.MAIL else (),
+                payload=dict(row.payload or {}), created_at=row.created_at, attempts=row.attempts,
+                public_id=row.public_id, sequence=row.sequence) for row in rows]
+
+
+def next_batch(size: int, *, claimed: int, delivered: int, seconds: float) -> int:
+    """How many messages the relay that follows a full batch claims: twice as many while the batch went
+    out whole within RECORD_AFTER_SECONDS, up to CLAIM_BATCH_MAX (each claim and record costs a few
+    statements, whatever its size); CLAIM_BATCH again after any failure or a slow batch. A big batch's rows
+    wait for one sender, so only receivers that answer fast get one."""
+    if delivered < claimed or seconds > RECORD_AFTER_SECONDS:
+        return CLAIM_BATCH
+    return max(CLAIM_BATCH, min(CLAIM_BATCH_MAX, 2 * size))
+
+
+def _held_possible(settings) -> bool:
+    """Whether any row could be held back by this configuration (a channel or the admins' addresses unset)."""
+    return any(_held_reason(settings, channel, recipient) is not None
+               for channel, recipient in ((OutboxChannel.MAIL, ADMINS), (OutboxChannel.PLATFORM, None)))
 
 
 def claim_due(
@@ -250,21 +275,15 @@ def claim_due(
     """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows.
 
     Rows another relay has locked are skipped (SKIP LOCKED on PostgreSQL), so concurrent relays
-    share the backlog; rows of a channel that is not configured are left alone.
+    share the backlog; rows of a channel that is not configured are left alone (and logged).
     """
     now = now or utcnow()
     release_stuck(session=session, now=now)
-    _log_held_rows(session, settings, now)
-    query = (
-        select(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
-               _ready_filter(settings))
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return [_take(session, message, settings, now, lease) for message in session.scalars(query).all()]
+    if _held_possible(settings):
+        _log_held_rows(session, settings, now)
+    return _take(session, _locked(session, select(OutboxMessage.id).where(
+        OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now, _ready_filter(settings))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)), settings, now, lease)
 
 
 def claim(
@@ -272,17 +291,17 @@ def claim(
 ) -> Job | None:
     """Take one due message for sending; None if it is not due, not ours, or its channel is held."""
     now = now or utcnow()
-    query = select(OutboxMessage).where(OutboxMessage.id == message_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)  # another worker has it: leave it to them
-    message = session.scalar(query)
+    message = session.execute(_locked(session, select(
+        OutboxMessage.status, OutboxMessage.next_attempt_at, OutboxMessage.channel, OutboxMessage.recipient)
+        .where(OutboxMessage.id == message_id))).first()  # another worker has it: leave it to them
     if message is None or message.status is not OutboxStatus.PENDING or message.next_attempt_at > now:
         return None
     reason = _held_reason(settings, message.channel, message.recipient)
     if reason:
         _log_held(reason, 1)
         return None
-    return _take(session, message, settings, now, lease)
+    jobs = _take(session, select(OutboxMessage.id).where(OutboxMessage.id == message_id), settings, now, lease)
+    return jobs[0] if jobs else None
 
 
 def renew_lease(*, session: Session, job: Job, now: datetime | None = None, lease: timedelta = SENDING_LEASE) -> bool:
@@ -386,7 +405,7 @@ class Sender:
                                      message_id=mail_message_id(job.public_id))
         try:
             # the envelope carries the bare address; the From header carries the name
-            refused = self._session().send_message(message, from_addr=parseaddr(self.settings.mail_from)[1]
+            refused = self._session().send_message(message, from_addr=mail.sender_parts(self.settings.mail_from)[1]
                                                    or self.settings.mail_from, to_addrs=list(job.recipients))
         except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
             self._drop_smtp()
@@ -543,49 +562,79 @@ def record_all(
     now: datetime | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> list[OutboxStatus | None]:
-    """Write the outcomes of a relay's batch in one unit of work: its rows read (and locked) by one
-    statement, in id order. Returns each row's new status, in the order given (None if the row is gone)."""
+    """Write the outcomes of a relay's batch in one unit of work: its rows read (and locked) by one statement,
+    in id order; the delivered ones marked `sent` by one UPDATE (a failure is an UPDATE of its own), every
+    move's line in one INSERT. Returns each row's new status, in the order given (None if the row is gone)."""
     if not results:
         return []
     now = now or utcnow()
-    query = select(OutboxMessage).where(OutboxMessage.id.in_([job.id for job, _ in results])).order_by(OutboxMessage.id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    rows = {message.id: message for message in session.scalars(query)}
-    return [_record(session, rows.get(job.id), job, outcome, now, max_attempts) for job, outcome in results]
+    rows = {row.id: _Current(row.status, row.attempts, row.enrollment_id, row.channel, row.topic)
+            for row in session.execute(_locked(session, select(
+                OutboxMessage.id, OutboxMessage.status, OutboxMessage.attempts, OutboxMessage.enrollment_id,
+                OutboxMessage.channel, OutboxMessage.topic)
+                .where(OutboxMessage.id.in_([job.id for job, _ in results])).order_by(OutboxMessage.id),
+                skip_locked=False))}
+    writes = _Writes()
+    statuses = [_record(rows.get(job.id), job, outcome, now, max_attempts, writes) for job, outcome in results]
+    OUTBOX.log_moves(session, writes.moves, at=now)
+    if writes.sent:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(writes.sent))
+                        .values(status=OutboxStatus.SENT, sent_at=now, last_error=None)
+                        .execution_options(synchronize_session=False))
+    for message_id, values in writes.failed:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(**values)
+                        .execution_options(synchronize_session=False))
+    return statuses
 
 
-def _record(session: Session, message: OutboxMessage | None, job: Job, outcome: Outcome, now: datetime,
-            max_attempts: int) -> OutboxStatus | None:
-    if message is None:
+@dataclass
+class _Current:
+    """A row's state as `record_all` read it, kept up to date as its outcomes are decided."""
+
+    status: OutboxStatus
+    attempts: int
+    enrollment_id: int | None
+    channel: OutboxChannel
+    topic: str
+
+
+@dataclass
+class _Writes:
+    moves: list = field(default_factory=list)  # (id, from, to, cause, enrollment id): OUTBOX.log_moves
+    sent: list[int] = field(default_factory=list)
+    failed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max_attempts: int,
+            writes: _Writes) -> OutboxStatus | None:
+    if row is None:
         return None
     if outcome.ok:
         # it left: record it even if our lease ran out meanwhile (a re-send would carry the same id)
-        if message.status is OutboxStatus.DEAD:
+        if row.status is OutboxStatus.DEAD:
             # our lease ran out and a later attempt gave up; ours got through after all
-            log.warning("outbox %s was delivered by a late attempt after it was marked dead", message.id)
-        if message.status is not OutboxStatus.SENT:
-            OUTBOX.move(message, OutboxStatus.SENT, session=session, cause=f"attempt {job.attempts}",
-                        enrollment_id=message.enrollment_id, at=now)
-            message.sent_at = now
-            message.last_error = None
-        return message.status
-    if message.status is not OutboxStatus.SENDING or message.attempts != job.attempts:
-        return message.status  # the lease expired and another attempt owns the row now
-    message.last_error = outcome.error
-    if outcome.permanent or message.attempts >= max_attempts:
-        OUTBOX.move(message, OutboxStatus.DEAD, session=session,
-                    cause="permanent failure" if outcome.permanent else "retries exhausted",
-                    enrollment_id=message.enrollment_id, at=now)
-        log.error("outbox %s (%s %s) is dead after %d attempt(s): %s", message.id, message.channel.value,
-                  message.topic, message.attempts, outcome.error)
+            log.warning("outbox %s was delivered by a late attempt after it was marked dead", job.id)
+        if row.status is not OutboxStatus.SENT:
+            writes.moves.append((job.id, row.status, OutboxStatus.SENT, f"attempt {job.attempts}", row.enrollment_id))
+            writes.sent.append(job.id)
+            row.status = OutboxStatus.SENT
+        return row.status
+    if row.status is not OutboxStatus.SENDING or row.attempts != job.attempts:
+        return row.status  # the lease expired and another attempt owns the row now
+    values: dict[str, Any] = {"last_error": outcome.error}
+    if outcome.permanent or row.attempts >= max_attempts:
+        target, cause = OutboxStatus.DEAD, "permanent failure" if outcome.permanent else "retries exhausted"
+        log.error("outbox %s (%s %s) is dead after %d attempt(s): %s", job.id, row.channel.value, row.topic,
+                  row.attempts, outcome.error)
     else:
-        OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause=f"attempt {job.attempts} failed",
-                    enrollment_id=message.enrollment_id, at=now)
-        message.next_attempt_at = now + backoff(message.attempts)
-        log.info("outbox %s attempt %d failed, next at %s: %s", message.id, message.attempts,
-                 message.next_attempt_at.isoformat(), outcome.error)
-    return message.status
+        target, cause = OutboxStatus.PENDING, f"attempt {job.attempts} failed"
+        values["next_attempt_at"] = now + backoff(row.attempts)
+        log.info("outbox %s attempt %d failed, next at %s: %s", job.id, row.attempts,
+                 values["next_attempt_at"].isoformat(), outcome.error)
+    writes.moves.append((job.id, row.status, target, cause, row.enrollment_id))
+    writes.failed.append((job.id, {"status": target, **values}))
+    row.status = target
+    return target
 
 
 # --------------------------------------------------------------------------- admin

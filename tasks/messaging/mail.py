@@ -7,8 +7,10 @@ possibly by older code, so a missing optional key renders as empty text, never a
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email._policybase import Compat32
 from email.charset import QP, Charset
 from email.header import Header
 from email.message import EmailMessage, Message
@@ -167,6 +169,32 @@ _UTF8 = Charset("utf-8")
 _UTF8.header_encoding = _UTF8.body_encoding = QP
 
 
+class _Policy(Compat32):
+    """compat32, as the MIME classes write, but a header whose line fits and is ASCII is written as it stands:
+    the same bytes compat32 writes for it, without a `Header` built to fold it (a third of a mail's CPU)."""
+
+    def _fold(self, name, value, sanitize):
+        if (isinstance(value, str) and value.isascii() and "\r" not in value and "\n" not in value
+                and len(name) + 2 + len(value) <= (self.max_line_length or 78)):
+            return f"{name}: {value}{self.linesep}"
+        return super()._fold(name, value, sanitize)
+
+
+_POLICY = _Policy()
+
+
+def _boundary() -> str:
+    """A random boundary, as the email package makes one; chosen here, the generator does not compile a
+    regular expression per mail to look for it in the parts (a random 128-bit token is not in them)."""
+    return f"==============={secrets.token_hex(16)}=="
+
+
+@lru_cache(maxsize=8)
+def sender_parts(sender: str) -> tuple[str, str]:
+    """MAIL_FROM as (display name, bare address): the same for every mail, parsed once."""
+    return parseaddr(sender)
+
+
 def build_message(
     mail: RenderedMail, *, sender: str, recipients: list[str] | tuple[str, ...], message_id: str
 ) -> Message:
@@ -176,17 +204,17 @@ def build_message(
     parses every header it is given and again when the message is written, four times the CPU of a
     relay's mail (2.0 against 0.5 ms). A header that is not ASCII is written as RFC 2047 encoded words.
     """
-    name, address = parseaddr(sender)
+    name, address = sender_parts(sender)
     if not all(a.isascii() for a in (address, *recipients)):
         return _international_message(mail, sender=sender, recipients=recipients, message_id=message_id)
-    message = MIMEMultipart("alternative")
+    message = MIMEMultipart("alternative", boundary=_boundary(), policy=_POLICY)
     message["Subject"] = _header(mail.subject, "Subject")
     message["From"] = formataddr((name, address), charset=_UTF8) if address else _header(sender, "From")
     message["To"] = ", ".join(recipients)
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = message_id
-    message.attach(MIMEText(mail.text, "plain", _UTF8))
-    message.attach(MIMEText(mail.html, "html", _UTF8))
+    message.attach(MIMEText(mail.text, "plain", _UTF8, policy=_POLICY))
+    message.attach(MIMEText(mail.html, "html", _UTF8, policy=_POLICY))
     return message
 
 

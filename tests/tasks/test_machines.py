@@ -72,3 +72,23 @@ def test_a_refund_begins_in_stripes_status_and_logs_its_later_moves(database):
     deliver(database, refund_created(refund_id="re_1", pi="pi_p", amount=500, status="pending",
                                      event_id="evt_re_1c"))  # an older copy, late: nothing
     assert _history(database, "refund") == [(None, "pending"), ("pending", "succeeded")]
+
+
+def test_moves_written_by_one_statement_are_checked_and_logged_in_one_insert(database):
+    from db.enums import OutboxStatus
+    from tasks.machines import OUTBOX
+    from db.types import utcnow
+
+    now = utcnow()
+    with pytest.raises(IllegalTransition):
+        with database.session_scope() as s:
+            OUTBOX.log_moves(s, [(1, OutboxStatus.PENDING, OutboxStatus.SENDING, "attempt 1", None),
+                                 (2, OutboxStatus.SENT, OutboxStatus.PENDING, "no", None)], at=now)
+    assert _history(database, "outbox") == []  # nothing written
+    with database.session_scope() as s:
+        OUTBOX.log_moves(s, [(1, OutboxStatus.PENDING, OutboxStatus.SENDING, "attempt 1", 7),
+                             (2, OutboxStatus.SENDING, OutboxStatus.SENT, "attempt 1", None)], at=now)
+    assert _history(database, "outbox") == [("pending", "sending"), ("sending", "sent")]
+    with database.session_scope() as s:
+        INBOX.log_moves(s, [(3, InboxStatus.PROCESSING, InboxStatus.PROCESSED, None, None)], at=now)
+        assert s.scalars(select(TransitionLog).where(TransitionLog.entity == "inbox_event")).all() == []  # unlogged

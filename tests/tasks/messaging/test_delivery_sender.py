@@ -4,9 +4,10 @@ and a backlog is drained by more than one relay."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select
 
 from db.enums import OutboxChannel, OutboxStatus
-from db.models import OutboxMessage
+from db.models import OutboxMessage, TransitionLog
 from tasks.messaging import delivery
 from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import make_settings
@@ -103,10 +104,49 @@ def test_record_all_writes_a_batch_of_outcomes_in_the_order_given(database, sett
 
 
 def outbox_messages(runtime) -> list[str]:
+    return [message.actor_name for message in queued(runtime)]
+
+
+def queued(runtime) -> list:
     from dramatiq import Message
 
     queue = runtime.broker.queues.get(OUTBOX_QUEUE)
-    return [Message.decode(data).actor_name for data in list(queue.queue)] if queue is not None else []
+    return [Message.decode(data) for data in list(queue.queue)] if queue is not None else []
+
+
+def test_a_batch_doubles_while_it_goes_out_whole_and_quick_and_starts_over_otherwise():
+    quick = dict(seconds=delivery.RECORD_AFTER_SECONDS / 10)
+    size, sizes = delivery.CLAIM_BATCH, []
+    while size < delivery.CLAIM_BATCH_MAX:
+        size = delivery.next_batch(size, claimed=size, delivered=size, **quick)
+        sizes.append(size)
+    assert sizes[0] == 2 * delivery.CLAIM_BATCH and sizes[-1] == delivery.CLAIM_BATCH_MAX
+    assert delivery.next_batch(delivery.CLAIM_BATCH_MAX, claimed=50, delivered=50, **quick) == delivery.CLAIM_BATCH_MAX
+    assert delivery.next_batch(40, claimed=40, delivered=39, **quick) == delivery.CLAIM_BATCH  # a failure
+    assert delivery.next_batch(40, claimed=40, delivered=40,
+                               seconds=delivery.RECORD_AFTER_SECONDS + 0.1) == delivery.CLAIM_BATCH  # slow
+
+
+def test_a_relay_claims_the_batch_its_predecessor_chose_and_passes_on_the_next(runtime, database, settings,
+                                                                               platform_receiver):  # noqa: F811
+    from workers import jobs
+
+    bigger = 2 * delivery.CLAIM_BATCH
+    with database.session_scope() as s:
+        for n in range(bigger + delivery.CLAIM_BATCH_MAX + 5):
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"}, dedupe_key=f"e{n}")
+    jobs.relay_outbox(batch=bigger)
+    assert len(platform_receiver.events) == bigger
+    follow_ups = queued(runtime)
+    assert follow_ups and {m.kwargs.get("batch") for m in follow_ups} == {2 * bigger}  # the receiver is quick
+    jobs.relay_outbox(batch=10 * delivery.CLAIM_BATCH_MAX)  # a size out of bounds is held to them
+    assert len(platform_receiver.events) == bigger + delivery.CLAIM_BATCH_MAX
+    with database.session_scope() as s:  # every claimed row's move to sending and to sent is on its history
+        moves = s.execute(select(TransitionLog.from_status, TransitionLog.to_status, func.count())
+                          .where(TransitionLog.entity == "outbox").group_by(TransitionLog.from_status,
+                                                                            TransitionLog.to_status)).all()
+    sent = bigger + delivery.CLAIM_BATCH_MAX
+    assert sorted(moves) == [("pending", "sending", sent), ("sending", "sent", sent)]
 
 
 def test_a_backlog_starts_one_more_relay_until_enough_run(runtime, database, settings, platform_receiver):  # noqa: F811

@@ -107,3 +107,29 @@ def test_every_template_named_in_the_code_exists():
         named |= set(re.findall(r'_mail\(\s*session,\s*"([a-z_]+)"', source))
     assert named, "the scan found no template names at all"
     assert named <= set(mail.TEMPLATES), sorted(named - set(mail.TEMPLATES))
+
+
+@pytest.mark.parametrize("name,value", [
+    ("Subject", "Your booking: SFZ-2  Turns "), ("Subject", "x" * 69), ("Subject", "x" * 70), ("Subject", "x" * 200),
+    ("Subject", "Tab\there"), ("Subject", ""), ("Subject", "Bienvenue à Salsa"), ("To", "a@example.test, b@example.test"),
+    ("Content-Type", 'text/plain; charset="utf-8"'), ("From", "=?utf-8?q?Studio_Caf=C3=A9?= <c@example.test>"),
+    ("Subject", "a long subject " * 8),
+])
+def test_headers_are_written_as_compat32_writes_them(name, value):
+    """A header that fits on its line skips compat32's folding; the bytes are the same as with it."""
+    from email.policy import compat32
+
+    for linesep in ("\n", "\r\n"):
+        ours, theirs = mail._POLICY.clone(linesep=linesep), compat32.clone(linesep=linesep)
+        assert ours.fold_binary(name, value) == theirs.fold_binary(name, value)
+        assert ours.fold(name, value) == theirs.fold(name, value)
+
+
+def test_each_message_has_a_boundary_of_its_own_that_a_client_splits_on():
+    rendered = mail.render("step_reminder", {"step_label": "SFZ-3"})
+    first, second = (mail.build_message(rendered, sender="a@example.test", recipients=["b@example.test"],
+                                        message_id=f"<outbox-{n}@coursepipe>") for n in (12, 13))
+    assert first.get_boundary() != second.get_boundary()
+    parts = list(_wire(first).iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert first.get_boundary() not in parts[0].get_content() + parts[1].get_content()
