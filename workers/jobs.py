@@ -31,8 +31,9 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
     outcomes (one transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow
     receiver) records what it sent before each further message, so a sent message waits unrecorded no
     longer than the one send that follows it; from RENEW_AFTER_SECONDS on, the next message's lease is
-    renewed before it is sent. `batch`: the size a previous relay chose (`delivery.next_batch`); the
-    scheduler's ticks start at CLAIM_BATCH."""
+    renewed before it is sent, and a batch that turned slow with more than CLAIM_BATCH messages to go hands
+    all but those back (`delivery.hand_back`). `batch`: the size a previous relay chose
+    (`delivery.next_batch`); the scheduler's ticks start at CLAIM_BATCH."""
     rt = runtime.current()
     size = max(delivery.CLAIM_BATCH, min(delivery.CLAIM_BATCH_MAX, batch or delivery.CLAIM_BATCH))
     with rt.db.session_scope() as session:
@@ -51,10 +52,18 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
         results.clear()
 
     with delivery.Sender(rt.settings) as sender:
-        for job in jobs:
+        unsent = list(jobs)
+        while unsent:
+            job = unsent.pop(0)
             age = time.monotonic() - claimed_at
             if age > delivery.RECORD_AFTER_SECONDS:
                 record()
+                if len(unsent) >= delivery.CLAIM_BATCH:
+                    # a slow batch: keep as many as a small one holds, hand the rest back to other relays
+                    tail = unsent[delivery.CLAIM_BATCH - 1:]
+                    del unsent[delivery.CLAIM_BATCH - 1:]
+                    with rt.db.session_scope() as session:
+                        delivery.hand_back(session=session, jobs=tail)
             if age > delivery.RENEW_AFTER_SECONDS:
                 with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
                     if not delivery.renew_lease(session=session, job=job):
@@ -68,10 +77,12 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
         # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
         # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
         following = delivery.next_batch(size, claimed=len(jobs), delivered=delivered, seconds=sending)
-        send("relay_outbox", batch=following)
+        # the default size goes unmarked: a worker of an older version runs that message too
+        sized = {"batch": following} if following != delivery.CLAIM_BATCH else {}
+        send("relay_outbox", **sized)
         held = messages_held(rt.broker, OUTBOX_QUEUE)  # None: the broker cannot tell, so none is added
         if held is not None and held < RELAY_CONCURRENCY:
-            send("relay_outbox", batch=following)
+            send("relay_outbox", **sized)
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
 
 

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -134,13 +134,21 @@ def _held_reason(settings, channel: OutboxChannel, recipient: str | None) -> str
     return None
 
 
-_last_held_log: dict[str, float] = {}
+_last_held_log: dict[str, float] = {}  # when each reason was last logged, and the held rows last looked up
+_HELD_LOOKUP = "(held rows looked up)"
+
+
+def _once_per_window(key: str) -> bool:
+    """True at most once per HELD_LOG_EVERY_SECONDS for `key` in this process (and then the window starts)."""
+    now = time.monotonic()
+    if now - _last_held_log.get(key, -HELD_LOG_EVERY_SECONDS) >= HELD_LOG_EVERY_SECONDS:
+        _last_held_log[key] = now
+        return True
+    return False
 
 
 def _log_held(reason: str, count: int) -> None:
-    now = time.monotonic()
-    if now - _last_held_log.get(reason, -HELD_LOG_EVERY_SECONDS) >= HELD_LOG_EVERY_SECONDS:
-        _last_held_log[reason] = now
+    if _once_per_window(reason):
         log.warning("%d outbox message(s) held in the outbox: %s", count, reason)
 
 
@@ -195,6 +203,11 @@ def _ready_filter(settings):
 
 
 def _log_held_rows(session: Session, settings, now: datetime) -> None:
+    """Count and log the due rows a missing setting holds back. Looked up only where a row can be held, and at
+    most once per HELD_LOG_EVERY_SECONDS, as often as the warning is logged: with none held, the look-up reads
+    every due row, and a relay claims many times a second."""
+    if not _held_possible(settings) or not _once_per_window(_HELD_LOOKUP):
+        return
     held = session.execute(
         select(OutboxMessage.channel, OutboxMessage.recipient)
         .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
@@ -255,11 +268,30 @@ def _take(session: Session, due, settings, now: datetime, lease: timedelta) -> l
 def next_batch(size: int, *, claimed: int, delivered: int, seconds: float) -> int:
     """How many messages the relay that follows a full batch claims: twice as many while the batch went
     out whole within RECORD_AFTER_SECONDS, up to CLAIM_BATCH_MAX (each claim and record costs a few
-    statements, whatever its size); CLAIM_BATCH again after any failure or a slow batch. A big batch's rows
-    wait for one sender, so only receivers that answer fast get one."""
+    statements, whatever its size); CLAIM_BATCH again after any failure or a slow batch. A receiver that
+    turns slow in the middle of a big batch gets the rest of it back in small ones (`hand_back`)."""
     if delivered < claimed or seconds > RECORD_AFTER_SECONDS:
         return CLAIM_BATCH
     return max(CLAIM_BATCH, min(CLAIM_BATCH_MAX, 2 * size))
+
+
+def hand_back(*, session: Session, jobs: list[Job], now: datetime | None = None) -> int:
+    """Claimed messages not sent yet go back to `pending`, due now, the attempt their claim counted taken back:
+    a batch that turned slow keeps what it sends next and leaves the rest to other relays, before the rest's
+    leases run out. A row whose lease another relay has taken over is left alone. Returns how many went back."""
+    if not jobs:
+        return 0
+    now = now or utcnow()
+    handed = session.execute(
+        update(OutboxMessage)
+        .where(tuple_(OutboxMessage.id, OutboxMessage.attempts).in_([(job.id, job.attempts) for job in jobs]),
+               OutboxMessage.status == OutboxStatus.SENDING)
+        .values(status=OutboxStatus.PENDING, attempts=OutboxMessage.attempts - 1, next_attempt_at=now)
+        .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
+        .execution_options(synchronize_session=False)).all()
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.SENDING, OutboxStatus.PENDING, "handed back unsent: slow batch",
+                                row.enrollment_id) for row in handed], at=now)
+    return len(handed)
 
 
 def _held_possible(settings) -> bool:
@@ -279,8 +311,7 @@ def claim_due(
     """
     now = now or utcnow()
     release_stuck(session=session, now=now)
-    if _held_possible(settings):
-        _log_held_rows(session, settings, now)
+    _log_held_rows(session, settings, now)
     return _take(session, _locked(session, select(OutboxMessage.id).where(
         OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now, _ready_filter(settings))
         .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)), settings, now, lease)
@@ -581,7 +612,7 @@ def record_all(
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(writes.sent))
                         .values(status=OutboxStatus.SENT, sent_at=now, last_error=None)
                         .execution_options(synchronize_session=False))
-    for message_id, values in writes.failed:
+    for message_id, values in writes.failed.items():
         session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(**values)
                         .execution_options(synchronize_session=False))
     return statuses
@@ -602,7 +633,7 @@ class _Current:
 class _Writes:
     moves: list = field(default_factory=list)  # (id, from, to, cause, enrollment id): OUTBOX.log_moves
     sent: list[int] = field(default_factory=list)
-    failed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)  # a row's values after a failed attempt
 
 
 def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max_attempts: int,
@@ -617,6 +648,7 @@ def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max
         if row.status is not OutboxStatus.SENT:
             writes.moves.append((job.id, row.status, OutboxStatus.SENT, f"attempt {job.attempts}", row.enrollment_id))
             writes.sent.append(job.id)
+            writes.failed.pop(job.id, None)  # a failure of the same row given before: this outcome is the last
             row.status = OutboxStatus.SENT
         return row.status
     if row.status is not OutboxStatus.SENDING or row.attempts != job.attempts:
@@ -632,7 +664,7 @@ def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max
         log.info("outbox %s attempt %d failed, next at %s: %s", job.id, row.attempts,
                  values["next_attempt_at"].isoformat(), outcome.error)
     writes.moves.append((job.id, row.status, target, cause, row.enrollment_id))
-    writes.failed.append((job.id, {"status": target, **values}))
+    writes.failed[job.id] = {"status": target, **values}
     row.status = target
     return target
 

@@ -170,11 +170,12 @@ _UTF8.header_encoding = _UTF8.body_encoding = QP
 
 
 class _Policy(Compat32):
-    """compat32, as the MIME classes write, but a header whose line fits and is ASCII is written as it stands:
+    """compat32, as the MIME classes write, but a printable ASCII header whose line fits is written as it stands:
     the same bytes compat32 writes for it, without a `Header` built to fold it (a third of a mail's CPU)."""
 
     def _fold(self, name, value, sanitize):
-        if (isinstance(value, str) and value.isascii() and "\r" not in value and "\n" not in value
+        # printable ASCII only: compat32 splits a value at any line boundary str.splitlines knows (\x0b, \x1c …)
+        if (isinstance(value, str) and value.isascii() and value.isprintable()
                 and len(name) + 2 + len(value) <= (self.max_line_length or 78)):
             return f"{name}: {value}{self.linesep}"
         return super()._fold(name, value, sanitize)

@@ -359,3 +359,42 @@ def test_a_late_success_after_the_row_went_dead_is_recorded_as_sent(database, se
             TransitionLog.entity == "outbox", TransitionLog.entity_id == str(message_id))
             .order_by(TransitionLog.id)).all()
     assert [tuple(m) for m in moves][-1] == ("dead", "sent")
+
+
+def test_held_rows_are_looked_up_only_as_often_as_they_are_logged(database, settings, caplog):
+    import sqlalchemy as sa
+
+    with database.session_scope() as s:
+        add_mail(session=s, template="dispute_alert", recipient="@admins", context={}, dedupe_key="held-admins")
+        for n in range(3):
+            add_mail(session=s, template="step_reminder", recipient=f"s{n}@example.test", context={},
+                     dedupe_key=f"due:{n}")
+    no_admins = settings.with_(admin_alert_emails=())
+    statements: list[str] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        statements.append(" ".join(statement.split()))
+
+    delivery._last_held_log.clear()
+    sa.event.listen(database.engine, "before_cursor_execute", keep)
+    try:
+        with caplog.at_level("WARNING", logger="coursepipe.delivery"):
+            for _ in range(3):  # three claims in a row: one look-up, one warning
+                with database.session_scope() as s:
+                    delivery.claim_due(session=s, settings=no_admins, limit=1)
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", keep)
+    lookups = [q for q in statements if q.startswith("SELECT outbox_message.channel, outbox_message.recipient")]
+    assert len(lookups) == 1
+    assert caplog.text.count("held in the outbox: ADMIN_ALERT_EMAILS is empty") == 1
+    with database.session_scope() as s:
+        assert delivery.counts(session=s) == {"sending": 3, "pending": 1}  # the held one untouched
+    statements.clear()
+    sa.event.listen(database.engine, "before_cursor_execute", keep)
+    try:  # everything configured: nothing can be held, nothing is looked up
+        delivery._last_held_log.clear()
+        with database.session_scope() as s:
+            delivery.claim_due(session=s, settings=settings)
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", keep)
+    assert statements and not [q for q in statements if q.startswith("SELECT outbox_message.channel, outbox_message.recipient")]

@@ -128,8 +128,10 @@ def test_a_batch_doubles_while_it_goes_out_whole_and_quick_and_starts_over_other
 
 
 def test_a_relay_claims_the_batch_its_predecessor_chose_and_passes_on_the_next(runtime, database, settings,
-                                                                               platform_receiver):  # noqa: F811
+                                                                               platform_receiver, monkeypatch):  # noqa: F811
     from workers import jobs
+
+    monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", 60)  # every batch counts as quick, on any machine
 
     bigger = 2 * delivery.CLAIM_BATCH
     with database.session_scope() as s:
@@ -221,3 +223,35 @@ def test_a_slow_batch_records_each_outcome_before_the_next_send(runtime, databas
     monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", -1)  # as if every send were slow
     jobs.relay_outbox()
     assert calls == [1, 1, 1]  # each outcome recorded before the next send
+
+
+def test_a_big_batch_that_turns_slow_hands_back_what_it_would_send_late(runtime, database, settings,
+                                                                        platform_receiver, monkeypatch):  # noqa: F811
+    from workers import jobs
+
+    claimed = 25
+    with database.session_scope() as s:
+        for n in range(claimed):
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"}, dedupe_key=f"e{n}")
+    monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", -1)  # as if the receiver had turned slow at once
+    jobs.relay_outbox(batch=claimed)
+    assert len(platform_receiver.events) == delivery.CLAIM_BATCH  # what a small batch holds went out
+    with database.session_scope() as s:
+        rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        handed = [r for r in rows if r.status is OutboxStatus.PENDING]
+        assert len(handed) == claimed - delivery.CLAIM_BATCH
+        assert all(r.attempts == 0 for r in handed)  # no attempt was made: none is counted
+        assert s.scalar(select(func.count()).select_from(TransitionLog).where(
+            TransitionLog.cause == "handed back unsent: slow batch")) == len(handed)
+    assert all("batch" not in m.kwargs for m in queued(runtime))  # the follow-ups take small batches
+
+
+def test_the_last_outcome_given_for_a_row_is_the_one_written(database, settings):
+    [job] = claimed(database, settings, events=1)
+    with database.session_scope() as s:
+        statuses = delivery.record_all(session=s, results=[(job, delivery.Outcome(False, "SMTP 421")),
+                                                           (job, delivery.Outcome(True))])
+    assert statuses == [OutboxStatus.PENDING, OutboxStatus.SENT]
+    with database.session_scope() as s:
+        row = s.get(OutboxMessage, job.id)
+        assert row.status is OutboxStatus.SENT and row.last_error is None and row.sent_at is not None

@@ -113,16 +113,23 @@ def test_every_template_named_in_the_code_exists():
     ("Subject", "Your booking: SFZ-2  Turns "), ("Subject", "x" * 69), ("Subject", "x" * 70), ("Subject", "x" * 200),
     ("Subject", "Tab\there"), ("Subject", ""), ("Subject", "Bienvenue à Salsa"), ("To", "a@example.test, b@example.test"),
     ("Content-Type", 'text/plain; charset="utf-8"'), ("From", "=?utf-8?q?Studio_Caf=C3=A9?= <c@example.test>"),
-    ("Subject", "a long subject " * 8),
+    ("Subject", "a long subject " * 8), ("To", "a@example.test\x0bBcc: b@example.test"), ("Subject", "form\x0cfeed"),
+    ("Subject", "group\x1dseparator"),
 ])
 def test_headers_are_written_as_compat32_writes_them(name, value):
     """A header that fits on its line skips compat32's folding; the bytes are the same as with it."""
     from email.policy import compat32
 
+    def written(policy, method):
+        try:
+            return getattr(policy, method)(name, value)
+        except Exception as exc:  # compat32 refuses a line break that looks like a header of its own
+            return type(exc)
+
     for linesep in ("\n", "\r\n"):
         ours, theirs = mail._POLICY.clone(linesep=linesep), compat32.clone(linesep=linesep)
-        assert ours.fold_binary(name, value) == theirs.fold_binary(name, value)
-        assert ours.fold(name, value) == theirs.fold(name, value)
+        assert written(ours, "fold_binary") == written(theirs, "fold_binary")
+        assert written(ours, "fold") == written(theirs, "fold")
 
 
 def test_each_message_has_a_boundary_of_its_own_that_a_client_splits_on():
