@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from db.enums import OutboxStatus
-from db.models import OutboxMessage
+from db.models import OutboxMessage, TransitionLog
 from db.types import utcnow
 from tasks.messaging import delivery
 from tasks.messaging import event_feed
@@ -136,4 +136,7 @@ def test_bulk_retry_of_dead_messages_over_the_admin_api(client, runtime):
     with runtime.db.session_scope() as s:
         assert [(r.status, r.attempts) for r in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))] == \
             [(OutboxStatus.PENDING, 0)] * 3
+        assert sorted(s.execute(select(TransitionLog.entity_id, TransitionLog.from_status, TransitionLog.to_status)
+                                .where(TransitionLog.cause == "admin bulk retry")).all()) == \
+            sorted((str(message_id), "dead", "pending") for message_id in ids[:2])  # each move on its history
     assert client.post("/admin/outbox/retry-dead", headers=auth).json == {"retried": 0, "ids": []}
