@@ -1,12 +1,14 @@
 """Outbox delivery: what each purchase leaves to deliver (`enrollment.created` to the platform, the welcome
 mail), drained by `coursepipe worker` to a local platform endpoint and SMTP server; time to empty.
 
-    .venv/bin/python bench/outbox.py [--purchases 3000] [--processes 2] [--threads 8]
+    .venv/bin/python bench/outbox.py [--purchases 3000] [--processes 2] [--threads 8] [--receiver-delay-ms 0]
 
 The purchases are fulfilled first (the fast path, not measured), so the outbox holds exactly what the
 pipeline writes. The receivers run in a process of their own (a threaded HTTP server answering 200, and
 aiosmtpd accepting every mail); the bench sends the scheduler's relay job every 5 s, as the scheduler does,
 and waits until every message is `sent`. It prints messages/s and the worker processes' CPU per message.
+`--receiver-delay-ms` makes both receivers take that long to answer each message (a remote mail server, a busy
+platform).
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from bench.fulfil import fulfil_purchases  # noqa: E402
 RELAY_EVERY = 5  # seconds, as the scheduler sends it (scheduler/service.py)
 
 
-def serve(http_port: int, smtp_port: int) -> None:
-    """The far side: a platform endpoint that answers 200 and an SMTP server that accepts every mail."""
+def serve(http_port: int, smtp_port: int, delay_ms: int = 0) -> None:
+    """The far side: a platform endpoint that answers 200 and an SMTP server that accepts every mail, each after
+    `delay_ms`."""
+    import asyncio
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,6 +44,7 @@ def serve(http_port: int, smtp_port: int) -> None:
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            time.sleep(delay_ms / 1000)
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -49,6 +54,7 @@ def serve(http_port: int, smtp_port: int) -> None:
 
     class Accept:
         async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(delay_ms / 1000)
             return "250 OK"
 
     http = ThreadingHTTPServer(("127.0.0.1", http_port), Platform)
@@ -58,6 +64,15 @@ def serve(http_port: int, smtp_port: int) -> None:
     threading.Thread(target=http.serve_forever, daemon=True).start()
     print("ready", flush=True)
     sys.stdin.read()  # until the bench closes our stdin
+
+
+def extra_attempts(url: str) -> int:
+    """Attempts beyond one per message (a failed send, or a lease that ran out before the message was sent)."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        extra = conn.execute(sa.text("SELECT coalesce(sum(attempts), 0) - count(*) FROM outbox_message")).scalar_one()
+    engine.dispose()
+    return int(extra)
 
 
 def counts(url: str) -> dict[str, int]:
@@ -73,10 +88,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--purchases", type=int, default=3000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--receiver-delay-ms", type=int, default=0)
     parser.add_argument("--serve", nargs=2, type=int, metavar=("HTTP_PORT", "SMTP_PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(*args.serve)
+        serve(*args.serve, delay_ms=args.receiver_delay_ms)
         return {}
 
     url = fresh_database("coursepipe_bench_outbox")
@@ -87,7 +103,8 @@ def main(argv=None) -> dict:
     env = {**env_for(url, f"bench-{uuid.uuid4().hex[:8]}"),
            "PLATFORM_CALLBACK_URL": f"http://127.0.0.1:{http_port}/coursepipe",
            "SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "MAIL_FROM": "courses@bench.test"}
-    receivers = subprocess.Popen([sys.executable, str(Path(__file__)), "--serve", str(http_port), str(smtp_port)],
+    receivers = subprocess.Popen([sys.executable, str(Path(__file__)), "--serve", str(http_port), str(smtp_port),
+                                  "--receiver-delay-ms", str(args.receiver_delay_ms)],
                                  cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert receivers.stdout.readline().strip() == "ready"
     from coursepipe.runtime import init_runtime
@@ -111,9 +128,10 @@ def main(argv=None) -> dict:
         drop_namespace(env["REDIS_NAMESPACE"])
     final = counts(url)
     sent = final.get("sent", 0)
-    print(f"outbox of {total} messages ({args.purchases} purchases: enrollment.created + welcome mail) delivered in "
+    delay = f", receivers answering after {args.receiver_delay_ms} ms" if args.receiver_delay_ms else ""
+    print(f"outbox of {total} messages ({args.purchases} purchases: enrollment.created + welcome mail{delay}) delivered in "
           f"{elapsed:.1f} s: {sent / elapsed:.0f} messages/s, workers' CPU {cpu / max(sent, 1) * 1000:.2f} ms a message "
-          f"(start-up included); outbox {final}")
+          f"(start-up included); outbox {final}, attempts beyond one a message: {extra_attempts(url)}")
     return {"messages": total, "seconds": elapsed, "rate": sent / elapsed, "cpu_ms": cpu / max(sent, 1) * 1000}
 
 
