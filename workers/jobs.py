@@ -27,13 +27,14 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
 def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
-    """Claim a batch of due outbox rows (one transaction), send each on kept-open connections, record the
-    outcomes (one transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow
-    receiver) records what it sent before each further message, so a sent message waits unrecorded no
-    longer than the one send that follows it; from RENEW_AFTER_SECONDS on, the next message's lease is
-    renewed before it is sent, and a batch that turned slow with more than CLAIM_BATCH messages to go hands
-    all but those back (`delivery.hand_back`). `batch`: the size a previous relay chose
-    (`delivery.next_batch`); the scheduler's ticks start at CLAIM_BATCH."""
+    """Claim a batch of due outbox rows, up to `batch` of each channel (one transaction), send each on
+    kept-open connections (platform events first), record the outcomes (one transaction). A batch still
+    running RECORD_AFTER_SECONDS after its claim (a slow receiver) records what it sent before each
+    further message, so a sent message waits unrecorded no longer than the one send that follows it; from
+    RENEW_AFTER_SECONDS on, the next message's lease is renewed before it is sent, and a batch that turned
+    slow with more than CLAIM_BATCH messages to go hands all but those back (`delivery.hand_back`).
+    `batch`: the size a previous relay chose (`delivery.next_batch`); the scheduler's ticks start at
+    CLAIM_BATCH."""
     rt = runtime.current()
     size = max(delivery.CLAIM_BATCH, min(delivery.CLAIM_BATCH_MAX, batch or delivery.CLAIM_BATCH))
     with rt.db.session_scope() as session:
@@ -73,7 +74,8 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
             delivered += outcome.ok
     sending = time.monotonic() - claimed_at
     record()
-    if len(jobs) == size and delivered:
+    full = any(sum(job.channel is channel for job in jobs) == size for channel in {job.channel for job in jobs})
+    if full and delivered:
         # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
         # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
         following = delivery.next_batch(size, claimed=len(jobs), delivered=delivered, seconds=sending)

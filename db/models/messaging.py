@@ -13,6 +13,9 @@ from db.models.base import Base, BigId
 from db.types import enum_column, ErrorText, new_public_id, utcnow
 
 
+PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
+
+
 class OutboxMessage(Base):
     """A mail or platform callback to send; written in the same transaction as its cause."""
 
@@ -27,6 +30,9 @@ class OutboxMessage(Base):
               postgresql_where=text("channel = 'platform' AND feed_position IS NULL")),
         Index("uq_outbox_message_enrollment_sequence", "enrollment_id", "sequence", unique=True,
               sqlite_where=text("sequence IS NOT NULL"), postgresql_where=text("sequence IS NOT NULL")),
+        # the relay's claim of platform events: found in order without reading past a backlog of mail
+        Index("ix_outbox_message_platform_pending", "next_attempt_at", "id",
+              sqlite_where=text(PLATFORM_PENDING), postgresql_where=text(PLATFORM_PENDING)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy import or_, select, tuple_, union_all, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -249,14 +249,15 @@ _JOB_COLUMNS = (OutboxMessage.id, OutboxMessage.channel, OutboxMessage.topic, Ou
 
 
 def _take(session: Session, due, settings, now: datetime, lease: timedelta) -> list[Job]:
-    """Move the `pending` rows `due` (a locked id query) to `sending`, count the attempt and take the lease:
-    one UPDATE, the transition lines in one INSERT. The jobs come in id order (the order they were written)."""
+    """Move the `pending` rows whose ids `due` selects or lists (locked) to `sending`, count the attempt and
+    take the lease: one UPDATE, the transition lines in one INSERT. The jobs come platform events first (a
+    callback is quick; a mail may wait on a slow server), each channel's in id order (the order written)."""
     rows = sorted(session.execute(
-        update(OutboxMessage).where(OutboxMessage.id.in_(select(due.cte("due").c.id)),
-                                    OutboxMessage.status == OutboxStatus.PENDING)
+        update(OutboxMessage).where(OutboxMessage.id.in_(due), OutboxMessage.status == OutboxStatus.PENDING)
         .values(status=OutboxStatus.SENDING, attempts=OutboxMessage.attempts + 1, next_attempt_at=now + lease)
         .returning(*_JOB_COLUMNS)
-        .execution_options(synchronize_session=False)).all(), key=lambda row: row.id)
+        .execution_options(synchronize_session=False)).all(),
+        key=lambda row: (row.channel is not OutboxChannel.PLATFORM, row.id))
     OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.SENDING, f"attempt {row.attempts}",
                                 row.enrollment_id) for row in rows], at=now)
     return [Job(id=row.id, channel=row.channel, topic=row.topic,
@@ -304,7 +305,7 @@ def claim_due(
     *, session: Session, settings, now: datetime | None = None, limit: int = CLAIM_BATCH,
     lease: timedelta = SENDING_LEASE,
 ) -> list[Job]:
-    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows.
+    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows of each channel.
 
     Rows another relay has locked are skipped (SKIP LOCKED on PostgreSQL), so concurrent relays
     share the backlog; rows of a channel that is not configured are left alone (and logged).
@@ -312,9 +313,27 @@ def claim_due(
     now = now or utcnow()
     release_stuck(session=session, now=now)
     _log_held_rows(session, settings, now)
-    return _take(session, _locked(session, select(OutboxMessage.id).where(
-        OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now, _ready_filter(settings))
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)), settings, now, lease)
+    shares = [select(share.c.id) for share in _due_shares(session, settings, now, limit)]
+    if not shares:
+        return []
+    return _take(session, shares[0] if len(shares) == 1 else union_all(*shares), settings, now, lease)
+
+
+def _due_shares(session: Session, settings, now: datetime, limit: int) -> list:
+    """Each configured channel's due rows, up to `limit` of each, oldest first, locked: a CTE per channel, so
+    a backlog of mail (a slow mail server, a reminder run) does not hold the platform's events back. The
+    platform's are found through their own partial index, not by reading past every due mail."""
+    shares = []
+    for channel in (OutboxChannel.PLATFORM, OutboxChannel.MAIL):
+        if _held_reason(settings, channel, None) is not None:
+            continue
+        query = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.PENDING,
+                                               OutboxMessage.channel == channel, OutboxMessage.next_attempt_at <= now)
+        if channel is OutboxChannel.MAIL and _held_reason(settings, channel, ADMINS) is not None:
+            query = query.where(or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient != ADMINS))
+        shares.append(_locked(session, query.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
+                      .cte(f"due_{channel.value}"))
+    return shares
 
 
 def claim(
@@ -331,7 +350,7 @@ def claim(
     if reason:
         _log_held(reason, 1)
         return None
-    jobs = _take(session, select(OutboxMessage.id).where(OutboxMessage.id == message_id), settings, now, lease)
+    jobs = _take(session, [message_id], settings, now, lease)  # the row is locked above
     return jobs[0] if jobs else None
 
 

@@ -74,3 +74,19 @@ def test_an_enrollments_bookings_are_read_through_an_index(pg_database):
         _indexed(plans_of(pg_database, s, lambda: enrollments.revoke(
             session=s, enrollment=enrollment, cause="test", reason="refunded"), naming="FROM booking"),
             "ix_booking_enrollment_step")
+
+
+def test_the_relay_finds_each_channels_due_rows_through_an_index(pg_database):
+    from tasks.messaging import delivery
+    from tasks.messaging.outbox import add_mail, add_platform_event
+    from tests.conftest import make_settings
+
+    settings = make_settings(pg_database.url, smtp_url="smtp://127.0.0.1:1", platform_callback_url="http://127.0.0.1:1/x",
+                             admin_alert_emails=("ops@example.test",))
+    with pg_database.session_scope() as s:
+        add_mail(session=s, template="step_reminder", recipient="a@example.test", context={}, dedupe_key="plan:m")
+        add_platform_event(session=s, type="enrollment.created", data={}, dedupe_key="plan:e")
+        plans = plans_of(pg_database, s, lambda: delivery.claim_due(session=s, settings=settings),
+                         naming="WITH due_platform")
+        _indexed(plans, "ix_outbox_message_platform_pending")
+        _indexed(plans, "ix_outbox_message_status_next")

@@ -398,3 +398,15 @@ def test_held_rows_are_looked_up_only_as_often_as_they_are_logged(database, sett
     finally:
         sa.event.remove(database.engine, "before_cursor_execute", keep)
     assert statements and not [q for q in statements if q.startswith("SELECT outbox_message.channel, outbox_message.recipient")]
+
+
+def test_a_backlog_of_mail_does_not_hold_the_platform_events_back(database, settings):
+    with database.session_scope() as s:
+        mail_ids = [add_mail(session=s, template="step_reminder", recipient=f"s{n}@example.test", context={},
+                             dedupe_key=f"blast:{n}").id for n in range(15)]
+        event_id = add_platform_event(session=s, type="enrollment.created", data={}, dedupe_key="late").id
+    with database.session_scope() as s:  # each channel's share: the event, written last, is in the first batch
+        jobs = delivery.claim_due(session=s, settings=settings, limit=10)
+    assert [j.id for j in jobs] == [event_id] + mail_ids[:10]  # and it goes first
+    with database.session_scope() as s:
+        assert [j.id for j in delivery.claim_due(session=s, settings=settings, limit=10)] == mail_ids[10:]

@@ -1,0 +1,28 @@
+"""a partial index of the pending platform events, in the order the relay claims them
+
+The relay claims each channel's due rows on its own, so that a backlog of mail (a slow mail server, a reminder
+run) does not hold the platform's events back; the platform's share is found through this index instead of by
+reading past every due mail.
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-11-28 11:00:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
+
+
+def upgrade() -> None:
+    op.create_index('ix_outbox_message_platform_pending', 'outbox_message', ['next_attempt_at', 'id'], unique=False,
+                    postgresql_where=sa.text(PLATFORM_PENDING), sqlite_where=sa.text(PLATFORM_PENDING))
+
+
+def downgrade() -> None:
+    op.drop_index('ix_outbox_message_platform_pending', table_name='outbox_message')
