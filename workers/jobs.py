@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from db.enums import OutboxChannel
 from tasks.bookings import alerts
 from tasks.enrollments import reminders
 from tasks.errors import PermanentError
@@ -26,22 +27,28 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
-def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
-    """Claim a batch of due outbox rows, up to `batch` of each channel (one transaction), send each on
-    kept-open connections (platform events first), record the outcomes (one transaction). A batch still
-    running RECORD_AFTER_SECONDS after its claim (a slow receiver) records what it sent before each
-    further message, so a sent message waits unrecorded no longer than the one send that follows it; from
-    RENEW_AFTER_SECONDS on, the next message's lease is renewed before it is sent, and a batch that turned
-    slow with more than CLAIM_BATCH messages to go hands all but those back (`delivery.hand_back`).
-    `batch`: the size a previous relay chose (`delivery.next_batch`); the scheduler's ticks start at
-    CLAIM_BATCH."""
+def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: str | None = None) -> None:
+    """Claim a batch of due outbox rows, up to `batch` of each channel (of `channel` alone, if given), in one
+    transaction; send each on kept-open connections, platform events first; record the outcomes (one
+    transaction). A batch still running RECORD_AFTER_SECONDS after its claim (a slow receiver) records what
+    it sent before each further message, so a sent message waits unrecorded no longer than the one send
+    that follows it; from RENEW_AFTER_SECONDS on, the next message's lease is renewed before it is sent,
+    and a batch that turned slow with more than CLAIM_BATCH messages to go hands all but those back
+    (`delivery.hand_back`). `batch`: the size a previous relay chose (`delivery.next_batch`); the
+    scheduler's ticks start at CLAIM_BATCH.
+
+    A full share of platform events starts a relay of platform events alone as soon as it has gone out,
+    before this batch's mail: the platform's events drain at their own pace, not at the mail server's."""
     rt = runtime.current()
     size = max(delivery.CLAIM_BATCH, min(delivery.CLAIM_BATCH_MAX, batch or delivery.CLAIM_BATCH))
+    only = OutboxChannel(channel) if channel else None
     with rt.db.session_scope() as session:
-        jobs = delivery.claim_due(session=session, settings=rt.settings, limit=size)
+        jobs = delivery.claim_due(session=session, settings=rt.settings, limit=size, channel=only)
     claimed_at = time.monotonic()
-    delivered = 0
+    shares = {c: sum(job.channel is c for job in jobs) for c in OutboxChannel}
+    delivered_by = dict.fromkeys(OutboxChannel, 0)
     results: list = []
+    chained: set[OutboxChannel] = set()  # channels a relay of their own was started for
 
     def record() -> None:
         if not results:
@@ -52,10 +59,29 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
             metrics.outbox_attempt(job.channel.value, status and status.value)
         results.clear()
 
+    def follow(channel: OutboxChannel | None, claimed: int, ok: int) -> None:
+        """The next relay of a full share (and one more while fewer than RELAY_CONCURRENCY are held). The
+        default size and a mixed relay go unmarked: a worker of an older version runs that message too."""
+        following = delivery.next_batch(size, claimed=claimed, delivered=ok, seconds=time.monotonic() - claimed_at)
+        marked = {"batch": following} if following != delivery.CLAIM_BATCH else {}
+        if channel is not None:
+            marked["channel"] = channel.value
+        send("relay_outbox", **marked)
+        held = messages_held(rt.broker, OUTBOX_QUEUE)  # None: the broker cannot tell, so none is added
+        if held is not None and held < RELAY_CONCURRENCY:
+            send("relay_outbox", **marked)
+
     with delivery.Sender(rt.settings) as sender:
         unsent = list(jobs)
         while unsent:
             job = unsent.pop(0)
+            if job.channel is OutboxChannel.MAIL and only is None and shares[OutboxChannel.PLATFORM] == size \
+                    and OutboxChannel.PLATFORM not in chained:
+                # the platform's full share went out: record it and let the next share go without the mail
+                record()
+                if delivered_by[OutboxChannel.PLATFORM]:
+                    follow(OutboxChannel.PLATFORM, size, delivered_by[OutboxChannel.PLATFORM])
+                    chained.add(OutboxChannel.PLATFORM)
             age = time.monotonic() - claimed_at
             if age > delivery.RECORD_AFTER_SECONDS:
                 record()
@@ -71,20 +97,17 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None) -> None:
                         continue  # our lease ran out; the row is back in the queue
             outcome = sender.send(job)  # outside any transaction
             results.append((job, outcome))
-            delivered += outcome.ok
-    sending = time.monotonic() - claimed_at
+            delivered_by[job.channel] += outcome.ok
     record()
-    full = any(sum(job.channel is channel for job in jobs) == size for channel in {job.channel for job in jobs})
+    delivered = sum(delivered_by.values())
+    full = {c for c, n in shares.items() if n == size} - chained
     if full and delivered:
-        # a backlog, and the far side is up: keep draining without waiting for the tick, and start one more
-        # relay while fewer than RELAY_CONCURRENCY are queued or running (they share the rows: SKIP LOCKED)
-        following = delivery.next_batch(size, claimed=len(jobs), delivered=delivered, seconds=sending)
-        # the default size goes unmarked: a worker of an older version runs that message too
-        sized = {"batch": following} if following != delivery.CLAIM_BATCH else {}
-        send("relay_outbox", **sized)
-        held = messages_held(rt.broker, OUTBOX_QUEUE)  # None: the broker cannot tell, so none is added
-        if held is not None and held < RELAY_CONCURRENCY:
-            send("relay_outbox", **sized)
+        # a backlog, and the far side is up: keep draining without waiting for the tick
+        if only is not None or chained:
+            for c in full:
+                follow(c, len(jobs), delivered)
+        else:
+            follow(None, len(jobs), delivered)
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
 
 

@@ -303,9 +303,10 @@ def _held_possible(settings) -> bool:
 
 def claim_due(
     *, session: Session, settings, now: datetime | None = None, limit: int = CLAIM_BATCH,
-    lease: timedelta = SENDING_LEASE,
+    lease: timedelta = SENDING_LEASE, channel: OutboxChannel | None = None,
 ) -> list[Job]:
-    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows of each channel.
+    """The relay's unit of work: free abandoned `sending` rows, then take up to `limit` due rows of each channel
+    (of `channel` alone, if given).
 
     Rows another relay has locked are skipped (SKIP LOCKED on PostgreSQL), so concurrent relays
     share the backlog; rows of a channel that is not configured are left alone (and logged).
@@ -313,19 +314,19 @@ def claim_due(
     now = now or utcnow()
     release_stuck(session=session, now=now)
     _log_held_rows(session, settings, now)
-    shares = [select(share.c.id) for share in _due_shares(session, settings, now, limit)]
+    shares = [select(share.c.id) for share in _due_shares(session, settings, now, limit, channel)]
     if not shares:
         return []
     return _take(session, shares[0] if len(shares) == 1 else union_all(*shares), settings, now, lease)
 
 
-def _due_shares(session: Session, settings, now: datetime, limit: int) -> list:
+def _due_shares(session: Session, settings, now: datetime, limit: int, only: OutboxChannel | None = None) -> list:
     """Each configured channel's due rows, up to `limit` of each, oldest first, locked: a CTE per channel, so
     a backlog of mail (a slow mail server, a reminder run) does not hold the platform's events back. The
     platform's are found through their own partial index, not by reading past every due mail."""
     shares = []
     for channel in (OutboxChannel.PLATFORM, OutboxChannel.MAIL):
-        if _held_reason(settings, channel, None) is not None:
+        if (only is not None and channel is not only) or _held_reason(settings, channel, None) is not None:
             continue
         query = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.PENDING,
                                                OutboxMessage.channel == channel, OutboxMessage.next_attempt_at <= now)

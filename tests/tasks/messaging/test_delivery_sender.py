@@ -255,3 +255,24 @@ def test_the_last_outcome_given_for_a_row_is_the_one_written(database, settings)
     with database.session_scope() as s:
         row = s.get(OutboxMessage, job.id)
         assert row.status is OutboxStatus.SENT and row.last_error is None and row.sent_at is not None
+
+
+def test_a_full_share_of_platform_events_goes_on_in_a_relay_of_its_own_before_the_mail(
+        runtime, database, settings, platform_receiver, smtp_sink, monkeypatch):  # noqa: F811
+    from workers import jobs
+
+    monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", 60)  # every batch counts as quick, on any machine
+    more = delivery.CLAIM_BATCH + 3
+    with database.session_scope() as s:
+        for n in range(more):
+            add_mail(session=s, template="booking_confirmed", recipient=f"s{n}@example.test", context=CONTEXT,
+                     dedupe_key=f"m{n}")
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"}, dedupe_key=f"e{n}")
+    jobs.relay_outbox()  # a share of each channel
+    assert len(platform_receiver.events) == delivery.CLAIM_BATCH and len(smtp_sink.messages) == delivery.CLAIM_BATCH
+    channels = [m.kwargs.get("channel") for m in queued(runtime)]
+    assert channels[0] == "platform" and set(channels) == {"platform", "mail"}  # started before the mail went
+    jobs.relay_outbox(channel="platform")  # a relay of platform events takes theirs alone
+    assert len(platform_receiver.events) == more and len(smtp_sink.messages) == delivery.CLAIM_BATCH
+    jobs.relay_outbox(channel="mail")
+    assert len(smtp_sink.messages) == more
