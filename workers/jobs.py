@@ -49,6 +49,9 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
     delivered_by = dict.fromkeys(OutboxChannel, 0)
     results: list = []
     chained: set[OutboxChannel] = set()  # channels a relay of their own was started for
+    handed: set[OutboxChannel] = set()  # channels with messages handed back unsent
+    handed_back = 0
+    platform_first = only is None and shares[OutboxChannel.PLATFORM] == size  # to pass on before the mail
 
     def record() -> None:
         if not results:
@@ -75,9 +78,9 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
         unsent = list(jobs)
         while unsent:
             job = unsent.pop(0)
-            if job.channel is OutboxChannel.MAIL and only is None and shares[OutboxChannel.PLATFORM] == size \
-                    and OutboxChannel.PLATFORM not in chained:
+            if platform_first and job.channel is OutboxChannel.MAIL:
                 # the platform's full share went out: record it and let the next share go without the mail
+                platform_first = False
                 record()
                 if delivered_by[OutboxChannel.PLATFORM]:
                     follow(OutboxChannel.PLATFORM, size, delivered_by[OutboxChannel.PLATFORM])
@@ -90,7 +93,8 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
                     tail = unsent[delivery.CLAIM_BATCH - 1:]
                     del unsent[delivery.CLAIM_BATCH - 1:]
                     with rt.db.session_scope() as session:
-                        delivery.hand_back(session=session, jobs=tail)
+                        handed_back += delivery.hand_back(session=session, jobs=tail)
+                    handed |= {tailed.channel for tailed in tail}
             if age > delivery.RENEW_AFTER_SECONDS:
                 with rt.db.session_scope() as session:  # heartbeat: the lease covers the send about to start
                     if not delivery.renew_lease(session=session, job=job):
@@ -100,15 +104,15 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
             delivered_by[job.channel] += outcome.ok
     record()
     delivered = sum(delivered_by.values())
-    full = {c for c, n in shares.items() if n == size} - chained
-    if full and delivered:
-        # a backlog, and the far side is up: keep draining without waiting for the tick
-        if only is not None or chained:
-            for c in full:
-                follow(c, len(jobs), delivered)
-        else:
-            follow(None, len(jobs), delivered)
-    finish_job_run(job_run, claimed=len(jobs), delivered=delivered)
+    # a backlog and the far side up (a full share, some of it delivered), or messages handed back: keep
+    # draining without waiting for the tick
+    following = ({c for c, n in shares.items() if n == size and delivered_by[c]} | handed) - chained
+    if following and only is None and not chained:
+        follow(None, len(jobs), delivered)
+    else:
+        for c in following:
+            follow(c, shares[c], delivered_by[c])
+    finish_job_run(job_run, claimed=len(jobs), delivered=delivered, handed_back=handed_back)
 
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.

@@ -11,7 +11,7 @@ from workers import actors, jobs
 RUNS = [
     ("sweep", actors.sweep_inbox, {"resent": 0}),
     ("retry-waiting", actors.retry_waiting, {"requeued": 0, "expired": 0}),
-    ("relay", jobs.relay_outbox, {"claimed": 0, "delivered": 0}),
+    ("relay", jobs.relay_outbox, {"claimed": 0, "delivered": 0, "handed_back": 0}),
     ("low-seats", jobs.low_seat_scan, {"alerts_raised": 0}),
     ("reminders", jobs.send_reminders, {"reminders_queued": 0}),
     ("reconcile", jobs.reconcile, {"skipped": "STRIPE_API_KEY is not set"}),

@@ -4,6 +4,9 @@ The relay claims each channel's due rows on its own, so that a backlog of mail (
 run) does not hold the platform's events back; the platform's share is found through this index instead of by
 reading past every due mail.
 
+As with 0012, an index that exists under the same name is kept (built beforehand with CREATE INDEX
+CONCURRENTLY, docs/runbook.md), unless PostgreSQL marks it invalid: that one is dropped and built again.
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-28 11:00:00
@@ -16,13 +19,18 @@ down_revision = '0012'
 branch_labels = None
 depends_on = None
 
+NAME = 'ix_outbox_message_platform_pending'
 PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
 
 
 def upgrade() -> None:
-    op.create_index('ix_outbox_message_platform_pending', 'outbox_message', ['next_attempt_at', 'id'], unique=False,
+    bind = op.get_bind()
+    if bind.dialect.name == 'postgresql' and bind.execute(
+            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": NAME}).scalar():
+        op.drop_index(NAME)
+    op.create_index(NAME, 'outbox_message', ['next_attempt_at', 'id'], unique=False, if_not_exists=True,
                     postgresql_where=sa.text(PLATFORM_PENDING), sqlite_where=sa.text(PLATFORM_PENDING))
 
 
 def downgrade() -> None:
-    op.drop_index('ix_outbox_message_platform_pending', table_name='outbox_message')
+    op.drop_index(NAME, table_name='outbox_message')

@@ -276,3 +276,40 @@ def test_a_full_share_of_platform_events_goes_on_in_a_relay_of_its_own_before_th
     assert len(platform_receiver.events) == more and len(smtp_sink.messages) == delivery.CLAIM_BATCH
     jobs.relay_outbox(channel="mail")
     assert len(smtp_sink.messages) == more
+
+
+def test_messages_handed_back_are_left_to_a_relay_started_at_once(runtime, database, settings, platform_receiver,
+                                                                  smtp_sink, monkeypatch):  # noqa: F811
+    from workers import jobs
+
+    with database.session_scope() as s:
+        for n in range(delivery.CLAIM_BATCH - 1):  # shares short of full: no follow-up for a full one
+            add_mail(session=s, template="booking_confirmed", recipient=f"s{n}@example.test", context=CONTEXT,
+                     dedupe_key=f"m{n}")
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"}, dedupe_key=f"e{n}")
+    monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", -1)  # slow from the start: the tail goes back
+    jobs.relay_outbox()
+    with database.session_scope() as s:
+        handed = s.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.PENDING)).all()
+    assert handed and {m.channel for m in handed} == {OutboxChannel.MAIL}
+    assert outbox_messages(runtime)[:1] == ["relay_outbox"]  # a relay comes for them now, not at the next tick
+
+
+def test_a_full_share_that_all_failed_records_the_rest_of_the_batch_together(runtime, database, settings,
+                                                                            smtp_sink, monkeypatch):  # noqa: F811
+    from workers import jobs
+
+    calls = []
+    record_all = delivery.record_all
+    monkeypatch.setattr(delivery, "RECORD_AFTER_SECONDS", 60)
+    monkeypatch.setattr(delivery, "record_all", lambda **kw: calls.append(len(kw["results"])) or record_all(**kw))
+    unreachable = settings.with_(platform_callback_url="http://127.0.0.1:1/coursepipe")
+    monkeypatch.setattr(runtime, "settings", unreachable)
+    with database.session_scope() as s:
+        for n in range(delivery.CLAIM_BATCH):
+            add_mail(session=s, template="booking_confirmed", recipient=f"s{n}@example.test", context=CONTEXT,
+                     dedupe_key=f"m{n}")
+            add_platform_event(session=s, type="booking.rejected", data={"booking_id": f"bk_{n}"}, dedupe_key=f"e{n}")
+    jobs.relay_outbox()
+    assert calls == [delivery.CLAIM_BATCH, delivery.CLAIM_BATCH]  # the platform's share, then the mail together
+    assert all(m.kwargs.get("channel") != "platform" for m in queued(runtime))  # no chain for a share that failed
