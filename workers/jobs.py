@@ -40,7 +40,7 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
     A full share of platform events starts a relay of platform events alone as soon as it has gone out,
     before this batch's mail: the platform's events drain at their own pace, not at the mail server's."""
     rt = runtime.current()
-    size = max(delivery.CLAIM_BATCH, min(delivery.CLAIM_BATCH_MAX, batch or delivery.CLAIM_BATCH))
+    size = delivery.batch_size(batch)
     only = OutboxChannel(channel) if channel else None
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings, limit=size, channel=only)

@@ -223,16 +223,14 @@ def _log_held_rows(session: Session, settings, now: datetime) -> None:
 
 
 def due_ids(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
-    """Ids of `pending` rows due now on a configured channel; held ones are counted and logged."""
+    """Ids of the `pending` rows a claim of `limit` would take now (platform events first), unlocked; held
+    ones are counted and logged."""
     now = now or utcnow()
     _log_held_rows(session, settings, now)
-    return list(session.scalars(
-        select(OutboxMessage.id)
-        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now,
-               _ready_filter(settings))
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(limit)
-    ))
+    shares = [select(share.c.id) for share in _due_shares(session, settings, now, limit, locked=False)]
+    if not shares:
+        return []
+    return list(session.scalars(union_all(*shares) if len(shares) > 1 else shares[0]))
 
 
 def prepare_relay(*, session: Session, settings, now: datetime | None = None, limit: int = RELAY_BATCH) -> list[int]:
@@ -273,7 +271,12 @@ def next_batch(size: int, *, claimed: int, delivered: int, seconds: float) -> in
     turns slow in the middle of a big batch gets the rest of it back in small ones (`hand_back`)."""
     if delivered < claimed or seconds > RECORD_AFTER_SECONDS:
         return CLAIM_BATCH
-    return max(CLAIM_BATCH, min(CLAIM_BATCH_MAX, 2 * size))
+    return batch_size(2 * size)
+
+
+def batch_size(asked: int | None) -> int:
+    """A relay's claim size: `asked` held to CLAIM_BATCH…CLAIM_BATCH_MAX (CLAIM_BATCH when not given)."""
+    return max(CLAIM_BATCH, min(CLAIM_BATCH_MAX, asked or CLAIM_BATCH))
 
 
 def hand_back(*, session: Session, jobs: list[Job], now: datetime | None = None) -> int:
@@ -317,23 +320,24 @@ def claim_due(
     shares = [select(share.c.id) for share in _due_shares(session, settings, now, limit, channel)]
     if not shares:
         return []
-    return _take(session, shares[0] if len(shares) == 1 else union_all(*shares), settings, now, lease)
+    return _take(session, union_all(*shares) if len(shares) > 1 else shares[0], settings, now, lease)
 
 
-def _due_shares(session: Session, settings, now: datetime, limit: int, only: OutboxChannel | None = None) -> list:
-    """Each configured channel's due rows, up to `limit` of each, oldest first, locked: a CTE per channel, so
-    a backlog of mail (a slow mail server, a reminder run) does not hold the platform's events back. The
-    platform's are found through their own partial index, not by reading past every due mail."""
+def _due_shares(session: Session, settings, now: datetime, limit: int, only: OutboxChannel | None = None, *,
+                locked: bool = True) -> list:
+    """Each configured channel's due rows, up to `limit` of each, oldest first (locked, unless told not to): a
+    CTE per channel, so a backlog of mail (a slow mail server, a reminder run) does not hold the platform's
+    events back. The platform's are found through their own partial index, not by reading past every due mail.
+    Platform events come first."""
     shares = []
     for channel in (OutboxChannel.PLATFORM, OutboxChannel.MAIL):
         if (only is not None and channel is not only) or _held_reason(settings, channel, None) is not None:
             continue
-        query = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.PENDING,
-                                               OutboxMessage.channel == channel, OutboxMessage.next_attempt_at <= now)
-        if channel is OutboxChannel.MAIL and _held_reason(settings, channel, ADMINS) is not None:
-            query = query.where(or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient != ADMINS))
-        shares.append(_locked(session, query.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
-                      .cte(f"due_{channel.value}"))
+        query = (select(OutboxMessage.id)
+                 .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.channel == channel,
+                        OutboxMessage.next_attempt_at <= now, _ready_filter(settings))
+                 .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
+        shares.append((_locked(session, query) if locked else query).cte(f"due_{channel.value}"))
     return shares
 
 
