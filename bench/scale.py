@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     print(f"reminder scan over {args.reminder_enrollments} enrollments: {scan_s:.2f} s, {queued} reminders queued")
     for name, plan in plans(url).items():
         print(f"  plan [{name}]: {plan}")
-    return {"empty_rate": empty, "loaded_rate": loaded, "scan_s": scan_s, "queued": queued}
+    return {"empty_rate": empty, "loaded_rate": loaded, "scan_s": scan_s, "queued": queued, "url": url}
 
 
 if __name__ == "__main__":

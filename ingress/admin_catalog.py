@@ -84,7 +84,7 @@ def put_course(code: str):
             impact = changes.course_change(session=session, course=course)
             return jsonify({"dry_run": True, **impact.as_dict()})
     with _runtime().db.session_scope() as session:
-        impact = changes.course_change(session=session, course=course)
+        impact = changes.course_change(session=session, course=course, detail=False)  # the summary is recorded
         summary = impact.summary() if impact.exists else None  # a new course affects nobody
         saved = catalog.save_course(session=session, course=course)
         roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change, **(summary or {}))

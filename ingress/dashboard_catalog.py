@@ -127,8 +127,8 @@ def edit_course(code: str):
             if confirm and base != builder.fingerprint(body):
                 raise ApiError(409, "stale", "the course changed since the what-if was shown; look again")
             course = catalog.parse_course(builder.edited(body, edit, form), code=code)
-            impact = changes.course_change(session=s, course=course)
-            asks_first = program.status is ProgramStatus.PUBLISHED or bool(impact.enrollments)
+            impact = changes.course_change(session=s, course=course, detail=not confirm)  # confirmed: the summary
+            asks_first = program.status is ProgramStatus.PUBLISHED or bool(impact.affected)
             if asks_first and not confirm:
                 return render_template("dashboard/catalog_whatif.html", code=code, impact=impact.as_dict(),
                                        edit=edit, form=form, base=builder.fingerprint(body),

@@ -18,10 +18,11 @@ answers it beforehand and changes nothing):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, Select, func, select, union
 from sqlalchemy.orm import Session
 
 from db.enums import BookingStatus, EnrollmentStatus, ProgramStatus, ProgressStatus
@@ -39,7 +40,7 @@ from tasks.catalog.services import (
     step_removal,
 )
 
-MAX_LISTED = 200  # students listed per step or option; the counts are always whole
+MAX_LISTED = 200  # students listed per step or option, and enrollments listed; the counts are always whole
 
 
 @dataclass
@@ -54,6 +55,15 @@ class Blocked:
 
 
 @dataclass
+class _Touch:
+    """The enrollments one part of the change touches, as a query (never read whole: a course may hold a
+    million) of rows with `enrollment_id`, `student_id` and `enrollment_status`, and what it does to each row's."""
+
+    rows: Select
+    effect: Callable[[Row], str]
+
+
+@dataclass
 class CourseChange:
     code: str
     exists: bool
@@ -63,7 +73,10 @@ class CourseChange:
     options: list[dict[str, Any]] = field(default_factory=list)
     bundle: dict[str, Any] | None = None
     blocked: list[Blocked] = field(default_factory=list)
-    enrollments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    detail: bool = True  # False: only what `summary` needs (no per-step figures, no lists)
+    affected: int = 0  # enrollments any part touches, each counted once
+    enrollments: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_LISTED of them by id
+    touches: list[_Touch] = field(default_factory=list, repr=False)
 
     @property
     def changes_anything(self) -> bool:
@@ -72,7 +85,7 @@ class CourseChange:
 
     def summary(self) -> dict[str, int]:
         return {"steps_changed": sum(s["change"] != "unchanged" for s in self.steps),
-                "options_changed": len(self.options), "enrollments_affected": len(self.enrollments),
+                "options_changed": len(self.options), "enrollments_affected": self.affected,
                 "blocked": len(self.blocked)}
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,34 +93,32 @@ class CourseChange:
             "code": self.code, "exists": self.exists, "status": self.status,
             "would_apply": not self.blocked, "changes_anything": self.changes_anything,
             "summary": self.summary(), "fields": self.fields, "steps": self.steps, "options": self.options,
-            "bundle": self.bundle, "blocked": [b.as_dict() for b in self.blocked],
-            "enrollments": sorted(self.enrollments.values(), key=lambda e: e["enrollment_id"])[:MAX_LISTED],
+            "bundle": self.bundle, "blocked": [b.as_dict() for b in self.blocked], "enrollments": self.enrollments,
         }
 
 
-def course_change(*, session: Session, course: CourseIn) -> CourseChange:
-    """What saving `course` (validated, its code set) would change and whom it would touch. Reads only."""
+def course_change(*, session: Session, course: CourseIn, detail: bool = True) -> CourseChange:
+    """What saving `course` (validated, its code set) would change and whom it would touch. Reads only.
+
+    Every figure is counted by the database and every list read with a limit, so the answer costs a few
+    statements however many enrollments the course holds. `detail=False` answers only the summary (what a
+    save records): the per-step figures and the lists, which read every progress row of the course, are left
+    out."""
     assert course.code is not None
     program = live_program(session, course.code)
     if program is None:
-        return CourseChange(code=course.code, exists=False, status=None)
-    change = CourseChange(code=course.code, exists=True, status=program.status.value)
+        return CourseChange(code=course.code, exists=False, status=None, detail=detail)
+    change = CourseChange(code=course.code, exists=True, status=program.status.value, detail=detail)
     holders = _Holders(session, program)
     change.fields = _fields(program, course)
     _steps(session, program, course, change, holders)
     _options(session, program, course, change, holders)
     _bundle(session, program, course, change, holders)
+    _tally(session, change)
     return change
 
 
 # --------------------------------------------------------------------------- the parts
-
-
-@dataclass
-class _Holder:
-    enrollment_id: int
-    student_id: str
-    status: EnrollmentStatus
 
 
 def _holding(program: CourseProgram) -> tuple:
@@ -115,30 +126,25 @@ def _holding(program: CourseProgram) -> tuple:
 
 
 class _Holders:
-    """The course's holding enrollments and their progress, read as plain rows when, and as far as, a part of
-    the change needs them: a course may have hundreds of thousands, and an edit of its texts or price needs
-    none of them. No list of their ids is sent back to the database."""
+    """The course's holding enrollments and their progress, counted by the database or given as queries: a
+    course may have a million, and an edit of its texts or price needs none of them. No list of their ids is
+    sent back to the database."""
 
     def __init__(self, session: Session, program: CourseProgram) -> None:
         self._session, self._program = session, program
-        self._enrollments: dict[int, _Holder] | None = None
+        self._statuses: dict[EnrollmentStatus, int] | None = None
         self._counts: dict[int, tuple[int, int]] | None = None
-        self._progress: dict[int, list[Row]] = {}
 
-    @property
-    def enrollments(self) -> dict[int, _Holder]:
-        if self._enrollments is None:
+    def statuses(self) -> dict[EnrollmentStatus, int]:
+        """Holding enrollments by status."""
+        if self._statuses is None:
             enrollment = StudentCourseEnrollment
-            self._enrollments = {eid: _Holder(eid, student_id, status) for eid, student_id, status in self._session.execute(
-                select(enrollment.id, enrollment.student_id, enrollment.status).where(*_holding(self._program))
-                .order_by(enrollment.id))}
-        return self._enrollments
+            self._statuses = {status: n for status, n in self._session.execute(
+                select(enrollment.status, func.count()).where(*_holding(self._program)).group_by(enrollment.status))}
+        return self._statuses
 
     def count(self) -> int:
-        if self._enrollments is not None:
-            return len(self._enrollments)
-        return self._session.scalar(select(func.count()).select_from(StudentCourseEnrollment)
-                                    .where(*_holding(self._program))) or 0
+        return sum(self.statuses().values())
 
     def counts(self, step_id: int) -> tuple[int, int]:
         """(progress rows, booked ones) of the step among holding enrollments, counted by the database."""
@@ -160,31 +166,60 @@ class _Holders:
             .where(row.step_id == step_id, row.group_class_id == class_id, row.status != ProgressStatus.BOOKED,
                    *_holding(self._program))) or 0
 
-    def progress(self, step_id: int) -> list[Row]:
+    def owed(self) -> Select:
+        """The enrollments a new step is owed to (`tasks.catalog.services.OWED_NEW_STEPS`)."""
+        enrollment = StudentCourseEnrollment
+        return select(enrollment.id.label("enrollment_id"), enrollment.student_id,
+                      enrollment.status.label("enrollment_status")).where(
+            enrollment.program_id == self._program.id, enrollment.status.in_(OWED_NEW_STEPS))
+
+    def progress(self, step_id: int, *where: Any) -> Select:
         """The step's progress rows among holding enrollments, each with its enrollment's student and status."""
-        if step_id not in self._progress:
-            row, enrollment = StudentCourseProgress, StudentCourseEnrollment
-            self._progress[step_id] = list(self._session.execute(
-                select(row.enrollment_id, row.status, row.booking_id, row.group_class_id, enrollment.student_id,
+        row, enrollment = StudentCourseProgress, StudentCourseEnrollment
+        return (select(row.enrollment_id, row.status, row.booking_id, row.group_class_id, enrollment.student_id,
                        enrollment.status.label("enrollment_status"))
                 .join(enrollment, enrollment.id == row.enrollment_id)
-                .where(row.step_id == step_id, *_holding(self._program)).order_by(row.enrollment_id)))
-        return self._progress[step_id]
+                .where(row.step_id == step_id, *_holding(self._program), *where))
+
+    def bookings(self, step_id: int, class_id: str) -> Select:
+        """Active bookings of the class for the step whose enrollment holds the course."""
+        enrollment = StudentCourseEnrollment
+        return (select(Booking.enrollment_id, enrollment.student_id, enrollment.status.label("enrollment_status"),
+                       Booking.id.label("booking_id"))
+                .join(enrollment, enrollment.id == Booking.enrollment_id)
+                .where(Booking.class_id == class_id, Booking.course_step_id == step_id,
+                       Booking.status == BookingStatus.ACTIVE, *_holding(self._program)))
 
 
-def _holder(row: Row) -> _Holder:
-    return _Holder(row.enrollment_id, row.student_id, row.enrollment_status)
+def _first(session: Session, rows: Select) -> list[Row]:
+    """The first MAX_LISTED rows of a touch's query, by enrollment id."""
+    sub = rows.subquery()
+    return list(session.execute(select(sub).order_by(sub.c.enrollment_id).limit(MAX_LISTED)))
 
 
-def _touch(change: CourseChange, holder: _Holder, effect: str) -> None:
-    entry = change.enrollments.setdefault(holder.enrollment_id, {
-        "enrollment_id": holder.enrollment_id, "student_id": holder.student_id, "status": holder.status.value,
-        "effects": []})
-    entry["effects"].append(effect)
+def _count(session: Session, rows: Select) -> int:
+    return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
 
 
-def _listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return rows[:MAX_LISTED]
+def _tally(session: Session, change: CourseChange) -> None:
+    """How many enrollments the change touches (each once), and what it does to the first MAX_LISTED by id."""
+    if not change.touches:
+        return
+    ids = [select(t.rows.subquery().c.enrollment_id) for t in change.touches]
+    every = (union(*ids) if len(ids) > 1 else ids[0]).subquery()
+    change.affected = session.scalar(select(func.count()).select_from(every)) or 0
+    if not change.detail or not change.affected:
+        return
+    first = list(session.scalars(select(every.c.enrollment_id).order_by(every.c.enrollment_id).limit(MAX_LISTED)))
+    listed: dict[int, dict[str, Any]] = {}
+    for touch in change.touches:  # in the order the parts were described: a student's effects read alike
+        sub = touch.rows.subquery()
+        for row in session.execute(select(sub).where(sub.c.enrollment_id.in_(first)).order_by(sub.c.enrollment_id)):
+            entry = listed.setdefault(row.enrollment_id, {
+                "enrollment_id": row.enrollment_id, "student_id": row.student_id,
+                "status": EnrollmentStatus(row.enrollment_status).value, "effects": []})
+            entry["effects"].append(touch.effect(row))
+    change.enrollments = [listed[eid] for eid in sorted(listed)]
 
 
 def _fields(program: CourseProgram, course: CourseIn) -> list[dict[str, Any]]:
@@ -208,44 +243,44 @@ def _steps(session: Session, program: CourseProgram, course: CourseIn, change: C
     for label, step in existing.items():
         if label not in wanted:
             rows = holders.progress(step.id)
-            students = [_progress_entry(r) for r in rows]
             removal = step_removal(session, step, label)
             entry = {"label": label, "step_id": step.id, "change": "removed", "from_position": step.position,
                      "to_position": None, "enrollments": removal.progress_rows, "bookings": removal.bookings,
-                     "students": _listed(students)}
+                     "students": [_progress_entry(r) for r in _first(session, rows)]
+                     if change.detail and removal.progress_rows else []}
             if removal.refusal:
                 change.blocked.append(Blocked("steps", removal.refusal))
-                for r in rows:
-                    _touch(change, _holder(r), f"step {label}: would lose it ({r.status.value}) — refused")
+                change.touches.append(_Touch(rows, lambda r, label=label:
+                                             f"step {label}: would lose it ({r.status.value}) — refused"))
             change.steps.append(entry)
             continue
         moved = step.position != wanted[label]
         data = course.steps[wanted[label] - 1]
         edited = (step.title, step.summary) != (data.title, data.summary)
-        held, booked = holders.counts(step.id)
+        held, booked = holders.counts(step.id) if change.detail else (None, None)
         entry = {"label": label, "step_id": step.id,
                  "change": "moved" if moved else ("edited" if edited else "unchanged"),
                  "from_position": step.position, "to_position": wanted[label], "enrollments": held,
                  "bookings": booked, "students": []}
         if moved:
             rows = holders.progress(step.id)
-            entry["students"] = _listed([_progress_entry(r) for r in rows])
-            for r in rows:
-                _touch(change, _holder(r),
-                       f"step {label}: position {step.position} → {wanted[label]} ({r.status.value}; kept)")
+            if held:
+                entry["students"] = [_progress_entry(r) for r in _first(session, rows)]
+            change.touches.append(_Touch(rows, lambda r, label=label, moves=f"{step.position} → {wanted[label]}":
+                                         f"step {label}: position {moves} ({r.status.value}; kept)"))
         change.steps.append(entry)
     for label, position in wanted.items():
         if label in existing:
             continue
-        owed = [h for h in holders.enrollments.values() if h.status in OWED_NEW_STEPS]
-        completed = [h for h in holders.enrollments.values() if h.status is EnrollmentStatus.COMPLETED]
+        statuses = holders.statuses()
+        owed = sum(statuses.get(status, 0) for status in OWED_NEW_STEPS)
         change.steps.append({"label": label, "step_id": None, "change": "added", "from_position": None,
-                             "to_position": position, "enrollments": len(owed), "bookings": 0,
-                             "completed_enrollments": len(completed),
-                             "students": _listed([{"enrollment_id": h.enrollment_id, "student_id": h.student_id,
-                                                   "progress": "unbooked (new)"} for h in owed])})
-        for h in owed:
-            _touch(change, h, f"step {label}: added, unbooked")
+                             "to_position": position, "enrollments": owed, "bookings": 0,
+                             "completed_enrollments": statuses.get(EnrollmentStatus.COMPLETED, 0),
+                             "students": [{"enrollment_id": r.enrollment_id, "student_id": r.student_id,
+                                           "progress": "unbooked (new)"} for r in _first(session, holders.owed())]
+                             if change.detail and owed else []})
+        change.touches.append(_Touch(holders.owed(), lambda r, label=label: f"step {label}: added, unbooked"))
     change.steps.sort(key=lambda s: (s["to_position"] is None, s["to_position"] or 0, s["from_position"] or 0))
 
 
@@ -266,31 +301,33 @@ def _options(session: Session, program: CourseProgram, course: CourseIn, change:
         if label in removed_labels:
             continue  # goes with its step (reported there)
         step = by_label[label]
-        active = list(session.scalars(select(Booking).where(
-            Booking.class_id == class_id, Booking.course_step_id == step.id, Booking.status == BookingStatus.ACTIVE)
-            .order_by(Booking.id)))
+        active = select(Booking).where(Booking.class_id == class_id, Booking.course_step_id == step.id,
+                                       Booking.status == BookingStatus.ACTIVE)
+        held = _count(session, active)
         history = holders.history(step.id, class_id)
-        entry = {"class_id": class_id, "step": label, "change": "detached", "active_bookings": len(active),
-                 "students": _listed([{"enrollment_id": b.enrollment_id, "student_id": b.student_id,
-                                       "booking_id": b.id} for b in active]),
+        entry = {"class_id": class_id, "step": label, "change": "detached", "active_bookings": held,
+                 "students": [{"enrollment_id": b.enrollment_id, "student_id": b.student_id, "booking_id": b.id}
+                              for b in session.scalars(active.order_by(Booking.id).limit(MAX_LISTED))]
+                 if change.detail and held else [],
                  "history_kept": history}
-        if active:
+        if held:
             change.blocked.append(Blocked("steps", f"steps: class {class_id!r} of step {label!r} cannot be removed: "
-                                          f"{len(active)} active booking(s) use it"))
-            for b in active:
-                holder = holders.enrollments.get(b.enrollment_id) if b.enrollment_id else None
-                if holder is not None:
-                    _touch(change, holder, f"step {label}: booking {b.id} of class {class_id} — detach refused")
+                                          f"{held} active booking(s) use it"))
+            change.touches.append(_Touch(holders.bookings(step.id, class_id), lambda r, label=label, class_id=class_id:
+                                         f"step {label}: booking {r.booking_id} of class {class_id} — detach refused"))
         change.options.append(entry)
     for class_id, label in sorted(want - have):
         step = by_label.get(label)
-        open_rows = [r for r in holders.progress(step.id) if r.status is ProgressStatus.UNBOOKED] \
-            if step is not None else []
-        change.options.append({"class_id": class_id, "step": label, "change": "attached",
-                               "may_book": len(open_rows),
-                               "students": _listed([_progress_entry(r) for r in open_rows])})
-        for r in open_rows:
-            _touch(change, _holder(r), f"step {label}: may now book class {class_id}")
+        entry = {"class_id": class_id, "step": label, "change": "attached", "may_book": 0, "students": []}
+        change.options.append(entry)
+        if step is None:
+            continue  # a step added by this edit: nobody holds it yet
+        open_rows = holders.progress(step.id, StudentCourseProgress.status == ProgressStatus.UNBOOKED)
+        entry["may_book"] = _count(session, open_rows) if change.detail else None
+        if entry["may_book"]:
+            entry["students"] = [_progress_entry(r) for r in _first(session, open_rows)]
+        change.touches.append(_Touch(open_rows, lambda r, label=label, class_id=class_id:
+                                     f"step {label}: may now book class {class_id}"))
 
 
 def _bundle(session: Session, program: CourseProgram, course: CourseIn, change: CourseChange,

@@ -60,6 +60,24 @@ def test_owner_builds_a_draft_edit_by_edit_and_each_is_audited(client, runtime):
     assert (OWNER, "course.save", "move step SFZ-2 up") in actions and len(actions) == 6
 
 
+
+def test_the_what_if_lists_the_first_enrollments_and_counts_them_all(client, runtime, monkeypatch):
+    from tasks.catalog import changes
+
+    monkeypatch.setattr(changes, "MAX_LISTED", 2)
+    with runtime.db.session_scope() as s:
+        program = factories.program(s, code="SFZ", steps=2)
+        for name in ("ann", "ben", "cay"):
+            factories.enrollment(s, factories.student(s, id=f"stu_{name}", email=f"{name}@example.test"), program,
+                                 session_id=f"cs_{name}")
+    make_admin(runtime.db, OWNER, "owner")
+    csrf = login_as(client, OWNER)
+    text = _text(client.post("/admin/ui/catalog/courses/SFZ/edit", data={
+        "csrf_token": csrf, "edit": "move", "label": "SFZ-2", "direction": "up"}))
+    assert "The first 2 of 3, by enrollment id." in text
+    assert "stu_ann" in text and "stu_ben" in text and "stu_cay" not in text
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"edit": "move", "label": "SFZ-1", "direction": "up"}, "already first"),
     ({"edit": "move", "label": "NOPE", "direction": "down"}, "no step 'NOPE'"),

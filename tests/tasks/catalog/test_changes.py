@@ -77,6 +77,10 @@ def test_reorder_attach_add_and_bundle_answer_who_then_apply_as_answered(databas
     effects = {e["student_id"]: e["effects"] for e in answer["enrollments"]}
     assert "step SFZ-4: added, unbooked" in effects["stu_ann"] and "step SFZ-3: may now book class gc_new" in effects["stu_ann"]
     assert not any("SFZ-4" in e for e in effects["stu_ben"])  # completed: not seeded
+    assert answer["summary"] == {"steps_changed": 3, "options_changed": 1, "enrollments_affected": 2, "blocked": 0}
+    with database.session_scope() as s:  # what a save records: the same summary, without the lists
+        quick = changes.course_change(session=s, course=catalog.parse_course(data, code="SFZ"), detail=False)
+    assert quick.summary() == answer["summary"] and quick.enrollments == []
 
     with database.session_scope() as s:
         assert catalog.save_course(session=s, course=catalog.parse_course(data, code="SFZ")).change == "updated"
@@ -100,6 +104,12 @@ def test_detaching_a_class_an_active_booking_holds_is_blocked_and_refused(databa
     assert blocked["code"] == "step_in_use" and "gc_SFZ_1_0" in blocked["message"]
     [detached] = answer["options"]
     assert detached["active_bookings"] == 1 and detached["students"][0]["booking_id"] == "bk_ann_1"
+    assert answer["enrollments"] == [{"enrollment_id": sold["ann"], "student_id": "stu_ann", "status": "active",
+                                      "effects": ["step SFZ-1: booking bk_ann_1 of class gc_SFZ_1_0 — detach refused"]}]
+    with database.session_scope() as s:
+        quick = changes.course_change(session=s, course=catalog.parse_course(data, code="SFZ"), detail=False)
+    assert quick.summary() == answer["summary"] == {"steps_changed": 0, "options_changed": 1,
+                                                    "enrollments_affected": 1, "blocked": 1}
     before = snapshot(database)
     with pytest.raises(catalog.StepInUse, match="gc_SFZ_1_0"):
         with database.session_scope() as s:
@@ -140,6 +150,10 @@ def test_removing_a_held_step_is_blocked_in_the_what_if_as_in_the_save(database,
     assert answer["would_apply"] is False and "SFZ-3" in answer["blocked"][0]["message"]
     removed = [s for s in answer["steps"] if s["change"] == "removed"]
     assert removed[0]["enrollments"] == 2
+    assert {st["student_id"] for st in removed[0]["students"]} == {"stu_ann", "stu_ben"}
+    assert {e["student_id"]: e["effects"] for e in answer["enrollments"]} == {
+        "stu_ann": ["step SFZ-3: would lose it (unbooked) — refused"],
+        "stu_ben": ["step SFZ-3: would lose it (completed) — refused"]}
     with pytest.raises(catalog.StepInUse, match="SFZ-3"):
         with database.session_scope() as s:
             catalog.save_course(session=s, course=catalog.parse_course(data, code="SFZ"))

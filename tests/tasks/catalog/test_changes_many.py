@@ -1,6 +1,6 @@
 """A course with more holding enrollments than one statement can carry parameters (65,535) can still be
-edited: the what-if reads them as rows by a join, the save writes a new step's progress rows and the old
-bundle's records in set-based statements."""
+edited: the what-if counts them in the database and reads at most `MAX_LISTED` of them, the save writes a new
+step's progress rows and the old bundle's records in set-based statements."""
 from __future__ import annotations
 
 import pytest
@@ -61,3 +61,25 @@ def test_a_course_with_more_holders_than_a_statement_takes_parameters_gets_a_ste
                                 " WHERE fulfilment_metadata ->> 'bundle' IS NULL")) == 0
         assert s.scalar(sa.text("SELECT count(*) FROM student_course_enrollment"
                                 " WHERE jsonb_array_length(fulfilment_metadata -> 'bundle') = 1")) == MANY // 2
+
+
+def test_a_reorder_and_an_attach_over_many_holders_are_counted_once_and_listed_up_to_the_limit(pg_database):
+    _many_holders(pg_database)
+    data = current(pg_database)
+    data["steps"] = [data["steps"][1], data["steps"][0]]  # both steps move: every holder is touched twice
+    data["steps"][0]["options"].append("gc_SFZ_new")  # and may book a new class of SFZ-2 (all unbooked)
+    with pg_database.session_scope() as s:
+        change = changes.course_change(session=s, course=catalog.parse_course(data, code="SFZ"))
+        quick = changes.course_change(session=s, course=catalog.parse_course(data, code="SFZ"), detail=False)
+    answer = change.as_dict()
+    assert answer["summary"] == quick.summary() == {"steps_changed": 2, "options_changed": 1,
+                                                    "enrollments_affected": MANY, "blocked": 0}
+    assert [len(step["students"]) for step in answer["steps"]] == [changes.MAX_LISTED] * 2
+    assert answer["options"][0]["may_book"] == MANY and len(answer["options"][0]["students"]) == changes.MAX_LISTED
+    listed = answer["enrollments"]
+    assert len(listed) == changes.MAX_LISTED
+    assert [e["enrollment_id"] for e in listed] == sorted(e["enrollment_id"] for e in listed)
+    assert listed[0]["effects"] == ["step SFZ-1: position 1 → 2 (unbooked; kept)",
+                                    "step SFZ-2: position 2 → 1 (unbooked; kept)",
+                                    "step SFZ-2: may now book class gc_SFZ_new"]
+    assert quick.enrollments == [] and all(step["students"] == [] for step in quick.steps)
