@@ -13,6 +13,8 @@ from db.enums import EnrollmentStatus, ProgressStatus
 from db.models.base import Base, BigId, Timestamped
 from db.types import enum_column, utcnow
 
+DELIVERY_MOVES = "entity = 'outbox'"  # an outbox message's moves (tasks.lifecycle.retention)
+
 
 class StudentCourseEnrollment(Timestamped, Base):
     __tablename__ = "student_course_enrollment"
@@ -96,7 +98,12 @@ class TransitionLog(Base):
     """Every state transition of an enrollment, progress row, booking or message: the timeline."""
 
     __tablename__ = "transition_log"
-    __table_args__ = (Index("ix_transition_log_entity", "entity", "entity_id"),)
+    __table_args__ = (
+        Index("ix_transition_log_entity", "entity", "entity_id"),
+        # a message's delivery moves by age: what retention deletes once the message ended
+        Index("ix_transition_log_delivery_at", "at", "id", postgresql_where=text(DELIVERY_MOVES),
+              sqlite_where=text(DELIVERY_MOVES)),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     entity: Mapped[str] = mapped_column(String(32))

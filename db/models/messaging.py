@@ -14,6 +14,8 @@ from db.types import enum_column, ErrorText, new_public_id, utcnow
 
 
 PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
+# ended mails whose body retention has still to prune (tasks.lifecycle.retention)
+MAILS_TO_PRUNE = "channel = 'mail' AND status IN ('sent', 'dead') AND NOT (payload ? 'pruned_at')"
 
 
 class OutboxMessage(Base):
@@ -33,6 +35,8 @@ class OutboxMessage(Base):
         # the relay's claim of platform events: found in order without reading past a backlog of mail
         Index("ix_outbox_message_platform_pending", "next_attempt_at", "id",
               sqlite_where=text(PLATFORM_PENDING), postgresql_where=text(PLATFORM_PENDING)),
+        # retention's batches of mail, oldest first, without reading past what it pruned before (PostgreSQL: partial)
+        Index("ix_outbox_message_mail_to_prune", "created_at", "id", postgresql_where=text(MAILS_TO_PRUNE)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

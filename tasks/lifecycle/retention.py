@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, delete, select
+from sqlalchemy import BigInteger, case, cast, delete, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
@@ -105,19 +105,21 @@ def prune_mail(message: OutboxMessage, *, now: datetime) -> bool:
 
 
 def prune(*, session: Session, retention_days: int, now: datetime | None = None, batch: int = BATCH) -> Pruned:
-    """One batch of each kind, oldest first; the job runs again until nothing is left to prune."""
+    """One batch of each kind, oldest first; the job runs again until nothing is left to prune.
+
+    Each batch is found through a partial index of what is left to do (migration 0014): the rows pruned
+    before are not in it, so a batch reads its own rows, however much has been kept."""
     now = now or utcnow()
     cutoff = now - timedelta(days=retention_days)
     done = Pruned()
     events = session.scalars(select(InboxEvent).where(
-        InboxEvent.received_at < cutoff, InboxEvent.status.in_((InboxStatus.PROCESSED, InboxStatus.IGNORED)),
-        InboxEvent.payload[PRUNED].as_string().is_(None))
+        InboxEvent.status.in_((InboxStatus.PROCESSED, InboxStatus.IGNORED)), _not_pruned(session, InboxEvent.payload),
+        InboxEvent.received_at < cutoff)
         .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
     done.events = sum(prune_event(e, now=now) for e in events)
     mails = session.scalars(select(OutboxMessage).where(
-        OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.created_at < cutoff,
-        OutboxMessage.status.in_((OutboxStatus.SENT, OutboxStatus.DEAD)),
-        OutboxMessage.payload[PRUNED].as_string().is_(None))
+        OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_((OutboxStatus.SENT, OutboxStatus.DEAD)),
+        _not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
         .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
     done.mails = sum(prune_mail(m, now=now) for m in mails)
     session.flush()
@@ -125,12 +127,24 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
     return done
 
 
+def _not_pruned(session: Session, payload: Any):
+    """SQL: this payload has not been pruned. On PostgreSQL written as the partial indexes state it (`?` with
+    a literal key), so that the planner may use them."""
+    if session.get_bind().dialect.name == "postgresql":
+        return ~payload.op("?", is_comparison=True)(literal_column(f"'{PRUNED}'"))
+    return func.json_extract(payload, f"$.{PRUNED}").is_(None)
+
+
 def prune_delivery_moves(*, session: Session, cutoff: datetime, batch: int = BATCH) -> int:
-    """Delete one batch of delivery moves older than `cutoff` of messages that ended; never anything else."""
-    ended = select(cast(OutboxMessage.id, String)).where(OutboxMessage.status.in_(ENDED))
+    """Delete one batch of delivery moves older than `cutoff` of messages that ended; never anything else.
+
+    The moves are taken oldest first through their own index, each checked against its message's row by
+    primary key (a move of a message still being delivered is kept, whatever its age)."""
+    message_id = case((TransitionLog.entity == DELIVERY_ENTITY, cast(TransitionLog.entity_id, BigInteger)))
+    ended = select(OutboxMessage.id).where(OutboxMessage.id == message_id, OutboxMessage.status.in_(ENDED))
     ids = list(session.scalars(select(TransitionLog.id).where(
-        TransitionLog.entity == DELIVERY_ENTITY, TransitionLog.at < cutoff, TransitionLog.entity_id.in_(ended))
-        .order_by(TransitionLog.id).limit(batch)))
+        TransitionLog.entity == DELIVERY_ENTITY, TransitionLog.at < cutoff, ended.exists())
+        .order_by(TransitionLog.at, TransitionLog.id).limit(batch)))
     if ids:
         session.execute(delete(TransitionLog).where(TransitionLog.id.in_(ids)))
     return len(ids)

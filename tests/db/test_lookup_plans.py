@@ -90,3 +90,15 @@ def test_the_relay_finds_each_channels_due_rows_through_an_index(pg_database):
                          naming="WITH due_platform")
         _indexed(plans, "ix_outbox_message_platform_pending")
         _indexed(plans, "ix_outbox_message_status_next")
+
+
+def test_retention_takes_each_batch_through_the_indexes_of_what_it_has_left_to_do(pg_database):
+    """The hourly job reads its batch's own rows, not every settled event, ended mail and delivery move kept."""
+    from tasks.lifecycle import retention
+
+    with pg_database.session_scope() as s:
+        work = lambda: retention.prune(session=s, retention_days=400)  # noqa: E731
+        _indexed(plans_of(pg_database, s, work, naming="FROM inbox_event WHERE"), "ix_inbox_event_to_prune")
+        _indexed(plans_of(pg_database, s, work, naming="FROM outbox_message WHERE outbox_message.channel"),
+                 "ix_outbox_message_mail_to_prune")
+        _indexed(plans_of(pg_database, s, work, naming="FROM transition_log WHERE"), "ix_transition_log_delivery_at")
