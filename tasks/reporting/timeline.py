@@ -335,7 +335,8 @@ def event_timeline(*, session: Session, inbox_id: int, limit: int = TIMELINE_LIM
     causes = _causes_of(event) if event is not None else ()
     if not causes:
         return []
-    where = TransitionLog.cause.in_(causes)
+    # delivery moves never carry an event's cause; leaving them out lets the cause index answer
+    where = TransitionLog.cause.in_(causes) & (TransitionLog.entity != "outbox")
     enrollment_ids = [i for i in session.scalars(select(TransitionLog.enrollment_id).where(where).distinct())
                       if i is not None]
     return _transitions(session, where, _step_labels(session, enrollment_ids), limit)

@@ -102,3 +102,19 @@ def test_retention_takes_each_batch_through_the_indexes_of_what_it_has_left_to_d
         _indexed(plans_of(pg_database, s, work, naming="FROM outbox_message WHERE outbox_message.channel"),
                  "ix_outbox_message_mail_to_prune")
         _indexed(plans_of(pg_database, s, work, naming="FROM transition_log WHERE"), "ix_transition_log_delivery_at")
+
+
+def test_an_events_page_finds_its_moves_through_the_cause_index(pg_database):
+    """GET /admin/ui/events/<id>: the moves logged under the event's cause, not a read of the whole log."""
+    from db.enums import InboxStatus
+    from db.models import InboxEvent
+    from tasks.reporting import timeline
+
+    with pg_database.session_scope() as s:
+        event = InboxEvent(source="platform", event_id="pev_ix", type="booking.created",
+                           payload={"data": {"booking_id": "bk_ix"}}, status=InboxStatus.PROCESSED)
+        s.add(event)
+        s.flush()
+        s.expire(event)
+        work = lambda: timeline.event_timeline(session=s, inbox_id=event.id)  # noqa: E731
+        _indexed(plans_of(pg_database, s, work, naming="FROM transition_log WHERE"), "ix_transition_log_cause")
