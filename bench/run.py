@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import backlog, broker_floor, course_edit, e2e, fulfil, ingest, outbox, platform_events, scale  # noqa: E402
+from bench import (backlog, broker_floor, course_edit, e2e, fulfil, ingest, outbox, platform_events,  # noqa: E402
+                   retention, scale)
 
 
 def _row(name: str, figure: str, reference: str, target: str, met: bool | None) -> str:
@@ -44,6 +45,8 @@ def summary(r: dict) -> list[str]:
         *(_row(f"course edit: {c['edit']}", f"what-if {c['what_if_s']:.1f} s, save {c['save_s']:.1f} s",
                f"{c['affected']} enrollments affected", "(context; a request gets 30 s)", None)
           for c in r["course_edit"]),
+        *(_row("retention: " + ("idle run" if t["retention_days"] == retention.IDLE_DAYS else "a batch"),
+               f"{t['seconds']:.2f} s", "over 12M kept rows", "(context)", None) for t in r["retention"][-2:]),
         _row("outbox delivery", f"{r['outbox']['rate']:.0f} messages/s, {r['outbox']['cpu_ms']:.1f} ms worker CPU",
              "", "(context)", None),
     ]
@@ -54,7 +57,7 @@ def main() -> None:
     results = {}
     for name, module in (("ingest", ingest), ("fulfil", fulfil), ("broker_floor", broker_floor), ("e2e", e2e),
                          ("backlog", backlog), ("scale", scale),
-                         ("platform_events", platform_events), ("outbox", outbox)):
+                         ("platform_events", platform_events), ("outbox", outbox), ("retention", retention)):
         print(f"\n== {name} ==", flush=True)
         results[name] = module.main([])
         if name == "scale":  # edits of the course holding the scale benchmark's million enrollments

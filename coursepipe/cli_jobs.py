@@ -143,13 +143,28 @@ def register(main: click.Group) -> None:
     @click.option("--channel", type=click.Choice(["mail", "platform"]), default=None, help="only this channel")
     @reason_option
     def outbox_retry_dead(channel: str | None, reason: str | None) -> None:
-        """Make every dead message due now with a fresh attempt count (after fixing the cause); audited."""
+        """Make every dead message due now with a fresh attempt count (after fixing the cause); audited.
+
+        A transaction (and an audit entry) per 10,000 messages, oldest first, through the messages dead when it
+        starts: one that dies again meanwhile is not taken twice."""
         from db.enums import OutboxChannel
         from tasks.messaging import delivery
 
         reason = checked_reason(reason)
         runtime = _runtime(_settings())
+        only = OutboxChannel(channel) if channel else None
         with runtime.db.session_scope() as session:
-            ids = delivery.retry_dead(session=session, channel=OutboxChannel(channel) if channel else None)
-            record_cli_action(session, "outbox.retry_dead", f"outbox:{channel or 'all'}", reason, retried=len(ids))
-        click.echo(f"{len(ids)} dead outbox message(s) due again (the relay sends them within seconds)")
+            through = delivery.last_dead(session=session, channel=only)
+        total, after = 0, None
+        while True:
+            with runtime.db.session_scope() as session:
+                ids = delivery.retry_dead(session=session, channel=only, after=after, through=through) \
+                    if through is not None else []
+                if ids or not total:
+                    record_cli_action(session, "outbox.retry_dead", f"outbox:{channel or 'all'}", reason,
+                                      retried=len(ids))
+            total += len(ids)
+            if not ids:
+                break
+            after = ids[-1]
+        click.echo(f"{total} dead outbox message(s) due again (the relay sends them within seconds)")

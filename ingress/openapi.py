@@ -103,7 +103,8 @@ SCHEMAS: dict[str, dict] = {
     "EventFeed": _obj({"events": {"type": "array", "items": ref("OutboundEvent")},
                        "next": {"type": "string", "description": "the cursor to pass as `after` next time"}}),
     "AnyObject": {"type": "object"},
-    "RetriedDead": _obj({"retried": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}}}),
+    "RetriedDead": _obj({"retried": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}},
+                         "remaining": {"type": "integer", "description": "still dead: call again while above 0"}}),
 }
 
 
@@ -292,7 +293,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN,
                                  query=[q("status", "inbox status"), q("limit", "how many")]),
     ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event", tag="admin", security=ADMIN),
-    ("POST", "/admin/outbox/retry-dead"): op("Every dead outbox message due again", tag="admin", security=ADMIN,
+    ("POST", "/admin/outbox/retry-dead"): op("Dead outbox messages due again, 10,000 a call", tag="admin", security=ADMIN,
                                              ok=_json("RetriedDead")),
     ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",
                                           security=ADMIN, query=[q("format", "json (default) or csv")]),

@@ -214,7 +214,8 @@ def _tally(session: Session, change: CourseChange) -> None:
     listed: dict[int, dict[str, Any]] = {}
     for touch in change.touches:  # in the order the parts were described: a student's effects read alike
         sub = touch.rows.subquery()
-        for row in session.execute(select(sub).where(sub.c.enrollment_id.in_(first)).order_by(sub.c.enrollment_id)):
+        order = [sub.c.enrollment_id, *([sub.c.booking_id] if "booking_id" in sub.c else [])]
+        for row in session.execute(select(sub).where(sub.c.enrollment_id.in_(first)).order_by(*order)):
             entry = listed.setdefault(row.enrollment_id, {
                 "enrollment_id": row.enrollment_id, "student_id": row.student_id,
                 "status": EnrollmentStatus(row.enrollment_status).value, "effects": []})

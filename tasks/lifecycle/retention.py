@@ -140,7 +140,10 @@ def prune_delivery_moves(*, session: Session, cutoff: datetime, batch: int = BAT
 
     The moves are taken oldest first through their own index, each checked against its message's row by
     primary key (a move of a message still being delivered is kept, whatever its age)."""
-    message_id = case((TransitionLog.entity == DELIVERY_ENTITY, cast(TransitionLog.entity_id, BigInteger)))
+    numeric = TransitionLog.entity == DELIVERY_ENTITY
+    if session.get_bind().dialect.name == "postgresql":  # a malformed id is kept, not a failed cast (SQLite: 0)
+        numeric = numeric & TransitionLog.entity_id.regexp_match("^[0-9]{1,18}$")
+    message_id = case((numeric, cast(TransitionLog.entity_id, BigInteger)))
     ended = select(OutboxMessage.id).where(OutboxMessage.id == message_id, OutboxMessage.status.in_(ENDED))
     ids = list(session.scalars(select(TransitionLog.id).where(
         TransitionLog.entity == DELIVERY_ENTITY, TransitionLog.at < cutoff, ended.exists())

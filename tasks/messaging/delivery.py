@@ -710,13 +710,17 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
     return message
 
 
-def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: datetime | None = None) -> list[int]:
-    """Every dead message (of one channel, or all) due now with a fresh attempt count: one UPDATE, the moves'
-    lines in one INSERT (after a long outage there can be tens of thousands). Returns their ids, in order."""
+RETRY_DEAD_BATCH = 10_000  # dead messages made due again by one call: one request, one CLI transaction
+
+
+def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: datetime | None = None,
+               limit: int | None = None, after: int | None = None, through: int | None = None) -> list[int]:
+    """Up to `limit` (RETRY_DEAD_BATCH) dead messages (of one channel, or all) with an id past `after` (and not
+    past `through`), oldest first, due now with a fresh attempt count: one UPDATE, the moves' lines in one
+    INSERT. Returns their ids, in order. A caller going through many (after a long outage there can be a
+    million) passes the last id as `after`: a message that dies again meanwhile is not taken twice."""
     now = now or utcnow()
-    dead = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.DEAD)
-    if channel is not None:
-        dead = dead.where(OutboxMessage.channel == channel)
+    dead = _dead(channel, after, through).order_by(OutboxMessage.id).limit(limit or RETRY_DEAD_BATCH)
     rows = sorted(session.execute(
         update(OutboxMessage).where(OutboxMessage.id.in_(select(_locked(session, dead).cte("dead").c.id)),
                                     OutboxMessage.status == OutboxStatus.DEAD)
@@ -726,6 +730,31 @@ def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: d
     OUTBOX.log_moves(session, [(row.id, OutboxStatus.DEAD, OutboxStatus.PENDING, "admin bulk retry", row.enrollment_id)
                                for row in rows], at=now)
     return [row.id for row in rows]
+
+
+def dead_count(*, session: Session, channel: OutboxChannel | None = None, after: int | None = None) -> int:
+    """Dead messages (of one channel, or all; with an id past `after`)."""
+    from sqlalchemy import func
+
+    return session.scalar(select(func.count()).select_from(_dead(channel, after, None).subquery())) or 0
+
+
+def last_dead(*, session: Session, channel: OutboxChannel | None = None) -> int | None:
+    """The newest dead message's id: where a pass over the dead ones ends."""
+    from sqlalchemy import func
+
+    return session.scalar(select(func.max(_dead(channel, None, None).subquery().c.id)))
+
+
+def _dead(channel: OutboxChannel | None, after: int | None, through: int | None):
+    dead = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.DEAD)
+    if channel is not None:
+        dead = dead.where(OutboxMessage.channel == channel)
+    if after is not None:
+        dead = dead.where(OutboxMessage.id > after)
+    if through is not None:
+        dead = dead.where(OutboxMessage.id <= through)
+    return dead
 
 
 def counts(*, session: Session) -> dict[str, int]:

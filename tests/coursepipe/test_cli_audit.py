@@ -64,6 +64,21 @@ def test_replay_refulfill_and_retries_are_audited(database, cli):
         assert s.scalar(select(AuditEntry).where(AuditEntry.action == "outbox.retry_dead")).details == {"retried": 1}
 
 
+
+def test_retry_dead_goes_on_a_batch_at_a_time_until_none_is_left(database, cli, monkeypatch):
+    from tasks.messaging import delivery
+
+    monkeypatch.setattr(delivery, "RETRY_DEAD_BATCH", 2)
+    with database.session_scope() as s:
+        s.add_all([OutboxMessage(dedupe_key=f"dead-{n}", channel=OutboxChannel.PLATFORM, topic="enrollment.created",
+                                 payload={}, status=OutboxStatus.DEAD, attempts=8) for n in range(5)])
+    done = cli("outbox", "retry-dead")
+    assert done.exit_code == 0 and "5 dead outbox message(s) due again" in done.output
+    with database.session_scope() as s:
+        assert {m.status for m in s.scalars(select(OutboxMessage))} == {OutboxStatus.PENDING}
+        assert [e.details for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))] == [
+            {"retried": 2}, {"retried": 2}, {"retried": 1}]
+
 def test_refused_commands_write_nothing(database, cli):
     with database.session_scope() as s:
         s.add(InboxEvent(source=InboxSource.PLATFORM, event_id="pev_done", type="student.upserted", payload={},

@@ -53,7 +53,9 @@ def _assert_not_delayed(base: str, port: int) -> None:
             elapsed = _signed_webhook_seconds(base)
         except requests.exceptions.Timeout:
             pytest.fail("the signed webhook got no answer within 10 s behind 50 slow clients")
-        assert elapsed < 1.0, f"the signed webhook took {elapsed:.2f} s behind {SLOW_CLIENTS} slow clients"
+        # held behind them it would wait out a read timeout (5 s a body read, 10 s a head); 3 s leaves room for
+        # a loaded machine (1.19 s seen with the suite on 3 processes on 2 cores)
+        assert elapsed < 3.0, f"the signed webhook took {elapsed:.2f} s behind {SLOW_CLIENTS} slow clients"
         assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
 
 

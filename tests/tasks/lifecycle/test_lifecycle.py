@@ -154,3 +154,19 @@ def test_erasing_a_student_removes_personal_data_and_keeps_the_money(database, m
         assert (entry.action, entry.target, entry.reason) == ("student.erase", "student:stu_1", "GDPR request 7")
     assert state(database) == before  # enrollments, steps, credits, purchases: all kept
     assert CliRunner().invoke(main, ["students", "erase", "nobody", "--yes"]).exit_code == 1
+
+
+def test_a_delivery_move_with_a_malformed_message_id_is_kept_and_the_rest_pruned(database):
+    """A move written for a message without an id (`StateMachine.move` writes "?") names no message: kept."""
+    _purchase(database)
+    with database.session_scope() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL))
+        OUTBOX.move(mail, OutboxStatus.SENDING, session=s, cause="attempt 1")
+        OUTBOX.move(mail, OutboxStatus.SENT, session=s, cause="attempt 1")
+        s.add(TransitionLog(entity="outbox", entity_id="?", from_status="pending", to_status="sending", cause="x"))
+    with database.session_scope() as s:
+        s.execute(update(TransitionLog).values(at=utcnow() - timedelta(days=401)))
+    with database.session_scope() as s:
+        assert retention.prune(session=s, retention_days=400).transitions == 2
+    with database.session_scope() as s:
+        assert s.scalars(select(TransitionLog.entity_id).where(TransitionLog.entity == "outbox")).all() == ["?"]

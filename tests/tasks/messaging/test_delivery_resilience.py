@@ -11,6 +11,7 @@ from sqlalchemy import select
 from db.enums import OutboxStatus
 from db.models import OutboxMessage, TransitionLog
 from db.types import utcnow
+from tasks.admins import audit
 from tasks.messaging import delivery
 from tasks.messaging import event_feed
 from tasks.messaging.outbox import add_platform_event
@@ -132,11 +133,37 @@ def test_bulk_retry_of_dead_messages_over_the_admin_api(client, runtime):
     assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_channel"
     assert client.post("/admin/outbox/retry-dead").status_code == 401
     response = client.post("/admin/outbox/retry-dead", json={"channel": "platform"}, headers=auth)
-    assert response.status_code == 200 and response.json == {"retried": 2, "ids": ids[:2]}
+    assert response.status_code == 200 and response.json == {"retried": 2, "ids": ids[:2], "remaining": 0}
     with runtime.db.session_scope() as s:
         assert [(r.status, r.attempts) for r in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))] == \
             [(OutboxStatus.PENDING, 0)] * 3
         assert sorted(s.execute(select(TransitionLog.entity_id, TransitionLog.from_status, TransitionLog.to_status)
                                 .where(TransitionLog.cause == "admin bulk retry")).all()) == \
             sorted((str(message_id), "dead", "pending") for message_id in ids[:2])  # each move on its history
-    assert client.post("/admin/outbox/retry-dead", headers=auth).json == {"retried": 0, "ids": []}
+    assert client.post("/admin/outbox/retry-dead", headers=auth).json == {"retried": 0, "ids": [], "remaining": 0}
+
+
+def test_bulk_retry_takes_a_batch_a_call_oldest_first_and_says_how_many_are_left(client, runtime, monkeypatch):
+    monkeypatch.setattr(delivery, "RETRY_DEAD_BATCH", 2)
+    ids = _events(runtime.db, 5)
+    with runtime.db.session_scope() as s:
+        for message_id in ids:
+            s.get(OutboxMessage, message_id).status = OutboxStatus.DEAD
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    first = client.post("/admin/outbox/retry-dead", headers=auth).json
+    assert first == {"retried": 2, "ids": ids[0:2], "remaining": 3}
+    with runtime.db.session_scope() as s:  # the first one fails again meanwhile: the pass does not take it twice
+        s.get(OutboxMessage, ids[0]).status = OutboxStatus.DEAD
+    answers = [first]
+    while answers[-1]["remaining"]:
+        answers.append(client.post("/admin/outbox/retry-dead", json={"after": answers[-1]["ids"][-1]}, headers=auth).json)
+    assert answers[1:] == [{"retried": 2, "ids": ids[2:4], "remaining": 1}, {"retried": 1, "ids": ids[4:5], "remaining": 0}]
+    again = client.post("/admin/outbox/retry-dead", headers=auth).json  # a new pass starts from the oldest
+    assert again == {"retried": 1, "ids": ids[:1], "remaining": 0}
+    for bad in (-1, "7", True, 1.5):
+        refused = client.post("/admin/outbox/retry-dead", json={"after": bad}, headers=auth)
+        assert refused.status_code == 400 and refused.json["error"]["field"] == "after", bad
+    with runtime.db.session_scope() as s:
+        assert {r.status for r in s.scalars(select(OutboxMessage))} == {OutboxStatus.PENDING}
+        assert [e.details for e in audit.entries(session=s) if e.action == "outbox.retry_dead"][::-1] == [
+            {"retried": 2, "remaining": 3}, {"retried": 2, "remaining": 1}, {"retried": 1}, {"retried": 1}]
