@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
@@ -43,8 +43,9 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
     """Queue one `step_reminder` mail per eligible (enrollment, step, window). Returns how many were queued.
 
     Set-based, for 100,000s of enrollments: first the steps that have an option starting inside the
-    window (few), then only those steps' unbooked progress rows, then one multi-row insert into
-    `reminder_log` (ON CONFLICT DO NOTHING RETURNING: what was not reminded yet) and one into the outbox.
+    window (few), then only those steps' unbooked progress rows not reminded in that window yet, then one
+    multi-row insert into `reminder_log` (ON CONFLICT DO NOTHING RETURNING: a concurrent run's are skipped)
+    and one into the outbox.
     """
     if not settings.reminders_enabled:
         return 0
@@ -66,6 +67,13 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
         upcoming[step_id].append((class_id, title, starts_at, class_tz))
     if not upcoming:
         return 0
+    # each step's window; a (enrollment, step) already reminded in it is left out by the database, so a run
+    # after the first reads only what is new (the unique key of reminder_log still guards the insert)
+    window = case({step_id: window_key(classes[0][2]) for step_id, classes in upcoming.items()},
+                  value=StudentCourseProgress.step_id)
+    reminded = select(ReminderLog.id).where(ReminderLog.enrollment_id == StudentCourseProgress.enrollment_id,
+                                            ReminderLog.step_id == StudentCourseProgress.step_id,
+                                            ReminderLog.window_key == window)
 
     candidates = session.execute(
         select(StudentCourseProgress.enrollment_id, StudentCourseProgress.step_id, CourseStep.label, CourseStep.title,
@@ -81,6 +89,7 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
             StudentCourseEnrollment.status == EnrollmentStatus.ACTIVE,
             CourseStep.deleted_at.is_(None),
             Student.email.is_not(None),
+            ~reminded.exists(),
         )
         .order_by(StudentCourseProgress.enrollment_id, CourseStep.position)
     ).all()
