@@ -158,6 +158,12 @@ HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"typ
 REDIRECT = {"description": "a redirect (to the login page, or back after the action)"}
 
 
+RETRY_DEAD = ("Body, every field optional: `channel` (`mail` or `platform`), `after` (the last id a previous call "
+              "retried), `reason` (for the audit log). Makes up to 10,000 dead messages with an id past `after` due now "
+              "with a fresh attempt count, oldest first. `remaining` counts the dead ones after the last id retried: "
+              "while it is above 0, call again with that id as `after`.")
+
+
 def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",
        body: str | None = None, query: list[dict] | None = None, extra: dict | None = None,
        description: str | None = None) -> dict:
@@ -294,7 +300,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                  query=[q("status", "inbox status"), q("limit", "how many")]),
     ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event", tag="admin", security=ADMIN),
     ("POST", "/admin/outbox/retry-dead"): op("Dead outbox messages due again, 10,000 a call", tag="admin", security=ADMIN,
-                                             ok=_json("RetriedDead")),
+                                             ok=_json("RetriedDead"), description=RETRY_DEAD),
     ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",
                                           security=ADMIN, query=[q("format", "json (default) or csv")]),
     ("GET", "/admin/"): op("The ops dashboard (login form session)", tag="dashboard", ok=HTML,
