@@ -17,6 +17,8 @@ Create Date: 2026-11-28 05:30:00
 from alembic import op
 import sqlalchemy as sa
 
+from db.index_builds import create_index_keeping_prebuilt
+
 revision = '0012'
 down_revision = '0011'
 branch_labels = None
@@ -38,18 +40,9 @@ INDEXES = {
 }
 
 
-def _drop_if_invalid(name: str) -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == 'postgresql' and bind.execute(
-            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": name}).scalar():
-        op.drop_index(name)
-
-
 def upgrade() -> None:
     for name, (table, columns, where) in INDEXES.items():
-        _drop_if_invalid(name)
-        partial = {} if where is None else {'postgresql_where': sa.text(where), 'sqlite_where': sa.text(where)}
-        op.create_index(name, table, columns, unique=False, if_not_exists=True, **partial)
+        create_index_keeping_prebuilt(name, table, columns, postgresql_where=where, sqlite_where=where)
 
 
 def downgrade() -> None:

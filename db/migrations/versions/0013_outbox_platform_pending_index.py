@@ -12,7 +12,8 @@ Revises: 0012
 Create Date: 2026-11-28 11:00:00
 """
 from alembic import op
-import sqlalchemy as sa
+
+from db.index_builds import create_index_keeping_prebuilt
 
 revision = '0013'
 down_revision = '0012'
@@ -24,12 +25,8 @@ PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == 'postgresql' and bind.execute(
-            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": NAME}).scalar():
-        op.drop_index(NAME)
-    op.create_index(NAME, 'outbox_message', ['next_attempt_at', 'id'], unique=False, if_not_exists=True,
-                    postgresql_where=sa.text(PLATFORM_PENDING), sqlite_where=sa.text(PLATFORM_PENDING))
+    create_index_keeping_prebuilt(NAME, 'outbox_message', ['next_attempt_at', 'id'], postgresql_where=PLATFORM_PENDING,
+                                  sqlite_where=PLATFORM_PENDING)
 
 
 def downgrade() -> None:

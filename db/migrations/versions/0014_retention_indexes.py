@@ -15,7 +15,8 @@ Revises: 0013
 Create Date: 2026-11-28 13:40:00
 """
 from alembic import op
-import sqlalchemy as sa
+
+from db.index_builds import create_index_keeping_prebuilt
 
 revision = '0014'
 down_revision = '0013'
@@ -34,20 +35,9 @@ INDEXES = {
 }
 
 
-def _drop_if_invalid(name: str) -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == 'postgresql' and bind.execute(
-            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": name}).scalar():
-        op.drop_index(name)
-
-
 def upgrade() -> None:
     for name, (table, columns, postgresql_where, sqlite_where) in INDEXES.items():
-        _drop_if_invalid(name)
-        partial = {'postgresql_where': sa.text(postgresql_where)}
-        if sqlite_where:
-            partial['sqlite_where'] = sa.text(sqlite_where)
-        op.create_index(name, table, columns, unique=False, if_not_exists=True, **partial)
+        create_index_keeping_prebuilt(name, table, columns, postgresql_where=postgresql_where, sqlite_where=sqlite_where)
 
 
 def downgrade() -> None:

@@ -12,7 +12,8 @@ Revises: 0014
 Create Date: 2026-11-28 14:10:00
 """
 from alembic import op
-import sqlalchemy as sa
+
+from db.index_builds import create_index_keeping_prebuilt
 
 revision = '0015'
 down_revision = '0014'
@@ -24,12 +25,8 @@ NOT_DELIVERY = "entity <> 'outbox'"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == 'postgresql' and bind.execute(
-            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": NAME}).scalar():
-        op.drop_index(NAME)
-    op.create_index(NAME, 'transition_log', ['cause'], unique=False, if_not_exists=True,
-                    postgresql_where=sa.text(NOT_DELIVERY), sqlite_where=sa.text(NOT_DELIVERY))
+    create_index_keeping_prebuilt(NAME, 'transition_log', ['cause'], postgresql_where=NOT_DELIVERY,
+                                  sqlite_where=NOT_DELIVERY)
 
 
 def downgrade() -> None:
