@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
+from tasks.machines import OUTBOX
 
 BATCH = 500
 PRUNED = "pruned_at"
@@ -41,7 +42,7 @@ METADATA_FACTS = ("kind", "course_code", "package_code")
 
 
 # transitions that are delivery mechanics, not facts: pruned once their message ended
-DELIVERY_ENTITY = "outbox"
+DELIVERY_ENTITY = OUTBOX.entity
 ENDED = (OutboxStatus.SENT, OutboxStatus.DEAD)
 
 

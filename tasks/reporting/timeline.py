@@ -34,6 +34,7 @@ from db.models import (
     TransitionLog,
 )
 from tasks.errors import ValidationFailed
+from tasks.machines import OUTBOX
 from tasks.reporting import statement
 
 TIMELINE_LIMIT = 500
@@ -170,7 +171,7 @@ def _messages(session: Session, where, limit: int) -> list[TimelineEntry]:
         return []
     last_moves = dict(session.execute(
         select(TransitionLog.entity_id, func.max(TransitionLog.at))
-        .where(TransitionLog.entity == "outbox", TransitionLog.entity_id.in_([str(m.id) for m in messages]))
+        .where(TransitionLog.entity == OUTBOX.entity, TransitionLog.entity_id.in_([str(m.id) for m in messages]))
         .group_by(TransitionLog.entity_id)).all())
     out = []
     for m in messages:
@@ -336,7 +337,7 @@ def event_timeline(*, session: Session, inbox_id: int, limit: int = TIMELINE_LIM
     if not causes:
         return []
     # delivery moves never carry an event's cause; leaving them out lets the cause index answer
-    where = TransitionLog.cause.in_(causes) & (TransitionLog.entity != "outbox")
+    where = TransitionLog.cause.in_(causes) & (TransitionLog.entity != OUTBOX.entity)
     enrollment_ids = [i for i in session.scalars(select(TransitionLog.enrollment_id).where(where).distinct())
                       if i is not None]
     return _transitions(session, where, _step_labels(session, enrollment_ids), limit)
