@@ -41,7 +41,7 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
     before this batch's mail: the platform's events drain at their own pace, not at the mail server's."""
     rt = runtime.current()
     size = delivery.batch_size(batch)
-    only = OutboxChannel(channel) if channel else None
+    only = _channel(channel)
     with rt.db.session_scope() as session:
         jobs = delivery.claim_due(session=session, settings=rt.settings, limit=size, channel=only)
     claimed_at = time.monotonic()
@@ -114,6 +114,18 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
             follow(c, shares[c], delivered_by[c])
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered, handed_back=handed_back)
 
+
+
+def _channel(name: str | None) -> OutboxChannel | None:
+    """The channel a relay was started for. Only relays send one; a name this version does not know (a newer
+    worker's) relays every channel rather than dropping the message."""
+    if not name:
+        return None
+    try:
+        return OutboxChannel(name)
+    except ValueError:
+        log.warning("relay_outbox: unknown channel %r; relaying every channel", name)
+        return None
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)

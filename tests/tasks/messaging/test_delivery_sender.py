@@ -278,6 +278,18 @@ def test_a_full_share_of_platform_events_goes_on_in_a_relay_of_its_own_before_th
     assert len(smtp_sink.messages) == more
 
 
+
+def test_a_relay_for_a_channel_it_does_not_know_relays_every_channel(runtime, database, settings, platform_receiver,
+                                                                     smtp_sink, caplog):  # noqa: F811
+    from workers import jobs
+
+    with database.session_scope() as s:
+        add_mail(session=s, template="booking_confirmed", recipient="s@example.test", context=CONTEXT, dedupe_key="m")
+        add_platform_event(session=s, type="booking.rejected", data={"booking_id": "bk_1"}, dedupe_key="e")
+    jobs.relay_outbox(channel="fax")
+    assert len(platform_receiver.events) == 1 and len(smtp_sink.messages) == 1
+    assert "unknown channel 'fax'" in caplog.text
+
 def test_messages_handed_back_are_left_to_a_relay_started_at_once(runtime, database, settings, platform_receiver,
                                                                   smtp_sink, monkeypatch):  # noqa: F811
     from workers import jobs
