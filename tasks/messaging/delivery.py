@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import or_, select, tuple_, union_all, update
+from sqlalchemy import func, or_, select, tuple_, union_all, update
 from sqlalchemy.orm import Session
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -734,15 +734,11 @@ def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: d
 
 def dead_count(*, session: Session, channel: OutboxChannel | None = None, after: int | None = None) -> int:
     """Dead messages (of one channel, or all; with an id past `after`)."""
-    from sqlalchemy import func
-
     return session.scalar(select(func.count()).select_from(_dead(channel, after, None).subquery())) or 0
 
 
 def last_dead(*, session: Session, channel: OutboxChannel | None = None) -> int | None:
     """The newest dead message's id: where a pass over the dead ones ends."""
-    from sqlalchemy import func
-
     return session.scalar(select(func.max(_dead(channel, None, None).subquery().c.id)))
 
 
@@ -759,8 +755,6 @@ def _dead(channel: OutboxChannel | None, after: int | None, through: int | None)
 
 def counts(*, session: Session) -> dict[str, int]:
     """Messages by status, for dashboards."""
-    from sqlalchemy import func
-
     rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()
     return {status.value: n for status, n in rows}
 
