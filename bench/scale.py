@@ -113,8 +113,7 @@ def reminder_scan(url: str) -> tuple[float, int]:
     database = Database(url)
     settings = Settings(database_url=url, reminders_enabled=True, reminder_window_days=7)
     started = time.perf_counter()
-    with database.session_scope() as s:
-        queued = reminders.send_reminders(session=s, settings=settings)
+    queued = reminders.send_reminders(unit_of_work=database.session_scope, settings=settings)
     elapsed = time.perf_counter() - started
     database.dispose()
     return elapsed, queued

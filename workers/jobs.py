@@ -155,8 +155,7 @@ def low_seat_scan(job_run: int | None = None) -> None:
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 def send_reminders(job_run: int | None = None) -> None:
     rt = runtime.current()
-    with rt.db.session_scope() as session:
-        sent = reminders.send_reminders(session=session, settings=rt.settings)
+    sent = reminders.send_reminders(unit_of_work=rt.db.session_scope, settings=rt.settings)
     if sent:
         send("relay_outbox")
     finish_job_run(job_run, reminders_queued=sent)

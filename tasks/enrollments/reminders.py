@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, select
@@ -39,19 +40,24 @@ def window_key(earliest_start: datetime) -> str:
     return f"start:{earliest_start:%Y%m%dT%H%M}Z"
 
 
-def send_reminders(*, session: Session, settings, now: datetime | None = None) -> int:
-    """Queue one `step_reminder` mail per eligible (enrollment, step, window). Returns how many were queued.
+@dataclass(frozen=True)
+class ReminderRun:
+    """What one run reminds about, fixed when it starts: its clock, and each step with an option starting
+    inside the window (the classes earliest first)."""
 
-    Set-based, for 100,000s of enrollments: first the steps that have an option starting inside the
-    window (few), then only those steps' unbooked progress rows not reminded in that window yet, then one
-    multi-row insert into `reminder_log` (ON CONFLICT DO NOTHING RETURNING: a concurrent run's are skipped)
-    and one into the outbox.
-    """
+    now: datetime
+    upcoming: dict[int, list[tuple[str, str, datetime, str | None]]]
+
+    def window(self, step_id: int) -> str:
+        return window_key(self.upcoming[step_id][0][2])
+
+
+def plan(*, session: Session, settings, now: datetime | None = None) -> ReminderRun | None:
+    """The steps that have an option starting inside the window (few); None when off or when none has."""
     if not settings.reminders_enabled:
-        return 0
+        return None
     now = now or utcnow()
     horizon = now + timedelta(days=settings.reminder_window_days)
-
     upcoming: dict[int, list] = defaultdict(list)
     for step_id, class_id, title, starts_at, class_tz in session.execute(
         select(CourseStepOption.step_id, GroupClass.id, GroupClass.title, GroupClass.starts_at, GroupClass.timezone)
@@ -65,81 +71,121 @@ def send_reminders(*, session: Session, settings, now: datetime | None = None) -
         .order_by(GroupClass.starts_at, GroupClass.id)
     ).all():
         upcoming[step_id].append((class_id, title, starts_at, class_tz))
-    if not upcoming:
-        return 0
-    # each step's window; a (enrollment, step) already reminded in it is left out by the database, so a run
-    # after the first reads only what is new (the unique key of reminder_log still guards the insert)
-    window = case({step_id: window_key(classes[0][2]) for step_id, classes in upcoming.items()},
-                  value=StudentCourseProgress.step_id)
+    return ReminderRun(now=now, upcoming=dict(upcoming)) if upcoming else None
+
+
+def _candidates(run: ReminderRun, *columns):
+    """Those steps' unbooked progress rows of active enrollments not reminded in the step's window yet: a
+    run after the first reads only what is new (the unique key of reminder_log still guards the insert)."""
+    window = case({step_id: run.window(step_id) for step_id in run.upcoming}, value=StudentCourseProgress.step_id)
     reminded = select(ReminderLog.id).where(ReminderLog.enrollment_id == StudentCourseProgress.enrollment_id,
                                             ReminderLog.step_id == StudentCourseProgress.step_id,
                                             ReminderLog.window_key == window)
-
-    candidates = session.execute(
-        select(StudentCourseProgress.enrollment_id, StudentCourseProgress.step_id, CourseStep.label, CourseStep.title,
-               Student.email, Student.name, Student.timezone, CourseProgram.code, CourseProgram.title,
-               CourseProgram.timezone)
+    return (
+        select(*columns)
+        .select_from(StudentCourseProgress)
         .join(StudentCourseEnrollment, StudentCourseEnrollment.id == StudentCourseProgress.enrollment_id)
         .join(Student, Student.id == StudentCourseEnrollment.student_id)
         .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
-        .join(CourseProgram, CourseProgram.id == StudentCourseEnrollment.program_id)
         .where(
-            StudentCourseProgress.step_id.in_(sorted(upcoming)),
+            StudentCourseProgress.step_id.in_(sorted(run.upcoming)),
             StudentCourseProgress.status == ProgressStatus.UNBOOKED,
             StudentCourseEnrollment.status == EnrollmentStatus.ACTIVE,
             CourseStep.deleted_at.is_(None),
             Student.email.is_not(None),
             ~reminded.exists(),
         )
+    )
+
+
+def batches(*, session: Session, run: ReminderRun, size: int | None = None) -> list[tuple[int, int]]:
+    """The run cut into ranges of enrollment ids (first, last), each holding about `size` reminders
+    (an enrollment's steps are never split). The ids are streamed, never held all at once."""
+    size = size or BATCH
+    ranges: list[tuple[int, int]] = []
+    first = last = None
+    count = 0
+    rows = session.execute(_candidates(run, StudentCourseProgress.enrollment_id)
+                           .order_by(StudentCourseProgress.enrollment_id),
+                           execution_options={"yield_per": 10_000}).scalars()
+    for enrollment_id in rows:
+        if count >= size and enrollment_id != last:
+            ranges.append((first, last))
+            first, count = None, 0
+        if first is None:
+            first = enrollment_id
+        last = enrollment_id
+        count += 1
+    if first is not None:
+        ranges.append((first, last))
+    return ranges
+
+
+def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
+    """Queue one `step_reminder` mail per eligible (enrollment, step) of the enrollments `first`..`last`:
+    one insert into `reminder_log` (ON CONFLICT DO NOTHING RETURNING: a concurrent run's are skipped) and
+    one into the outbox. Returns how many were queued."""
+    candidates = session.execute(
+        _candidates(run, StudentCourseProgress.enrollment_id, StudentCourseProgress.step_id, CourseStep.label,
+                    CourseStep.title, Student.email, Student.name, Student.timezone, CourseProgram.code,
+                    CourseProgram.title, CourseProgram.timezone)
+        .join(CourseProgram, CourseProgram.id == StudentCourseEnrollment.program_id)
+        # the range on both sides lets the database read only these enrollments' rows of each table
+        .where(StudentCourseProgress.enrollment_id.between(first, last),
+               StudentCourseEnrollment.id.between(first, last))
         .order_by(StudentCourseProgress.enrollment_id, CourseStep.position)
     ).all()
+    keys = {(row[0], row[1]): run.window(row[1]) for row in candidates}
+    fresh = _log_once_many(session, keys, run.now)
+    mails = []
+    for enrollment_id, step_id, label, step_title, email, name, student_tz, code, course_title, course_tz in candidates:
+        if (enrollment_id, step_id) not in fresh:
+            continue
+        classes = run.upcoming[step_id]
+        class_id, class_title, starts_at, class_tz = classes[0]
+        key = keys[(enrollment_id, step_id)]
+        mails.append((email, {
+            "student_name": name,
+            "course_code": code,
+            "course_title": course_title,
+            "step_label": label,
+            "step_title": step_title,
+            "class_id": class_id,
+            "class_title": class_title,
+            "starts_at": starts_at.isoformat(),
+            "timezone": student_tz or class_tz or course_tz,
+            "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
+                        for c in classes[:OPTIONS_LISTED]],
+        }, f"reminder:{enrollment_id}:{step_id}:{key}", enrollment_id))
+    return add_mails(session=session, template="step_reminder", mails=mails)
 
+
+def send_reminders(*, unit_of_work, settings, now: datetime | None = None) -> int:
+    """A whole run, for 100,000s of enrollments: the plan and its batches in one unit of work, then one unit
+    of work per batch, so a run stopped part-way (a deploy, the job's time limit) keeps what it queued and
+    the next run goes on from there. Returns how many were queued."""
+    with unit_of_work() as session:
+        run = plan(session=session, settings=settings, now=now)
+        ranges = batches(session=session, run=run) if run else []
     queued = 0
-    for start in range(0, len(candidates), CHUNK):
-        chunk = candidates[start:start + CHUNK]
-        keys = {(row[0], row[1]): window_key(upcoming[row[1]][0][2]) for row in chunk}
-        fresh = _log_once_many(session, keys, now)
-        mails = []
-        for enrollment_id, step_id, label, step_title, email, name, student_tz, code, course_title, course_tz in chunk:
-            if (enrollment_id, step_id) not in fresh:
-                continue
-            classes = upcoming[step_id]
-            class_id, class_title, starts_at, class_tz = classes[0]
-            key = keys[(enrollment_id, step_id)]
-            mails.append((email, {
-                "student_name": name,
-                "course_code": code,
-                "course_title": course_title,
-                "step_label": label,
-                "step_title": step_title,
-                "class_id": class_id,
-                "class_title": class_title,
-                "starts_at": starts_at.isoformat(),
-                "timezone": student_tz or class_tz or course_tz,
-                "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
-                            for c in classes[:OPTIONS_LISTED]],
-            }, f"reminder:{enrollment_id}:{step_id}:{key}", enrollment_id))
-        queued += add_mails(session=session, template="step_reminder", mails=mails)
+    for first, last in ranges:
+        with unit_of_work() as session:
+            queued += remind(session=session, run=run, first=first, last=last)
     if queued:
         log.info("queued %d step reminder(s)", queued)
     return queued
 
 
-CHUNK = 1000
+BATCH = 2000
 
 
 def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> set[tuple[int, int]]:
     """Insert reminder_log rows; returns the (enrollment, step) pairs not reminded in that window before."""
-    insert = upsert_insert(session)
+    if not keys:  # an empty parameter list would be one insert of defaults, not none
+        return set()
     table = ReminderLog.__table__
-    fresh: set[tuple[int, int]] = set()
-    items = list(keys.items())
-    for start in range(0, len(items), 500):
-        rows = [dict(enrollment_id=e, step_id=s, window_key=k, created_at=now) for (e, s), k in items[start:start + 500]]
-        result = session.execute(
-            insert(table).values(rows)
-            .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "window_key"])
-            .returning(table.c.enrollment_id, table.c.step_id)
-        )
-        fresh.update((e, s) for e, s in result.all())
-    return fresh
+    statement = (upsert_insert(session)(table)
+                 .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "window_key"])
+                 .returning(table.c.enrollment_id, table.c.step_id))
+    rows = [dict(enrollment_id=e, step_id=s, window_key=k, created_at=now) for (e, s), k in keys.items()]
+    return {(e, s) for e, s in session.execute(statement, rows).all()}

@@ -124,24 +124,17 @@ def add_mail(
 def add_mails(
     *, session: Session, template: str, mails: list[tuple[str, dict[str, Any], str, int | None]]
 ) -> int:
-    """Many mails of one template at once — (recipient, context, dedupe key, enrollment id) each — in
-    multi-row inserts; a dedupe key already present is skipped. Returns how many rows were new."""
+    """Many mails of one template at once — (recipient, context, dedupe key, enrollment id) each — as one
+    executemany, which SQLAlchemy sends as multi-row inserts of a statement compiled once; a dedupe key
+    already present is skipped. Returns how many rows were new."""
     if not mails:
         return 0
-    insert = upsert_insert(session)
     table = OutboxMessage.__table__
     now = utcnow()
-    written = 0
-    for start in range(0, len(mails), BULK_CHUNK):
-        rows = [dict(public_id=new_public_id(), channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
-                     payload=mail_payload(template, context),
-                     dedupe_key=mail_dedupe(dedupe_key, recipient), enrollment_id=enrollment_id, status="pending",
-                     attempts=0, created_at=now, next_attempt_at=now)
-                for recipient, context, dedupe_key, enrollment_id in mails[start:start + BULK_CHUNK]]
-        result = session.execute(insert(table).values(rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
-                                 .returning(table.c.id))
-        written += len(result.all())
-    return written
-
-
-BULK_CHUNK = 500
+    rows = [dict(public_id=new_public_id(), channel=OutboxChannel.MAIL.value, topic=template, recipient=recipient,
+                 payload=mail_payload(template, context), dedupe_key=mail_dedupe(dedupe_key, recipient),
+                 enrollment_id=enrollment_id, status="pending", attempts=0, created_at=now, next_attempt_at=now)
+            for recipient, context, dedupe_key, enrollment_id in mails]
+    statement = (upsert_insert(session)(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                 .returning(table.c.id))
+    return len(session.execute(statement, rows).all())

@@ -1,9 +1,12 @@
 """Step reminders: one per (enrollment, step, window), never for booked/completed steps, none when off."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import select
+import pytest
+
+from sqlalchemy import func, select
 
 from db.enums import EnrollmentStatus, ProgressStatus
 from db.models import (
@@ -16,6 +19,7 @@ from db.models import (
     StudentCourseProgress,
 )
 from db.types import utcnow
+from tasks.enrollments import reminders
 from tasks.enrollments.reminders import send_reminders
 from tests import factories
 from tests.conftest import make_settings
@@ -53,10 +57,8 @@ def test_two_runs_in_one_window_send_one_reminder_per_eligible_step(database):
     with database.session_scope() as s:
         _setup(s)
     settings = _settings(database)
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings) == 1
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 1
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 0
     mails = _mails(database)
     assert len(mails) == 1
     context = mails[0].payload["context"]
@@ -69,18 +71,15 @@ def test_two_runs_in_one_window_send_one_reminder_per_eligible_step(database):
 def test_a_wider_window_reaches_the_later_step_once(database):
     with database.session_scope() as s:
         _setup(s)
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=_settings(database)) == 1
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=_settings(database, days=30)) == 1  # SFZ-3 only
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 1
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database, days=30)) == 1  # SFZ-3 only
     assert sorted(m.payload["context"]["step_label"] for m in _mails(database)) == ["SFZ-2", "SFZ-3"]
 
 
 def test_no_reminders_with_the_flag_off(database):
     with database.session_scope() as s:
         _setup(s)
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=_settings(database, enabled=False)) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database, enabled=False)) == 0
     assert _mails(database) == []
 
 
@@ -88,13 +87,11 @@ def test_no_reminders_for_inactive_enrollments_or_students_without_email(databas
     with database.session_scope() as s:
         _, enrollment, _ = _setup(s)
         enrollment.status = EnrollmentStatus.SUSPENDED
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=_settings(database)) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 0
     with database.session_scope() as s:
         s.get(StudentCourseEnrollment, enrollment.id).status = EnrollmentStatus.ACTIVE
         s.get(Student, "stu_1").email = None
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=_settings(database)) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 0
     assert _mails(database) == []
 
 
@@ -103,25 +100,89 @@ def test_a_step_booked_after_its_reminder_is_not_reminded_again_and_a_new_window
         _, enrollment, steps = _setup(s)
         step2 = steps[2].id
     settings = _settings(database)
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings) == 1
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 1
     # the first class of SFZ-2 passes; a later one comes into the window: a new window, a new reminder
     later = utcnow() + timedelta(days=4)
     with database.session_scope() as s:
         program_id = s.get(CourseStep, step2).program_id
         factories.group_class(s, id="gc_SFZ_2_1", title="Class 2b", starts_in=timedelta(days=6))
         s.add(CourseStepOption(program_id=program_id, step_id=step2, group_class_id="gc_SFZ_2_1"))
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings, now=later) == 1
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings, now=later) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=later) == 1
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=later) == 0
     # booked now: never reminded again
     with database.session_scope() as s:
         s.scalar(select(StudentCourseProgress).where(StudentCourseProgress.step_id == step2)).status = \
             ProgressStatus.BOOKED
         factories.group_class(s, id="gc_SFZ_2_2", starts_in=timedelta(days=9))
         s.add(CourseStepOption(program_id=program_id, step_id=step2, group_class_id="gc_SFZ_2_2"))
-    with database.session_scope() as s:
-        assert send_reminders(session=s, settings=settings, now=utcnow() + timedelta(days=7)) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=utcnow() + timedelta(days=7)) == 0
     labels = [(m.payload["context"]["step_label"], m.payload["context"]["class_id"]) for m in _mails(database)]
     assert labels == [("SFZ-2", "gc_SFZ_2_0"), ("SFZ-2", "gc_SFZ_2_1")]
+
+
+def _three_students(session):
+    """SFZ with 3 steps, classes of steps 1 and 2 inside the window, and 3 enrollments: 6 reminders due."""
+    program = factories.program(session, steps=3)
+    for position, in_days in {1: 2, 2: 3, 3: 20}.items():
+        factories.group_class(session, id=f"gc_SFZ_{position}_0", starts_in=timedelta(days=in_days))
+    enrollments = []
+    for n in (1, 2, 3):
+        student = factories.student(session, id=f"stu_{n}", email=f"stu{n}@example.test")
+        enrollments.append(factories.enrollment(session, student, program, session_id=f"cs_test_{n}").id)
+    return enrollments
+
+
+def test_batches_cut_the_run_by_enrollment_and_never_split_one(database):
+    with database.session_scope() as s:
+        ids = _three_students(s)
+    with database.session_scope() as s:
+        run = reminders.plan(session=s, settings=_settings(database))
+        assert sorted(run.upcoming) == sorted(
+            step.id for step in s.scalars(select(CourseStep).where(CourseStep.position.in_((1, 2)))))
+        assert reminders.batches(session=s, run=run, size=1) == [(i, i) for i in ids]
+        assert reminders.batches(session=s, run=run, size=3) == [(ids[0], ids[1]), (ids[2], ids[2])]
+        assert reminders.batches(session=s, run=run, size=100) == [(ids[0], ids[2])]
+
+
+def test_a_run_stopped_part_way_keeps_its_batches_and_the_next_run_goes_on(database, monkeypatch):
+    with database.session_scope() as s:
+        ids = _three_students(s)
+    monkeypatch.setattr(reminders, "BATCH", 2)  # one enrollment (two steps) a batch
+    units = []
+
+    @contextmanager
+    def stopped_at_the_third_batch():
+        units.append(None)
+        if len(units) == 4:  # the plan, then two batches
+            raise RuntimeError("worker stopped")
+        with database.session_scope() as s:
+            yield s
+
+    settings = _settings(database)
+    with pytest.raises(RuntimeError, match="worker stopped"):
+        send_reminders(unit_of_work=stopped_at_the_third_batch, settings=settings)
+    assert sorted({m.enrollment_id for m in _mails(database)}) == ids[:2]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 2
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 0
+    mails = _mails(database)
+    assert sorted((m.enrollment_id, m.payload["context"]["step_label"]) for m in mails) == [
+        (i, label) for i in ids for label in ("SFZ-1", "SFZ-2")]
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ReminderLog)) == 6
+
+
+def test_a_batch_whose_steps_were_booked_since_the_plan_writes_nothing(database):
+    with database.session_scope() as s:
+        ids = _three_students(s)
+    with database.session_scope() as s:
+        run = reminders.plan(session=s, settings=_settings(database))
+        (first, last), = reminders.batches(session=s, run=run)
+    with database.session_scope() as s:
+        for progress in s.scalars(select(StudentCourseProgress)):
+            progress.status = ProgressStatus.BOOKED
+    with database.session_scope() as s:
+        assert reminders.remind(session=s, run=run, first=first, last=last) == 0
+    assert (first, last) == (ids[0], ids[2])
+    assert _mails(database) == []
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ReminderLog)) == 0
