@@ -263,7 +263,7 @@ def revoke(*, session: Session, enrollment: StudentCourseEnrollment, cause: str,
         outbox.add_platform_event(
             session=session, type="enrollment.revoked",
             data=_event_data(enrollment, program, reason=reason, active_booking_ids=active_bookings),
-            dedupe_key=f"enrollment.revoked:{enrollment.id}", enrollment_id=enrollment.id,
+            dedupe_key=f"enrollment.revoked:{enrollment.id}:{cause}", enrollment_id=enrollment.id,
         )
     session.flush()
     return moved

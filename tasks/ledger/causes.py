@@ -85,11 +85,6 @@ class Cause:
             return (owner, int(number)) if number.isdigit() else None
         return None
 
-    @property
-    def takes_a_share(self) -> bool:
-        """A partial refund takes a share of a lot, not all of it: a credit released later stays usable."""
-        return self.kind is CauseKind.PARTIAL_REFUND
-
 
 class Keys:
     """The idempotency key of each kind of entry: the same cause never counts twice."""
@@ -113,6 +108,11 @@ class Keys:
     @staticmethod
     def revoke(cause: Cause, grant_id: int) -> str:
         return f"revoke:{cause}:{grant_id}"
+
+    @staticmethod
+    def revoke_again(cause: Cause, grant_id: int, after_entry_id: int) -> str:
+        """The same revocation of a lot credits came back to since: after the lot's latest entry."""
+        return f"revoke:{cause}:{grant_id}:after:{after_entry_id}"
 
     @staticmethod
     def revoke_share(cause: Cause, grant_id: int, target: int) -> str:

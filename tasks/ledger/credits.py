@@ -13,11 +13,11 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.enums import CreditType, LedgerEntryType
-from db.models import CreditLedgerEntry, Student
+from db.enums import CreditType, EnrollmentStatus, LedgerEntryType
+from db.models import CreditLedgerEntry, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.errors import TaskError
-from tasks.ledger.causes import Cause, Keys
+from tasks.ledger.causes import Cause, CauseKind, Keys
 
 
 class NoCredit(TaskError):
@@ -161,8 +161,9 @@ def consumption_for(session: Session, booking_id: str) -> CreditLedgerEntry | No
 def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | None:
     """Give back the credit a booking consumed (cancel within policy). Once per booking.
 
-    If the lot was revoked meanwhile (its purchase refunded), the released credit is revoked
-    again at once, so a refund can never be undone by a later cancellation.
+    If the lot's purchase stands revoked (refunded in full, a dispute lost), the released credit is
+    revoked again at once, so a refund can never be undone by a later cancellation. A lot that only lost
+    a partial refund's share, or credits taken by hand, keeps a released credit usable.
     """
     consumed = consumption_for(session, booking_id)
     if consumed is None:
@@ -184,10 +185,7 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
         enrollment_id=consumed.enrollment_id,
         package_purchase_id=consumed.package_purchase_id,
     )
-    revoked_by = session.scalars(select(CreditLedgerEntry.cause).where(
-        CreditLedgerEntry.grant_id == consumed.grant_id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE))
-    # a partial refund took a share of the lot, not all of it: a released credit stays usable
-    if any(not Cause.parse(cause).takes_a_share for cause in revoked_by):
+    if _revoked_now(session, consumed):
         _add(
             session,
             idempotency_key=Keys.revoke_release(booking_id),
@@ -204,28 +202,46 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     return released
 
 
+def _revoked_now(session: Session, consumed: CreditLedgerEntry) -> bool:
+    """The consumed credit's lot was revoked by its purchase's revocation, and the purchase stands revoked:
+    a package's revocation is final; an enrollment's lasts until an admin reinstates it."""
+    causes = session.scalars(select(CreditLedgerEntry.cause).where(
+        CreditLedgerEntry.grant_id == consumed.grant_id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE))
+    if not any(Cause.parse(cause).kind is CauseKind.REVOCATION for cause in causes):
+        return False
+    if consumed.enrollment_id is None:
+        return True
+    status = session.scalar(select(StudentCourseEnrollment.status).where(
+        StudentCourseEnrollment.id == consumed.enrollment_id))
+    return status == EnrollmentStatus.REVOKED
+
+
 def revoke_unconsumed(
     *,
     session: Session,
     cause: Cause,
     enrollment_id: int | None = None,
     package_purchase_id: int | None = None,
-    fraction: float = 1.0,
 ) -> list[CreditLedgerEntry]:
-    """Revoke what is left on a purchase's lots (all of it, or `fraction` of each grant, rounded down).
+    """Revoke what is left on a purchase's lots. Consumed credits stay on record; a repeat adds nothing.
 
-    Consumed credits stay on record. One revoke entry per (cause, lot): a repeat adds nothing.
+    One revoke entry per (cause, lot), unless credits came back to the lot since (a booking cancelled while
+    an admin had reinstated the enrollment): a revocation after that takes them too, keyed by the lot's
+    latest entry, so the same state is never revoked twice.
     """
     if enrollment_id is None and package_purchase_id is None:
         raise ValueError("revoke_unconsumed needs an enrollment or a package purchase")
     entries = []
     for lot in lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id):
+        if lot.remaining <= 0:
+            continue
         key = Keys.revoke(cause, lot.grant.id)
         if _existing(session, key) is not None:
-            continue
-        amount = lot.remaining if fraction >= 1.0 else min(lot.remaining, int(lot.grant.quantity * fraction))
-        if amount <= 0:
-            continue
+            latest = session.scalar(select(func.max(CreditLedgerEntry.id)).where(
+                CreditLedgerEntry.grant_id == lot.grant.id))
+            key = Keys.revoke_again(cause, lot.grant.id, latest)
+            if _existing(session, key) is not None:
+                continue
         entries.append(
             _add(
                 session,
@@ -233,7 +249,7 @@ def revoke_unconsumed(
                 student_id=lot.grant.student_id,
                 credit_type=lot.grant.credit_type,
                 entry_type=LedgerEntryType.REVOKE,
-                quantity=-amount,
+                quantity=-lot.remaining,
                 grant_id=lot.grant.id,
                 cause=str(cause),
                 enrollment_id=lot.grant.enrollment_id,

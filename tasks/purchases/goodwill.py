@@ -2,8 +2,10 @@
 
 Settling an enrollment (`tasks.purchases.payments.settle_enrollment`) counts refunds for access and
 credits net of this amount, so whatever Stripe event reports such a refund (`charge.refunded` with or
-without its list of refunds, `refund.created`), in any order, the studio's choice holds. A kept refund
-that Stripe later reports failed returned nothing and is no longer netted.
+without its list of refunds, `refund.created`), in any order, the studio's choice holds. It counts from
+the moment it is asked (`pending`), since Stripe's events about it may be handled before Stripe's answer
+is recorded, or the answer may be unknown until the call is retried. A kept refund that Stripe refused, or
+later reports failed, returned nothing and is no longer netted.
 """
 from __future__ import annotations
 
@@ -21,6 +23,6 @@ def kept_amount(session: Session, enrollment_id: int) -> int:
     return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
         AdminRefund.enrollment_id == enrollment_id,
         AdminRefund.keep_access.is_(True),
-        AdminRefund.status == "succeeded",
+        AdminRefund.status.in_(("pending", "succeeded")),
         ~reported_failed,
     )))

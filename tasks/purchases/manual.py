@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.enums import BookingStatus, DisputeStatus, EnrollmentStatus, LedgerEntryType, ProgressStatus
+from db.enums import BookingStatus, CreditType, DisputeStatus, EnrollmentStatus, LedgerEntryType, ProgressStatus
 from db.models import (
     AdminRefund,
     Booking,
@@ -35,7 +35,7 @@ from tasks.enrollments import progress as progress_moves
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, PermanentError, ValidationFailed
 from tasks.ledger import credits
-from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
+from tasks.ledger.causes import Cause, CauseKind
 from tasks.machines import ENROLLMENT
 from tasks.messaging import outbox
 from tasks.purchases import fulfilment, goodwill, payments, refunds
@@ -141,12 +141,16 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
             progress.booking_id = progress.group_class_id = None
         progress_moves.move(session=session, progress=progress, enrollment=enrollment, cause=cause, at=now,
                             target=ProgressStatus.BOOKED if standing else ProgressStatus.UNBOOKED)
-    # what the revocation took from the bundle comes back as a new lot (the ledger is append-only)
-    taken = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity)).where(
-        CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
-        CreditLedgerEntry.cause == str(Cause.revocation(ENROLLMENT_OWNER, enrollment.id)))
-        .group_by(CreditLedgerEntry.credit_type))
-    for credit_type, quantity in taken:
+    # what the revocation took from the bundle comes back as a new lot (the ledger is append-only): what it
+    # took at once, and the credits of bookings cancelled since, revoked again as they were released
+    taken: dict[CreditType, int] = {}
+    for credit_type, cause_text, quantity in session.execute(
+            select(CreditLedgerEntry.credit_type, CreditLedgerEntry.cause, CreditLedgerEntry.quantity).where(
+                CreditLedgerEntry.enrollment_id == enrollment.id,
+                CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE)):
+        if Cause.parse(cause_text).kind in (CauseKind.REVOCATION, CauseKind.BOOKING):
+            taken[credit_type] = taken.get(credit_type, 0) + quantity
+    for credit_type, quantity in taken.items():
         # what earlier reinstatements already gave back is not given twice
         grants = session.execute(select(CreditLedgerEntry.cause, CreditLedgerEntry.quantity).where(
             CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.credit_type == credit_type,
@@ -279,6 +283,10 @@ def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, 
         row.last_error = error
         if final:
             row.status, row.finished_at = "failed", utcnow()
+            if row.keep_access:  # it no longer nets what other refunds took back
+                session.flush()
+                payments.settle_enrollment(session=session, enrollment=locked(session, row.enrollment_id),
+                                           cause=f"admin_refund:{row.id}")
     return row
 
 

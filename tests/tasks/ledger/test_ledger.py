@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from db.enums import CreditType, LedgerEntryType
+from db.enums import CreditType, EnrollmentStatus, LedgerEntryType
 from db.models import CreditLedgerEntry
 from db.types import utcnow
 from tasks.ledger import credits
@@ -76,6 +76,7 @@ def test_a_release_after_a_full_revocation_is_taken_back_but_after_a_partial_ref
     student = factories.student(session)
     program = factories.program(session)
     enrollment = factories.enrollment(session, student, program)
+    enrollment.status = EnrollmentStatus.REVOKED
     session.flush()
     for cause, usable in ((Cause.revocation(ENROLLMENT_OWNER, enrollment.id), 0),
                           (Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id), 1)):

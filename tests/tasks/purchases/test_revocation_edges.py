@@ -1,0 +1,150 @@
+"""Money edges around revocation: a goodwill refund whose events come before its outcome, credits taken by
+hand, and an enrollment revoked, reinstated by an admin and revoked again."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from db.enums import BundleKind, CreditType, EnrollmentStatus
+from db.models import AdminRefund, OutboxMessage, StudentCourseEnrollment
+from db.types import utcnow
+from tasks.bookings import services as bookings
+from tasks.events import BookingCancelled, BookingCreated
+from tasks.ledger import adjustments
+from tasks.purchases import manual
+from tests import factories
+from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, refund_created, state
+
+
+@pytest.fixture
+def enrolled(database):
+    """stu_1 bought SFZ (4 private credits in its bundle); returns the enrollment id."""
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 4),))
+    deliver(database, checkout(cs="cs_1", pi="pi_1"))
+    with database.session_scope() as s:
+        return s.scalar(select(StudentCourseEnrollment.id))
+
+
+def _book_private(database, booking_id):
+    with database.session_scope() as s:
+        bookings.record_booking(session=s, data=BookingCreated(booking_id=booking_id, student_id="stu_1",
+                                                               class_id=f"pc_{booking_id}", credit_type="private"),
+                                at=utcnow())
+
+
+def _cancel_within_policy(database, booking_id):
+    with database.session_scope() as s:
+        bookings.cancel_booking(session=s, data=BookingCancelled(booking_id=booking_id, cancelled_at=utcnow(),
+                                                                 within_policy=True))
+
+
+def _private(database) -> int:
+    return state(database)["balances"]["private"]
+
+
+def _status(database, enrollment_id) -> str:
+    with database.session_scope() as s:
+        return s.get(StudentCourseEnrollment, enrollment_id).status.value
+
+
+def _ask_goodwill_refund(database, enrollment_id, amount=None) -> int:
+    with database.session_scope() as s:
+        plan = manual.check_refund(session=s, enrollment_id=enrollment_id, amount=amount)
+        return manual.refund_intent(session=s, plan=plan, keep_access=True, reason="teacher ill", actor="ops",
+                                    request_key=None).id
+
+
+def _refund(refund_id, amount=COURSE_PRICE):
+    return {"id": refund_id, "object": "refund", "amount": amount, "payment_intent": "pi_1", "charge": "ch_1",
+            "status": "succeeded", "currency": "usd"}
+
+
+def test_a_goodwill_refund_reported_before_its_outcome_is_recorded_keeps_access_and_credits(database, enrolled):
+    admin_refund = _ask_goodwill_refund(database, enrolled)
+    deliver(database, refund_created(refund_id="re_1"))  # Stripe's webhook is handled first
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
+    with database.session_scope() as s:
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=_refund("re_1"), error=None,
+                              final=False)
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
+    assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE
+
+
+def test_a_partial_goodwill_refund_with_an_unknown_outcome_takes_no_credits(database, enrolled):
+    admin_refund = _ask_goodwill_refund(database, enrolled, amount=COURSE_PRICE // 2)
+    with database.session_scope() as s:  # the call timed out: the outcome is unknown, the row stays pending
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=None, error="APIConnectionError",
+                              final=False)
+    deliver(database, refund_created(refund_id="re_1", amount=COURSE_PRICE // 2))
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
+
+
+def test_a_goodwill_refund_stripe_refused_no_longer_nets_another_refund(database, enrolled):
+    admin_refund = _ask_goodwill_refund(database, enrolled)
+    deliver(database, refund_created(refund_id="re_dash"))  # a full refund made in Stripe's dashboard meanwhile
+    assert _status(database, enrolled) == "active"  # the goodwill refund still counts as asked
+    with database.session_scope() as s:
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=None,
+                              error="InvalidRequestError: charge already refunded", final=True)
+    with database.session_scope() as s:
+        assert s.get(AdminRefund, admin_refund).status == "failed"
+    assert (_status(database, enrolled), _private(database)) == ("revoked", 0)
+
+
+def test_credits_taken_by_hand_leave_a_later_cancelled_booking_its_credit(database, enrolled):
+    _book_private(database, "bk_1")
+    assert _private(database) == 3
+    with database.session_scope() as s:
+        adjustments.adjust(session=s, student_id="stu_1", credit_type=CreditType.PRIVATE, quantity=-1,
+                           cause="adjustment:1")
+    assert _private(database) == 2
+    _cancel_within_policy(database, "bk_1")
+    assert _private(database) == 3
+    _book_private(database, "bk_2")
+    _cancel_within_policy(database, "bk_2")
+    assert _private(database) == 3
+
+
+def test_a_booking_cancelled_while_revoked_is_given_back_by_the_reinstatement(database, enrolled):
+    _book_private(database, "bk_1")
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrolled, cause="admin:1")
+    assert _private(database) == 0
+    _cancel_within_policy(database, "bk_1")
+    assert _private(database) == 0  # revoked: the released credit is taken back at once
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrolled, cause="admin:2")
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
+
+
+def test_a_booking_cancelled_while_reinstated_keeps_its_credit_until_a_second_revocation(database, enrolled):
+    _book_private(database, "bk_1")
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrolled, cause="admin:1")
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrolled, cause="admin:2")
+    assert _private(database) == 3
+    _cancel_within_policy(database, "bk_1")
+    assert _private(database) == 4
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrolled, cause="admin:3")
+    assert (_status(database, enrolled), _private(database)) == ("revoked", 0)
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrolled, cause="admin:4")
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
+
+
+def test_a_second_revocation_after_a_reinstatement_tells_the_platform_again(database, enrolled):
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrolled, cause="admin:1")
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrolled, cause="admin:2")
+    deliver(database, refund_created(refund_id="re_1"))  # then refunded in full
+    deliver(database, refund_created(refund_id="re_1"))  # and the same event again
+    assert _status(database, enrolled) == EnrollmentStatus.REVOKED.value
+    with database.session_scope() as s:
+        topics = s.scalars(select(OutboxMessage.topic).where(OutboxMessage.channel == "platform",
+                                                             OutboxMessage.topic.like("enrollment.re%"))
+                           .order_by(OutboxMessage.id)).all()
+    assert topics == ["enrollment.revoked", "enrollment.reinstated", "enrollment.revoked"]
