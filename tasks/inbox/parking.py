@@ -15,14 +15,21 @@ from db.types import utcnow
 RUNNABLE = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
 
+# A parked event wakes when what it waits for is provided: one still `waiting`, and one that gave up waiting
+# (`failed` by `expire_waiting`, which keeps the key it waited for): what it needed has come after all.
+WAKEABLE = (InboxStatus.WAITING, InboxStatus.FAILED)
+WAKEABLE_SQL = ", ".join(f"'{status.value}'" for status in WAKEABLE)  # the same, in a statement's text
+
+
 def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
-    """Return parked events waiting for any of `keys` to `pending`; the caller enqueues them after commit."""
+    """Return parked events waiting for any of `keys` (or that gave up waiting for one) to `pending`; the
+    caller enqueues them after commit."""
     if not keys:
         return []
     table = InboxEvent.__table__  # Core, not ORM: no session synchronisation needed for rows not loaded
     rows = session.execute(
         update(table)
-        .where(table.c.status == InboxStatus.WAITING.value, table.c.waiting_for.in_(sorted(keys)))
+        .where(table.c.status.in_([status.value for status in WAKEABLE]), table.c.waiting_for.in_(sorted(keys)))
         .values(status=InboxStatus.PENDING.value, waiting_for=None)
         .returning(table.c.id)
     ).scalars()
@@ -38,7 +45,7 @@ WITH done AS (
     WHERE id = :id
 )
 UPDATE inbox_event SET status = '{InboxStatus.PENDING.value}', waiting_for = NULL
-WHERE status = '{InboxStatus.WAITING.value}' AND waiting_for = ANY(CAST(:keys AS text[]))
+WHERE status IN ({WAKEABLE_SQL}) AND waiting_for = ANY(CAST(:keys AS text[]))
 RETURNING id
 """)
 
@@ -91,7 +98,8 @@ def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), l
 
 def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000) -> list[int]:
     """Parked events nothing woke within `horizon` of their arrival end `failed` ("waited for …"): visible
-    on the dashboard and replayable, instead of waiting forever."""
+    on the dashboard and replayable, instead of waiting forever. Each keeps the key it waited for, so what
+    provides it later still wakes it (`wake_waiting`)."""
     table = InboxEvent.__table__
     now = utcnow()
     hours = round(horizon.total_seconds() / 3600, 2)
@@ -104,7 +112,7 @@ def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000) -
     if ids:
         session.execute(
             update(table).where(table.c.id.in_(ids), table.c.status == InboxStatus.WAITING.value)
-            .values(status=InboxStatus.FAILED.value, processed_at=now, waiting_for=None,
+            .values(status=InboxStatus.FAILED.value, processed_at=now,
                     last_error=literal("waited for ") + func.coalesce(table.c.waiting_for, "?")
                     + literal(f" for more than {hours:g} hours (WAIT_HORIZON_HOURS); nothing provided it"))
         )

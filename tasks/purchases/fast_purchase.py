@@ -40,7 +40,7 @@ from db.models import InboxEvent
 from db.types import new_public_id, utcnow
 from tasks.enrollments import services as enrollments
 from tasks.inbox.context import HandlerContext, lock_key
-from tasks.inbox.parking import RUNNABLE
+from tasks.inbox.parking import RUNNABLE, WAKEABLE_SQL
 from tasks.inbox.runner import Outcome, Result
 from tasks.ledger.causes import Keys
 from tasks.messaging import outbox
@@ -87,7 +87,7 @@ SELECT pr.id, pr.code, pr.title, pr.status,
 FROM lk LEFT JOIN pr ON true
 """
 
-_FULFIL = """
+_FULFIL = f"""
 WITH e AS (
     INSERT INTO student_course_enrollment (id, student_id, program_id, status, stripe_checkout_session_id,
         stripe_payment_intent_id, stripe_product_id, stripe_price_id, amount_total, amount_subtotal, amount_tax,
@@ -119,7 +119,7 @@ WITH e AS (
     WHERE id = %(inbox_id)s AND EXISTS (SELECT 1 FROM e)
 ), w AS (
     UPDATE inbox_event SET status = 'pending', waiting_for = NULL
-    WHERE status = 'waiting' AND waiting_for = ANY(%(keys)s::text[]) AND EXISTS (SELECT 1 FROM e)
+    WHERE status IN ({WAKEABLE_SQL}) AND waiting_for = ANY(%(keys)s::text[]) AND EXISTS (SELECT 1 FROM e)
     RETURNING id
 )
 SELECT (SELECT id FROM e), ARRAY(SELECT id FROM w ORDER BY id)

@@ -117,6 +117,25 @@ def test_wrong_order_parks_then_wakes_when_the_prerequisite_arrives(database):
     assert effects(database) == 1
 
 
+def test_an_event_that_gave_up_waiting_wakes_when_the_prerequisite_arrives_after_all(database):
+    from datetime import timedelta
+
+    from tasks.inbox.parking import expire_waiting
+
+    waiter = store(database, "test.wait", {"needs": "thing:4"})
+    assert run(database, waiter).outcome is inbox.Outcome.WAITING
+    with database.session_scope() as s:
+        assert expire_waiting(session=s, horizon=timedelta(0)) == [waiter]
+    assert row(database, waiter).status == InboxStatus.FAILED
+    other = store(database, "test.provide", {"key": "thing:5"})  # something else provided: stays failed
+    assert run(database, other).woken == []
+    provider = store(database, "test.provide", {"key": "thing:4"})
+    assert run(database, provider).woken == [waiter]
+    assert (row(database, waiter).status, row(database, waiter).waiting_for) == (InboxStatus.PENDING, None)
+    assert run(database, waiter).outcome is inbox.Outcome.PROCESSED
+    assert effects(database) == 1
+
+
 def test_a_handler_change_to_its_own_row_is_kept_beside_the_wake(database):
     # on PostgreSQL the runner writes the finished row and wakes the parked rows in one statement, and the
     # row leaves the session: a change the handler made to its own row must still be saved

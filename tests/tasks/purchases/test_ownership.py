@@ -143,12 +143,52 @@ def test_a_parked_event_nothing_wakes_within_the_horizon_ends_failed_with_what_i
         assert inbox_api_expire(s, timedelta(hours=72)) == [old]
     with database.session_scope() as s:
         row, other = s.get(InboxEvent, old), s.get(InboxEvent, fresh)
-        assert row.status is InboxStatus.FAILED and row.waiting_for is None and row.processed_at is not None
+        assert row.status is InboxStatus.FAILED and row.processed_at is not None
+        assert row.waiting_for == "payment:pi_park_0"  # kept: what provides it later still wakes it
         assert row.last_error.startswith("waited for payment:pi_park_0 for more than 72 hours")
         assert other.status is InboxStatus.WAITING
     with database.session_scope() as s:
         inbox.replay(session=s, inbox_id=old)  # failed, so an admin can replay it
         assert s.get(InboxEvent, old).status is InboxStatus.PENDING
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["general path", "purchase fast path"])
+def test_a_refund_that_gave_up_waiting_is_applied_when_its_purchase_comes_after_all(database, marked):
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    refund = _park(database, 1, received_ago=timedelta(hours=73))[0]
+    with database.session_scope() as s:
+        assert inbox_api_expire(s, timedelta(hours=72)) == [refund]
+    result = deliver(database, checkout(cs="cs_park", pi="pi_park_0"), marked=marked)
+    assert result.woken == [refund]
+    with database.session_scope() as s:
+        row = s.get(InboxEvent, refund)
+        assert (row.status, row.waiting_for, row.last_error) == (InboxStatus.PROCESSED, None, None)
+    enrollment = state(database)["enrollments"][0]
+    assert (enrollment["status"], enrollment["refunded"], enrollment["lots"]) == ("revoked", 12000,
+                                                                                   [("private", 2, 0)])
+
+
+def test_a_refund_that_gave_up_waiting_is_woken_by_the_refulfilment_of_its_failed_purchase(database):
+    from tasks.inbox.context import HandlerContext
+    from tasks.purchases import fulfilment
+
+    purchase = checkout(cs="cs_late", pi="pi_late", course="LATE")
+    assert deliver(database, purchase).outcome is inbox.Outcome.FAILED  # no such course yet
+    refund = store(database, refund_created(refund_id="re_late", pi="pi_late"))
+    assert inbox.run_event(unit_of_work=database.session_scope, inbox_id=refund).outcome is inbox.Outcome.WAITING
+    with database.session_scope() as s:
+        s.execute(update(InboxEvent).where(InboxEvent.id == refund).values(received_at=utcnow() - timedelta(hours=73)))
+    with database.session_scope() as s:
+        assert inbox_api_expire(s, timedelta(hours=72)) == [refund]
+    with database.session_scope() as s:  # the admin creates the course, then re-fulfils the checkout
+        factories.program(s, code="LATE", bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    with database.session_scope() as s:
+        done = fulfilment.refulfill_checkout_session(ctx=HandlerContext(session=s), checkout_session_id="cs_late")
+    assert done.woken == [refund]
+    assert inbox.run_event(unit_of_work=database.session_scope, inbox_id=refund).outcome is inbox.Outcome.PROCESSED
+    enrollment = state(database)["enrollments"][0]
+    assert (enrollment["status"], enrollment["lots"]) == ("revoked", [("private", 2, 0)])
 
 
 def inbox_api_expire(session, horizon):
