@@ -124,7 +124,7 @@ def event_schemas() -> dict[str, dict]:
         schemas[f"PlatformEvent.{type_}"] = _obj({
             "id": {"type": "string", "minLength": 1, "maxLength": 64, "description": "unique per event"},
             "type": {"const": type_},
-            "occurred_at": {**DATETIME, "description": "ISO 8601 with an offset"},
+            "occurred_at": {**DATETIME, "description": "ISO 8601 with an offset; one later than the event's arrival is taken as its arrival"},
             "data": ref(f"PlatformEventData.{type_}")})
     schemas["PlatformEvent"] = {"oneOf": [ref(f"PlatformEvent.{t}") for t in PLATFORM_DATA]}
     for type_, model in OUTBOUND_DATA.items():

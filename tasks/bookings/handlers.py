@@ -7,6 +7,7 @@ calls one service function; the runner owns the transaction. A booking's arrival
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from db.enums import ClassStatus, InboxSource
@@ -17,16 +18,27 @@ from tasks.bookings import services as bookings
 from tasks.events import platform_data
 from tasks.inbox.context import HandlerContext
 
+log = logging.getLogger("coursepipe.bookings")
+
 
 def _data(event: InboxEvent):
     return platform_data(event.type, event.payload["data"])
 
 
 def occurred_at(event: InboxEvent) -> datetime:
-    """When the platform says it happened (the column, else the stored envelope)."""
-    if event.occurred_at is not None:
-        return event.occurred_at
-    return datetime.fromisoformat(str(event.payload["occurred_at"]).replace("Z", "+00:00"))
+    """When the platform says it happened (the column, else the stored envelope), but never later than it
+    reached us: an event cannot occur after it was sent, and a sender's clock running ahead must not make
+    its event newer than the ones that follow it (a mirror update that later ones cannot replace, a
+    booking that a later rebooking of its step would count as older history)."""
+    stamp = event.occurred_at
+    if stamp is None:
+        stamp = datetime.fromisoformat(str(event.payload["occurred_at"]).replace("Z", "+00:00"))
+    if event.received_at is not None and stamp > event.received_at:
+        log.warning("platform event %s (%s) says it occurred at %s, after it reached us at %s: taken as %s",
+                    event.event_id, event.type, stamp.isoformat(), event.received_at.isoformat(),
+                    event.received_at.isoformat())
+        return event.received_at
+    return stamp
 
 
 def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:

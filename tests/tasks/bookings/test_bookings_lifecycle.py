@@ -68,6 +68,21 @@ def test_cancel_within_policy_reopens_the_step_keeping_history_and_it_can_be_reb
     assert progress(database, w, 1)["booking_id"] == "bk_2"
 
 
+def test_a_booking_stamped_in_the_future_does_not_push_the_rebooking_of_its_step_out(database):
+    # the platform's clock ran 2 minutes ahead for bk_1: taken as when it reached us, so the rebooking
+    # that follows its cancel is the newer one and holds the step (not "older history", detached)
+    from datetime import datetime, timedelta, timezone
+
+    w = world(database)
+    now = datetime.now(timezone.utc)
+    book(database, w, "bk_1", when=now + timedelta(minutes=2))
+    deliver(database, booking_cancelled("bk_1", within_policy=True, when=now + timedelta(seconds=1)))
+    book(database, w, "bk_2", when=now + timedelta(seconds=2))
+    assert progress(database, w, 1)["booking_id"] == "bk_2" and progress(database, w, 1)["status"].value == "booked"
+    assert booking(database, "bk_2").enrollment_id == w.enrollment_id
+    assert now <= booking(database, "bk_1").booked_at < now + timedelta(minutes=1)  # when it reached us
+
+
 def test_cancel_outside_policy_marks_the_step_missed(database):
     w = world(database)
     book(database, w)

@@ -84,3 +84,17 @@ def test_stored_envelope_without_the_occurred_at_column_still_orders(database):
                                      occurred_at=None).id
     assert run(database, inbox_id).outcome is Outcome.PROCESSED
     assert _student(database).email == "new@example.test"
+
+
+def test_an_upsert_stamped_in_the_future_does_not_shut_out_the_updates_after_it(database):
+    # the platform's clock ran an hour ahead once: that update counts as of when it reached us
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    deliver(database, student_upserted(email="ahead@example.test", when=now + timedelta(hours=1)))
+    assert _student(database).source_updated_at < now + timedelta(minutes=1)
+    deliver(database, student_upserted(email="next@example.test", when=now + timedelta(seconds=1)))
+    assert _student(database).email == "next@example.test"
+    deliver(database, class_upserted("gc_9", title="Ahead", when=now + timedelta(hours=1)))
+    deliver(database, class_upserted("gc_9", title="Next", when=now + timedelta(seconds=1)))
+    assert _class(database, "gc_9").title == "Next"
