@@ -141,6 +141,8 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
             progress.booking_id = progress.group_class_id = None
         progress_moves.move(session=session, progress=progress, enrollment=enrollment, cause=cause, at=now,
                             target=ProgressStatus.BOOKED if standing else ProgressStatus.UNBOOKED)
+    # a step added to the course while it was revoked (saving a course seeds only entitled enrollments)
+    enrollments.provision(session=session, enrollment=enrollment, cause=cause)
     # what the revocation took from the bundle comes back as a new lot (the ledger is append-only): what it
     # took at once, and the credits of bookings cancelled since, revoked again as they were released
     taken: dict[CreditType, int] = {}

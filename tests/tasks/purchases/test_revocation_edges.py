@@ -148,3 +148,23 @@ def test_a_second_revocation_after_a_reinstatement_tells_the_platform_again(data
                                                              OutboxMessage.topic.like("enrollment.re%"))
                            .order_by(OutboxMessage.id)).all()
     assert topics == ["enrollment.revoked", "enrollment.reinstated", "enrollment.revoked"]
+
+
+def test_a_reinstatement_gives_a_step_added_while_revoked(database, enrolled):
+    from db.models import CourseProgram, CourseStep, StudentCourseProgress
+
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrolled, cause="admin:1")
+    with database.session_scope() as s:  # the studio adds a step meanwhile
+        program = s.scalar(select(CourseProgram))
+        s.add(CourseStep(program_id=program.id, position=4, label="SFZ-4", title="Step 4"))
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrolled, cause="admin:2")
+    with database.session_scope() as s:
+        steps = s.execute(select(CourseStep.label, StudentCourseProgress.status)
+                          .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
+                          .where(StudentCourseProgress.enrollment_id == enrolled)
+                          .order_by(CourseStep.position)).all()
+    assert [(label, status.value) for label, status in steps] == [
+        ("SFZ-1", "unbooked"), ("SFZ-2", "unbooked"), ("SFZ-3", "unbooked"), ("SFZ-4", "unbooked")]
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)
