@@ -104,6 +104,15 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
             delivered_by[job.channel] += outcome.ok
     record()
     delivered = sum(delivered_by.values())
+    if delivered_by[OutboxChannel.PLATFORM] and OutboxChannel.PLATFORM not in chained:
+        # an enrollment's next event waits for the one before it to be sent: its turn has come now
+        sent_for = {job.enrollment_id for job in jobs
+                    if job.channel is OutboxChannel.PLATFORM and job.enrollment_id is not None}
+        with rt.db.session_scope() as session:
+            turn_came = delivery.next_in_turn(session=session, enrollment_ids=sent_for)
+        if turn_came:
+            send("relay_outbox", channel=OutboxChannel.PLATFORM.value)
+            chained.add(OutboxChannel.PLATFORM)
     # a backlog and the far side up (a full share, some of it delivered), or messages handed back: keep
     # draining without waiting for the tick
     following = ({c for c, n in shares.items() if n == size and delivered_by[c]} | handed) - chained

@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import func, or_, select, tuple_, union_all, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select, tuple_, union_all, update
+from sqlalchemy.orm import Session, aliased
 
 from db.enums import OutboxChannel, OutboxStatus
 from db.models import OutboxMessage
@@ -82,6 +82,7 @@ class Job:
     attempts: int
     public_id: str = ""
     sequence: int | None = None
+    enrollment_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,30 @@ def _ready_filter(settings):
     return or_(*conditions) if conditions else false()
 
 
+UNSENT = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.DEAD)
+
+
+def _in_turn():
+    """SQL condition: a platform event whose enrollment has an earlier event not sent yet (pending, being sent,
+    or dead) waits its turn. The platform applies an enrollment's events in `sequence` order and drops one
+    older than the last it applied, so an event overtaken by a later one (a failed send retried after it, two
+    relays at once) would be lost to it. One event per enrollment is in flight at a time; a dead one holds the
+    rest back until it is retried."""
+    earlier = aliased(OutboxMessage)
+    return or_(OutboxMessage.sequence.is_(None), ~exists().where(
+        earlier.enrollment_id == OutboxMessage.enrollment_id, earlier.sequence < OutboxMessage.sequence,
+        earlier.status.in_(UNSENT)))
+
+
+def next_in_turn(*, session: Session, enrollment_ids: set[int]) -> bool:
+    """Whether any of these enrollments has a platform event still to send (its turn may have come)."""
+    if not enrollment_ids:
+        return False
+    return session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.enrollment_id.in_(sorted(enrollment_ids)), OutboxMessage.channel == OutboxChannel.PLATFORM,
+        OutboxMessage.status == OutboxStatus.PENDING).limit(1)) is not None
+
+
 def _log_held_rows(session: Session, settings, now: datetime) -> None:
     """Count and log the due rows a missing setting holds back. Looked up only where a row can be held, and at
     most once per HELD_LOG_EVERY_SECONDS, as often as the warning is logged: with none held, the look-up reads
@@ -261,7 +286,7 @@ def _take(session: Session, due, settings, now: datetime, lease: timedelta) -> l
     return [Job(id=row.id, channel=row.channel, topic=row.topic,
                 recipients=_recipients(settings, row.recipient) if row.channel is OutboxChannel.MAIL else (),
                 payload=dict(row.payload or {}), created_at=row.created_at, attempts=row.attempts,
-                public_id=row.public_id, sequence=row.sequence) for row in rows]
+                public_id=row.public_id, sequence=row.sequence, enrollment_id=row.enrollment_id) for row in rows]
 
 
 def next_batch(size: int, *, claimed: int, delivered: int, seconds: float) -> int:
@@ -337,6 +362,8 @@ def _due_shares(session: Session, settings, now: datetime, limit: int, only: Out
                  .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.channel == channel,
                         OutboxMessage.next_attempt_at <= now, _ready_filter(settings))
                  .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
+        if channel is OutboxChannel.PLATFORM:
+            query = query.where(_in_turn())
         shares.append((_locked(session, query) if locked else query).cte(f"due_{channel.value}"))
     return shares
 
@@ -347,10 +374,13 @@ def claim(
     """Take one due message for sending; None if it is not due, not ours, or its channel is held."""
     now = now or utcnow()
     message = session.execute(_locked(session, select(
-        OutboxMessage.status, OutboxMessage.next_attempt_at, OutboxMessage.channel, OutboxMessage.recipient)
+        OutboxMessage.status, OutboxMessage.next_attempt_at, OutboxMessage.channel, OutboxMessage.recipient,
+        _in_turn().label("in_turn"))
         .where(OutboxMessage.id == message_id))).first()  # another worker has it: leave it to them
     if message is None or message.status is not OutboxStatus.PENDING or message.next_attempt_at > now:
         return None
+    if not message.in_turn:
+        return None  # an earlier event of its enrollment goes first; a relay takes this one after it
     reason = _held_reason(settings, message.channel, message.recipient)
     if reason:
         _log_held(reason, 1)

@@ -167,3 +167,49 @@ def test_bulk_retry_takes_a_batch_a_call_oldest_first_and_says_how_many_are_left
         assert {r.status for r in s.scalars(select(OutboxMessage))} == {OutboxStatus.PENDING}
         assert [e.details for e in audit.entries(session=s) if e.action == "outbox.retry_dead"][::-1] == [
             {"retried": 2, "remaining": 3}, {"retried": 2, "remaining": 1}, {"retried": 1}, {"retried": 1}]
+
+
+def _enrollment_events(database, n):
+    """n platform events about one enrollment (sequences 1..n)."""
+    from tests import factories
+
+    with database.session_scope() as s:
+        enrollment = factories.enrollment(s, factories.student(s), factories.program(s), with_progress=False)
+        return [add_platform_event(session=s, type="enrollment.completed",
+                                   data={"enrollment_id": enrollment.id, "n": i},
+                                   dedupe_key=f"order:{i}", enrollment_id=enrollment.id).id for i in range(n)]
+
+
+def test_an_enrollments_events_reach_the_platform_in_sequence_when_a_send_fails(
+        database, settings, platform_receiver):  # noqa: F811
+    ids = _enrollment_events(database, 3)
+    platform_receiver.fail_next = 1
+    now = utcnow()
+    assert _relay(database, settings, now) == 1  # the first only: the others wait their turn
+    assert platform_receiver.events == []
+    with database.session_scope() as s:  # the one waiting cannot be sent on its own either
+        assert delivery.claim(session=s, message_id=ids[1], settings=settings, now=now) is None
+    now += timedelta(minutes=1)  # past the first's backoff
+    while _relay(database, settings, now):
+        pass
+    assert [e["sequence"] for e in platform_receiver.events] == [1, 2, 3]
+    assert _statuses(database) == [OutboxStatus.SENT] * 3
+
+
+def test_a_dead_event_holds_its_enrollments_later_events_until_it_is_retried(
+        database, settings, platform_receiver):  # noqa: F811
+    ids = _enrollment_events(database, 2)
+    with database.session_scope() as s:
+        s.get(OutboxMessage, ids[0]).status = OutboxStatus.DEAD
+    others = _events(database, 1)  # an event about no enrollment is never held
+    now = utcnow()
+    while _relay(database, settings, now):
+        pass
+    assert [e["data"].get("booking_id") for e in platform_receiver.events] == ["e0"]
+    with database.session_scope() as s:
+        assert delivery.retry_dead(session=s, channel=None) == [ids[0]]
+    now = utcnow()
+    while _relay(database, settings, now):
+        pass
+    assert [e["sequence"] for e in platform_receiver.events[1:]] == [1, 2]
+    assert others and _statuses(database) == [OutboxStatus.SENT] * 3

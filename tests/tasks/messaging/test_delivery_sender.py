@@ -171,6 +171,23 @@ def test_a_backlog_starts_one_more_relay_until_enough_run(runtime, database, set
                                              OutboxMessage.status == OutboxStatus.SENT).count() == 2 * delivery.CLAIM_BATCH
 
 
+def test_an_event_whose_turn_came_with_this_batch_starts_a_relay_of_the_platforms_events(
+        runtime, database, settings, platform_receiver):  # noqa: F811
+    from tests import factories
+    from workers import jobs
+
+    with database.session_scope() as s:
+        enrollment = factories.enrollment(s, factories.student(s), factories.program(s), with_progress=False)
+        for n in range(2):  # the second waits for the first to be sent
+            add_platform_event(session=s, type="enrollment.completed", data={"n": n}, dedupe_key=f"turn{n}",
+                               enrollment_id=enrollment.id)
+    jobs.relay_outbox()
+    assert [e["sequence"] for e in platform_receiver.events] == [1]
+    assert [m.kwargs.get("channel") for m in queued(runtime)] == ["platform"]
+    jobs.relay_outbox(**queued(runtime)[0].kwargs)
+    assert [e["sequence"] for e in platform_receiver.events] == [1, 2]
+
+
 def test_the_callback_session_takes_the_proxy_and_ca_settings_from_the_environment_once(monkeypatch):
     for name in ("https_proxy", "no_proxy", "all_proxy", "ALL_PROXY", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)  # the lowercase names win over the ones set here
