@@ -73,11 +73,14 @@ def _datetime(data: dict, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+        # in UTC; one an hour from either end of the years 1 to 9999 cannot be
+        parsed = parsed.astimezone(timezone.utc) if parsed is not None and parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
         parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise ValidationFailed(f"{name}: an ISO 8601 time with its offset, e.g. 2027-01-31T23:59:00+01:00", field=name)
-    return parsed.astimezone(timezone.utc)
+    if parsed is None:
+        raise ValidationFailed(f"{name}: an ISO 8601 time with its offset, e.g. 2027-01-31T23:59:00+01:00, "
+                               "within the years 1 to 9999 (UTC)", field=name)
+    return parsed
 
 
 # --------------------------------------------------------------------------- enrol by hand

@@ -10,6 +10,7 @@ from ingress import roles
 from ingress.bodies import json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
+from ingress.guards import BIGINT_MAX
 from tasks.errors import ValidationFailed
 from tasks.messaging import delivery
 from workers.actors import send
@@ -24,7 +25,7 @@ def retry_dead():
     channel, after = body.get("channel"), body.get("after")
     if channel is not None and channel not in {c.value for c in OutboxChannel}:
         raise ApiError(400, "invalid_channel", "channel is 'mail' or 'platform' (or absent for both)")
-    if after is not None and (type(after) is not int or after < 0):
+    if after is not None and (type(after) is not int or not 0 <= after <= BIGINT_MAX):
         raise ValidationFailed("after: the last id a previous call retried (an integer, 0 or more)", field="after")
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     only = OutboxChannel(channel) if channel else None

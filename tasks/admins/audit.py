@@ -63,10 +63,15 @@ def required_reason(value: Any) -> str:
     return reason
 
 
+TARGET_MAX = AuditEntry.__table__.c.target.type.length
+
+
 def record(*, session: Session, principal: Principal, action: str, target: str | None = None,
            reason: str | None = None, details: dict[str, Any] | None = None,
            log_fields: dict[str, Any] | None = None) -> AuditEntry:
     """The entry, in the caller's transaction; its log line once that commits."""
+    if target is not None and len(target) > TARGET_MAX:  # an id too long to exist: kept readable, never a 500
+        target = target[:TARGET_MAX - 1] + "…"
     entry = AuditEntry(actor=principal.actor, role=principal.role, action=action, target=target,
                        reason=(reason or None), details=details or {})
     session.add(entry)

@@ -25,6 +25,7 @@ from db.enums import OutboxChannel
 from db.models import OutboxMessage
 from tasks.messaging.delivery import outbound_event
 from tasks.errors import ValidationFailed
+from tasks.events import INT64_MAX
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -56,7 +57,7 @@ def decode_cursor(cursor: str | None) -> int:
         position = int(raw[1:])
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor(f"after: {cursor!r} is not a cursor of this feed", "after") from None
-    if position < 0:
+    if not 0 <= position <= INT64_MAX:
         raise InvalidCursor(f"after: {cursor!r} is not a cursor of this feed", "after")
     return position
 

@@ -110,10 +110,15 @@ def test_credit_adjustments_go_through_the_ledger(client, runtime, operator):
                          ({"kind": "group", "quantity": 1}, 400),
                          ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "2020-01-01T00:00:00+00:00"}, 400),
                          ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "tomorrow"}, 400),
+                         # past the years 1 to 9999 once in UTC: refused, not an overflow
+                         ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "9999-12-31T23:00:00-05:00"}, 400),
+                         ({"kind": "group", "quantity": 1, "reason": "x", "expires_at": "0001-01-01T00:00:00+01:00"}, 400),
                          ({"kind": "group", "quantity": -1, "reason": "x", "expires_at": "2099-01-01T00:00:00+00:00"}, 400)):
         response = client.post(url, headers=operator, json=body)
         assert response.status_code == status, (body, response.get_json())
     assert client.post("/admin/students/nobody/credits", headers=operator,
+                       json={"kind": "group", "quantity": 1, "reason": "x"}).status_code == 404
+    assert client.post(f"/admin/students/{'s' * 200}/credits", headers=operator,  # longer than an audit target
                        json={"kind": "group", "quantity": 1, "reason": "x"}).status_code == 404
     assert _count(db, CreditLedgerEntry) == entries  # refused: nothing appended
     with db.session_scope() as s:

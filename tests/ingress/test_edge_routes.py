@@ -153,6 +153,7 @@ def _audit_entries(runtime) -> int:
     ("/admin/outbox/retry-dead", '{"reason": '),  # broken JSON is said so, never read as "no body"
     ("/admin/outbox/retry-dead", '["reason"]'),
     ("/admin/outbox/retry-dead", '{"channel": "mail", "why": "x"}'),
+    ("/admin/outbox/retry-dead", '{"after": 100000000000000000000, "reason": "r"}'),  # past a BIGINT
     ("/admin/enrollments", '{"student_id": "stu\\u0000", "course_code": "SFZ", "reason": "r", "grant_bundle": true}'),
 ])
 def test_admin_json_bodies_are_read_strictly(client, admin_headers, runtime, path, body):

@@ -70,6 +70,7 @@ def test_the_feed_and_the_push_carry_the_same_event(client, runtime):
 
 
 @pytest.mark.parametrize("query,code", [("after=%%%", "invalid_cursor"), ("after=bm90LWEtY3Vyc29y", "invalid_cursor"),
+                                        ("after=cDkyMjMzNzIwMzY4NTQ3NzU4MDg", "invalid_cursor"),  # p2**63
                                         ("limit=0", "invalid_limit"), ("limit=1001", "invalid_limit"),
                                         ("limit=ten", "invalid_limit")])
 def test_bad_cursor_or_limit_is_400(client, query, code):
