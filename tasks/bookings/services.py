@@ -166,6 +166,8 @@ def step_guard(
     step = _live_step(session, course_step_id)
     if step is None:
         return Verdict(False, UNKNOWN_COURSE_STEP)
+    if lock and class_id is not None:
+        _class_for_booking(session, class_id)  # first, as a cancellation of the class takes it first
     query = (select(StudentCourseEnrollment)
              .where(StudentCourseEnrollment.student_id == student_id,
                     StudentCourseEnrollment.program_id == step.program_id)
@@ -223,8 +225,16 @@ def _insert(session: Session, booking: Booking) -> bool:
     return True
 
 
-def _class_cancelled(session: Session, class_id: str) -> GroupClass | None:
-    group_class = session.get(GroupClass, class_id)
+def _class_for_booking(session: Session, class_id: str) -> GroupClass | None:
+    """The class's mirror, read under a shared lock (PostgreSQL) for a booking into it: a cancellation of the
+    class committed first is seen here; one that comes after waits for this booking, then finds it among the
+    class's bookings. Without it the two could miss each other, leaving a booking in a cancelled class."""
+    return session.scalars(select(GroupClass).where(GroupClass.id == class_id).with_for_update(read=True)
+                           .execution_options(populate_existing=True)).first()
+
+
+def _class_cancelled(session: Session, class_id: str, *, lock: bool) -> GroupClass | None:
+    group_class = _class_for_booking(session, class_id) if lock else session.get(GroupClass, class_id)
     return group_class if group_class is not None and group_class.status == ClassStatus.CANCELLED else None
 
 
@@ -241,7 +251,7 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     student = ensure_student(session=session, student_id=data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
         return _book_step(session, data, at, student, may_wait=may_wait, lock=lock)
-    if _class_cancelled(session, data.class_id):
+    if _class_cancelled(session, data.class_id, lock=lock):
         return _reject(session, data, CLASS_CANCELLED, at)
     if data.credit_type is not None:
         return _book_with_credit(session, data, at)

@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
+from sqlalchemy import text as sa_text
 
 from db.enums import InboxStatus
 from db.models import Booking, InboxEvent
@@ -15,6 +16,7 @@ from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
 from tests.conftest import PLATFORM_SECRET
+from tests.netutil import wait_until
 from tests.tasks.bookings.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
 
 N = 20
@@ -87,3 +89,48 @@ def test_twenty_concurrent_bookings_without_the_row_lock_the_unique_index_decide
     assert sorted(statuses).count("active") == 1
     _outcome(database, w)
     assert refused_by_index  # the guard alone would have let these through
+
+
+def test_a_booking_into_a_class_being_cancelled_waits_and_is_refused(pg_database):
+    """The cancellation has updated the class and found no booking, and has not committed: a booking into the
+    class waits for it (a shared lock on the class), then sees it cancelled, instead of landing in it unseen."""
+    from datetime import datetime, timezone
+
+    from tasks.bookings import mirrors
+    from tasks.events import platform_data
+    from tests.tasks.bookings.bookings_support import class_upserted
+
+    database = pg_database
+    w = world(database)
+    now = datetime.now(timezone.utc)
+    cancelled, release = threading.Event(), threading.Event()
+    data = platform_data("class.upserted", class_upserted(w.option(1), status="cancelled", when=now)["data"])
+
+    def cancel():
+        with database.session_scope() as s:
+            group_class, _ = mirrors.upsert_class(session=s, data=data, occurred_at=now)
+            assert bookings.cancel_class(session=s, group_class=group_class, at=now) == []
+            cancelled.set()
+            assert release.wait(30)
+
+    def book():
+        with database.session_scope() as s:
+            booking = bookings.record_booking(session=s, data=BookingCreated(
+                booking_id="bk_1", student_id="stu_1", class_id=w.option(1), course_step_id=w.step_ids[0]), at=now)
+            return booking.status.value, booking.rejection_reason
+
+    def booking_waits_or_ended(future) -> bool:
+        with database.engine.connect() as conn:
+            waiting = conn.execute(sa_text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                           "AND datname = current_database()")).scalar()
+        return waiting > 0 or future.done()
+
+    with ThreadPoolExecutor(2) as pool:
+        cancelling = pool.submit(cancel)
+        assert cancelled.wait(30)
+        booking = pool.submit(book)
+        assert wait_until(lambda: booking_waits_or_ended(booking), timeout=30)
+        release.set()
+        cancelling.result(timeout=30)
+        assert booking.result(timeout=30) == ("rejected", "class_cancelled")
+    assert progress(database, w, 1)["status"].value == "unbooked"
