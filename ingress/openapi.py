@@ -36,7 +36,9 @@ def _obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
 NULLABLE_STR = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
 DATETIME = {"type": "string", "format": "date-time"}
-PRICE = _obj({"amount": {"type": "integer", "description": "minor units"}, "currency": {"type": "string"},
+PRICE = _obj({"amount": {"type": "integer", "description": "minor units; that of stripe_price_id, the price a "
+                                                              "checkout charges (an edit shows once published)"},
+              "currency": {"type": "string"},
               "stripe_price_id": NULLABLE_STR})
 
 SCHEMAS: dict[str, dict] = {

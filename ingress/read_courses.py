@@ -1,4 +1,4 @@
-"""Read API for courses: published courses with their price (and the Stripe price to sell them with),
+"""Read API for courses: published courses with their price (that of the Stripe price they are sold with),
 and one course's steps with their options (mirrored class, start, seats left)."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from tasks.purchases import selling
 bp = Blueprint("read_courses", __name__, url_prefix="/v1")
 
 
-def _priced(view: dict, program) -> dict:
-    view["price"] = selling.price_view(program.price_amount, program.price_currency, program.stripe_price_id)
+def _priced(view: dict, price: dict) -> dict:
+    view["price"] = price
     return view
 
 
@@ -30,7 +30,9 @@ def _summary(view: dict) -> dict:
 def list_courses():
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     with runtime.db.session_scope() as session:
-        courses = [_summary(_priced(catalog.course_view(session, p), p)) for p in catalog.published_programs(session)]
+        programs = catalog.published_programs(session)
+        courses = [_summary(_priced(catalog.course_view(session, p), price))
+                   for p, price in zip(programs, selling.price_views(session, programs))]
     return jsonify({"courses": courses})
 
 
@@ -42,6 +44,6 @@ def get_course(code: str):
         program = catalog.live_program(session, code)
         if program is None or program.status is not ProgramStatus.PUBLISHED:
             raise ApiError(404, "not_found", f"course {code!r} is not published")
-        view = _priced(catalog.course_view(session, program, with_classes=True), program)
+        view = _priced(catalog.course_view(session, program, with_classes=True), selling.price_view(session, program))
     view.pop("status", None)
     return jsonify(view)

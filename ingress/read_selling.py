@@ -50,7 +50,9 @@ def _stripe_failed(exc: stripe.StripeError) -> ApiError:
 @require_reader
 def list_packages():
     with _runtime().db.session_scope() as session:
-        packages = [selling.package_listing(p) for p in selling.published_packages(session)]
+        listed = selling.published_packages(session)
+        packages = [selling.package_listing(session, p, price)
+                    for p, price in zip(listed, selling.price_views(session, listed))]
     return jsonify({"packages": packages})
 
 
@@ -59,7 +61,7 @@ def list_packages():
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
         try:
-            return jsonify(selling.package_listing(selling.sellable_package(session, code)))
+            return jsonify(selling.package_listing(session, selling.sellable_package(session, code)))
         except NotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None
 

@@ -143,6 +143,21 @@ def published_prices(rows: list[StripePublication]) -> dict[str, dict[str, Any]]
     return prices
 
 
+def charged_prices(session: Session, price_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """(amount, currency) of each of these Stripe prices that coursepipe created: what a checkout with it
+    charges, whatever the listing says since (an edit not published yet). A price linked by hand is absent."""
+    if not price_ids:
+        return {}
+    found = {}
+    for stripe_id, request in session.execute(select(StripePublication.stripe_id, StripePublication.request).where(
+            StripePublication.stripe_id.in_(sorted(set(price_ids))), StripePublication.object_type == PRICE,
+            StripePublication.status == PublicationStatus.SUCCEEDED)):
+        params = (request or {}).get("params", {})
+        if (request or {}).get("action") == CREATE and isinstance(params.get("unit_amount"), int):
+            found[stripe_id] = (params["unit_amount"], params.get("currency"))
+    return found
+
+
 # --------------------------------------------------------------------------- planning
 
 

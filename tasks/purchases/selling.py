@@ -29,6 +29,7 @@ from db.models import (
     StudentCourseEnrollment,
 )
 from db.types import new_public_id, utcnow
+from tasks.catalog import publishing
 from tasks.catalog import services as catalog
 from tasks.enrollments.services import AlreadyEnrolled
 from tasks.errors import NotFound, ValidationFailed
@@ -67,8 +68,20 @@ def parse_checkout_request(body: Any) -> CheckoutRequest:
     return CheckoutRequest(student_id.strip(), kind, code, body["success_url"], body["cancel_url"])
 
 
-def price_view(amount: int, currency: str, stripe_price_id: str | None) -> dict[str, Any]:
-    return {"amount": amount, "currency": currency, "stripe_price_id": stripe_price_id}
+def price_view(session: Session, listing: CourseProgram | CreditPackage) -> dict[str, Any]:
+    """The price a checkout charges: that of the listing's Stripe price. An edit of the price not published yet
+    shows only once it is (the storefront never shows one amount and charges another); a price linked by hand
+    in Stripe is shown as the listing says."""
+    return price_views(session, [listing])[0]
+
+
+def price_views(session: Session, listings: list) -> list[dict[str, Any]]:
+    charged = publishing.charged_prices(session, [row.stripe_price_id for row in listings if row.stripe_price_id])
+    views = []
+    for row in listings:
+        amount, currency = charged.get(row.stripe_price_id, (row.price_amount, row.price_currency))
+        views.append({"amount": amount, "currency": currency, "stripe_price_id": row.stripe_price_id})
+    return views
 
 
 def published_packages(session: Session) -> list[CreditPackage]:
@@ -76,9 +89,9 @@ def published_packages(session: Session) -> list[CreditPackage]:
     return [p for p in catalog.live_packages(session) if p.stripe_price_id]
 
 
-def package_listing(package: CreditPackage) -> dict[str, Any]:
+def package_listing(session: Session, package: CreditPackage, price: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"code": package.code, "title": package.title,
-            "price": price_view(package.price_amount, package.price_currency, package.stripe_price_id),
+            "price": price or price_view(session, package),
             "credits": [{"kind": package.credit_type.value, "quantity": package.quantity}],
             "validity_days": package.validity_days}
 

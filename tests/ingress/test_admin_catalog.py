@@ -138,6 +138,41 @@ def test_package_publish_via_the_worker(client, admin_headers, runtime, worker, 
     assert stripe_server.calls("POST", "/v1/products")[0].metadata["package_code"] == "FIVE"
 
 
+def test_a_price_edit_shows_on_the_storefront_once_published_as_checkout_charges_it(client, admin_headers, runtime,
+                                                                                     worker, stripe_server):
+    old = course()["price"]["amount"]
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    drain(runtime)
+    sold = client.get("/v1/courses", headers=admin_headers).json["courses"][0]["price"]
+    assert sold["amount"] == old and stripe_server.prices[sold["stripe_price_id"]]["unit_amount"] == old
+    raised = course(price={"amount": old + 8000, "currency": "usd"})
+    assert client.put("/admin/courses/SFZ", json=raised, headers=admin_headers).json["course"]["stripe"]["in_sync"] \
+        is False
+    # not published yet: a checkout still charges the old price, and that is what the storefront shows
+    for shown in (client.get("/v1/courses", headers=admin_headers).json["courses"][0]["price"],
+                  client.get("/v1/courses/SFZ", headers=admin_headers).json["price"]):
+        assert shown == sold
+    assert client.get("/admin/courses/SFZ", headers=admin_headers).json["price"]["amount"] == old + 8000
+    client.post("/admin/courses/SFZ/publish", headers=admin_headers)
+    drain(runtime)
+    now_sold = client.get("/v1/courses/SFZ", headers=admin_headers).json["price"]
+    assert now_sold["amount"] == old + 8000 and now_sold["stripe_price_id"] != sold["stripe_price_id"]
+    assert stripe_server.prices[now_sold["stripe_price_id"]]["unit_amount"] == old + 8000
+
+
+def test_a_package_price_edit_shows_once_published(client, admin_headers, runtime, worker, stripe_server):
+    body = {"title": "Five private lessons", "price": {"amount": 30000, "currency": "usd"},
+            "credits": {"kind": "private", "quantity": 5}}
+    client.put("/admin/packages/FIVE", json=body, headers=admin_headers)
+    client.post("/admin/packages/FIVE/publish", headers=admin_headers)
+    drain(runtime)
+    client.put("/admin/packages/FIVE", json={**body, "price": {"amount": 35000, "currency": "usd"}},
+               headers=admin_headers)
+    assert client.get("/v1/packages", headers=admin_headers).json["packages"][0]["price"]["amount"] == 30000
+    assert client.get("/v1/packages/FIVE", headers=admin_headers).json["price"]["amount"] == 30000
+
+
 def test_dashboard_edit_arrives_by_signed_webhook_and_shows_as_drift(client, admin_headers, runtime, worker,
                                                                      stripe_server):
     import copy
