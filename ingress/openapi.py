@@ -88,7 +88,10 @@ SCHEMAS: dict[str, dict] = {
         "seats_left": {"type": "integer"}, "course_steps": {"type": "array", "items": _obj({
             "course_code": {"type": "string"}, "course_step_id": {"type": "integer"},
             "label": {"type": "string"}, "position": {"type": "integer"}})}},
-        ["class_id", "starts_at", "seats_left", "course_steps"])}}),
+        ["class_id", "starts_at", "seats_left", "course_steps"])},
+        "next_from": {**NULLABLE_STR, "format": "date-time",
+                      "description": "null when every class of the window is listed; else ask again with this "
+                                     "as `from` (a page holds at most 2,000 classes)"}}),
     "CheckoutRequest": {"type": "object", "required": ["student_id", "success_url", "cancel_url"],
                         "properties": {"student_id": {"type": "string", "minLength": 1, "maxLength": 64},
                                        "course_code": {"type": "string"}, "package_code": {"type": "string"},

@@ -57,5 +57,6 @@ def calendar_window():
     if end - start > calendar.MAX_WINDOW:
         raise ApiError(400, "invalid_parameter", f"the window may span at most {calendar.MAX_WINDOW.days} days")
     with _db().session_scope() as session:
-        classes = calendar.classes_between(session=session, start=start, end=end)
-    return jsonify({"from": start.isoformat(), "to": end.isoformat(), "classes": classes})
+        classes, rest = calendar.classes_between(session=session, start=start, end=end)
+    return jsonify({"from": start.isoformat(), "to": end.isoformat(), "classes": classes,
+                    "next_from": rest.isoformat() if rest is not None else None})

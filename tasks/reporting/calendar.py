@@ -15,15 +15,26 @@ MAX_WINDOW = timedelta(days=366)
 MAX_CLASSES = 2000
 
 
-def classes_between(*, session: Session, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Mirrored classes starting in [start, end), in start order, each with `course_steps` and `seats_left`.
+def classes_between(*, session: Session, start: datetime, end: datetime,
+                    limit: int | None = None) -> tuple[list[dict[str, Any]], datetime | None]:
+    """Mirrored classes starting in [start, end), in start order, each with `course_steps` and `seats_left`,
+    and where the rest begins: None when every class of the window is listed, else the start time to ask from
+    next. A page holds at most `limit` classes and ends before a start time it could not list whole, so the
+    next page (from that time) repeats none and misses none.
 
     A class serving no step of a published course has `course_steps: []` (a plain class).
     """
+    limit = limit or MAX_CLASSES
     classes = list(session.scalars(
         select(GroupClass).where(GroupClass.starts_at >= start, GroupClass.starts_at < end)
-        .order_by(GroupClass.starts_at, GroupClass.id).limit(MAX_CLASSES)
+        .order_by(GroupClass.starts_at, GroupClass.id).limit(limit + 1)
     ))
+    rest = None
+    if len(classes) > limit:
+        rest = classes[limit].starts_at
+        whole = [c for c in classes[:limit] if c.starts_at < rest]
+        # more than a page starting at one instant: that instant's first page, and the rest from just after it
+        classes, rest = (whole, rest) if whole else (classes[:limit], rest + timedelta(microseconds=1))
     tags: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if classes:
         rows = session.execute(
@@ -53,4 +64,4 @@ def classes_between(*, session: Session, start: datetime, end: datetime) -> list
             "course_steps": tags.get(c.id, []),
         }
         for c in classes
-    ]
+    ], rest

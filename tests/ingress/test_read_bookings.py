@@ -106,6 +106,25 @@ def test_calendar_lists_classes_in_the_window_tagged_with_course_steps(client, r
     # "Z" and a bare date-time (read as UTC) are accepted too
     z = client.get("/v1/calendar?from=2026-11-01T00:00:00Z&to=2026-11-08T00:00:00", headers=admin_headers)
     assert [c["class_id"] for c in z.get_json()["classes"]] == ["gc_plain", "gc_SFZ_1_0", "gc_DRAFT_1_0"]
+    assert response.get_json()["next_from"] is None  # the whole window
+
+
+def test_calendar_pages_through_a_full_window_without_repeating_or_skipping_a_class(client, runtime,
+                                                                                  admin_headers, monkeypatch):
+    from tasks.reporting import calendar
+    from tests.tasks.bookings.bookings_support import deliver
+
+    monkeypatch.setattr(calendar, "MAX_CLASSES", 3)
+    starts = {"a": 10, "b": 20, "c1": 30, "c2": 30, "d": 40, "e1": 50, "e2": 50}  # minutes after T0
+    for class_id, minutes in starts.items():
+        deliver(runtime.db, class_upserted(class_id, starts_at=at(minutes)))
+    pages, start = [], T0.isoformat()
+    while start is not None and len(pages) < 10:
+        body = client.get("/v1/calendar", headers=admin_headers,
+                          query_string={"from": start, "to": (T0 + timedelta(days=1)).isoformat()}).get_json()
+        pages.append([c["class_id"] for c in body["classes"]])
+        start = body["next_from"]
+    assert pages == [["a", "b"], ["c1", "c2", "d"], ["e1", "e2"]]
 
 
 @pytest.mark.parametrize("query", [
