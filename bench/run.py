@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (backlog, broker_floor, course_edit, e2e, fulfil, ingest, outbox, platform_events,  # noqa: E402
-                   retention, scale)
+                   reminders, retention, scale)
 
 
 def _row(name: str, figure: str, reference: str, target: str, met: bool | None) -> str:
@@ -47,6 +47,9 @@ def summary(r: dict) -> list[str]:
           for c in r["course_edit"]),
         *(_row("retention: " + ("idle run" if t["retention_days"] == retention.IDLE_DAYS else "a batch"),
                f"{t['seconds']:.2f} s", "over 12M kept rows", "(context)", None) for t in r["retention"][-2:]),
+        *(_row(f"reminders: {name}", f"{run['seconds']:.1f} s, {run['transactions']} transactions",
+               f"{run['queued']} queued", "(context; the job gets 10 min)", None)
+          for name, run in (("first run", r["reminders"]["first"]), ("next run", r["reminders"]["again"]))),
         _row("outbox delivery", f"{r['outbox']['rate']:.0f} messages/s, {r['outbox']['cpu_ms']:.1f} ms worker CPU",
              "", "(context)", None),
     ]
@@ -57,7 +60,8 @@ def main() -> None:
     results = {}
     for name, module in (("ingest", ingest), ("fulfil", fulfil), ("broker_floor", broker_floor), ("e2e", e2e),
                          ("backlog", backlog), ("scale", scale),
-                         ("platform_events", platform_events), ("outbox", outbox), ("retention", retention)):
+                         ("platform_events", platform_events), ("outbox", outbox), ("retention", retention),
+                         ("reminders", reminders)):
         print(f"\n== {name} ==", flush=True)
         results[name] = module.main([])
         if name == "scale":  # edits of the course holding the scale benchmark's million enrollments
