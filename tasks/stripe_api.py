@@ -18,6 +18,16 @@ STRIPE_TIMEOUT_SECONDS = 20
 STRIPE_NETWORK_RETRIES = 1  # one quick retry at most: callers' own backoff handles longer outages
 
 
+def saved_server_error(exc: Exception) -> bool:
+    """A 5xx Stripe saved under the call's idempotency key and replays (`Idempotent-Replayed: true`): the error
+    came once the call had begun, and every retry with that key answers it again for 24 hours, so the key can
+    never make the call; only a fresh key can, once it is known whether the first one made the object."""
+    if (getattr(exc, "http_status", None) or 0) < 500:
+        return False
+    headers = getattr(exc, "headers", None) or {}
+    return any(k.lower() == "idempotent-replayed" and str(v).lower() == "true" for k, v in headers.items())
+
+
 class StripeNotConfigured(PermanentError):
     """Raised when a Stripe call is needed but STRIPE_API_KEY is not set."""
 

@@ -192,12 +192,18 @@ class StripeServer:
         return register
 
     def fail_next(self, method: str, path_pattern: str, *, status: int = 500, times: int = 1,
-                  body: dict | None = None) -> None:
-        """Answer the next `times` matching requests with an error, before any handler runs."""
+                  body: dict | None = None, saved: bool = False, ran: bool = False) -> None:
+        """Answer the next `times` matching requests with an error, before any handler runs (an outage in front
+        of the API: nothing is saved under the request's idempotency key, a retry with it runs afresh).
+
+        `saved`: the error came once the request's execution had begun, so Stripe saves it under the key and
+        replays it (with `Idempotent-Replayed: true`) to every retry with that key for 24 hours. `ran`: the
+        handler ran before the error (the object was made, the answer lost); implies `saved`."""
         body = body or {"error": {"type": "api_error", "message": "Injected failure"}}
         with self.lock:
             self._failures.append({"method": method.upper(), "pattern": re.compile(path_pattern),
-                                   "status": status, "times": times, "body": body})
+                                   "status": status, "times": times, "body": body, "saved": saved or ran,
+                                   "ran": ran})
 
     @staticmethod
     def error(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
@@ -414,16 +420,24 @@ class StripeServer:
             return 400, {"error": {"type": "invalid_request_error", "param": "Stripe-Version",
                                    "message": f"this server expects Stripe-Version {self.api_version}, "
                                               f"got {version or '(none)'}"}}, {}
-        with self.lock:
-            for failure in self._failures:
-                if failure["method"] == request.method and failure["pattern"].fullmatch(request.path):
-                    failure["times"] -= 1
-                    if failure["times"] <= 0:
-                        self._failures.remove(failure)
-                    return failure["status"], failure["body"], {}
         key = request.idempotency_key if request.method == "POST" else None
         fingerprint = (request.method, request.path, tuple(sorted(request.form.items())),
                        tuple(sorted((k, v[1]) for k, v in request.uploads.items())))
+        with self.lock:
+            failure = next((f for f in self._failures if f["method"] == request.method
+                            and f["pattern"].fullmatch(request.path)
+                            and not (key and f["saved"] and key in self._idempotent)), None)
+            if failure is not None:
+                failure["times"] -= 1
+                if failure["times"] <= 0:
+                    self._failures.remove(failure)
+        if failure is not None:
+            if failure["ran"]:
+                self._dispatch(request)
+            if key and failure["saved"]:
+                with self.lock:
+                    self._idempotent[key] = (fingerprint, failure["status"], copy.deepcopy(failure["body"]))
+            return failure["status"], failure["body"], {"Idempotency-Key": key} if key else {}
         if key:
             # one lock over lookup and handling: a concurrent duplicate waits and then replays
             with self.lock:
@@ -437,8 +451,7 @@ class StripeServer:
                     request.replayed = True
                     return status, copy.deepcopy(body), {"Idempotent-Replayed": "true", "Idempotency-Key": key}
                 status, body = self._dispatch(request)
-                if status < 500:  # Stripe does not save 5xx answers
-                    self._idempotent[key] = (fingerprint, status, copy.deepcopy(body))
+                self._idempotent[key] = (fingerprint, status, copy.deepcopy(body))  # an error too, as Stripe
                 return status, body, {"Idempotency-Key": key}
         status, body = self._dispatch(request)
         return status, body, {}
@@ -497,6 +510,10 @@ class StripeServer:
             lambda req, id: self._get(self.webhook_endpoints, "webhook_endpoint", id))
         r("POST", r"/v1/files")(self._create_file)
         r("POST", r"/v1/refunds")(self._create_refund)
+        r("GET", r"/v1/refunds")(lambda req: self.list_response(
+            [r for r in self.refunds.values()
+             if req.params.get("payment_intent") in (None, r.get("payment_intent"))
+             and req.params.get("charge") in (None, r.get("charge"))], req, "/v1/refunds"))
         r("GET", r"/v1/refunds/(?P<id>[^/]+)")(lambda req, id: self._get(self.refunds, "refund", id))
         r("GET", r"/v1/payment_intents/(?P<id>[^/]+)")(
             lambda req, id: self._get(self.payment_intents, "payment_intent", id))

@@ -18,7 +18,7 @@ from db.models import AdminRefund, StudentCourseEnrollment
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
 from tasks.purchases import manual
-from tasks.stripe_api import stripe_client
+from tasks.stripe_api import saved_server_error, stripe_client
 
 log = logging.getLogger("coursepipe.refunds")
 
@@ -56,9 +56,15 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
         params = {"payment_intent": pi, "amount": row.amount, "reason": "requested_by_customer",
                   "metadata": {"enrollment_id": str(enrollment_id), "admin_refund_id": str(admin_refund_id),
                                "keep_access": "true" if row.keep_access else "false"}}
+        retried = row.last_error is not None  # an earlier call's outcome is unknown
     refund, error, final = None, None, False
     try:  # outside any transaction
-        refund = client.v1.refunds.create(params, {"idempotency_key": key}).to_dict()
+        # a retry asks Stripe first: the earlier call may have made the refund (its answer lost, or its key
+        # pruned after Stripe's 24 hours, when the same key would make a second one)
+        refund = _made_for(client, pi, admin_refund_id) if retried else None
+        if refund is None:
+            refund = _create(client, params, key, lambda spent: _fresh_key(unit_of_work, admin_refund_id, spent),
+                             lambda: _made_for(client, pi, admin_refund_id))
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     except stripe.StripeError as exc:
@@ -72,3 +78,40 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
         row = manual.refund_outcome(session=session, admin_refund_id=admin_refund_id, refund=refund, error=error,
                                     final=final)
         return manual.refund_view(row)
+
+
+def _made_for(client: Any, payment_intent: str, admin_refund_id: int) -> dict[str, Any] | None:
+    """The refund Stripe made for this admin refund (its metadata names it), if it made one."""
+    listed = client.v1.refunds.list({"payment_intent": payment_intent, "limit": 100})
+    for refund in listed.auto_paging_iter():
+        refund = refund.to_dict()
+        if (refund.get("metadata") or {}).get("admin_refund_id") == str(admin_refund_id):
+            return refund
+    return None
+
+
+def _create(client: Any, params: dict[str, Any], key: str, fresh_key: Callable[[str], str | None],
+            made: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Create the refund with `key`. A 5xx Stripe saved under the key (it replays it to every retry for 24
+    hours) means the key can never make it: once Stripe shows no refund made for it, one more call with a fresh
+    key (recorded first, so a concurrent retry uses the same one). None: another request finished it."""
+    import stripe
+
+    try:
+        return client.v1.refunds.create(params, {"idempotency_key": key}).to_dict()
+    except stripe.APIError as exc:
+        if not saved_server_error(exc):
+            raise
+        log.warning("Stripe replays a %s saved under refund key %s: checking, then a fresh key", exc.http_status, key)
+    refund = made()
+    if refund is not None:
+        return refund
+    key = fresh_key(key)
+    if key is None:
+        return None
+    return client.v1.refunds.create(params, {"idempotency_key": key}).to_dict()
+
+
+def _fresh_key(unit_of_work: UnitOfWork, admin_refund_id: int, spent: str) -> str | None:
+    with unit_of_work() as session:
+        return manual.fresh_refund_key(session=session, admin_refund_id=admin_refund_id, spent=spent)

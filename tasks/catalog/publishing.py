@@ -30,6 +30,7 @@ from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
 from tasks.errors import PermanentError, TransientError, ValidationFailed
 from tasks.inbox.parking import wake_waiting
+from tasks.stripe_api import saved_server_error
 
 log = logging.getLogger("coursepipe.publishing")
 
@@ -339,7 +340,10 @@ def record_outcome(*, session: Session, intent: Intent, result: Any = None,
         return PublishOutcome(row.status if row else PublicationStatus.FAILED, row.stripe_id if row else None)
     if error is not None:
         row.last_error = f"{type(error).__name__}: {error}"[:2000]
-        if is_transient(error):
+        if saved_server_error(error):  # its key can only replay it: a new publish plans the call with a new key
+            row.last_error = (f"Stripe saved this error under the call's idempotency key and replays it for 24 hours; "
+                              f"publish again to make the call with a new key ({row.last_error})")[:2000]
+        elif is_transient(error):
             return PublishOutcome(PublicationStatus.PENDING, None)  # the same key is replayed on the retry
         row.status = PublicationStatus.FAILED
         keys = {f"stripe:{intent.target}"} if intent.target else set()

@@ -263,7 +263,7 @@ def refund_intent(*, session: Session, plan: RefundPlan, keep_access: bool, reas
                   request_key: str | None) -> AdminRefund:
     row = AdminRefund(enrollment_id=plan.enrollment_id, amount=plan.amount, currency=plan.currency,
                       keep_access=keep_access, reason=reason, actor=actor, request_key=request_key,
-                      idempotency_key=f"coursepipe-refund-{uuid.uuid4().hex}", status="pending")
+                      idempotency_key=new_refund_key(), status="pending")
     session.add(row)
     session.flush()
     return row
@@ -290,6 +290,22 @@ def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, 
                 payments.settle_enrollment(session=session, enrollment=locked(session, row.enrollment_id),
                                            cause=f"admin_refund:{row.id}")
     return row
+
+
+def fresh_refund_key(*, session: Session, admin_refund_id: int, spent: str) -> str | None:
+    """Replace a Stripe idempotency key that holds a saved error (it can never make the refund) by a fresh one,
+    once: a concurrent retry that spent the same key gets the key the first one recorded. None when the refund
+    is no longer pending."""
+    row = session.scalar(select(AdminRefund).where(AdminRefund.id == admin_refund_id).with_for_update())
+    if row is None or row.status != "pending":
+        return None
+    if row.idempotency_key == spent:
+        row.idempotency_key = new_refund_key()
+    return row.idempotency_key
+
+
+def new_refund_key() -> str:
+    return f"coursepipe-refund-{uuid.uuid4().hex}"
 
 
 def refund_view(row: AdminRefund) -> dict[str, Any]:

@@ -262,6 +262,56 @@ def test_a_refund_whose_outcome_is_unknown_is_retried_with_the_same_key(client, 
     assert state(db)["enrollments"][0]["status"] == "revoked"
 
 
+def test_a_5xx_stripe_saved_under_the_key_does_not_hold_the_refund_for_a_day(client, runtime, stripe_server,
+                                                                            operator):
+    """Stripe saves an error that came once the call had begun and replays it to every retry with that key for
+    24 hours: seeing the replay, coursepipe checks that no refund was made and makes it with a fresh key."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    stripe_server.fail_next("POST", "/v1/refunds", status=500, saved=True)
+    done = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator,
+                       json={"keep_access": False, "reason": "moved"})
+    assert done.status_code == 201 and done.get_json()["refund"]["status"] == "succeeded"
+    keys = [c.idempotency_key for c in stripe_server.calls("POST", "/v1/refunds")]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]  # the client's own retry replayed the 500
+    with db.session_scope() as s:
+        assert s.scalar(select(AdminRefund.idempotency_key)) == keys[2]
+    assert len(stripe_server.refunds) == 1 and stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+def test_a_refund_stripe_made_but_answered_500_is_found_and_not_made_twice(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    stripe_server.fail_next("POST", "/v1/refunds", status=500, ran=True)  # made, and its answer lost
+    done = client.post(url, headers=operator, json={"amount": COURSE_PRICE // 2, "keep_access": False, "reason": "x"})
+    assert done.status_code == 201, done.get_json()
+    refund_id = done.get_json()["refund"]["stripe_refund_id"]
+    assert list(stripe_server.refunds) == [refund_id]
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 2
+
+
+def test_a_retry_after_an_unknown_outcome_finds_the_refund_the_first_call_made(client, runtime, stripe_server,
+                                                                               operator):
+    """The first call made the refund but its answer never came (and Stripe's 24 hours may have pruned the key):
+    the retry asks Stripe before calling again, so a partial refund is never made twice."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    headers = {**operator, "Idempotency-Key": "ticket-11"}
+    body = {"amount": COURSE_PRICE // 4, "keep_access": False, "reason": "x"}
+    stripe_server.fail_next("POST", "/v1/refunds", status=500, ran=True, times=1)
+    stripe_server.fail_next("GET", "/v1/refunds", status=503, times=2)  # and Stripe could not be asked then
+    unknown = client.post(url, headers=headers, json=body)
+    assert unknown.status_code == 502 and unknown.get_json()["refund"]["status"] == "pending"
+    stripe_server._idempotent.clear()  # 24 hours later: Stripe has pruned the key
+    retried = client.post(url, headers=headers, json=body)
+    assert retried.status_code == 201 and retried.get_json()["refund"]["status"] == "succeeded"
+    assert len(stripe_server.refunds) == 1
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 4
+
+
 def test_the_same_key_sent_twice_at_once_makes_one_refund(app, runtime, stripe_server, operator):
     """Two requests with one Idempotency-Key at the same moment: both answer the one refund, none is a 500
     (both looked for the key before either recorded it)."""

@@ -185,6 +185,24 @@ def test_stripe_outage_keeps_the_intent_and_the_retry_reuses_its_key(database, s
     assert [p[2] for p in publications(database)] == ["succeeded", "succeeded"]
 
 
+def test_a_5xx_stripe_saved_under_the_key_ends_the_intent_and_a_new_publish_uses_a_new_key(
+        database, stripe_server, stripe_settings):
+    """Stripe saves an error that came once the call had begun and replays it to that key for 24 hours: the
+    intent ends failed with the reason, instead of replaying a dead key, and publishing again plans afresh."""
+    save(database, course())
+    stripe_server.fail_next("POST", r"/v1/prices", status=500, saved=True)
+    with pytest.raises(publishing.PublishFailed):
+        publish(database, stripe_settings)
+    with database.session_scope() as s:
+        state = publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"))
+    assert "publish again" in state["last_error"]
+    publish(database, stripe_settings)
+    assert [p[2] for p in publications(database)] == ["succeeded", "failed", "succeeded"]
+    keys = [c.idempotency_key for c in stripe_server.calls("POST", "/v1/prices")]
+    assert keys[0] == keys[1] != keys[2] and len(stripe_server.prices) == 1
+    assert program_state(database)[1] is ProgramStatus.PUBLISHED
+
+
 def test_package_publishes_with_package_metadata(database, stripe_server, stripe_settings):
     data = {"title": "Ten group classes", "price": {"amount": 9000, "currency": "usd"},
             "credits": {"kind": "group", "quantity": 10}}
