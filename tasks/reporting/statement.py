@@ -19,45 +19,88 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
 
 
-def _course_of(session: Session, enrollment_id: int) -> str:
-    code = session.scalar(select(CourseProgram.code).join(
-        StudentCourseEnrollment, StudentCourseEnrollment.program_id == CourseProgram.id)
-        .where(StudentCourseEnrollment.id == enrollment_id))
-    return f"{code} (enrollment {enrollment_id})" if code else f"enrollment {enrollment_id}"
+class Names:
+    """What descriptions name — a course by its enrollment, a package by its purchase, a class by its booking, an
+    admin by the audit entry — looked up once each. `prefetch` reads those of many entries in one query a kind,
+    so a statement of a thousand entries costs a handful of queries, not a thousand."""
+
+    # kind: (the query of (key, value…) rows, its key column)
+    QUERIES = {
+        "course": (select(StudentCourseEnrollment.id, CourseProgram.code).join(
+            CourseProgram, StudentCourseEnrollment.program_id == CourseProgram.id), StudentCourseEnrollment.id),
+        "package": (select(PackagePurchase.id, CreditPackage.code).join(
+            CreditPackage, PackagePurchase.package_id == CreditPackage.id), PackagePurchase.id),
+        "class": (select(Booking.id, GroupClass.title, GroupClass.starts_at).join(
+            GroupClass, Booking.class_id == GroupClass.id), Booking.id),
+        "admin": (select(AuditEntry.id, AuditEntry.actor, AuditEntry.reason), AuditEntry.id),
+    }
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.found: dict[str, dict] = {kind: {} for kind in self.QUERIES}
+
+    def prefetch(self, entries: list[CreditLedgerEntry]) -> None:
+        wanted: dict[str, set] = {kind: set() for kind in self.QUERIES}
+        for entry in entries:
+            cause = Cause.parse(entry.cause)
+            owner = cause.owner
+            if owner:
+                wanted["course" if owner[0] == ENROLLMENT_OWNER else "package"].add(owner[1])
+            if cause.kind is CauseKind.BOOKING and entry.entry_type == LedgerEntryType.CONSUME:
+                wanted["class"].add(cause.ref)
+            if cause.kind is CauseKind.ADJUSTMENT and cause.ref.isascii() and cause.ref.isdigit():
+                wanted["admin"].add(int(cause.ref))
+        for kind, keys in wanted.items():
+            self._load(kind, keys)
+
+    def _load(self, kind: str, keys: set) -> None:
+        cache, (query, key_column) = self.found[kind], self.QUERIES[kind]
+        keys = sorted(k for k in keys if k not in cache)
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            cache.update(dict.fromkeys(chunk))
+            for row in self.session.execute(query.where(key_column.in_(chunk))):
+                cache[row[0]] = tuple(row[1:])
+
+    def _get(self, kind: str, key) -> tuple | None:
+        self._load(kind, {key})
+        return self.found[kind][key]
+
+    def course(self, enrollment_id: int) -> str:
+        row = self._get("course", enrollment_id)
+        return f"{row[0]} (enrollment {enrollment_id})" if row else f"enrollment {enrollment_id}"
+
+    def package(self, purchase_id: int) -> str:
+        row = self._get("package", purchase_id)
+        return f"package {row[0]} (purchase {purchase_id})" if row else f"package purchase {purchase_id}"
+
+    def class_of(self, booking_id: str) -> str:
+        row = self._get("class", booking_id)
+        if row is None:
+            return f"booking {booking_id}"
+        title, starts_at = row
+        return f"{title or 'class'} on {starts_at:%Y-%m-%d %H:%M} UTC (booking {booking_id})"
+
+    def by_admin(self, audit_id: str, verb: str) -> str:
+        row = self._get("admin", int(audit_id))
+        if row is None:
+            return f"{verb} by an admin"
+        actor, reason = row
+        return f"{verb} by {actor}: {reason}" if reason else f"{verb} by {actor}"
 
 
-def _package_of(session: Session, purchase_id: int) -> str:
-    code = session.scalar(select(CreditPackage.code).join(PackagePurchase, PackagePurchase.package_id == CreditPackage.id)
-                          .where(PackagePurchase.id == purchase_id))
-    return f"package {code} (purchase {purchase_id})" if code else f"package purchase {purchase_id}"
-
-
-def _class_of(session: Session, booking_id: str) -> str:
-    row = session.execute(select(GroupClass.title, GroupClass.starts_at).join(Booking, Booking.class_id == GroupClass.id)
-                          .where(Booking.id == booking_id)).first()
-    if row is None:
-        return f"booking {booking_id}"
-    return f"{row.title or 'class'} on {row.starts_at:%Y-%m-%d %H:%M} UTC (booking {booking_id})"
-
-
-def _by_admin(session: Session, audit_id: str, verb: str) -> str:
-    entry = session.get(AuditEntry, int(audit_id))
-    if entry is None:
-        return f"{verb} by an admin"
-    return f"{verb} by {entry.actor}: {entry.reason}" if entry.reason else f"{verb} by {entry.actor}"
-
-
-def describe(session: Session, entry: CreditLedgerEntry) -> str:
-    """The entry's cause in words."""
+def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = None) -> str:
+    """The entry's cause in words (`names`: the look-ups shared by a statement's entries)."""
+    names = names or Names(session)
     kind = entry.entry_type
     n = abs(entry.quantity)
     credit = f"{n} {entry.credit_type.value} credit{'s' if n != 1 else ''}"
     cause = Cause.parse(entry.cause)
     owner = cause.owner
-    of = (_course_of(session, owner[1]) if owner and owner[0] == ENROLLMENT_OWNER
-          else _package_of(session, owner[1]) if owner else None)
+    of = (names.course(owner[1]) if owner and owner[0] == ENROLLMENT_OWNER
+          else names.package(owner[1]) if owner else None)
     if cause.kind is CauseKind.ADJUSTMENT and cause.ref.isascii() and cause.ref.isdigit():
-        return _by_admin(session, cause.ref, f"{credit} {'added' if kind == LedgerEntryType.GRANT else 'removed'}")
+        return names.by_admin(cause.ref, f"{credit} {'added' if kind == LedgerEntryType.GRANT else 'removed'}")
     if kind == LedgerEntryType.GRANT and of is not None:
         if cause.kind is CauseKind.ENROLLMENT:
             return f"{credit} in the bundle of {of}"
@@ -68,7 +111,7 @@ def describe(session: Session, entry: CreditLedgerEntry) -> str:
     if cause.kind is CauseKind.BOOKING:
         booking = cause.ref
         if kind == LedgerEntryType.CONSUME:
-            return f"1 {entry.credit_type.value} credit used: {_class_of(session, booking)}"
+            return f"1 {entry.credit_type.value} credit used: {names.class_of(booking)}"
         if kind == LedgerEntryType.RELEASE:
             return f"1 {entry.credit_type.value} credit returned: booking {booking} cancelled in time"
         if kind == LedgerEntryType.REVOKE:
@@ -87,13 +130,16 @@ def describe(session: Session, entry: CreditLedgerEntry) -> str:
 def credit_statement(*, session: Session, student_id: str, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     lines: list[tuple[datetime, int, dict[str, Any]]] = []
-    for entry in session.scalars(select(CreditLedgerEntry).where(CreditLedgerEntry.student_id == student_id)
-                                 .order_by(CreditLedgerEntry.created_at, CreditLedgerEntry.id)):
+    ledger = list(session.scalars(select(CreditLedgerEntry).where(CreditLedgerEntry.student_id == student_id)
+                                  .order_by(CreditLedgerEntry.created_at, CreditLedgerEntry.id)))
+    names = Names(session)
+    names.prefetch(ledger)
+    for entry in ledger:
         lines.append((entry.created_at, entry.id, {
             "id": entry.id, "at": entry.created_at, "kind": entry.credit_type.value,
             "entry_type": entry.entry_type.value, "quantity": entry.quantity, "cause": entry.cause,
             "lot": entry.grant_id or entry.id, "expires_at": entry.expires_at,
-            "description": describe(session, entry)}))
+            "description": describe(session, entry, names)}))
     for lot in credits.lots(session=session, student_id=student_id):
         expires = lot.grant.expires_at
         if expires is not None and expires <= now and lot.remaining > 0:

@@ -63,3 +63,34 @@ def test_a_refund_and_an_unknown_student_in_the_statement(client, runtime, admin
     empty = client.get("/v1/students/nobody/credits/statement", headers=admin_headers)
     assert empty.status_code == 200 and empty.get_json()["entries"] == []
     assert client.get("/v1/students/stu_1/credits/statement").status_code == 401
+
+
+def test_a_long_statement_reads_what_it_names_in_a_few_queries(client, runtime, admin_headers):
+    """60 credit bookings, each naming its class: the statement reads the classes in one query, not one each."""
+    import sqlalchemy as sa
+
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.student(s)
+        credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=60,
+                              cause="promo")
+        for n in range(60):
+            factories.group_class(s, id=f"gc_{n}", title=f"Class {n}")
+            s.add(Booking(id=f"bk_{n}", student_id="stu_1", class_id=f"gc_{n}", status=BookingStatus.ACTIVE,
+                          credit_type=CreditType.GROUP))
+            s.flush()
+            credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.GROUP, booking_id=f"bk_{n}")
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        body = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers).get_json()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)
+    assert [e["description"].split(" on ")[0] for e in body["entries"][1:]] == [
+        f"1 group credit used: Class {n}" for n in range(60)]
+    assert len([q for q in statements if "FROM booking" in q or "JOIN booking" in q]) == 1
+    assert len(statements) <= 10, statements
