@@ -1,9 +1,9 @@
 """Erasing a student (`coursepipe students erase ID`): personal data removed, financial records kept.
 
 Removed: the mirror's e-mail, name and time zone; every mail to the student (address and body, whatever
-its status: unsent ones are never sent); the raw payloads of the inbox events about the student (their
-profile, their bookings, their checkouts: pruned as retention prunes, keeping ids, a hash and the
-financial facts). Kept, under the platform's student id, which names no one once the platform has erased
+its status: unsent ones are never sent; a dedupe key holds a digest of the address, never the address);
+the raw payloads of the inbox events about the student (their profile, their bookings, their checkouts,
+free or failed ones too: pruned as retention prunes, keeping ids, a hash and the financial facts). Kept, under the platform's student id, which names no one once the platform has erased
 its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the transition log.
 """
 from __future__ import annotations
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from db.enums import InboxStatus, OutboxChannel, OutboxStatus
+from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import Booking, InboxEvent, OutboxMessage, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.errors import NotFound
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
+from tasks.messaging.outbox import scrub_address
 
 
 # an event still to be applied keeps its payload (it is pruned by retention once applied)
@@ -36,12 +37,19 @@ class Erased:
 
 
 def _subjects(session: Session, student_id: str) -> set[str]:
-    """The inbox subjects of the student's events: themselves, their bookings, their payments."""
+    """The inbox subjects of the student's events: themselves, their bookings, their payments (by payment
+    intent, or by checkout session for one without: a free checkout), and every checkout they started,
+    whatever became of it (one that failed, for a course unknown then, has no purchase to lead to it)."""
     subjects = {f"student:{student_id}"}
     subjects |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
     for model in (StudentCourseEnrollment, PackagePurchase):
-        subjects |= {f"payment:{pi}" for pi in session.scalars(select(model.stripe_payment_intent_id).where(
-            model.student_id == student_id, model.stripe_payment_intent_id.is_not(None)))}
+        for pi, cs in session.execute(select(model.stripe_payment_intent_id, model.stripe_checkout_session_id)
+                                      .where(model.student_id == student_id)):
+            subjects |= {f"payment:{ref}" for ref in (pi, cs) if ref}
+    checkouts = select(InboxEvent.subject).where(
+        InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"),
+        InboxEvent.payload["data"]["object"]["client_reference_id"].as_string() == student_id)
+    subjects |= {subject for subject in session.scalars(checkouts) if subject}
     return subjects
 
 
@@ -58,8 +66,9 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
         if (enrollment.fulfilment_metadata or {}).get("customer_email"):  # the checkout's e-mail, as recorded
             enrollment.fulfilment_metadata = {**enrollment.fulfilment_metadata, "customer_email": None}
     mail_filter = [OutboxMessage.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
-    if address:
-        mail_filter.append(OutboxMessage.recipient == address)
+    if address:  # by address: as sent, or in the key of a mail written before keys held a digest
+        mail_filter += [OutboxMessage.recipient == address,
+                        OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True)]
     mails = 0
     if mail_filter:
         for message in session.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL,
@@ -68,6 +77,8 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
                 OUTBOX.move(message, OutboxStatus.DEAD, session=session, cause="student erased")
                 message.last_error = "student erased: not sent"
             mails += retention.prune_mail(message, now=now)
+            if address:  # a mail pruned before (by retention) may still hold the address in its key
+                message.dedupe_key = scrub_address(message.dedupe_key, address)
     subjects = _subjects(session, student_id)
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),

@@ -31,6 +31,7 @@ from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
 from tasks.machines import OUTBOX
+from tasks.messaging.outbox import scrub_address
 
 BATCH = 500
 PRUNED = "pruned_at"
@@ -101,6 +102,7 @@ def prune_mail(message: OutboxMessage, *, now: datetime) -> bool:
     if is_pruned(message.payload):
         return False
     message.payload = pruned_payload({"recipient": message.recipient, "payload": message.payload}, now=now)
+    message.dedupe_key = scrub_address(message.dedupe_key, message.recipient)
     message.recipient = None
     return True
 

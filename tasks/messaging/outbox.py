@@ -1,6 +1,7 @@
 """Writing outbox messages in the caller's transaction. Delivery is `tasks/delivery` + workers."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,7 +28,22 @@ def mail_payload(template: str, context: dict[str, Any]) -> dict[str, Any]:
 
 
 def mail_dedupe(dedupe_key: str, recipient: str) -> str:
-    return f"mail:{dedupe_key}:{recipient}"
+    """A mail's dedupe key: its cause and a digest of its address. Never the address itself: the key is unique
+    and kept for good, while an address is personal data that erasure and retention remove, and an address
+    of any length (up to 254 characters) keeps the key within its column."""
+    return f"mail:{dedupe_key}:{address_digest(recipient)}"
+
+
+def address_digest(recipient: str) -> str:
+    return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:20]
+
+
+def scrub_address(dedupe_key: str, recipient: str | None) -> str:
+    """A dedupe key written with the address itself (before keys held its digest), with the digest instead:
+    the key a mail of that cause is written with now."""
+    if recipient and dedupe_key.endswith(f":{recipient}"):
+        return dedupe_key[:-len(recipient)] + address_digest(recipient)
+    return dedupe_key
 
 
 def add_message(

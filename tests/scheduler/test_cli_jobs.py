@@ -91,7 +91,7 @@ def test_outbox_list_and_retry_a_dead_message(tmp_path):
 def test_outbox_retry_dead_makes_every_dead_message_due(tmp_path):
     from db.enums import OutboxStatus
     from db.models import OutboxMessage
-    from tasks.messaging.outbox import add_mail, add_platform_event
+    from tasks.messaging.outbox import add_mail, add_platform_event, mail_dedupe
 
     url = f"sqlite:///{tmp_path / 'outbox.db'}"
     upgrade(url)
@@ -110,7 +110,8 @@ def test_outbox_retry_dead_makes_every_dead_message_due(tmp_path):
     assert "2 dead outbox message(s) due again" in done.stdout
     with db.session_scope() as s:
         statuses = {r.dedupe_key: (r.status, r.attempts) for r in s.query(OutboxMessage)}
-    assert statuses["mail:dead0:a@example.test"] == statuses["mail:dead1:a@example.test"] == (OutboxStatus.PENDING, 0)
+    a, b = mail_dedupe("dead0", "a@example.test"), mail_dedupe("dead1", "a@example.test")
+    assert statuses[a] == statuses[b] == (OutboxStatus.PENDING, 0)
     assert statuses["platform:dead-event"] == (OutboxStatus.DEAD, 79)
-    assert statuses["mail:ok:b@example.test"][0] is OutboxStatus.SENT
+    assert statuses[mail_dedupe("ok", "b@example.test")][0] is OutboxStatus.SENT
     db.dispose()

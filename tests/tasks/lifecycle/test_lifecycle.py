@@ -156,6 +156,41 @@ def test_erasing_a_student_removes_personal_data_and_keeps_the_money(database, m
     assert CliRunner().invoke(main, ["students", "erase", "nobody", "--yes"]).exit_code == 1
 
 
+def test_erasure_leaves_the_address_nowhere_free_and_failed_checkouts_and_old_keys_included(database):
+    from tasks.lifecycle import erasure
+    from tasks.reporting import search
+
+    _purchase(database)
+    with database.session_scope() as s:
+        factories.program(s, code="FREE", bundle=(), price=0)
+        # a mail written before dedupe keys held a digest of the address, already pruned by retention
+        s.add(OutboxMessage(public_id="old", channel=OutboxChannel.MAIL, topic="booking_confirmed", recipient=None,
+                            payload={}, dedupe_key="mail:booking_confirmed:bk_old:ada@example.test",
+                            status=OutboxStatus.SENT, attempts=1))
+    deliver(database, checkout(cs="cs_free", pi=None, course="FREE", amount=0, email="ada@example.test"))
+    deliver(database, checkout(cs="cs_bad", pi="pi_bad", course="NOPE", email="ada@example.test"))  # fails
+    with database.session_scope() as s:
+        assert {e.status for e in s.scalars(select(InboxEvent))} == {InboxStatus.PROCESSED, InboxStatus.FAILED}
+        erasure.erase_student(session=s, student_id="stu_1")
+    with database.session_scope() as s:
+        dump = " ".join(str(row) for row in s.scalars(select(InboxEvent.payload)))
+        dump += " ".join(str((m.recipient, m.payload, m.dedupe_key)) for m in s.scalars(select(OutboxMessage)))
+        assert "ada@example.test" not in dump and "Ada Lovelace" not in dump and "Buyer" not in dump
+        found = search.find(session=s, query="ada@example.test")
+        assert not found["outbox"] and not found["events"]
+
+
+def test_a_buyer_with_a_long_address_is_enrolled_and_mailed(database):
+    address = "a" * 180 + "@" + "b" * 60 + ".test"  # 246 characters: within the 254 an address may have
+    with database.session_scope() as s:
+        factories.program(s, bundle=())
+    assert deliver(database, checkout(email=address)).outcome.value == "processed"
+    with database.session_scope() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL))
+        assert mail.recipient == address and len(mail.dedupe_key) <= 200 and address not in mail.dedupe_key
+    assert state(database)["enrollments"][0]["status"] == "active"
+
+
 def test_a_delivery_move_with_a_malformed_message_id_is_kept_and_the_rest_pruned(database):
     """A move written for a message without an id (`StateMachine.move` writes "?") names no message: kept."""
     _purchase(database)
