@@ -193,15 +193,16 @@ def platform_data(type_: str, data: dict[str, Any]) -> _Data:
 
 
 def platform_subject(type_: str, data: dict[str, Any]) -> str | None:
-    if type_ == "student.upserted":
-        return f"student:{data.get('student_id')}"
-    if type_ == "class.upserted":
-        return f"class:{data.get('class_id')}"
-    if type_ == "booking.created":
-        return f"student:{data.get('student_id')}"
-    if type_ in ("booking.cancelled", "attendance.marked"):
-        return f"booking:{data.get('booking_id')}"
-    return None
+    """The subject of a platform event: the id it is about, as its model reads it (surrounding spaces
+    stripped), so the event takes the same lock as the others about that id."""
+    field = {"student.upserted": ("student", "student_id"), "class.upserted": ("class", "class_id"),
+             "booking.created": ("student", "student_id"), "booking.cancelled": ("booking", "booking_id"),
+             "attendance.marked": ("booking", "booking_id")}.get(type_)
+    if field is None:
+        return None
+    kind, name = field
+    value = data.get(name)
+    return f"{kind}:{value.strip() if isinstance(value, str) else value}"
 
 
 def stripe_id(value: Any) -> Any:

@@ -140,6 +140,17 @@ def test_platform_event_is_accepted_once(client, runtime):
         assert (row.event_id, row.type, row.subject) == (event["id"], "student.upserted", "student:stu_1")
 
 
+def test_a_padded_id_is_the_subject_of_the_id_it_names(client, runtime):
+    """The model reads " stu_1 " as stu_1, so the event's subject (its lock) is student:stu_1, not a subject of
+    its own (one longer than the column, with enough spaces: a 500 on every retry)."""
+    padded = " " * 60 + "stu_1" + " " * 60
+    event = platform_event("booking.created", {"booking_id": "bk_1", "student_id": padded, "class_id": "gc_1"})
+    body = json.dumps(event).encode()
+    assert client.post("/webhooks/platform", data=body, headers=platform_headers(body)).status_code == 200
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(InboxEvent.subject)) == "student:stu_1"
+
+
 def test_platform_signature_allows_several_v1_values_for_rotation(client, runtime):
     body = json.dumps(platform_event("class.upserted", {
         "class_id": "gc_1", "title": "T", "starts_at": "2026-12-01T10:00:00+00:00",
