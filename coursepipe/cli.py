@@ -135,12 +135,16 @@ def db_upgrade(revision: str) -> None:
 
 
 @db.command("downgrade")
-@click.argument("revision", default="base")
-def db_downgrade(revision: str) -> None:
-    """Alembic migrations down to REVISION (default: base, removing every table)."""
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def db_downgrade(revision: str, yes: bool) -> None:
+    """Alembic migrations down to REVISION (`base` removes every table, and every row with it). Asks first."""
     from db.migrate import downgrade
 
     settings = _settings()
+    if not yes:
+        click.confirm(f"Downgrade the database to {revision}? What the migrations undone hold is lost"
+                      + (" (base: every table and its rows)" if revision == "base" else ""), abort=True)
     downgrade(settings.database_url, revision)
     click.echo(f"database at {revision}")
 

@@ -45,7 +45,11 @@ def test_cli_upgrade_on_empty_postgres_then_downgrade_base():
         cli = [sys.executable, "-m", "coursepipe.cli"]
         subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
         assert _tables(url) == set(Base.metadata.tables)
-        subprocess.run([*cli, "db", "downgrade", "base"], env=env, check=True, capture_output=True)
+        refused = subprocess.run([*cli, "db", "downgrade", "base"], env=env, capture_output=True, input=b"n\n")
+        assert refused.returncode != 0 and _tables(url) == set(Base.metadata.tables)  # asked, and told no
+        bare = subprocess.run([*cli, "db", "downgrade"], env=env, capture_output=True, stdin=subprocess.DEVNULL)
+        assert bare.returncode != 0 and _tables(url) == set(Base.metadata.tables)  # no revision: nothing done
+        subprocess.run([*cli, "db", "downgrade", "base", "--yes"], env=env, check=True, capture_output=True)
         assert _tables(url) == set()
     finally:
         with admin.connect() as conn:
