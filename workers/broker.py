@@ -205,6 +205,12 @@ def _enqueue_hooks(broker: RedisBroker) -> bool:
     return cached[1]
 
 
+# An enqueue answers in well under a millisecond; a Redis that accepts connections but does not answer (hung,
+# or a network path that drops packets) must not hold a webhook's answer for redis-py's default seconds: the
+# event is stored before the enqueue, and the sweeper sends what could not be sent.
+SEND_TIMEOUTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+
+
 class _SendConnections:
     """Kept-open Redis connections for `enqueue`, one per thread that ever sent at once (a free list, as
     `Database.direct_autocommit` keeps psycopg ones): redis-py's pool checks a connection out and in, polls
@@ -219,15 +225,19 @@ class _SendConnections:
 
     def run_script(self, keys: list[str], args: list[str]) -> None:
         """The enqueue script on a kept-open connection; a broken one is dropped and the call made once more
-        on a new one (as redis-py retries), then the error is the caller's."""
+        on a new one (as redis-py retries), then the error is the caller's. A timeout (SEND_TIMEOUTS) is not
+        tried again."""
         for last_try in (False, True):
             with self.lock:
                 conn = self.idle.pop() if self.idle else None
             if conn is None:
-                conn = self.pool.connection_class(**self.pool.connection_kwargs)
+                conn = self.pool.connection_class(**{**self.pool.connection_kwargs, **SEND_TIMEOUTS})
             try:
                 self._evalsha(conn, keys, args)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.TimeoutError:  # a Redis that does not answer will not answer the next try either
+                conn.disconnect()
+                raise
+            except redis.ConnectionError:
                 conn.disconnect()
                 if last_try:
                     raise

@@ -180,3 +180,28 @@ def test_enqueue_when_redis_is_unreachable_raises_and_keeps_no_connection(redis_
     with pytest.raises(redis.ConnectionError):
         enqueue(_actor(broker), 1)
     assert _sender(broker).idle == []
+
+
+def test_enqueue_to_a_redis_that_never_answers_gives_up_within_its_timeout(redis_namespace):
+    """A listener that accepts connections and never answers (a hung Redis): the enqueue fails after its
+    1 s timeout, not redis-py's default seconds, and once, so a webhook's answer is not held behind it."""
+    import socket
+    import time
+
+    import redis
+
+    from workers.broker import SEND_TIMEOUTS
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        broker = RedisBroker(url=f"redis://127.0.0.1:{listener.getsockname()[1]}/0", namespace=redis_namespace)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            enqueue(_actor(broker), 1)
+        elapsed = time.monotonic() - started
+        assert SEND_TIMEOUTS["socket_timeout"] <= elapsed < 2 * SEND_TIMEOUTS["socket_timeout"] + 1  # one try
+        assert _sender(broker).idle == []
+    finally:
+        listener.close()
