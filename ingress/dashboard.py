@@ -34,7 +34,7 @@ from coursepipe.logs import audit_logger
 from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
-from ingress import charts, roles
+from ingress import charts, limits, roles
 from ingress.admin_disputes import submit_or_error
 from ingress.auth import _matches
 from ingress.errors import ApiError
@@ -139,6 +139,9 @@ def _safe_next(target: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     error = None
+    if request.method == "POST" and not limits.password_check_allowed():
+        return render_template("dashboard/login.html", error="Too many login attempts from this address: wait a "
+                               "minute.", next=request.values.get("next", "")), 429
     if request.method == "POST":
         email, password = request.form.get("email", "").strip(), request.form.get("password", "")
         principal, fingerprint = None, None

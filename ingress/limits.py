@@ -8,11 +8,17 @@ address is the proxy's unless the proxy's X-Forwarded-For is trusted (see docs/r
 """
 from __future__ import annotations
 
-from flask import Flask, request
+import logging
+
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits import parse
 
 AUTH_FAILURES = "20 per minute"
+PASSWORD_CHECKS = parse("20 per minute")  # a dashboard login's checks, counted before they run
+
+log = logging.getLogger("coursepipe.ingress")
 PROTECTED_PREFIXES = ("/admin", "/v1")
 
 
@@ -50,4 +56,18 @@ def install(app: Flask, settings) -> Limiter:
     # exempt ones (~15 % of a webhook's Python): they run only where a limit can apply
     for registry, known in zip(hooks, before):
         registry[None] = [hook if hook in known else _on_protected_paths(hook) for hook in registry.get(None, [])]
+    app.extensions["coursepipe_limits"] = (limiter, f"{settings.redis_namespace}:limits")
     return limiter
+
+
+def password_check_allowed() -> bool:
+    """Count one password check from this client's address before it runs; False past PASSWORD_CHECKS in the
+    window. The failures counted after the answer (AUTH_FAILURES) let concurrent attempts all through before
+    the first is counted; each check costs an argon2 hash (~0.1 s of CPU and 64 MiB), so it is counted first.
+    A counter store that fails lets the check run (a Redis outage must not lock the dashboard)."""
+    limiter, prefix = current_app.extensions["coursepipe_limits"]
+    try:
+        return limiter.limiter.hit(PASSWORD_CHECKS, prefix, "password-check", get_remote_address())
+    except Exception as exc:  # noqa: BLE001 - the store's own errors vary with it
+        log.warning("login attempt not counted: %s", exc)
+        return True

@@ -47,6 +47,26 @@ def test_failed_dashboard_logins_are_rate_limited(client):
     assert right.status_code == 429
 
 
+def test_concurrent_logins_are_counted_before_their_password_is_checked(app):
+    """40 logins at once from one address: the failures counted after each answer would let them all be
+    checked (an argon2 hash each); counted before, at most 20 are checked and the rest are 429."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [app.test_client() for _ in range(40)]
+    tokens = [csrf_of(c.get("/admin/login").get_data(True)) for c in clients]
+    start = threading.Barrier(len(clients))
+
+    def attempt(n):
+        start.wait()
+        return clients[n].post("/admin/login", data={"email": "someone@studio.test", "password": f"guess-{n}",
+                                                     "csrf_token": tokens[n]}).status_code
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        codes = list(pool.map(attempt, range(len(clients))))
+    assert codes.count(401) == 20 and codes.count(429) == 20
+
+
 def test_readyz_hides_the_details_from_anonymous_callers(database, runtime, app, monkeypatch):
     def down():
         raise OSError("connection to server at 10.1.2.3, port 5432 failed: role secret_role")
