@@ -732,6 +732,9 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
     message = session.scalar(select(OutboxMessage).where(OutboxMessage.id == message_id).with_for_update())
     if message is None:
         raise NotFound(f"no outbox message {message_id}")
+    if message.status is OutboxStatus.SENDING:  # a sender holds it: made due again, a relay would send it twice
+        raise TaskError(f"outbox message {message_id} is being sent; if its sender died, it is due again when "
+                        f"its lease runs out")
     OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin retry",
                 enrollment_id=message.enrollment_id, at=now)
     if message.status is OutboxStatus.PENDING:

@@ -145,6 +145,23 @@ def test_a_wrong_secret_is_rejected_by_the_receiver_and_the_message_dies(databas
     assert [e["id"] for e in platform_receiver.events] == [_event_id(database, message_id)]
 
 
+def test_an_admin_retry_of_a_message_being_sent_is_refused(database, settings):
+    """A sender holds it (`sending`): made due again, a relay would send it a second time beside the sender."""
+    import pytest
+
+    from tasks.errors import TaskError
+
+    with database.session_scope() as s:
+        message_id = add_platform_event(session=s, type="enrollment.revoked", data={"enrollment_id": 1},
+                                        dedupe_key="held").id
+    with database.session_scope() as s:
+        [job] = delivery.claim_due(session=s, settings=settings)
+    with pytest.raises(TaskError, match="being sent"):
+        with database.session_scope() as s:
+            delivery.retry(session=s, message_id=message_id)
+    assert _row(database, message_id).status is OutboxStatus.SENDING and job.id == message_id
+
+
 def test_smtp_down_is_retried_with_backoff_and_delivered_once_when_it_returns(database, settings, smtp_sink):
     smtp_sink.stop()
     with database.session_scope() as s:
