@@ -1,8 +1,9 @@
 """The error object every route answers with: {"error": {"code": …, "message": …}} with a 4xx/5xx status."""
 from __future__ import annotations
 
+import psycopg
 from flask import Flask, jsonify
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from db.database import is_unique_violation
@@ -66,6 +67,19 @@ def register_error_handlers(app: Flask) -> None:
         # two requests wrote the same unique key at once (their checks both passed before either wrote):
         # nothing of this one was saved; retried, it sees the other's row and answers as the checks say
         return error_response(409, "conflict", CONFLICT_MESSAGE)
+
+    # the database unreachable, restarting, or a transaction it rolled back (a deadlock, a lock timeout): nothing
+    # of the request was saved, and the same request later will do; a 503 says so to every sender
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(psycopg.InterfaceError)
+    def _database_unavailable(exc: Exception):
+        app.logger.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        response = error_response(503, "database_unavailable",
+                                  "the database is not answering; nothing was saved: retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -439,6 +439,11 @@ def build_document(app: Flask) -> dict:
             "summary": "undocumented", "responses": {"default": {"description": "undocumented"}}})
         # any route can fail unexpectedly: `internal_error`, nothing accepted, retry later
         operation["responses"] = {**operation["responses"], "500": _json("Error", "internal_error")}
+        # and any can find the database not answering: `database_unavailable`, nothing saved, retry (ingress.errors)
+        unavailable = "database_unavailable: the database is not answering; nothing was saved, retry after Retry-After"
+        declared = operation["responses"].get("503")
+        operation["responses"]["503"] = ({**declared, "description": f"{declared['description']}; or {unavailable}"}
+                                         if declared else _json("Error", unavailable))
         if path.startswith(limits.PROTECTED_PREFIXES):  # an address past its failed authentications: any route
             operation["responses"].setdefault("429", ERRORS["429"])
             if method != "GET":  # a write that raced another on the same unique key (ingress.errors)

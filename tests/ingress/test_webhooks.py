@@ -259,6 +259,21 @@ def test_readyz_is_503_when_the_database_is_unreachable(runtime):
     assert response.status_code == 503 and "database" in response.get_json()["error"]["message"]
 
 
+def test_an_event_that_cannot_be_stored_for_want_of_the_database_is_503_to_retry(runtime):
+    from db.database import Database
+    from ingress.app import create_app
+
+    settings = runtime.settings.with_(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    runtime.db = Database(settings.database_url, connect_args={"connect_timeout": 1})
+    client = create_app(settings, runtime=runtime).test_client()
+    body = json.dumps(stripe_event("customer.created"))
+    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert response.status_code == 503 and _error(response) == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    event = json.dumps(platform_event("student.upserted", {"student_id": "stu_1", "email": "a@b.test"})).encode()
+    assert client.post("/webhooks/platform", data=event, headers=platform_headers(event)).status_code == 503
+
+
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404 and _error(response) == "not_found"
@@ -302,7 +317,7 @@ def test_a_re_sent_purchase_is_marked_as_its_first_message_was(client, runtime):
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(client, runtime):
-    """The ingress keeps one connection per thread; losing it costs one 500 (the sender retries), no more."""
+    """The ingress keeps one connection per thread; losing it costs one 503 (the sender retries), no more."""
     first = json.dumps(stripe_event("customer.created"))
     assert client.post("/webhooks/stripe", data=first, headers=stripe_headers(first)).status_code == 200
     with runtime.db.direct_autocommit() as conn:
@@ -311,7 +326,7 @@ def test_a_terminated_database_backend_fails_one_request_and_the_next_is_stored(
         admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
     second = json.dumps(stripe_event("customer.created"))
     failed = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
-    assert failed.status_code == 500 and _error(failed) == "internal_error"
+    assert failed.status_code == 503 and _error(failed) == "database_unavailable"
     retried = client.post("/webhooks/stripe", data=second, headers=stripe_headers(second))
     assert retried.get_json() == {"received": True, "duplicate": False}
     assert _count(runtime) == 2
