@@ -168,6 +168,18 @@ def test_dashboard_shows_queue_depths_of_the_embedded_broker(client, runtime):
     assert re.findall(r'class="num">(\d+)<', row) == ["1", "0", "1", "0"]  # ready, in flight, delayed, dead
 
 
+def test_a_broker_down_shows_on_the_home_page_without_its_hosts(client, runtime, monkeypatch):
+    from ingress import dashboard
+
+    def down(broker, queues=None):
+        raise ConnectionError("Error 111 connecting to redis.internal.example:6379. Connection refused.")
+
+    monkeypatch.setattr(dashboard, "queue_depths", down)
+    login(client)
+    home = client.get("/admin/").get_data(True)
+    assert "Broker unreachable: ConnectionError" in home and "redis.internal.example" not in home
+
+
 def test_pages_cannot_be_framed_run_no_script_and_are_not_cached(client):
     for response in (client.get("/admin/login"), client.get("/admin/")):
         assert response.headers["X-Frame-Options"] == "DENY"
