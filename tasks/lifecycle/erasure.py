@@ -19,7 +19,7 @@ from db.types import utcnow
 from tasks.errors import NotFound
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
-from tasks.messaging.outbox import scrub_address
+from tasks.messaging.outbox import address_digest, scrub_address
 
 
 # an event still to be applied keeps its payload (it is pruned by retention once applied)
@@ -68,7 +68,8 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     mail_filter = [OutboxMessage.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
     if address:  # by address: as sent, or in the key of a mail written before keys held a digest
         mail_filter += [OutboxMessage.recipient == address,
-                        OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True)]
+                        OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True),
+                        OutboxMessage.dedupe_key.endswith(f":{address_digest(address)}")]
     mails = 0
     if mail_filter:
         for message in session.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL,
@@ -76,13 +77,14 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
             if message.status in (OutboxStatus.PENDING, OutboxStatus.SENDING):
                 OUTBOX.move(message, OutboxStatus.DEAD, session=session, cause="student erased")
                 message.last_error = "student erased: not sent"
-            mails += retention.prune_mail(message, now=now)
-            if address:  # a mail pruned before (by retention) may still hold the address in its key
-                message.dedupe_key = scrub_address(message.dedupe_key, address)
+            mails += retention.prune_mail(session, message, now=now)
+            # the address out of the key, its digest too (a mail pruned before by retention included)
+            scrub_address(session, message, address, erased=True)
     subjects = _subjects(session, student_id)
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),
                                                           InboxEvent.status.not_in(STILL_TO_APPLY))):
         events += retention.prune_event(event, now=now)
+        event.waiting_for = None  # one that gave up waiting must not wake on a payload that is gone
     session.flush()
     return Erased(student_id, mails, events)

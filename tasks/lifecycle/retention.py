@@ -98,11 +98,11 @@ def prune_event(event: InboxEvent, *, now: datetime) -> bool:
     return True
 
 
-def prune_mail(message: OutboxMessage, *, now: datetime) -> bool:
+def prune_mail(session: Session, message: OutboxMessage, *, now: datetime) -> bool:
     if is_pruned(message.payload):
         return False
     message.payload = pruned_payload({"recipient": message.recipient, "payload": message.payload}, now=now)
-    message.dedupe_key = scrub_address(message.dedupe_key, message.recipient)
+    scrub_address(session, message, message.recipient)
     message.recipient = None
     return True
 
@@ -124,7 +124,7 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
         OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_((OutboxStatus.SENT, OutboxStatus.DEAD)),
         _not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
         .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
-    done.mails = sum(prune_mail(m, now=now) for m in mails)
+    done.mails = sum(prune_mail(session, m, now=now) for m in mails)
     session.flush()
     done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)
     return done

@@ -38,12 +38,35 @@ def address_digest(recipient: str) -> str:
     return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:20]
 
 
-def scrub_address(dedupe_key: str, recipient: str | None) -> str:
-    """A dedupe key written with the address itself (before keys held its digest), with the digest instead:
-    the key a mail of that cause is written with now."""
-    if recipient and dedupe_key.endswith(f":{recipient}"):
-        return dedupe_key[:-len(recipient)] + address_digest(recipient)
-    return dedupe_key
+def legacy_mail_dedupe(mail_key: str, recipient: str) -> str:
+    """The key the same mail had when keys held the address itself (rows written by older versions): a mail
+    of a cause is looked up under both, so one written before an upgrade is not written again after it."""
+    digest = address_digest(recipient)
+    return mail_key[:-len(digest)] + recipient if mail_key.endswith(f":{digest}") else mail_key
+
+
+def scrub_address(session: Session, message: OutboxMessage, recipient: str | None, *, erased: bool = False) -> None:
+    """Take the address out of a mail's dedupe key, if the key holds it (a row written by an older version):
+    the digest form takes its place, the key a mail of that cause has now, unless a row already has that key
+    (a second mail of the cause, written after an upgrade), when the row's id is added to stay unique.
+    `erased`: the digest goes too (it would link a known address to the row), replaced by the row's id."""
+    if not recipient:
+        return
+    key = message.dedupe_key
+    for form in (recipient, address_digest(recipient)):
+        if key.endswith(f":{form}"):
+            stem = key[:-len(form)]
+            break
+    else:
+        return
+    if erased:
+        message.dedupe_key = f"{stem}erased-{message.id}"
+        return
+    if key.endswith(f":{address_digest(recipient)}"):
+        return
+    scrubbed = stem + address_digest(recipient)
+    taken = session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == scrubbed))
+    message.dedupe_key = scrubbed if taken is None else f"{scrubbed}:{message.id}"
 
 
 def add_message(
@@ -65,7 +88,10 @@ def add_message(
     `fresh`: the cause was created in this transaction, so no message can exist for it yet (the
     look-up is skipped; the unique dedupe key still refuses a second row).
     """
-    existing = None if fresh else session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key))
+    keys = [dedupe_key] + ([legacy_mail_dedupe(dedupe_key, recipient)] if channel is OutboxChannel.MAIL and recipient
+                           else [])
+    existing = None if fresh else session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key.in_(keys))
+                                                 .order_by(OutboxMessage.id).limit(1))
     if existing is not None:
         return existing
     message = OutboxMessage(
