@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import exists, func, or_, select, tuple_, union_all, update
+from sqlalchemy import and_, exists, func, or_, select, tuple_, union_all, update
 from sqlalchemy.orm import Session, aliased
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -212,10 +212,14 @@ def _in_turn():
     older than the last it applied, so an event overtaken by a later one (a failed send retried after it, two
     relays at once) would be lost to it. One event per enrollment is in flight at a time; a dead one holds the
     rest back until it is retried."""
-    earlier = aliased(OutboxMessage)
+    earlier, later = aliased(OutboxMessage), aliased(OutboxMessage)
+    # a dead event a later one was already delivered past (before this rule, or by hand) holds nothing back:
+    # the platform has applied that later one and drops the dead one whenever it comes
+    overtaken = exists().where(later.enrollment_id == earlier.enrollment_id, later.sequence > earlier.sequence,
+                               later.status == OutboxStatus.SENT)
     return or_(OutboxMessage.sequence.is_(None), ~exists().where(
         earlier.enrollment_id == OutboxMessage.enrollment_id, earlier.sequence < OutboxMessage.sequence,
-        earlier.status.in_(UNSENT)))
+        earlier.status.in_(UNSENT), ~(and_(earlier.status == OutboxStatus.DEAD, overtaken))))
 
 
 def next_in_turn(*, session: Session, enrollment_ids: set[int]) -> bool:
