@@ -20,7 +20,8 @@ def classes_between(*, session: Session, start: datetime, end: datetime,
     """Mirrored classes starting in [start, end), in start order, each with `course_steps` and `seats_left`,
     and where the rest begins: None when every class of the window is listed, else the start time to ask from
     next. A page holds at most `limit` classes and ends before a start time it could not list whole, so the
-    next page (from that time) repeats none and misses none.
+    next page (from that time) repeats none and misses none; when more than `limit` classes start at one
+    instant, the page is that instant's classes, all of them.
 
     A class serving no step of a published course has `course_steps: []` (a plain class).
     """
@@ -33,8 +34,11 @@ def classes_between(*, session: Session, start: datetime, end: datetime,
     if len(classes) > limit:
         rest = classes[limit].starts_at
         whole = [c for c in classes[:limit] if c.starts_at < rest]
-        # more than a page starting at one instant: that instant's first page, and the rest from just after it
-        classes, rest = (whole, rest) if whole else (classes[:limit], rest + timedelta(microseconds=1))
+        if not whole:  # more than a page starts at one instant: that instant whole, however many, and on from it
+            whole = list(session.scalars(select(GroupClass).where(GroupClass.starts_at == rest)
+                                         .order_by(GroupClass.id)))
+            rest = rest + timedelta(microseconds=1)
+        classes = whole
     tags: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if classes:
         rows = session.execute(

@@ -125,6 +125,15 @@ def test_calendar_pages_through_a_full_window_without_repeating_or_skipping_a_cl
         pages.append([c["class_id"] for c in body["classes"]])
         start = body["next_from"]
     assert pages == [["a", "b"], ["c1", "c2", "d"], ["e1", "e2"]]
+    for n in range(5):  # more than a page starting at one instant: that instant whole, then the rest
+        deliver(runtime.db, class_upserted(f"f{n}", starts_at=at(60)))
+    deliver(runtime.db, class_upserted("g", starts_at=at(70)))
+    body = client.get("/v1/calendar", headers=admin_headers,
+                      query_string={"from": at(60).isoformat(), "to": (T0 + timedelta(days=1)).isoformat()}).get_json()
+    assert [c["class_id"] for c in body["classes"]] == [f"f{n}" for n in range(5)]
+    last = client.get("/v1/calendar", headers=admin_headers,
+                      query_string={"from": body["next_from"], "to": (T0 + timedelta(days=1)).isoformat()}).get_json()
+    assert [c["class_id"] for c in last["classes"]] == ["g"] and last["next_from"] is None
 
 
 @pytest.mark.parametrize("query", [
