@@ -13,6 +13,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
+from db.types import utcnow
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 
 
@@ -26,3 +27,16 @@ def kept_amount(session: Session, enrollment_id: int) -> int:
         AdminRefund.status.in_(("pending", "succeeded")),
         ~reported_failed,
     )))
+
+
+def settle_asked(session: Session, refund: dict, enrollment_id: int | None) -> None:
+    """A Stripe refund whose metadata names an admin refund still `pending` (its answer lost, or not recorded
+    yet) settles it `succeeded`: it need not stay pending until someone retries. The caller holds the
+    purchase's lock (taken before the admin refund's, as `manual.refund_outcome` takes them)."""
+    named = (refund.get("metadata") or {}).get("admin_refund_id")
+    if enrollment_id is None or not isinstance(named, str) or not named.isdigit() or \
+            refund.get("status") not in (None, "succeeded", "pending"):
+        return
+    row = session.scalar(select(AdminRefund).where(AdminRefund.id == int(named)).with_for_update())
+    if row is not None and row.status == "pending" and row.enrollment_id == enrollment_id:
+        row.status, row.stripe_refund_id, row.last_error, row.finished_at = "succeeded", refund["id"], None, utcnow()

@@ -274,7 +274,12 @@ def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, 
     """Record Stripe's answer. A refund made is applied at once, as its `refund.created` would be (the
     events that follow find it recorded); a refusal is `failed`; an unknown outcome (network, 5xx) stays
     `pending`, to be retried with the same idempotency key."""
-    row = session.scalar(select(AdminRefund).where(AdminRefund.id == admin_refund_id).with_for_update())
+    # the enrollment's lock first, then the refund's, the order a refund event of Stripe's takes them in
+    # (`refunds.apply_refund` locks the purchase, then settles the admin refund it names)
+    enrollment_id = session.scalar(select(AdminRefund.enrollment_id).where(AdminRefund.id == admin_refund_id))
+    locked(session, enrollment_id)
+    row = session.scalar(select(AdminRefund).where(AdminRefund.id == admin_refund_id).with_for_update()
+                         .execution_options(populate_existing=True))
     if row.status != "pending":
         return row
     if refund is not None:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from db.enums import RefundStatus
 from db.models import PaymentRefund
 from tasks.messaging import outbox
-from tasks.purchases import payments
+from tasks.purchases import goodwill, payments
 from tasks.purchases import shapes
 from tasks.errors import Ignored
 from tasks.events import stripe_id
@@ -57,6 +57,7 @@ def record_refund(session: Session, purchase: payments.Purchase, refund: dict[st
     None: a repeat, or an older state arriving late (failed / canceled is final).
     """
     refund_id, amount, status = refund["id"], refund["amount"], refund.get("status")  # shapes.refund_problem checked
+    goodwill.settle_asked(session, refund, purchase.enrollment.id if purchase.enrollment is not None else None)
     existing = session.scalar(select(PaymentRefund).where(PaymentRefund.refund_key == refund_id).with_for_update())
     if existing is not None:
         # a NULL status (a row from before statuses were kept) counts as succeeded

@@ -168,3 +168,23 @@ def test_a_reinstatement_gives_a_step_added_while_revoked(database, enrolled):
     assert [(label, status.value) for label, status in steps] == [
         ("SFZ-1", "unbooked"), ("SFZ-2", "unbooked"), ("SFZ-3", "unbooked"), ("SFZ-4", "unbooked")]
     assert (_status(database, enrolled), _private(database)) == ("active", 4)
+
+
+def test_stripe_reporting_the_refund_an_admin_asked_for_settles_it(database, enrolled):
+    """Its answer lost (the call timed out) and nobody retrying: the refund's own event, naming the admin refund
+    in its metadata, settles it, so it does not stay pending for good."""
+    admin_refund = _ask_goodwill_refund(database, enrolled, amount=COURSE_PRICE // 2)
+    with database.session_scope() as s:
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=None, error="APIConnectionError",
+                              final=False)
+    event = refund_created(refund_id="re_asked", amount=COURSE_PRICE // 2)
+    event["data"]["object"]["metadata"] = {"admin_refund_id": str(admin_refund), "keep_access": "true"}
+    deliver(database, event)
+    with database.session_scope() as s:
+        row = s.get(AdminRefund, admin_refund)
+        assert (row.status, row.stripe_refund_id, row.last_error) == ("succeeded", "re_asked", None)
+    assert (_status(database, enrolled), _private(database)) == ("active", 4)  # kept, as asked
+    with database.session_scope() as s:  # a retry's late answer changes nothing
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=_refund("re_asked", COURSE_PRICE // 2),
+                              error=None, final=False)
+    assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE // 2
