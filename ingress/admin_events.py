@@ -49,6 +49,8 @@ def replay_event(inbox_id: int):
                                 roles.reason_of(json_object(optional=True)))
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
+    except inbox.PayloadPruned as exc:
+        raise ApiError(409, "payload_pruned", str(exc)) from None
     except inbox.NotReplayable as exc:
         raise ApiError(409, "already_processed", str(exc)) from None
     enqueue_inbox([inbox_id])

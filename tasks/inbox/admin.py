@@ -9,11 +9,16 @@ from sqlalchemy.orm import Session
 from db.enums import InboxStatus
 from db.models import InboxEvent
 from tasks.errors import NotFound, TaskError
+from tasks.inbox.store import is_pruned
 from tasks.machines import INBOX
 
 
 class NotReplayable(TaskError):
     """Raised when an admin asks to replay an event that is already processed."""
+
+
+class PayloadPruned(NotReplayable):
+    """Raised when an admin asks to replay an event whose payload was pruned: nothing is left to run."""
 
 
 def replay(*, session: Session, inbox_id: int) -> InboxEvent:
@@ -23,6 +28,9 @@ def replay(*, session: Session, inbox_id: int) -> InboxEvent:
         raise NotFound(f"no inbox event {inbox_id}")
     if event.status == InboxStatus.PROCESSED:
         raise NotReplayable(f"inbox event {inbox_id} is already processed")
+    if is_pruned(event.payload):
+        raise PayloadPruned(f"inbox event {inbox_id} cannot be replayed: its payload was pruned (RETENTION_DAYS, or "
+                            f"the student's erasure); ask the sender for it again")
     INBOX.move(event, InboxStatus.PENDING, session=None)  # from failed, waiting or ignored
     for column, value in REPLAYED.items():
         setattr(event, column, value)
@@ -34,7 +42,8 @@ REPLAYED = {"status": InboxStatus.PENDING, "attempts": 0, "waiting_for": None, "
 
 
 def replay_failed(*, session: Session, ids: list[int]) -> None:
-    """Put these failed events back to `pending` in one statement (the bulk replay)."""
+    """Put these failed events back to `pending` in one statement (the bulk replay); the caller leaves out
+    those whose payload was pruned (`is_pruned`)."""
     if ids:
         session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.FAILED)
                         .values(**REPLAYED))

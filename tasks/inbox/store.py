@@ -21,6 +21,14 @@ from db.models import InboxEvent
 from db.types import utcnow
 
 
+# a payload retention or erasure pruned keeps this key (when), a digest and its facts: nothing left to run
+PRUNED = "pruned_at"
+
+
+def is_pruned(payload: Any) -> bool:
+    return isinstance(payload, dict) and PRUNED in payload
+
+
 def _dialect_name(bind: Session | Connection) -> str:
     return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
 

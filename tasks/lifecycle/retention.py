@@ -30,11 +30,11 @@ from sqlalchemy.orm import Session
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
+from tasks.inbox.store import PRUNED, is_pruned
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import scrub_address
 
 BATCH = 500
-PRUNED = "pruned_at"
 # the fields of a Stripe object that are financial facts, kept when its payload is pruned
 STRIPE_FACTS = ("id", "object", "amount", "amount_total", "amount_subtotal", "amount_refunded", "amount_captured",
                 "currency", "payment_intent", "charge", "status", "payment_status", "created", "livemode",
@@ -63,10 +63,6 @@ class Pruned:
 
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
-def is_pruned(payload: Any) -> bool:
-    return isinstance(payload, dict) and PRUNED in payload
 
 
 def _id(value: Any) -> Any:

@@ -18,6 +18,7 @@ from db.enums import InboxStatus, OutboxChannel, OutboxStatus
 from db.models import CourseProgram, InboxEvent, OutboxMessage, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.inbox import admin as inbox_admin
+from tasks.inbox.store import PRUNED
 
 SEARCH_LIMIT = 50
 PROBLEM_LIMIT = 100
@@ -112,6 +113,7 @@ def replay_failed(*, session: Session, type_: str | None = None, limit: int = BU
     query = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.FAILED)
     if type_:
         query = query.where(InboxEvent.type == type_)
+    query = query.where(InboxEvent.payload[PRUNED].as_string().is_(None))  # one pruned has nothing left to run
     ids = list(session.scalars(query.order_by(InboxEvent.id).limit(limit).with_for_update()))
     inbox_admin.replay_failed(session=session, ids=ids)
     return ids

@@ -65,6 +65,24 @@ def test_replay_after_fix_processes_the_failed_event(client, runtime, worker, ad
     assert client.post("/admin/events/424242/replay", headers=admin_headers).status_code == 404
 
 
+def test_an_event_whose_payload_was_pruned_is_not_replayed(client, runtime, admin_headers):
+    """Nothing is left to run (retention, or the student's erasure, pruned it): a clear 409, and the bulk
+    replay of failed events leaves it out."""
+    from tasks.lifecycle import retention
+    from tasks.reporting import ops
+
+    support.BEHAVIOUR["adm-pruned"] = {"broken": True}
+    failed = _store(runtime.db, "test.flaky", "adm-pruned")
+    _fail(runtime.db, failed)
+    with runtime.db.session_scope() as s:
+        assert retention.prune_event(s.get(InboxEvent, failed), now=retention.utcnow())
+    response = client.post(f"/admin/events/{failed}/replay", headers=admin_headers)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "payload_pruned"
+    with runtime.db.session_scope() as s:
+        assert ops.replay_failed(session=s) == []
+        assert s.get(InboxEvent, failed).status == InboxStatus.FAILED
+
+
 def test_cli_events_list_and_replay_in_embedded_mode(runtime):
     inbox_id = _store(runtime.db, "test.permanent")
     _fail(runtime.db, inbox_id)
