@@ -30,7 +30,7 @@ def wake_waiting(*, session: Session, keys: set[str] | list[str]) -> list[int]:
     rows = session.execute(
         update(table)
         .where(table.c.status.in_([status.value for status in WAKEABLE]), table.c.waiting_for.in_(sorted(keys)))
-        .values(status=InboxStatus.PENDING.value, waiting_for=None)
+        .values(status=InboxStatus.PENDING.value, waiting_for=None, processed_at=None)
         .returning(table.c.id)
     ).scalars()
     return sorted(rows)
@@ -44,7 +44,7 @@ WITH done AS (
         last_error = :last_error, waiting_for = :waiting_for
     WHERE id = :id
 )
-UPDATE inbox_event SET status = '{InboxStatus.PENDING.value}', waiting_for = NULL
+UPDATE inbox_event SET status = '{InboxStatus.PENDING.value}', waiting_for = NULL, processed_at = NULL
 WHERE status IN ({WAKEABLE_SQL}) AND waiting_for = ANY(CAST(:keys AS text[]))
 RETURNING id
 """)

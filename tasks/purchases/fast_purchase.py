@@ -118,7 +118,7 @@ WITH e AS (
         last_error = NULL, waiting_for = NULL
     WHERE id = %(inbox_id)s AND EXISTS (SELECT 1 FROM e)
 ), w AS (
-    UPDATE inbox_event SET status = 'pending', waiting_for = NULL
+    UPDATE inbox_event SET status = 'pending', waiting_for = NULL, processed_at = NULL
     WHERE status IN ({WAKEABLE_SQL}) AND waiting_for = ANY(%(keys)s::text[]) AND EXISTS (SELECT 1 FROM e)
     RETURNING id
 )

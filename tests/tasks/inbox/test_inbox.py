@@ -131,7 +131,8 @@ def test_an_event_that_gave_up_waiting_wakes_when_the_prerequisite_arrives_after
     assert run(database, other).woken == []
     provider = store(database, "test.provide", {"key": "thing:4"})
     assert run(database, provider).woken == [waiter]
-    assert (row(database, waiter).status, row(database, waiter).waiting_for) == (InboxStatus.PENDING, None)
+    woken = row(database, waiter)
+    assert (woken.status, woken.waiting_for, woken.processed_at) == (InboxStatus.PENDING, None, None)
     assert run(database, waiter).outcome is inbox.Outcome.PROCESSED
     assert effects(database) == 1
 

@@ -159,6 +159,8 @@ def test_a_refund_that_gave_up_waiting_is_applied_when_its_purchase_comes_after_
     refund = _park(database, 1, received_ago=timedelta(hours=73))[0]
     with database.session_scope() as s:
         assert inbox_api_expire(s, timedelta(hours=72)) == [refund]
+    with database.session_scope() as s:
+        assert s.get(InboxEvent, refund).processed_at is not None  # ended failed
     result = deliver(database, checkout(cs="cs_park", pi="pi_park_0"), marked=marked)
     assert result.woken == [refund]
     with database.session_scope() as s:
