@@ -1,10 +1,11 @@
 """Erasing a student (`coursepipe students erase ID`): personal data removed, financial records kept.
 
 Removed: the mirror's e-mail, name and time zone; every mail to the student (address and body, whatever
-its status: unsent ones are never sent; a dedupe key holds a digest of the address, never the address);
-the raw payloads of the inbox events about the student (their profile, their bookings, their checkouts,
-free or failed ones too: pruned as retention prunes, keeping ids, a hash and the financial facts). Kept, under the platform's student id, which names no one once the platform has erased
-its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the transition log.
+its status: unsent ones are never sent; its dedupe key keeps neither the address nor its digest); the raw
+payloads of the inbox events about the student (their profile, their bookings, their checkouts, free or
+failed ones too: pruned as retention prunes, keeping ids, a hash and the financial facts). Kept, under the
+platform's student id, which names no one once the platform has erased its side: enrollments, purchases,
+refunds, disputes, bookings, the credit ledger, the transition log.
 """
 from __future__ import annotations
 
@@ -77,9 +78,11 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
             if message.status in (OutboxStatus.PENDING, OutboxStatus.SENDING):
                 OUTBOX.move(message, OutboxStatus.DEAD, session=session, cause="student erased")
                 message.last_error = "student erased: not sent"
+            # the address out of the key, its digest too (a mail pruned before by retention included); first, so
+            # pruning finds nothing left to rewrite in it
+            for sent_to in {message.recipient, address} - {None}:  # the address it went to, and the current one
+                scrub_address(session, message, sent_to, erased=True)
             mails += retention.prune_mail(session, message, now=now)
-            # the address out of the key, its digest too (a mail pruned before by retention included)
-            scrub_address(session, message, address, erased=True)
     subjects = _subjects(session, student_id)
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),

@@ -38,35 +38,22 @@ def address_digest(recipient: str) -> str:
     return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:20]
 
 
-def legacy_mail_dedupe(mail_key: str, recipient: str) -> str:
-    """The key the same mail had when keys held the address itself (rows written by older versions): a mail
-    of a cause is looked up under both, so one written before an upgrade is not written again after it."""
-    digest = address_digest(recipient)
-    return mail_key[:-len(digest)] + recipient if mail_key.endswith(f":{digest}") else mail_key
-
-
 def scrub_address(session: Session, message: OutboxMessage, recipient: str | None, *, erased: bool = False) -> None:
-    """Take the address out of a mail's dedupe key, if the key holds it (a row written by an older version):
-    the digest form takes its place, the key a mail of that cause has now, unless a row already has that key
-    (a second mail of the cause, written after an upgrade), when the row's id is added to stay unique.
-    `erased`: the digest goes too (it would link a known address to the row), replaced by the row's id."""
+    """Take the address out of a mail's dedupe key where the key holds it (a row written by an older version):
+    the digest form takes its place, the key a mail of that cause has now; if a row already has that key (a
+    second mail of the cause, written after an upgrade), the row's id is added to stay unique. `erased`: the
+    digest goes too (it would link a known address to the row), replaced by the row's id."""
     if not recipient:
         return
-    key = message.dedupe_key
-    for form in (recipient, address_digest(recipient)):
-        if key.endswith(f":{form}"):
-            stem = key[:-len(form)]
-            break
-    else:
+    key, digest = message.dedupe_key, address_digest(recipient)
+    stem = next((key[:-len(form)] for form in (recipient, digest) if key.endswith(f":{form}")), None)
+    if stem is None:
         return
-    if erased:
-        message.dedupe_key = f"{stem}erased-{message.id}"
-        return
-    if key.endswith(f":{address_digest(recipient)}"):
-        return
-    scrubbed = stem + address_digest(recipient)
-    taken = session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == scrubbed))
-    message.dedupe_key = scrubbed if taken is None else f"{scrubbed}:{message.id}"
+    scrubbed = f"{stem}erased-{message.id}" if erased else stem + digest
+    if scrubbed != key and not erased and \
+            session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == scrubbed)) is not None:
+        scrubbed = f"{scrubbed}:{message.id}"
+    message.dedupe_key = scrubbed
 
 
 def add_message(
@@ -80,16 +67,18 @@ def add_message(
     enrollment_id: int | None = None,
     fresh: bool = False,
     sequenced: bool = False,
+    former_key: str | None = None,
 ) -> OutboxMessage:
     """Record a message once per dedupe key (its cause); a repeat returns the existing row.
 
     `sequenced`: the message takes the enrollment's next `sequence` (platform events).
 
+    `former_key`: the key an older version wrote the same message under; a row under it is the message too.
+
     `fresh`: the cause was created in this transaction, so no message can exist for it yet (the
     look-up is skipped; the unique dedupe key still refuses a second row).
     """
-    keys = [dedupe_key] + ([legacy_mail_dedupe(dedupe_key, recipient)] if channel is OutboxChannel.MAIL and recipient
-                           else [])
+    keys = [dedupe_key, former_key] if former_key else [dedupe_key]
     existing = None if fresh else session.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key.in_(keys))
                                                  .order_by(OutboxMessage.id).limit(1))
     if existing is not None:
@@ -160,6 +149,7 @@ def add_mail(
         recipient=recipient,
         enrollment_id=enrollment_id,
         fresh=fresh,
+        former_key=f"mail:{dedupe_key}:{recipient}",  # keys held the address itself before they held its digest
     )
 
 
