@@ -63,8 +63,7 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
         # pruned after Stripe's 24 hours, when the same key would make a second one)
         refund = _made_for(client, pi, admin_refund_id) if retried else None
         if refund is None:
-            refund = _create(client, params, key, lambda spent: _fresh_key(unit_of_work, admin_refund_id, spent),
-                             lambda: _made_for(client, pi, admin_refund_id))
+            refund = _create(client, params, key, unit_of_work=unit_of_work, admin_refund_id=admin_refund_id)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     except stripe.StripeError as exc:
@@ -90,8 +89,8 @@ def _made_for(client: Any, payment_intent: str, admin_refund_id: int) -> dict[st
     return None
 
 
-def _create(client: Any, params: dict[str, Any], key: str, fresh_key: Callable[[str], str | None],
-            made: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+def _create(client: Any, params: dict[str, Any], key: str, *, unit_of_work: UnitOfWork,
+            admin_refund_id: int) -> dict[str, Any] | None:
     """Create the refund with `key`. A 5xx Stripe saved under the key (it replays it to every retry for 24
     hours) means the key can never make it: once Stripe shows no refund made for it, one more call with a fresh
     key (recorded first, so a concurrent retry uses the same one). None: another request finished it."""
@@ -103,15 +102,9 @@ def _create(client: Any, params: dict[str, Any], key: str, fresh_key: Callable[[
         if not saved_server_error(exc):
             raise
         log.warning("Stripe replays a %s saved under refund key %s: checking, then a fresh key", exc.http_status, key)
-    refund = made()
+    refund = _made_for(client, params["payment_intent"], admin_refund_id)
     if refund is not None:
         return refund
-    key = fresh_key(key)
-    if key is None:
-        return None
-    return client.v1.refunds.create(params, {"idempotency_key": key}).to_dict()
-
-
-def _fresh_key(unit_of_work: UnitOfWork, admin_refund_id: int, spent: str) -> str | None:
     with unit_of_work() as session:
-        return manual.fresh_refund_key(session=session, admin_refund_id=admin_refund_id, spent=spent)
+        key = manual.fresh_refund_key(session=session, admin_refund_id=admin_refund_id, spent=key)
+    return client.v1.refunds.create(params, {"idempotency_key": key}).to_dict() if key is not None else None

@@ -276,8 +276,8 @@ def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, 
     `pending`, to be retried with the same idempotency key."""
     # the enrollment's lock first, then the refund's, the order a refund event of Stripe's takes them in
     # (`refunds.apply_refund` locks the purchase, then settles the admin refund it names)
-    enrollment_id = session.scalar(select(AdminRefund.enrollment_id).where(AdminRefund.id == admin_refund_id))
-    locked(session, enrollment_id)
+    enrollment = locked(session, session.scalar(select(AdminRefund.enrollment_id)
+                                                .where(AdminRefund.id == admin_refund_id)))
     row = session.scalar(select(AdminRefund).where(AdminRefund.id == admin_refund_id).with_for_update()
                          .execution_options(populate_existing=True))
     if row.status != "pending":
@@ -292,8 +292,7 @@ def refund_outcome(*, session: Session, admin_refund_id: int, refund: dict[str, 
             row.status, row.finished_at = "failed", utcnow()
             if row.keep_access:  # it no longer nets what other refunds took back
                 session.flush()
-                payments.settle_enrollment(session=session, enrollment=locked(session, row.enrollment_id),
-                                           cause=f"admin_refund:{row.id}")
+                payments.settle_enrollment(session=session, enrollment=enrollment, cause=f"admin_refund:{row.id}")
     return row
 
 

@@ -180,6 +180,7 @@ def test_stripe_reporting_the_refund_an_admin_asked_for_settles_it(database, enr
     event = refund_created(refund_id="re_asked", amount=COURSE_PRICE // 2)
     event["data"]["object"]["metadata"] = {"admin_refund_id": str(admin_refund), "keep_access": "true"}
     deliver(database, event)
+    deliver(database, {**event, "id": "evt_twin"})  # the same refund under a new event id: nothing more
     with database.session_scope() as s:
         row = s.get(AdminRefund, admin_refund)
         assert (row.status, row.stripe_refund_id, row.last_error) == ("succeeded", "re_asked", None)
