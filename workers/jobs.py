@@ -124,7 +124,6 @@ def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: 
     finish_job_run(job_run, claimed=len(jobs), delivered=delivered, handed_back=handed_back)
 
 
-
 def _channel(name: str | None) -> OutboxChannel | None:
     """The channel a relay was started for. Only relays send one; a name this version does not know (a newer
     worker's) relays every channel rather than dropping the message."""
@@ -135,6 +134,7 @@ def _channel(name: str | None) -> OutboxChannel | None:
     except ValueError:
         log.warning("relay_outbox: unknown channel %r; relaying every channel", name)
         return None
+
 
 # Retries are the outbox's own (next_attempt_at with backoff, then `dead`), not Dramatiq's.
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
