@@ -15,7 +15,7 @@ from tasks.enrollments import reminders
 from tasks.errors import PermanentError
 from tasks.lifecycle import retention
 from tasks.messaging import delivery
-from workers import metrics, publishing, reconciling, runtime
+from workers import metrics, publishing, reconciling, refunds, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
 from workers.queue_depths import messages_held
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
@@ -177,6 +177,14 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max
     rt = runtime.current()
     finish_job_run(job_run, **reconciling.run(rt, lookback_hours=lookback_hours, max_calls=max_calls,
                                                enqueue=enqueue_inbox))
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def settle_refunds(job_run: int | None = None) -> None:
+    """Finish the admin refunds left pending (their request died, or nobody retried it): ask Stripe for the
+    refund made for each, make it only if there is none, record the outcome (`refunds.settle_pending`)."""
+    rt = runtime.current()
+    finish_job_run(job_run, **refunds.settle_pending(unit_of_work=rt.db.session_scope, settings=rt.settings))
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)

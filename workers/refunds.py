@@ -3,18 +3,22 @@
 `tasks.purchases.manual` checks and records the intent (with its audit entry) and the outcome; this
 module owns the transactions around them, so the Stripe call never runs inside one. The Stripe
 idempotency key is the intent's: a caller retrying with the same `Idempotency-Key` reuses the intent
-(and so the key), and Stripe answers the same refund.
+(and so the key), and Stripe answers the same refund. A refund left pending (its request died, or nobody
+retried) is finished by the `refunds` job (`settle_pending`) the same way.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, StudentCourseEnrollment
+from db.types import utcnow
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
 from tasks.purchases import manual
@@ -24,17 +28,18 @@ log = logging.getLogger("coursepipe.refunds")
 
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
+STALE_AFTER = timedelta(minutes=10)  # far past any request's own call and retries (a request gets 30 s)
+SETTLE_LIMIT = 50  # pending refunds one run of the `refunds` job takes, oldest first
+
 
 def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Principal, enrollment_id: int,
                       amount: int | None, keep_access: bool, reason: str, request_key: str | None = None,
                       client: Any = None) -> dict[str, Any]:
     """Returns the admin refund's view; its `status` is `succeeded`, `failed` (Stripe refused) or
-    `pending` (the outcome is unknown: retry with the same Idempotency-Key)."""
-    import stripe
-
+    `pending` (the outcome is unknown: retry with the same Idempotency-Key, or the `refunds` job settles it)."""
     client = client or stripe_client(settings, purpose="refunds need the Stripe API")
     with unit_of_work() as session:
-        row = None
+        row, created = None, False
         if request_key:
             # the enrollment's lock first: a request sent twice at once waits here for the other's intent,
             # then finds it by its key
@@ -49,21 +54,70 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
             audit.record(session=session, principal=principal, action="enrollment.refund",
                          target=f"enrollment:{enrollment_id}", reason=reason,
                          details={"admin_refund_id": row.id, "amount": plan.amount, "keep_access": keep_access})
+            created = True
         if row.status != "pending":
             return manual.refund_view(row)
-        admin_refund_id, key = row.id, row.idempotency_key
-        pi = session.get(StudentCourseEnrollment, enrollment_id).stripe_payment_intent_id
+        # a row found by its key may have had a call made whose answer never came (its request died)
+        call = _Call.of(session, row, retried=not created)
+    return _attempt(call, client=client, unit_of_work=unit_of_work)
+
+
+def settle_pending(*, unit_of_work: UnitOfWork, settings: Any, now: datetime | None = None,
+                   client: Any = None) -> dict[str, int]:
+    """The `refunds` job: finish each admin refund left `pending` STALE_AFTER or longer (its request died, or
+    its caller never retried), as a retry with its key would: ask Stripe for the refund made for it, and make
+    it only if there is none. At most SETTLE_LIMIT a run, oldest first; one whose outcome stays unknown waits
+    for the next run. Returns how many ended in each status."""
+    now = now or utcnow()
+    with unit_of_work() as session:
+        calls = [_Call.of(session, row, retried=True)
+                 for row in manual.stale_pending_refunds(session, before=now - STALE_AFTER, limit=SETTLE_LIMIT)]
+    done = {"succeeded": 0, "failed": 0, "pending": 0}
+    if not calls:
+        return done
+    if client is None and not settings.stripe_api_key:
+        log.warning("refunds: %d admin refund(s) pending, and STRIPE_API_KEY is not set to settle them", len(calls))
+        return {**done, "pending": len(calls)}
+    client = client or stripe_client(settings)
+    for call in calls:
+        done[_attempt(call, client=client, unit_of_work=unit_of_work)["status"]] += 1
+    if done["pending"]:
+        log.warning("refunds: %d admin refund(s) still pending after a retry; the next run tries again",
+                    done["pending"])
+    return done
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One Stripe call for a pending admin refund, read in a unit of work and made outside any."""
+    admin_refund_id: int
+    enrollment_id: int
+    payment_intent: str
+    key: str
+    params: dict[str, Any]
+    retried: bool  # an earlier call may have made it: ask Stripe first
+
+    @classmethod
+    def of(cls, session: Session, row: AdminRefund, *, retried: bool) -> "_Call":
+        pi = session.get(StudentCourseEnrollment, row.enrollment_id).stripe_payment_intent_id
         params = {"payment_intent": pi, "amount": row.amount, "reason": "requested_by_customer",
-                  "metadata": {"enrollment_id": str(enrollment_id), "admin_refund_id": str(admin_refund_id),
+                  "metadata": {"enrollment_id": str(row.enrollment_id), "admin_refund_id": str(row.id),
                                "keep_access": "true" if row.keep_access else "false"}}
-        retried = row.last_error is not None  # an earlier call's outcome is unknown
+        return cls(row.id, row.enrollment_id, pi, row.idempotency_key, params, retried)
+
+
+def _attempt(call: _Call, *, client: Any, unit_of_work: UnitOfWork) -> dict[str, Any]:
+    """Call Stripe (outside any transaction), then record the outcome in a unit of work of its own."""
+    import stripe
+
     refund, error, final = None, None, False
-    try:  # outside any transaction
+    try:
         # a retry asks Stripe first: the earlier call may have made the refund (its answer lost, or its key
         # pruned after Stripe's 24 hours, when the same key would make a second one)
-        refund = _made_for(client, pi, admin_refund_id) if retried else None
+        refund = _made_for(client, call.payment_intent, call.admin_refund_id) if call.retried else None
         if refund is None:
-            refund = _create(client, params, key, unit_of_work=unit_of_work, admin_refund_id=admin_refund_id)
+            refund = _create(client, call.params, call.key, unit_of_work=unit_of_work,
+                             admin_refund_id=call.admin_refund_id)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     except stripe.StripeError as exc:
@@ -72,10 +126,11 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
         # twice at once), and Stripe saves no answer for it, so the outcome is still unknown
         final = exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status != 409
     if error:
-        log.warning("refund of enrollment %s (admin refund %s) failed: %s", enrollment_id, admin_refund_id, error)
+        log.warning("refund of enrollment %s (admin refund %s) failed: %s", call.enrollment_id,
+                    call.admin_refund_id, error)
     with unit_of_work() as session:
-        row = manual.refund_outcome(session=session, admin_refund_id=admin_refund_id, refund=refund, error=error,
-                                    final=final)
+        row = manual.refund_outcome(session=session, admin_refund_id=call.admin_refund_id, refund=refund,
+                                    error=error, final=final)
         return manual.refund_view(row)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -194,9 +195,15 @@ def check_refund(*, session: Session, enrollment_id: int, amount: Any, lock: boo
         raise NotRefundable(f"enrollment {enrollment_id} was not paid through Stripe: there is nothing to refund")
     if enrollment.status in (EnrollmentStatus.PENDING, EnrollmentStatus.FAILED):
         raise NotRefundable(f"enrollment {enrollment_id} is {enrollment.status.value}: its payment did not settle")
-    refundable = enrollment.amount_total - payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
+    # a refund asked for whose outcome is still unknown may yet be made: it is not left to refund again
+    asked = int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
+        AdminRefund.enrollment_id == enrollment.id, AdminRefund.status == "pending")))
+    refunded = payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
+    refundable = enrollment.amount_total - refunded - asked
     if refundable <= 0:
-        raise NotRefundable(f"enrollment {enrollment_id} is refunded in full already")
+        raise NotRefundable(f"enrollment {enrollment_id} is refunded in full already" if asked == 0 else
+                            f"enrollment {enrollment_id} has nothing left to refund beside the refunds still "
+                            f"pending ({asked} in minor units)")
     if amount is None:
         amount = refundable
     if not isinstance(amount, int) or isinstance(amount, bool) or not 1 <= amount <= refundable:
@@ -306,6 +313,13 @@ def fresh_refund_key(*, session: Session, admin_refund_id: int, spent: str) -> s
     if row.idempotency_key == spent:
         row.idempotency_key = new_refund_key()
     return row.idempotency_key
+
+
+def stale_pending_refunds(session: Session, *, before: datetime, limit: int) -> list[AdminRefund]:
+    """Admin refunds still `pending` that were asked for before `before`, oldest first."""
+    return list(session.scalars(select(AdminRefund).where(AdminRefund.status == "pending",
+                                                          AdminRefund.created_at < before)
+                                .order_by(AdminRefund.id).limit(limit)))
 
 
 def new_refund_key() -> str:

@@ -2,15 +2,20 @@
 and keep_access, against the local Stripe server; each with its reason in the audit log."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
 from db.enums import BundleKind
 from db.models import AdminRefund, AuditEntry, CreditLedgerEntry, OutboxMessage, StudentCourseEnrollment
+from db.types import utcnow
+from tasks.purchases import manual
 from tests import factories
 from tests.admin_support import at_once, bearer, make_token
 from tests.conftest import make_settings
 from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
+from workers import refunds as refund_calls
 
 
 @pytest.fixture
@@ -393,3 +398,125 @@ def test_a_manual_enrollment_has_nothing_to_refund(client, runtime, operator):
     refused = client.post(f"/admin/enrollments/{made['enrollment']['id']}/refund", headers=operator,
                           json={"keep_access": False, "reason": "x", "preview": True})
     assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "not_refundable"
+
+
+# --------------------------------------------------------------------------- refunds left pending: the `refunds` job
+
+
+def _settle(runtime, *, minutes: int = 11) -> dict:
+    return refund_calls.settle_pending(unit_of_work=runtime.db.session_scope, settings=runtime.settings,
+                                       now=utcnow() + timedelta(minutes=minutes))
+
+
+def _pending(client, operator, enrollment_id, stripe_server, *, ran: bool, amount: int | None = None) -> dict:
+    """A refund asked without an Idempotency-Key whose outcome stayed unknown: its caller cannot retry it."""
+    if ran:  # Stripe made it and the answer was lost; asking Stripe failed too
+        stripe_server.fail_next("POST", "/v1/refunds", status=500, ran=True)
+        stripe_server.fail_next("GET", "/v1/refunds", status=503, times=2)
+    else:  # Stripe never got the call (the client retries once itself)
+        stripe_server.fail_next("POST", "/v1/refunds", status=500, times=2)
+    body = {"keep_access": False, "reason": "left the school", **({"amount": amount} if amount else {})}
+    unknown = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator, json=body)
+    assert unknown.status_code == 502 and unknown.get_json()["refund"]["status"] == "pending"
+    return unknown.get_json()["refund"]
+
+
+def test_a_refund_left_pending_is_made_by_the_refunds_job_once_it_is_stale(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    pending = _pending(client, operator, enrollment_id, stripe_server, ran=False)
+    assert stripe_server.refunds == {}
+    calls = len(stripe_server.calls())
+    assert _settle(runtime, minutes=5) == {"succeeded": 0, "failed": 0, "pending": 0}  # a request may still run
+    assert len(stripe_server.calls()) == calls
+    assert _settle(runtime) == {"succeeded": 1, "failed": 0, "pending": 0}
+    assert len(stripe_server.refunds) == 1 and stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE
+    keys = {c.idempotency_key for c in stripe_server.calls("POST", "/v1/refunds")}
+    assert len(keys) == 1  # the intent's own key
+    with db.session_scope() as s:
+        row = s.get(AdminRefund, pending["id"])
+        assert row.status == "succeeded" and row.stripe_refund_id in stripe_server.refunds
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 0}  # nothing left: no call
+    assert len(stripe_server.refunds) == 1
+
+
+def test_the_refunds_job_finds_a_refund_stripe_made_after_its_key_was_pruned(client, runtime, stripe_server,
+                                                                              operator):
+    """The call made the refund but its answer was lost, and nobody retried within Stripe's 24 hours: the job
+    asks Stripe first, so a partial refund is never made twice."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    pending = _pending(client, operator, enrollment_id, stripe_server, ran=True, amount=COURSE_PRICE // 4)
+    stripe_server._idempotent.clear()  # 24 hours later
+    assert _settle(runtime, minutes=24 * 60) == {"succeeded": 1, "failed": 0, "pending": 0}
+    assert len(stripe_server.refunds) == 1
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 4
+    with db.session_scope() as s:
+        assert s.get(AdminRefund, pending["id"]).stripe_refund_id == next(iter(stripe_server.refunds))
+
+
+def test_a_retry_of_a_refund_whose_request_died_asks_stripe_first(client, runtime, stripe_server, operator):
+    """The request died after Stripe made the refund, before anything was recorded (no `last_error`): a retry
+    with its Idempotency-Key after Stripe's 24 hours finds the refund instead of making a second one."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    with db.session_scope() as s:
+        plan = manual.check_refund(session=s, enrollment_id=enrollment_id, amount=COURSE_PRICE // 2)
+        row = manual.refund_intent(session=s, plan=plan, keep_access=False, reason="x", actor="op",
+                                   request_key="ticket-5")
+        call = refund_calls._Call.of(s, row, retried=False)
+    stripe_server.client().v1.refunds.create(call.params, {"idempotency_key": call.key})  # then the process died
+    stripe_server._idempotent.clear()
+    retried = client.post(f"/admin/enrollments/{enrollment_id}/refund",
+                          headers={**operator, "Idempotency-Key": "ticket-5"},
+                          json={"amount": COURSE_PRICE // 2, "keep_access": False, "reason": "x"})
+    assert retried.status_code == 201 and retried.get_json()["refund"]["status"] == "succeeded"
+    assert len(stripe_server.refunds) == 1
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 2
+
+
+def test_a_refund_still_pending_is_not_left_to_refund_again(client, runtime, stripe_server, operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    _pending(client, operator, enrollment_id, stripe_server, ran=False, amount=COURSE_PRICE // 2)
+    too_much = client.post(url, headers=operator, json={"amount": COURSE_PRICE // 2 + 1, "keep_access": False,
+                                                        "reason": "x", "preview": True})
+    assert too_much.status_code == 400 and too_much.get_json()["error"]["field"] == "amount"
+    assert str(COURSE_PRICE // 2) in too_much.get_json()["error"]["message"]
+    rest = client.post(url, headers=operator, json={"keep_access": False, "reason": "the rest"})
+    assert rest.status_code == 201 and rest.get_json()["refund"]["amount"] == COURSE_PRICE // 2
+    assert _settle(runtime)["succeeded"] == 1
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE and len(stripe_server.refunds) == 2
+    nothing = client.post(url, headers=operator, json={"keep_access": False, "reason": "x", "preview": True})
+    assert nothing.status_code == 409 and nothing.get_json()["error"]["code"] == "not_refundable"
+    assert state(db)["enrollments"][0]["status"] == "revoked"
+
+
+def test_the_refunds_job_records_a_refusal_and_keeps_an_unknown_outcome_pending(client, runtime, stripe_server,
+                                                                                 operator):
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    pending = _pending(client, operator, enrollment_id, stripe_server, ran=False)
+    stripe_server.fail_next("POST", "/v1/refunds", status=503, times=2)
+    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 1}
+    stripe_server.fail_next("POST", "/v1/refunds", status=400, body={"error": {
+        "type": "invalid_request_error", "code": "charge_disputed", "message": "Charge ch_1 has been charged back"}})
+    assert _settle(runtime) == {"succeeded": 0, "failed": 1, "pending": 0}
+    with db.session_scope() as s:
+        row = s.get(AdminRefund, pending["id"])
+        assert row.status == "failed" and "charged back" in row.last_error
+    assert stripe_server.refunds == {} and state(db)["enrollments"][0]["status"] == "active"
+
+
+def test_the_refunds_job_without_a_stripe_key_reports_what_waits(runtime, stripe_server):
+    enrollment_id = _purchase(runtime.db, stripe_server)
+    with runtime.db.session_scope() as s:
+        manual.refund_intent(session=s, plan=manual.check_refund(session=s, enrollment_id=enrollment_id, amount=None),
+                             keep_access=False, reason="x", actor="op", request_key=None)
+    unconfigured = make_settings(runtime.settings.database_url)
+    assert refund_calls.settle_pending(unit_of_work=runtime.db.session_scope, settings=unconfigured,
+                                       now=utcnow() + timedelta(minutes=11)) == {"succeeded": 0, "failed": 0,
+                                                                                "pending": 1}
+    assert stripe_server.calls("POST", "/v1/refunds") == []
