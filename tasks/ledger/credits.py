@@ -13,11 +13,11 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.enums import CreditType, EnrollmentStatus, LedgerEntryType
-from db.models import CreditLedgerEntry, Student, StudentCourseEnrollment
+from db.enums import CreditType, EnrollmentStatus, LedgerEntryType, PurchaseStatus
+from db.models import CreditLedgerEntry, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.errors import TaskError
-from tasks.ledger.causes import Cause, CauseKind, Keys
+from tasks.ledger.causes import Cause, Keys
 
 
 class NoCredit(TaskError):
@@ -203,17 +203,16 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
 
 
 def _revoked_now(session: Session, consumed: CreditLedgerEntry) -> bool:
-    """The consumed credit's lot was revoked by its purchase's revocation, and the purchase stands revoked:
-    a package's revocation is final; an enrollment's lasts until an admin reinstates it."""
-    causes = session.scalars(select(CreditLedgerEntry.cause).where(
-        CreditLedgerEntry.grant_id == consumed.grant_id, CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE))
-    if not any(Cause.parse(cause).kind is CauseKind.REVOCATION for cause in causes):
-        return False
-    if consumed.enrollment_id is None:
-        return True
-    status = session.scalar(select(StudentCourseEnrollment.status).where(
-        StudentCourseEnrollment.id == consumed.enrollment_id))
-    return status == EnrollmentStatus.REVOKED
+    """The consumed credit's purchase stands revoked: an enrollment until an admin reinstates it, a package
+    (refunded in full or a dispute lost) for good. Judged from the purchase, not from its lot: a lot spent to
+    its last credit when the purchase was revoked carries no revocation entry."""
+    if consumed.enrollment_id is not None:
+        return session.scalar(select(StudentCourseEnrollment.status).where(
+            StudentCourseEnrollment.id == consumed.enrollment_id)) == EnrollmentStatus.REVOKED
+    if consumed.package_purchase_id is not None:
+        return session.scalar(select(PackagePurchase.status).where(
+            PackagePurchase.id == consumed.package_purchase_id)) == PurchaseStatus.REFUNDED
+    return False
 
 
 def revoke_unconsumed(

@@ -74,12 +74,11 @@ def test_no_credit_left_is_refused(session):
 
 def test_a_release_after_a_full_revocation_is_taken_back_but_after_a_partial_refund_stays(session):
     student = factories.student(session)
-    program = factories.program(session)
-    enrollment = factories.enrollment(session, student, program)
-    enrollment.status = EnrollmentStatus.REVOKED
-    session.flush()
-    for cause, usable in ((Cause.revocation(ENROLLMENT_OWNER, enrollment.id), 0),
-                          (Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id), 1)):
+    for kind, status, usable in ((Cause.revocation, EnrollmentStatus.REVOKED, 0),
+                                 (Cause.partial_refund, EnrollmentStatus.ACTIVE, 1)):
+        enrollment = factories.enrollment(session, student, factories.program(session, code=f"C{status.value}"),
+                                          status=status, session_id=f"cs_{status.value}")
+        cause = kind(ENROLLMENT_OWNER, enrollment.id)
         grant = credits.issue_credits(session=session, student_id=student.id, credit_type=CreditType.PRIVATE,
                                       quantity=2, cause=Cause.adjustment(f"lot-{cause.kind.value}"),
                                       enrollment_id=enrollment.id)

@@ -189,6 +189,35 @@ def test_a_credit_released_after_a_refund_is_revoked_only_if_the_refund_was_full
         assert credits.balances(session=s, student_id="stu_1")["private"] == 0
 
 
+def test_a_credit_spent_to_the_last_when_the_refund_came_is_revoked_again_when_released(database):
+    """A full refund found nothing left on the lot to revoke (its one credit was booked): the booking cancelled
+    within policy afterwards gives the credit back to a revoked purchase, and it is taken back at once."""
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.GROUP_CREDIT, 1),))
+    deliver(database, checkout(cs="cs_1", pi="pi_1"))
+    with database.session_scope() as s:
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.GROUP, booking_id="bk_c")
+    deliver(database, charge_refunded())
+    assert state(database)["enrollments"][0]["status"] == "revoked"
+    with database.session_scope() as s:
+        credits.release_credit(session=s, booking_id="bk_c")
+    after = state(database)
+    assert after["balances"]["group"] == 0 and after["enrollments"][0]["lots"] == [("group", 1, 0)]
+
+
+def test_a_package_credit_spent_to_the_last_when_the_refund_came_is_revoked_again_when_released(database):
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="P1", title="One", price_amount=1000, credit_type=CreditType.GROUP, quantity=1))
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P1", amount=1000))
+    with database.session_scope() as s:
+        credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.GROUP, booking_id="bk_c")
+    deliver(database, charge_refunded(pi="pi_p", amount=1000, refunded=1000, refunds=[("re_1", 1000)]))
+    assert state(database)["packages"][0]["status"] == "refunded"
+    with database.session_scope() as s:
+        credits.release_credit(session=s, booking_id="bk_c")
+    assert state(database)["balances"]["group"] == 0
+
+
 def test_full_refund_of_a_pending_purchase_revokes_it_and_a_later_success_grants_nothing(database):
     _catalog(database)
     deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))
