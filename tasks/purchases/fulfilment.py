@@ -36,9 +36,9 @@ from tasks.enrollments import services as enrollments
 from tasks.purchases import payments
 from tasks.catalog import publishing
 from tasks.purchases import shapes
-from tasks.errors import NotFound, PermanentError, TransientError
+from tasks.errors import Ignored, NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
-from tasks.stripe_api import stripe_client
+from tasks.stripe_api import mode_mismatch, stripe_client
 from tasks.inbox.context import Fetched, HandlerContext, not_fetched
 from tasks.inbox.parking import wake_waiting
 
@@ -54,6 +54,16 @@ STRIPE_TIMEOUT_SECONDS = 10
 
 class UnknownProduct(NotFound):
     """Raised when a checkout names no course or package we know (fix the catalog, then replay)."""
+
+
+class NotOurs(Ignored):
+    """Raised when a checkout has no metadata and its line items name no price or product of ours: one of the
+    Stripe account's other sales (it ends `ignored`, and so do its refunds and disputes)."""
+
+
+class NotFulfillable(PermanentError):
+    """Raised when a re-fulfilment is asked for a checkout the event handlers ignore (another Stripe mode's,
+    a subscription or setup session)."""
 
 
 class UnknownBuyer(PermanentError):
@@ -225,8 +235,21 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
         return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
                        identified_by="line_items")
-    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
-                         f"{[p for p, _ in prices]}")
+    named = f"{[p for p, _ in prices]}"
+    ours = _listing_for_products(session, {product for _, product in prices if product})
+    if ours is None:  # the account's other sales: nothing of ours behind the payment
+        raise NotOurs(f"checkout session {checkout.get('id')}: no metadata, and no price or product of ours among "
+                      f"{named}: not a course or package of ours")
+    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among {named} "
+                         f"(a price of {ours.code}'s Stripe product, unknown here)")
+
+
+def _listing_for_products(session: Session, product_ids: set[str]) -> CourseProgram | CreditPackage | None:
+    """The course or package whose Stripe product is one of these (a price of it we never created or recorded)."""
+    if not product_ids:
+        return None
+    return (session.scalar(select(CourseProgram).where(CourseProgram.stripe_product_id.in_(product_ids)).limit(1))
+            or session.scalar(select(CreditPackage).where(CreditPackage.stripe_product_id.in_(product_ids)).limit(1)))
 
 
 # --------------------------------------------------------------------------- fulfilling
@@ -472,6 +495,12 @@ def refulfill_checkout_session(*, ctx: HandlerContext, checkout_session_id: str,
     events = stored_checkouts(session, checkout_session_id)
     if not events:
         raise NotFound(f"no purchase and no stored Stripe event for checkout session {checkout_session_id}")
+    for event in events:  # what the event handlers ignore is no purchase here either
+        checkout = event.payload["data"]["object"]
+        why = mode_mismatch(settings, event.payload) or (
+            f"it is in {checkout.get('mode')} mode" if checkout.get("mode") in NOT_ONE_TIME else None)
+        if why:
+            raise NotFulfillable(f"checkout session {checkout_session_id} is not a purchase to fulfil: {why}")
     pis = {e.payload["data"]["object"].get("payment_intent") for e in events} - {None}
     keys = {f"payment:{pi}" for pi in pis}
     # the payment's lock, as the runner takes it: no event about it runs, or parks, while we fulfil

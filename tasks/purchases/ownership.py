@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.enums import InboxSource
+from db.enums import InboxSource, InboxStatus
 from db.models import InboxEvent
 from tasks.errors import Ignored, PermanentError, TransientError
 from tasks.events import stripe_id
@@ -121,7 +121,7 @@ class Ownership:
                               f"{checkout.get('mode')} mode: not a course or package of ours")
             try:
                 fulfilment.identify_product(session, checkout, settings=settings, fetched=self.fetched)
-            except fulfilment.UnknownProduct as exc:
+            except (fulfilment.UnknownProduct, fulfilment.NotOurs) as exc:
                 raise Ignored(f"payment {payment_intent} sold no course or package of ours ({exc})") from None
             return
         intent = self.fetched(f"stripe:payment_intent:{payment_intent}",
@@ -135,7 +135,9 @@ class Ownership:
 
     @staticmethod
     def _checkout_in_inbox(session: Session, payment_intent: str) -> bool:
-        """A checkout event of this payment is stored (failed, say, for a course not imported yet): ours."""
+        """A checkout event of this payment is stored (failed, say, for a course not imported yet): ours. One
+        ignored (another mode's, a subscription, one of the account's other sales) says nothing of the kind."""
         return session.scalar(select(InboxEvent.id).where(
             InboxEvent.source == InboxSource.STRIPE, InboxEvent.subject == f"payment:{payment_intent}",
-            InboxEvent.type.in_(fulfilment.CHECKOUT_TYPES)).limit(1)) is not None
+            InboxEvent.type.in_(fulfilment.CHECKOUT_TYPES), InboxEvent.status != InboxStatus.IGNORED)
+            .limit(1)) is not None

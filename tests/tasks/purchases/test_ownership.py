@@ -223,3 +223,26 @@ def test_the_retry_job_ends_expired_rows_and_records_how_many(database, runtime,
     assert requeue_parked() == (0, 2)
     with runtime.db.session_scope() as s:
         assert {s.get(InboxEvent, i).status for i in old} == {InboxStatus.FAILED}
+
+
+@pytest.mark.parametrize("why", ["livemode", "subscription"])
+def test_refulfilment_refuses_a_checkout_the_handlers_ignore(database, why):
+    """A checkout ignored as another Stripe mode's (a test payment at a live installation) or as a subscription is
+    no purchase: re-fulfilling it by its session id is refused with the reason, and nothing is created."""
+    from tasks.inbox.context import HandlerContext
+    from tasks.purchases import fulfilment
+
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    event = checkout(cs="cs_ign", pi="pi_ign")
+    if why == "livemode":
+        event["livemode"] = True
+    else:
+        event["data"]["object"]["mode"] = "subscription"
+    live = make_settings(database.url, stripe_api_key="sk_test_x" if why == "livemode" else None)
+    assert deliver(database, event, settings=live).outcome is inbox.Outcome.IGNORED
+    with database.session_scope() as s:
+        with pytest.raises(fulfilment.NotFulfillable, match="cs_ign" if why == "subscription" else "livemode"):
+            fulfilment.refulfill_checkout_session(ctx=HandlerContext(session=s, settings=live),
+                                                  checkout_session_id="cs_ign")
+    assert state(database)["enrollments"] == []
