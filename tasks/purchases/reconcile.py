@@ -3,9 +3,10 @@
 
 Two steps, so no Stripe call runs inside a transaction:
 1. `list_events` (network, no transaction) asks `GET /v1/events` for the handled types (`types[]`) since
-   `created[gte]`: first the events whose webhook delivery failed (`delivery_success=false`), then every
-   event, newest first, resuming where the last run stopped (`starting_after`) — at most `max_calls`
-   list requests a run, so a busy account is walked over several runs instead of in one long burst.
+   `created[gte]`: first the events whose webhook delivery failed (`delivery_success=false`, newest first,
+   with half the calls at most), then every event, newest first, resuming where the last run stopped
+   (`starting_after`) — at most `max_calls` list requests a run, so a busy account is walked over several
+   runs instead of in one long burst, and the walk goes on however many deliveries failed.
 2. `record_missing` (one unit of work) stores each event the inbox lacks under its own Stripe event id
    (`store_event`, the ingress's insert), with the subject the ingress gives it: an event recovered here
    and delivered later is one row (the delivery is a duplicate), and one delivered first is never stored
@@ -99,14 +100,13 @@ def list_events(*, settings: Any, types: Iterable[str], lookback: timedelta = LO
                 seen.add(event.get("id"))
                 listing.events.append(event)
 
-    for events, _ in _pages(client, dict(base, delivery_success="false"), max_calls):
+    # the undelivered first, with half the calls at most: however many there are, the full walk (which also
+    # meets every undelivered event) goes on from where the last run stopped
+    for events, _ in _pages(client, dict(base, delivery_success="false"), max_calls // 2):
         listing.calls += 1
         listing.undelivered += len(events)
         keep(events)
     budget = max_calls - listing.calls
-    if budget <= 0:
-        listing.cursor = resume_after
-        return listing
     try:
         _walk(client, base, budget, resume_after, listing, keep)
     except stripe.InvalidRequestError:

@@ -227,3 +227,22 @@ def test_the_scheduled_job_stores_what_it_recovered_counts_it_and_the_dashboard_
 
 def test_without_a_key_reconcile_is_skipped(database):
     assert reconciling.run(_run_rt(database, make_settings(database.url))) == {"skipped": "STRIPE_API_KEY is not set"}
+
+
+def test_the_walk_goes_on_however_many_deliveries_failed(database, settings, stripe_server, monkeypatch):
+    """More undelivered events than a run's calls can list (an outage longer than Stripe's retries, or another
+    endpoint of the account failing): the oldest are reached by the full walk, which still advances each run."""
+    monkeypatch.setattr(reconcile, "PAGE_SIZE", 2)
+    _catalog(database)
+    events = []
+    for i in range(10):
+        event = pay.dispute_created(dispute=f"dp_{i}", pi=f"pi_{i}")
+        event["created"] = int(time.time()) - 100 + i
+        events.append(stripe_server.add_event(event, delivered=False))
+        stripe_server.add_payment_intent(id=f"pi_{i}", metadata={})
+    runs = [_reconcile(database, settings, max_calls=4)]
+    while runs[-1]["cursor"] is not None and len(runs) < 5:
+        runs.append(_reconcile(database, settings, max_calls=4))
+    assert all(run["calls"] <= 4 for run in runs) and runs[0]["undelivered"] == 4  # two pages of the newest
+    assert set(_rows(database)) == {e["id"] for e in events}  # the two oldest too
+    assert len(runs) == 3  # 4 events walked a run
