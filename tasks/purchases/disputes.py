@@ -26,9 +26,10 @@ from tasks.events import stripe_id
 from tasks.machines import DISPUTE
 
 # Stripe's closed statuses: `lost` takes the money back; `won` and `warning_closed` (an inquiry
-# that never became a chargeback) leave it with us
+# that never became a chargeback) leave it with us; `prevented` (a card network's early resolution, such
+# as Visa's RDR) took no chargeback: the money went back by a refund, which Stripe reports on its own
 LOST_STATUSES = ("lost",)
-CLOSED_STATUSES = ("won", "lost", "warning_closed")  # Stripe's statuses of a closed dispute
+CLOSED_STATUSES = ("won", "lost", "warning_closed", "prevented")  # Stripe's statuses of a closed dispute
 
 
 @dataclass
@@ -96,8 +97,10 @@ def open_dispute(*, session: Session, dispute: dict[str, Any], ownership: Any = 
     shapes.require("dispute", dispute, shapes.dispute_problem(dispute))
     purchase, row = _record(session, dispute, DisputeStatus.OPEN, ownership)
     payments.settle(session=session, purchase=purchase, cause=f"dispute:{row.stripe_dispute_id}")
-    if row.status == DisputeStatus.OPEN:
-        evidence.record_opened(session=session, row=row, dispute=dispute)  # the deadline and a first draft
+    if row.status != DisputeStatus.OPEN:  # it came after its `closed`: nothing to answer, no one to alert
+        session.flush()
+        return _applied(purchase, row)
+    evidence.record_opened(session=session, row=row, dispute=dispute)  # the deadline and a first draft
     enrollment = purchase.enrollment
     outbox.add_mail(
         session=session,

@@ -1,6 +1,7 @@
 """Disputes: opened → suspended + admin alert; won → reinstated; lost → revoked; in any order, twice."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from db.enums import BundleKind, InboxStatus
@@ -85,6 +86,9 @@ def test_wrong_order_closed_before_created_never_suspends(database):
     deliver(database, dispute_created())
     after = state(database)
     assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]
+    with database.session_scope() as s:  # and no admin is alerted to answer a dispute already closed
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.topic == "dispute_alert")) == 0
 
 
 def test_wrong_order_dispute_before_purchase_waits(database):
@@ -134,9 +138,12 @@ def test_a_dispute_closed_with_an_open_status_fails_and_leaves_the_student_suspe
     assert state(database) == before and before["enrollments"][0]["status"] == "suspended"
 
 
-def test_a_dispute_closed_as_warning_closed_counts_as_won(database):
+@pytest.mark.parametrize("closed", ["warning_closed", "prevented"])
+def test_a_dispute_closed_without_a_chargeback_counts_as_won(database, closed):
+    """`warning_closed` (an inquiry that never became a chargeback) and `prevented` (resolved early by the card
+    network, the money returned by a refund Stripe reports on its own) take nothing away."""
     _purchase(database)
     deliver(database, dispute_created())
-    deliver(database, dispute_closed(status="warning_closed"))
+    assert deliver(database, dispute_closed(status=closed)).outcome is inbox.Outcome.PROCESSED
     after = state(database)
     assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]
