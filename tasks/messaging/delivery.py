@@ -65,8 +65,6 @@ CLAIM_BATCH_MAX = 50  # ... and at most, where its receivers answer fast
 EVENT_ID_PREFIX = "cp_out_"
 HELD_LOG_EVERY_SECONDS = 300
 PROBE_TIMEOUT = 5  # seconds a kept SMTP session has to answer a NOOP before it is replaced
-# platform answers that retrying cannot change (anything else 4xx/5xx is retried)
-PERMANENT_HTTP = frozenset({400, 401, 403, 404, 405, 410, 413, 415, 422})
 
 
 @dataclass(frozen=True)
@@ -480,8 +478,9 @@ class Sender:
             return Outcome(False, f"platform unreachable: {_reason(exc)}")
         if 200 <= response.status_code < 300:
             return Outcome(True)
-        return Outcome(False, f"platform answered HTTP {response.status_code}",
-                       permanent=response.status_code in PERMANENT_HTTP)
+        # every other answer is retried for RETRY_FOR, a 4xx too: a receiver refusing for a while (its secret
+        # being rotated, a deploy answering 404) gets the event once it is fixed, and no one has to retry it
+        return Outcome(False, f"platform answered HTTP {response.status_code}")
 
     # -- mail: one SMTP session for the batch
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.messaging import delivery
 from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import drain, make_settings
 from tests.ingress.test_metrics import scrape, value
@@ -16,12 +17,13 @@ def settings(database, smtp_sink, platform_receiver):
 
 def test_deliveries_are_counted_by_channel_and_result(client, runtime, worker, smtp_sink, platform_receiver):
     before = scrape(client)
-    platform_receiver.status_next = 410  # the platform refuses the first callback for good: dead
+    platform_receiver.status_next = 410  # the platform refuses the first callback, on its last attempt: dead
     with runtime.db.session_scope() as s:
         add_mail(session=s, template="enrollment_welcome", recipient="stu@example.test", dedupe_key="m1",
                  context={"student_name": "S", "course_title": "SFZ", "course_code": "SFZ", "steps": [], "bundle": []})
-        add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 1}, dedupe_key="p1")
-        add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 2}, dedupe_key="p2")
+        for n in (1, 2):
+            add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": n},
+                               dedupe_key=f"p{n}").attempts = delivery.MAX_ATTEMPTS - 1
     runtime.actors["relay_outbox"].send()
     drain(runtime)
     wait_until(lambda: len(smtp_sink.messages) == 1 and len(platform_receiver.events) == 1)
@@ -35,3 +37,17 @@ def test_deliveries_are_counted_by_channel_and_result(client, runtime, worker, s
     assert moved(channel="platform", result="sent") == 1
     assert moved(channel="platform", result="dead") == 1
     assert value(after, "coursepipe_outbox_messages", channel="platform", status="dead") == 1
+
+
+def test_a_platform_refusal_is_counted_as_a_retry(client, runtime, worker, platform_receiver):
+    before = scrape(client)
+    platform_receiver.status_next = 410  # a 4xx too is tried again, for the whole 3 days
+    with runtime.db.session_scope() as s:
+        add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 1}, dedupe_key="p1")
+    runtime.actors["relay_outbox"].send()
+    drain(runtime)
+    after = scrape(client)
+    assert value(after, "coursepipe_outbox_deliveries_total", channel="platform", result="retry") - \
+        value(before, "coursepipe_outbox_deliveries_total", channel="platform", result="retry") == 1
+    assert value(after, "coursepipe_outbox_messages", channel="platform", status="pending") == 1
+    assert platform_receiver.events == []

@@ -129,19 +129,20 @@ def test_platform_events_are_signed_and_carry_the_outbox_public_id(database, run
     assert all(_row(database, i).status is OutboxStatus.SENT for i in ids)
 
 
-def test_a_wrong_secret_is_rejected_by_the_receiver_and_the_message_dies(database, settings, platform_receiver):
+def test_a_wrong_secret_is_retried_and_the_event_delivered_once_the_secret_is_fixed(database, settings,
+                                                                                   platform_receiver):
+    """The receiver answers 400 (a secret being rotated on one side): the event is retried with backoff, as for
+    any answer other than a 2xx, and goes out at the next attempt after the secret is fixed; no admin needed."""
     wrong = settings.with_(platform_webhook_secret="not-the-shared-secret")
     with database.session_scope() as s:
         message_id = add_platform_event(session=s, type="enrollment.revoked", data={"enrollment_id": 1},
                                         dedupe_key="x").id
-    assert _deliver(database, wrong, message_id) is OutboxStatus.DEAD
+    assert _deliver(database, wrong, message_id) is OutboxStatus.PENDING
     assert platform_receiver.events == [] and len(platform_receiver.rejected) == 1
     row = _row(database, message_id)
-    assert "HTTP 400" in row.last_error
-    # an admin's retry after fixing the secret delivers it
-    with database.session_scope() as s:
-        delivery.retry(session=s, message_id=message_id)
-    assert _deliver(database, settings, message_id) is OutboxStatus.SENT
+    assert "HTTP 400" in row.last_error and row.attempts == 1 and row.next_attempt_at > utcnow()
+    assert _deliver(database, settings, message_id) is None  # not due yet
+    assert _deliver(database, settings, message_id, now=utcnow() + timedelta(minutes=5)) is OutboxStatus.SENT
     assert [e["id"] for e in platform_receiver.events] == [_event_id(database, message_id)]
 
 
