@@ -385,7 +385,8 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
     if not _insert(session, booking):
         return _existing_or_fail(session, data)
     outbox.add_platform_event(session=session, type="booking.rejected",
-                              data={"booking_id": data.booking_id, "reason": reason},
+                              data={"booking_id": data.booking_id, "reason": reason,
+                                    "enrollment_id": enrollment.id if enrollment is not None else None},
                               dedupe_key=f"booking.rejected:{data.booking_id}",
                               enrollment_id=enrollment.id if enrollment is not None else None)
     log.info("booking %s rejected: %s", data.booking_id, reason)

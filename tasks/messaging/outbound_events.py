@@ -74,6 +74,8 @@ class BookingRejected(_Data):
 
     booking_id: str
     reason: RejectionReason
+    enrollment_id: int | None = Field(None, description="the enrollment whose `sequence` the event carries (the one "
+                                                         "the booking was refused on); null for a student without one")
 
 
 class CourseStepProgressChanged(_Data):

@@ -191,8 +191,10 @@ def test_booking_lifecycle_end_to_end_over_the_signed_webhook(client, runtime, w
         assert {b.id: b.status.value for b in s.scalars(select(Booking))} == {
             "bk_1": "cancelled", "bk_2": "active", "bk_x": "rejected"}
         [rejected] = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "booking.rejected")).all()
-        assert rejected.payload == {"type": "booking.rejected",
-                                    "data": {"booking_id": "bk_x", "reason": "not_a_step_option"}}
+        # refused on the student's enrollment, whose sequence it carries: the data names it
+        assert rejected.enrollment_id is not None
+        assert rejected.payload == {"type": "booking.rejected", "data": {
+            "booking_id": "bk_x", "reason": "not_a_step_option", "enrollment_id": rejected.enrollment_id}}
         confirmed = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "booking_confirmed")
                               .order_by(OutboxMessage.id)).all()
         assert [m.payload["context"]["booking_id"] for m in confirmed] == ["bk_1", "bk_2"]
