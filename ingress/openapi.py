@@ -195,6 +195,8 @@ def q(name: str, description: str, *, required: bool = False, schema: dict | Non
 
 
 NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
+PUBLISH_REFUSED = {"503": _json("Error", "publishing_disabled (STRIPE_API_KEY is not set) or queue_unavailable "
+                                         "(the publish could not be queued; try again)")}
 NO_ACCOUNT = {"409": _json("Error", "no_account: the break-glass ADMIN_TOKEN has no account (personal tokens are "
                                     "an admin's own)")}
 COURSE_CHANGE = (
@@ -291,19 +293,22 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                      "under `blocked`)")}),
     ("GET", "/admin/courses/{code}"): op("One course (admin view)", tag="admin", security=ADMIN, extra=NOT_FOUND),
     ("DELETE", "/admin/courses/{code}"): op("Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND),
-    ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe", tag="admin", security=ADMIN),
+    ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
+                                                  status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN),
     ("PUT", "/admin/packages/{code}"): op("Create or replace a credit package", tag="admin", security=ADMIN,
-                                          body="AnyObject"),
+                                          body="AnyObject", extra={"201": _json("AnyObject", "created")}),
     ("GET", "/admin/packages/{code}"): op("One credit package", tag="admin", security=ADMIN, extra=NOT_FOUND),
     ("DELETE", "/admin/packages/{code}"): op("Soft-delete a credit package", tag="admin", security=ADMIN),
-    ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe", tag="admin", security=ADMIN),
+    ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe (queued)", tag="admin",
+                                                   security=ADMIN, status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN),
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
                                                                  security=ADMIN),
     ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN,
                                  query=[q("status", "inbox status"), q("limit", "how many")]),
-    ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event", tag="admin", security=ADMIN),
+    ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event (queued)", tag="admin", security=ADMIN,
+                                                    status="202", extra=NOT_FOUND),
     ("POST", "/admin/outbox/retry-dead"): op("Dead outbox messages due again, 10,000 a call", tag="admin", security=ADMIN,
                                              ok=_json("RetriedDead"), description=RETRY_DEAD),
     ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",
@@ -344,7 +349,8 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     # admin accounts, roles and the audit log (viewer reads; operator acts; owner manages admins)
     ("GET", "/admin/me"): op("Who the bearer is, and its role", tag="admin", security=ADMIN),
     ("GET", "/admin/admins"): op("Admin accounts (owner)", tag="admin", security=ADMIN),
-    ("POST", "/admin/admins"): op("Add an admin account (owner)", tag="admin", security=ADMIN, body="AnyObject"),
+    ("POST", "/admin/admins"): op("Add an admin account (owner)", tag="admin", security=ADMIN, body="AnyObject",
+                                  status="201"),
     ("DELETE", "/admin/admins/{email}"): op("Remove an admin account (owner)", tag="admin", security=ADMIN,
                                             extra=NOT_FOUND),
     ("POST", "/admin/tokens"): op("Create a personal API token (shown once)", tag="admin", security=ADMIN,
@@ -364,7 +370,10 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                  extra={**NOT_FOUND, "409": _json("Error")}),
     ("POST", "/admin/enrollments/{enrollment_id}/refund"): op(
         "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="AnyObject",
+        ok=_json("AnyObject", "the preview (`\"preview\": true`): what the refund would change"),
         extra={**NOT_FOUND, "409": _json("Error"),
+               "201": _json("AnyObject", "refunded: the admin refund (`succeeded`) and the enrollment"),
+               "503": _json("Error", "stripe_not_configured: STRIPE_API_KEY is not set"),
                "402": _json("Error", "stripe_refused: Stripe refused the refund (recorded failed)"),
                "502": _json("Error", "stripe_unavailable: the outcome is unknown (recorded pending); send the "
                                      "same request with the same Idempotency-Key")}),

@@ -262,7 +262,7 @@ def admin_headers():
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-# copied from ../shared/fixtures/stripe (MIT; see the LICENSE files there) so a clean clone has them
+# real Stripe event envelopes and API objects, not written by us (MIT; see the LICENSE files there)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe"
 
 # the local Stripe API (real HTTP) for the real `stripe` client: fixture `stripe_server`
