@@ -13,6 +13,8 @@ Out-of-order delivery (see docs/bookings.md):
   when the booking arrives;
 - a booking for a step still held by an *older* booking waits a while (`HOLD_WINDOW`) for that
   booking's cancel / attendance, which may be in flight; after the window it is refused;
+- so does a credit booking that finds no credit left while an older credit booking of the student stands
+  (its within-policy cancel, in flight, may give the credit back);
 - a booking older than one already accepted for the same step is history overtaken: it is recorded
   detached from the enrollment (no progress effect), so its own cancel / attendance still apply;
 - all three hold for a booking made before a refund we processed first: it is then left on the step
@@ -254,7 +256,7 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     if _class_cancelled(session, data.class_id, lock=lock):
         return _reject(session, data, CLASS_CANCELLED, at)
     if data.credit_type is not None:
-        return _book_with_credit(session, data, at)
+        return _book_with_credit(session, data, at, may_wait=may_wait)
     # a plain booking (paid on the platform): recorded so its cancel / attendance have something to apply to
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id, status=BookingStatus.ACTIVE,
                       booked_at=at)
@@ -353,6 +355,13 @@ def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enr
     return booking
 
 
+def _older_credit_booking(session: Session, data: BookingCreated, at: datetime) -> Booking | None:
+    """The student's newest active booking that spent a credit of this type before `at`."""
+    return session.scalar(select(Booking).where(
+        Booking.student_id == data.student_id, Booking.credit_type == CreditType(data.credit_type),
+        Booking.status == BookingStatus.ACTIVE, Booking.booked_at < at).order_by(Booking.booked_at.desc()).limit(1))
+
+
 def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep) -> bool:
     return session.scalar(
         select(StudentCourseProgress.id)
@@ -363,11 +372,17 @@ def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment
     ) is not None
 
 
-def _book_with_credit(session: Session, data: BookingCreated, at: datetime) -> Booking:
+def _book_with_credit(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool) -> Booking:
     try:
         credits.consume_credit(session=session, student_id=data.student_id,
                                credit_type=CreditType(data.credit_type), booking_id=data.booking_id, now=at)
     except credits.NoCredit:
+        spender = _older_credit_booking(session, data, at) if may_wait else None
+        if spender is not None:
+            # the platform books with a credit only while one is free: an older booking's cancel, which gave
+            # its credit back, may be in flight
+            raise WaitFor(booking_ended_key(spender.id), f"no {data.credit_type} credit left; waiting for the "
+                                                         f"end of the older credit booking {spender.id}") from None
         return _reject(session, data, NO_CREDIT, at)
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
                       credit_type=CreditType(data.credit_type), status=BookingStatus.ACTIVE, booked_at=at)

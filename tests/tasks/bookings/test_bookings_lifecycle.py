@@ -2,6 +2,7 @@
 "same event twice" and "wrong order" twins, on SQLite and PostgreSQL, through the real inbox."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from db.enums import InboxStatus
@@ -22,7 +23,9 @@ from tests.tasks.bookings.bookings_support import (
     outbox_rows,
     progress,
     rejections,
+    run,
     state,
+    store,
     twin,
     world,
 )
@@ -338,3 +341,48 @@ def test_the_booking_mails_render_with_the_context_we_write(database):
         for row in outbox_rows(database, topic):
             rendered = mail.render(row.payload["template"], row.payload["context"])
             assert "SFZ-1" in rendered.subject + rendered.text, (topic, rendered.subject)
+
+
+def test_a_credit_booking_waits_for_the_older_credit_bookings_cancel_in_flight(database):
+    """Wrong order: with one credit, the platform cancelled bk_1 within policy and then booked bk_2 with the
+    credit that came back; bk_2 arrives before the cancel and waits for it instead of being refused."""
+    world(database, group_credits=1)
+    deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0)))
+    newer = booking_created("bk_2", "gc_b", credit_type="group", when=at(20))
+    assert deliver(database, newer).outcome is Outcome.WAITING
+    assert inbox_row(database, newer).waiting_for == "booking-ended:bk_1"
+    assert deliver(database, booking_cancelled("bk_1", within_policy=True, when=at(10))).outcome is Outcome.PROCESSED
+    assert inbox_row(database, newer).status == InboxStatus.PROCESSED
+    assert booking(database, "bk_2").status.value == "active" and booking(database, "bk_1").status.value == "cancelled"
+    assert balances(database)["group"] == 0 and rejections(database) == {}
+
+
+@pytest.mark.parametrize("ending", ["late cancel", "hold window passed"])
+def test_a_credit_booking_no_credit_comes_back_for_is_refused(database, ending):
+    from datetime import timedelta
+
+    from db.models import InboxEvent
+    from db.types import utcnow
+    from tests import inbox_api as inbox
+
+    world(database, group_credits=1)
+    deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0)))
+    newer = booking_created("bk_2", "gc_b", credit_type="group", when=at(20))
+    inbox_id = store(database, newer)
+    assert run(database, inbox_id).outcome is Outcome.WAITING
+    if ending == "late cancel":  # outside policy: the credit stays spent
+        deliver(database, booking_cancelled("bk_1", within_policy=False, when=at(10)))
+    else:
+        with database.session_scope() as s:
+            s.get(InboxEvent, inbox_id).received_at = utcnow() - timedelta(minutes=11)
+            assert inbox.requeue_waiting(session=s) == [inbox_id]  # the scheduled retry of parked events
+        assert run(database, inbox_id).outcome is Outcome.PROCESSED
+    assert rejections(database) == {"bk_2": "no_credit"} and balances(database)["group"] == 0
+
+
+def test_a_credit_booking_older_than_the_one_that_spent_the_last_credit_is_refused_at_once(database):
+    world(database, group_credits=1)
+    deliver(database, booking_created("bk_2", "gc_b", credit_type="group", when=at(20)))
+    assert deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0))).outcome \
+        is Outcome.PROCESSED
+    assert rejections(database) == {"bk_1": "no_credit"}
