@@ -31,6 +31,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, Cause
 from tasks.messaging import outbox
 from tasks.catalog.services import live_steps
+from tasks.enrollments import progress as progress_moves
 from tasks.errors import PermanentError
 from tasks.machines import ENROLLMENT, PROGRESS
 
@@ -250,13 +251,20 @@ def revoke(*, session: Session, enrollment: StudentCourseEnrollment, cause: str,
         enrollment.revoked_at = now
     credits.revoke_unconsumed(session=session, cause=Cause.revocation(ENROLLMENT_OWNER, enrollment.id),
                               enrollment_id=enrollment.id)
+    told = enrollment.activated_at is not None  # the platform never heard of one that was not activated
     for progress in session.scalars(select(StudentCourseProgress)
                                     .where(StudentCourseProgress.enrollment_id == enrollment.id)
                                     .order_by(StudentCourseProgress.id)):
-        if progress.status in OPEN_STEPS:
-            PROGRESS.move(progress, ProgressStatus.CANCELLED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+        if progress.status not in OPEN_STEPS:
+            continue
+        if told:  # each step's move goes to the platform, as every other step move does
+            progress_moves.move(session=session, progress=progress, target=ProgressStatus.CANCELLED, cause=cause,
+                                at=now, enrollment=enrollment)
+        else:
+            PROGRESS.move(progress, ProgressStatus.CANCELLED, session=session, cause=cause,
+                          enrollment_id=enrollment.id, at=now)
             progress.cancelled_at = now
-    if moved and enrollment.activated_at is not None:  # the platform never heard of one that was not activated
+    if moved and told:
         program = program_of(session, enrollment)
         active_bookings = list(session.scalars(select(Booking.id).where(
             Booking.enrollment_id == enrollment.id, Booking.status == BookingStatus.ACTIVE).order_by(Booking.id)))

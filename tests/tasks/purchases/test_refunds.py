@@ -218,6 +218,21 @@ def test_a_package_credit_spent_to_the_last_when_the_refund_came_is_revoked_agai
     assert state(database)["balances"]["group"] == 0
 
 
+def test_a_revocation_tells_the_platform_of_each_step_it_cancels(database):
+    _purchase(database)
+    deliver(database, charge_refunded())
+    deliver(database, charge_refunded(event_id="evt_again"))  # the same refund, delivered again
+    with database.session_scope() as s:
+        moves = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "course_step.progress_changed")
+                          .order_by(OutboxMessage.id)).all()
+        topics = s.scalars(select(OutboxMessage.topic).where(OutboxMessage.channel == "platform")
+                           .order_by(OutboxMessage.sequence)).all()
+    steps = [(m.payload["data"]["course_step_id"], m.payload["data"]["from_status"], m.payload["data"]["status"])
+             for m in moves]
+    assert steps == [(step, "unbooked", "cancelled") for step in (1, 2, 3)]
+    assert topics == ["enrollment.created", *["course_step.progress_changed"] * 3, "enrollment.revoked"]
+
+
 def test_full_refund_of_a_pending_purchase_revokes_it_and_a_later_success_grants_nothing(database):
     _catalog(database)
     deliver(database, checkout(cs="cs_async", pi="pi_async", payment_status="unpaid"))
