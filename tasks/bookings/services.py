@@ -12,7 +12,8 @@ Out-of-order delivery (see docs/bookings.md):
 - a cancel or an attendance before its booking parks (`WaitFor("booking:<id>")`) and is applied
   when the booking arrives;
 - a booking for a step still held by an *older* booking waits a while (`HOLD_WINDOW`) for that
-  booking's cancel / attendance, which may be in flight; after the window it is refused;
+  booking's cancel / attendance, which may be in flight; after the window it is refused, unless that cancel
+  or attendance is already received and waits to be applied (the workers fell behind);
 - so does a credit booking that finds no credit left while an older credit booking of the student stands
   (its within-policy cancel, in flight, may give the credit back);
 - a booking older than one already accepted for the same step is history overtaken: it is recorded
@@ -31,13 +32,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
-from db.enums import BookingStatus, ClassStatus, CreditType, EnrollmentStatus, ProgressStatus
+from db.enums import BookingStatus, ClassStatus, CreditType, EnrollmentStatus, InboxStatus, ProgressStatus
 from db.models import (
     Booking,
     CourseProgram,
     CourseStep,
     CourseStepOption,
     GroupClass,
+    InboxEvent,
     Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
@@ -304,8 +306,8 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, student: St
         return _attach_to_revoked(session, data, at, enrollment, step, verdict.progress)
     if not verdict.eligible:
         reason = STEP_ALREADY_BOOKED if revoked_step else verdict.reason
-        if reason == STEP_ALREADY_BOOKED and holder is not None and may_wait \
-                and holder.booked_at is not None and holder.booked_at < at:
+        if reason == STEP_ALREADY_BOOKED and holder is not None and holder.booked_at is not None \
+                and holder.booked_at < at and (may_wait or _end_received(session, holder.id)):
             # the platform books a step only after its previous booking ended: that end may be in flight
             raise WaitFor(booking_ended_key(holder.id),
                           f"step {step.label} is held by the older booking {holder.id}; waiting for its end")
@@ -355,6 +357,14 @@ def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enr
     return booking
 
 
+def _end_received(session: Session, booking_id: str) -> bool:
+    """A cancel or attendance of this booking is stored and not applied yet: the wait for it is no longer a
+    guess, however long the events have queued (past HOLD_WINDOW when the workers fell behind)."""
+    return session.scalar(select(InboxEvent.id).where(
+        InboxEvent.subject == booking_key(booking_id), InboxEvent.type.in_(("booking.cancelled", "attendance.marked")),
+        InboxEvent.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING))).limit(1)) is not None
+
+
 def _older_credit_booking(session: Session, data: BookingCreated, at: datetime) -> Booking | None:
     """The student's newest active booking that spent a credit of this type before `at`."""
     return session.scalar(select(Booking).where(
@@ -377,8 +387,8 @@ def _book_with_credit(session: Session, data: BookingCreated, at: datetime, *, m
         credits.consume_credit(session=session, student_id=data.student_id,
                                credit_type=CreditType(data.credit_type), booking_id=data.booking_id, now=at)
     except credits.NoCredit:
-        spender = _older_credit_booking(session, data, at) if may_wait else None
-        if spender is not None:
+        spender = _older_credit_booking(session, data, at)
+        if spender is not None and (may_wait or _end_received(session, spender.id)):
             # the platform books with a credit only while one is free: an older booking's cancel, which gave
             # its credit back, may be in flight
             raise WaitFor(booking_ended_key(spender.id), f"no {data.credit_type} credit left; waiting for the "

@@ -229,6 +229,33 @@ def test_a_newer_booking_is_refused_once_the_hold_window_passed(database):
     assert progress(database, w, 1)["booking_id"] == "bk_1"
 
 
+@pytest.mark.parametrize("kind", ["step", "credit"])
+def test_a_booking_past_the_hold_window_still_waits_for_a_cancel_already_received(database, kind):
+    """The workers fell behind: the newer booking is processed more than HOLD_WINDOW after it arrived, with the
+    older booking's cancel received but not applied yet. It waits for that cancel instead of being refused."""
+    from datetime import timedelta
+
+    from db.models import InboxEvent
+    from db.types import utcnow
+    from tests.tasks.bookings.bookings_support import run
+
+    w = world(database, group_credits=1)
+    if kind == "step":
+        _book(database, w, "bk_1", when=at(0))
+        newer = booking_created("bk_2", w.option(1), step_id=w.step_ids[0], when=at(20))
+    else:
+        deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0)))
+        newer = booking_created("bk_2", "gc_b", credit_type="group", when=at(20))
+    cancel = store(database, booking_cancelled("bk_1", when=at(10)))  # received, queued behind
+    inbox_id = store(database, newer)
+    with database.session_scope() as s:
+        s.get(InboxEvent, inbox_id).received_at = utcnow() - timedelta(minutes=15)
+    assert run(database, inbox_id).outcome is Outcome.WAITING
+    assert run(database, cancel).outcome is Outcome.PROCESSED  # wakes the booking
+    assert rejections(database) == {}
+    assert booking(database, "bk_2").status.value == "active"
+
+
 def test_an_older_booking_arriving_after_a_newer_one_is_history_and_changes_no_progress(database):
     """Wrong order: bk_1 booked at 0 and cancelled at 10, bk_2 booked at 20 — delivered bk_2 first."""
     w = world(database)
