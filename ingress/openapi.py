@@ -34,6 +34,11 @@ def _obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+ENROLLMENT_STATUS = {"enum": ["pending", "active", "suspended", "revoked", "completed", "failed"],
+                     "description": "pending: an asynchronous payment not settled yet; suspended: a dispute is open "
+                                    "(no new step bookings); revoked: refunded in full, a dispute lost, or by hand; "
+                                    "completed: every step completed; failed: the asynchronous payment failed "
+                                    "(nothing granted)"}
 NULLABLE_INT = {"type": ["integer", "null"]}
 DATETIME = {"type": "string", "format": "date-time"}
 PRICE = _obj({"amount": {"type": "integer", "description": "minor units; that of stripe_price_id, the price a "
@@ -69,7 +74,7 @@ SCHEMAS: dict[str, dict] = {
                      "validity_days": NULLABLE_INT}),
     "PackageList": _obj({"packages": {"type": "array", "items": ref("Package")}}),
     "StudentCourses": _obj({"student_id": {"type": "string"}, "enrollments": {"type": "array", "items": _obj({
-        "id": {"type": "integer"}, "course_code": {"type": "string"}, "status": {"type": "string"},
+        "id": {"type": "integer"}, "course_code": {"type": "string"}, "status": ENROLLMENT_STATUS,
         "steps": {"type": "array", "items": _obj({
             "course_step_id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
             "status": {"enum": ["unbooked", "booked", "completed", "missed", "cancelled"]},
@@ -102,7 +107,7 @@ SCHEMAS: dict[str, dict] = {
     "CheckoutState": _obj({
         "id": {"type": "string"}, "status": NULLABLE_STR, "payment_status": NULLABLE_STR,
         "enrollment": {"oneOf": [{"type": "null"}, _obj({"id": {"type": "integer"}, "student_id": {"type": "string"},
-                                                         "course_code": NULLABLE_STR, "status": {"type": "string"}})]},
+                                                         "course_code": NULLABLE_STR, "status": ENROLLMENT_STATUS})]},
         "credits_granted": {"oneOf": [{"type": "null"},
                                       {"type": "object", "additionalProperties": {"type": "integer"}}]}}),
     "EventFeed": _obj({"events": {"type": "array", "items": ref("OutboundEvent")},
@@ -170,8 +175,8 @@ RETRY_DEAD = ("Body, every field optional: `channel` (`mail` or `platform`), `af
 
 
 def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",
-       body: str | None = None, query: list[dict] | None = None, extra: dict | None = None,
-       description: str | None = None) -> dict:
+       body: str | None = None, query: list[dict] | None = None, headers: list[dict] | None = None,
+       extra: dict | None = None, description: str | None = None) -> dict:
     operation: dict[str, Any] = {"summary": summary, "tags": [tag],
                                  "responses": {status: ok or _json("AnyObject"), **(extra or {})}}
     if description:
@@ -184,14 +189,33 @@ def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status:
         operation["responses"].setdefault("403", _json("Error", "a read token is refused here (send none)"))
     if body:
         operation["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
-    if query:
-        operation["parameters"] = query
+    if query or headers:
+        operation["parameters"] = (query or []) + (headers or [])
     return operation
 
 
 def q(name: str, description: str, *, required: bool = False, schema: dict | None = None) -> dict:
     return {"name": name, "in": "query", "required": required, "description": description,
             "schema": schema or {"type": "string"}}
+
+
+def h(name: str, description: str, *, required: bool = False, max_length: int | None = None) -> dict:
+    """A request header the operation reads."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return {"name": name, "in": "header", "required": required, "description": description, "schema": schema}
+
+
+SIGNATURE_HEADERS = [
+    h("Platform-Signature", "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\" with "
+                            "PLATFORM_WEBHOOK_SECRET>`, 5 minutes' tolerance (or send the three Standard Webhooks "
+                            "headers instead)"),
+    h("webhook-id", "Standard Webhooks: the event's id"),
+    h("webhook-timestamp", "Standard Webhooks: unix seconds, 5 minutes' tolerance"),
+    h("webhook-signature", "Standard Webhooks: `v1,<base64 HMAC-SHA256 of \"<id>.<timestamp>.<raw body>\">` "
+                           "with the secret's bytes"),
+]
 
 
 NOT_FOUND = {"404": _json("Error", "not found, or not on sale")}
@@ -242,10 +266,12 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/static/{filename}"): op("Static files of the dashboard", tag="meta", ok={"description": "a file"},
                                       extra=NOT_FOUND),
     ("POST", "/webhooks/stripe"): op("Stripe events (Stripe-Signature)", tag="webhooks", ok=_json("Received"),
-                                     extra=SIGNED),
+                                     extra=SIGNED, headers=[h("Stripe-Signature", "Stripe's signature of the raw body "
+                                                            "(STRIPE_WEBHOOK_SECRET), 5 minutes' tolerance",
+                                                            required=True)]),
     ("POST", "/webhooks/platform"): op(
         "Platform events, signed with Platform-Signature or Standard Webhooks headers", tag="webhooks",
-        ok=_json("Received"), body="PlatformEvent",
+        ok=_json("Received"), body="PlatformEvent", headers=SIGNATURE_HEADERS,
         extra={**SIGNED, "400": _json("Error", "invalid_signature, invalid_json, invalid_event or "
                                                "unknown_event_type: nothing stored")}),
     ("GET", "/v1/courses"): op("Published courses with their price", tag="read", security=READ,
@@ -258,6 +284,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/v1/checkout-sessions"): op(
         "Create a Stripe Checkout Session for a student (optional Idempotency-Key header)", tag="selling",
         security=READ, status="201", ok=_json("CheckoutCreated", "created"), body="CheckoutRequest",
+        headers=[h("Idempotency-Key", "the same key with the same body answers the same session", max_length=255)],
         extra={**NOT_FOUND, "409": _json("Error", "already_enrolled: the student holds the course"),
                "502": _json("Error", "stripe_error"), "503": _json("Error", "stripe_not_configured")}),
     ("GET", "/v1/checkout-sessions/{checkout_session_id}"): op(
@@ -370,6 +397,8 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                                  extra={**NOT_FOUND, "409": _json("Error")}),
     ("POST", "/admin/enrollments/{enrollment_id}/refund"): op(
         "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="AnyObject",
+        headers=[h("Idempotency-Key", "a retry with the same key reuses the refund asked for: never a second one",
+                 max_length=128)],
         ok=_json("AnyObject", "the preview (`\"preview\": true`): what the refund would change"),
         extra={**NOT_FOUND, "409": _json("Error"),
                "201": _json("AnyObject", "refunded: the admin refund (`succeeded`) and the enrollment"),
