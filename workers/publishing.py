@@ -12,7 +12,7 @@ from typing import Any, Callable
 from sqlalchemy.orm import Session
 
 from db.enums import PublicationStatus
-from tasks.catalog import publishing
+from tasks.catalog import drift, publishing
 from tasks.stripe_api import stripe_client
 
 log = logging.getLogger("coursepipe.publishing")
@@ -47,6 +47,8 @@ def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = N
             result, error = None, exc
         with unit_of_work() as session:
             outcome = publishing.record_outcome(session=session, intent=intent, result=result, error=error)
+            if outcome.status is PublicationStatus.SUCCEEDED:
+                drift.check_answer(session=session, obj=result.to_dict() if hasattr(result, "to_dict") else result)
         woken += outcome.woken
         calls.append({"object_type": intent.object_type, "action": intent.action, "target": intent.target,
                       "idempotency_key": intent.idempotency_key, "status": outcome.status.value,

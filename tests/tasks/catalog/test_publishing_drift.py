@@ -183,3 +183,25 @@ def test_a_price_deactivated_in_the_dashboard_is_recorded_once(database, stripe_
     with database.session_scope() as s:
         mails = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "stripe_drift_alert")).all()
     assert len(mails) == 1
+
+
+def test_drift_taken_over_by_a_publish_is_resolved_without_an_event(database, stripe_server, published):
+    """The admin answers a dashboard rename by changing the course to match and publishing: Stripe then holds
+    what it held, so no product.updated comes; the publish's own answer resolves the drift."""
+    product = published.product_id
+    stripe_server.products[product]["name"] = "Renamed in the dashboard"
+    deliver(database, updated(stripe_server, product))
+    assert [d[1:] for d in drift(database)] == [("name", "Sforzando: accents in ensemble playing",
+                                                  "Renamed in the dashboard")]
+    save(database, course(title="Renamed in the dashboard"))
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    assert drift(database) == []
+
+
+def test_a_deleted_course_archived_in_the_dashboard_is_no_drift(database, stripe_server, published):
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+    assert deliver(database, updated(stripe_server, published.product_id, active=False)).status \
+        is InboxStatus.PROCESSED
+    assert drift(database) == []
