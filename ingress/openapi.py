@@ -343,8 +343,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/admin/"): op("The ops dashboard (login form session)", tag="dashboard", ok=HTML,
                            extra={"302": REDIRECT}),
     ("GET", "/admin/login"): op("Dashboard login form", tag="dashboard", ok=HTML),
-    ("POST", "/admin/login"): op("Log in with ADMIN_TOKEN", tag="dashboard", ok=HTML, status="302",
-                                 extra={"401": HTML, "403": _json("Error", "csrf_failed")}),
+    ("POST", "/admin/login"): op(
+        "Log in: an admin account's e-mail and password (ADMIN_TOKEN as the owner's password, e-mail empty)",
+        tag="dashboard", ok=HTML, status="302", extra={"401": HTML, "403": _json("Error", "csrf_failed")}),
     ("POST", "/admin/logout"): op("Log out", tag="dashboard", ok=REDIRECT, status="302"),
     ("GET", "/admin/ui/events/{inbox_id}"): op("One inbox event, its enrollment and its subject's other events (page)",
                                                tag="dashboard", ok=HTML),
