@@ -36,7 +36,7 @@ from tasks.enrollments import services as enrollments
 from tasks.purchases import payments
 from tasks.catalog import publishing
 from tasks.purchases import shapes
-from tasks.errors import Ignored, NotFound, PermanentError, TransientError
+from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
 from tasks.stripe_api import mode_mismatch, stripe_client
 from tasks.inbox.context import Fetched, HandlerContext, not_fetched
@@ -54,11 +54,6 @@ STRIPE_TIMEOUT_SECONDS = 10
 
 class UnknownProduct(NotFound):
     """Raised when a checkout names no course or package we know (fix the catalog, then replay)."""
-
-
-class NotOurs(Ignored):
-    """Raised when a checkout has no metadata and its line items name no price or product of ours: one of the
-    Stripe account's other sales (it ends `ignored`, and so do its refunds and disputes)."""
 
 
 class NotFulfillable(PermanentError):
@@ -235,21 +230,8 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
         return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
                        identified_by="line_items")
-    named = f"{[p for p, _ in prices]}"
-    ours = _listing_for_products(session, {product for _, product in prices if product})
-    if ours is None:  # the account's other sales: nothing of ours behind the payment
-        raise NotOurs(f"checkout session {checkout.get('id')}: no metadata, and no price or product of ours among "
-                      f"{named}: not a course or package of ours")
-    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among {named} "
-                         f"(a price of {ours.code}'s Stripe product, unknown here)")
-
-
-def _listing_for_products(session: Session, product_ids: set[str]) -> CourseProgram | CreditPackage | None:
-    """The course or package whose Stripe product is one of these (a price of it we never created or recorded)."""
-    if not product_ids:
-        return None
-    return (session.scalar(select(CourseProgram).where(CourseProgram.stripe_product_id.in_(product_ids)).limit(1))
-            or session.scalar(select(CreditPackage).where(CreditPackage.stripe_product_id.in_(product_ids)).limit(1)))
+    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
+                         f"{[p for p, _ in prices]}")
 
 
 # --------------------------------------------------------------------------- fulfilling

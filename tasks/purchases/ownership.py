@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus
@@ -121,7 +121,7 @@ class Ownership:
                               f"{checkout.get('mode')} mode: not a course or package of ours")
             try:
                 fulfilment.identify_product(session, checkout, settings=settings, fetched=self.fetched)
-            except (fulfilment.UnknownProduct, fulfilment.NotOurs) as exc:
+            except fulfilment.UnknownProduct as exc:
                 raise Ignored(f"payment {payment_intent} sold no course or package of ours ({exc})") from None
             return
         intent = self.fetched(f"stripe:payment_intent:{payment_intent}",
@@ -135,9 +135,13 @@ class Ownership:
 
     @staticmethod
     def _checkout_in_inbox(session: Session, payment_intent: str) -> bool:
-        """A checkout event of this payment is stored (failed, say, for a course not imported yet): ours. One
-        ignored (another mode's, a subscription, one of the account's other sales) says nothing of the kind."""
+        """A checkout event of this payment is stored that was fulfilled, or that names a course or package of
+        ours in its metadata (failed, say, for a course not imported yet): ours. One that failed without
+        metadata (its line items named no price we know: maybe the account's other sales) or was ignored
+        (another mode's, a subscription) proves nothing: Stripe is asked."""
+        metadata = InboxEvent.payload["data"]["object"]["metadata"]
+        claims_ours = or_(*(metadata[key].as_string().is_not(None) for key in ("kind", "course_code", "package_code")))
         return session.scalar(select(InboxEvent.id).where(
             InboxEvent.source == InboxSource.STRIPE, InboxEvent.subject == f"payment:{payment_intent}",
-            InboxEvent.type.in_(fulfilment.CHECKOUT_TYPES), InboxEvent.status != InboxStatus.IGNORED)
-            .limit(1)) is not None
+            InboxEvent.type.in_(fulfilment.CHECKOUT_TYPES), InboxEvent.status != InboxStatus.IGNORED,
+            or_(InboxEvent.status == InboxStatus.PROCESSED, claims_ours)).limit(1)) is not None
