@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -357,19 +357,31 @@ def _attach_to_revoked(session: Session, data: BookingCreated, at: datetime, enr
     return booking
 
 
+ENDING_TYPES = ("booking.cancelled", "attendance.marked")  # the platform events that end a booking
+UNAPPLIED = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING)
+
+
 def _end_received(session: Session, booking_id: str) -> bool:
     """A cancel or attendance of this booking is stored and not applied yet: the wait for it is no longer a
     guess, however long the events have queued (past HOLD_WINDOW when the workers fell behind)."""
     return session.scalar(select(InboxEvent.id).where(
-        InboxEvent.subject == booking_key(booking_id), InboxEvent.type.in_(("booking.cancelled", "attendance.marked")),
-        InboxEvent.status.in_((InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING))).limit(1)) is not None
+        InboxEvent.subject == booking_key(booking_id), InboxEvent.type.in_(ENDING_TYPES),
+        InboxEvent.status.in_(UNAPPLIED)).limit(1)) is not None
 
 
-def _older_credit_booking(session: Session, data: BookingCreated, at: datetime) -> Booking | None:
-    """The student's newest active booking that spent a credit of this type before `at`."""
-    return session.scalar(select(Booking).where(
+def _older_credit_booking(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool) -> Booking | None:
+    """The older booking whose end a credit booking finding no credit waits for: within HOLD_WINDOW the
+    student's newest active booking that spent a credit of this type before `at`; past it, the newest such
+    booking whose cancel or attendance is received and not applied yet (None: nothing to wait for)."""
+    older = select(Booking).where(
         Booking.student_id == data.student_id, Booking.credit_type == CreditType(data.credit_type),
-        Booking.status == BookingStatus.ACTIVE, Booking.booked_at < at).order_by(Booking.booked_at.desc()).limit(1))
+        Booking.status == BookingStatus.ACTIVE, Booking.booked_at < at).order_by(Booking.booked_at.desc())
+    if may_wait:
+        return session.scalar(older.limit(1))
+    ending = select(InboxEvent.id).where(
+        InboxEvent.subject == literal(booking_key("")).concat(Booking.id), InboxEvent.type.in_(ENDING_TYPES),
+        InboxEvent.status.in_(UNAPPLIED))
+    return session.scalar(older.where(ending.exists()).limit(1))
 
 
 def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep) -> bool:
@@ -387,8 +399,8 @@ def _book_with_credit(session: Session, data: BookingCreated, at: datetime, *, m
         credits.consume_credit(session=session, student_id=data.student_id,
                                credit_type=CreditType(data.credit_type), booking_id=data.booking_id, now=at)
     except credits.NoCredit:
-        spender = _older_credit_booking(session, data, at)
-        if spender is not None and (may_wait or _end_received(session, spender.id)):
+        spender = _older_credit_booking(session, data, at, may_wait=may_wait)
+        if spender is not None:
             # the platform books with a credit only while one is free: an older booking's cancel, which gave
             # its credit back, may be in flight
             raise WaitFor(booking_ended_key(spender.id), f"no {data.credit_type} credit left; waiting for the "

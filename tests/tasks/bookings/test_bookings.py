@@ -256,6 +256,35 @@ def test_a_booking_past_the_hold_window_still_waits_for_a_cancel_already_receive
     assert booking(database, "bk_2").status.value == "active"
 
 
+def test_a_credit_booking_past_the_hold_window_waits_for_any_older_bookings_cancel_received(database):
+    """Two credits spent by bk_1 and bk_2; the platform cancels bk_1 and books bk_3 with the credit that came
+    back. Processed late, bk_3 finds the cancel of bk_1 (not the newest older booking) received: it waits for it."""
+    from datetime import timedelta
+
+    from db.models import InboxEvent
+    from db.types import utcnow
+    from tests.tasks.bookings.bookings_support import run
+
+    world(database, group_credits=2)
+    deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0)))
+    deliver(database, booking_created("bk_2", "gc_b", credit_type="group", when=at(5)))
+    cancel = store(database, booking_cancelled("bk_1", when=at(10)))
+    inbox_id = store(database, booking_created("bk_3", "gc_c", credit_type="group", when=at(20)))
+    with database.session_scope() as s:
+        s.get(InboxEvent, inbox_id).received_at = utcnow() - timedelta(minutes=15)
+    assert run(database, inbox_id).outcome is Outcome.WAITING
+    assert inbox_row_waiting(database, inbox_id) == "booking-ended:bk_1"
+    assert run(database, cancel).outcome is Outcome.PROCESSED
+    assert rejections(database) == {} and booking(database, "bk_3").status.value == "active"
+
+
+def inbox_row_waiting(database, inbox_id):
+    from db.models import InboxEvent
+
+    with database.session_scope() as s:
+        return s.get(InboxEvent, inbox_id).waiting_for
+
+
 def test_an_older_booking_arriving_after_a_newer_one_is_history_and_changes_no_progress(database):
     """Wrong order: bk_1 booked at 0 and cancelled at 10, bk_2 booked at 20 — delivered bk_2 first."""
     w = world(database)
