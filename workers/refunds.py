@@ -22,6 +22,7 @@ from db.types import utcnow
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
 from tasks.purchases import manual
+from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.stripe_api import saved_server_error, stripe_client
 
 log = logging.getLogger("coursepipe.refunds")
@@ -72,7 +73,7 @@ def settle_pending(*, unit_of_work: UnitOfWork, settings: Any, now: datetime | N
     with unit_of_work() as session:
         calls = [_Call.of(session, row, retried=True)
                  for row in manual.stale_pending_refunds(session, before=now - STALE_AFTER, limit=SETTLE_LIMIT)]
-    done = {"succeeded": 0, "failed": 0, "pending": 0}
+    done = {"succeeded": 0, "failed": 0, "pending": 0, "errors": 0}
     if not calls:
         return done
     if client is None and not settings.stripe_api_key:
@@ -80,7 +81,12 @@ def settle_pending(*, unit_of_work: UnitOfWork, settings: Any, now: datetime | N
         return {**done, "pending": len(calls)}
     client = client or stripe_client(settings)
     for call in calls:
-        done[_attempt(call, client=client, unit_of_work=unit_of_work)["status"]] += 1
+        try:
+            done[_attempt(call, client=client, unit_of_work=unit_of_work)["status"]] += 1
+        except Exception:  # one refund's surprise must not hold every later one back, run after run
+            log.exception("refunds: admin refund %s could not be settled; the next run tries again",
+                          call.admin_refund_id)
+            done["errors"] += 1
     if done["pending"]:
         log.warning("refunds: %d admin refund(s) still pending after a retry; the next run tries again",
                     done["pending"])
@@ -115,7 +121,11 @@ def _attempt(call: _Call, *, client: Any, unit_of_work: UnitOfWork) -> dict[str,
         # a retry asks Stripe first: the earlier call may have made the refund (its answer lost, or its key
         # pruned after Stripe's 24 hours, when the same key would make a second one)
         refund = _made_for(client, call.payment_intent, call.admin_refund_id) if call.retried else None
-        if refund is None:
+        if refund is not None and refund.get("status") in REFUND_NOT_COUNTED:
+            # Stripe made it, and it failed (or was canceled): no money went back
+            error, final = f"Stripe's refund {refund.get('id')} for it is {refund.get('status')}", True
+            refund = None
+        elif refund is None:
             refund = _create(client, call.params, call.key, unit_of_work=unit_of_work,
                              admin_refund_id=call.admin_refund_id)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:

@@ -102,8 +102,9 @@ def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = 
 
 
 
-def refunded_total(session: Session, purchase: Purchase) -> int:
-    """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id.
+def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0) -> int:
+    """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id
+    (plus `asked`: refunds asked for whose outcome is unknown, which Stripe's figure may already hold).
 
     A refund that failed after it was counted is left out of the sum; the stored total keeps what
     was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
@@ -113,7 +114,7 @@ def refunded_total(session: Session, purchase: Purchase) -> int:
     counted = or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED))
     summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
                                 .where(column == row.id, counted)))
-    return max(row.amount_refunded or 0, summed)
+    return max(row.amount_refunded or 0, summed + asked)
 
 
 def _disputes(session: Session, purchase: Purchase) -> list[PaymentDispute]:

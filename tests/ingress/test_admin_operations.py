@@ -427,9 +427,9 @@ def test_a_refund_left_pending_is_made_by_the_refunds_job_once_it_is_stale(clien
     pending = _pending(client, operator, enrollment_id, stripe_server, ran=False)
     assert stripe_server.refunds == {}
     calls = len(stripe_server.calls())
-    assert _settle(runtime, minutes=5) == {"succeeded": 0, "failed": 0, "pending": 0}  # a request may still run
+    assert _settle(runtime, minutes=5) == {"succeeded": 0, "failed": 0, "pending": 0, "errors": 0}  # a request may still run
     assert len(stripe_server.calls()) == calls
-    assert _settle(runtime) == {"succeeded": 1, "failed": 0, "pending": 0}
+    assert _settle(runtime) == {"succeeded": 1, "failed": 0, "pending": 0, "errors": 0}
     assert len(stripe_server.refunds) == 1 and stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE
     keys = {c.idempotency_key for c in stripe_server.calls("POST", "/v1/refunds")}
     assert len(keys) == 1  # the intent's own key
@@ -437,7 +437,7 @@ def test_a_refund_left_pending_is_made_by_the_refunds_job_once_it_is_stale(clien
         row = s.get(AdminRefund, pending["id"])
         assert row.status == "succeeded" and row.stripe_refund_id in stripe_server.refunds
     assert state(db)["enrollments"][0]["status"] == "revoked"
-    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 0}  # nothing left: no call
+    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 0, "errors": 0}  # nothing left: no call
     assert len(stripe_server.refunds) == 1
 
 
@@ -449,7 +449,7 @@ def test_the_refunds_job_finds_a_refund_stripe_made_after_its_key_was_pruned(cli
     enrollment_id = _purchase(db, stripe_server)
     pending = _pending(client, operator, enrollment_id, stripe_server, ran=True, amount=COURSE_PRICE // 4)
     stripe_server._idempotent.clear()  # 24 hours later
-    assert _settle(runtime, minutes=24 * 60) == {"succeeded": 1, "failed": 0, "pending": 0}
+    assert _settle(runtime, minutes=24 * 60) == {"succeeded": 1, "failed": 0, "pending": 0, "errors": 0}
     assert len(stripe_server.refunds) == 1
     assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE // 4
     with db.session_scope() as s:
@@ -500,10 +500,10 @@ def test_the_refunds_job_records_a_refusal_and_keeps_an_unknown_outcome_pending(
     enrollment_id = _purchase(db, stripe_server)
     pending = _pending(client, operator, enrollment_id, stripe_server, ran=False)
     stripe_server.fail_next("POST", "/v1/refunds", status=503, times=2)
-    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 1}
+    assert _settle(runtime) == {"succeeded": 0, "failed": 0, "pending": 1, "errors": 0}
     stripe_server.fail_next("POST", "/v1/refunds", status=400, body={"error": {
         "type": "invalid_request_error", "code": "charge_disputed", "message": "Charge ch_1 has been charged back"}})
-    assert _settle(runtime) == {"succeeded": 0, "failed": 1, "pending": 0}
+    assert _settle(runtime) == {"succeeded": 0, "failed": 1, "pending": 0, "errors": 0}
     with db.session_scope() as s:
         row = s.get(AdminRefund, pending["id"])
         assert row.status == "failed" and "charged back" in row.last_error
@@ -518,5 +518,41 @@ def test_the_refunds_job_without_a_stripe_key_reports_what_waits(runtime, stripe
     unconfigured = make_settings(runtime.settings.database_url)
     assert refund_calls.settle_pending(unit_of_work=runtime.db.session_scope, settings=unconfigured,
                                        now=utcnow() + timedelta(minutes=11)) == {"succeeded": 0, "failed": 0,
-                                                                                "pending": 1}
+                                                                                "pending": 1, "errors": 0}
     assert stripe_server.calls("POST", "/v1/refunds") == []
+
+
+def test_a_refund_stripe_made_and_then_failed_is_recorded_failed_and_the_run_goes_on(runtime, stripe_server):
+    """The job finds the refund Stripe made for an admin refund, failed: no money went back, so the admin
+    refund is `failed` (not `succeeded`), and the next pending refund of the run is still made."""
+    enrollment_id = _purchase(runtime.db, stripe_server)
+    with runtime.db.session_scope() as s:
+        first = manual.refund_intent(session=s, plan=manual.check_refund(
+            session=s, enrollment_id=enrollment_id, amount=COURSE_PRICE // 2), keep_access=False, reason="x",
+            actor="op", request_key=None).id
+        second = manual.refund_intent(session=s, plan=manual.check_refund(
+            session=s, enrollment_id=enrollment_id, amount=None), keep_access=False, reason="y",
+            actor="op", request_key=None).id
+    stripe_server.add_refund(payment_intent="pi_1", amount=COURSE_PRICE // 2, status="failed",
+                             metadata={"admin_refund_id": str(first)})
+    assert _settle(runtime) == {"succeeded": 1, "failed": 1, "pending": 0, "errors": 0}
+    with runtime.db.session_scope() as s:
+        assert s.get(AdminRefund, first).status == "failed" and "failed" in s.get(AdminRefund, first).last_error
+        assert s.get(AdminRefund, second).status == "succeeded"
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE - COURSE_PRICE // 2
+
+
+def test_a_pending_refund_stripe_already_counts_is_not_taken_off_twice(client, runtime, stripe_server, operator):
+    """The refund was made (its answer lost: pending here) and `charge.refunded`, which at the pinned API version
+    carries no list of refunds, raised the purchase's refunded total by it: the rest is still left to refund."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    _pending(client, operator, enrollment_id, stripe_server, ran=True, amount=COURSE_PRICE // 2)
+    event = charge_refunded(amount=COURSE_PRICE, refunded=COURSE_PRICE // 2, refunds=())
+    del event["data"]["object"]["refunds"]
+    deliver(db, event)
+    assert state(db)["enrollments"][0]["refunded"] == COURSE_PRICE // 2
+    preview = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator,
+                          json={"keep_access": False, "reason": "the rest", "preview": True})
+    assert preview.status_code == 200, preview.get_json()
+    assert preview.get_json()["refundable"] == COURSE_PRICE - COURSE_PRICE // 2
