@@ -47,7 +47,7 @@ def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = N
             result, error = None, exc
         with unit_of_work() as session:
             outcome = publishing.record_outcome(session=session, intent=intent, result=result, error=error)
-            if outcome.status is PublicationStatus.SUCCEEDED:
+            if outcome.status is PublicationStatus.SUCCEEDED and result is not None:  # None: settled by another
                 drift.check_answer(session=session, obj=result.to_dict() if hasattr(result, "to_dict") else result)
         woken += outcome.woken
         calls.append({"object_type": intent.object_type, "action": intent.action, "target": intent.target,

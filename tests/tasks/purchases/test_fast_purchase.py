@@ -44,8 +44,9 @@ def _normal(value):
     if isinstance(value, datetime):
         return "<time>"
     if isinstance(value, dict):
-        # times of processing written into payloads (a purchase's record, a revocation's step moves)
-        return {k: ("<time>" if k in ("recorded_at", "at") else _normal(v)) for k, v in value.items()}
+        # times of processing written into payloads: a purchase's record, and a revocation's step moves
+        processed = {"recorded_at"} | ({"at"} if value.get("status") == "cancelled" else set())
+        return {k: ("<time>" if k in processed else _normal(v)) for k, v in value.items()}
     if isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value):
         return "<random public id>"
     if isinstance(value, list):
