@@ -209,6 +209,15 @@ def worker(runtime):
     worker.stop()
 
 
+def lock_waited_or_done(database, future) -> bool:
+    """PostgreSQL: some session of the test database waits on a lock, or `future` has ended (it did not wait):
+    what a test holding a transaction open polls for before it lets the transaction go."""
+    with database.engine.connect() as conn:
+        waiting = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND datname = current_database()")).scalar()
+    return waiting > 0 or future.done()
+
+
 def drain(runtime, *queues: str, timeout_ms: int = 20_000) -> None:
     """Wait until the stub broker's queues are empty and every message has been handled."""
     queues = queues or tuple(q for q in runtime.broker.queues if not q.endswith(".DQ"))

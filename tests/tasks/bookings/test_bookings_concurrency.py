@@ -7,7 +7,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
-from sqlalchemy import text as sa_text
 
 from db.enums import InboxStatus
 from db.models import Booking, InboxEvent
@@ -15,7 +14,7 @@ from tasks import signatures
 from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
-from tests.conftest import PLATFORM_SECRET
+from tests.conftest import PLATFORM_SECRET, lock_waited_or_done
 from tests.netutil import wait_until
 from tests.tasks.bookings.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
 
@@ -119,17 +118,11 @@ def test_a_booking_into_a_class_being_cancelled_waits_and_is_refused(pg_database
                 booking_id="bk_1", student_id="stu_1", class_id=w.option(1), course_step_id=w.step_ids[0]), at=now)
             return booking.status.value, booking.rejection_reason
 
-    def booking_waits_or_ended(future) -> bool:
-        with database.engine.connect() as conn:
-            waiting = conn.execute(sa_text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                           "AND datname = current_database()")).scalar()
-        return waiting > 0 or future.done()
-
     with ThreadPoolExecutor(2) as pool:
         cancelling = pool.submit(cancel)
         assert cancelled.wait(30)
         booking = pool.submit(book)
-        assert wait_until(lambda: booking_waits_or_ended(booking), timeout=30)
+        assert wait_until(lambda: lock_waited_or_done(database, booking), timeout=30)
         release.set()
         cancelling.result(timeout=30)
         assert booking.result(timeout=30) == ("rejected", "class_cancelled")

@@ -50,6 +50,17 @@ def _reconcile(database, settings, **kw) -> dict:
     return result
 
 
+def _disputes_elsewhere(stripe_server, count: int, delivered: bool = True) -> list[dict]:
+    """`count` dispute events a second apart, oldest first, about payments that are not ours (each ends ignored)."""
+    events = []
+    for i in range(count):
+        event = pay.dispute_created(dispute=f"dp_{i}", pi=f"pi_{i}")
+        event["created"] = int(time.time()) - 100 + i
+        events.append(stripe_server.add_event(event, delivered=delivered))
+        stripe_server.add_payment_intent(id=f"pi_{i}", metadata={})
+    return events
+
+
 def _rows(database) -> dict[str, tuple[str, str]]:
     with database.session_scope() as s:
         return {e.event_id: (e.type, e.status.value) for e in s.scalars(select(InboxEvent))}
@@ -89,12 +100,7 @@ def test_a_run_makes_at_most_its_calls_and_the_next_run_resumes_where_it_stopped
                                                                                  monkeypatch):
     monkeypatch.setattr(reconcile, "PAGE_SIZE", 2)
     _catalog(database)
-    events = []
-    for i in range(7):
-        event = pay.dispute_created(dispute=f"dp_{i}", pi=f"pi_{i}")
-        event["created"] = int(time.time()) - 100 + i
-        events.append(stripe_server.add_event(event))
-        stripe_server.add_payment_intent(id=f"pi_{i}", metadata={})  # not ours: each ends ignored
+    events = _disputes_elsewhere(stripe_server, 7)
     first = _reconcile(database, settings, max_calls=3)  # 1 undelivered call (empty) + 2 pages of the walk
     assert first["calls"] == 3 and first["recovered"] == 4 and first["cursor"] == events[3]["id"]
     second = _reconcile(database, settings, max_calls=3)
@@ -234,12 +240,7 @@ def test_the_walk_goes_on_however_many_deliveries_failed(database, settings, str
     endpoint of the account failing): the oldest are reached by the full walk, which still advances each run."""
     monkeypatch.setattr(reconcile, "PAGE_SIZE", 2)
     _catalog(database)
-    events = []
-    for i in range(10):
-        event = pay.dispute_created(dispute=f"dp_{i}", pi=f"pi_{i}")
-        event["created"] = int(time.time()) - 100 + i
-        events.append(stripe_server.add_event(event, delivered=False))
-        stripe_server.add_payment_intent(id=f"pi_{i}", metadata={})
+    events = _disputes_elsewhere(stripe_server, 10, delivered=False)
     runs = [_reconcile(database, settings, max_calls=4)]
     while runs[-1]["cursor"] is not None and len(runs) < 5:
         runs.append(_reconcile(database, settings, max_calls=4))

@@ -7,12 +7,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import text as sa_text
-
 from db.enums import BundleKind, CreditType
 from tasks.ledger import credits
 from tests import factories
 from tests import inbox_api as inbox
+from tests.conftest import lock_waited_or_done
 from tests.netutil import wait_until
 from tests.tasks.purchases.payments_support import charge_refunded, checkout, deliver, state
 
@@ -33,17 +32,11 @@ def _refund_while(database, move) -> None:
             moved.set()
             assert release.wait(30)
 
-    def waits_or_ended(future) -> bool:
-        with database.engine.connect() as conn:
-            waiting = conn.execute(sa_text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                           "AND datname = current_database()")).scalar()
-        return waiting > 0 or future.done()
-
     with ThreadPoolExecutor(2) as pool:
         holding = pool.submit(hold)
         assert moved.wait(30)
         refund = pool.submit(lambda: deliver(database, charge_refunded()).outcome)
-        assert wait_until(lambda: waits_or_ended(refund), timeout=30)
+        assert wait_until(lambda: lock_waited_or_done(database, refund), timeout=30)
         release.set()
         holding.result(timeout=30)
         assert refund.result(timeout=30) is inbox.Outcome.PROCESSED
