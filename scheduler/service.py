@@ -57,6 +57,8 @@ JOBS: dict[str, Job] = {
         Job("low-seats", "low_seat_scan", 300, "alert admins on course-step classes at or under LOW_SEAT_THRESHOLD"),
         Job("reminders", "send_reminders", 3600, "remind students of unbooked steps (REMINDERS_ENABLED)"),
         Job("reconcile", "reconcile", 900, "store Stripe events of the last 30 days no webhook delivered (Events API)"),
+        Job("new-steps", "provide_new_steps", 60,
+            "give a step added in the last 15 min to enrollments fulfilled meanwhile without it"),
         Job("refunds", "settle_refunds", 300, "finish admin refunds left pending 10 min or more (ask Stripe, then retry)"),
         Job("retention", "prune_retention", 3600,
             "prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS"),

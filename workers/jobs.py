@@ -11,6 +11,7 @@ import time
 
 from db.enums import OutboxChannel
 from tasks.bookings import alerts
+from tasks.catalog import services as catalog
 from tasks.enrollments import reminders
 from tasks.errors import PermanentError
 from tasks.lifecycle import retention
@@ -177,6 +178,19 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max
     rt = runtime.current()
     finish_job_run(job_run, **reconciling.run(rt, lookback_hours=lookback_hours, max_calls=max_calls,
                                                enqueue=enqueue_inbox))
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+def provide_new_steps(job_run: int | None = None) -> None:
+    """Give a step added in the last minutes to the enrollments a purchase fulfilled meanwhile left without it
+    (`catalog.provide_added_steps`)."""
+    rt = runtime.current()
+    with rt.db.session_scope() as session:
+        written = catalog.provide_added_steps(session)
+    if written:
+        log.warning("new-steps: %d enrollment step(s) a purchase fulfilled during a step's addition had missed",
+                    written)
+    finish_job_run(job_run, provided=written)
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -441,6 +442,37 @@ def _seed_new_steps(session: Session, program: CourseProgram, steps: list[Course
                    literal(ProgressStatus.UNBOOKED, table.c.status.type),
                    literal(False, table.c.skipped_ahead.type), now, now)
             .where(enrollment.program_id == program.id, enrollment.status.in_(OWED_NEW_STEPS))))
+
+
+# a step added this recently may have been missed by a purchase fulfilled while it was being added
+ADDED_STEPS_WINDOW = timedelta(minutes=15)
+PURCHASE_MARGIN = timedelta(minutes=5)  # far longer than a purchase's transaction
+
+
+def provide_added_steps(session: Session, *, now: datetime | None = None) -> int:
+    """The `new-steps` job. A purchase fulfilled while a step was being added read the course before the step
+    committed, and the step's own insert (`_seed_new_steps`) ran before that enrollment committed: it lacks
+    the step. Each step added within ADDED_STEPS_WINDOW is given to every owed enrollment of its course created
+    since shortly before it that lacks it (none, almost always: one indexed look-up a recent step). Returns
+    how many progress rows it wrote."""
+    now = now or utcnow()
+    enrollment, progress, table = StudentCourseEnrollment, StudentCourseProgress, StudentCourseProgress.__table__
+    recent = session.execute(select(CourseStep.id, CourseStep.program_id, CourseStep.created_at).where(
+        CourseStep.created_at >= now - ADDED_STEPS_WINDOW, CourseStep.deleted_at.is_(None))).all()
+    written = 0
+    stamp = literal(now, table.c.created_at.type)
+    for step_id, program_id, added_at in recent:
+        lacking = (select(enrollment.id, literal(step_id, table.c.step_id.type),
+                          literal(ProgressStatus.UNBOOKED, table.c.status.type),
+                          literal(False, table.c.skipped_ahead.type), stamp, stamp)
+                   .where(enrollment.program_id == program_id, enrollment.status.in_(OWED_NEW_STEPS),
+                          enrollment.created_at >= added_at - PURCHASE_MARGIN,
+                          ~select(progress.id).where(progress.enrollment_id == enrollment.id,
+                                                     progress.step_id == step_id).exists()))
+        written += len(session.execute(insert(table).from_select(
+            ["enrollment_id", "step_id", "status", "skipped_ahead", "created_at", "updated_at"], lacking)
+            .returning(table.c.id)).all())
+    return written
 
 
 def _record_sold_bundle(session: Session, program: CourseProgram, components: list[CourseBundleComponent]) -> None:

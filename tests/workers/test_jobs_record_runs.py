@@ -15,6 +15,7 @@ RUNS = [
     ("low-seats", jobs.low_seat_scan, {"alerts_raised": 0}),
     ("reminders", jobs.send_reminders, {"reminders_queued": 0}),
     ("reconcile", jobs.reconcile, {"skipped": "STRIPE_API_KEY is not set"}),
+    ("new-steps", jobs.provide_new_steps, {"provided": 0}),
     ("refunds", jobs.settle_refunds, {"succeeded": 0, "failed": 0, "pending": 0, "errors": 0}),
 ]
 

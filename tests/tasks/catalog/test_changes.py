@@ -163,3 +163,43 @@ def test_a_new_course_affects_nobody(database):
     answer = what_if(database, {"title": "New", "price": {"amount": 100, "currency": "eur"},
                                 "steps": [{"label": "N-1"}]})
     assert answer["exists"] is False and answer["would_apply"] is True and answer["enrollments"] == []
+
+
+def test_a_step_added_while_a_purchase_was_fulfilled_is_given_to_it_by_the_new_steps_job(database):
+    """The purchase read the course's steps before the new step committed, and the step's own insert ran before
+    the enrollment committed: the enrollment lacks the step. The job gives it, and only to enrollments of that
+    course made around the addition and still owed steps; a second run writes nothing."""
+    from datetime import timedelta
+
+    from db.models import CourseStep
+    from db.types import utcnow
+
+    now = utcnow()
+    with database.session_scope() as s:
+        program = factories.program(s, code="SFZ", steps=2)
+        other = factories.program(s, code="OTH", steps=2)
+        student = factories.student(s)
+        raced = factories.enrollment(s, student, program, session_id="cs_raced")  # progress for the 2 steps
+        revoked = factories.enrollment(s, student, program, session_id="cs_revoked",
+                                       status=EnrollmentStatus.REVOKED)
+        older = factories.enrollment(s, student, program, session_id="cs_older")
+        elsewhere = factories.enrollment(s, student, other, session_id="cs_other")
+        older.created_at = now - timedelta(days=3)
+        added = CourseStep(program_id=program.id, position=3, label="SFZ-3", title="Added", created_at=now)
+        s.add(added)
+        s.flush()
+        ids = {"raced": raced.id, "revoked": revoked.id, "older": older.id, "elsewhere": elsewhere.id,
+               "step": added.id}
+
+    def steps(enrollment_id):
+        with database.session_scope() as s:
+            return sorted(s.scalars(select(StudentCourseProgress.step_id)
+                                    .where(StudentCourseProgress.enrollment_id == enrollment_id)))
+
+    with database.session_scope() as s:
+        assert catalog.provide_added_steps(s, now=now + timedelta(minutes=1)) == 1
+    assert ids["step"] in steps(ids["raced"])
+    assert all(ids["step"] not in steps(ids[k]) for k in ("revoked", "older", "elsewhere"))
+    with database.session_scope() as s:
+        assert catalog.provide_added_steps(s, now=now + timedelta(minutes=2)) == 0
+        assert catalog.provide_added_steps(s, now=now + timedelta(hours=1)) == 0  # the step is no longer recent
