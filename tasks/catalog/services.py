@@ -433,15 +433,21 @@ BUNDLE_UNRECORDED = StudentCourseEnrollment.fulfilment_metadata["bundle"].as_str
 def _seed_new_steps(session: Session, program: CourseProgram, steps: list[CourseStep]) -> None:
     """A step added to a sold course is owed to its active and suspended enrollments: unbooked at once.
     One INSERT … SELECT a step, however many enrollments the course has."""
-    enrollment, table = StudentCourseEnrollment, StudentCourseProgress.__table__
-    now = literal(utcnow(), table.c.created_at.type)
+    now = utcnow()
     for step in steps:
-        session.execute(insert(table).from_select(
-            ["enrollment_id", "step_id", "status", "skipped_ahead", "created_at", "updated_at"],
-            select(enrollment.id, literal(step.id, table.c.step_id.type),
-                   literal(ProgressStatus.UNBOOKED, table.c.status.type),
-                   literal(False, table.c.skipped_ahead.type), now, now)
-            .where(enrollment.program_id == program.id, enrollment.status.in_(OWED_NEW_STEPS))))
+        session.execute(_give_step(step.id, program.id, now))
+
+
+def _give_step(step_id: int, program_id: int, now: datetime, *where: Any):
+    """INSERT … SELECT: the step, unbooked, for every owed enrollment of the course (and `where`)."""
+    enrollment, table = StudentCourseEnrollment, StudentCourseProgress.__table__
+    stamp = literal(now, table.c.created_at.type)
+    return insert(table).from_select(
+        ["enrollment_id", "step_id", "status", "skipped_ahead", "created_at", "updated_at"],
+        select(enrollment.id, literal(step_id, table.c.step_id.type),
+               literal(ProgressStatus.UNBOOKED, table.c.status.type), literal(False, table.c.skipped_ahead.type),
+               stamp, stamp)
+        .where(enrollment.program_id == program_id, enrollment.status.in_(OWED_NEW_STEPS), *where))
 
 
 # a step added this recently may have been missed by a purchase fulfilled while it was being added
@@ -456,22 +462,15 @@ def provide_added_steps(session: Session, *, now: datetime | None = None) -> int
     since shortly before it that lacks it (none, almost always: one indexed look-up a recent step). Returns
     how many progress rows it wrote."""
     now = now or utcnow()
-    enrollment, progress, table = StudentCourseEnrollment, StudentCourseProgress, StudentCourseProgress.__table__
+    enrollment, progress = StudentCourseEnrollment, StudentCourseProgress
     recent = session.execute(select(CourseStep.id, CourseStep.program_id, CourseStep.created_at).where(
         CourseStep.created_at >= now - ADDED_STEPS_WINDOW, CourseStep.deleted_at.is_(None))).all()
     written = 0
-    stamp = literal(now, table.c.created_at.type)
     for step_id, program_id, added_at in recent:
-        lacking = (select(enrollment.id, literal(step_id, table.c.step_id.type),
-                          literal(ProgressStatus.UNBOOKED, table.c.status.type),
-                          literal(False, table.c.skipped_ahead.type), stamp, stamp)
-                   .where(enrollment.program_id == program_id, enrollment.status.in_(OWED_NEW_STEPS),
-                          enrollment.created_at >= added_at - PURCHASE_MARGIN,
-                          ~select(progress.id).where(progress.enrollment_id == enrollment.id,
-                                                     progress.step_id == step_id).exists()))
-        written += len(session.execute(insert(table).from_select(
-            ["enrollment_id", "step_id", "status", "skipped_ahead", "created_at", "updated_at"], lacking)
-            .returning(table.c.id)).all())
+        lacking = ~select(progress.id).where(progress.enrollment_id == enrollment.id,
+                                             progress.step_id == step_id).exists()
+        given = _give_step(step_id, program_id, now, enrollment.created_at >= added_at - PURCHASE_MARGIN, lacking)
+        written += len(session.execute(given.returning(progress.id)).all())
     return written
 
 
