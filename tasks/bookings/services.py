@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import literal, select
+from sqlalchemy import Exists, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -361,12 +361,16 @@ ENDING_TYPES = ("booking.cancelled", "attendance.marked")  # the platform events
 UNAPPLIED = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING)
 
 
+def _end_stored(subject) -> Exists:
+    """A cancel or attendance about `subject` (a booking's key, or an SQL expression of one) is stored and not
+    applied yet: a wait for it is no longer a guess, however long the events have queued (past HOLD_WINDOW
+    when the workers fell behind)."""
+    return select(InboxEvent.id).where(InboxEvent.subject == subject, InboxEvent.type.in_(ENDING_TYPES),
+                                       InboxEvent.status.in_(UNAPPLIED)).exists()
+
+
 def _end_received(session: Session, booking_id: str) -> bool:
-    """A cancel or attendance of this booking is stored and not applied yet: the wait for it is no longer a
-    guess, however long the events have queued (past HOLD_WINDOW when the workers fell behind)."""
-    return session.scalar(select(InboxEvent.id).where(
-        InboxEvent.subject == booking_key(booking_id), InboxEvent.type.in_(ENDING_TYPES),
-        InboxEvent.status.in_(UNAPPLIED)).limit(1)) is not None
+    return bool(session.scalar(select(_end_stored(booking_key(booking_id)))))
 
 
 def _older_credit_booking(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool) -> Booking | None:
@@ -378,10 +382,7 @@ def _older_credit_booking(session: Session, data: BookingCreated, at: datetime, 
         Booking.status == BookingStatus.ACTIVE, Booking.booked_at < at).order_by(Booking.booked_at.desc())
     if may_wait:
         return session.scalar(older.limit(1))
-    ending = select(InboxEvent.id).where(
-        InboxEvent.subject == literal(booking_key("")).concat(Booking.id), InboxEvent.type.in_(ENDING_TYPES),
-        InboxEvent.status.in_(UNAPPLIED))
-    return session.scalar(older.where(ending.exists()).limit(1))
+    return session.scalar(older.where(_end_stored(literal(booking_key("")).concat(Booking.id))).limit(1))
 
 
 def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment, step: CourseStep) -> bool:

@@ -355,6 +355,8 @@ def test_a_credit_booking_waits_for_the_older_credit_bookings_cancel_in_flight(d
     assert inbox_row(database, newer).status == InboxStatus.PROCESSED
     assert booking(database, "bk_2").status.value == "active" and booking(database, "bk_1").status.value == "cancelled"
     assert balances(database)["group"] == 0 and rejections(database) == {}
+    deliver(database, twin(newer))  # the same booking sent again: nothing spent twice
+    assert balances(database)["group"] == 0 and rejections(database) == {}
 
 
 @pytest.mark.parametrize("ending", ["late cancel", "hold window passed"])
