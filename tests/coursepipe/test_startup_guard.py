@@ -143,9 +143,10 @@ def test_doctor_and_db_upgrade_still_run_on_an_unmigrated_database(tmp_path, red
 @pytest.mark.parametrize("entry", [
     [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "ingress.wsgi:app"],
     [sys.executable, "-m", "dramatiq", "workers.app", "--processes", "1", "--threads", "1"],
-], ids=["gunicorn", "dramatiq"])
+    [sys.executable, "-m", "dramatiq", "workers", "--processes", "1", "--threads", "1"],
+], ids=["gunicorn", "dramatiq", "dramatiq-workers"])
 def test_the_entry_modules_refuse_a_database_behind_the_head(tmp_path, redis_url, entry):
-    """Run without the CLI (`gunicorn ingress.wsgi:app`, `dramatiq workers.app`), the processes still refuse."""
+    """Run without the CLI (`gunicorn ingress.wsgi:app`, `dramatiq workers[.app]`), the processes still refuse."""
     url = f"sqlite:///{tmp_path / 'behind.db'}"
     upgrade(url, OLDER)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
