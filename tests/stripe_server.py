@@ -8,7 +8,8 @@ the same key with other parameters is a 400 `idempotency_error`.
 Built in: products and prices (create, retrieve, update, list), checkout sessions (create, retrieve,
 list with `created[...]`/`status`/`payment_intent`/`limit`/`starting_after`/`ending_before`, line items; a
 created one is paid with `complete_checkout_session(id)`), refunds, payment intents and charges
-(retrieve), disputes (retrieve; update with `evidence[...]` and `submit`, checked field by field), events
+(retrieve), disputes (retrieve; update with `evidence[...]` and `submit`, checked field by field, and
+submitted once: a second submission is refused), events
 (retrieve; list with `type`/`types[]`, `created[...]`, `delivery_success` and the list cursors), webhook
 endpoints (list, retrieve); `event(type, obj)` wraps an object as an event.
 Extend it from a test module:
@@ -730,6 +731,10 @@ def _update_dispute_impl(server: "StripeServer", req: StripeRequest, id: str) ->
             raise server.error(400, f"Received unknown parameter: {name}", param=name)
     if dispute["status"] in ("won", "lost", "warning_closed"):
         raise server.error(400, f"This dispute is already closed: {dispute['status']}.", param="evidence")
+    submitting = _bool(p.get("submit", "true"))  # Stripe submits unless told `submit=false`
+    if submitting and int((dispute.get("evidence_details") or {}).get("submission_count") or 0) > 0:
+        # "Typically, you may only submit evidence once" (Stripe's `evidence_details.submission_count`)
+        raise server.error(400, "Evidence for this dispute has already been submitted.", param="evidence")
     evidence = p.get("evidence") or {}
     if not isinstance(evidence, dict):
         raise server.error(400, "Invalid object", param="evidence")
@@ -752,7 +757,7 @@ def _update_dispute_impl(server: "StripeServer", req: StripeRequest, id: str) ->
         dispute["metadata"] = _merge_metadata(dispute.get("metadata") or {}, p["metadata"])
     details = dispute.setdefault("evidence_details", {})
     details["has_evidence"] = True
-    if _bool(p.get("submit", "true")):  # Stripe submits unless told `submit=false`
+    if submitting:
         details["submission_count"] = int(details.get("submission_count") or 0) + 1
         dispute["status"] = "under_review"
     return copy.deepcopy(dispute)

@@ -16,6 +16,10 @@ the draft is frozen on the dispute row with a fresh idempotency key, status `sub
 `send` (no transaction: the two documents uploaded, then the dispute updated with `submit=true`), and
 `record_submission` (one transaction: `submitted`, or `failed` with Stripe's answer, which an admin can
 submit again).
+
+Stripe takes a dispute's evidence once. `send` first reads the dispute: evidence already submitted (by an
+attempt whose answer was lost when its process died, or by hand in Stripe's Dashboard) is recorded
+`submitted` as Stripe holds it, and nothing is uploaded or sent again.
 """
 from __future__ import annotations
 
@@ -276,6 +280,7 @@ class Sent:
     files: dict[str, str] = field(default_factory=dict)
     stripe_status: str | None = None
     error: str | None = None
+    held: dict[str, str] | None = None  # the text Stripe already held, submitted before this submission
 
 
 def send(client, submission: Submission) -> Sent:
@@ -285,6 +290,13 @@ def send(client, submission: Submission) -> Sent:
 
     sent = Sent(ok=False)
     try:
+        dispute = client.v1.disputes.retrieve(submission.dispute_id).to_dict()
+        if _submitted_before(dispute):
+            held = dispute.get("evidence") or {}
+            sent.ok, sent.stripe_status = True, dispute.get("status")
+            sent.held = {name: held[name] for name in TEXT_FIELDS if isinstance(held.get(name), str)}
+            sent.files = {name: _file_id(held[name]) for name in FILE_FIELDS if held.get(name)}
+            return sent
         for name in FILE_FIELDS:
             document = text_pdf(f"{name.replace('_', ' ').capitalize()} - dispute {submission.dispute_id}",
                                 submission.evidence[name])
@@ -303,6 +315,15 @@ def send(client, submission: Submission) -> Sent:
     return sent
 
 
+def _submitted_before(dispute) -> bool:
+    count = (dispute.get("evidence_details") or {}).get("submission_count")
+    return isinstance(count, int) and not isinstance(count, bool) and count > 0
+
+
+def _file_id(value: Any) -> str:
+    return value if isinstance(value, str) else value.get("id")  # an id, or the file expanded
+
+
 def record_submission(*, session: Session, submission: Submission, sent: Sent, now: datetime | None = None) -> None:
     """The outcome on the row (only if it is still this submission's): `submitted` or `failed`."""
     row = dispute_row(session, submission.dispute_id, lock=True)
@@ -310,6 +331,8 @@ def record_submission(*, session: Session, submission: Submission, sent: Sent, n
         return  # a later submission took over
     row.evidence_files = {**(row.evidence_files or {}), **sent.files}
     if sent.ok:
+        if sent.held is not None:  # what the bank has, not the draft this submission froze
+            row.evidence = {**sent.held, **{name: f"(file {file_id} at Stripe)" for name, file_id in sent.files.items()}}
         row.evidence_status, row.evidence_submitted_at, row.evidence_error = SUBMITTED, now or utcnow(), None
         row.stripe_status = sent.stripe_status or row.stripe_status
     else:

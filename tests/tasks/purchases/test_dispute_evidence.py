@@ -170,3 +170,52 @@ def test_the_dashboard_lists_open_disputes_with_their_deadline_and_submits_from_
     done = client.post("/admin/ui/disputes/dp_1/submit", data={"csrf_token": csrf}, follow_redirects=True)
     assert done.status_code == 200 and "submitted to Stripe" in done.get_data(as_text=True)
     assert stripe_server.disputes["dp_1"]["status"] == "under_review"
+
+
+def test_a_submission_whose_answer_was_lost_is_recorded_from_stripe_and_not_sent_again(
+        database, runtime, client, admin_headers, stripe_server):
+    """Stripe submitted the evidence, then the process died before it recorded the answer: the row stays
+    `submitting`. Once its lease has run out an admin submits again. Stripe takes evidence once, so a second
+    update is refused; before, that refusal was recorded `failed` although the bank has the evidence."""
+    from tasks.purchases import evidence
+    from tasks.stripe_api import stripe_client
+
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
+    with database.session_scope() as s:
+        submission = evidence.begin_submission(session=s, stripe_dispute_id="dp_1")
+    assert evidence.send(stripe_client(runtime.settings), submission).ok  # … and nothing recorded after it
+    with database.session_scope() as s:
+        s.execute(update(PaymentDispute).values(evidence_requested_at=utcnow() - evidence.SUBMITTING_LEASE
+                                                - timedelta(seconds=1)))
+    on_stripe = stripe_server.disputes["dp_1"]["evidence"]
+
+    again = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert again.status_code == 200, again.get_json()
+    result = again.get_json()
+    assert result["evidence_status"] == "submitted" and result["stripe_status"] == "under_review"
+    assert result["error"] is None
+    assert stripe_server.disputes["dp_1"]["evidence_details"]["submission_count"] == 1
+    assert len(stripe_server.calls("POST", "/v1/disputes/dp_1")) == 1  # the lost attempt's only
+    assert len(stripe_server.calls("POST", "/v1/files")) == 2  # nothing uploaded again
+    # the page shows what the bank has: the text and the files Stripe holds
+    shown = client.get("/admin/disputes/dp_1/evidence", headers=admin_headers).get_json()
+    assert shown["evidence"]["access_activity_log"] == on_stripe["access_activity_log"]
+    assert shown["files"] == {"customer_communication": on_stripe["customer_communication"],
+                              "receipt": on_stripe["receipt"]}
+
+
+def test_evidence_submitted_in_stripes_dashboard_is_recorded_as_submitted(database, runtime, client,
+                                                                          admin_headers, stripe_server):
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="under_review",
+                              evidence={"uncategorized_text": "Sent by hand from the Stripe Dashboard."},
+                              evidence_details={"due_by": DUE_BY, "has_evidence": True, "past_due": False,
+                                                "submission_count": 1})
+    answer = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert answer.status_code == 200 and answer.get_json()["evidence_status"] == "submitted"
+    assert answer.get_json()["evidence"]["uncategorized_text"] == "Sent by hand from the Stripe Dashboard."
+    assert stripe_server.calls("POST") == []  # nothing uploaded, nothing sent
+    # and a second ask is answered from the row: nothing is open to submit
+    with database.session_scope() as s:
+        assert s.scalar(select(PaymentDispute.evidence_status)) == "submitted"
