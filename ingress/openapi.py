@@ -395,7 +395,11 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                               security=ADMIN, body="AnyObject", extra=NOT_FOUND),
     ("POST", "/admin/enrollments/{enrollment_id}/reinstate"): op("Reinstate an enrollment by hand", tag="admin",
                                                                  security=ADMIN, body="AnyObject",
-                                                                 extra={**NOT_FOUND, "409": _json("Error")}),
+                                                                 extra={**NOT_FOUND, "409": _json(
+                                                                     "Error", "not_allowed: not revoked or suspended, "
+                                                                     "refunded in full, a dispute lost, or never "
+                                                                     "active; already_enrolled: the student holds "
+                                                                     "the course through another enrollment")}),
     ("POST", "/admin/enrollments/{enrollment_id}/refund"): op(
         "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="AnyObject",
         headers=[h("Idempotency-Key", "a retry with the same key reuses the refund asked for: never a second one",

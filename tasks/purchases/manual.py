@@ -23,6 +23,7 @@ from db.enums import BookingStatus, CreditType, DisputeStatus, EnrollmentStatus,
 from db.models import (
     AdminRefund,
     Booking,
+    CourseProgram,
     CourseStep,
     CreditLedgerEntry,
     PaymentDispute,
@@ -71,11 +72,7 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
     # it), locked: two comps for one student run one after the other, so the second sees the first's below
     fulfilment.ensure_student(session, student_id, {})
     credits.lock_student(session, student_id)
-    held = session.scalar(select(StudentCourseEnrollment.id).where(
-        StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program.id,
-        StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING))).limit(1))
-    if held is not None:
-        raise enrollments.AlreadyEnrolled(f"student {student_id} already holds {course_code} (enrollment {held})")
+    _refuse_if_held(session, student_id, program.id, course_code)
     now = utcnow()
     enrollment = StudentCourseEnrollment(
         student_id=student_id, program_id=program.id, status=EnrollmentStatus.ACTIVE,
@@ -92,6 +89,20 @@ def enroll(*, session: Session, student_id: str, course_code: str, grant_bundle:
                                         fresh=True, steps=steps)
     enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=True, steps=steps)
     return enrollment, provisioned
+
+
+def _refuse_if_held(session: Session, student_id: str, program_id: int, course_code: str,
+                    other_than: int | None = None) -> None:
+    """One enrollment in a course a student holds or is paying for: a second is refused (the caller holds the
+    student's lock, so two of these for one student run one after the other)."""
+    query = select(StudentCourseEnrollment.id).where(
+        StudentCourseEnrollment.student_id == student_id, StudentCourseEnrollment.program_id == program_id,
+        StudentCourseEnrollment.status.in_((*enrollments.ENTITLED, EnrollmentStatus.PENDING)))
+    if other_than is not None:
+        query = query.where(StudentCourseEnrollment.id != other_than)
+    held = session.scalar(query.limit(1))
+    if held is not None:
+        raise enrollments.AlreadyEnrolled(f"student {student_id} already holds {course_code} (enrollment {held})")
 
 
 # --------------------------------------------------------------------------- revoke and reinstate
@@ -124,10 +135,16 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
     if enrollment.status != EnrollmentStatus.REVOKED:
         raise NotAllowed(f"enrollment {enrollment_id} is {enrollment.status.value}: only a revoked or suspended "
                          "enrollment can be reinstated")
+    if enrollment.activated_at is None:  # revoked while its payment was pending: it never gave access
+        raise NotAllowed(f"enrollment {enrollment_id} was never active (revoked before its payment settled): "
+                         "enrol the student by hand instead")
     why = _payments_say_revoked(session, enrollment)
     if why:
         raise NotAllowed(f"enrollment {enrollment_id} cannot be reinstated: {why} (its next payment event would "
                          "revoke it again); enrol the student by hand instead")
+    credits.lock_student(session, enrollment.student_id)
+    _refuse_if_held(session, enrollment.student_id, enrollment.program_id,
+                    session.get(CourseProgram, enrollment.program_id).code, other_than=enrollment.id)
     now = utcnow()
     ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id,
                     at=now)

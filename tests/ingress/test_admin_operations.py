@@ -168,6 +168,44 @@ def test_an_enrollment_refunded_in_full_is_not_reinstated(client, runtime, strip
     assert refused.status_code == 409 and "refunded in full" in refused.get_json()["error"]["message"]
 
 
+def test_an_enrollment_revoked_before_its_payment_settled_is_not_reinstated(client, runtime, stripe_server,
+                                                                            operator):
+    """Before, the reinstatement made it active with its bundle's credits, and the payment's failure then left it
+    active (only a pending enrollment fails)."""
+    db = runtime.db
+    _course(db)
+    deliver(db, checkout(cs="cs_unpaid", pi="pi_unpaid", payment_status="unpaid"))
+    with db.session_scope() as s:
+        enrollment_id, status = s.execute(select(StudentCourseEnrollment.id, StudentCourseEnrollment.status)).one()
+    assert status.value == "pending"
+    assert client.post(f"/admin/enrollments/{enrollment_id}/revoke", headers=operator,
+                       json={"reason": "asked to cancel"}).status_code == 200
+    before = state(db)
+    refused = client.post(f"/admin/enrollments/{enrollment_id}/reinstate", headers=operator, json={"reason": "x"})
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "not_allowed"
+    assert "never active" in refused.get_json()["error"]["message"]
+    assert state(db) == before and before["enrollments"][0]["status"] == "revoked"
+    assert before["balances"].get("private", 0) == 0
+
+
+def test_reinstating_refuses_a_second_enrollment_in_the_same_course(client, runtime, stripe_server, operator):
+    """Revoked, then enrolled again by hand: reinstating the first would give the student the course twice (and
+    its bundle twice), which enrolling by hand refuses."""
+    db = runtime.db
+    first = _purchase(db, stripe_server)
+    assert client.post(f"/admin/enrollments/{first}/revoke", headers=operator,
+                       json={"reason": "by mistake"}).status_code == 200
+    again = client.post("/admin/enrollments", headers=operator, json={
+        "student_id": "stu_1", "course_code": "SFZ", "grant_bundle": True, "reason": "comp instead"})
+    assert again.status_code == 201, again.get_json()
+    before = state(db)
+    refused = client.post(f"/admin/enrollments/{first}/reinstate", headers=operator, json={"reason": "undo"})
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "already_enrolled"
+    assert str(again.get_json()["enrollment"]["id"]) in refused.get_json()["error"]["message"]
+    assert state(db) == before and before["balances"]["private"] == 2
+    assert [a[1] for a in _audit(db)] == ["enrollment.revoke", "enrollment.create"]
+
+
 # --------------------------------------------------------------------------- refunds
 
 
