@@ -38,7 +38,8 @@ def _runtime():
 
 # the domain's refusals of a manual operation: each a 409 with its code
 CONFLICTS = {enrollments.AlreadyEnrolled: "already_enrolled", manual.NotAllowed: "not_allowed",
-             manual.NotRefundable: "not_refundable", adjustments.NotEnoughCredit: "not_enough_credit"}
+             manual.NotRefundable: "not_refundable", adjustments.NotEnoughCredit: "not_enough_credit",
+             manual.KeyReused: "idempotency_key_reused"}
 
 
 def _conflict(exc):

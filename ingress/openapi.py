@@ -405,7 +405,9 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         headers=[h("Idempotency-Key", "a retry with the same key reuses the refund asked for: never a second one",
                  max_length=128)],
         ok=_json("AnyObject", "the preview (`\"preview\": true`): what the refund would change"),
-        extra={**NOT_FOUND, "409": _json("Error"),
+        extra={**NOT_FOUND, "409": _json("Error", "not_refundable, not_allowed (the key was used for another "
+                                                  "enrollment), or idempotency_key_reused (with another amount "
+                                                  "or keep_access)"),
                "201": _json("AnyObject", "refunded: the admin refund (`succeeded`) and the enrollment"),
                "503": _json("Error", "stripe_not_configured: STRIPE_API_KEY is not set"),
                "402": _json("Error", "stripe_refused: Stripe refused the refund (recorded failed)"),

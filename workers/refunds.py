@@ -48,6 +48,11 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
             row = session.scalar(select(AdminRefund).where(AdminRefund.request_key == request_key))
             if row is not None and row.enrollment_id != enrollment_id:
                 raise manual.NotAllowed(f"Idempotency-Key {request_key!r} was used for enrollment {row.enrollment_id}")
+            # a retry sends what the first request sent (`amount` absent then means the rest, as it did)
+            if row is not None and (row.keep_access != keep_access or amount not in (None, row.amount)):
+                raise manual.KeyReused(
+                    f"Idempotency-Key {request_key!r} was used for a refund of {row.amount} with keep_access "
+                    f"{str(row.keep_access).lower()} (admin refund {row.id}): a new refund needs a new key")
         if row is None:
             plan = manual.check_refund(session=session, enrollment_id=enrollment_id, amount=amount)
             row = manual.refund_intent(session=session, plan=plan, keep_access=keep_access, reason=reason,

@@ -305,6 +305,31 @@ def test_a_refund_whose_outcome_is_unknown_is_retried_with_the_same_key(client, 
     assert state(db)["enrollments"][0]["status"] == "revoked"
 
 
+def test_a_key_sent_again_with_another_refund_is_refused_and_makes_nothing(client, runtime, stripe_server, operator):
+    """Before, the second request answered 201 with the first refund: a studio refunding a second time under the
+    same ticket number believed it had refunded 5,000 more."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    headers = {**operator, "Idempotency-Key": "support-ticket-43"}
+    first = client.post(url, headers=headers, json={"amount": 100, "keep_access": False, "reason": "late"})
+    assert first.status_code == 201, first.get_json()
+    before = state(db)
+    for body in ({"amount": 5000, "keep_access": False, "reason": "again"},
+                 {"amount": 100, "keep_access": True, "reason": "again"},
+                 {"keep_access": True, "reason": "again"}):
+        refused = client.post(url, headers=headers, json=body)
+        assert refused.status_code == 409, (body, refused.get_json())
+        error = refused.get_json()["error"]
+        assert error["code"] == "idempotency_key_reused" and "a new refund needs a new key" in error["message"]
+    assert state(db) == before and _count(db, AdminRefund) == 1
+    assert len(stripe_server.calls("POST", "/v1/refunds")) == 1
+    # the same request again is the retry it is meant for
+    assert client.post(url, headers=headers, json={"amount": 100, "keep_access": False,
+                                                   "reason": "late"}).status_code == 201
+    assert [a[1] for a in _audit(db)] == ["enrollment.refund"]
+
+
 def test_a_5xx_stripe_saved_under_the_key_does_not_hold_the_refund_for_a_day(client, runtime, stripe_server,
                                                                             operator):
     """Stripe saves an error that came once the call had begun and replays it to every retry with that key for
