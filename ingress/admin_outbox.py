@@ -23,7 +23,7 @@ bp = Blueprint("admin_outbox", __name__, url_prefix="/admin")
 def retry_dead():
     body = json_object("channel", "after", "reason", optional=True)
     channel, after = body.get("channel"), body.get("after")
-    if channel is not None and channel not in {c.value for c in OutboxChannel}:
+    if channel is not None and (not isinstance(channel, str) or channel not in {c.value for c in OutboxChannel}):
         raise ApiError(400, "invalid_channel", "channel is 'mail' or 'platform' (or absent for both)")
     if after is not None and (type(after) is not int or not 0 <= after <= BIGINT_MAX):
         raise ValidationFailed("after: the last id a previous call retried (an integer, 0 or more)", field="after")

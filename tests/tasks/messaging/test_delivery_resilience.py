@@ -129,8 +129,9 @@ def test_bulk_retry_of_dead_messages_over_the_admin_api(client, runtime):
             row = s.get(OutboxMessage, message_id)
             row.status, row.attempts, row.last_error = OutboxStatus.DEAD, delivery.MAX_ATTEMPTS, "HTTP 404"
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    bad = client.post("/admin/outbox/retry-dead", json={"channel": "fax"}, headers=auth)
-    assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_channel"
+    for channel in ("fax", [], {}, ["mail"], 1):  # a list or an object was a 500 (an unhashable set member)
+        bad = client.post("/admin/outbox/retry-dead", json={"channel": channel}, headers=auth)
+        assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_channel", (channel, bad.json)
     assert client.post("/admin/outbox/retry-dead").status_code == 401
     response = client.post("/admin/outbox/retry-dead", json={"channel": "platform"}, headers=auth)
     assert response.status_code == 200 and response.json == {"retried": 2, "ids": ids[:2], "remaining": 0}
