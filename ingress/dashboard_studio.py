@@ -17,6 +17,7 @@ from ingress.errors import ApiError
 from ingress.roles import dashboard_role
 from tasks.catalog import services as catalog
 from tasks.errors import TaskError
+from tasks.messaging.mail import money
 from tasks.reporting import ops, search, statement, timeline
 from workers import heartbeats
 
@@ -132,7 +133,7 @@ def refund(enrollment_id: int):
         return redirect(url_for("dashboard.enrollment_page", enrollment_id=enrollment_id))
     refund_row = done["refund"]
     if refund_row["status"] == "succeeded":
-        flash(f"Refunded {refund_row['amount'] / 100:.2f} {(refund_row['currency'] or '').upper()} "
+        flash(f"Refunded {money(refund_row['amount'], refund_row['currency'])} "
               f"({refund_row['stripe_refund_id']}){', access kept' if refund_row['keep_access'] else ''}.", "ok")
     else:
         flash(f"Refund {refund_row['status']}: {refund_row['last_error']}", "error")

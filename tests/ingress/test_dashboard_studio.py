@@ -57,6 +57,30 @@ def test_student_page_statement_and_forms(client, runtime, stripe_server):
     assert client.get("/admin/ui/students/nobody").status_code == 404
 
 
+def test_the_refund_pages_show_a_zero_decimal_currency_as_it_is_charged(client, runtime, stripe_server):
+    """Before, both divided by 100: a refund of 1,200 yen was confirmed as "12.00 JPY"."""
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),), price=3000)
+    stripe_server.add_payment_intent(id="pi_1", amount=3000, currency="jpy")
+    event = checkout(amount=3000)
+    event["data"]["object"]["currency"] = "jpy"
+    deliver(db, event)
+    with db.session_scope() as s:
+        enrollment_id = s.scalar(select(StudentCourseEnrollment.id))
+    make_admin(db, "op@studio.test", "operator")
+    csrf = login_as(client, "op@studio.test")
+    preview = client.post(f"/admin/ui/enrollments/{enrollment_id}/refund",
+                          data={"csrf_token": csrf, "reason": "moved away", "do": "preview", "amount": "1200"})
+    text = _text(preview)
+    assert "<td>1200 JPY <span" in text and "(of 3000 JPY left to refund)" in text
+    form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', preview.get_data(True)))
+    done = client.post(f"/admin/ui/enrollments/{enrollment_id}/refund", data={**form, "do": "refund"},
+                       follow_redirects=True)
+    assert "Refunded 1200 JPY" in _text(done)
+    assert stripe_server.calls("POST", "/v1/refunds")[0].params["amount"] == "1200"
+
+
 def test_refund_from_the_enrollment_page_previews_then_refunds_once(client, runtime, stripe_server):
     db = runtime.db
     enrollment_id = _purchase(db, stripe_server)
