@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         SECRET_KEY=settings.session_secret or secrets.token_hex(32),
         SESSION_COOKIE_NAME="coursepipe_admin",
         SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.admin_session_hours),  # as the server-side session
         JSON_SORT_KEYS=False,
     )
     register_error_handlers(app)

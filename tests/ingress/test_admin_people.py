@@ -75,6 +75,28 @@ def test_a_session_ends_at_its_absolute_lifetime(client, database):
     assert client.get("/admin/").status_code == 302
 
 
+def test_admin_session_hours_is_the_cookies_lifetime_too(runtime, database):
+    """ADMIN_SESSION_HOURS=24: before, the cookie still expired (and its signature was refused) after 8 hours, so
+    an admin was logged out with the server-side session still valid."""
+    from email.utils import parsedate_to_datetime
+
+    from ingress.app import create_app
+
+    app = create_app(runtime.settings.with_(admin_session_hours=24), runtime=runtime)
+    assert app.permanent_session_lifetime == timedelta(hours=24)
+    client = app.test_client()
+    make_admin(database, "op@studio.test", "operator")
+    page = client.get("/admin/login")
+    done = client.post("/admin/login", data={"email": "op@studio.test", "password": PASSWORD,
+                                             "csrf_token": csrf_of(page.get_data(True))})
+    cookie = next(c for c in done.headers.getlist("Set-Cookie") if c.startswith("coursepipe_admin="))
+    expires = parsedate_to_datetime(re.search(r"Expires=([^;]+)", cookie).group(1))
+    assert timedelta(hours=23) < expires - utcnow() <= timedelta(hours=24)
+    with database.session_scope() as s:
+        row = s.scalar(select(AdminSession))
+        assert timedelta(hours=23) < row.expires_at - row.created_at <= timedelta(hours=24)
+
+
 def test_break_glass_login_is_the_owner_and_ends_when_admin_token_rotates(client, runtime, database):
     from ingress.app import create_app
 
