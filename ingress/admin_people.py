@@ -85,8 +85,9 @@ def create_token():
 def revoke_token(token_id: int):
     admin_id = _own_account_id()
     with _runtime().db.session_scope() as s:
-        row = accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
-        roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
+        row, revoked = accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
+        if revoked:  # a repeat answers the same and audits nothing more
+            roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
         view = accounts.token_view(row)
     return jsonify(view)
 
@@ -188,6 +189,7 @@ def account_create_token():
 def account_revoke_token(token_id: int):
     admin_id = _own_account_id()
     with _runtime().db.session_scope() as s:
-        accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
-        roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
+        _, revoked = accounts.revoke_token(session=s, admin_id=admin_id, token_id=token_id)
+        if revoked:
+            roles.record_action(s, "token.revoke", f"admin_api_token:{token_id}")
     return _account_page()

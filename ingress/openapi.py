@@ -387,6 +387,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                extra={**NOT_FOUND, **NO_ACCOUNT}),
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
                                 query=[q("actor", "an admin's email"), q("action", "the action"),
+                                       q("target", "what it was done to (`enrollment:12`, …)"),
                                        q("limit", "how many")]),
     # manual operations, each with a required reason and an audit entry (operator)
     ("POST", "/admin/enrollments"): op("Enrol a student by hand (with or without the bundle)", tag="admin",
@@ -419,9 +420,10 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         "Every ledger entry with its cause in words and a running balance", tag="read", security=READ),
     # the studio's pages and forms
     ("GET", "/admin/ui/account"): op("My account: personal tokens (page)", tag="dashboard", ok=HTML),
-    ("POST", "/admin/ui/account/tokens"): op("Create a personal token (form)", tag="dashboard", ok=HTML),
-    ("POST", "/admin/ui/account/tokens/{token_id}/revoke"): op("Revoke a personal token (form)", tag="dashboard",
-                                                               ok=REDIRECT, status="302"),
+    ("POST", "/admin/ui/account/tokens"): op("Create a personal token (form): the page, with the token shown once",
+                                             tag="dashboard", ok=HTML, status="201"),
+    ("POST", "/admin/ui/account/tokens/{token_id}/revoke"): op("Revoke a personal token (form): the page",
+                                                               tag="dashboard", ok=HTML),
     ("GET", "/admin/ui/audit"): op("The audit log (page)", tag="dashboard", ok=HTML),
     ("GET", "/admin/ui/find"): op("Find any id; pending events and workers (page)", tag="dashboard", ok=HTML),
     ("GET", "/admin/ui/students/{student_id}"): op(

@@ -201,13 +201,15 @@ def list_tokens(*, session: Session, admin_id: int) -> list[AdminApiToken]:
                                 .order_by(AdminApiToken.id)))
 
 
-def revoke_token(*, session: Session, admin_id: int, token_id: int) -> AdminApiToken:
+def revoke_token(*, session: Session, admin_id: int, token_id: int) -> tuple[AdminApiToken, bool]:
+    """The token, and whether this call revoked it (False: it already was)."""
     row = session.get(AdminApiToken, token_id)
     if row is None or row.admin_id != admin_id:
         raise NotFound(f"no token {token_id} of yours")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return row
+    if row.revoked_at is not None:
+        return row, False
+    row.revoked_at = utcnow()
+    return row, True
 
 
 def token_principal(*, session: Session, token: str) -> Principal | None:

@@ -143,8 +143,14 @@ def test_personal_token_is_shown_once_stored_hashed_acts_with_its_role_and_can_b
     assert me["actor"] == "viewer@studio.test" and me["role"] == "viewer" and me["tokens"][0]["name"] == "scripts"
     refused = client.post("/admin/events/1/replay", headers=bearer(token))
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
-    assert client.delete(f"/admin/tokens/{me['tokens'][0]['id']}", headers=bearer(token)).status_code == 200
+    token_id = me["tokens"][0]["id"]
+    assert client.delete(f"/admin/tokens/{token_id}", headers=bearer(token)).status_code == 200
     assert client.get("/admin/events", headers=bearer(token)).status_code == 401
+    # revoked again, from the page: the same answer, and one audit entry for the one revocation
+    again = client.post(f"/admin/ui/account/tokens/{token_id}/revoke", data={"csrf_token": csrf})
+    assert again.status_code == 200 and "scripts" in again.get_data(True)
+    with database.session_scope() as s:
+        assert s.scalars(select(AuditEntry.action).order_by(AuditEntry.id)).all() == ["token.create", "token.revoke"]
 
 
 def test_removing_an_admin_ends_their_tokens_and_sessions(client, app, database):
