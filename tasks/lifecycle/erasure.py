@@ -1,11 +1,17 @@
 """Erasing a student (`coursepipe students erase ID`): personal data removed, financial records kept.
 
 Removed: the mirror's e-mail, name and time zone; every mail to the student (address and body, whatever
-its status: unsent ones are never sent; its dedupe key keeps neither the address nor its digest); the raw
-payloads of the inbox events about the student (their profile, their bookings, their checkouts, free or
-failed ones too: pruned as retention prunes, keeping ids, a hash and the financial facts). Kept, under the
-platform's student id, which names no one once the platform has erased its side: enrollments, purchases,
-refunds, disputes, bookings, the credit ledger, the transition log.
+its status: unsent ones are never sent; its dedupe key keeps neither the address nor its digest), found by
+their enrollments, their bookings (a credit booking's mail has no enrollment) and their address; the raw
+payloads of the inbox events about the student (their profile, their bookings, their payments by payment
+intent, checkout session or charge, and every checkout that names them or their address, free or failed
+ones too: pruned as retention prunes, keeping ids, a hash and the financial facts); their name and
+addresses in dispute evidence (a draft is dropped and drafted again when shown; evidence already sent keeps
+what the bank was told, redacted). Kept, under the platform's student id, which names no one once the
+platform has erased its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the
+transition log; and the admins' alerts (they name ids only, and an unsent one must still reach the admins).
+A `student.upserted` that occurred before the erasure (one still in the inbox, or redelivered) is not
+applied after it: only a later one is.
 """
 from __future__ import annotations
 
@@ -15,12 +21,22 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import Booking, InboxEvent, OutboxMessage, PackagePurchase, Student, StudentCourseEnrollment
+from db.models import (
+    Booking,
+    InboxEvent,
+    OutboxMessage,
+    PackagePurchase,
+    PaymentDispute,
+    PaymentRefund,
+    Student,
+    StudentCourseEnrollment,
+)
 from db.types import utcnow
 from tasks.errors import NotFound
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
-from tasks.messaging.outbox import address_digest, scrub_address
+from tasks.messaging.outbox import ADMINS, address_digest, scrub_address
+from tasks.purchases import evidence
 
 
 # an event still to be applied keeps its payload (it is pruned by retention once applied)
@@ -37,21 +53,52 @@ class Erased:
         return {"student_id": self.student_id, "mails_erased": self.mails, "events_pruned": self.events}
 
 
-def _subjects(session: Session, student_id: str) -> set[str]:
-    """The inbox subjects of the student's events: themselves, their bookings, their payments (by payment
-    intent, or by checkout session for one without: a free checkout), and every checkout they started,
-    whatever became of it (one that failed, for a course unknown then, has no purchase to lead to it)."""
-    subjects = {f"student:{student_id}"}
-    subjects |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
+def _payments(session: Session, student_id: str) -> tuple[set[str], set[str]]:
+    """The student's payment intents and checkout sessions (enrollments and package purchases)."""
+    intents, sessions = set(), set()
     for model in (StudentCourseEnrollment, PackagePurchase):
         for pi, cs in session.execute(select(model.stripe_payment_intent_id, model.stripe_checkout_session_id)
                                       .where(model.student_id == student_id)):
-            subjects |= {f"payment:{ref}" for ref in (pi, cs) if ref}
+            intents |= {pi} - {None}
+            sessions |= {cs} - {None}
+    return intents, sessions
+
+
+def _charges(session: Session, intents: set[str]) -> set[str]:
+    """The charges of those payments that a refund or a dispute on record names."""
+    if not intents:
+        return set()
+    charges = set()
+    for model in (PaymentRefund, PaymentDispute):
+        charges |= set(session.scalars(select(model.stripe_charge_id).where(
+            model.stripe_payment_intent_id.in_(intents), model.stripe_charge_id.is_not(None))))
+    return charges
+
+
+def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[str]], addresses: set[str]) -> set[str]:
+    """The inbox subjects of the student's events: themselves, their bookings, their payments (by payment
+    intent, by checkout session for one without: a free checkout, and by charge for an event that names no
+    payment intent), and every checkout that names them (`client_reference_id` or `metadata.student_id`) or
+    carries one of their addresses, whatever became of it (one that failed, for a course unknown then or a
+    buyer not placed, has no purchase to lead to it)."""
+    intents, sessions = payments
+    subjects = {f"student:{student_id}"}
+    subjects |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
+    subjects |= {f"payment:{ref}" for ref in intents | sessions | _charges(session, intents)}
+    checkout = InboxEvent.payload["data"]["object"]
+    named = [checkout["client_reference_id"].as_string() == student_id,
+             checkout["metadata"]["student_id"].as_string() == student_id]
+    if addresses:
+        named += [checkout["customer_details"]["email"].as_string().in_(addresses),
+                  checkout["customer_email"].as_string().in_(addresses)]
     checkouts = select(InboxEvent.subject).where(
-        InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"),
-        InboxEvent.payload["data"]["object"]["client_reference_id"].as_string() == student_id)
+        InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"), or_(*named))
     subjects |= {subject for subject in session.scalars(checkouts) if subject}
     return subjects
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def erase_student(*, session: Session, student_id: str) -> Erased:
@@ -59,22 +106,32 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     if student is None:
         raise NotFound(f"no student {student_id}")
     now = utcnow()
-    address = student.email
+    address, name = student.email, student.name
     student.email = student.name = student.timezone = None
+    # an update that occurred before now is older than the erasure: not applied (a later one is)
+    if student.source_updated_at is None or student.source_updated_at < now:
+        student.source_updated_at = now
     enrollment_ids = []
     for enrollment in session.scalars(select(StudentCourseEnrollment).where(StudentCourseEnrollment.student_id == student_id)):
         enrollment_ids.append(enrollment.id)
         if (enrollment.fulfilment_metadata or {}).get("customer_email"):  # the checkout's e-mail, as recorded
             enrollment.fulfilment_metadata = {**enrollment.fulfilment_metadata, "customer_email": None}
     mail_filter = [OutboxMessage.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
+    # a booking's mail, by its key (`mail:<template>:<booking id>:…`): a credit booking's has no enrollment, and
+    # went to the address of its time
+    mail_filter += [OutboxMessage.dedupe_key.like(f"mail:%:{_like_literal(booking_id)}:%", escape="\\")
+                    for booking_id in session.scalars(select(Booking.id).where(Booking.student_id == student_id))]
     if address:  # by address: as sent, or in the key of a mail written before keys held a digest
         mail_filter += [OutboxMessage.recipient == address,
                         OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True),
                         OutboxMessage.dedupe_key.endswith(f":{address_digest(address)}")]
     mails = 0
+    addresses = {address} - {None}
     if mail_filter:
+        not_the_admins = or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient != ADMINS)
         for message in session.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL,
-                                                                   or_(*mail_filter))):
+                                                                   not_the_admins, or_(*mail_filter))):
+            addresses |= {message.recipient} - {None}
             if message.status in (OutboxStatus.PENDING, OutboxStatus.SENDING):
                 OUTBOX.move(message, OutboxStatus.DEAD, session=session, cause="student erased")
                 message.last_error = "student erased: not sent"
@@ -83,7 +140,15 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
             for sent_to in {message.recipient, address} - {None}:  # the address it went to, and the current one
                 scrub_address(session, message, sent_to, erased=True)
             mails += retention.prune_mail(session, message, now=now)
-    subjects = _subjects(session, student_id)
+    payments = _payments(session, student_id)
+    intents = payments[0]
+    disputes = [PaymentDispute.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
+    if intents:
+        disputes.append(PaymentDispute.stripe_payment_intent_id.in_(intents))
+    if disputes:
+        for dispute in session.scalars(select(PaymentDispute).where(or_(*disputes)).with_for_update()):
+            evidence.erase_person(dispute, addresses | {name} - {None})
+    subjects = _subjects(session, student_id, payments, addresses)
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),
                                                           InboxEvent.status.not_in(STILL_TO_APPLY))):

@@ -24,6 +24,7 @@ attempt whose answer was lost when its process died, or by hand in Stripe's Dash
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -57,6 +58,7 @@ FILE_FIELDS = ("customer_communication", "receipt")  # Stripe takes these as upl
 FIELDS = TEXT_FIELDS + FILE_FIELDS
 DRAFT, SUBMITTING, SUBMITTED, FAILED = "draft", "submitting", "submitted", "failed"
 SUBMITTING_LEASE = timedelta(minutes=5)  # a submission that crashed mid-way may be started again after this
+ERASED = "[erased]"  # what a student's erasure leaves in submitted evidence for their name and addresses
 TEXT_LIMIT = 20_000  # characters a text field keeps (Stripe allows 150,000 across all of them)
 
 
@@ -155,9 +157,11 @@ def _communication(session: Session, purchase: _Purchase) -> list[str]:
         where.append(OutboxMessage.recipient == student.email)
     if not where:
         return []
+    # a mail whose address was erased (or pruned by retention) still counts: its Message-ID, topic and time stay
     messages = session.scalars(select(OutboxMessage).where(
         OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status == OutboxStatus.SENT,
-        OutboxMessage.recipient.not_like("@%"), or_(*where)).order_by(OutboxMessage.sent_at, OutboxMessage.id))
+        or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient.not_like("@%")), or_(*where))
+        .order_by(OutboxMessage.sent_at, OutboxMessage.id))
     lines = []
     for message in messages:
         try:
@@ -165,7 +169,7 @@ def _communication(session: Session, purchase: _Purchase) -> list[str]:
         except Exception:  # a template renamed since: the topic still says what it was
             subject = message.topic
         lines.append(f"{_when(message.sent_at)}  Message-ID {delivery.mail_message_id(message.public_id)}  to "
-                     f"{message.recipient}  \"{subject}\" ({message.topic})")
+                     f"{message.recipient or '(address erased)'}  \"{subject}\" ({message.topic})")
     return lines
 
 
@@ -211,6 +215,26 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
         "customer_email_address": (student.email if student and student.email else "") or "",
         "product_description": product,
     }
+
+
+def erase_person(row: PaymentDispute, words: set[str]) -> None:
+    """A student's erasure: evidence not sent yet is dropped (drafted again, from what is left, when shown);
+    evidence sent keeps the record of what the bank was told, with the customer's name and addresses replaced
+    by ERASED. The documents uploaded to Stripe are Stripe's to keep."""
+    if row.evidence_status not in (SUBMITTING, SUBMITTED):
+        row.evidence = None
+        return
+    words = sorted((w for w in words if w), key=len, reverse=True)  # a longer one first: an address holds a name
+    redacted = {}
+    for name, text in (row.evidence or {}).items():
+        if name in ("customer_name", "customer_email_address") and text:
+            redacted[name] = ERASED
+            continue
+        if isinstance(text, str):
+            for word in words:
+                text = re.sub(re.escape(word), ERASED, text, flags=re.IGNORECASE)
+        redacted[name] = text
+    row.evidence = redacted
 
 
 def dispute_row(session: Session, stripe_dispute_id: str, *, lock: bool = False) -> PaymentDispute:

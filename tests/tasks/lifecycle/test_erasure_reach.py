@@ -1,0 +1,157 @@
+"""What an erasure reaches beyond the student's row and their enrollment's mails: dispute evidence, mails to a
+former address, checkouts that name the student another way, payments known by their charge, a profile update
+still in the inbox; and what it must leave alone (the admins' alerts)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
+from db.models import InboxEvent, OutboxMessage, PaymentDispute, Student
+from db.types import utcnow
+from tasks.lifecycle import erasure
+from tasks.purchases import evidence
+from tests import factories
+from tests.tasks.bookings import bookings_support as bookings
+from tests.tasks.purchases.payments_support import checkout, deliver, dispute_created, refund_created
+
+ADDRESS, NAME = "ada@example.test", "Ada Lovelace"
+
+
+def _purchase(db):
+    with db.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    deliver(db, checkout(email=ADDRESS))
+    with db.session_scope() as s:  # the welcome mail went out
+        s.execute(update(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome")
+                  .values(status=OutboxStatus.SENT, sent_at=utcnow()))
+
+
+def _erase(db) -> erasure.Erased:
+    with db.session_scope() as s:
+        return erasure.erase_student(session=s, student_id="stu_1")
+
+
+def _everything(db) -> str:
+    with db.session_scope() as s:
+        dump = [str(p) for p in s.scalars(select(InboxEvent.payload))]
+        dump += [str((m.recipient, m.payload, m.dedupe_key)) for m in s.scalars(select(OutboxMessage))]
+        dump += [str((d.evidence, d.evidence_files)) for d in s.scalars(select(PaymentDispute))]
+        return " ".join(dump)
+
+
+def test_dispute_evidence_is_redacted_drafted_or_submitted(database):
+    """Before, the dispute's stored evidence kept the customer's name and address (in its own fields, the
+    receipt, and a line per mail sent)."""
+    _purchase(database)
+    deliver(database, dispute_created(dispute="dp_draft", pi="pi_1"))
+    with database.session_scope() as s:
+        row = s.scalar(select(PaymentDispute))
+        assert ADDRESS in str(row.evidence) and NAME in str(row.evidence)
+        # a second dispute whose evidence was submitted: what was sent is kept, without the person
+        submitted = dict(row.evidence)
+        s.add(PaymentDispute(stripe_dispute_id="dp_sent", stripe_payment_intent_id="pi_1",
+                             enrollment_id=row.enrollment_id, status=row.status, amount=row.amount,
+                             evidence=submitted, evidence_status=evidence.SUBMITTED, evidence_submitted_at=utcnow()))
+    _erase(database)
+    assert ADDRESS not in _everything(database) and NAME not in _everything(database)
+    with database.session_scope() as s:
+        draft = s.scalar(select(PaymentDispute).where(PaymentDispute.stripe_dispute_id == "dp_draft"))
+        sent = s.scalar(select(PaymentDispute).where(PaymentDispute.stripe_dispute_id == "dp_sent"))
+        assert draft.evidence is None and draft.evidence_status == evidence.DRAFT  # drafted again when shown
+        assert sent.evidence_status == evidence.SUBMITTED
+        assert sent.evidence["customer_email_address"] == sent.evidence["customer_name"] == "[erased]"
+        assert "purchase: checkout session cs_test_1" in sent.evidence["access_activity_log"]
+        assert "[erased]" in sent.evidence["receipt"] and "Total charged" in sent.evidence["receipt"]
+        shown = evidence.view(session=s, stripe_dispute_id="dp_draft")["evidence"]
+        assert shown["customer_email_address"] == "" and ADDRESS not in str(shown)
+
+
+def test_the_evidence_drafted_after_an_erasure_still_lists_the_mails_sent(database):
+    """Before, a mail whose address was erased (recipient NULL) was left out: "No mail was sent to the customer"
+    for a student who had been sent a welcome."""
+    _purchase(database)
+    _erase(database)
+    deliver(database, dispute_created(dispute="dp_late", pi="pi_1"))
+    with database.session_scope() as s:
+        shown = evidence.view(session=s, stripe_dispute_id="dp_late")["evidence"]
+    assert "(enrollment_welcome)" in shown["customer_communication"]
+    assert "to (address erased)" in shown["customer_communication"] and ADDRESS not in str(shown)
+
+
+def test_the_admins_alerts_about_the_enrollment_are_still_sent(database):
+    """Before, every mail linked to the enrollment was killed, the admins' dispute alert too: they never heard
+    of the dispute or its deadline."""
+    _purchase(database)
+    deliver(database, dispute_created(dispute="dp_1", pi="pi_1"))
+    _erase(database)
+    with database.session_scope() as s:
+        alert = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "dispute_alert"))
+        assert (alert.status, alert.recipient, alert.last_error) == (OutboxStatus.PENDING, "@admins", None)
+        assert alert.dedupe_key == "mail:dispute_alert:dp_1:" + alert.dedupe_key.rsplit(":", 1)[1]
+
+
+def test_a_booking_mail_to_a_former_address_is_erased_and_never_sent(database):
+    """A credit booking's mail has no enrollment; written to the address of the time, it was missed once the
+    student changed address: kept, and still sent after the erasure."""
+    w = bookings.world(database, enrolled=False, group_credits=1)
+    bookings.deliver(database, bookings.booking_created("bk_1", w.option(1), credit_type="group"))
+    bookings.deliver(database, bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
+    with database.session_scope() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL))
+        assert mail.recipient == "stu_1@example.test" and mail.enrollment_id is None
+    bookings.deliver(database, bookings.student_upserted(email="new@example.test", when=utcnow()))
+    assert _erase(database).mails == 1
+    assert "stu_1@example.test" not in _everything(database)
+    with database.session_scope() as s:
+        mail = s.get(OutboxMessage, mail.id)
+        assert mail.status == OutboxStatus.DEAD and mail.recipient is None
+
+
+def test_a_profile_update_older_than_the_erasure_does_not_bring_the_data_back(database):
+    """Stored before the erasure and applied after it (or redelivered late), a `student.upserted` that occurred
+    before it restored the address: the row had no newer update on record."""
+    _purchase(database)
+    late = bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow() - timedelta(days=3))
+    _erase(database)
+    bookings.deliver(database, late)
+    with database.session_scope() as s:
+        student = s.get(Student, "stu_1")
+        assert (student.email, student.name) == (None, None)
+    # one the platform sends after the erasure is applied as usual
+    bookings.deliver(database, bookings.student_upserted(email="back@example.test", when=utcnow() + timedelta(seconds=1)))
+    with database.session_scope() as s:
+        assert s.get(Student, "stu_1").email == "back@example.test"
+
+
+def test_checkouts_that_name_the_student_by_metadata_or_by_address_are_pruned(database):
+    """Only checkouts whose `client_reference_id` named the student were found: one naming them in its metadata,
+    or carrying only their address (a buyer we could not place), kept the address and the name."""
+    _purchase(database)
+    by_metadata = checkout(cs="cs_meta", pi="pi_meta", student=None, course="NOPE", email=ADDRESS,
+                           metadata={"kind": "course", "course_code": "NOPE", "student_id": "stu_1"})
+    by_address = checkout(cs="cs_addr", pi="pi_addr", student=None, course="NOPE", email=ADDRESS,
+                          metadata={"kind": "course", "course_code": "NOPE"})
+    for event in (by_metadata, by_address):
+        deliver(database, event)
+    with database.session_scope() as s:
+        assert s.scalar(select(InboxEvent.status).where(InboxEvent.event_id == by_address["id"])) == InboxStatus.FAILED
+    _erase(database)
+    assert ADDRESS not in _everything(database) and "Buyer" not in _everything(database)
+
+
+def test_events_about_a_payment_known_by_its_charge_are_pruned(database):
+    """An event without a payment intent is the charge's (`payment:ch_…`): its payload was kept, although the
+    dispute on record names the charge."""
+    _purchase(database)
+    deliver(database, dispute_created(dispute="dp_1", pi="pi_1", charge="ch_1"))
+    event = refund_created(refund_id="re_ch", pi=None, charge="ch_1", amount=500)
+    event["data"]["object"]["receipt_email"] = ADDRESS
+    deliver(database, event)
+    with database.session_scope() as s:
+        row = s.scalar(select(InboxEvent).where(InboxEvent.event_id == event["id"]))
+        assert row.subject == "payment:ch_1" and row.status not in erasure.STILL_TO_APPLY, row.last_error
+    _erase(database)
+    assert ADDRESS not in _everything(database)
