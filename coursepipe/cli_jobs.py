@@ -60,12 +60,16 @@ def register(main: click.Group) -> None:
                 click.echo(f"{job.name:<14} every {job.seconds:>5}s  last {row['last_run'] or '-':<32}  "
                            f"{done:<28}  {job.description}")
 
+    def _audit_run(runtime, name: str, reason: str | None, *, queued: bool) -> None:
+        with runtime.db.session_scope() as session:  # the job does its own work; this records who asked for it
+            record_cli_action(session, "job.run", f"job:{name}", reason, queued=queued)
+
     @jobs.command("run")
     @click.argument("name")
     @reason_option
     def jobs_run(name: str, reason: str | None) -> None:
         """Run job NAME now, once, as the scheduler would (in-process with the embedded broker); audited."""
-        from scheduler.service import JOBS, run_now
+        from scheduler.service import JOBS, NotQueued, run_now
         from tasks.messaging import delivery
         from workers.actors import send
         from workers.broker import start_embedded_worker
@@ -75,12 +79,16 @@ def register(main: click.Group) -> None:
         reason = checked_reason(reason)
         settings = _settings()
         runtime = _runtime(settings)
-        with runtime.db.session_scope() as session:  # the job does its own work; this records who asked for it
-            record_cli_action(session, "job.run", f"job:{name}", reason, queued=bool(settings.redis_url))
         if settings.redis_url:
-            run_now(runtime, name)
+            try:
+                run_now(runtime, name)
+            except NotQueued as exc:
+                _audit_run(runtime, name, reason, queued=False)
+                raise click.ClickException(str(exc)) from None
+            _audit_run(runtime, name, reason, queued=True)
             click.echo(f"job {name}: {JOBS[name].actor} queued")
             return
+        _audit_run(runtime, name, reason, queued=False)
         # embedded broker: run it here with worker threads, then relay what it queued, so its mail leaves
         worker = start_embedded_worker(runtime.broker, threads=4)
         try:

@@ -18,6 +18,7 @@ import socket
 import threading
 import uuid
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -28,13 +29,14 @@ from sqlalchemy import func, select
 
 from db.types import utcnow
 from workers.actors import send
-from workers.job_runs import claim_period, prune_job_runs
+from workers.job_runs import claim_period, finish_job_run, prune_job_runs
 from workers.runtime import Runtime
 
 log = logging.getLogger("coursepipe.scheduler")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LEADER_TTL_SECONDS = 15
+FIRED_KEPT = 1000  # (job, period) pairs a service remembers having sent
 LEADER_LOCK_NAME = "coursepipe:scheduler-leader"
 
 
@@ -199,12 +201,19 @@ def choose_leadership(runtime: Runtime, identity: str) -> Leadership:
     return SingleProcess()
 
 
+class NotQueued(Exception):
+    """The broker refused a job's message (Redis unreachable): the job did not run."""
+
+
 def run_now(runtime: Runtime, name: str, *, sender: Callable[..., bool] | None = None) -> Job:
-    """Fire one job now, once, outside its schedule (`coursepipe jobs run NAME`)."""
+    """Fire one job now, once, outside its schedule (`coursepipe jobs run NAME`). NotQueued when the broker
+    refused its message: its `job_run` row is then finished with that error, not left running."""
     job = JOBS[name]
     stamp = utcnow().strftime("%Y%m%dT%H%M%S.%f")
     run_id = claim_period(runtime.db, job=name, period=f"manual:{stamp}", runner=f"cli:{runner_id()}")
-    (sender or send)(job.actor, *job.args, job_run=run_id)
+    if not (sender or send)(job.actor, *job.args, job_run=run_id):
+        finish_job_run(runtime.db, run_id, {"error": "not queued: the broker refused the message"})
+        raise NotQueued(f"job {name}: {job.actor} was not queued (the broker refused it; is Redis reachable?)")
     return job
 
 
@@ -230,7 +239,8 @@ class SchedulerService:
         self.leadership = leadership or choose_leadership(runtime, self.identity)
         self.sender = sender or send
         self.leader_ttl_seconds = leader_ttl_seconds
-        self.fired: list[tuple[str, str]] = []  # (job, period) this process sent, for tests and logs
+        # the latest (job, period) this process sent, for tests and logs; bounded: a leader fires ~30,000 a day
+        self.fired: deque[tuple[str, str]] = deque(maxlen=FIRED_KEPT)
         self._was_leader = False
         self._lock = threading.Lock()
         # a line per tick every few seconds is noise; failures still log at WARNING/ERROR

@@ -115,3 +115,27 @@ def test_outbox_retry_dead_makes_every_dead_message_due(tmp_path):
     assert statuses["platform:dead-event"] == (OutboxStatus.DEAD, 79)
     assert statuses[mail_dedupe("ok", "b@example.test")][0] is OutboxStatus.SENT
     db.dispose()
+
+
+def test_jobs_run_says_so_when_the_broker_refuses_the_message(tmp_path):
+    """With Redis unreachable the command printed "queued" and exited 0, and the job_run row stayed unfinished."""
+    from sqlalchemy import select
+
+    from db.models import AuditEntry, JobRun
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    env = _env(url, REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    proc = subprocess.run([*CLI, "jobs", "run", "reminders", "--reason", "test"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "queued" not in proc.stdout and "send_reminders was not queued" in proc.stderr
+    db = Database(url)
+    try:
+        with db.session_scope() as s:
+            run = s.scalar(select(JobRun))
+            assert run.job == "reminders" and run.finished_at is not None and "not queued" in run.result["error"]
+            audit = s.scalar(select(AuditEntry))
+            assert (audit.action, audit.details["queued"]) == ("job.run", False)
+    finally:
+        db.dispose()

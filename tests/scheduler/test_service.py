@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -108,6 +108,21 @@ def test_even_two_leaders_at_once_fire_a_period_once(database):
     _assert_once_per_period(database, services, recorder, elapsed)
 
 
+def test_a_leader_remembers_a_bounded_number_of_the_periods_it_fired(database, monkeypatch):
+    """`fired` grew by one tuple per fire for the life of the process (~30,000 a day)."""
+    import scheduler.service as service_module
+
+    monkeypatch.setattr(service_module, "FIRED_KEPT", 3)
+    recorder = Recorder()
+    service = SchedulerService(_runtime(database), jobs=FAST_JOBS, leadership=SingleProcess(),
+                               sender=recorder.sender("s"), identity="s")
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for second in range(10):
+        assert service.fire("fast", start + timedelta(seconds=second))
+    assert len(recorder.sent) == 10
+    assert [period for _, period in service.fired] == [str(int(start.timestamp()) + s) for s in (7, 8, 9)]
+
+
 @pytest.mark.redis
 def test_redis_leadership_moves_when_the_leader_goes_away(redis_url, redis_namespace):
     key = f"{redis_namespace}:scheduler-leader"
@@ -157,7 +172,8 @@ def test_the_job_table_names_the_contract_jobs_and_only_sends(database):
     assert {"reminders", "low-seats", "sweep", "reconcile", "relay", "retry-waiting"} <= set(JOBS)
     sent = []
     runtime = _runtime(database)
-    job = run_now(runtime, "reminders", sender=lambda actor, *args, **kwargs: sent.append((actor, args, kwargs)))
+    job = run_now(runtime, "reminders",
+                  sender=lambda actor, *args, **kwargs: sent.append((actor, args, kwargs)) or True)  # queued
     with database.session_scope() as s:
         run = s.scalar(select(JobRun))
     assert job.actor == "send_reminders" and sent == [("send_reminders", (), {"job_run": run.id})]
