@@ -34,6 +34,9 @@ def list_events():
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     with runtime.db.session_scope() as session:  # committed before the read: positions are a prefix
         event_feed.assign_positions(session=session)
-    with runtime.db.session_scope() as session:
-        page = event_feed.read(session=session, after=request.args.get("after"), limit=limit)
+    try:
+        with runtime.db.session_scope() as session:
+            page = event_feed.read(session=session, after=request.args.get("after"), limit=limit)
+    except event_feed.InvalidCursor as exc:  # past the newest event
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
     return jsonify({"events": page.events, "next": page.next})

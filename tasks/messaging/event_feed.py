@@ -91,6 +91,13 @@ def read(*, session: Session, after: str | None = None, limit: int = DEFAULT_LIM
         .where(OutboxMessage.channel == OutboxChannel.PLATFORM, OutboxMessage.feed_position > position)
         .order_by(OutboxMessage.feed_position).limit(limit)
     ).all()
+    if not rows and position > 0:
+        # a cursor past the newest event was never given by this feed (another installation's, or one kept
+        # across a database restored from a backup): polling with it would skip every event up to it, silently
+        newest = session.scalar(select(func.max(OutboxMessage.feed_position))) or 0
+        if position > newest:
+            raise InvalidCursor(f"after: {after!r} is past this feed's newest event ({newest}): read the feed again "
+                                "from the start (no `after`); event ids tell what was seen", "after")
     events = [outbound_event(public_id=r.public_id, topic=r.topic, payload=r.payload or {},
                              created_at=r.created_at, sequence=r.sequence) for r in rows]
     return Page(events=events, next=encode_cursor(rows[-1].feed_position if rows else position))

@@ -78,6 +78,24 @@ def test_bad_cursor_or_limit_is_400(client, query, code):
     assert response.status_code == 400 and response.json["error"]["code"] == code
 
 
+def test_a_cursor_past_the_newest_event_is_400_not_an_empty_page_forever(client, runtime):
+    """A cursor kept across a restore of our database (or from another installation) skipped every event up to
+    its position, silently: the feed answered an empty page with the same cursor until then."""
+    from tasks.messaging.event_feed import encode_cursor
+
+    ahead = encode_cursor(5)
+    before = client.get(f"/v1/events?after={ahead}", headers=READ)
+    assert before.status_code == 400 and before.json["error"]["code"] == "invalid_cursor"
+    assert "past this feed's newest event (0)" in before.json["error"]["message"]
+    _write(runtime.db, 3)
+    page = client.get("/v1/events", headers=READ).json
+    assert len(page["events"]) == 3
+    assert client.get(f"/v1/events?after={ahead}", headers=READ).status_code == 400
+    # the cursor the feed gave is good, also when nothing follows it yet
+    caught_up = client.get(f"/v1/events?after={page['next']}", headers=READ)
+    assert caught_up.status_code == 200 and caught_up.json == {"events": [], "next": page["next"]}
+
+
 def test_needs_a_token(client):
     assert client.get("/v1/events").status_code == 401
 
