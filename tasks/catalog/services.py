@@ -628,14 +628,17 @@ def course_view(session: Session, program: CourseProgram, *, with_classes: bool 
     }
 
 
+def bookable_seats(group_class: GroupClass) -> int:
+    """The seats a reader is told are left: a cancelled class has nothing left to book, whatever its counters say."""
+    return 0 if group_class.status is ClassStatus.CANCELLED else group_class.seats_left
+
+
 def option_view(class_id: str, group_class: GroupClass | None) -> dict[str, Any]:
     if group_class is None:  # named by the admin, not mirrored from the platform yet
         return {"class_id": class_id, "starts_at": None, "ends_at": None, "seats_left": None, "status": None}
     return {"class_id": class_id, "starts_at": group_class.starts_at.isoformat(),
             "ends_at": group_class.ends_at.isoformat() if group_class.ends_at else None,
-            # a cancelled class has nothing left to book, whatever its counters say
-            "seats_left": 0 if group_class.status is ClassStatus.CANCELLED else group_class.seats_left,
-            "status": group_class.status.value}
+            "seats_left": bookable_seats(group_class), "status": group_class.status.value}
 
 
 def package_view(package: CreditPackage) -> dict[str, Any]:

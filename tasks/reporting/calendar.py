@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.enums import ProgramStatus
 from db.models import CourseProgram, CourseStep, CourseStepOption, GroupClass
+from tasks.catalog.services import bookable_seats
 
 MAX_WINDOW = timedelta(days=366)
 MAX_CLASSES = 2000
@@ -64,7 +65,7 @@ def classes_between(*, session: Session, start: datetime, end: datetime,
             "status": c.status.value,
             "capacity": c.capacity,
             "seats_taken": c.seats_taken,
-            "seats_left": c.seats_left,
+            "seats_left": bookable_seats(c),
             "course_steps": tags.get(c.id, []),
         }
         for c in classes

@@ -107,6 +107,14 @@ def test_calendar_lists_classes_in_the_window_tagged_with_course_steps(client, r
     z = client.get("/v1/calendar?from=2026-11-01T00:00:00Z&to=2026-11-08T00:00:00", headers=admin_headers)
     assert [c["class_id"] for c in z.get_json()["classes"]] == ["gc_plain", "gc_SFZ_1_0", "gc_DRAFT_1_0"]
     assert response.get_json()["next_from"] is None  # the whole window
+    # a cancelled class has no seat left, as the course's own view says (the calendar said 3)
+    deliver(db, class_upserted("gc_SFZ_1_0", title="Salsa 1", capacity=10, seats_taken=7, starts_at=at(60),
+                               status="cancelled", when=T0 + timedelta(minutes=1)))
+    cancelled = client.get("/v1/calendar", headers=admin_headers, query_string={
+        "from": T0.isoformat(), "to": (T0 + timedelta(days=7)).isoformat()}).get_json()["classes"][1]
+    assert (cancelled["class_id"], cancelled["status"], cancelled["seats_left"]) == ("gc_SFZ_1_0", "cancelled", 0)
+    listed = client.get("/v1/courses/SFZ", headers=admin_headers).get_json()
+    assert listed["steps"][0]["options"][0]["seats_left"] == 0
 
 
 def test_calendar_pages_through_a_full_window_without_repeating_or_skipping_a_class(client, runtime,
