@@ -27,7 +27,7 @@ import io
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
@@ -35,26 +35,33 @@ from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase,
 from db.models.enrollments import COUNTED_PROGRESS, EVER_BOOKED
 from db.types import utcnow
 from tasks.errors import ValidationFailed
+from tasks.purchases.manual import MANUAL_SESSION_PREFIX
 
 PAID = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED, EnrollmentStatus.REVOKED)
 PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
 
 
-def money_by_currency(session: Session, model, owner_column, owner_ids: list[int], paid) -> dict[int, dict[str, dict]]:
-    """{owner id: {currency: figures}} over the paid purchases of `model` (enrollments or package purchases)."""
+def money_by_currency(session: Session, model, owner_column, owner_ids: list[int], paid,
+                      *sold) -> dict[int, dict[str, dict]]:
+    """{owner id: {currency: figures}} over the paid purchases of `model` (enrollments or package purchases) that
+    `sold` (more conditions) admits. `net` is what was kept (total − refunded) less its share of the tax: a
+    refund gives its share of the tax back too."""
+    kept = model.amount_total - model.amount_refunded
+    net = case((model.amount_total > 0, kept - (model.amount_tax * kept) / model.amount_total), else_=kept)
     rows = session.execute(
         select(owner_column, model.currency, func.count(),
                func.coalesce(func.sum(func.coalesce(model.amount_subtotal, model.amount_total)), 0),
                func.coalesce(func.sum(model.amount_discount), 0), func.coalesce(func.sum(model.amount_tax), 0),
-               func.coalesce(func.sum(model.amount_total), 0), func.coalesce(func.sum(model.amount_refunded), 0))
-        .where(owner_column.in_(owner_ids), model.status.in_(paid))
+               func.coalesce(func.sum(model.amount_total), 0), func.coalesce(func.sum(model.amount_refunded), 0),
+               func.coalesce(func.sum(net), 0))
+        .where(owner_column.in_(owner_ids), model.status.in_(paid), *sold)
         .group_by(owner_column, model.currency)
     )
     out: dict[int, dict[str, dict]] = {oid: {} for oid in owner_ids}
-    for oid, currency, n, subtotal, discount, tax, total, refunded in rows:
+    for oid, currency, n, subtotal, discount, tax, total, refunded, net_total in rows:
         out[oid][currency or ""] = {"sales": int(n), "subtotal": int(subtotal), "discount": int(discount),
                                     "tax": int(tax), "total": int(total), "refunded": int(refunded),
-                                    "net": int(total) - int(tax) - int(refunded)}
+                                    "net": int(net_total)}
     return dict(out)
 
 
@@ -110,7 +117,9 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
     ids = [p.id for p in programs]
     by_status = counts_by_status(session, StudentCourseEnrollment.program_id, StudentCourseEnrollment.status, ids,
                                  EnrollmentStatus)
-    money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID)
+    # a comp (enrolled by hand) is not a sale
+    money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID,
+                              ~StudentCourseEnrollment.stripe_checkout_session_id.startswith(MANUAL_SESSION_PREFIX))
 
     steps: dict[int, list[dict[str, Any]]] = {pid: [] for pid in ids}
     live_steps = list(session.scalars(

@@ -105,3 +105,20 @@ def test_the_report_api_carries_packages_and_the_money_by_currency(client, runti
     assert course["revenue_by_currency"]["usd"]["discount"] == 2000
     (package,) = body["packages"]
     assert package["package_code"] == "P5" and package["revenue_by_currency"]["usd"]["net"] == 5000
+
+
+def test_a_refund_gives_its_share_of_the_tax_back_and_a_comp_is_not_a_sale(database, client, runtime,
+                                                                         admin_headers):
+    """Net took the whole tax off a refunded sale too: a taxed sale refunded in full reported net -2000 (the
+    tax), half refunded 4000 instead of 5000. And a comp (enrolled by hand) counted as a sale."""
+    _catalog(database)
+    deliver(database, _sale("cs_full", "pi_full", student="stu_1", total=12000, subtotal=12000, tax=2000))
+    deliver(database, _sale("cs_half", "pi_half", student="stu_2", total=12000, subtotal=12000, tax=2000))
+    deliver(database, charge_refunded(pi="pi_full", amount=12000, refunded=12000, refunds=[("re_f", 12000)]))
+    deliver(database, charge_refunded(pi="pi_half", amount=12000, refunded=6000, refunds=[("re_h", 6000)]))
+    enrolled = client.post("/admin/enrollments", headers=admin_headers, json={
+        "student_id": "stu_3", "course_code": "SFZ", "grant_bundle": False, "reason": "a prize"})
+    assert enrolled.status_code == 201
+    usd = _course(database)["revenue_by_currency"]["usd"]
+    assert usd == {"sales": 2, "subtotal": 24000, "discount": 0, "tax": 4000, "total": 24000, "refunded": 18000,
+                   "net": 0 + 5000}
