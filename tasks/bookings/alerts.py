@@ -2,7 +2,8 @@
 
 `course_step_option.low_seat_alerted_at` is the crossing's memory: set (with an `alert_log` row and
 a `low_seat_alert` mail to `@admins`) when an option's class drops to or under the threshold, left
-alone while it stays there, cleared once the class recovers above it, so the next drop alerts again.
+alone while it stays there, cleared once the class recovers above it, so the next drop alerts again,
+or once the class has started or is cancelled.
 The option rows are locked (FOR UPDATE on PostgreSQL; SQLite serializes writers) so two checks of the
 same class — a `class.upserted` and the periodic scan — never both alert.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.enums import ClassStatus, EnrollmentStatus, ProgramStatus
@@ -39,9 +40,13 @@ def _watched():
 def check_low_seats(*, session: Session, class_id: str | None, threshold: int, now: datetime | None = None) -> int:
     """Alert on options that crossed to or under `threshold`; clear recovered ones. Returns alerts raised.
 
-    `class_id` limits the check to one class (the `class.upserted` handler); None scans every option.
+    `class_id` limits the check to one class (the `class.upserted` handler); None scans every option of a class
+    still to come. A flag on a class that started or was cancelled is cleared first (one statement): it has
+    nothing left to alert about, and the scan never reads the options of classes gone by.
     """
     now = now or utcnow()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    _forget_ended(session, class_id=class_id, now=now, lock=postgres)
     query = (
         select(CourseStepOption, CourseStep, CourseProgram, GroupClass)
         .join(CourseStep, CourseStep.id == CourseStepOption.step_id)
@@ -49,6 +54,7 @@ def check_low_seats(*, session: Session, class_id: str | None, threshold: int, n
         .join(GroupClass, GroupClass.id == CourseStepOption.group_class_id)
         .where(
             CourseStepOption.deleted_at.is_(None),
+            GroupClass.status == ClassStatus.SCHEDULED, GroupClass.starts_at > now,
             or_(
                 and_(CourseStep.deleted_at.is_(None), CourseProgram.deleted_at.is_(None), _watched()),
                 CourseStepOption.low_seat_alerted_at.is_not(None),  # so a flag can always be cleared
@@ -58,7 +64,7 @@ def check_low_seats(*, session: Session, class_id: str | None, threshold: int, n
     )
     if class_id is not None:
         query = query.where(CourseStepOption.group_class_id == class_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if postgres:
         query = query.with_for_update(of=CourseStepOption)
     raised = 0
     for option, step, program, group_class in session.execute(query).all():
@@ -83,6 +89,20 @@ def check_low_seats(*, session: Session, class_id: str | None, threshold: int, n
         raised += 1
     session.flush()
     return raised
+
+
+def _forget_ended(session: Session, *, class_id: str | None, now: datetime, lock: bool) -> int:
+    """Clear the flags of options whose class started or was cancelled (locked in id order, as the scan locks)."""
+    ended = select(GroupClass.id).where(or_(GroupClass.status != ClassStatus.SCHEDULED, GroupClass.starts_at <= now))
+    flagged = (select(CourseStepOption.id)
+               .where(CourseStepOption.low_seat_alerted_at.is_not(None), CourseStepOption.group_class_id.in_(ended))
+               .order_by(CourseStepOption.id))
+    if class_id is not None:
+        flagged = flagged.where(CourseStepOption.group_class_id == class_id)
+    if lock:
+        session.execute(flagged.with_for_update()).all()
+    return session.execute(update(CourseStepOption).where(CourseStepOption.id.in_(flagged))
+                           .values(low_seat_alerted_at=None).execution_options(synchronize_session=False)).rowcount
 
 
 def _is_watched(session: Session, program: CourseProgram) -> bool:
