@@ -1,8 +1,10 @@
 """A student's credit statement: every ledger entry with its cause in words and a running balance.
 
 Lots that expired with credits left get a line of their own at their expiry (the ledger records no entry
-for it: an expired lot is simply no longer usable), so the closing balance is what
-`tasks.ledger.credits.balances` says and every step to it is on a line.
+for it: an expired lot is simply no longer usable), taking off what the lot held then. An entry on a lot
+after its expiry (a booking on it cancelled in time, a refund revoking it) is listed but moves no balance
+(`counted: false`): the lot was no longer usable. So the closing balance is what
+`tasks.ledger.credits.balances` says, and every step to it is on a line.
 """
 from __future__ import annotations
 
@@ -134,26 +136,34 @@ def credit_statement(*, session: Session, student_id: str, now: datetime | None 
                                   .order_by(CreditLedgerEntry.created_at, CreditLedgerEntry.id)))
     names = Names(session)
     names.prefetch(ledger)
+    expired = {lot.grant.id: lot.grant.expires_at for lot in credits.lots(session=session, student_id=student_id)
+               if lot.grant.expires_at is not None and lot.grant.expires_at <= now}
+    held_at_expiry = dict.fromkeys(expired, 0)
     for entry in ledger:
+        lot = entry.grant_id or entry.id
+        counted = lot not in expired or entry.created_at <= expired[lot]
+        if lot in expired and counted:
+            held_at_expiry[lot] += entry.quantity
         lines.append((entry.created_at, entry.id, {
             "id": entry.id, "at": entry.created_at, "kind": entry.credit_type.value,
             "entry_type": entry.entry_type.value, "quantity": entry.quantity, "cause": entry.cause,
-            "lot": entry.grant_id or entry.id, "expires_at": entry.expires_at,
-            "description": describe(session, entry, names)}))
-    for lot in credits.lots(session=session, student_id=student_id):
-        expires = lot.grant.expires_at
-        if expires is not None and expires <= now and lot.remaining > 0:
-            kind = lot.grant.credit_type.value
-            lines.append((expires, lot.grant.id, {
-                "id": None, "at": expires, "kind": kind, "entry_type": "expire", "quantity": -lot.remaining,
-                "cause": f"expiry:{lot.grant.id}", "lot": lot.grant.id, "expires_at": expires,
-                "description": f"{lot.remaining} {kind} credit{'s' if lot.remaining != 1 else ''} of lot "
-                               f"{lot.grant.id} expired unused"}))
+            "lot": lot, "expires_at": entry.expires_at, "counted": counted,
+            "description": describe(session, entry, names) + ("" if counted else " (its lot had expired: no change)")}))
+    kinds = {entry.id: entry.credit_type.value for entry in ledger if entry.grant_id is None}
+    for lot, expires in expired.items():
+        left = held_at_expiry[lot]
+        if left > 0:
+            kind = kinds[lot]
+            lines.append((expires, lot, {
+                "id": None, "at": expires, "kind": kind, "entry_type": "expire", "quantity": -left,
+                "cause": f"expiry:{lot}", "lot": lot, "expires_at": expires, "counted": True,
+                "description": f"{left} {kind} credit{'s' if left != 1 else ''} of lot {lot} expired unused"}))
     lines.sort(key=lambda line: (line[0], line[2]["id"] is None, line[1]))  # an expiry after the entries of its time
     balances = {t.value: 0 for t in CreditType}
     entries = []
     for _, _, line in lines:
-        balances[line["kind"]] += line["quantity"]
+        if line["counted"]:
+            balances[line["kind"]] += line["quantity"]
         entries.append({**line, "at": line["at"].isoformat(),
                         "expires_at": line["expires_at"].isoformat() if line["expires_at"] else None,
                         "balance": balances[line["kind"]], "balances": dict(balances)})

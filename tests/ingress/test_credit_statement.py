@@ -94,3 +94,33 @@ def test_a_long_statement_reads_what_it_names_in_a_few_queries(client, runtime, 
         f"1 group credit used: Class {n}" for n in range(60)]
     assert len([q for q in statements if "FROM booking" in q or "JOIN booking" in q]) == 1
     assert len(statements) <= 10, statements
+
+
+def test_a_lot_expires_with_what_it_held_then_and_a_credit_returned_to_it_afterwards_changes_nothing(
+        client, runtime, admin_headers):
+    """The expiry line took off what the lot holds now: 5 granted, 1 used, expired, the booking cancelled in time
+    afterwards (its credit back on the expired lot) read "expire -5" and a balance of -1."""
+    db = runtime.db
+    now = utcnow()
+    with db.session_scope() as s:
+        factories.student(s)
+        factories.group_class(s, id="gc_x", title="Salsa basics")
+        lot = credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=5,
+                                    cause="promo", expires_at=now + timedelta(days=1))
+        lot.created_at = now - timedelta(days=30)
+        s.add(Booking(id="bk_1", student_id="stu_1", class_id="gc_x", status=BookingStatus.ACTIVE,
+                      credit_type=CreditType.GROUP))
+        s.flush()
+        used = credits.consume_credit(session=s, student_id="stu_1", credit_type=CreditType.GROUP, booking_id="bk_1")
+        used.created_at = now - timedelta(days=20)
+        lot.expires_at = now - timedelta(days=10)
+    with db.session_scope() as s:
+        credits.release_credit(session=s, booking_id="bk_1")  # after the expiry
+    body = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers).get_json()
+    lines = [(e["entry_type"], e["quantity"], e["balance"], e["counted"]) for e in body["entries"]]
+    assert lines == [("grant", 5, 5, True), ("consume", -1, 4, True), ("expire", -4, 0, True),
+                     ("release", 1, 0, False)]
+    assert "4 group credits of lot" in body["entries"][2]["description"]
+    assert body["entries"][3]["description"].endswith("(its lot had expired: no change)")
+    assert body["balances"]["group"] == 0
+    assert client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]["group"] == 0
