@@ -10,13 +10,14 @@ import logging
 import time
 
 from db.enums import OutboxChannel
+from db.types import utcnow
 from tasks.bookings import alerts
 from tasks.catalog import services as catalog
 from tasks.enrollments import reminders
 from tasks.errors import PermanentError
 from tasks.lifecycle import retention
 from tasks.messaging import delivery
-from workers import metrics, publishing, reconciling, refunds, runtime
+from workers import job_runs, metrics, publishing, reconciling, refunds, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, send
 from workers.queue_depths import messages_held
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
@@ -185,8 +186,12 @@ def provide_new_steps(job_run: int | None = None) -> None:
     """Give a step added in the last minutes to the enrollments a purchase fulfilled meanwhile left without it
     (`catalog.provide_added_steps`)."""
     rt = runtime.current()
+    # back to the last run that ran to its end: the steps added while no run did (workers or scheduler down) too;
+    # without one on record (a first run, or runs pruned after 3 days down), as far back as runs are kept
+    last, result = job_runs.last_result(rt.db, "new-steps")
+    covered_at = last.started_at if last is not None and "error" not in result else utcnow() - job_runs.JOB_RUN_RETENTION
     with rt.db.session_scope() as session:
-        written = catalog.provide_added_steps(session)
+        written = catalog.provide_added_steps(session, covered_at=covered_at)
     if written:
         log.warning("new-steps: %d enrollment step(s) a purchase fulfilled during a step's addition had missed",
                     written)

@@ -455,16 +455,20 @@ ADDED_STEPS_WINDOW = timedelta(minutes=15)
 PURCHASE_MARGIN = timedelta(minutes=5)  # far longer than a purchase's transaction
 
 
-def provide_added_steps(session: Session, *, now: datetime | None = None) -> int:
+def provide_added_steps(session: Session, *, now: datetime | None = None, covered_at: datetime | None = None) -> int:
     """The `new-steps` job. A purchase fulfilled while a step was being added read the course before the step
     committed, and the step's own insert (`_seed_new_steps`) ran before that enrollment committed: it lacks
-    the step. Each step added within ADDED_STEPS_WINDOW is given to every owed enrollment of its course created
-    since shortly before it that lacks it (none, almost always: one indexed look-up a recent step). Returns
-    how many progress rows it wrote."""
+    the step. Each step added within ADDED_STEPS_WINDOW — of `now`, or of `covered_at` when earlier (when the
+    job last ran to its end: after the workers or the scheduler were down, the steps added meanwhile) — is given
+    to every owed enrollment of its course created since shortly before it that lacks it (none, almost always:
+    one indexed look-up a recent step). Returns how many progress rows it wrote."""
     now = now or utcnow()
+    oldest = now - ADDED_STEPS_WINDOW
+    if covered_at is not None:
+        oldest = min(oldest, covered_at - ADDED_STEPS_WINDOW)
     enrollment, progress = StudentCourseEnrollment, StudentCourseProgress
     recent = session.execute(select(CourseStep.id, CourseStep.program_id, CourseStep.created_at).where(
-        CourseStep.created_at >= now - ADDED_STEPS_WINDOW, CourseStep.deleted_at.is_(None))).all()
+        CourseStep.created_at >= oldest, CourseStep.deleted_at.is_(None))).all()
     written = 0
     for step_id, program_id, added_at in recent:
         lacking = ~select(progress.id).where(progress.enrollment_id == enrollment.id,

@@ -203,3 +203,34 @@ def test_a_step_added_while_a_purchase_was_fulfilled_is_given_to_it_by_the_new_s
     with database.session_scope() as s:
         assert catalog.provide_added_steps(s, now=now + timedelta(minutes=2)) == 0
         assert catalog.provide_added_steps(s, now=now + timedelta(hours=1)) == 0  # the step is no longer recent
+
+
+def test_the_new_steps_job_after_downtime_looks_back_to_its_last_run_that_ended(database, runtime):
+    """With the workers (or the scheduler) down for more than 15 minutes after a step was added, the next run
+    looked only at the last 15 minutes: the enrollment that missed the step never got it."""
+    from datetime import timedelta
+
+    from db.models import CourseStep, JobRun
+    from db.types import utcnow
+    from workers import jobs
+
+    now = utcnow()
+    with database.session_scope() as s:
+        program = factories.program(s, code="SFZ", steps=2)
+        raced = factories.enrollment(s, factories.student(s), program, session_id="cs_raced")
+        added = CourseStep(program_id=program.id, position=3, label="SFZ-3", title="Added",
+                           created_at=now - timedelta(minutes=40))
+        raced.created_at = now - timedelta(minutes=40)
+        s.add(added)
+        # the last run that ended began 45 minutes ago; one after it never ended
+        s.add(JobRun(job="new-steps", period_key="a", runner="t", started_at=now - timedelta(minutes=45),
+                     finished_at=now - timedelta(minutes=45), result={"provided": 0}))
+        s.add(JobRun(job="new-steps", period_key="b", runner="t", started_at=now - timedelta(minutes=44)))
+        s.flush()
+        step_id, raced_id = added.id, raced.id
+    with database.session_scope() as s:  # the window alone no longer reaches the step
+        assert catalog.provide_added_steps(s, now=now) == 0
+    jobs.provide_new_steps()
+    with database.session_scope() as s:
+        assert step_id in s.scalars(select(StudentCourseProgress.step_id)
+                                    .where(StudentCourseProgress.enrollment_id == raced_id)).all()
