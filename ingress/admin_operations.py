@@ -22,7 +22,7 @@ from ingress.errors import ApiError, error_response
 from ingress.roles import require_role
 from tasks.admins import audit
 from tasks.enrollments import services as enrollments
-from tasks.errors import ValidationFailed
+from tasks.errors import KeyReused, ValidationFailed
 from tasks.ledger import adjustments, credits
 from tasks.purchases import manual
 from tasks.stripe_api import StripeNotConfigured
@@ -39,7 +39,7 @@ def _runtime():
 # the domain's refusals of a manual operation: each a 409 with its code
 CONFLICTS = {enrollments.AlreadyEnrolled: "already_enrolled", manual.NotAllowed: "not_allowed",
              manual.NotRefundable: "not_refundable", adjustments.NotEnoughCredit: "not_enough_credit",
-             manual.KeyReused: "idempotency_key_reused"}
+             KeyReused: "idempotency_key_reused"}
 
 
 def _conflict(exc):
@@ -112,22 +112,44 @@ def enroll():
 # --------------------------------------------------------------------------- credits
 
 
-def adjust_credits_by_hand(student_id: str, data: dict) -> dict:
+def _request_key(value: str | None) -> str | None:
+    if value is not None and not 1 <= len(value) <= 128:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key: 1 to 128 characters")
+    return value
+
+
+def adjust_credits_by_hand(student_id: str, data: dict, request_key: str | None = None) -> dict:
+    """A ledger adjustment. With `request_key` (an Idempotency-Key, or the dashboard form's own) a request sent
+    again answers the adjustment it made instead of making a second one; with another body, KeyReused."""
     kind, quantity = adjustments.parse_kind(data.get("kind")), adjustments.parse_quantity(data.get("quantity"))
     reason, expires_at = audit.required_reason(data.get("reason")), _datetime(data, "expires_at")
+    asked = {"kind": kind.value, "quantity": quantity, "expires_at": expires_at.isoformat() if expires_at else None}
+    target = f"student:{student_id}"
     with _runtime().db.session_scope() as s:
-        entry = roles.record_action(s, "credits.adjust", f"student:{student_id}", reason, kind=kind.value,
-                                    quantity=quantity, expires_at=expires_at.isoformat() if expires_at else None)
-        entries = adjustments.adjust(session=s, student_id=student_id, credit_type=kind, quantity=quantity,
-                                     cause=f"adjustment:{entry.id}", expires_at=expires_at)
-        return {"student_id": student_id, "entries": [adjustments.entry_view(e) for e in entries],
+        entry = None
+        if _request_key(request_key) is not None:
+            credits.lock_student(s, student_id)  # the same key sent twice at once: the second finds the first
+            entry = audit.keyed(session=s, action="credits.adjust", target=target, request_key=request_key)
+            if entry is not None and {k: entry.details.get(k) for k in asked} != asked:
+                raise KeyReused(f"Idempotency-Key {request_key!r} was used for another adjustment (audit entry "
+                                f"{entry.id}): a new adjustment needs a new key")
+        if entry is None:
+            entry = roles.record_action(s, "credits.adjust", target, reason, **asked,
+                                        **({"request_key": request_key} if request_key else {}))
+            made = adjustments.adjust(session=s, student_id=student_id, credit_type=kind, quantity=quantity,
+                                      cause=f"adjustment:{entry.id}", expires_at=expires_at)
+        else:
+            made = adjustments.made_by(session=s, student_id=student_id, credit_type=kind,
+                                       cause=f"adjustment:{entry.id}")
+        return {"student_id": student_id, "entries": [adjustments.entry_view(e) for e in made],
                 "balances": credits.balances(session=s, student_id=student_id)}
 
 
 @bp.post("/students/<student_id>/credits")
 @require_role("operator")
 def adjust_credits(student_id: str):
-    return jsonify(adjust_credits_by_hand(student_id, _body("kind", "quantity", "reason", "expires_at"))), 201
+    return jsonify(adjust_credits_by_hand(student_id, _body("kind", "quantity", "reason", "expires_at"),
+                                          request.headers.get("Idempotency-Key") or None)), 201
 
 
 # --------------------------------------------------------------------------- revoke, reinstate
@@ -172,8 +194,7 @@ def preview_refund(enrollment_id: int, data: dict) -> dict:
 def refund_by_hand(enrollment_id: int, data: dict, request_key: str | None) -> dict:
     """The admin refund's view (`status` succeeded, failed or pending) and, when made, the enrollment."""
     keep_access, reason = _bool(data, "keep_access"), audit.required_reason(data.get("reason"))
-    if request_key is not None and not 1 <= len(request_key) <= 128:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key: 1 to 128 characters")
+    _request_key(request_key)
     runtime = _runtime()
     try:
         result = refund_calls.refund_enrollment(

@@ -58,9 +58,10 @@ def student_page(student_id: str):
         rows_of_timeline = timeline.student_timeline(session=s, student_id=student_id, kinds=chosen)
     if not known and not rows and not credit_statement["entries"]:
         raise ApiError(404, "not_found", f"no student {student_id}")
+    # the adjust form carries a key of its own: pressing it twice makes one adjustment
     return render_template("dashboard/student.html", student_id=student_id, person=person, enrollments=rows,
                            statement=credit_statement, courses=courses, timeline=rows_of_timeline,
-                           kinds=timeline.KINDS, chosen=chosen or ())
+                           kinds=timeline.KINDS, chosen=chosen or (), request_key=f"dashboard-{uuid.uuid4().hex}")
 
 
 @bp.post("/students/<student_id>/credits")
@@ -69,7 +70,7 @@ def adjust_credits(student_id: str):
     data = {"kind": request.form.get("kind"), "quantity": _form_int("quantity"),
             "reason": request.form.get("reason"), "expires_at": request.form.get("expires_at") or None}
     try:
-        done = operations.adjust_credits_by_hand(student_id, data)
+        done = operations.adjust_credits_by_hand(student_id, data, request.form.get("request_key") or None)
         flash(f"Credits adjusted: {data['quantity']} {data['kind']}; balances now "
               + ", ".join(f"{k} {v}" for k, v in done["balances"].items()) + ".", "ok")
     except (TaskError, ApiError) as exc:

@@ -414,8 +414,12 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                "402": _json("Error", "stripe_refused: Stripe refused the refund (recorded failed)"),
                "502": _json("Error", "stripe_unavailable: the outcome is unknown (recorded pending); send the "
                                      "same request with the same Idempotency-Key")}),
-    ("POST", "/admin/students/{student_id}/credits"): op("Adjust a student's credits (±, expiry)", tag="admin",
-                                                         security=ADMIN, body="AnyObject", status="201"),
+    ("POST", "/admin/students/{student_id}/credits"): op(
+        "Adjust a student's credits (±, expiry)", tag="admin", security=ADMIN, body="AnyObject", status="201",
+        headers=[h("Idempotency-Key", "the same key with the same body answers the adjustment it made: never a "
+                                      "second one", max_length=128)],
+        extra={**NOT_FOUND, "409": _json("Error", "not_enough_credit, or idempotency_key_reused (with another "
+                                                  "kind, quantity or expires_at)")}),
     ("GET", "/v1/students/{student_id}/credits/statement"): op(
         "Every ledger entry with its cause in words and a running balance", tag="read", security=READ),
     # the studio's pages and forms

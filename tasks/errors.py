@@ -26,6 +26,10 @@ class ValidationFailed(PermanentError):
         self.field = field
 
 
+class KeyReused(PermanentError):
+    """Raised when an Idempotency-Key comes again with a different request than the one it was first sent with."""
+
+
 class IllegalTransition(PermanentError):
     """Raised when a state machine is asked for a move its table does not allow."""
 

@@ -21,6 +21,7 @@ from db.models import AdminRefund, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
+from tasks.errors import KeyReused
 from tasks.purchases import manual
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.stripe_api import saved_server_error, stripe_client
@@ -50,7 +51,7 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
                 raise manual.NotAllowed(f"Idempotency-Key {request_key!r} was used for enrollment {row.enrollment_id}")
             # a retry sends what the first request sent (`amount` absent then means the rest, as it did)
             if row is not None and (row.keep_access != keep_access or amount not in (None, row.amount)):
-                raise manual.KeyReused(
+                raise KeyReused(
                     f"Idempotency-Key {request_key!r} was used for a refund of {row.amount} with keep_access "
                     f"{str(row.keep_access).lower()} (admin refund {row.id}): a new refund needs a new key")
         if row is None:

@@ -82,6 +82,13 @@ def record(*, session: Session, principal: Principal, action: str, target: str |
     return entry
 
 
+def keyed(*, session: Session, action: str, target: str, request_key: str) -> AuditEntry | None:
+    """The entry of an action asked with this Idempotency-Key (`details.request_key`) on this target, if any."""
+    return session.scalar(select(AuditEntry).where(
+        AuditEntry.action == action, AuditEntry.target == target,
+        AuditEntry.details["request_key"].as_string() == request_key).order_by(AuditEntry.id).limit(1))
+
+
 def entries(*, session: Session, actor: str | None = None, action: str | None = None, target: str | None = None,
             limit: int = 100) -> list[AuditEntry]:
     query = select(AuditEntry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.enums import CreditType
@@ -66,6 +67,13 @@ def adjust(*, session: Session, student_id: str, credit_type: CreditType, quanti
             entries.append(entry)
             wanted += entry.quantity
     return entries
+
+
+def made_by(*, session: Session, student_id: str, credit_type: CreditType, cause: str) -> list[CreditLedgerEntry]:
+    """The ledger entries an adjustment made (its cause), in order (read through the student's index)."""
+    return list(session.scalars(select(CreditLedgerEntry).where(
+        CreditLedgerEntry.student_id == student_id, CreditLedgerEntry.credit_type == credit_type,
+        CreditLedgerEntry.cause == cause).order_by(CreditLedgerEntry.id)))
 
 
 def entry_view(entry: CreditLedgerEntry) -> dict:

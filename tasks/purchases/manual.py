@@ -49,10 +49,6 @@ class NotAllowed(PermanentError):
     """Raised when an enrollment's state does not allow the operation (revoke a revoked one, …)."""
 
 
-class KeyReused(PermanentError):
-    """Raised when an Idempotency-Key comes again with a different request than the one it was first sent with."""
-
-
 class NotRefundable(PermanentError):
     """Raised when an enrollment has no Stripe payment to refund, or nothing left to refund."""
 

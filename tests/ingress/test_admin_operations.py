@@ -136,6 +136,31 @@ def test_credit_adjustments_go_through_the_ledger(client, runtime, operator):
 # --------------------------------------------------------------------------- revoke, reinstate
 
 
+def test_a_credit_adjustment_sent_again_with_its_key_is_made_once(client, runtime, operator):
+    """Without a key, a script retrying after a lost answer (or a double click) granted the credits twice."""
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.student(s)
+    url, body = "/admin/students/stu_1/credits", {"kind": "group", "quantity": 2, "reason": "ticket 9"}
+    keyed = {**operator, "Idempotency-Key": "ticket-9"}
+    first = client.post(url, headers=keyed, json=body)
+    again = client.post(url, headers=keyed, json=body)
+    assert first.status_code == again.status_code == 201
+    assert again.get_json() == first.get_json() and first.get_json()["balances"]["group"] == 2
+    assert [a[1] for a in _audit(db)] == ["credits.adjust"]
+    other = client.post(url, headers=keyed, json={**body, "quantity": 3})
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    taken = client.post(url, headers={**operator, "Idempotency-Key": "ticket-10"},
+                        json={"kind": "group", "quantity": -1, "reason": "ticket 10"})
+    assert client.post(url, headers={**operator, "Idempotency-Key": "ticket-10"},
+                       json={"kind": "group", "quantity": -1, "reason": "ticket 10"}).get_json() == taken.get_json()
+    assert state(db)["balances"]["group"] == 1 and _count(db, CreditLedgerEntry) == 2
+    long_key = client.post(url, headers={**operator, "Idempotency-Key": "k" * 129}, json=body)
+    assert long_key.status_code == 400 and long_key.get_json()["error"]["code"] == "invalid_idempotency_key"
+    assert client.post(url, headers=operator, json=body).status_code == 201  # no key: a new adjustment each time
+    assert state(db)["balances"]["group"] == 3
+
+
 def test_revoke_then_reinstate_by_hand_round_trips(client, runtime, stripe_server, operator):
     db = runtime.db
     enrollment_id = _purchase(db, stripe_server)

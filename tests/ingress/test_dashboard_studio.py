@@ -51,9 +51,15 @@ def test_student_page_statement_and_forms(client, runtime, stripe_server):
                        data={"csrf_token": csrf, "kind": "group", "quantity": "2", "reason": "loyalty"})
     text = _text(done)
     assert "Credits adjusted" in text and "2 group credits added by op@studio.test: loyalty" in text
+    # the form's own key: pressed twice, one adjustment (before, two)
+    form = dict(re.findall(r'name="(request_key)" value="([^"]*)"', client.get("/admin/ui/students/stu_1").get_data(True)))
+    twice = {"csrf_token": csrf, "kind": "group", "quantity": "1", "reason": "double click", **form}
+    for _ in range(2):
+        client.post("/admin/ui/students/stu_1/credits", data=twice)
+    assert form["request_key"].startswith("dashboard-") and state(db)["balances"]["group"] == 3
     enrolled = client.post("/admin/ui/students/stu_1/enrollments", follow_redirects=True,
                            data={"csrf_token": csrf, "course_code": "ABC", "reason": "prize"})
-    assert "Enrolled in ABC" in _text(enrolled) and state(db)["balances"]["group"] == 2  # no bundle: box unticked
+    assert "Enrolled in ABC" in _text(enrolled) and state(db)["balances"]["group"] == 3  # no bundle: box unticked
     assert client.get("/admin/ui/students/nobody").status_code == 404
 
 
