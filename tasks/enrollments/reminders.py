@@ -1,19 +1,23 @@
 """Step reminders (REMINDERS_ENABLED): nudge students about unbooked steps whose next class is near.
 
 Eligible: an active enrollment, a step still `unbooked`, and a scheduled, not-yet-started option of
-that step starting within REMINDER_WINDOW_DAYS. The window is named by the earliest such option's
-start (`window_key = "start:<UTC yyyymmddThhmm>"`): one reminder per (enrollment, step, window),
-enforced by the unique key of `reminder_log`, so re-runs never send twice; a later class coming
-into range after that one has passed opens a new window.
+that step starting within REMINDER_WINDOW_DAYS. The window is named by the earliest such option, the class
+the reminder is about (`window_key = "class:<digest of its id>"`): one reminder per (enrollment, step,
+window), enforced by the unique key of `reminder_log`, so re-runs never send twice. While a class the step
+was reminded about is still to come (in range), no other reminder goes out for the step, also when that
+class is moved to another time or an earlier class is added; once it has passed (or was cancelled, or moved
+out of range), the next class in range opens a new window. A reminder written by an earlier version is keyed
+by its class's start (`start:<UTC yyyymmddThhmm>Z`) and counts until that time.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
@@ -36,8 +40,14 @@ log = logging.getLogger("coursepipe.reminders")
 OPTIONS_LISTED = 3
 
 
-def window_key(earliest_start: datetime) -> str:
-    return f"start:{earliest_start:%Y%m%dT%H%M}Z"
+def window_key(class_id: str) -> str:
+    """A reminder's window: the class it is about (a digest: a platform id may be longer than the column)."""
+    return "class:" + hashlib.sha256(class_id.encode()).hexdigest()[:24]
+
+
+def _start_key(at: datetime) -> str:
+    """The window key of an earlier version, named by the class's start: it counts until that time."""
+    return f"start:{at:%Y%m%dT%H%M}Z"
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,12 @@ class ReminderRun:
     upcoming: dict[int, list[tuple[str, str, datetime, str | None]]]
 
     def window(self, step_id: int) -> str:
-        return window_key(self.upcoming[step_id][0][2])
+        return window_key(self.upcoming[step_id][0][0])
+
+    def standing(self) -> list[str]:
+        """The windows of every class still to come in range: a step reminded about one of them is not reminded
+        again (each key names one class; the look-up is by the step's own rows)."""
+        return sorted({window_key(c[0]) for classes in self.upcoming.values() for c in classes})
 
 
 def plan(*, session: Session, settings, now: datetime | None = None) -> ReminderRun | None:
@@ -75,12 +90,13 @@ def plan(*, session: Session, settings, now: datetime | None = None) -> Reminder
 
 
 def _candidates(run: ReminderRun, *columns):
-    """Those steps' unbooked progress rows of active enrollments not reminded in the step's window yet: a
+    """Those steps' unbooked progress rows of active enrollments not reminded about a class still to come: a
     run after the first reads only what is new (the unique key of reminder_log still guards the insert)."""
-    window = case({step_id: run.window(step_id) for step_id in run.upcoming}, value=StudentCourseProgress.step_id)
-    reminded = select(ReminderLog.id).where(ReminderLog.enrollment_id == StudentCourseProgress.enrollment_id,
-                                            ReminderLog.step_id == StudentCourseProgress.step_id,
-                                            ReminderLog.window_key == window)
+    reminded = select(ReminderLog.id).where(
+        ReminderLog.enrollment_id == StudentCourseProgress.enrollment_id,
+        ReminderLog.step_id == StudentCourseProgress.step_id,
+        or_(ReminderLog.window_key.in_(run.standing()),
+            and_(ReminderLog.window_key.startswith("start:"), ReminderLog.window_key > _start_key(run.now))))
     return (
         select(*columns)
         .select_from(StudentCourseProgress)

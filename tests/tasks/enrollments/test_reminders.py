@@ -8,10 +8,11 @@ import pytest
 
 from sqlalchemy import func, select
 
-from db.enums import EnrollmentStatus, ProgressStatus
+from db.enums import ClassStatus, EnrollmentStatus, ProgressStatus
 from db.models import (
     CourseStep,
     CourseStepOption,
+    GroupClass,
     OutboxMessage,
     ReminderLog,
     Student,
@@ -20,7 +21,7 @@ from db.models import (
 )
 from db.types import utcnow
 from tasks.enrollments import reminders
-from tasks.enrollments.reminders import send_reminders
+from tasks.enrollments.reminders import send_reminders, window_key
 from tests import factories
 from tests.conftest import make_settings
 
@@ -65,7 +66,7 @@ def test_two_runs_in_one_window_send_one_reminder_per_eligible_step(database):
     assert mails[0].recipient == "stu1@example.test"
     assert (context["step_label"], context["class_id"], context["timezone"]) == ("SFZ-2", "gc_SFZ_2_0", "Europe/Berlin")
     with database.session_scope() as s:
-        assert s.scalar(select(ReminderLog.window_key)).startswith("start:")
+        assert s.scalar(select(ReminderLog.window_key)) == window_key("gc_SFZ_2_0")
 
 
 def test_a_wider_window_reaches_the_later_step_once(database):
@@ -118,6 +119,47 @@ def test_a_step_booked_after_its_reminder_is_not_reminded_again_and_a_new_window
     assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=utcnow() + timedelta(days=7)) == 0
     labels = [(m.payload["context"]["step_label"], m.payload["context"]["class_id"]) for m in _mails(database)]
     assert labels == [("SFZ-2", "gc_SFZ_2_0"), ("SFZ-2", "gc_SFZ_2_1")]
+
+
+def test_a_class_moved_or_an_earlier_one_added_is_not_a_new_window(database):
+    """The window was named by the earliest class's start: moving that class an hour, or adding an earlier
+    class, sent the student a second reminder for a step whose class had not passed."""
+    with database.session_scope() as s:
+        _, _, steps = _setup(s)
+        step2 = steps[2].id
+    settings = _settings(database)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 1
+    with database.session_scope() as s:
+        s.get(GroupClass, "gc_SFZ_2_0").starts_at += timedelta(hours=1)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 0
+    with database.session_scope() as s:  # an earlier class of the step
+        factories.group_class(s, id="gc_SFZ_2_early", starts_in=timedelta(days=1))
+        s.add(CourseStepOption(program_id=s.get(CourseStep, step2).program_id, step_id=step2,
+                               group_class_id="gc_SFZ_2_early"))
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 0
+    # the class reminded about is cancelled: the step's next class in range is a new window
+    with database.session_scope() as s:
+        s.get(GroupClass, "gc_SFZ_2_0").status = ClassStatus.CANCELLED
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 1
+    assert [m.payload["context"]["class_id"] for m in _mails(database)] == ["gc_SFZ_2_0", "gc_SFZ_2_early"]
+
+
+def test_a_reminder_keyed_by_its_class_start_counts_until_that_time(database):
+    """Reminders written before the windows were named by their class are keyed `start:<time>`: one still to come
+    holds the step's next reminder back, one gone by does not."""
+    with database.session_scope() as s:
+        _, enrollment, steps = _setup(s)
+        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+        s.add(ReminderLog(enrollment_id=enrollment.id, step_id=steps[2].id,
+                          window_key=f"start:{start:%Y%m%dT%H%M}Z"))
+    settings = _settings(database)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) == 0
+    with database.session_scope() as s:  # that class passed; a later one is in range
+        factories.group_class(s, id="gc_SFZ_2_1", starts_in=timedelta(days=6))
+        s.add(CourseStepOption(program_id=s.get(CourseStep, steps[2].id).program_id, step_id=steps[2].id,
+                               group_class_id="gc_SFZ_2_1"))
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings,
+                          now=start + timedelta(minutes=1)) == 1
 
 
 def _three_students(session):
