@@ -37,7 +37,7 @@ from tasks.errors import ValidationFailed
 from tasks.machines import OUTBOX
 from tasks.reporting import statement
 
-TIMELINE_LIMIT = 500
+TIMELINE_LIMIT = 500  # rows of each source, the newest: an older history is cut, never the latest
 
 # the filter's choices, in the order the page shows them
 KINDS = {
@@ -83,10 +83,15 @@ def parse_kinds(values: Iterable[str]) -> frozenset[str] | None:
 # --------------------------------------------------------------------------- pieces
 
 
+def _newest(rows) -> list:
+    """Rows read newest first (`limit` of them: the latest are never the ones cut), put back oldest first."""
+    return list(rows)[::-1]
+
+
 def _transitions(session: Session, where, labels: dict[str, str], limit: int) -> list[TimelineEntry]:
-    rows = session.scalars(
-        select(TransitionLog).where(where, TransitionLog.entity.in_(TRANSITION_KIND)).order_by(TransitionLog.id)
-        .limit(limit))
+    rows = _newest(session.scalars(
+        select(TransitionLog).where(where, TransitionLog.entity.in_(TRANSITION_KIND))
+        .order_by(TransitionLog.id.desc()).limit(limit)))
     out = []
     for t in rows:
         if t.entity == "progress":
@@ -166,7 +171,7 @@ def _events(events: Iterable[InboxEvent], enrollment_id: int | None = None) -> l
 
 def _messages(session: Session, where, limit: int) -> list[TimelineEntry]:
     """One row per message: created when written, saying its final state, attempts and last move."""
-    messages = list(session.scalars(select(OutboxMessage).where(where).order_by(OutboxMessage.id).limit(limit)))
+    messages = _newest(session.scalars(select(OutboxMessage).where(where).order_by(OutboxMessage.id.desc()).limit(limit)))
     if not messages:
         return []
     last_moves = dict(session.execute(
@@ -189,17 +194,21 @@ def _messages(session: Session, where, limit: int) -> list[TimelineEntry]:
 
 
 def _credits(session: Session, where, limit: int) -> list[TimelineEntry]:
+    entries = _newest(session.scalars(select(CreditLedgerEntry).where(where).order_by(CreditLedgerEntry.id.desc())
+                                      .limit(limit)))
+    names = statement.Names(session)
+    names.prefetch(entries)  # what the descriptions name, a query a kind
     return [TimelineEntry(
         c.created_at, "credit", f"{c.entry_type.value} {c.quantity:+d} {c.credit_type.value}",
-        statement.describe(session, c), {"ledger_id": c.id, "enrollment_id": c.enrollment_id},
-    ) for c in session.scalars(select(CreditLedgerEntry).where(where).order_by(CreditLedgerEntry.id).limit(limit))]
+        statement.describe(session, c, names), {"ledger_id": c.id, "enrollment_id": c.enrollment_id},
+    ) for c in entries]
 
 
 def _admin(session: Session, targets: list[str], limit: int) -> list[TimelineEntry]:
     return [TimelineEntry(
         a.at, "admin", f"{a.action} by {a.actor}", a.reason or "", {"audit_id": a.id, "target": a.target},
-    ) for a in session.scalars(select(AuditEntry).where(AuditEntry.target.in_(targets)).order_by(AuditEntry.id)
-                               .limit(limit))]
+    ) for a in _newest(session.scalars(select(AuditEntry).where(AuditEntry.target.in_(targets))
+                                       .order_by(AuditEntry.id.desc()).limit(limit)))]
 
 
 def _payment_subjects(*purchases) -> set[str]:
@@ -215,13 +224,13 @@ def events_about(session: Session, enrollment: StudentCourseEnrollment, limit: i
     """The inbox events about an enrollment's payment and its bookings."""
     booking_ids = list(session.scalars(select(Booking.id).where(Booking.enrollment_id == enrollment.id)))
     subjects = _payment_subjects(enrollment) | {f"booking:{b}" for b in booking_ids}
-    events = list(session.scalars(
-        select(InboxEvent).where(InboxEvent.subject.in_(sorted(subjects))).order_by(InboxEvent.id).limit(limit)))
+    events = _newest(session.scalars(
+        select(InboxEvent).where(InboxEvent.subject.in_(sorted(subjects))).order_by(InboxEvent.id.desc()).limit(limit)))
     if booking_ids:  # booking.created is keyed on the student; keep the ones naming this enrollment's bookings
         wanted = set(booking_ids)
-        events += [e for e in session.scalars(
+        events += [e for e in _newest(session.scalars(
             select(InboxEvent).where(InboxEvent.subject == f"student:{enrollment.student_id}",
-                                     InboxEvent.type == "booking.created").order_by(InboxEvent.id).limit(limit))
+                                     InboxEvent.type == "booking.created").order_by(InboxEvent.id.desc()).limit(limit)))
             if ((e.payload or {}).get("data") or {}).get("booking_id") in wanted]
     return events
 
@@ -310,8 +319,8 @@ def student_timeline(*, session: Session, student_id: str, kinds: frozenset[str]
                 seen.add(row.ref["inbox_id"])
                 entries.append(row)
     own = _payment_subjects(*purchases) | {f"student:{student_id}"}
-    entries += [row for row in _events(session.scalars(
-        select(InboxEvent).where(InboxEvent.subject.in_(sorted(own))).order_by(InboxEvent.id).limit(limit)))
+    entries += [row for row in _events(_newest(session.scalars(
+        select(InboxEvent).where(InboxEvent.subject.in_(sorted(own))).order_by(InboxEvent.id.desc()).limit(limit))))
         if row.ref["inbox_id"] not in seen]
     if ids:
         entries += _messages(session, OutboxMessage.enrollment_id.in_(ids), limit)

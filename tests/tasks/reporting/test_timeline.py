@@ -178,3 +178,21 @@ def test_a_completed_students_timeline_is_what_a_human_reads(database, relay_set
     labels = [t.what for t in rows if t.kind == "progress"]
     assert "SFZ-3: booked → completed" in labels and not any("progress" in w for w in labels)
     assert len(enrollment_rows) == after  # the student has one enrollment and nothing else
+
+
+def test_a_long_history_keeps_its_newest_rows_not_its_oldest(database):
+    """Each source read its oldest rows up to the limit: with more credit entries than that, the newest, the
+    ones an admin opens the page for, were the ones left out."""
+    from db.enums import CreditType
+    from tasks.ledger import credits
+    from tasks.reporting import timeline
+    from tests import factories
+
+    with database.session_scope() as s:
+        factories.student(s)
+        for n in range(8):
+            credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=1,
+                                  cause=f"promo-{n}")
+    with database.session_scope() as s:
+        rows = timeline.student_timeline(session=s, student_id="stu_1", kinds=frozenset({"credit"}), limit=5)
+        assert [row.detail for row in rows] == [f"1 group credit grant: promo-{n}" for n in range(3, 8)]
