@@ -561,6 +561,9 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
 # --------------------------------------------------------------------------- mail
 
 
+BOOKING_MAILS = ("booking_confirmed", "booking_cancelled", "class_cancelled")  # each keyed `<template>:<booking id>`
+
+
 def _mail(session: Session, template: str, booking: Booking, *, enrollment: StudentCourseEnrollment | None = None,
           step: CourseStep | None = None, progress: StudentCourseProgress | None = None,
           student: Student | None = None, group_class: GroupClass | None = None, fresh: bool = False,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
@@ -32,6 +32,7 @@ from db.models import (
     StudentCourseEnrollment,
 )
 from db.types import utcnow
+from tasks.bookings.services import BOOKING_MAILS
 from tasks.errors import NotFound
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
@@ -97,10 +98,6 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     return subjects
 
 
-def _like_literal(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def erase_student(*, session: Session, student_id: str) -> Erased:
     student = session.scalar(select(Student).where(Student.id == student_id).with_for_update())
     if student is None:
@@ -117,10 +114,13 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
         if (enrollment.fulfilment_metadata or {}).get("customer_email"):  # the checkout's e-mail, as recorded
             enrollment.fulfilment_metadata = {**enrollment.fulfilment_metadata, "customer_email": None}
     mail_filter = [OutboxMessage.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
-    # a booking's mail, by its key (`mail:<template>:<booking id>:…`): a credit booking's has no enrollment, and
-    # went to the address of its time
-    mail_filter += [OutboxMessage.dedupe_key.like(f"mail:%:{_like_literal(booking_id)}:%", escape="\\")
-                    for booking_id in session.scalars(select(Booking.id).where(Booking.student_id == student_id))]
+    # a booking's mail, by its key's exact start (`mail:<template>:<booking id>:<digest>`): a credit booking's has
+    # no enrollment, and went to the address of its time (compared as text: no pattern, no case folding)
+    for booking_id in session.scalars(select(Booking.id).where(Booking.student_id == student_id)):
+        for template in BOOKING_MAILS:
+            stem = f"mail:{template}:{booking_id}:"
+            mail_filter.append(and_(OutboxMessage.topic == template,
+                                    func.substr(OutboxMessage.dedupe_key, 1, len(stem)) == stem))
     if address:  # by address: as sent, or in the key of a mail written before keys held a digest
         mail_filter += [OutboxMessage.recipient == address,
                         OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True),

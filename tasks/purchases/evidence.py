@@ -50,6 +50,7 @@ from db.models import (
 from db.types import utcnow
 from tasks.errors import NotFound, TaskError
 from tasks.messaging import delivery, mail
+from tasks.messaging.outbox import ADMIN_TEMPLATES
 from tasks.purchases.evidence_pdf import text_pdf
 
 TEXT_FIELDS = ("service_date", "access_activity_log", "uncategorized_text", "customer_name",
@@ -58,6 +59,7 @@ FILE_FIELDS = ("customer_communication", "receipt")  # Stripe takes these as upl
 FIELDS = TEXT_FIELDS + FILE_FIELDS
 DRAFT, SUBMITTING, SUBMITTED, FAILED = "draft", "submitting", "submitted", "failed"
 SUBMITTING_LEASE = timedelta(minutes=5)  # a submission that crashed mid-way may be started again after this
+HELD_AT_STRIPE = "(as held at Stripe)"
 ERASED = "[erased]"  # what a student's erasure leaves in submitted evidence for their name and addresses
 TEXT_LIMIT = 20_000  # characters a text field keeps (Stripe allows 150,000 across all of them)
 
@@ -160,7 +162,8 @@ def _communication(session: Session, purchase: _Purchase) -> list[str]:
     # a mail whose address was erased (or pruned by retention) still counts: its Message-ID, topic and time stay
     messages = session.scalars(select(OutboxMessage).where(
         OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status == OutboxStatus.SENT,
-        or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient.not_like("@%")), or_(*where))
+        or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient.not_like("@%")),
+        OutboxMessage.topic.not_in(ADMIN_TEMPLATES), or_(*where))
         .order_by(OutboxMessage.sent_at, OutboxMessage.id))
     lines = []
     for message in messages:
@@ -231,8 +234,8 @@ def erase_person(row: PaymentDispute, words: set[str]) -> None:
             redacted[name] = ERASED
             continue
         if isinstance(text, str):
-            for word in words:
-                text = re.sub(re.escape(word), ERASED, text, flags=re.IGNORECASE)
+            for word in words:  # whole words only: a short name must not cut into other words
+                text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", ERASED, text, flags=re.IGNORECASE)
         redacted[name] = text
     row.evidence = redacted
 
@@ -355,8 +358,11 @@ def record_submission(*, session: Session, submission: Submission, sent: Sent, n
         return  # a later submission took over
     row.evidence_files = {**(row.evidence_files or {}), **sent.files}
     if sent.ok:
-        if sent.held is not None:  # what the bank has, not the draft this submission froze
-            row.evidence = {**sent.held, **{name: f"(file {file_id} at Stripe)" for name, file_id in sent.files.items()}}
+        if sent.held is not None:  # what the bank has, not the draft this submission froze (the customer's
+            # name and address as Stripe holds them are not copied here: our own record of them may be erased)
+            row.evidence = {**sent.held, **{name: HELD_AT_STRIPE for name in ("customer_name", "customer_email_address")
+                                            if sent.held.get(name)},
+                            **{name: f"(file {file_id} at Stripe)" for name, file_id in sent.files.items()}}
         row.evidence_status, row.evidence_submitted_at, row.evidence_error = SUBMITTED, now or utcnow(), None
         row.stripe_status = sent.stripe_status or row.stripe_status
     else:

@@ -155,3 +155,56 @@ def test_events_about_a_payment_known_by_its_charge_are_pruned(database):
         assert row.subject == "payment:ch_1" and row.status not in erasure.STILL_TO_APPLY, row.last_error
     _erase(database)
     assert ADDRESS not in _everything(database)
+
+
+def test_erasing_a_student_leaves_another_students_mail_and_checkouts_alone(database):
+    """Booking mails were matched by `mail:%:<booking id>:%`: erasing the student of booking "1" killed the welcome
+    of enrollment 1 (another student's: `mail:enrollment_welcome:1:…`), took that student's address for one of
+    theirs, and pruned that student's checkout through it."""
+    from db.enums import BookingStatus, CreditType
+    from db.models import Booking
+    from tasks.messaging.outbox import add_mail
+
+    with database.session_scope() as s:
+        factories.program(s, bundle=())
+        factories.student(s, id="stu_b", email="bea@example.test", name="Bea")
+        factories.student(s, id="stu_a", email="ann@example.test", name="Ann")
+        factories.group_class(s, id="gc_1")
+    deliver(database, checkout(cs="cs_b", pi="pi_b", student="stu_b", email="bea@example.test"))
+    with database.session_scope() as s:
+        welcome = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome"))
+        assert welcome.enrollment_id == 1 and welcome.dedupe_key.startswith("mail:enrollment_welcome:1:")
+        s.add(Booking(id="1", student_id="stu_a", class_id="gc_1", status=BookingStatus.CANCELLED,
+                      credit_type=CreditType.GROUP))
+        s.flush()
+        add_mail(session=s, template="class_cancelled", recipient="ann@example.test", context={"student_name": "Ann"},
+                 dedupe_key="class_cancelled:1")
+    with database.session_scope() as s:
+        assert erasure.erase_student(session=s, student_id="stu_a").mails == 1
+    with database.session_scope() as s:
+        welcome = s.get(OutboxMessage, welcome.id)
+        assert (welcome.status, welcome.recipient) == (OutboxStatus.PENDING, "bea@example.test")
+        assert "bea@example.test" in str(s.scalar(select(InboxEvent.payload).where(InboxEvent.subject == "payment:pi_b")))
+        cancelled = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "class_cancelled"))
+        assert (cancelled.status, cancelled.recipient) == (OutboxStatus.DEAD, None)
+
+
+def test_evidence_lists_no_admin_alert_as_a_mail_to_the_customer(database):
+    """An alert to @admins linked to the enrollment, pruned by an earlier version (its recipient NULL), was listed in
+    the evidence as a mail sent to the customer."""
+    _purchase(database)
+    deliver(database, dispute_created(dispute="dp_1", pi="pi_1"))
+    with database.session_scope() as s:  # the alert sent, then pruned as an earlier version pruned it
+        s.execute(update(OutboxMessage).where(OutboxMessage.topic == "dispute_alert")
+                  .values(status=OutboxStatus.SENT, sent_at=utcnow(), recipient=None))
+        shown = evidence.view(session=s, stripe_dispute_id="dp_1")["evidence"]["customer_communication"]
+    assert "(enrollment_welcome)" in shown and "dispute_alert" not in shown
+
+
+def test_redaction_takes_whole_words_only():
+    """A short name was replaced inside other words: "Al" turned "Total charged" into "Tot[erased] charged"."""
+    row = PaymentDispute(stripe_dispute_id="dp_x", evidence_status=evidence.SUBMITTED, evidence={
+        "receipt": "Student: stu_1 <al@example.test>\nTotal charged: 120.00 USD", "customer_name": "Al"})
+    evidence.erase_person(row, {"Al", "al@example.test"})
+    assert row.evidence == {"receipt": "Student: stu_1 <[erased]>\nTotal charged: 120.00 USD",
+                            "customer_name": "[erased]"}

@@ -209,12 +209,16 @@ def test_evidence_submitted_in_stripes_dashboard_is_recorded_as_submitted(databa
                                                                           admin_headers, stripe_server):
     _story(database, runtime.settings)
     stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="under_review",
-                              evidence={"uncategorized_text": "Sent by hand from the Stripe Dashboard."},
+                              evidence={"uncategorized_text": "Sent by hand from the Stripe Dashboard.",
+                                        "customer_name": "Ada Lovelace", "customer_email_address": "ada@x.test"},
                               evidence_details={"due_by": DUE_BY, "has_evidence": True, "past_due": False,
                                                 "submission_count": 1})
     answer = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
     assert answer.status_code == 200 and answer.get_json()["evidence_status"] == "submitted"
-    assert answer.get_json()["evidence"]["uncategorized_text"] == "Sent by hand from the Stripe Dashboard."
+    shown = answer.get_json()["evidence"]
+    assert shown["uncategorized_text"] == "Sent by hand from the Stripe Dashboard."
+    # the customer as Stripe holds them is not copied here (our own record of them may have been erased)
+    assert shown["customer_name"] == shown["customer_email_address"] == "(as held at Stripe)"
     assert stripe_server.calls("POST") == []  # nothing uploaded, nothing sent
     # and a second ask is answered from the row: nothing is open to submit
     with database.session_scope() as s:
