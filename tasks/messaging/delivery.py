@@ -45,6 +45,7 @@ from db.types import utcnow
 from tasks import signatures
 from tasks.messaging import mail
 from tasks.errors import NotFound, TaskError
+from tasks.inbox.store import is_pruned
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS
 
@@ -487,6 +488,8 @@ class Sender:
     def _send_mail(self, job: Job) -> Outcome:
         if not job.recipients:
             return Outcome(False, "mail has no recipient", permanent=True)
+        if is_pruned(job.payload):  # retried after retention pruned its body (an alert keeps its @admins)
+            return Outcome(False, "its body was pruned by retention: nothing to send", permanent=True)
         template = job.payload.get("template") or job.topic
         rendered = mail.render(template, job.payload.get("context") or {})
         message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,

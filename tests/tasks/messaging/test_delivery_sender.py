@@ -342,3 +342,29 @@ def test_a_full_share_that_all_failed_records_the_rest_of_the_batch_together(run
     jobs.relay_outbox()
     assert calls == [delivery.CLAIM_BATCH, delivery.CLAIM_BATCH]  # the platform's share, then the mail together
     assert all(m.kwargs.get("channel") != "platform" for m in queued(runtime))  # no chain for a share that failed
+
+
+def test_a_retried_alert_whose_body_retention_pruned_is_not_sent_blank(database, smtp_sink):  # noqa: F811
+    """Retention keeps an alert's @admins recipient; retried after its body was pruned, it went out with every
+    field "-". It now fails for good, saying why."""
+    from datetime import timedelta
+
+    from db.types import utcnow
+    from tasks.lifecycle import retention
+    from tasks.messaging.outbox import ADMINS
+
+    settings = make_settings(database.url, smtp_url=smtp_sink.url, admin_alert_emails="ops@example.test")
+    with database.session_scope() as s:
+        alert = add_mail(session=s, template="dispute_alert", recipient=ADMINS, context={"dispute_id": "dp_1"},
+                         dedupe_key="dispute_alert:dp_1")
+        alert.status, alert.created_at = OutboxStatus.DEAD, utcnow() - timedelta(days=401)
+    with database.session_scope() as s:
+        assert retention.prune(session=s, retention_days=400).mails == 1
+        assert s.scalar(select(OutboxMessage.recipient)) == ADMINS
+        assert delivery.retry_dead(session=s) == [1]
+    with database.session_scope() as s:
+        (job,) = delivery.claim_due(session=s, settings=settings, limit=1)
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(job)
+    assert not outcome.ok and outcome.permanent and "pruned by retention" in outcome.error
+    assert smtp_sink.messages == []
