@@ -47,7 +47,9 @@ def money_by_currency(session: Session, model, owner_column, owner_ids: list[int
     `sold` (more conditions) admits. `net` is what was kept (total − refunded) less its share of the tax: a
     refund gives its share of the tax back too."""
     kept = model.amount_total - model.amount_refunded
-    net = case((model.amount_total > 0, kept - (model.amount_tax * kept) / model.amount_total), else_=kept)
+    # integer arithmetic, the same on every database: the tax's share rounded half up, in minor units
+    tax_kept = (model.amount_tax * kept + model.amount_total // 2) // model.amount_total
+    net = case((model.amount_total > 0, kept - tax_kept), else_=kept)
     rows = session.execute(
         select(owner_column, model.currency, func.count(),
                func.coalesce(func.sum(func.coalesce(model.amount_subtotal, model.amount_total)), 0),

@@ -122,3 +122,14 @@ def test_a_refund_gives_its_share_of_the_tax_back_and_a_comp_is_not_a_sale(datab
     usd = _course(database)["revenue_by_currency"]["usd"]
     assert usd == {"sales": 2, "subtotal": 24000, "discount": 0, "tax": 4000, "total": 24000, "refunded": 18000,
                    "net": 0 + 5000}
+
+
+def test_net_is_whole_minor_units_the_same_on_every_database(database):
+    """The tax's share was a true division: PostgreSQL summed 399.999… (cut to 399) where SQLite gave 400. Each
+    sale's kept share of the tax is now whole minor units (100 × 200 / 300 = 66.67 → 67): 3 × (200 − 67)."""
+    _catalog(database)
+    for n in range(3):
+        deliver(database, _sale(f"cs_{n}", f"pi_{n}", student=f"stu_{n}", total=300, subtotal=300, tax=100))
+        deliver(database, charge_refunded(pi=f"pi_{n}", amount=300, refunded=100, refunds=[(f"re_{n}", 100)]))
+    usd = _course(database)["revenue_by_currency"]["usd"]
+    assert (usd["total"], usd["tax"], usd["refunded"], usd["net"]) == (900, 300, 300, 399)
