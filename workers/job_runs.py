@@ -15,6 +15,7 @@ from db.types import utcnow
 log = logging.getLogger("coursepipe.scheduler")
 
 JOB_RUN_RETENTION = timedelta(days=3)
+LAST_RESULT_SCAN = 100  # finished runs looked through for the newest that ran (refused ones are few)
 
 
 def claim_period(db, *, job: str, period: str, runner: str) -> int | None:
@@ -60,11 +61,12 @@ def last_runs(db) -> dict[str, JobRun]:
 
 
 def last_result(db, job: str) -> tuple[JobRun | None, dict[str, Any]]:
-    """The newest finished run of `job` and what it reported (e.g. where `reconcile` stopped)."""
+    """The newest run of `job` that ran to its end and what it reported (e.g. where `reconcile` stopped); a run
+    finished with an `error` (never queued: `coursepipe jobs run` with the broker refusing) did not run."""
     with db.session_scope() as session:
-        row = session.scalar(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None))
-                             .order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(1))
-        if row is None:
-            return None, {}
-        session.expunge(row)
-        return row, dict(row.result or {})
+        for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None))
+                                   .order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(LAST_RESULT_SCAN)):
+            if "error" not in (row.result or {}):
+                session.expunge(row)
+                return row, dict(row.result or {})
+        return None, {}

@@ -188,8 +188,8 @@ def provide_new_steps(job_run: int | None = None) -> None:
     rt = runtime.current()
     # back to the last run that ran to its end: the steps added while no run did (workers or scheduler down) too;
     # without one on record (a first run, or runs pruned after 3 days down), as far back as runs are kept
-    last, result = job_runs.last_result(rt.db, "new-steps")
-    covered_at = last.started_at if last is not None and "error" not in result else utcnow() - job_runs.JOB_RUN_RETENTION
+    last, _ = job_runs.last_result(rt.db, "new-steps")
+    covered_at = last.started_at if last is not None else utcnow() - job_runs.JOB_RUN_RETENTION
     with rt.db.session_scope() as session:
         written = catalog.provide_added_steps(session, covered_at=covered_at)
     if written:

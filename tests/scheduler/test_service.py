@@ -15,6 +15,7 @@ from db.models import JobRun
 from scheduler.service import (
     JOBS,
     Job,
+    NotQueued,
     PostgresLeader,
     RedisLeader,
     SchedulerService,
@@ -210,3 +211,17 @@ def test_the_real_scheduler_registers_timezone_aware_jobs_with_ids(database):
         job = jobs[name]
         assert job.coalesce and job.misfire_grace_time >= 1 and job.max_instances == 1
         assert job.trigger.timezone == timezone.utc and job.trigger.interval.total_seconds() == JOBS[name].seconds
+
+
+def test_a_run_the_broker_refused_is_not_the_last_result(database):
+    """A refused `coursepipe jobs run reconcile` is finished with an `error`: taken as the last run, reconcile lost
+    the cursor its last real run had saved, and the dashboard showed blanks."""
+    from workers import job_runs
+
+    ran = claim_period(database, job="reconcile", period="1", runner="test")
+    job_runs.finish_job_run(database, ran, {"checked": 5, "cursor": "evt_9"})
+    runtime = _runtime(database)
+    with pytest.raises(NotQueued):
+        run_now(runtime, "reconcile", sender=lambda *args, **kwargs: False)
+    last, result = job_runs.last_result(database, "reconcile")
+    assert last.id == ran and result == {"checked": 5, "cursor": "evt_9"}
