@@ -4,6 +4,7 @@
 there) the package is the entry module and builds the runtime as `workers.app` does. Anywhere else,
 importing `workers` or one of its modules builds nothing.
 """
+import importlib
 import os
 import sys
 
@@ -28,4 +29,6 @@ def named_by_dramatiq(argv: list[str]) -> bool:
 
 
 if named_by_dramatiq(sys.argv):
-    from workers.app import broker, runtime  # noqa: E402,F401  (builds the runtime from the environment)
+    # builds the runtime from the environment (and sets Dramatiq's broker); no name bound here: `workers.runtime`
+    # stays the module it is
+    importlib.import_module("workers.app")
