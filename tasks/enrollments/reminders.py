@@ -169,6 +169,7 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
             "class_id": class_id,
             "class_title": class_title,
             "starts_at": starts_at.isoformat(),
+            "expires_at": starts_at.isoformat(),  # a reminder held up past its class (SMTP down) is not sent
             "timezone": student_tz or class_tz or course_tz,
             "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
                         for c in classes[:OPTIONS_LISTED]],

@@ -65,6 +65,7 @@ def test_two_runs_in_one_window_send_one_reminder_per_eligible_step(database):
     context = mails[0].payload["context"]
     assert mails[0].recipient == "stu1@example.test"
     assert (context["step_label"], context["class_id"], context["timezone"]) == ("SFZ-2", "gc_SFZ_2_0", "Europe/Berlin")
+    assert context["expires_at"] == context["starts_at"]  # not sent once its class has started
     with database.session_scope() as s:
         assert s.scalar(select(ReminderLog.window_key)) == window_key("gc_SFZ_2_0")
 

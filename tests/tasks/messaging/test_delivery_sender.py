@@ -368,3 +368,22 @@ def test_a_retried_alert_whose_body_retention_pruned_is_not_sent_blank(database,
         outcome = sender.send(job)
     assert not outcome.ok and outcome.permanent and "pruned by retention" in outcome.error
     assert smtp_sink.messages == []
+
+
+def test_a_mail_held_up_past_its_expiry_is_not_sent(database, settings, smtp_sink):  # noqa: F811
+    """A step reminder queued while SMTP was down for days arrived after its class had started."""
+    from datetime import timedelta
+
+    from db.types import utcnow
+
+    with database.session_scope() as s:
+        for n, expires in enumerate((utcnow() - timedelta(minutes=1), utcnow() + timedelta(days=1))):
+            add_mail(session=s, template="step_reminder", recipient=f"s{n}@example.test",
+                     context={**CONTEXT, "expires_at": expires.isoformat()}, dedupe_key=f"r{n}")
+    with database.session_scope() as s:
+        late, timely = delivery.claim_due(session=s, settings=settings, limit=2)
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(late)
+        assert not outcome.ok and outcome.permanent and outcome.error.startswith("expired at ")
+        assert sender.send(timely).ok
+    assert [m["To"] for m in smtp_sink.messages] == ["s1@example.test"]
