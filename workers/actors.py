@@ -6,6 +6,7 @@ Messages go out only after the transaction that made them necessary has committe
 """
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 from types import ModuleType
@@ -148,14 +149,34 @@ def finish_job_run(job_run: int | None, **result) -> None:
     job_runs.finish_job_run(runtime.current().db, job_run, result)
 
 
+def records_failure(fn: Callable) -> Callable:
+    """A scheduled job's actor that raises finishes its `job_run` with the `error` (its type and first words),
+    then raises as before: `coursepipe jobs list` tells a failed run from one still running."""
+
+    @functools.wraps(fn)
+    def run(*args, job_run: int | None = None, **kwargs):
+        try:
+            return fn(*args, job_run=job_run, **kwargs)
+        except Exception as exc:
+            try:
+                finish_job_run(job_run, error=f"{type(exc).__name__}: {exc}"[:300])
+            except Exception:  # the database is what failed: the row stays unfinished, as before
+                log.warning("job run %s failed and could not be recorded", job_run)
+            raise
+
+    return run
+
+
 # Actors return None: without a results backend Dramatiq warns about every returned value.
 # `job_run` is the scheduler's row for this run (None when sent by anything else).
 @actor(queue_name="maintenance", max_retries=0)
+@records_failure
 def sweep_inbox(older_than_seconds: int = SWEEP_STALE_SECONDS, job_run: int | None = None) -> None:
     finish_job_run(job_run, resent=resend_stale(older_than_seconds))
 
 
 @actor(queue_name="maintenance", max_retries=0)
+@records_failure
 def retry_waiting(job_run: int | None = None) -> None:
     requeued, expired = requeue_parked()
     finish_job_run(job_run, requeued=requeued, expired=expired)

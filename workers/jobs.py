@@ -18,7 +18,7 @@ from tasks.errors import PermanentError
 from tasks.lifecycle import retention
 from tasks.messaging import delivery
 from workers import job_runs, metrics, publishing, reconciling, refunds, runtime
-from workers.actors import actor, enqueue_inbox, finish_job_run, send
+from workers.actors import actor, enqueue_inbox, finish_job_run, records_failure, send
 from workers.queue_depths import messages_held
 from workers.queues import CATALOG_QUEUE, JOBS_QUEUE, OUTBOX_QUEUE
 
@@ -29,6 +29,7 @@ RELAY_CONCURRENCY = 8  # relays a backlog of outbox messages is drained by at on
 
 
 @actor(queue_name=OUTBOX_QUEUE, max_retries=0)
+@records_failure
 def relay_outbox(job_run: int | None = None, batch: int | None = None, channel: str | None = None) -> None:
     """Claim a batch of due outbox rows, up to `batch` of each channel (of `channel` alone, if given), in one
     transaction; send each on kept-open connections, platform events first; record the outcomes (one
@@ -154,6 +155,7 @@ def deliver_outbox_message(message_id: int) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def low_seat_scan(job_run: int | None = None) -> None:
     rt = runtime.current()
     with rt.db.session_scope() as session:
@@ -164,6 +166,7 @@ def low_seat_scan(job_run: int | None = None) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def send_reminders(job_run: int | None = None) -> None:
     rt = runtime.current()
     sent = reminders.send_reminders(unit_of_work=rt.db.session_scope, settings=rt.settings)
@@ -173,6 +176,7 @@ def send_reminders(job_run: int | None = None) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max_calls: int | None = None) -> None:
     """Ask Stripe for the handled events of the last 30 days (network, no transaction), store the ones the
     inbox lacks as the webhook would have, and send them to the workers."""
@@ -182,6 +186,7 @@ def reconcile(lookback_hours: int | None = None, job_run: int | None = None, max
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def provide_new_steps(job_run: int | None = None) -> None:
     """Give a step added in the last minutes to the enrollments a purchase fulfilled meanwhile left without it
     (`catalog.provide_added_steps`)."""
@@ -199,6 +204,7 @@ def provide_new_steps(job_run: int | None = None) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def settle_refunds(job_run: int | None = None) -> None:
     """Finish the admin refunds left pending (their request died, or nobody retried it): ask Stripe for the
     refund made for each, make it only if there is none, record the outcome (`refunds.settle_pending`)."""
@@ -207,6 +213,7 @@ def settle_refunds(job_run: int | None = None) -> None:
 
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def prune_retention(job_run: int | None = None) -> None:
     """Prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS, one
     batch per unit of work."""

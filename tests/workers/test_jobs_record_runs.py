@@ -28,3 +28,25 @@ def test_a_job_actor_finishes_its_run_and_a_message_without_one_records_nothing(
     with runtime.db.session_scope() as s:
         rows = s.scalars(select(JobRun)).all()
         assert len(rows) == 1 and rows[0].finished_at is not None and rows[0].result == result
+
+
+def test_a_job_actor_that_fails_records_its_error_and_jobs_list_shows_it(runtime, monkeypatch):
+    """A failed run left its row unfinished: `jobs list` showed it as one still running, for good."""
+    from tasks.enrollments import reminders
+    from workers import job_runs
+
+    done = claim_period(runtime.db, job="reminders", period="1", runner="test")
+    jobs.send_reminders(job_run=done)
+
+    def boom(**_kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(reminders, "send_reminders", boom)
+    failed = claim_period(runtime.db, job="reminders", period="2", runner="test")
+    with pytest.raises(RuntimeError):
+        jobs.send_reminders(job_run=failed)
+    with runtime.db.session_scope() as s:
+        row = s.get(JobRun, failed)
+        assert row.finished_at is not None and row.result == {"error": "RuntimeError: the database went away"}
+    last, result = job_runs.last_result(runtime.db, "reminders")  # the last run that ran to its end
+    assert last.id == done and result == {"reminders_queued": 0}
