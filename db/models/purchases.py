@@ -31,6 +31,9 @@ class PackagePurchase(Timestamped, Base):
     amount_discount: Mapped[int] = mapped_column(default=0, server_default="0")
     currency: Mapped[str | None] = mapped_column(String(3))
     amount_refunded: Mapped[int] = mapped_column(default=0)
+    # what it sold, recorded when the purchase is made ({credit_type, quantity, validity_days}): an edit of the
+    # package afterwards reaches new purchases only (NULL: made before it was recorded, the package as it is)
+    sold: Mapped[dict[str, Any] | None]
 
 
 class PaymentRefund(Base):

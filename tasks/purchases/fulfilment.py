@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
-from db.enums import EnrollmentStatus, InboxSource, PurchaseStatus
+from db.enums import CreditType, EnrollmentStatus, InboxSource, PurchaseStatus
 from db.models import CourseProgram, CreditPackage, InboxEvent, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.catalog import services as catalog
@@ -349,8 +349,22 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
     return Fulfilled("course", enrollment.id, enrollment.status.value, created, provisioned)
 
 
-def package_expiry(package: CreditPackage, granted_at: datetime) -> datetime | None:
-    return granted_at + timedelta(days=package.validity_days) if package.validity_days else None
+def package_sold(package: CreditPackage) -> dict[str, Any]:
+    """What a purchase of `package` sells, recorded on the purchase when it is made (`PackagePurchase.sold`)."""
+    return {"credit_type": package.credit_type.value, "quantity": package.quantity,
+            "validity_days": package.validity_days}
+
+
+def grant_package(session: Session, purchase: PackagePurchase, package: CreditPackage) -> tuple[CreditType, int]:
+    """The purchase's lot: what it sold (the package as it is for one made before that was recorded), its
+    validity counted from now. Returns (kind, quantity)."""
+    sold = purchase.sold or package_sold(package)
+    credit_type, quantity, days = CreditType(sold["credit_type"]), int(sold["quantity"]), sold.get("validity_days")
+    now = utcnow()
+    credits.issue_credits(session=session, student_id=purchase.student_id, credit_type=credit_type, quantity=quantity,
+                          cause=Cause.package(purchase.id), package_purchase_id=purchase.id,
+                          expires_at=now + timedelta(days=days) if days else None)
+    return credit_type, quantity
 
 
 def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str, event_id: str | None,
@@ -367,6 +381,7 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
             stripe_payment_intent_id=checkout.get("payment_intent"),
             **amounts(checkout),
             currency=checkout.get("currency"),
+            sold=package_sold(package),  # what this purchase sells, also when its payment settles later
         )
 
     purchase, created = _lock_or_create(session, PackagePurchase, checkout["id"], make)
@@ -382,9 +397,7 @@ def _fulfil_package(session: Session, checkout: dict[str, Any], event_type: str,
             PACKAGE_PURCHASE.move(purchase, PurchaseStatus.FAILED, session=session, cause=cause)
     session.flush()
     if purchase.status == PurchaseStatus.PAID:
-        credits.issue_credits(session=session, student_id=student.id, credit_type=package.credit_type,
-                              quantity=package.quantity, cause=Cause.package(purchase.id),
-                              package_purchase_id=purchase.id, expires_at=package_expiry(package, utcnow()))
+        grant_package(session, purchase, package)
     payments.settle_package(session=session, purchase=purchase, cause=f"checkout:{checkout['id']}")
     session.flush()
     return Fulfilled("package", purchase.id, purchase.status.value, created)
@@ -463,14 +476,10 @@ def refulfill_checkout_session(*, ctx: HandlerContext, checkout_session_id: str,
         granted = {}
         if package_purchase.status == PurchaseStatus.PAID:
             package = session.get(CreditPackage, package_purchase.package_id)
-            cause = Cause.package(package_purchase.id)
             had = credits.lots(session=session, package_purchase_id=package_purchase.id)
             if not had:
-                credits.issue_credits(session=session, student_id=package_purchase.student_id,
-                                      credit_type=package.credit_type, quantity=package.quantity, cause=cause,
-                                      package_purchase_id=package_purchase.id,
-                                      expires_at=package_expiry(package, utcnow()))
-                granted[package.credit_type.value] = package.quantity
+                credit_type, quantity = grant_package(session, package_purchase, package)
+                granted[credit_type.value] = quantity
             payments.settle_package(session=session, purchase=package_purchase, cause="refulfill")
         return SessionRefulfilled(checkout_session_id, "package", package_purchase.id, package_purchase.status.value,
                                   {"credits_granted": granted}, [])

@@ -174,7 +174,7 @@ def fulfilled(session: Session, checkout_session_id: str) -> dict[str, Any]:
         grants = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity))
                                  .where(owner, CreditLedgerEntry.entry_type == LedgerEntryType.GRANT)
                                  .group_by(CreditLedgerEntry.credit_type)).all()
-        if grants or purchase is not None:
+        if grants:  # a package whose payment is pending (or failed) has granted nothing yet: null, as a course's
             view["credits_granted"] = {t.value: int(q) for t, q in sorted(grants, key=lambda g: g[0].value)}
     view["fulfilled"] = enrollment is not None or purchase is not None
     return view

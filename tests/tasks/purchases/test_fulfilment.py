@@ -159,6 +159,32 @@ def test_pending_package_is_credited_only_when_paid(database):
         assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 0}
 
 
+def test_a_pending_package_is_credited_with_what_it_sold_after_the_package_changed(database):
+    """Paid for 10 credits valid 180 days, the purchase was granted the package as edited while its payment
+    settled: 3 credits valid 1 day. It now records what it sold, as an enrollment records its bundle."""
+    from datetime import timedelta
+
+    from db.models import PackagePurchase
+    from db.types import utcnow
+
+    _package(database, validity_days=180)
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000, payment_status="unpaid"))
+    with database.session_scope() as s:
+        assert s.scalar(select(PackagePurchase.sold)) == {"credit_type": "group", "quantity": 10, "validity_days": 180}
+        package = s.scalar(select(CreditPackage))
+        package.quantity, package.validity_days, package.credit_type = 3, 1, CreditType.PRIVATE
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000,
+                               type_="checkout.session.async_payment_succeeded"))
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 0}
+        grant = s.scalar(select(CreditLedgerEntry))
+        assert utcnow() + timedelta(days=179) < grant.expires_at <= utcnow() + timedelta(days=180)
+    # a new purchase sells the package as it is now
+    deliver(database, checkout(cs="cs_q", pi="pi_q", package="P10", amount=9000))
+    with database.session_scope() as s:
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 3}
+
+
 def test_unknown_course_fails_visibly_and_a_replay_after_the_fix_fulfils(database):
     event = checkout(cs="cs_x", pi="pi_x", course="NEW")
     result = deliver(database, event)
@@ -312,3 +338,17 @@ def test_a_malformed_copy_first_then_the_good_event_under_a_new_id_fulfils_once(
     [enrollment] = state(database)["enrollments"]
     assert enrollment["status"] == "active" and _count(database, StudentCourseEnrollment) == 1
     assert inbox_row(database, bad).status == InboxStatus.FAILED
+
+
+def test_the_return_of_a_package_whose_payment_is_pending_has_granted_nothing_yet(database):
+    """`credits_granted` read {} for a pending (or failed) package, where a pending course reads null."""
+    from tasks.purchases import selling
+
+    _package(database)
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000, payment_status="unpaid"))
+    with database.session_scope() as s:
+        assert selling.fulfilled(s, "cs_p")["credits_granted"] is None
+    deliver(database, checkout(cs="cs_p", pi="pi_p", package="P10", amount=9000,
+                               type_="checkout.session.async_payment_succeeded"))
+    with database.session_scope() as s:
+        assert selling.fulfilled(s, "cs_p")["credits_granted"] == {"group": 10}
