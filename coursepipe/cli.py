@@ -2,6 +2,7 @@
 the scheduler's jobs are registered from modules of their own."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import threading
 
 import click
 
-from coursepipe.cli_support import checked_reason, process_database, reason_option, record_cli_action
+from coursepipe.cli_support import ROW_ID, checked_reason, one_line, process_database, reason_option, record_cli_action
 from coursepipe.cli_support import runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
@@ -32,9 +33,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=None, help="HTTP port (default: PORT or 8000)")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default: PORT or 8000)")
 @click.option("--host", default=None, help="address to listen on (default: HOST or 127.0.0.1; 0.0.0.0 for all)")
-@click.option("--threads", type=int, default=4, show_default=True, help="worker threads")
+@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True, help="worker threads")
 def serve(port: int | None, host: str | None, threads: int) -> None:
     """Everything in one process: ingress + worker threads + scheduler."""
     from ingress.app import create_app
@@ -70,9 +71,9 @@ def serve(port: int | None, host: str | None, threads: int) -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=None)
+@click.option("--port", type=click.IntRange(0, 65535), default=None)
 @click.option("--host", default=None, help="address to listen on (default: HOST or 127.0.0.1; 0.0.0.0 for all)")
-@click.option("--workers", "n_workers", type=int, default=2, show_default=True)
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=2, show_default=True)
 def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     """The Flask ingress alone, under gunicorn."""
     settings = _settings(*INGRESS_SECRETS)
@@ -85,8 +86,8 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
 
 
 @main.command()
-@click.option("--processes", type=int, default=2, show_default=True)
-@click.option("--threads", type=int, default=8, show_default=True)
+@click.option("--processes", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--metrics", is_flag=True, help="also serve Prometheus metrics (workers.prometheus, :9191)")
 def worker(processes: int, threads: int, metrics: bool) -> None:
     """Dramatiq worker processes (needs REDIS_URL)."""
@@ -130,8 +131,32 @@ def db_upgrade(revision: str) -> None:
     from db.migrate import upgrade
 
     settings = _settings()
-    upgrade(settings.database_url, revision)
-    click.echo(f"database at {revision}")
+    _migrate(upgrade, settings.database_url, revision)
+
+
+def _migrate(move, url: str, revision: str) -> None:
+    """Run Alembic's `move` to `revision` and say where the database is after it: one line on any refusal
+    (an unknown or later revision, a database that does not answer, a directory that does not exist)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.database import Database
+    from db.migrate import current_revision
+
+    try:
+        move(url, revision)
+        database = Database(url)
+        try:
+            reached = current_revision(database.engine)
+        finally:
+            database.dispose()
+    except (CommandError, SQLAlchemyError, OSError, ImportError) as exc:
+        raise click.ClickException(one_line(f"database not migrated: {exc}")) from None
+    click.echo(f"database at {reached or 'base'}")
+    relative = revision in ("head", "heads", "base") or any(c in revision for c in "+-@:")
+    if not relative and revision != reached:
+        raise click.ClickException(f"the database stayed at {reached or 'base'}: {revision} is not ahead of it "
+                                   "(`coursepipe db downgrade` goes back)")
 
 
 @db.command("downgrade")
@@ -145,8 +170,7 @@ def db_downgrade(revision: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Downgrade the database to {revision}? What the migrations undone hold is lost"
                       + (" (base: every table and its rows)" if revision == "base" else ""), abort=True)
-    downgrade(settings.database_url, revision)
-    click.echo(f"database at {revision}")
+    _migrate(downgrade, settings.database_url, revision)
 
 
 # --------------------------------------------------------------------------- inbox
@@ -159,7 +183,7 @@ def events() -> None:
 
 @events.command("list")
 @click.option("--status", type=click.Choice(["pending", "processing", "processed", "ignored", "waiting", "failed"]))
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 def events_list(status: str | None, limit: int) -> None:
     from db.enums import InboxStatus
     from tasks.inbox import admin as inbox
@@ -173,7 +197,7 @@ def events_list(status: str | None, limit: int) -> None:
 
 
 @events.command("replay")
-@click.argument("inbox_id", type=int)
+@click.argument("inbox_id", type=ROW_ID)
 @reason_option
 def events_replay(inbox_id: int, reason: str | None) -> None:
     """Put an event back to pending and process it (in-process when no REDIS_URL); audited."""
@@ -190,7 +214,7 @@ def events_replay(inbox_id: int, reason: str | None) -> None:
             inbox.replay(session=session, inbox_id=inbox_id)
             record_cli_action(session, "event.replay", f"inbox_event:{inbox_id}", reason)
     except (NotFound, inbox.NotReplayable) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(one_line(str(exc))) from None
     if settings.redis_url:
         enqueue_inbox([inbox_id])
         click.echo(f"event {inbox_id} queued for replay")
@@ -213,19 +237,19 @@ def simulate(type_: str, data: str | None, url: str | None) -> None:
     try:
         changes = json.loads(data) if data else {}
     except ValueError as exc:
-        raise click.ClickException(f"--data is not JSON: {exc}") from None
+        raise click.ClickException(one_line(f"--data is not JSON: {exc}")) from None
     if not isinstance(changes, dict):
         raise click.ClickException("--data must be a JSON object")
     try:
         source, event = sim.build(type_, changes)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(one_line(str(exc))) from None
     settings = _settings("PLATFORM_WEBHOOK_SECRET" if source == "platform" else "STRIPE_WEBHOOK_SECRET")
     target = url or f"http://127.0.0.1:{settings.port}"
     try:
         status, answer = sim.send(url=target, source=source, event=event, settings=settings)
-    except OSError as exc:
-        raise click.ClickException(f"{target} unreachable: {exc}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, a bad address, not HTTP
+        raise click.ClickException(one_line(f"{target} unreachable: {exc}")) from None
     click.echo(json.dumps({"sent": event, "status": status, "answer": answer}, indent=2))
     if not 200 <= status < 300:
         sys.exit(1)
@@ -241,7 +265,7 @@ def doctor() -> None:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(one_line(str(exc))) from None
     handled = sorted(type_ for source, type_ in handler_table() if source == "stripe")
     results = checks.run_checks(settings, handled)
     for check in results:

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from coursepipe.cli_support import one_line
+
 
 def load_file(path: Path):
     """JSON (`.json`) or YAML (anything else: YAML also reads JSON)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path}: cannot be read as UTF-8 text: {exc}") from None
+        raise click.ClickException(one_line(f"{path}: cannot be read as UTF-8 text: {exc}")) from None
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
@@ -20,9 +22,9 @@ def load_file(path: Path):
 
         return yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{path}: not valid JSON: {exc}") from None
+        raise click.ClickException(one_line(f"{path}: not valid JSON: {exc}")) from None
     except Exception as exc:  # yaml.YAMLError and friends
-        raise click.ClickException(f"{path}: not valid YAML: {exc}") from None
+        raise click.ClickException(one_line(f"{path}: not valid YAML: {exc}")) from None
 
 
 def register(main: click.Group) -> None:
@@ -53,7 +55,7 @@ def register(main: click.Group) -> None:
         try:
             parsed = catalog.parse_catalog(data)  # every entry is checked before anything is written
         except TaskError as exc:
-            raise click.ClickException(f"{file}: {exc}") from None
+            raise click.ClickException(one_line(f"{file}: {exc}")) from None
         runtime = _runtime(_settings())
         try:
             with runtime.db.session_scope() as session:
@@ -62,7 +64,7 @@ def register(main: click.Group) -> None:
                     record_cli_action(session, f"{row['kind']}.save", f"{row['kind']}:{row['code']}", reason,
                                       change=row["change"], file=file.name)
         except TaskError as exc:
-            raise click.ClickException(f"{file}: {exc} (nothing was imported)") from None
+            raise click.ClickException(one_line(f"{file}: {exc} (nothing was imported)")) from None
         except IntegrityError as exc:  # another import or admin edit created the same code meanwhile
             if not is_unique_violation(exc):
                 raise
@@ -105,7 +107,7 @@ def register(main: click.Group) -> None:
             publishing.require_api_key(settings, kind, code)
             result = publish_calls.publish(kind, code, unit_of_work=runtime.db.session_scope, settings=settings)
         except TaskError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         audited(queued=False)
         for inbox_id in result.woken:  # embedded: drift checks that waited for these objects run now
             inbox_runs.run_event(unit_of_work=runtime.db.session_scope, inbox_id=inbox_id,

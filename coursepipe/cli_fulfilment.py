@@ -5,6 +5,8 @@ import json
 
 import click
 
+from coursepipe.cli_support import ROW_ID, one_line
+
 
 def register(main: click.Group) -> None:
     from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
@@ -12,7 +14,7 @@ def register(main: click.Group) -> None:
     from coursepipe.cli_support import settings_for as _settings
 
     @main.command()
-    @click.option("--enrollment", "enrollment_id", type=int, help="enrollment id")
+    @click.option("--enrollment", "enrollment_id", type=ROW_ID, help="enrollment id")
     @click.option("--checkout-session", "checkout_session_id", help="Stripe Checkout Session id (cs_…)")
     @reason_option
     def refulfill(enrollment_id: int | None, checkout_session_id: str | None, reason: str | None) -> None:
@@ -46,7 +48,7 @@ def register(main: click.Group) -> None:
         try:
             result = inbox_runs.with_remote(runtime.db.session_scope, work, settings=settings)
         except TaskError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         woken = result.get("woken_events") or []
         if woken and settings.redis_url:
             from workers.actors import enqueue_inbox

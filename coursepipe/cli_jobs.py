@@ -5,6 +5,8 @@ import json
 
 import click
 
+from coursepipe.cli_support import ROW_ID, one_line
+
 DRAIN_TIMEOUT_MS = 120_000
 
 
@@ -70,6 +72,7 @@ def register(main: click.Group) -> None:
     def jobs_run(name: str, reason: str | None) -> None:
         """Run job NAME now, once, as the scheduler would (in-process with the embedded broker); audited."""
         from scheduler.service import JOBS, NotQueued, run_now
+        from workers.job_runs import last_runs
         from tasks.messaging import delivery
         from workers.actors import send
         from workers.broker import start_embedded_worker
@@ -84,7 +87,7 @@ def register(main: click.Group) -> None:
                 run_now(runtime, name)
             except NotQueued as exc:
                 _audit_run(runtime, name, reason, queued=False)
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(one_line(str(exc))) from None
             _audit_run(runtime, name, reason, queued=True)
             click.echo(f"job {name}: {JOBS[name].actor} queued")
             return
@@ -99,6 +102,9 @@ def register(main: click.Group) -> None:
                 _drain(runtime.broker)
         finally:
             worker.stop()
+        ran = last_runs(runtime.db).get(name)  # this run: its actor finished it, with an error if it raised
+        if ran is not None and "error" in (ran.result or {}):
+            raise click.ClickException(one_line(f"job {name} failed: {ran.result['error']}"))
         with runtime.db.session_scope() as session:
             counts = delivery.counts(session=session)
         click.echo(f"job {name}: done; outbox {json.dumps(counts, sort_keys=True)}")
@@ -110,7 +116,7 @@ def register(main: click.Group) -> None:
     @outbox.command("list")
     @click.option("--status", type=click.Choice(["pending", "sending", "sent", "dead", "problems"]),
                   default="problems", show_default=True, help="'problems': dead or failed at least once")
-    @click.option("--limit", type=int, default=50, show_default=True)
+    @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
     def outbox_list(status: str, limit: int) -> None:
         from sqlalchemy import select
 
@@ -130,7 +136,7 @@ def register(main: click.Group) -> None:
             click.echo(json.dumps(view))
 
     @outbox.command("retry")
-    @click.argument("message_id", type=int)
+    @click.argument("message_id", type=ROW_ID)
     @reason_option
     def outbox_retry(message_id: int, reason: str | None) -> None:
         """Make a dead (or backing-off) message due now with a fresh attempt count; audited."""
@@ -144,7 +150,7 @@ def register(main: click.Group) -> None:
                 delivery.retry(session=session, message_id=message_id)
                 record_cli_action(session, "outbox.retry", f"outbox_message:{message_id}", reason)
         except TaskError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         click.echo(f"outbox message {message_id} is due again (the relay sends it within seconds)")
 
     @outbox.command("retry-dead")

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from coursepipe.cli_support import checked_reason, reason_option, record_cli_action
+from coursepipe.cli_support import checked_reason, one_line, reason_option, record_cli_action
 
 
 def _database():
@@ -45,7 +45,7 @@ def register(main: click.Group) -> None:
                 record_cli_action(s, "admin.add", f"admin:{account.email}", reason, role=role)
                 email = account.email
         except ValidationFailed as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         finally:
             database.dispose()
         click.echo(f"admin {email} added as {role}")
@@ -79,7 +79,7 @@ def register(main: click.Group) -> None:
                 account = accounts.remove_admin(session=s, email=email)
                 record_cli_action(s, "admin.remove", f"admin:{account.email}", reason)
         except NotFound as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         finally:
             database.dispose()
         click.echo(f"admin {email} removed")
@@ -106,7 +106,7 @@ def register(main: click.Group) -> None:
                 erased = erasure.erase_student(session=s, student_id=student_id)
                 record_cli_action(s, "student.erase", f"student:{student_id}", reason, **erased.as_dict())
         except NotFound as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         finally:
             database.dispose()
         click.echo(json.dumps(erased.as_dict()))

@@ -30,18 +30,39 @@ class DatabaseUnreachable(click.ClickException):
     """The database did not answer (one that answers behind the head is a plain ClickException)."""
 
 
+# a row id or a count given on the command line: beyond 64 bits it is no id of ours (one line, exit 2)
+ROW_ID = click.IntRange(1, 2**63 - 1)
+
+
+def one_line(text: str) -> str:
+    """An error's text on one line (Stripe's, YAML's and Alembic's messages hold line breaks)."""
+    return " ".join(str(text).split())
+
+
+def usable_database(database_url: str):
+    """The Database for DATABASE_URL, or one line saying it is not a URL coursepipe can use."""
+    from db.database import Database
+
+    try:
+        return Database(database_url)
+    except Exception as exc:  # not a URL SQLAlchemy can use, or its driver is not installed
+        raise click.ClickException(one_line(f"DATABASE_URL is not usable: {type(exc).__name__}: {exc}")) from None
+
+
 def migrated_database(database_url: str):
     """The database, refused in one line naming `coursepipe db upgrade` (exit 1) unless it is at the migration
     head: every command that touches it starts here, all but `db upgrade|downgrade` and `doctor`."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from db.database import Database
     from db.migrate import NotAtHead, missing_sqlite_file, require_head
 
-    path = missing_sqlite_file(database_url)
+    try:
+        path = missing_sqlite_file(database_url)
+    except Exception as exc:  # not a URL at all
+        raise click.ClickException(one_line(f"DATABASE_URL is not usable: {type(exc).__name__}: {exc}")) from None
     if path:  # connecting would create an empty file
         raise click.ClickException(f"no database file {path}: run `coursepipe db upgrade`")
-    database = Database(database_url)
+    database = usable_database(database_url)
     try:
         require_head(database.engine)
     except NotAtHead as exc:

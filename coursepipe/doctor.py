@@ -41,7 +41,11 @@ def check_database(settings: Settings) -> Check:
         path = settings.database_url.split(":///", 1)[-1]
         if path and path != ":memory:" and not os.path.exists(path):  # connecting would create an empty file
             return Check(FAIL, "database", f"no database file {path}: run `coursepipe db upgrade`")
-    database = Database(settings.database_url)
+    try:
+        database = Database(settings.database_url)
+    except Exception as exc:  # not a URL SQLAlchemy can use, or its driver is not installed
+        return Check(FAIL, "database", f"DATABASE_URL is not usable: {type(exc).__name__}: "
+                                       f"{(str(exc).splitlines() or [''])[0][:200]}")
     try:
         current, head = current_revision(database.engine), head_revision()
     except Exception as exc:

@@ -535,9 +535,28 @@ def save_package(*, session: Session, package: PackageIn) -> Saved:
                       price_currency=package.price.currency, credit_type=package.credits.credit_type,
                       quantity=package.credits.quantity, validity_days=package.validity_days)
     if "stripe_price_id" in package.model_fields_set:  # linked to a price made by hand in Stripe; null unlinks
+        _refuse_price_in_use(session, package.stripe_price_id, row)
         changed |= _assign(row, stripe_price_id=package.stripe_price_id)
     session.flush()
     return Saved(code=code, change="created" if created else ("updated" if changed else "unchanged"), id=row.id)
+
+
+def _refuse_price_in_use(session: Session, price_id: str | None, row: CreditPackage) -> None:
+    """A Stripe price sells one listing: linking one another package or a course holds is a 400 naming it (the
+    unique key would refuse it as a conflict, and no retry could ever succeed)."""
+    if price_id is None:
+        return
+    others = select(CreditPackage.code, CreditPackage.deleted_at).where(CreditPackage.stripe_price_id == price_id)
+    if row.id is not None:
+        others = others.where(CreditPackage.id != row.id)
+    held = session.execute(others.limit(1)).first()
+    if held is not None:
+        raise ValidationFailed(f"stripe_price_id: {price_id} is already the price of package {held[0]}"
+                               + (" (deleted)" if held[1] else ""), field="stripe_price_id")
+    course = session.scalar(select(CourseProgram.code).where(CourseProgram.stripe_price_id == price_id).limit(1))
+    if course is not None:
+        raise ValidationFailed(f"stripe_price_id: {price_id} is already the price of course {course}",
+                               field="stripe_price_id")
 
 
 def delete_package(*, session: Session, code: str) -> CreditPackage:
@@ -561,9 +580,9 @@ def parse_catalog(data: Any) -> Catalog:
     if isinstance(data, list):
         return Catalog([parse_course(c, prefix=f"[{i}]") for i, c in enumerate(data)], [])
     if isinstance(data, dict) and ("courses" in data or "packages" in data) and "steps" not in data:
-        unknown = sorted(set(data) - {"courses", "packages"})
+        unknown = sorted(set(data) - {"courses", "packages"}, key=str)  # YAML keys may be numbers too
         if unknown:
-            raise ValidationFailed(f"{unknown[0]}: unknown field", field=unknown[0])
+            raise ValidationFailed(f"{unknown[0]}: unknown field", field=str(unknown[0]))
         courses, packages = data.get("courses") or [], data.get("packages") or []
         for name, value in (("courses", courses), ("packages", packages)):
             if not isinstance(value, list):
