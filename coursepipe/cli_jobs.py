@@ -72,7 +72,7 @@ def register(main: click.Group) -> None:
     def jobs_run(name: str, reason: str | None) -> None:
         """Run job NAME now, once, as the scheduler would (in-process with the embedded broker); audited."""
         from scheduler.service import JOBS, NotQueued, run_now
-        from workers.job_runs import last_runs
+        from workers.job_runs import run_error
         from tasks.messaging import delivery
         from workers.actors import send
         from workers.broker import start_embedded_worker
@@ -95,16 +95,16 @@ def register(main: click.Group) -> None:
         # embedded broker: run it here with worker threads, then relay what it queued, so its mail leaves
         worker = start_embedded_worker(runtime.broker, threads=4)
         try:
-            run_now(runtime, name)
+            run_id = run_now(runtime, name)
             _drain(runtime.broker)
             if name != "relay":
                 send("relay_outbox")
                 _drain(runtime.broker)
         finally:
             worker.stop()
-        ran = last_runs(runtime.db).get(name)  # this run: its actor finished it, with an error if it raised
-        if ran is not None and "error" in (ran.result or {}):
-            raise click.ClickException(one_line(f"job {name} failed: {ran.result['error']}"))
+        failed = run_error(runtime.db, run_id)  # this run's row: its actor finished it, with an error if it raised
+        if failed:
+            raise click.ClickException(one_line(f"job {name} failed: {failed}"))
         with runtime.db.session_scope() as session:
             counts = delivery.counts(session=session)
         click.echo(f"job {name}: done; outbox {json.dumps(counts, sort_keys=True)}")

@@ -205,16 +205,16 @@ class NotQueued(Exception):
     """The broker refused a job's message (Redis unreachable): the job did not run."""
 
 
-def run_now(runtime: Runtime, name: str, *, sender: Callable[..., bool] | None = None) -> Job:
-    """Fire one job now, once, outside its schedule (`coursepipe jobs run NAME`). NotQueued when the broker
-    refused its message: its `job_run` row is then finished with that error, not left running."""
+def run_now(runtime: Runtime, name: str, *, sender: Callable[..., bool] | None = None) -> int:
+    """Fire one job now, once, outside its schedule (`coursepipe jobs run NAME`); returns its `job_run` id.
+    NotQueued when the broker refused its message: its row is then finished with that error, not left running."""
     job = JOBS[name]
     stamp = utcnow().strftime("%Y%m%dT%H%M%S.%f")
     run_id = claim_period(runtime.db, job=name, period=f"manual:{stamp}", runner=f"cli:{runner_id()}")
     if not (sender or send)(job.actor, *job.args, job_run=run_id):
         finish_job_run(runtime.db, run_id, {"error": "not queued: the broker refused the message"})
         raise NotQueued(f"job {name}: {job.actor} was not queued (the broker refused it; is Redis reachable?)")
-    return job
+    return run_id
 
 
 # --------------------------------------------------------------------------- the service

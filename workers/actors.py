@@ -157,7 +157,7 @@ def records_failure(fn: Callable) -> Callable:
     def run(*args, job_run: int | None = None, **kwargs):
         try:
             return fn(*args, job_run=job_run, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # Dramatiq's time limit and shutdown interrupts are BaseExceptions too
             try:
                 finish_job_run(job_run, error=f"{type(exc).__name__}: {exc}"[:300])
             except Exception:  # the database is what failed: the row stays unfinished, as before

@@ -15,7 +15,6 @@ from db.types import utcnow
 log = logging.getLogger("coursepipe.scheduler")
 
 JOB_RUN_RETENTION = timedelta(days=3)
-LAST_RESULT_SCAN = 100  # finished runs looked through for the newest that ran (refused ones are few)
 
 
 def claim_period(db, *, job: str, period: str, runner: str) -> int | None:
@@ -60,12 +59,21 @@ def last_runs(db) -> dict[str, JobRun]:
 
 
 
+def run_error(db, run_id: int | None) -> str | None:
+    """The `error` one run was finished with (None: it ran to its end, or is not finished)."""
+    with db.session_scope() as session:
+        row = session.get(JobRun, run_id) if run_id is not None else None
+        return (row.result or {}).get("error") if row is not None and row.finished_at is not None else None
+
+
 def last_result(db, job: str) -> tuple[JobRun | None, dict[str, Any]]:
     """The newest run of `job` that ran to its end and what it reported (e.g. where `reconcile` stopped); a run
     finished with an `error` (never queued: `coursepipe jobs run` with the broker refusing) did not run."""
     with db.session_scope() as session:
+        # every finished run kept (3 days of them at most): a job failing for a day must not hide its last good run
         for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None))
-                                   .order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(LAST_RESULT_SCAN)):
+                                   .order_by(JobRun.finished_at.desc(), JobRun.id.desc())
+                                   .execution_options(yield_per=500)):
             if "error" not in (row.result or {}):
                 session.expunge(row)
                 return row, dict(row.result or {})

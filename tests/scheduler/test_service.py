@@ -173,11 +173,11 @@ def test_the_job_table_names_the_contract_jobs_and_only_sends(database):
     assert {"reminders", "low-seats", "sweep", "reconcile", "relay", "retry-waiting"} <= set(JOBS)
     sent = []
     runtime = _runtime(database)
-    job = run_now(runtime, "reminders",
-                  sender=lambda actor, *args, **kwargs: sent.append((actor, args, kwargs)) or True)  # queued
+    run_id = run_now(runtime, "reminders",
+                     sender=lambda actor, *args, **kwargs: sent.append((actor, args, kwargs)) or True)  # queued
     with database.session_scope() as s:
         run = s.scalar(select(JobRun))
-    assert job.actor == "send_reminders" and sent == [("send_reminders", (), {"job_run": run.id})]
+    assert run.id == run_id and sent == [("send_reminders", (), {"job_run": run.id})]
     assert run.job == "reminders" and run.finished_at is None  # sent, not yet run
 
 

@@ -50,3 +50,22 @@ def test_a_job_actor_that_fails_records_its_error_and_jobs_list_shows_it(runtime
         assert row.finished_at is not None and row.result == {"error": "RuntimeError: the database went away"}
     last, result = job_runs.last_result(runtime.db, "reminders")  # the last run that ran to its end
     assert last.id == done and result == {"reminders_queued": 0}
+
+
+def test_a_job_stopped_by_its_time_limit_records_it_too(runtime, monkeypatch):
+    """Dramatiq's time limit interrupts an actor with a BaseException, which an `except Exception` let through:
+    the run stayed 'running'."""
+    from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+    from tasks.enrollments import reminders
+
+    def too_long(**_kwargs):
+        raise TimeLimitExceeded()
+
+    monkeypatch.setattr(reminders, "send_reminders", too_long)
+    run_id = claim_period(runtime.db, job="reminders", period="1", runner="test")
+    with pytest.raises(TimeLimitExceeded):
+        jobs.send_reminders(job_run=run_id)
+    with runtime.db.session_scope() as s:
+        row = s.get(JobRun, run_id)
+        assert row.finished_at is not None and row.result["error"].startswith("TimeLimitExceeded")
