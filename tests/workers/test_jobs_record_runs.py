@@ -30,24 +30,29 @@ def test_a_job_actor_finishes_its_run_and_a_message_without_one_records_nothing(
         assert len(rows) == 1 and rows[0].finished_at is not None and rows[0].result == result
 
 
+def _reminders_run_raising(runtime, monkeypatch, error: BaseException, period: str = "2") -> JobRun:
+    """A `reminders` run whose work raises `error`; its row once the actor is done."""
+    from tasks.enrollments import reminders
+
+    def raising(**_kwargs):
+        raise error
+
+    monkeypatch.setattr(reminders, "send_reminders", raising)
+    run_id = claim_period(runtime.db, job="reminders", period=period, runner="test")
+    with pytest.raises(type(error)):
+        jobs.send_reminders(job_run=run_id)
+    with runtime.db.session_scope() as s:
+        return s.get(JobRun, run_id)
+
+
 def test_a_job_actor_that_fails_records_its_error_and_jobs_list_shows_it(runtime, monkeypatch):
     """A failed run left its row unfinished: `jobs list` showed it as one still running, for good."""
-    from tasks.enrollments import reminders
     from workers import job_runs
 
     done = claim_period(runtime.db, job="reminders", period="1", runner="test")
     jobs.send_reminders(job_run=done)
-
-    def boom(**_kwargs):
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(reminders, "send_reminders", boom)
-    failed = claim_period(runtime.db, job="reminders", period="2", runner="test")
-    with pytest.raises(RuntimeError):
-        jobs.send_reminders(job_run=failed)
-    with runtime.db.session_scope() as s:
-        row = s.get(JobRun, failed)
-        assert row.finished_at is not None and row.result == {"error": "RuntimeError: the database went away"}
+    row = _reminders_run_raising(runtime, monkeypatch, RuntimeError("the database went away"))
+    assert row.finished_at is not None and row.result == {"error": "RuntimeError: the database went away"}
     last, result = job_runs.last_result(runtime.db, "reminders")  # the last run that ran to its end
     assert last.id == done and result == {"reminders_queued": 0}
 
@@ -57,15 +62,5 @@ def test_a_job_stopped_by_its_time_limit_records_it_too(runtime, monkeypatch):
     the run stayed 'running'."""
     from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-    from tasks.enrollments import reminders
-
-    def too_long(**_kwargs):
-        raise TimeLimitExceeded()
-
-    monkeypatch.setattr(reminders, "send_reminders", too_long)
-    run_id = claim_period(runtime.db, job="reminders", period="1", runner="test")
-    with pytest.raises(TimeLimitExceeded):
-        jobs.send_reminders(job_run=run_id)
-    with runtime.db.session_scope() as s:
-        row = s.get(JobRun, run_id)
-        assert row.finished_at is not None and row.result["error"].startswith("TimeLimitExceeded")
+    row = _reminders_run_raising(runtime, monkeypatch, TimeLimitExceeded(), period="1")
+    assert row.finished_at is not None and row.result["error"].startswith("TimeLimitExceeded")
