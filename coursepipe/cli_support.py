@@ -39,14 +39,19 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def not_usable(exc: BaseException) -> str:
+    """Why DATABASE_URL cannot be used (not a URL SQLAlchemy reads, or its driver is not installed), in one line."""
+    return one_line(f"DATABASE_URL is not usable: {type(exc).__name__}: {exc}")[:300]
+
+
 def usable_database(database_url: str):
     """The Database for DATABASE_URL, or one line saying it is not a URL coursepipe can use."""
     from db.database import Database
 
     try:
         return Database(database_url)
-    except Exception as exc:  # not a URL SQLAlchemy can use, or its driver is not installed
-        raise click.ClickException(one_line(f"DATABASE_URL is not usable: {type(exc).__name__}: {exc}")) from None
+    except Exception as exc:
+        raise click.ClickException(not_usable(exc)) from None
 
 
 def migrated_database(database_url: str):
@@ -59,7 +64,7 @@ def migrated_database(database_url: str):
     try:
         path = missing_sqlite_file(database_url)
     except Exception as exc:  # not a URL at all
-        raise click.ClickException(one_line(f"DATABASE_URL is not usable: {type(exc).__name__}: {exc}")) from None
+        raise click.ClickException(not_usable(exc)) from None
     if path:  # connecting would create an empty file
         raise click.ClickException(f"no database file {path}: run `coursepipe db upgrade`")
     database = usable_database(database_url)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from coursepipe.cli_support import not_usable
 from coursepipe.settings import Settings
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -43,9 +44,8 @@ def check_database(settings: Settings) -> Check:
             return Check(FAIL, "database", f"no database file {path}: run `coursepipe db upgrade`")
     try:
         database = Database(settings.database_url)
-    except Exception as exc:  # not a URL SQLAlchemy can use, or its driver is not installed
-        return Check(FAIL, "database", f"DATABASE_URL is not usable: {type(exc).__name__}: "
-                                       f"{(str(exc).splitlines() or [''])[0][:200]}")
+    except Exception as exc:
+        return Check(FAIL, "database", not_usable(exc))
     try:
         current, head = current_revision(database.engine), head_revision()
     except Exception as exc:

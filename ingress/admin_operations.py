@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify, request
 
 from ingress import roles
-from ingress.bodies import json_object
+from ingress.bodies import checked_key, idempotency_key, json_object
 from ingress.errors import ApiError, error_response
 from ingress.roles import require_role
 from tasks.admins import audit
@@ -111,11 +111,7 @@ def enroll():
 
 # --------------------------------------------------------------------------- credits
 
-
-def _request_key(value: str | None) -> str | None:
-    if value is not None and not 1 <= len(value) <= 128:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key: 1 to 128 characters")
-    return value
+REQUEST_KEY_MAX = 128  # admin_refund.request_key's length; a credit adjustment's key keeps the same bound
 
 
 def adjust_credits_by_hand(student_id: str, data: dict, request_key: str | None = None) -> dict:
@@ -127,7 +123,7 @@ def adjust_credits_by_hand(student_id: str, data: dict, request_key: str | None 
     target = f"student:{student_id}"
     with _runtime().db.session_scope() as s:
         entry = None
-        if _request_key(request_key) is not None:
+        if checked_key(request_key, REQUEST_KEY_MAX) is not None:
             credits.lock_student(s, student_id)  # the same key sent twice at once: the second finds the first
             entry = audit.keyed(session=s, action="credits.adjust", target=target, request_key=request_key)
             if entry is not None and {k: entry.details.get(k) for k in asked} != asked:
@@ -149,7 +145,7 @@ def adjust_credits_by_hand(student_id: str, data: dict, request_key: str | None 
 @require_role("operator")
 def adjust_credits(student_id: str):
     return jsonify(adjust_credits_by_hand(student_id, _body("kind", "quantity", "reason", "expires_at"),
-                                          request.headers.get("Idempotency-Key") or None)), 201
+                                          idempotency_key(REQUEST_KEY_MAX))), 201
 
 
 # --------------------------------------------------------------------------- revoke, reinstate
@@ -194,7 +190,7 @@ def preview_refund(enrollment_id: int, data: dict) -> dict:
 def refund_by_hand(enrollment_id: int, data: dict, request_key: str | None) -> dict:
     """The admin refund's view (`status` succeeded, failed or pending) and, when made, the enrollment."""
     keep_access, reason = _bool(data, "keep_access"), audit.required_reason(data.get("reason"))
-    _request_key(request_key)
+    checked_key(request_key, REQUEST_KEY_MAX)
     runtime = _runtime()
     try:
         result = refund_calls.refund_enrollment(
@@ -217,7 +213,7 @@ def refund(enrollment_id: int):
     data = _body("amount", "keep_access", "reason", "preview")
     if _bool(data, "preview", False):
         return jsonify(preview_refund(enrollment_id, data))
-    answer = refund_by_hand(enrollment_id, data, request.headers.get("Idempotency-Key") or None)
+    answer = refund_by_hand(enrollment_id, data, idempotency_key(REQUEST_KEY_MAX))
     status = answer["refund"]["status"]
     if status == "failed":
         return jsonify({"error": {"code": "stripe_refused", "message": answer["refund"]["last_error"]}, **answer}), 402

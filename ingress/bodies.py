@@ -133,3 +133,16 @@ def json_object(*allowed: str, optional: bool = False) -> dict[str, Any]:
     if unknown:
         raise ValidationFailed(f"{unknown[0]}: not a field of this operation", field=unknown[0])
     return data
+
+
+def checked_key(key: str | None, max_length: int) -> str | None:
+    """An idempotency key (a header's, or a dashboard form's own): 400 `invalid_idempotency_key` when it is empty
+    or longer than the column that keeps it."""
+    if key is not None and not 1 <= len(key) <= max_length:
+        raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key: 1 to {max_length} characters")
+    return key
+
+
+def idempotency_key(max_length: int) -> str | None:
+    """The request's `Idempotency-Key` header, checked (None without one)."""
+    return checked_key(request.headers.get("Idempotency-Key"), max_length)

@@ -8,7 +8,7 @@ import stripe
 from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxSource
-from ingress.bodies import json_value
+from ingress.bodies import idempotency_key, json_value
 from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.inbox.runner import Outcome
@@ -69,9 +69,7 @@ def get_package(code: str):
 @bp.post("/checkout-sessions")
 @require_reader(role="operator")  # a read token, ADMIN_TOKEN, or an operator's personal token
 def create_checkout_session():
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
-        raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key: 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    key = idempotency_key(IDEMPOTENCY_KEY_MAX)
     try:
         body = json_value()  # strict: no NUL character, lone surrogate or deep nesting reaches the database
     except ApiError as exc:

@@ -490,7 +490,7 @@ class Sender:
             return Outcome(False, "mail has no recipient", permanent=True)
         if is_pruned(job.payload):  # retried after retention pruned its body (an alert keeps its @admins)
             return Outcome(False, "its body was pruned by retention: nothing to send", permanent=True)
-        expires = _expiry((job.payload.get("context") or {}).get("expires_at"))
+        expires = mail.parse_when((job.payload.get("context") or {}).get("expires_at"))
         if expires is not None and expires <= utcnow():  # e.g. a step reminder once its class has started
             return Outcome(False, f"expired at {expires.isoformat()}: no longer worth sending", permanent=True)
         template = job.payload.get("template") or job.topic
@@ -733,17 +733,6 @@ def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max
 
 
 # --------------------------------------------------------------------------- admin
-
-
-def _expiry(value: Any) -> datetime | None:
-    """A mail context's `expires_at` (ISO 8601 with an offset): after it the mail is not sent."""
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else None
 
 
 def retry(*, session: Session, message_id: int, now: datetime | None = None) -> OutboxMessage:

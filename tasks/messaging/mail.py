@@ -69,7 +69,8 @@ def _zone(name: str | None):
         return timezone.utc
 
 
-def _parse_when(value: Any) -> datetime | None:
+def parse_when(value: Any) -> datetime | None:
+    """An ISO 8601 instant (or a datetime), UTC when it names no offset; None when it is not one."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str) and value:
@@ -84,7 +85,7 @@ def _parse_when(value: Any) -> datetime | None:
 
 def local_time(value: Any, tz: str | None = None, style: str = "long") -> str:
     """An ISO instant shown in the reader's timezone: 'Tuesday 1 December 2026, 18:00 CET (Europe/Berlin)'."""
-    moment = _parse_when(value)
+    moment = parse_when(value)
     if moment is None:
         return "" if value is None or isinstance(value, jinja2.Undefined) else str(value)
     zone = _zone(tz if isinstance(tz, str) else None)
