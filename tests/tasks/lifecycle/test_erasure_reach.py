@@ -208,3 +208,22 @@ def test_redaction_takes_whole_words_only():
     evidence.erase_person(row, {"Al", "al@example.test"})
     assert row.evidence == {"receipt": "Student: stu_1 <[erased]>\nTotal charged: 120.00 USD",
                             "customer_name": "[erased]"}
+
+
+def test_a_student_with_hundreds_of_bookings_is_erased(database):
+    """The booking mails were matched by one OR'd clause a booking and template: past ~333 bookings SQLite refused
+    the statement ("Expression tree is too large"), and the erasure ended in a traceback."""
+    from db.enums import BookingStatus, CreditType
+    from db.models import Booking
+    from tasks.messaging.outbox import add_mail
+
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.group_class(s, id="gc_1")
+        s.add_all([Booking(id=f"bk_{n}", student_id="stu_1", class_id="gc_1", status=BookingStatus.CANCELLED,
+                           credit_type=CreditType.GROUP) for n in range(400)])
+        s.flush()
+        add_mail(session=s, template="class_cancelled", recipient="old@example.test", context={},
+                 dedupe_key="class_cancelled:bk_399")
+    assert _erase(database).mails == 1
+    assert "old@example.test" not in _everything(database)
