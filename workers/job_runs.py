@@ -70,11 +70,10 @@ def last_result(db, job: str) -> tuple[JobRun | None, dict[str, Any]]:
     """The newest run of `job` that ran to its end and what it reported (e.g. where `reconcile` stopped); a run
     finished with an `error` (never queued: `coursepipe jobs run` with the broker refusing) did not run."""
     with db.session_scope() as session:
-        # every finished run kept (3 days of them at most): a job failing for a day must not hide its last good run
-        for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None))
-                                   .order_by(JobRun.finished_at.desc(), JobRun.id.desc())
-                                   .execution_options(yield_per=500)):
-            if "error" not in (row.result or {}):
-                session.expunge(row)
-                return row, dict(row.result or {})
-        return None, {}
+        row = session.scalar(select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_not(None),
+                                                  JobRun.result["error"].as_string().is_(None))
+                             .order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(1))
+        if row is None:
+            return None, {}
+        session.expunge(row)
+        return row, dict(row.result or {})
