@@ -205,3 +205,24 @@ def test_a_deleted_course_archived_in_the_dashboard_is_no_drift(database, stripe
     assert deliver(database, updated(stripe_server, published.product_id, active=False)).status \
         is InboxStatus.PROCESSED
     assert drift(database) == []
+
+
+def test_a_failing_drift_check_never_undoes_the_record_of_a_stripe_call(database, stripe_server, monkeypatch):
+    """The check of a call's answer ran in the transaction that records its outcome: a surprise there rolled the
+    outcome back, and the next publish called Stripe again for a call it had made."""
+    from db.models import StripePublication
+    from tasks.catalog import drift
+
+    def broken(**_kwargs):
+        raise RuntimeError("an answer the check did not expect")
+
+    monkeypatch.setattr(drift, "check_answer", broken)
+    settings = make_settings(database.url, **stripe_server.settings_changes())
+    save(database, course())
+    result = publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    assert result.product_id and result.price_id
+    with database.session_scope() as s:
+        assert {p.status.value for p in s.scalars(select(StripePublication))} == {"succeeded"}
+    calls = len(stripe_server.calls("POST"))
+    publish_calls.publish("course", "SFZ", unit_of_work=database.session_scope, settings=settings)
+    assert len(stripe_server.calls("POST")) == calls  # nothing made twice
