@@ -352,3 +352,21 @@ def test_the_return_of_a_package_whose_payment_is_pending_has_granted_nothing_ye
                                type_="checkout.session.async_payment_succeeded"))
     with database.session_scope() as s:
         assert selling.fulfilled(s, "cs_p")["credits_granted"] == {"group": 10}
+
+
+def test_a_package_paid_asynchronously_in_the_wrong_order_and_twice_is_credited_once(database):
+    """The async success before its pending checkout, then both again: one lot of what was sold."""
+    from db.models import PackagePurchase
+
+    _package(database, validity_days=30)
+    success = checkout(cs="cs_w", pi="pi_w", package="P10", amount=9000,
+                       type_="checkout.session.async_payment_succeeded")
+    pending = checkout(cs="cs_w", pi="pi_w", package="P10", amount=9000, payment_status="unpaid")
+    for event in (success, pending, success, pending):
+        deliver(database, event)
+    with database.session_scope() as s:
+        purchase = s.scalar(select(PackagePurchase))
+        assert purchase.status.value == "paid"
+        assert purchase.sold == {"credit_type": "group", "quantity": 10, "validity_days": 30}
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 0}
+    assert _count(database, CreditLedgerEntry) == 1
