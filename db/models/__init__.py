@@ -8,7 +8,7 @@ from db.models.bookings import Student, GroupClass, Booking
 from db.models.catalog import CourseProgram, CourseStep, CourseStepOption, CourseBundleComponent, CreditPackage, StripePublication, StripeDrift
 from db.models.enrollments import StudentCourseEnrollment, StudentCourseProgress, TransitionLog
 from db.models.purchases import PackagePurchase, PaymentRefund, PaymentDispute
-from db.models.ledger import CreditLedgerEntry
+from db.models.ledger import CreditLedgerEntry, CreditShare
 from db.models.inbox import InboxEvent
 from db.models.messaging import OutboxMessage, AlertLog, ReminderLog
 from db.models.jobs import JobRun
@@ -21,7 +21,7 @@ __all__ = [
     "CourseProgram", "CourseStep", "CourseStepOption", "CourseBundleComponent", "CreditPackage", "StripePublication", "StripeDrift",
     "StudentCourseEnrollment", "StudentCourseProgress", "TransitionLog",
     "PackagePurchase", "PaymentRefund", "PaymentDispute",
-    "CreditLedgerEntry",
+    "CreditLedgerEntry", "CreditShare",
     "InboxEvent",
     "OutboxMessage", "AlertLog", "ReminderLog",
     "JobRun",

@@ -48,3 +48,17 @@ class CreditLedgerEntry(Base):
     booking_id: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreditShare(Base):
+    """What a partial refund claims of one lot: `target` credits revoked under `cause` in all.
+
+    Kept because a lot spent when the refund came cannot give its share then: a credit that comes back to
+    the lot later (a booking cancelled within policy) pays what is still owed, so the end is the same in
+    either order. The target only rises (a purchase's refunded total only rises)."""
+
+    __tablename__ = "credit_share"
+
+    grant_id: Mapped[int] = mapped_column(BigId, ForeignKey("credit_ledger_entry.id"), primary_key=True)
+    cause: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. partial-refund:enrollment:5
+    target: Mapped[int]

@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.enums import CreditType, EnrollmentStatus, LedgerEntryType, PurchaseStatus
-from db.models import CreditLedgerEntry, PackagePurchase, Student, StudentCourseEnrollment
+from db.models import CreditLedgerEntry, CreditShare, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.errors import TaskError
 from tasks.ledger.causes import Cause, Keys
@@ -162,8 +162,10 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     """Give back the credit a booking consumed (cancel within policy). Once per booking.
 
     If the lot's purchase stands revoked (refunded in full, a dispute lost), the released credit is
-    revoked again at once, so a refund can never be undone by a later cancellation. A lot that only lost
-    a partial refund's share, or credits taken by hand, keeps a released credit usable.
+    revoked again at once, so a refund can never be undone by a later cancellation. A lot that still owes
+    a partial refund part of its share (the lot was spent when the refund came: `take_share`) pays it
+    with the released credit, as the refund would have taken it had the cancel come first. A lot that
+    gave its whole share, or lost credits taken by hand, keeps a released credit usable.
     """
     consumed = consumption_for(session, booking_id)
     if consumed is None:
@@ -172,6 +174,7 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     existing = _existing(session, key)
     if existing is not None:
         return existing
+    lock_student(session, consumed.student_id)  # a refund settling the lot concurrently goes before or after
     released = _add(
         session,
         idempotency_key=key,
@@ -186,6 +189,10 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
         package_purchase_id=consumed.package_purchase_id,
     )
     if _revoked_now(session, consumed):
+        cause = Cause.booking(booking_id)
+    else:
+        cause = _share_owed(session, consumed.grant_id)
+    if cause is not None:
         _add(
             session,
             idempotency_key=Keys.revoke_release(booking_id),
@@ -194,12 +201,48 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
             entry_type=LedgerEntryType.REVOKE,
             quantity=-1,
             grant_id=consumed.grant_id,
-            cause=str(Cause.booking(booking_id)),
+            cause=str(cause),
             booking_id=booking_id,
             enrollment_id=consumed.enrollment_id,
             package_purchase_id=consumed.package_purchase_id,
         )
     return released
+
+
+def _revoked_under(session: Session, grant_id: int, cause: str) -> int:
+    """How many credits of one lot are revoked under one cause, in all."""
+    return -int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
+        CreditLedgerEntry.grant_id == grant_id,
+        CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
+        CreditLedgerEntry.cause == cause,
+    )))
+
+
+def _share_owed(session: Session, grant_id: int) -> Cause | None:
+    """The partial refund that still claims credits of this lot, if any (see `take_share`)."""
+    for share in session.scalars(select(CreditShare).where(CreditShare.grant_id == grant_id)
+                                 .order_by(CreditShare.cause)):
+        if _revoked_under(session, grant_id, share.cause) < share.target:
+            return Cause.parse(share.cause)
+    return None
+
+
+def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, target: int) -> CreditLedgerEntry | None:
+    """A partial refund's share of one lot: `target` credits revoked under `cause` in all, as far as the lot
+    holds them now. The target is kept (`credit_share`): what the lot could not give (spent to its last
+    credit) is paid by the next credits that come back to it (`release_credit`), so the lot ends the same
+    whichever of the refund and a cancellation is applied first. The target only rises; a repeat adds nothing.
+    """
+    lock_student(session, grant.student_id)  # a release paying this share goes before or after, not between
+    share = session.scalar(select(CreditShare).where(CreditShare.grant_id == grant.id,
+                                                     CreditShare.cause == str(cause)).with_for_update())
+    if share is None:
+        share = CreditShare(grant_id=grant.id, cause=str(cause), target=target)
+        session.add(share)
+    share.target = max(share.target, target)
+    owed = share.target - _revoked_under(session, grant.id, str(cause))
+    return revoke_from_lot(session=session, grant=grant, quantity=owed,
+                           key=Keys.revoke_share(cause, grant.id, share.target), cause=cause)
 
 
 def _revoked_now(session: Session, consumed: CreditLedgerEntry) -> bool:
@@ -231,7 +274,11 @@ def revoke_unconsumed(
     if enrollment_id is None and package_purchase_id is None:
         raise ValueError("revoke_unconsumed needs an enrollment or a package purchase")
     entries = []
-    for lot in lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id):
+    held = lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id)
+    if held:  # what remains is read again after a concurrent spend or release (one student holds them all)
+        lock_student(session, held[0].grant.student_id)
+        held = lots(session=session, enrollment_id=enrollment_id, package_purchase_id=package_purchase_id)
+    for lot in held:
         if lot.remaining <= 0:
             continue
         key = Keys.revoke(cause, lot.grant.id)
@@ -269,6 +316,7 @@ def revoke_from_lot(
     idempotency_key = key
     if quantity <= 0 or _existing(session, idempotency_key) is not None:
         return None
+    lock_student(session, grant.student_id)  # what remains is read after a concurrent spend or release
     remaining = grant.quantity + int(
         session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0))
                        .where(CreditLedgerEntry.grant_id == grant.id))

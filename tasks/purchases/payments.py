@@ -21,16 +21,10 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from db.enums import DisputeStatus, LedgerEntryType, PurchaseStatus
-from db.models import (
-    CreditLedgerEntry,
-    PackagePurchase,
-    PaymentDispute,
-    PaymentRefund,
-    StudentCourseEnrollment,
-)
+from db.enums import DisputeStatus, PurchaseStatus
+from db.models import PackagePurchase, PaymentDispute, PaymentRefund, StudentCourseEnrollment
 from tasks.ledger import credits
-from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, Keys
+from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
@@ -131,21 +125,14 @@ def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded
     """Partial refund: each lot ends with floor(quantity × refunded / paid) revoked under this cause.
 
     The target is computed from the cumulative refunded total, so two partial refunds in either
-    order revoke the same as one of their sum; what was consumed is never taken back.
+    order revoke the same as one of their sum; what was consumed is never taken back, but what the lot
+    could not give now is taken from credits that come back to it later (`credits.take_share`).
     """
     if paid <= 0 or refunded <= 0:
         return
     for lot in lots:
-        target = lot.grant.quantity * min(refunded, paid) // paid
-        already = -int(session.scalar(
-            select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
-                CreditLedgerEntry.grant_id == lot.grant.id,
-                CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
-                CreditLedgerEntry.cause == str(cause),
-            )
-        ))
-        credits.revoke_from_lot(session=session, grant=lot.grant, quantity=target - already,
-                                key=Keys.revoke_share(cause, lot.grant.id, target), cause=cause)
+        credits.take_share(session=session, grant=lot.grant, cause=cause,
+                           target=lot.grant.quantity * min(refunded, paid) // paid)
 
 
 def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:

@@ -123,6 +123,8 @@ def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = N
             return f"{credit} unused removed: {of} was revoked (refund or lost dispute)"
         return f"{credit} unused removed: {of} refunded or disputed"
     if cause.kind is CauseKind.PARTIAL_REFUND and of is not None:
+        if entry.booking_id is not None:  # the share the refund could not take when the lot was spent
+            return f"the returned credit of booking {entry.booking_id} taken for a partial refund of {of}"
         return f"{credit} removed for a partial refund of {of}"
     if kind == LedgerEntryType.EXPIRE:
         return f"{credit} expired"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from db.enums import BundleKind, CreditType, EnrollmentStatus
-from db.models import AdminRefund, OutboxMessage, StudentCourseEnrollment
+from db.enums import BookingStatus, BundleKind, CreditType, EnrollmentStatus
+from db.models import AdminRefund, Booking, CreditPackage, OutboxMessage, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.bookings import services as bookings
 from tasks.events import BookingCancelled, BookingCreated
 from tasks.ledger import adjustments
 from tasks.purchases import manual
+from tasks.reporting import statement
 from tests import factories
 from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, refund_created, state
 
@@ -189,3 +190,62 @@ def test_stripe_reporting_the_refund_an_admin_asked_for_settles_it(database, enr
         manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=_refund("re_asked", COURSE_PRICE // 2),
                               error=None, final=False)
     assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE // 2
+
+
+def _spend_all_then_half_refund_and_cancels(database, *, refund_first: bool, pi: str, amount: int) -> list[int]:
+    """Four private credits spent (bk_1..bk_4); a refund of half the price; bk_1 and bk_2 cancelled within
+    policy, the refund applied before or after them. Returns the private balance after each cancel."""
+    for n in range(1, 5):
+        _book_private(database, f"bk_{n}")
+    assert _private(database) == 0
+    half = refund_created(refund_id="re_half", pi=pi, amount=amount // 2)
+    if refund_first:
+        deliver(database, half)
+    balances = []
+    for booking in ("bk_1", "bk_2"):
+        _cancel_within_policy(database, booking)
+        balances.append(_private(database))
+    if not refund_first:
+        deliver(database, half)
+        balances[-1] = _private(database)
+    deliver(database, half)  # twice
+    balances.append(_private(database))
+    return balances
+
+
+@pytest.mark.parametrize("refund_first", [True, False], ids=["refund-first", "cancels-first"])
+def test_a_partial_refund_of_a_spent_bundle_takes_its_share_whichever_comes_first(database, enrolled, refund_first):
+    """Half the price refunded claims 2 of the 4 credits. Delivered first, it found none left; before, the two
+    credits the cancels gave back then stayed usable (2), where delivered after them it took them (0)."""
+    balances = _spend_all_then_half_refund_and_cancels(database, refund_first=refund_first, pi="pi_1",
+                                                       amount=COURSE_PRICE)
+    assert balances[-1] == 0
+    if refund_first:
+        assert balances == [0, 0, 0]  # each credit given back pays the share the refund could not take
+        with database.session_scope() as s:
+            lines = [e["description"] for e in statement.credit_statement(session=s, student_id="stu_1")["entries"]]
+        assert "the returned credit of booking bk_2 taken for a partial refund of SFZ" in " | ".join(lines)
+    _book_private(database, "bk_5")
+    _cancel_within_policy(database, "bk_5")
+    assert _private(database) == 0  # the share is paid: nothing more to book with, nothing more taken
+    with database.session_scope() as s:
+        assert s.get(StudentCourseEnrollment, enrolled).status is EnrollmentStatus.ACTIVE
+
+
+@pytest.mark.parametrize("refund_first", [True, False], ids=["refund-first", "cancels-first"])
+def test_a_partial_refund_of_a_spent_package_takes_its_share_whichever_comes_first(database, refund_first):
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="P4", title="Four", price_amount=8000, credit_type=CreditType.PRIVATE, quantity=4))
+    deliver(database, checkout(cs="cs_pack", pi="pi_pack", package="P4", amount=8000))
+    balances = _spend_all_then_half_refund_and_cancels(database, refund_first=refund_first, pi="pi_pack",
+                                                       amount=8000)
+    assert balances[-1] == 0
+    if refund_first:
+        assert balances == [0, 0, 0]
+    assert state(database)["packages"][0]["status"] == "paid"
+    # a cancel beyond the share keeps its credit: 3 of 4 spent and cancelled, the share of 2 already paid
+    _book_private(database, "bk_6")  # refused: no credit left
+    with database.session_scope() as s:
+        assert s.get(Booking, "bk_6").status is BookingStatus.REJECTED
+    _cancel_within_policy(database, "bk_3")
+    assert _private(database) == 1
