@@ -5,7 +5,7 @@ The subject is what an event is about; events with the same subject are processe
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -65,10 +65,24 @@ class _Data(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
 def _aware(value: datetime) -> datetime:
+    """An instant with its offset, in years the databases and the arithmetic on it (windows, holds) can take."""
     if value.tzinfo is None:
         raise ValueError("must include a timezone offset")
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(f"must lie between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
     return value
+
+
+def _aware_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
 
 
 class StudentUpserted(_Data):
@@ -99,6 +113,7 @@ class ClassUpserted(_Data):
     timezone: str | None = Field(default=None, max_length=64)
 
     _aware_start = field_validator("starts_at")(_aware)
+    _aware_end = field_validator("ends_at")(_aware_or_none)
 
 
 class BookingCreated(_Data):

@@ -133,6 +133,28 @@ def test_the_largest_32_bit_capacity_is_stored_and_processed(client, runtime, wo
         assert s.scalar(select(InboxEvent.status)).value == "processed"
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("occurred_at", "0001-01-01T00:00:00+01:00"),  # before: a 500 (the year 0 in UTC)
+    ("occurred_at", "9999-12-31T23:59:59-01:00"),  # before: a 500 (the year 10000 in UTC)
+    ("occurred_at", "1900-01-01T00:00:00+00:00"),
+    ("starts_at", "9999-12-31T23:00:00-05:00"),  # before: stored, then failed in the worker
+    ("ends_at", "2030-01-01T11:00:00"),  # before: no offset stored, then failed in the worker
+    ("ends_at", "9999-12-31T23:00:00-05:00"),
+])
+def test_instants_without_an_offset_or_beyond_the_years_we_keep_are_refused_at_the_door(client, runtime, field,
+                                                                                      value):
+    event = platform_event("class.upserted", _class(ends_at="2030-01-01T11:00:00+00:00"))
+    if field == "occurred_at":
+        event["occurred_at"] = value
+    else:
+        event["data"][field] = value
+    raw = json.dumps(event).encode()
+    response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
+    assert _error(response, 400) == "invalid_event"
+    assert field in response.get_json()["error"]["message"]
+    assert _count(runtime) == 0
+
+
 def test_a_booking_naming_a_step_id_beyond_bigint_is_refused(client, runtime):
     data = {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1", "course_step_id": 2**63}
     raw = json.dumps(platform_event("booking.created", data)).encode()
