@@ -1,8 +1,9 @@
 """Our copies of the platform's students and group classes (`student.upserted`, `class.upserted`).
 
 The platform may deliver upserts late, twice or out of order. Each row remembers the `occurred_at`
-of the newest upsert applied (`source_updated_at`); an upsert that is not newer changes nothing, so
-the mirror always holds the newest state the platform told us, whatever the arrival order.
+of the newest upsert applied (`source_updated_at`); an older upsert changes nothing, so the mirror
+always holds the newest state the platform told us, whatever the arrival order. Two upserts of the same
+instant apply in the order they arrive (sent in the same second, the later one sent is the newer state).
 A row first created as a stub (a booking or a purchase naming an unknown student) has no
 `source_updated_at`, so the first real upsert always fills it in.
 """
@@ -21,7 +22,7 @@ from tasks.events import ClassUpserted, StudentUpserted
 
 
 def _is_stale(row, occurred_at: datetime) -> bool:
-    return row.source_updated_at is not None and occurred_at <= row.source_updated_at
+    return row.source_updated_at is not None and occurred_at < row.source_updated_at
 
 
 def _insert_once(session: Session, row) -> bool:

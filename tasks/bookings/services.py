@@ -545,7 +545,9 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
         booking.within_policy = True
         progress, step = _attached_progress(session, booking)
         if progress is not None and progress.status == ProgressStatus.BOOKED:
-            _reopen(session, progress, f"{cause}:{booking.id}", at, step=step)
+            # named by the booking alone (unique, and cancelled once): a class id and a booking id together
+            # (64 characters each) would not fit the 128 of a logged cause
+            _reopen(session, progress, f"class_cancelled:booking:{booking.id}", at, step=step)
         elif progress is not None and progress.status == ProgressStatus.CANCELLED:
             # revoked meanwhile: as a within-policy cancel, the step stays cancelled but no longer names it
             progress.booking_id = progress.group_class_id = None

@@ -264,6 +264,38 @@ def test_an_older_scheduled_upsert_does_not_revive_a_cancelled_class(database):
     assert rejections(database) == {"bk_2": "class_cancelled"}
 
 
+def test_a_cancellation_stamped_the_same_second_as_the_update_before_it_still_applies(database):
+    """Before: an upsert whose `occurred_at` equalled the newest applied one was dropped, even in order, so a
+    cancellation sent in the same second as the class's previous update left its bookings standing."""
+    w = world(database)
+    deliver(database, class_upserted(w.option(1), status="scheduled", when=at(30)))
+    book(database, w)
+    deliver(database, class_upserted(w.option(1), status="cancelled", when=at(30)))
+    assert progress(database, w, 1)["status"].value == "unbooked"
+    book(database, w, "bk_2", when=at(60))
+    assert rejections(database) == {"bk_2": "class_cancelled"}
+
+
+def test_a_class_and_a_booking_with_the_longest_ids_are_cancelled_together(database):
+    """Before: the reopened step was logged under `class_cancelled:<class id>:<booking id>`, 145 characters for
+    two 64-character ids, over the 128 a logged cause holds: on PostgreSQL the class's cancellation failed for
+    good, and none of its bookings was cancelled."""
+    from db.models import CourseStepOption
+
+    w = world(database)
+    long_class, long_booking = "c" * 64, "b" * 64
+    with database.session_scope() as s:
+        s.add(CourseStepOption(program_id=w.program_id, step_id=w.step_ids[0], group_class_id=long_class))
+    deliver(database, booking_created(long_booking, long_class, step_id=w.step_ids[0], when=at(0)))
+    assert progress(database, w, 1)["booking_id"] == long_booking
+    result = deliver(database, class_upserted(long_class, status="cancelled", when=at(30)))
+    assert result.outcome is Outcome.PROCESSED, result
+    assert progress(database, w, 1)["status"].value == "unbooked"
+    with database.session_scope() as s:
+        causes = s.scalars(select(TransitionLog.cause).where(TransitionLog.cause.like("class_cancelled:%"))).all()
+    assert f"class_cancelled:booking:{long_booking}" in causes and max(map(len, causes)) <= 128
+
+
 # --------------------------------------------------------------------------- a booking delivered after the money moved
 
 
