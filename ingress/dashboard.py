@@ -229,7 +229,8 @@ def enrollment_page(enrollment_id: int):
         if enrollment is None:
             raise ApiError(404, "not_found", f"no enrollment {enrollment_id}")
         view = enrollments.enrollment_view(s, enrollment)
-        row = ops.search_enrollments(session=s, query=str(enrollment_id), limit=1)[0]
+        # the row of this enrollment: a search by the id would also match a student whose id is that number
+        row = ops.enrollment_row(enrollment, enrollments.program_of(s, enrollment).code)
         chosen = timeline.parse_kinds(request.args.getlist("kind"))
         rows = timeline.enrollment_timeline(session=s, enrollment_id=enrollment_id, kinds=chosen)
         events = links.enrollment_events(session=s, enrollment_id=enrollment_id)

@@ -134,6 +134,23 @@ def test_search_timeline_and_refulfil(client, runtime, worker):
     assert "nothing was missing" in again.get_data(True)
 
 
+def test_an_enrollment_page_is_that_enrollment_even_when_a_student_id_is_its_number(client, runtime):
+    """Before: the page's heading and its Revoke / Refund / Re-fulfil forms came from a search by the id, which
+    also matches student ids: the newest enrollment of student "<id>" was shown and acted on instead."""
+    with runtime.db.session_scope() as s:
+        program = factories.program(s)
+        first = factories.enrollment(s, factories.student(s, id="stu_first"), program, session_id="cs_first")
+        other = factories.enrollment(s, factories.student(s, id=str(first.id), email="n@example.test"), program,
+                                     session_id="cs_other")
+        first_id, other_id = first.id, other.id
+    assert other_id != first_id
+    login(client)
+    page = client.get(f"/admin/ui/enrollments/{first_id}").get_data(True)
+    assert f"<h1>Enrollment {first_id}: " in page and ">stu_first</a>" in page
+    assert f"/admin/ui/enrollments/{first_id}/revoke" in page
+    assert f"/admin/ui/enrollments/{other_id}/" not in page
+
+
 def test_dead_outbox_message_retry(client, runtime):
     with runtime.db.session_scope() as s:
         s.add(OutboxMessage(dedupe_key="k1", channel=OutboxChannel.PLATFORM, topic="enrollment.created",
