@@ -98,7 +98,7 @@ def create_checkout_session():
 @bp.get("/checkout-sessions/<checkout_session_id>")
 @require_reader
 def get_checkout_session(checkout_session_id: str):
-    if not CHECKOUT_SESSION_ID.match(checkout_session_id):
+    if not CHECKOUT_SESSION_ID.fullmatch(checkout_session_id):
         raise ApiError(404, "not_found", "not a Checkout Session id")
     client = _stripe()
     try:

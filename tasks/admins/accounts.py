@@ -67,7 +67,7 @@ def normalise_email(email: str) -> str:
     if not isinstance(email, str):
         raise ValidationFailed("email: a string", field="email")
     email = email.strip().lower()
-    if not EMAIL.match(email) or len(email) > 320:
+    if not EMAIL.fullmatch(email) or len(email) > 320:
         raise ValidationFailed(f"email: {email!r} is not an e-mail address", field="email")
     return email
 

@@ -45,7 +45,7 @@ def fingerprint(body: dict[str, Any]) -> str:
 def minor_units(raw: Any, currency: str, field: str = "price") -> int:
     """'120.00' → 12000 (whole units for zero-decimal currencies)."""
     text = raw.strip() if isinstance(raw, str) else ""
-    if not MONEY.match(text):
+    if not MONEY.fullmatch(text):
         raise ValidationFailed(f"{field}: give an amount like 120.00", field=field)
     whole, _, cents = text.replace(",", ".").partition(".")
     if currency.lower() in ZERO_DECIMAL:

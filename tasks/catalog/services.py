@@ -222,7 +222,7 @@ def _validated(model, data: Any, code: str | None, prefix: str):
 def _check_code(item: CourseIn | PackageIn, code: str | None, prefix: str) -> None:
     where = field_path(("code",), prefix)
     if code is not None:
-        if not re.match(CODE_PATTERN, code):
+        if not re.fullmatch(CODE_PATTERN, code):
             raise ValidationFailed(f"code: {code!r} must be 1-64 letters, digits, '-' or '_'", field="code")
         if item.code is not None and item.code != code:
             raise ValidationFailed(f"{where}: {item.code!r} does not match the code in the path {code!r}",

@@ -63,7 +63,7 @@ def parse_checkout_request(body: Any) -> CheckoutRequest:
         raise ValidationFailed(f"{kind}_code: a non-empty string is required", f"{kind}_code")
     for name in ("success_url", "cancel_url"):
         value = body.get(name)
-        if not isinstance(value, str) or len(value) > 2048 or not _URL.match(value):
+        if not isinstance(value, str) or len(value) > 2048 or not _URL.fullmatch(value):
             raise ValidationFailed(f"{name}: an http(s) URL is required", name)
     return CheckoutRequest(student_id.strip(), kind, code, body["success_url"], body["cancel_url"])
 

@@ -112,6 +112,18 @@ def test_publish_without_api_key_is_a_clear_error_and_the_course_stays_draft(dat
         assert s.scalar(select(func.count()).select_from(StripePublication)) == 0
 
 
+@pytest.mark.parametrize("path", ["/admin/courses/NL%0A", "/admin/packages/NL%0A", "/admin/courses/NL%0D%0A"])
+def test_a_code_ending_in_a_line_break_is_refused(client, admin_headers, path):
+    """Before: `NL\n` passed the code pattern (`$` matches before a final line break) and was saved, a code no
+    other route could name."""
+    body = course() if "courses" in path else {"title": "Ten", "price": {"amount": 9000, "currency": "usd"},
+                                               "credits": {"kind": "group", "quantity": 10}}
+    response = client.put(path, json=body, headers=admin_headers)
+    assert response.status_code == 400, response.json
+    assert client.get("/admin/courses", headers=admin_headers).json["courses"] == []
+    assert client.get("/admin/packages", headers=admin_headers).json["packages"] == []
+
+
 def test_packages_put_get_delete_and_validation(client, admin_headers):
     body = {"title": "Ten group classes", "price": {"amount": 9000, "currency": "usd"},
             "credits": {"kind": "group", "quantity": 10}}

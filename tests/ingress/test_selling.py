@@ -106,6 +106,7 @@ def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe
     ({"course_code": None, "package_code": "NOPE"}, 404, "not_found"),
     ({"package_code": "TEN"}, 400, "invalid_request"),  # both codes
     ({"success_url": "javascript:alert(1)"}, 400, "invalid_request"),
+    ({"success_url": "https://shop.example.test/ok\n"}, 400, "invalid_request"),  # before: passed the check
     ({"student_id": ""}, 400, "invalid_request"),
     ({"course_code": "SFZ\u0000"}, 400, "invalid_request"),  # a NUL character: PostgreSQL text holds none
     ({"student_id": "stu_\ud800"}, 400, "invalid_request"),  # a lone surrogate
