@@ -8,6 +8,7 @@ Anything else is a 400 `invalid_json` naming what is wrong; nothing is stored.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import current_app, request
@@ -22,6 +23,14 @@ MAX_DEPTH = 64
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent; one beyond a double (`1e999`) would read as Infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the numbers we keep")
+    return value
 
 
 def _check_strings(value: Any) -> None:
@@ -62,7 +71,7 @@ def parse_json(raw: bytes) -> tuple[Any, str]:
     if text.startswith("\ufeff"):
         raise ApiError(400, "invalid_json", "body starts with a byte-order mark")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         raise ApiError(400, "invalid_json", f"body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError:

@@ -51,6 +51,8 @@ ODD_BODIES = [
     ("utf16_le_without_bom", lambda text: text.encode("utf-16-le")),
     ("nan", lambda text: _with_field(text, "NaN").encode()),
     ("infinity", lambda text: _with_field(text, "-Infinity").encode()),
+    ("float_beyond_a_double", lambda text: _with_field(text, "1e999").encode()),  # before: stored as Infinity
+    ("negative_float_beyond_a_double", lambda text: _with_field(text, "[-1.5e400]").encode()),
     ("lone_surrogate", lambda text: _with_field(text, '"\\udc00"').encode()),
     ("lone_surrogate_key", lambda text: _with_field(text, '{"\\ud800": 1}').encode()),
     ("nul_in_key", lambda text: _with_field(text, '{"a\\u0000": 1}').encode()),
