@@ -57,7 +57,12 @@ def register_error_handlers(app: Flask) -> None:
         message = {413: "body exceeds 256 KiB",
                    429: "too many failed authentications from this address; wait a minute"}.get(
             exc.code or 500, exc.description or exc.name)
-        return error_response(exc.code or 500, code, message)
+        response = error_response(exc.code or 500, code, message)
+        # the headers the exception carries besides its own body's (a 405's Allow, a 401's WWW-Authenticate)
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(IntegrityError)
     def _integrity(exc: IntegrityError):

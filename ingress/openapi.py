@@ -499,6 +499,16 @@ def build_document(app: Flask) -> dict:
             operation["responses"].setdefault("429", ERRORS["429"])
             if method != "GET":  # a write that raced another on the same unique key (ingress.errors)
                 operation["responses"].setdefault("409", _json("Error", f"conflict: {CONFLICT_MESSAGE}"))
+        # any route refuses a NUL character in a path or query parameter (ingress.guards)
+        operation["responses"].setdefault("400", _json("Error", "a bad parameter, named in the message (e.g. "
+                                                                "invalid_parameter: a NUL character in a path "
+                                                                "or query parameter)"))
+        if method != "GET":  # any body: bounded in size and in time (ingress.bodies)
+            operation["responses"].setdefault("408", _json("Error", "request_timeout: the body stalled or ended "
+                                                                    "before its length; nothing was done"))
+            operation["responses"].setdefault("413", _json("Error", "payload_too_large: body over 256 KiB"))
+        elif "dashboard" in operation.get("tags", ()) and path != "/admin/login":
+            operation["responses"].setdefault("302", REDIRECT)  # no session: to the login page
         if params:  # an unknown id or code (or an integer out of range: no such route)
             operation["parameters"] = params + operation.get("parameters", [])
             operation["responses"] = {"404": _json("Error", "not found"), **operation["responses"]}

@@ -189,3 +189,23 @@ def test_a_nul_in_a_dashboard_form_is_refused_and_nothing_is_recorded(client, ru
     response = client.post("/admin/ui/events/replay-failed", data={"csrf_token": csrf, "reason": "a\x00b"})
     assert _error(response, 400) == "invalid_parameter"
     assert _audit_entries(runtime) == 0
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/webhooks/stripe", {"POST"}),
+    ("PUT", "/healthz", {"GET", "HEAD"}),
+    ("POST", "/v1/calendar", {"GET", "HEAD"}),
+])
+def test_a_method_a_route_does_not_take_is_405_naming_the_ones_it_takes(client, method, path, allowed):
+    """Before: 405 without `Allow` (RFC 9110 requires it)."""
+    response = client.open(path, method=method, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert _error(response, 405) == "method_not_allowed"
+    assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
+    assert response.content_type == "application/json"
+
+
+def test_the_document_lists_what_every_route_may_answer_besides_its_own(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert {"400", "408", "413"} <= set(paths["/admin/courses/{code}"]["put"]["responses"])
+    assert "400" in paths["/healthz"]["get"]["responses"] and "413" not in paths["/healthz"]["get"]["responses"]
+    assert "302" in paths["/admin/ui/audit"]["get"]["responses"]
