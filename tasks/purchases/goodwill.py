@@ -5,7 +5,9 @@ credits net of this amount, so whatever Stripe event reports such a refund (`cha
 without its list of refunds, `refund.created`), in any order, the studio's choice holds. It counts from
 the moment it is asked (`pending`), since Stripe's events about it may be handled before Stripe's answer
 is recorded, or the answer may be unknown until the call is retried. A kept refund that Stripe refused, or
-later reports failed, returned nothing and is no longer netted.
+whose first word from Stripe is a failure, returned nothing and is no longer netted. One Stripe reports
+failed after reporting it going through still counts in the refunded total (`tasks.purchases.counted`) and
+stays netted: its failure changes nothing.
 """
 from __future__ import annotations
 
@@ -14,13 +16,12 @@ from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
 from db.types import utcnow
-from tasks.purchases.shapes import REFUND_NOT_COUNTED
+from tasks.purchases.counted import counted_refund
 
 
 def kept_amount(session: Session, enrollment_id: int) -> int:
     # each refund's own record looked up by its key (unique), not every failed refund read
-    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id,
-                                     PaymentRefund.status.in_(REFUND_NOT_COUNTED))
+    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id, ~counted_refund())
     return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
         AdminRefund.enrollment_id == enrollment_id,
         AdminRefund.keep_access.is_(True),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus, PurchaseStatus
@@ -27,6 +27,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
+from tasks.purchases.counted import counted_refund
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
@@ -100,14 +101,13 @@ def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0) -> i
     """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id
     (plus `asked`: refunds asked for whose outcome is unknown, which Stripe's figure may already hold).
 
-    A refund that failed after it was counted is left out of the sum; the stored total keeps what
-    was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
+    A refund that failed after it was counted stays in the sum (what it took back stays taken back, and a
+    later refund adds to it: `tasks.purchases.counted`); the stored total keeps what was once reached.
     """
     row = purchase.row
     column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
-    counted = or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED))
     summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
-                                .where(column == row.id, counted)))
+                                .where(column == row.id, counted_refund())))
     return max(row.amount_refunded or 0, summed + asked)
 
 

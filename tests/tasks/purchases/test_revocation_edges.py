@@ -3,15 +3,23 @@ hand, and an enrollment revoked, reinstated by an admin and revoked again."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from db.enums import BookingStatus, BundleKind, CreditType, EnrollmentStatus
-from db.models import AdminRefund, Booking, CreditPackage, OutboxMessage, StudentCourseEnrollment
+from db.models import (
+    AdminRefund,
+    Booking,
+    CreditPackage,
+    OutboxMessage,
+    PaymentRefund,
+    StudentCourseEnrollment,
+    TransitionLog,
+)
 from db.types import utcnow
 from tasks.bookings import services as bookings
 from tasks.events import BookingCancelled, BookingCreated
 from tasks.ledger import adjustments
-from tasks.purchases import manual
+from tasks.purchases import fulfilment, manual
 from tasks.reporting import statement
 from tests import factories
 from tests.tasks.purchases.payments_support import COURSE_PRICE, checkout, deliver, refund_created, state
@@ -70,6 +78,28 @@ def test_a_goodwill_refund_reported_before_its_outcome_is_recorded_keeps_access_
                               final=False)
     assert (_status(database, enrolled), _private(database)) == ("active", 4)
     assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE
+
+
+@pytest.mark.parametrize("first_seen", ["succeeded", "failed"])
+def test_a_goodwill_refund_stripe_reports_failed_later_still_takes_nothing(database, enrolled, first_seen):
+    """Before: a kept refund of the whole price, counted, then reported failed, left the refunded total at the price
+    and was no longer netted: the next settlement (a small refund, a re-fulfilment) revoked the enrollment."""
+    admin_refund = _ask_goodwill_refund(database, enrolled)
+    with database.session_scope() as s:
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=_refund("re_1"), error=None,
+                              final=False)
+    if first_seen == "failed":  # Stripe's answer was lost; its first word on the refund is the failure
+        with database.session_scope() as s:
+            s.execute(delete(PaymentRefund))
+            s.execute(delete(TransitionLog).where(TransitionLog.entity == "refund"))
+            s.get(StudentCourseEnrollment, enrolled).amount_refunded = 0
+    failed = refund_created(refund_id="re_1", status="failed")
+    failed["type"] = "refund.updated"
+    deliver(database, failed)
+    deliver(database, refund_created(refund_id="re_small", amount=COURSE_PRICE // 4))  # a quarter: 1 of 4 credits
+    with database.session_scope() as s:
+        fulfilment.refulfill(session=s, enrollment_id=enrolled)
+    assert (_status(database, enrolled), _private(database)) == ("active", 3)
 
 
 def test_a_partial_goodwill_refund_with_an_unknown_outcome_takes_no_credits(database, enrolled):
