@@ -86,6 +86,7 @@ class Settings:
     public_url: str | None = None  # where Stripe and the platform reach this service, e.g. https://pipe.example.com
     admin_session_hours: int = DEFAULT_ADMIN_SESSION_HOURS
     cookie_secure: str = "auto"  # auto: Secure when the request came over TLS
+    trusted_proxies: int = 0  # proxies in front whose X-Forwarded-For names the client (the rate limit's key)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -124,6 +125,7 @@ class Settings:
             admin_session_hours=_int("ADMIN_SESSION_HOURS", env.get("ADMIN_SESSION_HOURS"),
                                      DEFAULT_ADMIN_SESSION_HOURS, minimum=1),
             cookie_secure=_choice("COOKIE_SECURE", env.get("COOKIE_SECURE"), COOKIE_SECURE_CHOICES, "auto"),
+            trusted_proxies=_int("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES"), 0, minimum=0),
         )
 
     def require(self, *names: str) -> "Settings":

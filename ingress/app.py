@@ -5,6 +5,7 @@ import secrets
 from datetime import timedelta
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coursepipe.settings import INGRESS_SECRETS, Settings
 from ingress import cookies, guards, limits
@@ -35,6 +36,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.admin_session_hours),  # as the server-side session
         JSON_SORT_KEYS=False,
     )
+    if settings.trusted_proxies:
+        # the client's address is the one the nearest trusted proxy appended to X-Forwarded-For; without this,
+        # every client behind the proxy is the proxy's address to the rate limit, which one client can then
+        # lock for all of them (gunicorn's forwarded_allow_ips sets the scheme, never the address)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     register_error_handlers(app)
     guards.install(app)
     limits.install(app, settings)

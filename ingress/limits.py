@@ -4,7 +4,8 @@ Every 401 under /admin and /v1 (a wrong bearer token, a refused dashboard login)
 client's address; past AUTH_FAILURES in a window, every request there from that address is a 429
 until the window passes, the right token included. The counters live in Redis when REDIS_URL is
 set (shared by every ingress process), in this process's memory otherwise. Behind a proxy the
-address is the proxy's unless the proxy's X-Forwarded-For is trusted (see docs/runbook.md).
+address is the proxy's unless TRUSTED_PROXIES says how many proxies append to X-Forwarded-For
+(`ingress.app`, docs/runbook.md).
 """
 from __future__ import annotations
 

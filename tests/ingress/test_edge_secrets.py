@@ -33,6 +33,32 @@ def test_failed_bearer_tokens_are_rate_limited_then_even_the_right_one_waits(cli
     assert client.get("/healthz").status_code == 200  # only /admin and /v1 are limited
 
 
+def test_behind_a_trusted_proxy_the_limit_counts_each_client_not_the_proxy(runtime):
+    """Before: behind a proxy every client was the proxy's address, so one client's 21 wrong tokens a minute
+    locked the platform's valid token out of /v1 too."""
+    from ingress.app import create_app
+
+    proxied = create_app(runtime.settings.with_(trusted_proxies=1), runtime=runtime).test_client()
+    via_proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    for i in range(21):
+        proxied.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}",
+                                              "X-Forwarded-For": "203.0.113.9"}, environ_base=via_proxy)
+    hostile = proxied.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                                    "X-Forwarded-For": "203.0.113.9"}, environ_base=via_proxy)
+    assert hostile.status_code == 429
+    platform = proxied.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                                     "X-Forwarded-For": "198.51.100.7"}, environ_base=via_proxy)
+    assert platform.status_code == 200
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_limit(client):
+    for i in range(20):
+        client.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}", "X-Forwarded-For": f"192.0.2.{i}"})
+    refused = client.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                                   "X-Forwarded-For": "192.0.2.200"})
+    assert refused.status_code == 429
+
+
 def test_successful_requests_do_not_count(client, admin_headers):
     for _ in range(40):
         assert client.get("/admin/events", headers=admin_headers).status_code == 200
