@@ -22,6 +22,7 @@ class BoundedIntegerConverter(IntegerConverter):
 
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+DASHBOARD_ACTIONS = "/admin/ui/"
 
 
 def _refuse_nul() -> None:
@@ -29,9 +30,10 @@ def _refuse_nul() -> None:
     if "\x00" in request.path or (request.query_string and any("\x00" in k or "\x00" in v
                                                                for k, v in request.args.items(multi=True))):
         raise ApiError(400, "invalid_parameter", "a path or query parameter contains a NUL character")
-    # a dashboard form's fields, which actions store (the form is parsed only for a form's content type: never
-    # a webhook); the login form stores nothing, and its `next` is sanitised to a path on this site instead
-    if request.mimetype in FORM_TYPES and request.endpoint != "dashboard.login" \
+    # a dashboard action's form fields, which actions store. Only there: reading the form consumes the body, so
+    # a webhook or JSON call sent with a form's content type (curl's default) would reach its view with an empty
+    # body. The login form stores nothing, and its `next` is sanitised to a path on this site instead
+    if request.mimetype in FORM_TYPES and request.path.startswith(DASHBOARD_ACTIONS) \
             and any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
         raise ApiError(400, "invalid_parameter", "a form field contains a NUL character")
 

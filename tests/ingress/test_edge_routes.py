@@ -191,6 +191,18 @@ def test_a_nul_in_a_dashboard_form_is_refused_and_nothing_is_recorded(client, ru
     assert _audit_entries(runtime) == 0
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                                          "text/plain"])
+def test_a_signed_event_sent_with_another_content_type_is_stored(client, runtime, content_type):
+    """Before: sent with a form's content type (curl's default for -d), the body was read as a form before the
+    view, which then verified an empty body: 400 `invalid_signature`, though the signature was right."""
+    raw = json.dumps(platform_event("class.upserted", _class())).encode()
+    response = client.post("/webhooks/platform", data=raw,
+                           headers={**platform_headers(raw), "Content-Type": content_type})
+    assert response.status_code == 200, response.get_json()
+    assert _count(runtime) == 1
+
+
 @pytest.mark.parametrize(("method", "path", "allowed"), [
     ("DELETE", "/webhooks/stripe", {"POST"}),
     ("PUT", "/healthz", {"GET", "HEAD"}),
