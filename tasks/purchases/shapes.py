@@ -53,8 +53,8 @@ def refund_problem(refund: Any, prefix: str = "") -> str | None:
         return f"{prefix}id is missing"
     if not refund.get("amount"):  # Stripe refunds at least one minor unit
         return f"{prefix}amount is missing or zero"
-    found = problem(refund, strings=("id", "status", "currency", "failure_reason"), amounts=("amount",),
-                    ids=("payment_intent", "charge"), prefix=prefix)
+    found = problem(refund, objects=("metadata",), strings=("id", "status", "currency", "failure_reason"),
+                    amounts=("amount",), ids=("payment_intent", "charge"), prefix=prefix)
     if found is None and refund.get("status") is not None and refund["status"] not in REFUND_STATUSES:
         # an unknown state would otherwise be counted as money returned
         return f"{prefix}status {refund['status']!r} is not one of {', '.join(REFUND_STATUSES)}"
@@ -90,6 +90,29 @@ def dispute_problem(dispute: dict[str, Any]) -> str | None:
     return None
 
 
+def line_items_problem(checkout: dict[str, Any]) -> str | None:
+    """An embedded `line_items` list: objects, each with a price given as an id or as a price object."""
+    items = checkout.get("line_items")
+    if items is None:
+        return None
+    if not isinstance(items, dict):
+        return "line_items is not an object"
+    listed = items.get("data")
+    if listed is not None and not isinstance(listed, list):
+        return "line_items.data is not a list"
+    for n, item in enumerate(listed or []):
+        if not isinstance(item, dict):
+            return f"line_items.data[{n}] is not an object"
+        price = item.get("price")
+        if isinstance(price, dict):
+            found = problem(price, strings=("id",), ids=("product",), prefix=f"line_items.data[{n}].price.")
+            if found:
+                return found
+        elif price is not None and not isinstance(price, str):
+            return f"line_items.data[{n}].price is not a price"
+    return None
+
+
 def checkout_problem(checkout: dict[str, Any]) -> str | None:
     return (problem(checkout, objects=("metadata", "customer_details", "total_details"),
                     amounts=("amount_total", "amount_subtotal"),
@@ -100,4 +123,5 @@ def checkout_problem(checkout: dict[str, Any]) -> str | None:
                        prefix="metadata.")
             or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details.")
             or problem(checkout.get("total_details") or {}, amounts=("amount_tax", "amount_discount"),
-                       prefix="total_details."))
+                       prefix="total_details.")
+            or line_items_problem(checkout))

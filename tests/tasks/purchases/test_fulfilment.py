@@ -295,6 +295,12 @@ MALFORMED_CHECKOUTS = [
     ("amount_total", "12000", "amount_total is not a non-negative integer"),
     ("amount_total", -5, "amount_total is not a non-negative integer"),
     ("currency", 840, "currency is not a string"),
+    # before: read as Stripe's shape, an AttributeError or TypeError retried five times
+    ("line_items", ["x"], "line_items is not an object"),
+    ("line_items", {"data": 7}, "line_items.data is not a list"),
+    ("line_items", {"data": ["price_1"]}, "line_items.data[0] is not an object"),
+    ("line_items", {"data": [{"price": ["p"]}]}, "line_items.data[0].price is not a price"),
+    ("line_items", {"data": [{"price": {"id": 5}}]}, "line_items.data[0].price.id is not a string"),
 ]
 
 

@@ -314,6 +314,9 @@ MALFORMED = [
     (lambda: refund_created(), "amount", 0, "amount is missing or zero"),
     (lambda: charge_refunded(), "refunds.data.amount", 0, "refunds.data[0].amount is missing or zero"),
     (lambda: charge_refunded(), "refunds", [], "refunds is not an object"),
+    # before: read as an object, an AttributeError retried five times
+    (lambda: refund_created(), "metadata", "oops", "metadata is not an object"),
+    (lambda: charge_refunded(), "refunds.data.metadata", ["x"], "refunds.data[0].metadata is not an object"),
     (lambda: dispute_created(), "amount", "12000", "amount is not a non-negative integer"),
     (lambda: dispute_closed(status="needs_response"), "status", "needs_response", "closed with status"),
     (lambda: dispute_closed(status="lost"), "status", {"lost": True}, "status is not a string"),
