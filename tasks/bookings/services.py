@@ -180,6 +180,10 @@ def step_guard(
         query = query.with_for_update()
     enrollments = list(session.scalars(query))
     bookable = [e for e in enrollments if _bookable_at(e, as_of)]
+    if as_of is not None:
+        # a booking delivered late is decided on the enrollments there when it was made: one bought after it (the
+        # course bought again after a refund) only when there was none (else clocks out of step)
+        bookable = [e for e in bookable if e.activated_at is None or e.activated_at <= as_of] or bookable
     if not bookable:
         if any(e.status == EnrollmentStatus.SUSPENDED for e in enrollments):
             return Verdict(False, ENROLLMENT_SUSPENDED, step, next(e for e in enrollments if e.status == EnrollmentStatus.SUSPENDED))

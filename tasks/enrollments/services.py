@@ -324,6 +324,10 @@ def complete_if_done(*, session: Session, enrollment_id: int, at: datetime, caus
     if not statuses or any(s != ProgressStatus.COMPLETED for s in statuses):
         return False
     ENROLLMENT.move(enrollment, EnrollmentStatus.COMPLETED, session=session, cause=cause, enrollment_id=enrollment.id, at=at)
+    if enrollment.completed_at is not None:
+        # completed before a suspension or a revocation, and given back: the same completion, already told (the
+        # reinstatement's event carries the status); reopening a step clears `completed_at`
+        return True
     enrollment.completed_at = at
     program = session.get(CourseProgram, enrollment.program_id)
     outbox.add_platform_event(

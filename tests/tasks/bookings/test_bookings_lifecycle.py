@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from db.enums import InboxStatus
+from db.enums import InboxStatus, ProgressStatus
 from db.models import CreditLedgerEntry, TransitionLog
 from tasks.inbox.runner import Outcome
 from tests.tasks.bookings.bookings_support import (
@@ -357,6 +357,57 @@ def test_a_booking_made_before_a_revocation_but_delivered_after_it_ends_as_in_or
     assert want["steps"] == {1: ("completed", "bk_1", shuffled.option(1)), 2: ("cancelled", None, None),
                              3: ("cancelled", "bk_3", shuffled.option(3))}
     assert rejections(database) == {}
+
+
+def test_a_booking_made_before_a_revocation_stays_on_that_enrollment_after_the_course_is_bought_again(database):
+    """Booked at T0, then refunded, then the course bought again; the booking delivered last. Before: it was
+    recorded on the new enrollment (made after it), booking a step there and mailing a confirmation; in order
+    it is on the revoked enrollment, whose step the revocation cancelled, and the new one is untouched."""
+    from datetime import datetime, timedelta, timezone
+
+    from db.models import Booking, StudentCourseEnrollment, StudentCourseProgress
+    from tests import factories
+
+    w = world(database)
+    _money(database, w, "revoke")
+    with database.session_scope() as s:
+        again = factories.enrollment(s, s.get(factories.Student, w.student_id),
+                                     s.get(factories.CourseProgram, w.program_id), session_id="cs_again")
+        again.activated_at = datetime.now(timezone.utc) + timedelta(seconds=1)
+        again_id = again.id
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    with database.session_scope() as s:
+        assert s.get(Booking, "bk_1").enrollment_id == w.enrollment_id
+        assert set(s.scalars(select(StudentCourseProgress.status).where(
+            StudentCourseProgress.enrollment_id == again_id))) == {ProgressStatus.UNBOOKED}
+        assert s.get(StudentCourseEnrollment, again_id).status.value == "active"
+    assert progress(database, w, 1)["status"].value == "cancelled"
+    assert outbox_rows(database, "booking_confirmed") == []
+
+
+def test_a_completed_enrollment_suspended_and_reinstated_is_the_same_completion(database):
+    """Before: the reinstatement completed it again: a second `enrollment.completed`, and `completed_at` moved to
+    the reinstatement's time (the reports count completions by it)."""
+    from db.models import StudentCourseEnrollment
+    from tasks.enrollments import services as enrollments
+
+    w = world(database, steps=1)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0]))
+    deliver(database, attendance("bk_1", when=at(60)))
+    with database.session_scope() as s:
+        enrollment = s.get(StudentCourseEnrollment, w.enrollment_id)
+        completed_at = enrollment.completed_at
+        enrollments.suspend(session=s, enrollment=enrollment, cause="dispute:dp_1", reason="dispute_opened")
+    for _ in range(2):  # twice: the second changes nothing
+        with database.session_scope() as s:
+            enrollments.reinstate(session=s, enrollment=s.get(StudentCourseEnrollment, w.enrollment_id),
+                                  cause="dispute:dp_1:closed", reason="dispute_won")
+    with database.session_scope() as s:
+        enrollment = s.get(StudentCourseEnrollment, w.enrollment_id)
+        assert (enrollment.status.value, enrollment.completed_at) == ("completed", completed_at)
+    assert len(outbox_rows(database, "enrollment.completed")) == 1
+    [reinstated] = outbox_rows(database, "enrollment.reinstated")
+    assert reinstated.payload["data"]["status"] == "completed"
 
 
 def test_the_booking_mails_render_with_the_context_we_write(database):
