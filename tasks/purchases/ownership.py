@@ -7,9 +7,9 @@ event would wait for a purchase that never comes. When no purchase is found for 
 /v1/checkout/sessions?payment_intent=…`), else the payment intent's own metadata — through the
 handler context's `fetched` (the call runs outside the transaction), and:
 
-- a Checkout Session selling one of our courses or packages, or a checkout event of that payment
-  already in our inbox, or a payment intent whose metadata names a course or package: it is ours and
-  the event waits for its purchase (`WaitFor`, as before);
+- a Checkout Session whose metadata names a course or package (known here yet or not) or whose line items
+  sell one of ours, or a checkout event of that payment already in our inbox, or a payment intent whose
+  metadata names a course or package: it is ours and the event waits for its purchase (`WaitFor`, as before);
 - anything else (no session and no such metadata, a session selling something else, a subscription,
   a payment Stripe does not know in this account): the event ends `ignored` with the reason.
 
@@ -119,6 +119,10 @@ class Ownership:
             if checkout.get("mode") in fulfilment.NOT_ONE_TIME:
                 raise Ignored(f"payment {payment_intent} is checkout session {checkout.get('id')} in "
                               f"{checkout.get('mode')} mode: not a course or package of ours")
+            if _names_our_kind(checkout.get("metadata") or {}):
+                # sold as ours, for a course or package perhaps not here yet (imported later, its checkout then
+                # replayed): the event waits for the purchase, as it would had the checkout come first
+                return
             try:
                 fulfilment.identify_product(session, checkout, settings=settings, fetched=self.fetched)
             except fulfilment.UnknownProduct as exc:

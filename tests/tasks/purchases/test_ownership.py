@@ -78,6 +78,27 @@ def test_a_refund_of_our_checkout_waits_for_its_purchase_and_is_applied_when_it_
     assert state(database)["enrollments"][0]["status"] == "revoked"
 
 
+def test_a_refund_of_a_checkout_for_a_course_not_imported_yet_waits_for_it(database, stripe_server, stripe_settings):
+    """Before: the session's course was unknown here, so the refund ended `ignored` for good; the course imported
+    and the checkout replayed, the student kept access to a refunded course."""
+    stripe_server.add_checkout_session(payment_intent="pi_new", status="complete", payment_status="paid",
+                                       metadata={"kind": "course", "course_code": "NEW"})
+    refund = refund_created(refund_id="re_new", pi="pi_new")
+    assert deliver(database, refund, settings=stripe_settings).outcome is inbox.Outcome.WAITING
+    purchase = checkout(cs="cs_new", pi="pi_new", course="NEW")
+    assert deliver(database, purchase, settings=stripe_settings).outcome is inbox.Outcome.FAILED  # unknown course
+    with database.session_scope() as s:
+        factories.program(s, code="NEW", bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    with database.session_scope() as s:
+        inbox.replay(session=s, inbox_id=inbox_row(database, purchase).id)
+    from tests.tasks.purchases.payments_support import run
+
+    run(database, inbox_row(database, purchase).id, settings=stripe_settings)
+    assert inbox_row(database, refund).status is InboxStatus.PROCESSED
+    [enrollment] = state(database)["enrollments"]
+    assert enrollment["status"] == "revoked" and state(database)["balances"]["private"] == 0
+
+
 def test_a_payment_intent_whose_metadata_names_a_course_is_ours(database, stripe_server, stripe_settings):
     stripe_server.add_payment_intent(id="pi_meta", metadata={"kind": "course", "course_code": "SFZ"})
     event = dispute_created(dispute="dp_meta", pi="pi_meta")
