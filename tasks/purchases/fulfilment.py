@@ -56,6 +56,11 @@ class UnknownProduct(NotFound):
     """Raised when a checkout names no course or package we know (fix the catalog, then replay)."""
 
 
+class SoldNothingOfOurs(UnknownProduct):
+    """Raised when a checkout's metadata names no course or package and none of its line items' prices is one of
+    ours: another sale of the Stripe account (the event is ignored; an admin's re-fulfilment is refused)."""
+
+
 class NotFulfillable(PermanentError):
     """Raised when a re-fulfilment is asked for a checkout the event handlers ignore (another Stripe mode's,
     a subscription or setup session)."""
@@ -230,8 +235,8 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
         return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
                        identified_by="line_items")
-    raise UnknownProduct(f"checkout session {checkout.get('id')}: no metadata and no known price among "
-                         f"{[p for p, _ in prices]}")
+    raise SoldNothingOfOurs(f"checkout session {checkout.get('id')}: no metadata and no known price among "
+                            f"{[p for p, _ in prices]}")
 
 
 # --------------------------------------------------------------------------- fulfilling

@@ -23,8 +23,11 @@ def on_checkout(ctx: HandlerContext, event: InboxEvent) -> None:
     checkout = _object(event)
     if checkout.get("mode") in fulfilment.NOT_ONE_TIME:
         raise Ignored(f"checkout session in {checkout.get('mode')} mode is not a course or package purchase")
-    fulfilment.fulfil_checkout(session=ctx.session, checkout=checkout, event_type=event.type,
-                               event_id=event.event_id, settings=ctx.settings, fetched=ctx.fetched)
+    try:
+        fulfilment.fulfil_checkout(session=ctx.session, checkout=checkout, event_type=event.type,
+                                   event_id=event.event_id, settings=ctx.settings, fetched=ctx.fetched)
+    except fulfilment.SoldNothingOfOurs as exc:  # another sale of the account: not ours (replayable if it was)
+        raise Ignored(f"not a course or package of ours: {exc}") from None
     if checkout.get("payment_intent"):
         ctx.provides(f"payment:{checkout['payment_intent']}")
 
