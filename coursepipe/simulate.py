@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tasks import signatures
+from tasks.stripe_api import STRIPE_API_VERSION
 
 
 def _now() -> datetime:
@@ -88,7 +89,7 @@ def build(type_: str, data: dict[str, Any] | None = None) -> tuple[str, dict[str
                             "data": _merge(platform[type_], data)}
     if type_ in STRIPE_EXAMPLES:
         obj = _merge(STRIPE_EXAMPLES[type_](), data)
-        return "stripe", {"id": _sim_id("evt"), "object": "event", "api_version": "2024-06-20",
+        return "stripe", {"id": _sim_id("evt"), "object": "event", "api_version": STRIPE_API_VERSION,
                           "created": int(time.time()), "livemode": False, "type": type_,
                           "data": {"object": obj}}
     platform_types, stripe_types = types()

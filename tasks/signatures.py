@@ -24,7 +24,7 @@ DEFAULT_TOLERANCE_SECONDS = 300
 # a Unix time written as Python's str(int) writes it (no sign, no leading zero, no `_`); 12 digits
 # reach the year 33658, so a longer value is never a time
 TIMESTAMP = re.compile(r"(?:0|[1-9][0-9]{0,11})")
-HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")  # either case: hex digits are hex digits
 
 
 class SignatureError(ValueError):
@@ -44,6 +44,7 @@ def verify(body: bytes, header: str | None, secret: str, *, tolerance: int = DEF
         raise SignatureError("missing Platform-Signature header")
     timestamp: int | None = None
     candidates: list[str] = []
+    garbled = False
     for part in header.split(","):
         key, sep, value = part.strip().partition("=")
         if not sep:
@@ -52,10 +53,16 @@ def verify(body: bytes, header: str | None, secret: str, *, tolerance: int = DEF
             if not TIMESTAMP.fullmatch(value):
                 raise SignatureError("malformed timestamp in Platform-Signature")
             timestamp = int(value)
-        elif key == "v1" and HEX_SHA256.fullmatch(value):  # anything else cannot match: not compared
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        raise SignatureError("Platform-Signature needs t= and at least one v1=")
+        elif key == "v1":
+            if HEX_SHA256.fullmatch(value):
+                candidates.append(value.lower())
+            else:  # cannot match: not compared
+                garbled = True
+    if timestamp is None:
+        raise SignatureError("Platform-Signature needs t=<unix seconds>")
+    if not candidates:
+        raise SignatureError("Platform-Signature v1 must be 64 hexadecimal characters (the HMAC-SHA256)" if garbled
+                             else "Platform-Signature needs at least one v1=")
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance:
         raise SignatureError("Platform-Signature timestamp outside the tolerance")

@@ -162,6 +162,18 @@ def test_platform_signature_allows_several_v1_values_for_rotation(client, runtim
     assert response.status_code == 200 and _count(runtime) == 1
 
 
+def test_platform_signature_in_upper_case_hex_is_accepted_and_a_garbled_one_is_named(client, runtime):
+    """Before: upper-case hex was refused as "needs t= and at least one v1=", which the header had."""
+    body = json.dumps(platform_event("class.upserted", {
+        "class_id": "gc_1", "title": "T", "starts_at": "2026-12-01T10:00:00+00:00", "capacity": 8,
+        "seats_taken": 1})).encode()
+    t, mac = platform_headers(body)["Platform-Signature"].split(",v1=")
+    response = client.post("/webhooks/platform", data=body, headers={"Platform-Signature": f"{t},v1={mac.upper()}"})
+    assert response.status_code == 200 and _count(runtime) == 1
+    garbled = client.post("/webhooks/platform", data=body, headers={"Platform-Signature": f"{t},v1={mac[:-1]}"})
+    assert garbled.status_code == 400 and "64 hexadecimal characters" in garbled.get_json()["error"]["message"]
+
+
 def _bad_platform_cases():
     good = platform_event("booking.created", {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1"})
     body = json.dumps(good).encode()
