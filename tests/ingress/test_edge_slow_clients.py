@@ -138,3 +138,54 @@ def test_serve_server_serves_a_webhook_past_50_slow_clients(app):
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+@contextmanager
+def _serve(app, **limits):
+    from ingress.serving import make_ingress_server
+
+    server = make_ingress_server("127.0.0.1", 0, app, **limits)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_serve_server_cuts_a_client_that_trickles_its_headers(app):
+    """Before: each read waited 10 s, but a client sending a header byte every 8 s was served for ever."""
+    deadline = 1.0
+    with _serve(app, head_deadline=deadline) as (_base, port):
+        started = time.monotonic()
+        until, cut = started + 10, []
+        with slow_clients(port, n=2, sent=HEAD[:1]) as socks:
+            tricklers = [threading.Thread(target=_trickle, args=(sock, HEAD[1:-4], 0.2, until, cut), daemon=True)
+                         for sock in socks]
+            for trickler in tricklers:
+                trickler.start()
+            for trickler in tricklers:
+                trickler.join(timeout=15)
+        assert len(cut) == 2, "a trickling client was never cut"
+        assert max(cut) - started < deadline + 2.0, [round(t - started, 2) for t in cut]
+
+
+def test_serve_server_closes_connections_past_its_limit_and_serves_again_once_they_go(app):
+    """Before: every connection started a thread, without bound (400 half-sent requests: 422 threads)."""
+    with _serve(app, max_connections=5) as (base, port):
+        with slow_clients(port, n=5, sent=SLOW_HEAD):
+            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert extra.recv(100) == b"", "a connection past the limit was served"  # closed at once
+            extra.close()
+        deadline = time.monotonic() + 5
+        while True:  # the held connections closed: their slots come back as their threads end
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.exceptions.RequestException:
+                pass
+            assert time.monotonic() < deadline, "the server did not serve again after the slow clients left"
+            time.sleep(0.05)
