@@ -17,7 +17,7 @@ from db.enums import CreditType, EnrollmentStatus, LedgerEntryType, PurchaseStat
 from db.models import CreditLedgerEntry, CreditShare, PackagePurchase, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.errors import TaskError
-from tasks.ledger.causes import Cause, Keys
+from tasks.ledger.causes import Cause, CauseKind, Keys
 
 
 class NoCredit(TaskError):
@@ -162,10 +162,10 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     """Give back the credit a booking consumed (cancel within policy). Once per booking.
 
     If the lot's purchase stands revoked (refunded in full, a dispute lost), the released credit is
-    revoked again at once, so a refund can never be undone by a later cancellation. A lot that still owes
-    a partial refund part of its share (the lot was spent when the refund came: `take_share`) pays it
-    with the released credit, as the refund would have taken it had the cancel come first. A lot that
-    gave its whole share, or lost credits taken by hand, keeps a released credit usable.
+    revoked again at once, so a refund can never be undone by a later cancellation. A purchase that still owes
+    a partial refund part of its share (its credits were spent when the refund came: `take_share`) pays it
+    with the released credit, as the refund would have taken it had the cancel come first. One that gave
+    its whole share, or lost credits taken by hand, keeps a released credit usable.
     """
     consumed = consumption_for(session, booking_id)
     if consumed is None:
@@ -191,7 +191,7 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     if _revoked_now(session, consumed):
         cause = Cause.booking(booking_id)
     else:
-        cause = _share_owed(session, consumed.grant_id)
+        cause = _share_owed(session, consumed)
     if cause is not None:
         _add(
             session,
@@ -209,29 +209,47 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     return released
 
 
-def _revoked_under(session: Session, grant_id: int, cause: str) -> int:
-    """How many credits of one lot are revoked under one cause, in all."""
+def _revoked_under(session: Session, cause: str, credit_type: CreditType) -> int:
+    """How many credits of one type are revoked under one cause, in all (a cause names its purchase, so these are
+    that purchase's: its lot and the lots reinstatements gave back)."""
     return -int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
-        CreditLedgerEntry.grant_id == grant_id,
-        CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
         CreditLedgerEntry.cause == cause,
+        CreditLedgerEntry.credit_type == credit_type,
+        CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
     )))
 
 
-def _share_owed(session: Session, grant_id: int) -> Cause | None:
-    """The partial refund that still claims credits of this lot, if any (see `take_share`)."""
-    for share in session.scalars(select(CreditShare).where(CreditShare.grant_id == grant_id)
-                                 .order_by(CreditShare.cause)):
-        if _revoked_under(session, grant_id, share.cause) < share.target:
+def _same_purchase(grant: CreditLedgerEntry):
+    """The condition on grants: the purchase and credit type of `grant` (None for credits given by hand)."""
+    if grant.enrollment_id is not None:
+        owner = CreditLedgerEntry.enrollment_id == grant.enrollment_id
+    elif grant.package_purchase_id is not None:
+        owner = CreditLedgerEntry.package_purchase_id == grant.package_purchase_id
+    else:
+        return None
+    return owner & (CreditLedgerEntry.credit_type == grant.credit_type) & (
+        CreditLedgerEntry.entry_type == LedgerEntryType.GRANT)
+
+
+def _share_owed(session: Session, consumed: CreditLedgerEntry) -> Cause | None:
+    """The partial refund that still claims credits of this purchase and type, if any (see `take_share`)."""
+    same = _same_purchase(consumed)
+    if same is None:
+        return None
+    for share in session.scalars(select(CreditShare).join(CreditLedgerEntry, CreditLedgerEntry.id == CreditShare.grant_id)
+                                 .where(same).order_by(CreditShare.cause)):
+        if _revoked_under(session, share.cause, consumed.credit_type) < share.target:
             return Cause.parse(share.cause)
     return None
 
 
-def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, target: int) -> CreditLedgerEntry | None:
-    """A partial refund's share of one lot: `target` credits revoked under `cause` in all, as far as the lot
-    holds them now. The target is kept (`credit_share`): what the lot could not give (spent to its last
-    credit) is paid by the next credits that come back to it (`release_credit`), so the lot ends the same
-    whichever of the refund and a cancellation is applied first. The target only rises; a repeat adds nothing.
+def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, target: int) -> None:
+    """A partial refund's share of one lot: `target` credits revoked under `cause` in all, as far as the credits
+    hold. Taken from the lot, then from the lots reinstatements of the same purchase gave back (they continue
+    it: what a revocation took and a reinstatement returned). The target is kept (`credit_share`): what the
+    credits could not give (spent to the last) is paid by the next credits that come back (`release_credit`),
+    so the end is the same whichever of the refund and a cancellation is applied first. The target only rises;
+    a repeat adds nothing.
     """
     lock_student(session, grant.student_id)  # a release paying this share goes before or after, not between
     share = session.scalar(select(CreditShare).where(CreditShare.grant_id == grant.id,
@@ -240,9 +258,17 @@ def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, targ
         share = CreditShare(grant_id=grant.id, cause=str(cause), target=target)
         session.add(share)
     share.target = max(share.target, target)
-    owed = share.target - _revoked_under(session, grant.id, str(cause))
-    return revoke_from_lot(session=session, grant=grant, quantity=owed,
-                           key=Keys.revoke_share(cause, grant.id, share.target), cause=cause)
+    owed = share.target - _revoked_under(session, str(cause), grant.credit_type)
+    continuations = [lot.grant for lot in lots(session=session, enrollment_id=grant.enrollment_id,
+                                               package_purchase_id=grant.package_purchase_id,
+                                               credit_type=grant.credit_type) if lot.grant.id > grant.id
+                     and Cause.parse(lot.grant.cause).kind is CauseKind.REINSTATEMENT]
+    for lot in [grant, *continuations]:
+        if owed <= 0:
+            return
+        taken = revoke_from_lot(session=session, grant=lot, quantity=owed,
+                                key=Keys.revoke_share(cause, lot.id, share.target), cause=cause)
+        owed += taken.quantity if taken is not None else 0
 
 
 def _revoked_now(session: Session, consumed: CreditLedgerEntry) -> bool:

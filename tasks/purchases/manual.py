@@ -181,6 +181,8 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
             credits.issue_credits(session=session, student_id=enrollment.student_id, credit_type=credit_type,
                                   quantity=given, cause=Cause.reinstatement(enrollment.id, cause),
                                   enrollment_id=enrollment.id)
+    # a partial refund applied while it was revoked claims its share of what came back (as applied before)
+    payments.take_refund_shares(session=session, enrollment=enrollment)
     enrollments.complete_if_done(session=session, enrollment_id=enrollment.id, at=now, cause=cause)
     outbox.add_platform_event(
         session=session, type="enrollment.reinstated",

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from db.enums import DisputeStatus, PurchaseStatus
 from db.models import PackagePurchase, PaymentDispute, PaymentRefund, StudentCourseEnrollment
 from tasks.ledger import credits
-from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause
+from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, CauseKind
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
 from tasks.purchases.counted import counted_refund
@@ -131,8 +131,22 @@ def _revoke_in_proportion(session: Session, *, lots: list[credits.Lot], refunded
     if paid <= 0 or refunded <= 0:
         return
     for lot in lots:
+        if Cause.parse(lot.grant.cause).kind is CauseKind.REINSTATEMENT:
+            continue  # it continues the bundle's lot: the bundle's share is taken from both (`take_share`)
         credits.take_share(session=session, grant=lot.grant, cause=cause,
                            target=lot.grant.quantity * min(refunded, paid) // paid)
+
+
+def take_refund_shares(*, session: Session, enrollment: StudentCourseEnrollment, refunded: int | None = None) -> None:
+    """What the enrollment's partial refunds claim of its credits (the caller holds its row lock): settled with
+    every refund, and again when a reinstatement gives credits back. `refunded`: net of refunds made keeping
+    access, when the caller has it."""
+    if refunded is None:
+        refunded = max(refunded_total(session, Purchase(enrollment=enrollment))
+                       - goodwill.kept_amount(session, enrollment.id), 0)
+    _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
+                          refunded=refunded, paid=enrollment.amount_total,
+                          cause=Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id))
 
 
 def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:
@@ -152,10 +166,8 @@ def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, 
                            reason="dispute_lost")
         return
     if enrollment.status not in enrollments.ENTITLED:
-        return
-    _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
-                          refunded=refunded, paid=enrollment.amount_total,
-                          cause=Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id))
+        return  # a revoked enrollment's shares are taken when a reinstatement gives its credits back
+    take_refund_shares(session=session, enrollment=enrollment, refunded=refunded)
     if still_open:
         enrollments.suspend(session=session, enrollment=enrollment,
                             cause=f"dispute:{still_open[0].stripe_dispute_id}", reason="dispute_opened")

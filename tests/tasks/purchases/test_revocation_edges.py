@@ -279,3 +279,54 @@ def test_a_partial_refund_of_a_spent_package_takes_its_share_whichever_comes_fir
         assert s.get(Booking, "bk_6").status is BookingStatus.REJECTED
     _cancel_within_policy(database, "bk_3")
     assert _private(database) == 1
+
+
+def _revoke_by_hand(database, enrollment_id, n):
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=enrollment_id, cause=f"admin:{n}")
+
+
+def _reinstate_by_hand(database, enrollment_id, n):
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=enrollment_id, cause=f"admin:{n}")
+
+
+@pytest.mark.parametrize("order", ["refund-revoke-reinstate", "revoke-refund-reinstate",
+                                   "revoke-reinstate-refund"])
+def test_a_partial_refund_around_a_revocation_by_hand_leaves_its_share_in_any_order(database, enrolled, order):
+    """Half the price refunded claims 2 of the 4 credits, however it falls around an admin's revoke and
+    reinstate. Before: refunded first, a later settlement took a share of the reinstatement's lot again (1
+    left); refunded while revoked, the reinstatement gave all 4 back."""
+    steps = {"refund": lambda n: deliver(database, refund_created(refund_id="re_half", amount=COURSE_PRICE // 2)),
+             "revoke": lambda n: _revoke_by_hand(database, enrolled, n),
+             "reinstate": lambda n: _reinstate_by_hand(database, enrolled, n)}
+    for n, step in enumerate(order.split("-")):
+        steps[step](n)
+    assert (_status(database, enrolled), _private(database)) == ("active", 2)
+    for _ in range(2):  # settled again (a re-fulfilment, twice): nothing more is taken
+        with database.session_scope() as s:
+            fulfilment.refulfill(session=s, enrollment_id=enrolled)
+        assert _private(database) == 2
+    # a second revoke and reinstate give back what the second revocation took, and the share stays paid
+    _revoke_by_hand(database, enrolled, 8)
+    _reinstate_by_hand(database, enrolled, 9)
+    assert (_status(database, enrolled), _private(database)) == ("active", 2)
+
+
+def test_a_credit_spent_from_a_reinstated_lot_and_given_back_pays_a_share_still_owed(database, enrolled):
+    """The reinstatement's lot continues the bundle's: a share the spent credits could not give is paid by a
+    credit given back to either lot. Before: one given back to the reinstatement's lot stayed usable."""
+    for booking in ("bk_1", "bk_2"):
+        _book_private(database, booking)  # from the bundle's lot: 2 left there
+    _revoke_by_hand(database, enrolled, 1)  # takes those 2
+    _reinstate_by_hand(database, enrolled, 2)  # gives them back as a lot of its own
+    for booking in ("bk_3", "bk_4"):
+        _book_private(database, booking)  # from the reinstatement's lot
+    deliver(database, refund_created(refund_id="re_half", amount=COURSE_PRICE // 2))  # claims 2: none left
+    assert _private(database) == 0
+    _cancel_within_policy(database, "bk_3")  # back to the reinstatement's lot: pays 1 of the share
+    _cancel_within_policy(database, "bk_1")  # back to the bundle's lot: pays the other
+    assert _private(database) == 0
+    _cancel_within_policy(database, "bk_4")  # the share paid: usable
+    _cancel_within_policy(database, "bk_2")  # and this one (before: the reinstatement's lot owed a share too)
+    assert _private(database) == 2
