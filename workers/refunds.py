@@ -39,7 +39,6 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
                       client: Any = None) -> dict[str, Any]:
     """Returns the admin refund's view; its `status` is `succeeded`, `failed` (Stripe refused) or
     `pending` (the outcome is unknown: retry with the same Idempotency-Key, or the `refunds` job settles it)."""
-    client = client or stripe_client(settings, purpose="refunds need the Stripe API")
     with unit_of_work() as session:
         row, created = None, False
         if request_key:
@@ -56,6 +55,8 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
                     f"{str(row.keep_access).lower()} (admin refund {row.id}): a new refund needs a new key")
         if row is None:
             plan = manual.check_refund(session=session, enrollment_id=enrollment_id, amount=amount)
+            # a refund that cannot be made is refused as such, whatever the configuration; one that can needs Stripe
+            client = client or stripe_client(settings, purpose="refunds need the Stripe API")
             row = manual.refund_intent(session=session, plan=plan, keep_access=keep_access, reason=reason,
                                        actor=principal.actor, request_key=request_key)
             audit.record(session=session, principal=principal, action="enrollment.refund",
@@ -66,6 +67,7 @@ def refund_enrollment(*, unit_of_work: UnitOfWork, settings: Any, principal: Pri
             return manual.refund_view(row)
         # a row found by its key may have had a call made whose answer never came (its request died)
         call = _Call.of(session, row, retried=not created)
+    client = client or stripe_client(settings, purpose="refunds need the Stripe API")
     return _attempt(call, client=client, unit_of_work=unit_of_work)
 
 

@@ -250,10 +250,11 @@ def require_api_key(settings: Any, kind: str, code: str) -> None:
 
 
 def check_publishable(*, session: Session, settings: Any, kind: str, code: str) -> None:
-    """Refuse, to the admin, what a worker could not publish: no STRIPE_API_KEY (PublishingDisabled), an
-    unknown listing (NotFound), or one that cannot be published as it is (PublishFailed)."""
-    require_api_key(settings, kind, code)
+    """Refuse, to the admin, what a worker could not publish: an unknown listing (NotFound, first: a wrong code
+    is the caller's to fix whatever the configuration), no STRIPE_API_KEY (PublishingDisabled), or one that
+    cannot be published as it is (PublishFailed)."""
     listing = _listing(session, kind, code, lock=False)
+    require_api_key(settings, kind, code)
     _plan(listing, _rows(session, listing))
 
 

@@ -112,6 +112,17 @@ def test_publish_without_api_key_is_a_clear_error_and_the_course_stays_draft(dat
         assert s.scalar(select(func.count()).select_from(StripePublication)) == 0
 
 
+@pytest.mark.parametrize("path", ["/admin/courses/NOPE/publish", "/admin/packages/NOPE/publish", "/admin/packages/0/publish"])
+def test_publishing_what_does_not_exist_is_404_whatever_the_configuration(admin_headers, runtime, path):
+    """Before: without STRIPE_API_KEY an unknown code answered 503 publishing_disabled."""
+    from ingress.app import create_app
+
+    runtime.settings = runtime.settings.with_(stripe_api_key=None)
+    client = create_app(runtime.settings, runtime=runtime).test_client()
+    response = client.post(path, headers=admin_headers)
+    assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+
+
 @pytest.mark.parametrize("path", ["/admin/courses/NL%0A", "/admin/packages/NL%0A", "/admin/courses/NL%0D%0A"])
 def test_a_code_ending_in_a_line_break_is_refused(client, admin_headers, path):
     """Before: `NL\n` passed the code pattern (`$` matches before a final line break) and was saved, a code no
