@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxStatus
 from ingress import roles
-from ingress.bodies import json_object
+from ingress.bodies import decimal, json_object
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.inbox import admin as inbox
@@ -26,7 +26,7 @@ def list_events():
     except ValueError:
         raise ApiError(400, "invalid_status", f"status must be one of {[s.value for s in InboxStatus]}") from None
     try:
-        limit = int(request.args.get("limit", 50))
+        limit = decimal(request.args.get("limit", "50"))
     except ValueError:
         raise ApiError(400, "invalid_limit", "limit must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ingress import dashboard, roles
-from ingress.bodies import json_object
+from ingress.bodies import decimal, json_object
 from ingress.errors import ApiError
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
@@ -129,7 +129,7 @@ def remove_admin(email: str):
 
 def _audit_query() -> dict:
     try:
-        limit = int(request.args.get("limit", 100))
+        limit = decimal(request.args.get("limit", "100"))
     except ValueError:
         raise ApiError(400, "invalid_limit", "limit must be an integer") from None
     if not 1 <= limit <= audit.MAX_LIMIT:

@@ -35,6 +35,7 @@ from db.enums import InboxStatus
 from db.models import InboxEvent, OutboxMessage
 from db.types import utcnow
 from ingress import charts, limits, roles
+from ingress.bodies import decimal
 from ingress.admin_disputes import submit_or_error
 from ingress.auth import _matches
 from ingress.errors import ApiError
@@ -243,7 +244,7 @@ def enrollment_page(enrollment_id: int):
 def report_page():
     raw = request.args.get("weeks", "12").strip()
     try:
-        weeks = int(raw)
+        weeks = decimal(raw)
     except ValueError:
         weeks = raw  # refused by activity_by_week, naming the field
     with _runtime().db.session_scope() as s:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.models import CourseProgram, Student, StudentCourseEnrollment
 from ingress import admin_operations as operations
 from ingress import dashboard
+from ingress.bodies import decimal
 from ingress.errors import ApiError
 from ingress.roles import dashboard_role
 from tasks.catalog import services as catalog
@@ -33,7 +34,7 @@ def _form_int(name: str):
     if not raw:
         return None
     try:
-        return int(raw)
+        return decimal(raw)
     except ValueError:
         return raw  # refused by the operation, naming the field
 

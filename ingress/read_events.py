@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ingress.bodies import decimal
 from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.messaging import event_feed
@@ -15,7 +16,7 @@ def _limit() -> int:
     if raw is None or raw == "":
         return event_feed.DEFAULT_LIMIT
     try:
-        limit = int(raw)
+        limit = decimal(raw)
     except ValueError:
         limit = 0
     if not 1 <= limit <= event_feed.MAX_LIMIT:

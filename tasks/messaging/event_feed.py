@@ -52,7 +52,7 @@ def decode_cursor(cursor: str | None) -> int:
         return 0
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("p"):
+        if not raw.startswith("p") or not (raw[1:].isascii() and raw[1:].isdigit()):  # int() reads " 1", "٣"
             raise ValueError(raw)
         position = int(raw[1:])
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -72,10 +72,23 @@ def test_the_feed_and_the_push_carry_the_same_event(client, runtime):
 @pytest.mark.parametrize("query,code", [("after=%%%", "invalid_cursor"), ("after=bm90LWEtY3Vyc29y", "invalid_cursor"),
                                         ("after=cDkyMjMzNzIwMzY4NTQ3NzU4MDg", "invalid_cursor"),  # p2**63
                                         ("limit=0", "invalid_limit"), ("limit=1001", "invalid_limit"),
-                                        ("limit=ten", "invalid_limit")])
+                                        ("limit=ten", "invalid_limit"),
+                                        # before: int() read these as 10, 100 and 1
+                                        ("limit=1_0", "invalid_limit"), ("limit=%20100", "invalid_limit"),
+                                        ("limit=%D9%A1", "invalid_limit")])
 def test_bad_cursor_or_limit_is_400(client, query, code):
     response = client.get(f"/v1/events?{query}", headers=READ)
     assert response.status_code == 400 and response.json["error"]["code"] == code
+
+
+@pytest.mark.parametrize("cursor", ["cCAx", "cNmj", "cCsx"])  # "p 1", "p٣" (an Arabic-Indic 3), "p+1"
+def test_a_cursor_is_decoded_only_from_ascii_digits(cursor):
+    """Before: int() read each of these as a position."""
+    from tasks.messaging.event_feed import InvalidCursor, decode_cursor, encode_cursor
+
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor)
+    assert decode_cursor(encode_cursor(3)) == 3
 
 
 def test_a_cursor_past_the_newest_event_is_400_not_an_empty_page_forever(client, runtime):
