@@ -284,8 +284,10 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/v1/checkout-sessions"): op(
         "Create a Stripe Checkout Session for a student (optional Idempotency-Key header)", tag="selling",
         security=READ, status="201", ok=_json("CheckoutCreated", "created"), body="CheckoutRequest",
-        headers=[h("Idempotency-Key", "the same key with the same body answers the same session", max_length=255)],
-        extra={**NOT_FOUND, "409": _json("Error", "already_enrolled: the student holds the course"),
+        headers=[h("Idempotency-Key", "the same key with the same body answers the same session; with another "
+                                      "body, within 24 hours, 409 idempotency_key_reused", max_length=255)],
+        extra={**NOT_FOUND, "409": _json("Error", "already_enrolled: the student holds the course; or "
+                                                  "idempotency_key_reused: the key came with another body"),
                "502": _json("Error", "stripe_error"), "503": _json("Error", "stripe_not_configured")}),
     ("GET", "/v1/checkout-sessions/{checkout_session_id}"): op(
         "A session's state on the buyer's return; fulfils a paid one first", tag="selling", security=READ,

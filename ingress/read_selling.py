@@ -16,7 +16,7 @@ from tasks.inbox.store import store_event
 from workers import inbox_runs
 from tasks.enrollments.services import AlreadyEnrolled
 from tasks.purchases import selling
-from tasks.errors import NotFound, ValidationFailed
+from tasks.errors import KeyReused, NotFound, ValidationFailed
 from tasks.events import stripe_subject
 from tasks.purchases.fast_purchase import is_purchase
 from tasks.stripe_api import StripeNotConfigured, stripe_client
@@ -83,7 +83,11 @@ def create_checkout_session():
     client = _stripe()
     try:
         with _runtime().db.session_scope() as session:
+            if key:
+                selling.bind_key(session, key, wanted)
             params = selling.checkout_params(session=session, request=wanted)
+    except KeyReused as exc:
+        raise ApiError(409, "idempotency_key_reused", str(exc)) from None
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except AlreadyEnrolled as exc:

@@ -17,6 +17,7 @@ from tasks.enrollments import reminders
 from tasks.errors import PermanentError
 from tasks.lifecycle import retention
 from tasks.messaging import delivery
+from tasks.purchases import selling
 from workers import job_runs, metrics, publishing, reconciling, refunds, runtime
 from workers.actors import actor, enqueue_inbox, finish_job_run, records_failure, send
 from workers.queue_depths import messages_held
@@ -230,7 +231,9 @@ def prune_retention(job_run: int | None = None) -> None:
     if total.events or total.mails or total.transitions:
         log.info("retention: pruned %d event payload(s), %d mail body(ies) and %d delivery move(s) older than %d days",
                  total.events, total.mails, total.transitions, rt.settings.retention_days)
-    finish_job_run(job_run, **total.as_dict())
+    with rt.db.session_scope() as session:  # checkout Idempotency-Keys past the day they stay bound
+        keys = selling.prune_keys(session)
+    finish_job_run(job_run, **total.as_dict(), checkout_keys_pruned=keys)
 
 
 # PermanentError (Stripe refused, no API key, unknown course) is not retried; a PublishRetry is, and

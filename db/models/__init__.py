@@ -7,7 +7,7 @@ registers every model on `Base.metadata`.
 from db.models.bookings import Student, GroupClass, Booking
 from db.models.catalog import CourseProgram, CourseStep, CourseStepOption, CourseBundleComponent, CreditPackage, StripePublication, StripeDrift
 from db.models.enrollments import StudentCourseEnrollment, StudentCourseProgress, TransitionLog
-from db.models.purchases import PackagePurchase, PaymentRefund, PaymentDispute
+from db.models.purchases import CheckoutKey, PackagePurchase, PaymentRefund, PaymentDispute
 from db.models.ledger import CreditLedgerEntry, CreditShare
 from db.models.inbox import InboxEvent
 from db.models.messaging import OutboxMessage, AlertLog, ReminderLog
@@ -20,7 +20,7 @@ __all__ = [
     "Student", "GroupClass", "Booking",
     "CourseProgram", "CourseStep", "CourseStepOption", "CourseBundleComponent", "CreditPackage", "StripePublication", "StripeDrift",
     "StudentCourseEnrollment", "StudentCourseProgress", "TransitionLog",
-    "PackagePurchase", "PaymentRefund", "PaymentDispute",
+    "PackagePurchase", "PaymentRefund", "PaymentDispute", "CheckoutKey",
     "CreditLedgerEntry", "CreditShare",
     "InboxEvent",
     "OutboxMessage", "AlertLog", "ReminderLog",

@@ -79,3 +79,16 @@ class PaymentDispute(Timestamped, Base):
     evidence_submitted_at: Mapped[datetime | None]
     evidence_files: Mapped[dict[str, Any] | None]  # evidence field -> Stripe file id uploaded for it
     evidence_error: Mapped[str | None] = mapped_column(Text)
+
+
+class CheckoutKey(Base):
+    """A caller's Idempotency-Key for `POST /v1/checkout-sessions`, bound to the request it first came with: the
+    same key with another request is refused (as Stripe refuses its own keys), for as long as Stripe keeps its
+    keys (24 hours; the retention job prunes older ones)."""
+
+    __tablename__ = "checkout_key"
+    __table_args__ = (Index("ix_checkout_key_created_at", "created_at"),)
+
+    request_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the request, as parsed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

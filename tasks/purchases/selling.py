@@ -12,15 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus as E
 from db.enums import LedgerEntryType, ProgramStatus
 from db.models import (
+    CheckoutKey,
     CourseProgram,
     CreditLedgerEntry,
     CreditPackage,
@@ -32,7 +35,7 @@ from db.types import new_public_id, utcnow
 from tasks.catalog import publishing
 from tasks.catalog import services as catalog
 from tasks.enrollments.services import AlreadyEnrolled
-from tasks.errors import NotFound, ValidationFailed
+from tasks.errors import KeyReused, NotFound, ValidationFailed
 
 COURSE, PACKAGE = "course", "package"
 HELD = (E.ACTIVE, E.PENDING, E.SUSPENDED)  # a student with one of these cannot buy the course again
@@ -134,6 +137,35 @@ def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, 
     if student is not None and student.email:
         params["customer_email"] = student.email
     return params
+
+
+KEY_HOURS = 24  # how long a caller's key stays bound to its request: as long as Stripe keeps its own keys
+
+
+def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> None:
+    """Bind a caller's Idempotency-Key to its request for KEY_HOURS: the same key with another request raises
+    KeyReused (before, it silently made another session). A repeat of the same request passes."""
+    digest = hashlib.sha256(json.dumps(asdict(request), sort_keys=True).encode()).hexdigest()
+    now = utcnow()
+    row = session.get(CheckoutKey, client_key, with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(CheckoutKey(request_key=client_key, request_digest=digest, created_at=now))
+            return
+        except IntegrityError:  # the same key bound by a concurrent request: judged against it
+            row = session.get(CheckoutKey, client_key, with_for_update=True, populate_existing=True)
+    if row.created_at <= now - timedelta(hours=KEY_HOURS):
+        row.request_digest, row.created_at = digest, now  # expired (not pruned yet): bound anew
+    elif row.request_digest != digest:
+        raise KeyReused(f"Idempotency-Key {client_key!r} was used for another checkout request in the last "
+                        f"{KEY_HOURS} hours: a new request needs a new key")
+
+
+def prune_keys(session: Session, *, now=None) -> int:
+    """Forget the keys bound more than KEY_HOURS ago (the retention job)."""
+    cutoff = (now or utcnow()) - timedelta(hours=KEY_HOURS)
+    return session.execute(delete(CheckoutKey).where(CheckoutKey.created_at < cutoff)).rowcount or 0
 
 
 def idempotency_key(params: dict[str, Any], client_key: str | None) -> str:

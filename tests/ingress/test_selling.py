@@ -101,6 +101,30 @@ def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe
     assert len(stripe_server.checkout_sessions) == 2
 
 
+def test_a_key_sent_again_with_another_body_is_refused_and_makes_nothing(client, on_sale, stripe_server, runtime):
+    """Before: the key sent to Stripe was a digest of the key and the request, so the same key with another
+    student (a client bug, a key reused across buyers) silently made a second session."""
+    from datetime import timedelta
+
+    from db.models import CheckoutKey
+    from tasks.purchases import selling
+
+    first = _buy(client, headers={**READ, "Idempotency-Key": "order-9"})
+    assert first.status_code == 201
+    reused = _buy(client, headers={**READ, "Idempotency-Key": "order-9"}, student_id="stu_2")
+    assert reused.status_code == 409 and reused.json["error"]["code"] == "idempotency_key_reused"
+    assert len(stripe_server.checkout_sessions) == 1
+    assert _buy(client, headers={**READ, "Idempotency-Key": "order-9"}).json == first.json  # the same: the same
+    with runtime.db.session_scope() as s:  # a day later the key is free again, and the job forgets it
+        s.get(CheckoutKey, "order-9").created_at -= timedelta(hours=selling.KEY_HOURS, seconds=1)
+    again = _buy(client, headers={**READ, "Idempotency-Key": "order-9"}, student_id="stu_2")
+    assert again.status_code == 201 and again.json["id"] != first.json["id"]
+    with runtime.db.session_scope() as s:
+        s.get(CheckoutKey, "order-9").created_at -= timedelta(hours=selling.KEY_HOURS, seconds=1)
+        assert selling.prune_keys(s) == 1
+        assert s.get(CheckoutKey, "order-9") is None
+
+
 @pytest.mark.parametrize("body,status,code", [
     ({"course_code": "NOPE"}, 404, "not_found"),
     ({"course_code": None, "package_code": "NOPE"}, 404, "not_found"),

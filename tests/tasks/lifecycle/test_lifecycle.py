@@ -120,10 +120,19 @@ def test_the_scheduled_retention_job_prunes_in_batches(runtime, worker, monkeypa
             s.add(InboxEvent(source="platform", event_id=f"pev_{n}", type="class.upserted", payload={"n": n},
                              status=InboxStatus.PROCESSED))
     _age(db, 500)
+    from datetime import timedelta
+
+    from db.models import CheckoutKey
+    from db.types import utcnow
+
+    with db.session_scope() as s:  # checkout keys: one bound two days ago, one an hour ago
+        s.add(CheckoutKey(request_key="old", request_digest="0" * 64, created_at=utcnow() - timedelta(days=2)))
+        s.add(CheckoutKey(request_key="new", request_digest="0" * 64, created_at=utcnow() - timedelta(hours=1)))
     send("prune_retention")
     drain(runtime)
     with db.session_scope() as s:
         assert all(retention.is_pruned(p) for p in s.scalars(select(InboxEvent.payload)))
+        assert list(s.scalars(select(CheckoutKey.request_key))) == ["new"]
 
 
 def test_retention_job_is_scheduled():
