@@ -1,10 +1,14 @@
-"""Which of a purchase's Stripe refunds count toward what it had refunded.
+"""Which of a purchase's Stripe refunds count, and for what.
 
-A refund counts from the moment Stripe first reports it pending or succeeded, and keeps counting if Stripe
-reports it failed or canceled afterwards: what it took back (credits, access) stays taken back, and a later
-refund adds to it. A refund whose first word from Stripe is failed or canceled returned nothing and never
-counts. Refunds the studio made keeping access are netted against the same total
-(`tasks.purchases.goodwill.kept_amount`), on the same rule, so a kept refund's later failure changes nothing.
+- **Going through**: Stripe's latest word on the refund is pending or succeeded (or, for rows from before
+  statuses were kept, nothing). The sum of these is what the student has back now.
+- **Counted once**: going through, or going through once and failed or canceled since. The purchase's stored
+  refunded total keeps the highest figure ever reached, so it holds these: what such a refund took back
+  (credits, access) stays taken back.
+
+A refund whose first word from Stripe is failed or canceled returned nothing and is neither. Refunds the studio
+made keeping access are netted against each figure on its own rule (`tasks.purchases.goodwill.kept_amount`,
+`tasks.purchases.payments.taken_back`).
 """
 from __future__ import annotations
 
@@ -15,10 +19,14 @@ from tasks.machines import REFUND
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 
 
-def counted_refund() -> ColumnElement[bool]:
-    """A `payment_refund` row that counts: going through, or once going through (its history says so)."""
+def going_refund() -> ColumnElement[bool]:
+    """A `payment_refund` row going through (a NULL status, from before statuses were kept, counts as succeeded)."""
+    return or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED))
+
+
+def counted_once() -> ColumnElement[bool]:
+    """A `payment_refund` row going through, or once going through (its history says so)."""
     once_going = exists().where(TransitionLog.entity == REFUND.entity,
                                 TransitionLog.entity_id == cast(PaymentRefund.id, String),
                                 TransitionLog.to_status.not_in(REFUND_NOT_COUNTED))
-    # a NULL status (a row from before statuses were kept) counts as succeeded
-    return or_(PaymentRefund.status.is_(None), PaymentRefund.status.not_in(REFUND_NOT_COUNTED), once_going)
+    return or_(going_refund(), once_going)

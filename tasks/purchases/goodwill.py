@@ -6,8 +6,8 @@ without its list of refunds, `refund.created`), in any order, the studio's choic
 the moment it is asked (`pending`), since Stripe's events about it may be handled before Stripe's answer
 is recorded, or the answer may be unknown until the call is retried. A kept refund that Stripe refused, or
 whose first word from Stripe is a failure, returned nothing and is no longer netted. One Stripe reports
-failed after reporting it going through still counts in the refunded total (`tasks.purchases.counted`) and
-stays netted: its failure changes nothing.
+failed after reporting it going through stays in the stored refunded total, and is netted from that figure
+still (`once`): its failure takes nothing away (`tasks.purchases.counted`, `payments.taken_back`).
 """
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
 from db.types import utcnow
-from tasks.purchases.counted import counted_refund
+from tasks.purchases.counted import counted_once, going_refund
 
 
-def kept_amount(session: Session, enrollment_id: int) -> int:
+def kept_amount(session: Session, enrollment_id: int, *, once: bool = False) -> int:
+    """The kept refunds' amount: asked or made, and going through (`once`: or going through once, as the stored
+    refunded total counts them)."""
     # each refund's own record looked up by its key (unique), not every failed refund read
-    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id, ~counted_refund())
+    counts = counted_once() if once else going_refund()
+    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id, ~counts)
     return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
         AdminRefund.enrollment_id == enrollment_id,
         AdminRefund.keep_access.is_(True),

@@ -40,7 +40,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import Cause, CauseKind
 from tasks.machines import ENROLLMENT
 from tasks.messaging import outbox
-from tasks.purchases import fulfilment, goodwill, payments, refunds
+from tasks.purchases import fulfilment, payments, refunds
 
 MANUAL_SESSION_PREFIX = "manual:"  # a manual enrollment's stand-in for a checkout session id
 
@@ -120,7 +120,7 @@ def _payments_say_revoked(session: Session, enrollment: StudentCourseEnrollment)
     if enrollment.stripe_payment_intent_id is None:
         return None
     refunded = payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
-    if enrollment.amount_total > 0 and refunded - goodwill.kept_amount(session, enrollment.id) >= enrollment.amount_total:
+    if enrollment.amount_total > 0 and payments.taken_back(session, enrollment, refunded) >= enrollment.amount_total:
         return "it was refunded in full"
     lost = session.scalar(select(PaymentDispute.id).where(PaymentDispute.enrollment_id == enrollment.id,
                                                           PaymentDispute.status == DisputeStatus.LOST).limit(1))

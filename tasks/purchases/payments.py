@@ -27,7 +27,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, CauseKind
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
-from tasks.purchases.counted import counted_refund
+from tasks.purchases.counted import going_refund
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
@@ -101,14 +101,28 @@ def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0) -> i
     """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id
     (plus `asked`: refunds asked for whose outcome is unknown, which Stripe's figure may already hold).
 
-    A refund that failed after it was counted stays in the sum (what it took back stays taken back, and a
-    later refund adds to it: `tasks.purchases.counted`); the stored total keeps what was once reached.
+    A refund that failed after it was counted is left out of the sum; the stored total keeps what
+    was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
     """
+    return max(purchase.row.amount_refunded or 0, _going(session, purchase) + asked)
+
+
+def _going(session: Session, purchase: Purchase) -> int:
+    """The refunds going through now, by id (`tasks.purchases.counted`)."""
     row = purchase.row
     column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
-    summed = int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
-                                .where(column == row.id, counted_refund())))
-    return max(row.amount_refunded or 0, summed + asked)
+    return int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
+                              .where(column == row.id, going_refund())))
+
+
+def taken_back(session: Session, enrollment: StudentCourseEnrollment, total: int) -> int:
+    """What the refunds take back (access, credits), `total` being the refunded total: refunds made keeping access
+    take nothing. Judged on the total (the highest reached: a refund that failed after it counted keeps what it
+    took), net of every kept refund it may hold; and on the refunds going through now, net of the kept ones
+    among them. The higher wins: a kept refund that failed takes nothing, and a refund made again after one
+    failed is not counted twice."""
+    return max(total - goodwill.kept_amount(session, enrollment.id, once=True),
+               _going(session, Purchase(enrollment=enrollment)) - goodwill.kept_amount(session, enrollment.id), 0)
 
 
 def _disputes(session: Session, purchase: Purchase) -> list[PaymentDispute]:
@@ -142,8 +156,7 @@ def take_refund_shares(*, session: Session, enrollment: StudentCourseEnrollment,
     every refund, and again when a reinstatement gives credits back. `refunded`: net of refunds made keeping
     access, when the caller has it."""
     if refunded is None:
-        refunded = max(refunded_total(session, Purchase(enrollment=enrollment))
-                       - goodwill.kept_amount(session, enrollment.id), 0)
+        refunded = taken_back(session, enrollment, refunded_total(session, Purchase(enrollment=enrollment)))
     _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
                           refunded=refunded, paid=enrollment.amount_total,
                           cause=Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id))
@@ -154,7 +167,7 @@ def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, 
     purchase = Purchase(enrollment=enrollment)
     enrollment.amount_refunded = refunded_total(session, purchase)
     # a refund the studio made keeping access takes nothing away (tasks.purchases.goodwill)
-    refunded = max(enrollment.amount_refunded - goodwill.kept_amount(session, enrollment.id), 0)
+    refunded = taken_back(session, enrollment, enrollment.amount_refunded)
     disputes = _disputes(session, purchase)
     lost = [d for d in disputes if d.status == DisputeStatus.LOST]
     still_open = [d for d in disputes if d.status == DisputeStatus.OPEN]

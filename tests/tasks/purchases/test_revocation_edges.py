@@ -102,6 +102,21 @@ def test_a_goodwill_refund_stripe_reports_failed_later_still_takes_nothing(datab
     assert (_status(database, enrolled), _private(database)) == ("active", 3)
 
 
+def test_a_refund_made_again_after_one_failed_is_not_counted_twice(database, enrolled):
+    """Half refunded, pending, then failed (Stripe's alert tells the studio to refund another way); the studio
+    refunds the half again. The student has half back: 2 of 4 credits, active. (A version of this session's
+    fix counted the failed refund and its replacement both: revoked.)"""
+    pending = refund_created(refund_id="re_a", amount=COURSE_PRICE // 2, status="pending")
+    deliver(database, pending)
+    failed = refund_created(refund_id="re_a", amount=COURSE_PRICE // 2, status="failed")
+    failed["type"] = "refund.updated"
+    deliver(database, failed)
+    assert (_status(database, enrolled), _private(database)) == ("active", 2)  # what it took stays taken
+    deliver(database, refund_created(refund_id="re_b", amount=COURSE_PRICE // 2))
+    assert (_status(database, enrolled), _private(database)) == ("active", 2)
+    assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE // 2
+
+
 def test_a_partial_goodwill_refund_with_an_unknown_outcome_takes_no_credits(database, enrolled):
     admin_refund = _ask_goodwill_refund(database, enrolled, amount=COURSE_PRICE // 2)
     with database.session_scope() as s:  # the call timed out: the outcome is unknown, the row stays pending
