@@ -147,7 +147,8 @@ def provision(*, session: Session, enrollment: StudentCourseEnrollment, program:
         if enrollment.status == EnrollmentStatus.COMPLETED:  # a step added later reopens a finished course
             ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause or "step added",
                             enrollment_id=enrollment.id)
-            enrollment.completed_at = None
+        # a course completed before (suspended or revoked since, perhaps) is open again: its next completion is new
+        enrollment.completed_at = None
     granted = set() if fresh else set(session.scalars(
         select(CreditLedgerEntry.credit_type).where(
             CreditLedgerEntry.enrollment_id == enrollment.id,

@@ -410,6 +410,44 @@ def test_a_completed_enrollment_suspended_and_reinstated_is_the_same_completion(
     assert reinstated.payload["data"]["status"] == "completed"
 
 
+def test_a_step_added_while_suspended_makes_the_next_completion_a_new_one(database):
+    """A completed enrollment, suspended, gains a step: reinstated it is active again, and completing the new
+    step is announced with its own enrollment.completed and time."""
+    from datetime import timedelta
+
+    from db.models import CourseStep, CourseStepOption, StudentCourseEnrollment
+    from tasks.enrollments import services as enrollments
+    from tests import factories
+
+    w = world(database, steps=1)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    deliver(database, attendance("bk_1", when=at(60)))
+    with database.session_scope() as s:
+        first_completion = s.get(StudentCourseEnrollment, w.enrollment_id).completed_at
+        enrollments.suspend(session=s, enrollment=s.get(StudentCourseEnrollment, w.enrollment_id),
+                            cause="dispute:dp_1", reason="dispute_opened")
+    with database.session_scope() as s:
+        step = CourseStep(program_id=w.program_id, position=2, label="SFZ-2", title="Step 2")
+        s.add(step)
+        s.flush()
+        s.add(CourseStepOption(program_id=w.program_id, step_id=step.id, group_class_id="gc_SFZ_2_0"))
+        factories.group_class(s, id="gc_SFZ_2_0", starts_in=timedelta(days=2))
+        new_step = step.id
+        enrollments.provision(session=s, enrollment=s.get(StudentCourseEnrollment, w.enrollment_id),
+                              cause="course.save")
+    with database.session_scope() as s:
+        enrollments.reinstate(session=s, enrollment=s.get(StudentCourseEnrollment, w.enrollment_id),
+                              cause="dispute:dp_1:closed", reason="dispute_won")
+    [reinstated] = outbox_rows(database, "enrollment.reinstated")
+    assert reinstated.payload["data"]["status"] == "active"
+    deliver(database, booking_created("bk_2", "gc_SFZ_2_0", step_id=new_step, when=at(120)))
+    deliver(database, attendance("bk_2", when=at(180)))
+    with database.session_scope() as s:
+        enrollment = s.get(StudentCourseEnrollment, w.enrollment_id)
+        assert enrollment.status.value == "completed" and enrollment.completed_at > first_completion
+    assert len(outbox_rows(database, "enrollment.completed")) == 2
+
+
 def test_the_booking_mails_render_with_the_context_we_write(database):
     """The contexts written here render with the real templates (tasks.messaging.mail), naming the step label."""
     from tasks.messaging import mail
