@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         # the client's address is the one the nearest trusted proxy appended to X-Forwarded-For; without this,
         # every client behind the proxy is the proxy's address to the rate limit, which one client can then
         # lock for all of them (gunicorn's forwarded_allow_ips sets the scheme, never the address)
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+        # only the address: the scheme stays gunicorn's (forwarded_allow_ips), which the cookie's Secure follows
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0)  # type: ignore[method-assign]
     register_error_handlers(app)
     guards.install(app)
     limits.install(app, settings)

@@ -51,6 +51,20 @@ def test_behind_a_trusted_proxy_the_limit_counts_each_client_not_the_proxy(runti
     assert platform.status_code == 200
 
 
+def test_trusted_proxies_take_the_address_only_not_the_scheme(runtime):
+    """ProxyFix trusts X-Forwarded-Proto by default: a forged `http` would have taken the dashboard cookie's
+    Secure flag off (COOKIE_SECURE=auto follows the scheme, which gunicorn's forwarded_allow_ips sets)."""
+    from flask import request
+
+    from ingress.app import create_app
+
+    app = create_app(runtime.settings.with_(trusted_proxies=1), runtime=runtime)
+    app.add_url_rule("/seen", "seen", lambda: {"scheme": request.scheme, "address": request.remote_addr})
+    seen = app.test_client().get("/seen", headers={"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "http"},
+                                 environ_base={"REMOTE_ADDR": "10.0.0.5"}, base_url="https://localhost")
+    assert seen.get_json() == {"scheme": "https", "address": "198.51.100.7"}
+
+
 def test_without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_limit(client):
     for i in range(20):
         client.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}", "X-Forwarded-For": f"192.0.2.{i}"})
