@@ -543,6 +543,11 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> 
                                                           Booking.status == BookingStatus.ACTIVE)
                                     .order_by(Booking.id).with_for_update()))
     cause = f"class_cancelled:{group_class.id}"
+    # the students whose credits come back, locked now, in one order: releasing them one by one in booking order
+    # would lock them in an order another class's cancellation (or a revocation, holding a student and wanting a
+    # progress row this one holds) could cross, and PostgreSQL would abort one of them
+    for student_id in sorted({b.student_id for b in bookings if b.credit_type is not None}):
+        credits.lock_student(session, student_id)
     for booking in bookings:
         BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
         booking.cancelled_at = at
