@@ -104,7 +104,11 @@ def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0) -> i
     A refund that failed after it was counted is left out of the sum; the stored total keeps what
     was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
     """
-    return max(purchase.row.amount_refunded or 0, _going(session, purchase) + asked)
+    total = max(purchase.row.amount_refunded or 0, _going(session, purchase) + asked)
+    paid = purchase.row.amount_total or 0
+    # Stripe never refunds more than was paid: a figure above it holds a refund that failed before another was
+    # made, its failure not handled yet
+    return min(total, paid) if paid > 0 else total
 
 
 def _going(session: Session, purchase: Purchase) -> int:

@@ -100,6 +100,24 @@ def test_a_goodwill_refund_stripe_reports_failed_later_still_takes_nothing(datab
     with database.session_scope() as s:
         fulfilment.refulfill(session=s, enrollment_id=enrolled)
     assert (_status(database, enrolled), _private(database)) == ("active", 3)
+    assert state(database)["enrollments"][0]["refunded"] <= COURSE_PRICE  # never more than was paid
+
+
+def test_a_refund_handled_before_the_failure_of_a_kept_one_never_makes_the_total_exceed_the_price(database,
+                                                                                                 enrolled):
+    """A kept refund of the whole price failed at Stripe, which then took a quarter refund; its failure is
+    handled last. Before: the refunded total read 15000 of 12000 paid."""
+    admin_refund = _ask_goodwill_refund(database, enrolled)
+    with database.session_scope() as s:
+        manual.refund_outcome(session=s, admin_refund_id=admin_refund, refund=_refund("re_1"), error=None,
+                              final=False)
+    deliver(database, refund_created(refund_id="re_small", amount=COURSE_PRICE // 4))
+    failed = refund_created(refund_id="re_1", status="failed")
+    failed["type"] = "refund.updated"
+    deliver(database, failed)
+    deliver(database, refund_created(refund_id="re_small", amount=COURSE_PRICE // 4))  # settled again
+    assert (_status(database, enrolled), _private(database)) == ("active", 3)
+    assert state(database)["enrollments"][0]["refunded"] == COURSE_PRICE
 
 
 def test_a_refund_made_again_after_one_failed_is_not_counted_twice(database, enrolled):
