@@ -15,7 +15,9 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from ingress import limits
 from ingress.errors import CONFLICT_MESSAGE
+from tasks.admins.audit import MAX_REASON
 from tasks.events import PLATFORM_DATA
+from tasks.ledger.adjustments import MAX_ADJUSTMENT
 from tasks.messaging.outbound_events import OUTBOUND_DATA
 from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
 
@@ -33,7 +35,14 @@ def _obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
     return {"type": "object", "properties": properties, "required": required or list(properties), **extra}
 
 
+def _closed(properties: dict, *, required: list[str]) -> dict:
+    """A request body: these fields only (any other is refused 400, naming it)."""
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
 NULLABLE_STR = {"type": ["string", "null"]}
+ID_64 = {"type": "string", "minLength": 1, "maxLength": 64}
+REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "description": "why, for the audit log"}
 ENROLLMENT_STATUS = {"enum": ["pending", "active", "suspended", "revoked", "completed", "failed"],
                      "description": "pending: an asynchronous payment not settled yet; suspended: a dispute is open "
                                     "(no new step bookings); revoked: refunded in full, a dispute lost, or by hand; "
@@ -113,6 +122,22 @@ SCHEMAS: dict[str, dict] = {
     "EventFeed": _obj({"events": {"type": "array", "items": ref("OutboundEvent")},
                        "next": {"type": "string", "description": "the cursor to pass as `after` next time"}}),
     "AnyObject": {"type": "object"},
+    # the studio's manual operations: each says why (`reason`, for the audit log); no other field is taken
+    "EnrollByHand": _closed({"student_id": ID_64, "course_code": ID_64, "reason": REASON,
+                             "grant_bundle": {"type": "boolean"}},
+                            required=["student_id", "course_code", "reason", "grant_bundle"]),
+    "CreditAdjustment": _closed({"kind": {"enum": ["group", "private"]},
+                                 "quantity": {"type": "integer", "minimum": -MAX_ADJUSTMENT, "maximum": MAX_ADJUSTMENT,
+                                              "not": {"const": 0}},
+                                 "reason": REASON,
+                                 "expires_at": {"type": ["string", "null"], "format": "date-time"}},
+                                required=["kind", "quantity", "reason"]),
+    "Reason": _closed({"reason": REASON}, required=["reason"]),
+    "RefundByHand": _closed({"amount": {"type": "integer", "minimum": 1,
+                                        "description": "minor units; absent: what is left to refund"},
+                             "keep_access": {"type": "boolean"}, "reason": REASON,
+                             "preview": {"type": "boolean", "description": "true: what it would change, nothing done"}},
+                            required=["keep_access", "reason"]),
     "RetriedDead": _obj({"retried": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}},
                          "remaining": {"type": "integer", "description": "still dead: call again while above 0"}}),
 }
@@ -396,18 +421,18 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                          schema={"type": "integer", "minimum": 1, "maximum": 500})]),
     # manual operations, each with a required reason and an audit entry (operator)
     ("POST", "/admin/enrollments"): op("Enrol a student by hand (with or without the bundle)", tag="admin",
-                                       security=ADMIN, body="AnyObject", status="201", extra=NOT_FOUND),
+                                       security=ADMIN, body="EnrollByHand", status="201", extra=NOT_FOUND),
     ("POST", "/admin/enrollments/{enrollment_id}/revoke"): op("Revoke an enrollment by hand", tag="admin",
-                                                              security=ADMIN, body="AnyObject", extra=NOT_FOUND),
+                                                              security=ADMIN, body="Reason", extra=NOT_FOUND),
     ("POST", "/admin/enrollments/{enrollment_id}/reinstate"): op("Reinstate an enrollment by hand", tag="admin",
-                                                                 security=ADMIN, body="AnyObject",
+                                                                 security=ADMIN, body="Reason",
                                                                  extra={**NOT_FOUND, "409": _json(
                                                                      "Error", "not_allowed: not revoked or suspended, "
                                                                      "refunded in full, a dispute lost, or never "
                                                                      "active; already_enrolled: the student holds "
                                                                      "the course through another enrollment")}),
     ("POST", "/admin/enrollments/{enrollment_id}/refund"): op(
-        "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="AnyObject",
+        "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="RefundByHand",
         headers=[h("Idempotency-Key", "a retry with the same key reuses the refund asked for: never a second one",
                  max_length=128)],
         ok=_json("AnyObject", "the preview (`\"preview\": true`): what the refund would change"),
@@ -420,7 +445,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                "502": _json("Error", "stripe_unavailable: the outcome is unknown (recorded pending); send the "
                                      "same request with the same Idempotency-Key")}),
     ("POST", "/admin/students/{student_id}/credits"): op(
-        "Adjust a student's credits (±, expiry)", tag="admin", security=ADMIN, body="AnyObject", status="201",
+        "Adjust a student's credits (±, expiry)", tag="admin", security=ADMIN, body="CreditAdjustment", status="201",
         headers=[h("Idempotency-Key", "the same key with the same body answers the adjustment it made: never a "
                                       "second one", max_length=128)],
         extra={**NOT_FOUND, "409": _json("Error", "not_enough_credit, or idempotency_key_reused (with another "
