@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, field_validator
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 # the columns these land in are 32-bit on PostgreSQL (SQLite would take more: refuse it on both)
@@ -107,8 +107,9 @@ class ClassUpserted(_Data):
     title: str | None = Field(default=None, max_length=200)
     starts_at: datetime
     ends_at: datetime | None = None
-    capacity: int = Field(ge=0, le=INT32_MAX)
-    seats_taken: int = Field(ge=0, le=INT32_MAX)
+    # JSON numbers and booleans as JSON has them: "10" or true is refused, not read as 10 or 1
+    capacity: StrictInt = Field(ge=0, le=INT32_MAX)
+    seats_taken: StrictInt = Field(ge=0, le=INT32_MAX)
     status: Literal["scheduled", "cancelled"] = "scheduled"
     timezone: str | None = Field(default=None, max_length=64)
 
@@ -120,14 +121,14 @@ class BookingCreated(_Data):
     booking_id: Id
     student_id: Id
     class_id: Id
-    course_step_id: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    course_step_id: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
     credit_type: Literal["group", "private"] | None = None
 
 
 class BookingCancelled(_Data):
     booking_id: Id
     cancelled_at: datetime
-    within_policy: bool
+    within_policy: StrictBool
 
     _aware_cancel = field_validator("cancelled_at")(_aware)
 

@@ -155,6 +155,23 @@ def test_instants_without_an_offset_or_beyond_the_years_we_keep_are_refused_at_t
     assert _count(runtime) == 0
 
 
+@pytest.mark.parametrize(("type_", "data", "field"), [
+    ("booking.created", {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1", "course_step_id": "1"},
+     "course_step_id"),
+    ("booking.created", {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1", "course_step_id": True},
+     "course_step_id"),
+    ("booking.cancelled", {"booking_id": "bk_1", "cancelled_at": "2030-01-01T10:00:00+00:00", "within_policy": "true"},
+     "within_policy"),
+    ("class.upserted", _class(capacity="10"), "capacity"),
+])
+def test_numbers_and_booleans_sent_as_strings_are_refused_naming_the_field(client, runtime, type_, data, field):
+    """Before: read as 1, 1, True and 10 (the document says integer and boolean)."""
+    raw = json.dumps(platform_event(type_, data)).encode()
+    response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
+    assert _error(response, 400) == "invalid_event" and field in response.get_json()["error"]["message"]
+    assert _count(runtime) == 0
+
+
 def test_a_booking_naming_a_step_id_beyond_bigint_is_refused(client, runtime):
     data = {"booking_id": "bk_1", "student_id": "stu_1", "class_id": "gc_1", "course_step_id": 2**63}
     raw = json.dumps(platform_event("booking.created", data)).encode()
