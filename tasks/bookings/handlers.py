@@ -49,8 +49,9 @@ def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     at = occurred_at(event)
     group_class, applied = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
     if group_class.status == ClassStatus.CANCELLED:
-        ended = bookings.cancel_class(session=ctx.session, group_class=group_class, at=at)
-        ctx.provides(*(bookings.booking_ended_key(b) for b in ended))
+        # the ended bookings' keys: after their rows, before the students' (see on_booking_cancelled)
+        bookings.cancel_class(session=ctx.session, group_class=group_class, at=at,
+                              ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
     if applied:  # a newer class state: the seats left may have crossed the alert threshold
         threshold = getattr(ctx.settings, "low_seat_threshold", alerts.DEFAULT_LOW_SEAT_THRESHOLD)
         alerts.check_low_seats(session=ctx.session, class_id=group_class.id, threshold=threshold)
@@ -64,8 +65,11 @@ def on_booking_created(ctx: HandlerContext, event: InboxEvent) -> None:
 
 
 def on_booking_cancelled(ctx: HandlerContext, event: InboxEvent) -> None:
-    booking = bookings.cancel_booking(session=ctx.session, data=_data(event))
-    ctx.provides(bookings.booking_ended_key(booking.id))
+    # the key's lock after the booking's row and before the student's, as a class's cancellation takes them: a
+    # credit booking parked on the key holds its lock and then wants the student's, which releasing this booking's
+    # credit takes
+    bookings.cancel_booking(session=ctx.session, data=_data(event),
+                            ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
 
 
 def on_attendance_marked(ctx: HandlerContext, event: InboxEvent) -> None:

@@ -25,6 +25,7 @@ Nothing here commits; the runner owns the transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -177,7 +178,7 @@ def step_guard(
                     StudentCourseEnrollment.program_id == step.program_id)
              .order_by(StudentCourseEnrollment.id))
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE: see credits.lock_student
     enrollments = list(session.scalars(query))
     bookable = [e for e in enrollments if _bookable_at(e, as_of)]
     if as_of is not None:
@@ -448,7 +449,8 @@ def _locked_booking(session: Session, booking_id: str) -> tuple[Booking, Student
     enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
         enrollment = session.scalar(select(StudentCourseEnrollment)
-                                    .where(StudentCourseEnrollment.id == booking.enrollment_id).with_for_update())
+                                    .where(StudentCourseEnrollment.id == booking.enrollment_id)
+                                    .with_for_update(key_share=True))
     return booking, enrollment
 
 
@@ -471,10 +473,14 @@ def _attached_progress(session: Session, booking: Booking) -> tuple[StudentCours
     return found[0], found[1]
 
 
-def cancel_booking(*, session: Session, data: BookingCancelled) -> Booking:
+def cancel_booking(*, session: Session, data: BookingCancelled,
+                   ending: Callable[[list[str]], None] | None = None) -> Booking:
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
-    step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op."""
+    step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op. `ending` is told the
+    booking's id once its row is locked, before the student's is (as `cancel_class` tells it: one order)."""
     booking, enrollment = _locked_booking(session, data.booking_id)
+    if ending is not None:
+        ending([booking.id])
     if booking.status == BookingStatus.REJECTED:
         return booking  # never stood: nothing to undo
     progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
@@ -536,13 +542,18 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
 # --------------------------------------------------------------------------- a cancelled class
 
 
-def cancel_class(*, session: Session, group_class: GroupClass, at: datetime) -> list[str]:
+def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
+                 ending: Callable[[list[str]], None] | None = None) -> list[str]:
     """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
-    credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none."""
+    credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none.
+    `ending` is told the ids once they are locked, before any student's row is (the caller's waking of what
+    waits for their ends takes locks of its own, which must come first)."""
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
                                                           Booking.status == BookingStatus.ACTIVE)
                                     .order_by(Booking.id).with_for_update()))
     cause = f"class_cancelled:{group_class.id}"
+    if ending is not None and bookings:
+        ending([b.id for b in bookings])
     # the students whose credits come back, locked now, in one order: releasing them one by one in booking order
     # would lock them in an order another class's cancellation (or a revocation, holding a student and wanting a
     # progress row this one holds) could cross, and PostgreSQL would abort one of them

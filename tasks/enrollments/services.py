@@ -63,7 +63,7 @@ def bundle_cause(enrollment_id: int) -> Cause:
 def get_enrollment(session: Session, enrollment_id: int, *, lock: bool = False) -> StudentCourseEnrollment | None:
     query = select(StudentCourseEnrollment).where(StudentCourseEnrollment.id == enrollment_id)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE: see `tasks.ledger.credits.lock_student`
     return session.scalar(query)
 
 
@@ -72,7 +72,7 @@ def by_checkout_session(session: Session, checkout_session_id: str, *, lock: boo
         StudentCourseEnrollment.stripe_checkout_session_id == checkout_session_id
     )
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     return session.scalar(query)
 
 

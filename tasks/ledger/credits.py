@@ -31,8 +31,13 @@ class Lot:
 
 
 def lock_student(session: Session, student_id: str) -> Student | None:
-    """Serialize ledger changes per student (row lock on PostgreSQL; SQLite writers are serial)."""
-    return session.scalar(select(Student).where(Student.id == student_id).with_for_update())
+    """Serialize ledger changes per student (row lock on PostgreSQL; SQLite writers are serial).
+
+    FOR NO KEY UPDATE, as the purchase rows (enrollments, package purchases) are locked: these locks exclude each
+    other as FOR UPDATE would, but not the key-share lock a foreign key check takes. A FOR UPDATE on a purchase
+    row made the ledger entry a spend or release writes under the student's lock wait for a refund holding the
+    purchase and wanting the student: a deadlock."""
+    return session.scalar(select(Student).where(Student.id == student_id).with_for_update(key_share=True))
 
 
 def _existing(session: Session, key: str) -> CreditLedgerEntry | None:

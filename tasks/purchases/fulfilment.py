@@ -257,7 +257,7 @@ def _lock_or_create(session: Session, model, checkout_session_id: str, make):
     ).first()
     if created is not None:
         return created, True
-    query = select(model).where(model.stripe_checkout_session_id == checkout_session_id).with_for_update()
+    query = select(model).where(model.stripe_checkout_session_id == checkout_session_id).with_for_update(key_share=True)
     row = session.scalar(query.execution_options(populate_existing=True))
     if row is None:
         raise TransientError(f"purchase of {checkout_session_id} vanished")
@@ -476,7 +476,7 @@ def refulfill_checkout_session(*, ctx: HandlerContext, checkout_session_id: str,
         return SessionRefulfilled(checkout_session_id, "course", enrollment.id, done.status,
                                   done.provisioned.as_dict(), [])
     package_purchase = session.scalar(select(PackagePurchase).where(
-        PackagePurchase.stripe_checkout_session_id == checkout_session_id).with_for_update())
+        PackagePurchase.stripe_checkout_session_id == checkout_session_id).with_for_update(key_share=True))
     if package_purchase is not None:
         granted = {}
         if package_purchase.status == PurchaseStatus.PAID:

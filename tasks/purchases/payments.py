@@ -85,13 +85,13 @@ def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = 
     """The enrollment or package purchase paid by this payment intent (row-locked)."""
     query = select(StudentCourseEnrollment).where(StudentCourseEnrollment.stripe_payment_intent_id == payment_intent)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE: see credits.lock_student
     enrollment = session.scalar(query.order_by(StudentCourseEnrollment.id).limit(1))
     if enrollment is not None:
         return Purchase(enrollment=enrollment)
     query = select(PackagePurchase).where(PackagePurchase.stripe_payment_intent_id == payment_intent)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE: see credits.lock_student
     return Purchase(package_purchase=session.scalar(query.order_by(PackagePurchase.id).limit(1)))
 
 
