@@ -214,12 +214,14 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     return released
 
 
-def _revoked_under(session: Session, cause: str, credit_type: CreditType) -> int:
-    """How many credits of one type are revoked under one cause, in all (a cause names its purchase, so these are
-    that purchase's: its lot and the lots reinstatements gave back)."""
+def _revoked_under(session: Session, cause: str, grant: CreditLedgerEntry) -> int:
+    """How many credits of the lot's type are revoked under one cause, in all (a cause names its purchase, so these
+    are that purchase's: its lot and the lots reinstatements gave back). Read through the student's entries of that
+    type (`ix_credit_ledger_entry_student_type`): the cause has no index of its own."""
     return -int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0)).where(
+        CreditLedgerEntry.student_id == grant.student_id,
+        CreditLedgerEntry.credit_type == grant.credit_type,
         CreditLedgerEntry.cause == cause,
-        CreditLedgerEntry.credit_type == credit_type,
         CreditLedgerEntry.entry_type == LedgerEntryType.REVOKE,
     )))
 
@@ -243,7 +245,7 @@ def _share_owed(session: Session, consumed: CreditLedgerEntry) -> Cause | None:
         return None
     for share in session.scalars(select(CreditShare).join(CreditLedgerEntry, CreditLedgerEntry.id == CreditShare.grant_id)
                                  .where(same).order_by(CreditShare.cause)):
-        if _revoked_under(session, share.cause, consumed.credit_type) < share.target:
+        if _revoked_under(session, share.cause, consumed) < share.target:
             return Cause.parse(share.cause)
     return None
 
@@ -263,7 +265,7 @@ def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, targ
         share = CreditShare(grant_id=grant.id, cause=str(cause), target=target)
         session.add(share)
     share.target = max(share.target, target)
-    owed = share.target - _revoked_under(session, str(cause), grant.credit_type)
+    owed = share.target - _revoked_under(session, str(cause), grant)
     continuations = [lot.grant for lot in lots(session=session, enrollment_id=grant.enrollment_id,
                                                package_purchase_id=grant.package_purchase_id,
                                                credit_type=grant.credit_type) if lot.grant.id > grant.id
