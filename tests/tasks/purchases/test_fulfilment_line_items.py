@@ -86,6 +86,25 @@ def test_an_unknown_price_is_ignored_and_its_refund_is_asked_of_stripe(database,
     assert state(database)["enrollments"] == [] and state(database)["packages"] == []
 
 
+def test_another_sale_delivered_twice_and_after_its_refund_stays_ignored(database, stripe_api, stripe_settings):
+    """The same checkout of another sale twice (a redelivery, and a copy under a new event id), and its refund
+    delivered before it: each ends ignored, nothing is made."""
+    from tests.tasks.purchases.payments_support import refund_created
+
+    _sell(stripe_api, "cs_other", "price_elsewhere", "prod_x", 500)
+    stripe_api.add_payment_intent(id="pi_other", amount=500, currency="usd")
+    refund = refund_created(refund_id="re_other", pi="pi_other", amount=500)
+    assert deliver(database, refund, stripe_settings).outcome is inbox.Outcome.IGNORED  # before its checkout
+    event = _bare_checkout("cs_other", "pi_other", 500)
+    assert deliver(database, event, stripe_settings).outcome is inbox.Outcome.IGNORED
+    assert deliver(database, event, stripe_settings).outcome is inbox.Outcome.SKIPPED  # redelivered
+    copy = _bare_checkout("cs_other", "pi_other", 500)
+    assert copy["id"] != event["id"]
+    assert deliver(database, copy, stripe_settings).outcome is inbox.Outcome.IGNORED  # a copy: the same answer
+    assert inbox_row(database, refund).status is InboxStatus.IGNORED
+    assert state(database)["enrollments"] == [] and state(database)["packages"] == []
+
+
 def test_stripe_unavailable_is_retried_and_no_api_key_is_permanent(database, stripe_api, stripe_settings):
     with database.session_scope() as s:
         program = factories.program(s)
