@@ -7,7 +7,7 @@
   (credits, access) stays taken back.
 
 A refund whose first word from Stripe is failed or canceled returned nothing and is neither. Refunds the studio
-made keeping access are netted against each figure on its own rule (`tasks.purchases.goodwill.kept_amount`,
+made keeping access are netted against each figure on its own rule (`tasks.purchases.goodwill.kept_amounts`,
 `tasks.purchases.payments.taken_back`).
 """
 from __future__ import annotations

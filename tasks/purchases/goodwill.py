@@ -7,11 +7,11 @@ the moment it is asked (`pending`), since Stripe's events about it may be handle
 is recorded, or the answer may be unknown until the call is retried. A kept refund that Stripe refused, or
 whose first word from Stripe is a failure, returned nothing and is no longer netted. One Stripe reports
 failed after reporting it going through stays in the stored refunded total, and is netted from that figure
-still (`once`): its failure takes nothing away (`tasks.purchases.counted`, `payments.taken_back`).
+still (`kept_amounts`, the second figure): its failure takes nothing away (`tasks.purchases.counted`, `payments.taken_back`).
 """
 from __future__ import annotations
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
@@ -19,18 +19,20 @@ from db.types import utcnow
 from tasks.purchases.counted import counted_once, going_refund
 
 
-def kept_amount(session: Session, enrollment_id: int, *, once: bool = False) -> int:
-    """The kept refunds' amount: asked or made, and going through (`once`: or going through once, as the stored
-    refunded total counts them)."""
-    # each refund's own record looked up by its key (unique), not every failed refund read
-    counts = counted_once() if once else going_refund()
-    reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id, ~counts)
-    return int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
+def kept_amounts(session: Session, enrollment_id: int) -> tuple[int, int]:
+    """The kept refunds' amount, asked or made: (going through, going through once), the second as the stored
+    refunded total counts them. One read for both."""
+
+    def counted(counts):  # each refund's own record looked up by its key (unique), not every failed refund read
+        reported_failed = exists().where(PaymentRefund.refund_key == AdminRefund.stripe_refund_id, ~counts)
+        return func.coalesce(func.sum(case((~reported_failed, AdminRefund.amount), else_=0)), 0)
+
+    going, once = session.execute(select(counted(going_refund()), counted(counted_once())).where(
         AdminRefund.enrollment_id == enrollment_id,
         AdminRefund.keep_access.is_(True),
         AdminRefund.status.in_(("pending", "succeeded")),
-        ~reported_failed,
-    )))
+    )).one()
+    return int(going), int(once)
 
 
 def settle_asked(session: Session, refund: dict, enrollment_id: int | None) -> None:

@@ -119,8 +119,7 @@ def revoke(*, session: Session, enrollment_id: int, cause: str) -> StudentCourse
 def _payments_say_revoked(session: Session, enrollment: StudentCourseEnrollment) -> str | None:
     if enrollment.stripe_payment_intent_id is None:
         return None
-    refunded = payments.refunded_total(session, payments.Purchase(enrollment=enrollment))
-    if enrollment.amount_total > 0 and payments.taken_back(session, enrollment, refunded) >= enrollment.amount_total:
+    if enrollment.amount_total > 0 and payments.taken_back_now(session, enrollment)[1] >= enrollment.amount_total:
         return "it was refunded in full"
     lost = session.scalar(select(PaymentDispute.id).where(PaymentDispute.enrollment_id == enrollment.id,
                                                           PaymentDispute.status == DisputeStatus.LOST).limit(1))

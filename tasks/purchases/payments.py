@@ -97,14 +97,15 @@ def purchase_for_payment(session: Session, payment_intent: str, *, lock: bool = 
 
 
 
-def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0) -> int:
+def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0, going: int | None = None) -> int:
     """The highest refunded total known: Stripe's cumulative figure, or the sum of counted refunds by id
     (plus `asked`: refunds asked for whose outcome is unknown, which Stripe's figure may already hold).
 
     A refund that failed after it was counted is left out of the sum; the stored total keeps what
     was once reached (what a refund took back stays taken back: `tasks.purchases.refunds`).
     """
-    total = max(purchase.row.amount_refunded or 0, _going(session, purchase) + asked)
+    going = _going(session, purchase) if going is None else going  # `going`: the caller read it already
+    total = max(purchase.row.amount_refunded or 0, going + asked)
     paid = purchase.row.amount_total or 0
     # Stripe never refunds more than was paid: a figure above it holds a refund that failed before another was
     # made, its failure not handled yet
@@ -119,14 +120,22 @@ def _going(session: Session, purchase: Purchase) -> int:
                               .where(column == row.id, going_refund())))
 
 
-def taken_back(session: Session, enrollment: StudentCourseEnrollment, total: int) -> int:
+def taken_back(session: Session, enrollment: StudentCourseEnrollment, total: int, going: int | None = None) -> int:
     """What the refunds take back (access, credits), `total` being the refunded total: refunds made keeping access
     take nothing. Judged on the total (the highest reached: a refund that failed after it counted keeps what it
     took), net of every kept refund it may hold; and on the refunds going through now, net of the kept ones
     among them. The higher wins: a kept refund that failed takes nothing, and a refund made again after one
     failed is not counted twice."""
-    return max(total - goodwill.kept_amount(session, enrollment.id, once=True),
-               _going(session, Purchase(enrollment=enrollment)) - goodwill.kept_amount(session, enrollment.id), 0)
+    going = _going(session, Purchase(enrollment=enrollment)) if going is None else going
+    kept_going, kept_once = goodwill.kept_amounts(session, enrollment.id)
+    return max(total - kept_once, going - kept_going, 0)
+
+
+def taken_back_now(session: Session, enrollment: StudentCourseEnrollment) -> tuple[int, int]:
+    """(refunded total, what it takes back), the refunds going through read once for both."""
+    going = _going(session, Purchase(enrollment=enrollment))
+    total = refunded_total(session, Purchase(enrollment=enrollment), going=going)
+    return total, taken_back(session, enrollment, total, going)
 
 
 def _disputes(session: Session, purchase: Purchase) -> list[PaymentDispute]:
@@ -160,7 +169,7 @@ def take_refund_shares(*, session: Session, enrollment: StudentCourseEnrollment,
     every refund, and again when a reinstatement gives credits back. `refunded`: net of refunds made keeping
     access, when the caller has it."""
     if refunded is None:
-        refunded = taken_back(session, enrollment, refunded_total(session, Purchase(enrollment=enrollment)))
+        refunded = taken_back_now(session, enrollment)[1]
     _revoke_in_proportion(session, lots=credits.lots(session=session, enrollment_id=enrollment.id),
                           refunded=refunded, paid=enrollment.amount_total,
                           cause=Cause.partial_refund(ENROLLMENT_OWNER, enrollment.id))
@@ -169,9 +178,8 @@ def take_refund_shares(*, session: Session, enrollment: StudentCourseEnrollment,
 def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, cause: str) -> None:
     """Apply every recorded refund and dispute of this enrollment (caller holds its row lock)."""
     purchase = Purchase(enrollment=enrollment)
-    enrollment.amount_refunded = refunded_total(session, purchase)
     # a refund the studio made keeping access takes nothing away (tasks.purchases.goodwill)
-    refunded = taken_back(session, enrollment, enrollment.amount_refunded)
+    enrollment.amount_refunded, refunded = taken_back_now(session, enrollment)
     disputes = _disputes(session, purchase)
     lost = [d for d in disputes if d.status == DisputeStatus.LOST]
     still_open = [d for d in disputes if d.status == DisputeStatus.OPEN]
