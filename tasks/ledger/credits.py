@@ -266,11 +266,16 @@ def take_share(*, session: Session, grant: CreditLedgerEntry, cause: Cause, targ
         session.add(share)
     share.target = max(share.target, target)
     owed = share.target - _revoked_under(session, str(cause), grant)
+    if owed <= 0:
+        return  # the usual case when a refund is settled again
+    taken = revoke_from_lot(session=session, grant=grant, quantity=owed,
+                            key=Keys.revoke_share(cause, grant.id, share.target), cause=cause)
+    owed += taken.quantity if taken is not None else 0
     continuations = [lot.grant for lot in lots(session=session, enrollment_id=grant.enrollment_id,
                                                package_purchase_id=grant.package_purchase_id,
                                                credit_type=grant.credit_type) if lot.grant.id > grant.id
-                     and Cause.parse(lot.grant.cause).kind is CauseKind.REINSTATEMENT]
-    for lot in [grant, *continuations]:
+                     and Cause.parse(lot.grant.cause).kind is CauseKind.REINSTATEMENT] if owed > 0 else []
+    for lot in continuations:  # read only when the lot itself could not give the share
         if owed <= 0:
             return
         taken = revoke_from_lot(session=session, grant=lot, quantity=owed,
