@@ -59,14 +59,14 @@ class RequestHandler(WSGIRequestHandler):
     # each read (request line, headers, body) and write on a connection waits at most this long, then the
     # connection is dropped: a client that stops sending does not keep its thread forever
     timeout = READ_TIMEOUT_SECONDS
-    head_deadline = HEAD_DEADLINE_SECONDS
 
     def setup(self) -> None:
         super().setup()
         self.rfile = _HeadDeadline(self.rfile, self.connection, self.timeout)  # type: ignore[assignment]
 
     def handle_one_request(self) -> None:
-        self.rfile.deadline = time.monotonic() + self.head_deadline  # type: ignore[attr-defined]
+        head_deadline = getattr(self.server, "head_deadline", HEAD_DEADLINE_SECONDS)
+        self.rfile.deadline = time.monotonic() + head_deadline  # type: ignore[attr-defined]
         super().handle_one_request()
 
     def parse_request(self) -> bool:
@@ -90,10 +90,10 @@ class BoundedThreadedServer(ThreadedWSGIServer):
     """A thread per connection, at most `max_connections` at once: one more is closed as it is accepted."""
 
     def __init__(self, host: str, port: int, app, *, max_connections: int = MAX_CONNECTIONS,
-                 handler: type[RequestHandler] = RequestHandler) -> None:
+                 head_deadline: float = HEAD_DEADLINE_SECONDS) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
-        self.max_connections = max_connections
-        super().__init__(host, port, app, handler=handler)
+        self.max_connections, self.head_deadline = max_connections, head_deadline
+        super().__init__(host, port, app, handler=RequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -115,6 +115,4 @@ class BoundedThreadedServer(ThreadedWSGIServer):
 
 def make_ingress_server(host: str, port: int, app, *, max_connections: int = MAX_CONNECTIONS,
                         head_deadline: float = HEAD_DEADLINE_SECONDS) -> BaseWSGIServer:
-    handler = RequestHandler if head_deadline == HEAD_DEADLINE_SECONDS else \
-        type("RequestHandler", (RequestHandler,), {"head_deadline": head_deadline})
-    return BoundedThreadedServer(host, port, app, max_connections=max_connections, handler=handler)
+    return BoundedThreadedServer(host, port, app, max_connections=max_connections, head_deadline=head_deadline)
