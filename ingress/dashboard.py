@@ -45,6 +45,7 @@ from tasks.messaging.mail import money
 from tasks.enrollments import services as enrollments
 from tasks.errors import NotFound, TaskError
 from tasks.inbox import admin as inbox
+from tasks.inbox.store import is_pruned
 from tasks.purchases import evidence, fulfilment
 from tasks.reporting import links, ops, reports, timeline
 from workers import job_runs
@@ -394,7 +395,7 @@ def _event_row(event: InboxEvent) -> dict:
         "id": event.id, "source": event.source.value, "event_id": event.event_id, "type": event.type,
         "subject": event.subject, "status": event.status.value, "attempts": event.attempts,
         "last_error": event.last_error, "waiting_for": event.waiting_for, "received_at": event.received_at,
-        "processed_at": event.processed_at,
+        "processed_at": event.processed_at, "pruned": is_pruned(event.payload),
     }
 
 

@@ -360,11 +360,21 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
                                                                  security=ADMIN),
     ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN,
+                                 description="Newest first. Each event: `id`, `source`, `event_id`, `type`, "
+                                             "`subject`, `status`, `received_at`, `processed_at`, `attempts`, "
+                                             "`last_error`, `waiting_for`, and `payload_pruned` (its raw payload "
+                                             "was pruned by retention or an erasure: not replayable).",
                                  query=[q("status", "inbox status"),
                                         q("limit", "how many, 1 to 500 (default 50)",
                                           schema={"type": "integer", "minimum": 1, "maximum": 500})]),
-    ("POST", "/admin/events/{inbox_id}/replay"): op("Replay an inbox event (queued)", tag="admin", security=ADMIN,
-                                                    status="202", extra=NOT_FOUND),
+    ("POST", "/admin/events/{inbox_id}/replay"): op(
+        "Replay an inbox event (queued)", tag="admin", security=ADMIN, status="202",
+        description="Puts a failed, waiting or ignored event back to pending and queues it. An event's raw payload "
+                    "is pruned once it is older than RETENTION_DAYS (processed, ignored and failed ones alike) or "
+                    "when its student is erased; such an event (`payload_pruned: true` in `GET /admin/events`) "
+                    "has nothing left to run and is refused, changing nothing.",
+        extra={**NOT_FOUND, "409": _json("Error", "already_processed, or payload_pruned: its payload was pruned "
+                                                  "(RETENTION_DAYS or the student's erasure)")}),
     ("POST", "/admin/outbox/retry-dead"): op("Dead outbox messages due again, 10,000 a call", tag="admin", security=ADMIN,
                                              ok=_json("RetriedDead"), description=RETRY_DEAD),
     ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",

@@ -12,8 +12,8 @@ from db.enums import InboxSource, InboxStatus
 from db.models.base import Base, BigId
 from db.types import enum_column, ErrorText, utcnow
 
-# settled events whose payload retention has still to prune (tasks.lifecycle.retention)
-EVENTS_TO_PRUNE = "status IN ('processed', 'ignored') AND NOT (payload ? 'pruned_at')"
+# ended events (processed, ignored, failed) whose payload retention has still to prune (tasks.lifecycle.retention)
+EVENTS_TO_PRUNE = "status IN ('processed', 'ignored', 'failed') AND NOT (payload ? 'pruned_at')"
 
 
 class InboxEvent(Base):
@@ -26,7 +26,7 @@ class InboxEvent(Base):
         Index("ix_inbox_event_waiting_for", "waiting_for"),
         Index("ix_inbox_event_subject", "subject"),
         # retention's batches, oldest first, without reading past what it pruned before (PostgreSQL: partial)
-        Index("ix_inbox_event_to_prune", "received_at", "id", postgresql_where=text(EVENTS_TO_PRUNE)),
+        Index("ix_inbox_event_payload_to_prune", "received_at", "id", postgresql_where=text(EVENTS_TO_PRUNE)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

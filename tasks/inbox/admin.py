@@ -69,4 +69,6 @@ def event_view(event: InboxEvent) -> dict[str, Any]:
         "attempts": event.attempts,
         "last_error": event.last_error,
         "waiting_for": event.waiting_for,
+        # retention (RETENTION_DAYS) or a student's erasure pruned it: it can no longer be replayed
+        "payload_pruned": is_pruned(event.payload),
     }

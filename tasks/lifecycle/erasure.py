@@ -5,7 +5,8 @@ its status: unsent ones are never sent; its dedupe key keeps neither the address
 their enrollments, their bookings (a credit booking's mail has no enrollment) and their address; the raw
 payloads of the inbox events about the student (their profile, their bookings, their payments by payment
 intent, checkout session or charge, and every checkout that names them or their address, free or failed
-ones too: pruned as retention prunes, keeping ids, a hash and the financial facts); their name and
+ones too: pruned as retention prunes, keeping ids, a hash and the financial facts; one still to be applied,
+pending, processing or waiting, keeps its payload until retention prunes it once it has ended); their name and
 addresses in dispute evidence (a draft is dropped and drafted again when shown; evidence already sent keeps
 what the bank was told, redacted). Kept, under the platform's student id, which names no one once the
 platform has erased its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the
@@ -156,7 +157,6 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),
                                                           InboxEvent.status.not_in(STILL_TO_APPLY))):
-        events += retention.prune_event(event, now=now)
-        event.waiting_for = None  # one that gave up waiting must not wake on a payload that is gone
+        events += retention.prune_event(event, now=now)  # one that gave up waiting no longer wakes
     session.flush()
     return Erased(student_id, mails, events)

@@ -12,8 +12,10 @@ dispute. A message's delivery moves (pending → sending → pending → … →
 bulk of the log: those of a message that ended (`sent` or `dead`) are deleted once older than
 RETENTION_DAYS; the message's row keeps its final status, attempts, last error and sent time.
 
-Only settled rows are pruned: an inbox row `processed` or `ignored` (a `failed` one keeps its payload
-for a replay, anything pending or waiting is still to be applied), a mail `sent` or `dead`.
+Only rows that ended are pruned: an inbox row `processed`, `ignored` or `failed` (anything pending,
+processing or waiting is still to be applied), a mail `sent` or `dead`. A `failed` row is replayable until it
+is pruned; then nothing is left to run, and a replay is refused (`tasks.inbox.admin.PayloadPruned`). One that
+failed giving up waiting forgets what it waited for, so that arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
 """
 from __future__ import annotations
@@ -41,6 +43,9 @@ STRIPE_FACTS = ("id", "object", "amount", "amount_total", "amount_subtotal", "am
                 "client_reference_id", "refunded", "reason")
 METADATA_FACTS = ("kind", "course_code", "package_code")
 
+
+# inbox rows that ended: their payload is pruned once older than RETENTION_DAYS (db.models.inbox.EVENTS_TO_PRUNE)
+ENDED_EVENTS = (InboxStatus.PROCESSED, InboxStatus.IGNORED, InboxStatus.FAILED)
 
 # transitions that are delivery mechanics, not facts: pruned once their message ended
 DELIVERY_ENTITY = OUTBOX.entity
@@ -87,6 +92,7 @@ def pruned_payload(payload: Any, *, now: datetime, facts: dict[str, Any] | None 
 
 
 def prune_event(event: InboxEvent, *, now: datetime) -> bool:
+    event.waiting_for = None  # one that gave up waiting must not wake on a payload that is gone
     if is_pruned(event.payload):
         return False
     facts = stripe_facts(event.payload) if event.source == InboxSource.STRIPE else None
@@ -107,13 +113,13 @@ def prune_mail(session: Session, message: OutboxMessage, *, now: datetime) -> bo
 def prune(*, session: Session, retention_days: int, now: datetime | None = None, batch: int = BATCH) -> Pruned:
     """One batch of each kind, oldest first; the job runs again until nothing is left to prune.
 
-    Each batch is found through a partial index of what is left to do (migration 0014): the rows pruned
+    Each batch is found through a partial index of what is left to do (migrations 0014, 0019): the rows pruned
     before are not in it, so a batch reads its own rows, however much has been kept."""
     now = now or utcnow()
     cutoff = now - timedelta(days=retention_days)
     done = Pruned()
     events = session.scalars(select(InboxEvent).where(
-        InboxEvent.status.in_((InboxStatus.PROCESSED, InboxStatus.IGNORED)), _not_pruned(session, InboxEvent.payload),
+        InboxEvent.status.in_(ENDED_EVENTS), _not_pruned(session, InboxEvent.payload),
         InboxEvent.received_at < cutoff)
         .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
     done.events = sum(prune_event(e, now=now) for e in events)

@@ -120,9 +120,10 @@ def replay_failed(*, session: Session, type_: str | None = None, limit: int = BU
 
 
 def failed_types(*, session: Session) -> dict[str, int]:
-    """Failed events by type (for the bulk replay's choice)."""
+    """Failed events by type that the bulk replay would replay (not those whose payload was pruned)."""
     rows = session.execute(
-        select(InboxEvent.type, func.count()).where(InboxEvent.status == InboxStatus.FAILED)
+        select(InboxEvent.type, func.count()).where(InboxEvent.status == InboxStatus.FAILED,
+                                                    InboxEvent.payload[PRUNED].as_string().is_(None))
         .group_by(InboxEvent.type).order_by(InboxEvent.type)
     ).all()
     return {t: n for t, n in rows}

@@ -98,7 +98,7 @@ def test_retention_takes_each_batch_through_the_indexes_of_what_it_has_left_to_d
 
     with pg_database.session_scope() as s:
         work = lambda: retention.prune(session=s, retention_days=400)  # noqa: E731
-        _indexed(plans_of(pg_database, s, work, naming="FROM inbox_event WHERE"), "ix_inbox_event_to_prune")
+        _indexed(plans_of(pg_database, s, work, naming="FROM inbox_event WHERE"), "ix_inbox_event_payload_to_prune")
         _indexed(plans_of(pg_database, s, work, naming="FROM outbox_message WHERE outbox_message.channel"),
                  "ix_outbox_message_mail_to_prune")
         _indexed(plans_of(pg_database, s, work, naming="FROM transition_log WHERE"), "ix_transition_log_delivery_at")

@@ -83,6 +83,58 @@ def test_an_event_whose_payload_was_pruned_is_not_replayed(client, runtime, admi
         assert s.get(InboxEvent, failed).status == InboxStatus.FAILED
 
 
+def test_a_failed_event_retention_pruned_is_shown_pruned_and_its_replay_refused(client, runtime, admin_headers,
+                                                                                 monkeypatch):
+    """Retention kept a failed event's payload for ever; it now prunes it once older than RETENTION_DAYS. Then
+    the API says so (`payload_pruned`), every replay (HTTP, dashboard, CLI) is refused and changes nothing, and the
+    dashboard offers no replay of it (its bulk replay's count left it in, then replayed none)."""
+    from datetime import timedelta
+
+    from click.testing import CliRunner
+    from sqlalchemy import func, select, update
+
+    from coursepipe.cli import main
+    from db.models import AuditEntry
+    from db.types import utcnow
+    from tasks.lifecycle import retention
+    from tests.admin_support import login_as, make_admin
+
+    support.BEHAVIOUR["adm-old"] = {"broken": True}
+    old = _store(runtime.db, "test.flaky", "adm-old")
+    _fail(runtime.db, old)
+    with runtime.db.session_scope() as s:
+        s.execute(update(InboxEvent).where(InboxEvent.id == old).values(received_at=utcnow() - timedelta(days=401)))
+    with runtime.db.session_scope() as s:
+        assert retention.prune(session=s, retention_days=400).events == 1
+
+    def row():
+        with runtime.db.session_scope() as s:
+            event = s.get(InboxEvent, old)
+            return (event.status, event.attempts, event.last_error, dict(event.payload),
+                    s.scalar(select(func.count()).select_from(AuditEntry)))
+
+    before = row()
+    assert before[0] == InboxStatus.FAILED and set(before[3]) == {"pruned_at", "sha256"}
+    [listed] = client.get("/admin/events?status=failed", headers=admin_headers).get_json()["events"]
+    assert (listed["id"], listed["payload_pruned"]) == (old, True)
+    response = client.post(f"/admin/events/{old}/replay", headers=admin_headers, json={"reason": "try"})
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "payload_pruned"
+    assert "its payload was pruned" in response.get_json()["error"]["message"]
+    monkeypatch.setenv("DATABASE_URL", runtime.settings.database_url)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cli = CliRunner().invoke(main, ["events", "replay", str(old), "--reason", "try"])
+    assert cli.exit_code == 1 and "its payload was pruned" in cli.output
+    make_admin(runtime.db, "op@studio.test", "operator")
+    csrf = login_as(client, "op@studio.test")
+    home = client.get("/admin/").get_data(True)
+    assert "payload pruned" in home and "replay every failed event" not in home  # nothing the bulk replay would run
+    page = client.get(f"/admin/ui/events/{old}").get_data(True)
+    assert 'id="payload-pruned"' in page and f"/admin/ui/events/{old}/replay" not in page
+    refused = client.post(f"/admin/ui/events/{old}/replay", data={"csrf_token": csrf}, follow_redirects=True)
+    assert "its payload was pruned" in refused.get_data(True)
+    assert row() == before
+
+
 def test_cli_events_list_and_replay_in_embedded_mode(runtime):
     inbox_id = _store(runtime.db, "test.permanent")
     _fail(runtime.db, inbox_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
@@ -40,13 +41,15 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         original = s.scalar(select(InboxEvent)).payload
         s.add(InboxEvent(source="platform", event_id="pev_failed", type="student.upserted",
                          payload={"data": {"email": "x@example.test"}}, status=InboxStatus.FAILED))
+        s.add(InboxEvent(source="platform", event_id="pev_waiting", type="booking.created", waiting_for="class:gc_9",
+                         payload={"data": {"booking_id": "bk_9"}}, status=InboxStatus.WAITING))
     with database.session_scope() as s:  # nothing is old yet
         assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
                                                                                 "transitions_pruned": 0}
     _age(database, 401)
     with database.session_scope() as s:
         done = retention.prune(session=s, retention_days=400)
-    assert done.events == 1 and done.mails >= 1
+    assert done.events == 2 and done.mails >= 1
     with database.session_scope() as s:
         event = s.scalar(select(InboxEvent).where(InboxEvent.type == "checkout.session.completed"))
         assert event.event_id and event.subject == "payment:pi_1" and event.status is InboxStatus.PROCESSED
@@ -57,7 +60,10 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         assert facts["metadata.course_code"] == "SFZ" and "customer_details" not in facts
         assert "ada@example.test" not in str(event.payload)
         failed = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "pev_failed"))
-        assert failed.payload == {"data": {"email": "x@example.test"}}  # kept for a replay
+        assert set(failed.payload) == {"pruned_at", "sha256"} and failed.status is InboxStatus.FAILED
+        assert failed.payload["sha256"] == retention.digest({"data": {"email": "x@example.test"}})
+        waiting = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "pev_waiting"))
+        assert waiting.payload == {"data": {"booking_id": "bk_9"}}  # still to be applied: kept
         mails = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.MAIL)).all()
         assert mails and all(m.recipient is None and set(m.payload) == {"pruned_at", "sha256"} for m in mails)
         platform = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.PLATFORM)).all()
@@ -66,6 +72,41 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
                                                                                 "transitions_pruned": 0}
     assert state(database) == before  # the financial record is untouched
+
+
+def test_a_failed_event_is_pruned_once_old_and_then_neither_replayed_nor_woken(database):
+    """A `failed` event kept its raw payload (a student's address here) for ever: retention pruned only processed
+    and ignored ones. One that failed giving up waiting keeps the key it waited for, which would wake it, pruned,
+    when that arrives: it forgets the key."""
+    from tasks.inbox import admin as inbox_admin
+    from tasks.inbox import parking
+    from tasks.reporting import ops
+
+    payload = {"data": {"student_id": "stu_9", "email": "eve@example.test", "name": "Eve"}}
+    with database.session_scope() as s:
+        old = InboxEvent(source="platform", event_id="pev_old", type="booking.created", payload=payload,
+                         status=InboxStatus.FAILED, attempts=5, last_error="waited for class:gc_9 for more than 72 "
+                         "hours (WAIT_HORIZON_HOURS); nothing provided it", waiting_for="class:gc_9",
+                         received_at=utcnow() - timedelta(days=401))
+        recent = InboxEvent(source="platform", event_id="pev_recent", type="booking.created", payload=payload,
+                            status=InboxStatus.FAILED, attempts=5, last_error="boom", received_at=utcnow())
+        s.add_all([old, recent])
+    with database.session_scope() as s:
+        assert retention.prune(session=s, retention_days=400).events == 1
+    with database.session_scope() as s:
+        old, recent = s.get(InboxEvent, old.id), s.get(InboxEvent, recent.id)
+        assert set(old.payload) == {"pruned_at", "sha256"} and "eve@example.test" not in str(old.payload)
+        assert (old.status, old.attempts, old.last_error.startswith("waited for class:gc_9"), old.waiting_for) == (
+            InboxStatus.FAILED, 5, True, None)
+        assert recent.payload == payload  # younger than RETENTION_DAYS: still replayable
+    with database.session_scope() as s:  # what it waited for arrives: it stays failed, not run on nothing
+        assert parking.wake_waiting(session=s, keys={"class:gc_9"}) == []
+    with database.session_scope() as s:
+        with pytest.raises(inbox_admin.PayloadPruned, match="its payload was pruned"):
+            inbox_admin.replay(session=s, inbox_id=old.id)
+        assert ops.replay_failed(session=s) == [recent.id]  # the bulk replay leaves it out
+    with database.session_scope() as s:
+        assert s.get(InboxEvent, old.id).status is InboxStatus.FAILED
 
 
 def test_retention_prunes_ended_messages_delivery_moves_and_keeps_every_other_transition(database):
