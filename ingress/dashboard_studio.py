@@ -53,7 +53,7 @@ def student_page(student_id: str):
             .where(StudentCourseEnrollment.student_id == student_id).order_by(StudentCourseEnrollment.id))]
         known = student is not None
         person = {"email": student.email, "name": student.name, "timezone": student.timezone} if known else None
-        credit_statement = statement.credit_statement(session=s, student_id=student_id)
+        credit_statement = statement.credit_statement(session=s, student_id=student_id, name_admins=True)
         courses = [p.code for p in catalog.live_programs(s)]
         chosen = timeline.parse_kinds(request.args.getlist("kind"))
         rows_of_timeline = timeline.student_timeline(session=s, student_id=student_id, kinds=chosen)

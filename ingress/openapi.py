@@ -42,7 +42,14 @@ def _closed(properties: dict, *, required: list[str]) -> dict:
 
 NULLABLE_STR = {"type": ["string", "null"]}
 ID_64 = {"type": "string", "minLength": 1, "maxLength": 64}
-REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "description": "why, for the audit log"}
+REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON,
+          "description": "why, for the audit log and the admins' pages; not sent to the platform"}
+# a credit adjustment's reason is also its line on the platform's credit statement
+ADJUSTMENT_REASON = {**REASON, "description": (
+    "why, for the audit log; also the cause in words of the adjustment's line on the student's credit statement "
+    "(`GET /v1/students/{student_id}/credits/statement`: \"2 group credits added by the studio: <reason>\"), "
+    "which the platform reads and may show the student, so write it for the student. The statement does not "
+    "say which admin made it; the audit log and the dashboard do.")}
 ENROLLMENT_STATUS = {"enum": ["pending", "active", "suspended", "revoked", "completed", "failed"],
                      "description": "pending: an asynchronous payment not settled yet; suspended: a dispute is open "
                                     "(no new step bookings); revoked: refunded in full, a dispute lost, or by hand; "
@@ -129,7 +136,7 @@ SCHEMAS: dict[str, dict] = {
     "CreditAdjustment": _closed({"kind": {"enum": ["group", "private"]},
                                  "quantity": {"type": "integer", "minimum": -MAX_ADJUSTMENT, "maximum": MAX_ADJUSTMENT,
                                               "not": {"const": 0}},
-                                 "reason": REASON,
+                                 "reason": ADJUSTMENT_REASON,
                                  "expires_at": {"type": ["string", "null"], "format": "date-time"}},
                                 required=["kind", "quantity", "reason"]),
     "Reason": _closed({"reason": REASON}, required=["reason"]),
@@ -461,7 +468,11 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         extra={**NOT_FOUND, "409": _json("Error", "not_enough_credit, or idempotency_key_reused (with another "
                                                   "kind, quantity or expires_at)")}),
     ("GET", "/v1/students/{student_id}/credits/statement"): op(
-        "Every ledger entry with its cause in words and a running balance", tag="read", security=READ),
+        "Every ledger entry with its cause in words and a running balance", tag="read", security=READ,
+        description="Meant to be shown to the student. A manual adjustment's `description` carries the reason the "
+                    "studio wrote (`2 group credits added by the studio: birthday`) and never names the admin who "
+                    "made it; the reasons of other admin actions (enrol by hand, revoke, reinstate, refund) are "
+                    "not on the statement: their lines say what happened (`… was reinstated`)."),
     # the studio's pages and forms
     ("GET", "/admin/ui/account"): op("My account: personal tokens (page)", tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/account/tokens"): op("Create a personal token (form): the page, with the token shown once",

@@ -5,6 +5,10 @@ for it: an expired lot is simply no longer usable), taking off what the lot held
 after its expiry (a booking on it cancelled in time, a refund revoking it) is listed but moves no balance
 (`counted: false`): the lot was no longer usable. So the closing balance is what
 `tasks.ledger.credits.balances` says, and every step to it is on a line.
+
+A manual adjustment's line carries the reason the admin wrote. Which admin made it is said only where admins
+read (`name_admins=True`: the dashboard's student page and timelines); the platform's statement, which a
+student may be shown, says "by the studio".
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
 class Names:
     """What descriptions name — a course by its enrollment, a package by its purchase, a class by its booking, an
     admin by the audit entry — looked up once each. `prefetch` reads those of many entries in one query a kind,
-    so a statement of a thousand entries costs a handful of queries, not a thousand."""
+    so a statement of a thousand entries costs a handful of queries, not a thousand. `name_admins`: an
+    adjustment names the admin who made it (admins' views); else "the studio" (the platform's)."""
 
     # kind: (the query of (key, value…) rows, its key column)
     QUERIES = {
@@ -37,8 +42,9 @@ class Names:
         "admin": (select(AuditEntry.id, AuditEntry.actor, AuditEntry.reason), AuditEntry.id),
     }
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, name_admins: bool = False) -> None:
         self.session = session
+        self.name_admins = name_admins
         self.found: dict[str, dict] = {kind: {} for kind in self.QUERIES}
 
     def prefetch(self, entries: list[CreditLedgerEntry]) -> None:
@@ -86,9 +92,10 @@ class Names:
     def by_admin(self, audit_id: str, verb: str) -> str:
         row = self._get("admin", int(audit_id))
         if row is None:
-            return f"{verb} by an admin"
+            return f"{verb} by an admin" if self.name_admins else f"{verb} by the studio"
         actor, reason = row
-        return f"{verb} by {actor}: {reason}" if reason else f"{verb} by {actor}"
+        who = actor if self.name_admins else "the studio"
+        return f"{verb} by {who}: {reason}" if reason else f"{verb} by {who}"
 
 
 def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = None) -> str:
@@ -120,7 +127,7 @@ def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = N
             return f"the returned credit of booking {booking} taken back: its purchase had been refunded"
     if cause.kind is CauseKind.REVOCATION and of is not None:
         if owner[0] == ENROLLMENT_OWNER:
-            return f"{credit} unused removed: {of} was revoked (refund or lost dispute)"
+            return f"{credit} unused removed: {of} was revoked (refunded, a dispute lost, or by the studio)"
         return f"{credit} unused removed: {of} refunded or disputed"
     if cause.kind is CauseKind.PARTIAL_REFUND and of is not None:
         if entry.booking_id is not None:  # the share the refund could not take when the lot was spent
@@ -131,12 +138,14 @@ def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = N
     return f"{credit} {kind.value}: {entry.cause}"
 
 
-def credit_statement(*, session: Session, student_id: str, now: datetime | None = None) -> dict[str, Any]:
+def credit_statement(*, session: Session, student_id: str, now: datetime | None = None,
+                     name_admins: bool = False) -> dict[str, Any]:
+    """`name_admins`: adjustments name the admin who made them (admins' views only; see the module's doc)."""
     now = now or utcnow()
     lines: list[tuple[datetime, int, dict[str, Any]]] = []
     ledger = list(session.scalars(select(CreditLedgerEntry).where(CreditLedgerEntry.student_id == student_id)
                                   .order_by(CreditLedgerEntry.created_at, CreditLedgerEntry.id)))
-    names = Names(session)
+    names = Names(session, name_admins=name_admins)
     names.prefetch(ledger)
     expired = {lot.grant.id: lot.grant.expires_at for lot in credits.lots(session=session, student_id=student_id)
                if lot.grant.expires_at is not None and lot.grant.expires_at <= now}

@@ -196,7 +196,7 @@ def _messages(session: Session, where, limit: int) -> list[TimelineEntry]:
 def _credits(session: Session, where, limit: int) -> list[TimelineEntry]:
     entries = _newest(session.scalars(select(CreditLedgerEntry).where(where).order_by(CreditLedgerEntry.id.desc())
                                       .limit(limit)))
-    names = statement.Names(session)
+    names = statement.Names(session, name_admins=True)  # the timelines are the admins' pages
     names.prefetch(entries)  # what the descriptions name, a query a kind
     return [TimelineEntry(
         c.created_at, "credit", f"{c.entry_type.value} {c.quantity:+d} {c.credit_type.value}",

@@ -133,6 +133,42 @@ def test_credit_adjustments_go_through_the_ledger(client, runtime, operator):
         assert [r.cause for r in rows] == [f"adjustment:{audit_ids[0]}", f"adjustment:{audit_ids[1]}"]
 
 
+def test_the_platforms_statement_keeps_the_reasons_and_names_no_admin(client, runtime, stripe_server, operator,
+                                                                       admin_headers):
+    """Every admin action that moves a student's credits (adjustments both ways, a comp with its bundle, revoke,
+    reinstate, a partial refund): the read API's statement, which a student may be shown, named the admin of
+    each adjustment ("added by op@studio.test: birthday"); it now says "by the studio" and keeps the reason.
+    The dashboard's student page, read by admins, still names them."""
+    from tests.admin_support import login_as
+
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    _course(db, code="ABC", bundle=((BundleKind.GROUP_CREDIT, 3),))
+    for path, body in (("/admin/students/stu_1/credits", {"kind": "group", "quantity": 2, "reason": "birthday"}),
+                       ("/admin/students/stu_1/credits", {"kind": "group", "quantity": -1, "reason": "booked by phone"}),
+                       ("/admin/enrollments", {"student_id": "stu_1", "course_code": "ABC", "reason": "prize",
+                                               "grant_bundle": True}),
+                       (f"/admin/enrollments/{enrollment_id}/revoke", {"reason": "chargeback by phone"}),
+                       (f"/admin/enrollments/{enrollment_id}/reinstate", {"reason": "it was a mistake"}),
+                       (f"/admin/enrollments/{enrollment_id}/refund", {"amount": COURSE_PRICE // 2,
+                                                                       "keep_access": False, "reason": "half"})):
+        response = client.post(path, headers=operator, json=body)
+        assert response.status_code in (200, 201), (path, response.get_json())
+    response = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers)
+    assert response.status_code == 200
+    told = response.get_data(True)
+    assert "op@studio.test" not in told and "op@" not in told
+    descriptions = [e["description"] for e in response.get_json()["entries"]]
+    assert "2 group credits added by the studio: birthday" in descriptions
+    assert "1 group credit removed by the studio: booked by phone" in descriptions
+    assert "3 group credits in the bundle of ABC (enrollment 2)" in descriptions
+    assert any("was revoked" in d for d in descriptions) and any("was reinstated" in d for d in descriptions)
+    assert any("partial refund" in d for d in descriptions)
+    login_as(client, "op@studio.test")
+    page = client.get("/admin/ui/students/stu_1").get_data(True)
+    assert "2 group credits added by op@studio.test: birthday" in page
+
+
 # --------------------------------------------------------------------------- revoke, reinstate
 
 
