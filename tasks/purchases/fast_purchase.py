@@ -71,7 +71,8 @@ WITH lk AS (
     VALUES (%(student)s, %(email)s, %(name)s, %(now)s, %(now)s)
     ON CONFLICT (id) DO NOTHING RETURNING email, name
 ), pr AS (
-    SELECT id, code, title, status, stripe_product_id, stripe_price_id FROM course_program WHERE code = %(code)s
+    SELECT id, code, title, status, stripe_product_id, stripe_price_id FROM course_program
+    WHERE code = %(code)s AND (%(sold)s::bigint IS NULL OR id = %(sold)s::bigint)  -- the row sold, when named
     ORDER BY deleted_at IS NOT NULL, deleted_at DESC, id DESC LIMIT 1
 )
 SELECT pr.id, pr.code, pr.title, pr.status,
@@ -231,9 +232,10 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     details = checkout.get("customer_details") or {}
     now = utcnow()
     found = conn.execute(_PREPARE, {"locks": _int_array(locks), "student": student_id, "email": checkout_email(checkout),
-                                    "name": details.get("name"), "now": now, "code": metadata["course_code"]}).fetchone()
+                                    "name": details.get("name"), "now": now, "code": metadata["course_code"],
+                                    "sold": metadata.get("course_id")}).fetchone()
     if found[0] is None:
-        return None  # unknown course: the general path records it (the locks are held)
+        return None  # unknown course (or course_id not that course): the general path records it (the locks are held)
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)
     if buyer is None:

@@ -12,8 +12,10 @@ in the caller's one transaction:
 
 An unpaid session (async payment) records a `pending` purchase; `async_payment_succeeded` fulfils
 it, `async_payment_failed` marks it `failed`. A paid checkout is fulfilled even if its course was
-unpublished (or soft-deleted) since. A buyer we do not know is created from the session. No buyer
-or an unknown product raises a permanent error: the event stays `failed`, visible and replayable.
+unpublished (or soft-deleted) since: a session that names the row it sold (`metadata.course_id` /
+`package_id`, as `tasks.purchases.selling` creates them) is fulfilled against that row, never against a
+course or package created under the same code after a delete. A buyer we do not know is created from the
+session. No buyer or an unknown product raises a permanent error: the event stays `failed`, visible and replayable.
 """
 from __future__ import annotations
 
@@ -167,6 +169,26 @@ def _sold_by_code(session: Session, model, code: str):
     )
 
 
+def _sold(session: Session, model, kind: str, metadata: dict[str, Any], checkout_id: str | None):
+    """The course or package the checkout sold: the row its `metadata.<kind>_id` names (deleted since or not: a
+    code used again after a delete is another course, which this payment did not buy), else the row with its
+    code (`_sold_by_code`: a session made without the id, elsewhere or by an older coursepipe)."""
+    code, listing_id = metadata.get(f"{kind}_code"), metadata.get(f"{kind}_id")
+    if not code:
+        raise UnknownProduct(f"checkout session {checkout_id}: unknown {kind} {code!r}")
+    if listing_id is None:
+        row = _sold_by_code(session, model, code)
+        if row is None:
+            raise UnknownProduct(f"checkout session {checkout_id}: unknown {kind} {code!r}")
+        return row
+    row = session.get(model, int(listing_id))
+    if row is None or row.code != code:
+        found = f"no {kind}" if row is None else f"{kind} {row.code!r}"
+        raise UnknownProduct(f"checkout session {checkout_id}: metadata.{kind}_id {listing_id} names {found} here, "
+                             f"not {kind} {code!r}")
+    return row
+
+
 def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any = None,
                      fetched: Fetched = not_fetched) -> list[tuple[str, str | None]]:
     """(price id, product id) of the session's line items: embedded in the payload, else fetched from Stripe.
@@ -213,16 +235,10 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
     kind = metadata.get("kind") or ("course" if metadata.get("course_code") else
                                     "package" if metadata.get("package_code") else None)
     if kind == "course":
-        code = metadata.get("course_code")
-        program = _sold_by_code(session, CourseProgram, code) if code else None
-        if program is None:
-            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown course {code!r}")
+        program = _sold(session, CourseProgram, "course", metadata, checkout.get("id"))
         return Product(program=program, price_id=program.stripe_price_id, product_id=program.stripe_product_id)
     if kind == "package":
-        code = metadata.get("package_code")
-        package = _sold_by_code(session, CreditPackage, code) if code else None
-        if package is None:
-            raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown package {code!r}")
+        package = _sold(session, CreditPackage, "package", metadata, checkout.get("id"))
         return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
     if kind is not None:
         raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")

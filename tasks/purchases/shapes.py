@@ -6,6 +6,7 @@ read as if valid it would write wrong amounts or ids. Each check returns what is
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from tasks.errors import PermanentError
@@ -113,6 +114,18 @@ def line_items_problem(checkout: dict[str, Any]) -> str | None:
     return None
 
 
+LISTING_ID = re.compile(r"^[0-9]{1,18}$")  # a course's or package's row id, as metadata carries it (a string)
+
+
+def listing_id_problem(metadata: dict[str, Any]) -> str | None:
+    """`metadata.course_id` / `metadata.package_id`, when present: the decimal id of the row that was sold."""
+    for field in ("course_id", "package_id"):
+        value = metadata.get(field)
+        if value is not None and not (isinstance(value, str) and LISTING_ID.fullmatch(value)):
+            return f"metadata.{field} is not the decimal id of a course or package"
+    return None
+
+
 def checkout_problem(checkout: dict[str, Any]) -> str | None:
     return (problem(checkout, objects=("metadata", "customer_details", "total_details"),
                     amounts=("amount_total", "amount_subtotal"),
@@ -121,6 +134,7 @@ def checkout_problem(checkout: dict[str, Any]) -> str | None:
             # Stripe metadata values are strings
             or problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code", "student_id"),
                        prefix="metadata.")
+            or listing_id_problem(checkout.get("metadata") or {})
             or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details.")
             or problem(checkout.get("total_details") or {}, amounts=("amount_tax", "amount_discount"),
                        prefix="total_details.")

@@ -75,14 +75,17 @@ def test_an_unpriced_package_is_not_on_sale(client, runtime):
     assert client.get("/v1/packages/DRAFT", headers=READ).status_code == 404
 
 
-def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client, on_sale, stripe_server):
+def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client, on_sale, stripe_server, runtime):
     response = _buy(client)
     assert response.status_code == 201
     body = response.json
     assert set(body) == {"id", "url"} and body["id"].startswith("cs_test_") and body["url"].startswith("http")
     [call] = stripe_server.calls("POST", "/v1/checkout/sessions")
     assert call.params["client_reference_id"] == "stu_1"
-    assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "student_id": "stu_1"}
+    with runtime.db.session_scope() as s:
+        course_id, package_id = catalog.get_program(s, "SFZ").id, catalog.get_package(s, "TEN").id
+    assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "course_id": str(course_id),
+                                       "student_id": "stu_1"}
     assert call.params["line_items"] == [{"price": on_sale["SFZ"], "quantity": "1"}]
     assert call.params["mode"] == "payment" and call.params["success_url"] == URLS["success_url"]
     assert call.idempotency_key.startswith("coursepipe:checkout:")
@@ -90,7 +93,7 @@ def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client,
                           json={"student_id": "stu_1", "package_code": "TEN", **URLS})
     assert package.status_code == 201
     assert stripe_server.calls("POST", "/v1/checkout/sessions")[-1].params["metadata"] == {
-        "kind": "package", "package_code": "TEN", "student_id": "stu_1"}
+        "kind": "package", "package_code": "TEN", "package_id": str(package_id), "student_id": "stu_1"}
 
 
 def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe_server):
@@ -176,6 +179,35 @@ def test_return_before_the_webhook_fulfils_once_and_the_webhook_adds_nothing(cli
     assert statuses == ["processed", "processed"]  # the return, then the webhook as a no-op
     assert 409 == _buy(client).status_code  # now held: not sold twice
     assert _buy(client).json["error"]["code"] == "already_enrolled"
+
+
+def test_a_checkout_paid_after_its_course_was_deleted_and_made_again_buys_the_course_it_was_opened_for(
+        client, admin_headers, runtime, worker, on_sale, stripe_server):
+    """A checkout opened for SFZ; the admin deletes SFZ and makes a new SFZ (other steps, other bundle); the buyer
+    then pays the old session. Before, the webhook and the return enrolled the buyer in the new course."""
+    checkout_id = _buy(client).json["id"]
+    with runtime.db.session_scope() as s:
+        sold_id = catalog.get_program(s, "SFZ").id
+    assert client.delete("/admin/courses/SFZ", headers=admin_headers).status_code == 200
+    remade = course(steps=[{"label": "NEW-1", "title": "Another start", "options": []}],
+                    bundle=[{"kind": "group_credit", "quantity": 4}])
+    assert client.put("/admin/courses/SFZ", json=remade, headers=admin_headers).status_code == 201
+    publish_calls.publish(publishing.COURSE, "SFZ", unit_of_work=runtime.db.session_scope, settings=runtime.settings)
+    paid = stripe_server.complete_checkout_session(checkout_id)
+    body = json.dumps(stripe_server.event("checkout.session.completed", paid))
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    drain(runtime)
+    state = _return(client, checkout_id).json
+    assert state["enrollment"]["status"] == "active"
+    assert state["credits_granted"] == {"group": 1, "private": 2}  # the deleted course's bundle, as it was sold
+    with runtime.db.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment.program_id == sold_id != catalog.get_program(s, "SFZ").id
+        assert enrollment.stripe_price_id == on_sale["SFZ"]
+    # the new course sells itself: a checkout opened now names it, and buys it
+    again = _buy(client, student_id="stu_2").json["id"]
+    stripe_server.complete_checkout_session(again)
+    assert _return(client, again).json["credits_granted"] == {"group": 4}
 
 
 def test_return_of_a_package_purchase_reports_the_credits(client, on_sale, stripe_server):

@@ -38,6 +38,9 @@ def _catalog(database):
         step.deleted_at = utcnow()  # a removed step is not provisioned
         factories.student(s, id="stu_known", email="stored@example.test", name="Stored Name")
         factories.program(s, code="OTHER", steps=2, bundle=())
+        # YOGA (id 3) sold, then deleted, and another YOGA (id 4) made under its code
+        factories.program(s, code="YOGA", steps=2, bundle=((BundleKind.GROUP_CREDIT, 1),)).deleted_at = utcnow()
+        factories.program(s, code="YOGA", steps=3, bundle=((BundleKind.PRIVATE_CREDIT, 4),))
 
 
 def _normal(value):
@@ -83,6 +86,10 @@ HISTORIES = {
     "redelivery under a new event id": [checkout(cs="cs_1", pi="pi_1", event_id="evt_1"),
                                         checkout(cs="cs_1", pi="pi_1", event_id="evt_1b")],
     "unknown course": [checkout(cs="cs_1", pi="pi_1", course="NOPE", event_id="evt_1")],
+    "a course deleted, its code used again: the one sold": [checkout(
+        cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "YOGA", "course_id": "3"})],
+    "a course id of another code": [checkout(
+        cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "YOGA", "course_id": "1"})],
     "unpaid, then paid": [checkout(cs="cs_1", pi="pi_1", payment_status="unpaid", event_id="evt_1"),
                           checkout(cs="cs_1", pi="pi_1", type_="checkout.session.async_payment_succeeded",
                                    event_id="evt_2")],
@@ -118,13 +125,30 @@ def test_a_new_paid_purchase_takes_the_fast_path(pg_database):
     _assert_fulfilled(pg_database, inbox_id)
 
 
+def test_a_checkout_of_a_course_deleted_since_takes_the_fast_path_to_the_course_it_sold(pg_database):
+    """The session names YOGA's row 3, deleted since; row 4 has the code now. Before, the fast path chose by code."""
+    _catalog(pg_database)
+    inbox_id = store(pg_database, checkout(cs="cs_1", pi="pi_1", metadata={
+        "kind": "course", "course_code": "YOGA", "course_id": "3"}))
+    with pg_database.session_scope() as s:
+        done = fast_purchase.process(HandlerContext(session=s), inbox_id)
+    assert done is not None and done.outcome is inbox.Outcome.PROCESSED
+    with pg_database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT program_id FROM student_course_enrollment")).scalar() == 3
+        assert conn.execute(sa.text("SELECT DISTINCT s.program_id FROM student_course_progress p JOIN course_step s "
+                                    "ON s.id = p.step_id")).scalars().all() == [3]
+
+
 @pytest.mark.parametrize("event", [
     checkout(cs="cs_1", package="P10"),
     checkout(cs="cs_1", payment_status="unpaid"),
     checkout(cs="cs_1", metadata={}),
     checkout(cs="cs_1", student=None),
     checkout(cs="cs_1", course="NOPE"),
-], ids=["package", "unpaid", "no metadata", "buyer by e-mail only", "unknown course"])
+    checkout(cs="cs_1", metadata={"kind": "course", "course_code": "YOGA", "course_id": "1"}),
+    checkout(cs="cs_1", metadata={"kind": "course", "course_code": "YOGA", "course_id": "3x"}),
+], ids=["package", "unpaid", "no metadata", "buyer by e-mail only", "unknown course", "course id of another code",
+        "malformed course id"])
 def test_anything_else_is_left_to_the_general_path_with_nothing_written(pg_database, event):
     _catalog(pg_database)
     inbox_id = store(pg_database, event)

@@ -22,6 +22,7 @@ from db.models import (
 from db.types import utcnow
 from tests import inbox_api as inbox
 from tasks.ledger import credits
+from tasks.catalog import services as catalog
 from tests import factories
 from tests.tasks.purchases.payments_support import checkout, deliver, inbox_row, run, state, store
 
@@ -199,6 +200,73 @@ def test_unknown_course_fails_visibly_and_a_replay_after_the_fix_fulfils(databas
     assert state(database)["enrollments"][0]["status"] == "active"
 
 
+def _sold_as(kind: str, code: str, row_id: int) -> dict:
+    """A session's metadata as `POST /v1/checkout-sessions` writes it: the code and the id of the row sold."""
+    return {"kind": kind, f"{kind}_code": code, f"{kind}_id": str(row_id), "student_id": "stu_1"}
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["unmarked", "marked as a purchase"])
+def test_a_course_deleted_and_made_again_under_its_code_leaves_an_open_checkout_buying_the_course_it_sold(
+        database, marked):
+    """SFZ sold (a checkout opened naming it), SFZ deleted, a new SFZ made with other steps and bundle, then the old
+    checkout paid: before, the code chose the live row and the buyer was enrolled in the new course."""
+    sold_id = _catalog(database)
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+        new_id = factories.program(s, steps=2, bundle=((BundleKind.GROUP_CREDIT, 5),)).id
+    paid = checkout(cs="cs_old", pi="pi_old", metadata=_sold_as("course", "SFZ", sold_id))
+    assert deliver(database, paid, marked=marked).outcome is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment.program_id == sold_id != new_id
+        steps = s.scalars(select(CourseStep.program_id).join(StudentCourseProgress,
+                                                             StudentCourseProgress.step_id == CourseStep.id)).all()
+        assert steps == [sold_id] * 3
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 1, "private": 2}  # the bundle sold
+    # a session made elsewhere, naming the code only, buys the course that has the code now (as before)
+    deliver(database, checkout(cs="cs_new", pi="pi_new", student="stu_2"), marked=marked)
+    with database.session_scope() as s:
+        assert s.scalar(select(StudentCourseEnrollment.program_id).where(
+            StudentCourseEnrollment.student_id == "stu_2")) == new_id
+
+
+def test_a_package_deleted_and_made_again_under_its_code_leaves_an_open_checkout_buying_the_package_it_sold(
+        database):
+    _package(database, quantity=10)
+    with database.session_scope() as s:
+        sold_id = catalog.get_package(s, "P10").id
+        catalog.delete_package(session=s, code="P10")
+    _package(database, quantity=3, credit_type=CreditType.PRIVATE)
+    paid = checkout(cs="cs_old", pi="pi_old", amount=9000, metadata=_sold_as("package", "P10", sold_id))
+    assert deliver(database, paid).outcome is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        assert s.scalar(select(PackagePurchase.package_id)) == sold_id
+        assert credits.balances(session=s, student_id="stu_1") == {"group": 10, "private": 0}  # what it sold
+
+
+@pytest.mark.parametrize("kind", ["course", "package"])
+def test_a_checkout_whose_id_is_not_the_row_of_its_code_fails_visibly_and_writes_nothing(database, kind):
+    """The id names the row that was sold: one of another code, or of no row, is no product we can tell, whatever
+    row the code has now."""
+    if kind == "course":
+        _catalog(database)
+        other_id = _catalog(database, code="OTHER")
+    else:
+        _package(database, code="P10")
+        _package(database, code="P20")
+        with database.session_scope() as s:
+            other_id = catalog.get_package(s, "P20").id
+    code = "SFZ" if kind == "course" else "P10"
+    for n, (row_id, names) in enumerate([(other_id, f"names {kind} 'P20'" if kind == "package" else
+                                          "names course 'OTHER'"), (other_id + 1000, f"names no {kind}")]):
+        event = checkout(cs=f"cs_{n}", pi=f"pi_{n}", metadata=_sold_as(kind, code, row_id))
+        result = deliver(database, event)
+        assert result.outcome is inbox.Outcome.FAILED
+        assert f"metadata.{kind}_id {row_id} {names} here, not {kind} '{code}'" in result.error
+    assert _count(database, StudentCourseEnrollment) == 0 and _count(database, PackagePurchase) == 0
+    assert _count(database, Student) == 0
+
+
 def test_checkout_without_student_id_fails_until_the_student_is_known(database):
     _catalog(database)
     event = checkout(cs="cs_anon", pi="pi_anon", student=None, email="Who@Example.test")
@@ -301,6 +369,10 @@ MALFORMED_CHECKOUTS = [
     ("line_items", {"data": ["price_1"]}, "line_items.data[0] is not an object"),
     ("line_items", {"data": [{"price": ["p"]}]}, "line_items.data[0].price is not a price"),
     ("line_items", {"data": [{"price": {"id": 5}}]}, "line_items.data[0].price.id is not a string"),
+    ("metadata", {"kind": "course", "course_code": "SFZ", "course_id": "1 OR 1=1"},
+     "metadata.course_id is not the decimal id of a course or package"),
+    ("metadata", {"kind": "course", "course_code": "SFZ", "course_id": 1},
+     "metadata.course_id is not the decimal id of a course or package"),
 ]
 
 
