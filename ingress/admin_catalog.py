@@ -1,7 +1,8 @@
 """Admin catalog API: courses and credit packages, publishing to Stripe.
 
 PUT writes a whole course or package (create or replace; 201 when created, 200 otherwise);
-a validation failure is 400 with the error object naming the field (`error.field`).
+a validation failure is 400 with the error object naming the field (`error.field`); a package linked to a Stripe
+price another course or package holds (a deleted one too) is 409 `price_in_use`.
 `PUT /admin/courses/<code>?dry_run=true` answers the what-if of the edit (`tasks.catalog.changes`:
 whose progress, bookings or bundle it touches, and what the real save would refuse) and changes nothing. Publishing
 answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
@@ -36,6 +37,13 @@ def _body() -> dict:
 @bp.errorhandler(catalog.StepInUse)
 def _in_use(exc: catalog.StepInUse):
     response = jsonify({"error": {"code": "step_in_use", "message": str(exc), "field": exc.field}})
+    response.status_code = 409
+    return response
+
+
+@bp.errorhandler(catalog.PriceInUse)
+def _price_in_use(exc: catalog.PriceInUse):
+    response = jsonify({"error": {"code": "price_in_use", "message": str(exc), "field": exc.field}})
     response.status_code = 409
     return response
 

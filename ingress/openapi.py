@@ -353,14 +353,31 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                      "a class with an active booking; nothing changed (the dry run lists it "
                                      "under `blocked`)")}),
     ("GET", "/admin/courses/{code}"): op("One course (admin view)", tag="admin", security=ADMIN, extra=NOT_FOUND),
-    ("DELETE", "/admin/courses/{code}"): op("Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("DELETE", "/admin/courses/{code}"): op(
+        "Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND,
+        description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
+                    "stay. A checkout opened for it still buys it when paid, even after a new course is made under "
+                    "the same code (the session's `metadata.course_id` names the course sold)."),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
                                                   status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN),
-    ("PUT", "/admin/packages/{code}"): op("Create or replace a credit package", tag="admin", security=ADMIN,
-                                          body="AnyObject", extra={"201": _json("AnyObject", "created")}),
+    ("PUT", "/admin/packages/{code}"): op(
+        "Create or replace a credit package", tag="admin", security=ADMIN, body="AnyObject",
+        description="`stripe_price_id` (optional) links a price made by hand in Stripe; null unlinks it. A price "
+                    "sells one course or package: one that another course or package holds is refused, a deleted "
+                    "one's included (a deleted course or package keeps its Stripe price, so a checkout opened with "
+                    "it before the delete still buys what it was sold as). A package made again under a deleted "
+                    "one's code leaves `stripe_price_id` out and is published with a price of its own.",
+        extra={"201": _json("AnyObject", "created"),
+               "409": _json("Error", "price_in_use: stripe_price_id is the price of another course or package "
+                                     "(named in the message, with '(deleted …)' when it is deleted); nothing "
+                                     "changed")}),
     ("GET", "/admin/packages/{code}"): op("One credit package", tag="admin", security=ADMIN, extra=NOT_FOUND),
-    ("DELETE", "/admin/packages/{code}"): op("Soft-delete a credit package", tag="admin", security=ADMIN),
+    ("DELETE", "/admin/packages/{code}"): op(
+        "Soft-delete a credit package", tag="admin", security=ADMIN, extra=NOT_FOUND,
+        description="The package leaves the catalog; its purchases, its Stripe product and price stay (the price "
+                    "cannot be linked to another package: 409 price_in_use). A checkout opened for it still buys "
+                    "it when paid, even after a new package is made under the same code."),
     ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe (queued)", tag="admin",
                                                    security=ADMIN, status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN),

@@ -75,6 +75,15 @@ class StepInUse(PermanentError):
         self.field = field
 
 
+class PriceInUse(PermanentError):
+    """Raised when a package is linked to a Stripe price another course or package holds, a deleted one
+    included: a checkout with that price buys its holder."""
+
+    def __init__(self, message: str, field: str | None = "stripe_price_id") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -516,7 +525,9 @@ def _save_bundle(session: Session, program: CourseProgram, course: CourseIn) -> 
 
 
 def delete_course(*, session: Session, code: str) -> CourseProgram:
-    """Soft delete: the course leaves the catalog; enrollments and their history stay."""
+    """Soft delete: the course leaves the catalog; enrollments and their history stay, and it keeps its Stripe
+    product and price (a checkout opened for it still buys it; a course made again under its code is another row,
+    published with a price of its own)."""
     program = get_program(session, code, lock=True)
     program.deleted_at = utcnow()
     return program
@@ -542,24 +553,37 @@ def save_package(*, session: Session, package: PackageIn) -> Saved:
 
 
 def _refuse_price_in_use(session: Session, price_id: str | None, row: CreditPackage) -> None:
-    """A Stripe price sells one listing: linking one another package or a course holds is a 400 naming it (the
-    unique key would refuse it as a conflict, and no retry could ever succeed)."""
+    """A Stripe price sells one listing: linking one that another package or a course holds is refused
+    (PriceInUse), naming the holder. A deleted holder keeps its price, as `delete_course` and `delete_package`
+    leave it: a checkout opened with it before the delete, or a payment link still selling it, buys what it was
+    made for, never the listing that took its code or its price since."""
     if price_id is None:
         return
     others = select(CreditPackage.code, CreditPackage.deleted_at).where(CreditPackage.stripe_price_id == price_id)
     if row.id is not None:
         others = others.where(CreditPackage.id != row.id)
     held = session.execute(others.limit(1)).first()
-    if held is not None:
-        raise ValidationFailed(f"stripe_price_id: {price_id} is already the price of package {held[0]}"
-                               + (" (deleted)" if held[1] else ""), field="stripe_price_id")
-    course = session.scalar(select(CourseProgram.code).where(CourseProgram.stripe_price_id == price_id).limit(1))
-    if course is not None:
-        raise ValidationFailed(f"stripe_price_id: {price_id} is already the price of course {course}",
-                               field="stripe_price_id")
+    holder = ("package", *held) if held is not None else None
+    if holder is None:
+        course = session.execute(select(CourseProgram.code, CourseProgram.deleted_at)
+                                 .where(CourseProgram.stripe_price_id == price_id).limit(1)).first()
+        holder = ("course", *course) if course is not None else None
+    if holder is None:
+        return
+    kind, code, deleted_at = holder
+    if deleted_at is None:
+        raise PriceInUse(f"stripe_price_id: {price_id} is already the price of {kind} {code}: a price sells one "
+                         "course or package; create another price in Stripe for this package, or leave "
+                         "stripe_price_id out and publish to have one made")
+    raise PriceInUse(f"stripe_price_id: {price_id} is already the price of {kind} {code} (deleted "
+                     f"{deleted_at:%Y-%m-%d}): a deleted {kind} keeps its price, so that a checkout opened with it "
+                     f"still buys what it was sold as; create another price in Stripe for this package, or leave "
+                     "stripe_price_id out and publish to have one made")
 
 
 def delete_package(*, session: Session, code: str) -> CreditPackage:
+    """Soft delete, as `delete_course`: the package leaves the catalog and keeps its Stripe product and price
+    (a package made again under its code is published with a price of its own)."""
     package = get_package(session, code, lock=True)
     package.deleted_at = utcnow()
     return package

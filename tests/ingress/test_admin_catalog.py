@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from db.models import CourseProgram, CourseStep, StripePublication
+from db.models import CourseProgram, CourseStep, CreditPackage, StripePublication
 from tests import factories
 from tests.conftest import drain, make_settings
 from tests.tasks.catalog.test_catalog import course
@@ -148,6 +148,34 @@ def test_packages_put_get_delete_and_validation(client, admin_headers):
     assert [p["code"] for p in client.get("/admin/packages", headers=admin_headers).json["packages"]] == ["TEN"]
     assert client.delete("/admin/packages/TEN", headers=admin_headers).status_code == 200
     assert client.get("/admin/packages/TEN", headers=admin_headers).status_code == 404
+
+
+def test_a_deleted_packages_stripe_price_stays_its_own_and_linking_it_again_is_409_price_in_use(
+        client, admin_headers, runtime):
+    """TEN linked to a price made by hand, deleted, then made again with the same body: before, a 400
+    validation_failed ("already the price of package TEN (deleted)") that said neither why nor what to do."""
+    body = {"title": "Ten group classes", "price": {"amount": 9000, "currency": "usd"},
+            "credits": {"kind": "group", "quantity": 10}, "stripe_price_id": "price_HAND1"}
+    assert client.put("/admin/packages/TEN", json=body, headers=admin_headers).status_code == 201
+    assert client.delete("/admin/packages/TEN", headers=admin_headers).status_code == 200
+    again = client.put("/admin/packages/TEN", json=body, headers=admin_headers)
+    assert again.status_code == 409
+    error = again.json["error"]
+    assert (error["code"], error["field"]) == ("price_in_use", "stripe_price_id")
+    assert "price_HAND1 is already the price of package TEN (deleted " in error["message"]
+    assert "create another price in Stripe" in error["message"]
+    assert client.get("/admin/packages/TEN", headers=admin_headers).status_code == 404  # nothing was made
+    with runtime.db.session_scope() as s:
+        assert s.scalars(select(CreditPackage.stripe_price_id)).all() == ["price_HAND1"]  # the deleted one keeps it
+    # made again without the price: created, to be published with a price of its own
+    made = client.put("/admin/packages/TEN", json={k: v for k, v in body.items() if k != "stripe_price_id"},
+                      headers=admin_headers)
+    assert made.status_code == 201 and made.json["package"]["stripe_price_id"] is None
+    # the same answer when a live package holds the price
+    client.put("/admin/packages/FIVE", json={**body, "stripe_price_id": "price_HAND2"}, headers=admin_headers)
+    held = client.put("/admin/packages/TEN", json={**body, "stripe_price_id": "price_HAND2"}, headers=admin_headers)
+    assert held.status_code == 409 and held.json["error"]["code"] == "price_in_use"
+    assert "price_HAND2 is already the price of package FIVE:" in held.json["error"]["message"]
 
 
 def test_package_publish_via_the_worker(client, admin_headers, runtime, worker, stripe_server):
