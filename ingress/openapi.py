@@ -357,7 +357,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         "Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND,
         description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
                     "stay. A checkout opened for it still buys it when paid, even after a new course is made under "
-                    "the same code (the session's `metadata.course_id` names the course sold)."),
+                    "the same code (the session's `metadata.coursepipe_course_id` names the course sold)."),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
                                                   status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN),

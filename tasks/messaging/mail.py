@@ -36,6 +36,7 @@ TEMPLATES = (
     "step_reminder",
     "dispute_alert",
     "refund_failed_alert",
+    "deleted_course_sold_alert",
     "low_seat_alert",
     "stripe_drift_alert",
 )

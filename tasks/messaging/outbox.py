@@ -14,7 +14,8 @@ from db.types import new_public_id, utcnow
 
 ADMINS = "@admins"  # a mail recipient: every address in ADMIN_ALERT_EMAILS, resolved at delivery
 # the templates mailed to ADMINS (never to a student; a row pruned before it kept its recipient says so)
-ADMIN_TEMPLATES = ("dispute_alert", "refund_failed_alert", "low_seat_alert", "stripe_drift_alert")
+ADMIN_TEMPLATES = ("dispute_alert", "refund_failed_alert", "deleted_course_sold_alert", "low_seat_alert",
+                   "stripe_drift_alert")
 
 
 def platform_payload(type: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,8 @@ WITH lk AS (
 ), pr AS (
     SELECT id, code, title, status, stripe_product_id, stripe_price_id FROM course_program
     WHERE code = %(code)s AND (%(sold)s::bigint IS NULL OR id = %(sold)s::bigint)  -- the row sold, when named
-    ORDER BY deleted_at IS NOT NULL, deleted_at DESC, id DESC LIMIT 1
+      AND deleted_at IS NULL  -- a deleted course's sale goes the general way, which alerts the studio
+    LIMIT 1
 )
 SELECT pr.id, pr.code, pr.title, pr.status,
     (SELECT coalesce(json_agg(json_build_array(s.id, s.label, s.title, s.position) ORDER BY s.position), '[]')
@@ -233,9 +234,9 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     now = utcnow()
     found = conn.execute(_PREPARE, {"locks": _int_array(locks), "student": student_id, "email": checkout_email(checkout),
                                     "name": details.get("name"), "now": now, "code": metadata["course_code"],
-                                    "sold": metadata.get("course_id")}).fetchone()
+                                    "sold": shapes.listing_id(metadata, "course")}).fetchone()
     if found[0] is None:
-        return None  # unknown course (or course_id not that course): the general path records it (the locks are held)
+        return None  # unknown or deleted course (or an id naming another row): the general path decides (the locks are held)
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)
     if buyer is None:

@@ -20,6 +20,7 @@ session. No buyer or an unknown product raises a permanent error: the event stay
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from tasks.enrollments import services as enrollments
 from tasks.purchases import payments
 from tasks.catalog import publishing
 from tasks.purchases import shapes
+from tasks.messaging import outbox
 from tasks.errors import NotFound, PermanentError, TransientError
 from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
 from tasks.stripe_api import mode_mismatch, stripe_client
@@ -51,6 +53,8 @@ CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
 PAID_STATUSES = ("paid", "no_payment_required")
 NOT_ONE_TIME = ("subscription", "setup")  # checkout modes that are not a course or package purchase
 STRIPE_TIMEOUT_SECONDS = 10
+
+log = logging.getLogger("coursepipe.fulfilment")
 
 
 
@@ -170,22 +174,21 @@ def _sold_by_code(session: Session, model, code: str):
 
 
 def _sold(session: Session, model, kind: str, metadata: dict[str, Any], checkout_id: str | None):
-    """The course or package the checkout sold: the row its `metadata.<kind>_id` names (deleted since or not: a
-    code used again after a delete is another course, which this payment did not buy), else the row with its
-    code (`_sold_by_code`: a session made without the id, elsewhere or by an older coursepipe)."""
-    code, listing_id = metadata.get(f"{kind}_code"), metadata.get(f"{kind}_id")
-    if not code:
-        raise UnknownProduct(f"checkout session {checkout_id}: unknown {kind} {code!r}")
-    if listing_id is None:
-        row = _sold_by_code(session, model, code)
-        if row is None:
-            raise UnknownProduct(f"checkout session {checkout_id}: unknown {kind} {code!r}")
+    """The course or package the checkout sold: the row its `metadata.coursepipe_<kind>_id` names when that row has
+    the session's code (deleted since or not: a code used again after a delete is another course, which this
+    payment did not buy), else the row with its code (`_sold_by_code`: a session made elsewhere, or by an older
+    coursepipe). An id that is malformed or names another row is not ours to trust, and never fails a payment."""
+    code = metadata.get(f"{kind}_code")
+    row_id = shapes.listing_id(metadata, kind)
+    row = session.get(model, row_id) if code and row_id is not None else None
+    if row is not None and row.code == code:
         return row
-    row = session.get(model, int(listing_id))
-    if row is None or row.code != code:
-        found = f"no {kind}" if row is None else f"{kind} {row.code!r}"
-        raise UnknownProduct(f"checkout session {checkout_id}: metadata.{kind}_id {listing_id} names {found} here, "
-                             f"not {kind} {code!r}")
+    if metadata.get(f"coursepipe_{kind}_id") is not None:
+        log.warning("checkout session %s: metadata.coursepipe_%s_id %r names no %s %r here; matched by its code",
+                    checkout_id, kind, metadata.get(f"coursepipe_{kind}_id"), kind, code)
+    row = _sold_by_code(session, model, code) if code else None
+    if row is None:
+        raise UnknownProduct(f"checkout session {checkout_id}: unknown {kind} {code!r}")
     return row
 
 
@@ -362,12 +365,27 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
                                             fresh=created, steps=steps)
         enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created,
                                      steps=steps)
+    if program.deleted_at is not None and enrollment.status in enrollments.ENTITLED:
+        _alert_deleted_course_sold(session, enrollment, program, checkout)
     if not created:
         # refunds or disputes recorded against this purchase before now apply (a new row has none:
         # they wait until it exists)
         payments.settle_enrollment(session=session, enrollment=enrollment, cause=cause)
     session.flush()
     return Fulfilled("course", enrollment.id, enrollment.status.value, created, provisioned)
+
+
+def _alert_deleted_course_sold(session: Session, enrollment: StudentCourseEnrollment, program: CourseProgram,
+                               checkout: dict[str, Any]) -> None:
+    """A course deleted before its checkout was paid: the buyer holds an enrollment whose steps cannot be booked.
+    One mail to the admins (once per enrollment), who refund it or move the student."""
+    outbox.add_mail(
+        session=session, template="deleted_course_sold_alert", recipient=outbox.ADMINS,
+        context={"course_code": program.code, "course_title": program.title, "student_id": enrollment.student_id,
+                 "enrollment_id": enrollment.id, "checkout_session_id": checkout.get("id"),
+                 "amount": enrollment.amount_total, "currency": enrollment.currency,
+                 "deleted_at": program.deleted_at.isoformat()},
+        dedupe_key=f"deleted_course_sold_alert:{enrollment.id}", enrollment_id=enrollment.id)
 
 
 def package_sold(package: CreditPackage) -> dict[str, Any]:

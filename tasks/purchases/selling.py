@@ -3,7 +3,7 @@ state of a session when the buyer comes back from it.
 
 A session names its buyer and product the way the Stripe webhook expects (`client_reference_id`,
 `metadata.kind`, `metadata.course_code` / `metadata.package_code`), so the webhook fulfils it; its
-`metadata.course_id` / `metadata.package_id` (the row's id) bind the payment to the course or package it was
+`metadata.coursepipe_course_id` / `metadata.coursepipe_package_id` (the row's id) bind the payment to the course or package it was
 sold as, even if that one is deleted and its code used again before the buyer pays. When the
 buyer lands on the success page first, `return_event` turns the session Stripe reports (complete and
 paid) into the same `checkout.session.completed` inbox event, run by the same code as the webhook's;
@@ -132,7 +132,8 @@ def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, 
         "line_items": [{"price": product.stripe_price_id, "quantity": 1}],
         "client_reference_id": request.student_id,
         # the row's id too: a code can be used again after a delete, and this payment buys this row
-        "metadata": {"kind": request.kind, f"{request.kind}_code": request.code, f"{request.kind}_id": str(product.id),
+        "metadata": {"kind": request.kind, f"{request.kind}_code": request.code,
+                     f"coursepipe_{request.kind}_id": str(product.id),
                      "student_id": request.student_id},
         "success_url": request.success_url,
         "cancel_url": request.cancel_url,

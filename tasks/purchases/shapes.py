@@ -114,16 +114,14 @@ def line_items_problem(checkout: dict[str, Any]) -> str | None:
     return None
 
 
-LISTING_ID = re.compile(r"^[0-9]{1,18}$")  # a course's or package's row id, as metadata carries it (a string)
+LISTING_ID = re.compile(r"[0-9]{1,18}")  # a course's or package's row id, as coursepipe's sessions carry it
 
 
-def listing_id_problem(metadata: dict[str, Any]) -> str | None:
-    """`metadata.course_id` / `metadata.package_id`, when present: the decimal id of the row that was sold."""
-    for field in ("course_id", "package_id"):
-        value = metadata.get(field)
-        if value is not None and not (isinstance(value, str) and LISTING_ID.fullmatch(value)):
-            return f"metadata.{field} is not the decimal id of a course or package"
-    return None
+def listing_id(metadata: dict[str, Any], kind: str) -> int | None:
+    """`metadata.coursepipe_<kind>_id`, the row a session coursepipe created was opened for: its id, or None
+    when absent or not a decimal id (a session made elsewhere; it is then matched by its code, never refused)."""
+    value = metadata.get(f"coursepipe_{kind}_id")
+    return int(value) if isinstance(value, str) and LISTING_ID.fullmatch(value) else None
 
 
 def checkout_problem(checkout: dict[str, Any]) -> str | None:
@@ -134,7 +132,6 @@ def checkout_problem(checkout: dict[str, Any]) -> str | None:
             # Stripe metadata values are strings
             or problem(checkout.get("metadata") or {}, strings=("kind", "course_code", "package_code", "student_id"),
                        prefix="metadata.")
-            or listing_id_problem(checkout.get("metadata") or {})
             or problem(checkout.get("customer_details") or {}, strings=("email", "name"), prefix="customer_details.")
             or problem(checkout.get("total_details") or {}, amounts=("amount_tax", "amount_discount"),
                        prefix="total_details.")

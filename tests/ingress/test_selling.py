@@ -84,7 +84,7 @@ def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client,
     assert call.params["client_reference_id"] == "stu_1"
     with runtime.db.session_scope() as s:
         course_id, package_id = catalog.get_program(s, "SFZ").id, catalog.get_package(s, "TEN").id
-    assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "course_id": str(course_id),
+    assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "coursepipe_course_id": str(course_id),
                                        "student_id": "stu_1"}
     assert call.params["line_items"] == [{"price": on_sale["SFZ"], "quantity": "1"}]
     assert call.params["mode"] == "payment" and call.params["success_url"] == URLS["success_url"]
@@ -93,7 +93,7 @@ def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client,
                           json={"student_id": "stu_1", "package_code": "TEN", **URLS})
     assert package.status_code == 201
     assert stripe_server.calls("POST", "/v1/checkout/sessions")[-1].params["metadata"] == {
-        "kind": "package", "package_code": "TEN", "package_id": str(package_id), "student_id": "stu_1"}
+        "kind": "package", "package_code": "TEN", "coursepipe_package_id": str(package_id), "student_id": "stu_1"}
 
 
 def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe_server):
