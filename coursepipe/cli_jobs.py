@@ -114,8 +114,9 @@ def register(main: click.Group) -> None:
         """Outbound mail and platform events: inspect and retry."""
 
     @outbox.command("list")
-    @click.option("--status", type=click.Choice(["pending", "sending", "sent", "dead", "problems"]),
-                  default="problems", show_default=True, help="'problems': dead or failed at least once")
+    @click.option("--status", type=click.Choice(["pending", "sending", "sent", "dead", "expired", "problems"]),
+                  default="problems", show_default=True,
+                  help="'problems': dead, or failed at least once and still to send ('expired' ones are not)")
     @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
     def outbox_list(status: str, limit: int) -> None:
         from sqlalchemy import select

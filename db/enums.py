@@ -92,7 +92,8 @@ class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
     SENT = "sent"
-    DEAD = "dead"
+    DEAD = "dead"  # failed: an admin's to retry
+    EXPIRED = "expired"  # held up past its context's `expires_at` (a reminder once its class started): not sent, not a failure
 
 
 class RefundStatus(StrEnum):

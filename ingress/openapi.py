@@ -203,7 +203,8 @@ REDIRECT = {"description": "a redirect (to the login page, or back after the act
 RETRY_DEAD = ("Body, every field optional: `channel` (`mail` or `platform`), `after` (the last id a previous call "
               "retried), `reason` (for the audit log). Makes up to 10,000 dead messages with an id past `after` due now "
               "with a fresh attempt count, oldest first. `remaining` counts the dead ones after the last id retried: "
-              "while it is above 0, call again with that id as `after`.")
+              "while it is above 0, call again with that id as `after`. A mail that ended `expired` (held up past "
+              "its `expires_at`) is not dead and is never retried.")
 
 
 def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",

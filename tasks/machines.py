@@ -59,8 +59,9 @@ OUTBOX = StateMachine(
     "outbox",
     {
         OutboxStatus.PENDING: frozenset({OutboxStatus.SENDING, OutboxStatus.SENT, OutboxStatus.DEAD}),
-        OutboxStatus.SENDING: frozenset({OutboxStatus.SENT, OutboxStatus.PENDING, OutboxStatus.DEAD}),
+        OutboxStatus.SENDING: frozenset({OutboxStatus.SENT, OutboxStatus.PENDING, OutboxStatus.DEAD, OutboxStatus.EXPIRED}),
         OutboxStatus.DEAD: frozenset({OutboxStatus.PENDING, OutboxStatus.SENT}),  # an admin's Retry; a slow attempt that got through after all
+        OutboxStatus.EXPIRED: frozenset({OutboxStatus.SENT}),  # never retried: only a slow attempt that got through after all
         OutboxStatus.SENT: frozenset(),
     },
 )

@@ -67,7 +67,8 @@ def _m() -> SimpleNamespace:
                                       "Runs of the inbox runner by outcome (retry = a transient failure, "
                                       "failed = retries exhausted or permanent).", ["source", "type", "outcome"]),
                     deliveries=Counter("coursepipe_outbox_deliveries",
-                                       "Outbox send attempts by outcome: sent, retry (backing off), dead.",
+                                       "Outbox send attempts by outcome: sent, retry (backing off), dead, "
+                                       "expired (held up past its expiry: not sent, not a failure).",
                                        ["channel", "result"]),
                     fallbacks=Counter("coursepipe_fast_path_fallbacks",
                                       "Marked purchases the fast path gave to the general path after the "
@@ -144,7 +145,7 @@ def reconcile_recovered(by_type: dict[str, int]) -> None:
 # --------------------------------------------------------------------------- outbox relay
 
 
-DELIVERY_RESULTS = {"sent": "sent", "pending": "retry", "dead": "dead"}
+DELIVERY_RESULTS = {"sent": "sent", "pending": "retry", "dead": "dead", "expired": "expired"}
 
 
 @_never_raises

@@ -14,7 +14,8 @@ from db.types import enum_column, ErrorText, new_public_id, utcnow
 
 
 PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
-# ended mails whose body retention has still to prune (tasks.lifecycle.retention)
+# ended mails whose body retention has still to prune (tasks.lifecycle.retention; `expired` ones, few, are found
+# through the status index)
 MAILS_TO_PRUNE = "channel = 'mail' AND status IN ('sent', 'dead') AND NOT (payload ? 'pruned_at')"
 
 
@@ -73,7 +74,8 @@ class AlertLog(Base):
 
 
 class ReminderLog(Base):
-    """One reminder per (enrollment, step, window): never twice."""
+    """One reminder per (enrollment, step, window): never twice. A reminder whose mail expired unsent holds no
+    window: its key becomes `expired:<id>` (tasks.enrollments.reminders.forget_expired)."""
 
     __tablename__ = "reminder_log"
     __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "window_key"),)

@@ -8,6 +8,11 @@ was reminded about is still to come (in range), no other reminder goes out for t
 class is moved to another time or an earlier class is added; once it has passed (or was cancelled, or moved
 out of range), the next class in range opens a new window. A reminder written by an earlier version is keyed
 by its class's start (`start:<UTC yyyymmddThhmm>Z`) and counts until that time.
+
+A reminder counts only while its mail may still go or went: one whose mail ended `expired` (held up past the
+class's start as queued, SMTP down meanwhile) is set aside by the next run (`forget_expired`: its window key
+becomes `expired:<row id>`), so a class moved later gets its step a fresh reminder naming the new time. The
+mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fresh row is a fresh mail.
 """
 from __future__ import annotations
 
@@ -17,16 +22,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import BigInteger, String, and_, cast, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
-from db.enums import ClassStatus, EnrollmentStatus, ProgressStatus
+from db.enums import ClassStatus, EnrollmentStatus, OutboxStatus, ProgressStatus
 from db.models import (
     CourseProgram,
     CourseStep,
     CourseStepOption,
     GroupClass,
+    OutboxMessage,
     ReminderLog,
     Student,
     StudentCourseEnrollment,
@@ -38,6 +44,7 @@ from tasks.messaging.outbox import add_mails
 log = logging.getLogger("coursepipe.reminders")
 
 OPTIONS_LISTED = 3
+EXPIRED_PREFIX = "expired:"
 
 
 def window_key(class_id: str) -> str:
@@ -87,6 +94,29 @@ def plan(*, session: Session, settings, now: datetime | None = None) -> Reminder
     ).all():
         upcoming[step_id].append((class_id, title, starts_at, class_tz))
     return ReminderRun(now=now, upcoming=dict(upcoming)) if upcoming else None
+
+
+def expired_key(reminder_id: int) -> str:
+    """The window key of a reminder whose mail expired unsent: it holds no window (and stays unique)."""
+    return f"{EXPIRED_PREFIX}{reminder_id}"
+
+
+def forget_expired(*, session: Session) -> int:
+    """The `reminder_log` rows whose mail ended `expired` stop holding their window: that reminder never reached
+    the student, and the step is reminded again while its class is still to come. Each row is kept, its window
+    key made `expired:<its id>` (a row is never deleted: SQLite would give a later row its id, and the expired
+    mail naming that id would take the later reminder for its own). Expired mails are few (found through the
+    status index). Returns how many were forgotten."""
+    expired = (select(cast(OutboxMessage.payload[("context", "reminder_id")].as_string(), BigInteger))
+               .where(OutboxMessage.status == OutboxStatus.EXPIRED, OutboxMessage.topic == "step_reminder"))
+    forgotten = session.execute(
+        update(ReminderLog)
+        .where(ReminderLog.id.in_(expired), ~ReminderLog.window_key.startswith(EXPIRED_PREFIX))
+        .values(window_key=literal(EXPIRED_PREFIX) + cast(ReminderLog.id, String))
+        .execution_options(synchronize_session=False)).rowcount
+    if forgotten:
+        log.info("forgot %d reminder(s) whose mail expired unsent: their steps may be reminded again", forgotten)
+    return forgotten
 
 
 def _candidates(run: ReminderRun, *columns):
@@ -155,12 +185,13 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
     fresh = _log_once_many(session, keys, run.now)
     mails = []
     for enrollment_id, step_id, label, step_title, email, name, student_tz, code, course_title, course_tz in candidates:
-        if (enrollment_id, step_id) not in fresh:
+        reminder_id = fresh.get((enrollment_id, step_id))
+        if reminder_id is None:
             continue
         classes = run.upcoming[step_id]
         class_id, class_title, starts_at, class_tz = classes[0]
-        key = keys[(enrollment_id, step_id)]
         mails.append((email, {
+            "reminder_id": reminder_id,  # its reminder_log row, forgotten if this mail expires (forget_expired)
             "student_name": name,
             "course_code": code,
             "course_title": course_title,
@@ -173,7 +204,7 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
             "timezone": student_tz or class_tz or course_tz,
             "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
                         for c in classes[:OPTIONS_LISTED]],
-        }, f"reminder:{enrollment_id}:{step_id}:{key}", enrollment_id))
+        }, f"reminder:{reminder_id}", enrollment_id))
     return add_mails(session=session, template="step_reminder", mails=mails)
 
 
@@ -183,6 +214,8 @@ def send_reminders(*, unit_of_work, settings, now: datetime | None = None) -> in
     the next run goes on from there. Returns how many were queued."""
     with unit_of_work() as session:
         run = plan(session=session, settings=settings, now=now)
+        if run:
+            forget_expired(session=session)
         ranges = batches(session=session, run=run) if run else []
     queued = 0
     for first, last in ranges:
@@ -196,13 +229,14 @@ def send_reminders(*, unit_of_work, settings, now: datetime | None = None) -> in
 BATCH = 2000
 
 
-def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> set[tuple[int, int]]:
-    """Insert reminder_log rows; returns the (enrollment, step) pairs not reminded in that window before."""
+def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> dict[tuple[int, int], int]:
+    """Insert reminder_log rows; returns the (enrollment, step) pairs not reminded in that window before, with
+    their new row's id."""
     if not keys:  # an empty parameter list would be one insert of defaults, not none
-        return set()
+        return {}
     table = ReminderLog.__table__
     statement = (upsert_insert(session)(table)
                  .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "window_key"])
-                 .returning(table.c.enrollment_id, table.c.step_id))
+                 .returning(table.c.enrollment_id, table.c.step_id, table.c.id))
     rows = [dict(enrollment_id=e, step_id=s, window_key=k, created_at=now) for (e, s), k in keys.items()]
-    return {(e, s) for e, s in session.execute(statement, rows).all()}
+    return {(e, s): row_id for e, s, row_id in session.execute(statement, rows).all()}

@@ -9,13 +9,13 @@ the ledger are the financial record and are kept as they are.
 The transition log keeps every move of an enrollment, a step's progress, a booking, a package
 purchase, a refund and a dispute: the record of what a student was owed and got, and the evidence of a
 dispute. A message's delivery moves (pending → sending → pending → … → sent) are mechanics, and the
-bulk of the log: those of a message that ended (`sent` or `dead`) are deleted once older than
+bulk of the log: those of a message that ended (`sent`, `dead` or `expired`) are deleted once older than
 RETENTION_DAYS; the message's row keeps its final status, attempts, last error and sent time.
 
 Only rows that ended are pruned: an inbox row `processed`, `ignored` or `failed` (anything pending,
-processing or waiting is still to be applied), a mail `sent` or `dead`. A `failed` row is replayable until it
-is pruned; then nothing is left to run, and a replay is refused (`tasks.inbox.admin.PayloadPruned`). One that
-failed giving up waiting forgets what it waited for, so that arriving later does not wake a payload that is gone.
+processing or waiting is still to be applied), a mail `sent`, `dead` or `expired`. A `failed` row is
+replayable until it is pruned; then nothing is left to run, and a replay is refused
+(`tasks.inbox.admin.PayloadPruned`). One that failed giving up waiting forgets what it waited for, so that arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ ENDED_EVENTS = (InboxStatus.PROCESSED, InboxStatus.IGNORED, InboxStatus.FAILED)
 
 # transitions that are delivery mechanics, not facts: pruned once their message ended
 DELIVERY_ENTITY = OUTBOX.entity
-ENDED = (OutboxStatus.SENT, OutboxStatus.DEAD)
+ENDED = (OutboxStatus.SENT, OutboxStatus.DEAD, OutboxStatus.EXPIRED)
 
 
 @dataclass
@@ -123,11 +123,13 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
         InboxEvent.received_at < cutoff)
         .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
     done.events = sum(prune_event(e, now=now) for e in events)
-    mails = session.scalars(select(OutboxMessage).where(
-        OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_((OutboxStatus.SENT, OutboxStatus.DEAD)),
-        _not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
-        .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
-    done.mails = sum(prune_mail(session, m, now=now) for m in mails)
+    # sent and dead as the partial index states them; expired mails are few, found through the status index
+    for ended in ((OutboxStatus.SENT, OutboxStatus.DEAD), (OutboxStatus.EXPIRED,)):
+        mails = session.scalars(select(OutboxMessage).where(
+            OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_(ended),
+            _not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
+            .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
+        done.mails += sum(prune_mail(session, m, now=now) for m in mails)
     session.flush()
     done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)
     return done

@@ -9,7 +9,8 @@
 3. `record` (one short transaction; `record_all` for a batch): `sent`; or back to `pending` with
    exponential backoff; or `dead` after `MAX_ATTEMPTS` — enough attempts to keep trying for `RETRY_FOR`
    (3 days) — or at once for a permanent failure. Dead rows are the admins' to retry, one by one or all
-   at once.
+   at once. A mail held up past its context's `expires_at` ends `expired`: not sent, and not a failure
+   (never listed, counted or retried as dead).
 
 The `sending` lease is short (`SENDING_LEASE`): a relay renews it before each message of its batch
 (`renew_lease`), so a message held by a sender that died is due again within a minute.
@@ -89,6 +90,7 @@ class Outcome:
     ok: bool
     error: str | None = None
     permanent: bool = False
+    expired: bool = False  # not sent because it was no longer worth sending (final, and not a failure)
 
 
 def event_id(public_id: str) -> str:
@@ -408,10 +410,10 @@ def renew_lease(*, session: Session, job: Job, now: datetime | None = None, leas
 # --------------------------------------------------------------------------- 2. transmit (network)
 
 
-def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS) -> Outcome:
+def transmit(job: Job, *, settings, timeout: float = NETWORK_TIMEOUT_SECONDS, now: datetime | None = None) -> Outcome:
     """Send one claimed message on connections of its own. Never raises: every failure becomes an Outcome."""
     with Sender(settings, timeout=timeout) as sender:
-        return sender.send(job)
+        return sender.send(job, now=now)
 
 
 class Sender:
@@ -441,11 +443,11 @@ class Sender:
             self._http.close()
             self._http = None
 
-    def send(self, job: Job) -> Outcome:
-        """Never raises: every failure becomes an Outcome."""
+    def send(self, job: Job, *, now: datetime | None = None) -> Outcome:
+        """Never raises: every failure becomes an Outcome. `now`: the time a mail's expiry is judged at."""
         try:
             if job.channel is OutboxChannel.MAIL:
-                return self._send_mail(job)
+                return self._send_mail(job, now or utcnow())
             return self._post_platform_event(job)
         except TaskError as exc:  # a permanent domain error (unknown template…)
             return Outcome(False, f"{type(exc).__name__}: {exc}", permanent=True)
@@ -485,14 +487,14 @@ class Sender:
 
     # -- mail: one SMTP session for the batch
 
-    def _send_mail(self, job: Job) -> Outcome:
+    def _send_mail(self, job: Job, now: datetime) -> Outcome:
         if not job.recipients:
             return Outcome(False, "mail has no recipient", permanent=True)
         if is_pruned(job.payload):  # retried after retention pruned its body (an alert keeps its @admins)
             return Outcome(False, "its body was pruned by retention: nothing to send", permanent=True)
         expires = mail.parse_when((job.payload.get("context") or {}).get("expires_at"))
-        if expires is not None and expires <= utcnow():  # e.g. a step reminder once its class has started
-            return Outcome(False, f"expired at {expires.isoformat()}: no longer worth sending", permanent=True)
+        if expires is not None and expires <= now:  # e.g. a step reminder once its class has started
+            return Outcome(False, f"expired at {expires.isoformat()}: no longer worth sending", expired=True)
         template = job.payload.get("template") or job.topic
         rendered = mail.render(template, job.payload.get("context") or {})
         message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,
@@ -705,9 +707,9 @@ def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max
         return None
     if outcome.ok:
         # it left: record it even if our lease ran out meanwhile (a re-send would carry the same id)
-        if row.status is OutboxStatus.DEAD:
+        if row.status in (OutboxStatus.DEAD, OutboxStatus.EXPIRED):
             # our lease ran out and a later attempt gave up; ours got through after all
-            log.warning("outbox %s was delivered by a late attempt after it was marked dead", job.id)
+            log.warning("outbox %s was delivered by a late attempt after it was marked %s", job.id, row.status.value)
         if row.status is not OutboxStatus.SENT:
             writes.moves.append((job.id, row.status, OutboxStatus.SENT, f"attempt {job.attempts}", row.enrollment_id))
             writes.sent.append(job.id)
@@ -717,7 +719,11 @@ def _record(row: _Current | None, job: Job, outcome: Outcome, now: datetime, max
     if row.status is not OutboxStatus.SENDING or row.attempts != job.attempts:
         return row.status  # the lease expired and another attempt owns the row now
     values: dict[str, Any] = {"last_error": outcome.error}
-    if outcome.permanent or row.attempts >= max_attempts:
+    if outcome.expired:  # not a failure: nothing for an admin to do, nothing to retry
+        target, cause = OutboxStatus.EXPIRED, "expired"
+        log.info("outbox %s (%s %s) expired unsent after %d attempt(s): %s", job.id, row.channel.value, row.topic,
+                 row.attempts, outcome.error)
+    elif outcome.permanent or row.attempts >= max_attempts:
         target, cause = OutboxStatus.DEAD, "permanent failure" if outcome.permanent else "retries exhausted"
         log.error("outbox %s (%s %s) is dead after %d attempt(s): %s", job.id, row.channel.value, row.topic,
                   row.attempts, outcome.error)
@@ -744,6 +750,8 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
     if message.status is OutboxStatus.SENDING:  # a sender holds it: made due again, a relay would send it twice
         raise TaskError(f"outbox message {message_id} is being sent; if its sender died, it is due again when "
                         f"its lease runs out")
+    if message.status is OutboxStatus.EXPIRED:  # it would only expire again
+        raise TaskError(f"outbox message {message_id} expired unsent ({message.last_error}); it is not retried")
     OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin retry",
                 enrollment_id=message.enrollment_id, at=now)
     if message.status is OutboxStatus.PENDING:
@@ -802,12 +810,13 @@ def counts(*, session: Session) -> dict[str, int]:
 
 
 def problems(*, session: Session, limit: int = 50) -> list[OutboxMessage]:
-    """Dead messages and ones that have failed at least once, newest first."""
+    """Dead messages and ones that have failed at least once and are still to send, newest first (an expired
+    one is no problem: `outbox list --status expired` lists those)."""
     return list(
         session.scalars(
             select(OutboxMessage)
             .where(or_(OutboxMessage.status == OutboxStatus.DEAD, OutboxMessage.last_error.is_not(None)),
-                   OutboxMessage.status != OutboxStatus.SENT)
+                   OutboxMessage.status.not_in((OutboxStatus.SENT, OutboxStatus.EXPIRED)))
             .order_by(OutboxMessage.id.desc())
             .limit(limit)
         )

@@ -115,6 +115,46 @@ def test_0004_gives_rows_written_before_it_random_ids_and_their_sequence(tmp_pat
     assert counters == {1: 2, 2: 1}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_0020_lets_a_mail_end_expired_and_sets_apart_the_ones_that_ended_dead_for_it(backend, tmp_path):
+    """Before it, a mail held up past its expiry ended `dead` ("expired at …"): those become `expired`, the real
+    failures stay `dead`; the status column accepts `expired` (and, downgraded, no longer does)."""
+    admin = created = None
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        need("postgres")
+        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        created, url = _fresh_pg_database(admin, "expired")
+    try:
+        upgrade(url, "0019")
+        engine = sa.create_engine(url)
+        rows = [(1, "dead", "expired at 2026-12-01T17:00:00+00:00: no longer worth sending"),
+                (2, "dead", "SMTP 550: 'mailbox unavailable'"), (3, "sent", None)]
+        with engine.begin() as conn:
+            for row_id, status, error in rows:
+                conn.execute(sa.text(
+                    "INSERT INTO outbox_message (id, public_id, dedupe_key, channel, topic, payload, status, attempts, "
+                    "last_error, created_at, next_attempt_at) VALUES (:id, :p, :k, 'mail', 'step_reminder', '{}', :s, "
+                    "1, :e, '2026-01-01', '2026-01-01')"),
+                    {"id": row_id, "p": f"p{row_id}", "k": f"k{row_id}", "s": status, "e": error})
+        statuses = sa.text("SELECT status FROM outbox_message ORDER BY id")
+        upgrade(url)
+        with engine.begin() as conn:
+            assert conn.scalars(statuses).all() == ["expired", "dead", "sent"]
+        downgrade(url, "0019")
+        with engine.connect() as conn:
+            assert conn.scalars(statuses).all() == ["dead", "dead", "sent"]
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.execute(sa.text("UPDATE outbox_message SET status = 'expired' WHERE id = 1"))
+        engine.dispose()
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
+            admin.dispose()
+
+
 def _runbook_index_statements() -> list[str]:
     text = (Path(__file__).resolve().parents[2] / "docs" / "runbook.md").read_text()
     section = text[text.index("### Migrations that build indexes"):]

@@ -51,3 +51,28 @@ def test_a_platform_refusal_is_counted_as_a_retry(client, runtime, worker, platf
         value(before, "coursepipe_outbox_deliveries_total", channel="platform", result="retry") == 1
     assert value(after, "coursepipe_outbox_messages", channel="platform", status="pending") == 1
     assert platform_receiver.events == []
+
+
+def test_a_mail_held_up_past_its_expiry_is_counted_as_expired_not_dead(client, runtime, worker, smtp_sink):
+    """An expired reminder was counted as a `dead` delivery and kept the dead gauge (and its alert) above 0."""
+    from datetime import timedelta
+
+    from db.types import utcnow
+
+    before = scrape(client)
+    with runtime.db.session_scope() as s:
+        add_mail(session=s, template="step_reminder", recipient="stu@example.test", dedupe_key="late",
+                 context={"step_label": "SFZ-1", "starts_at": utcnow().isoformat(),
+                          "expires_at": (utcnow() - timedelta(minutes=1)).isoformat()})
+    runtime.actors["relay_outbox"].send()
+    drain(runtime)
+    after = scrape(client)
+
+    def moved(**labels):
+        return value(after, "coursepipe_outbox_deliveries_total", **labels) - \
+            value(before, "coursepipe_outbox_deliveries_total", **labels)
+
+    assert moved(channel="mail", result="expired") == 1
+    assert moved(channel="mail", result="dead") == 0
+    assert value(after, "coursepipe_outbox_messages", channel="mail", status="dead") == 0
+    assert smtp_sink.messages == []

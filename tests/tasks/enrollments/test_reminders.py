@@ -22,8 +22,11 @@ from db.models import (
 from db.types import utcnow
 from tasks.enrollments import reminders
 from tasks.enrollments.reminders import send_reminders, window_key
+from tasks.messaging import delivery, mail
 from tests import factories
 from tests.conftest import make_settings
+from tests.tasks.bookings.bookings_support import class_upserted, deliver
+from tests.tasks.messaging.outbox_servers import smtp_sink  # noqa: F401  (fixture)
 
 
 def _settings(database, enabled=True, days=7):
@@ -161,6 +164,50 @@ def test_a_reminder_keyed_by_its_class_start_counts_until_that_time(database):
                                group_class_id="gc_SFZ_2_1"))
     assert send_reminders(unit_of_work=database.session_scope, settings=settings,
                           now=start + timedelta(minutes=1)) == 1
+
+
+def _relay(database, settings, now) -> list[str]:
+    """One relay run at `now`, as workers.jobs.relay_outbox makes it: claim, send outside a transaction, record."""
+    with database.session_scope() as s:
+        jobs = delivery.claim_due(session=s, settings=settings, now=now)
+    with delivery.Sender(settings, timeout=5) as sender:
+        results = [(job, sender.send(job, now=now)) for job in jobs]
+    with database.session_scope() as s:
+        return [status.value for status in delivery.record_all(session=s, results=results, now=now)]
+
+
+def test_a_reminder_that_expired_after_its_class_moved_later_is_sent_again_for_the_new_time(database, smtp_sink):  # noqa: F811
+    """SMTP was down past the class's start as reminded, and the platform had moved the class later meanwhile:
+    the reminder expired unsent, and reminder_log still said the step was reminded about that class (still to
+    come), so the student was never reminded of it."""
+    with database.session_scope() as s:
+        _setup(s)  # SFZ-2 unbooked, its class gc_SFZ_2_0 in 3 days
+        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    smtp_sink.stop()
+    assert _relay(database, settings, now + timedelta(minutes=1)) == ["pending"]  # SMTP down: tried again later
+    new_start = old_start + timedelta(days=2)
+    assert deliver(database, class_upserted("gc_SFZ_2_0", title="Class 2", starts_at=new_start, when=now)).outcome \
+        .value == "processed"
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now + timedelta(hours=1)) == 0
+    after = old_start + timedelta(minutes=1)  # SMTP still down when the class's old start passes
+    assert _relay(database, settings, after) == ["expired"]
+    smtp_sink.start()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(days=1)) == 0
+    expired, fresh = _mails(database)
+    assert expired.status.value == "expired" and fresh.status.value == "sent"
+    assert fresh.payload["context"]["starts_at"] == fresh.payload["context"]["expires_at"] == new_start.isoformat()
+    (sent,) = smtp_sink.messages
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+    assert mail.local_time(new_start.isoformat(), "Europe/Berlin") in sent.get_body(("plain",)).get_content()
+    with database.session_scope() as s:  # the expired reminder holds no window; the one sent stands for the class
+        assert s.scalars(select(ReminderLog.window_key).order_by(ReminderLog.id)).all() == [
+            reminders.expired_key(expired.payload["context"]["reminder_id"]), window_key("gc_SFZ_2_0")]
 
 
 def _three_students(session):

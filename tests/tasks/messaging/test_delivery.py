@@ -213,6 +213,48 @@ def test_retries_exhausted_end_dead(database, settings, platform_receiver):
         assert delivery.counts(session=s) == {"dead": 1}
 
 
+def test_a_mail_held_up_past_its_expiry_ends_expired_apart_from_the_failures(database, runtime, worker, client,
+                                                                             admin_headers, smtp_sink, platform_receiver):
+    """A step reminder whose class had started by the time it could leave ended `dead`: listed and counted among
+    the failures, and a bulk retry brought it back only to die again. It ends `expired`, which none of them
+    takes for a failure; a callback that really failed stays dead beside it."""
+    from tasks.errors import TaskError
+    from tasks.reporting import ops
+
+    platform_receiver.status_next = 410  # the platform refuses the callback on its last attempt: dead
+    with database.session_scope() as s:
+        late = add_mail(session=s, template="step_reminder", recipient="bob@example.test", dedupe_key="late",
+                        context={"step_label": "SFZ-1", "starts_at": STARTS,
+                                 "expires_at": (utcnow() - timedelta(minutes=1)).isoformat()}).id
+        failed = add_platform_event(session=s, type="enrollment.created", data={"enrollment_id": 1}, dedupe_key="p")
+        failed.attempts = delivery.MAX_ATTEMPTS - 1
+        s.flush()
+        failed = failed.id
+    runtime.actors["relay_outbox"].send()
+    drain(runtime)
+    row = _row(database, late)
+    assert row.status.value == "expired" and row.last_error.startswith("expired at ") and row.attempts == 1
+    assert smtp_sink.messages == []
+    assert _row(database, failed).status is OutboxStatus.DEAD
+    with database.session_scope() as s:
+        assert s.scalars(select(TransitionLog.to_status).where(
+            TransitionLog.entity == "outbox", TransitionLog.entity_id == str(late)).order_by(TransitionLog.id)).all() \
+            == ["sending", "expired"]
+        # the listings and counts of failures: the CLI's `outbox list`, the dashboard, the metrics' gauge
+        assert [m.id for m in delivery.problems(session=s)] == [failed]
+        assert [m.id for m in ops.dead_messages(session=s)] == [failed]
+        assert ops.outbox_summary(session=s)["mail"]["dead"] == 0
+        assert delivery.counts(session=s) == {"dead": 1, "expired": 1}
+    # retry-dead leaves it alone; a retry of it alone is refused, saying why
+    retried = client.post("/admin/outbox/retry-dead", json={"channel": "mail"}, headers=admin_headers)
+    assert retried.status_code == 200 and retried.json == {"retried": 0, "ids": [], "remaining": 0}
+    with pytest.raises(TaskError, match="expired unsent"):
+        with database.session_scope() as s:
+            delivery.retry(session=s, message_id=late)
+    assert client.post("/admin/outbox/retry-dead", headers=admin_headers).json["ids"] == [failed]
+    assert _row(database, late).status.value == "expired"
+
+
 def test_unconfigured_channels_hold_messages_and_lose_nothing(database, settings, smtp_sink, platform_receiver,
                                                               caplog):
     bare = settings.with_(smtp_url=None, platform_callback_url=None)

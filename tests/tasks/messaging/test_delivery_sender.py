@@ -384,6 +384,6 @@ def test_a_mail_held_up_past_its_expiry_is_not_sent(database, settings, smtp_sin
         late, timely = delivery.claim_due(session=s, settings=settings, limit=2)
     with delivery.Sender(settings, timeout=5) as sender:
         outcome = sender.send(late)
-        assert not outcome.ok and outcome.permanent and outcome.error.startswith("expired at ")
+        assert not outcome.ok and outcome.expired and not outcome.permanent and outcome.error.startswith("expired at ")
         assert sender.send(timely).ok
     assert [m["To"] for m in smtp_sink.messages] == ["s1@example.test"]
