@@ -204,7 +204,8 @@ RETRY_DEAD = ("Body, every field optional: `channel` (`mail` or `platform`), `af
               "retried), `reason` (for the audit log). Makes up to 10,000 dead messages with an id past `after` due now "
               "with a fresh attempt count, oldest first. `remaining` counts the dead ones after the last id retried: "
               "while it is above 0, call again with that id as `after`. A mail that ended `expired` (held up past "
-              "its `expires_at`) is not dead and is never retried.")
+              "its `expires_at`) is not dead and is never retried; neither is a dead message whose body is gone (pruned by "
+              "retention, or held back by a student's erasure): there is nothing left to send.")
 
 
 def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",

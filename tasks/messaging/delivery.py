@@ -46,7 +46,7 @@ from db.types import utcnow
 from tasks import signatures
 from tasks.messaging import mail
 from tasks.errors import NotFound, TaskError
-from tasks.inbox.store import is_pruned
+from tasks.inbox.store import PRUNED, is_pruned
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS
 
@@ -752,6 +752,9 @@ def retry(*, session: Session, message_id: int, now: datetime | None = None) -> 
                         f"its lease runs out")
     if message.status is OutboxStatus.EXPIRED:  # it would only expire again
         raise TaskError(f"outbox message {message_id} expired unsent ({message.last_error}); it is not retried")
+    if is_pruned(message.payload):  # it would only fail again
+        raise TaskError(f"outbox message {message_id} has no body left to send (pruned by retention, or its "
+                        f"student was erased); it is not retried")
     OUTBOX.move(message, OutboxStatus.PENDING, session=session, cause="admin retry",
                 enrollment_id=message.enrollment_id, at=now)
     if message.status is OutboxStatus.PENDING:
@@ -793,7 +796,9 @@ def last_dead(*, session: Session, channel: OutboxChannel | None = None) -> int 
 
 
 def _dead(channel: OutboxChannel | None, after: int | None, through: int | None):
-    dead = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.DEAD)
+    """The dead messages a retry could send: not those whose body is gone (retention, a student's erasure)."""
+    dead = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.DEAD,
+                                          OutboxMessage.payload[PRUNED].as_string().is_(None))
     if channel is not None:
         dead = dead.where(OutboxMessage.channel == channel)
     if after is not None:

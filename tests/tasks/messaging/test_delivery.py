@@ -255,6 +255,39 @@ def test_a_mail_held_up_past_its_expiry_ends_expired_apart_from_the_failures(dat
     assert _row(database, late).status.value == "expired"
 
 
+def test_a_dead_mail_whose_body_is_gone_is_not_retried(database, client, admin_headers):
+    """A mail held back by a student's erasure ends dead ("student erased: not sent"), its body pruned; so does one
+    retention pruned after it died. A bulk retry made them pending again only for them to die at once ("its body
+    was pruned"); now it leaves them, and a retry of one is refused saying why. A dead mail with its body is
+    retried as before."""
+    from db.models import Student
+    from tasks.errors import TaskError
+    from tasks.lifecycle import erasure, retention
+
+    with database.session_scope() as s:
+        s.add(Student(id="stu_gone", email="gone@example.test", name="Gone"))
+        held = add_mail(session=s, template="class_cancelled", recipient="gone@example.test", dedupe_key="held",
+                        context={"class_title": "Turns"}).id
+        old, kept = (add_mail(session=s, template="class_cancelled", recipient=f"{name}@example.test",
+                              dedupe_key=name, context={"class_title": "Turns"}) for name in ("old", "kept"))
+        for message in (old, kept):
+            message.status, message.last_error = OutboxStatus.DEAD, "SMTP 550: mailbox unavailable"
+        s.flush()
+        retention.prune_mail(s, old, now=utcnow())
+        old, kept = old.id, kept.id
+    with database.session_scope() as s:
+        erasure.erase_student(session=s, student_id="stu_gone")
+    assert _row(database, held).status is OutboxStatus.DEAD
+    retried = client.post("/admin/outbox/retry-dead", json={"channel": "mail"}, headers=admin_headers)
+    assert retried.status_code == 200 and retried.json == {"retried": 1, "ids": [kept], "remaining": 0}
+    for message_id in (held, old):
+        with pytest.raises(TaskError, match="no body left to send"):
+            with database.session_scope() as s:
+                delivery.retry(session=s, message_id=message_id)
+        assert _row(database, message_id).status is OutboxStatus.DEAD
+    assert _row(database, kept).status is OutboxStatus.PENDING
+
+
 def test_unconfigured_channels_hold_messages_and_lose_nothing(database, settings, smtp_sink, platform_receiver,
                                                               caplog):
     bare = settings.with_(smtp_url=None, platform_callback_url=None)

@@ -4,7 +4,7 @@ and a backlog is drained by more than one relay."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from db.enums import OutboxChannel, OutboxStatus
 from db.models import OutboxMessage, TransitionLog
@@ -346,7 +346,8 @@ def test_a_full_share_that_all_failed_records_the_rest_of_the_batch_together(run
 
 def test_a_retried_alert_whose_body_retention_pruned_is_not_sent_blank(database, smtp_sink):  # noqa: F811
     """Retention keeps an alert's @admins recipient; retried after its body was pruned, it went out with every
-    field "-". It now fails for good, saying why."""
+    field "-". A bulk retry now leaves it (nothing to send); one made due by a version before that fails for
+    good, saying why."""
     from datetime import timedelta
 
     from db.types import utcnow
@@ -361,7 +362,8 @@ def test_a_retried_alert_whose_body_retention_pruned_is_not_sent_blank(database,
     with database.session_scope() as s:
         assert retention.prune(session=s, retention_days=400).mails == 1
         assert s.scalar(select(OutboxMessage.recipient)) == ADMINS
-        assert delivery.retry_dead(session=s) == [1]
+        assert delivery.retry_dead(session=s) == []
+        s.execute(update(OutboxMessage).values(status=OutboxStatus.PENDING))  # retried by an earlier version
     with database.session_scope() as s:
         (job,) = delivery.claim_due(session=s, settings=settings, limit=1)
     with delivery.Sender(settings, timeout=5) as sender:
