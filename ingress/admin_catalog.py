@@ -2,7 +2,9 @@
 
 PUT writes a whole course or package (create or replace; 201 when created, 200 otherwise);
 a validation failure is 400 with the error object naming the field (`error.field`); a package linked to a Stripe
-price another course or package holds (a deleted one too) is 409 `price_in_use`.
+price another course or package holds (a deleted one too) is 409 `price_in_use`. What GET answers can be PUT back
+unchanged: the fields publishing sets are taken and ignored (`READ_ONLY` of the `tasks.catalog` models). The
+bodies' JSON Schemas are `CourseWrite` and `PackageWrite` in `ingress.openapi`.
 `PUT /admin/courses/<code>?dry_run=true` answers the what-if of the edit (`tasks.catalog.changes`:
 whose progress, bookings or bundle it touches, and what the real save would refuse) and changes nothing. Publishing
 answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
@@ -30,8 +32,14 @@ def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
 
 
-def _body() -> dict:
-    return json_object()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
+def _body() -> tuple[dict, str | None]:
+    """The written course or package, and the optional `reason` taken out of it (the audit log's, not the
+    catalog's): a string or null, anything else a 400 naming it."""
+    data = json_object()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
+    reason = data.pop("reason", None)
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationFailed("reason: must be a string (or null)", field="reason")
+    return data, roles.reason_of({"reason": reason})
 
 
 @bp.errorhandler(catalog.StepInUse)
@@ -83,9 +91,7 @@ def dry_run_flag() -> bool:
 @require_role("owner")
 def put_course(code: str):
     dry_run = dry_run_flag()
-    data = _body()
-    reason = roles.reason_of(data)
-    data.pop("reason", None)  # the audit log's, not the course's
+    data, reason = _body()
     course = catalog.parse_course(data, code=code)
     if dry_run:
         with _runtime().db.session_scope() as session:
@@ -136,9 +142,7 @@ def list_packages():
 @bp.put("/packages/<code>")
 @require_role("owner")
 def put_package(code: str):
-    data = _body()
-    reason = roles.reason_of(data)
-    data.pop("reason", None)  # the audit log's, not the package's
+    data, reason = _body()
     package = catalog.parse_package(data, code=code)
     with _runtime().db.session_scope() as session:
         saved = catalog.save_package(session=session, package=package)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from db.enums import BundleKind, ProgramStatus
 from ingress import limits
 from ingress.errors import CONFLICT_MESSAGE
 from tasks.admins.audit import MAX_REASON
+from tasks.catalog.changes import MAX_LISTED
+from tasks.catalog.services import CODE_PATTERN, MAX_STEPS, PRICE_ID_PATTERN, CourseIn, CreditsIn, PackageIn, StepIn
 from tasks.events import PLATFORM_DATA
 from tasks.ledger.adjustments import MAX_ADJUSTMENT
 from tasks.messaging.outbound_events import OUTBOUND_DATA
@@ -150,6 +153,195 @@ SCHEMAS: dict[str, dict] = {
 }
 
 
+# --------------------------------------------------------------------------- the admin catalog (tasks.catalog)
+# The write bodies say exactly what `tasks.catalog.services` accepts (a test sends good and bad bodies to both):
+# every string is trimmed of surrounding whitespace before it is checked, hence the patterns.
+
+
+def trimmed(most: int, *, least: int = 0, nullable: bool = False) -> dict:
+    """A string of `least` (0 or 1) to `most` characters once trimmed of surrounding whitespace."""
+    some = rf"\S(?:[\s\S]{{0,{most - 2}}}\S)?"
+    return {"type": ["string", "null"] if nullable else "string",
+            "pattern": rf"^\s*{some if least else f'(?:{some})?'}\s*$",
+            "description": f"{least} to {most} characters once surrounding whitespace is trimmed"
+                           + ("; null: none" if nullable else "")}
+
+
+def _padded(pattern: str) -> str:
+    """`^…$` allowing the surrounding whitespace the code trims first."""
+    return rf"^\s*{pattern.removeprefix('^').removesuffix('$')}\s*$"
+
+
+def read_only(what: str) -> dict:
+    return {"readOnly": True, "description": f"{what}; as GET answers it, taken back and ignored (any value)"}
+
+
+def _one_of_each_kind(kinds) -> list[dict]:
+    """Each kind at most once in a list of {kind, quantity}."""
+    return [{"contains": {"type": "object", "properties": {"kind": {"const": k}}, "required": ["kind"]},
+             "minContains": 0, "maxContains": 1} for k in kinds]
+
+
+STRICT_INT = "an integer written without a fraction (12000.0 is refused)"
+CATALOG_CODE = {"type": ["string", "null"], "pattern": _padded(CODE_PATTERN),
+                "description": "1-64 letters, digits, '-' or '_', the first a letter or digit; optional, and when "
+                               "given the code in the path"}
+CATALOG_REASON = {"type": ["string", "null"],
+                  "description": f"optional: why, for the audit log (its first {MAX_REASON} characters are kept)"}
+CATALOG_TITLE = trimmed(200, least=1)
+CATALOG_SCHEMAS: dict[str, dict] = {
+    "PriceWrite": _closed({
+        "amount": {"type": "integer", "minimum": 0, "maximum": 99_999_999, "description": f"minor units; {STRICT_INT}"},
+        "currency": {"type": "string", "pattern": r"^\s*[A-Za-z]{3}\s*$",
+                     "description": "an ISO 4217 code in circulation, either case (kept lower-case, as Stripe "
+                                    "takes it); another three letters are refused"}},
+        required=["amount", "currency"]),
+    "StepWrite": _closed({
+        "label": {**trimmed(64, least=1), "description": "the step's identity within the course (unique in it): "
+                                                          "an edit keeps a step's id, progress and bookings by its "
+                                                          "label; 1 to 64 characters once trimmed"},
+        "title": trimmed(200, least=1, nullable=True),
+        "summary": trimmed(20_000, nullable=True),
+        "position": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_STEPS,
+                     "description": "optional; when given, the step's place in the list (1 for the first)"},
+        "options": {"type": "array", "uniqueItems": True, "default": [],
+                    "items": {**trimmed(64, least=1), "description": "a platform class id (1 to 64 characters "
+                                                                      "once trimmed)"},
+                    "description": "the platform classes that may be booked for the step; a class serves one "
+                                   "step only within a course"},
+        **{name: read_only("the step's id (a step is known by its label)") for name in sorted(StepIn.READ_ONLY)}},
+        required=["label"]),
+    "BundleComponentWrite": _closed({
+        "kind": {"enum": [k.value for k in BundleKind]},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": 1000, "description": STRICT_INT}},
+        required=["kind", "quantity"]),
+    "CourseWrite": _closed({
+        "code": CATALOG_CODE,
+        "title": CATALOG_TITLE,
+        "description": trimmed(20_000, nullable=True),
+        "marketing_copy": trimmed(20_000, nullable=True),
+        "timezone": {"type": "string", "default": "UTC",
+                     "description": "an IANA timezone name (e.g. Europe/Berlin), exactly as the tz database "
+                                    "spells it; default UTC"},
+        "price": ref("PriceWrite"),
+        "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": ref("StepWrite"),
+                  "description": "in order; labels are unique in the course, and so is each class id"},
+        "bundle": {"anyOf": [{"type": "array", "items": ref("BundleComponentWrite"),
+                              "allOf": _one_of_each_kind(k.value for k in BundleKind)},
+                             ref("BundleComponentWrite"), {"type": "null"}],
+                   "default": [],
+                   "description": "the credits every buyer receives, each kind at most once (one component may "
+                                  "be given as the object alone; null or absent: none)"},
+        "reason": CATALOG_REASON,
+        **{name: read_only("set by publishing") for name in sorted(CourseIn.READ_ONLY)}},
+        required=["title", "price", "steps"]),
+    "CreditsWrite": _closed({
+        "kind": {"enum": list(get_args(CreditsIn.model_fields["kind"].annotation)),
+                 "description": "group or private (group_credit and private_credit mean the same)"},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": 1000, "description": STRICT_INT}},
+        required=["kind", "quantity"]),
+    "PackageWrite": _closed({
+        "code": CATALOG_CODE,
+        "title": CATALOG_TITLE,
+        "price": ref("PriceWrite"),
+        "credits": {**ref("CreditsWrite"),
+                    "description": "one `{kind, quantity}` object (a package grants one kind of credit), as "
+                                   "`GET /admin/packages/{code}` answers it; a list is refused"},
+        "validity_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 3650,
+                          "description": "days a granted credit stays usable; null or absent: no expiry"},
+        "stripe_price_id": {"type": ["string", "null"], "pattern": _padded(PRICE_ID_PATTERN),
+                            "description": "present: link the package to a price made by hand in Stripe (null "
+                                           "unlinks); absent: the link stays as it is. A price another package or "
+                                           "a course holds is refused"},
+        "reason": CATALOG_REASON,
+        **{name: read_only("set by publishing") for name in sorted(PackageIn.READ_ONLY)}},
+        required=["title", "price", "credits"]),
+    # what GET /admin/… answers (and PUT answers under `course` / `package`)
+    "StripeState": _obj({
+        "product_id": NULLABLE_STR, "price_id": NULLABLE_STR,
+        "in_sync": {"type": "boolean", "description": "Stripe holds what the catalog says"},
+        "pending": {"type": "integer", "description": "publish calls not finished"},
+        "last_error": NULLABLE_STR,
+        "publications": {"type": "array", "description": "the last 10 publish calls", "items": _obj({
+            "id": {"type": "integer"}, "object_type": {"type": "string"}, "action": {"type": "string"},
+            "target": NULLABLE_STR, "status": {"type": "string"}, "stripe_id": NULLABLE_STR,
+            "idempotency_key": {"type": "string"}, "last_error": NULLABLE_STR, "created_at": NULLABLE_STR})},
+        "drift": {"type": "array", "items": ref("Drift")}}),
+    "Drift": _obj({"id": {"type": "integer"}, "stripe_object_id": {"type": "string"}, "field": {"type": "string"},
+                   "expected": {}, "actual": {}, "event_id": NULLABLE_STR, "detected_at": DATETIME}),
+    "AdminCourse": _obj({
+        "code": {"type": "string"}, "title": {"type": "string"}, "description": NULLABLE_STR,
+        "marketing_copy": NULLABLE_STR, "timezone": {"type": "string"},
+        "price": _obj({"amount": {"type": "integer"}, "currency": {"type": "string"}}),
+        "status": {"enum": [s.value for s in ProgramStatus]}, "published": {"type": "boolean"},
+        "published_at": {**NULLABLE_STR, "format": "date-time"},
+        "steps": {"type": "array", "items": _obj({
+            "id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
+            "title": NULLABLE_STR, "summary": NULLABLE_STR,
+            "options": {"type": "array", "items": {"type": "string"}, "description": "platform class ids"}})},
+        "bundle": {"type": "array", "items": _obj({"kind": {"enum": [k.value for k in BundleKind]},
+                                                   "quantity": {"type": "integer"}})},
+        "stripe": ref("StripeState")}),
+    "AdminCourseList": _obj({"courses": {"type": "array", "items": ref("AdminCourse")}}),
+    "AdminPackage": _obj({
+        "code": {"type": "string"}, "title": {"type": "string"},
+        "price": _obj({"amount": {"type": "integer"}, "currency": {"type": "string"}}),
+        "credits": _obj({"kind": {"enum": ["group", "private"]}, "quantity": {"type": "integer"}}),
+        "validity_days": NULLABLE_INT, "stripe_product_id": NULLABLE_STR, "stripe_price_id": NULLABLE_STR,
+        "stripe": ref("StripeState")}),
+    "AdminPackageList": _obj({"packages": {"type": "array", "items": ref("AdminPackage")}}),
+    "SaveChange": {"enum": ["created", "updated", "unchanged"]},
+    "CourseChangeSummary": _obj({"steps_changed": {"type": "integer"}, "options_changed": {"type": "integer"},
+                                 "enrollments_affected": {"type": "integer"}, "blocked": {"type": "integer"}}),
+    "CourseSaved": _obj({"change": ref("SaveChange"), "course": ref("AdminCourse"),
+                         "impact": {"oneOf": [{"type": "null"}, ref("CourseChangeSummary")],
+                                    "description": "what the change did to existing enrollments; null for a "
+                                                   "new course"}}),
+    "PackageSaved": _obj({"change": ref("SaveChange"), "package": ref("AdminPackage")}),
+    "CourseDryRun": _obj({
+        "dry_run": {"const": True}, "code": {"type": "string"},
+        "exists": {"type": "boolean", "description": "false: the save would create the course (nothing else "
+                                                     "is listed)"},
+        "status": {"enum": [*(s.value for s in ProgramStatus), None]},
+        "would_apply": {"type": "boolean", "description": "false: the real save would answer 409 (see blocked)"},
+        "changes_anything": {"type": "boolean"},
+        "summary": ref("CourseChangeSummary"),
+        "fields": {"type": "array", "items": _obj({"field": {"enum": ["title", "description", "marketing_copy",
+                                                                      "timezone", "price"]},
+                                                   "from": {}, "to": {},
+                                                   "note": {"type": "string", "description": "present for title "
+                                                            "and price of a published course"}},
+                                                  ["field", "from", "to"])},
+        "steps": {"type": "array", "items": _obj({
+            "label": {"type": "string"}, "step_id": NULLABLE_INT,
+            "change": {"enum": ["added", "moved", "edited", "removed", "unchanged"]},
+            "from_position": NULLABLE_INT, "to_position": NULLABLE_INT,
+            "enrollments": {**NULLABLE_INT, "description": "holding enrollments with the step (for added: owed it)"},
+            "bookings": NULLABLE_INT,
+            "completed_enrollments": {"type": "integer", "description": "added steps: completed enrollments, "
+                                                                       "which reopen if they book it"},
+            "students": {"type": "array", "items": {"type": "object"},
+                         "description": f"the first {MAX_LISTED} students touched, by enrollment id"}},
+            ["label", "step_id", "change", "from_position", "to_position", "enrollments", "bookings", "students"])},
+        "options": {"type": "array", "items": _obj({
+            "class_id": {"type": "string"}, "step": {"type": "string"}, "change": {"enum": ["attached", "detached"]},
+            "may_book": {**NULLABLE_INT, "description": "attached: students whose step is unbooked"},
+            "active_bookings": {"type": "integer", "description": "detached: bookings holding it (a refusal)"},
+            "history_kept": {"type": "integer", "description": "detached: past progress rows naming it"},
+            "students": {"type": "array", "items": {"type": "object"}}},
+            ["class_id", "step", "change", "students"])},
+        "bundle": {"oneOf": [{"type": "null"}, _obj({
+            "from": {"type": "string"}, "to": {"type": "string"}, "applies_to": {"const": "new purchases"},
+            "enrollments_keeping_theirs": {"type": "integer"}, "records_written": {"type": "integer"}})]},
+        "blocked": {"type": "array", "items": _obj({"code": {"const": "step_in_use"}, "field": {"type": "string"},
+                                                   "message": {"type": "string"}})},
+        "enrollments": {"type": "array", "description": f"the first {MAX_LISTED} affected enrollments, by id",
+                        "items": _obj({"enrollment_id": {"type": "integer"}, "student_id": {"type": "string"},
+                                       "status": ENROLLMENT_STATUS,
+                                       "effects": {"type": "array", "items": {"type": "string"}}})}}),
+}
+SCHEMAS.update(CATALOG_SCHEMAS)
+
 def _model_schema(model, name: str, schemas: dict) -> dict:
     schema = model.model_json_schema(ref_template=REF)
     for def_name, definition in schema.pop("$defs", {}).items():
@@ -277,7 +469,20 @@ COURSE_CHANGE = (
     "`options` (attached: who may book it; detached: the active bookings), `bundle` (from, to, how many "
     "enrollments keep theirs) and `enrollments` (each affected enrollment with its effects in words). "
     "A bad body is the same 400 as without dry_run. A dry run writes no audit entry; the real save records "
-    "`course.save` with the counts.")
+    "`course.save` with the counts.\n\n"
+    "The body (`CourseWrite`) is checked whole before anything is read or written; an unknown field is refused "
+    "(400 naming it). What `GET /admin/courses/{code}` answers may be sent back as it is: `status`, "
+    "`published`, `published_at`, `stripe` and each step's `id` are set by the service and ignored here. "
+    "Beyond what the schema says, the code refuses a timezone the tz database does not know, a currency "
+    "outside ISO 4217, a label or class id given twice in the course, a `position` other than the step's "
+    "place, and a `code` other than the path's.")
+PACKAGE_WRITE = (
+    "The body (`PackageWrite`) is the whole package; an unknown field is refused (400 naming it). `credits` is "
+    "one `{\"kind\", \"quantity\"}` object (a package grants one kind of credit), the shape "
+    "`GET /admin/packages/{code}` answers; a list (the shape of `GET /v1/packages`) is a 400 naming `credits`. "
+    "What `GET /admin/packages/{code}` answers may be sent back as it is: `stripe_product_id` and `stripe` are "
+    "set by publishing and ignored here. A change reaches new purchases once published; credits already "
+    "granted keep their quantity and expiry.")
 # the timeline's filter: repeat `kind` for several (tasks.reporting.timeline.KINDS)
 TIMELINE_KIND = {"name": "kind", "in": "query", "required": False, "style": "form", "explode": True,
                  "description": "only rows of these kinds (repeatable); none: every row",
@@ -344,17 +549,23 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         security=READ, ok=_json("EventFeed"),
         query=[q("after", "the `next` cursor of the previous page; absent: from the start"),
                q("limit", "1 to 1000 (default 100)", schema={"type": "integer", "minimum": 1, "maximum": 1000})]),
-    ("GET", "/admin/courses"): op("Courses, drafts included", tag="admin", security=ADMIN),
+    ("GET", "/admin/courses"): op("Courses, drafts included", tag="admin", security=ADMIN,
+                                  ok=_json("AdminCourseList")),
     ("PUT", "/admin/courses/{code}"): op(
         "Create or replace a course (dry_run=true: who the change would affect; nothing changes)", tag="admin",
-        security=ADMIN, body="AnyObject", description=COURSE_CHANGE,
-        query=[q("dry_run", "true: answer the what-if (200) and change nothing", schema={
-            "type": "string", "enum": ["true", "false", "1", "0"]})],
-        extra={"201": _json("AnyObject", "created"),
+        security=ADMIN, body="CourseWrite", description=COURSE_CHANGE,
+        query=[q("dry_run", "true or 1: answer the what-if (200 CourseDryRun) and change nothing; false, 0 or "
+                            "absent: save", schema={"type": "string", "enum": ["true", "false", "1", "0"]})],
+        ok={"description": "updated or unchanged (CourseSaved); with dry_run, the what-if (CourseDryRun)",
+            "content": {JSON: {"schema": {"oneOf": [ref("CourseSaved"), ref("CourseDryRun")]}}}},
+        extra={"201": _json("CourseSaved", "created"),
+               "400": _json("Error", "validation_failed: the first bad field, named in `error.field` (a dotted "
+                                     "path such as `steps[1].label`); nothing changed"),
                "409": _json("Error", "step_in_use: the change would remove a step enrollments hold or detach "
                                      "a class with an active booking; nothing changed (the dry run lists it "
                                      "under `blocked`)")}),
-    ("GET", "/admin/courses/{code}"): op("One course (admin view)", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("GET", "/admin/courses/{code}"): op("One course (admin view): PUT it back unchanged and nothing changes",
+                                         tag="admin", security=ADMIN, ok=_json("AdminCourse"), extra=NOT_FOUND),
     ("DELETE", "/admin/courses/{code}"): op(
         "Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND,
         description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
@@ -362,19 +573,24 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                     "the same code (the session's `metadata.coursepipe_course_id` names the course sold)."),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
                                                   status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
-    ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN),
+    ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN, ok=_json("AdminPackageList")),
     ("PUT", "/admin/packages/{code}"): op(
-        "Create or replace a credit package", tag="admin", security=ADMIN, body="AnyObject",
-        description="`stripe_price_id` (optional) links a price made by hand in Stripe; null unlinks it. A price "
-                    "sells one course or package: one that another course or package holds is refused, a deleted "
-                    "one's included (a deleted course or package keeps its Stripe price, so a checkout opened with "
-                    "it before the delete still buys what it was sold as). A package made again under a deleted "
-                    "one's code leaves `stripe_price_id` out and is published with a price of its own.",
-        extra={"201": _json("AnyObject", "created"),
+        "Create or replace a credit package", tag="admin", security=ADMIN, body="PackageWrite",
+        description=PACKAGE_WRITE + " `stripe_price_id` (optional) links a price made by hand in Stripe; null "
+                    "unlinks it. A price sells one course or package: one that another course or package "
+                    "holds is refused, a deleted one's included (a deleted course or package keeps its Stripe "
+                    "price, so a checkout opened with it before the delete still buys what it was sold as). A "
+                    "package made again under a deleted one's code leaves `stripe_price_id` out and is published "
+                    "with a price of its own.",
+        ok=_json("PackageSaved", "updated or unchanged"),
+        extra={"201": _json("PackageSaved", "created"),
+               "400": _json("Error", "validation_failed: the first bad field, named in `error.field` (e.g. "
+                                     "`credits.kind`); nothing changed"),
                "409": _json("Error", "price_in_use: stripe_price_id is the price of another course or package "
                                      "(named in the message, with '(deleted …)' when it is deleted); nothing "
                                      "changed")}),
-    ("GET", "/admin/packages/{code}"): op("One credit package", tag="admin", security=ADMIN, extra=NOT_FOUND),
+    ("GET", "/admin/packages/{code}"): op("One credit package: PUT it back unchanged and nothing changes",
+                                          tag="admin", security=ADMIN, ok=_json("AdminPackage"), extra=NOT_FOUND),
     ("DELETE", "/admin/packages/{code}"): op(
         "Soft-delete a credit package", tag="admin", security=ADMIN, extra=NOT_FOUND,
         description="The package leaves the catalog; its purchases, its Stripe product and price stay (the price "

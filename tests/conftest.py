@@ -228,8 +228,9 @@ def drain(runtime, *queues: str, timeout_ms: int = 20_000) -> None:
 
 
 def contract_checked(app):
-    """Check every JSON answer of the platform-facing routes (`/v1/…`, `/webhooks/…`) against the app's
-    OpenAPI document while the test runs; `assert_contract_kept(app)` fails the test on any mismatch."""
+    """Check every JSON answer of the platform-facing routes (`/v1/…`, `/webhooks/…`) and of the admin catalog
+    against the app's OpenAPI document while the test runs; `assert_contract_kept(app)` fails the test on any
+    mismatch."""
     from flask import request
 
     from tests.contract import response_errors
@@ -239,7 +240,7 @@ def contract_checked(app):
 
     @app.after_request
     def _conforms(response):
-        if request.path.startswith(("/v1/", "/webhooks/")) and response.is_json:
+        if request.path.startswith(("/v1/", "/webhooks/", "/admin/courses", "/admin/packages")) and response.is_json:
             errors.extend(response_errors(app, request.method, request.path, response.status_code,
                                           response.get_json(silent=True)))
         return response

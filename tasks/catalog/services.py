@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -54,6 +55,7 @@ PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC 
 TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL
 """.split())
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+PRICE_ID_PATTERN = r"^price_[A-Za-z0-9]{1,60}$"
 MAX_STEPS = 100
 # enrollments a step added later is seeded for at once (a completed one reopens when it books the step)
 OWED_NEW_STEPS = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED)
@@ -86,6 +88,15 @@ class PriceInUse(PermanentError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # what GET answers beside the written fields: taken back and ignored, so a GET can be PUT back unchanged
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_read_only(cls, data: Any) -> Any:
+        if cls.READ_ONLY and isinstance(data, dict):
+            return {name: value for name, value in data.items() if name not in cls.READ_ONLY}
+        return data
 
 
 class Price(_Strict):
@@ -101,6 +112,8 @@ class Price(_Strict):
 
 
 class StepIn(_Strict):
+    READ_ONLY = frozenset({"id"})  # a step is known by its label
+
     label: Label
     title: Title | None = None
     summary: Text | None = None
@@ -115,6 +128,8 @@ class BundleIn(_Strict):
 
 class CourseIn(_Strict):
     """A course as an admin writes it (PUT body or one entry of an import file)."""
+
+    READ_ONLY = frozenset({"status", "published", "published_at", "stripe"})  # publishing sets them
 
     code: Code | None = None
     title: Title
@@ -148,12 +163,14 @@ class CreditsIn(_Strict):
 class PackageIn(_Strict):
     """A credit package as an admin writes it."""
 
+    READ_ONLY = frozenset({"stripe_product_id", "stripe"})  # publishing sets them
+
     code: Code | None = None
     title: Title
     price: Price
-    credits: CreditsIn
+    credits: CreditsIn  # one object: a package grants one kind of credit
     validity_days: StrictInt | None = Field(default=None, gt=0, le=3650)
-    stripe_price_id: Annotated[str, StringConstraints(pattern=r"^price_[A-Za-z0-9]{1,60}$")] | None = None
+    stripe_price_id: Annotated[str, StringConstraints(pattern=PRICE_ID_PATTERN)] | None = None
 
 
 # --------------------------------------------------------------------------- validation
@@ -180,6 +197,8 @@ def _first_error(exc: ValidationError, prefix: str) -> ValidationFailed:
         message = "unknown field"
     elif error["type"] == "missing":
         message = "required"
+    elif error["type"] == "model_type":  # not "… or instance of Price": our class names mean nothing to the caller
+        message = "must be an object"
     return ValidationFailed(f"{field}: {message}", field=field)
 
 
