@@ -8,10 +8,14 @@ bodies' JSON Schemas are `CourseWrite` and `PackageWrite` in `ingress.openapi`.
 `PUT /admin/courses/<code>?dry_run=true` answers the what-if of the edit (`tasks.catalog.changes`:
 whose progress, bookings or bundle it touches, and what the real save would refuse) and changes nothing. Publishing
 answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
+GET of one course or package answers an `ETag` (`tasks.catalog.versions`); a PUT (its dry run too) honours
+`If-Match` and `If-None-Match`, checked under the row's lock in the save's transaction (412 `precondition_failed`,
+nothing changed), and answers the saved state's `ETag`. Without them a PUT is unconditional.
 """
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.http import parse_etags
 
 from ingress import roles
 from ingress.bodies import json_object
@@ -21,6 +25,7 @@ from tasks.catalog import services as catalog
 from tasks.catalog import changes
 from tasks.catalog import drift
 from tasks.catalog import publishing
+from tasks.catalog import versions
 from tasks.errors import ValidationFailed
 from workers import publishing as publish_calls
 from workers.actors import send
@@ -56,16 +61,37 @@ def _price_in_use(exc: catalog.PriceInUse):
     return response
 
 
-def _course(session, program) -> dict:
-    view = catalog.course_view(session, program)
-    view["stripe"] = publishing.stripe_state(session, publishing.COURSE, program)
-    return view
+@bp.errorhandler(versions.PreconditionFailed)
+def _precondition_failed(exc: versions.PreconditionFailed):
+    response = jsonify({"error": {"code": "precondition_failed", "message": str(exc)}})
+    response.status_code = 412
+    return response
 
 
-def _package(session, package) -> dict:
-    view = catalog.package_view(package)
-    view["stripe"] = publishing.stripe_state(session, publishing.PACKAGE, package)
-    return view
+def _conditions() -> versions.Conditions:
+    """The request's If-Match and If-None-Match (RFC 9110): an absent header sets no condition; one that holds
+    neither `*` nor an entity tag is a 400 naming it. If-Match compares strongly (a weak tag never matches),
+    If-None-Match weakly."""
+    found: dict[str, frozenset[str] | None] = {}
+    for header in ("If-Match", "If-None-Match"):
+        if header not in request.headers:
+            found[header] = None
+            continue
+        tags = parse_etags(request.headers[header])
+        if not tags:
+            raise ValidationFailed(f'{header}: must be "*" or one or more entity tags, quoted as the ETag header '
+                                   'answers them', field=header)
+        found[header] = (frozenset({versions.ANY}) if tags.star_tag
+                         else frozenset(tags.as_set(include_weak=header == "If-None-Match")))
+    return versions.Conditions(if_match=found["If-Match"], if_none_match=found["If-None-Match"])
+
+
+def _tagged(view: dict, body: dict | None = None, status: int = 200):
+    """`body` (default: the view) answered with the view's ETag."""
+    response = jsonify(view if body is None else body)
+    response.status_code = status
+    response.set_etag(versions.entity_tag(view))
+    return response
 
 
 # --------------------------------------------------------------------------- courses
@@ -75,7 +101,7 @@ def _package(session, package) -> dict:
 @require_role("viewer")
 def list_courses():
     with _runtime().db.session_scope() as session:
-        return jsonify({"courses": [_course(session, p) for p in catalog.live_programs(session)]})
+        return jsonify({"courses": [versions.course_view(session, p) for p in catalog.live_programs(session)]})
 
 
 def dry_run_flag() -> bool:
@@ -91,27 +117,31 @@ def dry_run_flag() -> bool:
 @require_role("owner")
 def put_course(code: str):
     dry_run = dry_run_flag()
+    conditions = _conditions()
     data, reason = _body()
     course = catalog.parse_course(data, code=code)
     if dry_run:
+        # no lock: a dry run writes nothing, and the save that follows it checks its own If-Match again
         with _runtime().db.session_scope() as session:
+            versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, lock=False)
             impact = changes.course_change(session=session, course=course)
             return jsonify({"dry_run": True, **impact.as_dict()})
     with _runtime().db.session_scope() as session:
+        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions)
         impact = changes.course_change(session=session, course=course, detail=False)  # the summary is recorded
         summary = impact.summary() if impact.exists else None  # a new course affects nobody
         saved = catalog.save_course(session=session, course=course)
         roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change, **(summary or {}))
-        view = _course(session, catalog.get_program(session, code))
-    return jsonify({"change": saved.change, "course": view, "impact": summary}), \
-        201 if saved.change == "created" else 200
+        view = versions.course_view(session, catalog.get_program(session, code))
+    return _tagged(view, {"change": saved.change, "course": view, "impact": summary},
+                   201 if saved.change == "created" else 200)
 
 
 @bp.get("/courses/<code>")
 @require_role("viewer")
 def get_course(code: str):
     with _runtime().db.session_scope() as session:
-        return jsonify(_course(session, catalog.get_program(session, code)))
+        return _tagged(versions.course_view(session, catalog.get_program(session, code)))
 
 
 @bp.delete("/courses/<code>")
@@ -136,26 +166,28 @@ def publish_course(code: str):
 @require_role("viewer")
 def list_packages():
     with _runtime().db.session_scope() as session:
-        return jsonify({"packages": [_package(session, p) for p in catalog.live_packages(session)]})
+        return jsonify({"packages": [versions.package_view(session, p) for p in catalog.live_packages(session)]})
 
 
 @bp.put("/packages/<code>")
 @require_role("owner")
 def put_package(code: str):
+    conditions = _conditions()
     data, reason = _body()
     package = catalog.parse_package(data, code=code)
     with _runtime().db.session_scope() as session:
+        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions)
         saved = catalog.save_package(session=session, package=package)
         roles.record_action(session, "package.save", f"package:{code}", reason, change=saved.change)
-        view = _package(session, catalog.get_package(session, code))
-    return jsonify({"change": saved.change, "package": view}), 201 if saved.change == "created" else 200
+        view = versions.package_view(session, catalog.get_package(session, code))
+    return _tagged(view, {"change": saved.change, "package": view}, 201 if saved.change == "created" else 200)
 
 
 @bp.get("/packages/<code>")
 @require_role("viewer")
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
-        return jsonify(_package(session, catalog.get_package(session, code)))
+        return _tagged(versions.package_view(session, catalog.get_package(session, code)))
 
 
 @bp.delete("/packages/<code>")

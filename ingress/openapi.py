@@ -483,6 +483,38 @@ PACKAGE_WRITE = (
     "What `GET /admin/packages/{code}` answers may be sent back as it is: `stripe_product_id` and `stripe` are "
     "set by publishing and ignored here. A change reaches new purchases once published; credits already "
     "granted keep their quantity and expiry.")
+CONDITIONAL_WRITE = (
+    "\n\nSafe read-modify-write: GET answers an `ETag`, a strong validator of the course or package as it stands "
+    "(a digest of the admin view: every save that changes something changes it, and so does publishing, each "
+    "Stripe call's outcome and drift found; a save that changes nothing keeps it). Send it back as `If-Match`: "
+    "when the course or package has changed since (another save, a publish), the PUT answers 412 "
+    "`precondition_failed` and changes nothing; GET it again, reapply the change and PUT with the new ETag. "
+    "The check is made under the row's lock in the save's own transaction (the lock every save and delete takes, "
+    "and publishing before it sets the status or the Stripe ids), so nothing comes between it and the write. "
+    "`If-Match: *` requires that it exists (412 when it does not: nothing is created); `If-None-Match: *` "
+    "creates only (412 when it exists); If-None-Match with entity tags refuses when the current one is among "
+    "them. Without these headers a PUT is unconditional. A successful PUT answers the `ETag` of "
+    "what it saved (the one GET now answers).")
+# response header of the admin catalog's GET and PUT of one course or package
+ETAG = {"ETag": {"description": "the entity tag of the course or package as it now stands (quoted); send it as "
+                                "If-Match with the next PUT", "schema": {"type": "string"}}}
+CONDITIONS = [
+    h("If-Match", "`*`, or one or more entity tags as GET's `ETag` answered them (strong comparison: a weak "
+                  "`W/` tag never matches): save only if the course or package still has one of them (`*`: "
+                  "exists); else 412 precondition_failed, nothing changed. Absent: unconditional"),
+    h("If-None-Match", "`*`: create only, 412 when it exists; entity tags: 412 when the current one is among "
+                       "them. Absent: unconditional"),
+]
+PRECONDITION_FAILED = {"412": _json("Error", "precondition_failed: If-Match names an ETag the course or package no "
+                                             "longer has (a save or a publish came between), or it does not exist; "
+                                             "or If-None-Match holds (it exists). Nothing changed")}
+
+
+def tagged(response: dict) -> dict:
+    """A response that carries the ETag header."""
+    return {**response, "headers": ETAG}
+
+
 # the timeline's filter: repeat `kind` for several (tasks.reporting.timeline.KINDS)
 TIMELINE_KIND = {"name": "kind", "in": "query", "required": False, "style": "form", "explode": True,
                  "description": "only rows of these kinds (repeatable); none: every row",
@@ -553,19 +585,25 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                   ok=_json("AdminCourseList")),
     ("PUT", "/admin/courses/{code}"): op(
         "Create or replace a course (dry_run=true: who the change would affect; nothing changes)", tag="admin",
-        security=ADMIN, body="CourseWrite", description=COURSE_CHANGE,
+        security=ADMIN, body="CourseWrite",
+        description=COURSE_CHANGE + CONDITIONAL_WRITE + " With `?dry_run=true` the same conditions are checked: a "
+                    "what-if of a stale view is refused alike.",
         query=[q("dry_run", "true or 1: answer the what-if (200 CourseDryRun) and change nothing; false, 0 or "
                             "absent: save", schema={"type": "string", "enum": ["true", "false", "1", "0"]})],
-        ok={"description": "updated or unchanged (CourseSaved); with dry_run, the what-if (CourseDryRun)",
+        headers=CONDITIONS,
+        ok={"description": "updated or unchanged (CourseSaved, with the saved course's ETag); with dry_run, the "
+                           "what-if (CourseDryRun, no ETag)",
+            "headers": ETAG,
             "content": {JSON: {"schema": {"oneOf": [ref("CourseSaved"), ref("CourseDryRun")]}}}},
-        extra={"201": _json("CourseSaved", "created"),
+        extra={"201": tagged(_json("CourseSaved", "created")), **PRECONDITION_FAILED,
                "400": _json("Error", "validation_failed: the first bad field, named in `error.field` (a dotted "
                                      "path such as `steps[1].label`); nothing changed"),
                "409": _json("Error", "step_in_use: the change would remove a step enrollments hold or detach "
                                      "a class with an active booking; nothing changed (the dry run lists it "
                                      "under `blocked`)")}),
     ("GET", "/admin/courses/{code}"): op("One course (admin view): PUT it back unchanged and nothing changes",
-                                         tag="admin", security=ADMIN, ok=_json("AdminCourse"), extra=NOT_FOUND),
+                                         tag="admin", security=ADMIN, ok=tagged(_json("AdminCourse")),
+                                         extra=NOT_FOUND),
     ("DELETE", "/admin/courses/{code}"): op(
         "Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND,
         description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
@@ -581,16 +619,17 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                     "holds is refused, a deleted one's included (a deleted course or package keeps its Stripe "
                     "price, so a checkout opened with it before the delete still buys what it was sold as). A "
                     "package made again under a deleted one's code leaves `stripe_price_id` out and is published "
-                    "with a price of its own.",
-        ok=_json("PackageSaved", "updated or unchanged"),
-        extra={"201": _json("PackageSaved", "created"),
+                    "with a price of its own." + CONDITIONAL_WRITE,
+        headers=CONDITIONS, ok=tagged(_json("PackageSaved", "updated or unchanged")),
+        extra={"201": tagged(_json("PackageSaved", "created")), **PRECONDITION_FAILED,
                "400": _json("Error", "validation_failed: the first bad field, named in `error.field` (e.g. "
                                      "`credits.kind`); nothing changed"),
                "409": _json("Error", "price_in_use: stripe_price_id is the price of another course or package "
                                      "(named in the message, with '(deleted …)' when it is deleted); nothing "
                                      "changed")}),
     ("GET", "/admin/packages/{code}"): op("One credit package: PUT it back unchanged and nothing changes",
-                                          tag="admin", security=ADMIN, ok=_json("AdminPackage"), extra=NOT_FOUND),
+                                          tag="admin", security=ADMIN, ok=tagged(_json("AdminPackage")),
+                                          extra=NOT_FOUND),
     ("DELETE", "/admin/packages/{code}"): op(
         "Soft-delete a credit package", tag="admin", security=ADMIN, extra=NOT_FOUND,
         description="The package leaves the catalog; its purchases, its Stripe product and price stay (the price "
