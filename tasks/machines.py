@@ -58,7 +58,8 @@ BOOKING = StateMachine(
 OUTBOX = StateMachine(
     "outbox",
     {
-        OutboxStatus.PENDING: frozenset({OutboxStatus.SENDING, OutboxStatus.SENT, OutboxStatus.DEAD}),
+        # EXPIRED from PENDING: a step reminder whose class moved before it was sent (reminders.class_moved)
+        OutboxStatus.PENDING: frozenset({OutboxStatus.SENDING, OutboxStatus.SENT, OutboxStatus.DEAD, OutboxStatus.EXPIRED}),
         OutboxStatus.SENDING: frozenset({OutboxStatus.SENT, OutboxStatus.PENDING, OutboxStatus.DEAD, OutboxStatus.EXPIRED}),
         OutboxStatus.DEAD: frozenset({OutboxStatus.PENDING, OutboxStatus.SENT}),  # an admin's Retry; a slow attempt that got through after all
         OutboxStatus.EXPIRED: frozenset({OutboxStatus.SENT}),  # never retried: only a slow attempt that got through after all

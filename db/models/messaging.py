@@ -17,6 +17,11 @@ PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
 # ended mails whose body retention has still to prune (tasks.lifecycle.retention; `expired` ones, few, are found
 # through the status index)
 MAILS_TO_PRUNE = "channel = 'mail' AND status IN ('sent', 'dead') AND NOT (payload ? 'pruned_at')"
+# the class a step reminder names, and the reminders still to send: a move of the class ends those
+# (tasks.enrollments.reminders.class_moved); PostgreSQL only (SQLite reads the pending rows through the status index)
+# written as PostgreSQL shows it, as Alembic compares the text
+REMINDER_CLASS_ID = "((payload -> 'context'::text) ->> 'class_id'::text)"
+STEP_REMINDERS_PENDING = "status = 'pending' AND topic = 'step_reminder'"
 
 
 class OutboxMessage(Base):
@@ -38,6 +43,8 @@ class OutboxMessage(Base):
               sqlite_where=text(PLATFORM_PENDING), postgresql_where=text(PLATFORM_PENDING)),
         # retention's batches of mail, oldest first, without reading past what it pruned before (PostgreSQL: partial)
         Index("ix_outbox_message_mail_to_prune", "created_at", "id", postgresql_where=text(MAILS_TO_PRUNE)),
+        Index("ix_outbox_message_reminder_class", text(REMINDER_CLASS_ID),
+              postgresql_where=text(STEP_REMINDERS_PENDING)).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -15,6 +15,7 @@ from db.models import InboxEvent
 from db.types import utcnow
 from tasks.bookings import alerts, mirrors
 from tasks.bookings import services as bookings
+from tasks.enrollments import reminders
 from tasks.events import platform_data
 from tasks.inbox.context import HandlerContext
 
@@ -47,7 +48,9 @@ def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
 
 def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     at = occurred_at(event)
-    group_class, applied = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
+    group_class, applied, moved_from = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
+    if moved_from is not None:  # its reminders still to send name the old time: they do not go
+        reminders.class_moved(session=ctx.session, class_id=group_class.id, starts_at=group_class.starts_at)
     if group_class.status == ClassStatus.CANCELLED:
         # the ended bookings' keys: after their rows, before the students' (see on_booking_cancelled)
         bookings.cancel_class(session=ctx.session, group_class=group_class, at=at,

@@ -10,6 +10,7 @@ A row first created as a stub (a booking or a purchase naming an unknown student
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -63,8 +64,17 @@ def upsert_student(*, session: Session, data: StudentUpserted, occurred_at: date
     return student, True
 
 
-def upsert_class(*, session: Session, data: ClassUpserted, occurred_at: datetime) -> tuple[GroupClass, bool]:
-    """Apply a `class.upserted`. Returns (row, applied); an older or repeated upsert is not applied."""
+class ClassUpsert(NamedTuple):
+    """What a `class.upserted` did: the row; whether it was applied (an older or repeated upsert is not); and,
+    when it changed the class's start, the start it had before (None for a new class or the same start)."""
+
+    group_class: GroupClass
+    applied: bool
+    moved_from: datetime | None = None
+
+
+def upsert_class(*, session: Session, data: ClassUpserted, occurred_at: datetime) -> ClassUpsert:
+    """Apply a `class.upserted` (see ClassUpsert)."""
     fields = dict(title=data.title, starts_at=data.starts_at, ends_at=data.ends_at, timezone=data.timezone,
                   capacity=data.capacity, seats_taken=data.seats_taken, status=ClassStatus(data.status),
                   source_updated_at=occurred_at)
@@ -72,10 +82,11 @@ def upsert_class(*, session: Session, data: ClassUpserted, occurred_at: datetime
     if group_class is None:
         fresh = GroupClass(id=data.class_id, **fields)
         if _insert_once(session, fresh):
-            return fresh, True
+            return ClassUpsert(fresh, True)
         group_class = session.scalar(select(GroupClass).where(GroupClass.id == data.class_id).with_for_update())
     if _is_stale(group_class, occurred_at):
-        return group_class, False
+        return ClassUpsert(group_class, False)
+    before = group_class.starts_at
     for name, value in fields.items():
         setattr(group_class, name, value)
-    return group_class, True
+    return ClassUpsert(group_class, True, before if before != data.starts_at else None)

@@ -5,14 +5,22 @@ that step starting within REMINDER_WINDOW_DAYS. The window is named by the earli
 the reminder is about (`window_key = "class:<digest of its id>"`): one reminder per (enrollment, step,
 window), enforced by the unique key of `reminder_log`, so re-runs never send twice. While a class the step
 was reminded about is still to come (in range), no other reminder goes out for the step, also when that
-class is moved to another time or an earlier class is added; once it has passed (or was cancelled, or moved
-out of range), the next class in range opens a new window. A reminder written by an earlier version is keyed
-by its class's start (`start:<UTC yyyymmddThhmm>Z`) and counts until that time.
+class is moved to another time (once its reminder was sent: one still waiting is replaced, below) or an
+earlier class is added; once it has passed (or was cancelled, or moved out of range), the next class in range
+opens a new window. A reminder written by an earlier version is keyed by its class's start
+(`start:<UTC yyyymmddThhmm>Z`) and counts until that time.
 
 A reminder counts only while its mail may still go or went: one whose mail ended `expired` (held up past the
 class's start as queued, SMTP down meanwhile) is set aside by the next run (`forget_expired`: its window key
 becomes `expired:<row id>`), so a class moved later gets its step a fresh reminder naming the new time. The
 mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fresh row is a fresh mail.
+
+A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends its reminders still
+`pending` that name another start (`class_moved`): `expired`, never sent, set aside by the next run like any
+expired one, which then reminds the step naming the new time, once. A `sending` one is its relay's; one already
+sent stands (no second reminder for a class merely moved). A batch re-reads its classes under a share lock and
+leaves to the next run a step whose class moved (or was cancelled) since the run began, so no reminder is
+written naming a time the class no longer has.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, String, and_, cast, literal, or_, select, update
+from sqlalchemy import BigInteger, String, and_, cast, literal, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
@@ -38,13 +46,18 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
+from db.models.messaging import REMINDER_CLASS_ID
 from db.types import utcnow
+from tasks.machines import OUTBOX
+from tasks.messaging.mail import parse_when
 from tasks.messaging.outbox import add_mails
 
 log = logging.getLogger("coursepipe.reminders")
 
 OPTIONS_LISTED = 3
 EXPIRED_PREFIX = "expired:"
+TOPIC = "step_reminder"
+MOVED_CAUSE = "class moved"
 
 
 def window_key(class_id: str) -> str:
@@ -108,7 +121,7 @@ def forget_expired(*, session: Session) -> int:
     mail naming that id would take the later reminder for its own). Expired mails are few (found through the
     status index). Returns how many were forgotten."""
     expired = (select(cast(OutboxMessage.payload[("context", "reminder_id")].as_string(), BigInteger))
-               .where(OutboxMessage.status == OutboxStatus.EXPIRED, OutboxMessage.topic == "step_reminder"))
+               .where(OutboxMessage.status == OutboxStatus.EXPIRED, OutboxMessage.topic == TOPIC))
     forgotten = session.execute(
         update(ReminderLog)
         .where(ReminderLog.id.in_(expired), ~ReminderLog.window_key.startswith(EXPIRED_PREFIX))
@@ -117,6 +130,62 @@ def forget_expired(*, session: Session) -> int:
     if forgotten:
         log.info("forgot %d reminder(s) whose mail expired unsent: their steps may be reminded again", forgotten)
     return forgotten
+
+
+def _named_class(session: Session):
+    """The class a step reminder's mail names, as SQL: on PostgreSQL the expression of the partial index of the
+    pending reminders (ix_outbox_message_reminder_class), so a move reads only its own class's mails."""
+    if session.get_bind().dialect.name == "postgresql":
+        return literal_column(REMINDER_CLASS_ID)
+    return OutboxMessage.payload[("context", "class_id")].as_string()
+
+
+def class_moved(*, session: Session, class_id: str, starts_at: datetime, now: datetime | None = None) -> int:
+    """The class's start changed (a `class.upserted`): its step reminders still to send (`pending`) that name
+    another start end `expired`, as one held up past its class does — not sent, their last error saying the
+    class moved — and the next run sets them aside (`forget_expired`) and reminds the step again, naming the
+    class's current time. A `sending` one is its sender's and is left alone. Returns how many ended."""
+    now = now or utcnow()
+    # locked in id order, as the relay records its outcomes: a row a relay is claiming is waited for, and then
+    # left out, being `sending`
+    queued = session.execute(
+        select(OutboxMessage.id, OutboxMessage.payload[("context", "starts_at")].as_string())
+        .where(_named_class(session) == class_id, OutboxMessage.status == OutboxStatus.PENDING,
+               OutboxMessage.topic == TOPIC)
+        .order_by(OutboxMessage.id).with_for_update()
+    ).all()
+    stale = [row_id for row_id, named in queued if parse_when(named) != starts_at]
+    if not stale:
+        return 0
+    ended = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(stale), OutboxMessage.status == OutboxStatus.PENDING)
+        .values(status=OutboxStatus.EXPIRED,
+                last_error=f"class moved to {starts_at.isoformat()} before it was sent: no longer true")
+        .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
+        .execution_options(synchronize_session=False)).all()
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, MOVED_CAUSE, row.enrollment_id)
+                               for row in ended], at=now)
+    if ended:
+        log.info("class %s moved to %s: %d step reminder(s) naming its old time will not be sent; their steps are "
+                 "reminded again", class_id, starts_at.isoformat(), len(ended))
+    return len(ended)
+
+
+def _unchanged(session: Session, run: ReminderRun, step_ids: set[int]) -> set[int]:
+    """The steps whose class reminded about is still as the run planned it (its start, scheduled). Its row is
+    read under a share lock (PostgreSQL): a `class.upserted` moving it waits for this batch to commit, and then
+    ends its mails (class_moved); one that committed first is seen here, and that step is left to the next run."""
+    planned = {step_id: run.upcoming[step_id][0] for step_id in step_ids}
+    current = dict(session.execute(
+        select(GroupClass.id, GroupClass.starts_at)
+        .where(GroupClass.id.in_(sorted({c[0] for c in planned.values()})), GroupClass.status == ClassStatus.SCHEDULED)
+        .order_by(GroupClass.id).with_for_update(read=True)).all())
+    unchanged = {step_id for step_id, c in planned.items() if current.get(c[0]) == c[2]}
+    if len(unchanged) < len(planned):
+        log.info("%d step(s) left to the next reminders run: their class moved or was cancelled since this one "
+                 "began", len(planned) - len(unchanged))
+    return unchanged
 
 
 def _candidates(run: ReminderRun, *columns):
@@ -181,6 +250,8 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
                StudentCourseEnrollment.id.between(first, last))
         .order_by(StudentCourseProgress.enrollment_id, CourseStep.position)
     ).all()
+    unchanged = _unchanged(session, run, {row[1] for row in candidates}) if candidates else set()
+    candidates = [row for row in candidates if row[1] in unchanged]
     keys = {(row[0], row[1]): run.window(row[1]) for row in candidates}
     fresh = _log_once_many(session, keys, run.now)
     mails = []
@@ -205,7 +276,7 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
             "options": [{"class_id": c[0], "class_title": c[1], "starts_at": c[2].isoformat()}
                         for c in classes[:OPTIONS_LISTED]],
         }, f"reminder:{reminder_id}", enrollment_id))
-    return add_mails(session=session, template="step_reminder", mails=mails)
+    return add_mails(session=session, template=TOPIC, mails=mails)
 
 
 def send_reminders(*, unit_of_work, settings, now: datetime | None = None) -> int:

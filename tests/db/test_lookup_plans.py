@@ -118,3 +118,20 @@ def test_an_events_page_finds_its_moves_through_the_cause_index(pg_database):
         s.expire(event)
         work = lambda: timeline.event_timeline(session=s, inbox_id=event.id)  # noqa: E731
         _indexed(plans_of(pg_database, s, work, naming="FROM transition_log WHERE"), "ix_transition_log_cause")
+
+
+def test_a_class_move_finds_its_reminders_still_to_send_through_their_own_index(pg_database):
+    """A `class.upserted` moving a class ends the step reminders still to send that name it: found through the
+    partial index of the pending reminders by class, not by reading every pending mail (after an SMTP outage,
+    the whole backlog)."""
+    from tasks.enrollments import reminders
+    from tasks.messaging.outbox import add_mail
+
+    with pg_database.session_scope() as s:
+        for n, class_id in enumerate(("gc_1", "gc_2")):
+            add_mail(session=s, template="step_reminder", recipient="a@example.test", dedupe_key=f"plan:{n}",
+                     context={"class_id": class_id, "starts_at": utcnow().isoformat()})
+        ended = []
+        work = lambda: ended.append(reminders.class_moved(session=s, class_id="gc_1", starts_at=utcnow()))  # noqa: E731
+        _indexed(plans_of(pg_database, s, work, naming="FROM outbox_message WHERE"), "ix_outbox_message_reminder_class")
+        assert ended == [1]

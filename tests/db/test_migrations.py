@@ -179,7 +179,7 @@ def test_indexes_built_beforehand_as_the_runbook_shows_are_what_the_upgrade_woul
     need("postgres")
     statements = _runbook_index_statements()
     names = {s.split("IF NOT EXISTS ")[1].split(" ")[0] for s in statements}
-    assert len(names) == len(statements) == 13
+    assert len(names) == len(statements) == 14
     admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     databases = {kind: f"coursepipe_mig_{kind}_{secrets.token_hex(4)}" for kind in ("early", "direct")}
     with admin.connect() as conn:

@@ -18,6 +18,7 @@ from db.models import (
     Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
+    TransitionLog,
 )
 from db.types import utcnow
 from tasks.enrollments import reminders
@@ -25,7 +26,7 @@ from tasks.enrollments.reminders import send_reminders, window_key
 from tasks.messaging import delivery, mail
 from tests import factories
 from tests.conftest import make_settings
-from tests.tasks.bookings.bookings_support import class_upserted, deliver
+from tests.tasks.bookings.bookings_support import class_upserted, deliver, twin
 from tests.tasks.messaging.outbox_servers import smtp_sink  # noqa: F401  (fixture)
 
 
@@ -176,10 +177,43 @@ def _relay(database, settings, now) -> list[str]:
         return [status.value for status in delivery.record_all(session=s, results=results, now=now)]
 
 
-def test_a_reminder_that_expired_after_its_class_moved_later_is_sent_again_for_the_new_time(database, smtp_sink):  # noqa: F811
-    """SMTP was down past the class's start as reminded, and the platform had moved the class later meanwhile:
-    the reminder expired unsent, and reminder_log still said the step was reminded about that class (still to
-    come), so the student was never reminded of it."""
+def _moves(database, message_id: int) -> list[tuple[str | None, str, str | None]]:
+    with database.session_scope() as s:
+        return [(m.from_status, m.to_status, m.cause) for m in s.scalars(
+            select(TransitionLog).where(TransitionLog.entity == "outbox", TransitionLog.entity_id == str(message_id))
+            .order_by(TransitionLog.id))]
+
+
+def _move_class(database, start, now, title="Class 2", **kw) -> None:
+    event = class_upserted("gc_SFZ_2_0", title=title, starts_at=start, when=now, **kw)
+    assert deliver(database, event).outcome.value == "processed"
+    assert deliver(database, twin(event)).outcome.value == "processed"  # the same update twice: nothing more
+
+
+def _reminded_once_more(database, settings, smtp_sink, at, new_start):  # noqa: F811
+    """The next run reminds the step again, naming the class's current time; that mail goes; further runs send
+    nothing more."""
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at) == 1
+    assert _relay(database, settings, at) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at) == 0
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at + timedelta(hours=1)) == 0
+    ended, fresh = _mails(database)
+    assert ended.status.value == "expired" and ended.last_error.startswith("class moved to ")
+    assert fresh.status.value == "sent"
+    assert fresh.payload["context"]["starts_at"] == fresh.payload["context"]["expires_at"] == new_start.isoformat()
+    (sent,) = smtp_sink.messages  # only the fresh one ever left
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+    assert mail.local_time(new_start.isoformat(), "Europe/Berlin") in sent.get_body(("plain",)).get_content()
+    with database.session_scope() as s:  # the ended reminder holds no window; the one sent stands for the class
+        assert s.scalars(select(ReminderLog.window_key).order_by(ReminderLog.id)).all() == [
+            reminders.expired_key(ended.payload["context"]["reminder_id"]), window_key("gc_SFZ_2_0")]
+    return ended
+
+
+def test_a_reminder_queued_before_its_class_moved_earlier_is_not_sent_and_the_step_is_reminded_of_the_new_time(
+        database, smtp_sink):  # noqa: F811
+    """SMTP down, the platform moved the class a day earlier: the queued reminder still expired at the old, later
+    start, so it could arrive after the class had started, naming the wrong time."""
     with database.session_scope() as s:
         _setup(s)  # SFZ-2 unbooked, its class gc_SFZ_2_0 in 3 days
         old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
@@ -188,26 +222,91 @@ def test_a_reminder_that_expired_after_its_class_moved_later_is_sent_again_for_t
     assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
     smtp_sink.stop()
     assert _relay(database, settings, now + timedelta(minutes=1)) == ["pending"]  # SMTP down: tried again later
-    new_start = old_start + timedelta(days=2)
-    assert deliver(database, class_upserted("gc_SFZ_2_0", title="Class 2", starts_at=new_start, when=now)).outcome \
-        .value == "processed"
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now + timedelta(hours=1)) == 0
-    after = old_start + timedelta(minutes=1)  # SMTP still down when the class's old start passes
-    assert _relay(database, settings, after) == ["expired"]
+    new_start = old_start - timedelta(days=1)
+    _move_class(database, new_start, now)
+    (queued,) = _mails(database)
+    assert queued.status.value == "expired" and queued.attempts == 1
+    assert _moves(database, queued.id)[-1] == ("pending", "expired", "class moved")
     smtp_sink.start()
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
-    assert _relay(database, settings, after) == ["sent"]
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(days=1)) == 0
-    expired, fresh = _mails(database)
-    assert expired.status.value == "expired" and fresh.status.value == "sent"
-    assert fresh.payload["context"]["starts_at"] == fresh.payload["context"]["expires_at"] == new_start.isoformat()
-    (sent,) = smtp_sink.messages
-    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
-    assert mail.local_time(new_start.isoformat(), "Europe/Berlin") in sent.get_body(("plain",)).get_content()
-    with database.session_scope() as s:  # the expired reminder holds no window; the one sent stands for the class
-        assert s.scalars(select(ReminderLog.window_key).order_by(ReminderLog.id)).all() == [
-            reminders.expired_key(expired.payload["context"]["reminder_id"]), window_key("gc_SFZ_2_0")]
+    after = now + timedelta(minutes=5)
+    assert _relay(database, settings, after) == []  # nothing left to send
+    _reminded_once_more(database, settings, smtp_sink, after, new_start)
+
+
+def test_a_reminder_queued_before_its_class_moved_later_is_not_sent_and_the_step_is_reminded_of_the_new_time(
+        database, smtp_sink):  # noqa: F811
+    """SMTP down, the class moved two days later, SMTP up again before its old start: the queued reminder went out
+    naming the old time."""
+    with database.session_scope() as s:
+        _setup(s)
+        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    smtp_sink.stop()
+    assert _relay(database, settings, now + timedelta(minutes=1)) == ["pending"]
+    new_start = old_start + timedelta(days=2)
+    _move_class(database, new_start, now)
+    smtp_sink.start()
+    after = now + timedelta(hours=1)  # well before the old start
+    assert _relay(database, settings, after) == []
+    ended = _reminded_once_more(database, settings, smtp_sink, after, new_start)
+    assert ended.attempts == 1 and ended.payload["context"]["starts_at"] == old_start.isoformat()
+
+
+def test_a_class_update_that_keeps_its_start_leaves_its_queued_reminder_alone(database, smtp_sink):  # noqa: F811
+    with database.session_scope() as s:
+        _setup(s)
+        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    (queued,) = _mails(database)
+    _move_class(database, start, now, seats_taken=2, title="Class 2, new room")  # seats and title, same start
+    assert _mails(database)[0].status.value == "pending" and _moves(database, queued.id) == []
+    assert _relay(database, settings, now + timedelta(minutes=1)) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now + timedelta(hours=1)) == 0
+    assert len(smtp_sink.messages) == 1
+
+
+def test_a_reminder_being_sent_when_its_class_moves_is_its_senders(database, smtp_sink):  # noqa: F811
+    """A `sending` mail is held by its relay: the move leaves it, and what that relay records stands."""
+    with database.session_scope() as s:
+        _setup(s)
+        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    with database.session_scope() as s:
+        (job,) = delivery.claim_due(session=s, settings=settings, now=now + timedelta(minutes=1))
+    _move_class(database, old_start + timedelta(days=1), now)
+    assert _mails(database)[0].status.value == "sending"
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(job, now=now)
+    with database.session_scope() as s:
+        assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "sent"
+    assert len(smtp_sink.messages) == 1
+
+
+def test_a_batch_does_not_queue_a_reminder_for_a_class_moved_since_the_run_began(database):
+    """The run fixes its classes' times when it starts; a move committed before one of its batches wrote a reminder
+    naming the old time, after the move had ended the ones already queued."""
+    with database.session_scope() as s:
+        _setup(s)
+        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = _settings(database)
+    now = utcnow()
+    with database.session_scope() as s:
+        run = reminders.plan(session=s, settings=settings, now=now)
+        (first, last), = reminders.batches(session=s, run=run)
+    new_start = old_start - timedelta(hours=5)
+    _move_class(database, new_start, now)
+    with database.session_scope() as s:
+        assert reminders.remind(session=s, run=run, first=first, last=last) == 0
+    assert _mails(database) == []
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1  # the next run
+    (fresh,) = _mails(database)
+    assert fresh.payload["context"]["starts_at"] == new_start.isoformat()
 
 
 def _three_students(session):
