@@ -58,7 +58,7 @@ BOOKING = StateMachine(
 OUTBOX = StateMachine(
     "outbox",
     {
-        # EXPIRED from PENDING: a step reminder whose class moved before it was sent (reminders.class_moved)
+        # EXPIRED from PENDING: a step reminder whose class moved or was cancelled before it was sent (reminders.class_changed)
         OutboxStatus.PENDING: frozenset({OutboxStatus.SENDING, OutboxStatus.SENT, OutboxStatus.DEAD, OutboxStatus.EXPIRED}),
         OutboxStatus.SENDING: frozenset({OutboxStatus.SENT, OutboxStatus.PENDING, OutboxStatus.DEAD, OutboxStatus.EXPIRED}),
         OutboxStatus.DEAD: frozenset({OutboxStatus.PENDING, OutboxStatus.SENT}),  # an admin's Retry; a slow attempt that got through after all

@@ -18,7 +18,7 @@ PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
 # through the status index)
 MAILS_TO_PRUNE = "channel = 'mail' AND status IN ('sent', 'dead') AND NOT (payload ? 'pruned_at')"
 # the class a step reminder names, and the reminders still to send: a move of the class ends those
-# (tasks.enrollments.reminders.class_moved); PostgreSQL only (SQLite reads the pending rows through the status index)
+# (tasks.enrollments.reminders.class_changed); PostgreSQL only (SQLite reads the pending rows through the status index)
 # written as PostgreSQL shows it, as Alembic compares the text
 REMINDER_CLASS_ID = "((payload -> 'context'::text) ->> 'class_id'::text)"
 STEP_REMINDERS_PENDING = "status = 'pending' AND topic = 'step_reminder'"

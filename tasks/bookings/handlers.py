@@ -49,9 +49,11 @@ def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
 def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     at = occurred_at(event)
     group_class, applied, moved_from = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
-    if moved_from is not None:  # its reminders still to send name the old time: they do not go
-        reminders.class_moved(session=ctx.session, class_id=group_class.id, starts_at=group_class.starts_at)
-    if group_class.status == ClassStatus.CANCELLED:
+    cancelled = group_class.status == ClassStatus.CANCELLED
+    if moved_from is not None or cancelled:  # its reminders still to send name the old time, or a class gone
+        reminders.class_changed(session=ctx.session, class_id=group_class.id, starts_at=group_class.starts_at,
+                                cancelled=cancelled)
+    if cancelled:
         # the ended bookings' keys: after their rows, before the students' (see on_booking_cancelled)
         bookings.cancel_class(session=ctx.session, group_class=group_class, at=at,
                               ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))

@@ -16,8 +16,9 @@ becomes `expired:<row id>`), so a class moved later gets its step a fresh remind
 mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fresh row is a fresh mail.
 
 A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends its reminders still
-`pending` that name another start (`class_moved`): `expired`, never sent, set aside by the next run like any
-expired one, which then reminds the step naming the new time, once. A `sending` one is its relay's; one already
+`pending` that name another start, and its cancellation every one still `pending` (`class_changed`): `expired`,
+never sent, set aside by the next run like any expired one, which then reminds the step naming the new time (or
+the next class in range), once. A `sending` one is its relay's; one already
 sent stands (no second reminder for a class merely moved). A batch re-reads its classes under a share lock and
 leaves to the next run a step whose class moved (or was cancelled) since the run began, so no reminder is
 written naming a time the class no longer has.
@@ -58,6 +59,7 @@ OPTIONS_LISTED = 3
 EXPIRED_PREFIX = "expired:"
 TOPIC = "step_reminder"
 MOVED_CAUSE = "class moved"
+CANCELLED_CAUSE = "class cancelled"
 
 
 def window_key(class_id: str) -> str:
@@ -140,11 +142,13 @@ def _named_class(session: Session):
     return OutboxMessage.payload[("context", "class_id")].as_string()
 
 
-def class_moved(*, session: Session, class_id: str, starts_at: datetime, now: datetime | None = None) -> int:
-    """The class's start changed (a `class.upserted`): its step reminders still to send (`pending`) that name
-    another start end `expired`, as one held up past its class does — not sent, their last error saying the
-    class moved — and the next run sets them aside (`forget_expired`) and reminds the step again, naming the
-    class's current time. A `sending` one is its sender's and is left alone. Returns how many ended."""
+def class_changed(*, session: Session, class_id: str, starts_at: datetime, cancelled: bool = False,
+                  now: datetime | None = None) -> int:
+    """The class moved, or was cancelled (a `class.upserted`): its step reminders still to send (`pending`) that
+    name another start — every one, when it was cancelled — end `expired`, as one held up past its class does:
+    not sent, their last error saying why, and the next run sets them aside (`forget_expired`) and reminds the
+    step again, of the class's current time or of the next class in range. A `sending` one is its sender's and is
+    left alone. Returns how many ended."""
     now = now or utcnow()
     # locked in id order, as the relay records its outcomes: a row a relay is claiming is waited for, and then
     # left out, being `sending`
@@ -154,28 +158,29 @@ def class_moved(*, session: Session, class_id: str, starts_at: datetime, now: da
                OutboxMessage.topic == TOPIC)
         .order_by(OutboxMessage.id).with_for_update()
     ).all()
-    stale = [row_id for row_id, named in queued if parse_when(named) != starts_at]
+    stale = [row_id for row_id, named in queued if cancelled or parse_when(named) != starts_at]
     if not stale:
         return 0
+    cause, why = ((CANCELLED_CAUSE, "class cancelled before it was sent: no longer true") if cancelled else
+                  (MOVED_CAUSE, f"class moved to {starts_at.isoformat()} before it was sent: no longer true"))
     ended = session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(stale), OutboxMessage.status == OutboxStatus.PENDING)
-        .values(status=OutboxStatus.EXPIRED,
-                last_error=f"class moved to {starts_at.isoformat()} before it was sent: no longer true")
+        .values(status=OutboxStatus.EXPIRED, last_error=why)
         .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
         .execution_options(synchronize_session=False)).all()
-    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, MOVED_CAUSE, row.enrollment_id)
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, cause, row.enrollment_id)
                                for row in ended], at=now)
     if ended:
-        log.info("class %s moved to %s: %d step reminder(s) naming its old time will not be sent; their steps are "
-                 "reminded again", class_id, starts_at.isoformat(), len(ended))
+        log.info("class %s %s: %d step reminder(s) about it will not be sent; their steps are reminded again",
+                 class_id, "cancelled" if cancelled else f"moved to {starts_at.isoformat()}", len(ended))
     return len(ended)
 
 
 def _unchanged(session: Session, run: ReminderRun, step_ids: set[int]) -> set[int]:
     """The steps whose class reminded about is still as the run planned it (its start, scheduled). Its row is
     read under a share lock (PostgreSQL): a `class.upserted` moving it waits for this batch to commit, and then
-    ends its mails (class_moved); one that committed first is seen here, and that step is left to the next run."""
+    ends its mails (class_changed); one that committed first is seen here, and that step is left to the next run."""
     planned = {step_id: run.upcoming[step_id][0] for step_id in step_ids}
     current = dict(session.execute(
         select(GroupClass.id, GroupClass.starts_at)

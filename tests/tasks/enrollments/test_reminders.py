@@ -254,6 +254,38 @@ def test_a_reminder_queued_before_its_class_moved_later_is_not_sent_and_the_step
     assert ended.attempts == 1 and ended.payload["context"]["starts_at"] == old_start.isoformat()
 
 
+def test_a_reminder_queued_before_its_class_was_cancelled_is_not_sent_and_the_next_class_is_reminded_of(
+        database, smtp_sink):  # noqa: F811
+    """The platform cancelled the class a waiting reminder tells the student to book (same start): the reminder
+    still went out. It ends unsent; the next run reminds the step of its other class, once."""
+    with database.session_scope() as s:
+        _, _, steps = _setup(s)
+        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+        other = factories.group_class(s, id="gc_SFZ_2_1", title="Class 2 again", starts_in=timedelta(days=5))
+        s.add(CourseStepOption(program_id=s.get(CourseStep, steps[2].id).program_id, step_id=steps[2].id,
+                               group_class_id="gc_SFZ_2_1"))
+        other_start = other.starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    (queued,) = _mails(database)
+    assert queued.payload["context"]["class_id"] == "gc_SFZ_2_0"
+    _move_class(database, start, now, status="cancelled")
+    (queued,) = _mails(database)
+    assert queued.status.value == "expired" and queued.last_error.startswith("class cancelled before it was sent")
+    assert _moves(database, queued.id)[-1] == ("pending", "expired", "class cancelled")
+    after = now + timedelta(minutes=5)
+    assert _relay(database, settings, after) == []
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _, fresh = _mails(database)
+    assert (fresh.payload["context"]["class_id"], fresh.payload["context"]["starts_at"]) \
+        == ("gc_SFZ_2_1", other_start.isoformat())
+    (sent,) = smtp_sink.messages  # only the reminder of the class that runs ever left
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+
+
 def test_a_class_update_that_keeps_its_start_leaves_its_queued_reminder_alone(database, smtp_sink):  # noqa: F811
     with database.session_scope() as s:
         _setup(s)
