@@ -24,7 +24,9 @@ SECRETS = {"STRIPE_WEBHOOK_SECRET": "whsec_bench_9f3Kq2Lx7Vb4Tz1Nw8Rc5Hd", "PLAT
            "bench-platform-Q7m2Xv9Lk4Tr8Nz3Wp6Yc", "ADMIN_TOKEN": "bench-admin-Hq3Zr8Lw2Vx7Nc4Tk9Pm"}
 
 
-def fresh_database(name: str) -> str:
+def fresh_database(name: str, code: Path | None = None) -> str:
+    """A new database migrated to the head of this checkout, or of `code` (another checkout: its own migrations,
+    which may be fewer)."""
     from db.migrate import upgrade
 
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -33,7 +35,11 @@ def fresh_database(name: str) -> str:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
+    if code is None or code.resolve() == ROOT:
+        upgrade(url)
+    else:
+        subprocess.run([sys.executable, "-c", "import sys; from db.migrate import upgrade; upgrade(sys.argv[1])", url],
+                       cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
     return url
 
 

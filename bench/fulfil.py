@@ -363,7 +363,7 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
         student = f"reff_{run}_{inbox_id}"
         found = conn.execute(fp._PREPARE, {"locks": [lock_key(row[3])], "student": student,
                                            "email": f"{student}@bench.test",
-                                           "name": None, "now": utcnow(), "code": "BENCH"}).fetchone()
+                                           "name": None, "now": utcnow(), "code": "BENCH", "sold": None}).fetchone()
         eid = found[6]
         conn.execute(fp._FULFIL, {
             "id": eid, "student": student, "program": found[0], "cs": f"cs_reff_{run}_{inbox_id}",

@@ -37,7 +37,7 @@ from bench.fulfil import STEPS, enqueue, store_purchases  # noqa: E402
 
 
 def _prepare(name: str, checkout: Path, count: int) -> dict:
-    url = fresh_database(f"coursepipe_bench_ab_{name}")
+    url = fresh_database(f"coursepipe_bench_ab_{name}", checkout)  # each side's own migrations
     seed_course(url, steps=STEPS)
     env = env_for(url, f"bench-{uuid.uuid4().hex[:8]}")
     enqueue(env, store_purchases(url, count, uuid.uuid4().hex[:6]))
