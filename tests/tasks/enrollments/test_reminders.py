@@ -210,16 +210,23 @@ def _reminded_once_more(database, settings, smtp_sink, at, new_start):  # noqa: 
     return ended
 
 
+def _one_queued(database, smtp_sink):  # noqa: F811
+    """`_setup`, and a run that queues SFZ-2's reminder about its class gc_SFZ_2_0 (in 3 days): that class's start,
+    the settings (SMTP at `smtp_sink`) and the run's clock."""
+    with database.session_scope() as s:
+        _setup(s)
+        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    return start, settings, now
+
+
 def test_a_reminder_queued_before_its_class_moved_earlier_is_not_sent_and_the_step_is_reminded_of_the_new_time(
         database, smtp_sink):  # noqa: F811
     """SMTP down, the platform moved the class a day earlier: the queued reminder still expired at the old, later
     start, so it could arrive after the class had started, naming the wrong time."""
-    with database.session_scope() as s:
-        _setup(s)  # SFZ-2 unbooked, its class gc_SFZ_2_0 in 3 days
-        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
-    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
-    now = utcnow()
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    old_start, settings, now = _one_queued(database, smtp_sink)
     smtp_sink.stop()
     assert _relay(database, settings, now + timedelta(minutes=1)) == ["pending"]  # SMTP down: tried again later
     new_start = old_start - timedelta(days=1)
@@ -237,12 +244,7 @@ def test_a_reminder_queued_before_its_class_moved_later_is_not_sent_and_the_step
         database, smtp_sink):  # noqa: F811
     """SMTP down, the class moved two days later, SMTP up again before its old start: the queued reminder went out
     naming the old time."""
-    with database.session_scope() as s:
-        _setup(s)
-        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
-    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
-    now = utcnow()
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    old_start, settings, now = _one_queued(database, smtp_sink)
     smtp_sink.stop()
     assert _relay(database, settings, now + timedelta(minutes=1)) == ["pending"]
     new_start = old_start + timedelta(days=2)
@@ -287,12 +289,7 @@ def test_a_reminder_queued_before_its_class_was_cancelled_is_not_sent_and_the_ne
 
 
 def test_a_class_update_that_keeps_its_start_leaves_its_queued_reminder_alone(database, smtp_sink):  # noqa: F811
-    with database.session_scope() as s:
-        _setup(s)
-        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
-    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
-    now = utcnow()
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    start, settings, now = _one_queued(database, smtp_sink)
     (queued,) = _mails(database)
     _move_class(database, start, now, seats_taken=2, title="Class 2, new room")  # seats and title, same start
     assert _mails(database)[0].status.value == "pending" and _moves(database, queued.id) == []
@@ -303,12 +300,7 @@ def test_a_class_update_that_keeps_its_start_leaves_its_queued_reminder_alone(da
 
 def test_a_reminder_being_sent_when_its_class_moves_is_its_senders(database, smtp_sink):  # noqa: F811
     """A `sending` mail is held by its relay: the move leaves it, and what that relay records stands."""
-    with database.session_scope() as s:
-        _setup(s)
-        old_start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
-    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
-    now = utcnow()
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    old_start, settings, now = _one_queued(database, smtp_sink)
     with database.session_scope() as s:
         (job,) = delivery.claim_due(session=s, settings=settings, now=now + timedelta(minutes=1))
     _move_class(database, old_start + timedelta(days=1), now)
