@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, literal_column, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -27,6 +27,14 @@ PRUNED = "pruned_at"
 
 def is_pruned(payload: Any) -> bool:
     return isinstance(payload, dict) and PRUNED in payload
+
+
+def not_pruned(session: Session, payload: Any):
+    """SQL: this payload (an inbox event's or a mail's) has not been pruned. On PostgreSQL written as the partial
+    indexes state it (`?` with a literal key), so that the planner may use them."""
+    if session.get_bind().dialect.name == "postgresql":
+        return ~payload.op("?", is_comparison=True)(literal_column(f"'{PRUNED}'"))
+    return func.json_extract(payload, f"$.{PRUNED}").is_(None)
 
 
 def _dialect_name(bind: Session | Connection) -> str:

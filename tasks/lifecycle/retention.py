@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, delete, func, literal_column, select
+from sqlalchemy import BigInteger, case, cast, delete, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
-from tasks.inbox.store import PRUNED, is_pruned
+from tasks.inbox.store import PRUNED, is_pruned, not_pruned
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS, scrub_address
 
@@ -119,7 +119,7 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
     cutoff = now - timedelta(days=retention_days)
     done = Pruned()
     events = session.scalars(select(InboxEvent).where(
-        InboxEvent.status.in_(ENDED_EVENTS), _not_pruned(session, InboxEvent.payload),
+        InboxEvent.status.in_(ENDED_EVENTS), not_pruned(session, InboxEvent.payload),
         InboxEvent.received_at < cutoff)
         .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
     done.events = sum(prune_event(e, now=now) for e in events)
@@ -127,20 +127,12 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
     for ended in ((OutboxStatus.SENT, OutboxStatus.DEAD), (OutboxStatus.EXPIRED,)):
         mails = session.scalars(select(OutboxMessage).where(
             OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_(ended),
-            _not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
+            not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
         done.mails += sum(prune_mail(session, m, now=now) for m in mails)
     session.flush()
     done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)
     return done
-
-
-def _not_pruned(session: Session, payload: Any):
-    """SQL: this payload has not been pruned. On PostgreSQL written as the partial indexes state it (`?` with
-    a literal key), so that the planner may use them."""
-    if session.get_bind().dialect.name == "postgresql":
-        return ~payload.op("?", is_comparison=True)(literal_column(f"'{PRUNED}'"))
-    return func.json_extract(payload, f"$.{PRUNED}").is_(None)
 
 
 def prune_delivery_moves(*, session: Session, cutoff: datetime, batch: int = BATCH) -> int:

@@ -46,7 +46,7 @@ from db.types import utcnow
 from tasks import signatures
 from tasks.messaging import mail
 from tasks.errors import NotFound, TaskError
-from tasks.inbox.store import PRUNED, is_pruned
+from tasks.inbox.store import is_pruned, not_pruned
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS
 
@@ -773,7 +773,7 @@ def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: d
     INSERT. Returns their ids, in order. A caller going through many (after a long outage there can be a
     million) passes the last id as `after`: a message that dies again meanwhile is not taken twice."""
     now = now or utcnow()
-    dead = _dead(channel, after, through).order_by(OutboxMessage.id).limit(limit or RETRY_DEAD_BATCH)
+    dead = _dead(session, channel, after, through).order_by(OutboxMessage.id).limit(limit or RETRY_DEAD_BATCH)
     rows = sorted(session.execute(
         update(OutboxMessage).where(OutboxMessage.id.in_(select(_locked(session, dead).cte("dead").c.id)),
                                     OutboxMessage.status == OutboxStatus.DEAD)
@@ -787,18 +787,18 @@ def retry_dead(*, session: Session, channel: OutboxChannel | None = None, now: d
 
 def dead_count(*, session: Session, channel: OutboxChannel | None = None, after: int | None = None) -> int:
     """Dead messages (of one channel, or all; with an id past `after`)."""
-    return session.scalar(select(func.count()).select_from(_dead(channel, after, None).subquery())) or 0
+    return session.scalar(select(func.count()).select_from(_dead(session, channel, after, None).subquery())) or 0
 
 
 def last_dead(*, session: Session, channel: OutboxChannel | None = None) -> int | None:
     """The newest dead message's id: where a pass over the dead ones ends."""
-    return session.scalar(select(func.max(_dead(channel, None, None).subquery().c.id)))
+    return session.scalar(select(func.max(_dead(session, channel, None, None).subquery().c.id)))
 
 
-def _dead(channel: OutboxChannel | None, after: int | None, through: int | None):
+def _dead(session: Session, channel: OutboxChannel | None, after: int | None, through: int | None):
     """The dead messages a retry could send: not those whose body is gone (retention, a student's erasure)."""
     dead = select(OutboxMessage.id).where(OutboxMessage.status == OutboxStatus.DEAD,
-                                          OutboxMessage.payload[PRUNED].as_string().is_(None))
+                                          not_pruned(session, OutboxMessage.payload))
     if channel is not None:
         dead = dead.where(OutboxMessage.channel == channel)
     if after is not None:

@@ -18,7 +18,7 @@ from db.enums import InboxStatus, OutboxChannel, OutboxStatus
 from db.models import CourseProgram, InboxEvent, OutboxMessage, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.inbox import admin as inbox_admin
-from tasks.inbox.store import PRUNED
+from tasks.inbox.store import not_pruned
 
 SEARCH_LIMIT = 50
 PROBLEM_LIMIT = 100
@@ -113,7 +113,7 @@ def replay_failed(*, session: Session, type_: str | None = None, limit: int = BU
     query = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.FAILED)
     if type_:
         query = query.where(InboxEvent.type == type_)
-    query = query.where(InboxEvent.payload[PRUNED].as_string().is_(None))  # one pruned has nothing left to run
+    query = query.where(not_pruned(session, InboxEvent.payload))  # one pruned has nothing left to run
     ids = list(session.scalars(query.order_by(InboxEvent.id).limit(limit).with_for_update()))
     inbox_admin.replay_failed(session=session, ids=ids)
     return ids
@@ -123,7 +123,7 @@ def failed_types(*, session: Session) -> dict[str, int]:
     """Failed events by type that the bulk replay would replay (not those whose payload was pruned)."""
     rows = session.execute(
         select(InboxEvent.type, func.count()).where(InboxEvent.status == InboxStatus.FAILED,
-                                                    InboxEvent.payload[PRUNED].as_string().is_(None))
+                                                    not_pruned(session, InboxEvent.payload))
         .group_by(InboxEvent.type).order_by(InboxEvent.type)
     ).all()
     return {t: n for t, n in rows}
