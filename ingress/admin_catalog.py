@@ -20,7 +20,7 @@ from werkzeug.http import parse_etags
 from ingress import roles
 from ingress.bodies import json_object
 from ingress.roles import require_role
-from ingress.errors import ApiError
+from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
 from tasks.catalog import changes
 from tasks.catalog import drift
@@ -39,33 +39,26 @@ def _runtime():
 
 def _body() -> tuple[dict, str | None]:
     """The written course or package, and the optional `reason` taken out of it (the audit log's, not the
-    catalog's): a string or null, anything else a 400 naming it."""
+    catalog's)."""
     data = json_object()  # strict: no NUL, lone surrogate or deep nesting reaches the catalog
-    reason = data.pop("reason", None)
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationFailed("reason: must be a string (or null)", field="reason")
-    return data, roles.reason_of({"reason": reason})
+    reason = roles.reason_of(data)
+    data.pop("reason", None)
+    return data, reason
 
 
 @bp.errorhandler(catalog.StepInUse)
 def _in_use(exc: catalog.StepInUse):
-    response = jsonify({"error": {"code": "step_in_use", "message": str(exc), "field": exc.field}})
-    response.status_code = 409
-    return response
+    return error_response(409, "step_in_use", str(exc), field=exc.field)
 
 
 @bp.errorhandler(catalog.PriceInUse)
 def _price_in_use(exc: catalog.PriceInUse):
-    response = jsonify({"error": {"code": "price_in_use", "message": str(exc), "field": exc.field}})
-    response.status_code = 409
-    return response
+    return error_response(409, "price_in_use", str(exc), field=exc.field)
 
 
 @bp.errorhandler(versions.PreconditionFailed)
 def _precondition_failed(exc: versions.PreconditionFailed):
-    response = jsonify({"error": {"code": "precondition_failed", "message": str(exc)}})
-    response.status_code = 412
-    return response
+    return error_response(412, "precondition_failed", str(exc))
 
 
 def _conditions() -> versions.Conditions:

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ingress import dashboard, roles
 from ingress.bodies import decimal, json_object
-from ingress.errors import ApiError
+from ingress.errors import ApiError, error_response
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
 
@@ -38,9 +38,7 @@ def _security_headers(response):
 
 @bp.errorhandler(accounts.AccountExists)
 def _exists(exc: accounts.AccountExists):  # any other ValidationFailed is the app's 400
-    response = jsonify({"error": {"code": "conflict", "message": str(exc), "field": exc.field}})
-    response.status_code = 409
-    return response
+    return error_response(409, "conflict", str(exc), field=exc.field)
 
 
 def _body() -> dict:

@@ -20,8 +20,9 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str):
-    response = jsonify({"error": {"code": code, "message": message}})
+def error_response(status: int, code: str, message: str, **more):
+    """The error object; `more`: its further members (`field`, the request field at fault)."""
+    response = jsonify({"error": {"code": code, "message": message, **more}})
     response.status_code = status
     return response
 
@@ -33,9 +34,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationFailed)
     def _invalid(exc: ValidationFailed):
-        response = jsonify({"error": {"code": "validation_failed", "message": str(exc), "field": exc.field}})
-        response.status_code = 400
-        return response
+        return error_response(400, "validation_failed", str(exc), field=exc.field)
 
     @app.errorhandler(NotFound)
     def _not_found(exc: NotFound):

@@ -26,6 +26,7 @@ from ingress.errors import ApiError
 from tasks.admins import accounts
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
+from tasks.errors import ValidationFailed
 
 SESSION_TOKEN = "sid"  # the Flask session key holding the server-side session's token
 
@@ -149,6 +150,9 @@ def record_action(db_session, action: str, target: str | None = None, reason: st
 
 
 def reason_of(data) -> str | None:
-    """An optional reason from a JSON body or a form (existing actions; manual operations require one)."""
+    """An optional reason from a JSON body or a form (existing actions; manual operations require one): a string
+    or null; anything else is a 400 naming `reason` (it was dropped without a word)."""
     value = data.get("reason") if hasattr(data, "get") else None
-    return value.strip()[:audit.MAX_REASON] or None if isinstance(value, str) else None
+    if value is not None and not isinstance(value, str):
+        raise ValidationFailed("reason: must be a string (or null)", field="reason")
+    return value.strip()[:audit.MAX_REASON] or None if value is not None else None

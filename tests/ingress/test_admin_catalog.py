@@ -77,6 +77,21 @@ def test_soft_delete(client, admin_headers, runtime):
         assert s.scalar(select(CourseProgram.deleted_at)) is not None
 
 
+@pytest.mark.parametrize("reason", [5, ["why"], {"why": "x"}, True])
+def test_a_reason_that_is_not_a_string_is_a_400_on_every_action_and_changes_nothing(client, admin_headers, reason):
+    """An action's `reason` (for the audit log) that was not a string was dropped without a word."""
+    client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
+    for method, path in [("delete", "/admin/courses/SFZ"), ("post", "/admin/courses/SFZ/publish"),
+                         ("post", "/admin/outbox/retry-dead")]:
+        refused = getattr(client, method)(path, json={"reason": reason}, headers=admin_headers)
+        assert refused.status_code == 400, path
+        assert refused.json["error"] == {"code": "validation_failed", "field": "reason",
+                                         "message": "reason: must be a string (or null)"}
+    got = client.get("/admin/courses/SFZ", headers=admin_headers)
+    assert got.status_code == 200 and got.json["status"] == "draft"
+    assert client.get("/admin/audit", headers=admin_headers).json["entries"][0]["action"] == "course.save"
+
+
 def test_publish_is_202_and_the_worker_publishes(client, admin_headers, runtime, worker, stripe_server):
     client.put("/admin/courses/SFZ", json=course(), headers=admin_headers)
     response = client.post("/admin/courses/SFZ/publish", headers=admin_headers)
