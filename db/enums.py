@@ -93,7 +93,8 @@ class OutboxStatus(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     DEAD = "dead"  # failed: an admin's to retry
-    EXPIRED = "expired"  # held up past its context's `expires_at` (a reminder once its class started): not sent, not a failure
+    # held up past its context's `expires_at` (a reminder once its class started, or moved): not sent, not a failure
+    EXPIRED = "expired"
 
 
 class RefundStatus(StrEnum):

@@ -590,14 +590,11 @@ def _refuse_price_in_use(session: Session, price_id: str | None, row: CreditPack
     if holder is None:
         return
     kind, code, deleted_at = holder
-    if deleted_at is None:
-        raise PriceInUse(f"stripe_price_id: {price_id} is already the price of {kind} {code}: a price sells one "
-                         "course or package; create another price in Stripe for this package, or leave "
-                         "stripe_price_id out and publish to have one made")
-    raise PriceInUse(f"stripe_price_id: {price_id} is already the price of {kind} {code} (deleted "
-                     f"{deleted_at:%Y-%m-%d}): a deleted {kind} keeps its price, so that a checkout opened with it "
-                     f"still buys what it was sold as; create another price in Stripe for this package, or leave "
-                     "stripe_price_id out and publish to have one made")
+    why = (": a price sells one course or package" if deleted_at is None else
+           f" (deleted {deleted_at:%Y-%m-%d}): a deleted {kind} keeps its price, so that a checkout opened with it "
+           "still buys what it was sold as")
+    raise PriceInUse(f"stripe_price_id: {price_id} is already the price of {kind} {code}{why}; create another "
+                     "price in Stripe for this package, or leave stripe_price_id out and publish to have one made")
 
 
 def delete_package(*, session: Session, code: str) -> CreditPackage:

@@ -15,7 +15,8 @@ RETENTION_DAYS; the message's row keeps its final status, attempts, last error a
 Only rows that ended are pruned: an inbox row `processed`, `ignored` or `failed` (anything pending,
 processing or waiting is still to be applied), a mail `sent`, `dead` or `expired`. A `failed` row is
 replayable until it is pruned; then nothing is left to run, and a replay is refused
-(`tasks.inbox.admin.PayloadPruned`). One that failed giving up waiting forgets what it waited for, so that arriving later does not wake a payload that is gone.
+(`tasks.inbox.admin.PayloadPruned`). One that failed giving up waiting forgets what it waited for, so that
+arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
 """
 from __future__ import annotations

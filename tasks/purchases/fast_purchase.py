@@ -236,7 +236,8 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
                                     "name": details.get("name"), "now": now, "code": metadata["course_code"],
                                     "sold": shapes.listing_id(metadata, "course")}).fetchone()
     if found[0] is None:
-        return None  # unknown or deleted course (or an id naming another row): the general path decides (the locks are held)
+        # unknown or deleted course (or an id naming another row): the general path decides (the locks are held)
+        return None
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)
     if buyer is None:

@@ -12,9 +12,10 @@ in the caller's one transaction:
 
 An unpaid session (async payment) records a `pending` purchase; `async_payment_succeeded` fulfils
 it, `async_payment_failed` marks it `failed`. A paid checkout is fulfilled even if its course was
-unpublished (or soft-deleted) since: a session that names the row it sold (`metadata.course_id` /
-`package_id`, as `tasks.purchases.selling` creates them) is fulfilled against that row, never against a
-course or package created under the same code after a delete. A buyer we do not know is created from the
+unpublished (or soft-deleted) since: a session that names the row it sold (`metadata.coursepipe_course_id` /
+`coursepipe_package_id`, as `tasks.purchases.selling` creates them) is fulfilled against that row, never
+against a course or package created under the same code after a delete (a deleted course's buyer is told to
+the admins: `deleted_course_sold_alert`). A buyer we do not know is created from the
 session. No buyer or an unknown product raises a permanent error: the event stays `failed`, visible and replayable.
 """
 from __future__ import annotations

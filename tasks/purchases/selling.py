@@ -3,11 +3,11 @@ state of a session when the buyer comes back from it.
 
 A session names its buyer and product the way the Stripe webhook expects (`client_reference_id`,
 `metadata.kind`, `metadata.course_code` / `metadata.package_code`), so the webhook fulfils it; its
-`metadata.coursepipe_course_id` / `metadata.coursepipe_package_id` (the row's id) bind the payment to the course or package it was
-sold as, even if that one is deleted and its code used again before the buyer pays. When the
-buyer lands on the success page first, `return_event` turns the session Stripe reports (complete and
-paid) into the same `checkout.session.completed` inbox event, run by the same code as the webhook's;
-the purchase row is unique per session, so whichever arrives second finds it and adds nothing.
+`metadata.coursepipe_course_id` / `metadata.coursepipe_package_id` (the row's id) bind the payment to the
+course or package it was sold as, even if that one is deleted and its code used again before the buyer pays.
+When the buyer lands on the success page first, `return_event` turns the session Stripe reports (complete and
+paid) into the same `checkout.session.completed` inbox event, run by the same code as the webhook's; the
+purchase row is unique per session, so whichever arrives second finds it and adds nothing.
 """
 from __future__ import annotations
 
