@@ -346,6 +346,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
 
     enrollment, created = _lock_or_create(session, StudentCourseEnrollment, checkout["id"], make)
     cause = f"checkout:{checkout['id']}"
+    paid_now = created and initial == EnrollmentStatus.ACTIVE  # this call made the purchase entitled
     if created:
         session.flush()
         ENROLLMENT.begin(enrollment, session=session, cause=cause, enrollment_id=enrollment.id)
@@ -355,6 +356,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
         if outcome == "paid" and enrollment.status in (EnrollmentStatus.PENDING, EnrollmentStatus.FAILED):
             ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
             enrollment.activated_at = now
+            paid_now = True
             enrollment.fulfilment_metadata = {**(enrollment.fulfilment_metadata or {}),
                                               "activated_by": event_type, "activated_event_id": event_id}
         elif outcome == "failed" and enrollment.status == EnrollmentStatus.PENDING:
@@ -366,7 +368,7 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
                                             fresh=created, steps=steps)
         enrollments.announce_created(session=session, enrollment=enrollment, program=program, fresh=created,
                                      steps=steps)
-    if program.deleted_at is not None and enrollment.status in enrollments.ENTITLED:
+    if paid_now and program.deleted_at is not None:  # not a copy of a sale made while the course was live
         _alert_deleted_course_sold(session, enrollment, program, checkout)
     if not created:
         # refunds or disputes recorded against this purchase before now apply (a new row has none:

@@ -242,6 +242,45 @@ def test_a_course_deleted_and_made_again_under_its_code_leaves_an_open_checkout_
         in rendered.text
 
 
+def _deleted_course_alerts(database) -> list[int]:
+    with database.session_scope() as s:
+        return s.scalars(select(OutboxMessage.enrollment_id).where(
+            OutboxMessage.topic == "deleted_course_sold_alert")).all()
+
+
+def test_a_sale_made_while_the_course_was_live_is_no_deleted_course_sale_when_a_copy_comes_after_the_delete(
+        database):
+    """Paid and fulfilled while SFZ was live, SFZ deleted, then a copy of the checkout (the success page's return,
+    or Stripe's redelivery under another id): the studio was told a deleted course had been sold."""
+    sold_id = _catalog(database)
+    paid = checkout(cs="cs_1", pi="pi_1", metadata=_sold_as("course", "SFZ", sold_id), event_id="evt_1")
+    assert deliver(database, paid).outcome is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+    assert deliver(database, paid).outcome is inbox.Outcome.SKIPPED  # the same event again: stored once
+    assert deliver(database, {**paid, "id": "return:cs_1"}).outcome is inbox.Outcome.PROCESSED  # a copy
+    assert _deleted_course_alerts(database) == []
+
+
+def test_a_checkout_paid_late_for_a_course_deleted_while_it_was_unpaid_alerts_once(database):
+    """Unpaid (async payment), SFZ deleted and made again, then the payment succeeds, twice: the buyer gets the
+    course sold, and the studio is told once."""
+    sold_id = _catalog(database)
+    metadata = _sold_as("course", "SFZ", sold_id)
+    deliver(database, checkout(cs="cs_1", pi="pi_1", metadata=metadata, payment_status="unpaid", event_id="evt_1"))
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+        factories.program(s, steps=2)
+    for event_id in ("evt_2", "evt_2b"):
+        assert deliver(database, checkout(cs="cs_1", pi="pi_1", metadata=metadata, event_id=event_id,
+                                          type_="checkout.session.async_payment_succeeded")).outcome \
+            is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert (enrollment.program_id, enrollment.status.value) == (sold_id, "active")
+    assert _deleted_course_alerts(database) == [enrollment.id]
+
+
 def test_a_package_deleted_and_made_again_under_its_code_leaves_an_open_checkout_buying_the_package_it_sold(
         database):
     _package(database, quantity=10)
