@@ -115,21 +115,24 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
     """One batch of each kind, oldest first; the job runs again until nothing is left to prune.
 
     Each batch is found through a partial index of what is left to do (migrations 0014, 0019): the rows pruned
-    before are not in it, so a batch reads its own rows, however much has been kept."""
+    before are not in it, so a batch reads its own rows, however much has been kept. Its rows are locked as read
+    (FOR UPDATE, SKIP LOCKED on PostgreSQL; the next run takes a row held now): an admin's replay or retry, or a
+    wake, waits for the prune and then finds nothing left to run, instead of making a row pending whose payload
+    the prune then takes."""
     now = now or utcnow()
     cutoff = now - timedelta(days=retention_days)
     done = Pruned()
     events = session.scalars(select(InboxEvent).where(
         InboxEvent.status.in_(ENDED_EVENTS), not_pruned(session, InboxEvent.payload),
         InboxEvent.received_at < cutoff)
-        .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch))
+        .order_by(InboxEvent.received_at, InboxEvent.id).limit(batch).with_for_update(skip_locked=True))
     done.events = sum(prune_event(e, now=now) for e in events)
     # sent and dead as the partial index states them; expired mails are few, found through the status index
     for ended in ((OutboxStatus.SENT, OutboxStatus.DEAD), (OutboxStatus.EXPIRED,)):
         mails = session.scalars(select(OutboxMessage).where(
             OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.status.in_(ended),
             not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
-            .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch))
+            .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch).with_for_update(skip_locked=True))
         done.mails += sum(prune_mail(session, m, now=now) for m in mails)
     session.flush()
     done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)

@@ -2,6 +2,7 @@
 facts); `coursepipe students erase ID` removes personal data and keeps the anonymised financial records."""
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -107,6 +108,54 @@ def test_a_failed_event_is_pruned_once_old_and_then_neither_replayed_nor_woken(d
         assert ops.replay_failed(session=s) == [recent.id]  # the bulk replay leaves it out
     with database.session_scope() as s:
         assert s.get(InboxEvent, old.id).status is InboxStatus.FAILED
+
+
+def test_a_replay_while_retention_prunes_its_event_waits_and_is_then_refused(pg_database, monkeypatch):
+    """Retention read an old failed event without a lock; an admin's replay committed before retention wrote: the
+    event ended `pending` with its payload pruned, and the runner failed on it (KeyError). Retention now takes its
+    rows FOR UPDATE (SKIP LOCKED): the replay waits, then finds the payload pruned and is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.inbox import admin as inbox_admin
+    from tests.conftest import lock_waited_or_done
+    from tests.netutil import wait_until
+    from tests.tasks.bookings.bookings_support import store, student_upserted
+
+    database = pg_database
+    inbox_id = store(database, student_upserted("stu_9", email="eve@example.test"))
+    with database.session_scope() as s:
+        s.execute(update(InboxEvent).where(InboxEvent.id == inbox_id).values(
+            status=InboxStatus.FAILED, attempts=5, last_error="boom", received_at=utcnow() - timedelta(days=401)))
+    paused, release = threading.Event(), threading.Event()
+    prune_event = retention.prune_event
+
+    def pausing(event, *, now):  # retention has read its batch: hold its transaction open here
+        paused.set()
+        assert release.wait(30)
+        return prune_event(event, now=now)
+
+    monkeypatch.setattr(retention, "prune_event", pausing)
+
+    def prune():
+        with database.session_scope() as s:
+            return retention.prune(session=s, retention_days=400).events
+
+    def replay():
+        with database.session_scope() as s:
+            inbox_admin.replay(session=s, inbox_id=inbox_id)
+
+    with ThreadPoolExecutor(2) as pool:
+        pruning = pool.submit(prune)
+        assert paused.wait(30)
+        replaying = pool.submit(replay)
+        assert wait_until(lambda: lock_waited_or_done(database, replaying), timeout=30)
+        release.set()
+        assert pruning.result(timeout=30) == 1
+        with pytest.raises(inbox_admin.PayloadPruned):
+            replaying.result(timeout=30)
+    with database.session_scope() as s:
+        event = s.get(InboxEvent, inbox_id)
+        assert event.status is InboxStatus.FAILED and retention.is_pruned(event.payload)
 
 
 def test_retention_prunes_ended_messages_delivery_moves_and_keeps_every_other_transition(database):
