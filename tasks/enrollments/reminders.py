@@ -18,10 +18,11 @@ mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fres
 A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends its reminders still
 `pending` that name another start, and its cancellation every one still `pending` (`class_changed`): `expired`,
 never sent, set aside by the next run like any expired one, which then reminds the step naming the new time (or
-the next class in range), once. A `sending` one is its relay's; one already
-sent stands (no second reminder for a class merely moved). A batch re-reads its classes under a share lock and
-leaves to the next run a step whose class moved (or was cancelled) since the run began, so no reminder is
-written naming a time the class no longer has.
+the next class in range), once. A `sending` one is its relay's (made to expire at once, should its attempt
+fail); one without `reminder_id` (an earlier version's) goes as before; one already sent stands (no second
+reminder for a class merely moved). A batch re-reads its classes under a share lock and leaves to the next run
+a step whose class moved (or was cancelled) since the run began, so no reminder is written naming a time the
+class no longer has.
 """
 from __future__ import annotations
 
@@ -147,25 +148,34 @@ def class_changed(*, session: Session, class_id: str, starts_at: datetime, cance
     """The class moved, or was cancelled (a `class.upserted`): its step reminders still to send (`pending`) that
     name another start — every one, when it was cancelled — end `expired`, as one held up past its class does:
     not sent, their last error saying why, and the next run sets them aside (`forget_expired`) and reminds the
-    step again, of the class's current time or of the next class in range. A `sending` one is its sender's and is
-    left alone. Returns how many ended."""
+    step again, of the class's current time or of the next class in range. One being sent (`sending`) is its
+    relay's: if that attempt fails, the row comes back `pending` expiring now, so its next attempt ends it
+    `expired` like the others. A reminder written before reminders named their `reminder_log` row
+    (no `reminder_id`) could not be set aside, and so is left to go as before. Returns how many ended."""
     now = now or utcnow()
-    # locked in id order, as the relay records its outcomes: a row a relay is claiming is waited for, and then
-    # left out, being `sending`
-    queued = session.execute(
-        select(OutboxMessage.id, OutboxMessage.payload[("context", "starts_at")].as_string())
-        .where(_named_class(session) == class_id, OutboxMessage.status == OutboxStatus.PENDING,
-               OutboxMessage.topic == TOPIC)
-        .order_by(OutboxMessage.id).with_for_update()
-    ).all()
-    stale = [row_id for row_id, named in queued if cancelled or parse_when(named) != starts_at]
-    if not stale:
+    columns = (OutboxMessage.payload[("context", "starts_at")].as_string(),
+               OutboxMessage.payload[("context", "reminder_id")].as_string())
+
+    def stale(status: OutboxStatus, *entity):
+        # locked in id order, as the relay records its outcomes
+        rows = session.execute(select(*entity, *columns)
+                               .where(_named_class(session) == class_id, OutboxMessage.status == status,
+                                      OutboxMessage.topic == TOPIC)
+                               .order_by(OutboxMessage.id).with_for_update()).all()
+        return [row[0] for row in rows
+                if row[-1] is not None and (cancelled or parse_when(row[-2]) != starts_at)]
+
+    for message in stale(OutboxStatus.SENDING, OutboxMessage):  # few: found through the status index
+        context = {**message.payload["context"], "expires_at": now.isoformat()}
+        message.payload = {**message.payload, "context": context}
+    queued = stale(OutboxStatus.PENDING, OutboxMessage.id)
+    if not queued:
         return 0
     cause, why = ((CANCELLED_CAUSE, "class cancelled before it was sent: no longer true") if cancelled else
                   (MOVED_CAUSE, f"class moved to {starts_at.isoformat()} before it was sent: no longer true"))
     ended = session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(stale), OutboxMessage.status == OutboxStatus.PENDING)
+        .where(OutboxMessage.id.in_(queued), OutboxMessage.status == OutboxStatus.PENDING)
         .values(status=OutboxStatus.EXPIRED, last_error=why)
         .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
         .execution_options(synchronize_session=False)).all()

@@ -130,7 +130,7 @@ def test_a_class_move_finds_its_reminders_still_to_send_through_their_own_index(
     with pg_database.session_scope() as s:
         for n, class_id in enumerate(("gc_1", "gc_2")):
             add_mail(session=s, template="step_reminder", recipient="a@example.test", dedupe_key=f"plan:{n}",
-                     context={"class_id": class_id, "starts_at": utcnow().isoformat()})
+                     context={"class_id": class_id, "starts_at": utcnow().isoformat(), "reminder_id": n + 1})
         ended = []
         work = lambda: ended.append(reminders.class_changed(session=s, class_id="gc_1", starts_at=utcnow()))  # noqa: E731
         _indexed(plans_of(pg_database, s, work, naming="FROM outbox_message WHERE"), "ix_outbox_message_reminder_class")

@@ -24,6 +24,7 @@ from db.types import utcnow
 from tasks.enrollments import reminders
 from tasks.enrollments.reminders import send_reminders, window_key
 from tasks.messaging import delivery, mail
+from tasks.messaging.outbox import add_mail
 from tests import factories
 from tests.conftest import make_settings
 from tests.tasks.bookings.bookings_support import class_upserted, deliver, twin
@@ -310,6 +311,49 @@ def test_a_reminder_being_sent_when_its_class_moves_is_its_senders(database, smt
     with database.session_scope() as s:
         assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "sent"
     assert len(smtp_sink.messages) == 1
+
+
+def test_a_reminder_being_sent_when_its_class_moves_and_failing_is_not_sent_later_naming_the_old_time(
+        database, smtp_sink):  # noqa: F811
+    """Claimed by a relay (`sending`) when the class moved, its attempt then failed (SMTP down): it came back
+    `pending` and a later attempt sent it naming the old time, and the step was never reminded of the new one."""
+    old_start, settings, now = _one_queued(database, smtp_sink)
+    with database.session_scope() as s:
+        (job,) = delivery.claim_due(session=s, settings=settings, now=now + timedelta(minutes=1))
+    new_start = old_start + timedelta(days=1)
+    _move_class(database, new_start, now)
+    smtp_sink.stop()
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(job, now=now)
+    with database.session_scope() as s:
+        assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "pending"
+    smtp_sink.start()
+    after = now + timedelta(hours=1)  # well before either start
+    assert _relay(database, settings, after) == ["expired"]  # made to expire by the move
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    ended, fresh = _mails(database)
+    assert ended.status.value == "expired" and ended.payload["context"]["starts_at"] == old_start.isoformat()
+    assert fresh.payload["context"]["starts_at"] == new_start.isoformat()
+    (sent,) = smtp_sink.messages  # the failed attempt sent nothing; only the fresh one left
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+
+
+def test_a_reminder_written_before_reminders_named_their_row_is_left_to_go_when_its_class_moves(
+        database, smtp_sink):  # noqa: F811
+    """Such a mail (no `reminder_id`) cannot be set aside once ended: ended, its step was never reminded again.
+    It goes as before."""
+    with database.session_scope() as s:
+        _, enrollment, steps = _setup(s)
+        start = s.get(GroupClass, "gc_SFZ_2_0").starts_at
+        add_mail(session=s, template="step_reminder", recipient="stu@example.test", enrollment_id=enrollment.id,
+                 dedupe_key=f"reminder:{enrollment.id}:{steps[2].id}:{window_key('gc_SFZ_2_0')}",
+                 context={"class_id": "gc_SFZ_2_0", "starts_at": start.isoformat(), "expires_at": start.isoformat()})
+    now = utcnow()
+    _move_class(database, start + timedelta(days=1), now)
+    (queued,) = _mails(database)
+    assert queued.status.value == "pending" and _moves(database, queued.id) == []
 
 
 def test_a_batch_does_not_queue_a_reminder_for_a_class_moved_since_the_run_began(database):
