@@ -104,7 +104,9 @@ def test_concurrent_logins_are_counted_before_their_password_is_checked(app):
 
     with ThreadPoolExecutor(len(clients)) as pool:
         codes = list(pool.map(attempt, range(len(clients))))
-    assert codes.count(401) == 20 and codes.count(429) == 20
+    # at most 20 checked: the in-memory counter (limits' MemoryStorage) reads its total back outside its lock, so
+    # two racing hits can both read the later total and one fewer may be let through, never one more
+    assert set(codes) == {401, 429} and 15 <= codes.count(401) <= 20, codes
 
 
 def test_readyz_hides_the_details_from_anonymous_callers(database, runtime, app, monkeypatch):

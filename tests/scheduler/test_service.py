@@ -89,8 +89,10 @@ def _assert_once_per_period(database, services, recorder, elapsed):
 def test_two_schedulers_with_a_redis_lock_fire_each_job_once_per_period(pg_database, redis_url, redis_namespace):
     runtime = _runtime(pg_database, redis_url=redis_url, redis_namespace=redis_namespace)
     key = f"{redis_namespace}:scheduler-leader"
-    leaderships = [RedisLeader(redis_url, key=key, identity=f"s{i}", ttl_seconds=3) for i in range(2)]
-    services, recorder, elapsed = _side_by_side(runtime, leaderships)
+    # a TTL longer than the run: a machine stalling for a few seconds must not hand leadership over mid-run (the
+    # hand-over itself is test_redis_leadership_moves_when_the_leader_goes_away's)
+    leaderships = [RedisLeader(redis_url, key=key, identity=f"s{i}", ttl_seconds=30) for i in range(2)]
+    services, recorder, elapsed = _side_by_side(runtime, leaderships, ttl=30.0)
     _assert_once_per_period(pg_database, services, recorder, elapsed)
     assert len({who for who, _, _ in recorder.sent}) == 1, "both schedulers acted"
 

@@ -356,6 +356,93 @@ def test_a_reminder_written_before_reminders_named_their_row_is_left_to_go_when_
     assert queued.status.value == "pending" and _moves(database, queued.id) == []
 
 
+def _class_event(database, start, when, status="scheduled") -> str:
+    event = class_upserted("gc_SFZ_2_0", title="Class 2", starts_at=start, when=when, status=status)
+    return deliver(database, event).outcome.value
+
+
+def _class_now(database) -> tuple:
+    with database.session_scope() as s:
+        group_class = s.get(GroupClass, "gc_SFZ_2_0")
+        return group_class.starts_at, group_class.status
+
+
+def test_an_older_update_arriving_after_a_move_leaves_the_reminder_of_the_new_time(database, smtp_sink):  # noqa: F811
+    """Wrong order: the move (later occurred_at) first, then an update written before it, naming the old start.
+    The older one is stale: the class keeps its new time and the fresh reminder naming it stays queued."""
+    old_start, settings, now = _one_queued(database, smtp_sink)
+    new_start = old_start + timedelta(days=1)
+    _class_event(database, new_start, now)
+    after = now + timedelta(minutes=5)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    _class_event(database, old_start, now - timedelta(minutes=1))  # written before the move, delivered after
+    assert _class_now(database) == (new_start, ClassStatus.SCHEDULED)
+    ended, fresh = _mails(database)
+    assert ended.status.value == "expired" and fresh.status.value == "pending"
+    assert fresh.payload["context"]["starts_at"] == new_start.isoformat() and _moves(database, fresh.id) == []
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0
+    assert len(smtp_sink.messages) == 1
+
+
+def test_a_class_moved_away_and_back_is_reminded_once_of_its_time(database, smtp_sink):  # noqa: F811
+    """In order: moved a day later, then back. The first reminder ended with the first move; the next run reminds
+    the step once, naming the start the class is back at."""
+    start, settings, now = _one_queued(database, smtp_sink)
+    _class_event(database, start + timedelta(days=1), now)
+    _class_event(database, start, now + timedelta(minutes=1))
+    assert _class_now(database) == (start, ClassStatus.SCHEDULED)
+    after = now + timedelta(minutes=5)
+    _reminded_once_more(database, settings, smtp_sink, after, start)
+
+
+def test_a_move_and_its_undoing_delivered_in_reverse_leave_the_reminder_as_it_was(database, smtp_sink):  # noqa: F811
+    """Wrong order: the move back (later) arrives first and changes nothing; the move away (earlier) is stale. The
+    reminder queued for the unchanged start is sent, and only it."""
+    start, settings, now = _one_queued(database, smtp_sink)
+    _class_event(database, start, now + timedelta(minutes=1))
+    _class_event(database, start + timedelta(days=1), now)
+    assert _class_now(database) == (start, ClassStatus.SCHEDULED)
+    (queued,) = _mails(database)
+    assert queued.status.value == "pending" and _moves(database, queued.id) == []
+    assert _relay(database, settings, now + timedelta(minutes=5)) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now + timedelta(hours=1)) == 0
+    assert len(smtp_sink.messages) == 1
+
+
+def test_a_class_cancelled_then_scheduled_again_is_reminded_once_more(database, smtp_sink):  # noqa: F811
+    """The cancel ends the queued reminder; the class runs after all: the next run reminds the step of it, once."""
+    start, settings, now = _one_queued(database, smtp_sink)
+    _class_event(database, start, now, status="cancelled")
+    after = now + timedelta(minutes=5)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0  # nothing to book
+    _class_event(database, start, now + timedelta(minutes=1))
+    assert _class_now(database) == (start, ClassStatus.SCHEDULED)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    ended, fresh = _mails(database)
+    assert ended.status.value == "expired" and ended.last_error.startswith("class cancelled")
+    assert (fresh.status.value, fresh.payload["context"]["class_id"]) == ("sent", "gc_SFZ_2_0")
+    (sent,) = smtp_sink.messages
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+
+
+def test_an_older_update_arriving_after_a_cancel_does_not_bring_the_class_or_its_reminders_back(
+        database, smtp_sink):  # noqa: F811
+    """Wrong order: the cancel first, then an update written before it (scheduled). The class stays cancelled and
+    no run reminds the student to book it."""
+    start, settings, now = _one_queued(database, smtp_sink)
+    _class_event(database, start, now, status="cancelled")
+    _class_event(database, start, now - timedelta(minutes=1))
+    assert _class_now(database) == (start, ClassStatus.CANCELLED)
+    after = now + timedelta(minutes=5)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0
+    assert _relay(database, settings, after) == []
+    (ended,) = _mails(database)
+    assert ended.status.value == "expired" and smtp_sink.messages == []
+
+
 def test_a_batch_does_not_queue_a_reminder_for_a_class_moved_since_the_run_began(database):
     """The run fixes its classes' times when it starts; a move committed before one of its batches wrote a reminder
     naming the old time, after the move had ended the ones already queued."""
