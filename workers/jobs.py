@@ -216,21 +216,20 @@ def settle_refunds(job_run: int | None = None) -> None:
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 @records_failure
 def prune_retention(job_run: int | None = None) -> None:
-    """Prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS, one
-    batch per unit of work."""
+    """Prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS, and the
+    payloads of ended events about erased students, one batch per unit of work."""
     rt = runtime.current()
     total = retention.Pruned()
     while True:
         with rt.db.session_scope() as session:
             done = retention.prune(session=session, retention_days=rt.settings.retention_days)
-        total.events += done.events
-        total.mails += done.mails
-        total.transitions += done.transitions
+        total.add(done)
         if not done.full():
             break
-    if total.events or total.mails or total.transitions:
-        log.info("retention: pruned %d event payload(s), %d mail body(ies) and %d delivery move(s) older than %d days",
-                 total.events, total.mails, total.transitions, rt.settings.retention_days)
+    if total.events or total.mails or total.transitions or total.erased:
+        log.info("retention: pruned %d event payload(s), %d mail body(ies) and %d delivery move(s) older than %d days, "
+                 "and %d payload(s) of events about erased students", total.events, total.mails, total.transitions,
+                 rt.settings.retention_days, total.erased)
     with rt.db.session_scope() as session:  # checkout Idempotency-Keys past the day they stay bound
         keys = selling.prune_keys(session)
     finish_job_run(job_run, **total.as_dict(), checkout_keys_pruned=keys)

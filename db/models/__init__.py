@@ -9,7 +9,7 @@ from db.models.catalog import CourseProgram, CourseStep, CourseStepOption, Cours
 from db.models.enrollments import StudentCourseEnrollment, StudentCourseProgress, TransitionLog
 from db.models.purchases import CheckoutKey, PackagePurchase, PaymentRefund, PaymentDispute
 from db.models.ledger import CreditLedgerEntry, CreditShare
-from db.models.inbox import InboxEvent
+from db.models.inbox import ErasedSubject, InboxEvent
 from db.models.messaging import OutboxMessage, AlertLog, ReminderLog
 from db.models.jobs import JobRun
 from db.models.admin import AdminAccount, AdminApiToken, AdminRefund, AdminSession, AuditEntry, WorkerHeartbeat
@@ -22,6 +22,7 @@ __all__ = [
     "StudentCourseEnrollment", "StudentCourseProgress", "TransitionLog",
     "PackagePurchase", "PaymentRefund", "PaymentDispute", "CheckoutKey",
     "CreditLedgerEntry", "CreditShare",
+    "ErasedSubject",
     "InboxEvent",
     "OutboxMessage", "AlertLog", "ReminderLog",
     "JobRun",

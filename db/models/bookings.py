@@ -26,6 +26,9 @@ class Student(Timestamped, Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     # occurred_at of the newest upsert applied, so an older event never overwrites a newer state
     source_updated_at: Mapped[datetime | None]
+    # when the student's personal data was erased (tasks.lifecycle.erasure): a checkout applied later records
+    # no e-mail of its own
+    erased_at: Mapped[datetime | None]
 
 
 # a buyer known only by e-mail, and the dashboard's search, match the address case-insensitively

@@ -43,3 +43,15 @@ class InboxEvent(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
+
+
+class ErasedSubject(Base):
+    """An inbox subject of an erased student (their profile, bookings, payments, checkouts): an event about it
+    that ends later (one still to be applied at the erasure, or one arriving after it) has its payload pruned
+    by the next retention run. Kept RETENTION_DAYS after the erasure (retention prunes everything by then)."""
+
+    __tablename__ = "erased_subject"
+
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    student_id: Mapped[str] = mapped_column(String(64))
+    erased_at: Mapped[datetime] = mapped_column(index=True)

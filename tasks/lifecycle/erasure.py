@@ -5,14 +5,18 @@ its status: unsent ones are never sent; its dedupe key keeps neither the address
 their enrollments, their bookings (a credit booking's mail has no enrollment) and their address; the raw
 payloads of the inbox events about the student (their profile, their bookings, their payments by payment
 intent, checkout session or charge, and every checkout that names them or their address, free or failed
-ones too: pruned as retention prunes, keeping ids, a hash and the financial facts; one still to be applied,
-pending, processing or waiting, keeps its payload until retention prunes it once it has ended); their name and
+ones too: pruned as retention prunes, keeping ids, a hash and the financial facts); their name and
 addresses in dispute evidence (a draft is dropped and drafted again when shown; evidence already sent keeps
 what the bank was told, redacted). Kept, under the platform's student id, which names no one once the
 platform has erased its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the
 transition log; and the admins' alerts (they name ids only, and an unsent one must still reach the admins).
 A `student.upserted` that occurred before the erasure (one still in the inbox, or redelivered) is not
 applied after it: only a later one is.
+
+An event still to be applied (pending, processing or waiting) keeps its payload until it has been: the
+student's subjects are kept (`ErasedSubject`), and the next retention run prunes the payload of any event
+about them that has ended since, one arriving after the erasure (a redelivered checkout, a refund of an
+old payment) too. A checkout applied after the erasure records no e-mail of its own (`Student.erased_at`).
 """
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
+from db.database import upsert_insert
 from db.models import (
     Booking,
+    ErasedSubject,
     InboxEvent,
     OutboxMessage,
     PackagePurchase,
@@ -99,6 +105,17 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     return subjects
 
 
+def _keep_subjects(session: Session, student_id: str, subjects: set[str], now) -> None:
+    """Retention prunes what ends later about these subjects (`tasks.lifecycle.retention.prune_erased`)."""
+    ordered = sorted(subjects)
+    for start in range(0, len(ordered), 300):  # three values a row: well under SQLite's variable limit
+        statement = upsert_insert(session)(ErasedSubject).values(
+            [{"subject": subject, "student_id": student_id, "erased_at": now} for subject in ordered[start:start + 300]])
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["subject"], set_={"student_id": statement.excluded.student_id,
+                                              "erased_at": statement.excluded.erased_at}))
+
+
 def erase_student(*, session: Session, student_id: str) -> Erased:
     student = session.scalar(select(Student).where(Student.id == student_id).with_for_update())
     if student is None:
@@ -106,6 +123,7 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     now = utcnow()
     address, name = student.email, student.name
     student.email = student.name = student.timezone = None
+    student.erased_at = now
     # an update that occurred before now is older than the erasure: not applied (a later one is)
     if student.source_updated_at is None or student.source_updated_at < now:
         student.source_updated_at = now
@@ -154,6 +172,7 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
         for dispute in session.scalars(select(PaymentDispute).where(or_(*disputes)).with_for_update()):
             evidence.erase_person(dispute, addresses | {name} - {None})
     subjects = _subjects(session, student_id, payments, addresses)
+    _keep_subjects(session, student_id, subjects, now)
     events = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),
                                                           InboxEvent.status.not_in(STILL_TO_APPLY))):

@@ -18,6 +18,10 @@ replayable until it is pruned; then nothing is left to run, and a replay is refu
 (`tasks.inbox.admin.PayloadPruned`). One that failed giving up waiting forgets what it waited for, so that
 arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
+
+An erased student's subjects (`ErasedSubject`, written by `tasks.lifecycle.erasure`) are pruned whatever their
+age: an event about them that ended since the erasure (still to be applied then, or arriving later) is pruned
+by the next run. A subject is kept RETENTION_DAYS after its erasure; by then the age rule covers the rest.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from sqlalchemy import BigInteger, case, cast, delete, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import InboxEvent, OutboxMessage, TransitionLog
+from db.models import ErasedSubject, InboxEvent, OutboxMessage, TransitionLog
 from db.types import utcnow
 from tasks.inbox.store import PRUNED, is_pruned, not_pruned
 from tasks.machines import OUTBOX
@@ -58,13 +62,21 @@ class Pruned:
     events: int = 0
     mails: int = 0
     transitions: int = 0
+    erased: int = 0  # events about erased students, pruned before their age
 
     def as_dict(self) -> dict[str, int]:
-        return {"events_pruned": self.events, "mails_pruned": self.mails, "transitions_pruned": self.transitions}
+        return {"events_pruned": self.events, "mails_pruned": self.mails, "transitions_pruned": self.transitions,
+                "erased_events_pruned": self.erased}
+
+    def add(self, other: "Pruned") -> None:
+        self.events += other.events
+        self.mails += other.mails
+        self.transitions += other.transitions
+        self.erased += other.erased
 
     def full(self, batch: int | None = None) -> bool:
         """A kind filled its batch: there may be more to prune."""
-        return max(self.events, self.mails, self.transitions) >= (batch or BATCH)
+        return max(self.events, self.mails, self.transitions, self.erased) >= (batch or BATCH)
 
 
 def digest(value: Any) -> str:
@@ -134,9 +146,25 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
             not_pruned(session, OutboxMessage.payload), OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.created_at, OutboxMessage.id).limit(batch).with_for_update(skip_locked=True))
         done.mails += sum(prune_mail(session, m, now=now) for m in mails)
+    done.erased = prune_erased(session=session, cutoff=cutoff, now=now, batch=batch)
     session.flush()
     done.transitions = prune_delivery_moves(session=session, cutoff=cutoff, batch=batch)
     return done
+
+
+def prune_erased(*, session: Session, cutoff: datetime, now: datetime, batch: int = BATCH) -> int:
+    """One batch of the ended events about erased students' subjects whose payload is still held, whatever their
+    age; and the subjects erased before `cutoff` forgotten (the age rule prunes what is left of them)."""
+    events = session.scalars(
+        select(InboxEvent).join(ErasedSubject, ErasedSubject.subject == InboxEvent.subject)
+        .where(InboxEvent.status.in_(ENDED_EVENTS), not_pruned(session, InboxEvent.payload))
+        .order_by(InboxEvent.id).limit(batch).with_for_update(of=InboxEvent, skip_locked=True))
+    pruned = sum(prune_event(e, now=now) for e in events)
+    old = list(session.scalars(select(ErasedSubject.subject).where(ErasedSubject.erased_at < cutoff)
+                               .order_by(ErasedSubject.erased_at).limit(batch)))
+    if old:
+        session.execute(delete(ErasedSubject).where(ErasedSubject.subject.in_(old)))
+    return pruned
 
 
 def prune_delivery_moves(*, session: Session, cutoff: datetime, batch: int = BATCH) -> int:

@@ -83,8 +83,8 @@ SELECT pr.id, pr.code, pr.title, pr.status,
                               ORDER BY c.id), '[]')
        FROM course_bundle_component c WHERE c.program_id = pr.id AND c.deleted_at IS NULL),
     CASE WHEN pr.id IS NOT NULL THEN nextval(pg_get_serial_sequence('student_course_enrollment', 'id')) END,
-    (SELECT json_build_array(email, name) FROM st),
-    (SELECT json_build_array(email, name) FROM student WHERE id = %(student)s),
+    (SELECT json_build_array(email, name, false) FROM st),
+    (SELECT json_build_array(email, name, erased_at IS NOT NULL) FROM student WHERE id = %(student)s),
     pr.stripe_product_id, pr.stripe_price_id
 FROM lk LEFT JOIN pr ON true
 """
@@ -242,10 +242,11 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)
     if buyer is None:
         return None  # created by a concurrent transaction after this statement's snapshot
-    buyer_email, buyer_name = buyer
+    buyer_email, buyer_name, buyer_erased = buyer
 
     cause = f"checkout:{checkout['id']}"
-    fulfilment_metadata = _metadata(checkout, COMPLETED, event_id, Product(identified_by="metadata"), "paid")
+    fulfilment_metadata = _metadata(checkout, COMPLETED, event_id, Product(identified_by="metadata"), "paid",
+                                    buyer_erased=buyer_erased)
     fulfilment_metadata["bundle"] = bundle
     fulfilment_metadata["program_status_at_fulfilment"] = program_status
     owed = sorted((t.value, q) for t, q in enrollments.owed_by_snapshot(bundle).items() if q > 0)

@@ -285,7 +285,9 @@ def _lock_or_create(session: Session, model, checkout_session_id: str, make):
 
 
 def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, product: Product,
-              outcome: str) -> dict[str, Any]:
+              outcome: str, *, buyer_erased: bool = False) -> dict[str, Any]:
+    """What the enrollment records of its checkout; the e-mail left out for a buyer erased before it was
+    applied (a checkout still pending at the erasure, or one redelivered after it)."""
     return {
         "checkout_session_id": checkout.get("id"),
         "event_type": event_type,
@@ -294,7 +296,7 @@ def _metadata(checkout: dict[str, Any], event_type: str, event_id: str | None, p
         "outcome": outcome,
         "metadata": checkout.get("metadata") or {},
         "customer": checkout.get("customer"),
-        "customer_email": checkout_email(checkout),
+        "customer_email": None if buyer_erased else checkout_email(checkout),
         "identified_by": product.identified_by,
         "recorded_at": utcnow().isoformat(),
     }
@@ -327,7 +329,8 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
     now = utcnow()
 
     def make() -> dict[str, Any]:
-        metadata = _metadata(checkout, event_type, event_id, product, outcome)
+        metadata = _metadata(checkout, event_type, event_id, product, outcome,
+                             buyer_erased=student.erased_at is not None)
         metadata["bundle"] = enrollments.bundle_snapshot(program, session)  # what was sold, kept as sold
         metadata["program_status_at_fulfilment"] = program.status.value
         return dict(

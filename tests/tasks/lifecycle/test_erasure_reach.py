@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import InboxEvent, OutboxMessage, PaymentDispute, Student
+from db.models import ErasedSubject, InboxEvent, OutboxMessage, PaymentDispute, Student, StudentCourseEnrollment
 from db.types import utcnow
-from tasks.lifecycle import erasure
+from tasks.lifecycle import erasure, retention
 from tasks.purchases import evidence
 from tests import factories
 from tests.tasks.bookings import bookings_support as bookings
-from tests.tasks.purchases.payments_support import checkout, deliver, dispute_created, refund_created
+from tests.tasks.purchases.payments_support import checkout, deliver, dispute_created, refund_created, run, store
 
 ADDRESS, NAME = "ada@example.test", "Ada Lovelace"
 
@@ -227,3 +227,82 @@ def test_a_student_with_hundreds_of_bookings_is_erased(database):
                  dedupe_key="class_cancelled:bk_399")
     assert _erase(database).mails == 1
     assert "old@example.test" not in _everything(database)
+
+
+def _retention(db) -> retention.Pruned:
+    with db.session_scope() as s:
+        return retention.prune(session=s, retention_days=400)  # nothing here is that old
+
+
+def _payload(db, event) -> str:
+    with db.session_scope() as s:
+        return str(s.scalar(select(InboxEvent.payload).where(InboxEvent.event_id == event["id"])))
+
+
+def test_a_checkout_still_to_apply_at_the_erasure_is_applied_without_the_address_and_pruned_once_ended(database):
+    """Pending when the student was erased, the checkout kept its payload for RETENTION_DAYS after it was applied,
+    and the enrollment recorded the address it carried: erased data came back."""
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    event = checkout(email=ADDRESS)
+    inbox_id = store(database, event)
+    assert _erase(database).events == 0  # still to apply: kept for now
+    assert run(database, inbox_id).outcome.value == "processed"
+    with database.session_scope() as s:  # the purchase is the studio's record: the enrollment and its credits
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment.student_id == "stu_1" and enrollment.fulfilment_metadata["customer_email"] is None
+        assert s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome")) is None
+    assert ADDRESS in _payload(database, event)  # applied: the next retention run prunes it
+    assert _retention(database).erased == 1
+    assert ADDRESS not in _everything(database) and NAME not in _everything(database)
+    assert _retention(database).erased == 0  # pruned once
+
+
+def test_events_about_an_erased_student_arriving_later_are_pruned_and_a_new_payment_is_not(database):
+    """A redelivered checkout and a profile update older than the erasure, arriving after it, kept their payloads
+    for RETENTION_DAYS. A later purchase (the student came back) is new data: it is kept as any other."""
+    _purchase(database)
+    _erase(database)
+    copy = checkout(email=ADDRESS, event_id="evt_copy")
+    late = bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow() - timedelta(days=3))
+    deliver(database, copy)
+    bookings.deliver(database, late)
+    new = checkout(cs="cs_new", pi="pi_new", email="back@example.test", event_id="evt_new")
+    deliver(database, new)
+    assert ADDRESS in _payload(database, copy) and NAME in _payload(database, late)
+    assert _retention(database).erased == 2
+    assert ADDRESS not in _everything(database) and NAME not in _everything(database)
+    assert "back@example.test" in _payload(database, new)
+    with database.session_scope() as s:
+        assert s.get(Student, "stu_1").email is None  # the late update was not applied
+
+
+def test_a_waiting_event_about_an_erased_student_is_pruned_only_once_it_ends(database):
+    """A refund parked before its purchase, at the erasure: it keeps its payload while it waits, and is pruned once
+    the purchase wakes it and it is applied."""
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.program(s, bundle=())
+    refund = refund_created(refund_id="re_1", pi="pi_1", amount=500)
+    refund["data"]["object"]["receipt_email"] = ADDRESS
+    assert deliver(database, refund).outcome.value == "waiting"
+    purchase = store(database, checkout(email=ADDRESS))
+    _erase(database)
+    assert _retention(database).erased == 0 and ADDRESS in _payload(database, refund)
+    run(database, purchase)
+    with database.session_scope() as s:
+        assert s.scalar(select(InboxEvent.status).where(InboxEvent.event_id == refund["id"])) == InboxStatus.PROCESSED
+    assert _retention(database).erased == 2
+    assert ADDRESS not in _everything(database)
+
+
+def test_erased_subjects_are_forgotten_after_the_retention_period(database):
+    _purchase(database)
+    _erase(database)
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ErasedSubject)) >= 2  # the student, the payment
+        s.execute(update(ErasedSubject).values(erased_at=utcnow() - timedelta(days=401)))
+    _retention(database)
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ErasedSubject)) == 0

@@ -45,8 +45,8 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         s.add(InboxEvent(source="platform", event_id="pev_waiting", type="booking.created", waiting_for="class:gc_9",
                          payload={"data": {"booking_id": "bk_9"}}, status=InboxStatus.WAITING))
     with database.session_scope() as s:  # nothing is old yet
-        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
-                                                                                "transitions_pruned": 0}
+        assert retention.prune(session=s, retention_days=400).as_dict() == {
+            "events_pruned": 0, "mails_pruned": 0, "transitions_pruned": 0, "erased_events_pruned": 0}
     _age(database, 401)
     with database.session_scope() as s:
         done = retention.prune(session=s, retention_days=400)
@@ -70,8 +70,8 @@ def test_retention_prunes_old_payloads_and_mail_bodies_and_keeps_the_facts(datab
         platform = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == OutboxChannel.PLATFORM)).all()
         assert platform and all("pruned_at" not in m.payload for m in platform)
     with database.session_scope() as s:  # a second run finds nothing left
-        assert retention.prune(session=s, retention_days=400).as_dict() == {"events_pruned": 0, "mails_pruned": 0,
-                                                                                "transitions_pruned": 0}
+        assert retention.prune(session=s, retention_days=400).as_dict() == {
+            "events_pruned": 0, "mails_pruned": 0, "transitions_pruned": 0, "erased_events_pruned": 0}
     assert state(database) == before  # the financial record is untouched
 
 

@@ -37,6 +37,7 @@ def _catalog(database):
         step = s.scalar(sa.select(CourseStep).where(CourseStep.program_id == program.id, CourseStep.position == 2))
         step.deleted_at = utcnow()  # a removed step is not provisioned
         factories.student(s, id="stu_known", email="stored@example.test", name="Stored Name")
+        factories.student(s, id="stu_erased", email=None, name=None).erased_at = utcnow()
         factories.program(s, code="OTHER", steps=2, bundle=())
         # YOGA (id 3) sold, then deleted, and another YOGA (id 4) made under its code
         factories.program(s, code="YOGA", steps=2, bundle=((BundleKind.GROUP_CREDIT, 1),)).deleted_at = utcnow()
@@ -78,6 +79,8 @@ HISTORIES = {
     "new buyer": [checkout(cs="cs_1", pi="pi_1", student="stu_new", event_id="evt_1")],
     "known buyer (mail to the stored address)": [checkout(cs="cs_1", pi="pi_1", student="stu_known",
                                                           email="other@example.test", event_id="evt_1")],
+    "a buyer erased before the checkout was applied (no e-mail recorded)": [
+        checkout(cs="cs_1", pi="pi_1", student="stu_erased", email="ada@example.test", event_id="evt_1")],
     "buyer without e-mail": [checkout(cs="cs_1", pi="pi_1", student="stu_new", email=None, event_id="evt_1")],
     "course without bundle": [checkout(cs="cs_1", pi="pi_1", course="OTHER", event_id="evt_1")],
     "two purchases, one buyer": [checkout(cs="cs_1", pi="pi_1", event_id="evt_1"),
