@@ -363,7 +363,8 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
         student = f"reff_{run}_{inbox_id}"
         found = conn.execute(fp._PREPARE, {"locks": [lock_key(row[3])], "student": student,
                                            "email": f"{student}@bench.test",
-                                           "name": None, "now": utcnow(), "code": "BENCH", "sold": None}).fetchone()
+                                           "name": None, "now": utcnow(), "code": "BENCH", "sold": None,
+                                           "price": None}).fetchone()
         eid = found[6]
         conn.execute(fp._FULFIL, {
             "id": eid, "student": student, "program": found[0], "cs": f"cs_reff_{run}_{inbox_id}",

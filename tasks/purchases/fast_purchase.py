@@ -74,6 +74,8 @@ WITH lk AS (
     SELECT id, code, title, status, stripe_product_id, stripe_price_id FROM course_program
     WHERE code = %(code)s AND (%(sold)s::bigint IS NULL OR id = %(sold)s::bigint)  -- the row sold, when named
       AND deleted_at IS NULL  -- a deleted course's sale goes the general way, which alerts the studio
+      -- the price charged, when named, is the current one (an earlier price: the general path looks it up)
+      AND (%(price)s::text IS NULL OR stripe_price_id = %(price)s::text)
     LIMIT 1
 )
 SELECT pr.id, pr.code, pr.title, pr.status,
@@ -234,9 +236,11 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
     now = utcnow()
     found = conn.execute(_PREPARE, {"locks": _int_array(locks), "student": student_id, "email": checkout_email(checkout),
                                     "name": details.get("name"), "now": now, "code": metadata["course_code"],
-                                    "sold": shapes.listing_id(metadata, "course")}).fetchone()
+                                    "sold": shapes.listing_id(metadata, "course"),
+                                    "price": shapes.sold_price(metadata)}).fetchone()
     if found[0] is None:
-        # unknown or deleted course (or an id naming another row): the general path decides (the locks are held)
+        # unknown or deleted course (or an id naming another row, or a price not its current one): the general
+        # path decides (the locks are held)
         return None
     program_id, code, title, program_status, steps, bundle, enrollment_id, inserted, stored, product, price = found
     steps, bundle, buyer = _json(steps), _json(bundle), _json(inserted) or _json(stored)

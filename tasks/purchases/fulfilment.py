@@ -193,6 +193,20 @@ def _sold(session: Session, model, kind: str, metadata: dict[str, Any], checkout
     return row
 
 
+def _price_sold(session: Session, listing, metadata: dict[str, Any], checkout_id: str | None) -> str | None:
+    """The price the session charged: its `metadata.coursepipe_price_id` when that is the listing's current price
+    or one it had before a price change; else (a session made elsewhere, or a price not the listing's) its
+    current one."""
+    named = shapes.sold_price(metadata)
+    if named is None or named == listing.stripe_price_id:
+        return listing.stripe_price_id
+    if publishing.listing_for_price(session, named) is listing:
+        return named
+    log.warning("checkout session %s: metadata.coursepipe_price_id %r is no price of %s %r; its current price is "
+                "recorded", checkout_id, named, type(listing).__name__, listing.code)
+    return listing.stripe_price_id
+
+
 def line_item_prices(checkout: dict[str, Any], settings: Any = None, client: Any = None,
                      fetched: Fetched = not_fetched) -> list[tuple[str, str | None]]:
     """(price id, product id) of the session's line items: embedded in the payload, else fetched from Stripe.
@@ -240,10 +254,12 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
                                     "package" if metadata.get("package_code") else None)
     if kind == "course":
         program = _sold(session, CourseProgram, "course", metadata, checkout.get("id"))
-        return Product(program=program, price_id=program.stripe_price_id, product_id=program.stripe_product_id)
+        return Product(program=program, price_id=_price_sold(session, program, metadata, checkout.get("id")),
+                       product_id=program.stripe_product_id)
     if kind == "package":
         package = _sold(session, CreditPackage, "package", metadata, checkout.get("id"))
-        return Product(package=package, price_id=package.stripe_price_id, product_id=package.stripe_product_id)
+        return Product(package=package, price_id=_price_sold(session, package, metadata, checkout.get("id")),
+                       product_id=package.stripe_product_id)
     if kind is not None:
         raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
     prices = line_item_prices(checkout, settings, client, fetched)

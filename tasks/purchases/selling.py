@@ -131,9 +131,11 @@ def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, 
         "mode": "payment",
         "line_items": [{"price": product.stripe_price_id, "quantity": 1}],
         "client_reference_id": request.student_id,
-        # the row's id too: a code can be used again after a delete, and this payment buys this row
+        # the row's id too: a code can be used again after a delete, and this payment buys this row; and the
+        # price charged, which the enrollment records even if the studio changes the price before the buyer pays
         "metadata": {"kind": request.kind, f"{request.kind}_code": request.code,
                      f"coursepipe_{request.kind}_id": str(product.id),
+                     "coursepipe_price_id": product.stripe_price_id,
                      "student_id": request.student_id},
         "success_url": request.success_url,
         "cancel_url": request.cancel_url,

@@ -117,6 +117,16 @@ def line_items_problem(checkout: dict[str, Any]) -> str | None:
 LISTING_ID = re.compile(r"[0-9]{1,18}")  # a course's or package's row id, as coursepipe's sessions carry it
 
 
+PRICE_ID = re.compile(r"price_[A-Za-z0-9]{1,58}")  # a Stripe price id, as coursepipe's sessions carry it
+
+
+def sold_price(metadata: dict[str, Any]) -> str | None:
+    """`metadata.coursepipe_price_id`, the price a session coursepipe created charged; None when absent or not
+    a price id (a session made elsewhere: the listing's current price is recorded)."""
+    value = metadata.get("coursepipe_price_id")
+    return value if isinstance(value, str) and PRICE_ID.fullmatch(value) else None
+
+
 def listing_id(metadata: dict[str, Any], kind: str) -> int | None:
     """`metadata.coursepipe_<kind>_id`, the row a session coursepipe created was opened for: its id, or None
     when absent or not a decimal id (a session made elsewhere; it is then matched by its code, never refused)."""

@@ -85,7 +85,7 @@ def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client,
     with runtime.db.session_scope() as s:
         course_id, package_id = catalog.get_program(s, "SFZ").id, catalog.get_package(s, "TEN").id
     assert call.params["metadata"] == {"kind": "course", "course_code": "SFZ", "coursepipe_course_id": str(course_id),
-                                       "student_id": "stu_1"}
+                                       "coursepipe_price_id": on_sale["SFZ"], "student_id": "stu_1"}
     assert call.params["line_items"] == [{"price": on_sale["SFZ"], "quantity": "1"}]
     assert call.params["mode"] == "payment" and call.params["success_url"] == URLS["success_url"]
     assert call.idempotency_key.startswith("coursepipe:checkout:")
@@ -93,7 +93,8 @@ def test_checkout_session_names_buyer_and_product_as_the_webhook_expects(client,
                           json={"student_id": "stu_1", "package_code": "TEN", **URLS})
     assert package.status_code == 201
     assert stripe_server.calls("POST", "/v1/checkout/sessions")[-1].params["metadata"] == {
-        "kind": "package", "package_code": "TEN", "coursepipe_package_id": str(package_id), "student_id": "stu_1"}
+        "kind": "package", "package_code": "TEN", "coursepipe_package_id": str(package_id),
+        "coursepipe_price_id": on_sale["TEN"], "student_id": "stu_1"}
 
 
 def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe_server):
@@ -208,6 +209,33 @@ def test_a_checkout_paid_after_its_course_was_deleted_and_made_again_buys_the_co
     again = _buy(client, student_id="stu_2").json["id"]
     stripe_server.complete_checkout_session(again)
     assert _return(client, again).json["credits_granted"] == {"group": 4}
+
+
+def test_a_checkout_paid_after_a_price_change_records_the_price_it_charged(
+        client, admin_headers, runtime, worker, on_sale, stripe_server):
+    """A checkout opened at 120.00; the studio raises the price (a new Stripe price) before the buyer pays. The
+    enrollment recorded the new price's id beside the old amount paid."""
+    checkout_id = _buy(client).json["id"]
+    raised = course(price={"amount": 15000, "currency": "eur"})
+    assert client.put("/admin/courses/SFZ", json=raised, headers=admin_headers).status_code == 200
+    publish_calls.publish(publishing.COURSE, "SFZ", unit_of_work=runtime.db.session_scope, settings=runtime.settings)
+    with runtime.db.session_scope() as s:
+        new_price = catalog.get_program(s, "SFZ").stripe_price_id
+    assert new_price != on_sale["SFZ"]
+    paid = stripe_server.complete_checkout_session(checkout_id)
+    body = json.dumps(stripe_server.event("checkout.session.completed", paid))
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    drain(runtime)
+    with runtime.db.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert (enrollment.stripe_price_id, enrollment.amount_total) == (on_sale["SFZ"], 12000)
+    # a session opened now charges, and records, the new price
+    again = _buy(client, student_id="stu_2").json["id"]
+    stripe_server.complete_checkout_session(again)
+    assert _return(client, again).json["enrollment"]["status"] == "active"
+    with runtime.db.session_scope() as s:
+        second = s.scalar(select(StudentCourseEnrollment).where(StudentCourseEnrollment.student_id == "stu_2"))
+        assert (second.stripe_price_id, second.amount_total) == (new_price, 15000)
 
 
 def test_return_of_a_package_purchase_reports_the_credits(client, on_sale, stripe_server):

@@ -34,6 +34,7 @@ def _catalog(database):
     with database.session_scope() as s:
         program = factories.program(s, steps=4, bundle=((BundleKind.PRIVATE_CREDIT, 2), (BundleKind.GROUP_CREDIT, 1),
                                                         (BundleKind.PRIVATE_CREDIT, 1)))
+        program.stripe_price_id = "price_sfz_now"
         step = s.scalar(sa.select(CourseStep).where(CourseStep.program_id == program.id, CourseStep.position == 2))
         step.deleted_at = utcnow()  # a removed step is not provisioned
         factories.student(s, id="stu_known", email="stored@example.test", name="Stored Name")
@@ -81,6 +82,12 @@ HISTORIES = {
                                                           email="other@example.test", event_id="evt_1")],
     "a buyer erased before the checkout was applied (no e-mail recorded)": [
         checkout(cs="cs_1", pi="pi_1", student="stu_erased", email="ada@example.test", event_id="evt_1")],
+    "the course's current price named": [checkout(
+        cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "SFZ",
+                                                          "coursepipe_price_id": "price_sfz_now"})],
+    "a price not the course's: its current price recorded": [checkout(
+        cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "SFZ",
+                                                          "coursepipe_price_id": "price_other"})],
     "buyer without e-mail": [checkout(cs="cs_1", pi="pi_1", student="stu_new", email=None, event_id="evt_1")],
     "course without bundle": [checkout(cs="cs_1", pi="pi_1", course="OTHER", event_id="evt_1")],
     "two purchases, one buyer": [checkout(cs="cs_1", pi="pi_1", event_id="evt_1"),
