@@ -216,9 +216,9 @@ def check_refund(*, session: Session, enrollment_id: int, amount: Any, lock: boo
     # a refund asked for whose outcome is still unknown may yet be made: it is not left to refund again
     asked = int(session.scalar(select(func.coalesce(func.sum(AdminRefund.amount), 0)).where(
         AdminRefund.enrollment_id == enrollment.id, AdminRefund.status == "pending")))
-    # Stripe's cumulative figure (a `charge.refunded` without its list of refunds) may already hold them
-    refunded = payments.refunded_total(session, payments.Purchase(enrollment=enrollment), asked=asked)
-    refundable = enrollment.amount_total - refunded
+    # Stripe's cumulative figure (a `charge.refunded` without its list of refunds) may already hold them; a refund
+    # that failed is left to refund again
+    refundable = payments.left_to_refund(session, payments.Purchase(enrollment=enrollment), asked=asked)
     if refundable <= 0:
         raise NotRefundable(f"enrollment {enrollment_id} is refunded in full already" if asked == 0 else
                             f"enrollment {enrollment_id} has nothing left to refund beside the refunds still "

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.enums import DisputeStatus, PurchaseStatus
@@ -27,7 +27,7 @@ from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, CauseKind
 from tasks.enrollments import services as enrollments
 from tasks.purchases import goodwill
-from tasks.purchases.counted import going_refund
+from tasks.purchases.counted import counted_once, going_refund
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
@@ -110,6 +110,23 @@ def refunded_total(session: Session, purchase: Purchase, *, asked: int = 0, goin
     # Stripe never refunds more than was paid: a figure above it holds a refund that failed before another was
     # made, its failure not handled yet
     return min(total, paid) if paid > 0 else total
+
+
+def left_to_refund(session: Session, purchase: Purchase, *, asked: int = 0) -> int:
+    """What may still be refunded: the amount paid, less the refunds going through now (by id), less the more of
+    what only Stripe's cumulative figure holds (beyond every refund known by id that ever went through) and
+    the refunds asked whose outcome is unknown (which that figure may already hold).
+
+    Unlike `refunded_total`, a refund that failed is not held: its money is back with the studio, which may
+    refund it again (`refunded_total` keeps it for what it took back). With no refund failed, both agree."""
+    row = purchase.row
+    column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
+    def amount(counts):
+        return func.coalesce(func.sum(case((counts, PaymentRefund.amount), else_=0)), 0)
+
+    going, once = session.execute(select(amount(going_refund()), amount(counted_once())).where(column == row.id)).one()
+    beyond = max((row.amount_refunded or 0) - int(once), 0)
+    return (row.amount_total or 0) - int(going) - max(beyond, asked)
 
 
 def _going(session: Session, purchase: Purchase) -> int:

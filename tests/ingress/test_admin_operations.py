@@ -14,7 +14,7 @@ from tasks.purchases import manual
 from tests import factories
 from tests.admin_support import at_once, bearer, make_token
 from tests.conftest import make_settings
-from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, state
+from tests.tasks.purchases.payments_support import COURSE_PRICE, charge_refunded, checkout, deliver, refund_created, state
 from workers import refunds as refund_calls
 
 
@@ -685,3 +685,45 @@ def test_a_pending_refund_stripe_already_counts_is_not_taken_off_twice(client, r
                           json={"keep_access": False, "reason": "the rest", "preview": True})
     assert preview.status_code == 200, preview.get_json()
     assert preview.get_json()["refundable"] == COURSE_PRICE - COURSE_PRICE // 2
+
+
+def test_a_refund_that_failed_is_left_to_refund_again(client, runtime, stripe_server, operator):
+    """Half refunded in Stripe's dashboard, counted (`charge.refunded` raised the purchase's total), then the refund
+    failed: the money is back with the studio, but "left to refund" was measured from the highest total reached,
+    so the studio could not refund that half again through coursepipe."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    half = COURSE_PRICE // 2
+    deliver(db, refund_created(refund_id="re_x", amount=half, event_id="evt_re_made"))
+    deliver(db, charge_refunded(refunded=half, refunds=(("re_x", half),), event_id="evt_ch_refunded"))
+    failed = refund_created(refund_id="re_x", amount=half, status="failed", event_id="evt_re_failed")
+    failed["type"] = "charge.refund.updated"
+    deliver(db, failed)
+    assert state(db)["enrollments"][0]["refunded"] == half  # the highest total reached: what it took stays taken
+    url = f"/admin/enrollments/{enrollment_id}/refund"
+    preview = client.post(url, headers=operator, json={"keep_access": True, "reason": "again", "preview": True})
+    assert preview.status_code == 200, preview.get_json()
+    assert preview.get_json()["refundable"] == COURSE_PRICE
+    again = client.post(url, headers=operator, json={"amount": COURSE_PRICE, "keep_access": True, "reason": "again"})
+    assert again.status_code == 201, again.get_json()
+    assert stripe_server.payment_intents["pi_1"]["amount_refunded"] == COURSE_PRICE
+    nothing = client.post(url, headers=operator, json={"keep_access": True, "reason": "x", "preview": True})
+    assert nothing.status_code == 409 and nothing.get_json()["error"]["code"] == "not_refundable"
+
+
+def test_a_refund_only_stripe_s_total_knows_is_not_left_to_refund(client, runtime, stripe_server, operator):
+    """`charge.refunded` without its list of refunds (a refund made elsewhere): its total is held, a failed refund
+    known by id beside it is not."""
+    db = runtime.db
+    enrollment_id = _purchase(db, stripe_server)
+    deliver(db, refund_created(refund_id="re_f", amount=1000, event_id="evt_f_made"))
+    failed = refund_created(refund_id="re_f", amount=1000, status="failed", event_id="evt_f_failed")
+    failed["type"] = "charge.refund.updated"
+    deliver(db, failed)
+    event = charge_refunded(refunded=3000, refunds=(), event_id="evt_total")
+    del event["data"]["object"]["refunds"]
+    deliver(db, event)
+    preview = client.post(f"/admin/enrollments/{enrollment_id}/refund", headers=operator,
+                          json={"keep_access": True, "reason": "x", "preview": True})
+    assert preview.status_code == 200, preview.get_json()
+    assert preview.get_json()["refundable"] == COURSE_PRICE - 3000 + 1000  # the failed 1000 counted once, then not
