@@ -41,10 +41,6 @@ def _exists(exc: accounts.AccountExists):  # any other ValidationFailed is the a
     return error_response(409, "conflict", str(exc), field=exc.field)
 
 
-def _body() -> dict:
-    return json_object()
-
-
 def _own_account_id() -> int:
     principal = roles.current_principal()
     if principal.admin_id is None:
@@ -72,7 +68,7 @@ def me():
 def create_token():
     admin_id = _own_account_id()
     with _runtime().db.session_scope() as s:
-        row, token = accounts.create_token(session=s, admin_id=admin_id, name=_body().get("name"))
+        row, token = accounts.create_token(session=s, admin_id=admin_id, name=json_object("name").get("name"))
         roles.record_action(s, "token.create", f"admin_api_token:{row.id}", name=row.name)
         view = accounts.token_view(row)
     return jsonify({**view, "token": token}), 201
@@ -103,7 +99,7 @@ def list_admins():
 @bp.post("/admins")
 @require_role("owner")
 def add_admin():
-    data = _body()
+    data = json_object("email", "role", "password", "reason")
     with _runtime().db.session_scope() as s:
         account = accounts.add_admin(session=s, email=data.get("email"), role=data.get("role"),
                                      password=data.get("password"))

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from db.enums import BundleKind, ProgramStatus
 from ingress import limits
 from ingress.errors import CONFLICT_MESSAGE
+from tasks.admins.accounts import MIN_PASSWORD_LENGTH, ROLES
 from tasks.admins.audit import MAX_REASON
 from tasks.catalog.changes import MAX_LISTED
 from tasks.catalog.services import CODE_PATTERN, MAX_STEPS, PRICE_ID_PATTERN, CourseIn, CreditsIn, PackageIn, StepIn
@@ -341,6 +342,34 @@ CATALOG_SCHEMAS: dict[str, dict] = {
                                        "effects": {"type": "array", "items": {"type": "string"}}})}}),
 }
 SCHEMAS.update(CATALOG_SCHEMAS)
+
+# --------------------------------------------------------------------------- admin accounts (tasks.admins.accounts)
+# As exact as the catalog's: a test sends good and bad bodies to the document and the app.
+EMAIL_ADDRESS = {"type": "string", "pattern": r"^\s*(?=[\s\S]{1,320}\s*$)[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+                 "description": "an e-mail address of at most 320 characters once trimmed (kept lower-case)"}
+PEOPLE_SCHEMAS: dict[str, dict] = {
+    "AdminWrite": _closed({
+        "email": EMAIL_ADDRESS,
+        "role": {"enum": list(ROLES), "description": "viewer reads; operator also acts; owner also manages admins"},
+        "password": {"type": "string", "minLength": MIN_PASSWORD_LENGTH,
+                     "description": f"at least {MIN_PASSWORD_LENGTH} characters (stored as an argon2 hash)"},
+        "reason": CATALOG_REASON}, required=["email", "role", "password"]),
+    "AdminView": _obj({"email": {"type": "string"}, "role": {"enum": list(ROLES)},
+                       "created_at": {"type": "string", "format": "date-time"},
+                       "last_login_at": {"type": ["string", "null"], "format": "date-time"}}),
+    "AdminList": _obj({"admins": {"type": "array", "items": ref("AdminView")}}),
+    "TokenWrite": _closed({"name": trimmed(100, least=1)}, required=["name"]),
+    "TokenView": _obj({"id": {"type": "integer"}, "name": {"type": "string"},
+                       "prefix": {"type": "string", "description": "the token's first characters, to tell it apart"},
+                       "created_at": {"type": "string", "format": "date-time"},
+                       "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+                       "revoked": {"type": "boolean"}}),
+}
+PEOPLE_SCHEMAS["TokenCreated"] = {**PEOPLE_SCHEMAS["TokenView"], "properties": {
+    **PEOPLE_SCHEMAS["TokenView"]["properties"],
+    "token": {"type": "string", "description": "the bearer token itself: shown this once, never again"}},
+    "required": [*PEOPLE_SCHEMAS["TokenView"]["required"], "token"]}
+SCHEMAS.update(PEOPLE_SCHEMAS)
 
 def _model_schema(model, name: str, schemas: dict) -> dict:
     schema = model.model_json_schema(ref_template=REF)
@@ -696,13 +725,17 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                            ok=REDIRECT, status="302"),
     # admin accounts, roles and the audit log (viewer reads; operator acts; owner manages admins)
     ("GET", "/admin/me"): op("Who the bearer is, and its role", tag="admin", security=ADMIN),
-    ("GET", "/admin/admins"): op("Admin accounts (owner)", tag="admin", security=ADMIN),
-    ("POST", "/admin/admins"): op("Add an admin account (owner)", tag="admin", security=ADMIN, body="AnyObject",
-                                  status="201"),
+    ("GET", "/admin/admins"): op("Admin accounts (owner)", tag="admin", security=ADMIN, ok=_json("AdminList")),
+    ("POST", "/admin/admins"): op(
+        "Add an admin account (owner)", tag="admin", security=ADMIN, body="AdminWrite", status="201",
+        ok=_json("AdminView", "added"),
+        extra={"400": _json("Error", "validation_failed: the field is named (an unknown field too); nothing added"),
+               "409": _json("Error", "conflict: an admin with that e-mail exists")}),
     ("DELETE", "/admin/admins/{email}"): op("Remove an admin account (owner)", tag="admin", security=ADMIN,
                                             extra=NOT_FOUND),
     ("POST", "/admin/tokens"): op("Create a personal API token (shown once)", tag="admin", security=ADMIN,
-                                  status="201", extra=NO_ACCOUNT),
+                                  body="TokenWrite", status="201", ok=_json("TokenCreated", "created"),
+                                  extra={**NO_ACCOUNT, "400": _json("Error", "validation_failed: name")}),
     ("DELETE", "/admin/tokens/{token_id}"): op("Revoke a personal API token", tag="admin", security=ADMIN,
                                                extra={**NOT_FOUND, **NO_ACCOUNT}),
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
