@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from db.enums import BundleKind, ProgramStatus
+from db.enums import BundleKind, CreditType, LedgerEntryType, ProgramStatus
 from ingress import limits
 from ingress.errors import CONFLICT_MESSAGE
 from tasks.admins.accounts import MIN_PASSWORD_LENGTH, ROLES
@@ -107,6 +107,24 @@ SCHEMAS: dict[str, dict] = {
         ["id", "course_code", "status", "steps", "next_step", "completed_steps", "credits"])}}),
     "Credits": _obj({"student_id": {"type": "string"},
                      "balances": {"type": "object", "additionalProperties": {"type": "integer"}}}),
+    "CreditStatement": _obj({
+        "student_id": {"type": "string"},
+        "entries": {"type": "array", "description": "oldest first", "items": _obj({
+            "id": {**NULLABLE_INT, "description": "the ledger entry; null for the expiry of a lot's unused credits"},
+            "at": DATETIME, "kind": {"enum": [t.value for t in CreditType]},
+            "entry_type": {"enum": [t.value for t in LedgerEntryType]},
+            "quantity": {"type": "integer", "description": "+ adds to the balance, - takes from it"},
+            "cause": {"type": "string", "description": "the entry's cause key (`enrollment:12:bundle`, …)"},
+            "lot": {"type": "integer", "description": "the grant the entry belongs to (its own id for a grant)"},
+            "expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "description": {"type": "string", "description": "the cause in words, fit to show the student"},
+            "counted": {"type": "boolean",
+                        "description": "false: an entry on a lot after its expiry, which moves no balance"},
+            "balance": {"type": "integer", "description": "this kind's balance after the entry"},
+            "balances": {"type": "object", "additionalProperties": {"type": "integer"},
+                         "description": "every kind's balance after the entry"}})},
+        "balances": {"type": "object", "additionalProperties": {"type": "integer"},
+                     "description": "the closing balances, equal to `GET /v1/students/{student_id}/credits`"}}),
     "Eligibility": _obj({"eligible": {"type": "boolean"}, "reason": NULLABLE_STR}),
     "Calendar": _obj({"from": DATETIME, "to": DATETIME, "classes": {"type": "array", "items": _obj({
         "class_id": {"type": "string"}, "title": NULLABLE_STR, "starts_at": DATETIME, "ends_at": NULLABLE_STR,
@@ -776,7 +794,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                   "kind, quantity or expires_at)")}),
     ("GET", "/v1/students/{student_id}/credits/statement"): op(
         "Every ledger entry with its cause in words and a running balance", tag="read", security=READ,
-        description="Meant to be shown to the student. A manual adjustment's `description` carries the reason the "
+        ok=_json("CreditStatement"), description="Meant to be shown to the student. A manual adjustment's `description` carries the reason the "
                     "studio wrote (`2 group credits added by the studio: birthday`) and never names the admin who "
                     "made it; the reasons of other admin actions (enrol by hand, revoke, reinstate, refund) are "
                     "not on the statement: their lines say what happened (`… was reinstated`)."),
