@@ -16,9 +16,11 @@ Definitions (also in docs/runbook.md):
   `purchases` by status.
 - `activity_by_week`: per week (Monday 00:00 UTC to the next), enrollments that became active
   (`activated_at`: paid, or enrolled by hand) and enrollments completed (`completed_at`) in it.
-- per step: `booked` = enrollments that have booked the step at some point (progress booked,
-  completed or missed), `completed`, `missed`, and `skipped_ahead` = bookings of the step made
-  while an earlier step was still unbooked (the plan's "skipped steps" analytics flag).
+- per step: `booked` = enrollments whose step is booked, completed or missed now, `completed`, `missed`, and
+  `skipped_ahead` = bookings of the step made while an earlier step was still unbooked (the plan's "skipped
+  steps" analytics flag). The steps are counted as they stand: a revocation cancels the revoked enrollment's
+  open steps (booked or missed), which leave `booked` and `missed`; its completed steps stay on record and
+  counted, and `skipped_ahead` stays (a fact of the booking).
 """
 from __future__ import annotations
 
