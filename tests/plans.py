@@ -8,9 +8,10 @@ from typing import Callable
 import sqlalchemy as sa
 
 
-def plans_of(database, session, work: Callable[[], object], *, naming: str) -> list[str]:
+def plans_of(database, session, work: Callable[[], object], *, naming: str, bitmap: bool = False) -> list[str]:
     """Run `work()` in `session` (PostgreSQL), then EXPLAIN each statement it ran whose text (its white space
-    folded to single spaces) contains `naming`."""
+    folded to single spaces) contains `naming`. `bitmap`: leave bitmap scans on (a GIN index is read only
+    through one)."""
     captured: list[tuple[str, object]] = []
 
     def keep(conn, cursor, statement, parameters, context, executemany):
@@ -23,7 +24,8 @@ def plans_of(database, session, work: Callable[[], object], *, naming: str) -> l
     finally:
         sa.event.remove(database.engine, "before_cursor_execute", keep)
     session.execute(sa.text("SET LOCAL enable_seqscan = off"))
-    session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
+    if not bitmap:
+        session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
     driver = session.connection().connection.driver_connection
     return ["\n".join(row[0] for row in driver.execute("EXPLAIN " + statement, parameters))
             for statement, parameters in captured]

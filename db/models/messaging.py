@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, literal_column, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import OutboxChannel, OutboxStatus
@@ -17,10 +17,11 @@ PLATFORM_PENDING = "status = 'pending' AND channel = 'platform'"
 # ended mails whose body retention has still to prune (tasks.lifecycle.retention; `expired` ones, few, are found
 # through the status index)
 MAILS_TO_PRUNE = "channel = 'mail' AND status IN ('sent', 'dead') AND NOT (payload ? 'pruned_at')"
-# the class a step reminder names, and the reminders still to send: a move of the class ends those
-# (tasks.enrollments.reminders.class_changed); PostgreSQL only (SQLite reads the pending rows through the status index)
-# written as PostgreSQL shows it, as Alembic compares the text
-REMINDER_CLASS_ID = "((payload -> 'context'::text) ->> 'class_id'::text)"
+# the classes a step reminder lists (its `options`, the class it is about first), searched by containment
+# (`@> '[{"class_id": …}]'`) through a GIN index of the reminders still to send: a move of any of them ends those
+# (tasks.enrollments.reminders.class_changed); PostgreSQL only (SQLite reads the pending rows through the status
+# index); written as PostgreSQL shows it
+REMINDER_OPTIONS = "((payload -> 'context'::text) -> 'options'::text)"
 STEP_REMINDERS_PENDING = "status = 'pending' AND topic = 'step_reminder'"
 
 
@@ -43,7 +44,8 @@ class OutboxMessage(Base):
               sqlite_where=text(PLATFORM_PENDING), postgresql_where=text(PLATFORM_PENDING)),
         # retention's batches of mail, oldest first, without reading past what it pruned before (PostgreSQL: partial)
         Index("ix_outbox_message_mail_to_prune", "created_at", "id", postgresql_where=text(MAILS_TO_PRUNE)),
-        Index("ix_outbox_message_reminder_class", text(REMINDER_CLASS_ID),
+        Index("ix_outbox_message_reminder_options", literal_column(REMINDER_OPTIONS).label("reminder_options"),
+              postgresql_using="gin", postgresql_ops={"reminder_options": "jsonb_path_ops"},
               postgresql_where=text(STEP_REMINDERS_PENDING)).ddl_if(dialect="postgresql"),
     )
 

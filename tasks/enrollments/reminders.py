@@ -15,14 +15,15 @@ class's start as queued, SMTP down meanwhile) is set aside by the next run (`for
 becomes `expired:<row id>`), so a class moved later gets its step a fresh reminder naming the new time. The
 mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fresh row is a fresh mail.
 
-A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends its reminders still
-`pending` that name another start, and its cancellation every one still `pending` (`class_changed`): `expired`,
+A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends the reminders still
+`pending` that name or list it (`options`: up to three classes of the step, the one the reminder is about first)
+with another start, and its cancellation every one still `pending` that names or lists it (`class_changed`): `expired`,
 never sent, set aside by the next run like any expired one, which then reminds the step naming the new time (or
 the next class in range), once. A `sending` one is its relay's (made to expire at once, should its attempt
 fail); one without `reminder_id` (an earlier version's) goes as before; one already sent stands (no second
-reminder for a class merely moved). A batch re-reads its classes under a share lock and leaves to the next run
-a step whose class moved (or was cancelled) since the run began, so no reminder is written naming a time the
-class no longer has.
+reminder for a class merely moved). A batch re-reads the classes its mails would list under a share lock and
+leaves to the next run a step any of them moved (or was cancelled) since the run began, so no reminder is
+written naming a time a class no longer has.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, String, and_, cast, literal, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
@@ -48,7 +50,7 @@ from db.models import (
     StudentCourseEnrollment,
     StudentCourseProgress,
 )
-from db.models.messaging import REMINDER_CLASS_ID
+from db.models.messaging import REMINDER_OPTIONS
 from db.types import utcnow
 from tasks.machines import OUTBOX
 from tasks.messaging.mail import parse_when
@@ -135,35 +137,51 @@ def forget_expired(*, session: Session) -> int:
     return forgotten
 
 
-def _named_class(session: Session):
-    """The class a step reminder's mail names, as SQL: on PostgreSQL the expression of the partial index of the
-    pending reminders (ix_outbox_message_reminder_class), so a move reads only its own class's mails."""
-    if session.get_bind().dialect.name == "postgresql":
-        return literal_column(REMINDER_CLASS_ID)
-    return OutboxMessage.payload[("context", "class_id")].as_string()
+def _listing(session: Session, class_id: str):
+    """The step reminders listing the class (`options`, which holds the class a reminder is about first), as SQL:
+    on PostgreSQL the expression of the GIN index of the pending reminders' options
+    (ix_outbox_message_reminder_options), so a move reads only the mails that list its class. None on SQLite: the
+    rows are read through the status index and `_starts_given` decides."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return literal_column(REMINDER_OPTIONS).op("@>")(literal([{"class_id": class_id}], JSONB))
+
+
+def _starts_given(context: dict, class_id: str) -> list[str]:
+    """The starts a reminder's mail gives the class: as the class it is about, and as a listed option."""
+    starts = [option.get("starts_at") for option in context.get("options") or []
+              if isinstance(option, dict) and option.get("class_id") == class_id]
+    if context.get("class_id") == class_id:
+        starts.append(context.get("starts_at"))
+    return [start for start in starts if isinstance(start, str)]
 
 
 def class_changed(*, session: Session, class_id: str, starts_at: datetime, cancelled: bool = False,
                   now: datetime | None = None) -> int:
-    """The class moved, or was cancelled (a `class.upserted`): its step reminders still to send (`pending`) that
-    name another start — every one, when it was cancelled — end `expired`, as one held up past its class does:
+    """The class moved, or was cancelled (a `class.upserted`): the step reminders still to send (`pending`) that
+    name or list it with another start — every one, when it was cancelled — end `expired`, as one held up past
+    its class does:
     not sent, their last error saying why, and the next run sets them aside (`forget_expired`) and reminds the
     step again, of the class's current time or of the next class in range. One being sent (`sending`) is its
     relay's: if that attempt fails, the row comes back `pending` expiring now, so its next attempt ends it
     `expired` like the others. A reminder written before reminders named their `reminder_log` row
     (no `reminder_id`) could not be set aside, and so is left to go as before. Returns how many ended."""
     now = now or utcnow()
-    columns = (OutboxMessage.payload[("context", "starts_at")].as_string(),
-               OutboxMessage.payload[("context", "reminder_id")].as_string())
+    listing = _listing(session, class_id)
 
     def stale(status: OutboxStatus, *entity):
         # locked in id order, as the relay records its outcomes
-        rows = session.execute(select(*entity, *columns)
-                               .where(_named_class(session) == class_id, OutboxMessage.status == status,
-                                      OutboxMessage.topic == TOPIC)
-                               .order_by(OutboxMessage.id).with_for_update()).all()
-        return [row[0] for row in rows
-                if row[-1] is not None and (cancelled or parse_when(row[-2]) != starts_at)]
+        query = (select(*entity, OutboxMessage.payload)
+                 .where(OutboxMessage.status == status, OutboxMessage.topic == TOPIC)
+                 .order_by(OutboxMessage.id).with_for_update())
+        found = []
+        for row in session.execute(query if listing is None else query.where(listing)).all():
+            context = (row[-1] or {}).get("context") or {}
+            given = _starts_given(context, class_id)
+            if context.get("reminder_id") is not None and given and (
+                    cancelled or any(parse_when(start) != starts_at for start in given)):
+                found.append(row[0])
+        return found
 
     for message in stale(OutboxStatus.SENDING, OutboxMessage):  # few: found through the status index
         context = {**message.payload["context"], "expires_at": now.isoformat()}
@@ -188,15 +206,17 @@ def class_changed(*, session: Session, class_id: str, starts_at: datetime, cance
 
 
 def _unchanged(session: Session, run: ReminderRun, step_ids: set[int]) -> set[int]:
-    """The steps whose class reminded about is still as the run planned it (its start, scheduled). Its row is
-    read under a share lock (PostgreSQL): a `class.upserted` moving it waits for this batch to commit, and then
-    ends its mails (class_changed); one that committed first is seen here, and that step is left to the next run."""
-    planned = {step_id: run.upcoming[step_id][0] for step_id in step_ids}
+    """The steps whose classes the mail would list (the one reminded about and the other options) are still as the
+    run planned them (their starts, scheduled). Their rows are read under a share lock (PostgreSQL): a
+    `class.upserted` moving one waits for this batch to commit, and then ends its mails (class_changed); one that
+    committed first is seen here, and that step is left to the next run."""
+    planned = {step_id: run.upcoming[step_id][:OPTIONS_LISTED] for step_id in step_ids}
     current = dict(session.execute(
         select(GroupClass.id, GroupClass.starts_at)
-        .where(GroupClass.id.in_(sorted({c[0] for c in planned.values()})), GroupClass.status == ClassStatus.SCHEDULED)
+        .where(GroupClass.id.in_(sorted({c[0] for classes in planned.values() for c in classes})),
+               GroupClass.status == ClassStatus.SCHEDULED)
         .order_by(GroupClass.id).with_for_update(read=True)).all())
-    unchanged = {step_id for step_id, c in planned.items() if current.get(c[0]) == c[2]}
+    unchanged = {step_id for step_id, classes in planned.items() if all(current.get(c[0]) == c[2] for c in classes)}
     if len(unchanged) < len(planned):
         log.info("%d step(s) left to the next reminders run: their class moved or was cancelled since this one "
                  "began", len(planned) - len(unchanged))

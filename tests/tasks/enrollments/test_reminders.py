@@ -443,6 +443,95 @@ def test_an_older_update_arriving_after_a_cancel_does_not_bring_the_class_or_its
     assert ended.status.value == "expired" and smtp_sink.messages == []
 
 
+def _two_options_queued(database, smtp_sink):  # noqa: F811
+    """`_setup` with a second class for SFZ-2 (in 5 days), and a run that queues SFZ-2's reminder: about
+    gc_SFZ_2_0, listing both."""
+    with database.session_scope() as s:
+        _, _, steps = _setup(s)
+        factories.group_class(s, id="gc_SFZ_2_1", title="Class 2 again", starts_in=timedelta(days=5))
+        s.add(CourseStepOption(program_id=s.get(CourseStep, steps[2].id).program_id, step_id=steps[2].id,
+                               group_class_id="gc_SFZ_2_1"))
+        starts = {c: s.get(GroupClass, c).starts_at for c in ("gc_SFZ_2_0", "gc_SFZ_2_1")}
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7, smtp_url=smtp_sink.url)
+    now = utcnow()
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1
+    (queued,) = _mails(database)
+    assert [o["class_id"] for o in queued.payload["context"]["options"]] == ["gc_SFZ_2_0", "gc_SFZ_2_1"]
+    return starts, settings, now
+
+
+def _listed(message) -> dict:
+    return {o["class_id"]: o["starts_at"] for o in message.payload["context"]["options"]}
+
+
+def test_a_reminder_listing_a_class_that_moved_is_not_sent_and_the_step_is_reminded_with_the_new_time(
+        database, smtp_sink):  # noqa: F811
+    """Only the class a reminder was about was watched: the other class it lists moved, and the mail still went
+    out giving that class its old time."""
+    starts, settings, now = _two_options_queued(database, smtp_sink)
+    new_start = starts["gc_SFZ_2_1"] + timedelta(hours=2)
+    event = class_upserted("gc_SFZ_2_1", title="Class 2 again", starts_at=new_start, when=now)
+    assert deliver(database, event).outcome.value == "processed"
+    (queued,) = _mails(database)
+    assert queued.status.value == "expired" and _moves(database, queued.id)[-1] == ("pending", "expired", "class moved")
+    after = now + timedelta(minutes=5)
+    assert _relay(database, settings, after) == []
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    assert _relay(database, settings, after) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _, fresh = _mails(database)
+    assert fresh.payload["context"]["class_id"] == "gc_SFZ_2_0"
+    assert _listed(fresh) == {"gc_SFZ_2_0": starts["gc_SFZ_2_0"].isoformat(), "gc_SFZ_2_1": new_start.isoformat()}
+    (sent,) = smtp_sink.messages
+    assert sent["Message-ID"] == f"<{fresh.public_id}@coursepipe>"
+    assert mail.local_time(new_start.isoformat(), "Europe/Berlin") in sent.get_body(("plain",)).get_content()
+
+
+def test_a_reminder_listing_a_class_that_was_cancelled_is_not_sent_and_the_next_lists_only_what_runs(
+        database, smtp_sink):  # noqa: F811
+    starts, settings, now = _two_options_queued(database, smtp_sink)
+    event = class_upserted("gc_SFZ_2_1", title="Class 2 again", starts_at=starts["gc_SFZ_2_1"], when=now,
+                           status="cancelled")
+    assert deliver(database, event).outcome.value == "processed"
+    (queued,) = _mails(database)
+    assert queued.status.value == "expired" and queued.last_error.startswith("class cancelled")
+    after = now + timedelta(minutes=5)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
+    _, fresh = _mails(database)
+    assert _listed(fresh) == {"gc_SFZ_2_0": starts["gc_SFZ_2_0"].isoformat()}
+
+
+def test_an_update_of_a_listed_class_that_keeps_its_start_leaves_the_reminder_alone(database, smtp_sink):  # noqa: F811
+    starts, settings, now = _two_options_queued(database, smtp_sink)
+    event = class_upserted("gc_SFZ_2_1", title="Class 2 again, room B", starts_at=starts["gc_SFZ_2_1"], when=now,
+                           seats_taken=4)
+    assert deliver(database, event).outcome.value == "processed"
+    (queued,) = _mails(database)
+    assert queued.status.value == "pending" and _moves(database, queued.id) == []
+
+
+def test_a_batch_does_not_queue_a_reminder_listing_a_class_moved_since_the_run_began(database):
+    with database.session_scope() as s:
+        _, _, steps = _setup(s)
+        factories.group_class(s, id="gc_SFZ_2_1", title="Class 2 again", starts_in=timedelta(days=5))
+        s.add(CourseStepOption(program_id=s.get(CourseStep, steps[2].id).program_id, step_id=steps[2].id,
+                               group_class_id="gc_SFZ_2_1"))
+        other = s.get(GroupClass, "gc_SFZ_2_1").starts_at
+    settings = _settings(database)
+    now = utcnow()
+    with database.session_scope() as s:
+        run = reminders.plan(session=s, settings=settings, now=now)
+        (first, last), = reminders.batches(session=s, run=run)
+    moved = other + timedelta(hours=3)
+    assert deliver(database, class_upserted("gc_SFZ_2_1", starts_at=moved, when=now)).outcome.value == "processed"
+    with database.session_scope() as s:
+        assert reminders.remind(session=s, run=run, first=first, last=last) == 0
+    assert _mails(database) == []
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=now) == 1  # the next run
+    (fresh,) = _mails(database)
+    assert _listed(fresh)["gc_SFZ_2_1"] == moved.isoformat()
+
+
 def test_a_batch_does_not_queue_a_reminder_for_a_class_moved_since_the_run_began(database):
     """The run fixes its classes' times when it starts; a move committed before one of its batches wrote a reminder
     naming the old time, after the move had ended the ones already queued."""
