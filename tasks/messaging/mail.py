@@ -26,20 +26,12 @@ import jinja2
 from markupsafe import Markup
 
 from tasks.errors import PermanentError
+from tasks.messaging.outbox import ADMIN_TEMPLATES
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "mail"
-TEMPLATES = (
-    "enrollment_welcome",
-    "booking_confirmed",
-    "booking_cancelled",
-    "class_cancelled",
-    "step_reminder",
-    "dispute_alert",
-    "refund_failed_alert",
-    "deleted_course_sold_alert",
-    "low_seat_alert",
-    "stripe_drift_alert",
-)
+# the mails to a student; the admins' alerts (to ADMINS) are named once, where the outbox knows them
+STUDENT_TEMPLATES = ("enrollment_welcome", "booking_confirmed", "booking_cancelled", "class_cancelled", "step_reminder")
+TEMPLATES = STUDENT_TEMPLATES + ADMIN_TEMPLATES
 SIGNATURE = "coursepipe - course programs"
 
 # Stripe's zero-decimal currencies: the amount is already in major units
