@@ -191,13 +191,18 @@ def _move_class(database, start, now, title="Class 2", **kw) -> None:
     assert deliver(database, twin(event)).outcome.value == "processed"  # the same update twice: nothing more
 
 
+def _sent_once_more(database, settings, at) -> None:
+    """The next run queues one fresh reminder and the relay sends it; a later run queues nothing more."""
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at) == 1
+    assert _relay(database, settings, at) == ["sent"]
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at + timedelta(hours=1)) == 0
+
+
 def _reminded_once_more(database, settings, smtp_sink, at, new_start):  # noqa: F811
     """The next run reminds the step again, naming the class's current time; that mail goes; further runs send
     nothing more."""
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at) == 1
-    assert _relay(database, settings, at) == ["sent"]
+    _sent_once_more(database, settings, at)
     assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at) == 0
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=at + timedelta(hours=1)) == 0
     ended, fresh = _mails(database)
     assert ended.status.value == "expired" and ended.last_error.startswith("class moved to ")
     assert fresh.status.value == "sent"
@@ -279,9 +284,7 @@ def test_a_reminder_queued_before_its_class_was_cancelled_is_not_sent_and_the_ne
     assert _moves(database, queued.id)[-1] == ("pending", "expired", "class cancelled")
     after = now + timedelta(minutes=5)
     assert _relay(database, settings, after) == []
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
-    assert _relay(database, settings, after) == ["sent"]
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _sent_once_more(database, settings, after)
     _, fresh = _mails(database)
     assert (fresh.payload["context"]["class_id"], fresh.payload["context"]["starts_at"]) \
         == ("gc_SFZ_2_1", other_start.isoformat())
@@ -330,9 +333,7 @@ def test_a_reminder_being_sent_when_its_class_moves_and_failing_is_not_sent_late
     smtp_sink.start()
     after = now + timedelta(hours=1)  # well before either start
     assert _relay(database, settings, after) == ["expired"]  # made to expire by the move
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
-    assert _relay(database, settings, after) == ["sent"]
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _sent_once_more(database, settings, after)
     ended, fresh = _mails(database)
     assert ended.status.value == "expired" and ended.payload["context"]["starts_at"] == old_start.isoformat()
     assert fresh.payload["context"]["starts_at"] == new_start.isoformat()
@@ -418,9 +419,7 @@ def test_a_class_cancelled_then_scheduled_again_is_reminded_once_more(database, 
     assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 0  # nothing to book
     _class_event(database, start, now + timedelta(minutes=1))
     assert _class_now(database) == (start, ClassStatus.SCHEDULED)
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
-    assert _relay(database, settings, after) == ["sent"]
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _sent_once_more(database, settings, after)
     ended, fresh = _mails(database)
     assert ended.status.value == "expired" and ended.last_error.startswith("class cancelled")
     assert (fresh.status.value, fresh.payload["context"]["class_id"]) == ("sent", "gc_SFZ_2_0")
@@ -476,9 +475,7 @@ def test_a_reminder_listing_a_class_that_moved_is_not_sent_and_the_step_is_remin
     assert queued.status.value == "expired" and _moves(database, queued.id)[-1] == ("pending", "expired", "class moved")
     after = now + timedelta(minutes=5)
     assert _relay(database, settings, after) == []
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after) == 1
-    assert _relay(database, settings, after) == ["sent"]
-    assert send_reminders(unit_of_work=database.session_scope, settings=settings, now=after + timedelta(hours=1)) == 0
+    _sent_once_more(database, settings, after)
     _, fresh = _mails(database)
     assert fresh.payload["context"]["class_id"] == "gc_SFZ_2_0"
     assert _listed(fresh) == {"gc_SFZ_2_0": starts["gc_SFZ_2_0"].isoformat(), "gc_SFZ_2_1": new_start.isoformat()}
