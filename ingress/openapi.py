@@ -13,16 +13,19 @@ from typing import Any, get_args
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from db.enums import BundleKind, CreditType, LedgerEntryType, ProgramStatus
+from db.enums import (BundleKind, CreditType, DisputeStatus, EnrollmentStatus, InboxSource, InboxStatus,
+                      LedgerEntryType, ProgramStatus, ProgressStatus, PurchaseStatus)
 from ingress import limits
 from ingress.errors import CONFLICT_MESSAGE
 from tasks.admins.accounts import MIN_PASSWORD_LENGTH, ROLES
 from tasks.admins.audit import MAX_REASON
+from tasks.catalog import publishing
 from tasks.catalog.changes import MAX_LISTED
 from tasks.catalog.services import CODE_PATTERN, MAX_STEPS, PRICE_ID_PATTERN, CourseIn, CreditsIn, PackageIn, StepIn
 from tasks.events import PLATFORM_DATA
 from tasks.ledger.adjustments import MAX_ADJUSTMENT
 from tasks.messaging.outbound_events import OUTBOUND_DATA
+from tasks.purchases import evidence
 from tasks.reporting.timeline import KINDS as TIMELINE_KINDS
 
 bp = Blueprint("openapi", __name__)
@@ -31,8 +34,8 @@ REF = "#/components/schemas/{model}"
 JSON = "application/json"
 
 
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
+def ref(name: str, description: str | None = None) -> dict:
+    return {"$ref": f"#/components/schemas/{name}", **({"description": description} if description else {})}
 
 
 def _obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
@@ -61,6 +64,8 @@ ENROLLMENT_STATUS = {"enum": ["pending", "active", "suspended", "revoked", "comp
                                     "(nothing granted)"}
 NULLABLE_INT = {"type": ["integer", "null"]}
 DATETIME = {"type": "string", "format": "date-time"}
+# every kind of credit, each with its count (zeros included)
+CREDIT_BALANCES = _obj({t.value: {"type": "integer"} for t in CreditType}, additionalProperties=False)
 PRICE = _obj({"amount": {"type": "integer", "description": "minor units; that of stripe_price_id, the price a "
                                                               "checkout charges (an edit shows once published)"},
               "currency": {"type": "string"},
@@ -93,18 +98,24 @@ SCHEMAS: dict[str, dict] = {
                                                                  "quantity": {"type": "integer"}})},
                      "validity_days": NULLABLE_INT}),
     "PackageList": _obj({"packages": {"type": "array", "items": ref("Package")}}),
-    "StudentCourses": _obj({"student_id": {"type": "string"}, "enrollments": {"type": "array", "items": _obj({
-        "id": {"type": "integer"}, "course_code": {"type": "string"}, "status": ENROLLMENT_STATUS,
-        "steps": {"type": "array", "items": _obj({
+    "Enrollment": _obj({
+        "id": {"type": "integer"}, "course_code": {"type": "string"}, "course_title": {"type": "string"},
+        "status": ENROLLMENT_STATUS,
+        "purchased_at": {**NULLABLE_STR, "format": "date-time",
+                         "description": "when the enrollment was recorded (its checkout, or by hand)"},
+        "steps": {"type": "array", "description": "its progress on the course's live steps, in order", "items": _obj({
             "course_step_id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
-            "status": {"enum": ["unbooked", "booked", "completed", "missed", "cancelled"]},
-            "booking_id": NULLABLE_STR, "class_id": NULLABLE_STR, "skipped_ahead": {"type": "boolean"}},
-            ["course_step_id", "label", "position", "status", "booking_id", "class_id", "skipped_ahead"])},
+            "title": NULLABLE_STR, "status": {"enum": [s.value for s in ProgressStatus]},
+            "booking_id": NULLABLE_STR, "class_id": {**NULLABLE_STR, "description": "the class booked or attended"},
+            "skipped_ahead": {"type": "boolean", "description": "booked while an earlier step was still unbooked"}})},
         "next_step": {"oneOf": [{"type": "null"}, _obj({"course_step_id": {"type": "integer"},
-                                                        "label": {"type": "string"}})]},
-        "completed_steps": {"type": "integer"},
-        "credits": {"type": "object", "additionalProperties": {"type": "integer"}}},
-        ["id", "course_code", "status", "steps", "next_step", "completed_steps", "credits"])}}),
+                                                        "label": {"type": "string"}})],
+                      "description": "the first step unbooked or missed; null when there is none"},
+        "completed_steps": {"type": "integer"}, "total_steps": {"type": "integer"},
+        "credits": {**CREDIT_BALANCES, "description": "the unexpired credits left of the enrollment's bundle, "
+                                                     "by kind"}}),
+    "StudentCourses": _obj({"student_id": {"type": "string"},
+                            "enrollments": {"type": "array", "items": ref("Enrollment")}}),
     "Credits": _obj({"student_id": {"type": "string"},
                      "balances": {"type": "object", "additionalProperties": {"type": "integer"}}}),
     "CreditStatement": _obj({
@@ -150,7 +161,6 @@ SCHEMAS: dict[str, dict] = {
                                       {"type": "object", "additionalProperties": {"type": "integer"}}]}}),
     "EventFeed": _obj({"events": {"type": "array", "items": ref("OutboundEvent")},
                        "next": {"type": "string", "description": "the cursor to pass as `after` next time"}}),
-    "AnyObject": {"type": "object"},
     # the studio's manual operations: each says why (`reason`, for the audit log); no other field is taken
     "EnrollByHand": _closed({"student_id": ID_64, "course_code": ID_64, "reason": REASON,
                              "grant_bundle": {"type": "boolean"}},
@@ -286,8 +296,12 @@ CATALOG_SCHEMAS: dict[str, dict] = {
             "target": NULLABLE_STR, "status": {"type": "string"}, "stripe_id": NULLABLE_STR,
             "idempotency_key": {"type": "string"}, "last_error": NULLABLE_STR, "created_at": NULLABLE_STR})},
         "drift": {"type": "array", "items": ref("Drift")}}),
-    "Drift": _obj({"id": {"type": "integer"}, "stripe_object_id": {"type": "string"}, "field": {"type": "string"},
-                   "expected": {}, "actual": {}, "event_id": NULLABLE_STR, "detected_at": DATETIME}),
+    "Drift": _obj({"id": {"type": "integer"}, "stripe_object_id": {"type": "string"},
+                   "field": {"type": "string", "description": "the Stripe object's field that differs"},
+                   "expected": {**NULLABLE_STR, "description": "what the catalog says, as text"},
+                   "actual": {**NULLABLE_STR, "description": "what Stripe holds, as text"},
+                   "event_id": {**NULLABLE_STR, "description": "the Stripe event that showed it"},
+                   "detected_at": DATETIME}),
     "AdminCourse": _obj({
         "code": {"type": "string"}, "title": {"type": "string"}, "description": NULLABLE_STR,
         "marketing_copy": NULLABLE_STR, "timezone": {"type": "string"},
@@ -389,6 +403,182 @@ PEOPLE_SCHEMAS["TokenCreated"] = {**PEOPLE_SCHEMAS["TokenView"], "properties": {
     "required": [*PEOPLE_SCHEMAS["TokenView"]["required"], "token"]}
 SCHEMAS.update(PEOPLE_SCHEMAS)
 
+# --------------------------------------------------------------------------- the admin API's other answers
+# What each handler answers (ingress/admin_*.py, ingress/health.py, ingress/dashboard.py) from the views of
+# tasks.*; `tests.conftest.contract_checked` holds every JSON answer under /admin/ (but the pages) to them.
+EVIDENCE_STATUS = [evidence.DRAFT, evidence.SUBMITTING, evidence.SUBMITTED, evidence.FAILED]
+REFUND_STATUS = ["pending", "succeeded", "failed"]  # tasks.purchases.manual: AdminRefund.status
+MONEY_FIGURES = _obj({
+    "sales": {"type": "integer"}, "subtotal": {"type": "integer", "description": "before discounts and exclusive tax"},
+    "discount": {"type": "integer"}, "tax": {"type": "integer"}, "total": {"type": "integer",
+                                                                         "description": "what was charged"},
+    "refunded": {"type": "integer"},
+    "net": {"type": "integer", "description": "what was kept (total - refunded) less its share of the tax"}},
+    description="minor units of one currency")
+REVENUE = _obj({"gross": {"type": "integer"}, "refunded": {"type": "integer"}, "net": {"type": "integer"}},
+               description="minor units, in the listing's own currency (sales in another are in "
+                           "revenue_by_currency only)")
+REVENUE_BY_CURRENCY = {"type": "object", "additionalProperties": MONEY_FIGURES,
+                       "description": "per lower-case currency of the sales (\"\" for a sale with none recorded); "
+                                      "never summed across currencies"}
+ADMIN_SCHEMAS: dict[str, dict] = {
+    # GET /healthz, GET /readyz
+    "Health": _obj({"status": {"const": "ok"}}),
+    "Ready": _obj({"status": {"const": "ready"}}),
+    "NotReady": _obj({
+        "status": {"const": "unavailable"},
+        "error": _obj({"code": {"const": "not_ready"},
+                       "message": {"type": "string", "description": "what is unavailable (with the details "
+                                                                    "only for a bearer ADMIN_TOKEN)"}}),
+        "checks": {"type": "object", "properties": {"database": {"type": "string"}, "broker": {"type": "string"}},
+                   "additionalProperties": False,
+                   "description": "only for a bearer ADMIN_TOKEN: each failed check with its error"}},
+        ["status", "error"]),
+    # the catalog's deletes and publishing
+    "CatalogDeleted": _obj({"code": {"type": "string"}, "deleted": {"const": True}}),
+    "PublishQueued": _obj({
+        "kind": {"enum": [publishing.COURSE, publishing.PACKAGE]}, "code": {"type": "string"},
+        "publishing": {"const": True},
+        "status_url": {"type": "string", "description": "the course or package (`/admin/courses/{code}` or "
+                                                        "`/admin/packages/{code}`): its `stripe` object says how "
+                                                        "the publish went"}}),
+    "DriftList": _obj({"drift": {"type": "array", "items": ref("Drift"),
+                                 "description": "the differences not resolved yet, newest first (at most 100)"}}),
+    # enrollments (the view is `Enrollment`, as the read API answers it)
+    "Provisioned": _obj({
+        "progress_created": {"type": "integer", "description": "progress rows created: steps the enrollment lacked"},
+        "step_ids": {"type": "array", "items": {"type": "integer"}, "description": "the steps of those rows"},
+        "credits_granted": {"type": "object", "propertyNames": {"enum": [t.value for t in CreditType]},
+                            "additionalProperties": {"type": "integer"},
+                            "description": "bundle credits granted now, by kind (only the kinds granted)"}},
+        description="what was created; nothing that existed is created twice"),
+    "Refulfilled": _obj({"refulfilled": {"const": True}, "created": ref("Provisioned"),
+                         "enrollment": ref("Enrollment")}),
+    "EnrolledByHand": _obj({"enrollment": ref("Enrollment"), "created": ref("Provisioned")}),
+    "EnrollmentMoved": _obj({"enrollment": ref("Enrollment", "the enrollment as it now stands")}),
+    "RefundPreview": _obj({
+        "preview": {"const": True}, "enrollment_id": {"type": "integer"},
+        "amount": {"type": "integer", "description": "minor units: what the refund would take back"},
+        "currency": NULLABLE_STR,
+        "refundable": {"type": "integer", "description": "minor units left to refund, less the refunds still "
+                                                         "pending"},
+        "keep_access": {"type": "boolean"},
+        "enrollment_status": _obj({"from": {"enum": [s.value for s in EnrollmentStatus]},
+                                   "to": {"enum": [s.value for s in EnrollmentStatus]}}),
+        "credits": {"type": "array", "description": "the ledger entries the refund would write", "items": _obj({
+            "kind": {"enum": [t.value for t in CreditType]}, "quantity": {"type": "integer"},
+            "entry_type": {"enum": [t.value for t in LedgerEntryType]},
+            "lot": {**NULLABLE_INT, "description": "the grant the entry draws on; null for a grant"}})},
+        "steps": {"type": "array", "description": "the progress rows whose status would change", "items": _obj({
+            "progress_id": {"type": "integer"}, "label": {"type": "string"},
+            "from": {"enum": [s.value for s in ProgressStatus]}, "to": {"enum": [s.value for s in ProgressStatus]},
+            "booking_id": NULLABLE_STR})},
+        "bookings": {"type": "array", "description": "a revocation: the active bookings the platform is told to "
+                                                     "cancel (empty otherwise)",
+                     "items": _obj({"booking_id": {"type": "string"}, "change": {"type": "string"}})}}),
+    "AdminRefund": _obj({
+        "id": {"type": "integer"}, "enrollment_id": {"type": "integer"},
+        "amount": {"type": "integer", "description": "minor units"}, "currency": NULLABLE_STR,
+        "keep_access": {"type": "boolean"}, "reason": {"type": "string"},
+        "actor": {"type": "string", "description": "the admin who asked (an e-mail, or ADMIN_TOKEN)"},
+        "status": {"enum": REFUND_STATUS, "description": "pending: the outcome is unknown (send the same request "
+                                                         "with the same Idempotency-Key)"},
+        "stripe_refund_id": NULLABLE_STR, "last_error": NULLABLE_STR}),
+    "Refunded": _obj({"refund": ref("AdminRefund", "the admin refund, `succeeded`"),
+                      "enrollment": ref("Enrollment", "the enrollment after the refund was applied")}),
+    "RefundNotMade": {"allOf": [ref("Error"), _obj({"refund": ref("AdminRefund", "`failed` (402) or `pending` "
+                                                                                "(502)")})]},
+    "CreditsAdjusted": _obj({
+        "student_id": {"type": "string"},
+        "entries": {"type": "array", "description": "the ledger entries the adjustment made, in order", "items": _obj({
+            "id": {"type": "integer"}, "kind": {"enum": [t.value for t in CreditType]},
+            "entry_type": {"enum": [t.value for t in LedgerEntryType],
+                           "description": "grant (added) or revoke (taken, from the soonest-expiring lots)"},
+            "quantity": {"type": "integer", "description": "+ adds to the balance, - takes from it"},
+            "cause": {"type": "string", "description": "`adjustment:<audit entry id>`"},
+            "expires_at": {**NULLABLE_STR, "format": "date-time"}})},
+        "balances": {**CREDIT_BALANCES, "description": "the student's usable balances after it"}}),
+    # the inbox
+    "InboxEvent": _obj({
+        "id": {"type": "integer"}, "source": {"enum": [s.value for s in InboxSource]},
+        "event_id": {"type": "string", "description": "the sender's id of the event"}, "type": {"type": "string"},
+        "subject": {**NULLABLE_STR, "description": "what the event is about (events on one subject run in order)"},
+        "status": {"enum": [s.value for s in InboxStatus]}, "received_at": DATETIME,
+        "processed_at": {**NULLABLE_STR, "format": "date-time"}, "attempts": {"type": "integer"},
+        "last_error": NULLABLE_STR,
+        "waiting_for": {**NULLABLE_STR,
+                        "description": "a waiting event: what it waits for (`payment:pi_…`, `booking:…`)"},
+        "payload_pruned": {"type": "boolean", "description": "its raw payload was pruned (RETENTION_DAYS or the "
+                                                             "student's erasure): it cannot be replayed"}}),
+    "InboxEventList": _obj({"events": {"type": "array", "items": ref("InboxEvent"), "description": "newest first"}}),
+    "Replayed": _obj({"replayed": {"const": True}, "event": ref("InboxEvent", "the event, back to pending")}),
+    # the course report (`?format=csv` answers text/csv)
+    "CourseReport": _obj({
+        "generated_at": DATETIME,
+        "courses": {"type": "array", "description": "every live course, drafts included, by code", "items": _obj({
+            "course_code": {"type": "string"}, "title": {"type": "string"},
+            "status": {"enum": [s.value for s in ProgramStatus]}, "currency": {"type": "string"},
+            "enrollments": _obj({s.value: {"type": "integer"} for s in EnrollmentStatus},
+                                description="enrollments by status, zeros included"),
+            "enrollments_total": {"type": "integer"},
+            "paid": {"type": "integer", "description": "enrollments whose payment settled (active, suspended, "
+                                                       "completed, revoked)"},
+            "completion_rate": {"type": "number", "description": "completed / paid, 4 places (0 with none paid)"},
+            "revenue": REVENUE, "revenue_by_currency": REVENUE_BY_CURRENCY,
+            "steps": {"type": "array", "items": _obj({
+                "course_step_id": {"type": "integer"}, "label": {"type": "string"}, "position": {"type": "integer"},
+                "title": NULLABLE_STR,
+                "booked": {"type": "integer", "description": "enrollments whose step is booked, completed or missed "
+                                                           "now (a revocation's cancelled steps leave it)"},
+                "completed": {"type": "integer"}, "missed": {"type": "integer"},
+                "skipped_ahead": {"type": "integer", "description": "bookings made while an earlier step was "
+                                                                    "unbooked"}})},
+            "skipped_ahead": {"type": "integer", "description": "the steps' skipped_ahead, summed"}})},
+        "packages": {"type": "array", "description": "every live credit package, by code", "items": _obj({
+            "package_code": {"type": "string"}, "title": {"type": "string"}, "currency": {"type": "string"},
+            "credit_type": {"enum": [t.value for t in CreditType]}, "quantity": {"type": "integer"},
+            "purchases": _obj({s.value: {"type": "integer"} for s in PurchaseStatus},
+                              description="purchases by status, zeros included"),
+            "purchases_total": {"type": "integer"},
+            "paid": {"type": "integer", "description": "purchases paid or refunded"},
+            "revenue": REVENUE, "revenue_by_currency": REVENUE_BY_CURRENCY})}}),
+    # dispute evidence
+    "DisputeEvidence": _obj({
+        "dispute_id": {"type": "string", "description": "Stripe's (`dp_…`)"},
+        "status": {"enum": [s.value for s in DisputeStatus]},
+        "stripe_status": {**NULLABLE_STR, "description": "Stripe's own word (needs_response, …)"},
+        "amount": {**NULLABLE_INT, "description": "minor units"}, "currency": NULLABLE_STR,
+        "reason": NULLABLE_STR, "enrollment_id": {**NULLABLE_INT, "description": "null: a package purchase's"},
+        "payment_intent": NULLABLE_STR, "evidence_due_by": {**NULLABLE_STR, "format": "date-time"},
+        "evidence_status": {"enum": EVIDENCE_STATUS,
+                            "description": "failed: the last submission did not reach Stripe or was refused "
+                                           "(submit again)"},
+        "evidence": {"type": "object", "properties": {name: {"type": "string"} for name in evidence.FIELDS},
+                     "additionalProperties": False,
+                     "description": "Stripe's evidence fields: a fresh draft until submitted, then what was sent"},
+        "files": {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "evidence field -> the id of the Stripe file uploaded for it"},
+        "submitted_at": {**NULLABLE_STR, "format": "date-time"},
+        "error": {**NULLABLE_STR, "description": "why the last submission failed"}}),
+    "EvidenceNotSubmitted": {"allOf": [ref("Error"), _obj({"evidence": ref("DisputeEvidence")})]},
+    # admin accounts, tokens and the audit log
+    "Me": _obj({"actor": {"type": "string", "description": "the admin's e-mail, or ADMIN_TOKEN"},
+                "role": {"enum": list(ROLES)},
+                "tokens": {"type": "array", "items": ref("TokenView"),
+                           "description": "the admin's personal tokens (none for ADMIN_TOKEN)"}}),
+    "AdminRemoved": _obj({"email": {"type": "string"}, "removed": {"const": True}}),
+    "AuditEntry": _obj({
+        "id": {"type": "integer"}, "at": DATETIME,
+        "actor": {"type": "string", "description": "an admin's e-mail, ADMIN_TOKEN, or `cli:<user>`"},
+        "role": {"enum": list(ROLES)},
+        "action": {"type": "string", "description": "e.g. enrollment.refund, event.replay"},
+        "target": {**NULLABLE_STR, "description": "what it was done to (`enrollment:12`, …)"},
+        "reason": NULLABLE_STR,
+        "details": {"type": "object", "description": "what the action recorded besides (its own fields)"}}),
+    "AuditLog": _obj({"entries": {"type": "array", "items": ref("AuditEntry"), "description": "newest first"}}),
+}
+SCHEMAS.update(ADMIN_SCHEMAS)
+
 def _model_schema(model, name: str, schemas: dict) -> dict:
     schema = model.model_json_schema(ref_template=REF)
     for def_name, definition in schema.pop("$defs", {}).items():
@@ -447,11 +637,12 @@ RETRY_DEAD = ("Body, every field optional: `channel` (`mail` or `platform`), `af
               "retention, or held back by a student's erasure): there is nothing left to send.")
 
 
-def op(summary: str, *, tag: str, security=None, ok: dict | None = None, status: str = "200",
+def op(summary: str, *, tag: str, ok: dict, security=None, status: str = "200",
        body: str | None = None, query: list[dict] | None = None, headers: list[dict] | None = None,
        extra: dict | None = None, description: str | None = None) -> dict:
+    """One operation; `ok` is its success answer, always given (an integrator builds on the document alone)."""
     operation: dict[str, Any] = {"summary": summary, "tags": [tag],
-                                 "responses": {status: ok or _json("AnyObject"), **(extra or {})}}
+                                 "responses": {status: ok, **(extra or {})}}
     if description:
         operation["description"] = description
     if security is not None:
@@ -575,9 +766,10 @@ SIGNED = {"400": _json("Error", "bad signature, stale timestamp, bad JSON or a b
 OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/openapi.json"): op("This document", tag="meta", ok={"description": "OpenAPI 3.1",
                                                                   "content": {JSON: {"schema": {"type": "object"}}}}),
-    ("GET", "/healthz"): op("The process is up", tag="meta"),
-    ("GET", "/readyz"): op("Database and broker reachable (503 when not)", tag="meta",
-                           extra={"503": _json("AnyObject", "not ready")}),
+    ("GET", "/healthz"): op("The process is up", tag="meta", ok=_json("Health")),
+    ("GET", "/readyz"): op("Database and broker reachable (503 when not)", tag="meta", ok=_json("Ready"),
+                           extra={"503": _json("NotReady", "not ready: the database (unreachable or not at the "
+                                                           "migration head) or the broker")}),
     ("GET", "/metrics"): op("Prometheus metrics (text format)", tag="meta",
                             ok={"description": "text/plain exposition", "content": {"text/plain": {
                                 "schema": {"type": "string"}}}}),
@@ -652,12 +844,13 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                          tag="admin", security=ADMIN, ok=tagged(_json("AdminCourse")),
                                          extra=NOT_FOUND),
     ("DELETE", "/admin/courses/{code}"): op(
-        "Soft-delete a course", tag="admin", security=ADMIN, extra=NOT_FOUND,
+        "Soft-delete a course", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"), extra=NOT_FOUND,
         description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
                     "stay. A checkout opened for it still buys it when paid, even after a new course is made under "
                     "the same code (the session's `metadata.coursepipe_course_id` names the course sold)."),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
-                                                  status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
+                                                  status="202", ok=_json("PublishQueued", "queued"),
+                                                  extra={**NOT_FOUND, **PUBLISH_REFUSED}),
     ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN, ok=_json("AdminPackageList")),
     ("PUT", "/admin/packages/{code}"): op(
         "Create or replace a credit package", tag="admin", security=ADMIN, body="PackageWrite",
@@ -678,16 +871,21 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                           tag="admin", security=ADMIN, ok=tagged(_json("AdminPackage")),
                                           extra=NOT_FOUND),
     ("DELETE", "/admin/packages/{code}"): op(
-        "Soft-delete a credit package", tag="admin", security=ADMIN, extra=NOT_FOUND,
+        "Soft-delete a credit package", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"), extra=NOT_FOUND,
         description="The package leaves the catalog; its purchases, its Stripe product and price stay (the price "
                     "cannot be linked to another package: 409 price_in_use). A checkout opened for it still buys "
                     "it when paid, even after a new package is made under the same code."),
     ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe (queued)", tag="admin",
-                                                   security=ADMIN, status="202", extra={**NOT_FOUND, **PUBLISH_REFUSED}),
-    ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN),
+                                                   security=ADMIN, status="202", ok=_json("PublishQueued", "queued"),
+                                                   extra={**NOT_FOUND, **PUBLISH_REFUSED}),
+    ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN,
+                                       ok=_json("DriftList")),
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
-                                                                 security=ADMIN),
-    ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN,
+                                                                 security=ADMIN, ok=_json("Refulfilled"),
+                                                                 extra={"409": _json("Error", "not_fulfillable: the "
+                                                                                     "enrollment is owed nothing "
+                                                                                     "(pending, failed or revoked)")}),
+    ("GET", "/admin/events"): op("Inbox events", tag="admin", security=ADMIN, ok=_json("InboxEventList"),
                                  description="Newest first. Each event: `id`, `source`, `event_id`, `type`, "
                                              "`subject`, `status`, `received_at`, `processed_at`, `attempts`, "
                                              "`last_error`, `waiting_for`, and `payload_pruned` (its raw payload "
@@ -696,7 +894,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                         q("limit", "how many, 1 to 500 (default 50)",
                                           schema={"type": "integer", "minimum": 1, "maximum": 500})]),
     ("POST", "/admin/events/{inbox_id}/replay"): op(
-        "Replay an inbox event (queued)", tag="admin", security=ADMIN, status="202",
+        "Replay an inbox event (queued)", tag="admin", security=ADMIN, status="202", ok=_json("Replayed", "queued"),
         description="Puts a failed, waiting or ignored event back to pending and queues it. An event's raw payload "
                     "is pruned once it is older than RETENTION_DAYS (processed, ignored and failed ones alike) or "
                     "when its student is erased; such an event (`payload_pruned: true` in `GET /admin/events`) "
@@ -706,7 +904,11 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("POST", "/admin/outbox/retry-dead"): op("Dead outbox messages due again, 10,000 a call", tag="admin", security=ADMIN,
                                              ok=_json("RetriedDead"), description=RETRY_DEAD),
     ("GET", "/admin/reports/courses"): op("Per course: enrollments by status, completion, revenue", tag="admin",
-                                          security=ADMIN, query=[q("format", "json (default) or csv")]),
+                                          security=ADMIN, query=[q("format", "json (default) or csv")],
+                                          ok={"description": "the report: JSON, or with `format=csv` one row per "
+                                                             "course and step",
+                                              "content": {JSON: {"schema": ref("CourseReport")},
+                                                          "text/csv": {"schema": {"type": "string"}}}}),
     ("GET", "/admin/"): op("The ops dashboard (login form session)", tag="dashboard", ok=HTML,
                            extra={"302": REDIRECT}),
     ("GET", "/admin/login"): op("Dashboard login form", tag="dashboard", ok=HTML),
@@ -733,16 +935,20 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         extra={"400": _json("Error", "validation_failed: weeks out of range")}),
     ("GET", "/admin/disputes/{dispute_id}/evidence"): op(
         "The evidence drafted for a dispute (service date, access log, customer communication, receipt, summary)",
-        tag="admin", security=ADMIN, extra=NOT_FOUND),
+        tag="admin", security=ADMIN, ok=_json("DisputeEvidence"), extra=NOT_FOUND),
     ("POST", "/admin/disputes/{dispute_id}/evidence/submit"): op(
         "Submit the drafted evidence to Stripe (intent -> call -> outcome)", tag="admin", security=ADMIN,
-        extra={**NOT_FOUND, "409": _json("Error", "the dispute is closed"),
-               "502": _json("Error", "stripe_refused: Stripe refused the submission; submit again")}),
+        ok=_json("DisputeEvidence", "submitted: the evidence as sent"),
+        extra={**NOT_FOUND, "409": _json("Error", "dispute_closed: the dispute is closed; or submission_in_progress: "
+                                                  "another submission began less than 5 minutes ago"),
+               "503": _json("Error", "stripe_not_configured: STRIPE_API_KEY is not set"),
+               "502": _json("EvidenceNotSubmitted", "stripe_refused: Stripe refused the submission (the "
+                                                    "evidence, `failed`); submit again")}),
     ("GET", "/admin/ui/disputes/{dispute_id}"): op("One dispute and its evidence (page)", tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/disputes/{dispute_id}/submit"): op("Submit the evidence (form)", tag="dashboard",
                                                            ok=REDIRECT, status="302"),
     # admin accounts, roles and the audit log (viewer reads; operator acts; owner manages admins)
-    ("GET", "/admin/me"): op("Who the bearer is, and its role", tag="admin", security=ADMIN),
+    ("GET", "/admin/me"): op("Who the bearer is, and its role", tag="admin", security=ADMIN, ok=_json("Me")),
     ("GET", "/admin/admins"): op("Admin accounts (owner)", tag="admin", security=ADMIN, ok=_json("AdminList")),
     ("POST", "/admin/admins"): op(
         "Add an admin account (owner)", tag="admin", security=ADMIN, body="AdminWrite", status="201",
@@ -750,24 +956,29 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         extra={"400": _json("Error", "validation_failed: the field is named (an unknown field too); nothing added"),
                "409": _json("Error", "conflict: an admin with that e-mail exists")}),
     ("DELETE", "/admin/admins/{email}"): op("Remove an admin account (owner)", tag="admin", security=ADMIN,
-                                            extra=NOT_FOUND),
+                                            ok=_json("AdminRemoved"), extra=NOT_FOUND),
     ("POST", "/admin/tokens"): op("Create a personal API token (shown once)", tag="admin", security=ADMIN,
                                   body="TokenWrite", status="201", ok=_json("TokenCreated", "created"),
                                   extra={**NO_ACCOUNT, "400": _json("Error", "validation_failed: name")}),
     ("DELETE", "/admin/tokens/{token_id}"): op("Revoke a personal API token", tag="admin", security=ADMIN,
+                                               ok=_json("TokenView", "revoked (a repeat answers the same)"),
                                                extra={**NOT_FOUND, **NO_ACCOUNT}),
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
+                                ok=_json("AuditLog"),
                                 query=[q("actor", "an admin's email"), q("action", "the action"),
                                        q("target", "what it was done to (`enrollment:12`, …)"),
                                        q("limit", "how many, 1 to 500 (default 100)",
                                          schema={"type": "integer", "minimum": 1, "maximum": 500})]),
     # manual operations, each with a required reason and an audit entry (operator)
     ("POST", "/admin/enrollments"): op("Enrol a student by hand (with or without the bundle)", tag="admin",
-                                       security=ADMIN, body="EnrollByHand", status="201", extra=NOT_FOUND),
+                                       security=ADMIN, body="EnrollByHand", status="201",
+                                       ok=_json("EnrolledByHand", "enrolled"), extra=NOT_FOUND),
     ("POST", "/admin/enrollments/{enrollment_id}/revoke"): op("Revoke an enrollment by hand", tag="admin",
-                                                              security=ADMIN, body="Reason", extra=NOT_FOUND),
+                                                              security=ADMIN, body="Reason",
+                                                              ok=_json("EnrollmentMoved"), extra=NOT_FOUND),
     ("POST", "/admin/enrollments/{enrollment_id}/reinstate"): op("Reinstate an enrollment by hand", tag="admin",
                                                                  security=ADMIN, body="Reason",
+                                                                 ok=_json("EnrollmentMoved"),
                                                                  extra={**NOT_FOUND, "409": _json(
                                                                      "Error", "not_allowed: not revoked or suspended, "
                                                                      "refunded in full, a dispute lost, or never "
@@ -777,17 +988,18 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         "Refund (preview first; keep_access for a goodwill refund)", tag="admin", security=ADMIN, body="RefundByHand",
         headers=[h("Idempotency-Key", "a retry with the same key reuses the refund asked for: never a second one",
                  max_length=128)],
-        ok=_json("AnyObject", "the preview (`\"preview\": true`): what the refund would change"),
+        ok=_json("RefundPreview", "the preview (`\"preview\": true`): what the refund would change"),
         extra={**NOT_FOUND, "409": _json("Error", "not_refundable, not_allowed (the key was used for another "
                                                   "enrollment), or idempotency_key_reused (with another amount "
                                                   "or keep_access)"),
-               "201": _json("AnyObject", "refunded: the admin refund (`succeeded`) and the enrollment"),
+               "201": _json("Refunded", "refunded: the admin refund (`succeeded`) and the enrollment"),
                "503": _json("Error", "stripe_not_configured: STRIPE_API_KEY is not set"),
-               "402": _json("Error", "stripe_refused: Stripe refused the refund (recorded failed)"),
-               "502": _json("Error", "stripe_unavailable: the outcome is unknown (recorded pending); send the "
-                                     "same request with the same Idempotency-Key")}),
+               "402": _json("RefundNotMade", "stripe_refused: Stripe refused the refund (recorded failed)"),
+               "502": _json("RefundNotMade", "stripe_unavailable: the outcome is unknown (recorded pending); send "
+                                             "the same request with the same Idempotency-Key")}),
     ("POST", "/admin/students/{student_id}/credits"): op(
         "Adjust a student's credits (±, expiry)", tag="admin", security=ADMIN, body="CreditAdjustment", status="201",
+        ok=_json("CreditsAdjusted", "adjusted (or, the same Idempotency-Key again, the adjustment it made)"),
         headers=[h("Idempotency-Key", "the same key with the same body answers the adjustment it made: never a "
                                       "second one", max_length=128)],
         extra={**NOT_FOUND, "409": _json("Error", "not_enough_credit, or idempotency_key_reused (with another "
