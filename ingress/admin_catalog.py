@@ -10,7 +10,9 @@ whose progress, bookings or bundle it touches, and what the real save would refu
 answers 202: the `publish_listing` actor makes the Stripe calls (outside any request and transaction).
 GET of one course or package answers an `ETag` (`tasks.catalog.versions`); a PUT (its dry run too) honours
 `If-Match` and `If-None-Match`, checked under the row's lock in the save's transaction (412 `precondition_failed`,
-nothing changed), and answers the saved state's `ETag`. Without them a PUT is unconditional.
+nothing changed), and answers the saved state's `ETag`. Without them a PUT is unconditional. A GET with
+If-None-Match naming the current ETag answers 304 Not Modified; DELETE honours both conditions as PUT does, and
+publishing checks them when it is asked for.
 """
 from __future__ import annotations
 
@@ -87,6 +89,23 @@ def _tagged(view: dict, body: dict | None = None, status: int = 200):
     return response
 
 
+def _conditional_read(view: dict):
+    """A GET of one course or package under the request's conditions: If-None-Match naming its ETag (or `*`)
+    answers 304 Not Modified, with the ETag and no body (the caller's copy is current); If-Match not naming it
+    answers 412, as a write would."""
+    conditions = _conditions()
+    tag = versions.entity_tag(view)
+    if conditions.if_match is not None and versions.ANY not in conditions.if_match and tag not in conditions.if_match:
+        raise versions.PreconditionFailed("it has changed since the ETag that If-Match names was read: GET it "
+                                          "without If-Match")
+    if conditions.if_none_match is not None and (versions.ANY in conditions.if_none_match
+                                                 or tag in conditions.if_none_match):
+        response = current_app.response_class(status=304)
+        response.set_etag(tag)
+        return response
+    return _tagged(view)
+
+
 # --------------------------------------------------------------------------- courses
 
 
@@ -134,13 +153,16 @@ def put_course(code: str):
 @require_role("viewer")
 def get_course(code: str):
     with _runtime().db.session_scope() as session:
-        return _tagged(versions.course_view(session, catalog.get_program(session, code)))
+        view = versions.course_view(session, catalog.get_program(session, code))
+    return _conditional_read(view)
 
 
 @bp.delete("/courses/<code>")
 @require_role("owner")
 def delete_course(code: str):
+    conditions = _conditions()
     with _runtime().db.session_scope() as session:
+        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions)
         catalog.delete_course(session=session, code=code)
         roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
@@ -180,13 +202,16 @@ def put_package(code: str):
 @require_role("viewer")
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
-        return _tagged(versions.package_view(session, catalog.get_package(session, code)))
+        view = versions.package_view(session, catalog.get_package(session, code))
+    return _conditional_read(view)
 
 
 @bp.delete("/packages/<code>")
 @require_role("owner")
 def delete_package(code: str):
+    conditions = _conditions()
     with _runtime().db.session_scope() as session:
+        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions)
         catalog.delete_package(session=session, code=code)
         roles.record_action(session, "package.delete", f"package:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
@@ -202,7 +227,14 @@ def publish_package(code: str):
 
 
 def _publish(kind: str, code: str):
-    queue_publish(kind, code, roles.reason_of(json_object(optional=True)))
+    """Queue the publish; If-Match / If-None-Match are checked against the course or package as it stands when
+    the publish is asked for (a save after that, before the worker runs, is published with it)."""
+    conditions = _conditions()
+    reason = roles.reason_of(json_object(optional=True))
+    if conditions:
+        with _runtime().db.session_scope() as session:
+            versions.require(session, kind=kind, code=code, conditions=conditions, lock=False)
+    queue_publish(kind, code, reason)
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202
 

@@ -743,6 +743,29 @@ CONDITIONS = [
     h("If-None-Match", "`*`: create only, 412 when it exists; entity tags: 412 when the current one is among "
                        "them. Absent: unconditional"),
 ]
+READ_CONDITIONS = [
+    h("If-None-Match", "entity tags as `ETag` answered them (weak comparison), or `*`: when the course or package "
+                       "still has one of them, 304 Not Modified with the `ETag` and no body (the copy held is "
+                       "current). Absent: the view"),
+    h("If-Match", "entity tags (strong comparison) or `*`: when the course or package has none of them, 412 "
+                  "precondition_failed. Absent: the view"),
+]
+NOT_MODIFIED = {"304": {"description": "not modified: If-None-Match names the current ETag (no body)",
+                        "headers": ETAG}}
+DELETE_CONDITIONS = [
+    h("If-Match", "`*`, or entity tags as GET's `ETag` answered them (strong comparison): delete only if the "
+                  "course or package still has one of them; else 412 precondition_failed, nothing deleted. "
+                  "Absent: unconditional"),
+    h("If-None-Match", "entity tags: 412 when the current one is among them (`*`: always 412, it exists). "
+                       "Absent: unconditional"),
+]
+PUBLISH_CONDITIONS = [
+    h("If-Match", "`*`, or entity tags as GET's `ETag` answered them (strong comparison): queue the publish only "
+                  "if the course or package still has one of them when it is asked for (a save after that, before "
+                  "the worker runs, is published with it); else 412 precondition_failed, nothing queued. Absent: "
+                  "unconditional"),
+    h("If-None-Match", "entity tags: 412 when the current one is among them. Absent: unconditional"),
+]
 PRECONDITION_FAILED = {"412": _json("Error", "precondition_failed: If-Match names an ETag the course or package no "
                                              "longer has (a save or a publish came between), or it does not exist; "
                                              "or If-None-Match holds (it exists). Nothing changed")}
@@ -842,15 +865,18 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                      "under `blocked`)")}),
     ("GET", "/admin/courses/{code}"): op("One course (admin view): PUT it back unchanged and nothing changes",
                                          tag="admin", security=ADMIN, ok=tagged(_json("AdminCourse")),
-                                         extra=NOT_FOUND),
+                                         headers=READ_CONDITIONS,
+                                         extra={**NOT_FOUND, **NOT_MODIFIED, **PRECONDITION_FAILED}),
     ("DELETE", "/admin/courses/{code}"): op(
-        "Soft-delete a course", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"), extra=NOT_FOUND,
+        "Soft-delete a course", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"),
+        headers=DELETE_CONDITIONS, extra={**NOT_FOUND, **PRECONDITION_FAILED},
         description="The course leaves the catalog and the read API; its enrollments, its Stripe product and price "
                     "stay. A checkout opened for it still buys it when paid, even after a new course is made under "
                     "the same code (the session's `metadata.coursepipe_course_id` names the course sold)."),
     ("POST", "/admin/courses/{code}/publish"): op("Publish a course to Stripe (queued)", tag="admin", security=ADMIN,
                                                   status="202", ok=_json("PublishQueued", "queued"),
-                                                  extra={**NOT_FOUND, **PUBLISH_REFUSED}),
+                                                  headers=PUBLISH_CONDITIONS,
+                                                  extra={**NOT_FOUND, **PUBLISH_REFUSED, **PRECONDITION_FAILED}),
     ("GET", "/admin/packages"): op("Credit packages", tag="admin", security=ADMIN, ok=_json("AdminPackageList")),
     ("PUT", "/admin/packages/{code}"): op(
         "Create or replace a credit package", tag="admin", security=ADMIN, body="PackageWrite",
@@ -869,15 +895,18 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                      "changed")}),
     ("GET", "/admin/packages/{code}"): op("One credit package: PUT it back unchanged and nothing changes",
                                           tag="admin", security=ADMIN, ok=tagged(_json("AdminPackage")),
-                                          extra=NOT_FOUND),
+                                          headers=READ_CONDITIONS,
+                                          extra={**NOT_FOUND, **NOT_MODIFIED, **PRECONDITION_FAILED}),
     ("DELETE", "/admin/packages/{code}"): op(
-        "Soft-delete a credit package", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"), extra=NOT_FOUND,
+        "Soft-delete a credit package", tag="admin", security=ADMIN, ok=_json("CatalogDeleted"),
+        headers=DELETE_CONDITIONS, extra={**NOT_FOUND, **PRECONDITION_FAILED},
         description="The package leaves the catalog; its purchases, its Stripe product and price stay (the price "
                     "cannot be linked to another package: 409 price_in_use). A checkout opened for it still buys "
                     "it when paid, even after a new package is made under the same code."),
     ("POST", "/admin/packages/{code}/publish"): op("Publish a package to Stripe (queued)", tag="admin",
                                                    security=ADMIN, status="202", ok=_json("PublishQueued", "queued"),
-                                                   extra={**NOT_FOUND, **PUBLISH_REFUSED}),
+                                                   headers=PUBLISH_CONDITIONS,
+                                                   extra={**NOT_FOUND, **PUBLISH_REFUSED, **PRECONDITION_FAILED}),
     ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN,
                                        ok=_json("DriftList")),
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",

@@ -210,3 +210,64 @@ def test_the_document_declares_the_headers_and_the_412(client):
         assert "precondition_failed" in put["responses"]["412"]["description"]
         for response in (get["responses"]["200"], put["responses"]["200"], put["responses"]["201"]):
             assert "ETag" in response["headers"]
+
+
+@pytest.mark.parametrize("kind, body", [("courses", course()), ("packages", PACKAGE)])
+def test_a_get_with_the_current_etag_is_304_and_with_an_old_one_the_view(client, admin_headers, kind, body):
+    """A client polling a course kept reading the whole view: If-None-Match was ignored."""
+    path = f"/admin/{kind}/FIVE"
+    assert client.put(path, json=body, headers=admin_headers).status_code == 201
+    view, tag = _get(client, admin_headers, path)
+    for held in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+        same = client.get(path, headers={**admin_headers, "If-None-Match": held})
+        assert (same.status_code, same.data, same.headers["ETag"]) == (304, b"", tag), held
+    assert client.put(path, json={**body, "title": "Renamed"}, headers=admin_headers).status_code == 200
+    changed = client.get(path, headers={**admin_headers, "If-None-Match": tag})
+    assert changed.status_code == 200 and changed.json["title"] == "Renamed" and changed.headers["ETag"] != tag
+    stale = client.get(path, headers={**admin_headers, "If-Match": tag})
+    assert stale.status_code == 412 and stale.json["error"]["code"] == "precondition_failed"
+    assert client.get(path, headers={**admin_headers, "If-Match": changed.headers["ETag"]}).status_code == 200
+
+
+@pytest.mark.parametrize("kind, body", [("courses", course()), ("packages", PACKAGE)])
+def test_a_delete_with_a_stale_etag_is_412_and_deletes_nothing(client, admin_headers, runtime, kind, body):
+    """DELETE ignored If-Match: an admin deleting what they had reviewed deleted whatever it had become since."""
+    path = f"/admin/{kind}/FIVE"
+    assert client.put(path, json=body, headers=admin_headers).status_code == 201
+    _, reviewed = _get(client, admin_headers, path)
+    assert client.put(path, json={**body, "title": "Changed by someone else"}, headers=admin_headers).status_code == 200
+    before, audit = snapshot(runtime.db), _audit(client, admin_headers)
+    _refused(client.delete(path, headers={**admin_headers, "If-Match": reviewed}))
+    assert snapshot(runtime.db) == before and _audit(client, admin_headers) == audit
+    _, current = _get(client, admin_headers, path)
+    deleted = client.delete(path, headers={**admin_headers, "If-Match": current})
+    assert deleted.status_code == 200 and deleted.json == {"code": "FIVE", "deleted": True}
+    assert client.get(path, headers=admin_headers).status_code == 404
+    _refused(client.delete(path, headers={**admin_headers, "If-Match": "*"}))  # gone: If-Match * cannot hold
+
+
+def test_a_publish_with_a_stale_etag_is_412_and_queues_nothing(client, admin_headers, runtime, worker,
+                                                                stripe_server):
+    assert client.put("/admin/packages/FIVE", json=PACKAGE, headers=admin_headers).status_code == 201
+    _, reviewed = _get(client, admin_headers, "/admin/packages/FIVE")
+    changed = {**PACKAGE, "price": {"amount": 1, "currency": "usd"}}
+    assert client.put("/admin/packages/FIVE", json=changed, headers=admin_headers).status_code == 200
+    audit = _audit(client, admin_headers)
+    _refused(client.post("/admin/packages/FIVE/publish", headers={**admin_headers, "If-Match": reviewed}))
+    drain(runtime)
+    assert stripe_server.prices == {} and _audit(client, admin_headers) == audit  # nothing was published
+    _, current = _get(client, admin_headers, "/admin/packages/FIVE")
+    assert client.post("/admin/packages/FIVE/publish",
+                       headers={**admin_headers, "If-Match": current}).status_code == 202
+    drain(runtime)
+    assert [p["unit_amount"] for p in stripe_server.prices.values()] == [1]
+
+
+def test_the_document_declares_the_read_delete_and_publish_conditions(client):
+    paths = client.get("/openapi.json").json["paths"]
+    for kind in ("courses", "packages"):
+        one = paths[f"/admin/{kind}/{{code}}"]
+        for operation in (one["get"], one["delete"], paths[f"/admin/{kind}/{{code}}/publish"]["post"]):
+            assert {"If-Match", "If-None-Match"} <= {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+            assert "precondition_failed" in operation["responses"]["412"]["description"]
+        assert "ETag" in one["get"]["responses"]["304"]["headers"]
