@@ -271,16 +271,20 @@ def dispute_page(dispute_id: str):
 @login_required
 def submit_dispute_evidence(dispute_id: str):
     try:
-        result = submit_or_error(_runtime(), dispute_id, roles.reason_of(request.form))
+        outcome = submit_or_error(_runtime(), dispute_id, roles.reason_of(request.form))
     except ApiError as exc:
         if exc.status == 404:
             raise
         flash(f"Evidence for {dispute_id} not submitted: {exc.message}", "error")
         return redirect(url_for("dashboard.dispute_page", dispute_id=dispute_id))
+    result = outcome.view
     audit_logger().info("dashboard dispute evidence", extra={"event": {
         "dispute_id": dispute_id, "outcome": result["evidence_status"], "error": result["error"]}})
     if result["evidence_status"] == evidence.SUBMITTED:
         flash(f"Evidence for {dispute_id} submitted to Stripe.", "ok")
+    elif outcome.unknown:
+        flash(f"Stripe could not be reached for the evidence of {dispute_id} ({result['error']}): submit it "
+              "again (nothing is sent twice).", "error")
     else:
         flash(f"Stripe refused the evidence for {dispute_id}: {result['error']}", "error")
     return redirect(url_for("dashboard.dispute_page", dispute_id=dispute_id))

@@ -972,7 +972,10 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                   "another submission began less than 5 minutes ago"),
                "503": _json("Error", "stripe_not_configured: STRIPE_API_KEY is not set"),
                "502": _json("EvidenceNotSubmitted", "stripe_refused: Stripe refused the submission (the "
-                                                    "evidence, `failed`); submit again")}),
+                                                    "evidence, `failed`; fix what it names and submit again); or "
+                                                    "stripe_unavailable: Stripe could not be reached or answered "
+                                                    "5xx (`failed`, its outcome unknown): submit again, it reads "
+                                                    "the dispute first and sends nothing twice")}),
     ("GET", "/admin/ui/disputes/{dispute_id}"): op("One dispute and its evidence (page)", tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/disputes/{dispute_id}/submit"): op("Submit the evidence (form)", tag="dashboard",
                                                            ok=REDIRECT, status="302"),

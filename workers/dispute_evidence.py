@@ -3,18 +3,28 @@
 while Stripe is called."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.purchases import evidence
 from tasks.stripe_api import stripe_client
 
 
-def submit(db, settings, stripe_dispute_id: str, *, client: Any = None) -> dict[str, Any]:
-    """Submit the evidence of one open dispute; returns the evidence view after the outcome was recorded."""
+@dataclass(frozen=True)
+class Outcome:
+    """The evidence view after the outcome was recorded; `unknown`: not submitted because Stripe could not be
+    reached (or answered 5xx), not because it refused (submitting again is safe: it reads the dispute first)."""
+
+    view: dict[str, Any]
+    unknown: bool = False
+
+
+def submit(db, settings, stripe_dispute_id: str, *, client: Any = None) -> Outcome:
+    """Submit the evidence of one open dispute."""
     client = client or stripe_client(settings, purpose="submitting dispute evidence needs it")
     with db.session_scope() as session:
         submission = evidence.begin_submission(session=session, stripe_dispute_id=stripe_dispute_id)
     sent = evidence.send(client, submission)  # outside any transaction
     with db.session_scope() as session:
         evidence.record_submission(session=session, submission=submission, sent=sent)
-        return evidence.view(session=session, stripe_dispute_id=stripe_dispute_id)
+        return Outcome(evidence.view(session=session, stripe_dispute_id=stripe_dispute_id), unknown=sent.unknown)

@@ -308,6 +308,7 @@ class Sent:
     stripe_status: str | None = None
     error: str | None = None
     held: dict[str, str] | None = None  # the text Stripe already held, submitted before this submission
+    unknown: bool = False  # not refused: Stripe could not be reached or answered 5xx (submitting again is safe)
 
 
 def send(client, submission: Submission) -> Sent:
@@ -339,6 +340,7 @@ def send(client, submission: Submission) -> Sent:
         sent.ok, sent.stripe_status = True, dispute.status
     except stripe.StripeError as exc:
         sent.error = f"{type(exc).__name__}: {exc.user_message or exc}"
+        sent.unknown = isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError))
     return sent
 
 

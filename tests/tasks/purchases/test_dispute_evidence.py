@@ -121,6 +121,23 @@ def test_the_admin_api_shows_the_evidence_and_submits_it_to_stripe_outside_any_t
         result["evidence"]
 
 
+def test_stripe_unreachable_is_not_reported_as_a_refusal_and_submitting_again_sends_once(
+        database, runtime, client, admin_headers, stripe_server):
+    """A 5xx from Stripe (its outcome unknown) answered `stripe_refused`, as if Stripe had judged the evidence."""
+    _story(database, runtime.settings)
+    stripe_server.add_dispute(id="dp_1", charge="ch_1", payment_intent="pi_d", status="needs_response")
+    from tasks.stripe_api import STRIPE_NETWORK_RETRIES
+
+    # every try of the submitting call fails: the client's own retries too
+    stripe_server.fail_next("POST", r"/v1/disputes/dp_1", status=503, times=1 + STRIPE_NETWORK_RETRIES)
+    unknown = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert unknown.status_code == 502 and unknown.get_json()["error"]["code"] == "stripe_unavailable"
+    assert unknown.get_json()["evidence"]["evidence_status"] == "failed"
+    again = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert again.status_code == 200 and again.get_json()["evidence_status"] == "submitted"
+    assert stripe_server.disputes["dp_1"]["evidence_details"]["submission_count"] == 1
+
+
 def test_a_refusal_by_stripe_is_recorded_and_can_be_submitted_again(database, runtime, client, admin_headers,
                                                                     stripe_server, caplog):
     caplog.set_level(logging.INFO, logger="coursepipe.audit")
