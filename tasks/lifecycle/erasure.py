@@ -56,9 +56,11 @@ class Erased:
     student_id: str
     mails: int
     events: int
+    pending: int = 0  # events about the student still to be applied: pruned by the retention run after they end
 
     def as_dict(self) -> dict:
-        return {"student_id": self.student_id, "mails_erased": self.mails, "events_pruned": self.events}
+        return {"student_id": self.student_id, "mails_erased": self.mails, "events_pruned": self.events,
+                "events_still_to_apply": self.pending}
 
 
 def _payments(session: Session, student_id: str) -> tuple[set[str], set[str]]:
@@ -173,9 +175,11 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
             evidence.erase_person(dispute, addresses | {name} - {None})
     subjects = _subjects(session, student_id, payments, addresses)
     _keep_subjects(session, student_id, subjects, now)
-    events = 0
-    for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects),
-                                                          InboxEvent.status.not_in(STILL_TO_APPLY))):
-        events += retention.prune_event(event, now=now)  # one that gave up waiting no longer wakes
+    events = pending = 0
+    for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects))):
+        if event.status in STILL_TO_APPLY:
+            pending += 1
+        else:
+            events += retention.prune_event(event, now=now)  # one that gave up waiting no longer wakes
     session.flush()
-    return Erased(student_id, mails, events)
+    return Erased(student_id, mails, events, pending)

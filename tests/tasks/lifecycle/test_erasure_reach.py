@@ -247,7 +247,9 @@ def test_a_checkout_still_to_apply_at_the_erasure_is_applied_without_the_address
         factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
     event = checkout(email=ADDRESS)
     inbox_id = store(database, event)
-    assert _erase(database).events == 0  # still to apply: kept for now
+    erased = _erase(database)
+    assert (erased.events, erased.pending) == (0, 1)  # still to apply: kept for now, and said so
+    assert erased.as_dict()["events_still_to_apply"] == 1
     assert run(database, inbox_id).outcome.value == "processed"
     with database.session_scope() as s:  # the purchase is the studio's record: the enrollment and its credits
         enrollment = s.scalar(select(StudentCourseEnrollment))
