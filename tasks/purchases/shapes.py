@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from tasks.catalog.services import PRICE_ID_PATTERN
 from tasks.errors import PermanentError
 from tasks.events import LAST_UNIX_TIME, stripe_id
 
@@ -117,7 +118,7 @@ def line_items_problem(checkout: dict[str, Any]) -> str | None:
 LISTING_ID = re.compile(r"[0-9]{1,18}")  # a course's or package's row id, as coursepipe's sessions carry it
 
 
-PRICE_ID = re.compile(r"price_[A-Za-z0-9]{1,58}")  # a Stripe price id, as coursepipe's sessions carry it
+PRICE_ID = re.compile(PRICE_ID_PATTERN)  # a Stripe price id, as the catalog takes one and our sessions carry it
 
 
 def sold_price(metadata: dict[str, Any]) -> str | None:

@@ -34,7 +34,7 @@ def _catalog(database):
     with database.session_scope() as s:
         program = factories.program(s, steps=4, bundle=((BundleKind.PRIVATE_CREDIT, 2), (BundleKind.GROUP_CREDIT, 1),
                                                         (BundleKind.PRIVATE_CREDIT, 1)))
-        program.stripe_price_id = "price_sfz_now"
+        program.stripe_price_id = "price_sfznow"
         step = s.scalar(sa.select(CourseStep).where(CourseStep.program_id == program.id, CourseStep.position == 2))
         step.deleted_at = utcnow()  # a removed step is not provisioned
         factories.student(s, id="stu_known", email="stored@example.test", name="Stored Name")
@@ -84,7 +84,7 @@ HISTORIES = {
         checkout(cs="cs_1", pi="pi_1", student="stu_erased", email="ada@example.test", event_id="evt_1")],
     "the course's current price named": [checkout(
         cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "SFZ",
-                                                          "coursepipe_price_id": "price_sfz_now"})],
+                                                          "coursepipe_price_id": "price_sfznow"})],
     "a price not the course's: its current price recorded": [checkout(
         cs="cs_1", pi="pi_1", event_id="evt_1", metadata={"kind": "course", "course_code": "SFZ",
                                                           "coursepipe_price_id": "price_other"})],
