@@ -118,7 +118,11 @@ def left_to_refund(session: Session, purchase: Purchase, *, asked: int = 0) -> i
     the refunds asked whose outcome is unknown (which that figure may already hold).
 
     Unlike `refunded_total`, a refund that failed is not held: its money is back with the studio, which may
-    refund it again (`refunded_total` keeps it for what it took back). With no refund failed, both agree."""
+    refund it again (`refunded_total` keeps it for what it took back). With no refund failed, both agree.
+    Stripe's total is taken to hold every refund that went through before it was reported; one reported after
+    a failure it no longer holds makes this figure too high by that refund, and Stripe refuses the excess (the
+    admin refund is recorded failed, nothing else moves): never too low, which would keep money from the
+    student."""
     row = purchase.row
     column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
     def amount(counts):

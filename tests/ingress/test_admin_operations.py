@@ -713,7 +713,8 @@ def test_a_refund_that_failed_is_left_to_refund_again(client, runtime, stripe_se
 
 def test_a_refund_only_stripe_s_total_knows_is_not_left_to_refund(client, runtime, stripe_server, operator):
     """`charge.refunded` without its list of refunds (a refund made elsewhere): its total is held, a failed refund
-    known by id beside it is not."""
+    known by id beside it is not. The total is taken to hold every refund that went through before (the failed
+    one included): were it not, the figure would be too high and Stripe would refuse the excess."""
     db = runtime.db
     enrollment_id = _purchase(db, stripe_server)
     deliver(db, refund_created(refund_id="re_f", amount=1000, event_id="evt_f_made"))
