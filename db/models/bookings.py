@@ -26,8 +26,8 @@ class Student(Timestamped, Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     # occurred_at of the newest upsert applied, so an older event never overwrites a newer state
     source_updated_at: Mapped[datetime | None]
-    # when the student's personal data was erased (tasks.lifecycle.erasure): a checkout applied later records
-    # no e-mail of its own
+    # when the student's personal data was erased (tasks.lifecycle.erasure): a checkout applied while it is set
+    # records no e-mail of its own; a later student.upserted (the student is back) clears it
     erased_at: Mapped[datetime | None]
 
 

@@ -46,9 +46,9 @@ class InboxEvent(Base):
 
 
 class ErasedSubject(Base):
-    """An inbox subject of an erased student (their profile, bookings, payments, checkouts): an event about it
-    that ends later (one still to be applied at the erasure, or one arriving after it) has its payload pruned
-    by the next retention run. Kept RETENTION_DAYS after the erasure (retention prunes everything by then)."""
+    """An inbox subject of an erased student (their profile, bookings, payments, the checkouts naming them): an
+    event about it applied or ignored later (one still to be applied at the erasure, or one arriving after it)
+    has its payload pruned by the next retention run. Kept RETENTION_DAYS after the erasure."""
 
     __tablename__ = "erased_subject"
 

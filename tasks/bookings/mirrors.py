@@ -61,6 +61,7 @@ def upsert_student(*, session: Session, data: StudentUpserted, occurred_at: date
         return student, False
     student.email, student.name, student.timezone = data.email, data.name, data.timezone
     student.source_updated_at = occurred_at
+    student.erased_at = None  # an update after an erasure: the student is back, with what the platform sent
     return student, True
 
 

@@ -14,9 +14,13 @@ A `student.upserted` that occurred before the erasure (one still in the inbox, o
 applied after it: only a later one is.
 
 An event still to be applied (pending, processing or waiting) keeps its payload until it has been: the
-student's subjects are kept (`ErasedSubject`), and the next retention run prunes the payload of any event
-about them that has ended since, one arriving after the erasure (a redelivered checkout, a refund of an
-old payment) too. A checkout applied after the erasure records no e-mail of its own (`Student.erased_at`).
+student's own subjects are kept (`ErasedSubject`: not those of checkouts that only carry their address, which
+may be another student's purchase), and the next retention run prunes the payload of any event about them
+that has been applied or ignored since, one arriving after the erasure (a redelivered checkout, a refund of a
+payment on record) too; one that failed stays replayable until it is applied, or pruned by age. A checkout
+applied while the student is erased records no e-mail of its own (`Student.erased_at`, read under a key-share
+lock, so an erasure and a fulfilment at the same moment are one after the other; a later `student.upserted`
+clears it).
 """
 from __future__ import annotations
 
@@ -85,26 +89,35 @@ def _charges(session: Session, intents: set[str]) -> set[str]:
     return charges
 
 
-def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[str]], addresses: set[str]) -> set[str]:
-    """The inbox subjects of the student's events: themselves, their bookings, their payments (by payment
-    intent, by checkout session for one without: a free checkout, and by charge for an event that names no
-    payment intent), and every checkout that names them (`client_reference_id` or `metadata.student_id`) or
-    carries one of their addresses, whatever became of it (one that failed, for a course unknown then or a
-    buyer not placed, has no purchase to lead to it)."""
+def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[str]],
+              addresses: set[str]) -> tuple[set[str], set[str]]:
+    """The inbox subjects of the student's events, in two sets.
+
+    Their own: themselves, their bookings, their payments (by payment intent, by checkout session for one
+    without: a free checkout, and by charge for an event that names no payment intent), and every checkout that
+    names them (`client_reference_id` or `metadata.student_id`), whatever became of it (one that failed, for a
+    course unknown then, has no purchase to lead to it). And the checkouts that only carry one of their
+    addresses: a buyer not placed, or another student's purchase paid with their address (a parent paying for
+    a child). Both are pruned now; only their own are kept for what ends later (another student's refund is
+    that student's)."""
     intents, sessions = payments
-    subjects = {f"student:{student_id}"}
-    subjects |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
-    subjects |= {f"payment:{ref}" for ref in intents | sessions | _charges(session, intents)}
+    own = {f"student:{student_id}"}
+    own |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
+    own |= {f"payment:{ref}" for ref in intents | sessions | _charges(session, intents)}
     checkout = InboxEvent.payload["data"]["object"]
-    named = [checkout["client_reference_id"].as_string() == student_id,
-             checkout["metadata"]["student_id"].as_string() == student_id]
+
+    def checkouts(*named):
+        return {subject for subject in session.scalars(select(InboxEvent.subject).where(
+            InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"), or_(*named)))
+            if subject}
+
+    own |= checkouts(checkout["client_reference_id"].as_string() == student_id,
+                     checkout["metadata"]["student_id"].as_string() == student_id)
+    carrying = set()
     if addresses:
-        named += [checkout["customer_details"]["email"].as_string().in_(addresses),
-                  checkout["customer_email"].as_string().in_(addresses)]
-    checkouts = select(InboxEvent.subject).where(
-        InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"), or_(*named))
-    subjects |= {subject for subject in session.scalars(checkouts) if subject}
-    return subjects
+        carrying = checkouts(checkout["customer_details"]["email"].as_string().in_(addresses),
+                             checkout["customer_email"].as_string().in_(addresses)) - own
+    return own, carrying
 
 
 def _keep_subjects(session: Session, student_id: str, subjects: set[str], now) -> None:
@@ -173,8 +186,9 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     if disputes:
         for dispute in session.scalars(select(PaymentDispute).where(or_(*disputes)).with_for_update()):
             evidence.erase_person(dispute, addresses | {name} - {None})
-    subjects = _subjects(session, student_id, payments, addresses)
-    _keep_subjects(session, student_id, subjects, now)
+    own, carrying = _subjects(session, student_id, payments, addresses)
+    _keep_subjects(session, student_id, own, now)
+    subjects = own | carrying
     events = pending = 0
     for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects))):
         if event.status in STILL_TO_APPLY:

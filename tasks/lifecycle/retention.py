@@ -20,8 +20,9 @@ arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
 
 An erased student's subjects (`ErasedSubject`, written by `tasks.lifecycle.erasure`) are pruned whatever their
-age: an event about them that ended since the erasure (still to be applied then, or arriving later) is pruned
-by the next run. A subject is kept RETENTION_DAYS after its erasure; by then the age rule covers the rest.
+age: an event about them applied or ignored since the erasure (still to be applied then, or arriving later)
+is pruned by the next run; one that failed stays replayable, as any failed row, until it is applied or pruned
+by age. A subject is kept RETENTION_DAYS after its erasure; an event about it arriving later is pruned by age.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ METADATA_FACTS = ("kind", "course_code", "package_code")
 
 # inbox rows that ended: their payload is pruned once older than RETENTION_DAYS (db.models.inbox.EVENTS_TO_PRUNE)
 ENDED_EVENTS = (InboxStatus.PROCESSED, InboxStatus.IGNORED, InboxStatus.FAILED)
+APPLIED_EVENTS = (InboxStatus.PROCESSED, InboxStatus.IGNORED)  # ended, and not to be replayed
 
 # transitions that are delivery mechanics, not facts: pruned once their message ended
 DELIVERY_ENTITY = OUTBOX.entity
@@ -153,11 +155,12 @@ def prune(*, session: Session, retention_days: int, now: datetime | None = None,
 
 
 def prune_erased(*, session: Session, cutoff: datetime, now: datetime, batch: int = BATCH) -> int:
-    """One batch of the ended events about erased students' subjects whose payload is still held, whatever their
-    age; and the subjects erased before `cutoff` forgotten (the age rule prunes what is left of them)."""
+    """One batch of the applied or ignored events about erased students' subjects whose payload is still held,
+    whatever their age (a failed one stays replayable); and the subjects erased before `cutoff` forgotten (the
+    age rule prunes what is left of them)."""
     events = session.scalars(
         select(InboxEvent).join(ErasedSubject, ErasedSubject.subject == InboxEvent.subject)
-        .where(InboxEvent.status.in_(ENDED_EVENTS), not_pruned(session, InboxEvent.payload))
+        .where(InboxEvent.status.in_(APPLIED_EVENTS), not_pruned(session, InboxEvent.payload))
         .order_by(InboxEvent.id).limit(batch).with_for_update(of=InboxEvent, skip_locked=True))
     pruned = sum(prune_event(e, now=now) for e in events)
     old = list(session.scalars(select(ErasedSubject.subject).where(ErasedSubject.erased_at < cutoff)

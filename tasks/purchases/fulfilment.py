@@ -158,7 +158,11 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
         execution_options={"populate_existing": True},
     ).first()
     if student is None:
-        student = session.get(Student, student_id)
+        # a known one, under a key-share lock: an erasure (FOR UPDATE) at the same moment comes wholly before
+        # this purchase (its `erased_at` read here) or wholly after it (it finds the enrollment and scrubs it)
+        student = session.scalar(select(Student).where(Student.id == student_id)
+                                 .with_for_update(read=True, key_share=True)
+                                 .execution_options(populate_existing=True))
     if student is None:
         raise TransientError(f"student {student_id} could not be created")
     return student

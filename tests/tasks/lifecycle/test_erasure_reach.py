@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from sqlalchemy import func, select, update
 
 from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
 from db.models import ErasedSubject, InboxEvent, OutboxMessage, PaymentDispute, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.lifecycle import erasure, retention
-from tasks.purchases import evidence
+from tasks.purchases import evidence, fulfilment
 from tests import factories
 from tests.tasks.bookings import bookings_support as bookings
 from tests.tasks.purchases.payments_support import checkout, deliver, dispute_created, refund_created, run, store
@@ -263,21 +265,68 @@ def test_a_checkout_still_to_apply_at_the_erasure_is_applied_without_the_address
 
 def test_events_about_an_erased_student_arriving_later_are_pruned_and_a_new_payment_is_not(database):
     """A redelivered checkout and a profile update older than the erasure, arriving after it, kept their payloads
-    for RETENTION_DAYS. A later purchase (the student came back) is new data: it is kept as any other."""
+    for RETENTION_DAYS. The student then comes back (a later `student.upserted`): their new purchase is new data,
+    recorded and kept as any other."""
     _purchase(database)
     _erase(database)
     copy = checkout(email=ADDRESS, event_id="evt_copy")
     late = bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow() - timedelta(days=3))
     deliver(database, copy)
     bookings.deliver(database, late)
-    new = checkout(cs="cs_new", pi="pi_new", email="back@example.test", event_id="evt_new")
-    deliver(database, new)
+    with database.session_scope() as s:
+        assert s.get(Student, "stu_1").email is None  # the late update was not applied
     assert ADDRESS in _payload(database, copy) and NAME in _payload(database, late)
     assert _retention(database).erased == 2
     assert ADDRESS not in _everything(database) and NAME not in _everything(database)
-    assert "back@example.test" in _payload(database, new)
+    back = bookings.student_upserted(email="back@example.test", name="Back", when=utcnow() + timedelta(seconds=1))
+    bookings.deliver(database, back)
+    new = checkout(cs="cs_new", pi="pi_new", email="back@example.test", event_id="evt_new")
+    deliver(database, new)
     with database.session_scope() as s:
-        assert s.get(Student, "stu_1").email is None  # the late update was not applied
+        student = s.get(Student, "stu_1")
+        assert (student.email, student.erased_at) == ("back@example.test", None)
+        enrollment = s.scalar(select(StudentCourseEnrollment)
+                              .where(StudentCourseEnrollment.stripe_checkout_session_id == "cs_new"))
+        assert enrollment.fulfilment_metadata["customer_email"] == "back@example.test"
+    assert _retention(database).erased == 1  # the profile update, on the student's own subject, once applied
+    assert "back@example.test" in _payload(database, new)
+
+
+def test_another_students_checkout_carrying_the_address_is_pruned_now_and_their_later_events_are_not(database):
+    """A parent paid for a child (stu_2) with their own address: erasing the parent (stu_1) prunes that checkout's
+    payload, which carries the address, but kept the child's payment as an erased subject, so the child's
+    refund a day later lost its payload within the hour."""
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.student(s, id="stu_2", email="kid@example.test", name="Kid")
+        factories.program(s, bundle=())
+    paid_for = checkout(cs="cs_2", pi="pi_2", student="stu_2", email=ADDRESS, event_id="evt_2")
+    deliver(database, paid_for)
+    _erase(database)
+    assert ADDRESS not in _payload(database, paid_for)
+    with database.session_scope() as s:
+        assert "payment:pi_2" not in set(s.scalars(select(ErasedSubject.subject)))
+    refund = refund_created(refund_id="re_2", pi="pi_2", amount=500, event_id="evt_re_2")
+    deliver(database, refund)
+    assert _retention(database).erased == 0
+    assert "pruned_at" not in _payload(database, refund)
+
+
+def test_an_event_about_an_erased_student_that_failed_stays_replayable(database):
+    """Pruned within the hour, a failed refund of the erased student's payment could never be replayed (409
+    payload_pruned): it is left to the age rule, and pruned once a replay has applied it."""
+    from db.enums import InboxStatus as Status
+
+    _purchase(database)
+    _erase(database)
+    refund = refund_created(refund_id="re_9", pi="pi_1", amount=500, event_id="evt_re_9")
+    deliver(database, refund)
+    with database.session_scope() as s:  # as if it had failed
+        s.execute(update(InboxEvent).where(InboxEvent.event_id == "evt_re_9").values(status=Status.FAILED))
+    assert _retention(database).erased == 0 and "pruned_at" not in _payload(database, refund)
+    with database.session_scope() as s:
+        s.execute(update(InboxEvent).where(InboxEvent.event_id == "evt_re_9").values(status=Status.PROCESSED))
+    assert _retention(database).erased == 1 and "pruned_at" in _payload(database, refund)
 
 
 def test_a_waiting_event_about_an_erased_student_is_pruned_only_once_it_ends(database):
@@ -308,3 +357,69 @@ def test_erased_subjects_are_forgotten_after_the_retention_period(database):
     _retention(database)
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ErasedSubject)) == 0
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["general path", "fast path"])
+def test_an_erasure_and_a_purchase_at_the_same_moment_leave_no_address(pg_database, fast):
+    """The purchase read its buyer (not erased yet), the erasure took the student's row, found no enrollment
+    (not committed yet) and committed; the purchase then wrote the address onto its enrollment, for good. The
+    buyer is now read under a key-share lock: the erasure waits for the purchase, then finds its enrollment."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import lock_waited_or_done
+    from tests.netutil import wait_until
+
+    database = pg_database
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    event = checkout(email=ADDRESS)
+    read, release = threading.Event(), threading.Event()
+
+    def purchase():
+        if fast:  # the fast path's statements on a psycopg connection of the pool, in one transaction
+            from tasks.purchases import fast_purchase
+
+            inbox_id = store(database, event)
+
+            class Pausing:  # the connection, pausing once the buyer has been read
+                def __init__(self, conn):
+                    self.conn = conn
+
+                def __getattr__(self, name):
+                    return getattr(self.conn, name)
+
+                def execute(self, query, params=None, **kw):
+                    result = self.conn.execute(query, params, **kw)
+                    if query is fast_purchase._PREPARE:
+                        read.set()
+                        assert release.wait(30)
+                    return result
+
+            with database.engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                with raw.transaction():
+                    assert fast_purchase.attempt(Pausing(raw), inbox_id, set()) is not None
+            return
+        with database.session_scope() as f:
+            product = fulfilment.identify_product(f, event["data"]["object"])
+            student = fulfilment.ensure_student(f, "stu_1", event["data"]["object"])
+            read.set()
+            assert release.wait(30)
+            fulfilment._fulfil_course(f, event["data"]["object"], fulfilment.COMPLETED, event["id"], product,
+                                      student, "paid")
+
+    with ThreadPoolExecutor(2) as pool:
+        bought = pool.submit(purchase)
+        assert read.wait(30)
+        erased = pool.submit(_erase, database)
+        assert wait_until(lambda: lock_waited_or_done(database, erased), timeout=30)
+        assert not erased.done(), "the erasure did not wait for the purchase holding its buyer"
+        release.set()
+        bought.result(timeout=30)
+        erased.result(timeout=30)
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment))
+        assert enrollment is not None and enrollment.fulfilment_metadata["customer_email"] is None
+        assert s.get(Student, "stu_1").email is None
