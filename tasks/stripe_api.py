@@ -28,6 +28,18 @@ def saved_server_error(exc: Exception) -> bool:
     return any(k.lower() == "idempotent-replayed" and str(v).lower() == "true" for k, v in headers.items())
 
 
+def outcome_unknown(exc: Exception) -> bool:
+    """A Stripe error that is no refusal: Stripe down or unreachable, rate limited, a 5xx, or a concurrent
+    request with the same idempotency key (409). What was asked may or may not have been done: worth asking
+    again (with the same key), never reported as Stripe's judgement."""
+    import stripe
+
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
+        return True
+    status = getattr(exc, "http_status", None)
+    return status is None or status >= 500 or status == 409
+
+
 class StripeNotConfigured(PermanentError):
     """Raised when a Stripe call is needed but STRIPE_API_KEY is not set."""
 

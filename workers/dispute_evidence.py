@@ -12,8 +12,8 @@ from tasks.stripe_api import stripe_client
 
 @dataclass(frozen=True)
 class Outcome:
-    """The evidence view after the outcome was recorded; `unknown`: not submitted because Stripe could not be
-    reached (or answered 5xx), not because it refused (submitting again is safe: it reads the dispute first)."""
+    """The evidence view after the outcome was recorded; `unknown`: not submitted, but not refused either
+    (`tasks.stripe_api.outcome_unknown`: submitting again is safe, it reads the dispute first)."""
 
     view: dict[str, Any]
     unknown: bool = False

@@ -30,7 +30,7 @@ from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
 from tasks.errors import PermanentError, TransientError, ValidationFailed
 from tasks.inbox.parking import wake_waiting
-from tasks.stripe_api import saved_server_error
+from tasks.stripe_api import outcome_unknown, saved_server_error
 
 log = logging.getLogger("coursepipe.publishing")
 
@@ -316,16 +316,6 @@ def call_stripe(intent: Intent, *, client: Any) -> Any:
     return api.update(intent.target, params=intent.params, options=options)
 
 
-def is_transient(exc: Exception) -> bool:
-    """Stripe down, rate limited, or a concurrent request with the same key: worth retrying later."""
-    import stripe
-
-    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
-        return True
-    status = getattr(exc, "http_status", None)
-    return status is None or status >= 500 or status == 409
-
-
 @dataclass
 class PublishOutcome:
     status: PublicationStatus
@@ -344,7 +334,7 @@ def record_outcome(*, session: Session, intent: Intent, result: Any = None,
         if saved_server_error(error):  # its key can only replay it: a new publish plans the call with a new key
             row.last_error = (f"Stripe saved this error under the call's idempotency key and replays it for 24 hours; "
                               f"publish again to make the call with a new key ({row.last_error})")[:2000]
-        elif is_transient(error):
+        elif outcome_unknown(error):
             return PublishOutcome(PublicationStatus.PENDING, None)  # the same key is replayed on the retry
         row.status = PublicationStatus.FAILED
         keys = {f"stripe:{intent.target}"} if intent.target else set()

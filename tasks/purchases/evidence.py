@@ -52,6 +52,7 @@ from tasks.errors import NotFound, TaskError
 from tasks.messaging import delivery, mail
 from tasks.messaging.outbox import ADMIN_TEMPLATES
 from tasks.purchases.evidence_pdf import text_pdf
+from tasks.stripe_api import outcome_unknown
 
 TEXT_FIELDS = ("service_date", "access_activity_log", "uncategorized_text", "customer_name",
                "customer_email_address", "product_description")
@@ -308,7 +309,7 @@ class Sent:
     stripe_status: str | None = None
     error: str | None = None
     held: dict[str, str] | None = None  # the text Stripe already held, submitted before this submission
-    unknown: bool = False  # not refused: Stripe could not be reached or answered 5xx (submitting again is safe)
+    unknown: bool = False  # not refused: `outcome_unknown` (submitting again is safe)
 
 
 def send(client, submission: Submission) -> Sent:
@@ -340,7 +341,7 @@ def send(client, submission: Submission) -> Sent:
         sent.ok, sent.stripe_status = True, dispute.status
     except stripe.StripeError as exc:
         sent.error = f"{type(exc).__name__}: {exc.user_message or exc}"
-        sent.unknown = isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError))
+        sent.unknown = outcome_unknown(exc)
     return sent
 
 
