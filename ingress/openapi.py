@@ -974,8 +974,8 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                "502": _json("EvidenceNotSubmitted", "stripe_refused: Stripe refused the submission (the "
                                                     "evidence, `failed`; fix what it names and submit again); or "
                                                     "stripe_unavailable: Stripe could not be reached or answered "
-                                                    "5xx or 409 (`failed`, its outcome unknown): submit again, it reads "
-                                                    "the dispute first and sends nothing twice")}),
+                                                    "5xx or 409 (`failed`, its outcome unknown): submit again, it "
+                                                    "reads the dispute first and sends nothing twice")}),
     ("GET", "/admin/ui/disputes/{dispute_id}"): op("One dispute and its evidence (page)", tag="dashboard", ok=HTML),
     ("POST", "/admin/ui/disputes/{dispute_id}/submit"): op("Submit the evidence (form)", tag="dashboard",
                                                            ok=REDIRECT, status="302"),

@@ -226,7 +226,7 @@ def prune_retention(job_run: int | None = None) -> None:
         total.add(done)
         if not done.full():
             break
-    if total.events or total.mails or total.transitions or total.erased:
+    if any(total.as_dict().values()):
         log.info("retention: pruned %d event payload(s), %d mail body(ies) and %d delivery move(s) older than %d days, "
                  "and %d payload(s) of events about erased students", total.events, total.mails, total.transitions,
                  rt.settings.retention_days, total.erased)

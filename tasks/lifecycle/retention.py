@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,14 +71,12 @@ class Pruned:
                 "erased_events_pruned": self.erased}
 
     def add(self, other: "Pruned") -> None:
-        self.events += other.events
-        self.mails += other.mails
-        self.transitions += other.transitions
-        self.erased += other.erased
+        for kind in fields(self):
+            setattr(self, kind.name, getattr(self, kind.name) + getattr(other, kind.name))
 
     def full(self, batch: int | None = None) -> bool:
         """A kind filled its batch: there may be more to prune."""
-        return max(self.events, self.mails, self.transitions, self.erased) >= (batch or BATCH)
+        return max(astuple(self)) >= (batch or BATCH)
 
 
 def digest(value: Any) -> str:

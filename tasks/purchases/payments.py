@@ -123,22 +123,27 @@ def left_to_refund(session: Session, purchase: Purchase, *, asked: int = 0) -> i
     a failure it no longer holds makes this figure too high by that refund, and Stripe refuses the excess (the
     admin refund is recorded failed, nothing else moves): never too low, which would keep money from the
     student."""
-    row = purchase.row
-    column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
-    def amount(counts):
-        return func.coalesce(func.sum(case((counts, PaymentRefund.amount), else_=0)), 0)
+    going, once = session.execute(select(_refunded(going_refund()), _refunded(counted_once()))
+                                  .where(_refunds_of(purchase))).one()
+    beyond = max((purchase.row.amount_refunded or 0) - int(once), 0)
+    return (purchase.row.amount_total or 0) - int(going) - max(beyond, asked)
 
-    going, once = session.execute(select(amount(going_refund()), amount(counted_once())).where(column == row.id)).one()
-    beyond = max((row.amount_refunded or 0) - int(once), 0)
-    return (row.amount_total or 0) - int(going) - max(beyond, asked)
+
+def _refunds_of(purchase: Purchase):
+    """SQL: the `payment_refund` rows of this purchase."""
+    column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
+    return column == purchase.row.id
+
+
+def _refunded(counts):
+    """SQL: the amount of the refunds that `counts` (`tasks.purchases.counted`) takes."""
+    return func.coalesce(func.sum(case((counts, PaymentRefund.amount), else_=0)), 0)
 
 
 def _going(session: Session, purchase: Purchase) -> int:
     """The refunds going through now, by id (`tasks.purchases.counted`)."""
-    row = purchase.row
-    column = PaymentRefund.enrollment_id if purchase.enrollment is not None else PaymentRefund.package_purchase_id
     return int(session.scalar(select(func.coalesce(func.sum(PaymentRefund.amount), 0))
-                              .where(column == row.id, going_refund())))
+                              .where(_refunds_of(purchase), going_refund())))
 
 
 def taken_back(session: Session, enrollment: StudentCourseEnrollment, total: int, going: int | None = None) -> int:
