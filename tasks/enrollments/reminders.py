@@ -16,8 +16,8 @@ becomes `expired:<row id>`), so a class moved later gets its step a fresh remind
 mail names its `reminder_log` row (`reminder_id`, and in its dedupe key): a fresh row is a fresh mail.
 
 A move of a class (its start changed by a `class.upserted`, tasks.bookings.handlers) ends the reminders still
-`pending` that name or list it (`options`: up to three classes of the step, the one the reminder is about first)
-with another start, and its cancellation every one still `pending` that names or lists it (`class_changed`): `expired`,
+`pending` that list it (`options`: up to three classes of the step, the one the reminder is about first) with
+another start, and its cancellation every one still `pending` that lists it (`class_changed`): `expired`,
 never sent, set aside by the next run like any expired one, which then reminds the step naming the new time (or
 the next class in range), once. A `sending` one is its relay's (made to expire at once, should its attempt
 fail); one without `reminder_id` (an earlier version's) goes as before; one already sent stands (no second
@@ -148,12 +148,10 @@ def _listing(session: Session, class_id: str):
 
 
 def _starts_given(context: dict, class_id: str) -> list[str]:
-    """The starts a reminder's mail gives the class: as the class it is about, and as a listed option."""
-    starts = [option.get("starts_at") for option in context.get("options") or []
-              if isinstance(option, dict) and option.get("class_id") == class_id]
-    if context.get("class_id") == class_id:
-        starts.append(context.get("starts_at"))
-    return [start for start in starts if isinstance(start, str)]
+    """The starts a reminder's mail gives the class among its `options` (the class it is about is listed first)."""
+    return [option["starts_at"] for option in context.get("options") or []
+            if isinstance(option, dict) and option.get("class_id") == class_id
+            and isinstance(option.get("starts_at"), str)]
 
 
 def class_changed(*, session: Session, class_id: str, starts_at: datetime, cancelled: bool = False,
@@ -169,24 +167,23 @@ def class_changed(*, session: Session, class_id: str, starts_at: datetime, cance
     now = now or utcnow()
     listing = _listing(session, class_id)
 
-    def stale(status: OutboxStatus, *entity):
+    def stale(status: OutboxStatus) -> list[OutboxMessage]:
         # locked in id order, as the relay records its outcomes
-        query = (select(*entity, OutboxMessage.payload)
-                 .where(OutboxMessage.status == status, OutboxMessage.topic == TOPIC)
+        query = (select(OutboxMessage).where(OutboxMessage.status == status, OutboxMessage.topic == TOPIC)
                  .order_by(OutboxMessage.id).with_for_update())
         found = []
-        for row in session.execute(query if listing is None else query.where(listing)).all():
-            context = (row[-1] or {}).get("context") or {}
+        for message in session.scalars(query if listing is None else query.where(listing)):
+            context = (message.payload or {}).get("context") or {}
             given = _starts_given(context, class_id)
             if context.get("reminder_id") is not None and given and (
                     cancelled or any(parse_when(start) != starts_at for start in given)):
-                found.append(row[0])
+                found.append(message)
         return found
 
-    for message in stale(OutboxStatus.SENDING, OutboxMessage):  # few: found through the status index
+    for message in stale(OutboxStatus.SENDING):  # few: found through the status index
         context = {**message.payload["context"], "expires_at": now.isoformat()}
         message.payload = {**message.payload, "context": context}
-    queued = stale(OutboxStatus.PENDING, OutboxMessage.id)
+    queued = [message.id for message in stale(OutboxStatus.PENDING)]
     if not queued:
         return 0
     cause, why = ((CANCELLED_CAUSE, "class cancelled before it was sent: no longer true") if cancelled else

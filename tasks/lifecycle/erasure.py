@@ -124,8 +124,9 @@ def _keep_subjects(session: Session, student_id: str, subjects: set[str], now) -
     """Retention prunes what ends later about these subjects (`tasks.lifecycle.retention.prune_erased`)."""
     ordered = sorted(subjects)
     for start in range(0, len(ordered), 300):  # three values a row: well under SQLite's variable limit
-        statement = upsert_insert(session)(ErasedSubject).values(
-            [{"subject": subject, "student_id": student_id, "erased_at": now} for subject in ordered[start:start + 300]])
+        rows = [{"subject": subject, "student_id": student_id, "erased_at": now}
+                for subject in ordered[start:start + 300]]
+        statement = upsert_insert(session)(ErasedSubject).values(rows)
         session.execute(statement.on_conflict_do_update(
             index_elements=["subject"], set_={"student_id": statement.excluded.student_id,
                                               "erased_at": statement.excluded.erased_at}))
