@@ -95,11 +95,10 @@ def _conditional_read(view: dict):
     answers 412, as a write would."""
     conditions = _conditions()
     tag = versions.entity_tag(view)
-    if conditions.if_match is not None and versions.ANY not in conditions.if_match and tag not in conditions.if_match:
+    if conditions.if_match is not None and not versions.matches(tag, conditions.if_match):
         raise versions.PreconditionFailed("it has changed since the ETag that If-Match names was read: GET it "
                                           "without If-Match")
-    if conditions.if_none_match is not None and (versions.ANY in conditions.if_none_match
-                                                 or tag in conditions.if_none_match):
+    if conditions.if_none_match is not None and versions.matches(tag, conditions.if_none_match):
         response = current_app.response_class(status=304)
         response.set_etag(tag)
         return response
@@ -231,9 +230,8 @@ def _publish(kind: str, code: str):
     the publish is asked for (a save after that, before the worker runs, is published with it)."""
     conditions = _conditions()
     reason = roles.reason_of(json_object(optional=True))
-    if conditions:
-        with _runtime().db.session_scope() as session:
-            versions.require(session, kind=kind, code=code, conditions=conditions, lock=False)
+    with _runtime().db.session_scope() as session:  # no conditions: nothing is read
+        versions.require(session, kind=kind, code=code, conditions=conditions, lock=False)
     queue_publish(kind, code, reason)
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202

@@ -82,12 +82,16 @@ def require(session: Session, *, kind: str, code: str, conditions: Conditions, l
     if conditions.if_match is not None:
         if tag is None:
             raise PreconditionFailed(f"{what} does not exist, and If-Match requires it to; nothing changed")
-        if ANY not in conditions.if_match and tag not in conditions.if_match:
+        if not matches(tag, conditions.if_match):
             raise PreconditionFailed(f"{what} has changed since the ETag that If-Match names was read (a save or a "
                                      f"publish came between): GET it again, apply your change to what it answers "
                                      f"and send it with the new ETag; nothing changed")
-    if conditions.if_none_match is not None and tag is not None:
+    if conditions.if_none_match is not None and tag is not None and matches(tag, conditions.if_none_match):
         if ANY in conditions.if_none_match:
             raise PreconditionFailed(f"{what} already exists, and If-None-Match: * only creates; nothing changed")
-        if tag in conditions.if_none_match:
-            raise PreconditionFailed(f"{what} still has an ETag that If-None-Match names; nothing changed")
+        raise PreconditionFailed(f"{what} still has an ETag that If-None-Match names; nothing changed")
+
+
+def matches(tag: str, tags: frozenset[str]) -> bool:
+    """The entity tag is among `tags` (ANY: any tag is)."""
+    return ANY in tags or tag in tags
