@@ -119,13 +119,23 @@ def test_a_profile_update_older_than_the_erasure_does_not_bring_the_data_back(da
     late = bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow() - timedelta(days=3))
     _erase(database)
     bookings.deliver(database, late)
+    bookings.deliver(database, bookings.twin(late))  # the same late update twice: still not applied
     with database.session_scope() as s:
         student = s.get(Student, "stu_1")
         assert (student.email, student.name) == (None, None)
+        assert student.erased_at is not None  # a stale update does not bring the student back
+    deliver(database, checkout(cs="cs_after", pi="pi_after", email=ADDRESS, event_id="evt_after"))
+    with database.session_scope() as s:  # so a checkout applied now still records no address
+        after = s.scalar(select(StudentCourseEnrollment)
+                         .where(StudentCourseEnrollment.stripe_checkout_session_id == "cs_after"))
+        assert after.fulfilment_metadata["customer_email"] is None
     # one the platform sends after the erasure is applied as usual
-    bookings.deliver(database, bookings.student_upserted(email="back@example.test", when=utcnow() + timedelta(seconds=1)))
+    back = bookings.student_upserted(email="back@example.test", when=utcnow() + timedelta(seconds=1))
+    bookings.deliver(database, back)
+    bookings.deliver(database, bookings.twin(back))
     with database.session_scope() as s:
         assert s.get(Student, "stu_1").email == "back@example.test"
+        assert s.get(Student, "stu_1").erased_at is None
 
 
 def test_checkouts_that_name_the_student_by_metadata_or_by_address_are_pruned(database):
