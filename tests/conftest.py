@@ -218,6 +218,27 @@ def lock_waited_or_done(database, future) -> bool:
     return waiting > 0 or future.done()
 
 
+def while_held(database, hold, waiter, *, held, release, timeout: float = 30):
+    """Run `hold` (it sets `held` once it holds its locks, then waits for `release` before it commits) and,
+    once it holds them, `waiter`; let the holder go once the waiter waits on a lock, or has ended without
+    waiting. Returns the holder's result, the waiter's future (its result, or what it raised) and whether the
+    waiter was still waiting when the holder was let go."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.netutil import wait_until
+
+    with ThreadPoolExecutor(2) as pool:
+        holding = pool.submit(hold)
+        assert held.wait(timeout), "the holder never held its locks"
+        waiting = pool.submit(waiter)
+        assert wait_until(lambda: lock_waited_or_done(database, waiting), timeout=timeout)
+        waited = not waiting.done()
+        release.set()
+        result = holding.result(timeout=timeout)
+        waiting.exception(timeout=timeout)  # ended, one way or the other
+    return result, waiting, waited
+
+
 def drain(runtime, *queues: str, timeout_ms: int = 20_000) -> None:
     """Wait until the stub broker's queues are empty and every message has been handled."""
     queues = queues or tuple(q for q in runtime.broker.queues if not q.endswith(".DQ"))

@@ -4,13 +4,11 @@ If-Match (its dry run too) is refused with 412 when the course or package change
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tasks.catalog import services as catalog
-from tests.conftest import drain, lock_waited_or_done, make_settings
-from tests.netutil import wait_until
+from tests.conftest import drain, make_settings, while_held
 from tests.tasks.catalog.test_catalog import course, snapshot
 
 PACKAGE = {"title": "Five private lessons", "price": {"amount": 30000, "currency": "usd"},
@@ -189,15 +187,10 @@ def test_the_condition_is_checked_under_the_rows_lock(app, admin_headers, runtim
             linked.set()
             assert release.wait(30)
 
-    with ThreadPoolExecutor(2) as pool:
-        holding = pool.submit(link_a_price)
-        assert linked.wait(30)
-        put = pool.submit(lambda: app.test_client().put(
-            "/admin/packages/FIVE", json={**view, "title": "Renamed"}, headers={**admin_headers, "If-Match": tag}))
-        assert wait_until(lambda: lock_waited_or_done(database, put), timeout=30)
-        release.set()
-        holding.result(timeout=30)
-        _refused(put.result(timeout=30))
+    _, put, _ = while_held(database, link_a_price, lambda: app.test_client().put(
+        "/admin/packages/FIVE", json={**view, "title": "Renamed"}, headers={**admin_headers, "If-Match": tag}),
+        held=linked, release=release)
+    _refused(put.result())
     after, _ = _get(client, admin_headers, "/admin/packages/FIVE")
     assert (after["title"], after["stripe_price_id"]) == (PACKAGE["title"], "price_LINKED")
 

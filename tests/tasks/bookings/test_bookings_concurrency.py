@@ -14,8 +14,7 @@ from tasks import signatures
 from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
-from tests.conftest import PLATFORM_SECRET, lock_waited_or_done
-from tests.netutil import wait_until
+from tests.conftest import PLATFORM_SECRET, while_held
 from tests.tasks.bookings.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
 
 N = 20
@@ -118,12 +117,6 @@ def test_a_booking_into_a_class_being_cancelled_waits_and_is_refused(pg_database
                 booking_id="bk_1", student_id="stu_1", class_id=w.option(1), course_step_id=w.step_ids[0]), at=now)
             return booking.status.value, booking.rejection_reason
 
-    with ThreadPoolExecutor(2) as pool:
-        cancelling = pool.submit(cancel)
-        assert cancelled.wait(30)
-        booking = pool.submit(book)
-        assert wait_until(lambda: lock_waited_or_done(database, booking), timeout=30)
-        release.set()
-        cancelling.result(timeout=30)
-        assert booking.result(timeout=30) == ("rejected", "class_cancelled")
+    _, booking, _ = while_held(database, cancel, book, held=cancelled, release=release)
+    assert booking.result() == ("rejected", "class_cancelled")
     assert progress(database, w, 1)["status"].value == "unbooked"

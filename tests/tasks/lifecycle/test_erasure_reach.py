@@ -375,10 +375,8 @@ def test_an_erasure_and_a_purchase_at_the_same_moment_leave_no_address(pg_databa
     (not committed yet) and committed; the purchase then wrote the address onto its enrollment, for good. The
     buyer is now read under a key-share lock: the erasure waits for the purchase, then finds its enrollment."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    from tests.conftest import lock_waited_or_done
-    from tests.netutil import wait_until
+    from tests.conftest import while_held
 
     database = pg_database
     with database.session_scope() as s:
@@ -420,15 +418,9 @@ def test_an_erasure_and_a_purchase_at_the_same_moment_leave_no_address(pg_databa
             fulfilment._fulfil_course(f, event["data"]["object"], fulfilment.COMPLETED, event["id"], product,
                                       student, "paid")
 
-    with ThreadPoolExecutor(2) as pool:
-        bought = pool.submit(purchase)
-        assert read.wait(30)
-        erased = pool.submit(_erase, database)
-        assert wait_until(lambda: lock_waited_or_done(database, erased), timeout=30)
-        assert not erased.done(), "the erasure did not wait for the purchase holding its buyer"
-        release.set()
-        bought.result(timeout=30)
-        erased.result(timeout=30)
+    _, erased, waited = while_held(database, purchase, lambda: _erase(database), held=read, release=release)
+    assert waited, "the erasure did not wait for the purchase holding its buyer"
+    erased.result()
     with database.session_scope() as s:
         enrollment = s.scalar(select(StudentCourseEnrollment))
         assert enrollment is not None and enrollment.fulfilment_metadata["customer_email"] is None

@@ -114,11 +114,9 @@ def test_a_replay_while_retention_prunes_its_event_waits_and_is_then_refused(pg_
     """Retention read an old failed event without a lock; an admin's replay committed before retention wrote: the
     event ended `pending` with its payload pruned, and the runner failed on it (KeyError). Retention now takes its
     rows FOR UPDATE (SKIP LOCKED): the replay waits, then finds the payload pruned and is refused."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from tasks.inbox import admin as inbox_admin
-    from tests.conftest import lock_waited_or_done
-    from tests.netutil import wait_until
+    from tests.conftest import while_held
     from tests.tasks.bookings.bookings_support import store, student_upserted
 
     database = pg_database
@@ -144,15 +142,10 @@ def test_a_replay_while_retention_prunes_its_event_waits_and_is_then_refused(pg_
         with database.session_scope() as s:
             inbox_admin.replay(session=s, inbox_id=inbox_id)
 
-    with ThreadPoolExecutor(2) as pool:
-        pruning = pool.submit(prune)
-        assert paused.wait(30)
-        replaying = pool.submit(replay)
-        assert wait_until(lambda: lock_waited_or_done(database, replaying), timeout=30)
-        release.set()
-        assert pruning.result(timeout=30) == 1
-        with pytest.raises(inbox_admin.PayloadPruned):
-            replaying.result(timeout=30)
+    pruned, replaying, _ = while_held(database, prune, replay, held=paused, release=release)
+    assert pruned == 1
+    with pytest.raises(inbox_admin.PayloadPruned):
+        replaying.result()
     with database.session_scope() as s:
         event = s.get(InboxEvent, inbox_id)
         assert event.status is InboxStatus.FAILED and retention.is_pruned(event.payload)

@@ -6,14 +6,12 @@ foreign key check passes)."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from db.enums import BundleKind, CreditType
 from tasks.ledger import credits
 from tests import factories
 from tests import inbox_api as inbox
-from tests.conftest import lock_waited_or_done
-from tests.netutil import wait_until
+from tests.conftest import while_held
 from tests.tasks.purchases.payments_support import charge_refunded, checkout, deliver, state
 
 
@@ -33,14 +31,9 @@ def _refund_while(database, move) -> None:
             moved.set()
             assert release.wait(30)
 
-    with ThreadPoolExecutor(2) as pool:
-        holding = pool.submit(hold)
-        assert moved.wait(30)
-        refund = pool.submit(lambda: deliver(database, charge_refunded()).outcome)
-        assert wait_until(lambda: lock_waited_or_done(database, refund), timeout=30)
-        release.set()
-        holding.result(timeout=30)
-        assert refund.result(timeout=30) is inbox.Outcome.PROCESSED
+    _, refund, _ = while_held(database, hold, lambda: deliver(database, charge_refunded()).outcome, held=moved,
+                              release=release)
+    assert refund.result() is inbox.Outcome.PROCESSED
 
 
 def test_a_credit_released_while_the_refund_runs_is_revoked(pg_database):
@@ -86,13 +79,8 @@ def test_a_release_under_the_students_lock_and_a_partial_refund_do_not_deadlock(
             assert release.wait(30)
             credits.release_credit(session=s, booking_id="bk_c")
 
-    with ThreadPoolExecutor(2) as pool:
-        holding = pool.submit(hold_then_release)
-        assert locked.wait(30)
-        half = refund_created(refund_id="re_half", amount=COURSE_PRICE // 2)
-        refund = pool.submit(lambda: deliver(database, half).outcome)
-        assert wait_until(lambda: lock_waited_or_done(database, refund), timeout=30)
-        release.set()
-        holding.result(timeout=30)
-        assert refund.result(timeout=30) is inbox.Outcome.PROCESSED
+    half = refund_created(refund_id="re_half", amount=COURSE_PRICE // 2)
+    _, refund, _ = while_held(database, hold_then_release, lambda: deliver(database, half).outcome, held=locked,
+                              release=release)
+    assert refund.result() is inbox.Outcome.PROCESSED
     assert state(database)["balances"]["group"] == 1  # 2 granted, the spent one back, half of 2 refunded
