@@ -30,6 +30,10 @@ errorlog = "-"
 logconfig_dict = dict_config()  # JSON lines, audit lines at INFO whatever LOG_LEVEL says
 # each worker builds its own engine and broker connection after the fork
 preload_app = False
+# gunicorn 25.1+ opens a control socket for `gunicornc` by default, at one path per user ($HOME/.gunicorn/gunicorn.ctl)
+# that every gunicorn of that user takes over from the last, served by a thread the master stops and restarts around
+# each worker fork. Nothing here uses it: off (older gunicorns ignore the name).
+control_socket_disable = True
 
 BODY_READ_TIMEOUT = float(os.environ.get("BODY_READ_TIMEOUT", "5"))
 

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -35,8 +36,13 @@ DEFAULT_SESSION_HOURS = 8
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _hasher = PasswordHasher()
-# verified against when the e-mail is unknown, so both answers cost one argon2 verification
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the e-mail is unknown, so both answers cost one argon2 verification. Made on first
+    use, not at import: every process imports this module, and a hash costs about a tenth of a second."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountExists(ValidationFailed):
@@ -127,7 +133,7 @@ def authenticate(*, session: Session, email: str, password: str) -> AdminAccount
     """The account whose password this is, or None (unknown e-mail or wrong password: the same answer)."""
     account = session.scalar(select(AdminAccount).where(AdminAccount.email == (email or "").strip().lower()))
     try:
-        _hasher.verify(account.password_hash if account else _DUMMY_HASH, password or "")
+        _hasher.verify(account.password_hash if account else _dummy_hash(), password or "")
     except (VerificationError, InvalidHashError):
         return None
     if account is None:

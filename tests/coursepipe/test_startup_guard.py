@@ -157,6 +157,9 @@ def test_the_entry_modules_refuse_a_database_behind_the_head(tmp_path, redis_url
         pytest.fail(f"{entry[2]} started on a database behind the head: still running after 60 s")
     assert proc.returncode != 0
     assert f"at migration {OLDER}, not at the head" in proc.stderr and "run `coursepipe db upgrade`" in proc.stderr
+    # the repository's gunicorn.conf.py applies: no control socket (a thread stopped and restarted around every
+    # worker fork, at a path shared by every gunicorn of the user)
+    assert "Control socket" not in proc.stderr
 
 
 def test_the_processes_start_while_the_database_does_not_answer_and_work_once_it_does(pg_database, redis_url):
