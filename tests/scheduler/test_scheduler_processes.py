@@ -19,11 +19,27 @@ RUN_SECONDS = 11
 STARTUP_LIMIT_SECONDS = 60
 
 
+def _exits(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether `proc` exits within `seconds`; if not, it is made to dump its threads' stacks and is killed."""
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return False
+
+
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_two_scheduler_processes_fire_each_period_once(pg_database, redis_url, redis_namespace):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(DATABASE_URL=pg_database.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace)
+    env.update(DATABASE_URL=pg_database.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace,
+               PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack: what a hung process was doing
     procs = [subprocess.Popen(CLI, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     errs: list[list[str]] = [[], []]
@@ -44,10 +60,10 @@ def test_two_scheduler_processes_fire_each_period_once(pg_database, redis_url, r
         stopped = time.monotonic()
         for p in procs:
             p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        hung = [i for i, p in enumerate(procs) if not _exits(p, 30)]
         for reader in readers:
             reader.join(timeout=10)
+    assert not hung, [errs[i][-60:] for i in hung]  # the end of a hung one's stderr holds its threads' stacks
     assert all(p.returncode == 0 for p in procs), [lines[-20:] for lines in errs]
     with pg_database.session_scope() as s:
         rows = s.execute(select(JobRun.job, JobRun.period_key, JobRun.runner)).all()
