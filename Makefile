@@ -26,8 +26,11 @@ run: $(STAMP) .env.local
 # most tests wait on subprocesses, sockets and databases: three processes keep two cores busy
 PYTEST_WORKERS ?= 3
 
+# Python may cache bytecode here even where the machine sets PYTHONDONTWRITEBYTECODE (__pycache__ is ignored by
+# git): the suite starts hundreds of Python processes (pytest's workers, CLI commands, gunicorn and Dramatiq
+# processes), and without the cache each compiles the project's modules, and pytest rewrites its tests, again
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # the dashboard's browser test drives Debian's chromium (Playwright's own browser download is never used)
 chromium:
