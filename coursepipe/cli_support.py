@@ -98,10 +98,11 @@ def process_database(database_url: str):
 
 def runtime_for(settings: Settings, *, process: bool = False):
     """The runtime over the checked database (`process`: one that does not answer yet is waited for)."""
-    from coursepipe.runtime import init_runtime  # the wiring is built only by commands that need it
+    db = (process_database if process else migrated_database)(settings.database_url)
+    # the wiring is imported once the database is accepted, and only by commands that need it
+    from coursepipe.runtime import init_runtime
 
-    database = process_database if process else migrated_database
-    return init_runtime(settings, db=database(settings.database_url))
+    return init_runtime(settings, db=db)
 
 
 def cli_principal():
