@@ -21,6 +21,7 @@ from werkzeug.http import parse_etags
 
 from ingress import roles
 from ingress.bodies import json_object
+from ingress.paging import page_args, read_page
 from ingress.roles import require_role
 from ingress.errors import ApiError, error_response
 from tasks.catalog import services as catalog
@@ -33,6 +34,7 @@ from workers import publishing as publish_calls
 from workers.actors import send
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/admin")
+MAX_DRIFT_LIMIT = 500
 
 
 def _runtime():
@@ -256,5 +258,7 @@ def queue_publish(kind: str, code: str, reason: str | None) -> None:
 @bp.get("/stripe/drift")
 @require_role("viewer")
 def list_drift():
+    page = page_args(default=100, maximum=MAX_DRIFT_LIMIT)
     with _runtime().db.session_scope() as session:
-        return jsonify({"drift": [publishing.drift_view(d) for d in drift.open_drift(session)]})
+        rows, next_before = read_page(page, lambda limit, before: drift.open_drift(session, limit, before))
+        return jsonify({"drift": [publishing.drift_view(d) for d in rows], "next_before": next_before})

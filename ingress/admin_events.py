@@ -5,7 +5,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from db.enums import InboxStatus
 from ingress import roles
-from ingress.bodies import decimal, json_object
+from ingress.bodies import json_object
+from ingress.paging import page_args, read_page
 from ingress.roles import require_role
 from ingress.errors import ApiError
 from tasks.inbox import admin as inbox
@@ -25,16 +26,13 @@ def list_events():
         status = InboxStatus(status_raw) if status_raw else None
     except ValueError:
         raise ApiError(400, "invalid_status", f"status must be one of {[s.value for s in InboxStatus]}") from None
-    try:
-        limit = decimal(request.args.get("limit", "50"))
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    page = page_args(default=50, maximum=MAX_LIMIT)
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     with runtime.db.session_scope() as session:
-        events = [inbox.event_view(e) for e in inbox.list_events(session=session, status=status, limit=limit)]
-    return jsonify({"events": events})
+        rows, next_before = read_page(page, lambda limit, before: inbox.list_events(
+            session=session, status=status, limit=limit, before=before))
+        events = [inbox.event_view(e) for e in rows]
+    return jsonify({"events": events, "next_before": next_before})
 
 
 @bp.post("/events/<int:inbox_id>/replay")

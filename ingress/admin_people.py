@@ -10,8 +10,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ingress import dashboard, roles
-from ingress.bodies import decimal, json_object
+from ingress.bodies import json_object
 from ingress.errors import ApiError, error_response
+from ingress.paging import page_args, read_page
 from ingress.roles import dashboard_role, require_role
 from tasks.admins import accounts, audit
 
@@ -121,32 +122,29 @@ def remove_admin(email: str):
 # --------------------------------------------------------------------------- audit
 
 
-def _audit_query() -> dict:
-    try:
-        limit = decimal(request.args.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
-    if not 1 <= limit <= audit.MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit must be between 1 and {audit.MAX_LIMIT}")
-    return {"actor": request.args.get("actor") or None, "action": request.args.get("action") or None,
-            "target": request.args.get("target") or None, "limit": limit}
+def _audit_page() -> tuple[dict, list[dict], int | None]:
+    """The filters asked for, one page of the entries they select, and the next page's `before`."""
+    page = page_args(default=100, maximum=audit.MAX_LIMIT)
+    query = {"actor": request.args.get("actor") or None, "action": request.args.get("action") or None,
+             "target": request.args.get("target") or None}
+    with _runtime().db.session_scope() as s:
+        rows, next_before = read_page(page, lambda limit, before: audit.entries(session=s, limit=limit,
+                                                                                before=before, **query))
+        return query | {"limit": page.limit}, [audit.entry_view(e) for e in rows], next_before
 
 
 @bp.get("/audit")
 @require_role("viewer")
 def audit_log():
-    query = _audit_query()
-    with _runtime().db.session_scope() as s:
-        return jsonify({"entries": [audit.entry_view(e) for e in audit.entries(session=s, **query)]})
+    _query, entries, next_before = _audit_page()
+    return jsonify({"entries": entries, "next_before": next_before})
 
 
 @bp.get("/ui/audit")
 @dashboard_role("viewer")
 def audit_page():
-    query = _audit_query()
-    with _runtime().db.session_scope() as s:
-        rows = [audit.entry_view(e) for e in audit.entries(session=s, **query)]
-    return render_template("dashboard/audit.html", entries=rows, query=query)
+    query, entries, next_before = _audit_page()
+    return render_template("dashboard/audit.html", entries=entries, query=query, next_before=next_before)
 
 
 # --------------------------------------------------------------------------- my account (dashboard)

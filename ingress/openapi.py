@@ -48,6 +48,8 @@ def _closed(properties: dict, *, required: list[str]) -> dict:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+NEXT_BEFORE = {"type": ["integer", "null"], "minimum": 1,
+               "description": "pass it as `before` for the next (older) page; null: this page is the last"}
 ID_64 = {"type": "string", "minLength": 1, "maxLength": 64}
 REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON,
           "description": "why, for the audit log and the admins' pages; not sent to the platform"}
@@ -443,7 +445,8 @@ ADMIN_SCHEMAS: dict[str, dict] = {
                                                         "`/admin/packages/{code}`): its `stripe` object says how "
                                                         "the publish went"}}),
     "DriftList": _obj({"drift": {"type": "array", "items": ref("Drift"),
-                                 "description": "the differences not resolved yet, newest first (at most 100)"}}),
+                                 "description": "the differences not resolved yet, newest first"},
+                       "next_before": NEXT_BEFORE}),
     # enrollments (the view is `Enrollment`, as the read API answers it)
     "Provisioned": _obj({
         "progress_created": {"type": "integer", "description": "progress rows created: steps the enrollment lacked"},
@@ -510,7 +513,8 @@ ADMIN_SCHEMAS: dict[str, dict] = {
                         "description": "a waiting event: what it waits for (`payment:pi_…`, `booking:…`)"},
         "payload_pruned": {"type": "boolean", "description": "its raw payload was pruned (RETENTION_DAYS or the "
                                                              "student's erasure): it cannot be replayed"}}),
-    "InboxEventList": _obj({"events": {"type": "array", "items": ref("InboxEvent"), "description": "newest first"}}),
+    "InboxEventList": _obj({"events": {"type": "array", "items": ref("InboxEvent"), "description": "newest first"},
+                            "next_before": NEXT_BEFORE}),
     "Replayed": _obj({"replayed": {"const": True}, "event": ref("InboxEvent", "the event, back to pending")}),
     # the course report (`?format=csv` answers text/csv)
     "CourseReport": _obj({
@@ -575,7 +579,8 @@ ADMIN_SCHEMAS: dict[str, dict] = {
         "target": {**NULLABLE_STR, "description": "what it was done to (`enrollment:12`, …)"},
         "reason": NULLABLE_STR,
         "details": {"type": "object", "description": "what the action recorded besides (its own fields)"}}),
-    "AuditLog": _obj({"entries": {"type": "array", "items": ref("AuditEntry"), "description": "newest first"}}),
+    "AuditLog": _obj({"entries": {"type": "array", "items": ref("AuditEntry"), "description": "newest first"},
+                      "next_before": NEXT_BEFORE}),
 }
 SCHEMAS.update(ADMIN_SCHEMAS)
 
@@ -661,6 +666,14 @@ def op(summary: str, *, tag: str, ok: dict, security=None, status: str = "200",
 def q(name: str, description: str, *, required: bool = False, schema: dict | None = None) -> dict:
     return {"name": name, "in": "query", "required": required, "description": description,
             "schema": schema or {"type": "string"}}
+
+
+def paged(default: int, maximum: int) -> list[dict]:
+    """`limit` and `before` of a newest-first admin list (`ingress.paging`)."""
+    return [q("limit", f"how many, 1 to {maximum} (default {default})",
+              schema={"type": "integer", "minimum": 1, "maximum": maximum}),
+            q("before", "the `next_before` of the previous page: only older rows (a 400 `invalid_before` "
+                        "unless a positive integer)", schema={"type": "integer", "minimum": 1})]
 
 
 def h(name: str, description: str, *, required: bool = False, max_length: int | None = None) -> dict:
@@ -908,7 +921,8 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                    headers=PUBLISH_CONDITIONS,
                                                    extra={**NOT_FOUND, **PUBLISH_REFUSED, **PRECONDITION_FAILED}),
     ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN,
-                                       ok=_json("DriftList")),
+                                       ok=_json("DriftList"), query=paged(100, 500),
+                                       description="Newest first, a page at a time."),
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
                                                                  security=ADMIN, ok=_json("Refulfilled"),
                                                                  extra={"409": _json("Error", "not_fulfillable: the "
@@ -919,9 +933,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                              "`subject`, `status`, `received_at`, `processed_at`, `attempts`, "
                                              "`last_error`, `waiting_for`, and `payload_pruned` (its raw payload "
                                              "was pruned by retention or an erasure: not replayable).",
-                                 query=[q("status", "inbox status"),
-                                        q("limit", "how many, 1 to 500 (default 50)",
-                                          schema={"type": "integer", "minimum": 1, "maximum": 500})]),
+                                 query=[q("status", "inbox status"), *paged(50, 500)]),
     ("POST", "/admin/events/{inbox_id}/replay"): op(
         "Replay an inbox event (queued)", tag="admin", security=ADMIN, status="202", ok=_json("Replayed", "queued"),
         description="Puts a failed, waiting or ignored event back to pending and queues it. An event's raw payload "
@@ -998,9 +1010,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
                                 ok=_json("AuditLog"),
                                 query=[q("actor", "an admin's email"), q("action", "the action"),
-                                       q("target", "what it was done to (`enrollment:12`, …)"),
-                                       q("limit", "how many, 1 to 500 (default 100)",
-                                         schema={"type": "integer", "minimum": 1, "maximum": 500})]),
+                                       q("target", "what it was done to (`enrollment:12`, …)"), *paged(100, 500)]),
     # manual operations, each with a required reason and an audit entry (operator)
     ("POST", "/admin/enrollments"): op("Enrol a student by hand (with or without the bundle)", tag="admin",
                                        security=ADMIN, body="EnrollByHand", status="201",

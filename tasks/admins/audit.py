@@ -90,8 +90,11 @@ def keyed(*, session: Session, action: str, target: str, request_key: str) -> Au
 
 
 def entries(*, session: Session, actor: str | None = None, action: str | None = None, target: str | None = None,
-            limit: int = 100) -> list[AuditEntry]:
+            limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+    """Newest first; `before`: only entries with a smaller id (the next page of a list read a page at a time)."""
     query = select(AuditEntry)
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
     if actor:
         query = query.where(AuditEntry.actor == actor)
     if action:

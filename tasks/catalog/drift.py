@@ -172,6 +172,9 @@ def newer_event_checked(session: Session, event: InboxEvent) -> InboxEvent | Non
         InboxEvent.status == InboxStatus.PROCESSED, InboxEvent.occurred_at > event.occurred_at).limit(1))
 
 
-def open_drift(session: Session, limit: int = 100) -> list[StripeDrift]:
-    return list(session.scalars(select(StripeDrift).where(StripeDrift.resolved_at.is_(None))
-                                .order_by(StripeDrift.id.desc()).limit(limit)))
+def open_drift(session: Session, limit: int = 100, before: int | None = None) -> list[StripeDrift]:
+    """The differences not resolved yet, newest first; `before`: only those with a smaller id (the next page)."""
+    query = select(StripeDrift).where(StripeDrift.resolved_at.is_(None))
+    if before is not None:
+        query = query.where(StripeDrift.id < before)
+    return list(session.scalars(query.order_by(StripeDrift.id.desc()).limit(limit)))

@@ -49,10 +49,14 @@ def replay_failed(*, session: Session, ids: list[int]) -> None:
                         .values(**REPLAYED))
 
 
-def list_events(*, session: Session, status: InboxStatus | None = None, limit: int = 50) -> list[InboxEvent]:
+def list_events(*, session: Session, status: InboxStatus | None = None, limit: int = 50,
+                before: int | None = None) -> list[InboxEvent]:
+    """Newest first; `before`: only events with a smaller id (the next page of a list read a page at a time)."""
     query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
     if status is not None:
         query = query.where(InboxEvent.status == status)
+    if before is not None:
+        query = query.where(InboxEvent.id < before)
     return list(session.scalars(query))
 
 
