@@ -257,9 +257,9 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     existing = session.get(Booking, data.booking_id)
     if existing is not None:
         return existing
-    student = ensure_student(session=session, student_id=data.student_id)
+    ensure_student(session=session, student_id=data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
-        return _book_step(session, data, at, student, may_wait=may_wait, lock=lock)
+        return _book_step(session, data, at, may_wait=may_wait, lock=lock)
     if _class_cancelled(session, data.class_id, lock=lock):
         return _reject(session, data, CLASS_CANCELLED, at)
     if data.credit_type is not None:
@@ -289,8 +289,7 @@ def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: Cour
     ) is not None
 
 
-def _book_step(session: Session, data: BookingCreated, at: datetime, student: Student, *, may_wait: bool,
-               lock: bool) -> Booking:
+def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool, lock: bool) -> Booking:
     verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
                          class_id=data.class_id, lock=lock, as_of=at)
     step, enrollment = verdict.step, verdict.enrollment
@@ -344,7 +343,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, student: St
     # the booking row is new in this transaction, so nothing keyed by it can exist yet (`fresh`)
     progress_moves.move(session=session, progress=progress, target=ProgressStatus.BOOKED, cause=f"booking.created:{booking.id}",
                         at=at, enrollment=enrollment, step=step, fresh=True)
-    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step, student=student,
+    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step,
           group_class=verdict.group_class, fresh=True)
     return booking
 
@@ -588,13 +587,21 @@ BOOKING_MAILS = ("booking_confirmed", "booking_cancelled", "class_cancelled")  #
 
 def _mail(session: Session, template: str, booking: Booking, *, enrollment: StudentCourseEnrollment | None = None,
           step: CourseStep | None = None, progress: StudentCourseProgress | None = None,
-          student: Student | None = None, group_class: GroupClass | None = None, fresh: bool = False,
+          group_class: GroupClass | None = None, fresh: bool = False,
           **extra) -> None:
     """One mail per (template, booking) to the student, if we know their address. Rows the caller holds
-    (the student, the class) are passed in so they are not read again; `fresh`: the template's cause is
-    new in this transaction (`outbox.add_message`)."""
-    student = student if student is not None else session.get(Student, booking.student_id)
-    if student is None or not student.email:
+    (the class, the enrollment) are passed in so they are not read again; `fresh`: the template's cause is
+    new in this transaction (`outbox.add_message`).
+
+    The student's address, name and time zone are read here, under a key-share lock, whatever row the caller
+    holds: an erasure (which takes the student's row for update) either waits for this transaction, and then
+    finds the mail, or has committed, and then there is no address. Read earlier, without the lock, an address
+    could be written after the erasure had looked for the student's mails (a booking's insert waits on the
+    erasure, then goes on with what it had read)."""
+    person = session.execute(select(Student.email, Student.name, Student.timezone)
+                             .where(Student.id == booking.student_id)
+                             .with_for_update(read=True, key_share=True)).first()
+    if person is None or not person.email:
         log.info("no address for student %s: %s mail for booking %s not sent", booking.student_id, template,
                  booking.id)
         return
@@ -607,17 +614,17 @@ def _mail(session: Session, template: str, booking: Booking, *, enrollment: Stud
     if group_class is None or group_class.id != booking.class_id:
         group_class = session.get(GroupClass, booking.class_id)
     context = {
-        "student_name": student.name,
+        "student_name": person.name,
         "course_code": program.code if program else None,
         "step_label": step.label if step else None,
         "class_title": group_class.title if group_class else None,
         "starts_at": group_class.starts_at.isoformat() if group_class else None,
-        "timezone": student.timezone or (program.timezone if program else None) or
+        "timezone": person.timezone or (program.timezone if program else None) or
         (group_class.timezone if group_class else None) or "UTC",
         "booking_id": booking.id,
         "class_id": booking.class_id,
         **extra,
     }
-    outbox.add_mail(session=session, template=template, recipient=student.email, context=context,
+    outbox.add_mail(session=session, template=template, recipient=person.email, context=context,
                     dedupe_key=f"{template}:{booking.id}", enrollment_id=enrollment.id if enrollment else None,
                     fresh=fresh)

@@ -33,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, String, and_, cast, literal, literal_column, or_, select, update
+from sqlalchemy import BigInteger, String, and_, cast, literal, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -281,6 +281,10 @@ def remind(*, session: Session, run: ReminderRun, first: int, last: int) -> int:
         .where(StudentCourseProgress.enrollment_id.between(first, last),
                StudentCourseEnrollment.id.between(first, last))
         .order_by(StudentCourseProgress.enrollment_id, CourseStep.position)
+        # the students' rows under a key-share lock (PostgreSQL): an erasure committing meanwhile is waited
+        # for, and its student then drops out (no address), instead of getting a mail written after the
+        # erasure had looked for their mails
+        .with_for_update(read=True, key_share=True, of=Student)
     ).all()
     unchanged = _unchanged(session, run, {row[1] for row in candidates}) if candidates else set()
     candidates = [row for row in candidates if row[1] in unchanged]
@@ -326,10 +330,22 @@ def send_reminders(*, unit_of_work, settings, now: datetime | None = None) -> in
             queued += remind(session=session, run=run, first=first, last=last)
     if queued:
         log.info("queued %d step reminder(s)", queued)
+    if queued >= ANALYZE_AFTER:
+        with unit_of_work() as session:
+            refresh_statistics(session)
     return queued
 
 
 BATCH = 2000
+# a run that queued this many refreshes reminder_log's statistics (PostgreSQL) at its end, not waiting for
+# autovacuum: planned on a table it believes nearly empty, the next run's "not reminded yet" check read the
+# whole log once per candidate (100,000 enrollments: 61 s instead of 0.3 s)
+ANALYZE_AFTER = 1000
+
+
+def refresh_statistics(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"ANALYZE {ReminderLog.__tablename__}"))
 
 
 def _log_once_many(session: Session, keys: dict[tuple[int, int], str], now: datetime) -> dict[tuple[int, int], int]:

@@ -425,3 +425,38 @@ def test_an_erasure_and_a_purchase_at_the_same_moment_leave_no_address(pg_databa
         enrollment = s.scalar(select(StudentCourseEnrollment))
         assert enrollment is not None and enrollment.fulfilment_metadata["customer_email"] is None
         assert s.get(Student, "stu_1").email is None
+
+
+@pytest.mark.parametrize("kind", ["step", "credit"])
+def test_an_erasure_and_a_booking_at_the_same_moment_leave_no_address(pg_database, kind):
+    """The booking read its student (not erased yet); the erasure took the student's row first, so the booking's
+    insert waited on it (its foreign key), then went on once the erasure had committed and wrote its confirmation
+    to the address read before: after the erasure had looked for the student's mails. The address a booking mail
+    goes to is now read under a key-share lock as the mail is written: after the erasure, there is none."""
+    import threading
+
+    from tests.conftest import while_held
+
+    database = pg_database
+    w = bookings.world(database, enrolled=kind == "step", group_credits=int(kind == "credit"))
+    event = (bookings.booking_created("bk_1", w.option(1), step_id=w.step_ids[0]) if kind == "step" else
+             bookings.booking_created("bk_1", w.option(1), credit_type="group"))
+    inbox_id = bookings.store(database, event)
+    held, release = threading.Event(), threading.Event()
+
+    def erase():
+        with database.session_scope() as s:
+            erased = erasure.erase_student(session=s, student_id="stu_1")
+            held.set()
+            assert release.wait(30)
+            return erased
+
+    _, booked, waited = while_held(database, erase, lambda: bookings.run(database, inbox_id), held=held,
+                                   release=release)
+    assert waited, "the booking did not wait for the erasure holding its student"
+    assert booked.result().outcome.value == "processed"
+    assert bookings.booking(database, "bk_1") is not None
+    assert "stu_1@example.test" not in _everything(database)
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.recipient.is_not(None))) == 0
