@@ -11,6 +11,8 @@ import click
 
 from coursepipe.cli_support import checked_reason, one_line, reason_option, record_cli_action
 
+ERASE_ATTEMPTS = 3  # an erasure ended by PostgreSQL to break a deadlock is done again, up to this many times
+
 
 def _database():
     from coursepipe.cli_support import migrated_database, settings_for
@@ -100,11 +102,23 @@ def register(main: click.Group) -> None:
         reason = checked_reason(reason)
         if not yes:
             click.confirm(f"Erase the personal data of student {student_id}? This cannot be undone", abort=True)
+        from sqlalchemy.exc import DBAPIError
+
+        from db.database import is_deadlock
+
         database = _database()
         try:
-            with database.session_scope() as s:
-                erased = erasure.erase_student(session=s, student_id=student_id)
-                record_cli_action(s, "student.erase", f"student:{student_id}", reason, **erased.as_dict())
+            for attempt in range(1, ERASE_ATTEMPTS + 1):
+                try:
+                    with database.session_scope() as s:
+                        erased = erasure.erase_student(session=s, student_id=student_id)
+                        record_cli_action(s, "student.erase", f"student:{student_id}", reason, **erased.as_dict())
+                    break
+                except DBAPIError as exc:
+                    # the erasure takes the student's row, then rows a booking or a payment may hold while it
+                    # waits for that student: PostgreSQL ends one of the two, and the erasure starts over
+                    if not is_deadlock(exc) or attempt == ERASE_ATTEMPTS:
+                        raise
         except NotFound as exc:
             raise click.ClickException(one_line(str(exc))) from None
         finally:

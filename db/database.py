@@ -159,6 +159,11 @@ def is_unique_violation(exc: Exception) -> bool:
     return "UNIQUE constraint failed" in str(orig or "")  # SQLite
 
 
+def is_deadlock(exc: Exception) -> bool:
+    """Whether PostgreSQL ended the transaction to break a deadlock (40P01): done again, it goes through."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "40P01"
+
+
 def upsert_insert(session):
     """The dialect's INSERT construct (with on_conflict_do_nothing / do_update) for this session's database."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -330,3 +330,53 @@ def test_a_delivery_move_with_a_malformed_message_id_is_kept_and_the_rest_pruned
         assert retention.prune(session=s, retention_days=400).transitions == 2
     with database.session_scope() as s:
         assert s.scalars(select(TransitionLog.entity_id).where(TransitionLog.entity == "outbox")).all() == ["?"]
+
+
+def test_an_erasure_ended_to_break_a_deadlock_is_done_again(pg_database, monkeypatch):
+    """A transaction holds the enrollment (as a booking does), the erasure takes the student and waits for the
+    enrollment, then the transaction asks for the student (a booking's foreign key, or its mail's address):
+    PostgreSQL ends one of the two. Made the erasure here (the other waits 10 s before it checks): before, the
+    command ended on the error; now it starts over, and goes through once the other has committed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from coursepipe.cli import main
+    from tasks.lifecycle import erasure
+    from tests.conftest import lock_waited_or_done
+    from tests.netutil import wait_until
+
+    database = pg_database
+    _purchase(database)
+    attempts = []
+    real = erasure.erase_student
+
+    def counted(**kw):
+        attempts.append(1)
+        return real(**kw)
+
+    monkeypatch.setattr(erasure, "erase_student", counted)
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    holding, started = threading.Event(), threading.Event()
+    erasing = []
+
+    def booking_like():
+        with database.engine.begin() as conn:
+            conn.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+            conn.execute(text("SELECT id FROM student_course_enrollment FOR NO KEY UPDATE"))
+            holding.set()
+            assert started.wait(30)
+            assert wait_until(lambda: lock_waited_or_done(database, erasing[0]), timeout=30)
+            conn.execute(text("SELECT id FROM student WHERE id = 'stu_1' FOR KEY SHARE"))
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(booking_like)
+        assert holding.wait(30)
+        erasing.append(pool.submit(CliRunner().invoke, main, ["students", "erase", "stu_1", "--yes"]))
+        started.set()
+        holder.result(timeout=60)
+        result = erasing[0].result(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert len(attempts) == 2  # the first ended by PostgreSQL, the second through
+    with database.session_scope() as s:
+        assert s.get(Student, "stu_1").email is None
