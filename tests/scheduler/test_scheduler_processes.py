@@ -60,7 +60,7 @@ def test_two_scheduler_processes_fire_each_period_once(pg_database, redis_url, r
         stopped = time.monotonic()
         for p in procs:
             p.send_signal(signal.SIGTERM)
-        hung = [i for i, p in enumerate(procs) if not _exits(p, 30)]
+        hung = [i for i, p in enumerate(procs) if not _exits(p, 60)]
         for reader in readers:
             reader.join(timeout=10)
     assert not hung, [errs[i][-60:] for i in hung]  # the end of a hung one's stderr holds its threads' stacks
