@@ -184,13 +184,16 @@ def events() -> None:
 @events.command("list")
 @click.option("--status", type=click.Choice(["pending", "processing", "processed", "ignored", "waiting", "failed"]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def events_list(status: str | None, limit: int) -> None:
+@click.option("--before", type=ROW_ID, default=None,
+              help="only events older than this id (the last id of the previous page); newest first")
+def events_list(status: str | None, limit: int, before: int | None) -> None:
     from db.enums import InboxStatus
     from tasks.inbox import admin as inbox
 
     runtime = _runtime(_settings())
     with runtime.db.session_scope() as session:
-        rows = inbox.list_events(session=session, status=InboxStatus(status) if status else None, limit=limit)
+        rows = inbox.list_events(session=session, status=InboxStatus(status) if status else None, limit=limit,
+                                 before=before)
         views = [inbox.event_view(e) for e in rows]
     for view in views:
         click.echo(json.dumps(view))

@@ -123,3 +123,19 @@ def test_the_audit_page_links_to_the_older_entries_keeping_its_filter(client, ru
     older = client.get(link).get_data(True)
     assert older.count('class="audit-entry"') == 2 and "outbox.retry" not in older
     assert 'id="audit-older"' not in older  # the last page
+
+
+def test_the_cli_lists_events_a_page_at_a_time_too(database, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from coursepipe.cli import main
+
+    ids = _events(database, 5)
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    result = CliRunner().invoke(main, ["events", "list", "--limit", "2", "--before", str(ids[3])])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == [ids[2], ids[1]]
+    refused = CliRunner().invoke(main, ["events", "list", "--before", "0"])
+    assert refused.exit_code == 2 and "--before" in refused.output
