@@ -673,7 +673,8 @@ def paged(default: int, maximum: int) -> list[dict]:
     return [q("limit", f"how many, 1 to {maximum} (default {default})",
               schema={"type": "integer", "minimum": 1, "maximum": maximum}),
             q("before", "the `next_before` of the previous page: only older rows (a 400 `invalid_before` "
-                        "unless a positive integer)", schema={"type": "integer", "minimum": 1})]
+                        "unless a positive integer of at most 18 digits)",
+              schema={"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999})]
 
 
 def h(name: str, description: str, *, required: bool = False, max_length: int | None = None) -> dict:

@@ -258,6 +258,7 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     if existing is not None:
         return existing
     ensure_student(session=session, student_id=data.student_id)
+    hold_student(session, data.student_id)  # before the enrollment, as an erasure takes them
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
         return _book_step(session, data, at, may_wait=may_wait, lock=lock)
     if _class_cancelled(session, data.class_id, lock=lock):
@@ -440,11 +441,22 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
 # --------------------------------------------------------------------------- cancellation and attendance
 
 
+def hold_student(session: Session, student_id: str) -> None:
+    """The student's row under a key-share lock (PostgreSQL), before the enrollment and progress rows a booking's
+    change locks. An erasure takes the student for update and then clears the e-mail on their enrollments: taken
+    in that order here too, one waits for the other, where a booking holding the enrollment and asking for the
+    student (its mail's address) made PostgreSQL end one of the two. The lock does not conflict with the
+    ledger's (`credits.lock_student`) nor with a profile update."""
+    session.execute(select(Student.id).where(Student.id == student_id).with_for_update(read=True, key_share=True))
+
+
 def _locked_booking(session: Session, booking_id: str) -> tuple[Booking, StudentCourseEnrollment | None]:
-    """The booking and its enrollment (None for a booking without one), both locked."""
+    """The booking and its enrollment (None for a booking without one), both locked; the student's row held
+    between the two (`hold_student`)."""
     booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
     if booking is None:
         raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
+    hold_student(session, booking.student_id)
     enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
         enrollment = session.scalar(select(StudentCourseEnrollment)
@@ -555,9 +567,14 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
         ending([b.id for b in bookings])
     # the students whose credits come back, locked now, in one order: releasing them one by one in booking order
     # would lock them in an order another class's cancellation (or a revocation, holding a student and wanting a
-    # progress row this one holds) could cross, and PostgreSQL would abort one of them
-    for student_id in sorted({b.student_id for b in bookings if b.credit_type is not None}):
-        credits.lock_student(session, student_id)
+    # progress row this one holds) could cross, and PostgreSQL would abort one of them; the others' rows held
+    # (key share) in the same pass, before their enrollments and steps, for their mails (`hold_student`)
+    crediting = {b.student_id for b in bookings if b.credit_type is not None}
+    for student_id in sorted({b.student_id for b in bookings}):
+        if student_id in crediting:
+            credits.lock_student(session, student_id)
+        else:
+            hold_student(session, student_id)
     for booking in bookings:
         BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
         booking.cancelled_at = at

@@ -119,7 +119,7 @@ def test_the_audit_page_links_to_the_older_entries_keeping_its_filter(client, ru
     page = client.get("/admin/ui/audit?action=event.replay").get_data(True)
     assert page.count('class="audit-entry"') == 100
     link = html.unescape(re.search(r'id="audit-older" href="([^"]+)"', page).group(1))
-    assert "action=event.replay" in link and f"before={entries[5]}" in link
+    assert "action=event.replay" in link and f"before={entries[5]}" in link and "limit=100" in link
     older = client.get(link).get_data(True)
     assert older.count('class="audit-entry"') == 2 and "outbox.retry" not in older
     assert 'id="audit-older"' not in older  # the last page
@@ -139,3 +139,12 @@ def test_the_cli_lists_events_a_page_at_a_time_too(database, monkeypatch):
     assert [json.loads(line)["id"] for line in result.output.splitlines()] == [ids[2], ids[1]]
     refused = CliRunner().invoke(main, ["events", "list", "--before", "0"])
     assert refused.exit_code == 2 and "--before" in refused.output
+
+
+def test_the_audit_pages_keep_the_size_asked_for(client, runtime):
+    entries = _audit(runtime.db, ["event.replay"] * 5)
+    login(client)
+    page = client.get("/admin/ui/audit?limit=2").get_data(True)
+    link = html.unescape(re.search(r'id="audit-older" href="([^"]+)"', page).group(1))
+    assert "limit=2" in link and f"before={entries[3]}" in link
+    assert client.get(link).get_data(True).count('class="audit-entry"') == 2

@@ -651,3 +651,16 @@ def test_a_run_that_queued_many_refreshes_the_logs_statistics(pg_database, monke
         s.execute(update(ReminderLog).values(window_key="class:another"))
     assert send_reminders(unit_of_work=pg_database.session_scope, settings=_settings(pg_database)) == 1
     assert last_analyzed() not in (None, before)
+
+
+def test_a_failed_analyze_does_not_fail_a_run_that_queued_its_reminders(database, monkeypatch, caplog):
+    def refused(session):
+        raise RuntimeError("canceling statement due to statement timeout")
+
+    with database.session_scope() as s:
+        _setup(s)
+    monkeypatch.setattr(reminders, "ANALYZE_AFTER", 1)
+    monkeypatch.setattr(reminders, "refresh_statistics", refused)
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 1
+    assert len(_mails(database)) == 1
+    assert "could not analyze reminder_log" in caplog.text

@@ -460,3 +460,44 @@ def test_an_erasure_and_a_booking_at_the_same_moment_leave_no_address(pg_databas
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(OutboxMessage)
                         .where(OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.recipient.is_not(None))) == 0
+
+
+@pytest.mark.parametrize("event", ["booking.cancelled", "class.upserted"])
+def test_an_erasure_and_a_cancellation_holding_the_enrollment_do_not_deadlock(pg_database, monkeypatch, event):
+    """A cancellation locked the enrollment and its step (a booking's cancel, or a class's) and then, writing its
+    mail, asked for the student under a key-share lock, while an erasure held the student and waited to clear
+    the e-mail on that enrollment: PostgreSQL ended one of them (found by review). A booking's change now takes
+    the student's key-share lock before the enrollment, the order the erasure takes them in: one waits for the
+    other, and both go through."""
+    import threading
+
+    from db.types import utcnow
+    from tasks.bookings import services
+    from tests.conftest import while_held
+
+    database = pg_database
+    w = bookings.world(database, enrolled=True)
+    with database.session_scope() as s:
+        s.execute(update(StudentCourseEnrollment).values(fulfilment_metadata={"customer_email": "stu_1@example.test"}))
+    assert bookings.deliver(database, bookings.booking_created("bk_1", w.option(1),
+                                                               step_id=w.step_ids[0])).outcome.value == "processed"
+    cancel = (bookings.booking_cancelled("bk_1") if event == "booking.cancelled" else
+              bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
+    inbox_id = bookings.store(database, cancel)
+    held, release = threading.Event(), threading.Event()
+    real = services._attached_progress
+
+    def holding(session, booking):  # the enrollment and the step's progress row are locked by now
+        found = real(session, booking)
+        held.set()
+        assert release.wait(30)
+        return found
+
+    monkeypatch.setattr(services, "_attached_progress", holding)
+    result, erased, _waited = while_held(database, lambda: bookings.run(database, inbox_id), lambda: _erase(database),
+                                         held=held, release=release)
+    assert result.outcome.value == "processed", result.error
+    erased.result()  # not ended by PostgreSQL to break a deadlock
+    assert "stu_1@example.test" not in _everything(database)
+    with database.session_scope() as s:
+        assert s.scalar(select(StudentCourseEnrollment.fulfilment_metadata))["customer_email"] is None
