@@ -257,8 +257,9 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     existing = session.get(Booking, data.booking_id)
     if existing is not None:
         return existing
-    ensure_student(session=session, student_id=data.student_id)
-    hold_student(session, data.student_id)  # before the enrollment, as an erasure takes them
+    if not hold_student(session, data.student_id):  # before the enrollment, as an erasure takes them
+        ensure_student(session=session, student_id=data.student_id)  # first seen: a stub, created and held
+        hold_student(session, data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
         return _book_step(session, data, at, may_wait=may_wait, lock=lock)
     if _class_cancelled(session, data.class_id, lock=lock):
@@ -441,22 +442,25 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
 # --------------------------------------------------------------------------- cancellation and attendance
 
 
-def hold_student(session: Session, student_id: str) -> None:
+def hold_student(session: Session, student_id: str) -> bool:
     """The student's row under a key-share lock (PostgreSQL), before the enrollment and progress rows a booking's
     change locks. An erasure takes the student for update and then clears the e-mail on their enrollments: taken
     in that order here too, one waits for the other, where a booking holding the enrollment and asking for the
     student (its mail's address) made PostgreSQL end one of the two. The lock does not conflict with the
-    ledger's (`credits.lock_student`) nor with a profile update."""
-    session.execute(select(Student.id).where(Student.id == student_id).with_for_update(read=True, key_share=True))
+    ledger's (`credits.lock_student`). False: no such student."""
+    return session.scalar(select(Student.id).where(Student.id == student_id)
+                          .with_for_update(read=True, key_share=True)) is not None
 
 
-def _locked_booking(session: Session, booking_id: str) -> tuple[Booking, StudentCourseEnrollment | None]:
-    """The booking and its enrollment (None for a booking without one), both locked; the student's row held
-    between the two (`hold_student`)."""
+def _locked_booking(session: Session, booking_id: str, *, mailing: bool = False
+                    ) -> tuple[Booking, StudentCourseEnrollment | None]:
+    """The booking and its enrollment (None for a booking without one), both locked; `mailing`: the change may
+    mail the student, whose row is then held between the two (`hold_student`)."""
     booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
     if booking is None:
         raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
-    hold_student(session, booking.student_id)
+    if mailing:
+        hold_student(session, booking.student_id)
     enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
         enrollment = session.scalar(select(StudentCourseEnrollment)
@@ -489,7 +493,7 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op. `ending` is told the
     booking's id once its row is locked, before the student's is (as `cancel_class` tells it: one order)."""
-    booking, enrollment = _locked_booking(session, data.booking_id)
+    booking, enrollment = _locked_booking(session, data.booking_id, mailing=True)
     if ending is not None:
         ending([booking.id])
     if booking.status == BookingStatus.REJECTED:
