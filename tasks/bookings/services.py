@@ -492,7 +492,8 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
                    ending: Callable[[list[str]], None] | None = None) -> Booking:
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op. `ending` is told the
-    booking's id once its row is locked, before the student's is (as `cancel_class` tells it: one order)."""
+    booking's id once its row is locked, before the student's ledger lock is taken (as `cancel_class` tells it:
+    one order); the student's key-share hold, taken before, does not conflict with that lock."""
     booking, enrollment = _locked_booking(session, data.booking_id, mailing=True)
     if ending is not None:
         ending([booking.id])
