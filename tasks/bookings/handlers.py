@@ -50,6 +50,8 @@ def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     at = occurred_at(event)
     group_class, applied, moved_from = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
     cancelled = group_class.status == ClassStatus.CANCELLED
+    if cancelled:  # its students' rows, before the reminders listing the class: the order an erasure takes them in
+        bookings.hold_students_of_class(ctx.session, group_class.id)
     if moved_from is not None or cancelled:  # its reminders still to send name the old time, or a class gone
         reminders.class_changed(session=ctx.session, class_id=group_class.id, starts_at=group_class.starts_at,
                                 cancelled=cancelled)

@@ -452,6 +452,16 @@ def hold_student(session: Session, student_id: str) -> bool:
                           .with_for_update(read=True, key_share=True)) is not None
 
 
+def hold_students_of_class(session: Session, class_id: str) -> None:
+    """`hold_student` for every student with an active booking in the class, in id order, in one statement: a
+    class's cancellation takes them before the reminders listing the class (which an erasure of one of those
+    students also wants, holding the student)."""
+    session.execute(select(Student.id)
+                    .where(Student.id.in_(select(Booking.student_id).where(Booking.class_id == class_id,
+                                                                           Booking.status == BookingStatus.ACTIVE)))
+                    .order_by(Student.id).with_for_update(read=True, key_share=True))
+
+
 def _locked_booking(session: Session, booking_id: str, *, mailing: bool = False
                     ) -> tuple[Booking, StudentCourseEnrollment | None]:
     """The booking and its enrollment (None for a booking without one), both locked; `mailing`: the change may

@@ -501,3 +501,39 @@ def test_an_erasure_and_a_cancellation_holding_the_enrollment_do_not_deadlock(pg
     assert "stu_1@example.test" not in _everything(database)
     with database.session_scope() as s:
         assert s.scalar(select(StudentCourseEnrollment.fulfilment_metadata))["customer_email"] is None
+
+
+def test_an_erasure_and_a_class_cancellation_over_a_reminder_listing_it_do_not_deadlock(pg_database, monkeypatch):
+    """The class's cancellation ended the pending reminders listing it (their rows locked), then took its booked
+    students; the erasure of one of them, who also had such a reminder, held the student and waited for that
+    reminder: PostgreSQL ended one of the two (found by review). A cancellation now holds its booked students
+    first, before the reminders: the erasure waits for it, and both go through."""
+    import threading
+
+    from db.types import utcnow
+    from tasks.bookings import services
+    from tasks.enrollments.reminders import send_reminders
+    from tests.conftest import make_settings, while_held
+
+    database = pg_database
+    w = bookings.world(database, enrolled=True, group_credits=1)
+    # a credit booking into step 1's class: step 1 stays unbooked, and its reminder lists that class
+    assert bookings.deliver(database, bookings.booking_created("bk_c", w.option(1), credit_type="group")
+                            ).outcome.value == "processed"
+    settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7)
+    assert send_reminders(unit_of_work=database.session_scope, settings=settings) >= 1
+    inbox_id = bookings.store(database, bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
+    held, release = threading.Event(), threading.Event()
+    real = services.cancel_class
+
+    def holding(**kw):  # the reminders listing the class are ended (locked) by now
+        held.set()
+        assert release.wait(30)
+        return real(**kw)
+
+    monkeypatch.setattr(services, "cancel_class", holding)
+    result, erased, _waited = while_held(database, lambda: bookings.run(database, inbox_id), lambda: _erase(database),
+                                         held=held, release=release)
+    assert result.outcome.value == "processed", result.error
+    erased.result()  # not ended by PostgreSQL to break a deadlock
+    assert "stu_1@example.test" not in _everything(database)
