@@ -462,18 +462,38 @@ def test_an_erasure_and_a_booking_at_the_same_moment_leave_no_address(pg_databas
                         .where(OutboxMessage.channel == OutboxChannel.MAIL, OutboxMessage.recipient.is_not(None))) == 0
 
 
-@pytest.mark.parametrize("event", ["booking.cancelled", "class.upserted"])
-def test_an_erasure_and_a_cancellation_holding_the_enrollment_do_not_deadlock(pg_database, monkeypatch, event):
-    """A cancellation locked the enrollment and its step (a booking's cancel, or a class's) and then, writing its
-    mail, asked for the student under a key-share lock, while an erasure held the student and waited to clear
-    the e-mail on that enrollment: PostgreSQL ended one of them (found by review). A booking's change now takes
-    the student's key-share lock before the enrollment, the order the erasure takes them in: one waits for the
-    other, and both go through."""
+def _cancel_beside_an_erasure(database, monkeypatch, inbox_id: int, pause_in: str) -> None:
+    """Run the stored cancellation, paused on entering `tasks.bookings.services.<pause_in>` (what it locked before
+    stays held) while an erasure starts beside it, and let it go once the erasure waits: both go through, neither
+    ended by PostgreSQL to break a deadlock, and the address is nowhere after them."""
     import threading
 
-    from db.types import utcnow
     from tasks.bookings import services
     from tests.conftest import while_held
+
+    held, release = threading.Event(), threading.Event()
+    real = getattr(services, pause_in)
+
+    def pausing(*args, **kw):
+        held.set()
+        assert release.wait(30)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(services, pause_in, pausing)
+    result, erased, _waited = while_held(database, lambda: bookings.run(database, inbox_id), lambda: _erase(database),
+                                         held=held, release=release)
+    assert result.outcome.value == "processed", result.error
+    erased.result()  # not ended by PostgreSQL to break a deadlock
+    assert "stu_1@example.test" not in _everything(database)
+
+
+@pytest.mark.parametrize("event", ["booking.cancelled", "class.upserted"])
+def test_an_erasure_and_a_cancellation_holding_the_enrollment_do_not_deadlock(pg_database, monkeypatch, event):
+    """A cancellation locked the enrollment (a booking's cancel, or a class's) and then, writing its mail, asked
+    for the student under a key-share lock, while an erasure held the student and waited to clear the e-mail on
+    that enrollment: PostgreSQL ended one of them (found by review). A booking's change now takes the student's
+    key-share lock before the enrollment, the order the erasure takes them in: one waits for the other."""
+    from db.types import utcnow
 
     database = pg_database
     w = bookings.world(database, enrolled=True)
@@ -483,22 +503,7 @@ def test_an_erasure_and_a_cancellation_holding_the_enrollment_do_not_deadlock(pg
                                                                step_id=w.step_ids[0])).outcome.value == "processed"
     cancel = (bookings.booking_cancelled("bk_1") if event == "booking.cancelled" else
               bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
-    inbox_id = bookings.store(database, cancel)
-    held, release = threading.Event(), threading.Event()
-    real = services._attached_progress
-
-    def holding(session, booking):  # the enrollment and the step's progress row are locked by now
-        found = real(session, booking)
-        held.set()
-        assert release.wait(30)
-        return found
-
-    monkeypatch.setattr(services, "_attached_progress", holding)
-    result, erased, _waited = while_held(database, lambda: bookings.run(database, inbox_id), lambda: _erase(database),
-                                         held=held, release=release)
-    assert result.outcome.value == "processed", result.error
-    erased.result()  # not ended by PostgreSQL to break a deadlock
-    assert "stu_1@example.test" not in _everything(database)
+    _cancel_beside_an_erasure(database, monkeypatch, bookings.store(database, cancel), "_attached_progress")
     with database.session_scope() as s:
         assert s.scalar(select(StudentCourseEnrollment.fulfilment_metadata))["customer_email"] is None
 
@@ -507,13 +512,10 @@ def test_an_erasure_and_a_class_cancellation_over_a_reminder_listing_it_do_not_d
     """The class's cancellation ended the pending reminders listing it (their rows locked), then took its booked
     students; the erasure of one of them, who also had such a reminder, held the student and waited for that
     reminder: PostgreSQL ended one of the two (found by review). A cancellation now holds its booked students
-    first, before the reminders: the erasure waits for it, and both go through."""
-    import threading
-
+    first, before the reminders: the erasure waits for it."""
     from db.types import utcnow
-    from tasks.bookings import services
     from tasks.enrollments.reminders import send_reminders
-    from tests.conftest import make_settings, while_held
+    from tests.conftest import make_settings
 
     database = pg_database
     w = bookings.world(database, enrolled=True, group_credits=1)
@@ -522,18 +524,5 @@ def test_an_erasure_and_a_class_cancellation_over_a_reminder_listing_it_do_not_d
                             ).outcome.value == "processed"
     settings = make_settings(database.url, reminders_enabled=True, reminder_window_days=7)
     assert send_reminders(unit_of_work=database.session_scope, settings=settings) >= 1
-    inbox_id = bookings.store(database, bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
-    held, release = threading.Event(), threading.Event()
-    real = services.cancel_class
-
-    def holding(**kw):  # the reminders listing the class are ended (locked) by now
-        held.set()
-        assert release.wait(30)
-        return real(**kw)
-
-    monkeypatch.setattr(services, "cancel_class", holding)
-    result, erased, _waited = while_held(database, lambda: bookings.run(database, inbox_id), lambda: _erase(database),
-                                         held=held, release=release)
-    assert result.outcome.value == "processed", result.error
-    erased.result()  # not ended by PostgreSQL to break a deadlock
-    assert "stu_1@example.test" not in _everything(database)
+    cancel = bookings.class_upserted(w.option(1), status="cancelled", when=utcnow())
+    _cancel_beside_an_erasure(database, monkeypatch, bookings.store(database, cancel), "cancel_class")
