@@ -34,7 +34,6 @@ from workers import publishing as publish_calls
 from workers.actors import send
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/admin")
-MAX_DRIFT_LIMIT = 500
 
 
 def _runtime():
@@ -258,7 +257,7 @@ def queue_publish(kind: str, code: str, reason: str | None) -> None:
 @bp.get("/stripe/drift")
 @require_role("viewer")
 def list_drift():
-    page = page_args(default=100, maximum=MAX_DRIFT_LIMIT)
+    page = page_args(default=100)
     with _runtime().db.session_scope() as session:
         rows, next_before = read_page(page, lambda limit, before: drift.open_drift(session, limit, before))
         return jsonify({"drift": [publishing.drift_view(d) for d in rows], "next_before": next_before})

@@ -15,7 +15,6 @@ from workers.actors import enqueue_inbox
 
 bp = Blueprint("admin_events", __name__, url_prefix="/admin")
 
-MAX_LIMIT = 500
 
 
 @bp.get("/events")
@@ -26,7 +25,7 @@ def list_events():
         status = InboxStatus(status_raw) if status_raw else None
     except ValueError:
         raise ApiError(400, "invalid_status", f"status must be one of {[s.value for s in InboxStatus]}") from None
-    page = page_args(default=50, maximum=MAX_LIMIT)
+    page = page_args(default=50)
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     with runtime.db.session_scope() as session:
         rows, next_before = read_page(page, lambda limit, before: inbox.list_events(

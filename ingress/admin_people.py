@@ -124,7 +124,7 @@ def remove_admin(email: str):
 
 def _audit_page() -> tuple[dict, list[dict], int | None]:
     """The filters asked for, one page of the entries they select, and the next page's `before`."""
-    page = page_args(default=100, maximum=audit.MAX_LIMIT)
+    page = page_args(default=100)
     query = {"actor": request.args.get("actor") or None, "action": request.args.get("action") or None,
              "target": request.args.get("target") or None}
     with _runtime().db.session_scope() as s:

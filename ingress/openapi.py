@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from db.enums import (BundleKind, CreditType, DisputeStatus, EnrollmentStatus, InboxSource, InboxStatus,
                       LedgerEntryType, ProgramStatus, ProgressStatus, PurchaseStatus)
-from ingress import limits
+from ingress import limits, paging
 from ingress.errors import CONFLICT_MESSAGE
 from tasks.admins.accounts import MIN_PASSWORD_LENGTH, ROLES
 from tasks.admins.audit import MAX_REASON
@@ -668,10 +668,10 @@ def q(name: str, description: str, *, required: bool = False, schema: dict | Non
             "schema": schema or {"type": "string"}}
 
 
-def paged(default: int, maximum: int) -> list[dict]:
+def paged(default: int) -> list[dict]:
     """`limit` and `before` of a newest-first admin list (`ingress.paging`)."""
-    return [q("limit", f"how many, 1 to {maximum} (default {default})",
-              schema={"type": "integer", "minimum": 1, "maximum": maximum}),
+    return [q("limit", f"how many, 1 to {paging.MAX_LIMIT} (default {default})",
+              schema={"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT}),
             q("before", "the `next_before` of the previous page: only older rows (a 400 `invalid_before` "
                         "unless a positive integer of at most 18 digits)",
               schema={"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999})]
@@ -922,7 +922,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                                    headers=PUBLISH_CONDITIONS,
                                                    extra={**NOT_FOUND, **PUBLISH_REFUSED, **PRECONDITION_FAILED}),
     ("GET", "/admin/stripe/drift"): op("Differences between Stripe and the catalog", tag="admin", security=ADMIN,
-                                       ok=_json("DriftList"), query=paged(100, 500),
+                                       ok=_json("DriftList"), query=paged(100),
                                        description="Newest first, a page at a time."),
     ("POST", "/admin/enrollments/{enrollment_id}/refulfill"): op("Re-fulfil an enrollment", tag="admin",
                                                                  security=ADMIN, ok=_json("Refulfilled"),
@@ -934,7 +934,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                                              "`subject`, `status`, `received_at`, `processed_at`, `attempts`, "
                                              "`last_error`, `waiting_for`, and `payload_pruned` (its raw payload "
                                              "was pruned by retention or an erasure: not replayable).",
-                                 query=[q("status", "inbox status"), *paged(50, 500)]),
+                                 query=[q("status", "inbox status"), *paged(50)]),
     ("POST", "/admin/events/{inbox_id}/replay"): op(
         "Replay an inbox event (queued)", tag="admin", security=ADMIN, status="202", ok=_json("Replayed", "queued"),
         description="Puts a failed, waiting or ignored event back to pending and queues it. An event's raw payload "
@@ -1011,7 +1011,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("GET", "/admin/audit"): op("The audit log: who did what, when and why", tag="admin", security=ADMIN,
                                 ok=_json("AuditLog"),
                                 query=[q("actor", "an admin's email"), q("action", "the action"),
-                                       q("target", "what it was done to (`enrollment:12`, …)"), *paged(100, 500)]),
+                                       q("target", "what it was done to (`enrollment:12`, …)"), *paged(100)]),
     # manual operations, each with a required reason and an audit entry (operator)
     ("POST", "/admin/enrollments"): op("Enrol a student by hand (with or without the bundle)", tag="admin",
                                        security=ADMIN, body="EnrollByHand", status="201",

@@ -12,6 +12,7 @@ from ingress.bodies import decimal
 from ingress.errors import ApiError
 
 Row = TypeVar("Row")
+MAX_LIMIT = 500  # rows a page may ask for
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,23 @@ class Page:
     before: int | None
 
 
-def page_args(*, default: int, maximum: int) -> Page:
-    """`?limit=` (1 to `maximum`, `default` when absent) and `?before=` (a positive id); a 400 otherwise."""
+def limit_arg(*, default: int, maximum: int = MAX_LIMIT) -> int:
+    """`?limit=`: 1 to `maximum`, `default` when absent or empty; a 400 `invalid_limit` otherwise."""
     raw = request.args.get("limit")
+    if raw is None or raw == "":
+        return default
     try:
-        limit = default if raw is None or raw == "" else decimal(raw)
+        limit = decimal(raw)
     except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
+        limit = 0
     if not 1 <= limit <= maximum:
-        raise ApiError(400, "invalid_limit", f"limit must be between 1 and {maximum}")
+        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {maximum}")
+    return limit
+
+
+def page_args(*, default: int) -> Page:
+    """`?limit=` (`limit_arg`) and `?before=` (a positive id); a 400 otherwise."""
+    limit = limit_arg(default=default)
     raw = request.args.get("before")
     if raw is None or raw == "":
         return Page(limit, None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ingress.bodies import decimal
+from ingress.paging import limit_arg
 from ingress.roles import require_reader
 from ingress.errors import ApiError
 from tasks.messaging import event_feed
@@ -11,23 +11,10 @@ from tasks.messaging import event_feed
 bp = Blueprint("read_events", __name__, url_prefix="/v1")
 
 
-def _limit() -> int:
-    raw = request.args.get("limit")
-    if raw is None or raw == "":
-        return event_feed.DEFAULT_LIMIT
-    try:
-        limit = decimal(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= event_feed.MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {event_feed.MAX_LIMIT}")
-    return limit
-
-
 @bp.get("/events")
 @require_reader
 def list_events():
-    limit = _limit()
+    limit = limit_arg(default=event_feed.DEFAULT_LIMIT, maximum=event_feed.MAX_LIMIT)
     runtime = current_app.config["COURSEPIPE_RUNTIME"]
     try:
         event_feed.decode_cursor(request.args.get("after"))

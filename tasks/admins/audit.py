@@ -20,7 +20,6 @@ from db.models import AuditEntry
 from tasks.admins.accounts import BREAK_GLASS_ACTOR, Principal
 from tasks.errors import ValidationFailed
 
-MAX_LIMIT = 500
 MAX_REASON = 2000
 
 log = logging.getLogger("coursepipe.audit")  # coursepipe.logs.AUDIT_LOGGER
