@@ -8,25 +8,17 @@ import re
 
 import pytest
 
-from db.enums import InboxSource
 from db.models import StripeDrift
 from tasks.admins import audit
 from tasks.admins.accounts import Principal
-from tests import inbox_api as inbox
+from tests.ingress.test_admin_events import _store
 from tests.ingress.test_dashboard import login
-from tests.signing import platform_event
 
 BAD_BEFORE = ["0", "-1", "x", "1_0", "%205", "%D9%A3", "1.5", "99999999999999999999"]  # %D9%A3: an Arabic 3
 
 
 def _events(db, n: int) -> list[int]:
-    ids = []
-    with db.session_scope() as s:
-        for _ in range(n):
-            event = platform_event("test.effect", {})
-            ids.append(inbox.store_event(session=s, source=InboxSource.PLATFORM, event_id=event["id"],
-                                         type="test.effect", payload=event, subject=None, occurred_at=None).id)
-    return ids
+    return [_store(db, "test.effect") for _ in range(n)]
 
 
 def _audit(db, actions: list[str]) -> list[int]:

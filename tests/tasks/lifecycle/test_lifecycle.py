@@ -380,3 +380,28 @@ def test_an_erasure_ended_to_break_a_deadlock_is_done_again(pg_database, monkeyp
     assert len(attempts) == 2  # the first ended by PostgreSQL, the second through
     with database.session_scope() as s:
         assert s.get(Student, "stu_1").email is None
+
+
+def test_an_erasure_done_twice_finds_nothing_more_the_second_time(database, monkeypatch):
+    from coursepipe.cli import main
+    from db.models import ErasedSubject
+
+    _purchase(database)
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    first = CliRunner().invoke(main, ["students", "erase", "stu_1", "--yes"])
+    assert first.exit_code == 0, first.output
+    with database.session_scope() as s:
+        subjects = sorted(s.scalars(select(ErasedSubject.subject)))
+        outbox = [(m.id, m.status, m.recipient, m.payload)
+                  for m in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+        payloads = [(e.id, e.payload) for e in s.scalars(select(InboxEvent).order_by(InboxEvent.id))]
+    before = state(database)
+    second = CliRunner().invoke(main, ["students", "erase", "stu_1", "--yes"])
+    assert second.exit_code == 0, second.output
+    assert '"mails_erased": 0' in second.output and '"events_pruned": 0' in second.output
+    assert state(database) == before
+    with database.session_scope() as s:
+        assert sorted(s.scalars(select(ErasedSubject.subject))) == subjects
+        assert [(m.id, m.status, m.recipient, m.payload)
+                for m in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))] == outbox
+        assert [(e.id, e.payload) for e in s.scalars(select(InboxEvent).order_by(InboxEvent.id))] == payloads
