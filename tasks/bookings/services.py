@@ -572,8 +572,9 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
                  ending: Callable[[list[str]], None] | None = None) -> list[str]:
     """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
     credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none.
-    `ending` is told the ids once they are locked, before any student's row is (the caller's waking of what
-    waits for their ends takes locks of its own, which must come first)."""
+    `ending` is told the ids once they are locked, before any student's ledger lock is (the caller's waking of
+    what waits for their ends takes locks of its own, which must come first). The caller has held every booked
+    student's row (`hold_students_of_class`), before the class's reminders: this one's mails need them."""
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
                                                           Booking.status == BookingStatus.ACTIVE)
                                     .order_by(Booking.id).with_for_update()))
@@ -582,14 +583,10 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
         ending([b.id for b in bookings])
     # the students whose credits come back, locked now, in one order: releasing them one by one in booking order
     # would lock them in an order another class's cancellation (or a revocation, holding a student and wanting a
-    # progress row this one holds) could cross, and PostgreSQL would abort one of them; the others' rows held
-    # (key share) in the same pass, before their enrollments and steps, for their mails (`hold_student`)
-    crediting = {b.student_id for b in bookings if b.credit_type is not None}
-    for student_id in sorted({b.student_id for b in bookings}):
-        if student_id in crediting:
-            credits.lock_student(session, student_id)
-        else:
-            hold_student(session, student_id)
+    # progress row this one holds) could cross, and PostgreSQL would abort one of them (every booked student's row
+    # is already held, key share: `hold_students_of_class`, taken by the handler before the class's reminders)
+    for student_id in sorted({b.student_id for b in bookings if b.credit_type is not None}):
+        credits.lock_student(session, student_id)
     for booking in bookings:
         BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id, at=at)
         booking.cancelled_at = at
