@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import Exists, literal, select
 from sqlalchemy.exc import IntegrityError
@@ -74,6 +75,13 @@ BOOKABLE_PROGRESS = (ProgressStatus.UNBOOKED, ProgressStatus.MISSED)
 
 # how long a newer booking waits for the cancel/attendance of the older booking holding its step
 HOLD_WINDOW = timedelta(minutes=10)
+
+
+class Addressee(NamedTuple):
+    """What a booking mail needs of its student, read as the student's row is held (`hold_student`)."""
+    email: str | None
+    name: str | None
+    timezone: str | None
 
 
 def booking_key(booking_id: str) -> str:
@@ -257,15 +265,16 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
     existing = session.get(Booking, data.booking_id)
     if existing is not None:
         return existing
-    if not hold_student(session, data.student_id):  # before the enrollment, as an erasure takes them
+    student = hold_student(session, data.student_id)  # before the enrollment, as an erasure takes them
+    if student is None:
         ensure_student(session=session, student_id=data.student_id)  # first seen: a stub, created and held
-        hold_student(session, data.student_id)
+        student = hold_student(session, data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
-        return _book_step(session, data, at, may_wait=may_wait, lock=lock)
+        return _book_step(session, data, at, student, may_wait=may_wait, lock=lock)
     if _class_cancelled(session, data.class_id, lock=lock):
-        return _reject(session, data, CLASS_CANCELLED, at)
+        return _reject(session, data, CLASS_CANCELLED, at, student)
     if data.credit_type is not None:
-        return _book_with_credit(session, data, at, may_wait=may_wait)
+        return _book_with_credit(session, data, at, student, may_wait=may_wait)
     # a plain booking (paid on the platform): recorded so its cancel / attendance have something to apply to
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id, status=BookingStatus.ACTIVE,
                       booked_at=at)
@@ -291,7 +300,8 @@ def _overtaken(session: Session, enrollment: StudentCourseEnrollment, step: Cour
     ) is not None
 
 
-def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool, lock: bool) -> Booking:
+def _book_step(session: Session, data: BookingCreated, at: datetime, student: Addressee, *, may_wait: bool,
+               lock: bool) -> Booking:
     verdict = step_guard(session=session, student_id=data.student_id, course_step_id=data.course_step_id,
                          class_id=data.class_id, lock=lock, as_of=at)
     step, enrollment = verdict.step, verdict.enrollment
@@ -317,7 +327,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
             # the platform books a step only after its previous booking ended: that end may be in flight
             raise WaitFor(booking_ended_key(holder.id),
                           f"step {step.label} is held by the older booking {holder.id}; waiting for its end")
-        return _reject(session, data, reason, at, enrollment=enrollment, step=step)
+        return _reject(session, data, reason, at, student, enrollment=enrollment, step=step)
 
     # read before anything is written: the writes below then go out together, the progress row in one UPDATE
     skipped_ahead = _earlier_step_unbooked(session, enrollment, step)
@@ -328,7 +338,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
         if existing is not None:
             return existing  # a concurrent twin of this very booking
         # uq_booking_active_step: another booking of this step won a race the guard could not see
-        return _reject(session, data, STEP_ALREADY_BOOKED, at, enrollment=enrollment, step=step)
+        return _reject(session, data, STEP_ALREADY_BOOKED, at, student, enrollment=enrollment, step=step)
 
     progress = verdict.progress
     if progress is None:  # a step added to the course after the purchase
@@ -345,7 +355,7 @@ def _book_step(session: Session, data: BookingCreated, at: datetime, *, may_wait
     # the booking row is new in this transaction, so nothing keyed by it can exist yet (`fresh`)
     progress_moves.move(session=session, progress=progress, target=ProgressStatus.BOOKED, cause=f"booking.created:{booking.id}",
                         at=at, enrollment=enrollment, step=step, fresh=True)
-    _mail(session, "booking_confirmed", booking, enrollment=enrollment, step=step,
+    _mail(session, "booking_confirmed", booking, student, enrollment=enrollment, step=step,
           group_class=verdict.group_class, fresh=True)
     return booking
 
@@ -401,7 +411,8 @@ def _earlier_step_unbooked(session: Session, enrollment: StudentCourseEnrollment
     ) is not None
 
 
-def _book_with_credit(session: Session, data: BookingCreated, at: datetime, *, may_wait: bool) -> Booking:
+def _book_with_credit(session: Session, data: BookingCreated, at: datetime, student: Addressee, *,
+                      may_wait: bool) -> Booking:
     try:
         credits.consume_credit(session=session, student_id=data.student_id,
                                credit_type=CreditType(data.credit_type), booking_id=data.booking_id, now=at)
@@ -412,13 +423,13 @@ def _book_with_credit(session: Session, data: BookingCreated, at: datetime, *, m
             # its credit back, may be in flight
             raise WaitFor(booking_ended_key(spender.id), f"no {data.credit_type} credit left; waiting for the "
                                                          f"end of the older credit booking {spender.id}") from None
-        return _reject(session, data, NO_CREDIT, at)
+        return _reject(session, data, NO_CREDIT, at, student)
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
                       credit_type=CreditType(data.credit_type), status=BookingStatus.ACTIVE, booked_at=at)
     return booking if _insert(session, booking) else _existing_or_fail(session, data)
 
 
-def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *,
+def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, student: Addressee, *,
             enrollment: StudentCourseEnrollment | None = None, step: CourseStep | None = None) -> Booking:
     """Refused: nothing else changes; the booking is kept as `rejected` and the platform is told."""
     booking = Booking(id=data.booking_id, student_id=data.student_id, class_id=data.class_id,
@@ -435,48 +446,56 @@ def _reject(session: Session, data: BookingCreated, reason: str, at: datetime, *
                               enrollment_id=enrollment.id if enrollment is not None else None)
     log.info("booking %s rejected: %s", data.booking_id, reason)
     if reason == CLASS_CANCELLED:  # the class was cancelled before we heard of the booking: tell the student too
-        _mail(session, "class_cancelled", booking, enrollment=enrollment, step=step)
+        _mail(session, "class_cancelled", booking, student, enrollment=enrollment, step=step)
     return booking
 
 
 # --------------------------------------------------------------------------- cancellation and attendance
 
 
-def hold_student(session: Session, student_id: str) -> bool:
+_ADDRESSEE = (Student.email, Student.name, Student.timezone)
+
+
+def hold_student(session: Session, student_id: str) -> Addressee | None:
     """The student's row under a key-share lock (PostgreSQL), before the enrollment and progress rows a booking's
-    change locks. An erasure takes the student for update and then clears the e-mail on their enrollments: taken
-    in that order here too, one waits for the other, where a booking holding the enrollment and asking for the
-    student (its mail's address) made PostgreSQL end one of the two. The lock does not conflict with the
-    ledger's (`credits.lock_student`). False: no such student."""
-    return session.scalar(select(Student.id).where(Student.id == student_id)
-                          .with_for_update(read=True, key_share=True)) is not None
+    change locks; what its mails need of it (None: no such student).
+
+    An erasure takes the student for update and then clears the e-mail on their enrollments: taken in that order
+    here too, one waits for the other, where a booking holding the enrollment and asking for the student (its
+    mail's address) made PostgreSQL end one of the two. Read under the lock, the address is the erasure's to
+    clear: either the erasure waits for this transaction, and then finds its mail, or it has committed, and then
+    there is no address (read without it, an address could be written after the erasure had looked for the
+    student's mails). The lock does not conflict with the ledger's (`credits.lock_student`)."""
+    row = session.execute(select(*_ADDRESSEE).where(Student.id == student_id)
+                          .with_for_update(read=True, key_share=True)).first()
+    return Addressee(*row) if row is not None else None
 
 
-def hold_students_of_class(session: Session, class_id: str) -> None:
+def hold_students_of_class(session: Session, class_id: str) -> dict[str, Addressee]:
     """`hold_student` for every student with an active booking in the class, in id order, in one statement: a
     class's cancellation takes them before the reminders listing the class (which an erasure of one of those
     students also wants, holding the student)."""
-    session.execute(select(Student.id)
-                    .where(Student.id.in_(select(Booking.student_id).where(Booking.class_id == class_id,
-                                                                           Booking.status == BookingStatus.ACTIVE)))
-                    .order_by(Student.id).with_for_update(read=True, key_share=True))
+    rows = session.execute(select(Student.id, *_ADDRESSEE)
+                           .where(Student.id.in_(select(Booking.student_id).where(
+                               Booking.class_id == class_id, Booking.status == BookingStatus.ACTIVE)))
+                           .order_by(Student.id).with_for_update(read=True, key_share=True))
+    return {student_id: Addressee(*rest) for student_id, *rest in rows}
 
 
 def _locked_booking(session: Session, booking_id: str, *, mailing: bool = False
-                    ) -> tuple[Booking, StudentCourseEnrollment | None]:
+                    ) -> tuple[Booking, Addressee | None, StudentCourseEnrollment | None]:
     """The booking and its enrollment (None for a booking without one), both locked; `mailing`: the change may
-    mail the student, whose row is then held between the two (`hold_student`)."""
+    mail the student, whose row is then held between the two (`hold_student`; else None)."""
     booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
     if booking is None:
         raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
-    if mailing:
-        hold_student(session, booking.student_id)
+    student = hold_student(session, booking.student_id) if mailing else None
     enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
         enrollment = session.scalar(select(StudentCourseEnrollment)
                                     .where(StudentCourseEnrollment.id == booking.enrollment_id)
                                     .with_for_update(key_share=True))
-    return booking, enrollment
+    return booking, student, enrollment
 
 
 def _attached_progress(session: Session, booking: Booking) -> tuple[StudentCourseProgress | None, CourseStep | None]:
@@ -504,7 +523,7 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op. `ending` is told the
     booking's id once its row is locked, before the student's ledger lock is taken (as `cancel_class` tells it:
     one order); the student's key-share hold, taken before, does not conflict with that lock."""
-    booking, enrollment = _locked_booking(session, data.booking_id, mailing=True)
+    booking, student, enrollment = _locked_booking(session, data.booking_id, mailing=True)
     if ending is not None:
         ending([booking.id])
     if booking.status == BookingStatus.REJECTED:
@@ -524,7 +543,7 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
         else:
             progress_moves.move(session=session, progress=progress, target=ProgressStatus.MISSED, cause=cause,
                                 at=data.cancelled_at, enrollment=enrollment, step=step, fresh=True)
-        _mail(session, "booking_cancelled", booking, enrollment=enrollment, step=step, progress=progress,
+        _mail(session, "booking_cancelled", booking, student, enrollment=enrollment, step=step, progress=progress,
               fresh=True, within_policy=data.within_policy)
     elif progress is not None and progress.status == ProgressStatus.CANCELLED and data.within_policy:
         # revoked meanwhile: the step stays cancelled, but (as in order) no longer names this booking
@@ -545,7 +564,7 @@ def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: d
 
 def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
     """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed."""
-    booking, enrollment = _locked_booking(session, data.booking_id)
+    booking, _, enrollment = _locked_booking(session, data.booking_id)
     if booking.status == BookingStatus.REJECTED:
         return booking
     progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
@@ -568,13 +587,15 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
 # --------------------------------------------------------------------------- a cancelled class
 
 
-def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
+def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, students: dict[str, Addressee],
                  ending: Callable[[list[str]], None] | None = None) -> list[str]:
     """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
     credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none.
     `ending` is told the ids once they are locked, before any student's ledger lock is (the caller's waking of
-    what waits for their ends takes locks of its own, which must come first). The caller has held every booked
-    student's row (`hold_students_of_class`), before the class's reminders: this one's mails need them."""
+    what waits for their ends takes locks of its own, which must come first). `students`: what the caller's
+    `hold_students_of_class` answered, taken before the class's reminders; this one's mails are addressed from
+    it. (A booking into the class waits for the class's row, which the caller updated first, so none is missing
+    from it; one that were would be held and read here.)"""
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
                                                           Booking.status == BookingStatus.ACTIVE)
                                     .order_by(Booking.id).with_for_update()))
@@ -604,7 +625,8 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
         if step is None and booking.course_step_id:  # a detached or released booking: the step is still named
             step = session.get(CourseStep, booking.course_step_id)
         enrollment = session.get(StudentCourseEnrollment, booking.enrollment_id) if booking.enrollment_id else None
-        _mail(session, "class_cancelled", booking, enrollment=enrollment, step=step)
+        student = students.get(booking.student_id) or hold_student(session, booking.student_id)
+        _mail(session, "class_cancelled", booking, student, enrollment=enrollment, step=step)
     return [b.id for b in bookings]
 
 
@@ -614,22 +636,14 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime,
 BOOKING_MAILS = ("booking_confirmed", "booking_cancelled", "class_cancelled")  # each keyed `<template>:<booking id>`
 
 
-def _mail(session: Session, template: str, booking: Booking, *, enrollment: StudentCourseEnrollment | None = None,
-          step: CourseStep | None = None, progress: StudentCourseProgress | None = None,
-          group_class: GroupClass | None = None, fresh: bool = False,
+def _mail(session: Session, template: str, booking: Booking, person: Addressee | None, *,
+          enrollment: StudentCourseEnrollment | None = None, step: CourseStep | None = None,
+          progress: StudentCourseProgress | None = None, group_class: GroupClass | None = None, fresh: bool = False,
           **extra) -> None:
-    """One mail per (template, booking) to the student, if we know their address. Rows the caller holds
-    (the class, the enrollment) are passed in so they are not read again; `fresh`: the template's cause is
-    new in this transaction (`outbox.add_message`).
-
-    The student's address, name and time zone are read here, under a key-share lock, whatever row the caller
-    holds: an erasure (which takes the student's row for update) either waits for this transaction, and then
-    finds the mail, or has committed, and then there is no address. Read earlier, without the lock, an address
-    could be written after the erasure had looked for the student's mails (a booking's insert waits on the
-    erasure, then goes on with what it had read)."""
-    person = session.execute(select(Student.email, Student.name, Student.timezone)
-                             .where(Student.id == booking.student_id)
-                             .with_for_update(read=True, key_share=True)).first()
+    """One mail per (template, booking) to the student, if we know their address. `person`: the booking's
+    student as the caller's `hold_student` read them, the row still held (so an erasure cannot have cleared the
+    address since). Rows the caller holds (the class, the enrollment) are passed in so they are not read again;
+    `fresh`: the template's cause is new in this transaction (`outbox.add_message`)."""
     if person is None or not person.email:
         log.info("no address for student %s: %s mail for booking %s not sent", booking.student_id, template,
                  booking.id)

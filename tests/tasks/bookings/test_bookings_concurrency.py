@@ -107,7 +107,7 @@ def test_a_booking_into_a_class_being_cancelled_waits_and_is_refused(pg_database
     def cancel():
         with database.session_scope() as s:
             group_class = mirrors.upsert_class(session=s, data=data, occurred_at=now).group_class
-            assert bookings.cancel_class(session=s, group_class=group_class, at=now) == []
+            assert bookings.cancel_class(session=s, group_class=group_class, at=now, students={}) == []
             cancelled.set()
             assert release.wait(30)
 

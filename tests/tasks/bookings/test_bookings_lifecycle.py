@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from db.enums import InboxStatus, ProgressStatus
+from db.enums import ClassStatus, InboxStatus, ProgressStatus
 from db.models import CreditLedgerEntry, TransitionLog
 from tasks.inbox.runner import Outcome
 from tests.tasks.bookings.bookings_support import (
@@ -26,6 +26,7 @@ from tests.tasks.bookings.bookings_support import (
     run,
     state,
     store,
+    student_upserted,
     twin,
     world,
 )
@@ -240,6 +241,25 @@ def test_a_cancelled_class_cancels_its_bookings_reopens_steps_releases_credits_a
     mails = outbox_rows(database, "class_cancelled")
     assert len(mails) == 2 and {m.payload["context"]["booking_id"] for m in mails} == {"bk_1", "bk_c"}
     assert {m.payload["context"]["step_label"] for m in mails} == {"SFZ-1", None}
+
+
+def test_a_class_cancelled_by_a_caller_that_held_no_student_still_addresses_each_mail(database):
+    """`cancel_class` addresses its mails from the students its caller held (the handler's
+    `hold_students_of_class`); a booked student missing from them is held and read there instead of going
+    unmailed."""
+    from db.models import GroupClass
+    from tasks.bookings import services as bookings
+
+    w = world(database)
+    book(database, w, "bk_1", 1)
+    deliver(database, student_upserted("stu_1", email="ann@example.test", name="Ann", tz="Asia/Tokyo", when=at(5)))
+    with database.session_scope() as s:
+        group_class = s.get(GroupClass, w.option(1))
+        group_class.status = ClassStatus.CANCELLED
+        assert bookings.cancel_class(session=s, group_class=group_class, at=at(50), students={}) == ["bk_1"]
+    [mail] = outbox_rows(database, "class_cancelled")
+    assert mail.recipient == "ann@example.test"
+    assert mail.payload["context"]["student_name"] == "Ann" and mail.payload["context"]["timezone"] == "Asia/Tokyo"
 
 
 def test_a_booking_on_a_class_already_cancelled_is_refused(database):
