@@ -151,12 +151,31 @@ def _migrate(move, url: str, revision: str) -> None:
         finally:
             database.dispose()
     except (CommandError, SQLAlchemyError, OSError, ImportError) as exc:
-        raise click.ClickException(one_line(f"database not migrated: {exc}")) from None
+        raise click.ClickException(one_line(f"database not migrated: {exc}{_later_release(url)}")) from None
     click.echo(f"database at {reached or 'base'}")
     relative = revision in ("head", "heads", "base") or any(c in revision for c in "+-@:")
     if not relative and revision != reached:
         raise click.ClickException(f"the database stayed at {reached or 'base'}: {revision} is not ahead of it "
                                    "(`coursepipe db downgrade` goes back)")
+
+
+def _later_release(url: str) -> str:
+    """Said after a refused migration when the database is at a revision this release does not have."""
+    from db.database import Database
+    from db.migrate import current_revision, head_revision, known_revisions
+
+    try:
+        database = Database(url)
+        try:
+            current = current_revision(database.engine)
+        finally:
+            database.dispose()
+    except Exception:  # the refusal itself already says what went wrong
+        return ""
+    if current is None or current in known_revisions():
+        return ""
+    return (f" (the database is at {current}, which a later release made: run `coursepipe db downgrade "
+            f"{head_revision()}` with that release)")
 
 
 @db.command("downgrade")

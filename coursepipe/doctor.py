@@ -35,7 +35,7 @@ def check_database(settings: Settings) -> Check:
     import logging
 
     from db.database import Database
-    from db.migrate import current_revision, head_revision
+    from db.migrate import current_revision, head_revision, migration_advice
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its set-up chatter is not a check's line
     if settings.is_sqlite:
@@ -52,9 +52,9 @@ def check_database(settings: Settings) -> Check:
         return Check(FAIL, "database", f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     finally:
         database.dispose()
-    if current != head:
-        return Check(FAIL, "database", f"at migration {current or 'none'}, the head is {head}: run "
-                                       f"`coursepipe db upgrade`")
+    advice = migration_advice(current)
+    if advice is not None:
+        return Check(FAIL, "database", advice)
     return Check(OK, "database", f"{database.dialect}, at migration head {head}")
 
 

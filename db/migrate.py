@@ -63,12 +63,34 @@ def missing_sqlite_file(url: str) -> str | None:
     return None
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this release's migration scripts hold."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(script.revision for script in
+                     ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions())
+
+
+def migration_advice(current: str | None) -> str | None:
+    """Where a database at `current` stands against this release, and what to run, in one line ("at migration
+    …"); None at the head. Behind it: `coursepipe db upgrade`. At a revision this release does not have (a later
+    release migrated the database, and this one was deployed in its place): that release's
+    `coursepipe db downgrade <this head>` first (see docs/runbook.md, "Rolling back a release")."""
+    head = head_revision()
+    if current == head:
+        return None
+    if current is not None and current not in known_revisions():
+        return (f"at migration {current}, which this release does not have (a later release migrated it): run that "
+                f"release, or downgrade with it first (`coursepipe db downgrade {head}`)")
+    return f"at migration {current or 'none (no tables)'}, not at the head {head}: run `coursepipe db upgrade`"
+
+
 def require_head(engine) -> None:
-    """Raise NotAtHead, in one line naming `coursepipe db upgrade`, unless the database is at the head."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        raise NotAtHead(f"the database is at migration {current or 'none (no tables)'}, not at the head {head}: "
-                        f"run `coursepipe db upgrade`")
+    """Raise NotAtHead, in one line saying what to run (`migration_advice`), unless the database is at the head."""
+    advice = migration_advice(current_revision(engine))
+    if advice is not None:
+        raise NotAtHead(f"the database is {advice}")
 
 
 def refuse_if_behind(engine) -> None:
