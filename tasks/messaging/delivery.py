@@ -500,16 +500,28 @@ class Sender:
         message = mail.build_message(rendered, sender=self.settings.mail_from, recipients=job.recipients,
                                      message_id=mail_message_id(job.public_id))
         try:
+            session = self._session()
+        except smtplib.SMTPResponseException as exc:
+            # the session refused (greeting, TLS, login): the server's word on our set-up, not on this mail, which
+            # goes out once the set-up is fixed (an SMTP password being rotated must not kill every mail it meets)
+            self._drop_smtp()
+            return Outcome(False, f"SMTP {exc.smtp_code} opening the session: {exc.smtp_error!r}")
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop_smtp()
+            return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
+        try:
             # the envelope carries the bare address; the From header carries the name
-            refused = self._session().send_message(message, from_addr=mail.sender_parts(self.settings.mail_from)[1]
-                                                   or self.settings.mail_from, to_addrs=list(job.recipients))
+            refused = session.send_message(message, from_addr=mail.sender_parts(self.settings.mail_from)[1]
+                                           or self.settings.mail_from, to_addrs=list(job.recipients))
         except smtplib.SMTPRecipientsRefused as exc:  # its text names the addresses: only the codes are kept
             self._drop_smtp()
-            return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=True)
+            # final only when every refusal is: a 4xx (greylisting, a mailbox unavailable for now) is tried again
+            final = all(_permanent(code) for code, _ in exc.recipients.values())
+            return Outcome(False, f"all recipients refused: SMTP {_codes(exc.recipients)}", permanent=final)
         except smtplib.SMTPResponseException as exc:
             self._drop_smtp()
             # 5xx is the server's final word; 4xx (greylisting, full mailbox) is worth another try
-            return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600)
+            return Outcome(False, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=_permanent(exc.smtp_code))
         except (smtplib.SMTPException, OSError) as exc:
             self._drop_smtp()
             return Outcome(False, f"SMTP unreachable: {type(exc).__name__}: {exc}")
@@ -554,6 +566,11 @@ def _http_session(url: str):
     session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     session.trust_env = False  # the environment was read above
     return session
+
+
+def _permanent(smtp_code: int) -> bool:
+    """An SMTP reply that is the server's final word on a mail (5xx); 4xx asks for another try later."""
+    return 500 <= smtp_code < 600
 
 
 def _reason(exc: Exception) -> str:
