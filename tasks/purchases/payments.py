@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.enums import DisputeStatus, PurchaseStatus
-from db.models import PackagePurchase, PaymentDispute, PaymentRefund, StudentCourseEnrollment
+from db.enums import DisputeStatus, EnrollmentStatus, PurchaseStatus
+from db.models import PackagePurchase, PaymentDispute, PaymentRefund, StudentCourseEnrollment, TransitionLog
 from tasks.ledger import credits
 from tasks.ledger.causes import ENROLLMENT_OWNER, PACKAGE_OWNER, Cause, CauseKind
 from tasks.enrollments import services as enrollments
@@ -31,7 +31,7 @@ from tasks.purchases.counted import counted_once, going_refund
 from tasks.purchases.shapes import REFUND_NOT_COUNTED
 from tasks.errors import PermanentError, WaitFor
 from tasks.events import stripe_id
-from tasks.machines import PACKAGE_PURCHASE
+from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
 
 
 @dataclass
@@ -213,17 +213,34 @@ def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, 
         enrollments.revoke(session=session, enrollment=enrollment, cause=cause, reason="refunded")
         return
     if lost:
-        enrollments.revoke(session=session, enrollment=enrollment, cause=f"dispute:{lost[0].stripe_dispute_id}",
-                           reason="dispute_lost")
+        enrollments.revoke(session=session, enrollment=enrollment, cause=_dispute_cause(lost[0]), reason="dispute_lost")
         return
     if enrollment.status not in enrollments.ENTITLED:
         return  # a revoked enrollment's shares are taken when a reinstatement gives its credits back
     take_refund_shares(session=session, enrollment=enrollment, refunded=refunded)
     if still_open:
-        enrollments.suspend(session=session, enrollment=enrollment,
-                            cause=f"dispute:{still_open[0].stripe_dispute_id}", reason="dispute_opened")
+        # each open dispute suspends once: an admin who reinstated the enrollment since has overridden it, and the
+        # dispute's later events (a refund, a redelivery) leave their decision standing; a new dispute suspends
+        suspended_by = _suspended_by(session, enrollment, still_open)
+        opening = next((d for d in still_open if _dispute_cause(d) not in suspended_by), None)
+        if opening is not None:
+            enrollments.suspend(session=session, enrollment=enrollment, cause=_dispute_cause(opening),
+                                reason="dispute_opened")
     else:
         enrollments.reinstate(session=session, enrollment=enrollment, cause=cause, reason="dispute_won")
+
+
+def _dispute_cause(dispute: PaymentDispute) -> str:
+    return f"dispute:{dispute.stripe_dispute_id}"
+
+
+def _suspended_by(session: Session, enrollment: StudentCourseEnrollment, disputes: list[PaymentDispute]) -> set[str]:
+    """The causes among these disputes' that have suspended the enrollment before (the transition log keeps
+    every move of an enrollment)."""
+    return set(session.scalars(select(TransitionLog.cause).where(
+        TransitionLog.entity == ENROLLMENT.entity, TransitionLog.entity_id == str(enrollment.id),
+        TransitionLog.to_status == EnrollmentStatus.SUSPENDED.value,
+        TransitionLog.cause.in_([_dispute_cause(d) for d in disputes]))))
 
 
 def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -> None:

@@ -15,6 +15,7 @@ from tests.tasks.purchases.payments_support import (
     dispute_closed,
     dispute_created,
     inbox_row,
+    refund_created,
     state,
 )
 
@@ -147,3 +148,50 @@ def test_a_dispute_closed_without_a_chargeback_counts_as_won(database, closed):
     assert deliver(database, dispute_closed(status=closed)).outcome is inbox.Outcome.PROCESSED
     after = state(database)
     assert after["enrollments"][0]["status"] == "active" and after["disputes"] == [("dp_1", "won")]
+
+
+def _reinstate_by_hand(database):
+    from db.models import StudentCourseEnrollment
+    from tasks.purchases import manual
+
+    with database.session_scope() as s:
+        enrollment_id = s.scalar(select(StudentCourseEnrollment.id))
+        manual.reinstate(session=s, enrollment_id=enrollment_id, cause="admin:1")
+
+
+def _status_events(database) -> list[str]:
+    with database.session_scope() as s:
+        return list(s.scalars(select(OutboxMessage.topic).where(
+            OutboxMessage.topic.in_(("enrollment.suspended", "enrollment.reinstated", "enrollment.revoked")))
+            .order_by(OutboxMessage.id)))
+
+
+def test_an_admin_reinstatement_during_an_open_dispute_stands_through_its_later_events(database):
+    """Before: the dispute's next payment event (here a partial refund, then a redelivered `created`) suspended the
+    enrollment again, silently (the suspension's event had been sent once already), so the platform's last word
+    said active while the student could no longer book."""
+    _purchase(database)
+    deliver(database, dispute_created())
+    _reinstate_by_hand(database)
+    assert deliver(database, refund_created(refund_id="re_1", amount=1000)).outcome is inbox.Outcome.PROCESSED
+    assert deliver(database, dispute_created(event_id="evt_dp_again")).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "active"
+    assert _status_events(database) == ["enrollment.suspended", "enrollment.reinstated"]
+
+
+def test_a_new_dispute_after_an_admin_reinstatement_suspends_again(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    _reinstate_by_hand(database)
+    deliver(database, dispute_created(dispute="dp_2", event_id="evt_dp_2"))
+    assert state(database)["enrollments"][0]["status"] == "suspended"
+    assert _status_events(database) == ["enrollment.suspended", "enrollment.reinstated", "enrollment.suspended"]
+
+
+def test_a_dispute_lost_after_an_admin_reinstatement_still_revokes(database):
+    _purchase(database)
+    deliver(database, dispute_created())
+    _reinstate_by_hand(database)
+    deliver(database, dispute_closed(status="lost"))
+    assert state(database)["enrollments"][0]["status"] == "revoked"
+    assert _status_events(database) == ["enrollment.suspended", "enrollment.reinstated", "enrollment.revoked"]
