@@ -85,3 +85,33 @@ def test_an_address_in_any_error_text_is_redacted_where_it_is_stored_and_logged(
     record.event = {"error": f"550 {EMAIL}", "inbox_id": inbox_id}
     line = json.loads(JsonFormatter().format(record))
     assert (line["msg"], line["error"], line["inbox_id"]) == ("refused <e-mail>", "550 <e-mail>", inbox_id)
+
+
+@pytest.mark.parametrize("text, redacted", [
+    ("refused ann@example.test", "refused <e-mail>"),
+    ("<ann.b+c@ex-a.co.uk>, x'y@z.io", "<<e-mail>>, <e-mail>"),
+    ("a@b (no dot) and a@b.c@d.e", "a@b (no dot) and <e-mail>@d.e"),
+    ("ann@@example.test", "ann@@example.test"),
+])
+def test_an_address_in_free_text_is_redacted(text, redacted):
+    from db.types import redact_emails
+
+    assert redact_emails(text) == redacted
+
+
+def test_a_long_line_without_an_address_is_redacted_in_one_pass():
+    """A denial of service, not a speed goal: the redaction runs over every log line (a request's path, its
+    User-Agent) and every stored error. It scanned a run of address characters again from each of its positions,
+    so time grew with the square of the run: 70 KB took 15 s of a worker, the 2 MB here would take hours. One pass
+    takes milliseconds; the bound only keeps a regression from hanging the suite."""
+    import threading
+
+    from db.types import redact_emails
+
+    lines = ["a" * 2_000_000, "x@" + "b" * 2_000_000, "a." * 1_000_000 + "@example.test"]
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.extend(redact_emails(line) for line in lines), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "redacting 6 MB of address characters did not end within 60 s"
+    assert done[:2] == lines[:2] and done[2] == "<e-mail>"
