@@ -130,8 +130,10 @@ def remove_admin(*, session: Session, email: str) -> AdminAccount:
 
 
 def authenticate(*, session: Session, email: str, password: str) -> AdminAccount | None:
-    """The account whose password this is, or None (unknown e-mail or wrong password: the same answer)."""
-    account = session.scalar(select(AdminAccount).where(AdminAccount.email == (email or "").strip().lower()))
+    """The account whose password this is, or None (unknown e-mail or wrong password: the same answer).
+    An e-mail with a NUL names no account (PostgreSQL refuses the character in text): it is not looked up."""
+    email = (email or "").strip().lower()
+    account = session.scalar(select(AdminAccount).where(AdminAccount.email == email)) if "\x00" not in email else None
     try:
         _hasher.verify(account.password_hash if account else _dummy_hash(), password or "")
     except (VerificationError, InvalidHashError):

@@ -83,6 +83,16 @@ def test_login_with_a_control_character_in_next_goes_home(client, next_):
     assert "Set-Cookie: x" not in str(response.headers)
 
 
+@pytest.mark.parametrize("email", ["ann\x00@example.test", "\x00"])
+def test_a_login_with_a_nul_in_the_email_is_refused_as_any_wrong_login(client, email):
+    """Before: on PostgreSQL the look-up of the e-mail raised (text cannot hold a NUL): 500, before any login."""
+    page = client.get("/admin/login")
+    response = client.post("/admin/login", data={"email": email, "password": "pw",
+                                                  "csrf_token": csrf_of(page.get_data(True))})
+    assert response.status_code == 401
+    assert "That e-mail and password (or admin token) are not valid." in response.get_data(True)
+
+
 # --------------------------------------------------------------------------- validated at the door
 
 
