@@ -11,15 +11,19 @@ from typing import Any, Iterable
 
 from tasks.catalog.services import PRICE_ID_PATTERN
 from tasks.errors import PermanentError
-from tasks.events import LAST_UNIX_TIME, stripe_id
+from tasks.events import INT32_MAX, LAST_UNIX_TIME, stripe_id
+
+CURRENCY = re.compile(r"[A-Za-z]{3}")  # an ISO 4217 code, as Stripe writes it (lower case)
 
 
 def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterable[str] = (),
-            amounts: Iterable[str] = (), ids: Iterable[str] = (), prefix: str = "") -> str | None:
+            amounts: Iterable[str] = (), ids: Iterable[str] = (), times: Iterable[str] = (),
+            prefix: str = "") -> str | None:
     """The first field of `obj` with the wrong JSON type (absent or null fields are not checked).
 
-    objects: JSON objects; strings: strings; amounts: non-negative integers (Stripe's minor units);
-    ids: a Stripe id, or the expanded object carrying it.
+    objects: JSON objects; strings: strings (a `currency` among them: three letters); amounts: non-negative
+    integers (Stripe's minor units) up to what an amount column holds (2,147,483,647; the catalog sells up to
+    Stripe's 99,999,999); ids: a Stripe id, or the expanded object carrying it; times: Unix times.
     """
     for field in objects:
         if obj.get(field) is not None and not isinstance(obj[field], dict):
@@ -27,10 +31,20 @@ def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterab
     for field in strings:
         if obj.get(field) is not None and not isinstance(obj[field], str):
             return f"{prefix}{field} is not a string"
+        if field == "currency" and obj.get(field) is not None and not CURRENCY.fullmatch(obj[field]):
+            return f"{prefix}currency is not a three-letter currency code"
     for field in amounts:
         value = obj.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             return f"{prefix}{field} is not a non-negative integer"
+        if value is not None and value > INT32_MAX:
+            return f"{prefix}{field} is beyond the largest amount coursepipe records ({INT32_MAX})"
+    for field in times:
+        value = obj.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"{prefix}{field} is not a non-negative integer"
+        if value is not None and value > LAST_UNIX_TIME:
+            return f"{prefix}{field} is not a Unix time"
     for field in ids:
         value = stripe_id(obj.get(field))
         if value is not None and not isinstance(value, str):
@@ -83,13 +97,8 @@ def charge_problem(charge: dict[str, Any]) -> str | None:
 def dispute_problem(dispute: dict[str, Any]) -> str | None:
     found = (problem(dispute, objects=("evidence_details",), strings=("id", "status", "reason", "currency"),
                      amounts=("amount",), ids=("payment_intent", "charge"))
-             or problem(dispute.get("evidence_details") or {}, amounts=("due_by",), prefix="evidence_details."))
-    if found:
-        return found
-    due = (dispute.get("evidence_details") or {}).get("due_by")
-    if due is not None and due > LAST_UNIX_TIME:
-        return "evidence_details.due_by is not a Unix time"
-    return None
+             or problem(dispute.get("evidence_details") or {}, times=("due_by",), prefix="evidence_details."))
+    return found
 
 
 def line_items_problem(checkout: dict[str, Any]) -> str | None:

@@ -417,6 +417,10 @@ MALFORMED_CHECKOUTS = [
     ("amount_total", "12000", "amount_total is not a non-negative integer"),
     ("amount_total", -5, "amount_total is not a non-negative integer"),
     ("currency", 840, "currency is not a string"),
+    # before: the database refused the row, and its error (not a reason) was stored as the event's last error
+    ("currency", "usdt", "currency is not a three-letter currency code"),
+    ("amount_total", 2**31, "amount_total is beyond the largest amount coursepipe records (2147483647)"),
+    ("total_details", {"amount_tax": 2**31, "amount_discount": 0}, "total_details.amount_tax is beyond the largest"),
     # before: read as Stripe's shape, an AttributeError or TypeError retried five times
     ("line_items", ["x"], "line_items is not an object"),
     ("line_items", {"data": 7}, "line_items.data is not a list"),

@@ -310,6 +310,9 @@ MALFORMED = [
     (lambda: charge_refunded(), "amount_refunded", 12000.5, "amount_refunded is not a non-negative integer"),
     (lambda: charge_refunded(), "refunded", "yes", "refunded is not a boolean"),
     (lambda: charge_refunded(), "refunds.data.amount", "all", "refunds.data[0].amount is not a non-negative integer"),
+    (lambda: refund_created(), "amount", 2**31, "amount is beyond the largest amount coursepipe records"),
+    (lambda: refund_created(), "currency", "dollars", "currency is not a three-letter currency code"),
+    (lambda: dispute_created(), "amount", 10**12, "amount is beyond the largest amount coursepipe records"),
     (lambda: refund_created(), "id", None, "id is missing"),
     (lambda: refund_created(), "amount", 0, "amount is missing or zero"),
     (lambda: charge_refunded(), "refunds.data.amount", 0, "refunds.data[0].amount is missing or zero"),
@@ -426,11 +429,11 @@ def test_a_failed_refund_parked_before_its_purchase_is_recorded_when_the_purchas
 
 
 def test_a_value_the_database_cannot_hold_fails_at_once_not_retried(pg_database):
-    """PostgreSQL refuses a 9-letter currency (varchar(3)): a DataError is the same on every attempt."""
+    """PostgreSQL refuses a charge id of 100 characters (varchar(64)): a DataError is the same on every attempt."""
     _purchase(pg_database)
     before = state(pg_database)
     event = refund_created(amount=6000)
-    event["data"]["object"]["currency"] = "usdollars"
+    event["data"]["object"]["charge"] = "ch_" + "x" * 97
     result = deliver(pg_database, event)
     assert result.outcome is inbox.Outcome.FAILED and "value too long" in result.error
     row = inbox_row(pg_database, event)
