@@ -84,8 +84,9 @@ def create_checkout_session():
     try:
         with _runtime().db.session_scope() as session:
             if key:
-                selling.bind_key(session, key, wanted)
-            params = selling.checkout_params(session=session, request=wanted)
+                params = selling.keyed_checkout_params(session, key, wanted)
+            else:
+                params = selling.checkout_params(session=session, request=wanted)
     except KeyReused as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc)) from None
     except NotFound as exc:

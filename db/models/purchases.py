@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.enums import DisputeStatus, PurchaseStatus
 from db.models.base import Base, BigId, Timestamped
-from db.types import enum_column, utcnow
+from db.types import JSONType, enum_column, utcnow
 
 
 class PackagePurchase(Timestamped, Base):
@@ -83,12 +83,15 @@ class PaymentDispute(Timestamped, Base):
 
 class CheckoutKey(Base):
     """A caller's Idempotency-Key for `POST /v1/checkout-sessions`, bound to the request it first came with: the
-    same key with another request is refused (as Stripe refuses its own keys), for as long as Stripe keeps its
-    keys (24 hours; the retention job prunes older ones)."""
+    same key with another request is refused (as Stripe refuses its own keys), and with the same request sends
+    Stripe the request built the first time, for as long as Stripe keeps its keys (24 hours; the retention job
+    prunes older ones)."""
 
     __tablename__ = "checkout_key"
     __table_args__ = (Index("ix_checkout_key_created_at", "created_at"),)
 
     request_key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the request, as parsed
+    # the Stripe request its first use built, sent again on a repeat (NULL: bound before it was kept)
+    stripe_request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -149,24 +149,38 @@ def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, 
 KEY_HOURS = 24  # how long a caller's key stays bound to its request: as long as Stripe keeps its own keys
 
 
-def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> None:
+def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> CheckoutKey:
     """Bind a caller's Idempotency-Key to its request for KEY_HOURS: the same key with another request raises
-    KeyReused (before, it silently made another session). A repeat of the same request passes."""
+    KeyReused (before, it silently made another session). A repeat of the same request passes. Returns the
+    key's row (locked), holding the Stripe request its first use built, if any."""
     digest = hashlib.sha256(json.dumps(asdict(request), sort_keys=True).encode()).hexdigest()
     now = utcnow()
     row = session.get(CheckoutKey, client_key, with_for_update=True)
     if row is None:
         try:
             with session.begin_nested():
-                session.add(CheckoutKey(request_key=client_key, request_digest=digest, created_at=now))
-            return
+                row = CheckoutKey(request_key=client_key, request_digest=digest, created_at=now)
+                session.add(row)
+            return row
         except IntegrityError:  # the same key bound by a concurrent request: judged against it
             row = session.get(CheckoutKey, client_key, with_for_update=True, populate_existing=True)
     if row.created_at <= now - timedelta(hours=KEY_HOURS):
-        row.request_digest, row.created_at = digest, now  # expired (not pruned yet): bound anew
+        # expired (not pruned yet): bound anew, and so is the Stripe key, which Stripe has forgotten too
+        row.request_digest, row.created_at, row.stripe_request = digest, now, None
     elif row.request_digest != digest:
         raise KeyReused(f"Idempotency-Key {client_key!r} was used for another checkout request in the last "
                         f"{KEY_HOURS} hours: a new request needs a new key")
+    return row
+
+
+def keyed_checkout_params(session: Session, client_key: str, request: CheckoutRequest) -> dict[str, Any]:
+    """The Stripe request for a checkout sent with an Idempotency-Key: built on the key's first use and kept with
+    it; a repeat sends that one again, whatever changed since (the buyer's e-mail arrived, the price changed), so
+    the key sent to Stripe is the same and Stripe answers with the same session."""
+    row = bind_key(session, client_key, request)
+    if row.stripe_request is None:
+        row.stripe_request = checkout_params(session=session, request=request)
+    return row.stripe_request
 
 
 def prune_keys(session: Session, *, now=None) -> int:

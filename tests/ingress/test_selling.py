@@ -105,6 +105,30 @@ def test_the_same_idempotency_key_gives_the_same_session(client, on_sale, stripe
     assert len(stripe_server.checkout_sessions) == 2
 
 
+def test_the_same_key_and_body_give_the_same_session_after_the_buyer_s_email_arrived(client, on_sale, stripe_server,
+                                                                                      runtime):
+    """Before: a repeat rebuilt the Stripe request from the database; the buyer's e-mail mirrored in between
+    (a `student.upserted`) changed it, and with it the key sent to Stripe: a second session. A key bound before
+    its request was kept (NULL) builds it anew, as before."""
+    from db.models import CheckoutKey, Student
+
+    first = _buy(client, headers={**READ, "Idempotency-Key": "order-42"})
+    assert first.status_code == 201 and "customer_email" not in stripe_server.calls(
+        "POST", "/v1/checkout/sessions")[-1].params
+    with runtime.db.session_scope() as s:
+        s.merge(Student(id="stu_1", email="ana@example.test"))
+    again = _buy(client, headers={**READ, "Idempotency-Key": "order-42"})
+    assert (again.status_code, again.json) == (201, first.json)
+    assert len(stripe_server.checkout_sessions) == 1
+    with runtime.db.session_scope() as s:  # bound before the request was kept with the key
+        s.get(CheckoutKey, "order-42").stripe_request = None
+    legacy = _buy(client, headers={**READ, "Idempotency-Key": "order-42"})
+    assert legacy.status_code == 201 and stripe_server.calls("POST", "/v1/checkout/sessions")[-1].params[
+        "customer_email"] == "ana@example.test"
+    with runtime.db.session_scope() as s:
+        assert s.get(CheckoutKey, "order-42").stripe_request["customer_email"] == "ana@example.test"
+
+
 def test_a_key_sent_again_with_another_body_is_refused_and_makes_nothing(client, on_sale, stripe_server, runtime):
     """Before: the key sent to Stripe was a digest of the key and the request, so the same key with another
     student (a client bug, a key reused across buyers) silently made a second session."""
