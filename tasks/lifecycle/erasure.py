@@ -7,7 +7,8 @@ payloads of the inbox events about the student (their profile, their bookings, t
 intent, checkout session or charge, and every checkout that names them or their address, free or failed
 ones too: pruned as retention prunes, keeping ids, a hash and the financial facts); their name and
 addresses in dispute evidence (a draft is dropped and drafted again when shown; evidence already sent keeps
-what the bank was told, redacted). Kept, under the platform's student id, which names no one once the
+what the bank was told, redacted); the Stripe requests their checkouts' Idempotency-Keys keep for a retry (they
+carry the address: the keys are forgotten, a retry then makes a new session). Kept, under the platform's student id, which names no one once the
 platform has erased its side: enrollments, purchases, refunds, disputes, bookings, the credit ledger, the
 transition log; and the admins' alerts (they name ids only, and an unsent one must still reach the admins).
 A `student.upserted` that occurred before the erasure (one still in the inbox, or redelivered) is not
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
 from db.database import upsert_insert
 from db.models import (
     Booking,
+    CheckoutKey,
     ErasedSubject,
     InboxEvent,
     OutboxMessage,
@@ -187,6 +189,8 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     if disputes:
         for dispute in session.scalars(select(PaymentDispute).where(or_(*disputes)).with_for_update()):
             evidence.erase_person(dispute, addresses | {name} - {None})
+    session.execute(delete(CheckoutKey).where(CheckoutKey.stripe_request["client_reference_id"].as_string() == student_id)
+                    .execution_options(synchronize_session=False))
     own, carrying = _subjects(session, student_id, payments, addresses)
     _keep_subjects(session, student_id, own, now)
     subjects = own | carrying

@@ -201,6 +201,21 @@ def test_erasing_a_student_leaves_another_students_mail_and_checkouts_alone(data
         assert (cancelled.status, cancelled.recipient) == (OutboxStatus.DEAD, None)
 
 
+def test_the_stripe_requests_kept_for_the_student_s_checkout_keys_are_forgotten(database):
+    """A checkout's Idempotency-Key keeps the Stripe request it built, the buyer's address in it, for a day; an
+    erasure forgets the student's keys (a retry then makes a new session), and leaves another student's."""
+    from db.models import CheckoutKey
+
+    with database.session_scope() as s:
+        for key, student, email in (("k1", "stu_1", ADDRESS), ("k2", "stu_2", "bea@example.test")):
+            s.add(CheckoutKey(request_key=key, request_digest="d" * 64, stripe_request={
+                "client_reference_id": student, "customer_email": email, "metadata": {"student_id": student}}))
+        factories.student(s, email=ADDRESS, name=NAME)
+    _erase(database)
+    with database.session_scope() as s:
+        assert [k.request_key for k in s.scalars(select(CheckoutKey))] == ["k2"]
+
+
 def test_evidence_lists_no_admin_alert_as_a_mail_to_the_customer(database):
     """An alert to @admins linked to the enrollment, pruned by an earlier version (its recipient NULL), was listed in
     the evidence as a mail sent to the customer."""
