@@ -133,8 +133,11 @@ class Settings:
         for name in names:
             if not getattr(self, name.lower()):
                 raise ConfigError(f"{name} is required but not set")
-        for name in (*names, "SESSION_SECRET"):
-            value = getattr(self, name.lower())
+        # a read token too: every route answers a guess of one (403 to the right one), outside /admin and /v1
+        # without the failed-login limit, so only its length keeps guessing out of reach
+        checked = [(name, getattr(self, name.lower())) for name in (*names, "SESSION_SECRET")]
+        checked += [("READ_API_TOKEN", token) for token in self.read_api_tokens]
+        for name, value in checked:
             if value and (len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT):
                 raise ConfigError(f"{name} is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                                   f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")

@@ -30,7 +30,7 @@ def settings(database, stripe_server, monkeypatch):  # the runtime's: the local 
     # the generated requests without a token would trip the failed-authentication limit, and every request
     # after them would be its 429: the limit is raised for this test
     monkeypatch.setattr(limits, "AUTH_FAILURES", "100000 per minute")
-    return make_settings(database.url, read_api_tokens=("selling-reader",), **stripe_server.settings_changes())
+    return make_settings(database.url, read_api_tokens=("selling-reader-0123456789abcdef",), **stripe_server.settings_changes())
 
 
 @pytest.fixture

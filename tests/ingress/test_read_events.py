@@ -14,12 +14,12 @@ from ingress.app import create_app
 from tasks.messaging.outbox import add_mail, add_platform_event
 from tests.conftest import assert_contract_kept, contract_checked, make_settings
 
-READ = {"Authorization": "Bearer feed-reader"}
+READ = {"Authorization": "Bearer feed-reader-0123456789abcdef"}
 
 
 @pytest.fixture
 def app(runtime):
-    app = create_app(make_settings(runtime.settings.database_url, read_api_tokens=("feed-reader",)), runtime=runtime)
+    app = create_app(make_settings(runtime.settings.database_url, read_api_tokens=("feed-reader-0123456789abcdef",)), runtime=runtime)
     yield contract_checked(app)
     assert_contract_kept(app)
 

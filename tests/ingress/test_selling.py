@@ -17,14 +17,14 @@ from tests.conftest import assert_contract_kept, contract_checked, drain, make_s
 from tests.signing import stripe_headers
 from tests.tasks.catalog.test_catalog import course, save
 
-READ = {"Authorization": "Bearer selling-reader"}
+READ = {"Authorization": "Bearer selling-reader-0123456789abcdef"}
 URLS = {"success_url": "https://shop.example.test/ok?cs={CHECKOUT_SESSION_ID}",
         "cancel_url": "https://shop.example.test/cancel"}
 
 
 @pytest.fixture
 def settings(database, stripe_server):
-    return make_settings(database.url, read_api_tokens=("selling-reader",), **stripe_server.settings_changes())
+    return make_settings(database.url, read_api_tokens=("selling-reader-0123456789abcdef",), **stripe_server.settings_changes())
 
 
 @pytest.fixture
