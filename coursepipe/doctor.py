@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from coursepipe.cli_support import not_usable
-from coursepipe.settings import Settings
+from coursepipe.settings import Settings, too_weak
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEBHOOK_PATH = "/webhooks/stripe"
@@ -98,6 +98,15 @@ def check_secrets(settings: Settings) -> list[Check]:
         weak = _weakness(value)
         checks.append(Check(WARN, name, f"weak: {weak}; use e.g. `openssl rand -hex 32`") if weak
                       else Check(OK, name, f"{len(value)} characters"))
+    tokens = settings.read_api_tokens
+    for n, token in enumerate(tokens, 1):
+        name = f"READ_API_TOKEN #{n}" if len(tokens) > 1 else "READ_API_TOKEN"
+        if too_weak(token):  # as the ingress holds it at start
+            checks.append(Check(FAIL, name, "too weak: the ingress refuses to start (24 random characters at least)"))
+            continue
+        weak = _weakness(token)
+        checks.append(Check(WARN, name, f"weak: {weak}; use e.g. `openssl rand -hex 32`") if weak
+                      else Check(OK, name, f"{len(token)} characters"))
     return checks
 
 

@@ -14,6 +14,11 @@ DEFAULT_HOST = "127.0.0.1"
 # generated ones have 32 to 54 characters)
 MIN_SECRET_LENGTH = 24
 MIN_SECRET_DISTINCT = 8
+
+
+def too_weak(secret: str) -> bool:
+    """A secret the processes refuse to start with: shorter than MIN_SECRET_LENGTH, or too few distinct characters."""
+    return len(secret) < MIN_SECRET_LENGTH or len(set(secret)) < MIN_SECRET_DISTINCT
 DEFAULT_RETENTION_DAYS = 400
 DEFAULT_WAIT_HORIZON_HOURS = 72
 DEFAULT_ADMIN_SESSION_HOURS = 8
@@ -138,7 +143,7 @@ class Settings:
         checked = [(name, getattr(self, name.lower())) for name in (*names, "SESSION_SECRET")]
         checked += [("READ_API_TOKEN", token) for token in self.read_api_tokens]
         for name, value in checked:
-            if value and (len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT):
+            if value and too_weak(value):
                 raise ConfigError(f"{name} is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                                   f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return self

@@ -97,6 +97,15 @@ def test_weak_secrets_warn_and_a_wrong_signing_secret_or_key_fails(database):
     assert checks["stripe key"].status == doctor.FAIL
 
 
+def test_each_read_token_is_checked_as_the_ingress_holds_it(database):
+    tokens = ("short-reader", "a-reader-of-28-characters-ok", "a-reader-of-40-characters-0123456789abcd")
+    checks = _by_name(doctor.run_checks(make_settings(database.url, read_api_tokens=tokens), HANDLED))
+    assert checks["READ_API_TOKEN #1"].status == doctor.FAIL and "refuses to start" in checks["READ_API_TOKEN #1"].message
+    assert checks["READ_API_TOKEN #2"].status == doctor.WARN and "28 characters" in checks["READ_API_TOKEN #2"].message
+    assert checks["READ_API_TOKEN #3"].status == doctor.OK
+    assert "READ_API_TOKEN" not in _by_name(doctor.run_checks(make_settings(database.url), HANDLED))
+
+
 def test_redis_is_checked_when_set(database, redis_url):
     up = _by_name(doctor.run_checks(make_settings(database.url, redis_url=redis_url), HANDLED))["redis"]
     assert up.status == doctor.OK and up.message == "reachable"
