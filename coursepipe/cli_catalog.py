@@ -119,10 +119,12 @@ def register(main: click.Group) -> None:
         """The live courses: code, status, Stripe ids, whether Stripe is in line."""
         from tasks.catalog import services as catalog
         from tasks.catalog import publishing
+        from tasks.stripe_api import key_mode
 
         runtime = _runtime(_settings())
         with runtime.db.session_scope() as session:
             for program in catalog.live_programs(session):
-                state = publishing.stripe_state(session, publishing.COURSE, program)
+                state = publishing.stripe_state(session, publishing.COURSE, program,
+                                                key_mode(runtime.settings.stripe_api_key))
                 click.echo(f"{program.code}\t{program.status.value}\t{state['product_id'] or '-'}\t"
                            f"{state['price_id'] or '-'}\t{'in sync' if state['in_sync'] else 'needs publish'}")

@@ -157,11 +157,12 @@ def check_catalog(settings: Settings, client: Any) -> Check:
 
     from db.database import Database
     from tasks.catalog import sync
+    from tasks.stripe_api import key_mode
 
     database = Database(settings.database_url)
     try:
         with database.session_scope() as session:
-            expected, unpublished = sync.expected_objects(session)
+            expected, unpublished = sync.expected_objects(session, key_mode(settings.stripe_api_key))
     finally:
         database.dispose()
     found: list[str] = []

@@ -30,6 +30,7 @@ from tasks.catalog import drift
 from tasks.catalog import publishing
 from tasks.catalog import versions
 from tasks.errors import ValidationFailed
+from tasks.stripe_api import key_mode
 from workers import publishing as publish_calls
 from workers.actors import send
 
@@ -38,6 +39,11 @@ bp = Blueprint("admin_catalog", __name__, url_prefix="/admin")
 
 def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
+
+
+def stripe_mode() -> str | None:
+    """Stripe's mode this installation serves (its key's): the catalog's Stripe state is told in it."""
+    return key_mode(_runtime().settings.stripe_api_key)
 
 
 def _body() -> tuple[dict, str | None]:
@@ -113,7 +119,7 @@ def _conditional_read(view: dict):
 @require_role("viewer")
 def list_courses():
     with _runtime().db.session_scope() as session:
-        return jsonify({"courses": [versions.course_view(session, p) for p in catalog.live_programs(session)]})
+        return jsonify({"courses": [versions.course_view(session, p, stripe_mode()) for p in catalog.live_programs(session)]})
 
 
 def dry_run_flag() -> bool:
@@ -135,16 +141,16 @@ def put_course(code: str):
     if dry_run:
         # no lock: a dry run writes nothing, and the save that follows it checks its own If-Match again
         with _runtime().db.session_scope() as session:
-            versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, lock=False)
+            versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, lock=False, mode=stripe_mode())
             impact = changes.course_change(session=session, course=course)
             return jsonify({"dry_run": True, **impact.as_dict()})
     with _runtime().db.session_scope() as session:
-        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions)
+        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, mode=stripe_mode())
         impact = changes.course_change(session=session, course=course, detail=False)  # the summary is recorded
         summary = impact.summary() if impact.exists else None  # a new course affects nobody
         saved = catalog.save_course(session=session, course=course)
         roles.record_action(session, "course.save", f"course:{code}", reason, change=saved.change, **(summary or {}))
-        view = versions.course_view(session, catalog.get_program(session, code))
+        view = versions.course_view(session, catalog.get_program(session, code), stripe_mode())
     return _tagged(view, {"change": saved.change, "course": view, "impact": summary},
                    201 if saved.change == "created" else 200)
 
@@ -153,7 +159,7 @@ def put_course(code: str):
 @require_role("viewer")
 def get_course(code: str):
     with _runtime().db.session_scope() as session:
-        view = versions.course_view(session, catalog.get_program(session, code))
+        view = versions.course_view(session, catalog.get_program(session, code), stripe_mode())
     return _conditional_read(view)
 
 
@@ -162,7 +168,7 @@ def get_course(code: str):
 def delete_course(code: str):
     conditions = _conditions()
     with _runtime().db.session_scope() as session:
-        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions)
+        versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, mode=stripe_mode())
         catalog.delete_course(session=session, code=code)
         roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
@@ -181,7 +187,7 @@ def publish_course(code: str):
 @require_role("viewer")
 def list_packages():
     with _runtime().db.session_scope() as session:
-        return jsonify({"packages": [versions.package_view(session, p) for p in catalog.live_packages(session)]})
+        return jsonify({"packages": [versions.package_view(session, p, stripe_mode()) for p in catalog.live_packages(session)]})
 
 
 @bp.put("/packages/<code>")
@@ -191,10 +197,10 @@ def put_package(code: str):
     data, reason = _body()
     package = catalog.parse_package(data, code=code)
     with _runtime().db.session_scope() as session:
-        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions)
+        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions, mode=stripe_mode())
         saved = catalog.save_package(session=session, package=package)
         roles.record_action(session, "package.save", f"package:{code}", reason, change=saved.change)
-        view = versions.package_view(session, catalog.get_package(session, code))
+        view = versions.package_view(session, catalog.get_package(session, code), stripe_mode())
     return _tagged(view, {"change": saved.change, "package": view}, 201 if saved.change == "created" else 200)
 
 
@@ -202,7 +208,7 @@ def put_package(code: str):
 @require_role("viewer")
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
-        view = versions.package_view(session, catalog.get_package(session, code))
+        view = versions.package_view(session, catalog.get_package(session, code), stripe_mode())
     return _conditional_read(view)
 
 
@@ -211,7 +217,7 @@ def get_package(code: str):
 def delete_package(code: str):
     conditions = _conditions()
     with _runtime().db.session_scope() as session:
-        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions)
+        versions.require(session, kind=publishing.PACKAGE, code=code, conditions=conditions, mode=stripe_mode())
         catalog.delete_package(session=session, code=code)
         roles.record_action(session, "package.delete", f"package:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
@@ -232,7 +238,7 @@ def _publish(kind: str, code: str):
     conditions = _conditions()
     reason = roles.reason_of(json_object(optional=True))
     with _runtime().db.session_scope() as session:  # no conditions: nothing is read
-        versions.require(session, kind=kind, code=code, conditions=conditions, lock=False)
+        versions.require(session, kind=kind, code=code, conditions=conditions, lock=False, mode=stripe_mode())
     queue_publish(kind, code, reason)
     return jsonify({"kind": kind, "code": code, "publishing": True,
                     "status_url": f"/admin/{kind}s/{code}"}), 202

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from db.database import is_unique_violation
 from db.enums import BundleKind, CreditType, ProgramStatus
 from ingress import dashboard, roles
-from ingress.admin_catalog import queue_publish
+from ingress.admin_catalog import queue_publish, stripe_mode
 from ingress.errors import ApiError
 from ingress.roles import dashboard_role
 from tasks.catalog import builder, changes, drift, publishing
@@ -48,14 +48,14 @@ def catalog_page():
     with _runtime().db.session_scope() as s:
         courses = []
         for program in catalog.live_programs(s):
-            stripe = publishing.stripe_state(s, publishing.COURSE, program)
+            stripe = publishing.stripe_state(s, publishing.COURSE, program, stripe_mode())
             courses.append({"code": program.code, "title": program.title, "status": program.status.value,
                             "price": (program.price_amount, program.price_currency),
                             "steps": len(catalog.live_steps(s, program.id)), "stripe": stripe})
         packages = []
         for package in catalog.live_packages(s):
             packages.append({**catalog.package_view(package), "status": builder.package_status(package),
-                             "stripe": publishing.stripe_state(s, publishing.PACKAGE, package)})
+                             "stripe": publishing.stripe_state(s, publishing.PACKAGE, package, stripe_mode())})
         open_drift = [publishing.drift_view(d) for d in drift.open_drift(s)]
     return render_template("dashboard/catalog.html", courses=courses, packages=packages, drift=open_drift,
                            may_edit=_may_edit(), credit_types=[t.value for t in CreditType])
@@ -102,7 +102,7 @@ def course_page(code: str):
         program = catalog.get_program(s, code)
         view = catalog.course_view(s, program, with_classes=True)
         body = builder.course_body(s, program)
-        stripe = publishing.stripe_state(s, publishing.COURSE, program)
+        stripe = publishing.stripe_state(s, publishing.COURSE, program, stripe_mode())
         offered = builder.offered_classes(s)
     taken = {o["class_id"] for step in view["steps"] for o in step["options"]}
     return render_template("dashboard/catalog_course.html", course=view, stripe=stripe, may_edit=_may_edit(),
@@ -159,7 +159,7 @@ def package_page(code: str):
     with _runtime().db.session_scope() as s:
         package = catalog.get_package(s, code)
         view = {**catalog.package_view(package), "status": builder.package_status(package)}
-        stripe = publishing.stripe_state(s, publishing.PACKAGE, package)
+        stripe = publishing.stripe_state(s, publishing.PACKAGE, package, stripe_mode())
     return render_template("dashboard/catalog_package.html", package=view, stripe=stripe, may_edit=_may_edit(),
                            price=builder.major_units(view["price"]["amount"], view["price"]["currency"]),
                            credit_types=[t.value for t in CreditType])

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from db.enums import PublicationStatus
 from tasks.catalog import drift, publishing
-from tasks.stripe_api import stripe_client
+from tasks.stripe_api import key_mode, stripe_client
 
 log = logging.getLogger("coursepipe.publishing")
 
@@ -35,7 +35,8 @@ def publish(kind: str, code: str, *, unit_of_work: UnitOfWork, settings: Any = N
     woken: list[int] = []
     while True:
         with unit_of_work() as session:
-            intent = publishing.next_intent(session=session, kind=kind, code=code)
+            intent = publishing.next_intent(session=session, kind=kind, code=code,
+                                            mode=key_mode(getattr(settings, "stripe_api_key", None)))
         if intent is None:
             break
         if len(calls) >= publishing.MAX_CALLS_PER_PUBLISH:

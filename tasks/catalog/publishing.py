@@ -30,7 +30,7 @@ from db.types import new_public_id, utcnow
 from tasks.catalog import services as catalog
 from tasks.errors import PermanentError, TransientError, ValidationFailed
 from tasks.inbox.parking import wake_waiting
-from tasks.stripe_api import outcome_unknown, saved_server_error
+from tasks.stripe_api import key_mode, outcome_unknown, saved_server_error
 
 log = logging.getLogger("coursepipe.publishing")
 
@@ -182,47 +182,70 @@ class Intent:
                    idempotency_key=row.idempotency_key)
 
 
-def _plan(listing: Listing, rows: list[StripePublication]) -> tuple[str, str, str | None, dict] | None:
-    """The next call that brings Stripe in line with the listing, or None when it is in line."""
+def _in_mode(rows: list[StripePublication], mode: str | None) -> list[StripePublication]:
+    """The calls made in Stripe's `mode` (`live` or `test`, that of the key) and those recorded before a call
+    named its mode; every call when no mode is known (no key)."""
+    return rows if mode is None else [r for r in rows if r.request.get("mode", mode) == mode]
+
+
+def _plan(listing: Listing, rows: list[StripePublication],
+          mode: str | None = None) -> tuple[str, str, str | None, dict] | None:
+    """The next call that brings Stripe, in `mode`, in line with the listing, or None when it is in line. Objects
+    made in the other mode (a studio that published with a test key and now has a live one) do not exist in this
+    one: the listing is planned as never published there, and its product and price are made afresh."""
     row = listing.row
+    own = _in_mode(rows, mode)
+    elsewhere = {r.stripe_id for r in rows if r.stripe_id} - {r.stripe_id for r in own}
+    product_id = None if row.stripe_product_id in elsewhere else row.stripe_product_id
+    price_id = None if row.stripe_price_id in elsewhere else row.stripe_price_id
+    rows = own
     prices = published_prices(rows)
-    if row.stripe_price_id and row.stripe_price_id not in prices:
+    if price_id and price_id not in prices:
         # linked by hand to a price made in Stripe: do not replace what an admin chose
-        raise PublishFailed(f"{listing.kind} {listing.code!r} uses {row.stripe_price_id}, a price not made by "
+        raise PublishFailed(f"{listing.kind} {listing.code!r} uses {price_id}, a price not made by "
                             "coursepipe; unlink it (stripe_price_id) before publishing")
     want_product = listing.product_state()
-    if row.stripe_product_id is None:
-        params = {"name": want_product["name"], "metadata": want_product["metadata"]}
-        if want_product["description"]:
-            params["description"] = want_product["description"]
-        return PRODUCT, CREATE, None, params
-    have_product = published_product(rows, row.stripe_product_id)
+    if product_id is None:
+        return PRODUCT, CREATE, None, _product_params(want_product)
+    have_product = published_product(rows, product_id)
     if have_product != want_product:
-        return PRODUCT, UPDATE, row.stripe_product_id, {
+        return PRODUCT, UPDATE, product_id, {
             "name": want_product["name"], "description": want_product["description"] or "",
             "metadata": want_product["metadata"]}
 
     want_price = listing.price_state()
-    current = prices.get(row.stripe_price_id) if row.stripe_price_id else None
+    current = prices.get(price_id) if price_id else None
     if current is None or any(current[k] != want_price[k] for k in ("product", "currency", "unit_amount")):
         return PRICE, CREATE, None, want_price
     if current["metadata"] != want_price["metadata"]:
-        return PRICE, UPDATE, row.stripe_price_id, {"metadata": want_price["metadata"]}
-    for price_id, price in prices.items():
-        if price_id != row.stripe_price_id and price["active"]:
-            return PRICE, ARCHIVE, price_id, {"active": False}
+        return PRICE, UPDATE, price_id, {"metadata": want_price["metadata"]}
+    for other_id, price in prices.items():
+        if other_id != price_id and price["active"]:
+            return PRICE, ARCHIVE, other_id, {"active": False}
     return None
 
 
-def next_intent(*, session: Session, kind: str, code: str) -> Intent | None:
-    """Record (or find again) the next call to make; None when Stripe is in line, and then the
-    listing is marked published (courses)."""
+def _product_params(want: dict[str, Any]) -> dict[str, Any]:
+    params = {"name": want["name"], "metadata": want["metadata"]}
+    if want["description"]:
+        params["description"] = want["description"]
+    return params
+
+
+def next_intent(*, session: Session, kind: str, code: str, mode: str | None = None) -> Intent | None:
+    """Record (or find again) the next call to make in Stripe's `mode` (the key's); None when Stripe is in line,
+    and then the listing is marked published (courses). A call left pending in the other mode is given up: its
+    key belongs to the other mode, and what it would change is not there."""
     listing = _listing(session, kind, code, lock=True)
     rows = _rows(session, listing)
+    own = _in_mode(rows, mode)
     for row in rows:
-        if row.status is PublicationStatus.PENDING:
+        if row.status is PublicationStatus.PENDING and row not in own:
+            row.status = PublicationStatus.FAILED
+            row.last_error = f"made for Stripe's {row.request.get('mode')} mode; the key is now {mode}: not made"
+        elif row.status is PublicationStatus.PENDING:
             return Intent.of(row, listing)
-    planned = _plan(listing, rows)
+    planned = _plan(listing, rows, mode)
     if planned is None:
         if kind == COURSE and listing.row.status is not ProgramStatus.PUBLISHED:
             listing.row.status = ProgramStatus.PUBLISHED
@@ -233,7 +256,7 @@ def next_intent(*, session: Session, kind: str, code: str) -> Intent | None:
     row = StripePublication(
         **_owner(listing), object_type=object_type, status=PublicationStatus.PENDING,
         idempotency_key=f"coursepipe:{kind}:{listing.row.id}:{seq}:{object_type}-{action}:{new_public_id()}",
-        request={"action": action, "target": target, "params": params})
+        request={"action": action, "target": target, "params": params, **({"mode": mode} if mode else {})})
     session.add(row)
     session.flush()
     return Intent.of(row, listing)
@@ -255,7 +278,7 @@ def check_publishable(*, session: Session, settings: Any, kind: str, code: str) 
     cannot be published as it is (PublishFailed)."""
     listing = _listing(session, kind, code, lock=False)
     require_api_key(settings, kind, code)
-    _plan(listing, _rows(session, listing))
+    _plan(listing, _rows(session, listing), key_mode(settings.stripe_api_key))
 
 
 def published_ids(session: Session, kind: str, code: str) -> tuple[str | None, str | None]:
@@ -264,14 +287,16 @@ def published_ids(session: Session, kind: str, code: str) -> tuple[str | None, s
     return row.stripe_product_id, row.stripe_price_id
 
 
-def stripe_state(session: Session, kind: str, row: CourseProgram | CreditPackage) -> dict[str, Any]:
-    """What the admin sees: ids, whether Stripe is in line with our data, recent calls, open drift."""
+def stripe_state(session: Session, kind: str, row: CourseProgram | CreditPackage,
+                 mode: str | None = None) -> dict[str, Any]:
+    """What the admin sees: ids, whether Stripe (in `mode`, the key's) is in line with our data, recent calls,
+    open drift."""
     listing = _listing_of(session, kind, row)  # the row the caller holds: not looked up again
     rows = _rows(session, listing)
     pending = [r for r in rows if r.status is PublicationStatus.PENDING]
     blocked = None
     try:
-        in_sync = not pending and _plan(listing, rows) is None
+        in_sync = not pending and _plan(listing, rows, mode) is None
     except PublishFailed as exc:  # shown, not swallowed: the admin must act before a publish can run
         in_sync, blocked = False, str(exc)
     ids = {row.stripe_product_id, row.stripe_price_id} | {r.stripe_id for r in rows if r.stripe_id}

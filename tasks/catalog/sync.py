@@ -25,15 +25,16 @@ class Expected:
     fields: dict[str, Any]
 
 
-def expected_objects(session: Session) -> tuple[list[Expected], list[str]]:
-    """(the Stripe objects to compare, the listings whose local changes are not published yet)."""
+def expected_objects(session: Session, mode: str | None = None) -> tuple[list[Expected], list[str]]:
+    """(the Stripe objects to compare, the listings whose local changes are not published yet in `mode`, the
+    key's)."""
     expected, unpublished = [], []
     listings = [(publishing.COURSE, p) for p in catalog.live_programs(session)] + \
                [(publishing.PACKAGE, p) for p in catalog.live_packages(session)]
     for kind, row in listings:
         if not row.stripe_product_id:
             continue  # never published
-        state = publishing.stripe_state(session, kind, row)
+        state = publishing.stripe_state(session, kind, row, mode)
         if not state["in_sync"]:
             unpublished.append(f"{kind} {row.code}")
         rows = publishing._rows(session, publishing._listing_of(session, kind, row))

@@ -42,16 +42,16 @@ class Conditions:
         return self.if_match is not None or self.if_none_match is not None
 
 
-def course_view(session: Session, program: CourseProgram) -> dict[str, Any]:
-    """The admin view of a course: its fields, steps and bundle, and its Stripe state."""
+def course_view(session: Session, program: CourseProgram, mode: str | None = None) -> dict[str, Any]:
+    """The admin view of a course: its fields, steps and bundle, and its Stripe state (in `mode`, the key's)."""
     view = catalog.course_view(session, program)
-    view["stripe"] = publishing.stripe_state(session, publishing.COURSE, program)
+    view["stripe"] = publishing.stripe_state(session, publishing.COURSE, program, mode)
     return view
 
 
-def package_view(session: Session, package: CreditPackage) -> dict[str, Any]:
+def package_view(session: Session, package: CreditPackage, mode: str | None = None) -> dict[str, Any]:
     view = catalog.package_view(package)
-    view["stripe"] = publishing.stripe_state(session, publishing.PACKAGE, package)
+    view["stripe"] = publishing.stripe_state(session, publishing.PACKAGE, package, mode)
     return view
 
 
@@ -61,23 +61,24 @@ def entity_tag(view: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def current_tag(session: Session, kind: str, code: str, *, lock: bool = False) -> str | None:
+def current_tag(session: Session, kind: str, code: str, *, lock: bool = False, mode: str | None = None) -> str | None:
     """The entity tag of the live course or package `code` (None: there is none); `lock` holds its row until the
     caller's transaction ends."""
     if kind == publishing.COURSE:
         program = catalog.live_program(session, code, lock=lock)
-        return None if program is None else entity_tag(course_view(session, program))
+        return None if program is None else entity_tag(course_view(session, program, mode))
     package = catalog.live_package(session, code, lock=lock)
-    return None if package is None else entity_tag(package_view(session, package))
+    return None if package is None else entity_tag(package_view(session, package, mode))
 
 
-def require(session: Session, *, kind: str, code: str, conditions: Conditions, lock: bool = True) -> None:
+def require(session: Session, *, kind: str, code: str, conditions: Conditions, lock: bool = True,
+            mode: str | None = None) -> None:
     """Check a write's `conditions` against the course or package as it stands, its row locked (`lock`) so that
     the write that follows in the same transaction acts on what was checked. PreconditionFailed when they do not
     hold. No conditions: nothing is read."""
     if not conditions:
         return
-    tag = current_tag(session, kind, code, lock=lock)
+    tag = current_tag(session, kind, code, lock=lock, mode=mode)
     what = f"{kind} {code}"
     if conditions.if_match is not None:
         if tag is None:

@@ -300,3 +300,41 @@ def test_a_checkout_opened_before_a_price_change_fulfils_its_course(database, st
         is inbox.Outcome.PROCESSED
     [enrollment] = state(database)["enrollments"]
     assert enrollment["session"] == "cs_old" and enrollment["status"] == "active"
+
+
+def test_publishing_with_a_live_key_after_a_test_one_makes_the_live_product_and_price(database, stripe_server,
+                                                                                    stripe_settings):
+    """Before: the test mode's product and price, recorded as published, were taken as in line with the live key
+    too: no call was made, the state said in sync, and every checkout named a price the live mode does not have.
+    Now what the other mode made does not count: the live product and price are made, the listing names them,
+    and a call left pending in the test mode is given up (its key belongs to that mode)."""
+    from tests.stripe_server import StripeServer
+
+    save(database, course())
+    test_run = publish(database, stripe_settings)
+    save(database, course(title="Salsa, renamed"))  # a change whose publish is interrupted in the test mode
+    stripe_server.fail_next("POST", r"/v1/products/.+", status=503, times=2)
+    with pytest.raises(publishing.PublishRetry):
+        publish(database, stripe_settings)
+    live = StripeServer(api_key="sk_live_local_stripe_server").start()
+    try:
+        live_settings = make_settings(database.url, **live.settings_changes())
+        with database.session_scope() as s:
+            program = catalog.get_program(s, "SFZ")
+            assert publishing.stripe_state(s, "course", program, "test")["pending"] == 1
+            assert publishing.stripe_state(s, "course", program, "live")["in_sync"] is False
+        live_run = publish(database, live_settings)
+        assert live_run.product_id in live.products and live_run.price_id in live.prices
+        assert live.products[live_run.product_id]["name"] == "Salsa, renamed"
+        assert (live_run.product_id, live_run.price_id) != (test_run.product_id, test_run.price_id)
+        assert program_state(database)[2:] == (live_run.product_id, live_run.price_id)
+        with database.session_scope() as s:
+            rows = list(s.scalars(select(StripePublication).order_by(StripePublication.id)))
+            assert [(r.request.get("mode"), r.status.value) for r in rows] == [
+                ("test", "succeeded"), ("test", "succeeded"), ("test", "failed"),
+                ("live", "succeeded"), ("live", "succeeded")]
+            assert "the key is now live" in rows[2].last_error
+            assert publishing.stripe_state(s, "course", catalog.get_program(s, "SFZ"), "live")["in_sync"] is True
+        assert publish(database, live_settings).calls == []  # in line now
+    finally:
+        live.stop()
