@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -80,7 +81,8 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
     process_database(settings.database_url).dispose()
-    args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+    config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"  # the project's, from any directory
+    args = [sys.executable, "-m", "gunicorn", "-c", str(config),
             "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
 

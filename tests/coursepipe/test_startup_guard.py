@@ -224,10 +224,12 @@ def test_the_entry_modules_refuse_a_database_behind_the_head(tmp_path, redis_url
     assert "Control socket" not in proc.stderr
 
 
-def test_the_processes_start_while_the_database_does_not_answer_and_work_once_it_does(pg_database, redis_url):
+def test_the_processes_start_while_the_database_does_not_answer_and_work_once_it_does(pg_database, redis_url,
+                                                                                     tmp_path):
     """`coursepipe ingress`, `worker` and `scheduler`, restarted during a database outage, come up and wait
     (one warning line; /readyz 503), and work once the database answers: an event accepted, then processed.
-    The outage is a TCP proxy in front of PostgreSQL that refuses connections until healed."""
+    The outage is a TCP proxy in front of PostgreSQL that refuses connections until healed. The ingress is started
+    from another directory than the project's (before, it looked for gunicorn.conf.py in the current one)."""
     import json
     import uuid
 
@@ -251,8 +253,9 @@ def test_the_processes_start_while_the_database_does_not_answer_and_work_once_it
     port = free_port()
     commands = {"ingress": ["ingress", "--port", str(port), "--workers", "1"],
                 "worker": ["worker", "--processes", "1", "--threads", "2"], "scheduler": ["scheduler"]}
-    procs = {name: subprocess.Popen([*CLI, *args], env=env, cwd=root, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True) for name, args in commands.items()}
+    procs = {name: subprocess.Popen([*CLI, *args], env=env, cwd=tmp_path if name == "ingress" else root,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, args in commands.items()}
     base = f"http://127.0.0.1:{port}"
 
     def ready() -> int | None:
