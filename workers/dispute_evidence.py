@@ -20,8 +20,11 @@ class Outcome:
 
 
 def submit(db, settings, stripe_dispute_id: str, *, client: Any = None) -> Outcome:
-    """Submit the evidence of one open dispute."""
-    client = client or stripe_client(settings, purpose="submitting dispute evidence needs it")
+    """Submit the evidence of one open dispute (an unknown one is NotFound first, whatever the configuration)."""
+    if client is None:
+        with db.session_scope() as session:
+            evidence.dispute_row(session, stripe_dispute_id)
+        client = stripe_client(settings, purpose="submitting dispute evidence needs it")
     with db.session_scope() as session:
         submission = evidence.begin_submission(session=session, stripe_dispute_id=stripe_dispute_id)
     sent = evidence.send(client, submission)  # outside any transaction

@@ -93,6 +93,23 @@ def test_a_login_with_a_nul_in_the_email_is_refused_as_any_wrong_login(client, e
     assert "That e-mail and password (or admin token) are not valid." in response.get_data(True)
 
 
+def test_evidence_of_an_unknown_dispute_is_404_and_of_a_known_one_without_a_stripe_key_503(client, runtime,
+                                                                                       admin_headers):
+    """Before: without STRIPE_API_KEY every id, unknown ones too, answered 503 `stripe_not_configured`."""
+    from db.enums import DisputeStatus
+    from db.models import PaymentDispute
+
+    assert not runtime.settings.stripe_api_key
+    unknown = client.post("/admin/disputes/dp_nope/evidence/submit", headers=admin_headers)
+    assert _error(unknown, 404) == "not_found"
+    with runtime.db.session_scope() as s:
+        s.add(PaymentDispute(stripe_dispute_id="dp_1", status=DisputeStatus.OPEN, evidence_status="draft"))
+    known = client.post("/admin/disputes/dp_1/evidence/submit", headers=admin_headers)
+    assert _error(known, 503) == "stripe_not_configured"
+    with runtime.db.session_scope() as s:  # refused before anything changed
+        assert s.scalar(select(PaymentDispute.evidence_status)) == "draft"
+
+
 # --------------------------------------------------------------------------- validated at the door
 
 
