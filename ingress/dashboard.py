@@ -155,6 +155,9 @@ def login():
                 if account is not None:
                     principal = accounts.Principal(actor=account.email, role=account.role, admin_id=account.id)
             if principal is not None:
+                # a login over another in the same browser ends that one's server-side session too: its cookie,
+                # copied before, must not stay valid once the browser has moved on
+                accounts.close_session(session=s, token=session.get(roles.SESSION_TOKEN))
                 sid = accounts.open_session(session=s, principal=principal, credential_fingerprint=fingerprint,
                                             lifetime=timedelta(hours=_settings().admin_session_hours))
         if principal is not None:

@@ -65,6 +65,23 @@ def test_login_by_email_and_password_and_logout_revokes_the_cookie(client, app, 
         assert s.scalar(select(AdminSession.revoked_at)) is not None
 
 
+def test_a_login_over_another_in_the_same_browser_ends_the_first_session(client, app, database):
+    """Before: the first account's server-side session stayed valid, so its cookie, copied before the second
+    login, still opened the dashboard as that account."""
+    make_admin(database, "viewer@studio.test", "viewer")
+    make_admin(database, "op@studio.test", "operator")
+    login_as(client, "viewer@studio.test")
+    first = client.get_cookie("coursepipe_admin").value
+    login_as(client, "op@studio.test")
+    assert "op@studio.test" in client.get("/admin/").get_data(True)
+    copied = app.test_client()
+    copied.set_cookie("coursepipe_admin", first)
+    assert copied.get("/admin/").status_code == 302
+    with database.session_scope() as s:
+        assert [r.revoked_at is not None for r in s.scalars(select(AdminSession).order_by(AdminSession.id))] == [
+            True, False]
+
+
 def test_a_session_ends_at_its_absolute_lifetime(client, database):
     make_admin(database, "op@studio.test", "operator")
     login_as(client, "op@studio.test")
