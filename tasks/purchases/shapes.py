@@ -33,18 +33,16 @@ def problem(obj: dict[str, Any], *, objects: Iterable[str] = (), strings: Iterab
             return f"{prefix}{field} is not a string"
         if field == "currency" and obj.get(field) is not None and not CURRENCY.fullmatch(obj[field]):
             return f"{prefix}currency is not a three-letter currency code"
-    for field in amounts:
+    bounded = [(field, INT32_MAX, f"is beyond the largest amount coursepipe records ({INT32_MAX})")
+               for field in amounts] + [(field, LAST_UNIX_TIME, "is not a Unix time") for field in times]
+    for field, most, beyond in bounded:
         value = obj.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return f"{prefix}{field} is not a non-negative integer"
-        if value is not None and value > INT32_MAX:
-            return f"{prefix}{field} is beyond the largest amount coursepipe records ({INT32_MAX})"
-    for field in times:
-        value = obj.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            return f"{prefix}{field} is not a non-negative integer"
-        if value is not None and value > LAST_UNIX_TIME:
-            return f"{prefix}{field} is not a Unix time"
+        if value > most:
+            return f"{prefix}{field} {beyond}"
     for field in ids:
         value = stripe_id(obj.get(field))
         if value is not None and not isinstance(value, str):
