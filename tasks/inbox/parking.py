@@ -96,16 +96,17 @@ def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), l
     return list(ids)
 
 
-def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000) -> list[int]:
-    """Parked events nothing woke within `horizon` of their arrival end `failed` ("waited for …"): visible
-    on the dashboard and replayable, instead of waiting forever. Each keeps the key it waited for, so what
-    provides it later still wakes it (`wake_waiting`)."""
+def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000,
+                   now: datetime | None = None) -> list[int]:
+    """Parked events nothing woke within `horizon` of their arrival (waiting longer than it) end `failed` ("waited
+    for …"): visible on the dashboard and replayable, instead of waiting forever. Each keeps the key it waited
+    for, so what provides it later still wakes it (`wake_waiting`)."""
     table = InboxEvent.__table__
-    now = utcnow()
+    now = now or utcnow()
     hours = round(horizon.total_seconds() / 3600, 2)
     ids = session.scalars(
         select(table.c.id)
-        .where(table.c.status == InboxStatus.WAITING.value, table.c.received_at <= now - horizon)
+        .where(table.c.status == InboxStatus.WAITING.value, table.c.received_at < now - horizon)
         .order_by(table.c.id)
         .limit(limit)
     ).all()

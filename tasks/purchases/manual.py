@@ -335,9 +335,9 @@ def fresh_refund_key(*, session: Session, admin_refund_id: int, spent: str) -> s
 
 
 def stale_pending_refunds(session: Session, *, before: datetime, limit: int) -> list[AdminRefund]:
-    """Admin refunds still `pending` that were asked for before `before`, oldest first."""
+    """Admin refunds still `pending` that were asked for at `before` or earlier, oldest first."""
     return list(session.scalars(select(AdminRefund).where(AdminRefund.status == "pending",
-                                                          AdminRefund.created_at < before)
+                                                          AdminRefund.created_at <= before)
                                 .order_by(AdminRefund.id).limit(limit)))
 
 

@@ -651,6 +651,20 @@ def test_the_refunds_job_without_a_stripe_key_reports_what_waits(runtime, stripe
     assert stripe_server.calls("POST", "/v1/refunds") == []
 
 
+def test_a_refund_pending_exactly_stale_after_is_taken_by_the_refunds_job(runtime, stripe_server):
+    """"Left pending 10 minutes or more": before, one asked exactly STALE_AFTER ago waited for the next run."""
+    enrollment_id = _purchase(runtime.db, stripe_server)
+    with runtime.db.session_scope() as s:
+        manual.refund_intent(session=s, plan=manual.check_refund(session=s, enrollment_id=enrollment_id, amount=None),
+                             keep_access=False, reason="x", actor="op", request_key=None)
+        asked = s.scalar(select(AdminRefund.created_at))
+    unconfigured = make_settings(runtime.settings.database_url)
+    settle = lambda at: refund_calls.settle_pending(  # noqa: E731
+        unit_of_work=runtime.db.session_scope, settings=unconfigured, now=at)["pending"]
+    assert settle(asked + refund_calls.STALE_AFTER - timedelta(microseconds=1)) == 0
+    assert settle(asked + refund_calls.STALE_AFTER) == 1
+
+
 def test_a_refund_stripe_made_and_then_failed_is_recorded_failed_and_the_run_goes_on(runtime, stripe_server):
     """The job finds the refund Stripe made for an admin refund, failed: no money went back, so the admin
     refund is `failed` (not `succeeded`), and the next pending refund of the run is still made."""

@@ -117,6 +117,23 @@ def test_wrong_order_parks_then_wakes_when_the_prerequisite_arrives(database):
     assert effects(database) == 1
 
 
+def test_an_event_parked_the_whole_horizon_fails_only_once_it_has_waited_longer(database):
+    """WAIT_HORIZON_HOURS: a row that waits longer than it ends failed ("for more than 72 hours"); before, one
+    parked exactly 72 hours ago already did."""
+    from datetime import timedelta
+
+    from tasks.inbox.parking import expire_waiting
+
+    waiter = store(database, "test.wait", {"needs": "thing:9"})
+    assert run(database, waiter).outcome is inbox.Outcome.WAITING
+    horizon, arrived = timedelta(hours=72), row(database, waiter).received_at
+    with database.session_scope() as s:
+        assert expire_waiting(session=s, horizon=horizon, now=arrived + horizon) == []
+    with database.session_scope() as s:
+        assert expire_waiting(session=s, horizon=horizon, now=arrived + horizon + timedelta(microseconds=1)) == [waiter]
+    assert "for more than 72 hours" in row(database, waiter).last_error
+
+
 def test_an_event_that_gave_up_waiting_wakes_when_the_prerequisite_arrives_after_all(database):
     from datetime import timedelta
 
