@@ -3,7 +3,9 @@
 Lots that expired with credits left get a line of their own at their expiry (the ledger records no entry
 for it: an expired lot is simply no longer usable), taking off what the lot held then. An entry on a lot
 after its expiry (a booking on it cancelled in time, a refund revoking it) is listed but moves no balance
-(`counted: false`): the lot was no longer usable. So the closing balance is what
+(`counted: false`): the lot was no longer usable. A credit that a booking made before the expiry spent, applied
+after it (the workers behind), is spent then: it is listed and counted at the booking's time, as the ledger
+spent it. So the closing balance is what
 `tasks.ledger.credits.balances` says, and every step to it is on a line.
 
 A manual adjustment's line carries the reason the admin wrote. Which admin made it is said only where admins
@@ -138,6 +140,24 @@ def describe(session: Session, entry: CreditLedgerEntry, names: Names | None = N
     return f"{credit} {kind.value}: {entry.cause}"
 
 
+def _booked_before_expiry(session: Session, ledger: list[CreditLedgerEntry],
+                          expired: dict[int, datetime]) -> dict[int, datetime]:
+    """The credits spent on an expired lot by a booking made before the expiry but processed after it (the workers
+    behind), by their entry's id: at their booking's time, when the credit was spent (`credits.consume_credit`
+    judges the lot at the booking's time too)."""
+    late = {}  # entry id: (booking id, its lot's expiry)
+    for entry in ledger:
+        expiry = expired.get(entry.grant_id or entry.id)
+        if entry.entry_type == LedgerEntryType.CONSUME and entry.booking_id and expiry and entry.created_at > expiry:
+            late[entry.id] = (entry.booking_id, expiry)
+    if not late:
+        return {}
+    booked = dict(session.execute(select(Booking.id, Booking.booked_at)
+                                  .where(Booking.id.in_({booking for booking, _ in late.values()}))).all())
+    return {entry_id: booked[booking] for entry_id, (booking, expiry) in late.items()
+            if booked.get(booking) is not None and booked[booking] < expiry}
+
+
 def credit_statement(*, session: Session, student_id: str, now: datetime | None = None,
                      name_admins: bool = False) -> dict[str, Any]:
     """`name_admins`: adjustments name the admin who made them (admins' views only; see the module's doc)."""
@@ -150,13 +170,15 @@ def credit_statement(*, session: Session, student_id: str, now: datetime | None 
     expired = {lot.grant.id: lot.grant.expires_at for lot in credits.lots(session=session, student_id=student_id)
                if lot.grant.expires_at is not None and lot.grant.expires_at <= now}
     held_at_expiry = dict.fromkeys(expired, 0)
+    spent_at = _booked_before_expiry(session, ledger, expired)
     for entry in ledger:
         lot = entry.grant_id or entry.id
-        counted = lot not in expired or entry.created_at <= expired[lot]
+        at = spent_at.get(entry.id, entry.created_at)
+        counted = lot not in expired or at <= expired[lot]
         if lot in expired and counted:
             held_at_expiry[lot] += entry.quantity
-        lines.append((entry.created_at, entry.id, {
-            "id": entry.id, "at": entry.created_at, "kind": entry.credit_type.value,
+        lines.append((at, entry.id, {
+            "id": entry.id, "at": at, "kind": entry.credit_type.value,
             "entry_type": entry.entry_type.value, "quantity": entry.quantity, "cause": entry.cause,
             "lot": lot, "expires_at": entry.expires_at, "counted": counted,
             "description": describe(session, entry, names) + ("" if counted else " (its lot had expired: no change)")}))

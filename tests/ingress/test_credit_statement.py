@@ -124,3 +124,25 @@ def test_a_lot_expires_with_what_it_held_then_and_a_credit_returned_to_it_afterw
     assert body["entries"][3]["description"].endswith("(its lot had expired: no change)")
     assert body["balances"]["group"] == 0
     assert client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]["group"] == 0
+
+
+def test_a_booking_made_before_its_lot_expired_but_applied_after_spends_it_on_the_statement_too(
+        client, runtime, admin_headers):
+    """The ledger spends the lot (a booking is judged at its own time), but the statement judged the entry by when
+    it was written: "2 credits expired unused", then "1 credit used … (its lot had expired: no change)"."""
+    from tests.tasks.bookings.bookings_support import booking_created
+    from tests.tasks.bookings.bookings_support import deliver as deliver_platform
+
+    db, now = runtime.db, utcnow()
+    with db.session_scope() as s:
+        factories.student(s)
+        lot = credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=2,
+                                    cause="promo", expires_at=now - timedelta(hours=1))
+        lot.created_at = now - timedelta(days=10)
+    deliver_platform(db, booking_created("bk_1", "gc_plain", credit_type="group", when=now - timedelta(hours=2)))
+    body = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers).get_json()
+    lines = [(e["entry_type"], e["quantity"], e["balance"], e["counted"]) for e in body["entries"]]
+    assert lines == [("grant", 2, 2, True), ("consume", -1, 1, True), ("expire", -1, 0, True)]
+    assert body["entries"][1]["at"] == (now - timedelta(hours=2)).isoformat()  # when the credit was spent
+    assert "1 group credit of lot" in body["entries"][2]["description"]
+    assert client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]["group"] == 0
