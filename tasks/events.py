@@ -116,6 +116,12 @@ class ClassUpserted(_Data):
     _aware_start = field_validator("starts_at")(_aware)
     _aware_end = field_validator("ends_at")(_aware_or_none)
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        # as a student's: an unknown name would stand before the course's zone in every mail, and read as UTC
+        return None if value is None else known_timezone(value)
+
 
 class BookingCreated(_Data):
     booking_id: Id

@@ -149,6 +149,20 @@ def test_class_numbers_beyond_a_32_bit_column_are_refused_at_the_door(client, ru
     assert _count(runtime) == 0
 
 
+@pytest.mark.parametrize("zone, refused", [("Mars/Olympus", True), ("Eastern Standard Time", True),
+                                           ("America/New_York", False)])
+def test_a_class_time_zone_is_an_iana_name_as_a_student_s_is(client, runtime, zone, refused):
+    """Before: any text was stored, and stood before the course's zone in every reminder, read as UTC."""
+    raw = json.dumps(platform_event("class.upserted", _class(timezone=zone))).encode()
+    response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
+    if refused:
+        assert _error(response, 400) == "invalid_event" and "unknown IANA timezone" in response.get_json()[
+            "error"]["message"]
+        assert _count(runtime) == 0
+    else:
+        assert response.status_code == 200 and _count(runtime) == 1
+
+
 def test_the_largest_32_bit_capacity_is_stored_and_processed(client, runtime, worker):
     from tests.conftest import drain
 
