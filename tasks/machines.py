@@ -32,7 +32,9 @@ ENROLLMENT = StateMachine(
 PROGRESS = StateMachine(
     "progress",
     {
-        ProgressStatus.UNBOOKED: frozenset({ProgressStatus.BOOKED, ProgressStatus.CANCELLED}),
+        # MISSED: a step its class's cancellation reopened, whose booking had been cancelled outside policy before
+        # (that cancel delivered after the class's): as in order, the step was missed
+        ProgressStatus.UNBOOKED: frozenset({ProgressStatus.BOOKED, ProgressStatus.CANCELLED, ProgressStatus.MISSED}),
         ProgressStatus.BOOKED: frozenset({ProgressStatus.UNBOOKED, ProgressStatus.COMPLETED, ProgressStatus.MISSED, ProgressStatus.CANCELLED}),
         ProgressStatus.MISSED: frozenset({ProgressStatus.BOOKED, ProgressStatus.CANCELLED}),  # a missed step may be booked again
         ProgressStatus.COMPLETED: frozenset(),  # attended steps stay on record, even after a refund

@@ -45,6 +45,7 @@ from db.models import (
     Student,
     StudentCourseEnrollment,
     StudentCourseProgress,
+    TransitionLog,
 )
 from tasks.ledger import credits
 from tasks.messaging import outbox
@@ -530,6 +531,9 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
         return booking  # never stood: nothing to undo
     progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
     cause = f"booking.cancelled:{booking.id}"
+    if booking.status == BookingStatus.CANCELLED and _cancelled_later_by_its_class(session, booking, data):
+        _cancelled_before_its_class(session, booking, data, enrollment, cause)
+        return booking
     if not BOOKING.move(booking, BookingStatus.CANCELLED, session=session, cause=cause, enrollment_id=booking.enrollment_id,
                         at=data.cancelled_at):
         return booking
@@ -551,6 +555,40 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
     elif booking.credit_type is not None and data.within_policy:
         credits.release_credit(session=session, booking_id=booking.id)
     return booking
+
+
+def _cancelled_later_by_its_class(session: Session, booking: Booking, data: BookingCancelled) -> bool:
+    """Was this booking, cancelled here by its class's cancellation, cancelled by the student outside policy
+    before that (`data`, delivered late)? Then the class's cancellation found it standing only because this
+    cancel had not arrived yet."""
+    if data.within_policy or booking.cancelled_at is None or data.cancelled_at >= booking.cancelled_at:
+        return False
+    by = session.scalar(select(TransitionLog.cause).where(
+        TransitionLog.entity == BOOKING.entity, TransitionLog.entity_id == booking.id,
+        TransitionLog.to_status == BookingStatus.CANCELLED.value).limit(1))
+    return by == f"class_cancelled:{booking.class_id}"
+
+
+def _cancelled_before_its_class(session: Session, booking: Booking, data: BookingCancelled,
+                                enrollment: StudentCourseEnrollment | None, cause: str) -> None:
+    """The student's cancel outside policy came first: end as in order. The booking was cancelled then, outside
+    policy; its credit stays spent (the class's cancellation gave it back: it is spent again, while the lot
+    holds it); its step is missed, unless the class's cancellation left it to another booking since. The class's
+    mail has gone; no other is sent."""
+    booking.cancelled_at, booking.within_policy = data.cancelled_at, False
+    if booking.credit_type is not None:
+        credits.spend_again(session=session, booking_id=booking.id, now=data.cancelled_at)
+        return
+    if booking.enrollment_id is None or booking.course_step_id is None:
+        return
+    progress = _progress_of(session, booking.enrollment_id, booking.course_step_id, lock=True)
+    rebooked = any(b.id != booking.id and b.booked_at is not None and b.booked_at > booking.booked_at
+                   for b in _step_bookings(session, booking.enrollment_id, booking.course_step_id))
+    if progress is not None and progress.status == ProgressStatus.UNBOOKED and not rebooked:
+        # the step names its booking again, as a step missed in order does
+        progress.booking_id, progress.group_class_id = booking.id, booking.class_id
+        progress_moves.move(session=session, progress=progress, target=ProgressStatus.MISSED, cause=cause,
+                            at=data.cancelled_at, enrollment=enrollment, fresh=True)
 
 
 def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime, **held) -> None:

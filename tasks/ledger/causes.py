@@ -106,6 +106,10 @@ class Keys:
         return f"revoke:release:{booking_id}"
 
     @staticmethod
+    def consume_again(booking_id: str) -> str:
+        return f"consume:again:booking:{booking_id}"
+
+    @staticmethod
     def revoke(cause: Cause, grant_id: int) -> str:
         return f"revoke:{cause}:{grant_id}"
 

@@ -214,6 +214,39 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     return released
 
 
+def spend_again(*, session: Session, booking_id: str, now: datetime | None = None) -> CreditLedgerEntry | None:
+    """Undo a release that should not have been: the booking's credit, given back (`release_credit`), is spent
+    again on the lot it came from. Once per booking. Nothing when the release was not made, or was revoked
+    already (its purchase stands revoked), or the lot no longer holds the credit (spent since, or expired): the
+    student keeps what they did with it."""
+    released = _existing(session, Keys.release(booking_id))
+    if released is None or _existing(session, Keys.revoke_release(booking_id)) is not None:
+        return None
+    key = Keys.consume_again(booking_id)
+    existing = _existing(session, key)
+    if existing is not None:
+        return existing
+    lock_student(session, released.student_id)
+    now = now or utcnow()
+    lot = next((lot for lot in lots(session=session, student_id=released.student_id,
+                                     credit_type=released.credit_type) if lot.grant.id == released.grant_id), None)
+    if lot is None or lot.remaining < 1 or (lot.grant.expires_at is not None and lot.grant.expires_at <= now):
+        return None
+    return _add(
+        session,
+        idempotency_key=key,
+        student_id=released.student_id,
+        credit_type=released.credit_type,
+        entry_type=LedgerEntryType.CONSUME,
+        quantity=-1,
+        grant_id=released.grant_id,
+        cause=str(Cause.booking(booking_id)),
+        booking_id=booking_id,
+        enrollment_id=released.enrollment_id,
+        package_purchase_id=released.package_purchase_id,
+    )
+
+
 def _revoked_under(session: Session, cause: str, grant: CreditLedgerEntry) -> int:
     """How many credits of the lot's type are revoked under one cause, in all (a cause names its purchase, so these
     are that purchase's: its lot and the lots reinstatements gave back). Read through the student's entries of that

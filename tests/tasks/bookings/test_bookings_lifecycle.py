@@ -262,6 +262,57 @@ def test_a_class_cancelled_by_a_caller_that_held_no_student_still_addresses_each
     assert mail.payload["context"]["student_name"] == "Ann" and mail.payload["context"]["timezone"] == "Asia/Tokyo"
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["in order", "cancel delivered after the class's"])
+def test_a_credit_booking_cancelled_outside_policy_before_its_class_was_ends_as_in_order(database, late):
+    """The student cancels late (t10), then the studio cancels the class (t20). Before: with the class's event
+    applied first, it cancelled the booking within policy and gave the credit back, and the late cancel then
+    changed nothing: a credit the student had lost."""
+    w = world(database, group_credits=1)
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(0)))
+    cancel = booking_cancelled("bk_c", within_policy=False, when=at(10))
+    cancelled_class = class_upserted(w.option(1), status="cancelled", when=at(20))
+    for event in ((cancelled_class, cancel) if late else (cancel, cancelled_class)):
+        deliver(database, event)
+    deliver(database, twin(cancel))  # and once more: nothing more
+    assert balances(database)["group"] == 0
+    b = booking(database, "bk_c")
+    assert (b.status.value, b.cancelled_at, b.within_policy) == ("cancelled", at(10), False)
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["in order", "cancel delivered after the class's"])
+def test_a_step_booking_cancelled_outside_policy_before_its_class_was_ends_missed_as_in_order(database, late):
+    w = world(database)
+    book(database, w, "bk_1", 1)
+    cancel = booking_cancelled("bk_1", within_policy=False, when=at(10))
+    cancelled_class = class_upserted(w.option(1), status="cancelled", when=at(50))
+    for event in ((cancelled_class, cancel) if late else (cancel, cancelled_class)):
+        deliver(database, event)
+    p = progress(database, w, 1)
+    assert (p["status"].value, p["booking_id"]) == ("missed", "bk_1")
+    assert (booking(database, "bk_1").within_policy, booking(database, "bk_1").cancelled_at) == (False, at(10))
+
+
+def test_a_late_cancel_leaves_a_step_booked_again_since_and_a_credit_spent_since(database):
+    """What the class's cancellation gave back and the student used before the late cancel arrived stays used:
+    the step rebooked stays booked, and a credit spent on another booking is not taken twice (no negative
+    balance)."""
+    w = world(database, group_credits=1)
+    book(database, w, "bk_1", 1)
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(0)))
+    deliver(database, class_upserted(w.option(1), status="cancelled", when=at(50)))
+    from db.models import CourseStepOption
+
+    with database.session_scope() as s:  # another class for the step
+        s.add(CourseStepOption(program_id=w.program_id, step_id=w.step_ids[0], group_class_id="gc_again"))
+    deliver(database, booking_created("bk_2", "gc_again", step_id=w.step_ids[0], when=at(60)))
+    deliver(database, booking_created("bk_c2", w.option(2), credit_type="group", when=at(60)))
+    deliver(database, booking_cancelled("bk_1", within_policy=False, when=at(10)))
+    deliver(database, booking_cancelled("bk_c", within_policy=False, when=at(10)))
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("booked", "bk_2")
+    assert balances(database)["group"] == 0
+    assert booking(database, "bk_c").within_policy is False
+
+
 def test_a_booking_on_a_class_already_cancelled_is_refused(database):
     """Wrong order: the class was cancelled (we know) and a booking on it arrives afterwards."""
     w = world(database, group_credits=1)
