@@ -102,7 +102,10 @@ def plan(*, session: Session, settings, now: datetime | None = None) -> Reminder
     for step_id, class_id, title, starts_at, class_tz in session.execute(
         select(CourseStepOption.step_id, GroupClass.id, GroupClass.title, GroupClass.starts_at, GroupClass.timezone)
         .join(GroupClass, GroupClass.id == CourseStepOption.group_class_id)
+        # a deleted course's steps cannot be booked: nothing to remind of
+        .join(CourseProgram, CourseProgram.id == CourseStepOption.program_id)
         .where(
+            CourseProgram.deleted_at.is_(None),
             CourseStepOption.deleted_at.is_(None),
             GroupClass.status == ClassStatus.SCHEDULED,
             GroupClass.starts_at > now,

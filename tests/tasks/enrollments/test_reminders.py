@@ -664,3 +664,23 @@ def test_a_failed_analyze_does_not_fail_a_run_that_queued_its_reminders(database
     assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 1
     assert len(_mails(database)) == 1
     assert "could not analyze reminder_log" in caplog.text
+
+
+def test_a_deleted_course_s_steps_are_not_reminded(database):
+    """They cannot be booked (the step guard answers `unknown_course_step`); before, their students were still
+    reminded to book them."""
+    from tasks.bookings import services as bookings
+    from tasks.catalog import services as catalog
+
+    with database.session_scope() as s:
+        _, _, steps = _setup(s)
+        step2 = steps[2].id
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+    with database.session_scope() as s:
+        verdict = bookings.step_guard(session=s, student_id="stu_1", course_step_id=step2, class_id="gc_SFZ_2_0")
+        assert verdict.reason == "unknown_course_step"
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 0
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.topic == "step_reminder")) == 0
