@@ -222,7 +222,7 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
             context=welcome_context(
                 student_name=student.name, course_title=program.title, course_code=program.code,
                 steps=[(s.label, s.title) for s in steps],
-                bundle=(enrollment.fulfilment_metadata or {}).get("bundle") or bundle_snapshot(program)),
+                bundle=_recorded_bundle(enrollment, program)),
             dedupe_key=WELCOME_DEDUPE.format(enrollment.id),
             enrollment_id=enrollment.id,
             fresh=fresh,
@@ -310,6 +310,12 @@ def reinstate(*, session: Session, enrollment: StudentCourseEnrollment, cause: s
 
 
 # --------------------------------------------------------------------------- re-fulfilment
+
+
+def _recorded_bundle(enrollment: StudentCourseEnrollment, program: CourseProgram) -> list:
+    """The bundle the enrollment records (an empty one too: enrolled by hand without it), else the course's now."""
+    recorded = (enrollment.fulfilment_metadata or {}).get("bundle")
+    return bundle_snapshot(program) if recorded is None else recorded
 
 
 def complete_if_done(*, session: Session, enrollment_id: int, at: datetime, cause: str) -> bool:

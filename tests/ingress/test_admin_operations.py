@@ -54,6 +54,24 @@ def _audit(db) -> list[tuple]:
 # --------------------------------------------------------------------------- enrol by hand
 
 
+@pytest.mark.parametrize("grant_bundle", [True, False])
+def test_the_welcome_of_an_enrollment_by_hand_lists_the_bundle_only_when_it_was_granted(database, grant_bundle):
+    """Before: enrolled without the bundle, no credit was granted and the platform heard `bundle: {}`, but the
+    welcome mail told the student "2 × private credits" (an empty recorded bundle read as none recorded)."""
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+        factories.student(s, email="ann@example.test")
+    with database.session_scope() as s:
+        manual.enroll(session=s, student_id="stu_1", course_code="SFZ", grant_bundle=grant_bundle, cause="admin:1",
+                      reason="a guest", actor="op@studio.test")
+    with database.session_scope() as s:
+        welcome = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome"))
+        created = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "enrollment.created"))
+    listed = [{"kind": "private_credit", "quantity": 2}] if grant_bundle else []
+    assert [{k: b[k] for k in ("kind", "quantity")} for b in welcome.payload["context"]["bundle"]] == listed
+    assert created.payload["data"]["bundle"] == ({"private": 2} if grant_bundle else {})
+
+
 def test_enrol_by_hand_with_or_without_the_bundle(client, runtime, operator):
     db = runtime.db
     _course(db)
