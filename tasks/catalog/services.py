@@ -460,10 +460,18 @@ BUNDLE_UNRECORDED = StudentCourseEnrollment.fulfilment_metadata["bundle"].as_str
 
 def _seed_new_steps(session: Session, program: CourseProgram, steps: list[CourseStep]) -> None:
     """A step added to a sold course is owed to its active and suspended enrollments: unbooked at once.
-    One INSERT … SELECT a step, however many enrollments the course has."""
+    One INSERT … SELECT a step, however many enrollments the course has. A suspended one that had completed the
+    course has not any more (`completed_at` cleared, as a reopened step clears it): completing it again is a new
+    completion, told to the platform."""
     now = utcnow()
     for step in steps:
         session.execute(_give_step(step.id, program.id, now))
+    if steps:
+        enrollment = StudentCourseEnrollment
+        session.execute(update(enrollment).where(enrollment.program_id == program.id,
+                                                 enrollment.status.in_(OWED_NEW_STEPS),
+                                                 enrollment.completed_at.is_not(None))
+                        .values(completed_at=None).execution_options(synchronize_session=False))
 
 
 def _give_step(step_id: int, program_id: int, now: datetime, *where: Any):
