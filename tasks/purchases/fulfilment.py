@@ -51,6 +51,8 @@ COMPLETED = "checkout.session.completed"
 ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 ASYNC_FAILED = "checkout.session.async_payment_failed"
 CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
+# fulfilment_metadata: the event whose payment settled after the enrollment was revoked while pending
+SETTLED_BY = "payment_settled_by"
 PAID_STATUSES = ("paid", "no_payment_required")
 NOT_ONE_TIME = ("subscription", "setup")  # checkout modes that are not a course or package purchase
 STRIPE_TIMEOUT_SECONDS = 10
@@ -384,6 +386,11 @@ def _fulfil_course(session: Session, checkout: dict[str, Any], event_type: str, 
                                               "activated_by": event_type, "activated_event_id": event_id}
         elif outcome == "failed" and enrollment.status == EnrollmentStatus.PENDING:
             ENROLLMENT.move(enrollment, EnrollmentStatus.FAILED, session=session, cause=cause, enrollment_id=enrollment.id, at=now)
+        elif outcome == "paid" and enrollment.status == EnrollmentStatus.REVOKED and enrollment.activated_at is None \
+                and not (enrollment.fulfilment_metadata or {}).get(SETTLED_BY):
+            # revoked while its payment was pending, which has now settled: it stays revoked, but it is a sale
+            enrollment.fulfilment_metadata = {**(enrollment.fulfilment_metadata or {}),
+                                              SETTLED_BY: event_type, "payment_settled_event_id": event_id}
     provisioned = None
     if enrollment.status in enrollments.ENTITLED:
         steps = catalog.live_steps(session, program.id)

@@ -29,7 +29,7 @@ import io
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import case, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus, ProgressStatus, PurchaseStatus
@@ -37,9 +37,19 @@ from db.models import CourseProgram, CourseStep, CreditPackage, PackagePurchase,
 from db.models.enrollments import COUNTED_PROGRESS, EVER_BOOKED
 from db.types import utcnow
 from tasks.errors import ValidationFailed
+from tasks.purchases.fulfilment import SETTLED_BY
 from tasks.purchases.manual import MANUAL_SESSION_PREFIX
 
 PAID = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED, EnrollmentStatus.REVOKED)
+
+
+def _a_sale():
+    """SQL: an enrollment in PAID that was a sale. A revoked one was, if it was ever active or its payment settled
+    after it was revoked while pending; one revoked while pending whose payment failed, or has not settled, was
+    not."""
+    enrollment = StudentCourseEnrollment
+    return or_(enrollment.status != EnrollmentStatus.REVOKED, enrollment.activated_at.is_not(None),
+               enrollment.fulfilment_metadata[SETTLED_BY].as_string().is_not(None))
 PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
 
 
@@ -123,7 +133,13 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
                                  EnrollmentStatus)
     # a comp (enrolled by hand) is not a sale
     money = money_by_currency(session, StudentCourseEnrollment, StudentCourseEnrollment.program_id, ids, PAID,
-                              ~StudentCourseEnrollment.stripe_checkout_session_id.startswith(MANUAL_SESSION_PREFIX))
+                              ~StudentCourseEnrollment.stripe_checkout_session_id.startswith(MANUAL_SESSION_PREFIX),
+                              _a_sale())
+    never_sold = dict(session.execute(
+        select(StudentCourseEnrollment.program_id, func.count())
+        .where(StudentCourseEnrollment.program_id.in_(ids), StudentCourseEnrollment.status == EnrollmentStatus.REVOKED,
+               ~_a_sale())
+        .group_by(StudentCourseEnrollment.program_id)).all())
 
     steps: dict[int, list[dict[str, Any]]] = {pid: [] for pid in ids}
     live_steps = list(session.scalars(
@@ -140,7 +156,7 @@ def course_report(*, session: Session) -> list[dict[str, Any]]:
     report = []
     for program in programs:
         statuses = by_status[program.id]
-        paid = sum(statuses[s.value] for s in PAID)
+        paid = sum(statuses[s.value] for s in PAID) - never_sold.get(program.id, 0)
         report.append({
             "course_code": program.code,
             "title": program.title,

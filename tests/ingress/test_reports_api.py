@@ -22,6 +22,7 @@ def _seed(runtime):
         other = factories.student(s, id="stu_2", email="s2@example.test")
         refunded = factories.enrollment(s, other, program, status=EnrollmentStatus.REVOKED, session_id="cs_r_2")
         refunded.amount_refunded = 12000
+        refunded.activated_at = utcnow()  # a sale: active before its refund
 
 
 def test_json_shape(client, runtime, admin_headers):

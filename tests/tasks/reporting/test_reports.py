@@ -38,6 +38,7 @@ def _seed(session):
     _set_progress(session, ahead, [P.UNBOOKED, P.UNBOOKED, P.BOOKED], ahead=(2,))
     refunded = factories.enrollment(session, students[3], sfz, status=E.REVOKED, session_id="cs_4")
     refunded.amount_refunded = 10000
+    refunded.activated_at = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a sale: active before its refund
     _set_progress(session, refunded, [P.MISSED, P.CANCELLED, P.CANCELLED])
     partly = factories.enrollment(session, students[4], sfz, session_id="cs_5")
     partly.amount_refunded = 2500

@@ -133,3 +133,30 @@ def test_net_is_whole_minor_units_the_same_on_every_database(database):
         deliver(database, charge_refunded(pi=f"pi_{n}", amount=300, refunded=100, refunds=[(f"re_{n}", 100)]))
     usd = _course(database)["revenue_by_currency"]["usd"]
     assert (usd["total"], usd["tax"], usd["refunded"], usd["net"]) == (900, 300, 300, 399)
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["payment failed", "payment settled"])
+def test_a_pending_purchase_revoked_by_hand_is_a_sale_only_once_its_payment_settles(database, settled):
+    """Before: revoked while its bank debit was pending, it counted as paid and its amount as revenue even when
+    the payment then failed. A payment that settles after the revocation is a sale (the money came), though the
+    enrollment stays revoked."""
+    from tasks.purchases import manual
+
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),))
+    deliver(database, checkout(payment_status="unpaid"))  # a bank debit: pending
+    with database.session_scope() as s:
+        eid = s.scalar(select(StudentCourseEnrollment.id))
+        manual.revoke(session=s, enrollment_id=eid, cause="admin:1")
+    with database.session_scope() as s:
+        before = reports.course_report(session=s)[0]
+    assert (before["paid"], before["revenue"]["gross"]) == (0, 0)  # not settled yet: no sale
+    outcome = "succeeded" if settled else "failed"
+    deliver(database, checkout(type_=f"checkout.session.async_payment_{outcome}",
+                               payment_status="paid" if settled else "unpaid"))
+    with database.session_scope() as s:
+        e = s.get(StudentCourseEnrollment, eid)
+        assert (e.status.value, e.activated_at) == ("revoked", None)  # it stays revoked either way
+        sfz = reports.course_report(session=s)[0]
+    assert (sfz["paid"], sfz["revenue"]["gross"], sfz["revenue"]["net"]) == ((1, 12000, 12000) if settled
+                                                                            else (0, 0, 0))
