@@ -38,6 +38,7 @@ from tasks.catalog import publishing
 from tasks.catalog import services as catalog
 from tasks.enrollments.services import AlreadyEnrolled
 from tasks.errors import KeyReused, NotFound, ValidationFailed
+from tasks.ledger.causes import Cause
 
 COURSE, PACKAGE = "course", "package"
 HELD = (E.ACTIVE, E.PENDING, E.SUSPENDED)  # a student with one of these cannot buy the course again
@@ -220,12 +221,14 @@ def fulfilled(session: Session, checkout_session_id: str) -> dict[str, Any]:
         program = session.get(CourseProgram, enrollment.program_id)
         view["enrollment"] = {"id": enrollment.id, "student_id": enrollment.student_id,
                               "course_code": program.code if program else None, "status": enrollment.status.value}
-        owner = CreditLedgerEntry.enrollment_id == enrollment.id
+        # the purchase's own grants (through its owner's index): not the lots a reinstatement gave back
+        owner = (CreditLedgerEntry.enrollment_id == enrollment.id, CreditLedgerEntry.cause == str(Cause.bundle(enrollment.id)))
     elif purchase is not None:
-        owner = CreditLedgerEntry.package_purchase_id == purchase.id
+        owner = (CreditLedgerEntry.package_purchase_id == purchase.id,
+                 CreditLedgerEntry.cause == str(Cause.package(purchase.id)))
     if owner is not None:
         grants = session.execute(select(CreditLedgerEntry.credit_type, func.sum(CreditLedgerEntry.quantity))
-                                 .where(owner, CreditLedgerEntry.entry_type == LedgerEntryType.GRANT)
+                                 .where(*owner, CreditLedgerEntry.entry_type == LedgerEntryType.GRANT)
                                  .group_by(CreditLedgerEntry.credit_type)).all()
         if grants:  # a package whose payment is pending (or failed) has granted nothing yet: null, as a course's
             view["credits_granted"] = {t.value: int(q) for t, q in sorted(grants, key=lambda g: g[0].value)}

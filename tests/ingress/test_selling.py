@@ -310,3 +310,19 @@ def test_return_and_webhook_at_the_same_moment_make_one_enrollment(app, runtime,
         assert all(r.status.value == "processed" for r in s.scalars(select(InboxEvent)))
     # whoever won, the page shows the enrollment
     assert _return(client, checkout_id).json["enrollment"]["id"] == enrollments[0].id
+
+
+def test_credits_granted_are_the_purchase_s_own_after_a_revocation_and_a_reinstatement(client, runtime, on_sale,
+                                                                                        stripe_server, admin_headers):
+    """Before: the lots a reinstatement gave back were added to the purchase's, so the session answered twice the
+    bundle (the balance was right)."""
+    checkout_id = _buy(client).json["id"]
+    stripe_server.complete_checkout_session(checkout_id)
+    state = _return(client, checkout_id).json
+    assert state["credits_granted"] == {"group": 1, "private": 2}
+    for move in ("revoke", "reinstate"):
+        answer = client.post(f"/admin/enrollments/{state['enrollment']['id']}/{move}", json={"reason": "by mistake"},
+                             headers=admin_headers)
+        assert answer.status_code == 200, answer.json
+    assert _return(client, checkout_id).json["credits_granted"] == {"group": 1, "private": 2}
+    assert client.get("/v1/students/stu_1/credits", headers=READ).json["balances"] == {"group": 1, "private": 2}
