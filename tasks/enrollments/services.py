@@ -12,7 +12,7 @@ from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.orm import Session
 
 from db.enums import BookingStatus, BundleKind, CreditType, EnrollmentStatus, LedgerEntryType, ProgressStatus
@@ -360,31 +360,36 @@ def _remaining_by_type(session: Session, enrollment_id: int) -> dict[str, int]:
 
 
 def enrollment_view(session: Session, enrollment: StudentCourseEnrollment) -> dict[str, Any]:
-    """One enrollment in the read API's shape (`GET /v1/students/<id>/courses`)."""
+    """One enrollment in the read API's shape (`GET /v1/students/<id>/courses`). A step added to the course after
+    a completed enrollment finished it has no progress row (it is not owed until booked), but it can be booked:
+    it is listed `unbooked`, and is the next step."""
     program = program_of(session, enrollment)
-    rows = session.execute(
-        select(StudentCourseProgress, CourseStep)
-        .join(CourseStep, CourseStep.id == StudentCourseProgress.step_id)
-        .where(StudentCourseProgress.enrollment_id == enrollment.id, CourseStep.deleted_at.is_(None))
+    progress_of = and_(StudentCourseProgress.step_id == CourseStep.id,
+                       StudentCourseProgress.enrollment_id == enrollment.id)
+    rows = [(progress, step) for step, progress in session.execute(
+        select(CourseStep, StudentCourseProgress)
+        .outerjoin(StudentCourseProgress, progress_of)
+        .where(CourseStep.program_id == enrollment.program_id, CourseStep.deleted_at.is_(None))
         .order_by(CourseStep.position, CourseStep.id)
-    ).all()
-    booking_ids = [p.booking_id for p, _ in rows if p.booking_id]
+    ).all() if progress is not None or enrollment.status == EnrollmentStatus.COMPLETED]
+    booking_ids = [p.booking_id for p, _ in rows if p is not None and p.booking_id]
     booking_classes = {row.id: row.class_id for row in session.execute(
         select(Booking.id, Booking.class_id).where(Booking.id.in_(booking_ids)))} if booking_ids else {}
     steps = []
     next_step = None
     for progress, step in rows:
+        status = progress.status if progress is not None else ProgressStatus.UNBOOKED
         steps.append({
             "course_step_id": step.id,
             "label": step.label,
             "position": step.position,
             "title": step.title,
-            "status": progress.status.value,
-            "booking_id": progress.booking_id,
-            "class_id": progress.group_class_id or booking_classes.get(progress.booking_id),
-            "skipped_ahead": bool(progress.skipped_ahead),
+            "status": status.value,
+            "booking_id": progress.booking_id if progress is not None else None,
+            "class_id": (progress.group_class_id or booking_classes.get(progress.booking_id)) if progress else None,
+            "skipped_ahead": bool(progress.skipped_ahead) if progress is not None else False,
         })
-        if next_step is None and progress.status in (ProgressStatus.UNBOOKED, ProgressStatus.MISSED):
+        if next_step is None and status in (ProgressStatus.UNBOOKED, ProgressStatus.MISSED):
             next_step = {"course_step_id": step.id, "label": step.label}
     return {
         "id": enrollment.id,

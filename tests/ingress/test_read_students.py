@@ -103,3 +103,37 @@ def test_unknown_student_has_nothing_and_the_token_is_required(client, admin_hea
         "student_id": "nobody", "balances": {"group": 0, "private": 0}}
     response = client.get("/v1/students/nobody/credits")
     assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_a_step_added_to_a_completed_course_is_listed_unbooked_as_the_next_step(client, runtime, admin_headers):
+    """Before: a completed enrollment has no row for it (not owed until booked), so the student's courses did not
+    list it and named no next step, though eligibility answered that it can be booked; booking it reopens."""
+    from sqlalchemy import select
+
+    from db.models import CourseStep
+    from tests.tasks.bookings import bookings_support as bookings
+    from tests.tasks.purchases import payments_support as payments
+
+    db = runtime.db
+    with db.session_scope() as s:
+        factories.program(s, steps=2, bundle=())
+    payments.deliver(db, payments.checkout())
+    with db.session_scope() as s:
+        steps = list(s.scalars(select(CourseStep.id).order_by(CourseStep.position)))
+    for n, step_id in enumerate(steps, 1):
+        bookings.deliver(db, bookings.booking_created(f"bk_{n}", f"gc_SFZ_{n}_0", step_id=step_id, when=bookings.at(n)))
+        bookings.deliver(db, bookings.attendance(f"bk_{n}", when=bookings.at(100 + n)))
+    course = client.get("/admin/courses/SFZ", headers=admin_headers).json
+    course["steps"].append({"label": "SFZ-3", "title": "Step 3", "options": ["gc_SFZ_3_0"]})
+    assert client.put("/admin/courses/SFZ", json=course, headers=admin_headers).status_code == 200
+    new_step = [s for s in client.get("/v1/courses/SFZ", headers=admin_headers).json["steps"]
+                if s["label"] == "SFZ-3"][0]["id"]
+    [e] = client.get("/v1/students/stu_1/courses", headers=admin_headers).json["enrollments"]
+    assert e["status"] == "completed" and (e["completed_steps"], e["total_steps"]) == (2, 3)
+    assert [(s["label"], s["status"], s["booking_id"]) for s in e["steps"]][-1] == ("SFZ-3", "unbooked", None)
+    assert e["next_step"] == {"course_step_id": new_step, "label": "SFZ-3"}
+    eligible = client.get(f"/v1/students/stu_1/steps/{new_step}/eligibility", headers=admin_headers).json
+    assert eligible["eligible"] is True
+    bookings.deliver(db, bookings.booking_created("bk_3", "gc_SFZ_3_0", step_id=new_step, when=bookings.at(200)))
+    [e] = client.get("/v1/students/stu_1/courses", headers=admin_headers).json["enrollments"]
+    assert e["status"] == "active" and e["steps"][-1]["status"] == "booked"
