@@ -25,7 +25,8 @@ def _db():
 @bp.get("/students/<student_id>/steps/<int(max=9223372036854775807):course_step_id>/eligibility")
 @require_reader
 def eligibility(student_id: str, course_step_id: int):
-    class_id = request.args.get("class_id") or None
+    # read as the events read ids: surrounding spaces stripped, so the answer is the one booking.created applies
+    class_id = (request.args.get("class_id") or "").strip() or None
     with _db().session_scope() as session:
         verdict = bookings.step_guard(session=session, student_id=student_id, course_step_id=course_step_id,
                                       class_id=class_id)

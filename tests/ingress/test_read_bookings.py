@@ -44,6 +44,8 @@ def test_eligibility_answers_from_the_same_rule_as_the_event_path(client, runtim
     assert _eligibility(client, admin_headers, "stu_1", step1) == (True, None)
     assert _eligibility(client, admin_headers, "stu_1", step1, w.option(1)) == (True, None)
     assert _eligibility(client, admin_headers, "stu_1", step1, w.option(2)) == (False, "not_a_step_option")
+    # a class id with surrounding spaces, as a booking.created would carry it (which strips them): the same answer
+    assert _eligibility(client, admin_headers, "stu_1", step1, f" {w.option(1)} ") == (True, None)
     assert _eligibility(client, admin_headers, "stu_1", 987654) == (False, "unknown_course_step")
     assert _eligibility(client, admin_headers, "stu_nobody", step1) == (False, "no_active_enrollment")
     # the event path decides the same way, after which the answer changes to "already booked"
