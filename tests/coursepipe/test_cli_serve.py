@@ -41,8 +41,12 @@ def test_serve_embedded_answers_healthz_and_readyz(tmp_path):
     env = _env(tmp_path)
     subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
     port = _free_port()
-    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--host", "127.0.0.1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its output to a file: a pipe nobody reads fills (a request line per poll below) and the server then blocks
+    # on its next log line, answering nothing and not stopping
+    output = tmp_path / "serve.log"
+    with output.open("w") as sink:
+        proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--host", "127.0.0.1"], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         body = None
@@ -52,7 +56,7 @@ def test_serve_embedded_answers_healthz_and_readyz(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read())
+                    raise AssertionError(output.read_text())
                 time.sleep(0.1)
         assert body is not None and b'"ok"' in body
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
@@ -76,4 +80,8 @@ def test_serve_embedded_answers_healthz_and_readyz(tmp_path):
         assert status() == "processed"
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"`coursepipe serve` did not stop within 20 s of SIGTERM: {output.read_text()[-3000:]}")
