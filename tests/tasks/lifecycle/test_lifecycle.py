@@ -377,7 +377,11 @@ def test_an_erasure_ended_to_break_a_deadlock_is_done_again(pg_database, monkeyp
         holder.result(timeout=60)
         result = erasing[0].result(timeout=60)
     assert result.exit_code == 0, result.output
-    assert len(attempts) == 2  # the first ended by PostgreSQL, the second through
+    # the first ended by PostgreSQL, a later one through: usually the second, but when the second takes the
+    # student's row before the holder's waiting request is granted, the two cross again and a third goes through
+    from coursepipe.cli_people import ERASE_ATTEMPTS
+
+    assert 2 <= len(attempts) <= ERASE_ATTEMPTS, attempts
     with database.session_scope() as s:
         assert s.get(Student, "stu_1").email is None
 
