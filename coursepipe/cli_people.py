@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
 from coursepipe.cli_support import checked_reason, one_line, reason_option, record_cli_action
 
 ERASE_ATTEMPTS = 3  # an erasure ended by PostgreSQL to break a deadlock is done again, up to this many times
+ERASE_PAUSE = 0.2  # seconds before the second attempt (twice that before the third)
 
 
 def _database():
@@ -119,6 +121,9 @@ def register(main: click.Group) -> None:
                     # waits for that student: PostgreSQL ends one of the two, and the erasure starts over
                     if not is_deadlock(exc) or attempt == ERASE_ATTEMPTS:
                         raise
+                    # a moment for the other, whose request was waiting on the student's row, to be granted it
+                    # first: starting over at once, the erasure could take the row again and cross it again
+                    time.sleep(ERASE_PAUSE * attempt)
         except NotFound as exc:
             raise click.ClickException(one_line(str(exc))) from None
         finally:
