@@ -29,6 +29,7 @@ from tasks.catalog import changes
 from tasks.catalog import drift
 from tasks.catalog import publishing
 from tasks.catalog import versions
+from tasks.enrollments import reminders
 from tasks.errors import ValidationFailed
 from tasks.stripe_api import key_mode
 from workers import publishing as publish_calls
@@ -169,7 +170,8 @@ def delete_course(code: str):
     conditions = _conditions()
     with _runtime().db.session_scope() as session:
         versions.require(session, kind=publishing.COURSE, code=code, conditions=conditions, mode=stripe_mode())
-        catalog.delete_course(session=session, code=code)
+        program = catalog.delete_course(session=session, code=code)
+        reminders.course_deleted(session=session, program_id=program.id)  # its steps can no longer be booked
         roles.record_action(session, "course.delete", f"course:{code}", roles.reason_of(json_object(optional=True)))
     return jsonify({"code": code, "deleted": True})
 

@@ -63,6 +63,7 @@ EXPIRED_PREFIX = "expired:"
 TOPIC = "step_reminder"
 MOVED_CAUSE = "class moved"
 CANCELLED_CAUSE = "class cancelled"
+DELETED_CAUSE = "course deleted"
 
 
 def window_key(class_id: str) -> str:
@@ -138,6 +139,28 @@ def forget_expired(*, session: Session) -> int:
     if forgotten:
         log.info("forgot %d reminder(s) whose mail expired unsent: their steps may be reminded again", forgotten)
     return forgotten
+
+
+def course_deleted(*, session: Session, program_id: int, now: datetime | None = None) -> int:
+    """The course was deleted: its steps can no longer be booked, so the step reminders about it still to send end
+    `expired` (not sent, their last error saying why), and one being sent expires at its next attempt. Its steps
+    are not reminded again (`plan` skips deleted courses). Returns how many ended."""
+    now = now or utcnow()
+    of_course = (OutboxMessage.topic == TOPIC, OutboxMessage.enrollment_id.in_(
+        select(StudentCourseEnrollment.id).where(StudentCourseEnrollment.program_id == program_id)))
+    for message in session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.SENDING,
+                                                                *of_course).order_by(OutboxMessage.id)
+                                   .with_for_update()):
+        message.payload = {**message.payload, "context": {**message.payload["context"], "expires_at": now.isoformat()}}
+    ended = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.PENDING, *of_course)
+        .values(status=OutboxStatus.EXPIRED, last_error="course deleted before it was sent: its steps cannot be booked")
+        .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
+        .execution_options(synchronize_session=False)).all()
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, DELETED_CAUSE, row.enrollment_id)
+                               for row in ended], at=now)
+    return len(ended)
 
 
 def _listing(session: Session, class_id: str):

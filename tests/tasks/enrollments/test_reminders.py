@@ -8,7 +8,7 @@ import pytest
 
 from sqlalchemy import func, select, update
 
-from db.enums import ClassStatus, EnrollmentStatus, ProgressStatus
+from db.enums import ClassStatus, EnrollmentStatus, OutboxStatus, ProgressStatus
 from db.models import (
     CourseStep,
     CourseStepOption,
@@ -684,3 +684,21 @@ def test_a_deleted_course_s_steps_are_not_reminded(database):
     with database.session_scope() as s:
         assert s.scalar(select(func.count()).select_from(OutboxMessage).where(
             OutboxMessage.topic == "step_reminder")) == 0
+
+
+def test_deleting_a_course_ends_its_reminders_still_to_send(database, client, admin_headers):
+    """Before: a reminder queued before the delete still went, asking the student to book a step that can no
+    longer be booked. `DELETE /admin/courses/<code>` ends it `expired` (not a failure); another course's stays."""
+    with database.session_scope() as s:
+        _setup(s)
+        other = factories.program(s, code="OTH", steps=1)
+        factories.group_class(s, id="gc_OTH_1_0", starts_in=timedelta(days=2))
+        factories.enrollment(s, s.get(Student, "stu_1"), other, session_id="cs_oth")
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 2
+    assert client.delete("/admin/courses/SFZ", headers=admin_headers).status_code == 200
+    with database.session_scope() as s:
+        mails = {m.payload["context"]["course_code"]: (m.status, m.last_error) for m in s.scalars(
+            select(OutboxMessage).where(OutboxMessage.topic == "step_reminder"))}
+    assert mails["SFZ"][0] == OutboxStatus.EXPIRED and "course deleted" in mails["SFZ"][1]
+    assert mails["OTH"] == (OutboxStatus.PENDING, None)
+    assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 0
