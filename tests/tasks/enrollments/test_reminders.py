@@ -702,3 +702,25 @@ def test_deleting_a_course_ends_its_reminders_still_to_send(database, client, ad
     assert mails["SFZ"][0] == OutboxStatus.EXPIRED and "course deleted" in mails["SFZ"][1]
     assert mails["OTH"] == (OutboxStatus.PENDING, None)
     assert send_reminders(unit_of_work=database.session_scope, settings=_settings(database)) == 0
+
+
+def test_a_reminder_being_sent_when_its_course_is_deleted_expires_if_that_attempt_fails(database, smtp_sink):  # noqa: F811
+    """A `sending` mail is held by its relay: the delete leaves it to that attempt, and makes it expire at its
+    next one (SMTP down at the first), so it does not go later asking for a step that cannot be booked."""
+    from tasks.catalog import services as catalog
+
+    _, settings, now = _one_queued(database, smtp_sink)
+    with database.session_scope() as s:
+        (job,) = delivery.claim_due(session=s, settings=settings, now=now + timedelta(minutes=1))
+    with database.session_scope() as s:
+        program = catalog.delete_course(session=s, code="SFZ")
+        assert reminders.course_deleted(session=s, program_id=program.id, now=now) == 0  # none pending
+    assert _mails(database)[0].status.value == "sending"
+    smtp_sink.stop()
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(job, now=now)
+    with database.session_scope() as s:
+        assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "pending"
+    smtp_sink.start()
+    assert _relay(database, settings, now + timedelta(hours=1)) == ["expired"]
+    assert smtp_sink.messages == []
