@@ -148,17 +148,29 @@ def course_deleted(*, session: Session, program_id: int, now: datetime | None = 
     now = now or utcnow()
     of_course = (OutboxMessage.topic == TOPIC, OutboxMessage.enrollment_id.in_(
         select(StudentCourseEnrollment.id).where(StudentCourseEnrollment.program_id == program_id)))
-    for message in session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.SENDING,
-                                                                *of_course).order_by(OutboxMessage.id)
-                                   .with_for_update()):
+    _expire_when_tried(session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.SENDING,
+                                                                    *of_course)
+                                       .order_by(OutboxMessage.id).with_for_update()), now)
+    return _end(session, of_course, cause=DELETED_CAUSE,
+                why="course deleted before it was sent: its steps cannot be booked", now=now)
+
+
+def _expire_when_tried(sending, now: datetime) -> None:
+    """Reminders being sent are their relays': each expires at its next attempt, should this one fail."""
+    for message in sending:
         message.payload = {**message.payload, "context": {**message.payload["context"], "expires_at": now.isoformat()}}
+
+
+def _end(session: Session, which, *, cause: str, why: str, now: datetime) -> int:
+    """The pending reminders `which` (SQL conditions) end `expired`, `why` their last error, each move logged under
+    `cause`. Returns how many ended."""
     ended = session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.PENDING, *of_course)
-        .values(status=OutboxStatus.EXPIRED, last_error="course deleted before it was sent: its steps cannot be booked")
+        .where(OutboxMessage.status == OutboxStatus.PENDING, *which)
+        .values(status=OutboxStatus.EXPIRED, last_error=why)
         .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
         .execution_options(synchronize_session=False)).all()
-    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, DELETED_CAUSE, row.enrollment_id)
+    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, cause, row.enrollment_id)
                                for row in ended], at=now)
     return len(ended)
 
@@ -206,26 +218,17 @@ def class_changed(*, session: Session, class_id: str, starts_at: datetime, cance
                 found.append(message)
         return found
 
-    for message in stale(OutboxStatus.SENDING):  # few: found through the status index
-        context = {**message.payload["context"], "expires_at": now.isoformat()}
-        message.payload = {**message.payload, "context": context}
+    _expire_when_tried(stale(OutboxStatus.SENDING), now)  # few: found through the status index
     queued = [message.id for message in stale(OutboxStatus.PENDING)]
     if not queued:
         return 0
     cause, why = ((CANCELLED_CAUSE, "class cancelled before it was sent: no longer true") if cancelled else
                   (MOVED_CAUSE, f"class moved to {starts_at.isoformat()} before it was sent: no longer true"))
-    ended = session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(queued), OutboxMessage.status == OutboxStatus.PENDING)
-        .values(status=OutboxStatus.EXPIRED, last_error=why)
-        .returning(OutboxMessage.id, OutboxMessage.enrollment_id)
-        .execution_options(synchronize_session=False)).all()
-    OUTBOX.log_moves(session, [(row.id, OutboxStatus.PENDING, OutboxStatus.EXPIRED, cause, row.enrollment_id)
-                               for row in ended], at=now)
+    ended = _end(session, (OutboxMessage.id.in_(queued),), cause=cause, why=why, now=now)
     if ended:
         log.info("class %s %s: %d step reminder(s) about it will not be sent; their steps are reminded again",
-                 class_id, "cancelled" if cancelled else f"moved to {starts_at.isoformat()}", len(ended))
-    return len(ended)
+                 class_id, "cancelled" if cancelled else f"moved to {starts_at.isoformat()}", ended)
+    return ended
 
 
 def _unchanged(session: Session, run: ReminderRun, step_ids: set[int]) -> set[int]:
