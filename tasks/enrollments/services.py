@@ -91,10 +91,16 @@ def bundle_snapshot(program: CourseProgram, session: Session | None = None) -> l
     return [{"component_id": c.id, "kind": c.kind.value, "quantity": c.quantity} for c in components]
 
 
-def bundle_owed(enrollment: StudentCourseEnrollment, program: CourseProgram) -> dict[CreditType, int]:
-    """Credits by type the purchase included (the snapshot; the live bundle for rows made without one)."""
+def sold_bundle(enrollment: StudentCourseEnrollment, program: CourseProgram) -> list[dict[str, Any]]:
+    """The bundle the enrollment records (an empty one too: enrolled by hand without it); the live bundle for
+    rows made without one."""
     snapshot = (enrollment.fulfilment_metadata or {}).get("bundle")
-    return owed_by_snapshot(bundle_snapshot(program) if snapshot is None else snapshot)
+    return bundle_snapshot(program) if snapshot is None else snapshot
+
+
+def bundle_owed(enrollment: StudentCourseEnrollment, program: CourseProgram) -> dict[CreditType, int]:
+    """Credits by type the purchase included (`sold_bundle`)."""
+    return owed_by_snapshot(sold_bundle(enrollment, program))
 
 
 def owed_by_snapshot(snapshot: list[dict[str, Any]]) -> dict[CreditType, int]:
@@ -222,7 +228,7 @@ def announce_created(*, session: Session, enrollment: StudentCourseEnrollment, p
             context=welcome_context(
                 student_name=student.name, course_title=program.title, course_code=program.code,
                 steps=[(s.label, s.title) for s in steps],
-                bundle=_recorded_bundle(enrollment, program)),
+                bundle=sold_bundle(enrollment, program)),
             dedupe_key=WELCOME_DEDUPE.format(enrollment.id),
             enrollment_id=enrollment.id,
             fresh=fresh,
@@ -310,12 +316,6 @@ def reinstate(*, session: Session, enrollment: StudentCourseEnrollment, cause: s
 
 
 # --------------------------------------------------------------------------- re-fulfilment
-
-
-def _recorded_bundle(enrollment: StudentCourseEnrollment, program: CourseProgram) -> list:
-    """The bundle the enrollment records (an empty one too: enrolled by hand without it), else the course's now."""
-    recorded = (enrollment.fulfilment_metadata or {}).get("bundle")
-    return bundle_snapshot(program) if recorded is None else recorded
 
 
 def complete_if_done(*, session: Session, enrollment_id: int, at: datetime, cause: str) -> bool:
