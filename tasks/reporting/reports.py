@@ -41,6 +41,7 @@ from tasks.purchases.fulfilment import SETTLED_BY
 from tasks.purchases.manual import MANUAL_SESSION_PREFIX
 
 PAID = (EnrollmentStatus.ACTIVE, EnrollmentStatus.SUSPENDED, EnrollmentStatus.COMPLETED, EnrollmentStatus.REVOKED)
+PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
 
 
 def _a_sale():
@@ -50,7 +51,6 @@ def _a_sale():
     enrollment = StudentCourseEnrollment
     return or_(enrollment.status != EnrollmentStatus.REVOKED, enrollment.activated_at.is_not(None),
                enrollment.fulfilment_metadata[SETTLED_BY].as_string().is_not(None))
-PACKAGE_PAID = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED)
 
 
 def money_by_currency(session: Session, model, owner_column, owner_ids: list[int], paid,
