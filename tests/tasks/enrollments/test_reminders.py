@@ -316,6 +316,18 @@ def test_a_reminder_being_sent_when_its_class_moves_is_its_senders(database, smt
     assert len(smtp_sink.messages) == 1
 
 
+def _attempt_with_smtp_down(database, settings, smtp_sink, job, now) -> str:  # noqa: F811
+    """The claimed `job` sent while the SMTP server is down, its outcome recorded (the server up again after):
+    the status it is left in."""
+    smtp_sink.stop()
+    with delivery.Sender(settings, timeout=5) as sender:
+        outcome = sender.send(job, now=now)
+    with database.session_scope() as s:
+        status = delivery.record(session=s, job=job, outcome=outcome, now=now).value
+    smtp_sink.start()
+    return status
+
+
 def test_a_reminder_being_sent_when_its_class_moves_and_failing_is_not_sent_later_naming_the_old_time(
         database, smtp_sink):  # noqa: F811
     """Claimed by a relay (`sending`) when the class moved, its attempt then failed (SMTP down): it came back
@@ -325,12 +337,7 @@ def test_a_reminder_being_sent_when_its_class_moves_and_failing_is_not_sent_late
         (job,) = delivery.claim_due(session=s, settings=settings, now=now + timedelta(minutes=1))
     new_start = old_start + timedelta(days=1)
     _move_class(database, new_start, now)
-    smtp_sink.stop()
-    with delivery.Sender(settings, timeout=5) as sender:
-        outcome = sender.send(job, now=now)
-    with database.session_scope() as s:
-        assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "pending"
-    smtp_sink.start()
+    assert _attempt_with_smtp_down(database, settings, smtp_sink, job, now) == "pending"
     after = now + timedelta(hours=1)  # well before either start
     assert _relay(database, settings, after) == ["expired"]  # made to expire by the move
     _sent_once_more(database, settings, after)
@@ -716,11 +723,6 @@ def test_a_reminder_being_sent_when_its_course_is_deleted_expires_if_that_attemp
         program = catalog.delete_course(session=s, code="SFZ")
         assert reminders.course_deleted(session=s, program_id=program.id, now=now) == 0  # none pending
     assert _mails(database)[0].status.value == "sending"
-    smtp_sink.stop()
-    with delivery.Sender(settings, timeout=5) as sender:
-        outcome = sender.send(job, now=now)
-    with database.session_scope() as s:
-        assert delivery.record(session=s, job=job, outcome=outcome, now=now).value == "pending"
-    smtp_sink.start()
+    assert _attempt_with_smtp_down(database, settings, smtp_sink, job, now) == "pending"
     assert _relay(database, settings, now + timedelta(hours=1)) == ["expired"]
     assert smtp_sink.messages == []
