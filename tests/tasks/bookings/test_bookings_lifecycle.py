@@ -287,6 +287,7 @@ def test_a_step_booking_cancelled_outside_policy_before_its_class_was_ends_misse
     cancelled_class = class_upserted(w.option(1), status="cancelled", when=at(50))
     for event in ((cancelled_class, cancel) if late else (cancel, cancelled_class)):
         deliver(database, event)
+    deliver(database, twin(cancel))  # and once more: nothing more
     p = progress(database, w, 1)
     assert (p["status"].value, p["booking_id"]) == ("missed", "bk_1")
     assert (booking(database, "bk_1").within_policy, booking(database, "bk_1").cancelled_at) == (False, at(10))
