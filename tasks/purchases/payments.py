@@ -219,6 +219,8 @@ def settle_enrollment(*, session: Session, enrollment: StudentCourseEnrollment, 
         return  # a revoked enrollment's shares are taken when a reinstatement gives its credits back
     take_refund_shares(session=session, enrollment=enrollment, refunded=refunded)
     if still_open:
+        if enrollment.status == EnrollmentStatus.SUSPENDED:
+            return  # already (most of a disputed purchase's events): the log need not be read
         # each open dispute suspends once: an admin who reinstated the enrollment since has overridden it, and the
         # dispute's later events (a refund, a redelivery) leave their decision standing; a new dispute suspends
         suspended_by = _suspended_by(session, enrollment, still_open)
