@@ -54,6 +54,9 @@ class GroupClass(Timestamped, Base):
     seats_taken: Mapped[int] = mapped_column(default=0)
     status: Mapped[ClassStatus] = mapped_column(enum_column(ClassStatus, "class_status"), default=ClassStatus.SCHEDULED)
     source_updated_at: Mapped[datetime | None]
+    # the newest cancellation's time, kept when a newer upsert schedules the class again: it ended the bookings
+    # made before it, whatever the order the upserts arrive in
+    cancelled_at: Mapped[datetime | None]
 
     @property
     def seats_left(self) -> int:

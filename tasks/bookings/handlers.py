@@ -48,16 +48,21 @@ def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
 
 def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     at = occurred_at(event)
-    group_class, applied, moved_from = mirrors.upsert_class(session=ctx.session, data=_data(event), occurred_at=at)
+    data = _data(event)
+    group_class, applied, moved_from = mirrors.upsert_class(session=ctx.session, data=data, occurred_at=at)
     cancelled = group_class.status == ClassStatus.CANCELLED
+    # a cancellation that arrives after a newer upsert scheduled the class again is stale, not void: the bookings
+    # made before it ended with it (the platform cancelled them then), whatever the class's state since
+    cancelling = data.status == ClassStatus.CANCELLED.value
     # its students' rows, before the reminders listing the class: the order an erasure takes them in
-    students = bookings.hold_students_of_class(ctx.session, group_class.id) if cancelled else {}
+    students = bookings.hold_students_of_class(ctx.session, group_class.id) if cancelled or cancelling else {}
     if moved_from is not None or cancelled:  # its reminders still to send name the old time, or a class gone
         reminders.class_changed(session=ctx.session, class_id=group_class.id, starts_at=group_class.starts_at,
                                 cancelled=cancelled)
-    if cancelled:
+    if cancelled or cancelling:
         # the ended bookings' keys: after their rows, before the students' (see on_booking_cancelled)
-        bookings.cancel_class(session=ctx.session, group_class=group_class, at=at, students=students,
+        bookings.cancel_class(session=ctx.session, group_class=group_class,
+                              at=at if cancelling else group_class.cancelled_at or at, students=students,
                               ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
     if applied:  # a newer class state: the seats left may have crossed the alert threshold
         threshold = getattr(ctx.settings, "low_seat_threshold", alerts.DEFAULT_LOW_SEAT_THRESHOLD)

@@ -4,6 +4,8 @@ The platform may deliver upserts late, twice or out of order. Each row remembers
 of the newest upsert applied (`source_updated_at`); an older upsert changes nothing, so the mirror
 always holds the newest state the platform told us, whatever the arrival order. Two upserts of the same
 instant apply in the order they arrive (sent in the same second, the later one sent is the newer state).
+A class also keeps the time of its newest cancellation (`cancelled_at`), even one a newer upsert had already
+replaced: the cancellation ended every booking made before it (see `cancelled_for`).
 A row first created as a stub (a booking or a purchase naming an unknown student) has no
 `source_updated_at`, so the first real upsert always fills it in.
 """
@@ -79,15 +81,27 @@ def upsert_class(*, session: Session, data: ClassUpserted, occurred_at: datetime
     fields = dict(title=data.title, starts_at=data.starts_at, ends_at=data.ends_at, timezone=data.timezone,
                   capacity=data.capacity, seats_taken=data.seats_taken, status=ClassStatus(data.status),
                   source_updated_at=occurred_at)
+    cancelling = fields["status"] == ClassStatus.CANCELLED
     group_class = session.scalar(select(GroupClass).where(GroupClass.id == data.class_id).with_for_update())
     if group_class is None:
-        fresh = GroupClass(id=data.class_id, **fields)
+        fresh = GroupClass(id=data.class_id, **fields, cancelled_at=occurred_at if cancelling else None)
         if _insert_once(session, fresh):
             return ClassUpsert(fresh, True)
         group_class = session.scalar(select(GroupClass).where(GroupClass.id == data.class_id).with_for_update())
+    if cancelling and (group_class.cancelled_at is None or group_class.cancelled_at < occurred_at):
+        # kept even from a stale upsert: a cancellation ended the bookings made before it, whatever came since
+        group_class.cancelled_at = occurred_at
     if _is_stale(group_class, occurred_at):
         return ClassUpsert(group_class, False)
     before = group_class.starts_at
     for name, value in fields.items():
         setattr(group_class, name, value)
     return ClassUpsert(group_class, True, before if before != data.starts_at else None)
+
+
+def cancelled_for(group_class: GroupClass, at: datetime | None) -> bool:
+    """Is the class cancelled for a booking made at `at` (None: now)? Cancelled now, or cancelled after `at` and
+    scheduled again since: that cancellation ended the bookings made before it."""
+    if group_class.status == ClassStatus.CANCELLED:
+        return True
+    return at is not None and group_class.cancelled_at is not None and at <= group_class.cancelled_at

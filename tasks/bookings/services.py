@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Exists, literal, select
+from sqlalchemy import Exists, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
-from db.enums import BookingStatus, ClassStatus, CreditType, EnrollmentStatus, InboxStatus, ProgressStatus
+from db.enums import BookingStatus, CreditType, EnrollmentStatus, InboxStatus, ProgressStatus
 from db.models import (
     Booking,
     CourseProgram,
@@ -54,6 +54,7 @@ from tasks.enrollments.services import complete_if_done
 from tasks.errors import WaitFor
 from tasks.events import AttendanceMarked, BookingCancelled, BookingCreated
 from tasks.machines import PROGRESS, BOOKING, ENROLLMENT
+from tasks.bookings import mirrors
 from tasks.bookings.mirrors import ensure_student
 
 log = logging.getLogger("coursepipe.bookings")
@@ -213,7 +214,7 @@ def step_guard(
         if option is None:
             return Verdict(False, NOT_A_STEP_OPTION, step, enrollment, progress)
         group_class = option[1]
-        if group_class is not None and group_class.status == ClassStatus.CANCELLED:
+        if group_class is not None and mirrors.cancelled_for(group_class, as_of):
             return Verdict(False, CLASS_CANCELLED, step, enrollment, progress, group_class=group_class)
     status = progress.status if progress is not None else ProgressStatus.UNBOOKED
     if status == ProgressStatus.COMPLETED:
@@ -251,9 +252,10 @@ def _class_for_booking(session: Session, class_id: str) -> GroupClass | None:
                            .execution_options(populate_existing=True)).first()
 
 
-def _class_cancelled(session: Session, class_id: str, *, lock: bool) -> GroupClass | None:
+def _class_cancelled(session: Session, class_id: str, at: datetime, *, lock: bool) -> GroupClass | None:
+    """The class when it is cancelled for a booking made at `at` (see `mirrors.cancelled_for`), else None."""
     group_class = _class_for_booking(session, class_id) if lock else session.get(GroupClass, class_id)
-    return group_class if group_class is not None and group_class.status == ClassStatus.CANCELLED else None
+    return group_class if group_class is not None and mirrors.cancelled_for(group_class, at) else None
 
 
 def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_wait: bool = False,
@@ -272,7 +274,7 @@ def record_booking(*, session: Session, data: BookingCreated, at: datetime, may_
         student = hold_student(session, data.student_id)
     if data.course_step_id is not None:  # a course-step booking never consumes a credit
         return _book_step(session, data, at, student, may_wait=may_wait, lock=lock)
-    if _class_cancelled(session, data.class_id, lock=lock):
+    if _class_cancelled(session, data.class_id, at, lock=lock):
         return _reject(session, data, CLASS_CANCELLED, at, student)
     if data.credit_type is not None:
         return _book_with_credit(session, data, at, student, may_wait=may_wait)
@@ -627,7 +629,7 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
 
 def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, students: dict[str, Addressee],
                  ending: Callable[[list[str]], None] | None = None) -> list[str]:
-    """The platform cancelled a class: its active bookings are cancelled (within policy: steps reopen,
+    """The platform cancelled a class at `at`: its active bookings made by then are cancelled (within policy: steps reopen,
     credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none.
     `ending` is told the ids once they are locked, before any student's ledger lock is (the caller's waking of
     what waits for their ends takes locks of its own, which must come first). `students`: what the caller's
@@ -635,7 +637,8 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, stu
     it. (A booking into the class waits for the class's row, which the caller updated first, so none is missing
     from it; one that were would be held and read here.)"""
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
-                                                          Booking.status == BookingStatus.ACTIVE)
+                                                          Booking.status == BookingStatus.ACTIVE,
+                                                          or_(Booking.booked_at.is_(None), Booking.booked_at <= at))
                                     .order_by(Booking.id).with_for_update()))
     cause = f"class_cancelled:{group_class.id}"
     if ending is not None and bookings:

@@ -336,6 +336,48 @@ def test_an_older_scheduled_upsert_does_not_revive_a_cancelled_class(database):
     assert rejections(database) == {"bk_2": "class_cancelled"}
 
 
+def _cancelled_then_scheduled_again(database, w, *, revival_first):
+    cancel = class_upserted(w.option(1), status="cancelled", when=at(50))
+    revival = class_upserted(w.option(1), status="scheduled", when=at(60))
+    for event in (revival, cancel) if revival_first else (cancel, revival):
+        deliver(database, event)
+
+
+@pytest.mark.parametrize("revival_first", [False, True], ids=["in_order", "revival_first"])
+def test_a_cancellation_delivered_after_the_class_was_scheduled_again_still_ends_the_bookings_before_it(
+        database, revival_first):
+    """Before: a class cancelled at t50 and scheduled again at t60, the t60 upsert applied first: the cancellation
+    was stale and dropped whole, so its bookings stayed booked, the step taken and the credit spent. A booking made
+    after the class was scheduled again stands either way."""
+    w = world(database, group_credits=2)
+    book(database, w, "bk_1", 1)
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(0)))
+    _cancelled_then_scheduled_again(database, w, revival_first=revival_first)
+    deliver(database, booking_created("bk_c2", w.option(1), credit_type="group", when=at(70)))
+    assert (booking(database, "bk_1").status.value, booking(database, "bk_c").status.value,
+            booking(database, "bk_c2").status.value) == ("cancelled", "cancelled", "active")
+    assert progress(database, w, 1)["status"].value == "unbooked"
+    assert balances(database)["group"] == 1
+    assert len(outbox_rows(database, "class_cancelled")) == 2
+    book(database, w, "bk_2", 1, when=at(80))  # the step can be booked again, into the class scheduled again
+    assert progress(database, w, 1)["booking_id"] == "bk_2"
+
+
+def test_a_booking_made_before_a_cancellation_and_delivered_after_the_class_was_scheduled_again_is_refused(
+        database):
+    """Before: a booking made at t0, delivered after the class's cancellation (t50) and its revival (t60), was
+    accepted and stood, although the cancellation had ended it; delivered in order it ends cancelled."""
+    w = world(database, group_credits=1)
+    _cancelled_then_scheduled_again(database, w, revival_first=False)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(0)))
+    assert rejections(database) == {"bk_1": "class_cancelled", "bk_c": "class_cancelled"}
+    assert progress(database, w, 1)["status"].value == "unbooked"
+    assert balances(database)["group"] == 1
+    book(database, w, "bk_2", 1, when=at(70))  # made after the revival: it stands
+    assert progress(database, w, 1)["booking_id"] == "bk_2"
+
+
 def test_a_cancellation_stamped_the_same_second_as_the_update_before_it_still_applies(database):
     """Before: an upsert whose `occurred_at` equalled the newest applied one was dropped, even in order, so a
     cancellation sent in the same second as the class's previous update left its bookings standing."""
