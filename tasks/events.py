@@ -9,7 +9,10 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StringConstraints,
+    ValidationError, field_validator,
+)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 # the columns these land in are 32-bit on PostgreSQL (SQLite would take more: refuse it on both)
@@ -81,8 +84,19 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
-def _aware_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
+def _date_time_text(value: Any) -> Any:
+    """Only an RFC 3339 / ISO 8601 text reaches pydantic's parsing, which would also read a JSON number or a text
+    of digits as Unix seconds (`"20261102"`, a compact date, would be a class starting in August 1970). A
+    datetime (built in Python, not read from JSON) passes as it is."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("must be a date-time text with a UTC offset, e.g. 2026-11-02T18:00:00Z")
+    return value
+
+
+# an instant of the platform's events: a date-time text with its offset, in the years `_aware` takes
+Instant = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(_aware)]
 
 
 class StudentUpserted(_Data):
@@ -105,16 +119,13 @@ class StudentUpserted(_Data):
 class ClassUpserted(_Data):
     class_id: Id
     title: str | None = Field(default=None, max_length=200)
-    starts_at: datetime
-    ends_at: datetime | None = None
+    starts_at: Instant
+    ends_at: Instant | None = None
     # JSON numbers and booleans as JSON has them: "10" or true is refused, not read as 10 or 1
     capacity: StrictInt = Field(ge=0, le=INT32_MAX)
     seats_taken: StrictInt = Field(ge=0, le=INT32_MAX)
     status: Literal["scheduled", "cancelled"] = "scheduled"
     timezone: str | None = Field(default=None, max_length=64)
-
-    _aware_start = field_validator("starts_at")(_aware)
-    _aware_end = field_validator("ends_at")(_aware_or_none)
 
     @field_validator("timezone")
     @classmethod
@@ -133,18 +144,14 @@ class BookingCreated(_Data):
 
 class BookingCancelled(_Data):
     booking_id: Id
-    cancelled_at: datetime
+    cancelled_at: Instant
     within_policy: StrictBool
-
-    _aware_cancel = field_validator("cancelled_at")(_aware)
 
 
 class AttendanceMarked(_Data):
     booking_id: Id
     outcome: Literal["attended", "no_show"]
-    marked_at: datetime
-
-    _aware_mark = field_validator("marked_at")(_aware)
+    marked_at: Instant
 
 
 PLATFORM_DATA: dict[str, type[_Data]] = {
@@ -161,10 +168,8 @@ class PlatformEnvelope(BaseModel):
 
     id: Id
     type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    occurred_at: datetime
+    occurred_at: Instant
     data: dict[str, Any]
-
-    _aware_occurred = field_validator("occurred_at")(_aware)
 
 
 class InvalidEvent(ValueError):

@@ -181,6 +181,13 @@ def test_the_largest_32_bit_capacity_is_stored_and_processed(client, runtime, wo
     ("starts_at", "9999-12-31T23:00:00-05:00"),  # before: stored, then failed in the worker
     ("ends_at", "2030-01-01T11:00:00"),  # before: no offset stored, then failed in the worker
     ("ends_at", "9999-12-31T23:00:00-05:00"),
+    # before: read as Unix seconds and stored ("20261102", a compact date, a class starting in August 1970)
+    ("starts_at", 1767225600),
+    ("starts_at", "1767225600"),
+    ("starts_at", "20261102"),
+    ("ends_at", 0),
+    ("occurred_at", "1767225600"),
+    ("occurred_at", 1767225600.5),
 ])
 def test_instants_without_an_offset_or_beyond_the_years_we_keep_are_refused_at_the_door(client, runtime, field,
                                                                                       value):
@@ -193,6 +200,18 @@ def test_instants_without_an_offset_or_beyond_the_years_we_keep_are_refused_at_t
     response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
     assert _error(response, 400) == "invalid_event"
     assert field in response.get_json()["error"]["message"]
+    assert _count(runtime) == 0
+
+
+@pytest.mark.parametrize(("type_", "data", "field"), [
+    ("booking.cancelled", {"booking_id": "bk_1", "cancelled_at": 1767225600, "within_policy": True}, "cancelled_at"),
+    ("attendance.marked", {"booking_id": "bk_1", "outcome": "attended", "marked_at": "1767225600"}, "marked_at"),
+])
+def test_instants_given_as_numbers_are_refused_naming_the_field(client, runtime, type_, data, field):
+    """Before: a JSON number or a text of digits was read as Unix seconds and the event stored."""
+    raw = json.dumps(platform_event(type_, data)).encode()
+    response = client.post("/webhooks/platform", data=raw, headers=platform_headers(raw))
+    assert _error(response, 400) == "invalid_event" and field in response.get_json()["error"]["message"]
     assert _count(runtime) == 0
 
 
