@@ -24,6 +24,9 @@ def _sim_id(prefix: str) -> str:
     return f"{prefix}_sim_{uuid.uuid4().hex[:16]}"
 
 
+# The examples share their objects' ids (`bk_sim`, `pi_sim`, `ch_sim`, `dp_sim`): a follow-up sent by default (a
+# cancel, an attendance, a refund, a dispute) finds what the example before it made. Event and Checkout Session
+# ids are new each time; a second booking or purchase names its own ids with --data.
 def _platform_examples() -> dict[str, dict[str, Any]]:
     now = _now()
     return {
@@ -33,7 +36,7 @@ def _platform_examples() -> dict[str, dict[str, Any]]:
                            "starts_at": (now + timedelta(days=7)).isoformat(),
                            "ends_at": (now + timedelta(days=7, hours=1)).isoformat(),
                            "capacity": 10, "seats_taken": 0, "status": "scheduled"},
-        "booking.created": {"booking_id": _sim_id("bk"), "student_id": "stu_sim", "class_id": "gc_sim"},
+        "booking.created": {"booking_id": "bk_sim", "student_id": "stu_sim", "class_id": "gc_sim"},
         "booking.cancelled": {"booking_id": "bk_sim", "cancelled_at": now.isoformat(), "within_policy": True},
         "attendance.marked": {"booking_id": "bk_sim", "outcome": "attended", "marked_at": now.isoformat()},
     }
@@ -43,12 +46,12 @@ def _checkout(paid: bool) -> dict[str, Any]:
     return {"id": _sim_id("cs_test"), "object": "checkout.session", "mode": "payment",
             "status": "complete", "payment_status": "paid" if paid else "unpaid",
             "client_reference_id": "stu_sim", "metadata": {"kind": "course", "course_code": "SFZ"},
-            "payment_intent": _sim_id("pi"), "amount_total": 12000, "currency": "eur",
+            "payment_intent": "pi_sim", "amount_total": 12000, "currency": "eur",
             "customer_details": {"email": "sim@example.test", "name": "Sim Student"}, "livemode": False}
 
 
 def _charge() -> dict[str, Any]:
-    return {"id": _sim_id("ch"), "object": "charge", "payment_intent": "pi_sim", "amount": 12000,
+    return {"id": "ch_sim", "object": "charge", "payment_intent": "pi_sim", "amount": 12000,
             "amount_refunded": 12000, "refunded": True, "currency": "eur", "livemode": False,
             "refunds": {"object": "list", "data": [{"id": _sim_id("re"), "object": "refund", "amount": 12000,
                                                    "status": "succeeded", "payment_intent": "pi_sim"}]}}

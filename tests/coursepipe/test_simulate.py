@@ -71,3 +71,36 @@ def test_refusals_exit_non_zero_and_say_why(app, runtime):
     assert wrong_secret.returncode == 1 and json.loads(wrong_secret.stdout)["status"] == 400
     assert bad_data.returncode != 0 and "JSON object" in bad_data.stderr
     assert _stored(runtime) == []
+
+
+def _statuses(runtime):
+    from db.models import Booking, StudentCourseEnrollment
+
+    with runtime.db.session_scope() as s:
+        return ([e.status.value for e in s.scalars(select(StudentCourseEnrollment))],
+                [b.status.value for b in s.scalars(select(Booking))])
+
+
+def test_the_examples_follow_ups_find_what_the_examples_before_them_made(app, runtime, worker):
+    """docs/platform.md: the events are real (a checkout enrolls, a refund revokes). Before: the checkout example
+    paid with a new payment intent and the booking example made a new booking id each time, while the refund and
+    the cancel examples named `pi_sim` and `bk_sim`: sent by default, they found nothing, and waited until they
+    failed."""
+    from tests import factories
+    from tests.conftest import drain
+
+    with runtime.db.session_scope() as s:
+        factories.program(s, code="SFZ", price=12000)
+    with http_server(app) as url:
+        for args in (["student.upserted"],
+                     ["checkout.session.completed", "--data", '{"metadata": {"course_code": "SFZ"}}'],
+                     ["booking.created"]):
+            assert _run(url, *args).returncode == 0
+        drain(runtime)
+        assert _statuses(runtime) == (["active"], ["active"])
+        for args in (["booking.cancelled"], ["charge.refunded"]):
+            assert _run(url, *args).returncode == 0
+        drain(runtime)
+    assert _statuses(runtime) == (["revoked"], ["cancelled"])
+    with runtime.db.session_scope() as s:
+        assert {r.status.value for r in s.scalars(select(InboxEvent))} == {"processed"}
