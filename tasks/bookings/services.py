@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Exists, literal, or_, select
+from sqlalchemy import Exists, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
@@ -52,7 +52,8 @@ from tasks.messaging import outbox
 from tasks.enrollments import progress as progress_moves
 from tasks.enrollments.services import complete_if_done
 from tasks.errors import WaitFor
-from tasks.events import AttendanceMarked, BookingCancelled, BookingCreated
+from tasks.events import AttendanceMarked, BookingCancelled, BookingCreated, platform_subject
+from tasks.inbox.context import lock_key
 from tasks.machines import PROGRESS, BOOKING, ENROLLMENT
 from tasks.bookings import mirrors
 from tasks.bookings.mirrors import ensure_student
@@ -247,9 +248,18 @@ def _insert(session: Session, booking: Booking) -> bool:
 def _class_for_booking(session: Session, class_id: str) -> GroupClass | None:
     """The class's mirror, read under a shared lock (PostgreSQL) for a booking into it: a cancellation of the
     class committed first is seen here; one that comes after waits for this booking, then finds it among the
-    class's bookings. Without it the two could miss each other, leaving a booking in a cancelled class."""
-    return session.scalars(select(GroupClass).where(GroupClass.id == class_id).with_for_update(read=True)
-                           .execution_options(populate_existing=True)).first()
+    class's bookings. Without it the two could miss each other, leaving a booking in a cancelled class.
+
+    A class not mirrored yet has no row to lock: its first `class.upserted` (a cancellation, the scheduled one late
+    or lost) inserts it under its subject's advisory lock, which is taken here instead, and the row read again."""
+    query = (select(GroupClass).where(GroupClass.id == class_id).with_for_update(read=True)
+             .execution_options(populate_existing=True))
+    found = session.scalars(query).first()
+    if found is None and session.get_bind().dialect.name == "postgresql":
+        subject = platform_subject("class.upserted", {"class_id": class_id})
+        session.execute(select(func.pg_advisory_xact_lock(lock_key(subject))))
+        found = session.scalars(query).first()
+    return found
 
 
 def _class_cancelled(session: Session, class_id: str, at: datetime, *, lock: bool) -> GroupClass | None:
@@ -514,6 +524,7 @@ def _attached_progress(session: Session, booking: Booking) -> tuple[StudentCours
         .where(StudentCourseProgress.enrollment_id == booking.enrollment_id,
                StudentCourseProgress.step_id == booking.course_step_id)
         .with_for_update(of=StudentCourseProgress)
+        .execution_options(populate_existing=True)  # as the lock found it, whatever this session read before
     ).first()
     if found is None or found[0].booking_id != booking.id:
         return None, None
@@ -643,6 +654,14 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, stu
     cause = f"class_cancelled:{group_class.id}"
     if ending is not None and bookings:
         ending([b.id for b in bookings])
+    # their enrollments, in one order, as a cancel of one booking takes its enrollment: an admin's reinstatement or
+    # revocation (holding the enrollment, reading its steps and their bookings) runs before or after this, never
+    # across it (a reinstatement that read the booking standing then rebooked the step this reopens, naming none)
+    enrollment_ids = sorted({b.enrollment_id for b in bookings if b.enrollment_id is not None})
+    if enrollment_ids:
+        session.scalars(select(StudentCourseEnrollment).where(StudentCourseEnrollment.id.in_(enrollment_ids))
+                        .order_by(StudentCourseEnrollment.id).with_for_update(key_share=True)
+                        .execution_options(populate_existing=True)).all()
     # the students whose credits come back, locked now, in one order: releasing them one by one in booking order
     # would lock them in an order another class's cancellation (or a revocation, holding a student and wanting a
     # progress row this one holds) could cross, and PostgreSQL would abort one of them (every booked student's row

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
+import pytest
 from sqlalchemy import func, select
 
 from db.enums import InboxStatus
@@ -15,7 +17,10 @@ from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
 from tests.conftest import PLATFORM_SECRET, while_held
-from tests.tasks.bookings.bookings_support import at, booking_created, outbox_rows, progress, rejections, store, world
+from tests.tasks.bookings.bookings_support import (
+    at, balances, booking, booking_created, class_upserted, deliver, outbox_rows, progress, rejections, run, store,
+    world,
+)
 
 N = 20
 
@@ -120,3 +125,86 @@ def test_a_booking_into_a_class_being_cancelled_waits_and_is_refused(pg_database
     _, booking, _ = while_held(database, cancel, book, held=cancelled, release=release)
     assert booking.result() == ("rejected", "class_cancelled")
     assert progress(database, w, 1)["status"].value == "unbooked"
+
+
+# --------------------------------------------------------------------------- an admin's reinstatement and a class's cancellation
+
+
+def _revoked_with_a_standing_booking(database):
+    from db.models import StudentCourseEnrollment
+    from tasks.purchases import manual
+
+    w = world(database)
+    with database.session_scope() as s:
+        s.get(StudentCourseEnrollment, w.enrollment_id).activated_at = at(-60)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=w.enrollment_id, cause="admin:1")
+    assert (progress(database, w, 1)["status"].value, booking(database, "bk_1").status.value) == \
+        ("cancelled", "active")
+    return w
+
+
+def test_a_reinstatement_crossing_a_class_cancellation_leaves_the_step_open_and_bookable(pg_database):
+    """Before: the class's cancellation (holding the step's row, not the enrollment) cleared the cancelled step's
+    booking; the reinstatement, which had read the booking standing, then moved the step to `booked`, naming no
+    booking: no booking held it, and eligibility refused every new one (`step_already_booked`) for good."""
+    from tasks.bookings import mirrors
+    from tasks.events import platform_data
+    from tasks.purchases import manual
+
+    database = pg_database
+    w = _revoked_with_a_standing_booking(database)
+    held, release = threading.Event(), threading.Event()
+    now = datetime.now(timezone.utc)
+
+    def cancel_class():
+        data = platform_data("class.upserted", class_upserted(w.option(1), status="cancelled", when=now)["data"])
+        with database.session_scope() as s:
+            group_class = mirrors.upsert_class(session=s, data=data, occurred_at=now).group_class
+            students = bookings.hold_students_of_class(s, group_class.id)
+            assert bookings.cancel_class(session=s, group_class=group_class, at=now, students=students) == ["bk_1"]
+            held.set()
+            assert release.wait(30)
+
+    def reinstate():
+        with database.session_scope() as s:
+            manual.reinstate(session=s, enrollment_id=w.enrollment_id, cause="admin:2")
+
+    _, reinstated, waited = while_held(database, cancel_class, reinstate, held=held, release=release)
+    reinstated.result()
+    assert waited
+    assert booking(database, "bk_1").status.value == "cancelled"
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("unbooked", None)
+    with database.session_scope() as s:
+        verdict = bookings.step_guard(session=s, student_id=w.student_id, course_step_id=w.step_ids[0])
+    assert verdict.as_dict() == {"eligible": True, "reason": None}
+
+
+# --------------------------------------------------------------------------- a class first heard of as cancelled
+
+
+@pytest.mark.parametrize("kind", ["step", "credit"])
+def test_a_booking_crossing_the_first_upsert_of_its_class_a_cancellation_does_not_stand_in_it(pg_database, kind):
+    """Before: with no mirror row yet, the booking's shared lock on the class's row had nothing to lock; the
+    cancellation inserted the row and found no booking to cancel, the booking found no class, and it stood in the
+    cancelled class (the step booked, the credit spent)."""
+    database = pg_database
+    w = world(database, classes=False, group_credits=1)
+    now = datetime.now(timezone.utc)
+    cancel_id = store(database, class_upserted(w.option(1), status="cancelled", when=now))
+    book_id = store(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=now) if kind == "step"
+                    else booking_created("bk_1", w.option(1), credit_type="group", when=now))
+    held, release = threading.Event(), threading.Event()
+
+    def cancel():
+        with database.session_scope() as s:
+            assert inbox.process_event(session=s, inbox_id=cancel_id).outcome is inbox.Outcome.PROCESSED
+            held.set()
+            assert release.wait(30)
+
+    _, booked, waited = while_held(database, cancel, lambda: run(database, book_id).outcome, held=held,
+                                   release=release)
+    assert booked.result() is inbox.Outcome.PROCESSED and waited
+    assert (rejections(database), progress(database, w, 1)["status"].value, balances(database)["group"]) == \
+        ({"bk_1": "class_cancelled"}, "unbooked", 1)
