@@ -237,12 +237,20 @@ def _dispute_cause(dispute: PaymentDispute) -> str:
 
 
 def _suspended_by(session: Session, enrollment: StudentCourseEnrollment, disputes: list[PaymentDispute]) -> set[str]:
-    """The causes among these disputes' that have suspended the enrollment before (the transition log keeps
-    every move of an enrollment)."""
-    return set(session.scalars(select(TransitionLog.cause).where(
-        TransitionLog.entity == ENROLLMENT.entity, TransitionLog.entity_id == str(enrollment.id),
-        TransitionLog.to_status == EnrollmentStatus.SUSPENDED.value,
+    """The causes among these disputes' that have had their say: each suspended the enrollment before (the
+    transition log keeps every move of an enrollment), or was known when an admin reinstated it from `revoked`
+    (the admin decided with the dispute open, as over a suspension: a dispute delivered while the enrollment was
+    revoked had nothing to suspend)."""
+    log = (TransitionLog.entity == ENROLLMENT.entity, TransitionLog.entity_id == str(enrollment.id))
+    causes = set(session.scalars(select(TransitionLog.cause).where(
+        *log, TransitionLog.to_status == EnrollmentStatus.SUSPENDED.value,
         TransitionLog.cause.in_([_dispute_cause(d) for d in disputes]))))
+    reinstated = session.scalar(select(func.max(TransitionLog.at)).where(
+        *log, TransitionLog.from_status == EnrollmentStatus.REVOKED.value,
+        TransitionLog.to_status == EnrollmentStatus.ACTIVE.value))
+    if reinstated is not None:
+        causes.update(_dispute_cause(d) for d in disputes if d.created_at <= reinstated)
+    return causes
 
 
 def settle_package(*, session: Session, purchase: PackagePurchase, cause: str) -> None:

@@ -179,6 +179,26 @@ def test_an_admin_reinstatement_during_an_open_dispute_stands_through_its_later_
     assert _status_events(database) == ["enrollment.suspended", "enrollment.reinstated"]
 
 
+def test_an_admin_reinstatement_from_revoked_stands_over_a_dispute_delivered_while_revoked(database):
+    """The dispute opened before an admin's revocation, its webhook came after it (nothing to suspend), then the
+    admin reinstated. Before: the dispute's next payment event suspended the enrollment, as if the admin had not
+    decided with it open; delivered before the revocation, it left the reinstatement standing."""
+    from db.models import StudentCourseEnrollment
+    from tasks.purchases import manual
+
+    _purchase(database)
+    with database.session_scope() as s:
+        manual.revoke(session=s, enrollment_id=s.scalar(select(StudentCourseEnrollment.id)), cause="admin:0")
+    assert deliver(database, dispute_created()).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "revoked"
+    _reinstate_by_hand(database)
+    assert deliver(database, refund_created(refund_id="re_1", amount=1000)).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "active"
+    assert _status_events(database) == ["enrollment.revoked", "enrollment.reinstated"]
+    deliver(database, dispute_created(dispute="dp_2", event_id="evt_dp_2"))  # one opened after: it suspends
+    assert state(database)["enrollments"][0]["status"] == "suspended"
+
+
 def test_a_new_dispute_after_an_admin_reinstatement_suspends_again(database):
     _purchase(database)
     deliver(database, dispute_created())
