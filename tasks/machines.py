@@ -41,8 +41,9 @@ PROGRESS = StateMachine(
         # a step deactivated by a revocation whose class was attended anyway (the refund was processed
         # before the attendance): the attendance is recorded, whatever order the two arrived in
         # an admin's reinstatement of a revoked enrollment reopens its cancelled steps (booked when the
-        # step's booking still stands)
-        ProgressStatus.CANCELLED: frozenset({ProgressStatus.COMPLETED, ProgressStatus.UNBOOKED, ProgressStatus.BOOKED}),
+        # step's booking still stands, missed when it ended as a no-show or a cancel outside policy)
+        ProgressStatus.CANCELLED: frozenset({ProgressStatus.COMPLETED, ProgressStatus.UNBOOKED, ProgressStatus.BOOKED,
+                                             ProgressStatus.MISSED}),
     },
 )
 

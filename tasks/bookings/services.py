@@ -626,7 +626,9 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
         return booking
     booking.attendance_marked_at = data.marked_at
     target = ProgressStatus.COMPLETED if attended else ProgressStatus.MISSED
-    if progress is not None and PROGRESS.can(progress.status, target):  # a no-show on a revoked step stays cancelled
+    # a no-show on a revoked step stays cancelled (the machine's cancelled → missed is a reinstatement's move)
+    if progress is not None and PROGRESS.can(progress.status, target) \
+            and not (progress.status == ProgressStatus.CANCELLED and not attended):
         # the booking's attendance is final and new in this transaction: so is its cause (`fresh`)
         progress_moves.move(session=session, progress=progress, target=target, cause=cause, at=data.marked_at,
                             enrollment=enrollment, step=step, fresh=True)

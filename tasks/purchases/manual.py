@@ -126,6 +126,19 @@ def _payments_say_revoked(session: Session, enrollment: StudentCourseEnrollment)
     return "a dispute about it was lost" if lost is not None else None
 
 
+def _reopened(booking: Booking | None) -> ProgressStatus:
+    """What a step the revocation cancelled reopens to, by its booking: as it would stand had the booking's end
+    come after the reinstatement (a no-show or a cancel outside policy misses the step)."""
+    if booking is None:
+        return ProgressStatus.UNBOOKED
+    if booking.status == BookingStatus.ACTIVE:
+        return ProgressStatus.BOOKED
+    if booking.status == BookingStatus.NO_SHOW or (booking.status == BookingStatus.CANCELLED
+                                                   and booking.within_policy is False):
+        return ProgressStatus.MISSED
+    return ProgressStatus.UNBOOKED
+
+
 def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCourseEnrollment:
     enrollment = locked(session, enrollment_id)
     if enrollment.status == EnrollmentStatus.SUSPENDED:
@@ -148,16 +161,16 @@ def reinstate(*, session: Session, enrollment_id: int, cause: str) -> StudentCou
     ENROLLMENT.move(enrollment, EnrollmentStatus.ACTIVE, session=session, cause=cause, enrollment_id=enrollment.id,
                     at=now)
     enrollment.revoked_at = None
-    # the steps the revocation cancelled reopen (booked again when their booking still stands)
+    # the steps the revocation cancelled reopen as their booking left them: booked again when it still stands,
+    # missed (naming it) when it ended as a no-show or a cancel outside policy, else unbooked
     for progress in session.scalars(select(StudentCourseProgress).where(
             StudentCourseProgress.enrollment_id == enrollment.id,
             StudentCourseProgress.status == ProgressStatus.CANCELLED).order_by(StudentCourseProgress.id)):
-        standing = progress.booking_id and session.scalar(select(Booking.status).where(
-            Booking.id == progress.booking_id)) == BookingStatus.ACTIVE
-        if not standing:
+        target = _reopened(session.get(Booking, progress.booking_id) if progress.booking_id else None)
+        if target is ProgressStatus.UNBOOKED:
             progress.booking_id = progress.group_class_id = None
         progress_moves.move(session=session, progress=progress, enrollment=enrollment, cause=cause, at=now,
-                            target=ProgressStatus.BOOKED if standing else ProgressStatus.UNBOOKED)
+                            target=target)
     # a step added to the course while it was revoked (saving a course seeds only entitled enrollments)
     enrollments.provision(session=session, enrollment=enrollment, cause=cause)
     # what the revocation took from the bundle comes back as a new lot (the ledger is append-only): what it

@@ -623,3 +623,29 @@ def test_a_credit_booking_older_than_the_one_that_spent_the_last_credit_is_refus
     assert deliver(database, booking_created("bk_1", "gc_a", credit_type="group", when=at(0))).outcome \
         is Outcome.PROCESSED
     assert rejections(database) == {"bk_1": "no_credit"}
+
+
+@pytest.mark.parametrize("end", ["cancel_outside_policy", "no_show"])
+@pytest.mark.parametrize("late", [False, True], ids=["ended_before_the_revocation", "end_delivered_after"])
+def test_a_missed_step_through_an_admins_revocation_and_reinstatement_stays_missed(database, end, late):
+    """Before: the step missed before an admin revoked was reopened `unbooked` by the reinstatement, naming no
+    booking; with the booking's end delivered after the reinstatement it was `missed`, naming it."""
+    from db.models import StudentCourseEnrollment
+    from tasks.purchases import manual
+
+    w = world(database)
+    with database.session_scope() as s:
+        s.get(StudentCourseEnrollment, w.enrollment_id).activated_at = at(-60)
+    book(database, w)
+    ending = booking_cancelled("bk_1", within_policy=False, when=at(10)) if end == "cancel_outside_policy" \
+        else attendance("bk_1", "no_show", when=at(60))
+    if not late:
+        deliver(database, ending)
+    for action, cause in (("revoke", "admin:1"), ("reinstate", "admin:2")):
+        with database.session_scope() as s:
+            getattr(manual, action)(session=s, enrollment_id=w.enrollment_id, cause=cause)
+    if late:
+        deliver(database, ending)
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("missed", "bk_1")
+    book(database, w, "bk_2", when=at(90))  # a missed step is booked again
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("booked", "bk_2")
