@@ -1,7 +1,7 @@
 """Fulfilment of Stripe Checkout Sessions: money in → entitlements out, exactly once.
 
 `fulfil_checkout` identifies the buyer (`client_reference_id`) and the product (`metadata.kind`
-with `course_code` / `package_code`; without metadata, the session's line-item price ids), then,
+with `course_code` / `package_code`; without metadata naming one, the session's line-item price ids), then,
 in the caller's one transaction:
 
 - a course: the `student_course_enrollment` row (unique per checkout session), one progress row per
@@ -55,6 +55,7 @@ CHECKOUT_TYPES = (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
 SETTLED_BY = "payment_settled_by"
 PAID_STATUSES = ("paid", "no_payment_required")
 NOT_ONE_TIME = ("subscription", "setup")  # checkout modes that are not a course or package purchase
+KINDS = ("course", "package")  # metadata.kind of a course or package sale
 STRIPE_TIMEOUT_SECONDS = 10
 
 log = logging.getLogger("coursepipe.fulfilment")
@@ -253,21 +254,28 @@ def _fetch_line_items(checkout_session_id: str, settings: Any, client: Any) -> l
         raise PermanentError(f"Stripe line items for {checkout_session_id}: {exc}") from None
 
 
+def names_ours(metadata: dict[str, Any]) -> bool:
+    """The metadata names a course or package: `kind` course or package, or a course or package code. A `kind`
+    of its own (`membership`, say) without either code is how the account's other sales use the key: not ours."""
+    return metadata.get("kind") in KINDS or bool(metadata.get("course_code") or metadata.get("package_code"))
+
+
 def identify_product(session: Session, checkout: dict[str, Any], *, settings: Any = None,
                      client: Any = None, fetched: Fetched = not_fetched) -> Product:
     metadata = checkout.get("metadata") or {}
-    kind = metadata.get("kind") or ("course" if metadata.get("course_code") else
-                                    "package" if metadata.get("package_code") else None)
-    if kind == "course":
-        program = _sold(session, CourseProgram, "course", metadata, checkout.get("id"))
-        return Product(program=program, price_id=_price_sold(session, program, metadata, checkout.get("id")),
-                       product_id=program.stripe_product_id)
-    if kind == "package":
-        package = _sold(session, CreditPackage, "package", metadata, checkout.get("id"))
-        return Product(package=package, price_id=_price_sold(session, package, metadata, checkout.get("id")),
-                       product_id=package.stripe_product_id)
-    if kind is not None:
+    if names_ours(metadata):
+        kind = metadata.get("kind") or ("course" if metadata.get("course_code") else "package")
+        if kind == "course":
+            program = _sold(session, CourseProgram, "course", metadata, checkout.get("id"))
+            return Product(program=program, price_id=_price_sold(session, program, metadata, checkout.get("id")),
+                           product_id=program.stripe_product_id)
+        if kind == "package":
+            package = _sold(session, CreditPackage, "package", metadata, checkout.get("id"))
+            return Product(package=package, price_id=_price_sold(session, package, metadata, checkout.get("id")),
+                           product_id=package.stripe_product_id)
+        # a course or package code under a kind of another name: a session of ours made wrong, shown, not dropped
         raise UnknownProduct(f"checkout session {checkout.get('id')}: unknown metadata.kind {kind!r}")
+    # no metadata, or metadata of the account's other sales: its line items decide
     prices = line_item_prices(checkout, settings, client, fetched)
     for price_id, product_id in prices:
         # the current price of a course or package, or one we archived after a price change
@@ -277,8 +285,8 @@ def identify_product(session: Session, checkout: dict[str, Any], *, settings: An
         kind = {"program": listing} if isinstance(listing, CourseProgram) else {"package": listing}
         return Product(**kind, price_id=price_id, product_id=product_id or listing.stripe_product_id,
                        identified_by="line_items")
-    raise SoldNothingOfOurs(f"checkout session {checkout.get('id')}: no metadata and no known price among "
-                            f"{[p for p, _ in prices]}")
+    raise SoldNothingOfOurs(f"checkout session {checkout.get('id')}: metadata names no course or package and no "
+                            f"known price among {[p for p, _ in prices]}")
 
 
 # --------------------------------------------------------------------------- fulfilling

@@ -32,7 +32,6 @@ from tasks.purchases import fulfilment
 from tasks.stripe_api import stripe_client
 
 STRIPE_TIMEOUT_SECONDS = 10
-KINDS = ("course", "package")
 
 
 def _stripe_call(what: str, call) -> Any:
@@ -69,10 +68,6 @@ def fetch_charge(settings: Any, charge: str) -> dict[str, Any] | None:
     client = stripe_client(settings, timeout=STRIPE_TIMEOUT_SECONDS)
     found = _stripe_call(f"charge {charge}", lambda: client.v1.charges.retrieve(charge))
     return found.to_dict(for_json=True) if found is not None else None
-
-
-def _names_our_kind(metadata: dict[str, Any]) -> bool:
-    return metadata.get("kind") in KINDS or bool(metadata.get("course_code") or metadata.get("package_code"))
 
 
 @dataclass
@@ -119,7 +114,7 @@ class Ownership:
             if checkout.get("mode") in fulfilment.NOT_ONE_TIME:
                 raise Ignored(f"payment {payment_intent} is checkout session {checkout.get('id')} in "
                               f"{checkout.get('mode')} mode: not a course or package of ours")
-            if _names_our_kind(checkout.get("metadata") or {}):
+            if fulfilment.names_ours(checkout.get("metadata") or {}):
                 # sold as ours, for a course or package perhaps not here yet (imported later, its checkout then
                 # replayed): the event waits for the purchase, as it would had the checkout come first
                 return
@@ -132,7 +127,7 @@ class Ownership:
                               lambda: fetch_payment_intent(settings, payment_intent))
         if intent is None:
             raise Ignored(f"Stripe has no payment intent {payment_intent} in this account: not ours")
-        if _names_our_kind(intent.get("metadata") or {}):
+        if fulfilment.names_ours(intent.get("metadata") or {}):
             return
         raise Ignored(f"payment {payment_intent} was not made through a Checkout Session and its metadata names "
                       "no course or package: not ours")
@@ -140,11 +135,13 @@ class Ownership:
     @staticmethod
     def _checkout_in_inbox(session: Session, payment_intent: str) -> bool:
         """A checkout event of this payment is stored that was fulfilled, or that names a course or package of
-        ours in its metadata (failed, say, for a course not imported yet): ours. One that failed without
-        metadata (its line items named no price we know: maybe the account's other sales) or was ignored
+        ours in its metadata (failed, say, for a course not imported yet): ours. One that failed without such
+        metadata (its line items could not be read, say: maybe the account's other sales) or was ignored
         (another mode's, a subscription) proves nothing: Stripe is asked."""
         metadata = InboxEvent.payload["data"]["object"]["metadata"]
-        claims_ours = or_(*(metadata[key].as_string().is_not(None) for key in ("kind", "course_code", "package_code")))
+        # `fulfilment.names_ours` in SQL: a `kind` of the account's other sales (`membership`) claims nothing
+        claims_ours = or_(metadata["kind"].as_string().in_(fulfilment.KINDS),
+                          *(metadata[key].as_string() != "" for key in ("course_code", "package_code")))
         return session.scalar(select(InboxEvent.id).where(
             InboxEvent.source == InboxSource.STRIPE, InboxEvent.subject == f"payment:{payment_intent}",
             InboxEvent.type.in_(fulfilment.CHECKOUT_TYPES), InboxEvent.status != InboxStatus.IGNORED,

@@ -127,6 +127,40 @@ def test_a_failed_checkout_of_the_payment_in_our_inbox_keeps_the_refund_waiting_
     assert stripe_server.calls("GET") == []
 
 
+OTHER_KIND = {"kind": "membership", "plan": "gold"}  # the account's other sales use `kind` for their own purpose
+
+
+def test_another_sale_under_its_own_metadata_kind_and_its_refund_end_ignored(database, stripe_server, stripe_settings):
+    """A checkout whose `metadata.kind` is neither course nor package and that names no course or package code is
+    decided by its line items like any other sale of the account: ignored, and its refund with it, not parked
+    for WAIT_HORIZON_HOURS behind a checkout that counted as ours."""
+    other_price = stripe_server.add_price(unit_amount=2500, currency="usd")
+    stripe_server.add_checkout_session(id="cs_gold", payment_intent="pi_gold", status="complete",
+                                       payment_status="paid", metadata=OTHER_KIND,
+                                       line_items=[{"price": other_price["id"]}])
+    sale = checkout(cs="cs_gold", pi="pi_gold", metadata=OTHER_KIND)
+    result = deliver(database, sale, settings=stripe_settings)
+    assert result.outcome is inbox.Outcome.IGNORED and other_price["id"] in result.error
+    refund = refund_created(refund_id="re_gold", pi="pi_gold")
+    assert deliver(database, refund, settings=stripe_settings).outcome is inbox.Outcome.IGNORED
+    row = inbox_row(database, refund)
+    assert row.waiting_for is None and "sold no course or package of ours" in row.last_error
+    assert state(database)["enrollments"] == [] and state(database)["packages"] == []
+
+
+def test_a_failed_checkout_of_another_kind_in_our_inbox_does_not_keep_its_refund_waiting(
+        database, stripe_server, stripe_settings):
+    """Failed without STRIPE_API_KEY (its line items could not be read), a checkout whose metadata uses `kind` for
+    another sale claims nothing: the refund asks Stripe, which says the payment is not ours."""
+    stripe_server.add_checkout_session(id="cs_gold", payment_intent="pi_gold", status="complete",
+                                       payment_status="paid", metadata=OTHER_KIND, line_items=[])
+    sale = checkout(cs="cs_gold", pi="pi_gold", metadata=OTHER_KIND)
+    assert deliver(database, sale, settings=make_settings(database.url)).outcome is inbox.Outcome.FAILED
+    refund = refund_created(refund_id="re_gold", pi="pi_gold")
+    assert deliver(database, refund, settings=stripe_settings).outcome is inbox.Outcome.IGNORED
+    assert stripe_server.calls("GET", "/v1/checkout/sessions")  # asked, not decided by the failed checkout
+
+
 def test_stripe_down_is_retried_not_decided(database, stripe_server, stripe_settings):
     stripe_server.fail_next("GET", "/v1/checkout/sessions", status=500, times=2)  # the client retries once
     event = refund_created(refund_id="re_down", pi="pi_down")
