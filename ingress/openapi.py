@@ -222,7 +222,9 @@ CATALOG_REASON = {"type": ["string", "null"],
 CATALOG_TITLE = trimmed(200, least=1)
 CATALOG_SCHEMAS: dict[str, dict] = {
     "PriceWrite": _closed({
-        "amount": {"type": "integer", "minimum": 0, "maximum": 99_999_999, "description": f"minor units; {STRICT_INT}"},
+        "amount": {"type": "integer", "minimum": 0, "maximum": 99_999_999, "description": f"minor units (cents; whole units in a zero-decimal currency such as jpy; "
+                                  f"thousandths in a three-decimal one such as kwd, in steps of 10, as Stripe charges "
+                                  f"them); {STRICT_INT}"},
         "currency": {"type": "string", "pattern": r"^\s*[A-Za-z]{3}\s*$",
                      "description": "an ISO 4217 code in circulation, either case (kept lower-case, as Stripe "
                                     "takes it); another three letters are refused"}},

@@ -18,12 +18,11 @@ from sqlalchemy.orm import Session
 from db.enums import BundleKind, ClassStatus, CreditType
 from db.models import CourseProgram, CreditPackage, GroupClass
 from db.types import utcnow
+from tasks import currencies
 from tasks.catalog.services import course_view, option_view
 from tasks.errors import ValidationFailed
-from tasks.messaging.mail import ZERO_DECIMAL
 
-# currencies Stripe counts in whole units (no cents)
-MONEY = re.compile(r"^\d{1,8}(?:[.,]\d{1,2})?$")
+MONEY = re.compile(r"^\d{1,8}(?:[.,]\d{1,3})?$")
 MAX_CLASSES = 300  # mirrored classes offered as options on the builder
 RECENT = timedelta(days=1)  # a class that started within this is still offered
 
@@ -43,22 +42,29 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 
 def minor_units(raw: Any, currency: str, field: str = "price") -> int:
-    """'120.00' → 12000 (whole units for zero-decimal currencies)."""
+    """The amount in the currency's minor units: '120.00' EUR → 12000, '1200' JPY → 1200, '12.5' KWD → 12500."""
     text = raw.strip() if isinstance(raw, str) else ""
     if not MONEY.fullmatch(text):
         raise ValidationFailed(f"{field}: give an amount like 120.00", field=field)
-    whole, _, cents = text.replace(",", ".").partition(".")
-    if currency.lower() in ZERO_DECIMAL:
-        if cents.strip("0"):
-            raise ValidationFailed(f"{field}: {currency.upper()} has no decimals", field=field)
-        return int(whole)
-    return int(whole) * 100 + int((cents + "00")[:2])
+    whole, _, fraction = text.replace(",", ".").partition(".")
+    places = currencies.exponent(currency)
+    # more digits than the currency has are refused, not rounded ('1,234' EUR is no price); zeros written after
+    # a whole yen amount ('1200.00') change nothing
+    if len(fraction) > max(places, 2) or fraction[places:].strip("0"):
+        decimals = f"{places} decimals" if places else "no decimals"
+        raise ValidationFailed(f"{field}: {currency.upper()} has {decimals}", field=field)
+    amount = int(whole) * 10 ** places + int(fraction[:places].ljust(places, "0") or 0)
+    problem = currencies.charge_problem(amount, currency)
+    if problem:
+        raise ValidationFailed(f"{field}: {problem}", field=field)
+    return amount
 
 
 def major_units(amount: int | None, currency: str | None) -> str:
+    """What `minor_units` reads back: 12000 EUR → '120.00', 12500 KWD → '12.500'."""
     if amount is None:
         return ""
-    return str(amount) if (currency or "").lower() in ZERO_DECIMAL else f"{amount / 100:.2f}"
+    return currencies.major(amount, currency)
 
 
 # --------------------------------------------------------------------------- the edits

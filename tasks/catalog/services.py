@@ -42,6 +42,7 @@ from db.models import (
 )
 from db import jsoncodec
 from db.types import utcnow
+from tasks import currencies
 from tasks.errors import NotFound, PermanentError, ValidationFailed
 from tasks.events import known_timezone
 
@@ -109,6 +110,13 @@ class Price(_Strict):
         if value.upper() not in ISO_CURRENCIES:
             raise ValueError(f"{value!r} is not an ISO 4217 currency code")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _chargeable(self) -> "Price":
+        problem = currencies.charge_problem(self.amount, self.currency)
+        if problem:  # published, the price could not be paid
+            raise ValueError(problem)
+        return self
 
 
 class StepIn(_Strict):

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jinja2
 from markupsafe import Markup
 
+from tasks import currencies
 from tasks.errors import PermanentError
 from tasks.messaging.outbox import ADMIN_TEMPLATES
 
@@ -33,10 +34,6 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "mail"
 STUDENT_TEMPLATES = ("enrollment_welcome", "booking_confirmed", "booking_cancelled", "class_cancelled", "step_reminder")
 TEMPLATES = STUDENT_TEMPLATES + ADMIN_TEMPLATES
 SIGNATURE = "coursepipe - course programs"
-
-# Stripe's zero-decimal currencies: the amount is already in major units
-ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-                          "xaf", "xof", "xpf"})
 
 
 class UnknownTemplate(PermanentError):
@@ -92,16 +89,16 @@ def local_time(value: Any, tz: str | None = None, style: str = "long") -> str:
 
 
 def money(amount: Any, currency: Any = None) -> str:
+    """Minor units in the currency's own decimals: '1,234.50 EUR', '1200 JPY', '12.500 KWD'."""
     if amount is None or isinstance(amount, jinja2.Undefined):
         return "-"
-    code = (currency if isinstance(currency, str) else "").lower()
+    code = (currency if isinstance(currency, str) else "").upper()
     try:
         minor = int(amount)
     except (TypeError, ValueError):
         return str(amount)
-    if code in ZERO_DECIMAL:
-        return f"{minor} {code.upper()}"
-    return f"{minor / 100:,.2f} {code.upper()}".strip()
+    # whole yen are written as they are charged; a currency with decimals groups its thousands
+    return f"{currencies.major(minor, code, grouped=currencies.exponent(code) > 0)} {code}".strip()
 
 
 def credit_kind(kind: Any, quantity: Any = 1) -> str:

@@ -39,7 +39,7 @@ def _sold_course_body() -> dict:  # what tests/ingress/test_admin_catalog.py sen
 GOOD_COURSES = [
     course(), course(title="New title"), _sold_course_body(), MINIMAL,
     _with(course(), "steps", 2, "options", ["gc_new"]),
-    course(price={"amount": 20000, "currency": "usd"}),
+    course(price={"amount": 20000, "currency": "usd"}), course(price={"amount": 12510, "currency": "kwd"}),
     {**course(), "code": "SFZ", "reason": "Tuesday group first"}, {**course(), "code": None, "reason": None},
     _with(course(), "bundle", {"kind": "group_credit", "quantity": 1}), _with(course(), "bundle", None),
     _with(course(), "bundle", []), _with(course(), "bundle", ...), _with(course(), "timezone", ...),
@@ -106,6 +106,7 @@ BEYOND_COURSES = [  # the document says these in words (the schema cannot): the 
     ({**course(), "timezone": "Nowhere/Land"}, "timezone"),
     ({**course(), "price": {"amount": 100, "currency": "XYZ"}}, "price.currency"),
     ({**course(), "price": {"amount": 12000.0, "currency": "eur"}}, "price.amount"),
+    ({**course(), "price": {"amount": 12505, "currency": "kwd"}}, "price"),  # Stripe charges fils in tens
     (_with(course(), "steps", 1, "label", "SFZ-1"), "steps[1].label"),
     (_with(course(), "steps", 1, "options", ["gc_a1"]), "steps[1].options[0]"),
     (_with(course(), "steps", 0, "position", 2), "steps[0].position"),
@@ -146,6 +147,7 @@ BAD_PACKAGES = [
 ]
 BEYOND_PACKAGES = [
     ({**PACKAGE, "price": {"amount": 100, "currency": "XYZ"}}, "price.currency"),
+    ({**PACKAGE, "price": {"amount": 1001, "currency": "bhd"}}, "price"),
     ({**PACKAGE, "credits": {"kind": "group", "quantity": 5.0}}, "credits.quantity"),
     ({**PACKAGE, "code": "OTHER"}, "code"),
 ]

@@ -245,3 +245,18 @@ def test_prices_are_shown_in_the_currency_s_own_units(client, runtime):
     make_admin(runtime.db, "viewer@studio.test", "viewer")
     login_as(client, "viewer@studio.test")  # the owner sees an edit form; a viewer sees the price as words
     assert "<th>Price</th><td>1200 JPY</td>" in _text(client.get("/admin/ui/catalog/courses/YEN"))
+
+
+def test_a_three_decimal_price_is_read_and_shown_in_thousandths(client, runtime):
+    """12.5 KWD is 12500 fils as Stripe counts them, shown back as 12.500 in the builder and as 12.500 KWD in the
+    catalog; a price Stripe would not charge (a last decimal not 0) is refused with the reason."""
+    make_admin(runtime.db, OWNER, "owner")
+    csrf = login_as(client, OWNER)
+    new = {"csrf_token": csrf, "code": "KWD", "title": "Dinar", "currency": "kwd", "first_step": "KWD-1"}
+    refused = client.post("/admin/ui/catalog/courses", follow_redirects=True, data={**new, "price": "12.505"})
+    assert "Stripe charges KWD in steps of 0.010" in _text(refused)
+    client.post("/admin/ui/catalog/courses", follow_redirects=True, data={**new, "price": "12.5"})
+    with runtime.db.session_scope() as s:
+        assert s.scalar(select(CourseProgram.price_amount).where(CourseProgram.code == "KWD")) == 12500
+    assert "12.500 KWD" in _text(client.get("/admin/ui/catalog"))
+    assert 'name="price" value="12.500"' in _text(client.get("/admin/ui/catalog/courses/KWD"))

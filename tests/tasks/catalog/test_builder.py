@@ -15,17 +15,29 @@ BODY = {"title": "Sforzando", "description": None, "marketing_copy": None, "time
 
 
 @pytest.mark.parametrize("raw, currency, minor", [("120", "eur", 12000), ("120.5", "eur", 12050),
-                                                   ("0,99", "usd", 99), ("1200", "jpy", 1200)])
+                                                   ("0,99", "usd", 99), ("1200", "jpy", 1200),
+                                                   ("1200.00", "jpy", 1200), ("12.500", "kwd", 12500),
+                                                   ("12.5", "KWD", 12500), ("12,25", "bhd", 12250),
+                                                   ("7", "tnd", 7000)])
 def test_minor_units(raw, currency, minor):
     assert builder.minor_units(raw, currency) == minor
     assert builder.minor_units(builder.major_units(minor, currency), currency) == minor
 
 
+def test_a_three_decimal_price_is_shown_with_its_three_decimals():
+    assert builder.major_units(12500, "kwd") == "12.500" and builder.major_units(12000, "eur") == "120.00"
+
+
 @pytest.mark.parametrize("raw, currency", [("", "eur"), ("-1", "eur"), ("1.234", "eur"), ("1e3", "eur"),
-                                           ("12.50", "jpy"), (None, "eur")])
+                                           ("12.50", "jpy"), (None, "eur"), ("1.2345", "kwd")])
 def test_bad_money_names_the_field(raw, currency):
     with pytest.raises(ValidationFailed, match="price"):
         builder.minor_units(raw, currency)
+
+
+def test_a_three_decimal_price_stripe_would_not_charge_is_refused_with_the_nearest_it_would():
+    with pytest.raises(ValidationFailed, match=r"price: Stripe charges KWD in steps of 0\.010.*12\.500, not 12\.505"):
+        builder.minor_units("12.505", "kwd")
 
 
 def test_each_edit_changes_one_thing_and_leaves_the_original_alone():

@@ -56,6 +56,14 @@ def test_bad_times_and_zones_degrade_gracefully():
     assert mail.money(1500, "jpy") == "1500 JPY"
 
 
+@pytest.mark.parametrize("currency", ["bhd", "jod", "kwd", "omr", "tnd"])
+def test_a_three_decimal_currency_is_written_in_its_thousandths(currency):
+    """Stripe counts these in thousandths: 12500 is 12.500, not 125.00."""
+    assert mail.money(12500, currency) == f"12.500 {currency.upper()}"
+    assert mail.money(1234567, currency.upper()) == f"1,234.567 {currency.upper()}"
+    assert mail.money(-5, currency) == f"-0.005 {currency.upper()}"
+
+
 def test_an_unknown_template_is_a_permanent_error():
     with pytest.raises(mail.UnknownTemplate):
         mail.render("no_such_mail", {})

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from db.enums import BundleKind, InboxStatus
 from db.models import OutboxMessage, PaymentDispute
+from tasks.messaging import mail
 from tests import inbox_api as inbox
 from tests import factories
 from tests.tasks.purchases.payments_support import (
@@ -51,6 +52,22 @@ def test_dispute_created_suspends_and_alerts_admins_once(database):
     assert deliver(database, event).outcome is inbox.Outcome.SKIPPED
     assert deliver(database, dispute_created()).outcome is inbox.Outcome.PROCESSED  # same dispute, new event id
     assert state(database) == after and _topics(database) == topics
+
+
+def test_the_dispute_alert_of_a_three_decimal_currency_names_the_amount_disputed(database):
+    """Stripe counts KWD in thousandths (fils): a dispute of 12500 is of 12.500 KWD, not 125.00."""
+    with database.session_scope() as s:
+        factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),), price=12500)
+    sale = checkout(amount=12500)
+    sale["data"]["object"]["currency"] = "kwd"
+    assert deliver(database, sale).outcome is inbox.Outcome.PROCESSED
+    dispute = dispute_created(amount=12500)
+    dispute["data"]["object"]["currency"] = "kwd"
+    assert deliver(database, dispute).outcome is inbox.Outcome.PROCESSED
+    with database.session_scope() as s:
+        alert = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "dispute_alert"))
+        text = mail.render("dispute_alert", alert.payload["context"]).text
+    assert "12.500 KWD" in text and "125.00" not in text
 
 
 def test_dispute_won_reinstates(database):
