@@ -7,6 +7,9 @@
 - API tokens (`cpa_…`) are shown once; only their SHA-256 is kept (they are random, so a fast hash is
   enough). A token acts with its owner's role; removing the owner removes their sessions and tokens.
 - ADMIN_TOKEN is the owner's break-glass credential: `Principal.break_glass()`.
+- An e-mail is kept and compared in one form: lower case, an internationalised domain as A-labels
+  (`xn--…`), which is what a browser's `<input type="email">` submits whatever was typed. The part before
+  the @ must be ASCII: browsers refuse to submit any other from that field.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import idna
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
@@ -34,6 +38,10 @@ TOKEN_PREFIX = "cpa_"
 MIN_PASSWORD_LENGTH = 12
 DEFAULT_SESSION_HOURS = 8
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# UTS #46's four deviation characters, mapped as its transitional processing maps them, which is how
+# Chromium's e-mail field converts a domain (ann@straße.test is submitted as ann@strasse.test); the idna
+# package only processes non-transitionally.
+_TRANSITIONAL = str.maketrans({"ß": "ss", "ς": "σ", "\u200c": None, "\u200d": None})
 
 _hasher = PasswordHasher()
 
@@ -69,13 +77,40 @@ def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _ascii_domain(domain: str) -> str:
+    """The (lower-case) domain as A-labels. A domain given as A-labels is read back first, so both spellings
+    of one domain end the same. Raises idna.IDNAError for a domain IDNA refuses."""
+    if domain.isascii() and not any(label.startswith("xn--") for label in domain.split(".")):
+        return domain  # no IDNA question arises
+    unicode = idna.decode(domain, uts46=True)
+    return idna.encode(unicode.translate(_TRANSITIONAL), uts46=True).decode("ascii")
+
+
+def canonical_email(email: str) -> str:
+    """The address in the form accounts are kept and compared in (see the module's docstring). Raises
+    idna.IDNAError for a domain IDNA refuses."""
+    local, at, domain = email.strip().lower().rpartition("@")
+    return f"{local}@{_ascii_domain(domain)}" if at else domain
+
+
 def normalise_email(email: str) -> str:
+    """A new account's address, canonical; refused if the dashboard's login form could never send it."""
     if not isinstance(email, str):
         raise ValidationFailed("email: a string", field="email")
     email = email.strip().lower()
     if not EMAIL.fullmatch(email) or len(email) > 320:
         raise ValidationFailed(f"email: {email!r} is not an e-mail address", field="email")
-    return email
+    if not email.rpartition("@")[0].isascii():
+        raise ValidationFailed(f"email: {email!r} has a character beyond ASCII before the @, which a browser's "
+                               "e-mail field will not send: that account could never log in to the dashboard",
+                               field="email")
+    try:
+        canonical = canonical_email(email)
+    except idna.IDNAError as exc:
+        raise ValidationFailed(f"email: {email!r} has no valid domain ({exc})", field="email") from None
+    if len(canonical) > 320:
+        raise ValidationFailed(f"email: {email!r} is too long", field="email")
+    return canonical
 
 
 def check_role(role: str) -> str:
@@ -95,7 +130,7 @@ def check_password(password: str) -> str:
 
 def add_admin(*, session: Session, email: str, role: str, password: str) -> AdminAccount:
     email, role, password = normalise_email(email), check_role(role), check_password(password)
-    if session.scalar(select(AdminAccount.id).where(AdminAccount.email == email)) is not None:
+    if find_admin(session, email) is not None:
         raise AccountExists(f"email: an admin {email} already exists", field="email")
     account = AdminAccount(email=email, role=role, password_hash=_hasher.hash(password))
     session.add(account)
@@ -108,8 +143,35 @@ def add_admin(*, session: Session, email: str, role: str, password: str) -> Admi
     return account
 
 
+def find_admin(session: Session, email: str) -> AdminAccount | None:
+    """The account of this address, however its domain is spelled (Unicode or A-labels), or None.
+
+    An account whose address is stored with its domain in Unicode is found too, by comparing canonical
+    forms: one look-up by the canonical address, then, if none, a pass over the accounts (a handful of
+    people) for one stored in another form. An address with a NUL names no account (PostgreSQL refuses the
+    character in text): it is not looked up."""
+    if not isinstance(email, str) or "\x00" in email:
+        return None
+    try:
+        wanted = canonical_email(email)
+    except idna.IDNAError:  # a domain IDNA refuses: only an account stored with exactly that can match
+        wanted = email.strip().lower()
+    account = session.scalar(select(AdminAccount).where(AdminAccount.email == wanted))
+    if account is None:
+        account = next((other for other in session.scalars(select(AdminAccount).order_by(AdminAccount.id))
+                        if not other.email.isascii() and _same_address(other.email, wanted)), None)
+    return account
+
+
+def _same_address(stored: str, wanted: str) -> bool:
+    try:
+        return canonical_email(stored) == wanted
+    except idna.IDNAError:
+        return False
+
+
 def get_admin(session: Session, email: str) -> AdminAccount:
-    account = session.scalar(select(AdminAccount).where(AdminAccount.email == (email or "").strip().lower()))
+    account = find_admin(session, email)
     if account is None:
         raise NotFound(f"no admin {email}")
     return account
@@ -130,10 +192,8 @@ def remove_admin(*, session: Session, email: str) -> AdminAccount:
 
 
 def authenticate(*, session: Session, email: str, password: str) -> AdminAccount | None:
-    """The account whose password this is, or None (unknown e-mail or wrong password: the same answer).
-    An e-mail with a NUL names no account (PostgreSQL refuses the character in text): it is not looked up."""
-    email = (email or "").strip().lower()
-    account = session.scalar(select(AdminAccount).where(AdminAccount.email == email)) if "\x00" not in email else None
+    """The account whose password this is, or None (unknown e-mail or wrong password: the same answer)."""
+    account = find_admin(session, email or "")
     try:
         _hasher.verify(account.password_hash if account else _dummy_hash(), password or "")
     except (VerificationError, InvalidHashError):

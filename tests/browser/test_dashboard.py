@@ -20,6 +20,7 @@ from sqlalchemy import select
 from db.enums import InboxStatus
 from db.models import InboxEvent
 from tests import factories
+from tests.admin_support import browser_login, make_admin
 from tests.conftest import ADMIN_TOKEN, IN_CI, drain
 from tests.netutil import http_server
 from tests.signing import stripe_headers
@@ -118,3 +119,17 @@ def test_login_replay_refulfil_report(browser_page, app, runtime, worker):
         expect(course.locator(".revenue-net")).to_have_text("120.00 USD")
         csv = page.request.get(base + page.locator("#csv-link").get_attribute("href"))  # with the session cookie
         assert csv.status == 200 and csv.text().startswith("course_code,")
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_an_admin_whose_domain_is_beyond_ascii_logs_in(browser_page, app, database):
+    """The e-mail field submits an internationalised domain as A-labels (`xn--…`) whatever was typed, and
+    the account added with its domain in Unicode is the one that form names."""
+    from playwright.sync_api import expect
+
+    make_admin(database, "ann@exämple.test", "viewer")
+    page = browser_page
+    with http_server(app) as base:
+        browser_login(page, base, "Ann@ExÄmple.test")
+        expect(page.locator("h1")).to_have_text("Operations")
+        expect(page.locator("body")).to_contain_text("ann@xn--exmple-cua.test")

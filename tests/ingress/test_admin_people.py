@@ -44,6 +44,22 @@ def test_admins_add_list_remove_from_the_cli(database, monkeypatch):
     assert runner.invoke(main, ["admins", "remove", "ops@studio.test"]).exit_code == 1
 
 
+def test_an_address_beyond_ascii_before_the_at_is_refused_as_no_browser_could_log_in_with_it(client, database,
+                                                                                            monkeypatch):
+    from coursepipe.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    added = CliRunner().invoke(main, ["admins", "add", "zoë@studio.test", "--role", "viewer", "--password-stdin"],
+                               input=PASSWORD + "\n")
+    assert added.exit_code == 1 and "beyond ASCII before the @" in added.output, added.output
+    owner = make_token(database, "owner@studio.test", "owner")
+    refused = client.post("/admin/admins", json={"email": "zoë@studio.test", "role": "viewer", "password": PASSWORD},
+                          headers=bearer(owner))
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "validation_failed"
+    with database.session_scope() as s:
+        assert s.scalars(select(AdminAccount.email)).all() == ["owner@studio.test"]
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -90,6 +106,39 @@ def test_a_session_ends_at_its_absolute_lifetime(client, database):
         assert timedelta(hours=7) < row.expires_at - row.created_at <= timedelta(hours=8)
         s.execute(update(AdminSession).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert client.get("/admin/").status_code == 302
+
+
+def test_an_internationalised_domain_is_one_account_however_it_is_spelled(client, database):
+    """Kept as A-labels, the form a browser's e-mail field submits (Chromium sends ann@exämple.test as
+    ann@xn--exmple-cua.test); the Unicode spelling names the same account."""
+    owner = make_token(database, "owner@studio.test", "owner")
+    created = client.post("/admin/admins", json={"email": "Ann@ExÄmple.test", "role": "viewer",
+                                                 "password": PASSWORD}, headers=bearer(owner))
+    assert created.status_code == 201, created.get_json()
+    again = client.post("/admin/admins", json={"email": "ann@xn--exmple-cua.test", "role": "owner",
+                                               "password": PASSWORD}, headers=bearer(owner))
+    assert again.status_code == 409
+    listed = client.get("/admin/admins", headers=bearer(owner)).get_json()["admins"]
+    assert sorted(a["email"] for a in listed) == ["ann@xn--exmple-cua.test", "owner@studio.test"]
+    for spelling in ("ann@xn--exmple-cua.test", "ann@exämple.test"):
+        login_as(client, spelling)
+        assert "ann@xn--exmple-cua.test" in client.get("/admin/").get_data(True)
+    assert client.delete("/admin/admins/ann@exämple.test", headers=bearer(owner)).status_code == 200
+
+
+def test_an_account_stored_with_a_unicode_domain_still_logs_in_as_browsers_send_it(client, database):
+    """Its address compared in canonical form: Chromium sends ann@straße.test as ann@strasse.test (UTS #46
+    transitional), a non-transitional browser as ann@xn--strae-oqa.test."""
+    admin_id = make_admin(database, "ann@exämple.test", "viewer")
+    other_id = make_admin(database, "bob@example.test", "viewer")
+    with database.session_scope() as s:
+        s.execute(update(AdminAccount).where(AdminAccount.id == admin_id).values(email="ann@exämple.test"))
+        s.execute(update(AdminAccount).where(AdminAccount.id == other_id).values(email="bob@straße.test"))
+    login_as(client, "ann@xn--exmple-cua.test")
+    assert "ann@exämple.test" in client.get("/admin/").get_data(True)
+    for sent in ("bob@strasse.test", "bob@xn--strae-oqa.test", "Bob@Straße.test"):
+        login_as(client, sent)
+        assert "bob@straße.test" in client.get("/admin/").get_data(True)
 
 
 def test_admin_session_hours_is_the_cookies_lifetime_too(runtime, database):
