@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
@@ -197,9 +198,19 @@ def package_report(*, session: Session) -> list[dict[str, Any]]:
     } for package in packages]
 
 
+# A ';', tab or line break inside a text is where a spreadsheet opening the file with that separator (Excel
+# in most European locales splits at ';') starts a cell, whatever the quoting: the comma file's quotes do
+# not open that cell, and one a '"' opens is unquoted by it.
+_CELL_STARTS_INSIDE = re.compile(r'(?<=[;\t\r\n])(?="*[=+\-@])')
+
+
 def _cell(value: Any) -> Any:
-    # a text cell starting with = + - @ would run as a formula in a spreadsheet: quote it
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    # a text cell starting with = + - @ would run as a formula in a spreadsheet: quote it, and so each part
+    # of it that would start a cell where the spreadsheet splits at another separator than the comma
+    if not isinstance(value, str):
+        return value
+    value = _CELL_STARTS_INSIDE.sub("'", value)
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 

@@ -85,6 +85,21 @@ def test_csv_cells_cannot_become_spreadsheet_formulas(session):
     assert rows[0]["course_title"].startswith("'=")
 
 
+def test_no_cell_starts_a_formula_where_a_spreadsheet_splits_at_a_semicolon_tab_or_line_break(session):
+    """Excel in most European locales opens a .csv splitting at ';', and the comma file's quotes do not
+    hold there: every part of a text that would start a cell is quoted too."""
+    program = factories.program(session, code="EVIL", steps=1)
+    program.title = 'Yoga;=1+2;\t+3\n@SUM(A1);"=4+5"'
+    program.steps[0].label = "Intro;-6"
+    session.flush()
+    text = reports.report_csv(reports.course_report(session=session))
+    row = list(csv.DictReader(io.StringIO(text)))[0]
+    assert (row["course_title"], row["step_label"]) == ('Yoga;\'=1+2;\t\'+3\n\'@SUM(A1);\'"=4+5"', "Intro;'-6")
+    for delimiter in (",", ";", "\t"):
+        cells = [cell for line in csv.reader(io.StringIO(text), delimiter=delimiter) for cell in line]
+        assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")], delimiter
+
+
 def test_empty_catalog(session):
     assert reports.course_report(session=session) == []
     assert reports.report_csv([]).splitlines() == [",".join(reports.CSV_COLUMNS)]
