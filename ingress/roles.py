@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import hashlib
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import current_app, g, redirect, request, session, url_for
 
@@ -108,13 +109,25 @@ def dashboard_role(role: str | None = None):
             principal = session_principal()
             if principal is None:
                 session.pop(SESSION_TOKEN, None)
-                return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+                return redirect(url_for("dashboard.login", next=_back_after_login()))
             _authorise(principal, role or ("viewer" if request.method == "GET" else "operator"))
             return view(*args, **kwargs)
 
         return wrapped
 
     return decorate
+
+
+def _back_after_login() -> str:
+    """The `next` of the login page: this page; but for an action (a POST: the redirect after login is
+    followed with a GET, which its URL does not take) the page its button was on, as a Referer from this
+    site names it, else the dashboard home. The login checks `next` as it checks any (no open redirect)."""
+    if request.method in ("GET", "HEAD"):
+        return request.full_path.rstrip("?")
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc != request.host or not referrer.path:
+        return url_for("dashboard.home")
+    return referrer.path + (f"?{referrer.query}" if referrer.query else "")
 
 
 def require_reader(view=None, *, role: str = "viewer"):

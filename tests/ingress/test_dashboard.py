@@ -1,12 +1,14 @@
 """The dashboard's HTML side over the Flask test client: login, CSRF, pages, actions."""
 from __future__ import annotations
 
+import html
 import re
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from db.enums import InboxStatus, OutboxChannel, OutboxStatus
-from db.models import InboxEvent, OutboxMessage, StudentCourseProgress
+from db.models import AdminSession, InboxEvent, OutboxMessage, StudentCourseProgress
+from db.types import utcnow
 from tests import factories
 from tests.conftest import ADMIN_TOKEN, drain
 from tests.signing import stripe_headers
@@ -81,6 +83,33 @@ def test_next_is_kept_but_never_leaves_the_site(client):
     response = client.post("/admin/login", data={"email": "", "password": ADMIN_TOKEN, "csrf_token": csrf_of(page.get_data(True)),
                                                  "next": "//evil.example/x"})
     assert response.headers["Location"].endswith("/admin/")
+
+
+def test_an_action_pressed_once_the_session_has_ended_returns_to_its_page_after_login(client, runtime):
+    """The redirect after login is followed with a GET, so `next` never names the action's POST-only URL: it
+    names the page the button was on (the Referer, from this site only), else the dashboard home."""
+    with runtime.db.session_scope() as s:
+        event = InboxEvent(source="platform", event_id="pev_late", type="student.upserted", payload={},
+                           status=InboxStatus.FAILED, last_error="boom")
+        s.add(event)
+        s.flush()
+        inbox_id = event.id
+    for referer, lands in ((f"http://localhost/admin/ui/events/{inbox_id}?tab=1", f"/admin/ui/events/{inbox_id}?tab=1"),
+                           (None, "/admin/"), (f"http://evil.example/admin/ui/events/{inbox_id}", "/admin/")):
+        csrf = login(client)
+        with runtime.db.session_scope() as s:  # the session's absolute end passes while the page is open
+            s.execute(update(AdminSession).values(expires_at=utcnow()))
+        pressed = client.post(f"/admin/ui/events/{inbox_id}/replay", data={"csrf_token": csrf},
+                              headers={"Referer": referer} if referer else {})
+        assert pressed.status_code == 302 and "/admin/login" in pressed.headers["Location"]
+        page = client.get(pressed.headers["Location"]).get_data(True)
+        again = client.post("/admin/login", data={
+            "email": "", "password": ADMIN_TOKEN, "csrf_token": csrf_of(page),
+            "next": html.unescape(re.search(r'name="next" value="([^"]*)"', page).group(1))})
+        assert again.status_code == 302 and again.headers["Location"].endswith(lands), (referer, again.headers)
+        assert client.get(again.headers["Location"]).status_code == 200
+    with runtime.db.session_scope() as s:
+        assert s.get(InboxEvent, inbox_id).status is InboxStatus.FAILED  # the action was not done behind the login
 
 
 def test_bearer_token_alone_does_not_open_the_html_pages(client, admin_headers):
