@@ -5,6 +5,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from db.migrate import downgrade, upgrade
 from db.models import Base
 from tests.conftest import PG_URL, need
+from tests.netutil import wait_until
 
 
 def _tables(url):
@@ -273,4 +275,53 @@ def test_an_invalid_index_left_by_a_failed_concurrent_build_is_built_again():
         with admin.connect() as conn:
             for db_name, _url in created:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# what the migrations from 0012 to 0024 change besides the indexes the runbook builds first (docs/runbook.md): a
+# column of package_purchase (0016) and of student (0022), the status check of outbox_message (0020), a foreign key
+# to the ledger (0017)
+TABLES_THE_UPGRADE_STILL_LOCKS = {"package_purchase", "credit_ledger_entry", "outbox_message", "student"}
+
+
+def _tables_locked_by(conn, pid: int) -> set[str]:
+    """The tables a backend holds a lock on that holds off writes (anything above the readers' ACCESS SHARE)."""
+    return set(conn.scalars(sa.text(
+        "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE l.pid = :pid AND l.granted"
+        " AND l.mode <> 'AccessShareLock' AND c.relkind = 'r' AND c.relname <> 'alembic_version'"), {"pid": pid}))
+
+
+def test_an_upgrade_after_the_runbook_s_index_builds_leaves_the_tables_they_index_alone():
+    """With every index built beforehand as the runbook shows, the upgrade from 0011 keeps them without locking
+    their tables (not even CREATE INDEX IF NOT EXISTS's lock, held until it commits), and builds none of those
+    that a later migration replaces and drops: it holds locks only on the tables other changes alter."""
+    need("postgres")
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    created, url = _fresh_pg_database(admin, "locks")
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        upgrade(url, "0011")
+        with engine.connect() as conn:
+            for statement in _runbook_index_statements():
+                conn.execute(sa.text(statement))
+        upgrading = threading.Thread(target=upgrade, args=(url, "0025"))
+        with engine.connect() as holder, engine.connect() as probe:
+            held = holder.execution_options(isolation_level="READ COMMITTED").begin()
+            holder.execute(sa.text("LOCK TABLE group_class IN ACCESS SHARE MODE"))  # 0025 waits: 0012-0024 have run
+            upgrading.start()
+            waiting = sa.text("SELECT pid FROM pg_locks WHERE NOT granted AND relation = 'group_class'::regclass")
+            try:
+                assert wait_until(lambda: probe.scalar(waiting) is not None, timeout=60)
+                assert _tables_locked_by(probe, probe.scalar(waiting)) == TABLES_THE_UPGRADE_STILL_LOCKS
+            finally:
+                held.rollback()
+                upgrading.join(60)
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0025"
+            assert conn.scalar(sa.text("SELECT to_regclass('ix_outbox_message_reminder_class')")) is None
+            assert conn.scalar(sa.text("SELECT to_regclass('ix_inbox_event_to_prune')")) is None
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
         admin.dispose()

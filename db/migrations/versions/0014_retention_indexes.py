@@ -8,7 +8,8 @@ the third), so a batch reads its 500 rows and an idle run reads none.
 
 As with 0012, an index that exists under the same name is kept (built beforehand with CREATE INDEX
 CONCURRENTLY, docs/runbook.md), unless PostgreSQL marks it invalid: that one is dropped and built again. On
-SQLite the first two are plain indexes of the same columns (its JSON has no `?`).
+SQLite the first two are plain indexes of the same columns (its JSON has no `?`). The inbox's is left out when
+0019's `ix_inbox_event_payload_to_prune`, which replaces it, was built beforehand: 0019 would drop it again.
 
 Revision ID: 0014
 Revises: 0013
@@ -16,7 +17,7 @@ Create Date: 2026-11-28 13:40:00
 """
 from alembic import op
 
-from db.index_builds import create_index_keeping_prebuilt
+from db.index_builds import create_index_keeping_prebuilt, replacement_prebuilt
 
 revision = '0014'
 down_revision = '0013'
@@ -35,11 +36,16 @@ INDEXES = {
 }
 
 
+REPLACED_BY = {'ix_inbox_event_to_prune': 'ix_inbox_event_payload_to_prune'}  # 0019's
+
+
 def upgrade() -> None:
     for name, (table, columns, postgresql_where, sqlite_where) in INDEXES.items():
+        if name in REPLACED_BY and replacement_prebuilt(REPLACED_BY[name]):
+            continue
         create_index_keeping_prebuilt(name, table, columns, postgresql_where=postgresql_where, sqlite_where=sqlite_where)
 
 
 def downgrade() -> None:
     for name, (table, _columns, _pg, _sqlite) in reversed(INDEXES.items()):
-        op.drop_index(name, table_name=table)
+        op.drop_index(name, table_name=table, if_exists=name in REPLACED_BY)

@@ -7,7 +7,9 @@ RETENTION_DAYS (it can no longer be replayed), and finds it through `ix_inbox_ev
 
 As with 0014, an index that exists under the new name is kept (built beforehand with CREATE INDEX
 CONCURRENTLY, docs/runbook.md), unless PostgreSQL marks it invalid: that one is dropped and built again. On
-SQLite it is a plain index of the same columns (its JSON has no `?`).
+SQLite it is a plain index of the same columns (its JSON has no `?`). Built beforehand, it also stops 0014 building
+the index it replaces; dropping that one where it exists holds off reads and writes of the inbox until the
+upgrade commits (the runbook says how to drop it beforehand).
 
 Revision ID: 0019
 Revises: 0018

@@ -16,7 +16,7 @@ Create Date: 2026-11-29 08:00:00
 from alembic import op
 import sqlalchemy as sa
 
-from db.index_builds import create_index_keeping_prebuilt
+from db.index_builds import create_index_keeping_prebuilt, index_to_build
 
 revision = '0023'
 down_revision = '0022'
@@ -31,15 +31,12 @@ REMINDER_CLASS_ID = "((payload -> 'context'::text) ->> 'class_id'::text)"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name != 'postgresql':
+    if op.get_bind().dialect.name != 'postgresql':
         return
-    if bind.execute(sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
-                    {"name": NAME}).scalar():
-        op.drop_index(NAME, table_name='outbox_message')
-    # written out: Alembic's create_index drops the operator class of a labelled expression
-    op.execute(f"CREATE INDEX IF NOT EXISTS {NAME} ON outbox_message USING gin ({REMINDER_OPTIONS} jsonb_path_ops)"
-               f" WHERE {STEP_REMINDERS_PENDING}")
+    if index_to_build(NAME, 'outbox_message'):
+        # written out: Alembic's create_index drops the operator class of a labelled expression
+        op.execute(f"CREATE INDEX {NAME} ON outbox_message USING gin ({REMINDER_OPTIONS} jsonb_path_ops)"
+                   f" WHERE {STEP_REMINDERS_PENDING}")
     op.drop_index(CLASS_INDEX, table_name='outbox_message', if_exists=True)
 
 
