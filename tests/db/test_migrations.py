@@ -117,6 +117,67 @@ def test_0004_gives_rows_written_before_it_random_ids_and_their_sequence(tmp_pat
     assert counters == {1: 2, 2: 1}
 
 
+def _paid_purchases_with_their_grants(url: str) -> None:
+    """An enrollment and a package purchase, each with the credit grant that names it."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in [
+                "INSERT INTO student (id, created_at, updated_at) VALUES ('s', '2026-01-01', '2026-01-01')",
+                "INSERT INTO course_program (id, code, title, timezone, price_amount, price_currency, status, created_at,"
+                " updated_at) VALUES (1, 'C', 'C', 'UTC', 100, 'usd', 'published', '2026-01-01', '2026-01-01')",
+                "INSERT INTO student_course_enrollment (id, student_id, program_id, status, stripe_checkout_session_id,"
+                " amount_total, amount_refunded, fulfilment_metadata, created_at, updated_at) VALUES (1, 's', 1,"
+                " 'active', 'cs_e', 100, 0, '{}', '2026-01-01', '2026-01-01')",
+                "INSERT INTO credit_package (id, code, title, credit_type, quantity, price_amount, price_currency,"
+                " created_at, updated_at) VALUES (1, 'P', 'P', 'group', 5, 100, 'usd', '2026-01-01', '2026-01-01')",
+                "INSERT INTO package_purchase (id, student_id, package_id, status, stripe_checkout_session_id,"
+                " amount_total, amount_refunded, created_at, updated_at, sold) VALUES (1, 's', 1, 'paid', 'cs_p', 100,"
+                " 0, '2026-01-01', '2026-01-01', '{}')",
+                "INSERT INTO credit_ledger_entry (id, idempotency_key, student_id, credit_type, entry_type, quantity,"
+                " cause, enrollment_id, created_at) VALUES (1, 'grant:e', 's', 'group', 'grant', 2, 'c', 1, '2026-01-01')",
+                "INSERT INTO credit_ledger_entry (id, idempotency_key, student_id, credit_type, entry_type, quantity,"
+                " cause, package_purchase_id, created_at) VALUES (2, 'grant:p', 's', 'group', 'grant', 5, 'c', 1,"
+                " '2026-01-01')"]:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("revision", ["0015", "0003"])
+def test_sqlite_downgrade_copies_tables_that_other_rows_name(tmp_path, revision):
+    """Batch mode copies a table and drops the old one (0016's package_purchase, 0006's purchases, 0004's
+    enrollments): rows of the ledger naming them do not stop the downgrade, and still name them after it."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    upgrade(url)
+    _paid_purchases_with_their_grants(url)
+    downgrade(url, revision)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == revision
+        assert conn.scalars(sa.text("SELECT id FROM credit_ledger_entry ORDER BY id")).all() == [1, 2]
+        assert conn.scalar(sa.text("SELECT count(*) FROM package_purchase")) == 1
+        named = {row[2] for row in conn.exec_driver_sql("PRAGMA foreign_key_list(credit_ledger_entry)")}
+        assert {"package_purchase", "student_course_enrollment"} <= named
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    engine.dispose()
+    upgrade(url)
+    assert _tables(url) == set(Base.metadata.tables)
+
+
+def test_sqlite_migration_that_leaves_a_row_naming_a_missing_row_is_rolled_back(tmp_path):
+    """Foreign keys are off while a migration runs on SQLite: a step that leaves a broken reference is refused
+    before it commits, and the database stays at the migration before it."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    upgrade(url)
+    _paid_purchases_with_their_grants(url)
+    engine = sa.create_engine(url)  # foreign keys off, as a plain connection has them
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE credit_ledger_entry SET package_purchase_id = 99 WHERE id = 2"))
+    with pytest.raises(Exception, match="undoing migration 0025 left rows naming missing rows"):
+        downgrade(url, "0024")
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0025"
+    engine.dispose()
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_0020_lets_a_mail_end_expired_and_sets_apart_the_ones_that_ended_dead_for_it(backend, tmp_path):
     """Before it, a mail held up past its expiry ended `dead` ("expired at …"): those become `expired`, the real
