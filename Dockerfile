@@ -7,7 +7,6 @@ COPY tasks tasks
 COPY ingress ingress
 COPY workers workers
 COPY scheduler scheduler
-COPY gunicorn.conf.py ./
 RUN pip install --no-cache-dir .
 EXPOSE 8000
 CMD ["coursepipe", "serve"]

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import click
 
@@ -16,6 +15,8 @@ from coursepipe.cli_support import ROW_ID, checked_reason, one_line, process_dat
 from coursepipe.cli_support import runtime_for as _runtime
 from coursepipe.cli_support import settings_for as _settings
 from coursepipe.settings import INGRESS_SECRETS
+
+GUNICORN_CONFIG = "ingress.gunicorn_conf"  # the ingress's gunicorn settings: a module, so an installed package has them
 
 
 def _setup_logging() -> None:
@@ -81,8 +82,8 @@ def ingress(port: int | None, host: str | None, n_workers: int) -> None:
     if not settings.redis_url:
         raise click.ClickException("REDIS_URL is required for a separate ingress (use `coursepipe serve` embedded)")
     process_database(settings.database_url).dispose()
-    config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"  # the project's, from any directory
-    args = [sys.executable, "-m", "gunicorn", "-c", str(config),
+    # the settings module of the package, whatever the directory and wherever the package is installed
+    args = [sys.executable, "-m", "gunicorn", "-c", f"python:{GUNICORN_CONFIG}",
             "--bind", f"{host or settings.host}:{port or settings.port}", "--workers", str(n_workers), "ingress.wsgi:app"]
     os.execv(sys.executable, args)
 

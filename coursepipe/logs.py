@@ -1,7 +1,7 @@
 """One structured (JSON) line per log record; `extra={"event": {...}}` fields are merged in.
 
 Every process logs this way: `coursepipe serve` and every other command (the CLI's group callback), the
-gunicorn ingress (`gunicorn.conf.py` takes `dict_config()`), and Dramatiq's main and worker processes
+gunicorn ingress (`ingress/gunicorn_conf.py` takes `dict_config()`), and Dramatiq's main and worker processes
 (`coursepipe worker` configures logging before Dramatiq would, and `workers.app` again in each worker).
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         COURSEPIPE_RUNTIME=runtime,
         # the dashboard's session cookie is signed with a key of its own, never derived from a token (a
         # signed cookie would be an offline oracle for it): SESSION_SECRET, or random per process
-        # (gunicorn.conf.py draws one per server, shared by its workers); a restart then logs users out
+        # (ingress/gunicorn_conf.py draws one per server, shared by its workers); a restart then logs users out
         SECRET_KEY=settings.session_secret or secrets.token_hex(32),
         SESSION_COOKIE_NAME="coursepipe_admin",
         SESSION_COOKIE_SAMESITE="Lax",

@@ -1,11 +1,11 @@
-"""gunicorn's `gthread` worker with a deadline on each request's head, for the ingress (`gunicorn.conf.py`).
+"""gunicorn's `gthread` worker with a deadline on each request's head, for the ingress (`ingress.gunicorn_conf`).
 
 gthread parks an idle connection in its poller, but once a first byte arrives it gives the connection to a
 thread that reads the request line and headers with blocking reads and no timeout: a client that trickles
 its headers holds that thread for as long as it keeps sending. Here the head must be complete within
 HEADER_READ_TIMEOUT seconds of the thread taking the connection (a total, like nginx's
 `client_header_timeout`, not per read); past it the connection is cut and the thread is free. The body then
-has BODY_READ_TIMEOUT per read (`pre_request` in gunicorn.conf.py, which ends the head's deadline).
+has BODY_READ_TIMEOUT per read (`pre_request` in ingress/gunicorn_conf.py, which ends the head's deadline).
 
 A connection cut for a stalled read is shut down in its thread, so gunicorn's lingering close (up to 2 s
 on the main loop, which accepts for every thread) finds nothing to wait for.
