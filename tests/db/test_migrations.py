@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from db.migrate import downgrade, upgrade
+from db.migrate import downgrade, head_revision, upgrade
 from db.models import Base
 from tests.conftest import PG_URL, need
 from tests.netutil import wait_until
@@ -172,11 +172,54 @@ def test_sqlite_migration_that_leaves_a_row_naming_a_missing_row_is_rolled_back(
     engine = sa.create_engine(url)  # foreign keys off, as a plain connection has them
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE credit_ledger_entry SET package_purchase_id = 99 WHERE id = 2"))
-    with pytest.raises(Exception, match="undoing migration 0025 left rows naming missing rows"):
+    with pytest.raises(Exception, match=f"undoing migration {head_revision()} left rows naming missing rows"):
         downgrade(url, "0024")
     with engine.connect() as conn:
-        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0025"
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == head_revision()
     engine.dispose()
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_0026_marks_the_students_erased_before_0022_erased(backend, tmp_path):
+    """A student erased before `student.erased_at` existed (no e-mail, the `student.erase` audit entry) takes the
+    time of their newest erasure; one the platform updated after it (back, with or without an e-mail), or never
+    erased, stays unerased."""
+    admin = created = None
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        need("postgres")
+        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        created, url = _fresh_pg_database(admin, "erased")
+    try:
+        upgrade(url, "0021")
+        engine = sa.create_engine(url)
+        # id: (e-mail, last profile update, erasures)
+        students = {"erased": (None, "2026-02-01 10:00:00", ["2026-01-01 09:00:00", "2026-02-01 10:00:01"]),
+                    "back": ("back@example.test", "2026-03-01 00:00:00", ["2026-02-01 10:00:01"]),
+                    "back_without_email": (None, "2026-03-01 00:00:00", ["2026-02-01 10:00:01"]),
+                    "never_erased": (None, "2026-02-01 10:00:00", [])}
+        with engine.begin() as conn:
+            for student_id, (email, updated, erasures) in students.items():
+                conn.execute(sa.text("INSERT INTO student (id, email, created_at, updated_at, source_updated_at)"
+                                     " VALUES (:id, :email, :at, :at, :at)"),
+                             {"id": student_id, "email": email, "at": updated})
+                for at in erasures:
+                    conn.execute(sa.text("INSERT INTO audit_log (at, actor, role, action, target, reason, details)"
+                                         " VALUES (:at, 'cli', 'owner', 'student.erase', :target, 'GDPR', '{}')"),
+                                 {"at": at, "target": f"student:{student_id}"})
+            conn.execute(sa.text("INSERT INTO audit_log (at, actor, role, action, target, reason, details) VALUES"
+                                 " ('2026-04-01', 'cli', 'owner', 'student.show', 'student:never_erased', NULL, '{}')"))
+        upgrade(url)
+        with engine.connect() as conn:
+            erased_at = dict(conn.execute(sa.text("SELECT id, erased_at FROM student")).all())
+        engine.dispose()
+        assert {student_id for student_id, at in erased_at.items() if at is not None} == {"erased"}
+        assert str(erased_at["erased"]).startswith("2026-02-01 10:00:01")
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
+            admin.dispose()
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_0020_lets_a_mail_end_expired_and_sets_apart_the_ones_that_ended_dead_for_it(backend, tmp_path):
