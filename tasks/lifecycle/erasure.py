@@ -55,6 +55,8 @@ from tasks.purchases import evidence
 
 # an event still to be applied keeps its payload (it is pruned by retention once applied)
 STILL_TO_APPLY = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.WAITING)
+# a checkout's events (its payment's subject also holds the payment's refunds and disputes)
+_CHECKOUT = and_(InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"))
 
 
 @dataclass
@@ -100,8 +102,8 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     names them (`client_reference_id` or `metadata.student_id`), whatever became of it (one that failed, for a
     course unknown then, has no purchase to lead to it). And the checkouts that only carry one of their
     addresses: a buyer not placed, or another student's purchase paid with their address (a parent paying for
-    a child). Both are pruned now; only their own are kept for what ends later (another student's refund is
-    that student's)."""
+    a child). Both are pruned now, of the second only its checkout events: the rest of that payment (a refund
+    failed and waiting for a replay) is the other student's; only their own are kept for what ends later."""
     intents, sessions = payments
     own = {f"student:{student_id}"}
     own |= {f"booking:{b}" for b in session.scalars(select(Booking.id).where(Booking.student_id == student_id))}
@@ -109,9 +111,8 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     checkout = InboxEvent.payload["data"]["object"]
 
     def checkouts(*named):
-        return {subject for subject in session.scalars(select(InboxEvent.subject).where(
-            InboxEvent.source == InboxSource.STRIPE, InboxEvent.type.like("checkout.session.%"), or_(*named)))
-            if subject}
+        return {subject for subject in session.scalars(select(InboxEvent.subject).where(_CHECKOUT, or_(*named)))
+                if subject}
 
     own |= checkouts(checkout["client_reference_id"].as_string() == student_id,
                      checkout["metadata"]["student_id"].as_string() == student_id)
@@ -193,9 +194,10 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
                     .execution_options(synchronize_session=False))
     own, carrying = _subjects(session, student_id, payments, addresses)
     _keep_subjects(session, student_id, own, now)
-    subjects = own | carrying
+    # of a payment that only carries their address, the checkout that carries it: its refunds are not theirs
+    about = or_(InboxEvent.subject.in_(own), and_(InboxEvent.subject.in_(carrying), _CHECKOUT))
     events = pending = 0
-    for event in session.scalars(select(InboxEvent).where(InboxEvent.subject.in_(subjects))):
+    for event in session.scalars(select(InboxEvent).where(about)):
         if event.status in STILL_TO_APPLY:
             pending += 1
         else:

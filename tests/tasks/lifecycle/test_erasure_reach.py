@@ -337,6 +337,32 @@ def test_another_students_checkout_carrying_the_address_is_pruned_now_and_their_
     assert "pruned_at" not in _payload(database, refund)
 
 
+def test_the_other_students_failed_refund_on_a_checkout_carrying_the_address_stays_replayable(database):
+    """Erasing the parent pruned every event on the child's payment, not only the checkout carrying the parent's
+    address: the child's refund that had failed could no longer be replayed (409 payload_pruned), and the refund
+    was never applied."""
+    from tasks.inbox import admin
+
+    with database.session_scope() as s:
+        factories.student(s, email=ADDRESS, name=NAME)
+        factories.student(s, id="stu_2", email="kid@example.test", name="Kid")
+        factories.program(s, bundle=())
+    paid_for = checkout(cs="cs_2", pi="pi_2", student="stu_2", email=ADDRESS, event_id="evt_2")
+    deliver(database, paid_for)
+    refund = refund_created(refund_id="re_2", pi="pi_2", amount=500, event_id="evt_re_2")
+    inbox_id = store(database, refund)
+    with database.session_scope() as s:  # it failed (a database outage past its retries): to replay after
+        s.execute(update(InboxEvent).where(InboxEvent.id == inbox_id).values(status=InboxStatus.FAILED))
+    erased = _erase(database)
+    assert erased.events == 1 and ADDRESS not in _payload(database, paid_for)  # the checkout only
+    with database.session_scope() as s:
+        admin.replay(session=s, inbox_id=inbox_id)
+    assert run(database, inbox_id).outcome.value == "processed"
+    with database.session_scope() as s:
+        child = s.scalar(select(StudentCourseEnrollment).where(StudentCourseEnrollment.student_id == "stu_2"))
+        assert child.amount_refunded == 500
+
+
 def test_an_event_about_an_erased_student_that_failed_stays_replayable(database):
     """Pruned within the hour, a failed refund of the erased student's payment could never be replayed (409
     payload_pruned): it is left to the age rule, and pruned once a replay has applied it."""
