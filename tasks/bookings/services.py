@@ -695,9 +695,6 @@ def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, stu
 # --------------------------------------------------------------------------- mail
 
 
-BOOKING_MAILS = ("booking_confirmed", "booking_cancelled", "class_cancelled")  # each keyed `<template>:<booking id>`
-
-
 def _mail(session: Session, template: str, booking: Booking, person: Addressee | None, *,
           enrollment: StudentCourseEnrollment | None = None, step: CourseStep | None = None,
           progress: StudentCourseProgress | None = None, group_class: GroupClass | None = None, fresh: bool = False,
@@ -730,6 +727,7 @@ def _mail(session: Session, template: str, booking: Booking, person: Addressee |
         "class_id": booking.class_id,
         **extra,
     }
+    # keyed by the booking: how the mail is found once its address is gone (`outbox.booking_mails`)
     outbox.add_mail(session=session, template=template, recipient=person.email, context=context,
                     dedupe_key=f"{template}:{booking.id}", enrollment_id=enrollment.id if enrollment else None,
                     fresh=fresh)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
@@ -45,11 +45,10 @@ from db.models import (
     StudentCourseEnrollment,
 )
 from db.types import utcnow
-from tasks.bookings.services import BOOKING_MAILS
 from tasks.errors import NotFound
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
-from tasks.messaging.outbox import ADMINS, address_digest, scrub_address
+from tasks.messaging.outbox import ADMINS, address_digest, booking_mails, scrub_address
 from tasks.purchases import evidence
 
 
@@ -152,17 +151,8 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
         if (enrollment.fulfilment_metadata or {}).get("customer_email"):  # the checkout's e-mail, as recorded
             enrollment.fulfilment_metadata = {**enrollment.fulfilment_metadata, "customer_email": None}
     mail_filter = [OutboxMessage.enrollment_id.in_(enrollment_ids)] if enrollment_ids else []
-    # a booking's mail, by its key's exact start (`mail:<template>:<booking id>:<digest>`): a credit booking's has
-    # no enrollment, and went to the address of its time (compared as text: no pattern, no case folding)
-    # one IN per stem length, whatever the number of bookings (an OR per booking outgrows SQLite's expression depth)
-    stems: dict[int, list[str]] = {}
-    for booking_id in session.scalars(select(Booking.id).where(Booking.student_id == student_id)):
-        for template in BOOKING_MAILS:
-            stem = f"mail:{template}:{booking_id}:"
-            stems.setdefault(len(stem), []).append(stem)
-    mail_filter += [and_(OutboxMessage.topic.in_(BOOKING_MAILS),
-                         func.substr(OutboxMessage.dedupe_key, 1, length).in_(group))
-                    for length, group in sorted(stems.items())]
+    # a booking's mail, by its key: a credit booking's has no enrollment, and went to the address of its time
+    mail_filter += booking_mails(session.scalars(select(Booking.id).where(Booking.student_id == student_id)))
     if address:  # by address: as sent, or in the key of a mail written before keys held a digest
         mail_filter += [OutboxMessage.recipient == address,
                         OutboxMessage.dedupe_key.endswith(f":{address}", autoescape=True),

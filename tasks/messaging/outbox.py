@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from db.database import upsert_insert
@@ -16,6 +17,9 @@ ADMINS = "@admins"  # a mail recipient: every address in ADMIN_ALERT_EMAILS, res
 # the templates mailed to ADMINS (never to a student; a row pruned before it kept its recipient says so)
 ADMIN_TEMPLATES = ("dispute_alert", "refund_failed_alert", "deleted_course_sold_alert", "low_seat_alert",
                    "stripe_drift_alert")
+
+# the mails about a booking, each keyed `mail:<template>:<booking id>:<address digest>` (`tasks.bookings.services`)
+BOOKING_MAILS = ("booking_confirmed", "booking_cancelled", "class_cancelled")
 
 
 def platform_payload(type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +43,21 @@ def mail_dedupe(dedupe_key: str, recipient: str) -> str:
 
 def address_digest(recipient: str) -> str:
     return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:20]
+
+
+def booking_mails(booking_ids: Iterable[str]) -> list[ColumnElement[bool]]:
+    """Conditions, one of which a mail about one of these bookings meets: its key's exact start
+    (`mail:<template>:<booking id>:`), which keeps the booking whatever became of the address (a credit booking's
+    mail has no enrollment to be found by, and erasure or retention takes its recipient). Compared as text: no
+    pattern, no case folding; one IN per stem length, whatever the number of bookings (an OR per booking outgrows
+    SQLite's expression depth)."""
+    stems: dict[int, list[str]] = {}
+    for booking_id in booking_ids:
+        for template in BOOKING_MAILS:
+            stem = f"mail:{template}:{booking_id}:"
+            stems.setdefault(len(stem), []).append(stem)
+    return [and_(OutboxMessage.topic.in_(BOOKING_MAILS), func.substr(OutboxMessage.dedupe_key, 1, length).in_(group))
+            for length, group in sorted(stems.items())]
 
 
 def scrub_address(session: Session, message: OutboxMessage, recipient: str | None, *, erased: bool = False) -> None:

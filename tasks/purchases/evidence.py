@@ -50,7 +50,7 @@ from db.models import (
 from db.types import utcnow
 from tasks.errors import NotFound, TaskError
 from tasks.messaging import delivery, mail
-from tasks.messaging.outbox import ADMIN_TEMPLATES
+from tasks.messaging.outbox import ADMIN_TEMPLATES, booking_mails
 from tasks.purchases.evidence_pdf import text_pdf
 from tasks.stripe_api import outcome_unknown
 
@@ -153,9 +153,13 @@ def _activity(session: Session, purchase: _Purchase) -> tuple[list[str], datetim
 
 
 def _communication(session: Session, purchase: _Purchase) -> list[str]:
-    """Every mail sent to the student (by enrollment or address), oldest first, with its Message-ID."""
+    """Every mail sent to the student (by enrollment, by booking or by address), oldest first, with its
+    Message-ID."""
     row, student = purchase.row, purchase.student
-    where = [OutboxMessage.enrollment_id == row.id] if purchase.kind == "course" else []
+    if purchase.kind == "course":
+        where = [OutboxMessage.enrollment_id == row.id]
+    else:  # as by address, the student's booking mails (no enrollment: found by their key once the address is gone)
+        where = booking_mails(session.scalars(select(Booking.id).where(Booking.student_id == row.student_id)))
     if student is not None and student.email:
         where.append(OutboxMessage.recipient == student.email)
     if not where:

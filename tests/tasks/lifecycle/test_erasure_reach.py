@@ -9,8 +9,8 @@ import pytest
 
 from sqlalchemy import func, select, update
 
-from db.enums import BundleKind, InboxStatus, OutboxChannel, OutboxStatus
-from db.models import ErasedSubject, InboxEvent, OutboxMessage, PaymentDispute, Student, StudentCourseEnrollment
+from db.enums import BundleKind, CreditType, InboxStatus, OutboxChannel, OutboxStatus
+from db.models import CreditPackage, ErasedSubject, InboxEvent, OutboxMessage, PaymentDispute, Student, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.lifecycle import erasure, retention
 from tasks.purchases import evidence, fulfilment
@@ -81,6 +81,34 @@ def test_the_evidence_drafted_after_an_erasure_still_lists_the_mails_sent(databa
         shown = evidence.view(session=s, stripe_dispute_id="dp_late")["evidence"]
     assert "(enrollment_welcome)" in shown["customer_communication"]
     assert "to (address erased)" in shown["customer_communication"] and ADDRESS not in str(shown)
+
+
+@pytest.mark.parametrize("forgotten_by", ["erasure", "retention"])
+def test_a_package_disputes_evidence_still_lists_the_students_booking_mails_once_their_address_is_gone(
+        database, forgotten_by):
+    """A credit booking's mail has no enrollment: a package purchase's mails were found by the student's current
+    address only, and once erasure or retention took the mail's recipient the evidence said "No mail was sent to
+    the customer"."""
+    w = bookings.world(database, enrolled=False)
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="P5", title="Five", price_amount=5000, credit_type=CreditType.GROUP, quantity=5))
+    deliver(database, checkout(package="P5", amount=5000, email="stu_1@example.test"))
+    bookings.deliver(database, bookings.booking_created("bk_1", w.option(1), credit_type="group"))
+    bookings.deliver(database, bookings.class_upserted(w.option(1), status="cancelled", when=utcnow()))
+    with database.session_scope() as s:
+        s.execute(update(OutboxMessage).values(status=OutboxStatus.SENT, sent_at=utcnow()))
+    deliver(database, dispute_created(dispute="dp_1", pi="pi_1", amount=5000))
+    if forgotten_by == "erasure":
+        _erase(database)
+    else:
+        with database.session_scope() as s:
+            assert retention.prune(session=s, retention_days=400, now=utcnow() + timedelta(days=401)).mails == 1
+    with database.session_scope() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.topic == "class_cancelled"))
+        assert mail.recipient is None
+        shown = evidence.view(session=s, stripe_dispute_id="dp_1")["evidence"]
+    assert f"Message-ID <{mail.public_id}@coursepipe>  to (address erased)" in shown["customer_communication"]
+    assert "1 mail(s) were sent" in shown["uncategorized_text"]
 
 
 def test_the_admins_alerts_about_the_enrollment_are_still_sent(database):
