@@ -63,6 +63,12 @@ SUBMITTING_LEASE = timedelta(minutes=5)  # a submission that crashed mid-way may
 HELD_AT_STRIPE = "(as held at Stripe)"
 ERASED = "[erased]"  # what a student's erasure leaves in submitted evidence for their name and addresses
 TEXT_LIMIT = 20_000  # characters a text field keeps (Stripe allows 150,000 across all of them)
+# where a draft names the customer's address: the receipt's student line and each mail's recipient (see `draft`
+# and `_communication`); an erasure replaces what stands there, whichever address it was
+ADDRESS_PLACES = {
+    "receipt": re.compile(r"^(Student: .*? <).*(>)$", re.MULTILINE),
+    "customer_communication": re.compile(r"^(.*?  Message-ID \S+  to ).*?(  \".*)$", re.MULTILINE),
+}
 
 
 class EvidenceError(TaskError):
@@ -170,7 +176,7 @@ def _communication(session: Session, purchase: _Purchase) -> list[str]:
         or_(OutboxMessage.recipient.is_(None), OutboxMessage.recipient.not_like("@%")),
         OutboxMessage.topic.not_in(ADMIN_TEMPLATES), or_(*where))
         .order_by(OutboxMessage.sent_at, OutboxMessage.id))
-    lines = []
+    lines = []  # the recipient's place is ADDRESS_PLACES["customer_communication"]
     for message in messages:
         try:
             subject = mail.render(message.topic, (message.payload or {}).get("context")).subject
@@ -193,7 +199,7 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
         f"Receipt for checkout session {row.stripe_checkout_session_id}"
         + (f" (payment {row.stripe_payment_intent_id})" if row.stripe_payment_intent_id else ""),
         f"Date: {_when(row.created_at)}",
-        f"Student: {row.student_id}" + (f" <{student.email}>" if student and student.email else ""),
+        f"Student: {row.student_id}" + (f" <{student.email}>" if student and student.email else ""),  # ADDRESS_PLACES
         f"Item: {purchase.kind} {purchase.code} \"{purchase.title}\"",
         f"Subtotal: {_money(row.amount_subtotal if row.amount_subtotal is not None else row.amount_total, row.currency)}",
         f"Discount: {_money(row.amount_discount, row.currency)}",
@@ -228,7 +234,9 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
 def erase_person(row: PaymentDispute, words: set[str]) -> None:
     """A student's erasure: evidence not sent yet is dropped (drafted again, from what is left, when shown);
     evidence sent keeps the record of what the bank was told, with the customer's name and addresses replaced
-    by ERASED. The documents uploaded to Stripe are Stripe's to keep."""
+    by ERASED: wherever the draft put them (ADDRESS_PLACES: an address they have since changed, one no mail on
+    record names any more, too), and each of `words` anywhere (text Stripe held, written by hand). The documents
+    uploaded to Stripe are Stripe's to keep."""
     if row.evidence_status not in (SUBMITTING, SUBMITTED):
         row.evidence = None
         return
@@ -239,6 +247,8 @@ def erase_person(row: PaymentDispute, words: set[str]) -> None:
             redacted[name] = ERASED
             continue
         if isinstance(text, str):
+            if name in ADDRESS_PLACES:
+                text = ADDRESS_PLACES[name].sub(lambda place: f"{place[1]}{ERASED}{place[2]}", text)
             for word in words:  # whole words only: a short name must not cut into other words
                 text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", ERASED, text, flags=re.IGNORECASE)
         redacted[name] = text

@@ -71,6 +71,41 @@ def test_dispute_evidence_is_redacted_drafted_or_submitted(database):
         assert shown["customer_email_address"] == "" and ADDRESS not in str(shown)
 
 
+@pytest.mark.parametrize("purchase", ["package", "course, its mail pruned"])
+def test_submitted_evidence_loses_an_address_the_student_has_since_changed(database, purchase):
+    """The erasure redacted the current address and those of the mails on record only: the address the evidence
+    was drafted with stayed in its receipt (and mail lines) once the student had moved to another, when no mail
+    named it any more (a package purchase sends none; retention had pruned the course's welcome)."""
+    former = "ada.old@example.test"
+    with database.session_scope() as s:
+        factories.student(s, email=former, name=NAME)
+        s.add(CreditPackage(code="P5", title="Five", price_amount=5000, credit_type=CreditType.GROUP, quantity=5))
+        factories.program(s, bundle=())
+    if purchase == "package":
+        deliver(database, checkout(package="P5", amount=5000, email=former))
+    else:
+        deliver(database, checkout(email=former))
+        with database.session_scope() as s:  # the welcome went out
+            s.execute(update(OutboxMessage).where(OutboxMessage.topic == "enrollment_welcome")
+                      .values(status=OutboxStatus.SENT, sent_at=utcnow()))
+    deliver(database, dispute_created(dispute="dp_1", pi="pi_1"))
+    with database.session_scope() as s:  # submitted as drafted
+        row = s.scalar(select(PaymentDispute))
+        row.evidence_status, row.evidence_submitted_at = evidence.SUBMITTED, utcnow()
+        assert f"Student: stu_1 <{former}>" in row.evidence["receipt"]
+    bookings.deliver(database, bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow()))
+    if purchase != "package":
+        with database.session_scope() as s:  # RETENTION_DAYS later: the welcome's address is gone
+            assert retention.prune(session=s, retention_days=400, now=utcnow() + timedelta(days=401)).mails == 1
+    _erase(database)
+    assert former not in _everything(database)
+    with database.session_scope() as s:
+        sent = s.scalar(select(PaymentDispute)).evidence
+    assert "Student: stu_1 <[erased]>" in sent["receipt"] and "Total charged" in sent["receipt"]
+    if purchase != "package":
+        assert "  to [erased]  \"Welcome to" in sent["customer_communication"]
+
+
 def test_the_evidence_drafted_after_an_erasure_still_lists_the_mails_sent(database):
     """Before, a mail whose address was erased (recipient NULL) was left out: "No mail was sent to the customer"
     for a student who had been sent a welcome."""
