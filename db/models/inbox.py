@@ -46,9 +46,10 @@ class InboxEvent(Base):
 
 
 class ErasedSubject(Base):
-    """An inbox subject of an erased student (their profile, bookings, payments, the checkouts naming them): an
-    event about it applied or ignored later (one still to be applied at the erasure, or one arriving after it)
-    has its payload pruned by the next retention run. Kept RETENTION_DAYS after the erasure."""
+    """An inbox subject of an erased student (their profile, bookings, payments, the checkouts naming them; the
+    payment of a checkout applied while they are erased): an event about it applied or ignored later (one still
+    to be applied at the erasure, or one arriving after it) has its payload pruned by the next retention run.
+    Kept RETENTION_DAYS after the erasure (after that checkout, for its payment)."""
 
     __tablename__ = "erased_subject"
 

@@ -16,8 +16,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from db.database import upsert_insert
 from db.enums import InboxSource, InboxStatus
-from db.models import InboxEvent
+from db.models import ErasedSubject, InboxEvent
 from db.types import utcnow
 
 
@@ -35,6 +36,19 @@ def not_pruned(session: Session, payload: Any):
     if session.get_bind().dialect.name == "postgresql":
         return ~payload.op("?", is_comparison=True)(literal_column(f"'{PRUNED}'"))
     return func.json_extract(payload, f"$.{PRUNED}").is_(None)
+
+
+def keep_erased_subjects(session: Session, student_id: str, subjects: set[str], at: datetime) -> None:
+    """An erased student's subjects, from `at`: retention prunes what ends later about them
+    (`tasks.lifecycle.retention.prune_erased`), RETENTION_DAYS long."""
+    ordered = sorted(subjects)
+    for start in range(0, len(ordered), 300):  # three values a row: well under SQLite's variable limit
+        rows = [{"subject": subject, "student_id": student_id, "erased_at": at}
+                for subject in ordered[start:start + 300]]
+        statement = upsert_insert(session)(ErasedSubject).values(rows)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["subject"], set_={"student_id": statement.excluded.student_id,
+                                              "erased_at": statement.excluded.erased_at}))
 
 
 def _dialect_name(bind: Session | Connection) -> str:

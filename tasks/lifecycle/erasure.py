@@ -21,7 +21,7 @@ that has been applied or ignored since, one arriving after the erasure (a redeli
 payment on record) too; one that failed stays replayable until it is applied, or pruned by age. A checkout
 applied while the student is erased records no e-mail of its own (`Student.erased_at`, read under a key-share
 lock, so an erasure and a fulfilment at the same moment are one after the other; a later `student.upserted`
-clears it).
+clears it), and keeps its payment as one of their subjects: it and its later events are forgotten once applied.
 """
 from __future__ import annotations
 
@@ -31,11 +31,9 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
-from db.database import upsert_insert
 from db.models import (
     Booking,
     CheckoutKey,
-    ErasedSubject,
     InboxEvent,
     OutboxMessage,
     PackagePurchase,
@@ -46,6 +44,7 @@ from db.models import (
 )
 from db.types import utcnow
 from tasks.errors import NotFound
+from tasks.inbox.store import keep_erased_subjects
 from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS, address_digest, booking_mails, scrub_address
@@ -122,18 +121,6 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     return own, carrying
 
 
-def _keep_subjects(session: Session, student_id: str, subjects: set[str], now) -> None:
-    """Retention prunes what ends later about these subjects (`tasks.lifecycle.retention.prune_erased`)."""
-    ordered = sorted(subjects)
-    for start in range(0, len(ordered), 300):  # three values a row: well under SQLite's variable limit
-        rows = [{"subject": subject, "student_id": student_id, "erased_at": now}
-                for subject in ordered[start:start + 300]]
-        statement = upsert_insert(session)(ErasedSubject).values(rows)
-        session.execute(statement.on_conflict_do_update(
-            index_elements=["subject"], set_={"student_id": statement.excluded.student_id,
-                                              "erased_at": statement.excluded.erased_at}))
-
-
 def erase_student(*, session: Session, student_id: str) -> Erased:
     student = session.scalar(select(Student).where(Student.id == student_id).with_for_update())
     if student is None:
@@ -183,7 +170,7 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     session.execute(delete(CheckoutKey).where(CheckoutKey.stripe_request["client_reference_id"].as_string() == student_id)
                     .execution_options(synchronize_session=False))
     own, carrying = _subjects(session, student_id, payments, addresses)
-    _keep_subjects(session, student_id, own, now)
+    keep_erased_subjects(session, student_id, own, now)
     # of a payment that only carries their address, the checkout that carries it: its refunds are not theirs
     about = or_(InboxEvent.subject.in_(own), and_(InboxEvent.subject.in_(carrying), _CHECKOUT))
     events = pending = 0

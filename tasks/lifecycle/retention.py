@@ -19,10 +19,11 @@ replayable until it is pruned; then nothing is left to run, and a replay is refu
 arriving later does not wake a payload that is gone.
 Outbound platform events keep their data (the platform's catch-up feed serves them).
 
-An erased student's subjects (`ErasedSubject`, written by `tasks.lifecycle.erasure`) are pruned whatever their
-age: an event about them applied or ignored since the erasure (still to be applied then, or arriving later)
-is pruned by the next run; one that failed stays replayable, as any failed row, until it is applied or pruned
-by age. A subject is kept RETENTION_DAYS after its erasure; an event about it arriving later is pruned by age.
+An erased student's subjects (`ErasedSubject`, written by `tasks.lifecycle.erasure`, and by a checkout applied
+while they are erased) are pruned whatever their age: an event about them applied or ignored since the erasure
+(still to be applied then, or arriving later) is pruned by the next run; one that failed stays replayable, as
+any failed row, until it is applied or pruned by age. A subject is kept RETENTION_DAYS after its erasure (or
+after that checkout); an event about it arriving later is pruned by age.
 """
 from __future__ import annotations
 

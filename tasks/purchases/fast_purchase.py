@@ -12,8 +12,8 @@ own that the worker opens (`workers.inbox_runs.run_fast_purchase`):
    (steps, bundle) and draw the enrollment's id;
 3. one statement with data-modifying CTEs: the enrollment (`ON CONFLICT DO NOTHING`), its first
    transition, a progress row per step, the bundle grants, `enrollment.created` and the welcome mail,
-   the inbox row `processed`, and parked events about the payment woken — all of it only if the
-   enrollment row was new.
+   the payment kept as an erased buyer's subject, the inbox row `processed`, and parked events about the
+   payment woken — all of it only if the enrollment row was new.
 
 `process` answers None whenever the event is anything else — another type, unpaid, no metadata, a
 package, an unknown course, a buyer known only by e-mail, a redelivery whose enrollment exists (the
@@ -39,6 +39,7 @@ from db.enums import CreditType, InboxSource
 from db.models import InboxEvent
 from db.types import new_public_id, utcnow
 from tasks.enrollments import services as enrollments
+from tasks.events import stripe_subject
 from tasks.inbox.context import HandlerContext, lock_key
 from tasks.inbox.parking import RUNNABLE, WAKEABLE_SQL
 from tasks.inbox.runner import Outcome, Result
@@ -118,6 +119,10 @@ WITH e AS (
         enrollment_id, sequence, created_at, next_attempt_at)
     SELECT m.u, m.d, m.c, m.t, m.r, m.p, 'pending', 0, e.id, m.s, %(now)s, %(now)s
     FROM e, jsonb_to_recordset(%(messages)s::jsonb) AS m(u text, d text, c text, t text, r text, p jsonb, s int)
+), x AS (  -- an erased buyer's payment: forgotten once applied (`fulfil_checkout`)
+    INSERT INTO erased_subject (subject, student_id, erased_at)
+    SELECT es.subject, %(student)s, %(now)s FROM e, unnest(%(erased_subjects)s::text[]) AS es(subject)
+    ON CONFLICT (subject) DO UPDATE SET student_id = excluded.student_id, erased_at = excluded.erased_at
 ), i AS (
     UPDATE inbox_event SET status = 'processed', attempts = attempts + 1, processed_at = %(now)s,
         last_error = NULL, waiting_for = NULL
@@ -282,6 +287,7 @@ def _fulfil(conn, checkout: dict[str, Any], event_id: str, inbox_id: int, keys: 
         "cause": cause, "steps": _int_array([s[0] for s in steps]), "bundle_cause": str(bundle_cause),
         "grants": jsoncodec.dumps(grants), "messages": jsoncodec.dumps(messages), "inbox_id": inbox_id,
         "keys": _text_array(keys),
+        "erased_subjects": _text_array([stripe_subject(COMPLETED, checkout)] if buyer_erased else []),
     }).fetchone()
     if created is None:
         return None  # a redelivery: the enrollment exists, the general path settles it

@@ -42,10 +42,12 @@ from tasks.catalog import publishing
 from tasks.purchases import shapes
 from tasks.messaging import outbox
 from tasks.errors import NotFound, PermanentError, TransientError
+from tasks.events import stripe_subject
 from tasks.machines import ENROLLMENT, PACKAGE_PURCHASE
 from tasks.stripe_api import mode_mismatch, stripe_client
 from tasks.inbox.context import Fetched, HandlerContext, not_fetched
 from tasks.inbox.parking import wake_waiting
+from tasks.inbox.store import keep_erased_subjects
 
 COMPLETED = "checkout.session.completed"
 ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
@@ -347,6 +349,8 @@ def fulfil_checkout(*, session: Session, checkout: dict[str, Any], event_type: s
     outcome = payment_outcome(checkout, event_type)
     product = identify_product(session, checkout, settings=settings, client=stripe_client, fetched=fetched)
     student = ensure_student(session, buyer_id(session, checkout), checkout)
+    if student.erased_at is not None:  # their payment, as the erasure keeps theirs: forgotten once applied
+        keep_erased_subjects(session, student.id, {stripe_subject(event_type, checkout)}, utcnow())
     if product.program is not None:
         return _fulfil_course(session, checkout, event_type, event_id, product, student, outcome)
     return _fulfil_package(session, checkout, event_type, event_id, product, student, outcome)

@@ -380,6 +380,28 @@ def test_events_about_an_erased_student_arriving_later_are_pruned_and_a_new_paym
     assert "back@example.test" in _payload(database, new)
 
 
+@pytest.mark.parametrize("marked", [False, True], ids=["runner", "marked a purchase"])
+def test_a_new_payment_of_the_erased_student_is_forgotten_once_applied(database, marked):
+    """A session opened before the erasure and paid after it: the enrollment recorded no e-mail, but its payment
+    was no erased subject, so the checkout and its refund kept the address in the inbox for RETENTION_DAYS."""
+    _purchase(database)
+    with database.session_scope() as s:
+        factories.program(s, code="B2", bundle=())
+    _erase(database)
+    late = checkout(cs="cs_late", pi="pi_late", course="B2", email=ADDRESS, event_id="evt_late")
+    assert deliver(database, late, marked=marked).outcome.value == "processed"
+    with database.session_scope() as s:
+        enrollment = s.scalar(select(StudentCourseEnrollment)
+                              .where(StudentCourseEnrollment.stripe_checkout_session_id == "cs_late"))
+        assert enrollment.student_id == "stu_1" and enrollment.fulfilment_metadata["customer_email"] is None
+        assert s.get(ErasedSubject, "payment:pi_late").student_id == "stu_1"
+    refund = refund_created(refund_id="re_late", pi="pi_late", amount=500, event_id="evt_re_late")
+    refund["data"]["object"]["receipt_email"] = ADDRESS
+    assert deliver(database, refund).outcome.value == "processed"
+    assert _retention(database).erased == 2
+    assert ADDRESS not in _everything(database) and NAME not in _everything(database)
+
+
 def test_another_students_checkout_carrying_the_address_is_pruned_now_and_their_later_events_are_not(database):
     """A parent paid for a child (stu_2) with their own address: erasing the parent (stu_1) prunes that checkout's
     payload, which carries the address, but kept the child's payment as an erased subject, so the child's

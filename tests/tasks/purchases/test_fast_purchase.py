@@ -27,7 +27,7 @@ from tests.tasks.purchases.payments_support import checkout, deliver, refund_cre
 pytestmark = pytest.mark.postgres
 
 TABLES = ["student", "student_course_enrollment", "student_course_progress", "credit_ledger_entry",
-          "outbox_message", "transition_log", "inbox_event", "payment_refund"]
+          "outbox_message", "transition_log", "inbox_event", "payment_refund", "erased_subject"]
 
 
 def _catalog(database):
