@@ -5,7 +5,8 @@ its status: unsent ones are never sent; its dedupe key keeps neither the address
 their enrollments, their bookings (a credit booking's mail has no enrollment) and their address; the raw
 payloads of the inbox events about the student (their profile, their bookings, their payments by payment
 intent, checkout session or charge, and every checkout that names them or their address, free or failed
-ones too: pruned as retention prunes, keeping ids, a hash and the financial facts); their name and
+ones too: pruned as retention prunes, keeping ids, a hash and the financial facts; an error naming the address
+by its digest names it no more); their name and
 addresses in dispute evidence (a draft is dropped and drafted again when shown; evidence already sent keeps
 what the bank was told, redacted); the Stripe requests their checkouts' Idempotency-Keys keep for a retry (they
 carry the address: the keys are forgotten, a retry then makes a new session). Kept, under the platform's student id, which names no one once the
@@ -49,6 +50,7 @@ from tasks.lifecycle import retention
 from tasks.machines import OUTBOX
 from tasks.messaging.outbox import ADMINS, address_digest, booking_mails, scrub_address
 from tasks.purchases import evidence
+from tasks.purchases.fulfilment import email_reference
 
 
 # an event still to be applied keeps its payload (it is pruned by retention once applied)
@@ -121,6 +123,14 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
     return own, carrying
 
 
+def _scrub_references(event: InboxEvent, references: set[str]) -> None:
+    """An error that names an erased address by its digest (`fulfilment.email_reference`: a checkout whose buyer
+    was not placed) names it no more: the digest would link a known address to the row."""
+    for reference in references:
+        if event.last_error and reference in event.last_error:
+            event.last_error = event.last_error.replace(reference, evidence.ERASED)
+
+
 def erase_student(*, session: Session, student_id: str) -> Erased:
     student = session.scalar(select(Student).where(Student.id == student_id).with_for_update())
     if student is None:
@@ -173,8 +183,10 @@ def erase_student(*, session: Session, student_id: str) -> Erased:
     keep_erased_subjects(session, student_id, own, now)
     # of a payment that only carries their address, the checkout that carries it: its refunds are not theirs
     about = or_(InboxEvent.subject.in_(own), and_(InboxEvent.subject.in_(carrying), _CHECKOUT))
+    references = {email_reference(address) for address in addresses}
     events = pending = 0
     for event in session.scalars(select(InboxEvent).where(about)):
+        _scrub_references(event, references)
         if event.status in STILL_TO_APPLY:
             pending += 1
         else:

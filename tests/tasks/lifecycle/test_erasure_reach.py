@@ -217,6 +217,28 @@ def test_checkouts_that_name_the_student_by_metadata_or_by_address_are_pruned(da
     assert ADDRESS not in _everything(database) and "Buyer" not in _everything(database)
 
 
+def test_a_checkout_whose_buyer_was_not_placed_loses_the_digest_of_the_address_in_its_error(database):
+    """A checkout naming no student, paid with an address no student had then, failed with the address's digest
+    in its error (`sha256:…`); the erasure of the student who had that address since pruned its payload but left
+    the digest, which links the known address to the row."""
+    with database.session_scope() as s:
+        factories.student(s, email="before@example.test", name=NAME)
+        factories.program(s, bundle=())
+    orphan = checkout(cs="cs_orphan", pi="pi_orphan", student=None, email=ADDRESS, event_id="evt_orphan")
+    deliver(database, orphan)
+    reference = fulfilment.email_reference(ADDRESS)
+    with database.session_scope() as s:
+        row = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "evt_orphan"))
+        assert row.status == InboxStatus.FAILED and reference in row.last_error
+    bookings.deliver(database, bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow()))
+    _erase(database)
+    with database.session_scope() as s:
+        row = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "evt_orphan"))
+        assert ADDRESS not in str(row.payload)
+        assert reference.split(":", 1)[1] not in row.last_error
+        assert "e-mail ([erased]) matches no single known student" in row.last_error
+
+
 def test_events_about_a_payment_known_by_its_charge_are_pruned(database):
     """An event without a payment intent is the charge's (`payment:ch_…`): its payload was kept, although the
     dispute on record names the charge."""
