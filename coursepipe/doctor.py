@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from coursepipe.cli_support import not_usable
-from coursepipe.settings import Settings, too_weak
+from coursepipe.settings import INGRESS_SECRETS, MIN_SECRET_DISTINCT, MIN_SECRET_LENGTH, Settings, too_weak
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEBHOOK_PATH = "/webhooks/stripe"
-MIN_SECRET_LENGTH = 32
-WEAK_SECRETS = {"changeme", "secret", "password", "admin", "test", "token"}
+# start-up accepts 24 characters (MIN_SECRET_LENGTH); fewer than this is a warning, as generated ones have more
+RECOMMENDED_SECRET_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -73,40 +73,36 @@ def check_redis(settings: Settings) -> Check:
     return Check(OK, "redis", "reachable")
 
 
-def _weakness(value: str) -> str | None:
-    if value.lower() in WEAK_SECRETS or len(set(value)) < 8:
-        return "a guessable value"
-    if len(value) < MIN_SECRET_LENGTH:
-        return f"{len(value)} characters, fewer than {MIN_SECRET_LENGTH}"
-    return None
+def _secret_check(name: str, value: str, *, signing_secret: bool = False) -> Check:
+    """One secret as start-up holds it (`too_weak` refuses it: fail), then as the doctor advises (warn)."""
+    if too_weak(value):
+        return Check(FAIL, name, f"too weak: coursepipe refuses to start with it (at least {MIN_SECRET_LENGTH} characters, "
+                                 f"{MIN_SECRET_DISTINCT} of them different; use e.g. `openssl rand -hex 32`)")
+    if signing_secret:  # Stripe makes it: its length is Stripe's, its prefix tells it is one
+        if not value.startswith("whsec_"):
+            return Check(FAIL, name, "is not a Stripe signing secret (whsec_…): every webhook would be refused")
+        return Check(OK, name, "a Stripe signing secret")
+    if len(value) < RECOMMENDED_SECRET_LENGTH:  # accepted, but with less margin than a generated one has
+        return Check(WARN, name, f"{len(value)} characters, fewer than {RECOMMENDED_SECRET_LENGTH}; "
+                                 f"use e.g. `openssl rand -hex 32`")
+    return Check(OK, name, f"{len(value)} characters")
 
 
 def check_secrets(settings: Settings) -> list[Check]:
-    checks = []
-    for name in ("STRIPE_WEBHOOK_SECRET", "PLATFORM_WEBHOOK_SECRET", "ADMIN_TOKEN"):
-        value = getattr(settings, name.lower())
+    """Every secret the ingress checks at start-up (`Settings.start_up_secrets`), by the same rule: what it
+    refuses fails here, and only what it accepts may warn."""
+    secrets = settings.start_up_secrets(*INGRESS_SECRETS)
+    several_tokens = sum(name == "READ_API_TOKEN" for name, _ in secrets) > 1
+    checks, tokens = [], 0
+    for name, value in secrets:
+        if name == "READ_API_TOKEN" and several_tokens:
+            tokens += 1
+            name = f"READ_API_TOKEN #{tokens}"
         if not value:
-            checks.append(Check(FAIL, name, "not set: the ingress refuses to start"))
-            continue
-        if name == "STRIPE_WEBHOOK_SECRET":
-            if not value.startswith("whsec_"):
-                checks.append(Check(FAIL, name, "is not a Stripe signing secret (whsec_…): every webhook would be "
-                                                "refused"))
-            else:
-                checks.append(Check(OK, name, "a Stripe signing secret"))
-            continue
-        weak = _weakness(value)
-        checks.append(Check(WARN, name, f"weak: {weak}; use e.g. `openssl rand -hex 32`") if weak
-                      else Check(OK, name, f"{len(value)} characters"))
-    tokens = settings.read_api_tokens
-    for n, token in enumerate(tokens, 1):
-        name = f"READ_API_TOKEN #{n}" if len(tokens) > 1 else "READ_API_TOKEN"
-        if too_weak(token):  # as the ingress holds it at start
-            checks.append(Check(FAIL, name, "too weak: the ingress refuses to start (24 random characters at least)"))
-            continue
-        weak = _weakness(token)
-        checks.append(Check(WARN, name, f"weak: {weak}; use e.g. `openssl rand -hex 32`") if weak
-                      else Check(OK, name, f"{len(token)} characters"))
+            if name in INGRESS_SECRETS:
+                checks.append(Check(FAIL, name, "not set: the ingress refuses to start"))
+            continue  # SESSION_SECRET unset: each process signs with a random one
+        checks.append(_secret_check(name, value, signing_secret=name == "STRIPE_WEBHOOK_SECRET"))
     return checks
 
 

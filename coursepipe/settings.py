@@ -138,15 +138,20 @@ class Settings:
         for name in names:
             if not getattr(self, name.lower()):
                 raise ConfigError(f"{name} is required but not set")
-        # a read token too: every route answers a guess of one (403 to the right one), outside /admin and /v1
-        # without the failed-login limit, so only its length keeps guessing out of reach
-        checked = [(name, getattr(self, name.lower())) for name in (*names, "SESSION_SECRET")]
-        checked += [("READ_API_TOKEN", token) for token in self.read_api_tokens]
-        for name, value in checked:
+        for name, value in self.start_up_secrets(*names):
             if value and too_weak(value):
                 raise ConfigError(f"{name} is too weak: use at least {MIN_SECRET_LENGTH} random characters "
                                   f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return self
+
+    def start_up_secrets(self, *required: str) -> list[tuple[str, str | None]]:
+        """Every secret `require(*required)` holds to `too_weak`, as (variable, value): the required ones,
+        SESSION_SECRET (None when unset) and each read token. `coursepipe doctor` checks the same list."""
+        # a read token too: every route answers a guess of one (403 to the right one), outside /admin and /v1
+        # without the failed-login limit, so only its length keeps guessing out of reach
+        checked = [(name, getattr(self, name.lower())) for name in (*required, "SESSION_SECRET")]
+        checked += [("READ_API_TOKEN", token) for token in self.read_api_tokens]
+        return checked
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)

@@ -11,6 +11,7 @@ import pytest
 
 from coursepipe import doctor
 from coursepipe.runtime import handler_table
+from coursepipe.settings import INGRESS_SECRETS, ConfigError
 from tasks.stripe_api import STRIPE_API_VERSION
 from tests import factories
 from tests.conftest import make_settings
@@ -86,15 +87,46 @@ def test_a_catalog_changed_in_the_stripe_dashboard_fails(healthy, stripe_server)
     assert check.status == doctor.FAIL and "does not exist in Stripe" in check.message
 
 
-def test_weak_secrets_warn_and_a_wrong_signing_secret_or_key_fails(database):
-    settings = make_settings(database.url, platform_webhook_secret="abcdefghij12345", admin_token="changeme",
-                             stripe_webhook_secret="not-a-whsec", stripe_api_key="pk_live_123")
+def test_a_wrong_signing_secret_or_key_fails_and_a_short_accepted_secret_warns(database):
+    settings = make_settings(database.url, platform_webhook_secret="abcdefghij-0123456789-xyz",  # 25: accepted
+                             stripe_webhook_secret="not-a-whsec-but-long-enough-0123", stripe_api_key="pk_live_123")
     checks = _by_name(doctor.run_checks(settings, HANDLED))
-    assert checks["PLATFORM_WEBHOOK_SECRET"].status == doctor.WARN and "15 characters" in checks[
+    assert checks["PLATFORM_WEBHOOK_SECRET"].status == doctor.WARN and "25 characters, fewer than 32" in checks[
         "PLATFORM_WEBHOOK_SECRET"].message
-    assert checks["ADMIN_TOKEN"].status == doctor.WARN and "guessable" in checks["ADMIN_TOKEN"].message
-    assert checks["STRIPE_WEBHOOK_SECRET"].status == doctor.FAIL
+    assert checks["STRIPE_WEBHOOK_SECRET"].status == doctor.FAIL and "whsec_" in checks["STRIPE_WEBHOOK_SECRET"].message
     assert checks["stripe key"].status == doctor.FAIL
+
+
+# each starts with whsec_, so the signing secret's prefix check never decides: only strength does
+SECRET_VALUES = {"short": "whsec_short", "few different": "whsec_" + "a" * 30, "24 to 31": "whsec_0123456789abcdefghij",
+                 "strong": "whsec_" + STRONG}
+
+
+@pytest.mark.parametrize("variable", ["STRIPE_WEBHOOK_SECRET", "PLATFORM_WEBHOOK_SECRET", "ADMIN_TOKEN",
+                                      "SESSION_SECRET", "READ_API_TOKEN"])
+@pytest.mark.parametrize("kind", SECRET_VALUES)
+def test_a_secret_fails_exactly_when_the_ingress_refuses_to_start_with_it(variable, kind):
+    value = SECRET_VALUES[kind]
+    change = {"read_api_tokens": (value,)} if variable == "READ_API_TOKEN" else {variable.lower(): value}
+    settings = make_settings("sqlite://", **change)
+    try:
+        settings.require(*INGRESS_SECRETS)
+        refused = None
+    except ConfigError as exc:
+        refused = str(exc)
+    check = _by_name(doctor.check_secrets(settings))[variable]
+    assert (check.status == doctor.FAIL) == (refused is not None), (check, refused)
+    if refused:
+        assert refused.startswith(f"{variable} is too weak") and "refuses to start" in check.message
+    else:  # what start-up accepts may only warn, and only when shorter than a generated secret
+        assert check.status == (doctor.WARN if kind == "24 to 31" and variable != "STRIPE_WEBHOOK_SECRET"
+                                else doctor.OK), check
+
+
+def test_session_secret_is_checked_only_when_set():
+    assert "SESSION_SECRET" not in _by_name(doctor.check_secrets(make_settings("sqlite://")))
+    assert _by_name(doctor.check_secrets(make_settings("sqlite://", session_secret=STRONG)))[
+        "SESSION_SECRET"].status == doctor.OK
 
 
 def test_each_read_token_is_checked_as_the_ingress_holds_it(database):
@@ -117,7 +149,7 @@ def test_the_command_prints_one_line_a_check_and_exits_1_on_a_fail(tmp_path, str
     behind = tmp_path / "old.db"
     sqlite3.connect(behind).close()  # a database never migrated
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PUBLIC_URL")}
-    env.update(DATABASE_URL=f"sqlite:///{behind}", STRIPE_WEBHOOK_SECRET="whsec_" + "a" * 32,
+    env.update(DATABASE_URL=f"sqlite:///{behind}", STRIPE_WEBHOOK_SECRET="whsec_" + STRONG,
                PLATFORM_WEBHOOK_SECRET=STRONG, ADMIN_TOKEN=STRONG[::-1], PUBLIC_URL=PUBLIC_URL,
                **stripe_server.settings_changes_env())
     stripe_server.add_webhook_endpoint(url=f"{PUBLIC_URL}/webhooks/stripe", status="enabled",
