@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -633,8 +633,8 @@ class Catalog:
 def parse_catalog(data: Any) -> Catalog:
     """An import file: one course (an object with `steps`), a list of courses, or
     `{"courses": [...], "packages": [...]}`. The first bad field is named with its path."""
-    if isinstance(data, list):
-        return Catalog([parse_course(c, prefix=f"[{i}]") for i, c in enumerate(data)], [])
+    if isinstance(data, list):  # its entries' paths are their indexes, `[1].code`
+        return Catalog(_entries(parse_course, data, ""), [])
     if isinstance(data, dict) and ("courses" in data or "packages" in data) and "steps" not in data:
         unknown = sorted(set(data) - {"courses", "packages"}, key=str)  # YAML keys may be numbers too
         if unknown:
@@ -643,21 +643,26 @@ def parse_catalog(data: Any) -> Catalog:
         for name, value in (("courses", courses), ("packages", packages)):
             if not isinstance(value, list):
                 raise ValidationFailed(f"{name}: must be a list", field=name)
-        catalog = Catalog([parse_course(c, prefix=f"courses[{i}]") for i, c in enumerate(courses)],
-                          [parse_package(p, prefix=f"packages[{i}]") for i, p in enumerate(packages)])
-    elif isinstance(data, dict):
-        catalog = Catalog([parse_course(data)], [])
-    else:
-        raise ValidationFailed("file: must hold a course object, a list of courses, or {courses, packages}",
-                               field="file")
-    for name, items in (("courses", catalog.courses), ("packages", catalog.packages)):
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item.code in seen:
-                raise ValidationFailed(f"{name}[{i}].code: duplicate code {item.code!r} in the file",
-                                       field=f"{name}[{i}].code")
-            seen.add(item.code)  # type: ignore[arg-type]
-    return catalog
+        return Catalog(_entries(parse_course, courses, "courses"), _entries(parse_package, packages, "packages"))
+    if isinstance(data, dict):
+        return Catalog([parse_course(data)], [])
+    raise ValidationFailed("file: must hold a course object, a list of courses, or {courses, packages}",
+                           field="file")
+
+
+def _entries(parse: Callable[..., Any], entries: list[Any], where: str) -> list[Any]:
+    """Each entry parsed, its path `where[i]`; a code named twice is refused, or saving the file in order
+    would have the later entry silently replace the earlier one."""
+    items: list[Any] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        item = parse(entry, prefix=f"{where}[{i}]")
+        if item.code in seen:
+            raise ValidationFailed(f"{where}[{i}].code: duplicate code {item.code!r} in the file",
+                                   field=f"{where}[{i}].code")
+        seen.add(item.code)
+        items.append(item)
+    return items
 
 
 def save_catalog(*, session: Session, catalog: Catalog) -> list[dict[str, Any]]:

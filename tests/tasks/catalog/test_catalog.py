@@ -211,6 +211,9 @@ def test_catalog_file_forms_and_first_bad_field_path():
     with pytest.raises(ValidationFailed) as err:
         catalog.parse_catalog({"courses": [course(code="A"), course(code="A")]})
     assert err.value.field == "courses[1].code"
+    with pytest.raises(ValidationFailed) as err:  # a bare list too: the second would replace the first
+        catalog.parse_catalog([course(code="A"), course(code="B"), course(code="A")])
+    assert err.value.field == "[2].code" and "duplicate code 'A'" in str(err.value)
     with pytest.raises(ValidationFailed) as err:
         catalog.parse_catalog([course()])
     assert err.value.field == "[0].code"
