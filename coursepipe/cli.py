@@ -287,8 +287,11 @@ def doctor() -> None:
     from coursepipe.runtime import handler_table
     from coursepipe.settings import ConfigError, Settings
 
+    # REDIS_URL is left to the redis check, so that a malformed one is its `fail` line among the others'
+    env = dict(os.environ)
+    redis_url = env.pop("REDIS_URL", None) or None
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env).with_(redis_url=redis_url)
     except ConfigError as exc:
         raise click.ClickException(one_line(str(exc))) from None
     handled = sorted(type_ for source, type_ in handler_table() if source == "stripe")

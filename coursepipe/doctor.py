@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from coursepipe.cli_support import not_usable
-from coursepipe.settings import INGRESS_SECRETS, MIN_SECRET_DISTINCT, MIN_SECRET_LENGTH, Settings, too_weak
+from coursepipe.settings import INGRESS_SECRETS, MIN_SECRET_DISTINCT, MIN_SECRET_LENGTH, ConfigError, Settings
+from coursepipe.settings import checked_redis_url, too_weak
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEBHOOK_PATH = "/webhooks/stripe"
@@ -63,6 +64,10 @@ def check_redis(settings: Settings) -> Check:
         return Check(OK, "redis", "REDIS_URL not set: the in-process broker (one process only)")
     import redis
 
+    try:
+        checked_redis_url(settings.redis_url)
+    except ConfigError as exc:
+        return Check(FAIL, "redis", str(exc))
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()

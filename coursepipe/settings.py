@@ -65,6 +65,20 @@ def _opt(raw: str | None) -> str | None:
     return raw if raw else None
 
 
+def checked_redis_url(raw: str | None) -> str | None:
+    """REDIS_URL, checked as redis-py reads it (the broker, the scheduler's leader lock and the doctor all do):
+    a URL it cannot read is a ConfigError at start-up, not a ValueError wherever Redis is first reached."""
+    if not raw:
+        return None
+    from redis.connection import parse_url
+
+    try:
+        parse_url(raw)
+    except ValueError as exc:  # its messages never repeat the URL, which may hold a password
+        raise ConfigError(f"REDIS_URL is not a Redis URL: {exc} (e.g. redis://localhost:6379/0)") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -103,7 +117,7 @@ class Settings:
             raise ConfigError("READ_API_TOKEN must not contain ADMIN_TOKEN (a read token cannot be the admin's)")
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=_opt(env.get("REDIS_URL")),
+            redis_url=checked_redis_url(env.get("REDIS_URL")),
             redis_namespace=env.get("REDIS_NAMESPACE") or "coursepipe",
             stripe_webhook_secret=_opt(env.get("STRIPE_WEBHOOK_SECRET")),
             stripe_api_key=_opt(env.get("STRIPE_API_KEY")),

@@ -66,6 +66,16 @@ def test_a_database_url_coursepipe_cannot_use_is_one_line_and_a_doctor_fail(cli)
     assert "Traceback" not in doctor.output
 
 
+def test_a_redis_url_redis_cannot_read_is_one_line_and_a_doctor_fail(cli, migrated):
+    """Before: redis-py's ValueError ("Redis URL must specify one of the following schemes") escaped as a
+    traceback from whichever command reached Redis first, the doctor's included."""
+    for args in (["events", "replay", "1"], ["jobs", "run", "sweep"], ["outbox", "list"], ["scheduler"], ["worker"]):
+        _refused(cli(*args, database_url=migrated, REDIS_URL="localhost:6379"), "REDIS_URL is not a Redis URL")
+    doctor = cli("doctor", database_url=migrated, REDIS_URL="localhost:6379")
+    assert doctor.exit_code == 1 and "fail redis: REDIS_URL is not a Redis URL" in doctor.output, doctor.output
+    assert "ok   database:" in doctor.output and "Traceback" not in doctor.output  # the other checks still ran
+
+
 @pytest.mark.parametrize("args", [
     ["events", "replay", "99999999999999999999"], ["events", "list", "--limit", "99999999999999999999"],
     ["refulfill", "--enrollment", "99999999999999999999"], ["outbox", "retry", "99999999999999999999"],

@@ -33,6 +33,19 @@ def test_typed_values():
     assert s.admin_alert_emails == ("a@x.test", "b@x.test") and s.redis_url == "redis://h:6379/0"
 
 
+@pytest.mark.parametrize("value", ["localhost:6379", "http://h:6379/0", "redis://:hunter2@h:port/0",
+                                   "redis://h:6379/0?socket_timeout=soon"])
+def test_a_redis_url_redis_cannot_read_is_refused_naming_the_variable_not_its_password(value):
+    with pytest.raises(ConfigError, match="^REDIS_URL is not a Redis URL: ") as err:
+        Settings.from_env({"REDIS_URL": value})
+    assert "hunter2" not in str(err.value)
+
+
+def test_the_redis_url_forms_redis_reads_are_accepted():
+    for value in ("redis://h:6379/0", "rediss://:secret@h:6380/1", "unix:///run/redis.sock"):
+        assert Settings.from_env({"REDIS_URL": value}).redis_url == value
+
+
 STRONG = {"STRIPE_WEBHOOK_SECRET": "whsec_" + "0123456789abcdef" * 3, "PLATFORM_WEBHOOK_SECRET": "p0-" + "a1b2c3d4" * 4,
           "ADMIN_TOKEN": "Zq8-xW3_kP0mR7tY2vB9nL4cJ6"}
 
