@@ -22,6 +22,13 @@ def too_weak(secret: str) -> bool:
 DEFAULT_RETENTION_DAYS = 400
 DEFAULT_WAIT_HORIZON_HOURS = 72
 DEFAULT_ADMIN_SESSION_HOURS = 8
+# bounds of the number settings. A day or hour setting is added to or taken from now (the retention cut-off,
+# the reminder and wait horizons, a session's end): 100 years keeps that a date every job can compute.
+MAX_DAYS = 36_500
+MAX_HOURS = MAX_DAYS * 24
+MAX_PORT = 65_535
+MAX_LOW_SEAT_THRESHOLD = 10_000
+MAX_TRUSTED_PROXIES = 10
 COOKIE_SECURE_CHOICES = ("auto", "true", "false")
 
 
@@ -40,15 +47,17 @@ def _bool(name: str, raw: str | None, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _int(name: str, raw: str | None, default: int, minimum: int = 0) -> int:
+def _int(name: str, raw: str | None, default: int, *, minimum: int, maximum: int) -> int:
+    """An integer setting within its bounds: one beyond them is refused here, naming the variable, rather
+    than failing later in whatever uses it (a date out of range, a port wrapped round)."""
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 
 
@@ -130,21 +139,23 @@ class Settings:
             smtp_url=_opt(env.get("SMTP_URL")),
             mail_from=env.get("MAIL_FROM") or "coursepipe@localhost",
             admin_alert_emails=emails,
-            low_seat_threshold=_int("LOW_SEAT_THRESHOLD", env.get("LOW_SEAT_THRESHOLD"), DEFAULT_LOW_SEAT_THRESHOLD),
+            low_seat_threshold=_int("LOW_SEAT_THRESHOLD", env.get("LOW_SEAT_THRESHOLD"), DEFAULT_LOW_SEAT_THRESHOLD,
+                                    minimum=0, maximum=MAX_LOW_SEAT_THRESHOLD),
             reminders_enabled=_bool("REMINDERS_ENABLED", env.get("REMINDERS_ENABLED"), False),
-            reminder_window_days=_int(
-                "REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"), DEFAULT_REMINDER_WINDOW_DAYS, minimum=1
-            ),
-            port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1),
+            reminder_window_days=_int("REMINDER_WINDOW_DAYS", env.get("REMINDER_WINDOW_DAYS"),
+                                      DEFAULT_REMINDER_WINDOW_DAYS, minimum=1, maximum=MAX_DAYS),
+            port=_int("PORT", env.get("PORT"), DEFAULT_PORT, minimum=1, maximum=MAX_PORT),
             host=env.get("HOST") or DEFAULT_HOST,
-            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1),
+            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS"), DEFAULT_RETENTION_DAYS, minimum=1,
+                                maximum=MAX_DAYS),
             public_url=_opt((env.get("PUBLIC_URL") or "").strip().rstrip("/")),
             wait_horizon_hours=_int("WAIT_HORIZON_HOURS", env.get("WAIT_HORIZON_HOURS"), DEFAULT_WAIT_HORIZON_HOURS,
-                                    minimum=1),
+                                    minimum=1, maximum=MAX_HOURS),
             admin_session_hours=_int("ADMIN_SESSION_HOURS", env.get("ADMIN_SESSION_HOURS"),
-                                     DEFAULT_ADMIN_SESSION_HOURS, minimum=1),
+                                     DEFAULT_ADMIN_SESSION_HOURS, minimum=1, maximum=MAX_HOURS),
             cookie_secure=_choice("COOKIE_SECURE", env.get("COOKIE_SECURE"), COOKIE_SECURE_CHOICES, "auto"),
-            trusted_proxies=_int("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES"), 0, minimum=0),
+            trusted_proxies=_int("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES"), 0, minimum=0,
+                                 maximum=MAX_TRUSTED_PROXIES),
         )
 
     def require(self, *names: str) -> "Settings":

@@ -76,6 +76,30 @@ def test_a_redis_url_redis_cannot_read_is_one_line_and_a_doctor_fail(cli, migrat
     assert "ok   database:" in doctor.output and "Traceback" not in doctor.output  # the other checks still ran
 
 
+@pytest.mark.parametrize("name,job", [("RETENTION_DAYS", "retention"), ("WAIT_HORIZON_HOURS", "retry-waiting"),
+                                      ("REMINDER_WINDOW_DAYS", "reminders")])
+def test_a_day_or_hour_setting_runs_its_job_at_its_bound_and_is_refused_beyond(cli, migrated, name, job):
+    """Before: RETENTION_DAYS=999999 (or a wait horizon or reminder window as long) was accepted, then every run
+    of its job failed with an OverflowError (date value out of range)."""
+    from coursepipe.settings import MAX_DAYS, MAX_HOURS
+
+    bound = MAX_HOURS if name.endswith("_HOURS") else MAX_DAYS
+    done = cli("jobs", "run", job, database_url=migrated, REMINDERS_ENABLED="true", **{name: str(bound)})
+    assert done.exit_code == 0, done.output
+    _refused(cli("jobs", "run", job, database_url=migrated, **{name: str(bound * 1000)}),
+             f"{name} must be between 1 and {bound}")
+
+
+def test_a_port_beyond_65535_in_the_environment_is_refused_as_the_option_is(cli, migrated, monkeypatch):
+    """Before: PORT=99999 passed the settings and `serve` listened on 99999 % 65536 = 34463."""
+    def listening(host, port, app):
+        raise AssertionError(f"serve went on to listen on {port}")
+
+    monkeypatch.setattr("ingress.serving.make_ingress_server", listening)  # never serve_forever in a test
+    _refused(cli("serve", database_url=migrated, PORT="99999", STRIPE_WEBHOOK_SECRET="whsec_" + SECRET,
+                 PLATFORM_WEBHOOK_SECRET=SECRET, ADMIN_TOKEN=SECRET[::-1]), "PORT must be between 1 and 65535")
+
+
 @pytest.mark.parametrize("args", [
     ["events", "replay", "99999999999999999999"], ["events", "list", "--limit", "99999999999999999999"],
     ["refulfill", "--enrollment", "99999999999999999999"], ["outbox", "retry", "99999999999999999999"],

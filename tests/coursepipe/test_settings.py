@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coursepipe.settings import INGRESS_SECRETS, ConfigError, Settings
+from coursepipe.settings import INGRESS_SECRETS, MAX_DAYS, MAX_HOURS, ConfigError, Settings
 
 
 def test_defaults_are_the_embedded_mode_and_secrets_have_none():
@@ -24,6 +24,20 @@ def test_missing_secret_names_the_variable():
 def test_malformed_values_are_refused_with_the_name(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("name,minimum,maximum", [
+    ("LOW_SEAT_THRESHOLD", 0, 10_000), ("REMINDER_WINDOW_DAYS", 1, MAX_DAYS), ("PORT", 1, 65_535),
+    ("RETENTION_DAYS", 1, MAX_DAYS), ("WAIT_HORIZON_HOURS", 1, MAX_HOURS), ("ADMIN_SESSION_HOURS", 1, MAX_HOURS),
+    ("TRUSTED_PROXIES", 0, 10)])
+def test_every_number_is_bounded_and_one_beyond_is_refused_naming_the_variable_and_its_range(name, minimum, maximum):
+    """Before: no maximum, so RETENTION_DAYS=999999 made every retention run an OverflowError and PORT=99999
+    listened on 34463."""
+    assert getattr(Settings.from_env({name: str(maximum)}), name.lower()) == maximum
+    assert getattr(Settings.from_env({name: str(minimum)}), name.lower()) == minimum
+    for beyond in (maximum + 1, minimum - 1):
+        with pytest.raises(ConfigError, match=f"^{name} must be between {minimum} and {maximum}, got {beyond}$"):
+            Settings.from_env({name: str(beyond)})
 
 
 def test_typed_values():

@@ -163,6 +163,19 @@ def test_admin_session_hours_is_the_cookies_lifetime_too(runtime, database):
         assert timedelta(hours=23) < row.expires_at - row.created_at <= timedelta(hours=24)
 
 
+def test_the_longest_admin_session_hours_still_logs_in(runtime, database):
+    """ADMIN_SESSION_HOURS at its bound (100 years) is a session and a cookie that end on a date, not a 500."""
+    from coursepipe.settings import MAX_HOURS
+    from ingress.app import create_app
+
+    client = create_app(runtime.settings.with_(admin_session_hours=MAX_HOURS), runtime=runtime).test_client()
+    make_admin(database, "op@studio.test", "operator")
+    login_as(client, "op@studio.test")
+    with database.session_scope() as s:
+        row = s.scalar(select(AdminSession))
+        assert row.expires_at - row.created_at == timedelta(hours=MAX_HOURS)
+
+
 def test_break_glass_login_is_the_owner_and_ends_when_admin_token_rotates(client, runtime, database):
     from ingress.app import create_app
 
