@@ -62,6 +62,8 @@ JOBS: dict[str, Job] = {
         Job("new-steps", "provide_new_steps", 60,
             "give a step added in the last 15 min to enrollments fulfilled meanwhile without it"),
         Job("refunds", "settle_refunds", 300, "finish admin refunds left pending 10 min or more (ask Stripe, then retry)"),
+        Job("publishing", "resume_publishing", 300,
+            "publish again the courses and packages whose Stripe calls stayed pending 10 min or more"),
         Job("retention", "prune_retention", 3600,
             "prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS"),
     )

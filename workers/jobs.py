@@ -215,6 +215,16 @@ def settle_refunds(job_run: int | None = None) -> None:
 
 @actor(queue_name=JOBS_QUEUE, max_retries=0)
 @records_failure
+def resume_publishing(job_run: int | None = None) -> None:
+    """Send the publish again of the courses and packages whose Stripe calls stopped pending (the publish's worker
+    lost with its message, its retries spent): `publishing.resume_stalled`."""
+    rt = runtime.current()
+    finish_job_run(job_run, resumed=publishing.resume_stalled(unit_of_work=rt.db.session_scope, settings=rt.settings,
+                                                              send=send))
+
+
+@actor(queue_name=JOBS_QUEUE, max_retries=0)
+@records_failure
 def prune_retention(job_run: int | None = None) -> None:
     """Prune raw payloads, mail bodies and ended messages' delivery moves older than RETENTION_DAYS, and the
     payloads of ended events about erased students, one batch per unit of work."""

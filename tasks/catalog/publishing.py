@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -39,6 +40,12 @@ KINDS = (COURSE, PACKAGE)
 PRODUCT, PRICE = "product", "price"
 CREATE, UPDATE, ARCHIVE = "create", "update", "archive"
 MAX_CALLS_PER_PUBLISH = 8  # product create/update, price create/update, a few archives
+# a call left pending this long, untouched, belongs to a publish that stopped (its worker lost with its message,
+# its retries spent): the publishing job sends the publish again (`stalled`)
+STALLED_AFTER = timedelta(minutes=10)
+# Stripe keeps an idempotency key 24 hours: a call recorded longer ago than this is not made again by the job (made
+# before, it could be made twice); the admin checks the Stripe dashboard, then publishes
+REPLAY_WITHIN = timedelta(hours=23)
 
 
 class PublishFailed(PermanentError):
@@ -185,7 +192,7 @@ class Intent:
 def _in_mode(rows: list[StripePublication], mode: str | None) -> list[StripePublication]:
     """The calls made in Stripe's `mode` (`live` or `test`, that of the key) and those recorded before a call
     named its mode; every call when no mode is known (no key)."""
-    return rows if mode is None else [r for r in rows if r.request.get("mode", mode) == mode]
+    return [r for r in rows if _in_mode_request(r.request, mode)]
 
 
 def _plan(listing: Listing, rows: list[StripePublication],
@@ -260,6 +267,38 @@ def next_intent(*, session: Session, kind: str, code: str, mode: str | None = No
     session.add(row)
     session.flush()
     return Intent.of(row, listing)
+
+
+def stalled(*, session: Session, mode: str | None, now: datetime | None = None,
+            older_than: timedelta = STALLED_AFTER) -> list[tuple[str, str]]:
+    """(kind, code) of each listing, not deleted, with a call pending in Stripe's `mode` (the key's) and untouched
+    for `older_than`. A publish keeps a call pending from its request until Stripe is in line (`next_intent`,
+    recorded with the outcome before it), so such a call is one whose publish stopped; a publish sent again
+    makes it with its key (Stripe answers a call it had made with what it answered then), while Stripe still
+    keeps that key (`REPLAY_WITHIN`)."""
+    now = now or utcnow()
+    pending = session.execute(select(StripePublication.program_id, StripePublication.package_id,
+                                     StripePublication.request)
+                              .where(StripePublication.status == PublicationStatus.PENDING,
+                                     StripePublication.updated_at <= now - older_than,
+                                     StripePublication.created_at > now - REPLAY_WITHIN)
+                              .order_by(StripePublication.id)).all()
+    program_ids = {p for p, _, request in pending if p is not None and _in_mode_request(request, mode)}
+    package_ids = {k for _, k, request in pending if k is not None and _in_mode_request(request, mode)}
+    found: list[tuple[str, str]] = []
+    if program_ids:
+        found += [(COURSE, code) for code in session.scalars(
+            select(CourseProgram.code).where(CourseProgram.id.in_(program_ids), CourseProgram.deleted_at.is_(None))
+            .order_by(CourseProgram.code))]
+    if package_ids:
+        found += [(PACKAGE, code) for code in session.scalars(
+            select(CreditPackage.code).where(CreditPackage.id.in_(package_ids), CreditPackage.deleted_at.is_(None))
+            .order_by(CreditPackage.code))]
+    return found
+
+
+def _in_mode_request(request: dict[str, Any] | None, mode: str | None) -> bool:
+    return mode is None or (request or {}).get("mode", mode) == mode
 
 
 class PublishingDisabled(PermanentError):

@@ -17,6 +17,7 @@ RUNS = [
     ("reconcile", jobs.reconcile, {"skipped": "STRIPE_API_KEY is not set"}),
     ("new-steps", jobs.provide_new_steps, {"provided": 0}),
     ("refunds", jobs.settle_refunds, {"succeeded": 0, "failed": 0, "pending": 0, "errors": 0}),
+    ("publishing", jobs.resume_publishing, {"resumed": 0}),
 ]
 
 

@@ -338,3 +338,90 @@ def test_publishing_with_a_live_key_after_a_test_one_makes_the_live_product_and_
         assert publish(database, live_settings).calls == []  # in line now
     finally:
         live.stop()
+
+
+# --------------------------------------------------------------------------- a publish that stopped
+
+
+def _stalled(database, settings, now):
+    from tasks.stripe_api import key_mode
+
+    with database.session_scope() as s:
+        return publishing.stalled(session=s, mode=key_mode(settings.stripe_api_key), now=now)
+
+
+def _resume(database, settings, now) -> int:
+    """The publishing job's work, its messages handled at once by a publish."""
+    return publish_calls.resume_stalled(unit_of_work=database.session_scope, settings=settings, now=now,
+                                        send=lambda actor, kind, code: bool(publish(database, settings, code, kind)))
+
+
+def test_a_publish_whose_message_was_lost_is_found_pending_and_finished_by_the_publishing_job(
+        database, stripe_server, stripe_settings):
+    """Before: answering 202 queued a message and recorded nothing; the message lost (the embedded broker holds
+    it in memory: a restart; or its retries spent), the publish was never made and the course stayed a draft."""
+    from db.types import utcnow
+
+    save(database, course())
+    sent = []
+    assert publish_calls.request_publish(unit_of_work=database.session_scope, settings=stripe_settings,
+                                         kind=publishing.COURSE, code="SFZ",
+                                         send=lambda *message: sent.append(message) or True)
+    assert sent == [("publish_listing", "course", "SFZ")]  # and then lost
+    assert [p[:3] for p in publications(database)] == [("product", "create", "pending")]
+    now = utcnow()
+    assert _stalled(database, stripe_settings, now) == []  # under way: its worker's
+    later = now + publishing.STALLED_AFTER
+    assert _stalled(database, stripe_settings, later) == [("course", "SFZ")]
+    assert _resume(database, stripe_settings, later) == 1
+    assert program_state(database)[1] is ProgramStatus.PUBLISHED
+    assert len(stripe_server.products) == 1 and len(stripe_server.prices) == 1
+    assert _stalled(database, stripe_settings, later) == []
+    assert _resume(database, stripe_settings, later) == 0
+
+
+def test_a_publish_stopped_between_two_calls_is_finished_with_the_key_of_the_call_it_was_making(
+        database, stripe_server, stripe_settings, monkeypatch):
+    """The worker ends after Stripe made the product, before anything more is committed: the product's call is
+    still pending (its outcome and the next call commit together), and the publish sent again replays its key."""
+    from db.types import utcnow
+
+    save(database, course())
+    plan = publishing.next_intent
+    planned = []
+
+    def ending_at_the_second(**kwargs):
+        planned.append(kwargs["code"])
+        if len(planned) == 2:
+            raise SystemExit("the worker ends")
+        return plan(**kwargs)
+
+    monkeypatch.setattr(publishing, "next_intent", ending_at_the_second)
+    with pytest.raises(SystemExit):
+        publish(database, stripe_settings)
+    monkeypatch.setattr(publishing, "next_intent", plan)
+    assert [p[:3] for p in publications(database)] == [("product", "create", "pending")]
+    assert len(stripe_server.products) == 1
+    assert _resume(database, stripe_settings, utcnow() + publishing.STALLED_AFTER) == 1
+    assert len(stripe_server.products) == 1 and len(stripe_server.prices) == 1  # the product's key replayed
+    assert [p[2] for p in publications(database)] == ["succeeded", "succeeded"]
+    assert program_state(database)[1] is ProgramStatus.PUBLISHED
+
+
+def test_a_stalled_call_of_a_deleted_course_of_the_other_mode_or_older_than_stripe_keeps_its_key_is_left_alone(database, stripe_server,
+                                                                                stripe_settings):
+    from db.types import utcnow
+
+    save(database, course())
+    save(database, course(), code="OLD")
+    for code in ("SFZ", "OLD"):
+        publish_calls.request_publish(unit_of_work=database.session_scope, settings=stripe_settings,
+                                      kind=publishing.COURSE, code=code, send=lambda *message: True)
+    with database.session_scope() as s:
+        catalog.delete_course(session=s, code="OLD")
+    later = utcnow() + publishing.STALLED_AFTER
+    assert _stalled(database, stripe_settings, later) == [("course", "SFZ")]
+    with database.session_scope() as s:
+        assert publishing.stalled(session=s, mode="live", now=later) == []
+    # recorded longer ago than Stripe keeps its key: made again it could be made twice; the admin decides
+    assert _stalled(database, stripe_settings, utcnow() + publishing.REPLAY_WITHIN) == []
