@@ -24,7 +24,7 @@ from db.enums import CreditType, LedgerEntryType
 from db.models import AuditEntry, Booking, CourseProgram, CreditLedgerEntry, CreditPackage, GroupClass, PackagePurchase, StudentCourseEnrollment
 from db.types import utcnow
 from tasks.ledger import credits
-from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind
+from tasks.ledger.causes import ENROLLMENT_OWNER, Cause, CauseKind, Keys
 
 
 class Names:
@@ -144,11 +144,13 @@ def _booked_before_expiry(session: Session, ledger: list[CreditLedgerEntry],
                           expired: dict[int, datetime]) -> dict[int, datetime]:
     """The credits spent on an expired lot by a booking made before the expiry but processed after it (the workers
     behind), by their entry's id: at their booking's time, when the credit was spent (`credits.consume_credit`
-    judges the lot at the booking's time too)."""
+    judges the lot at the booking's time too). A credit spent again (`credits.spend_again`: a late cancel outside
+    policy undoing a release) is not one: it stays at its own time, as the release it undoes does."""
     late = {}  # entry id: (booking id, its lot's expiry)
     for entry in ledger:
         expiry = expired.get(entry.grant_id or entry.id)
-        if entry.entry_type == LedgerEntryType.CONSUME and entry.booking_id and expiry and entry.created_at > expiry:
+        if entry.entry_type == LedgerEntryType.CONSUME and entry.booking_id and expiry and entry.created_at > expiry \
+                and entry.idempotency_key == Keys.consume(entry.booking_id):
             late[entry.id] = (entry.booking_id, expiry)
     if not late:
         return {}

@@ -146,3 +146,39 @@ def test_a_booking_made_before_its_lot_expired_but_applied_after_spends_it_on_th
     assert body["entries"][1]["at"] == (now - timedelta(hours=2)).isoformat()  # when the credit was spent
     assert "1 group credit of lot" in body["entries"][2]["description"]
     assert client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]["group"] == 0
+
+
+def test_a_credit_spent_again_after_its_lot_expired_closes_the_statement_at_the_balance(client, runtime,
+                                                                                         admin_headers):
+    """Booked before the lot expired; the class cancelled after the expiry (the credit back to the expired lot);
+    the student's own cancel outside policy, made before the expiry, delivered last: the credit is spent again.
+    Before: the statement dated the spend-again at the booking too, counting one credit twice: it closed at -1
+    while the balance is 0."""
+    from sqlalchemy import select
+
+    from db.models import CreditLedgerEntry
+    from tests.tasks.bookings.bookings_support import booking_cancelled, booking_created, class_upserted
+    from tests.tasks.bookings.bookings_support import deliver as deliver_platform
+
+    db, now = runtime.db, utcnow()
+    with db.session_scope() as s:
+        factories.student(s)
+        lot = credits.issue_credits(session=s, student_id="stu_1", credit_type=CreditType.GROUP, quantity=1,
+                                    cause="promo", expires_at=now + timedelta(days=1))
+        lot.created_at = now - timedelta(days=30)
+        lot_id = lot.id
+    deliver_platform(db, class_upserted("gc_c", starts_at=now + timedelta(days=2), when=now - timedelta(days=25)))
+    deliver_platform(db, booking_created("bk_1", "gc_c", credit_type="group", when=now - timedelta(days=20)))
+    with db.session_scope() as s:
+        s.get(CreditLedgerEntry, lot_id).expires_at = now - timedelta(hours=2)
+        s.scalar(select(CreditLedgerEntry).where(CreditLedgerEntry.booking_id == "bk_1")).created_at = \
+            now - timedelta(days=20)
+    deliver_platform(db, class_upserted("gc_c", starts_at=now + timedelta(days=2), status="cancelled",
+                                        when=now - timedelta(hours=1)))
+    deliver_platform(db, booking_cancelled("bk_1", within_policy=False, when=now - timedelta(hours=3)))
+    body = client.get("/v1/students/stu_1/credits/statement", headers=admin_headers).get_json()
+    lines = [(e["entry_type"], e["quantity"], e["balance"], e["counted"]) for e in body["entries"]]
+    assert client.get("/v1/students/stu_1/credits", headers=admin_headers).get_json()["balances"]["group"] == 0
+    assert body["balances"]["group"] == 0 and min(balance for _, _, balance, _ in lines) >= 0, lines
+    assert [(kind, counted) for kind, _, _, counted in lines] == \
+        [("grant", True), ("consume", True), ("release", False), ("consume", False)], lines
