@@ -35,10 +35,13 @@ def classes_between(*, session: Session, start: datetime, end: datetime,
     if len(classes) > limit:
         rest = classes[limit].starts_at
         whole = [c for c in classes[:limit] if c.starts_at < rest]
-        if not whole:  # more than a page starts at one instant: that instant whole, however many, and on from it
+        if not whole:  # more than a page starts at one instant: that instant whole, however many, and on from
+            # the next start time in the window (None when there is none: the page then held the rest of it)
             whole = list(session.scalars(select(GroupClass).where(GroupClass.starts_at == rest)
                                          .order_by(GroupClass.id)))
-            rest = rest + timedelta(microseconds=1)
+            rest = session.scalar(select(GroupClass.starts_at).where(GroupClass.starts_at > rest,
+                                                                     GroupClass.starts_at < end)
+                                  .order_by(GroupClass.starts_at).limit(1))
         classes = whole
     tags: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if classes:

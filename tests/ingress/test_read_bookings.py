@@ -144,6 +144,15 @@ def test_calendar_pages_through_a_full_window_without_repeating_or_skipping_a_cl
     last = client.get("/v1/calendar", headers=admin_headers,
                       query_string={"from": body["next_from"], "to": (T0 + timedelta(days=1)).isoformat()}).get_json()
     assert [c["class_id"] for c in last["classes"]] == ["g"] and last["next_from"] is None
+    assert body["next_from"] == at(70).isoformat()  # the next start time, not one a client could not ask from
+    # the instant's classes are the rest of the window: nothing more to ask for. Before: next_from was the instant
+    # plus a microsecond, and asked with `to` one microsecond after the instant, that answered 400 (`to` not after
+    # `from`)
+    for to in (at(65), at(60) + timedelta(microseconds=1)):
+        body = client.get("/v1/calendar", headers=admin_headers,
+                          query_string={"from": at(60).isoformat(), "to": to.isoformat()}).get_json()
+        assert [c["class_id"] for c in body["classes"]] == [f"f{n}" for n in range(5)]
+        assert body["next_from"] is None
 
 
 @pytest.mark.parametrize("query", [
