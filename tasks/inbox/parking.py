@@ -88,12 +88,15 @@ def requeue_waiting(*, session: Session, older_than: timedelta = timedelta(0), l
         .order_by(last_sent, InboxEvent.id)
         .limit(limit)
     ).all()
-    if ids:
-        session.execute(
-            update(InboxEvent).where(InboxEvent.id.in_(ids))
-            .values(status=InboxStatus.PENDING, waiting_for=None, enqueued_at=now)
-        )
-    return list(ids)
+    if not ids:
+        return []
+    # still waiting when written: one woken or finished meanwhile (its provider committed after the read) keeps
+    # its status, and a finished event is never made pending again
+    return list(session.scalars(
+        update(InboxEvent).where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.WAITING)
+        .values(status=InboxStatus.PENDING, waiting_for=None, enqueued_at=now)
+        .returning(InboxEvent.id)
+    ))
 
 
 def expire_waiting(*, session: Session, horizon: timedelta, limit: int = 1000,

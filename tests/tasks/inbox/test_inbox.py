@@ -178,6 +178,35 @@ def test_scheduled_retry_of_waiting_events(database):
     assert run(database, waiter).outcome is inbox.Outcome.PROCESSED
 
 
+def test_the_scheduled_retry_leaves_an_event_that_finished_while_it_read_finished(pg_database):
+    """Before: the retry read the waiting rows, then set them pending by id alone: one woken and processed in
+    between (its transaction committing while the retry's update waited for the row) was made pending again,
+    and processed a second time."""
+    import threading
+
+    from tests.conftest import while_held
+
+    database = pg_database
+    waiter = store(database, "test.wait", {"needs": "thing:4"})
+    run(database, waiter)
+    held, release = threading.Event(), threading.Event()
+
+    def processed_meanwhile():
+        with database.session_scope() as s:
+            s.get(InboxEvent, waiter, with_for_update=True).status = InboxStatus.PROCESSED
+            s.flush()
+            held.set()
+            assert release.wait(30)
+
+    def retry():
+        with database.session_scope() as s:
+            return inbox.requeue_waiting(session=s)
+
+    _, retried, waited = while_held(database, processed_meanwhile, retry, held=held, release=release)
+    assert waited and retried.result() == []
+    assert row(database, waiter).status == InboxStatus.PROCESSED
+
+
 def test_end_to_end_through_the_embedded_broker(runtime, worker):
     support.BEHAVIOUR["e2e-flaky"] = {"fail_times": 1}
     ids = [store(runtime.db, "test.effect"), store(runtime.db, "test.flaky", event_id="e2e-flaky")]
