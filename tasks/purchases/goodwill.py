@@ -11,12 +11,16 @@ still (`kept_amounts`, the second figure): its failure takes nothing away (`task
 """
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import case, exists, func, select
 from sqlalchemy.orm import Session
 
 from db.models import AdminRefund, PaymentRefund
 from db.types import utcnow
 from tasks.purchases.counted import counted_once, going_refund
+
+ADMIN_REFUND_ID = re.compile(r"[0-9]{1,18}")  # an admin refund's row id, as the refund's metadata names it
 
 
 def kept_amounts(session: Session, enrollment_id: int) -> tuple[int, int]:
@@ -40,7 +44,9 @@ def settle_asked(session: Session, refund: dict, enrollment_id: int | None) -> N
     yet) settles it `succeeded`: it need not stay pending until someone retries. The caller holds the
     purchase's lock (taken before the admin refund's, as `manual.refund_outcome` takes them)."""
     named = (refund.get("metadata") or {}).get("admin_refund_id")
-    if enrollment_id is None or not isinstance(named, str) or not named.isdigit() or \
+    # an id we wrote: ASCII digits within a row id (metadata edited in Stripe's dashboard may hold anything: "²"
+    # is a digit to str.isdigit and not to int, thirty digits overflow the column)
+    if enrollment_id is None or not isinstance(named, str) or not ADMIN_REFUND_ID.fullmatch(named) or \
             refund.get("status") not in (None, "succeeded", "pending"):
         return
     row = session.scalar(select(AdminRefund).where(AdminRefund.id == int(named)).with_for_update())

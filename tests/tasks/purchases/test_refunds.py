@@ -291,6 +291,17 @@ def test_refund_updates_before_their_purchase_wait_then_apply_once(database):
         assert s.scalar(select(func.count()).select_from(PaymentRefund)) == 1
 
 
+@pytest.mark.parametrize("named", ["\u00b2", "9" * 30, "-1", " 1"])
+def test_a_refund_whose_metadata_names_no_admin_refund_we_wrote_is_applied_as_any_refund(database, named):
+    """Before: "²" passed `str.isdigit` and `int()` raised; thirty digits overflowed the column on PostgreSQL: the
+    refund's event failed instead of revoking the purchase it refunded in full."""
+    _purchase(database)
+    event = refund_created()
+    event["data"]["object"]["metadata"] = {"admin_refund_id": named}
+    assert deliver(database, event).outcome is inbox.Outcome.PROCESSED
+    assert state(database)["enrollments"][0]["status"] == "revoked"
+
+
 def _malformed(event, path, value):
     target = event["data"]["object"]
     *parents, last = path.split(".")
