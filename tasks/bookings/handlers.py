@@ -61,8 +61,11 @@ def on_class_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
                                 cancelled=cancelled)
     if cancelled or cancelling:
         # the ended bookings' keys: after their rows, before the students' (see on_booking_cancelled)
+        # a class still cancelled ends every booking on it; one scheduled again since, those made by this
+        # cancellation (bookings made later are the newer state's)
         bookings.cancel_class(session=ctx.session, group_class=group_class,
                               at=at if cancelling else group_class.cancelled_at or at, students=students,
+                              made_by=None if cancelled else at,
                               ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
     if applied:  # a newer class state: the seats left may have crossed the alert threshold
         threshold = getattr(ctx.settings, "low_seat_threshold", alerts.DEFAULT_LOW_SEAT_THRESHOLD)

@@ -641,17 +641,18 @@ def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
 
 
 def cancel_class(*, session: Session, group_class: GroupClass, at: datetime, students: dict[str, Addressee],
-                 ending: Callable[[list[str]], None] | None = None) -> list[str]:
-    """The platform cancelled a class at `at`: its active bookings made by then are cancelled (within policy: steps reopen,
+                 ending: Callable[[list[str]], None] | None = None, made_by: datetime | None = None) -> list[str]:
+    """The platform cancelled a class at `at`: its active bookings (those made by `made_by` when given: a
+    cancellation a newer upsert replaced by scheduling the class again) are cancelled (within policy: steps reopen,
     credits return) and each student is mailed. Returns the cancelled booking ids; a repeat finds none.
     `ending` is told the ids once they are locked, before any student's ledger lock is (the caller's waking of
     what waits for their ends takes locks of its own, which must come first). `students`: what the caller's
     `hold_students_of_class` answered, taken before the class's reminders; this one's mails are addressed from
     it. (A booking into the class waits for the class's row, which the caller updated first, so none is missing
     from it; one that were would be held and read here.)"""
+    made = () if made_by is None else (or_(Booking.booked_at.is_(None), Booking.booked_at <= made_by),)
     bookings = list(session.scalars(select(Booking).where(Booking.class_id == group_class.id,
-                                                          Booking.status == BookingStatus.ACTIVE,
-                                                          or_(Booking.booked_at.is_(None), Booking.booked_at <= at))
+                                                          Booking.status == BookingStatus.ACTIVE, *made)
                                     .order_by(Booking.id).with_for_update()))
     cause = f"class_cancelled:{group_class.id}"
     if ending is not None and bookings:

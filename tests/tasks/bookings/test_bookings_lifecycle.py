@@ -363,6 +363,18 @@ def test_a_cancellation_delivered_after_the_class_was_scheduled_again_still_ends
     assert progress(database, w, 1)["booking_id"] == "bk_2"
 
 
+def test_a_cancellation_that_stays_the_class_s_state_ends_every_booking_on_it_one_stamped_after_it_too(database):
+    """A booking stamped after the cancellation (another host's clock a little ahead) still ends with the class
+    when nothing scheduled it again: only a cancellation a newer upsert replaced keeps to the bookings made by it."""
+    w = world(database, group_credits=1)
+    book(database, w, "bk_1", 1, when=at(10))
+    deliver(database, booking_created("bk_c", w.option(1), credit_type="group", when=at(10)))
+    deliver(database, class_upserted(w.option(1), status="cancelled", when=at(5)))
+    assert (booking(database, "bk_1").status.value, booking(database, "bk_c").status.value) == \
+        ("cancelled", "cancelled")
+    assert progress(database, w, 1)["status"].value == "unbooked" and balances(database)["group"] == 1
+
+
 def test_a_booking_made_before_a_cancellation_and_delivered_after_the_class_was_scheduled_again_is_refused(
         database):
     """Before: a booking made at t0, delivered after the class's cancellation (t50) and its revival (t60), was
