@@ -597,11 +597,17 @@ def _cancelled_before_its_class(session: Session, booking: Booking, data: Bookin
     progress = _progress_of(session, booking.enrollment_id, booking.course_step_id, lock=True)
     rebooked = any(b.id != booking.id and b.booked_at is not None and b.booked_at > booking.booked_at
                    for b in _step_bookings(session, booking.enrollment_id, booking.course_step_id))
-    if progress is not None and progress.status == ProgressStatus.UNBOOKED and not rebooked:
+    if progress is None or rebooked:
+        return
+    if progress.status == ProgressStatus.UNBOOKED:
         # the step names its booking again, as a step missed in order does
         progress.booking_id, progress.group_class_id = booking.id, booking.class_id
         progress_moves.move(session=session, progress=progress, target=ProgressStatus.MISSED, cause=cause,
                             at=data.cancelled_at, enrollment=enrollment, fresh=True)
+    elif progress.status == ProgressStatus.CANCELLED and progress.booking_id is None:
+        # revoked meanwhile: the step stays cancelled, naming the booking again (the class's cancellation, taken
+        # within policy, had let it go), so a reinstatement reopens it missed, as in order
+        progress.booking_id, progress.group_class_id = booking.id, booking.class_id
 
 
 def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: datetime, **held) -> None:

@@ -661,3 +661,31 @@ def test_a_missed_step_through_an_admins_revocation_and_reinstatement_stays_miss
     assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("missed", "bk_1")
     book(database, w, "bk_2", when=at(90))  # a missed step is booked again
     assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("booked", "bk_2")
+
+
+@pytest.mark.parametrize("order", ["in_order", "revoked_then_class_cancelled_then_the_cancel"])
+def test_a_step_cancelled_outside_policy_before_its_class_was_reopens_missed_whatever_the_order(database, order):
+    """The student's cancel outside policy (t10), the class's cancellation (t50), an admin's revocation, then the
+    reinstatement. Before: revoked first, the class's cancellation let the cancelled step's booking go, and the
+    student's earlier cancel, delivered last, left the step naming none: the reinstatement reopened it unbooked,
+    where in order it is missed, naming the booking."""
+    from db.models import StudentCourseEnrollment
+    from tasks.purchases import manual
+
+    w = world(database)
+    with database.session_scope() as s:
+        s.get(StudentCourseEnrollment, w.enrollment_id).activated_at = at(-60)
+    book(database, w)
+
+    def revoke():
+        with database.session_scope() as s:
+            manual.revoke(session=s, enrollment_id=w.enrollment_id, cause="admin:1")
+
+    student_cancel = lambda: deliver(database, booking_cancelled("bk_1", within_policy=False, when=at(10)))  # noqa: E731
+    class_cancel = lambda: deliver(database, class_upserted(w.option(1), status="cancelled", when=at(50)))  # noqa: E731
+    for step in ((student_cancel, class_cancel, revoke) if order == "in_order"
+                 else (revoke, class_cancel, student_cancel)):
+        step()
+    with database.session_scope() as s:
+        manual.reinstate(session=s, enrollment_id=w.enrollment_id, cause="admin:2")
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("missed", "bk_1")
