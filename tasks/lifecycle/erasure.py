@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.enums import InboxSource, InboxStatus, OutboxChannel, OutboxStatus
@@ -118,8 +118,10 @@ def _subjects(session: Session, student_id: str, payments: tuple[set[str], set[s
                      checkout["metadata"]["student_id"].as_string() == student_id)
     carrying = set()
     if addresses:
-        carrying = checkouts(checkout["customer_details"]["email"].as_string().in_(addresses),
-                             checkout["customer_email"].as_string().in_(addresses)) - own
+        # in any case, as a buyer is matched by address (Stripe keeps the case the buyer typed)
+        lowered = {address.lower() for address in addresses}
+        carrying = checkouts(func.lower(checkout["customer_details"]["email"].as_string()).in_(lowered),
+                             func.lower(checkout["customer_email"].as_string()).in_(lowered)) - own
     return own, carrying
 
 

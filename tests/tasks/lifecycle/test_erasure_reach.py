@@ -674,3 +674,23 @@ def test_an_erasure_and_a_class_cancellation_over_a_reminder_listing_it_do_not_d
     assert send_reminders(unit_of_work=database.session_scope, settings=settings) >= 1
     cancel = bookings.class_upserted(w.option(1), status="cancelled", when=utcnow())
     _cancel_beside_an_erasure(database, monkeypatch, bookings.store(database, cancel), "cancel_class")
+
+
+def test_a_checkout_that_spelled_the_address_in_another_case_is_forgotten_with_its_digest(database):
+    """A checkout whose buyer was not placed, paid with the student's address as `Ada@Example.test`: the buyer is
+    matched in any case, but the erasure looked for the address as stored. Before: its payload kept the address
+    and its error the address's digest."""
+    with database.session_scope() as s:
+        factories.student(s, email="before@example.test", name=NAME)
+        factories.program(s, bundle=())
+    spelled = ADDRESS.replace("ada@example", "Ada@Example")
+    deliver(database, checkout(cs="cs_orphan", pi="pi_orphan", student=None, email=spelled, event_id="evt_orphan"))
+    reference = fulfilment.email_reference(ADDRESS)
+    with database.session_scope() as s:
+        row = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "evt_orphan"))
+        assert row.status == InboxStatus.FAILED and reference in row.last_error
+    bookings.deliver(database, bookings.student_upserted(email=ADDRESS, name=NAME, when=utcnow()))
+    _erase(database)
+    with database.session_scope() as s:
+        row = s.scalar(select(InboxEvent).where(InboxEvent.event_id == "evt_orphan"))
+        assert reference.split(":", 1)[1] not in row.last_error and spelled not in str(row.payload)
