@@ -124,7 +124,10 @@ def _back_after_login() -> str:
     site names it, else the dashboard home. The login checks `next` as it checks any (no open redirect)."""
     if request.method in ("GET", "HEAD"):
         return request.full_path.rstrip("?")
-    referrer = urlsplit(request.referrer or "")
+    try:
+        referrer = urlsplit(request.referrer or "")
+    except ValueError:  # a header the client wrote: `http://[::1/…` is no URL
+        return url_for("dashboard.home")
     if referrer.netloc != request.host or not referrer.path:
         return url_for("dashboard.home")
     return referrer.path + (f"?{referrer.query}" if referrer.query else "")

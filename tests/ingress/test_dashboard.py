@@ -95,7 +95,8 @@ def test_an_action_pressed_once_the_session_has_ended_returns_to_its_page_after_
         s.flush()
         inbox_id = event.id
     for referer, lands in ((f"http://localhost/admin/ui/events/{inbox_id}?tab=1", f"/admin/ui/events/{inbox_id}?tab=1"),
-                           (None, "/admin/"), (f"http://evil.example/admin/ui/events/{inbox_id}", "/admin/")):
+                           (None, "/admin/"), (f"http://evil.example/admin/ui/events/{inbox_id}", "/admin/"),
+                           ("http://[::1/admin/ui/events", "/admin/")):  # no URL (it was a 500)
         csrf = login(client)
         with runtime.db.session_scope() as s:  # the session's absolute end passes while the page is open
             s.execute(update(AdminSession).values(expires_at=utcnow()))
