@@ -158,8 +158,11 @@ def find_admin(session: Session, email: str) -> AdminAccount | None:
         wanted = email.strip().lower()
     account = session.scalar(select(AdminAccount).where(AdminAccount.email == wanted))
     if account is None:
+        # stored in another form: a Unicode domain, or A-labels the canonical form now spells otherwise (a domain
+        # with ß, kept as `xn--strae-…` before, is `strasse` now)
         account = next((other for other in session.scalars(select(AdminAccount).order_by(AdminAccount.id))
-                        if not other.email.isascii() and _same_address(other.email, wanted)), None)
+                        if (not other.email.isascii() or "xn--" in other.email)
+                        and (other.email == email.strip().lower() or _same_address(other.email, wanted))), None)
     return account
 
 
