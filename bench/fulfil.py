@@ -377,7 +377,7 @@ def _reference_fast_worker(dsn: str, work: list[int], threads: int, run: str, re
                  "r": None, "p": json.loads(templates["payload1"]), "s": 1},
                 {"u": f"msg_reff2_{eid}", "d": f"reff2:{eid}", "c": "mail", "t": "enrollment_welcome",
                  "r": f"{student}@bench.test", "p": json.loads(templates["payload2"]), "s": None}]),
-            "inbox_id": inbox_id, "keys": [row[3]]}).fetchone()
+            "inbox_id": inbox_id, "keys": [row[3]], "erased_subjects": []}).fetchone()
 
     _drain(dsn, work, threads, results, purchase)
 
