@@ -1,6 +1,8 @@
 """Migrations run up and down on SQLite and on an empty PostgreSQL database."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 import secrets
 import subprocess
@@ -183,14 +185,7 @@ def test_0026_marks_the_students_erased_before_0022_erased(backend, tmp_path):
     """A student erased before `student.erased_at` existed (no e-mail, the `student.erase` audit entry) takes the
     time of their newest erasure; one the platform updated after it (back, with or without an e-mail), or never
     erased, stays unerased."""
-    admin = created = None
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        need("postgres")
-        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        created, url = _fresh_pg_database(admin, "erased")
-    try:
+    with _database_for(backend, tmp_path, "erased") as url:
         upgrade(url, "0021")
         engine = sa.create_engine(url)
         # id: (e-mail, last profile update, erasures)
@@ -215,24 +210,13 @@ def test_0026_marks_the_students_erased_before_0022_erased(backend, tmp_path):
         engine.dispose()
         assert {student_id for student_id, at in erased_at.items() if at is not None} == {"erased"}
         assert str(erased_at["erased"]).startswith("2026-02-01 10:00:01")
-    finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
-            admin.dispose()
+
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_0020_lets_a_mail_end_expired_and_sets_apart_the_ones_that_ended_dead_for_it(backend, tmp_path):
     """Before it, a mail held up past its expiry ended `dead` ("expired at …"): those become `expired`, the real
     failures stay `dead`; the status column accepts `expired` (and, downgraded, no longer does)."""
-    admin = created = None
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        need("postgres")
-        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        created, url = _fresh_pg_database(admin, "expired")
-    try:
+    with _database_for(backend, tmp_path, "expired") as url:
         upgrade(url, "0019")
         engine = sa.create_engine(url)
         rows = [(1, "dead", "expired at 2026-12-01T17:00:00+00:00: no longer worth sending"),
@@ -254,11 +238,6 @@ def test_0020_lets_a_mail_end_expired_and_sets_apart_the_ones_that_ended_dead_fo
             with pytest.raises(sa.exc.IntegrityError):
                 conn.execute(sa.text("UPDATE outbox_message SET status = 'expired' WHERE id = 1"))
         engine.dispose()
-    finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
-            admin.dispose()
 
 
 def _runbook_index_statements() -> list[str]:
@@ -309,6 +288,23 @@ def test_indexes_built_beforehand_as_the_runbook_shows_are_what_the_upgrade_woul
         with admin.connect() as conn:
             for name in databases.values():
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def _database_for(backend: str, tmp_path, kind: str):
+    """A new empty database's URL on `backend`, dropped afterwards (PostgreSQL)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    need("postgres")
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    created, url = _fresh_pg_database(admin, kind)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
         admin.dispose()
 
 
