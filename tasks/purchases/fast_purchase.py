@@ -87,8 +87,9 @@ SELECT pr.id, pr.code, pr.title, pr.status,
        FROM course_bundle_component c WHERE c.program_id = pr.id AND c.deleted_at IS NULL),
     CASE WHEN pr.id IS NOT NULL THEN nextval(pg_get_serial_sequence('student_course_enrollment', 'id')) END,
     (SELECT json_build_array(email, name, false) FROM st),
-    -- a known buyer under a key-share lock: an erasure at the same moment comes wholly before or after
-    (SELECT json_build_array(email, name, erased_at IS NOT NULL) FROM student WHERE id = %(student)s FOR KEY SHARE),
+    -- a known buyer under the ledger's lock (`credits.lock_student`): an erasure, or an admin's enrolment by hand
+    -- (which checks under that lock that the student holds no enrollment in the course), comes wholly before or after
+    (SELECT json_build_array(email, name, erased_at IS NOT NULL) FROM student WHERE id = %(student)s FOR NO KEY UPDATE),
     pr.stripe_product_id, pr.stripe_price_id
 FROM lk LEFT JOIN pr ON true
 """

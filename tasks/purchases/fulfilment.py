@@ -163,10 +163,13 @@ def ensure_student(session: Session, student_id: str, checkout: dict[str, Any]) 
         execution_options={"populate_existing": True},
     ).first()
     if student is None:
-        # a known one, under a key-share lock: an erasure (FOR UPDATE) at the same moment comes wholly before
-        # this purchase (its `erased_at` read here) or wholly after it (it finds the enrollment and scrubs it)
+        # a known one, under the student's ledger lock (`credits.lock_student`'s, FOR NO KEY UPDATE): an erasure
+        # (FOR UPDATE) at the same moment comes wholly before this purchase (its `erased_at` read here) or wholly
+        # after it (it finds the enrollment and scrubs it), and so does an admin's enrolment by hand, which checks
+        # under that lock that the student holds no enrollment in the course (a key-share lock let it miss this
+        # purchase's, not yet committed: two enrollments, the bundle granted twice)
         student = session.scalar(select(Student).where(Student.id == student_id)
-                                 .with_for_update(read=True, key_share=True)
+                                 .with_for_update(key_share=True)
                                  .execution_options(populate_existing=True))
     if student is None:
         raise TransientError(f"student {student_id} could not be created")

@@ -5,6 +5,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import func, select
 
 from db.enums import BundleKind, InboxStatus
@@ -91,3 +92,47 @@ def test_thirty_concurrent_redeliveries_over_http(database, client, runtime, wor
         rows = s.scalars(select(InboxEvent)).all()
         assert len(rows) == 1 and rows[0].status == InboxStatus.PROCESSED
     assert _counts(database) == EXPECTED
+
+
+# --------------------------------------------------------------------------- a comp while the purchase is applied
+
+
+@pytest.mark.parametrize("path", ["general", "fast"])
+def test_a_comp_made_while_the_students_purchase_of_the_course_is_applied_is_refused(pg_database, path):
+    """Before: the purchase held its buyer under a key-share lock, which the comp's ledger lock does not wait for;
+    the comp could not see the purchase's enrollment, not yet committed, and made its own: two active
+    enrollments, the bundle granted twice. Applied one after the other, the comp is refused already_enrolled."""
+    from tasks.enrollments import services as enrollments
+    from tasks.inbox.context import HandlerContext
+    from tasks.ledger import credits
+    from tasks.purchases import fast_purchase, manual
+    from tests.conftest import while_held
+    from tests.tasks.purchases.payments_support import checkout, store
+
+    database = pg_database
+    with database.session_scope() as s:
+        factories.program(s, code="SFZ", steps=2)
+        factories.student(s, id="stu_1")
+    event = checkout(cs="cs_1", pi="pi_1", student="stu_1")
+    inbox_id = store(database, event)
+    applied, release = threading.Event(), threading.Event()
+
+    def purchase():
+        with database.session_scope() as s:
+            if path == "fast":
+                assert fast_purchase.process(HandlerContext(session=s), inbox_id) is not None
+            else:
+                fulfilment.fulfil_checkout(session=s, checkout=event["data"]["object"])
+            applied.set()
+            assert release.wait(30)
+
+    def comp():
+        with database.session_scope() as s:
+            return manual.enroll(session=s, student_id="stu_1", course_code="SFZ", grant_bundle=True,
+                                 cause="admin:9", reason="comp", actor="op@studio.test")
+
+    _, comped, waited = while_held(database, purchase, comp, held=applied, release=release)
+    assert waited and isinstance(comped.exception(), enrollments.AlreadyEnrolled)
+    with database.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(StudentCourseEnrollment)) == 1
+        assert credits.balances(session=s, student_id="stu_1")["private"] == 2
