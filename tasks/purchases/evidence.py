@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from db.enums import DisputeStatus, OutboxChannel, OutboxStatus, ProgressStatus
+from db.enums import DisputeStatus, LedgerEntryType, OutboxChannel, OutboxStatus, ProgressStatus
 from db.models import (
     Booking,
     CourseProgram,
     CourseStep,
+    CreditLedgerEntry,
     CreditPackage,
     GroupClass,
     OutboxMessage,
@@ -124,10 +125,9 @@ def _activity(session: Session, purchase: _Purchase) -> tuple[list[str], datetim
         events.append((row.activated_at, f"access granted: enrollment {row.id} active"))
     if purchase.kind == "course":
         bookings = session.scalars(select(Booking).where(Booking.enrollment_id == row.id))
-    else:
-        bookings = session.scalars(select(Booking).where(
-            Booking.student_id == row.student_id, Booking.credit_type.is_not(None),
-            or_(Booking.booked_at.is_(None), Booking.booked_at >= row.created_at)))
+    else:  # the bookings that spent a credit of this purchase, as its ledger says (another lot may have served one)
+        bookings = session.scalars(select(Booking).where(Booking.id.in_(select(CreditLedgerEntry.booking_id).where(
+            CreditLedgerEntry.package_purchase_id == row.id, CreditLedgerEntry.entry_type == LedgerEntryType.CONSUME))))
     first_attended = None
     for booking in sorted(bookings, key=lambda b: (b.booked_at or b.created_at, b.id)):
         group_class = session.get(GroupClass, booking.class_id)
@@ -154,6 +154,12 @@ def _activity(session: Session, purchase: _Purchase) -> tuple[list[str], datetim
         for status in session.scalars(select(StudentCourseProgress.status).where(
                 StudentCourseProgress.enrollment_id == row.id)):
             counts[status.value] = counts.get(status.value, 0) + 1
+    else:  # the bookings whose credit of this purchase stays spent (what each consumed, less what came back)
+        counts["credits_used"] = sum(1 for (spent,) in session.execute(
+            select(func.sum(CreditLedgerEntry.quantity)).where(
+                CreditLedgerEntry.package_purchase_id == row.id, CreditLedgerEntry.booking_id.is_not(None),
+                CreditLedgerEntry.entry_type.in_((LedgerEntryType.CONSUME, LedgerEntryType.RELEASE)))
+            .group_by(CreditLedgerEntry.booking_id)) if spent < 0)
     events.sort(key=lambda e: e[0])
     return [f"{_when(at)}  {text}" for at, text in events], first_attended, counts
 
@@ -211,7 +217,7 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
                 f"{steps.get('booked', 0)} are booked and {steps.get('missed', 0)} were missed.")
         product = f"Course program {purchase.code} \"{purchase.title}\": group classes in {sum(steps.values())} steps"
     else:
-        used = f"The package's credits were used for {sum(1 for line in log if ' booked ' in line)} booking(s)."
+        used = f"The package's credits were used for {steps['credits_used']} booking(s)."
         product = f"Credit package {purchase.code} \"{purchase.title}\""
     summary = (
         f"The customer (student {row.student_id}) bought {product} on {_when(row.created_at)} for {charged} "

@@ -240,3 +240,41 @@ def test_evidence_submitted_in_stripes_dashboard_is_recorded_as_submitted(databa
     # and a second ask is answered from the row: nothing is open to submit
     with database.session_scope() as s:
         assert s.scalar(select(PaymentDispute.evidence_status)) == "submitted"
+
+
+def test_a_package_disputes_evidence_counts_only_the_bookings_that_spent_that_package(database):
+    """Two packages: every booking spent the one expiring first. Before: a dispute of the other drafted evidence
+    saying its credits were used for every credit booking the student made after buying it (3), and listed them
+    in the access activity log, where its ledger shows none spent (0)."""
+    from db.enums import CreditType
+    from db.models import CreditPackage
+    from tasks.ledger import credits
+    from tasks.purchases import evidence
+
+    with database.session_scope() as s:
+        s.add(CreditPackage(code="SHORT", title="Short", price_amount=5000, credit_type=CreditType.GROUP,
+                            quantity=5, validity_days=30, stripe_price_id="price_short"))
+        s.add(CreditPackage(code="LONG", title="Long", price_amount=9000, credit_type=CreditType.GROUP,
+                            quantity=10, validity_days=None, stripe_price_id="price_long"))
+        factories.group_class(s, id="gc_x", title="X", starts_in=timedelta(days=2))
+    deliver(database, checkout(cs="cs_a", pi="pi_a", package="SHORT", amount=5000))
+    deliver(database, checkout(cs="cs_b", pi="pi_b", package="LONG", amount=9000))
+    for n in range(3):
+        bookings.deliver(database, bookings.booking_created(f"bk_{n}", "gc_x", credit_type="group",
+                                                            when=utcnow() + timedelta(seconds=5 + n)))
+    bookings.deliver(database, bookings.booking_cancelled("bk_2", when=utcnow() + timedelta(seconds=9)))
+    with database.session_scope() as s:
+        assert {lot.grant.quantity: lot.remaining for lot in credits.lots(session=s, student_id="stu_1")} == \
+            {5: 3, 10: 10}
+    for dispute, pi in (("dp_long", "pi_b"), ("dp_short", "pi_a")):
+        deliver(database, dispute_created(dispute=dispute, pi=pi, amount=9000))
+    drafted = {}
+    with database.session_scope() as s:
+        for dispute in ("dp_long", "dp_short"):
+            row = s.scalar(select(PaymentDispute).where(PaymentDispute.stripe_dispute_id == dispute))
+            drafted[dispute] = evidence.draft(session=s, dispute=row)
+    assert "credits were used for 0 booking(s)" in drafted["dp_long"]["uncategorized_text"]
+    assert "bk_" not in drafted["dp_long"]["access_activity_log"]
+    # the short package: three bookings spent it, one gave its credit back
+    assert "credits were used for 2 booking(s)" in drafted["dp_short"]["uncategorized_text"]
+    assert all(f"booking bk_{n}" in drafted["dp_short"]["access_activity_log"] for n in range(3))
