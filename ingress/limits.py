@@ -38,13 +38,21 @@ def _on_protected_paths(hook):
     return guarded
 
 
+def _storage_uri(redis_url: str | None) -> str:
+    """The limits library's name for REDIS_URL: a Unix socket is `redis+unix://` to it (`unix://`, which redis-py
+    and so the broker take, is an unknown scheme to it)."""
+    if not redis_url:
+        return "memory://"
+    return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
+
+
 def install(app: Flask, settings) -> Limiter:
     hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
     before = [list(registry.get(None, ())) for registry in hooks]
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=settings.redis_url or "memory://",
+        storage_uri=_storage_uri(settings.redis_url),
         key_prefix=f"{settings.redis_namespace}:limits",
         strategy="fixed-window",
         application_limits=[AUTH_FAILURES],

@@ -162,3 +162,35 @@ def test_with_redis_failed_dashboard_logins_are_limited(runtime, redis_url, redi
     codes = [client.post("/admin/login", data={"email": "", "password": f"guess-{i}", "csrf_token": csrf}).status_code
              for i in range(21)]
     assert codes[:20] == [401] * 20 and codes[20] == 429
+
+
+def test_a_redis_url_on_a_unix_socket_counts_failures_in_that_redis(runtime, tmp_path):
+    """REDIS_URL=unix://… is read by redis-py (the broker, the scheduler); the rate limiter's library calls that
+    scheme `redis+unix://`. Before: the ingress failed to start with `unknown storage scheme`."""
+    import shutil
+    import subprocess
+
+    import pytest
+    import redis
+
+    from ingress.app import create_app
+    from tests.netutil import wait_until
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: no Redis on a Unix socket to start")
+    socket_path = tmp_path / "redis.sock"
+    process = subprocess.Popen([server, "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"unix://{socket_path}"
+        assert wait_until(lambda: socket_path.exists(), timeout=20), "redis-server did not open its socket"
+        client = create_app(runtime.settings.with_(redis_url=url), runtime=runtime).test_client()
+        codes = [client.get("/admin/events", headers={"Authorization": f"Bearer wrong-{i}"}).status_code
+                 for i in range(20)]
+        assert codes == [401] * 20
+        assert client.get("/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 429
+        assert list(redis.Redis.from_url(url).scan_iter("*limits*")), "no counter in the socket's Redis"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
