@@ -88,8 +88,8 @@ def on_booking_cancelled(ctx: HandlerContext, event: InboxEvent) -> None:
 
 
 def on_attendance_marked(ctx: HandlerContext, event: InboxEvent) -> None:
-    booking = bookings.mark_attendance(session=ctx.session, data=_data(event))
-    ctx.provides(bookings.booking_ended_key(booking.id))
+    bookings.mark_attendance(session=ctx.session, data=_data(event),
+                             ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
 
 
 _PLATFORM = InboxSource.PLATFORM.value

@@ -495,13 +495,19 @@ def hold_students_of_class(session: Session, class_id: str) -> dict[str, Address
     return {student_id: Addressee(*rest) for student_id, *rest in rows}
 
 
-def _locked_booking(session: Session, booking_id: str, *, mailing: bool = False
+def _locked_booking(session: Session, booking_id: str, *, mailing: bool = False,
+                    ending: Callable[[list[str]], None] | None = None,
                     ) -> tuple[Booking, Addressee | None, StudentCourseEnrollment | None]:
     """The booking and its enrollment (None for a booking without one), both locked; `mailing`: the change may
-    mail the student, whose row is then held between the two (`hold_student`; else None)."""
+    mail the student, whose row is then held between the two (`hold_student`; else None). `ending` is told the
+    booking's id once its row is locked, before the student's and the enrollment's: a newer booking of the step
+    (or a credit booking) waiting for this one's end holds that key's lock and then wants them, so they come
+    after it here too (the other order let PostgreSQL end one of the two as a deadlock)."""
     booking = session.scalar(select(Booking).where(Booking.id == booking_id).with_for_update())
     if booking is None:
         raise WaitFor(booking_key(booking_id), f"booking {booking_id} has not arrived yet")
+    if ending is not None:
+        ending([booking.id])
     student = hold_student(session, booking.student_id) if mailing else None
     enrollment = None
     if booking.enrollment_id is not None:  # serialize with other moves of the same enrollment
@@ -535,11 +541,8 @@ def cancel_booking(*, session: Session, data: BookingCancelled,
                    ending: Callable[[list[str]], None] | None = None) -> Booking:
     """Apply a `booking.cancelled`. Within policy the step reopens / the credit returns; outside, the
     step is missed / the credit stays spent. Before its booking: parks. Twice: a no-op. `ending` is told the
-    booking's id once its row is locked, before the student's ledger lock is taken (as `cancel_class` tells it:
-    one order); the student's key-share hold, taken before, does not conflict with that lock."""
-    booking, student, enrollment = _locked_booking(session, data.booking_id, mailing=True)
-    if ending is not None:
-        ending([booking.id])
+    booking's id once its row is locked, before the student's and the enrollment's (`_locked_booking`)."""
+    booking, student, enrollment = _locked_booking(session, data.booking_id, mailing=True, ending=ending)
     if booking.status == BookingStatus.REJECTED:
         return booking  # never stood: nothing to undo
     progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together
@@ -619,9 +622,11 @@ def _reopen(session: Session, progress: StudentCourseProgress, cause: str, at: d
     progress.skipped_ahead = False
 
 
-def mark_attendance(*, session: Session, data: AttendanceMarked) -> Booking:
-    """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed."""
-    booking, _, enrollment = _locked_booking(session, data.booking_id)
+def mark_attendance(*, session: Session, data: AttendanceMarked,
+                    ending: Callable[[list[str]], None] | None = None) -> Booking:
+    """Apply an `attendance.marked`: attended → step completed (maybe the course), no_show → missed. `ending`: as
+    `cancel_booking`'s."""
+    booking, _, enrollment = _locked_booking(session, data.booking_id, ending=ending)
     if booking.status == BookingStatus.REJECTED:
         return booking
     progress, step = _attached_progress(session, booking)  # read before the writes, which then go out together

@@ -16,10 +16,11 @@ from tasks import signatures
 from tests import inbox_api as inbox
 from tasks.bookings import services as bookings
 from tasks.events import BookingCreated
+from tasks.inbox.context import HandlerContext
 from tests.conftest import PLATFORM_SECRET, while_held
 from tests.tasks.bookings.bookings_support import (
-    at, balances, booking, booking_created, class_upserted, deliver, outbox_rows, progress, rejections, run, store,
-    world,
+    at, balances, booking, booking_cancelled, booking_created, class_upserted, deliver, outbox_rows, progress, rejections,
+    run, store, world,
 )
 
 N = 20
@@ -208,3 +209,51 @@ def test_a_booking_crossing_the_first_upsert_of_its_class_a_cancellation_does_no
     assert booked.result() is inbox.Outcome.PROCESSED and waited
     assert (rejections(database), progress(database, w, 1)["status"].value, balances(database)["group"]) == \
         ({"bk_1": "class_cancelled"}, "unbooked", 1)
+
+
+# --------------------------------------------------------------------------- a rebooking and the cancel it waits for
+
+
+@pytest.mark.parametrize("end", ["cancel", "no_show"])
+def test_a_rebooking_and_the_end_it_waits_for_processed_at_once_do_not_deadlock(pg_database, monkeypatch, end):
+    """The newer booking finds the step held and waits for the older one's end: it takes that end's key lock
+    (`booking-ended:bk_1`) and looks again, which takes the enrollment's lock. Before: the cancel (or the
+    attendance) took the enrollment's lock and then the key's, the other order, and PostgreSQL ended one of the
+    two as a deadlock (a retry, an attempt spent, an error logged)."""
+    from tests.conftest import lock_waited_or_done
+    from tests.netutil import wait_until
+    from tests.tasks.bookings.bookings_support import attendance
+
+    database = pg_database
+    w = world(database)
+    deliver(database, booking_created("bk_1", w.option(1), step_id=w.step_ids[0], when=at(0)))
+    end_id = store(database, booking_cancelled("bk_1", within_policy=True, when=at(10)) if end == "cancel"
+                   else attendance("bk_1", "no_show", when=at(10)))
+    rebook_id = store(database, booking_created("bk_2", w.option(1), step_id=w.step_ids[0], when=at(20)))
+    rebooker = threading.local()
+    has_key, go = threading.Event(), threading.Event()
+    lock = HandlerContext.lock
+
+    def pausing_lock(self, subject):
+        lock(self, subject)
+        if getattr(rebooker, "me", False) and subject == "booking-ended:bk_1" and not has_key.is_set():
+            has_key.set()  # the rebooking holds the awaited key, about to look again
+            assert go.wait(30)
+
+    monkeypatch.setattr(HandlerContext, "lock", pausing_lock)
+
+    def process(inbox_id, *, me=False):
+        rebooker.me = me
+        with database.session_scope() as s:
+            return inbox.process_event(session=s, inbox_id=inbox_id)
+
+    with ThreadPoolExecutor(2) as pool:
+        rebook = pool.submit(process, rebook_id, me=True)
+        assert has_key.wait(30)
+        ended = pool.submit(process, end_id)
+        assert wait_until(lambda: lock_waited_or_done(database, ended), timeout=30)
+        go.set()
+        results = {"rebook": rebook.result(30), "end": ended.result(30)}
+    assert all(r.outcome is not inbox.Outcome.RETRY for r in results.values()), results
+    run(database, rebook_id)  # woken by the end (here by hand: no broker)
+    assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("booked", "bk_2")
