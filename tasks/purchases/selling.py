@@ -43,7 +43,8 @@ from tasks.ledger.causes import Cause
 COURSE, PACKAGE = "course", "package"
 HELD = (E.ACTIVE, E.PENDING, E.SUSPENDED)  # a student with one of these cannot buy the course again
 RETURN_EVENT_PREFIX = "checkout_return:"
-_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+# no white space and no control character anywhere (C0 and DEL): Stripe would refuse them as a 502, not a 400
+_URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,8 @@ def test_a_key_sent_again_with_another_body_is_refused_and_makes_nothing(client,
     ({"package_code": "TEN"}, 400, "invalid_request"),  # both codes
     ({"success_url": "javascript:alert(1)"}, 400, "invalid_request"),
     ({"success_url": "https://shop.example.test/ok\n"}, 400, "invalid_request"),  # before: passed the check
+    ({"success_url": "https://shop.example.test/ok\x01"}, 400, "invalid_request"),  # before: sent to Stripe
+    ({"cancel_url": "https://shop.example.test/no\x7f"}, 400, "invalid_request"),
     ({"student_id": ""}, 400, "invalid_request"),
     ({"course_code": "SFZ\u0000"}, 400, "invalid_request"),  # a NUL character: PostgreSQL text holds none
     ({"student_id": "stu_\ud800"}, 400, "invalid_request"),  # a lone surrogate
