@@ -112,7 +112,8 @@ SCHEMAS: dict[str, dict] = {
             "skipped_ahead": {"type": "boolean", "description": "booked while an earlier step was still unbooked"}})},
         "next_step": {"oneOf": [{"type": "null"}, _obj({"course_step_id": {"type": "integer"},
                                                         "label": {"type": "string"}})],
-                      "description": "the first step unbooked or missed; null when there is none"},
+                      "description": "the first step unbooked or missed; null when there is none, or when "
+                                     "the course was deleted (its steps cannot be booked)"},
         "completed_steps": {"type": "integer"}, "total_steps": {"type": "integer"},
         "credits": {**CREDIT_BALANCES, "description": "the unexpired credits left of the enrollment's bundle, "
                                                      "by kind"}}),

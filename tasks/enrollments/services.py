@@ -389,7 +389,9 @@ def enrollment_view(session: Session, enrollment: StudentCourseEnrollment) -> di
             "class_id": (progress.group_class_id or booking_classes.get(progress.booking_id)) if progress else None,
             "skipped_ahead": bool(progress.skipped_ahead) if progress is not None else False,
         })
-        if next_step is None and status in (ProgressStatus.UNBOOKED, ProgressStatus.MISSED):
+        # a deleted course's steps cannot be booked (its progress stays on record): no next step to offer
+        if next_step is None and program.deleted_at is None and status in (ProgressStatus.UNBOOKED,
+                                                                            ProgressStatus.MISSED):
             next_step = {"course_step_id": step.id, "label": step.label}
     return {
         "id": enrollment.id,

@@ -137,3 +137,21 @@ def test_a_step_added_to_a_completed_course_is_listed_unbooked_as_the_next_step(
     bookings.deliver(db, bookings.booking_created("bk_3", "gc_SFZ_3_0", step_id=new_step, when=bookings.at(200)))
     [e] = client.get("/v1/students/stu_1/courses", headers=admin_headers).json["enrollments"]
     assert e["status"] == "active" and e["steps"][-1]["status"] == "booked"
+
+
+def test_a_deleted_course_s_enrollment_keeps_its_steps_and_names_no_next_step(client, runtime, admin_headers):
+    """Its steps cannot be booked (eligibility: unknown_course_step). Before: its first unbooked step was still
+    named the next step to book, and a booking of it was refused."""
+    from tasks.catalog import services as catalog
+    from tests.tasks.purchases import payments_support as pay
+
+    with runtime.db.session_scope() as s:
+        steps = [step.id for step in factories.program(s, bundle=((BundleKind.PRIVATE_CREDIT, 2),)).steps]
+    pay.deliver(runtime.db, pay.checkout(cs="cs_a", pi="pi_a"))
+    with runtime.db.session_scope() as s:
+        catalog.delete_course(session=s, code="SFZ")
+    eligibility = client.get(f"/v1/students/stu_1/steps/{steps[0]}/eligibility", headers=admin_headers).get_json()
+    assert (eligibility["eligible"], eligibility["reason"]) == (False, "unknown_course_step")
+    [enrollment] = client.get("/v1/students/stu_1/courses", headers=admin_headers).get_json()["enrollments"]
+    assert enrollment["next_step"] is None
+    assert [step["status"] for step in enrollment["steps"]] == ["unbooked"] * 3
