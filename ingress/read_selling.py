@@ -114,7 +114,7 @@ def get_checkout_session(checkout_session_id: str):
     with runtime.db.session_scope() as session:
         state = selling.fulfilled(session, checkout_session_id)
     if selling.needs_fulfilment(checkout, state):
-        _fulfil_now(runtime, checkout)
+        _fulfil_now(runtime, checkout, state)
         with runtime.db.session_scope() as session:
             state = selling.fulfilled(session, checkout_session_id)
     return jsonify({"id": checkout["id"], "status": checkout.get("status"),
@@ -122,9 +122,9 @@ def get_checkout_session(checkout_session_id: str):
                     "enrollment": state["enrollment"], "credits_granted": state["credits_granted"]})
 
 
-def _fulfil_now(runtime, checkout: dict) -> None:
+def _fulfil_now(runtime, checkout: dict, state: dict) -> None:
     """Store the return as a Stripe checkout event and run it as a worker runs the webhook's."""
-    event = selling.return_event(checkout)
+    event = selling.return_event(checkout, state)
     with runtime.db.session_scope() as session:
         stored = store_event(session=session, source=InboxSource.STRIPE, event_id=event["id"],
                              type=event["type"], payload=event,

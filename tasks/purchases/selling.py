@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.enums import EnrollmentStatus as E
-from db.enums import LedgerEntryType, ProgramStatus
+from db.enums import LedgerEntryType, ProgramStatus, PurchaseStatus
 from db.models import (
     CheckoutKey,
     CourseProgram,
@@ -38,6 +38,7 @@ from tasks.catalog import publishing
 from tasks.catalog import services as catalog
 from tasks.enrollments.services import AlreadyEnrolled
 from tasks.errors import KeyReused, NotFound, ValidationFailed
+from tasks.purchases.fulfilment import ASYNC_SUCCEEDED, COMPLETED
 from tasks.ledger.causes import Cause
 
 COURSE, PACKAGE = "course", "package"
@@ -234,17 +235,25 @@ def fulfilled(session: Session, checkout_session_id: str) -> dict[str, Any]:
         if grants:  # a package whose payment is pending (or failed) has granted nothing yet: null, as a course's
             view["credits_granted"] = {t.value: int(q) for t, q in sorted(grants, key=lambda g: g[0].value)}
     view["fulfilled"] = enrollment is not None or purchase is not None
+    # recorded while its payment was pending (a bank debit): Stripe may say paid before its webhook came
+    view["pending"] = (enrollment is not None and enrollment.status == E.PENDING) or \
+        (purchase is not None and purchase.status == PurchaseStatus.PENDING)
     return view
 
 
 def needs_fulfilment(checkout: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Stripe says the session is paid, and we have not fulfilled it: nothing recorded, or a purchase recorded
+    pending whose payment has settled since."""
     return checkout.get("status") == "complete" and checkout.get("payment_status") == "paid" \
-        and not state["fulfilled"]
+        and (not state["fulfilled"] or state["pending"])
 
 
-def return_event(checkout: dict[str, Any]) -> dict[str, Any]:
-    """The `checkout.session.completed` event the buyer's return stands for (the session as Stripe
-    reported it); its id is fixed per session, so repeated returns store it once."""
-    return {"id": f"{RETURN_EVENT_PREFIX}{checkout['id']}", "object": "event", "type": "checkout.session.completed",
+def return_event(checkout: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """The event the buyer's return stands for (the session as Stripe reported it): `checkout.session.completed`,
+    or `checkout.session.async_payment_succeeded` for a purchase recorded pending. Its id is fixed per session and
+    type, so repeated returns store it once."""
+    settled = state["fulfilled"] and state["pending"]
+    type_, suffix = (ASYNC_SUCCEEDED, ":settled") if settled else (COMPLETED, "")
+    return {"id": f"{RETURN_EVENT_PREFIX}{checkout['id']}{suffix}", "object": "event", "type": type_,
             "created": int(utcnow().timestamp()), "livemode": bool(checkout.get("livemode")),
             "data": {"object": checkout}}

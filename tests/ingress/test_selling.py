@@ -208,6 +208,34 @@ def test_return_before_the_webhook_fulfils_once_and_the_webhook_adds_nothing(cli
     assert _buy(client).json["error"]["code"] == "already_enrolled"
 
 
+@pytest.mark.parametrize("code", [{"course_code": "SFZ"}, {"course_code": None, "package_code": "TEN"}],
+                         ids=["course", "package"])
+def test_a_bank_debit_settled_before_its_webhook_is_fulfilled_by_the_return_once(client, runtime, worker, on_sale,
+                                                                                 stripe_server, code):
+    """The checkout completed unpaid (a bank debit: a pending purchase); Stripe says paid before its
+    async_payment_succeeded webhook came. Before: the return answered paid with the enrollment pending and no
+    credits, though the docs promise a paid session is never 'not yet'. The webhook, when it comes, adds nothing."""
+    checkout_id = _buy(client, **code).json["id"]
+    pending = stripe_server.complete_checkout_session(checkout_id, paid=False)
+    body = json.dumps(stripe_server.event("checkout.session.completed", pending))
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    drain(runtime)
+    assert _return(client, checkout_id).json["credits_granted"] is None
+    stripe_server.checkout_sessions[checkout_id]["payment_status"] = "paid"  # settled; its webhook not in yet
+    state = _return(client, checkout_id).json
+    assert state["payment_status"] == "paid" and state["credits_granted"] is not None
+    if state["enrollment"] is not None:
+        assert state["enrollment"]["status"] == "active"
+    assert _return(client, checkout_id).json == state
+    settled = json.dumps(stripe_server.event("checkout.session.async_payment_succeeded",
+                                             stripe_server.checkout_sessions[checkout_id]))
+    assert client.post("/webhooks/stripe", data=settled, headers=stripe_headers(settled)).status_code == 200
+    drain(runtime)
+    assert _return(client, checkout_id).json == state
+    with runtime.db.session_scope() as s:
+        assert {r.status.value for r in s.scalars(select(InboxEvent))} == {"processed"}
+
+
 def test_a_checkout_paid_after_its_course_was_deleted_and_made_again_buys_the_course_it_was_opened_for(
         client, admin_headers, runtime, worker, on_sale, stripe_server):
     """A checkout opened for SFZ; the admin deletes SFZ and makes a new SFZ (other steps, other bundle); the buyer
