@@ -19,7 +19,7 @@ from tasks.purchases import selling
 from tasks.errors import KeyReused, NotFound, ValidationFailed
 from tasks.events import stripe_subject
 from tasks.purchases.fast_purchase import is_purchase
-from tasks.stripe_api import StripeNotConfigured, stripe_client
+from tasks.stripe_api import StripeNotConfigured, key_mode, stripe_client
 from workers.actors import enqueue_inbox, send
 
 bp = Blueprint("read_selling", __name__, url_prefix="/v1")
@@ -30,6 +30,11 @@ IDEMPOTENCY_KEY_MAX = 255
 
 def _runtime():
     return current_app.config["COURSEPIPE_RUNTIME"]
+
+
+def _mode() -> str | None:
+    """Stripe's mode of the key (`live` or `test`): what is on sale is what exists there."""
+    return key_mode(_runtime().settings.stripe_api_key)
 
 
 def _stripe():
@@ -50,7 +55,7 @@ def _stripe_failed(exc: stripe.StripeError) -> ApiError:
 @require_reader
 def list_packages():
     with _runtime().db.session_scope() as session:
-        listed = selling.published_packages(session)
+        listed = selling.published_packages(session, _mode())
         packages = [selling.package_listing(session, p, price)
                     for p, price in zip(listed, selling.price_views(session, listed))]
     return jsonify({"packages": packages})
@@ -61,7 +66,7 @@ def list_packages():
 def get_package(code: str):
     with _runtime().db.session_scope() as session:
         try:
-            return jsonify(selling.package_listing(session, selling.sellable_package(session, code)))
+            return jsonify(selling.package_listing(session, selling.sellable_package(session, code, _mode())))
         except NotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None
 
@@ -84,9 +89,9 @@ def create_checkout_session():
     try:
         with _runtime().db.session_scope() as session:
             if key:
-                params = selling.keyed_checkout_params(session, key, wanted)
+                params = selling.keyed_checkout_params(session, key, wanted, _mode())
             else:
-                params = selling.checkout_params(session=session, request=wanted)
+                params = selling.checkout_params(session=session, request=wanted, mode=_mode())
     except KeyReused as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc)) from None
     except NotFound as exc:

@@ -297,6 +297,20 @@ def stalled(*, session: Session, mode: str | None, now: datetime | None = None,
     return found
 
 
+def made_elsewhere(session: Session, price_ids: list[str | None], mode: str | None) -> set[str]:
+    """The prices among these that coursepipe made in Stripe's other mode than `mode` (the key's): they do not
+    exist in this one (a studio that published with a test key and now has a live one). A price made by hand, or
+    before calls named their mode, is taken as this mode's."""
+    wanted = sorted({p for p in price_ids if p})
+    if mode is None or not wanted:
+        return set()
+    return {stripe_id for stripe_id, request in session.execute(
+        select(StripePublication.stripe_id, StripePublication.request).where(
+            StripePublication.stripe_id.in_(wanted), StripePublication.object_type == PRICE,
+            StripePublication.status == PublicationStatus.SUCCEEDED))
+        if not _in_mode_request(request, mode)}
+
+
 def _in_mode_request(request: dict[str, Any] | None, mode: str | None) -> bool:
     return mode is None or (request or {}).get("mode", mode) == mode
 

@@ -92,9 +92,11 @@ def price_views(session: Session, listings: list) -> list[dict[str, Any]]:
     return views
 
 
-def published_packages(session: Session) -> list[CreditPackage]:
-    """Packages on sale: not deleted, with a Stripe price to sell them with."""
-    return [p for p in catalog.live_packages(session) if p.stripe_price_id]
+def published_packages(session: Session, mode: str | None = None) -> list[CreditPackage]:
+    """Packages on sale: not deleted, with a Stripe price to sell them with in Stripe's `mode` (the key's)."""
+    priced = [p for p in catalog.live_packages(session) if p.stripe_price_id]
+    elsewhere = publishing.made_elsewhere(session, [p.stripe_price_id for p in priced], mode)
+    return [p for p in priced if p.stripe_price_id not in elsewhere]
 
 
 def package_listing(session: Session, package: CreditPackage, price: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -104,24 +106,35 @@ def package_listing(session: Session, package: CreditPackage, price: dict[str, A
             "validity_days": package.validity_days}
 
 
-def sellable_package(session: Session, code: str) -> CreditPackage:
+def sellable_package(session: Session, code: str, mode: str | None = None) -> CreditPackage:
     package = catalog.live_package(session, code)
     if package is None or not package.stripe_price_id:
         raise NotFound(f"package {code!r} is not on sale")
+    _priced_in(session, package, f"package {code!r}", mode)
     return package
 
 
-def sellable_course(session: Session, code: str) -> CourseProgram:
+def sellable_course(session: Session, code: str, mode: str | None = None) -> CourseProgram:
     program = catalog.live_program(session, code)
     if program is None or program.status is not ProgramStatus.PUBLISHED or not program.stripe_price_id:
         raise NotFound(f"course {code!r} is not published")
+    _priced_in(session, program, f"course {code!r}", mode)
     return program
 
 
-def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, Any]:
-    """The Checkout Session to create, after the checks: on sale (NotFound), not already held (AlreadyEnrolled)."""
+def _priced_in(session: Session, listing, name: str, mode: str | None) -> None:
+    """Refuse (NotFound) a listing whose price was made in Stripe's other mode: a checkout would name a price
+    this key's Stripe does not have."""
+    if publishing.made_elsewhere(session, [listing.stripe_price_id], mode):
+        raise NotFound(f"{name} is not on sale in Stripe's {mode} mode (its price was made in the other mode): "
+                       "publish it again")
+
+
+def checkout_params(*, session: Session, request: CheckoutRequest, mode: str | None = None) -> dict[str, Any]:
+    """The Checkout Session to create, after the checks: on sale in Stripe's `mode` (NotFound), not already held
+    (AlreadyEnrolled)."""
     if request.kind == COURSE:
-        product = sellable_course(session, request.code)
+        product = sellable_course(session, request.code, mode)
         held = session.scalar(select(StudentCourseEnrollment.id).where(
             StudentCourseEnrollment.student_id == request.student_id,
             StudentCourseEnrollment.program_id == product.id, StudentCourseEnrollment.status.in_(HELD)).limit(1))
@@ -129,7 +142,7 @@ def checkout_params(*, session: Session, request: CheckoutRequest) -> dict[str, 
             raise AlreadyEnrolled(f"student {request.student_id!r} already holds course {request.code!r} "
                                   f"(enrollment {held})")
     else:
-        product = sellable_package(session, request.code)
+        product = sellable_package(session, request.code, mode)
     params: dict[str, Any] = {
         "mode": "payment",
         "line_items": [{"price": product.stripe_price_id, "quantity": 1}],
@@ -176,13 +189,14 @@ def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> Che
     return row
 
 
-def keyed_checkout_params(session: Session, client_key: str, request: CheckoutRequest) -> dict[str, Any]:
+def keyed_checkout_params(session: Session, client_key: str, request: CheckoutRequest,
+                          mode: str | None = None) -> dict[str, Any]:
     """The Stripe request for a checkout sent with an Idempotency-Key: built on the key's first use and kept with
     it; a repeat sends that one again, whatever changed since (the buyer's e-mail arrived, the price changed), so
     the key sent to Stripe is the same and Stripe answers with the same session."""
     row = bind_key(session, client_key, request)
     if row.stripe_request is None:
-        row.stripe_request = checkout_params(session=session, request=request)
+        row.stripe_request = checkout_params(session=session, request=request, mode=mode)
     return row.stripe_request
 
 

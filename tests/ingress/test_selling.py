@@ -356,3 +356,28 @@ def test_credits_granted_are_the_purchase_s_own_after_a_revocation_and_a_reinsta
         assert answer.status_code == 200, answer.json
     assert _return(client, checkout_id).json["credits_granted"] == {"group": 1, "private": 2}
     assert client.get("/v1/students/stu_1/credits", headers=READ).json["balances"] == {"group": 1, "private": 2}
+
+
+def test_after_going_live_what_was_published_with_the_test_key_is_not_on_sale_until_published_again(
+        client, runtime, database, on_sale):
+    """Before: the test mode's prices were still listed and sold, and a checkout named a price the live mode does
+    not have (Stripe refused it: a 502)."""
+    from tests.stripe_server import StripeServer
+
+    live = StripeServer(api_key="sk_live_local_stripe_server").start()
+    try:
+        runtime.settings = make_settings(database.url, read_api_tokens=("selling-reader-0123456789abcdef",),
+                                         **live.settings_changes())
+        assert client.get("/v1/packages", headers=READ).json["packages"] == []
+        assert client.get("/v1/packages/TEN", headers=READ).status_code == 404
+        for code in ({"course_code": "SFZ"}, {"course_code": None, "package_code": "TEN"}):
+            refused = _buy(client, **code)
+            assert refused.status_code == 404 and "publish it again" in refused.json["error"]["message"]
+        assert live.calls("POST", "/v1/checkout/sessions") == []
+        publish_calls.publish(publishing.PACKAGE, "TEN", unit_of_work=runtime.db.session_scope,
+                              settings=runtime.settings)
+        [listed] = client.get("/v1/packages", headers=READ).json["packages"]
+        assert listed["price"]["stripe_price_id"] in live.prices
+        assert _buy(client, course_code=None, package_code="TEN").status_code == 201
+    finally:
+        live.stop()
