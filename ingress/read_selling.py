@@ -19,7 +19,7 @@ from tasks.purchases import selling
 from tasks.errors import KeyReused, NotFound, ValidationFailed
 from tasks.events import stripe_subject
 from tasks.purchases.fast_purchase import is_purchase
-from tasks.stripe_api import StripeNotConfigured, key_mode, stripe_client
+from tasks.stripe_api import StripeNotConfigured, key_mode, saved_server_error, stripe_client
 from workers.actors import enqueue_inbox, send
 
 bp = Blueprint("read_selling", __name__, url_prefix="/v1")
@@ -86,10 +86,11 @@ def create_checkout_session():
     except ValidationFailed as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
     client = _stripe()
+    round_ = 0
     try:
         with _runtime().db.session_scope() as session:
             if key:
-                params = selling.keyed_checkout_params(session, key, wanted, _mode())
+                params, round_ = selling.keyed_checkout_params(session, key, wanted, _mode())
             else:
                 params = selling.checkout_params(session=session, request=wanted, mode=_mode())
     except KeyReused as exc:
@@ -99,9 +100,20 @@ def create_checkout_session():
     except AlreadyEnrolled as exc:
         raise ApiError(409, "already_enrolled", str(exc)) from None
     try:  # outside any transaction
-        created = selling.create_checkout_session(params, client=client, key=selling.idempotency_key(params, key))
+        created = selling.create_checkout_session(params, client=client,
+                                                  key=selling.idempotency_key(params, key, round_))
     except stripe.StripeError as exc:
-        raise _stripe_failed(exc) from None
+        if not (key and saved_server_error(exc)):
+            raise _stripe_failed(exc) from None
+        # a failure Stripe keeps under the key: made once more under the key's next round, which the same
+        # Idempotency-Key names from now on
+        with _runtime().db.session_scope() as session:
+            round_ = selling.next_round(session, key, round_)
+        try:
+            created = selling.create_checkout_session(params, client=client,
+                                                      key=selling.idempotency_key(params, key, round_))
+        except stripe.StripeError as again:
+            raise _stripe_failed(again) from None
     return jsonify(created), 201
 
 

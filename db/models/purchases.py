@@ -94,4 +94,6 @@ class CheckoutKey(Base):
     request_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the request, as parsed
     # the Stripe request its first use built, sent again on a repeat (NULL: bound before it was kept)
     stripe_request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # the round of the Stripe key it sends: raised when Stripe keeps a failure under the key (`selling.next_round`)
+    stripe_key_round: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

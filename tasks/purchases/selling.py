@@ -182,7 +182,7 @@ def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> Che
             row = session.get(CheckoutKey, client_key, with_for_update=True, populate_existing=True)
     if row.created_at <= now - timedelta(hours=KEY_HOURS):
         # expired (not pruned yet): bound anew, and so is the Stripe key, which Stripe has forgotten too
-        row.request_digest, row.created_at, row.stripe_request = digest, now, None
+        row.request_digest, row.created_at, row.stripe_request, row.stripe_key_round = digest, now, None, 0
     elif row.request_digest != digest:
         raise KeyReused(f"Idempotency-Key {client_key!r} was used for another checkout request in the last "
                         f"{KEY_HOURS} hours: a new request needs a new key")
@@ -190,14 +190,27 @@ def bind_key(session: Session, client_key: str, request: CheckoutRequest) -> Che
 
 
 def keyed_checkout_params(session: Session, client_key: str, request: CheckoutRequest,
-                          mode: str | None = None) -> dict[str, Any]:
-    """The Stripe request for a checkout sent with an Idempotency-Key: built on the key's first use and kept with
-    it; a repeat sends that one again, whatever changed since (the buyer's e-mail arrived, the price changed), so
-    the key sent to Stripe is the same and Stripe answers with the same session."""
+                          mode: str | None = None) -> tuple[dict[str, Any], int]:
+    """The Stripe request for a checkout sent with an Idempotency-Key, and the round of its Stripe key: built on
+    the key's first use and kept with it; a repeat sends that one again, whatever changed since (the buyer's e-mail
+    arrived, the price changed), so the key sent to Stripe is the same and Stripe answers with the same session."""
     row = bind_key(session, client_key, request)
     if row.stripe_request is None:
         row.stripe_request = checkout_params(session=session, request=request, mode=mode)
-    return row.stripe_request
+    return row.stripe_request, row.stripe_key_round
+
+
+def next_round(session: Session, client_key: str, used: int) -> int:
+    """The round after `used` of the Idempotency-Key's Stripe key: Stripe keeps a 5xx it saved under a key and
+    answers it to every retry with that key for 24 hours, so the call is made again under a fresh one. A round a
+    concurrent retry raised already is taken as it is. (A checkout session the failed call may have made anyway is
+    left open, unused, and expires.)"""
+    row = session.get(CheckoutKey, client_key, with_for_update=True)
+    if row is None:  # pruned meanwhile: the next request binds it anew, at round 0
+        return used + 1
+    if row.stripe_key_round == used:
+        row.stripe_key_round = used + 1
+    return row.stripe_key_round
 
 
 def prune_keys(session: Session, *, now=None) -> int:
@@ -206,13 +219,14 @@ def prune_keys(session: Session, *, now=None) -> int:
     return session.execute(delete(CheckoutKey).where(CheckoutKey.created_at < cutoff)).rowcount or 0
 
 
-def idempotency_key(params: dict[str, Any], client_key: str | None) -> str:
+def idempotency_key(params: dict[str, Any], client_key: str | None, round_: int = 0) -> str:
     """A caller's Idempotency-Key repeats the same session for the same request (a retried POST); the
-    key sent to Stripe is a digest of it with the request, so it never collides with another request
-    or installation. Without one, every request is new."""
+    key sent to Stripe is a digest of it with the request (and its round, after the first: `next_round`), so it
+    never collides with another request or installation. Without one, every request is new."""
     if not client_key:
         return f"coursepipe:checkout:{new_public_id()}"
-    digest = hashlib.sha256(json.dumps([client_key, params], sort_keys=True).encode()).hexdigest()
+    named = [client_key, params] + ([round_] if round_ else [])
+    digest = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()
     return f"coursepipe:checkout:{digest}"
 
 

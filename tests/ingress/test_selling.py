@@ -381,3 +381,16 @@ def test_after_going_live_what_was_published_with_the_test_key_is_not_on_sale_un
         assert _buy(client, course_code=None, package_code="TEN").status_code == 201
     finally:
         live.stop()
+
+
+def test_a_failure_stripe_keeps_under_the_key_is_made_again_under_a_fresh_one_the_idempotency_key_then_names(
+        client, on_sale, stripe_server):
+    """Stripe saved a 500 under the key sent and replays it to every retry with it for 24 hours. Before: every
+    request with that Idempotency-Key answered 502 until the next day."""
+    stripe_server.fail_next("POST", "/v1/checkout/sessions", status=500, saved=True)
+    first = _buy(client, headers={**READ, "Idempotency-Key": "order-5xx"})
+    assert first.status_code == 201, first.json
+    again = _buy(client, headers={**READ, "Idempotency-Key": "order-5xx"})
+    assert again.status_code == 201 and again.json["id"] == first.json["id"]
+    keys = [call.idempotency_key for call in stripe_server.calls("POST", "/v1/checkout/sessions")]
+    assert len(set(keys)) == 2 and keys[-1] == keys[-2]  # the failed key, then the fresh one, kept
