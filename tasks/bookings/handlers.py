@@ -42,6 +42,18 @@ def occurred_at(event: InboxEvent) -> datetime:
     return stamp
 
 
+def _not_after_arrival(event: InboxEvent, data, field: str):
+    """`data` with its instant `field` (a cancel's `cancelled_at`, an attendance's `marked_at`) no later than the
+    event reached us, as `occurred_at` is: a sender's clock running ahead must not date a cancel after what
+    follows it (a credit spent again judged against a lot's expiry at a time not come yet)."""
+    stamp = getattr(data, field)
+    if event.received_at is None or stamp <= event.received_at:
+        return data
+    log.warning("platform event %s (%s) gives %s %s, after it reached us at %s: taken as %s", event.event_id,
+                event.type, field, stamp.isoformat(), event.received_at.isoformat(), event.received_at.isoformat())
+    return data.model_copy(update={field: event.received_at})
+
+
 def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
     mirrors.upsert_student(session=ctx.session, data=_data(event), occurred_at=occurred_at(event))
 
@@ -83,12 +95,12 @@ def on_booking_cancelled(ctx: HandlerContext, event: InboxEvent) -> None:
     # the key's lock after the booking's row and before the student's, as a class's cancellation takes them: a
     # credit booking parked on the key holds its lock and then wants the student's, which releasing this booking's
     # credit takes
-    bookings.cancel_booking(session=ctx.session, data=_data(event),
+    bookings.cancel_booking(session=ctx.session, data=_not_after_arrival(event, _data(event), "cancelled_at"),
                             ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
 
 
 def on_attendance_marked(ctx: HandlerContext, event: InboxEvent) -> None:
-    bookings.mark_attendance(session=ctx.session, data=_data(event),
+    bookings.mark_attendance(session=ctx.session, data=_not_after_arrival(event, _data(event), "marked_at"),
                              ending=lambda ids: ctx.provides(*(bookings.booking_ended_key(b) for b in ids)))
 
 

@@ -689,3 +689,26 @@ def test_a_step_cancelled_outside_policy_before_its_class_was_reopens_missed_wha
     with database.session_scope() as s:
         manual.reinstate(session=s, enrollment_id=w.enrollment_id, cause="admin:2")
     assert (progress(database, w, 1)["status"].value, progress(database, w, 1)["booking_id"]) == ("missed", "bk_1")
+
+
+@pytest.mark.parametrize("end", ["cancel", "attendance"])
+def test_a_cancel_or_attendance_dated_after_it_reached_us_is_taken_at_its_arrival(database, end):
+    """A sender's clock running ahead: `occurred_at` was already taken as the arrival; the cancel's `cancelled_at`
+    and the attendance's `marked_at` were stored as sent, a day ahead (and a credit spent again would be judged
+    against its lot's expiry then)."""
+    from datetime import timedelta
+
+    from db.models import InboxEvent
+    from db.types import utcnow
+
+    w = world(database)
+    book(database, w)
+    ahead = utcnow() + timedelta(days=1)
+    event = booking_cancelled("bk_1", within_policy=False, when=ahead) if end == "cancel" \
+        else attendance("bk_1", "attended", when=ahead)
+    event["occurred_at"] = utcnow().isoformat()
+    deliver(database, event)
+    with database.session_scope() as s:
+        received = s.scalar(select(InboxEvent.received_at).where(InboxEvent.event_id == event["id"]))
+    stored = booking(database, "bk_1")
+    assert (stored.cancelled_at if end == "cancel" else stored.attendance_marked_at) == received
