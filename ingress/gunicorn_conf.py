@@ -14,12 +14,12 @@ import os
 import secrets
 
 from coursepipe.logs import dict_config
-from ingress.gunicorn_worker import end_head
+from ingress.gunicorn_worker import end_head, env_number
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = env_number("WEB_CONCURRENCY", "2", int, 1, 64)
 worker_class = "ingress.gunicorn_worker.HeadDeadlineThreadWorker"  # gthread, with a deadline on each head
-threads = int(os.environ.get("WEB_THREADS", "64"))
+threads = env_number("WEB_THREADS", "64", int, 1, 1024)
 keepalive = 5
 timeout = 30
 graceful_timeout = 20
@@ -37,7 +37,7 @@ preload_app = False
 # each worker fork. Nothing here uses it: off (older gunicorns ignore the name).
 control_socket_disable = True
 
-BODY_READ_TIMEOUT = float(os.environ.get("BODY_READ_TIMEOUT", "5"))
+BODY_READ_TIMEOUT = env_number("BODY_READ_TIMEOUT", "5", float, 0.1, 3600)
 
 
 def on_starting(server):

@@ -21,7 +21,20 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
 
-HEADER_READ_TIMEOUT = float(os.environ.get("HEADER_READ_TIMEOUT", "10"))
+def env_number(name: str, default: str, kind: type, low: float, high: float):
+    """A number from the environment within [low, high]: anything else stops gunicorn with one line naming it
+    (gunicorn would print "Failed to read config file" and a traceback)."""
+    raw = os.environ.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # NaN fails the comparison too
+        raise SystemExit(f"Error: {name} must be a number from {low} to {high}, got {raw!r}")
+    return value
+
+
+HEADER_READ_TIMEOUT = env_number("HEADER_READ_TIMEOUT", "10", float, 0.1, 3600)
 
 
 class DeadlineUnreader(SocketUnreader):

@@ -150,3 +150,21 @@ def test_jobs_run_in_process_says_so_when_the_job_failed(cli, migrated):
                  STRIPE_API_BASE="http://127.0.0.1:1")
     _refused(result, "job reconcile failed: APIConnectionError", logged=True)
     assert "done" not in result.output
+
+
+# (WEB_CONCURRENCY that is no number at all is gunicorn's own to refuse: it reads the variable before any config)
+@pytest.mark.parametrize("name,value", [("WEB_CONCURRENCY", "0"), ("WEB_THREADS", "abc"), ("WEB_THREADS", "2000"),
+                                        ("HEADER_READ_TIMEOUT", "nan"), ("BODY_READ_TIMEOUT", "-1")])
+def test_a_gunicorn_setting_out_of_its_range_stops_gunicorn_in_one_line(name, value):
+    """`coursepipe ingress` and gunicorn run by hand read these from the environment. Before: `int()`/`float()`
+    raised, and gunicorn printed "Failed to read config file" and a traceback (or took NaN as a timeout)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, name: value}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:ingress.gunicorn_conf", "--check-config",
+                           "ingress.wsgi:app"], env=env, capture_output=True, text=True, timeout=60)
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and line.startswith(f"Error: {name} must be a number from ")
+    assert line.endswith(f", got {value!r}")
