@@ -51,6 +51,19 @@ def _add(session: Session, **fields) -> CreditLedgerEntry:
     return entry
 
 
+def _add_on_lot(session: Session, of: CreditLedgerEntry, grant_id: int, **fields) -> CreditLedgerEntry:
+    """An entry on the lot `grant_id`, for the student, credit type and purchase of `of` (the lot's grant, or an
+    entry already written on it)."""
+    return _add(session, student_id=of.student_id, credit_type=of.credit_type, grant_id=grant_id,
+                enrollment_id=of.enrollment_id, package_purchase_id=of.package_purchase_id, **fields)
+
+
+def _remaining(session: Session, grant: CreditLedgerEntry) -> int:
+    """What the lot holds now: its grant less every entry written on it."""
+    return grant.quantity + int(session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0))
+                                               .where(CreditLedgerEntry.grant_id == grant.id)))
+
+
 def issue_credits(
     *,
     session: Session,
@@ -143,19 +156,9 @@ def consume_credit(
     lock_student(session, student_id)
     for lot in lots(session=session, student_id=student_id, credit_type=credit_type):
         if lot.remaining > 0 and (lot.grant.expires_at is None or lot.grant.expires_at > now):
-            return _add(
-                session,
-                idempotency_key=key,
-                student_id=student_id,
-                credit_type=credit_type,
-                entry_type=LedgerEntryType.CONSUME,
-                quantity=-1,
-                grant_id=lot.grant.id,
-                cause=str(Cause.booking(booking_id)),
-                booking_id=booking_id,
-                enrollment_id=lot.grant.enrollment_id,
-                package_purchase_id=lot.grant.package_purchase_id,
-            )
+            return _add_on_lot(session, lot.grant, lot.grant.id, idempotency_key=key,
+                               entry_type=LedgerEntryType.CONSUME, quantity=-1, cause=str(Cause.booking(booking_id)),
+                               booking_id=booking_id)
     raise NoCredit(f"no {credit_type.value} credit left for student {student_id}")
 
 
@@ -180,37 +183,16 @@ def release_credit(*, session: Session, booking_id: str) -> CreditLedgerEntry | 
     if existing is not None:
         return existing
     lock_student(session, consumed.student_id)  # a refund settling the lot concurrently goes before or after
-    released = _add(
-        session,
-        idempotency_key=key,
-        student_id=consumed.student_id,
-        credit_type=consumed.credit_type,
-        entry_type=LedgerEntryType.RELEASE,
-        quantity=1,
-        grant_id=consumed.grant_id,
-        cause=str(Cause.booking(booking_id)),
-        booking_id=booking_id,
-        enrollment_id=consumed.enrollment_id,
-        package_purchase_id=consumed.package_purchase_id,
-    )
+    released = _add_on_lot(session, consumed, consumed.grant_id, idempotency_key=key,
+                           entry_type=LedgerEntryType.RELEASE, quantity=1, cause=str(Cause.booking(booking_id)),
+                           booking_id=booking_id)
     if _revoked_now(session, consumed):
         cause = Cause.booking(booking_id)
     else:
         cause = _share_owed(session, consumed)
     if cause is not None:
-        _add(
-            session,
-            idempotency_key=Keys.revoke_release(booking_id),
-            student_id=consumed.student_id,
-            credit_type=consumed.credit_type,
-            entry_type=LedgerEntryType.REVOKE,
-            quantity=-1,
-            grant_id=consumed.grant_id,
-            cause=str(cause),
-            booking_id=booking_id,
-            enrollment_id=consumed.enrollment_id,
-            package_purchase_id=consumed.package_purchase_id,
-        )
+        _add_on_lot(session, consumed, consumed.grant_id, idempotency_key=Keys.revoke_release(booking_id),
+                    entry_type=LedgerEntryType.REVOKE, quantity=-1, cause=str(cause), booking_id=booking_id)
     return released
 
 
@@ -228,23 +210,11 @@ def spend_again(*, session: Session, booking_id: str, now: datetime | None = Non
         return existing
     lock_student(session, released.student_id)
     now = now or utcnow()
-    lot = next((lot for lot in lots(session=session, student_id=released.student_id,
-                                     credit_type=released.credit_type) if lot.grant.id == released.grant_id), None)
-    if lot is None or lot.remaining < 1 or (lot.grant.expires_at is not None and lot.grant.expires_at <= now):
+    grant = session.get(CreditLedgerEntry, released.grant_id)  # the lot, read alone (not the student's every lot)
+    if grant is None or _remaining(session, grant) < 1 or (grant.expires_at is not None and grant.expires_at <= now):
         return None
-    return _add(
-        session,
-        idempotency_key=key,
-        student_id=released.student_id,
-        credit_type=released.credit_type,
-        entry_type=LedgerEntryType.CONSUME,
-        quantity=-1,
-        grant_id=released.grant_id,
-        cause=str(Cause.booking(booking_id)),
-        booking_id=booking_id,
-        enrollment_id=released.enrollment_id,
-        package_purchase_id=released.package_purchase_id,
-    )
+    return _add_on_lot(session, released, released.grant_id, idempotency_key=key, entry_type=LedgerEntryType.CONSUME,
+                       quantity=-1, cause=str(Cause.booking(booking_id)), booking_id=booking_id)
 
 
 def _revoked_under(session: Session, cause: str, grant: CreditLedgerEntry) -> int:
@@ -359,20 +329,8 @@ def revoke_unconsumed(
             key = Keys.revoke_again(cause, lot.grant.id, latest)
             if _existing(session, key) is not None:
                 continue
-        entries.append(
-            _add(
-                session,
-                idempotency_key=key,
-                student_id=lot.grant.student_id,
-                credit_type=lot.grant.credit_type,
-                entry_type=LedgerEntryType.REVOKE,
-                quantity=-lot.remaining,
-                grant_id=lot.grant.id,
-                cause=str(cause),
-                enrollment_id=lot.grant.enrollment_id,
-                package_purchase_id=lot.grant.package_purchase_id,
-            )
-        )
+        entries.append(_add_on_lot(session, lot.grant, lot.grant.id, idempotency_key=key,
+                                   entry_type=LedgerEntryType.REVOKE, quantity=-lot.remaining, cause=str(cause)))
     return entries
 
 
@@ -388,22 +346,8 @@ def revoke_from_lot(
     if quantity <= 0 or _existing(session, idempotency_key) is not None:
         return None
     lock_student(session, grant.student_id)  # what remains is read after a concurrent spend or release
-    remaining = grant.quantity + int(
-        session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.quantity), 0))
-                       .where(CreditLedgerEntry.grant_id == grant.id))
-    )
-    amount = min(quantity, remaining)
+    amount = min(quantity, _remaining(session, grant))
     if amount <= 0:
         return None
-    return _add(
-        session,
-        idempotency_key=idempotency_key,
-        student_id=grant.student_id,
-        credit_type=grant.credit_type,
-        entry_type=LedgerEntryType.REVOKE,
-        quantity=-amount,
-        grant_id=grant.id,
-        cause=str(cause),
-        enrollment_id=grant.enrollment_id,
-        package_purchase_id=grant.package_purchase_id,
-    )
+    return _add_on_lot(session, grant, grant.id, idempotency_key=idempotency_key, entry_type=LedgerEntryType.REVOKE,
+                       quantity=-amount, cause=str(cause))
