@@ -26,32 +26,33 @@ def _data(event: InboxEvent):
     return platform_data(event.type, event.payload["data"])
 
 
-def occurred_at(event: InboxEvent) -> datetime:
-    """When the platform says it happened (the column, else the stored envelope), but never later than it
-    reached us: an event cannot occur after it was sent, and a sender's clock running ahead must not make
-    its event newer than the ones that follow it (a mirror update that later ones cannot replace, a
-    booking that a later rebooking of its step would count as older history)."""
-    stamp = event.occurred_at
-    if stamp is None:
-        stamp = datetime.fromisoformat(str(event.payload["occurred_at"]).replace("Z", "+00:00"))
+def _by_arrival(event: InboxEvent, stamp: datetime, what: str) -> datetime:
+    """`stamp` (`what` the platform says) but never later than the event reached us: a sender's clock running
+    ahead must not date the event after the ones that follow it."""
     if event.received_at is not None and stamp > event.received_at:
-        log.warning("platform event %s (%s) says it occurred at %s, after it reached us at %s: taken as %s",
-                    event.event_id, event.type, stamp.isoformat(), event.received_at.isoformat(),
-                    event.received_at.isoformat())
+        log.warning("platform event %s (%s) gives %s %s, after it reached us at %s: taken as %s", event.event_id,
+                    event.type, what, stamp.isoformat(), event.received_at.isoformat(), event.received_at.isoformat())
         return event.received_at
     return stamp
 
 
+def occurred_at(event: InboxEvent) -> datetime:
+    """When the platform says it happened (the column, else the stored envelope), by its arrival at the latest
+    (`_by_arrival`): later, it would make a mirror update that later ones cannot replace, or a booking that a later
+    rebooking of its step would count as older history."""
+    stamp = event.occurred_at
+    if stamp is None:
+        stamp = datetime.fromisoformat(str(event.payload["occurred_at"]).replace("Z", "+00:00"))
+    return _by_arrival(event, stamp, "occurred_at")
+
+
 def _not_after_arrival(event: InboxEvent, data, field: str):
-    """`data` with its instant `field` (a cancel's `cancelled_at`, an attendance's `marked_at`) no later than the
-    event reached us, as `occurred_at` is: a sender's clock running ahead must not date a cancel after what
-    follows it (a credit spent again judged against a lot's expiry at a time not come yet)."""
+    """`data` with its instant `field` (a cancel's `cancelled_at`, an attendance's `marked_at`) by its arrival at
+    the latest, as `occurred_at` (a credit spent again must not be judged against a lot's expiry at a time not come
+    yet)."""
     stamp = getattr(data, field)
-    if event.received_at is None or stamp <= event.received_at:
-        return data
-    log.warning("platform event %s (%s) gives %s %s, after it reached us at %s: taken as %s", event.event_id,
-                event.type, field, stamp.isoformat(), event.received_at.isoformat(), event.received_at.isoformat())
-    return data.model_copy(update={field: event.received_at})
+    taken = _by_arrival(event, stamp, field)
+    return data if taken is stamp else data.model_copy(update={field: taken})
 
 
 def on_student_upserted(ctx: HandlerContext, event: InboxEvent) -> None:
