@@ -337,9 +337,12 @@ def test_an_older_scheduled_upsert_does_not_revive_a_cancelled_class(database):
 
 
 def _cancelled_then_scheduled_again(database, w, *, revival_first):
+    """The class cancelled at t50 and scheduled again at t60, in the order asked, each also sent twice (a
+    redelivery and a twin) after both: the repeats change nothing."""
     cancel = class_upserted(w.option(1), status="cancelled", when=at(50))
     revival = class_upserted(w.option(1), status="scheduled", when=at(60))
-    for event in (revival, cancel) if revival_first else (cancel, revival):
+    ordered = (revival, cancel) if revival_first else (cancel, revival)
+    for event in (*ordered, *ordered, *map(twin, ordered)):
         deliver(database, event)
 
 
