@@ -116,7 +116,8 @@ def _purchase_of(session: Session, dispute: PaymentDispute) -> _Purchase:
 
 
 def _activity(session: Session, purchase: _Purchase) -> tuple[list[str], datetime | None, dict[str, int]]:
-    """The access log lines, the first attended class's start, and the step counts."""
+    """The access log lines, the first attended class's start, and the counts the summary names: a course's steps
+    by status, or a package's bookings whose credit stays spent (`credits_used`)."""
     row = purchase.row
     events: list[tuple[datetime, str]] = [(row.created_at, (
         f"purchase: checkout session {row.stripe_checkout_session_id} ({purchase.kind} {purchase.code} "
@@ -197,7 +198,7 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
     """The evidence for `dispute` from what is recorded now (reads only)."""
     purchase = _purchase_of(session, dispute)
     row, student = purchase.row, purchase.student
-    log, first_attended, steps = _activity(session, purchase)
+    log, first_attended, counts = _activity(session, purchase)
     mails = _communication(session, purchase)
     began = first_attended or getattr(row, "activated_at", None) or row.created_at
     charged = _money(row.amount_total, row.currency)
@@ -213,11 +214,11 @@ def draft(*, session: Session, dispute: PaymentDispute) -> dict[str, str]:
         f"Total charged: {charged}",
     ])
     if purchase.kind == "course":
-        used = (f"Of its {sum(steps.values())} steps, {steps.get('completed', 0)} were attended, "
-                f"{steps.get('booked', 0)} are booked and {steps.get('missed', 0)} were missed.")
-        product = f"Course program {purchase.code} \"{purchase.title}\": group classes in {sum(steps.values())} steps"
+        used = (f"Of its {sum(counts.values())} steps, {counts.get('completed', 0)} were attended, "
+                f"{counts.get('booked', 0)} are booked and {counts.get('missed', 0)} were missed.")
+        product = f"Course program {purchase.code} \"{purchase.title}\": group classes in {sum(counts.values())} steps"
     else:
-        used = f"The package's credits were used for {steps['credits_used']} booking(s)."
+        used = f"The package's credits were used for {counts['credits_used']} booking(s)."
         product = f"Credit package {purchase.code} \"{purchase.title}\""
     summary = (
         f"The customer (student {row.student_id}) bought {product} on {_when(row.created_at)} for {charged} "
